@@ -1,0 +1,39 @@
+"""The shared domain of Greenlight: channel files, target paths, release ordering.
+
+Both the client (`updater`) and the pipeline (`release`) speak this language; this package
+imports neither of them.
+"""
+
+from channels._model import (
+    SCHEMA_VERSION,
+    ChannelFile,
+    ChannelFileError,
+    ComponentArtifact,
+    RevokedRelease,
+    Rollout,
+)
+from channels._paths import (
+    artifact_target,
+    channel_role,
+    channel_target,
+    check_channel_name,
+    check_component_name,
+)
+from channels._versions import is_newer, parse_version, sort_versions
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ChannelFile",
+    "ChannelFileError",
+    "ComponentArtifact",
+    "RevokedRelease",
+    "Rollout",
+    "artifact_target",
+    "channel_role",
+    "channel_target",
+    "check_channel_name",
+    "check_component_name",
+    "is_newer",
+    "parse_version",
+    "sort_versions",
+]

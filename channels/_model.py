@@ -1,0 +1,98 @@
+"""The channel file: which release a channel carries, and the exact bytes of each component.
+
+A channel file is a TUF target signed by the channel's own delegated role, so the sha256 and
+length it names are vouched for by that channel's signers. The schema is versioned and
+exported as JSON Schema to `channels/schema/`.
+"""
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from channels._paths import check_channel_name, check_component_name
+from channels._versions import parse_version
+
+SCHEMA_VERSION = 1
+
+
+class ChannelFileError(ValueError):
+    """A channel file that does not parse or does not follow the schema."""
+
+
+def _version(text: str) -> str:
+    parse_version(text)
+    return text
+
+
+VersionStr = Annotated[str, AfterValidator(_version)]
+ChannelName = Annotated[str, AfterValidator(check_channel_name)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ComponentArtifact(_Strict):
+    version: VersionStr
+    target: str = Field(description="TUF target path of the archive")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    length: int = Field(gt=0)
+
+
+class RevokedRelease(_Strict):
+    version: VersionStr
+    reason: str
+    revoked_at: datetime
+
+
+class Rollout(_Strict):
+    percent: int = Field(ge=0, le=100)
+    halted: bool = False
+
+
+class ChannelFile(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    channel: ChannelName
+    release: VersionStr
+    components: dict[str, ComponentArtifact] = Field(min_length=1)
+    fallback: ChannelName | None = None
+    revoked: list[RevokedRelease] = Field(default_factory=list)
+    rollout: Rollout | None = None
+    promoted_from: ChannelName | None = None
+    published_at: datetime
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ChannelFile":
+        for name in self.components:
+            check_component_name(name)
+        if self.fallback == self.channel:
+            raise ValueError(f"channel {self.channel!r} cannot fall back to itself")
+        return self
+
+    def is_revoked(self, version: str) -> RevokedRelease | None:
+        for entry in self.revoked:
+            if parse_version(entry.version) == parse_version(version):
+                return entry
+        return None
+
+    def to_json(self) -> bytes:
+        return (self.model_dump_json(indent=2, exclude_none=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, source: str = "channel file") -> "ChannelFile":
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            raise ChannelFileError(f"{source}: field {where}: {first['msg']}") from None
+
+    @staticmethod
+    def now() -> datetime:
+        return datetime.now(UTC).replace(microsecond=0)
+
+
+def json_schema() -> str:
+    return json.dumps(ChannelFile.model_json_schema(), indent=2, sort_keys=True) + "\n"

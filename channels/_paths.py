@@ -1,0 +1,34 @@
+"""Target paths and role names: where things live in a repository, by convention.
+
+`channels/<name>.json` is a channel file, signed by the delegated role `channel-<name>`;
+`artifacts/<component>/<version>/<file>` is a component archive.
+"""
+
+import re
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+def _check(kind: str, name: str) -> str:
+    if not _NAME.match(name) or ".." in name:
+        raise ValueError(
+            f"invalid {kind} name {name!r}: use 1-64 of a-z, 0-9, '.', '_', '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+def check_channel_name(name: str) -> str:
+    return _check("channel", name)
+
+def check_component_name(name: str) -> str:
+    return _check("component", name)
+
+def channel_target(channel: str) -> str:
+    return f"channels/{check_channel_name(channel)}.json"
+
+def channel_role(channel: str) -> str:
+    return f"channel-{check_channel_name(channel)}"
+
+def artifact_target(component: str, version: str, filename: str) -> str:
+    if "/" in filename or filename in ("", ".", ".."):
+        raise ValueError(f"invalid artifact file name {filename!r}")
+    return f"artifacts/{check_component_name(component)}/{version}/{filename}"

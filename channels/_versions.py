@@ -1,0 +1,21 @@
+"""Release ordering: PEP 440 versions compared with `packaging`."""
+
+from collections.abc import Iterable
+
+from packaging.version import InvalidVersion, Version
+
+
+def parse_version(text: str) -> Version:
+    try:
+        return Version(text)
+    except InvalidVersion:
+        raise ValueError(f"invalid version {text!r}: expected a version such as 1.6.11") from None
+
+
+def is_newer(candidate: str, than: str | None) -> bool:
+    """True when `candidate` sorts after `than` (anything is newer than nothing)."""
+    return than is None or parse_version(candidate) > parse_version(than)
+
+
+def sort_versions(versions: Iterable[str]) -> list[str]:
+    return sorted(versions, key=parse_version)

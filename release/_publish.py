@@ -1,0 +1,172 @@
+"""Publishing a release to a channel, and reading the repository's state back.
+
+A publish adds each component archive as a target, writes the channel file as a target of the
+channel's own delegated role (created, with a key of its own, on the channel's first
+publish), then a new snapshot and timestamp.
+"""
+
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import BaseModel
+from tuf.api.metadata import DelegatedRole, Delegations, Root, Snapshot, Targets, Timestamp
+
+from channels import (
+    ChannelFile,
+    ComponentArtifact,
+    artifact_target,
+    channel_role,
+    channel_target,
+    check_channel_name,
+    check_component_name,
+    is_newer,
+    parse_version,
+)
+from release._errors import ReleaseError
+from release._repository import FileRepository
+
+
+def _require(repo: FileRepository) -> None:
+    if not repo.exists():
+        raise ReleaseError(f"{repo.path}: no repository here (run 'release init {repo.path}')")
+
+
+def current_channel_file(repo: FileRepository, channel: str) -> ChannelFile | None:
+    role = channel_role(channel)
+    if role not in repo.targets_roles():
+        return None
+    info = repo.targets(role).targets.get(channel_target(channel))
+    if info is None:
+        return None
+    return ChannelFile.from_json(repo.read_target(info), f"channel file of {channel!r}")
+
+
+def channels(repo: FileRepository) -> list[str]:
+    return sorted(r.removeprefix("channel-") for r in repo.targets_roles() if r.startswith("channel-"))
+
+
+def _ensure_channel_role(repo: FileRepository, targets: Targets, channel: str) -> None:
+    role = channel_role(channel)
+    if targets.delegations is None:
+        targets.delegations = Delegations(keys={}, roles={})
+    assert targets.delegations.roles is not None
+    if role in targets.delegations.roles:
+        return
+    targets.delegations.roles[role] = DelegatedRole(
+        name=role, keyids=[], threshold=1, terminating=True, paths=[channel_target(channel)]
+    )
+    targets.add_key(repo.keys.generate(role).public_key, role)
+
+
+def write_channel_file(repo: FileRepository, channel_file: ChannelFile) -> None:
+    """Sign `channel_file` as the channel's target and publish a new snapshot and timestamp."""
+    info = repo.add_target_bytes(channel_target(channel_file.channel), channel_file.to_json())
+    with repo.edit_targets(channel_role(channel_file.channel)) as role_targets:
+        role_targets.targets[info.path] = info
+    repo.commit()
+
+
+def publish(
+    repo: FileRepository,
+    channel: str,
+    version: str,
+    components: dict[str, Path],
+    fallback: str | None = None,
+    allow_older: bool = False,
+) -> ChannelFile:
+    _require(repo)
+    check_channel_name(channel)
+    parse_version(version)
+    if not components:
+        raise ReleaseError("nothing to publish: give at least one --component NAME=PATH")
+    for name, path in components.items():
+        check_component_name(name)
+        if not path.is_file():
+            raise ReleaseError(f"component {name}: {path} is not a file")
+    current = current_channel_file(repo, channel)
+    if current and not allow_older and not is_newer(version, current.release):
+        raise ReleaseError(
+            f"channel {channel!r} carries {current.release}; {version} is not newer "
+            "(pass --allow-older to publish it anyway)"
+        )
+    if fallback is None:
+        fallback = current.fallback if current else (None if channel == "stable" else "stable")
+    if fallback is not None:
+        check_channel_name(fallback)
+
+    artifacts: dict[str, ComponentArtifact] = {}
+    with repo.edit_targets() as targets:
+        for name, path in sorted(components.items()):
+            info = repo.add_target_file(artifact_target(name, version, path.name), path)
+            targets.targets[info.path] = info
+            artifacts[name] = ComponentArtifact(
+                version=version, target=info.path, sha256=info.hashes["sha256"], length=info.length
+            )
+        _ensure_channel_role(repo, targets, channel)
+
+    channel_file = ChannelFile(
+        channel=channel,
+        release=version,
+        components=artifacts,
+        fallback=fallback,
+        revoked=list(current.revoked) if current else [],
+        published_at=ChannelFile.now(),
+    )
+    write_channel_file(repo, channel_file)
+    return channel_file
+
+
+class RoleStatus(BaseModel):
+    role: str
+    version: int
+    expires: datetime
+    threshold: int
+    keys: int
+
+
+class ChannelStatus(BaseModel):
+    channel: str
+    release: str
+    fallback: str | None
+    published_at: datetime
+    components: dict[str, str]
+    revoked: list[str]
+
+
+class RepositoryStatus(BaseModel):
+    repository: str
+    channels: list[ChannelStatus]
+    roles: list[RoleStatus]
+
+
+def repository_status(repo: FileRepository) -> RepositoryStatus:
+    _require(repo)
+    roles = []
+    for role in [Root.type, Timestamp.type, Snapshot.type, *repo.targets_roles()]:
+        signed = repo.open(role).signed
+        authority = repo.authorizing_role(role)
+        roles.append(
+            RoleStatus(
+                role=role,
+                version=signed.version,
+                expires=signed.expires,
+                threshold=authority.threshold,
+                keys=len(authority.keyids),
+            )
+        )
+    found = []
+    for name in channels(repo):
+        cf = current_channel_file(repo, name)
+        if cf is None:
+            continue
+        found.append(
+            ChannelStatus(
+                channel=name,
+                release=cf.release,
+                fallback=cf.fallback,
+                published_at=cf.published_at,
+                components={k: v.target for k, v in cf.components.items()},
+                revoked=[r.version for r in cf.revoked],
+            )
+        )
+    return RepositoryStatus(repository=str(repo.path), channels=found, roles=roles)

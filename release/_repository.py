@@ -1,0 +1,203 @@
+"""A TUF repository kept as plain files, edited through python-tuf's Repository API.
+
+Layout of REPO: `metadata/` and `targets/` are what clients fetch (serve only these);
+`keys/` (by default) holds the private keys. Metadata is written with consistent snapshots:
+`metadata/<version>.<role>.json` for every role but timestamp, plus an unversioned copy of the
+newest (`metadata/<role>.json`) that the pipeline reads back. Target files are stored as
+`targets/<dir>/<sha256>.<name>`. Every file is written atomically, and timestamp last, so a
+client always sees one consistent repository state.
+"""
+
+import hashlib
+import os
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import (
+    Metadata,
+    MetaFile,
+    Role,
+    Root,
+    Signed,
+    Snapshot,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
+from tuf.api.serialization.json import JSONSerializer
+from tuf.repository import Repository
+
+from release._errors import ReleaseError
+from updater import atomic_write
+from release._keys import KeyStore
+
+EXPIRY: dict[str, timedelta] = {
+    Root.type: timedelta(days=365),
+    Targets.type: timedelta(days=365),
+    Snapshot.type: timedelta(days=30),
+    Timestamp.type: timedelta(days=7),
+}
+DELEGATED_EXPIRY = timedelta(days=180)
+_TOP = (Root.type, Targets.type, Snapshot.type, Timestamp.type)
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    with path.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256")
+        return digest.hexdigest(), f.tell()
+
+
+class FileRepository(Repository):
+    def __init__(self, path: Path, keys: KeyStore | None = None) -> None:
+        self.path = path
+        self.metadata_dir = path / "metadata"
+        self.targets_dir = path / "targets"
+        self.keys = keys or KeyStore(path / "keys")
+        self._serializer = JSONSerializer(compact=False)
+
+    # --- storage -------------------------------------------------------------------------
+    def _latest_path(self, role: str) -> Path:
+        return self.metadata_dir / f"{role}.json"
+
+    def exists(self) -> bool:
+        return self._latest_path(Root.type).is_file()
+
+    def open(self, role: str) -> Metadata:
+        path = self._latest_path(role)
+        if path.is_file():
+            return Metadata.from_bytes(path.read_bytes())
+        signed: Signed
+        if role == Root.type:
+            signed = Root(consistent_snapshot=True)
+        elif role == Snapshot.type:
+            signed = Snapshot()
+        elif role == Timestamp.type:
+            signed = Timestamp()
+        else:
+            signed = Targets()
+        return Metadata(signed)
+
+    def authorizing_role(self, role: str) -> Role:
+        """The role entry (keys, threshold) that signs `role`: in root or a delegator."""
+        if role in _TOP:
+            return self.root().get_delegated_role(role)
+        delegations = self.targets().delegations
+        if delegations is None or delegations.roles is None or role not in delegations.roles:
+            raise ReleaseError(f"role {role!r} is not delegated by targets")
+        return delegations.roles[role]
+
+    def close(self, role: str, md: Metadata) -> None:
+        # A role never written before is stored as version 1, as created; others are bumped.
+        if self._latest_path(role).is_file():
+            md.signed.version += 1
+        md.signed.expires = datetime.now(UTC).replace(microsecond=0) + EXPIRY.get(
+            role, DELEGATED_EXPIRY
+        )
+        self.sign_and_store(role, md)
+
+    def sign_and_store(self, role: str, md: Metadata, extra_signers: tuple[CryptoSigner, ...] = ()) -> None:
+        md.signatures.clear()
+        if role == Root.type:
+            keyids = list(md.signed.roles[Root.type].keyids)  # type: ignore[attr-defined]
+        else:
+            keyids = list(self.authorizing_role(role).keyids)
+        signers = self.keys.signers(keyids) + list(extra_signers)
+        if not signers:
+            raise ReleaseError(
+                f"no private key for role {role!r} in {self.keys.folder}: "
+                f"expected one of key ids {', '.join(k[:16] for k in keyids)}"
+            )
+        for signer in signers:
+            md.sign(signer, append=True)
+        data = md.to_bytes(self._serializer)
+        if role != Timestamp.type:
+            atomic_write(self.metadata_dir / f"{md.signed.version}.{role}.json", data)
+        atomic_write(self._latest_path(role), data)
+
+    # --- what snapshot and timestamp describe --------------------------------------------
+    def _metafile(self, role: str) -> MetaFile:
+        path = self._latest_path(role)
+        data = path.read_bytes()
+        version = Metadata.from_bytes(data).signed.version
+        return MetaFile(
+            version=version,
+            length=len(data),
+            hashes={"sha256": hashlib.sha256(data).hexdigest()},
+        )
+
+    def targets_roles(self) -> list[str]:
+        roles = [Targets.type]
+        delegations = self.targets().delegations
+        if delegations is not None and delegations.roles:
+            roles += list(delegations.roles)
+        return roles
+
+    @property
+    def targets_infos(self) -> dict[str, MetaFile]:
+        return {
+            f"{role}.json": self._metafile(role)
+            for role in self.targets_roles()
+            if self._latest_path(role).is_file()
+        }
+
+    @property
+    def snapshot_info(self) -> MetaFile:
+        return self._metafile(Snapshot.type)
+
+    def commit(self) -> None:
+        """Publish the edits made so far: a new snapshot, then a new timestamp."""
+        self.do_snapshot()
+        self.do_timestamp()
+
+    # --- targets -------------------------------------------------------------------------
+    def add_target_file(self, target_path: str, source: Path) -> TargetFile:
+        """Copy `source` into targets/ under its consistent-snapshot name; return its info."""
+        sha256, length = file_digest(source)
+        dest = self.stored_target_path(target_path, sha256)
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.tmp")
+            shutil.copyfile(source, tmp)
+            tmp.chmod(0o644)
+            with tmp.open("rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        return TargetFile(length=length, hashes={"sha256": sha256}, path=target_path)
+
+    def add_target_bytes(self, target_path: str, data: bytes) -> TargetFile:
+        sha256 = hashlib.sha256(data).hexdigest()
+        dest = self.stored_target_path(target_path, sha256)
+        if not dest.exists():
+            atomic_write(dest, data)
+        return TargetFile(length=len(data), hashes={"sha256": sha256}, path=target_path)
+
+    def stored_target_path(self, target_path: str, sha256: str) -> Path:
+        directory, _, name = target_path.rpartition("/")
+        return self.targets_dir / directory / f"{sha256}.{name}"
+
+    def read_target(self, info: TargetFile) -> bytes:
+        return self.stored_target_path(info.path, info.hashes["sha256"]).read_bytes()
+
+
+def init_repository(path: Path, keys_dir: Path | None = None) -> FileRepository:
+    """Create a new repository: one ed25519 key for each top-level role, empty targets."""
+    repo = FileRepository(path, KeyStore(keys_dir or path / "keys"))
+    if repo.exists():
+        raise ReleaseError(f"{path}: a repository is already there (metadata/root.json exists)")
+    if path.exists() and any(p.name in ("metadata", "targets") for p in path.iterdir()):
+        raise ReleaseError(f"{path}: has metadata/ or targets/ already; choose an empty folder")
+    path.mkdir(parents=True, exist_ok=True)
+    repo.targets_dir.mkdir(parents=True, exist_ok=True)
+
+    root_md = repo.open(Root.type)
+    root = root_md.signed
+    assert isinstance(root, Root)
+    for role in _TOP:
+        signer = repo.keys.generate(role)
+        root.add_key(signer.public_key, role)
+    repo.close(Root.type, root_md)
+    repo.close(Targets.type, repo.open(Targets.type))
+    repo.commit()
+    return repo

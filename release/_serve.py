@@ -1,0 +1,122 @@
+"""A development static server for a repository, on 127.0.0.1 only.
+
+A repository is plain files; in production any static server or CDN serves `metadata/` and
+`targets/`. This one serves just those two folders (never `keys/`), keeps connections alive,
+answers single byte ranges, sends files with sendfile(2), and counts requests and TCP
+connections so that tests and benchmarks can see what a client really did.
+"""
+
+import os
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http import HTTPStatus
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+_SERVED = ("metadata", "targets")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class RepositoryServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, root: Path, port: int = 0, host: str = "127.0.0.1") -> None:
+        self.root = root.resolve()
+        self.requests_served = 0
+        self.connections = 0
+        self.paths: list[str] = []
+        self.honour_ranges = True
+        self._count_lock = threading.Lock()
+        super().__init__((host, port), _Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def get_request(self) -> Any:
+        conn = super().get_request()
+        with self._count_lock:
+            self.connections += 1
+        return conn
+
+    def reset_counts(self) -> None:
+        with self._count_lock:
+            self.requests_served = 0
+            self.connections = 0
+            self.paths = []
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: RepositoryServer
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, directory=str(args[2].root), **kwargs)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+    def _count(self) -> None:
+        with self.server._count_lock:
+            self.server.requests_served += 1
+            self.server.paths.append(self.path)
+
+    def send_head(self) -> Any:  # type: ignore[override]
+        self._count()
+        parts = self.path.split("?", 1)[0].lstrip("/").split("/")
+        local = Path(self.translate_path(self.path))
+        if parts[0] not in _SERVED or not local.is_file():
+            self.send_error(HTTPStatus.NOT_FOUND, "not found")
+            return None
+        f = local.open("rb")
+        size = os.fstat(f.fileno()).st_size
+        start, end = 0, size - 1
+        status = HTTPStatus.OK
+        match = _RANGE.match(self.headers.get("Range", "")) if self.server.honour_ranges else None
+        if match and (match.group(1) or match.group(2)):
+            if match.group(1):
+                start = int(match.group(1))
+                end = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
+            else:
+                start = max(size - int(match.group(2)), 0)
+            if start > end or start >= size:
+                f.close()
+                self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
+            status = HTTPStatus.PARTIAL_CONTENT
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        if status == HTTPStatus.PARTIAL_CONTENT:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.end_headers()
+        f.seek(start)
+        self._span = end - start + 1
+        return f
+
+    def copyfile(self, source: Any, outputfile: Any) -> None:
+        outputfile.flush()
+        self.connection.sendfile(source, source.tell(), self._span)
+
+
+@contextmanager
+def serving(root: Path, port: int = 0) -> Iterator[RepositoryServer]:
+    """Serve `root` on 127.0.0.1 in a background thread for the duration of the block."""
+    server = RepositoryServer(root, port)
+    thread = threading.Thread(target=server.serve_forever, name="repository-server", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -1,0 +1,76 @@
+"""What can go wrong, as one hierarchy: catch `GreenlightError` for all of it, or a subclass.
+
+Every error carries the exit code the CLI returns for it and a one-line message that names
+the file, field or URL involved and what to do.
+"""
+
+
+class GreenlightError(Exception):
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+
+class ConfigError(GreenlightError):
+    """greenlight.toml or the installation root is missing, unreadable or invalid."""
+
+    exit_code = 3
+
+
+class TrustError(GreenlightError):
+    """TUF verification refused metadata or a target: tampered, expired, replayed, wrong root."""
+
+    exit_code = 4
+
+
+class NetworkError(GreenlightError):
+    """The repository could not be reached or answered with an HTTP error."""
+
+    exit_code = 5
+
+
+class BusyError(GreenlightError):
+    """Another transaction holds this installation root."""
+
+    exit_code = 6
+
+
+class StoreError(GreenlightError):
+    """Local state could not be written or read (full disk, permissions, a broken store)."""
+
+    exit_code = 7
+
+
+class ArchiveError(GreenlightError):
+    """A release archive is broken or hostile (paths out of the tree, links, bombs)."""
+
+    exit_code = 8
+
+
+class NotFound(GreenlightError):
+    """A channel or release that the repository does not carry."""
+
+    exit_code = 9
+
+
+EXIT_OK = 0
+EXIT_UPDATE_AVAILABLE = 10
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success; for `check`: up to date",
+    1: "unexpected internal error (a bug: please report it)",
+    2: "usage error (unknown option, missing argument)",
+    ConfigError.exit_code: "configuration or installation root missing or invalid",
+    TrustError.exit_code: "verification refused metadata or an artifact",
+    NetworkError.exit_code: "repository unreachable or HTTP error",
+    BusyError.exit_code: "another updater holds the installation root",
+    StoreError.exit_code: "local state could not be written (disk full, permissions)",
+    ArchiveError.exit_code: "release archive broken or hostile",
+    NotFound.exit_code: "channel or release not found in the repository",
+    EXIT_UPDATE_AVAILABLE: "`check`: an update is available",
+}

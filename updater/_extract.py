@@ -1,0 +1,140 @@
+"""Safe extraction of release archives (.tar, .tar.gz/.tgz, .tar.zst), streamed.
+
+Refused, with one line naming the member: absolute paths, `..`, duplicate names, members
+passing through a symlink, symlinks or hardlinks that leave the tree, devices and FIFOs, and
+more bytes than the limits allow (archive bombs). Files are written by this module (never by
+tarfile's own extract), without set-uid bits, and only regular files, directories and safe
+links are created. Extraction goes into a folder the caller removes on failure.
+"""
+
+import os
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import pyzstd
+
+from updater._errors import ArchiveError
+
+_COPY = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_total_bytes: int = 8 * 1024**3
+    max_ratio: int = 200  # uncompressed bytes per archive byte, beyond a small allowance
+    max_members: int = 200_000
+
+
+@contextmanager
+def _open_stream(path: Path) -> Iterator[tarfile.TarFile]:
+    name = path.name
+    raw: IO[bytes] = path.open("rb")
+    try:
+        head = raw.read(4)
+        raw.seek(0)
+        if name.endswith(".zst") or head == b"\x28\xb5\x2f\xfd":
+            stream: IO[bytes] = pyzstd.ZstdFile(raw)  # type: ignore[assignment]
+            mode = "r|"
+        elif head[:2] == b"\x1f\x8b":
+            stream, mode = raw, "r|gz"
+        else:
+            stream, mode = raw, "r|"
+        with tarfile.open(fileobj=stream, mode=mode) as tar:  # type: ignore[call-overload]
+            yield tar
+    except (tarfile.TarError, pyzstd.ZstdError, EOFError, OSError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise  # a real I/O error (disk full...), not a broken archive
+        raise ArchiveError(f"{path.name}: not a readable archive: {e or type(e).__name__}") from None
+    finally:
+        raw.close()
+
+
+def _clean_name(archive: str, name: str) -> str:
+    if not name or name.startswith("/") or "\\" in name or "\x00" in name:
+        raise ArchiveError(f"{archive}: member {name!r} refused: absolute or malformed path")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ArchiveError(f"{archive}: member {name!r} refused: '..' leaves the tree")
+    return "/".join(parts)
+
+
+def extract(archive: Path, dest: Path, limits: Limits = Limits()) -> int:
+    """Extract `archive` into the empty folder `dest`; return the bytes written."""
+    label = archive.name
+    dest.mkdir(parents=True, exist_ok=True)
+    budget = min(limits.max_total_bytes, archive.stat().st_size * limits.max_ratio + 64 * 1024**2)
+    written = 0
+    seen: set[str] = set()
+    links: set[str] = set()
+    files: set[str] = set()
+    with _open_stream(archive) as tar:
+        for count, member in enumerate(tar, start=1):
+            if count > limits.max_members:
+                raise ArchiveError(f"{label}: more than {limits.max_members} members")
+            name = _clean_name(label, member.name)
+            if not name:
+                continue
+            if name in seen:
+                raise ArchiveError(f"{label}: member {name!r} refused: appears twice")
+            prefix = name
+            while "/" in prefix:
+                prefix = prefix.rsplit("/", 1)[0]
+                if prefix in links:
+                    raise ArchiveError(
+                        f"{label}: member {name!r} refused: passes through link {prefix!r}"
+                    )
+            seen.add(name)
+            target = dest / name
+            if member.isdir():
+                target.mkdir(parents=True, exist_ok=True, mode=0o755)
+            elif member.isreg():
+                if member.size > budget - written:
+                    raise ArchiveError(
+                        f"{label}: member {name!r} refused: {member.size} bytes would exceed "
+                        f"the limit of {budget} bytes for this archive (archive bomb?)"
+                    )
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                assert source is not None
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    left = member.size
+                    while left:
+                        block = source.read(min(_COPY, left))
+                        if not block:
+                            raise ArchiveError(f"{label}: member {name!r} is truncated")
+                        out.write(block)
+                        left -= len(block)
+                os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
+                written += member.size
+                files.add(name)
+            elif member.issym():
+                link = member.linkname
+                resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), link))
+                if link.startswith("/") or resolved == ".." or resolved.startswith("../"):
+                    raise ArchiveError(
+                        f"{label}: member {name!r} refused: symlink to {link!r} leaves the tree"
+                    )
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(link, target)
+                links.add(name)
+            elif member.islnk():
+                source_name = _clean_name(label, member.linkname)
+                if source_name not in files:
+                    raise ArchiveError(
+                        f"{label}: member {name!r} refused: hardlink to {member.linkname!r} "
+                        "which is not a file earlier in the archive"
+                    )
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(dest / source_name, target)
+                files.add(name)
+            else:
+                raise ArchiveError(
+                    f"{label}: member {name!r} refused: device, FIFO or other special file"
+                )
+    return written

@@ -1,0 +1,155 @@
+"""The installation root: its layout on disk and the small state files in it.
+
+```
+<root>/greenlight.toml       configuration
+<root>/state/metadata/       TUF metadata cache (ngclient's; root history kept)
+<root>/state/channels/       verified channel files, and active.json: the active channel
+<root>/downloads/            verified artifacts, named by sha256
+<root>/releases/<version>/   unpacked releases, each with its release.json
+<root>/current               symlink to releases/<version>; switched atomically
+```
+What is installed is read from `current`, never stored twice.
+"""
+
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import platformdirs
+from pydantic import BaseModel, ValidationError
+
+from channels import ChannelFile, ComponentArtifact, sort_versions
+from updater._config import Config, RepositoryConfig
+from updater._errors import ConfigError, StoreError
+from updater._fs import atomic_symlink, atomic_write
+
+RELEASE_MANIFEST = "release.json"
+
+
+def default_root() -> Path:
+    env = os.environ.get("GREENLIGHT_ROOT")
+    return Path(env) if env else Path(platformdirs.user_data_dir("greenlight"))
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+class ActiveChannel(BaseModel):
+    channel: str
+    since: datetime
+    reason: str
+
+
+class ReleaseManifest(BaseModel):
+    version: str
+    channel: str
+    components: dict[str, ComponentArtifact]
+    installed_at: datetime
+
+
+class InstallRoot:
+    def __init__(self, path: Path) -> None:
+        self.path = path.absolute()
+        self.config_path = self.path / "greenlight.toml"
+        self.state = self.path / "state"
+        self.metadata_dir = self.state / "metadata"
+        self.channels_dir = self.state / "channels"
+        self.downloads = self.path / "downloads"
+        self.releases = self.path / "releases"
+        self.current = self.path / "current"
+        self._config: Config | None = None
+
+    # --- creation and configuration ------------------------------------------------------
+    @classmethod
+    def create(cls, path: Path, repo_url: str, trusted_root: bytes, channel: str) -> "InstallRoot":
+        root = cls(path)
+        if root.config_path.exists():
+            raise ConfigError(f"{root.config_path}: already initialized; choose another --root")
+        try:
+            config = Config(repository=RepositoryConfig(url=repo_url), channel=channel)
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise ConfigError(f"--repo/--channel: {first['msg']}") from None
+        for folder in (root.metadata_dir, root.channels_dir, root.downloads, root.releases):
+            folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(root.metadata_dir / "root.json", trusted_root, mode=0o644)
+        atomic_write(root.config_path, config.dump().encode())
+        root.set_active_channel(channel, "initial channel")
+        return root
+
+    def require(self) -> "InstallRoot":
+        if not self.config_path.is_file():
+            raise ConfigError(
+                f"{self.path}: not an installation root (no greenlight.toml); run 'updater init'"
+            )
+        return self
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = Config.load(self.require().config_path)
+        return self._config
+
+    # --- channels ------------------------------------------------------------------------
+    def active_channel(self) -> ActiveChannel:
+        path = self.channels_dir / "active.json"
+        try:
+            return ActiveChannel.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return ActiveChannel(channel=self.config.channel, since=now(), reason="configured")
+        except ValidationError:
+            raise StoreError(f"{path}: unreadable; switch with 'updater channel NAME'") from None
+
+    def set_active_channel(self, channel: str, reason: str) -> ActiveChannel:
+        active = ActiveChannel(channel=channel, since=now(), reason=reason)
+        atomic_write(self.channels_dir / "active.json", active.model_dump_json(indent=2).encode())
+        return active
+
+    def save_channel_file(self, channel_file: ChannelFile, raw: bytes) -> None:
+        atomic_write(self.channels_dir / f"{channel_file.channel}.json", raw)
+
+    # --- releases ------------------------------------------------------------------------
+    def release_dir(self, version: str) -> Path:
+        return self.releases / version
+
+    def installed_version(self) -> str | None:
+        try:
+            target = os.readlink(self.current)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StoreError(f"{self.current}: not a release link: {e}") from None
+        return Path(target).name
+
+    def manifest(self, version: str) -> ReleaseManifest | None:
+        path = self.release_dir(version) / RELEASE_MANIFEST
+        try:
+            return ReleaseManifest.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValidationError:
+            raise StoreError(f"{path}: damaged release manifest") from None
+
+    def installed_releases(self) -> list[str]:
+        if not self.releases.is_dir():
+            return []
+        return sort_versions(
+            p.name for p in self.releases.iterdir()
+            if not p.name.startswith(".") and (p / RELEASE_MANIFEST).is_file()
+        )
+
+    def switch_current(self, version: str) -> None:
+        if not (self.release_dir(version) / RELEASE_MANIFEST).is_file():
+            raise StoreError(f"{self.release_dir(version)}: release {version} is not staged")
+        atomic_symlink(self.current, f"releases/{version}")
+
+    def prune(self, keep: int) -> list[str]:
+        """Remove the oldest releases beyond `keep`, never the current one."""
+        current = self.installed_version()
+        versions = [v for v in self.installed_releases() if v != current]
+        doomed = versions[: max(0, len(versions) - (keep - 1))]
+        for version in doomed:
+            shutil.rmtree(self.release_dir(version), ignore_errors=True)
+        return doomed

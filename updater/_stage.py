@@ -1,0 +1,49 @@
+"""Staging a release: its verified archives unpacked into `releases/<version>/`.
+
+Each component goes to `releases/<version>/<component>/`, next to a `release.json` manifest.
+Work happens in `releases/.staging-<version>` and one rename publishes it, so a release folder
+with a manifest is always complete.
+"""
+
+import errno
+import shutil
+from pathlib import Path
+
+from channels import ChannelFile
+from updater._errors import GreenlightError, StoreError
+from updater._extract import extract
+from updater._fs import atomic_write, fsync_dir
+from updater._root import RELEASE_MANIFEST, InstallRoot, ReleaseManifest, now
+
+
+def stage_release(root: InstallRoot, channel_file: ChannelFile, archives: dict[str, Path]) -> Path:
+    version = channel_file.release
+    final = root.release_dir(version)
+    existing = root.manifest(version)
+    if existing is not None and existing.components == channel_file.components:
+        return final
+    staging = root.releases / f".staging-{version}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        for name, archive in sorted(archives.items()):
+            extract(archive, staging / name)
+        manifest = ReleaseManifest(
+            version=version,
+            channel=channel_file.channel,
+            components=channel_file.components,
+            installed_at=now(),
+        )
+        atomic_write(staging / RELEASE_MANIFEST, manifest.model_dump_json(indent=2).encode())
+        if final.exists():
+            # Same version, other bytes (re-published): keep the old aside until replaced.
+            shutil.rmtree(final)
+        staging.rename(final)
+        fsync_dir(root.releases)
+    except GreenlightError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        hint = " (disk full)" if e.errno == errno.ENOSPC else ""
+        raise StoreError(f"{final}: cannot stage release {version}{hint}: {e.strerror}") from None
+    return final

@@ -1,0 +1,179 @@
+"""The TUF client of an installation root: python-tuf's ngclient over the httpx fetcher.
+
+`TrustedRepository` refreshes metadata (root chain, timestamp, snapshot, targets), reads a
+channel file as a target of the channel's delegated role, and streams artifacts straight into
+the content-addressed download store, hashing as the bytes arrive. ngclient's own
+`download_target` spools to a temporary file, re-reads it to hash, then copies it; streaming
+once is the same check (length and sha256 from signed targets metadata) at a third of the I/O.
+Every python-tuf exception leaves this module as a `TrustError` or `NetworkError` with one line
+that says what was refused and why.
+"""
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import Metadata, Root, TargetFile
+from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
+
+from channels import ChannelFile, ChannelFileError, ComponentArtifact, channel_target
+from updater._downloads import Downloads
+from updater._errors import (
+    ConfigError,
+    GreenlightError,
+    NetworkError,
+    NotFound,
+    StoreError,
+    TrustError,
+)
+from updater._fetcher import HttpxFetcher, user_agent
+
+Progress = Callable[[int], None]
+
+
+def explain(error: Exception, what: str) -> GreenlightError:
+    """Turn a python-tuf exception into one line a person can act on."""
+    detail = str(error) or type(error).__name__
+    match error:
+        case tuf_errors.DownloadHTTPError():
+            return NetworkError(f"{what}: repository answered HTTP {error.status_code}")
+        case tuf_errors.SlowRetrievalError():
+            return NetworkError(f"{what}: repository too slow or unreachable: {detail}")
+        case tuf_errors.DownloadLengthMismatchError():
+            return TrustError(f"{what} refused: longer than its signed length: {detail}")
+        case tuf_errors.DownloadError():
+            cause = error.__cause__ or error
+            return NetworkError(f"{what}: cannot reach the repository: {cause}")
+        case tuf_errors.ExpiredMetadataError():
+            return TrustError(f"{what} refused: metadata expired: {detail}")
+        case tuf_errors.BadVersionNumberError():
+            return TrustError(
+                f"{what} refused: older metadata than already trusted (replay?): {detail}"
+            )
+        case tuf_errors.UnsignedMetadataError():
+            return TrustError(
+                f"{what} refused: signatures do not verify against the trusted root "
+                f"(wrong root or tampered metadata): {detail}"
+            )
+        case tuf_errors.LengthOrHashMismatchError():
+            return TrustError(f"{what} refused: length or hash mismatch (tampered?): {detail}")
+        case tuf_errors.RepositoryError():
+            return TrustError(f"{what} refused: {detail}")
+        case OSError():
+            return StoreError(f"{what}: cannot write local state: {detail}")
+    return GreenlightError(f"{what}: {type(error).__name__}: {detail}")
+
+
+@contextmanager
+def verifying(what: str) -> Iterator[None]:
+    try:
+        yield
+    except GreenlightError:
+        raise
+    except (tuf_errors.RepositoryError, tuf_errors.DownloadError, OSError) as e:
+        raise explain(e, what) from e
+
+
+def _read_if_matching(path: Path | None, info: TargetFile) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        data = path.read_bytes()
+        info.verify_length_and_hashes(data)
+    except (OSError, tuf_errors.LengthOrHashMismatchError):
+        return None
+    return data
+
+
+class TrustedRepository:
+    def __init__(
+        self,
+        metadata_dir: Path,
+        metadata_url: str,
+        targets_url: str,
+        fetcher: FetcherInterface | None = None,
+        bootstrap: bytes | None = None,
+    ) -> None:
+        self.metadata_dir = metadata_dir
+        self.targets_url = targets_url.rstrip("/") + "/"
+        self.fetcher = fetcher or HttpxFetcher()
+        config = UpdaterConfig(app_user_agent=user_agent())
+        try:
+            self._updater = Updater(
+                metadata_dir=str(metadata_dir),
+                metadata_base_url=metadata_url,
+                target_base_url=self.targets_url,
+                fetcher=self.fetcher,
+                config=config,
+                bootstrap=bootstrap,
+            )
+        except FileNotFoundError:
+            raise ConfigError(
+                f"{metadata_dir / 'root.json'}: no trusted root; run 'updater init --trust ROOT'"
+            ) from None
+        except (tuf_errors.RepositoryError, ValueError) as e:
+            raise TrustError(f"{metadata_dir / 'root.json'}: not a valid trusted root: {e}") from e
+        self._refreshed = False
+
+    def refresh(self) -> None:
+        if not self._refreshed:
+            with verifying("metadata"):
+                self._updater.refresh()
+            self._refreshed = True
+
+    def target_info(self, path: str) -> TargetFile | None:
+        self.refresh()
+        with verifying(f"target {path}"):
+            return self._updater.get_targetinfo(path)
+
+    def target_url(self, info: TargetFile) -> str:
+        root = Metadata[Root].from_file(str(self.metadata_dir / "root.json")).signed
+        directory, sep, name = info.path.rpartition("/")
+        if root.consistent_snapshot:
+            name = f"{info.hashes['sha256']}.{name}"
+        return f"{self.targets_url}{directory}{sep}{name}"
+
+    def channel_file(self, channel: str, cached: Path | None = None) -> tuple[ChannelFile, bytes]:
+        """The channel's verified file; `cached` (a copy verified before) saves the download
+        when its length and hashes still match the signed target."""
+        path = channel_target(channel)
+        info = self.target_info(path)
+        if info is None:
+            raise NotFound(f"channel {channel!r} is not published in this repository")
+        raw = _read_if_matching(cached, info)
+        if raw is None:
+            with verifying(f"channel file {path}"):
+                raw = self.fetcher.download_bytes(self.target_url(info), info.length)
+                info.verify_length_and_hashes(raw)
+        try:
+            channel_file = ChannelFile.from_json(raw, f"channel file {path}")
+        except ChannelFileError as e:
+            raise TrustError(str(e)) from None
+        if channel_file.channel != channel:
+            raise TrustError(
+                f"channel file {path} refused: it names channel {channel_file.channel!r}"
+            )
+        return channel_file, raw
+
+    def artifact_info(self, name: str, artifact: ComponentArtifact) -> TargetFile:
+        """The signed target of a component, cross-checked against the channel file."""
+        info = self.target_info(artifact.target)
+        if info is None:
+            raise TrustError(f"artifact {artifact.target} refused: not a signed target")
+        if info.length != artifact.length or info.hashes.get("sha256") != artifact.sha256:
+            raise TrustError(
+                f"artifact {artifact.target} refused: targets metadata and the channel file "
+                f"disagree on component {name!r} (sha256 or length)"
+            )
+        return info
+
+    def download(self, info: TargetFile, store: Downloads, progress: Progress | None = None) -> Path:
+        """Stream a target into `store` unless it is already there; verified either way."""
+        sha256 = info.hashes["sha256"]
+        found = store.find(sha256, info.length)
+        if found is not None:
+            return found
+        url = self.target_url(info)
+        with verifying(f"artifact {info.path}"):
+            return store.receive(self.fetcher.fetch(url), sha256, info.length, info.path, progress)
