@@ -1,0 +1,1 @@
+"""Examples shipped with Greenlight: the demo product used by `make demo` and the tests."""

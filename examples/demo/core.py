@@ -1,0 +1,157 @@
+"""Demo core service: the local API that the demo UI talks to.
+
+One port on 127.0.0.1 serves HTTP and a WebSocket:
+  GET /api/ping            {"ok": true}                  (no credentials)
+  GET /api/version         {"version": "<build version>"}
+  GET /api/v1/session      the UI's call; needs "Authorization: Bearer <token>"
+  GET /api/v1/work?ms=N    a slow authenticated request (for in-flight work)
+  GET /api/drain           stop taking work and wait (bounded) for in-flight work to end
+  WS  /ws                  echo, after an {"auth": "<token>"} first message
+and, with --dns-port, a DNS responder for the product's name (A record, 127.0.0.1).
+
+Faults are baked into a build's build.json, never read from the environment:
+  refuse-ui-token          the session call answers 403 "denying api access"; ping still works
+  crash-on-stop-in-flight  SIGTERM while a request is in flight kills the process (exit 70),
+                           like closing IPC pipes under a blocked reader
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from http import HTTPStatus
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import dns.message
+import dns.rrset
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.sync.server import ServerConnection, serve
+
+BUILD = json.loads((Path(__file__).with_name("build.json")).read_text())
+VERSION: str = BUILD["version"]
+FAULTS: set[str] = set(BUILD.get("faults", []))
+
+
+class Core:
+    def __init__(self, token: str, drain_seconds: float) -> None:
+        self.token = token
+        self.drain_seconds = drain_seconds
+        self.in_flight = 0
+        self.accepting = True
+        self.lock = threading.Condition()
+
+    def authorized(self, headers: Headers) -> bool:
+        return headers.get("Authorization", "") == f"Bearer {self.token}"
+
+    def reply(self, conn: ServerConnection, status: int, body: dict) -> Response:
+        response = conn.respond(status, json.dumps(body) + "\n")
+        response.headers["Content-Type"] = "application/json"
+        response.headers["X-Core-Version"] = VERSION
+        return response
+
+    def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        if url.path == "/ws":
+            return None  # go on with the WebSocket handshake
+        if url.path == "/api/ping":
+            return self.reply(conn, 200, {"ok": True})
+        if url.path == "/api/version":
+            return self.reply(conn, 200, {"version": VERSION})
+        if url.path == "/api/drain":
+            return self.reply(conn, 200, {"drained": self.drain()})
+        if url.path.startswith("/api/v1/"):
+            if not self.authorized(request.headers):
+                return self.reply(conn, 401, {"error": "missing or wrong token"})
+            if "refuse-ui-token" in FAULTS:
+                return self.reply(conn, 403, {"error": "denying api access"})
+            if url.path == "/api/v1/session":
+                return self.reply(conn, 200, {"user": "ui", "version": VERSION})
+            if url.path == "/api/v1/work":
+                ms = int(parse_qs(url.query).get("ms", ["50"])[0])
+                return self.work(conn, ms)
+        return self.reply(conn, 404, {"error": f"no route {url.path}"})
+
+    def work(self, conn: ServerConnection, ms: int) -> Response:
+        with self.lock:
+            if not self.accepting:
+                return self.reply(conn, 503, {"error": "draining"})
+            self.in_flight += 1
+        try:
+            time.sleep(ms / 1000)
+            return self.reply(conn, 200, {"done": ms})
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+                self.lock.notify_all()
+
+    def drain(self) -> bool:
+        """Stop taking work; wait up to drain_seconds for what is in flight."""
+        with self.lock:
+            self.accepting = False
+            return self.lock.wait_for(lambda: self.in_flight == 0, timeout=self.drain_seconds)
+
+    def websocket(self, conn: ServerConnection) -> None:
+        try:
+            first = json.loads(conn.recv(timeout=10))
+            if first.get("auth") != self.token or "refuse-ui-token" in FAULTS:
+                conn.close(4003, "denying api access")
+                return
+            conn.send(json.dumps({"ok": True, "version": VERSION}))
+            for message in conn:
+                conn.send(message)
+        except (ConnectionClosed, TimeoutError, ValueError):
+            pass
+
+
+def serve_dns(port: int, name: str) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", port))
+    while True:
+        data, peer = sock.recvfrom(4096)
+        try:
+            query = dns.message.from_wire(data)
+        except Exception:  # noqa: BLE001 - a malformed packet is dropped, not fatal
+            continue
+        reply = dns.message.make_response(query)
+        for question in query.question:
+            if question.name.to_text().rstrip(".") == name and question.rdtype == 1:
+                reply.answer.append(dns.rrset.from_text(question.name, 30, "IN", "A", "127.0.0.1"))
+        sock.sendto(reply.to_wire(), peer)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Demo core service.")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--token-file", type=Path, required=True)
+    parser.add_argument("--dns-port", type=int)
+    parser.add_argument("--dns-name", default="core.greenlight.test")
+    parser.add_argument("--drain-seconds", type=float, default=5.0)
+    args = parser.parse_args()
+
+    core = Core(args.token_file.read_text().strip(), args.drain_seconds)
+    server = serve(core.websocket, "127.0.0.1", args.port, process_request=core.process_request)
+    if args.dns_port:
+        threading.Thread(target=serve_dns, args=(args.dns_port, args.dns_name), daemon=True).start()
+
+    def on_term(signum: int, frame: object) -> None:
+        if core.in_flight and "crash-on-stop-in-flight" in FAULTS:
+            print(f"core {VERSION}: stopped with {core.in_flight} request(s) in flight: "
+                  "pipe closed under a blocked reader", file=sys.stderr, flush=True)
+            os._exit(70)
+        threading.Thread(target=lambda: (core.drain(), server.shutdown()), daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_term)
+    print(f"core {VERSION} listening on 127.0.0.1:{args.port} faults={sorted(FAULTS)}", flush=True)
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""`make demo`: the whole story on 127.0.0.1, with the real `release` and `updater` commands.
+
+A fresh repository is created and served, the demo product's stable 1.0 and beta 1.1 are
+published, an installation root is created and follows stable, then switches to beta and
+upgrades. Every command is printed before it runs. Work happens in ./demo-work (replaced on
+each run).
+"""
+
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from examples.demo.build import build
+
+BIN = Path(sys.executable).parent
+WORK = Path("demo-work")
+
+
+def say(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def run(*args: str, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
+    shown = " ".join(shlex.quote(a) for a in args)
+    print(f"$ {shown}", flush=True)
+    tool = str(BIN / args[0]) if (BIN / args[0]).exists() else args[0]
+    done = subprocess.run([tool, *args[1:]], text=True, capture_output=True)
+    for line in (done.stdout + done.stderr).rstrip().splitlines():
+        print(f"  {line}")
+    if done.returncode not in ok:
+        raise SystemExit(f"demo: '{shown}' exited {done.returncode}")
+    return done
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"demo: nothing listens on 127.0.0.1:{port}")
+
+
+def main() -> None:
+    shutil.rmtree(WORK, ignore_errors=True)
+    repo, root, builds = WORK / "repo", WORK / "root", WORK / "builds"
+    say("The release team builds the demo product and creates a signed repository")
+    stable = build("1.0", builds)
+    beta = build("1.1", builds)
+    run("release", "init", str(repo))
+    run("release", "publish", str(repo), "--channel", "stable", "--version", "1.0",
+        *(f"--component={c}={p}" for c, p in stable.items()))
+    run("release", "publish", str(repo), "--channel", "beta", "--version", "1.1",
+        "--fallback", "stable", *(f"--component={c}={p}" for c, p in beta.items()))
+    run("release", "status", str(repo))
+
+    port = free_port()
+    say(f"The repository is served as static files on 127.0.0.1:{port}")
+    server = subprocess.Popen([str(BIN / "release"), "serve", str(repo), "--port", str(port)],
+                              stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        url = f"http://127.0.0.1:{port}"
+        say("A machine installs stable, trusting the repository's first root")
+        run("updater", "init", "--root", str(root), "--repo", url,
+            "--trust", str(repo / "metadata" / "1.root.json"), "--channel", "stable")
+        run("updater", "check", "--root", str(root), ok=(0, 10))
+        run("updater", "upgrade", "--root", str(root))
+        run("updater", "check", "--root", str(root))
+        say("It joins the beta channel and upgrades")
+        run("updater", "channel", "--root", str(root), "beta")
+        run("updater", "check", "--root", str(root), ok=(10,))
+        run("updater", "upgrade", "--root", str(root))
+        run("updater", "status", "--root", str(root))
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    say(f"Done. Everything is under {WORK}/")
+
+
+if __name__ == "__main__":
+    main()

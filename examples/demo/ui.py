@@ -1,0 +1,99 @@
+"""Demo UI: the client of the core's local API, with the UI's own credentials.
+
+  ui.py --core URL --token-file F --probe
+      calls ping, version, the session (with the token) and a WebSocket round trip, as the
+      real UI would at start-up; exits 0, or 1 with one line saying which call failed and how.
+  ui.py --core URL --token-file F --stats FILE
+      runs as a service: a steady stream of work requests to the core; counts successes and
+      failures into FILE (JSON). On SIGTERM it finishes the request in flight, then exits.
+"""
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+from websockets.sync.client import connect
+
+BUILD = json.loads((Path(__file__).with_name("build.json")).read_text())
+
+
+def probe(core: str, token: str) -> str | None:
+    """The UI's start-up calls; None when all pass, else what failed."""
+    auth = {"Authorization": f"Bearer {token}"}
+    try:
+        with httpx.Client(base_url=core, timeout=5) as client:
+            for path, headers in (("/api/ping", {}), ("/api/version", {}),
+                                  ("/api/v1/session", auth)):
+                r = client.get(path, headers=headers)
+                if r.status_code != 200:
+                    return f"{path} answered HTTP {r.status_code}: {r.text.strip()[:120]}"
+        ws_url = core.replace("http://", "ws://", 1) + "/ws"
+        with connect(ws_url, open_timeout=5, close_timeout=2) as ws:
+            ws.send(json.dumps({"auth": token}))
+            hello = json.loads(ws.recv(timeout=5))
+            ws.send("ping")
+            if not hello.get("ok") or ws.recv(timeout=5) != "ping":
+                return "/ws round trip failed"
+    except Exception as e:  # noqa: BLE001 - any failure is the probe's answer
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def run_stream(core: str, token: str, stats_path: Path, work_ms: int) -> int:
+    stopping = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    stats = {"ok": 0, "failed": 0, "errors": []}
+
+    def save() -> None:
+        tmp = stats_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(stats))
+        tmp.replace(stats_path)
+
+    with httpx.Client(base_url=core, timeout=10,
+                      headers={"Authorization": f"Bearer {token}"}) as client:
+        while not stopping:
+            try:
+                r = client.get("/api/v1/work", params={"ms": work_ms})
+                ok = r.status_code == 200
+                error = None if ok else f"HTTP {r.status_code}"
+            except httpx.HTTPError as e:
+                ok, error = False, f"{type(e).__name__}: {e}"
+            stats["ok" if ok else "failed"] += 1
+            if error and len(stats["errors"]) < 20:
+                stats["errors"].append(error)
+            save()
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Demo UI.")
+    parser.add_argument("--core", required=True)
+    parser.add_argument("--token-file", type=Path, required=True)
+    parser.add_argument("--probe", action="store_true")
+    parser.add_argument("--stats", type=Path)
+    parser.add_argument("--work-ms", type=int, default=100)
+    args = parser.parse_args()
+    token = args.token_file.read_text().strip()
+    if args.probe:
+        failure = probe(args.core, token)
+        if failure:
+            print(f"ui {BUILD['version']} probe failed: {failure}", file=sys.stderr)
+            return 1
+        print(f"ui {BUILD['version']} probe ok")
+        return 0
+    if args.stats is None:
+        parser.error("--stats is required unless --probe")
+    print(f"ui {BUILD['version']} streaming to {args.core}", flush=True)
+    return run_stream(args.core, token, args.stats, args.work_ms)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
