@@ -17,6 +17,7 @@ demo: $(STAMP)
 	$(BIN)/python -m examples.demo.story
 
 test: $(STAMP)
+	tests/ensure_nginx.sh
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

@@ -71,7 +71,15 @@ class _Handler(SimpleHTTPRequestHandler):
         parts = self.path.split("?", 1)[0].lstrip("/").split("/")
         local = Path(self.translate_path(self.path))
         if parts[0] not in _SERVED or not local.is_file():
-            self.send_error(HTTPStatus.NOT_FOUND, "not found")
+            # Not send_error(): it closes the connection, and a missing next root.json is
+            # the answer to every check; keep the connection for the timestamp that follows.
+            body = b"not found\n"
+            self.send_response(HTTPStatus.NOT_FOUND)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
             return None
         f = local.open("rb")
         size = os.fstat(f.fileno()).st_size

@@ -1,0 +1,161 @@
+"""Shared fixtures: real repositories made by `release`, real servers on 127.0.0.1.
+
+`served` runs each test that uses it twice: against the project's development server and
+against nginx serving the very same tree (a repository needs nothing but static files).
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from examples.demo.build import build
+from release import FileRepository, init_repository, publish
+from release._serve import serving
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Served:
+    """A running static server over a repository tree, and what it was asked for."""
+
+    url: str
+    kind: str
+    paths: Callable[[], list[str]]
+    connections: Callable[[], int]
+    reset: Callable[[], None]
+
+
+@contextmanager
+def builtin_server(root: Path) -> Iterator[Served]:
+    with serving(root) as server:
+        yield Served(server.url, "builtin", lambda: list(server.paths),
+                     lambda: server.connections, server.reset_counts)
+
+
+_NGINX_CONF = """
+user root;
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    log_format counted '$connection $request_uri $status';
+    access_log {tmp}/access.log counted;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    default_type application/octet-stream;
+    sendfile on;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        location / {{ return 404; }}
+        location /metadata/ {{ }}
+        location /targets/ {{ }}
+    }}
+}}
+"""
+
+
+@contextmanager
+def nginx_server(root: Path, tmp: Path) -> Iterator[Served]:
+    if NGINX is None:
+        if os.environ.get("CI"):
+            pytest.fail("nginx is missing: tests/ensure_nginx.sh should have installed it")
+        pytest.skip("nginx is not installed (tests/ensure_nginx.sh installs it as root)")
+    tmp.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(_NGINX_CONF.format(tmp=tmp, port=port, root=root.resolve()))
+    log = tmp / "access.log"
+    proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(tmp)],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"nginx did not start: {proc.stderr.read() if proc.stderr else ''}")
+            time.sleep(0.05)
+    offset = [0]
+
+    def lines() -> list[list[str]]:
+        time.sleep(0.05)  # nginx writes the log line after the response
+        text = log.read_text() if log.exists() else ""
+        return [line.split() for line in text[offset[0]:].splitlines() if line]
+
+    def reset() -> None:
+        offset[0] = log.stat().st_size if log.exists() else 0
+
+    try:
+        yield Served(f"http://127.0.0.1:{port}", "nginx", lambda: [p[1] for p in lines()],
+                     lambda: len({p[0] for p in lines()}), reset)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> FileRepository:
+    return init_repository(tmp_path / "repo")
+
+
+@pytest.fixture(scope="session")
+def builds(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dict[str, Path]]:
+    """build(version, *faults) -> {component: archive}, cached for the session."""
+    folder = tmp_path_factory.mktemp("builds")
+    cache: dict[tuple[str, ...], dict[str, Path]] = {}
+
+    def make(version: str, *faults: str) -> dict[str, Path]:
+        key = (version, *faults)
+        if key not in cache:
+            cache[key] = build(version, folder / "-".join(key), faults)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture
+def published(repo: FileRepository, builds: Callable[..., dict[str, Path]]) -> FileRepository:
+    """stable 1.0 and beta 1.1 of the demo product."""
+    publish(repo, "stable", "1.0", builds("1.0"))
+    publish(repo, "beta", "1.1", builds("1.1"), fallback="stable")
+    return repo
+
+
+@pytest.fixture(params=["builtin", pytest.param("nginx", marks=pytest.mark.nginx)])
+def served(request: pytest.FixtureRequest, published: FileRepository,
+           tmp_path: Path) -> Iterator[Served]:
+    if request.param == "builtin":
+        with builtin_server(published.path) as s:
+            yield s
+    else:
+        with nginx_server(published.path, tmp_path / "nginx") as s:
+            yield s
+
+
+@pytest.fixture
+def server(published: FileRepository) -> Iterator[Served]:
+    with builtin_server(published.path) as s:
+        yield s

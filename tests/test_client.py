@@ -1,0 +1,167 @@
+"""The TUF client against real repositories on real servers (the dev server and nginx)."""
+
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from tuf.api.metadata import Metadata, Timestamp
+
+from release import FileRepository, init_repository, publish
+from updater import InstallRoot, NetworkError, NotFound, TrustError, check, open_repository, upgrade
+
+from conftest import Served
+
+
+def make_root(tmp: Path, served: Served, repo: FileRepository, channel: str = "stable",
+              trust: bytes | None = None) -> InstallRoot:
+    anchor = trust if trust is not None else (repo.metadata_dir / "1.root.json").read_bytes()
+    return InstallRoot.create(tmp / "root", served.url, anchor, channel)
+
+
+def do_upgrade(root: InstallRoot):
+    return upgrade(root, open_repository(root))
+
+
+def test_check_then_upgrade_installs_the_channels_release(tmp_path, served, published):
+    root = make_root(tmp_path, served, published)
+    report = check(root, open_repository(root))
+    assert (report.installed, report.available, report.update_available) == (None, "1.0", True)
+    assert set(report.components) == {"core", "ui"}
+
+    result = do_upgrade(root)
+    assert (result.outcome, result.to_version) == ("upgraded", "1.0")
+    assert root.installed_version() == "1.0"
+    assert (root.current / "core" / "core.py").is_file()
+    assert (root.current / "ui" / "build.json").read_text().count('"1.0"') == 1
+    assert check(root, open_repository(root)).update_available is False
+
+
+def test_second_upgrade_downloads_nothing_new(tmp_path, served, published):
+    root = make_root(tmp_path, served, published)
+    do_upgrade(root)
+    served.reset()
+    assert do_upgrade(root).outcome == "up-to-date"
+    assert not [p for p in served.paths() if "/artifacts/" in p]
+
+    root.set_active_channel("beta", "test")
+    assert do_upgrade(root).to_version == "1.1"
+    root.set_active_channel("stable", "test")
+    served.reset()
+    back = do_upgrade(root)
+    assert (back.to_version, back.bytes_fetched) == ("1.0", 0)
+    assert not [p for p in served.paths() if "/artifacts/" in p]
+
+
+def test_warm_check_is_two_requests_on_one_connection(tmp_path, server, published):
+    root = make_root(tmp_path, server, published)
+    check(root, open_repository(root))
+    server.reset()
+    check(root, open_repository(root))
+    assert [p.rsplit("/", 1)[-1] for p in server.paths()] == ["2.root.json", "timestamp.json"]
+    assert server.connections() == 1
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _stored(repo: FileRepository, prefix: str) -> Path:
+    (found,) = [p for p in repo.targets_dir.rglob("*") if p.is_file() and prefix in str(p)]
+    return found
+
+
+def test_tampered_artifact_is_refused_and_current_untouched(tmp_path, served, published):
+    root = make_root(tmp_path, served, published)
+    do_upgrade(root)
+    root.set_active_channel("beta", "test")
+    _flip_last_byte(_stored(published, "artifacts/core/1.1/"))
+    with pytest.raises(TrustError, match=r"artifact artifacts/core/1.1/core-1.1.tar.gz refused: sha256"):
+        do_upgrade(root)
+    assert root.installed_version() == "1.0"
+    assert not list((root.downloads / ".partial").iterdir())
+    assert not (root.releases / "1.1").exists()
+
+
+def test_tampered_channel_file_is_refused(tmp_path, served, published):
+    root = make_root(tmp_path, served, published)
+    _flip_last_byte(_stored(published, ".stable.json"))
+    with pytest.raises(TrustError, match="channel file channels/stable.json refused"):
+        do_upgrade(root)
+    assert root.installed_version() is None
+
+
+def test_tampered_metadata_is_refused(tmp_path, served, published):
+    root = make_root(tmp_path, served, published)
+    path = published.metadata_dir / "timestamp.json"
+    md = Metadata.from_bytes(path.read_bytes())
+    md.signed.version += 1  # changed without the timestamp key
+    path.write_bytes(md.to_bytes())
+    with pytest.raises(TrustError, match="signatures do not verify"):
+        check(root, open_repository(root))
+
+
+def test_replayed_older_timestamp_is_refused(tmp_path, served, published, builds):
+    root = make_root(tmp_path, served, published)
+    old_timestamp = (published.metadata_dir / "timestamp.json").read_bytes()
+    publish(published, "stable", "1.2", builds("1.2"))
+    do_upgrade(root)
+    (published.metadata_dir / "timestamp.json").write_bytes(old_timestamp)
+    with pytest.raises(TrustError, match="older metadata than already trusted"):
+        check(root, open_repository(root))
+    assert root.installed_version() == "1.2"
+
+
+def test_replayed_older_snapshot_is_refused(tmp_path, served, published, builds):
+    root = make_root(tmp_path, served, published)
+    snapshot_v = published.snapshot().version
+    old_snapshot = (published.metadata_dir / f"{snapshot_v}.snapshot.json").read_bytes()
+    publish(published, "stable", "1.2", builds("1.2"))
+    newest = published.snapshot().version
+    (published.metadata_dir / f"{newest}.snapshot.json").write_bytes(old_snapshot)
+    with pytest.raises(TrustError, match="refused"):
+        do_upgrade(root)
+    assert root.installed_version() is None
+
+
+def test_client_trusting_another_root_is_refused(tmp_path, served, published):
+    stranger = init_repository(tmp_path / "stranger")
+    root = make_root(tmp_path, served, published,
+                     trust=(stranger.metadata_dir / "1.root.json").read_bytes())
+    with pytest.raises(TrustError, match="signatures do not verify against the trusted root"):
+        check(root, open_repository(root))
+    assert root.installed_version() is None
+
+
+def test_expired_timestamp_is_refused(tmp_path, served, published):
+    root = make_root(tmp_path, served, published)
+    with published.edit_timestamp() as ts:
+        assert isinstance(ts, Timestamp)
+    path = published.metadata_dir / "timestamp.json"
+    md = Metadata.from_bytes(path.read_bytes())
+    md.signed.expires = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    published.sign_and_store("timestamp", md)
+    with pytest.raises(TrustError, match="expired"):
+        check(root, open_repository(root))
+
+
+def test_unknown_channel_and_unreachable_repository(tmp_path, served, published):
+    root = make_root(tmp_path, served, published, channel="nightly")
+    with pytest.raises(NotFound, match="channel 'nightly' is not published"):
+        check(root, open_repository(root))
+    root2 = InstallRoot.create(tmp_path / "r2", "http://127.0.0.1:9",
+                               (published.metadata_dir / "1.root.json").read_bytes(), "stable")
+    with pytest.raises(NetworkError, match="cannot reach the repository"):
+        check(root2, open_repository(root2))
+
+
+def test_missing_artifact_on_server_keeps_current(tmp_path, served, published):
+    root = make_root(tmp_path, served, published)
+    do_upgrade(root)
+    root.set_active_channel("beta", "test")
+    shutil.rmtree(published.targets_dir / "artifacts" / "ui" / "1.1")
+    with pytest.raises(NetworkError, match="HTTP 404"):
+        do_upgrade(root)
+    assert root.installed_version() == "1.0"
