@@ -28,12 +28,22 @@ def open_repository(root: InstallRoot, fetcher: object | None = None) -> Trusted
     )
 
 
-def read_channel(root: InstallRoot, repo: TrustedRepository) -> ChannelFile:
-    """The active channel's file, verified, and kept in state/channels/."""
-    channel = root.active_channel().channel
+def read_channel(
+    root: InstallRoot, repo: TrustedRepository, channel: str | None = None
+) -> ChannelFile:
+    """A channel's file (the active one by default), verified, and kept in state/channels/."""
+    channel = channel or root.active_channel().channel
     channel_file, raw = repo.channel_file(channel, root.channels_dir / f"{channel}.json")
     root.save_channel_file(channel_file, raw)
     return channel_file
+
+
+def switch_channel(root: InstallRoot, repo: TrustedRepository, channel: str) -> None:
+    """Make `channel` the active one, once the repository proves it carries it."""
+    previous = root.active_channel().channel
+    read_channel(root, repo, channel)
+    if channel != previous:
+        root.set_active_channel(channel, f"switched from {previous} by the user")
 
 
 def check(root: InstallRoot, repo: TrustedRepository) -> CheckReport:

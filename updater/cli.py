@@ -24,7 +24,7 @@ from rich.table import Table
 from updater._errors import EXIT_CODES, EXIT_UPDATE_AVAILABLE, ConfigError, GreenlightError
 from updater._reports import ErrorReport, StatusReport, dump
 from updater._root import InstallRoot, default_root
-from updater._upgrade import check, open_repository, read_channel, upgrade
+from updater._upgrade import check, open_repository, switch_channel, upgrade
 
 app = typer.Typer(
     name="updater",
@@ -182,13 +182,7 @@ def channel(
 
     def work() -> StatusReport:
         if name is not None:
-            previous = install.active_channel().channel
-            install.set_active_channel(name, f"switched from {previous} by the user")
-            try:
-                read_channel(install, open_repository(install))
-            except GreenlightError:
-                install.set_active_channel(previous, "kept: switch failed")
-                raise
+            switch_channel(install, open_repository(install), name)
         return _status(install)
 
     report = _run(as_json, work)

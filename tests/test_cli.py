@@ -1,0 +1,114 @@
+"""The command lines as a person or a script uses them: exit codes, JSON, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+@pytest.fixture
+def root_args(tmp_path, server, published):
+    root = tmp_path / "root"
+    done = run("updater", "init", "--root", str(root), "--repo", server.url,
+               "--trust", str(published.metadata_dir / "1.root.json"), "--channel", "stable")
+    assert done.returncode == 0, done.stderr
+    return ["--root", str(root)]
+
+
+def test_check_exit_codes_and_json(root_args):
+    first = run("updater", "check", *root_args, "--json")
+    assert first.returncode == 10
+    report = json.loads(first.stdout)
+    assert report["schema"] == "greenlight.check/1"
+    assert (report["installed"], report["available"], report["update_available"]) == (
+        None, "1.0", True)
+
+    up = run("updater", "upgrade", *root_args, "--json")
+    assert up.returncode == 0, up.stderr
+    upgraded = json.loads(up.stdout)
+    assert upgraded["schema"] == "greenlight.upgrade/1"
+    assert upgraded["outcome"] == "upgraded" and upgraded["bytes_fetched"] == upgraded["bytes_total"]
+    assert [s["step"] for s in upgraded["steps"]] == ["fetch", "stage", "switch", "commit"]
+
+    assert run("updater", "check", *root_args).returncode == 0
+    assert json.loads(run("updater", "upgrade", *root_args, "--json").stdout)["outcome"] == (
+        "up-to-date")
+
+
+def test_channel_switch_and_status(root_args):
+    assert run("updater", "channel", *root_args).stdout.startswith("stable")
+    switched = run("updater", "channel", *root_args, "beta")
+    assert switched.returncode == 0 and "beta" in switched.stdout
+    missing = run("updater", "channel", *root_args, "nightly")
+    assert missing.returncode == 9
+    assert missing.stderr.strip() == (
+        "updater: error: channel 'nightly' is not published in this repository")
+    status = json.loads(run("updater", "status", *root_args, "--json").stdout)
+    assert status["schema"] == "greenlight.status/1"
+    assert status["channel"] == "beta" and "by the user" in status["channel_reason"]
+
+
+def test_root_from_environment(root_args):
+    env = {"GREENLIGHT_ROOT": root_args[1]}
+    assert run("updater", "check", env=env).returncode == 10
+
+
+def test_errors_are_one_line_with_documented_codes(tmp_path, server, published):
+    missing_root = run("updater", "check", "--root", str(tmp_path / "nowhere"))
+    assert missing_root.returncode == 3
+    assert missing_root.stderr.count("\n") == 1 and "run 'updater init'" in missing_root.stderr
+
+    as_json = run("updater", "status", "--root", str(tmp_path / "nowhere"), "--json")
+    error = json.loads(as_json.stdout)
+    assert (error["schema"], error["kind"], error["exit_code"]) == (
+        "greenlight.error/1", "ConfigError", 3)
+
+    bad_trust = run("updater", "init", "--root", str(tmp_path / "r"), "--repo", server.url,
+                    "--trust", str(tmp_path / "no-root.json"))
+    assert bad_trust.returncode == 3 and "cannot read" in bad_trust.stderr
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("{}")
+    bad_root = run("updater", "init", "--root", str(tmp_path / "r2"), "--repo", server.url,
+                   "--trust", str(garbage))
+    assert bad_root.returncode == 4 and "not a valid trusted root" in bad_root.stderr
+
+
+def test_bad_config_names_file_and_field(root_args):
+    config = Path(root_args[1]) / "greenlight.toml"
+    config.write_text(config.read_text().replace("keep_releases = 3", "keep_releases = 0"))
+    done = run("updater", "status", *root_args)
+    assert done.returncode == 3
+    assert f"{config}: field keep_releases" in done.stderr
+
+
+def test_exit_codes_are_listed():
+    listed = run("updater", "exit-codes").stdout
+    for code in ("0", "3", "4", "5", "6", "7", "8", "9", "10"):
+        assert f"\n{code:>3}  " in "\n" + listed
+
+
+def test_release_cli_publish_and_refusals(tmp_path, builds):
+    repo = tmp_path / "repo"
+    assert run("release", "init", str(repo)).returncode == 0
+    again = run("release", "init", str(repo))
+    assert again.returncode == 1 and "already there" in again.stderr
+    parts = [f"--component=core={builds('2.0')['core']}"]
+    assert run("release", "publish", str(repo), "--channel", "stable", "--version", "2.0",
+               *parts).returncode == 0
+    older = run("release", "publish", str(repo), "--channel", "stable", "--version", "1.0", *parts)
+    assert older.returncode == 1 and "not newer" in older.stderr
+    bad = run("release", "publish", str(repo), "--channel", "stable", "--version", "3",
+              "--component", "core")
+    assert bad.returncode == 1 and "expected NAME=PATH" in bad.stderr
+    status = json.loads(run("release", "status", str(repo), "--json").stdout)
+    assert status["channels"][0]["release"] == "2.0"

@@ -1,0 +1,107 @@
+"""Safe extraction refuses hostile archives with one line and writes nothing outside dest."""
+
+import gzip
+import io
+import tarfile
+from pathlib import Path
+
+import pyzstd
+import pytest
+
+from updater import ArchiveError
+from updater._extract import Limits, extract
+
+
+def make_tar(path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]], compress: str = "gz"):
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for m in members:
+            if isinstance(m, tuple):
+                info = tarfile.TarInfo(m[0])
+                info.size = len(m[1])
+                tar.addfile(info, io.BytesIO(m[1]))
+            else:
+                tar.addfile(m)
+    data = raw.getvalue()
+    if compress == "gz":
+        data = gzip.compress(data)
+    elif compress == "zst":
+        data = pyzstd.compress(data)
+    path.write_bytes(data)
+    return path
+
+
+def link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info
+
+
+@pytest.mark.parametrize("compress", ["gz", "zst", "none"])
+def test_good_archive_extracts_files_dirs_and_inner_links(tmp_path, compress):
+    exe = tarfile.TarInfo("bin/run")
+    exe.mode = 0o4755  # set-uid is dropped
+    archive = make_tar(tmp_path / "good.tar", [
+        exe, ("bin/tool", b"#!/bin/sh\n"), ("share/a.txt", b"a"),
+        link("share/b.txt", "a.txt"), link("share/c.txt", "share/a.txt", tarfile.LNKTYPE),
+    ], compress)
+    dest = tmp_path / "out"
+    assert extract(archive, dest) == len(b"#!/bin/sh\n") + 1
+    assert (dest / "share" / "b.txt").read_text() == "a"
+    assert (dest / "share" / "c.txt").read_text() == "a"
+    assert (dest / "bin" / "run").stat().st_mode & 0o7777 == 0o755
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        ([("../evil", b"x")], "'..' leaves the tree"),
+        ([("a/../../evil", b"x")], "'..' leaves the tree"),
+        ([("/etc/evil", b"x")], "absolute"),
+        ([link("l", "/etc/passwd")], "symlink to '/etc/passwd' leaves the tree"),
+        ([link("d/l", "../../x")], "leaves the tree"),
+        ([link("l", "."), ("l/x", b"x")], "passes through link 'l'"),
+        ([link("h", "/etc/passwd", tarfile.LNKTYPE)], "absolute"),
+        ([link("h", "nothing", tarfile.LNKTYPE)], "not a file earlier"),
+        ([("a", b"1"), ("a", b"2")], "appears twice"),
+    ],
+)
+def test_hostile_members_are_refused(tmp_path, members, message):
+    archive = make_tar(tmp_path / "bad.tar.gz", members)
+    dest = tmp_path / "stage" / "out"
+    with pytest.raises(ArchiveError, match=message):
+        extract(archive, dest)
+    outside = [p for p in tmp_path.rglob("*") if "stage" not in p.parts and p.name != "bad.tar.gz"]
+    assert outside == []
+
+
+@pytest.mark.parametrize("kind", [tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE])
+def test_devices_and_fifos_are_refused(tmp_path, kind):
+    info = tarfile.TarInfo("dev")
+    info.type = kind
+    with pytest.raises(ArchiveError, match="device, FIFO"):
+        extract(make_tar(tmp_path / "d.tar.gz", [info]), tmp_path / "out")
+
+
+def test_archive_bomb_is_refused_before_writing(tmp_path):
+    big = b"\0" * (8 * 1024 * 1024)
+    archive = make_tar(tmp_path / "bomb.tar.zst", [("big", big)], "zst")
+    with pytest.raises(ArchiveError, match="archive bomb"):
+        extract(archive, tmp_path / "out", Limits(max_ratio=2, max_total_bytes=1024 * 1024))
+    assert not (tmp_path / "out" / "big").exists()
+
+
+@pytest.mark.parametrize("content", [b"not an archive at all", b""])
+def test_not_an_archive(tmp_path, content):
+    path = tmp_path / "x.tar.gz"
+    path.write_bytes(content)
+    with pytest.raises(ArchiveError, match="not a readable archive"):
+        extract(path, tmp_path / "out")
+
+
+def test_truncated_archive(tmp_path):
+    archive = make_tar(tmp_path / "t.tar.gz", [("f", b"y" * 100_000)])
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(ArchiveError):
+        extract(archive, tmp_path / "out")

@@ -1,0 +1,68 @@
+"""The repository `release` writes: keys, roles, delegations, consistent snapshots."""
+
+import stat
+
+import pytest
+from tuf.api.metadata import Metadata
+
+from release import FileRepository, init_repository
+from release._errors import ReleaseError
+from updater import InstallRoot, TrustError, check, open_repository
+
+from conftest import builtin_server
+
+
+def test_init_writes_owner_only_keys_and_a_consistent_snapshot_root(repo: FileRepository):
+    keys = sorted(repo.keys.folder.glob("*.pem"))
+    assert [k.name.split(".")[0] for k in keys] == ["root", "snapshot", "targets", "timestamp"]
+    for key in keys:
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(repo.keys.folder.stat().st_mode) == 0o700
+    assert repo.root().consistent_snapshot
+    assert (repo.metadata_dir / "1.root.json").is_file()
+
+
+def test_init_refuses_an_existing_repository(repo: FileRepository):
+    with pytest.raises(ReleaseError, match="already there"):
+        init_repository(repo.path)
+
+
+def test_each_channel_has_its_own_delegated_role_and_key(published: FileRepository):
+    delegations = published.targets().delegations
+    assert delegations is not None and delegations.roles is not None
+    beta, stable = delegations.roles["channel-beta"], delegations.roles["channel-stable"]
+    assert beta.paths == ["channels/beta.json"] and stable.paths == ["channels/stable.json"]
+    assert beta.terminating and stable.terminating
+    assert set(beta.keyids).isdisjoint(stable.keyids)
+
+
+def test_a_beta_key_cannot_move_stable(tmp_path, published: FileRepository):
+    """Sign channel-stable with the beta key: clients refuse it."""
+    beta_keyid = published.authorizing_role("channel-beta").keyids[0]
+    beta_signer = published.keys.signer(beta_keyid)
+    assert beta_signer is not None
+    md = Metadata.from_bytes((published.metadata_dir / "channel-stable.json").read_bytes())
+    md.signed.version += 1
+    md.signatures.clear()
+    md.sign(beta_signer)
+    data = md.to_bytes()
+    (published.metadata_dir / f"{md.signed.version}.channel-stable.json").write_bytes(data)
+    (published.metadata_dir / "channel-stable.json").write_bytes(data)
+    published.commit()
+
+    with builtin_server(published.path) as server:
+        root = InstallRoot.create(tmp_path / "root", server.url,
+                                  (published.metadata_dir / "1.root.json").read_bytes(), "stable")
+        with pytest.raises(TrustError, match="channel-stable"):
+            check(root, open_repository(root))
+
+
+def test_server_never_serves_keys(published: FileRepository):
+    import httpx
+
+    key = next(published.keys.folder.glob("*.pem"))
+    with builtin_server(published.path) as server:
+        assert httpx.get(f"{server.url}/keys/{key.name}").status_code == 404
+        assert httpx.get(f"{server.url}/metadata/1.root.json").status_code == 200
+        ranged = httpx.get(f"{server.url}/metadata/1.root.json", headers={"Range": "bytes=10-19"})
+        assert ranged.status_code == 206 and len(ranged.content) == 10
