@@ -9,8 +9,9 @@ Every python-tuf exception leaves this module as a `TrustError` or `NetworkError
 that says what was refused and why.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 
 from tuf.api import exceptions as tuf_errors
@@ -18,7 +19,7 @@ from tuf.api.metadata import Metadata, Root, TargetFile
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from channels import ChannelFile, ChannelFileError, ComponentArtifact, channel_target
-from updater._downloads import Downloads
+from updater._downloads import Downloads, Progress, receive_verified
 from updater._errors import (
     ConfigError,
     GreenlightError,
@@ -28,9 +29,6 @@ from updater._errors import (
     TrustError,
 )
 from updater._fetcher import HttpxFetcher, user_agent
-
-Progress = Callable[[int], None]
-
 
 def explain(error: Exception, what: str) -> GreenlightError:
     """Turn a python-tuf exception into one line a person can act on."""
@@ -127,11 +125,18 @@ class TrustedRepository:
         with verifying(f"target {path}"):
             return self._updater.get_targetinfo(path)
 
+    @cached_property
+    def _consistent_snapshot(self) -> bool:
+        # ngclient keeps the newest verified root as root.json once refresh() has run.
+        self.refresh()
+        return Metadata[Root].from_file(str(self.metadata_dir / "root.json")).signed.consistent_snapshot
+
     def target_url(self, info: TargetFile) -> str:
-        root = Metadata[Root].from_file(str(self.metadata_dir / "root.json")).signed
+        """Where a target is served; with consistent snapshots, prefixed by its first hash
+        (the same rule as ngclient's download_target)."""
         directory, sep, name = info.path.rpartition("/")
-        if root.consistent_snapshot:
-            name = f"{info.hashes['sha256']}.{name}"
+        if self._consistent_snapshot:
+            name = f"{next(iter(info.hashes.values()))}.{name}"
         return f"{self.targets_url}{directory}{sep}{name}"
 
     def channel_file(self, channel: str, cached: Path | None = None) -> tuple[ChannelFile, bytes]:
@@ -170,10 +175,25 @@ class TrustedRepository:
 
     def download(self, info: TargetFile, store: Downloads, progress: Progress | None = None) -> Path:
         """Stream a target into `store` unless it is already there; verified either way."""
-        sha256 = info.hashes["sha256"]
-        found = store.find(sha256, info.length)
+        if "sha256" not in info.hashes:
+            raise TrustError(f"artifact {info.path} refused: its targets entry has no sha256")
+        found = store.find(info.hashes["sha256"], info.length)
         if found is not None:
             return found
-        url = self.target_url(info)
         with verifying(f"artifact {info.path}"):
-            return store.receive(self.fetcher.fetch(url), sha256, info.length, info.path, progress)
+            chunks = self.fetcher.fetch(self.target_url(info))
+            return store.receive(chunks, info.hashes, info.length, f"artifact {info.path}", progress)
+
+    def download_to(self, info: TargetFile, dest: Path) -> Path:
+        """Stream a target to `dest` (any hash algorithms), unless `dest` already matches."""
+        try:
+            with dest.open("rb") as f:
+                info.verify_length_and_hashes(f)
+            return dest
+        except (OSError, tuf_errors.LengthOrHashMismatchError):
+            pass
+        with verifying(f"target {info.path}"):
+            chunks = self.fetcher.fetch(self.target_url(info))
+            partial = dest.with_name(f".{dest.name}.partial")
+            return receive_verified(chunks, dest, partial, info.hashes, info.length,
+                                    f"target {info.path}")
