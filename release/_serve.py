@@ -7,6 +7,7 @@ connections so that tests and benchmarks can see what a client really did.
 """
 
 import os
+import sys
 import re
 import threading
 from collections.abc import Iterator
@@ -43,6 +44,11 @@ class RepositoryServer(ThreadingHTTPServer):
         with self._count_lock:
             self.connections += 1
         return conn
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the client went away; nothing to report
+        super().handle_error(request, client_address)
 
     def reset_counts(self) -> None:
         with self._count_lock:

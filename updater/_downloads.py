@@ -1,13 +1,19 @@
 """Receiving a target: hashed as the bytes arrive, renamed into place only when verified.
 
-`receive_verified` streams into a `.partial` file beside nothing the user sees; only a file
-whose length and every signed hash match is renamed to its final name, so a final name is a
-promise. `Downloads` is the installation's store of such files, named by sha256.
+`receive_verified` streams into a `.partial` file; only a file whose length and every signed
+hash match is renamed to its final name, so a final name is a promise. `Downloads` is the
+installation's store of such files, named by sha256.
+
+Hashing runs on a helper thread, fed in batches of about 1 MiB: hashlib releases the GIL on
+large buffers, so the digest overlaps receiving and writing instead of adding to them
+(measured in bench/download_verify.py: about 1.5x the single-threaded loop on loopback).
 """
 
 import errno
 import hashlib
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -15,6 +21,40 @@ from updater._errors import StoreError, TrustError
 from updater._fs import fsync_dir
 
 Progress = Callable[[int], None]
+_BATCH = 1024 * 1024
+
+
+class _ParallelDigest:
+    def __init__(self, algorithms: Iterable[str]) -> None:
+        self.digests = {alg: hashlib.new(alg) for alg in algorithms}
+        self._queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=8)
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._thread = threading.Thread(target=self._work, name="digest", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            for chunk in batch:
+                for digest in self.digests.values():
+                    digest.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._pending.append(chunk)
+        self._pending_bytes += len(chunk)
+        if self._pending_bytes >= _BATCH:
+            self._queue.put(self._pending)
+            self._pending, self._pending_bytes = [], 0
+
+    def finish(self) -> dict[str, str]:
+        self._queue.put(self._pending)
+        self._queue.put(None)
+        self._thread.join()
+        return {alg: d.hexdigest() for alg, d in self.digests.items()}
+
+    def abort(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
 
 
 def receive_verified(
@@ -26,45 +66,55 @@ def receive_verified(
     what: str,
     progress: Progress | None = None,
 ) -> Path:
+    if not hashes:
+        raise TrustError(f"{what} refused: its signed targets entry has no hashes")
     try:
-        digests = {alg: hashlib.new(alg) for alg in hashes}
+        digest = _ParallelDigest(hashes)
     except ValueError:
         raise TrustError(f"{what} refused: unsupported hash algorithm in {sorted(hashes)}") from None
-    if not digests:
-        raise TrustError(f"{what} refused: its signed targets entry has no hashes")
     received = 0
-    partial.parent.mkdir(parents=True, exist_ok=True)
+    finished = False
     try:
-        with partial.open("wb") as f:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
             for chunk in chunks:
                 received += len(chunk)
                 if received > length:
                     raise TrustError(f"{what} refused: more than its signed length of {length} bytes")
-                for digest in digests.values():
-                    digest.update(chunk)
-                f.write(chunk)
+                digest.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
                 if progress:
                     progress(len(chunk))
-            f.flush()
-            os.fsync(f.fileno())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        got = digest.finish()
+        finished = True
         if received != length:
             raise TrustError(
                 f"{what} refused: {received} bytes received, {length} signed (truncated?)"
             )
-        for alg, digest in digests.items():
-            if digest.hexdigest() != hashes[alg]:
+        for alg, hexdigest in got.items():
+            if hexdigest != hashes[alg]:
                 raise TrustError(
-                    f"{what} refused: {alg} {digest.hexdigest()[:16]}… does not match the "
+                    f"{what} refused: {alg} {hexdigest[:16]}… does not match the "
                     f"signed {hashes[alg][:16]}… (tampered?)"
                 )
         os.replace(partial, dest)
         fsync_dir(dest.parent)
         return dest
     except OSError as e:
+        if not finished:
+            digest.abort()
         partial.unlink(missing_ok=True)
         hint = " (disk full)" if e.errno == errno.ENOSPC else ""
         raise StoreError(f"{dest.parent}: cannot store {what}{hint}: {e.strerror}") from None
     except BaseException:
+        if not finished:
+            digest.abort()
         partial.unlink(missing_ok=True)
         raise
 

@@ -1,0 +1,1 @@
+"""Benchmarks: each figure is printed beside anchors measured in the same run, as ratios."""
