@@ -1,15 +1,33 @@
-"""greenlight.toml: where the repository is, which channel, how many releases to keep.
+"""greenlight.toml: the repository, the channel, the product's services and health checks.
 
 Read with tomllib, validated by pydantic; an invalid file gives one line naming the file and
-the field.
+the field. Example:
+
+    channel = "stable"
+    keep_releases = 3
+
+    [repository]
+    url = "http://127.0.0.1:8080/"
+
+    [[service]]                    # started in this order, stopped in reverse
+    name = "core"
+    command = ["{python}", "{release_dir}/core/core.py", "--port", "18080"]
+    ready = "core-ping"            # a check that must pass before the next service starts
+
+    [[check]]
+    name = "core-ping"
+    type = "http"
+    url = "http://127.0.0.1:18080/api/ping"
+
+Placeholders in commands, URLs and check fields: {root}, {release_dir}, {version}, {python}.
 """
 
 import tomllib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tomli_w
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from channels import check_channel_name
 from updater._errors import ConfigError
@@ -21,9 +39,11 @@ def _url(text: str) -> str:
     return text.rstrip("/") + "/"
 
 
-class RepositoryConfig(BaseModel):
+class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+
+class RepositoryConfig(_Section):
     url: Annotated[str, AfterValidator(_url)] = Field(
         description="base URL; metadata/ and targets/ are below it"
     )
@@ -40,12 +60,127 @@ class RepositoryConfig(BaseModel):
         return self.targets_url or self.url + "targets/"
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ServiceConfig(_Section):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    command: list[str] = Field(min_length=1)
+    workdir: str = "{root}"
+    env: dict[str, str] = Field(default_factory=dict)
+    ready: str | None = Field(default=None, description="name of a check that means 'ready'")
+    start_timeout: float = Field(default=20.0, gt=0)
+    drain_url: str | None = Field(
+        default=None, description="called before the stop signal; answers when in-flight work is done"
+    )
+    stop_signal: Literal["SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT"] = "SIGTERM"
+    unit: str | None = Field(default=None, description="systemd unit (systemd backend)")
 
+
+class _CheckBase(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    required: bool = True
+    timeout: float = Field(default=3.0, gt=0)
+    retries: int = Field(default=0, ge=0)
+    interval: float = Field(default=0.5, ge=0)
+
+
+class ProcessCheck(_CheckBase):
+    type: Literal["process"]
+    service: str
+
+
+class TcpCheck(_CheckBase):
+    type: Literal["tcp"]
+    host: str = "127.0.0.1"
+    port: int = Field(gt=0, lt=65536)
+
+
+class HttpCheck(_CheckBase):
+    type: Literal["http"]
+    url: str
+    status: int = 200
+    headers: dict[str, str] = Field(default_factory=dict)
+    bearer_token_file: str | None = Field(
+        default=None, description="file (relative to the root) holding the UI's token"
+    )
+    json_fields: dict[str, str | int | bool] = Field(
+        default_factory=dict, description="dotted JSON paths and the values they must have"
+    )
+
+
+class WebSocketCheck(_CheckBase):
+    type: Literal["websocket"]
+    url: str
+    bearer_token_file: str | None = None
+    send: list[str] = Field(default_factory=lambda: ["ping"])
+    expect: list[str] = Field(
+        default_factory=list, description="substrings each reply must contain, in order"
+    )
+
+
+class DnsCheck(_CheckBase):
+    type: Literal["dns"]
+    resolver: str = Field(description="host:port of the product's resolver")
+    query: str
+    rdtype: str = "A"
+    expect: str | None = None
+
+
+class VersionCheck(_CheckBase):
+    type: Literal["version"]
+    url: str
+    field: str = "version"
+
+
+class CommandCheck(_CheckBase):
+    type: Literal["command"]
+    command: list[str] = Field(min_length=1)
+
+
+CheckConfig = Annotated[
+    ProcessCheck | TcpCheck | HttpCheck | WebSocketCheck | DnsCheck | VersionCheck | CommandCheck,
+    Field(discriminator="type"),
+]
+
+
+class HealthConfig(_Section):
+    grace: float = Field(default=15.0, ge=0, description="seconds for start-up after a switch")
+    soak: float = Field(default=3.0, ge=0, description="seconds the checks must keep passing")
+    interval: float = Field(default=0.5, gt=0)
+
+
+class StopConfig(_Section):
+    drain: bool = Field(
+        default=True,
+        description="stop in reverse order, each drained and given `timeout` to exit; "
+        "false signals every service at once",
+    )
+    timeout: float = Field(default=10.0, ge=0)
+
+
+class Config(_Section):
     repository: RepositoryConfig
     channel: Annotated[str, AfterValidator(check_channel_name)] = "stable"
     keep_releases: int = Field(default=3, ge=1)
+    backend: Literal["process", "systemd"] = "process"
+    service: list[ServiceConfig] = Field(default_factory=list)
+    check: list[CheckConfig] = Field(default_factory=list)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    stop: StopConfig = Field(default_factory=StopConfig)
+
+    @model_validator(mode="after")
+    def _references(self) -> "Config":
+        services = [s.name for s in self.service]
+        checks = [c.name for c in self.check]
+        for kind, names in (("service", services), ("check", checks)):
+            dupes = {n for n in names if names.count(n) > 1}
+            if dupes:
+                raise ValueError(f"{kind} names must be unique: {', '.join(sorted(dupes))}")
+        for s in self.service:
+            if s.ready is not None and s.ready not in checks:
+                raise ValueError(f"service {s.name!r}: ready = {s.ready!r} names no [[check]]")
+        for c in self.check:
+            if isinstance(c, ProcessCheck) and c.service not in services:
+                raise ValueError(f"check {c.name!r}: service = {c.service!r} names no [[service]]")
+        return self
 
     @classmethod
     def load(cls, path: Path) -> "Config":
@@ -62,9 +197,32 @@ class Config(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ConfigError(f"{path}: field {where}: {first['msg']}") from None
+            raise ConfigError(f"{path}: {describe(e, data)}") from None
 
     def dump(self) -> str:
         return tomli_w.dumps(self.model_dump(exclude_none=True))
+
+
+def describe(error: ValidationError, data: object) -> str:
+    """The first validation error as 'field X[.Y]: message', with array entries by name."""
+    first = error.errors()[0]
+    parts: list[str] = []
+    node = data
+    for step in first["loc"]:
+        if isinstance(step, int) and isinstance(node, list) and step < len(node):
+            node = node[step]
+            name = node.get("name") if isinstance(node, dict) else None
+            parts[-1] += f"[{name!r}]" if name else f"[{step}]"
+            continue
+        if isinstance(node, dict):
+            node = node.get(step)
+        if step in ("process", "tcp", "http", "websocket", "dns", "version", "command"):
+            continue  # the discriminator's branch name, not a field
+        parts.append(str(step))
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "union_tag_invalid":
+        parts.append("type")
+        message = (f"unknown check type {first['ctx']['tag']!r}: expected one of "
+                   f"{first['ctx']['expected_tags'].replace(chr(39), '')}")
+    where = ".".join(parts)
+    return f"field {where}: {message}" if where else message

@@ -58,8 +58,16 @@ class NotFound(GreenlightError):
     exit_code = 9
 
 
+class PrecheckFailed(GreenlightError):
+    """The running release failed a required check before anything changed (use --force)."""
+
+    exit_code = 11
+
+
 EXIT_OK = 0
 EXIT_UPDATE_AVAILABLE = 10
+EXIT_ROLLED_BACK = 20
+EXIT_ROLLBACK_FAILED = 21
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success; for `check`: up to date",
@@ -73,4 +81,7 @@ EXIT_CODES: dict[int, str] = {
     ArchiveError.exit_code: "release archive broken or hostile",
     NotFound.exit_code: "channel or release not found in the repository",
     EXIT_UPDATE_AVAILABLE: "`check`: an update is available",
+    PrecheckFailed.exit_code: "the running release failed a required check; nothing changed",
+    EXIT_ROLLED_BACK: "the new release failed its checks and was rolled back",
+    EXIT_ROLLBACK_FAILED: "rollback failed too: dead end, see `updater history`",
 }

@@ -9,6 +9,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from updater._health import CheckResult
+from updater._journal import HistoryEntry
+
 
 class ComponentInfo(BaseModel):
     version: str
@@ -25,27 +28,47 @@ class CheckReport(BaseModel):
     installed: str | None
     available: str
     update_available: bool
+    quarantined: str | None = Field(
+        default=None, description="why the available release is held back here, if it is"
+    )
     fallback: str | None
     published_at: datetime
     components: dict[str, ComponentInfo]
 
 
-class StepTiming(BaseModel):
-    step: str
-    seconds: float
-
-
 class UpgradeReport(BaseModel):
+    """outcome: upgraded | up-to-date | held (quarantined here) | rolled-back | rollback-failed"""
+
     schema_: Literal["greenlight.upgrade/1"] = Field("greenlight.upgrade/1", alias="schema")
     root: str
     channel: str
-    outcome: Literal["upgraded", "up-to-date"]
+    outcome: Literal["upgraded", "up-to-date", "held", "rolled-back", "rollback-failed"]
     from_version: str | None
     to_version: str
-    bytes_fetched: int
+    installed: str | None = Field(description="what is installed now")
+    channel_now: str = Field(description="the active channel now (the fallback after a rollback)")
+    bytes_fetched: int = 0
     bytes_total: int
-    pruned: list[str]
-    steps: list[StepTiming]
+    pruned: list[str] = Field(default_factory=list)
+    timings: dict[str, float] = Field(default_factory=dict)
+    precheck: list[CheckResult] | None = None
+    forced: bool = False
+    note: str | None = None
+    incident: HistoryEntry | None = None
+
+
+class HealthReport(BaseModel):
+    schema_: Literal["greenlight.health/1"] = Field("greenlight.health/1", alias="schema")
+    root: str
+    installed: str | None
+    healthy: bool
+    results: list[CheckResult]
+
+
+class HistoryReport(BaseModel):
+    schema_: Literal["greenlight.history/1"] = Field("greenlight.history/1", alias="schema")
+    root: str
+    entries: list[HistoryEntry]
 
 
 class StatusReport(BaseModel):
@@ -57,6 +80,8 @@ class StatusReport(BaseModel):
     channel_reason: str
     installed: str | None
     releases: list[str]
+    quarantined: dict[str, str] = Field(default_factory=dict)
+    last_event: str | None = None
 
 
 class ErrorReport(BaseModel):

@@ -1,30 +1,50 @@
-"""`check` and `upgrade`: what the active channel offers, and getting there.
+"""`check`, `upgrade`, `rollback`, `health`: the client's operations as plain functions.
 
-An upgrade is a list of named steps run in order (fetch, stage, switch, commit); each step is
-a plain function of the shared `UpgradeContext`, so the list can grow (health checks,
-services) and be journaled without changing how a step is written.
+Every operation that changes the root takes the root's lock and first finishes or undoes a
+transaction an interrupted updater left behind (`recover`). An upgrade is planned (refresh,
+channel file, quarantine), pre-checked on the running release, then run as the transaction of
+`updater._transaction`; a failed post-check rolls back by itself.
 """
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-
 from channels import ChannelFile
-from updater._downloads import Downloads
-from updater._reports import CheckReport, ComponentInfo, StepTiming, UpgradeReport
-from updater._root import InstallRoot
-from updater._stage import stage_release
-from updater._trust import Progress, TrustedRepository
+from updater._config import Config
+from updater._errors import BusyError, NotFound, PrecheckFailed
+from updater._health import CheckResult, failed_required
+from updater._journal import (
+    HistoryEntry,
+    Journal,
+    QuarantineEntry,
+    StepRecord,
+    add_to_quarantine,
+    locked,
+    quarantine,
+    record,
+    history,
+)
+from updater._reports import CheckReport, ComponentInfo, HealthReport, UpgradeReport
+from updater._root import InstallRoot, now
+from updater._services import backend_for
+from updater._transaction import (
+    ROLLBACK_STEPS,
+    STEPS,
+    HealthFailure,
+    Step,
+    Transaction,
+    all_checks,
+    recover,
+    roll_back,
+    run_steps,
+    undo_steps,
+    values_for,
+)
+from updater._downloads import Progress
+from updater._trust import TrustedRepository
 
 
 def open_repository(root: InstallRoot, fetcher: object | None = None) -> TrustedRepository:
     config = root.config.repository
     return TrustedRepository(
-        root.metadata_dir,
-        config.metadata,
-        config.targets,
-        fetcher=fetcher,  # type: ignore[arg-type]
+        root.metadata_dir, config.metadata, config.targets, fetcher=fetcher  # type: ignore[arg-type]
     )
 
 
@@ -40,24 +60,28 @@ def read_channel(
 
 def switch_channel(root: InstallRoot, repo: TrustedRepository, channel: str) -> None:
     """Make `channel` the active one, once the repository proves it carries it."""
-    previous = root.active_channel().channel
-    read_channel(root, repo, channel)
-    if channel != previous:
-        root.set_active_channel(channel, f"switched from {previous} by the user")
+    with locked(root):
+        previous = root.active_channel().channel
+        read_channel(root, repo, channel)
+        if channel != previous:
+            root.set_active_channel(channel, f"switched from {previous} by the user")
 
 
 def check(root: InstallRoot, repo: TrustedRepository) -> CheckReport:
     active = root.active_channel()
     channel_file = read_channel(root, repo)
     installed = root.installed_version()
+    held = quarantine(root).get(channel_file.release)
     return CheckReport(
         root=str(root.path),
         channel=active.channel,
         channel_reason=active.reason,
         installed=installed,
         available=channel_file.release,
-        # The channel's release is the goal, even when older (after a switch to stable).
-        update_available=installed != channel_file.release,
+        # The channel's release is the goal, even when older (after a switch to stable),
+        # unless it failed here before.
+        update_available=installed != channel_file.release and held is None,
+        quarantined=held.reason if held else None,
         fallback=channel_file.fallback,
         published_at=channel_file.published_at,
         components={
@@ -66,67 +90,160 @@ def check(root: InstallRoot, repo: TrustedRepository) -> CheckReport:
     )
 
 
-@dataclass
-class UpgradeContext:
-    root: InstallRoot
-    repo: TrustedRepository
-    channel_file: ChannelFile
-    from_version: str | None
-    progress: Progress | None = None
-    archives: dict[str, Path] = field(default_factory=dict)
-    bytes_fetched: int = 0
-    pruned: list[str] = field(default_factory=list)
-
-
-def fetch_artifacts(ctx: UpgradeContext) -> None:
-    store = Downloads(ctx.root.downloads)
-    for name, artifact in sorted(ctx.channel_file.components.items()):
-        info = ctx.repo.artifact_info(name, artifact)
-        if store.find(artifact.sha256, artifact.length) is None:
-            ctx.bytes_fetched += artifact.length
-        ctx.archives[name] = ctx.repo.download(info, store, ctx.progress)
-
-
-def stage(ctx: UpgradeContext) -> None:
-    stage_release(ctx.root, ctx.channel_file, ctx.archives)
-
-
-def switch(ctx: UpgradeContext) -> None:
-    ctx.root.switch_current(ctx.channel_file.release)
-
-
-def commit(ctx: UpgradeContext) -> None:
-    ctx.pruned = ctx.root.prune(ctx.root.config.keep_releases)
-
-
-STEPS: list[tuple[str, Callable[[UpgradeContext], None]]] = [
-    ("fetch", fetch_artifacts),
-    ("stage", stage),
-    ("switch", switch),
-    ("commit", commit),
-]
-
-
-def upgrade(
-    root: InstallRoot, repo: TrustedRepository, progress: Progress | None = None
-) -> UpgradeReport:
-    channel_file = read_channel(root, repo)
+def health(root: InstallRoot) -> HealthReport:
+    config = root.config
     installed = root.installed_version()
-    ctx = UpgradeContext(root, repo, channel_file, installed, progress)
-    total = sum(a.length for a in channel_file.components.values())
-    if installed == channel_file.release:
-        return UpgradeReport(
-            root=str(root.path), channel=channel_file.channel, outcome="up-to-date",
-            from_version=installed, to_version=installed, bytes_fetched=0, bytes_total=total,
-            pruned=[], steps=[],
-        )
-    timings = []
-    for name, run in STEPS:
-        started = time.perf_counter()
-        run(ctx)
-        timings.append(StepTiming(step=name, seconds=round(time.perf_counter() - started, 4)))
-    return UpgradeReport(
-        root=str(root.path), channel=channel_file.channel, outcome="upgraded",
-        from_version=installed, to_version=channel_file.release,
-        bytes_fetched=ctx.bytes_fetched, bytes_total=total, pruned=ctx.pruned, steps=timings,
+    txn_checker = Transaction(root, config, backend_for(root, config),
+                              Journal(kind="upgrade", channel="", from_version=None,
+                                      to_version="", started_at=now(), steps=[]))
+    results = [txn_checker.checker(installed).run(c) for c in all_checks(config)]
+    return HealthReport(root=str(root.path), installed=installed, results=results,
+                        healthy=not failed_required(results))
+
+
+def _pre_check(txn: Transaction) -> list[CheckResult] | None:
+    """The running release's checks; None when there is nothing running to check."""
+    if txn.old is None or not any(txn.services.is_running(s.name) for s in txn.config.service):
+        return None if txn.config.service else []
+    return [txn.checker(txn.old).run(c) for c in all_checks(txn.config)]
+
+
+def _journal(kind: str, channel: str, old: str | None, new: str, steps: list[Step],
+             forced: bool = False) -> Journal:
+    return Journal(kind=kind, channel=channel, from_version=old, to_version=new,  # type: ignore[arg-type]
+                   forced=forced, started_at=now(), steps=[StepRecord(name=s.name) for s in steps])
+
+
+def _incident(txn: Transaction, failure: HealthFailure, rollback_seconds: float,
+              fallback: str | None, ok: bool, summary: str) -> HistoryEntry:
+    entry = HistoryEntry(
+        event="rolled-back" if ok else "rollback-failed",
+        channel=txn.journal.channel, from_version=txn.new, to_version=txn.old,
+        fallback_channel=fallback, summary=summary,
+        failed_checks=[r.model_dump(mode="json") for r in failure.results if not r.ok],
+        stop_outcomes=[o.describe() for o in failure.stops],
+        timings={**txn.timings, "rollback_seconds": rollback_seconds},
     )
+    record(txn.root, entry)
+    return entry
+
+
+def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
+    """Run the transaction; roll back on a HealthFailure, undo and re-raise on an error."""
+    try:
+        run_steps(txn)
+    except HealthFailure as failure:
+        rb = roll_back(txn, failure)
+        entry = _incident(txn, failure, rb.rollback_seconds, rb.fallback_channel, rb.ok, rb.summary)
+        return report.model_copy(update={
+            "outcome": "rolled-back" if rb.ok else "rollback-failed",
+            "incident": entry, "bytes_fetched": txn.bytes_fetched,
+            "installed": txn.root.installed_version(),
+            "channel_now": txn.root.active_channel().channel,
+        })
+    except BaseException as error:
+        undo_steps(txn, f"{type(error).__name__}: {error}")
+        txn.journal.finish(txn.root)
+        raise
+    txn.journal.finish(txn.root)
+    return report.model_copy(update={
+        "outcome": "upgraded", "bytes_fetched": txn.bytes_fetched, "pruned": txn.pruned,
+        "timings": txn.timings, "installed": txn.root.installed_version(),
+        "channel_now": txn.root.active_channel().channel,
+    })
+
+
+def upgrade(root: InstallRoot, repo: TrustedRepository, progress: Progress | None = None,
+            force: bool = False) -> UpgradeReport:
+    config = root.config
+    with locked(root):
+        recover(root, config)
+        channel_file = read_channel(root, repo)
+        installed = root.installed_version()
+        target = channel_file.release
+        report = UpgradeReport(
+            root=str(root.path), channel=channel_file.channel, outcome="up-to-date",
+            from_version=installed, to_version=target, installed=installed,
+            channel_now=channel_file.channel,
+            bytes_total=sum(a.length for a in channel_file.components.values()),
+        )
+        if installed == target:
+            return report
+        held = quarantine(root).get(target)
+        if held is not None:
+            return report.model_copy(update={"outcome": "held", "note": (
+                f"{target} is quarantined here since {held.at:%Y-%m-%d %H:%M}Z: {held.reason}")})
+
+        journal = _journal("upgrade", channel_file.channel, installed, target, STEPS, force)
+        txn = Transaction(root, config, backend_for(root, config), journal, repo, channel_file,
+                          progress)
+        pre = _pre_check(txn)
+        failed = failed_required(pre or [])
+        if failed:
+            entry = HistoryEntry(
+                event="precheck-forced" if force else "precheck-blocked",
+                channel=channel_file.channel, from_version=installed, to_version=target,
+                summary=f"running release {installed} failed {failed[0].name}: {failed[0].summary}",
+                failed_checks=[r.model_dump(mode="json") for r in failed])
+            record(root, entry)
+            if not force:
+                raise PrecheckFailed(
+                    f"pre-check: the running release {installed} fails check {failed[0].name}: "
+                    f"{failed[0].summary}; nothing changed (fix it, or pass --force)")
+        journal.save(root)
+        return _run(txn, report.model_copy(update={"precheck": pre, "forced": bool(failed)}))
+
+
+def previous_release(root: InstallRoot) -> str | None:
+    """The release this one replaced, if it is still kept."""
+    installed = root.installed_version()
+    for entry in reversed(history(root)):
+        if entry.event == "upgraded" and entry.to_version == installed and entry.from_version:
+            if root.manifest(entry.from_version) is not None:
+                return entry.from_version
+    kept = [v for v in root.installed_releases() if v != installed]
+    return kept[-1] if kept else None
+
+
+def rollback(root: InstallRoot, reason: str = "rolled back by hand") -> UpgradeReport:
+    """`updater rollback`: the automatic procedure, asked for by a person."""
+    config = root.config
+    with locked(root):
+        recover(root, config)
+        installed = root.installed_version()
+        target = previous_release(root)
+        if installed is None or target is None:
+            raise NotFound(f"{root.path}: no previous release is kept to roll back to")
+        manifest = root.manifest(installed)
+        channel = manifest.channel if manifest else root.active_channel().channel
+        journal = _journal("rollback", channel, installed, target, ROLLBACK_STEPS)
+        journal.save(root)
+        txn = Transaction(root, config, backend_for(root, config), journal)
+        report = UpgradeReport(root=str(root.path), channel=channel, outcome="rolled-back",
+                               from_version=installed, to_version=target, installed=installed,
+                               channel_now=channel, bytes_total=0)
+        result = _run(txn, report)
+        if result.outcome == "upgraded":
+            add_to_quarantine(root, QuarantineEntry(version=installed, channel=channel,
+                                                    reason=reason, at=now()))
+            record(root, HistoryEntry(event="manual-rollback", channel=channel,
+                                      from_version=installed, to_version=target, summary=reason,
+                                      timings=txn.timings))
+            result = result.model_copy(update={"outcome": "rolled-back"})
+        return result
+
+
+def recover_root(root: InstallRoot) -> HistoryEntry | None:
+    with locked(root):
+        return recover(root, root.config)
+
+
+def recover_if_interrupted(root: InstallRoot) -> HistoryEntry | None:
+    """What every command runs first: recover a transaction nobody is running any more."""
+    if not Journal.path(root).exists():
+        return None
+    try:
+        return recover_root(root)
+    except BusyError:
+        return None  # its updater is alive and will finish it
+

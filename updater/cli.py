@@ -21,10 +21,28 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from updater._errors import EXIT_CODES, EXIT_UPDATE_AVAILABLE, ConfigError, GreenlightError
-from updater._reports import ErrorReport, StatusReport, dump
+from updater._errors import (
+    EXIT_CODES,
+    EXIT_ROLLBACK_FAILED,
+    EXIT_ROLLED_BACK,
+    EXIT_UPDATE_AVAILABLE,
+    ConfigError,
+    GreenlightError,
+)
+from updater._health import CheckResult
+from updater._journal import history, quarantine
+from updater._reports import ErrorReport, HistoryReport, StatusReport, UpgradeReport, dump
 from updater._root import InstallRoot, default_root
-from updater._upgrade import check, open_repository, switch_channel, upgrade
+from updater._upgrade import (
+    check,
+    health,
+    open_repository,
+    recover_if_interrupted,
+    recover_root,
+    rollback,
+    switch_channel,
+    upgrade,
+)
 
 app = typer.Typer(
     name="updater",
@@ -58,8 +76,10 @@ def _fail(error: GreenlightError, as_json: bool) -> typer.Exit:
     return typer.Exit(error.exit_code)
 
 
-def _run(as_json: bool, work: Callable[[], T]) -> T:
+def _run(as_json: bool, work: Callable[[], T], root: InstallRoot | None = None) -> T:
     try:
+        if root is not None and root.config_path.exists():
+            recover_if_interrupted(root)
         return work()
     except GreenlightError as e:
         raise _fail(e, as_json) from None
@@ -110,9 +130,11 @@ def check_cmd(root: RootOpt, as_json: JsonOpt = False) -> None:
     Exit 0 when up to date, 10 when an update is available.
     """
     install = InstallRoot(root)
-    report = _run(as_json, lambda: check(install, open_repository(install)))
+    report = _run(as_json, lambda: check(install, open_repository(install)), install)
     if as_json:
         print(dump(report))
+    elif report.quarantined:
+        out.print(f"{report.channel}: {report.available} is held back here: {report.quarantined}")
     elif report.update_available:
         out.print(
             f"{report.channel}: {report.available} available "
@@ -123,26 +145,124 @@ def check_cmd(root: RootOpt, as_json: JsonOpt = False) -> None:
     raise typer.Exit(EXIT_UPDATE_AVAILABLE if report.update_available else 0)
 
 
-@app.command("upgrade")
-def upgrade_cmd(root: RootOpt, as_json: JsonOpt = False) -> None:
-    """Download, verify, stage and switch to the active channel's release."""
-    install = InstallRoot(root)
-    with _progress(not as_json) as progress:
-        report = _run(as_json, lambda: upgrade(install, open_repository(install), progress))
-    if as_json:
-        print(dump(report))
-    elif report.outcome == "up-to-date":
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Upgrade even if the running release fails its pre-check.")
+]
+
+
+def _print_checks(results: list[CheckResult]) -> None:
+    for r in results:
+        mark = "ok  " if r.ok else ("FAIL" if r.required else "warn")
+        out.print(f"  {mark} {r.name} ({r.type}, {r.latency_ms:.0f} ms): {r.summary}")
+
+
+def _print_transaction(report: UpgradeReport) -> None:
+    if report.outcome == "up-to-date":
         out.print(f"{report.channel}: up to date at {report.to_version}")
-    else:
+    elif report.outcome == "held":
+        out.print(f"{report.channel}: not upgrading: {report.note}")
+    elif report.outcome == "upgraded":
         out.print(
             f"{report.channel}: upgraded {report.from_version or 'nothing'} -> {report.to_version}"
             f" ({report.bytes_fetched} of {report.bytes_total} bytes fetched)"
         )
+    else:
+        incident = report.incident
+        assert incident is not None
+        verb = "ROLLED BACK" if report.outcome == "rolled-back" else "ROLLBACK FAILED"
+        out.print(f"{report.channel}: {verb}: {incident.summary}")
+        for check_ in incident.failed_checks:
+            out.print(f"  failed check {check_['name']}: {check_['summary']}")
+            evidence = {k: v for k, v in check_["evidence"].items() if v not in (None, [], "")}
+            if evidence:
+                out.print(f"    evidence: {evidence}")
+        for stop in incident.stop_outcomes:
+            out.print(f"  stop: {stop}")
+        where = f"now on {report.installed or 'nothing'}, channel {report.channel_now}"
+        out.print(f"  {where}; {report.to_version} quarantined"
+                  if report.outcome == "rolled-back" else f"  {where}: needs a person")
+
+
+def _exit_for(report: UpgradeReport) -> int:
+    return {"rolled-back": EXIT_ROLLED_BACK, "rollback-failed": EXIT_ROLLBACK_FAILED}.get(
+        report.outcome, 0)
+
+
+@app.command("upgrade")
+def upgrade_cmd(root: RootOpt, force: ForceOpt = False, as_json: JsonOpt = False) -> None:
+    """Download, verify, stage and switch to the active channel's release, health-checked.
+
+    Exit 20 when the new release failed its checks and was rolled back.
+    """
+    install = InstallRoot(root)
+    with _progress(not as_json) as progress:
+        report = _run(as_json, lambda: upgrade(install, open_repository(install), progress,
+                                               force), install)
+    print(dump(report)) if as_json else _print_transaction(report)
+    raise typer.Exit(_exit_for(report))
+
+
+@app.command("rollback")
+def rollback_cmd(root: RootOpt, as_json: JsonOpt = False) -> None:
+    """Go back to the previous release by hand: stop, switch, start, check; quarantine this one."""
+    install = InstallRoot(root)
+    report = _run(as_json, lambda: rollback(install), install)
+    if as_json:
+        print(dump(report))
+    elif report.outcome == "rolled-back":
+        out.print(f"rolled back {report.from_version} -> {report.installed}; "
+                  f"{report.from_version} quarantined")
+    else:
+        _print_transaction(report)
+    raise typer.Exit(0 if report.outcome == "rolled-back" else _exit_for(report))
+
+
+@app.command("health")
+def health_cmd(root: RootOpt, as_json: JsonOpt = False) -> None:
+    """Run the health checks against the installed release now. Exit 1 when one required fails."""
+    install = InstallRoot(root)
+    report = _run(as_json, lambda: health(install), install)
+    if as_json:
+        print(dump(report))
+    else:
+        out.print(f"{report.installed or 'nothing installed'}: "
+                  f"{'healthy' if report.healthy else 'UNHEALTHY'}")
+        _print_checks(report.results)
+    raise typer.Exit(0 if report.healthy else 1)
+
+
+@app.command("history")
+def history_cmd(root: RootOpt, as_json: JsonOpt = False) -> None:
+    """What happened here: upgrades, rollbacks and incidents with their evidence."""
+    install = InstallRoot(root)
+    entries = _run(as_json, lambda: history(install.require()), install)
+    if as_json:
+        print(dump(HistoryReport(root=str(install.path), entries=entries)))
+        return
+    for e in entries:
+        move = f"{e.from_version or '-'} -> {e.to_version or '-'}"
+        out.print(f"{e.at:%Y-%m-%d %H:%M:%S}Z {e.event:16} {e.channel:8} {move:16} {e.summary}")
+        for c in e.failed_checks:
+            out.print(f"    failed {c['name']}: {c['summary']}")
+
+
+@app.command("recover")
+def recover_cmd(root: RootOpt, as_json: JsonOpt = False) -> None:
+    """Finish or undo a transaction that an interrupted updater left behind."""
+    install = InstallRoot(root)
+    entry = _run(as_json, lambda: recover_root(install.require()))
+    if as_json:
+        print(entry.model_dump_json(indent=2) if entry else "null")
+    else:
+        out.print(entry.summary if entry else "nothing to recover")
 
 
 def _status(install: InstallRoot) -> StatusReport:
     active = install.active_channel()
+    events = history(install)
     return StatusReport(
+        quarantined={v: e.reason for v, e in quarantine(install).items()},
+        last_event=f"{events[-1].event}: {events[-1].summary}" if events else None,
         root=str(install.path),
         repository=install.config.repository.url,
         channel=active.channel,
@@ -157,7 +277,7 @@ def _status(install: InstallRoot) -> StatusReport:
 def status(root: RootOpt, as_json: JsonOpt = False) -> None:
     """Show what is installed, which channel is active and why."""
     install = InstallRoot(root)
-    report = _run(as_json, lambda: _status(install))
+    report = _run(as_json, lambda: _status(install), install)
     if as_json:
         print(dump(report))
         return
@@ -168,6 +288,10 @@ def status(root: RootOpt, as_json: JsonOpt = False) -> None:
                   f"{report.channel_reason})")
     table.add_row("installed", report.installed or "nothing")
     table.add_row("kept releases", ", ".join(report.releases) or "none")
+    for version, reason in report.quarantined.items():
+        table.add_row("quarantined", f"{version}: {reason}")
+    if report.last_event:
+        table.add_row("last event", report.last_event)
     out.print(table)
 
 
@@ -185,7 +309,7 @@ def channel(
             switch_channel(install, open_repository(install), name)
         return _status(install)
 
-    report = _run(as_json, work)
+    report = _run(as_json, work, install)
     if as_json:
         print(dump(report))
     else:

@@ -1,0 +1,249 @@
+"""Health checks: does the product work, as its UI would use it, not just 'is a port open'.
+
+Each check is declared in greenlight.toml with a timeout, retries and an interval, and is
+`required` (failure blocks or rolls back) or advisory. Every result carries evidence a person
+can act on: status code, body excerpt, latency, the error, what was expected.
+"""
+
+import json
+import socket
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import dns.exception
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import httpx
+from pydantic import BaseModel
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.sync.client import connect
+
+from updater._config import (
+    CheckConfig,
+    CommandCheck,
+    DnsCheck,
+    HttpCheck,
+    ProcessCheck,
+    TcpCheck,
+    VersionCheck,
+    WebSocketCheck,
+)
+from updater._errors import ConfigError
+from updater._root import now
+from updater._services import ServiceBackend, expand
+
+_EXCERPT = 200
+
+
+class CheckResult(BaseModel):
+    name: str
+    type: str
+    required: bool
+    ok: bool
+    summary: str
+    attempts: int
+    latency_ms: float
+    evidence: dict[str, Any]
+    at: datetime
+
+
+class Outcome(Exception):
+    """Raised inside a probe to fail it with a summary and evidence."""
+
+    def __init__(self, summary: str, **evidence: Any) -> None:
+        super().__init__(summary)
+        self.summary = summary
+        self.evidence = evidence
+
+
+def _token(root: Path, file: str | None) -> str | None:
+    if file is None:
+        return None
+    path = root / file
+    try:
+        return path.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"bearer_token_file {path}: cannot read: {e.strerror}") from None
+
+
+def _dig(document: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if isinstance(document, dict) and part in document:
+            document = document[part]
+        else:
+            raise KeyError(dotted)
+    return document
+
+
+class HealthChecker:
+    def __init__(self, root: Path, services: ServiceBackend, values: dict[str, str]) -> None:
+        self.root = root
+        self.services = services
+        self.values = values
+
+    def _x(self, text: str) -> str:
+        return expand(text, self.values)
+
+    # --- probes: return evidence on success, raise Outcome on failure ---------------------
+    def _process(self, c: ProcessCheck) -> dict[str, Any]:
+        pid = self.services.pid(c.service)
+        if pid is None:
+            raise Outcome(f"service {c.service} is not running",
+                          last_exit=self.services.last_exit(c.service))
+        return {"pid": pid}
+
+    def _tcp(self, c: TcpCheck) -> dict[str, Any]:
+        try:
+            socket.create_connection((c.host, c.port), timeout=c.timeout).close()
+        except OSError as e:
+            raise Outcome(f"{c.host}:{c.port} refused: {e.strerror or e}", error=str(e)) from None
+        return {"address": f"{c.host}:{c.port}"}
+
+    def _http(self, c: HttpCheck | VersionCheck, expect: dict[str, Any]) -> dict[str, Any]:
+        url = self._x(c.url)
+        headers = {k: self._x(v) for k, v in getattr(c, "headers", {}).items()}
+        token = _token(self.root, getattr(c, "bearer_token_file", None))
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            r = httpx.get(url, headers=headers, timeout=c.timeout)
+        except httpx.HTTPError as e:
+            raise Outcome(f"GET {url}: {type(e).__name__}: {e}", url=url, error=str(e)) from None
+        evidence: dict[str, Any] = {"url": url, "status": r.status_code,
+                                    "body": r.text[:_EXCERPT]}
+        wanted = getattr(c, "status", 200)
+        if r.status_code != wanted:
+            raise Outcome(f"GET {url} answered HTTP {r.status_code} (expected {wanted}): "
+                          f"{r.text.strip()[:80]}", **evidence)
+        if expect:
+            try:
+                document = r.json()
+            except ValueError:
+                raise Outcome(f"GET {url}: body is not JSON", **evidence) from None
+            for field, value in expect.items():
+                try:
+                    got = _dig(document, field)
+                except KeyError:
+                    raise Outcome(f"GET {url}: no field {field!r} in the answer", **evidence) from None
+                if got != value:
+                    raise Outcome(f"GET {url}: {field} is {got!r}, expected {value!r}",
+                                  **evidence, field=field, got=got, expected=value)
+        return evidence
+
+    def _websocket(self, c: WebSocketCheck) -> dict[str, Any]:
+        url = self._x(c.url)
+        values = dict(self.values)
+        token = _token(self.root, c.bearer_token_file)
+        if token is not None:
+            values["token"] = token
+        replies: list[str] = []
+        try:
+            with connect(url, open_timeout=c.timeout, close_timeout=1) as ws:
+                for i, message in enumerate(c.send):
+                    ws.send(expand(message, values))
+                    reply = ws.recv(timeout=c.timeout)
+                    reply = reply if isinstance(reply, str) else reply.decode(errors="replace")
+                    replies.append(reply[:_EXCERPT])
+                    if i < len(c.expect) and c.expect[i] not in reply:
+                        raise Outcome(f"{url}: reply {i + 1} lacks {c.expect[i]!r}",
+                                      url=url, replies=replies)
+        except ConnectionClosed as e:
+            rcvd = e.rcvd
+            reason = f"closed by the core: {rcvd.code} {rcvd.reason}" if rcvd else "closed"
+            raise Outcome(f"{url}: {reason}", url=url, replies=replies,
+                          close_code=rcvd.code if rcvd else None) from None
+        except InvalidStatus as e:
+            raise Outcome(f"{url}: handshake answered HTTP {e.response.status_code}",
+                          url=url, status=e.response.status_code) from None
+        except (OSError, TimeoutError, WebSocketException) as e:
+            raise Outcome(f"{url}: {type(e).__name__}: {e}", url=url, error=str(e)) from None
+        return {"url": url, "replies": replies}
+
+    def _dns(self, c: DnsCheck) -> dict[str, Any]:
+        host, _, port = c.resolver.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"check {c.name}: resolver {c.resolver!r}: expected HOST:PORT")
+        query = dns.message.make_query(self._x(c.query), dns.rdatatype.from_text(c.rdtype))
+        try:
+            answer = dns.query.udp(query, host, port=int(port), timeout=c.timeout)
+        except (dns.exception.DNSException, OSError) as e:
+            raise Outcome(f"resolver {c.resolver}: {type(e).__name__}: {e}",
+                          resolver=c.resolver, error=str(e)) from None
+        found = [rr.to_text() for rrset in answer.answer for rr in rrset]
+        evidence = {"resolver": c.resolver, "query": c.query, "answers": found,
+                    "rcode": dns.rcode.to_text(answer.rcode())}
+        if not found or (c.expect is not None and c.expect not in found):
+            raise Outcome(f"resolver {c.resolver}: {c.query} {c.rdtype} answered {found or 'nothing'}"
+                          + (f", expected {c.expect}" if c.expect else ""), **evidence)
+        return evidence
+
+    def _command(self, c: CommandCheck) -> dict[str, Any]:
+        argv = [self._x(p) for p in c.command]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=c.timeout,
+                                  cwd=self.root)
+        except subprocess.TimeoutExpired:
+            raise Outcome(f"{argv[0]} did not finish in {c.timeout}s", argv=argv) from None
+        except OSError as e:
+            raise Outcome(f"{argv[0]}: {e.strerror}", argv=argv) from None
+        evidence = {"argv": argv, "returncode": done.returncode,
+                    "stdout": done.stdout[-_EXCERPT:], "stderr": done.stderr[-_EXCERPT:]}
+        if done.returncode != 0:
+            last = (done.stderr.strip() or done.stdout.strip()).splitlines()
+            raise Outcome(f"{Path(argv[-1]).name if len(argv) > 1 else argv[0]} exited "
+                          f"{done.returncode}: {last[-1] if last else 'no output'}", **evidence)
+        return evidence
+
+    def _probe(self, c: CheckConfig) -> dict[str, Any]:
+        match c:
+            case ProcessCheck():
+                return self._process(c)
+            case TcpCheck():
+                return self._tcp(c)
+            case HttpCheck():
+                return self._http(c, dict(c.json_fields))
+            case VersionCheck():
+                return self._http(c, {c.field: self.values["version"]})
+            case WebSocketCheck():
+                return self._websocket(c)
+            case DnsCheck():
+                return self._dns(c)
+            case CommandCheck():
+                return self._command(c)
+        raise AssertionError(c)
+
+    # --- running --------------------------------------------------------------------------
+    def run(self, c: CheckConfig, retries: int | None = None) -> CheckResult:
+        attempts = 0
+        budget = c.retries if retries is None else retries
+        while True:
+            attempts += 1
+            started = time.perf_counter()
+            try:
+                evidence = self._probe(c)
+                ok, summary = True, "ok"
+            except Outcome as failure:
+                ok, summary, evidence = False, failure.summary, failure.evidence
+            latency = (time.perf_counter() - started) * 1000
+            if ok or attempts > budget:
+                break
+            time.sleep(c.interval)
+        return CheckResult(name=c.name, type=c.type, required=c.required, ok=ok,
+                           summary=summary, attempts=attempts, latency_ms=round(latency, 2),
+                           evidence=evidence, at=now())
+
+    def run_all(self, checks: list[CheckConfig]) -> list[CheckResult]:
+        return [self.run(c) for c in checks]
+
+
+def failed_required(results: list[CheckResult]) -> list[CheckResult]:
+    return [r for r in results if r.required and not r.ok]
+
+
+def dumps(results: list[CheckResult]) -> str:
+    return json.dumps([r.model_dump(mode="json") for r in results], indent=2)

@@ -1,0 +1,292 @@
+"""The product's services: started in the configured order, stopped in reverse.
+
+Two backends share one interface. `ProcessBackend` (the embedded default) runs each service
+under `updater._launch` in its own process group, with a pid file in `state/run/`, output in
+`logs/<name>.log`, and the exit status recorded when it ends. `SystemdBackend` drives units
+with `systemctl` (unit files rendered from the config by `render_unit`).
+
+Stopping is where the restart incident lived: a reader left blocked on a pipe its peer closed.
+With `[stop] drain = true` (the default) services stop one at a time, UI before core: the
+drain URL is called (in-flight work finishes, bounded), then the stop signal, then up to
+`timeout` to exit, then a kill of the whole group. A service that exits non-zero when asked to
+stop has crashed, and the transaction treats that as a failed health check.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+from updater._config import Config, ServiceConfig
+from updater._errors import ConfigError, StoreError
+from updater._fs import atomic_write
+from updater._root import InstallRoot, now
+
+
+@dataclass
+class StopOutcome:
+    service: str
+    was_running: bool
+    returncode: int | None
+    killed: bool
+    seconds: float
+
+    @property
+    def crashed(self) -> bool:
+        """Exited non-zero on its own when asked to stop (a kill after the timeout is ours)."""
+        return self.was_running and not self.killed and self.returncode not in (None, 0)
+
+    def describe(self) -> str:
+        if not self.was_running:
+            return f"{self.service}: was not running"
+        if self.killed:
+            return f"{self.service}: killed after not exiting within the stop timeout"
+        return f"{self.service}: exited with status {self.returncode} in {self.seconds:.2f}s"
+
+
+def expand(text: str, values: dict[str, str]) -> str:
+    try:
+        return text.format_map(values)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"placeholder {e} in {text!r} is not one of {', '.join(values)}") from None
+
+
+class ServiceBackend(Protocol):
+    def start(self, service: ServiceConfig, values: dict[str, str]) -> None: ...
+    def is_running(self, name: str) -> bool: ...
+    def pid(self, name: str) -> int | None: ...
+    def stop(self, service: ServiceConfig, timeout: float, wait: bool = True) -> StopOutcome: ...
+    def wait_stopped(self, service: ServiceConfig, timeout: float) -> StopOutcome: ...
+    def last_exit(self, name: str) -> dict[str, object] | None: ...
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+class ProcessBackend:
+    def __init__(self, root: InstallRoot) -> None:
+        self.root = root
+        self.run_dir = root.state / "run"
+        self.logs = root.path / "logs"
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._stop_started: dict[str, float] = {}
+
+    def _pid_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.json"
+
+    def _exit_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.exit"
+
+    def pid(self, name: str) -> int | None:
+        try:
+            record = json.loads(self._pid_file(name).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        pid = int(record["pid"])
+        child = self._children.get(name)
+        if child is not None and child.pid == pid:
+            return pid if child.poll() is None else None
+        if not _alive(pid):
+            return None
+        try:  # a recycled pid is not our service
+            if b"updater._launch" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return None
+        except OSError:
+            pass
+        return pid
+
+    def is_running(self, name: str) -> bool:
+        return self.pid(name) is not None
+
+    def last_exit(self, name: str) -> dict[str, object] | None:
+        try:
+            return dict(json.loads(self._exit_file(name).read_text()))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def start(self, service: ServiceConfig, values: dict[str, str]) -> None:
+        if self.is_running(service.name):
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self._exit_file(service.name).unlink(missing_ok=True)
+        command = [expand(part, values) for part in service.command]
+        workdir = expand(service.workdir, values)
+        env = {**os.environ, **{k: expand(v, values) for k, v in service.env.items()}}
+        log = (self.logs / f"{service.name}.log").open("ab")
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "updater._launch", "--exit-file",
+                 str(self._exit_file(service.name)), "--", *command],
+                cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True,
+            )
+        except OSError as e:
+            raise StoreError(f"service {service.name}: cannot start {command[0]}: {e}") from None
+        finally:
+            log.close()
+        self._children[service.name] = child
+        record = {"pid": child.pid, "release": values.get("version"), "started_at": str(now()),
+                  "command": command}
+        atomic_write(self._pid_file(service.name), json.dumps(record).encode())
+
+    def stop(self, service: ServiceConfig, timeout: float, wait: bool = True) -> StopOutcome:
+        """Signal the service; with `wait`, bound its exit by `timeout`, then kill it."""
+        started = time.monotonic()
+        pid = self.pid(service.name)
+        if pid is None:
+            return StopOutcome(service.name, False, None, False, 0.0)
+        self._stop_started[service.name] = started
+        try:
+            os.kill(pid, getattr(signal, service.stop_signal))
+        except ProcessLookupError:
+            pass
+        if not wait:
+            return StopOutcome(service.name, True, None, False, 0.0)
+        return self.wait_stopped(service, timeout)
+
+    def wait_stopped(self, service: ServiceConfig, timeout: float) -> StopOutcome:
+        started = self._stop_started.pop(service.name, time.monotonic())
+        pid = self.pid(service.name)
+        deadline = started + timeout
+        while pid is not None and self.is_running(service.name) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        killed = False
+        if pid is not None and self.is_running(service.name):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            killed = True
+            while self.is_running(service.name):
+                time.sleep(0.02)
+        child = self._children.pop(service.name, None)
+        if child is not None:
+            child.wait()
+        exit_record = self.last_exit(service.name)
+        returncode = None if exit_record is None else int(exit_record["returncode"])  # type: ignore[call-overload]
+        self._pid_file(service.name).unlink(missing_ok=True)
+        return StopOutcome(service.name, True, returncode, killed, time.monotonic() - started)
+
+
+class SystemdBackend:
+    """Services as systemd units; systemd does the signalling, timeouts and restarts."""
+
+    def __init__(self, root: InstallRoot, systemctl: str = "systemctl") -> None:
+        self.root = root
+        self.systemctl = systemctl
+
+    @staticmethod
+    def unit(service: ServiceConfig) -> str:
+        return service.unit or f"greenlight-{service.name}.service"
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run([self.systemctl, *args], capture_output=True, text=True,
+                                  timeout=120)
+        except FileNotFoundError:
+            raise ConfigError(
+                "backend = \"systemd\" but systemctl is not on this machine"
+            ) from None
+
+    def start(self, service: ServiceConfig, values: dict[str, str]) -> None:
+        done = self._run("start", self.unit(service))
+        if done.returncode != 0:
+            raise StoreError(f"systemctl start {self.unit(service)}: {done.stderr.strip()}")
+
+    def is_running(self, name: str) -> bool:
+        return self._run("is-active", "--quiet", f"greenlight-{name}.service").returncode == 0
+
+    def pid(self, name: str) -> int | None:
+        done = self._run("show", "-p", "MainPID", "--value", f"greenlight-{name}.service")
+        value = done.stdout.strip()
+        return int(value) if value.isdigit() and value != "0" else None
+
+    def last_exit(self, name: str) -> dict[str, object] | None:
+        done = self._run("show", "-p", "ExecMainStatus", "--value", f"greenlight-{name}.service")
+        value = done.stdout.strip()
+        return {"returncode": int(value)} if value.lstrip("-").isdigit() else None
+
+    def stop(self, service: ServiceConfig, timeout: float, wait: bool = True) -> StopOutcome:
+        started = time.monotonic()
+        was_running = self._run("is-active", "--quiet", self.unit(service)).returncode == 0
+        args = ["stop"] if wait else ["stop", "--no-block"]
+        self._run(*args, self.unit(service))
+        status = self.last_exit(service.name) if wait else None
+        returncode = None if status is None else int(status["returncode"])  # type: ignore[call-overload]
+        return StopOutcome(service.name, was_running, returncode, False,
+                           time.monotonic() - started)
+
+    def wait_stopped(self, service: ServiceConfig, timeout: float) -> StopOutcome:
+        return self.stop(service, timeout, wait=True)
+
+
+UNIT_TEMPLATE = """\
+[Unit]
+Description=Greenlight-managed service {name}
+After=network.target {after}
+
+[Service]
+Type=simple
+WorkingDirectory={workdir}
+ExecStart={exec_start}
+KillSignal={signal}
+TimeoutStopSec={timeout}
+{environment}
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def render_unit(service: ServiceConfig, values: dict[str, str], after: str = "",
+                timeout: float = 10.0) -> str:
+    """A systemd unit for `service`, its release_dir through the root's `current` link."""
+    import shlex
+
+    environment = "".join(
+        f"Environment={shlex.quote(f'{k}={expand(v, values)}')}\n" for k, v in service.env.items()
+    )
+    return UNIT_TEMPLATE.format(
+        name=service.name,
+        after=after,
+        workdir=expand(service.workdir, values),
+        exec_start=" ".join(shlex.quote(expand(p, values)) for p in service.command),
+        signal=service.stop_signal,
+        timeout=max(1, round(timeout)),
+        environment=environment,
+    )
+
+
+def backend_for(root: InstallRoot, config: Config) -> ServiceBackend:
+    if config.backend == "systemd":
+        return SystemdBackend(root)
+    return ProcessBackend(root)
+
+
+def drain(service: ServiceConfig, values: dict[str, str], timeout: float) -> str | None:
+    """Ask the service to finish in-flight work; None when it did, else what happened."""
+    if service.drain_url is None:
+        return None
+    try:
+        response = httpx.get(expand(service.drain_url, values), timeout=timeout + 1)
+        return None if response.status_code < 400 else f"drain answered HTTP {response.status_code}"
+    except httpx.HTTPError as e:
+        return f"drain failed: {type(e).__name__}"
