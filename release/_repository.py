@@ -30,8 +30,8 @@ from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository
 
 from release._errors import ReleaseError
-from updater import atomic_write
 from release._keys import KeyStore
+from updater import atomic_write
 
 EXPIRY: dict[str, timedelta] = {
     Root.type: timedelta(days=365),

@@ -7,8 +7,8 @@ connections so that tests and benchmarks can see what a client really did.
 """
 
 import os
-import sys
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager

@@ -5,12 +5,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import Served
 from tuf.api.metadata import Metadata, Timestamp
 
 from release import FileRepository, init_repository, publish
 from updater import InstallRoot, NetworkError, NotFound, TrustError, check, open_repository, upgrade
-
-from conftest import Served
 
 
 def make_root(tmp: Path, served: Served, repo: FileRepository, channel: str = "stable",

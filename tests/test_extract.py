@@ -5,8 +5,8 @@ import io
 import tarfile
 from pathlib import Path
 
-import pyzstd
 import pytest
+import pyzstd
 
 from updater import ArchiveError
 from updater._extract import Limits, extract

@@ -3,13 +3,12 @@
 import stat
 
 import pytest
+from conftest import builtin_server
 from tuf.api.metadata import Metadata
 
 from release import FileRepository, init_repository
 from release._errors import ReleaseError
 from updater import InstallRoot, TrustError, check, open_repository
-
-from conftest import builtin_server
 
 
 def test_init_writes_owner_only_keys_and_a_consistent_snapshot_root(repo: FileRepository):

@@ -200,7 +200,12 @@ class Config(_Section):
             raise ConfigError(f"{path}: {describe(e, data)}") from None
 
     def dump(self) -> str:
-        return tomli_w.dumps(self.model_dump(exclude_none=True))
+        """The file `updater init` writes: what was chosen, defaults left out; services and
+        checks are added below it by whoever installs the product."""
+        data = self.model_dump(exclude_none=True, exclude_defaults=True)
+        data = {"channel": self.channel, "keep_releases": self.keep_releases, **data}
+        data["repository"] = self.repository.model_dump(exclude_none=True)
+        return tomli_w.dumps(data)
 
 
 def describe(error: ValidationError, data: object) -> str:

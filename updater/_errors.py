@@ -58,6 +58,12 @@ class NotFound(GreenlightError):
     exit_code = 9
 
 
+class ServiceError(GreenlightError):
+    """A service would not start or become ready."""
+
+    exit_code = 12
+
+
 class PrecheckFailed(GreenlightError):
     """The running release failed a required check before anything changed (use --force)."""
 
@@ -82,6 +88,7 @@ EXIT_CODES: dict[int, str] = {
     NotFound.exit_code: "channel or release not found in the repository",
     EXIT_UPDATE_AVAILABLE: "`check`: an update is available",
     PrecheckFailed.exit_code: "the running release failed a required check; nothing changed",
+    ServiceError.exit_code: "a service would not start or become ready",
     EXIT_ROLLED_BACK: "the new release failed its checks and was rolled back",
     EXIT_ROLLBACK_FAILED: "rollback failed too: dead end, see `updater history`",
 }

@@ -14,6 +14,7 @@ stop has crashed, and the transaction treats that as a failed health check.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,11 +52,13 @@ class StopOutcome:
         return f"{self.service}: exited with status {self.returncode} in {self.seconds:.2f}s"
 
 
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+
+
 def expand(text: str, values: dict[str, str]) -> str:
-    try:
-        return text.format_map(values)
-    except (KeyError, ValueError) as e:
-        raise ConfigError(f"placeholder {e} in {text!r} is not one of {', '.join(values)}") from None
+    """Replace {root}, {release_dir}, {version}, {python} (and {token} where given); other
+    braces (JSON in a WebSocket message, say) are left alone."""
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
 
 
 class ServiceBackend(Protocol):

@@ -98,6 +98,13 @@ class Transaction:
         return HealthChecker(self.root.path, self.services, values_for(self.root, version))
 
 
+def outside_transaction(root: InstallRoot, config: Config) -> Transaction:
+    """A Transaction with no steps: for health checks and service control by hand."""
+    journal = Journal(kind="upgrade", channel="", from_version=root.installed_version(),
+                      to_version="", started_at=now(), steps=[])
+    return Transaction(root, config, backend_for(root, config), journal)
+
+
 # --- services, shared by steps and undo handlers ------------------------------------------
 def stop_all(txn: Transaction, version: str | None) -> list[StopOutcome]:
     """Stop every service. Draining: UI before core, each drained, bounded, then killed.
@@ -132,7 +139,7 @@ def start_all(txn: Transaction, version: str | None) -> None:
                 raise HealthFailure(
                     f"service {s.name} of {version} exited during start-up"
                     + (f": {tail[-1]}" if tail else ""),
-                    [_synthetic(f"{s.name}-start", f"exited during start-up",
+                    [_synthetic(f"{s.name}-start", "exited during start-up",
                                 {"last_exit": txn.services.last_exit(s.name), "log": tail})])
             if s.ready is None:
                 break

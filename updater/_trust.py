@@ -30,6 +30,7 @@ from updater._errors import (
 )
 from updater._fetcher import HttpxFetcher, user_agent
 
+
 def explain(error: Exception, what: str) -> GreenlightError:
     """Turn a python-tuf exception into one line a person can act on."""
     detail = str(error) or type(error).__name__

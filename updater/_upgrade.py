@@ -7,8 +7,8 @@ channel file, quarantine), pre-checked on the running release, then run as the t
 """
 
 from channels import ChannelFile
-from updater._config import Config
-from updater._errors import BusyError, NotFound, PrecheckFailed
+from updater._downloads import Progress
+from updater._errors import BusyError, NotFound, PrecheckFailed, ServiceError
 from updater._health import CheckResult, failed_required
 from updater._journal import (
     HistoryEntry,
@@ -16,10 +16,10 @@ from updater._journal import (
     QuarantineEntry,
     StepRecord,
     add_to_quarantine,
+    history,
     locked,
     quarantine,
     record,
-    history,
 )
 from updater._reports import CheckReport, ComponentInfo, HealthReport, UpgradeReport
 from updater._root import InstallRoot, now
@@ -31,13 +31,14 @@ from updater._transaction import (
     Step,
     Transaction,
     all_checks,
+    outside_transaction,
     recover,
     roll_back,
     run_steps,
+    start_all,
+    stop_all,
     undo_steps,
-    values_for,
 )
-from updater._downloads import Progress
 from updater._trust import TrustedRepository
 
 
@@ -93,12 +94,28 @@ def check(root: InstallRoot, repo: TrustedRepository) -> CheckReport:
 def health(root: InstallRoot) -> HealthReport:
     config = root.config
     installed = root.installed_version()
-    txn_checker = Transaction(root, config, backend_for(root, config),
-                              Journal(kind="upgrade", channel="", from_version=None,
-                                      to_version="", started_at=now(), steps=[]))
-    results = [txn_checker.checker(installed).run(c) for c in all_checks(config)]
+    checker = outside_transaction(root, config).checker(installed)
+    results = [checker.run(c) for c in all_checks(config)]
     return HealthReport(root=str(root.path), installed=installed, results=results,
                         healthy=not failed_required(results))
+
+
+def start_services(root: InstallRoot) -> list[str]:
+    """Start the installed release's services in order, each ready before the next."""
+    with locked(root):
+        txn = outside_transaction(root, root.config)
+        try:
+            start_all(txn, root.installed_version())
+        except HealthFailure as failure:
+            raise ServiceError(failure.summary) from None
+        return [s.name for s in root.config.service]
+
+
+def stop_services(root: InstallRoot) -> list[str]:
+    """Stop the services in reverse order, drained as the config says."""
+    with locked(root):
+        txn = outside_transaction(root, root.config)
+        return [o.describe() for o in stop_all(txn, root.installed_version())]
 
 
 def _pre_check(txn: Transaction) -> list[CheckResult] | None:

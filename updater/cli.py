@@ -40,6 +40,8 @@ from updater._upgrade import (
     recover_if_interrupted,
     recover_root,
     rollback,
+    start_services,
+    stop_services,
     switch_channel,
     upgrade,
 )
@@ -244,6 +246,22 @@ def history_cmd(root: RootOpt, as_json: JsonOpt = False) -> None:
         out.print(f"{e.at:%Y-%m-%d %H:%M:%S}Z {e.event:16} {e.channel:8} {move:16} {e.summary}")
         for c in e.failed_checks:
             out.print(f"    failed {c['name']}: {c['summary']}")
+
+
+@app.command("start")
+def start_cmd(root: RootOpt) -> None:
+    """Start the installed release's services, in order, each ready before the next."""
+    install = InstallRoot(root)
+    started = _run(False, lambda: start_services(install), install)
+    out.print(f"started {', '.join(started) or 'nothing (no [[service]] configured)'}")
+
+
+@app.command("stop")
+def stop_cmd(root: RootOpt) -> None:
+    """Stop the services in reverse order (UI before core), drained."""
+    install = InstallRoot(root)
+    for line in _run(False, lambda: stop_services(install), install):
+        out.print(line)
 
 
 @app.command("recover")

@@ -23,7 +23,6 @@ import socket
 import sys
 import threading
 import time
-from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 

@@ -1,0 +1,88 @@
+"""The demo product's part of greenlight.toml: its services and health checks.
+
+`configure(root, port, dns_port)` appends them to an installation root's greenlight.toml and
+writes the UI's credentials to `<root>/data/ui-token` (product data, outside any release).
+The checks talk to the core as the UI does: with the UI's token, over HTTP and WebSocket, and
+through the product's DNS responder; and they run the new UI's own `--probe`.
+"""
+
+import secrets
+from pathlib import Path
+
+
+def product_toml(port: int, dns_port: int, grace: float = 10.0, soak: float = 2.0,
+                 drain: bool = True) -> str:
+    core = f"http://127.0.0.1:{port}"
+    token = "{root}/data/ui-token"
+    return f'''
+[health]
+grace = {grace}
+soak = {soak}
+interval = 0.25
+
+[stop]
+drain = {str(drain).lower()}
+timeout = 10.0
+
+[[service]]
+name = "core"
+command = ["{{python}}", "{{release_dir}}/core/core.py", "--port", "{port}",
+           "--token-file", "{token}", "--dns-port", "{dns_port}"]
+ready = "core-ping"
+drain_url = "{core}/api/drain"
+
+[[service]]
+name = "ui"
+command = ["{{python}}", "{{release_dir}}/ui/ui.py", "--core", "{core}",
+           "--token-file", "{token}", "--stats", "{{root}}/data/ui-stats-{{version}}.json"]
+
+[[check]]
+name = "core-ping"
+type = "http"
+url = "{core}/api/ping"
+timeout = 2.0
+
+[[check]]
+name = "ui-session"
+type = "http"
+url = "{core}/api/v1/session"
+bearer_token_file = "data/ui-token"
+
+[[check]]
+name = "ui-websocket"
+type = "websocket"
+url = "ws://127.0.0.1:{port}/ws"
+bearer_token_file = "data/ui-token"
+send = ['{{"auth": "{{token}}"}}', "ping"]
+expect = ['"ok": true', "ping"]
+
+[[check]]
+name = "core-dns"
+type = "dns"
+resolver = "127.0.0.1:{dns_port}"
+query = "core.greenlight.test"
+expect = "127.0.0.1"
+
+[[check]]
+name = "core-version"
+type = "version"
+url = "{core}/api/version"
+
+[[check]]
+name = "ui-probe"
+type = "command"
+command = ["{{python}}", "{{release_dir}}/ui/ui.py", "--core", "{core}",
+           "--token-file", "{token}", "--probe"]
+timeout = 10.0
+'''
+
+
+def configure(root: Path, port: int, dns_port: int, **options: object) -> None:
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    token = data / "ui-token"
+    if not token.exists():
+        token.write_text(secrets.token_hex(16) + "\n")
+        token.chmod(0o600)
+    with (root / "greenlight.toml").open("a") as f:
+        f.write(product_toml(port, dns_port, **options))  # type: ignore[arg-type]

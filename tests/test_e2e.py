@@ -1,0 +1,247 @@
+"""End to end, with real processes of the demo product: the two incidents, crashes at every
+step of the transaction, and bad configuration."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from examples.demo.config import configure
+from release import publish
+from updater import InstallRoot
+from updater._services import ProcessBackend
+from updater._transaction import STEPS
+
+from conftest import builtin_server, free_port
+
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def updater(root: Path, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "updater"), *args, "--root", str(root)], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+class Product:
+    """A repository served on 127.0.0.1 and an installation root of the demo product."""
+
+    def __init__(self, tmp: Path, repo, server, **options: object) -> None:
+        self.repo, self.server = repo, server
+        self.path = tmp / "root"
+        self.port, self.dns_port = free_port(), free_port()
+        done = subprocess.run([str(BIN / "updater"), "init", "--root", str(self.path), "--repo",
+                               server.url, "--trust", str(repo.metadata_dir / "1.root.json"),
+                               "--channel", "stable"], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        configure(self.path, self.port, self.dns_port, **options)
+        self.root = InstallRoot(self.path)
+
+    def run(self, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+        return updater(self.path, *args, **kw)  # type: ignore[arg-type]
+
+    def json(self, *args: str) -> dict:
+        done = self.run(*args, "--json")
+        return json.loads(done.stdout)
+
+    def running_release(self) -> dict[str, str | None]:
+        backend = ProcessBackend(self.root)
+        releases = {}
+        for name in ("core", "ui"):
+            record = backend.run_dir / f"{name}.json"
+            releases[name] = (json.loads(record.read_text())["release"]
+                              if backend.is_running(name) else None)
+        return releases
+
+    def stop(self) -> None:
+        backend = ProcessBackend(self.root)
+        for name in ("ui", "core"):
+            pid = backend.pid(name)
+            if pid is not None:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+@pytest.fixture
+def product(tmp_path, repo, builds):
+    made: list[Product] = []
+    servers = []
+
+    def make(stable: str = "1.6.10", stable_faults: tuple[str, ...] = (), **options: object):
+        publish(repo, "stable", stable, builds(stable, *stable_faults))
+        cm = builtin_server(repo.path)
+        server = cm.__enter__()
+        servers.append(cm)
+        p = Product(tmp_path, repo, server, **options)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.stop()
+    for cm in servers:
+        cm.__exit__(None, None, None)
+
+
+def test_the_beta_incident_rolls_back_to_stable_by_itself(product, repo, builds):
+    p = product("1.6.10")
+    first = p.run("upgrade")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert p.running_release() == {"core": "1.6.10", "ui": "1.6.10"}
+    assert p.run("health").returncode == 0
+
+    publish(repo, "beta", "1.6.11", builds("1.6.11", "refuse-ui-token"), fallback="stable")
+    assert p.run("channel", "beta").returncode == 0
+    broken = p.run("upgrade")
+    assert broken.returncode == 20, broken.stdout + broken.stderr
+    assert "ROLLED BACK" in broken.stdout and "ui-session" in broken.stdout
+    assert "HTTP 403" in broken.stdout and "denying api access" in broken.stdout
+
+    assert p.root.installed_version() == "1.6.10"
+    assert p.running_release() == {"core": "1.6.10", "ui": "1.6.10"}
+    status = p.json("status")
+    assert status["channel"] == "stable" and "automatic fallback" in status["channel_reason"]
+    assert "1.6.11" in status["quarantined"]
+    incident = p.json("history")["entries"][-1]
+    assert incident["event"] == "rolled-back" and incident["fallback_channel"] == "stable"
+    failed = {c["name"]: c for c in incident["failed_checks"]}
+    assert failed["ui-session"]["evidence"]["status"] == 403
+    assert incident["timings"]["rollback_seconds"] > 0
+    assert not (p.path / "state" / "journal.json").exists()
+
+    # Stays on stable until the user switches back; 1.6.11 is not offered again.
+    assert p.run("check").returncode == 0
+    assert p.run("channel", "beta").returncode == 0
+    again = p.json("check")
+    assert again["available"] == "1.6.11" and again["update_available"] is False
+    assert "denying api access" in again["quarantined"]
+    held = p.run("upgrade")
+    assert held.returncode == 0 and "quarantined" in held.stdout
+    assert p.root.installed_version() == "1.6.10"
+
+    publish(repo, "beta", "1.6.12", builds("1.6.12"))
+    fixed = p.run("upgrade", "--json")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert json.loads(fixed.stdout)["outcome"] == "upgraded"
+    assert p.root.installed_version() == "1.6.12"
+    assert p.running_release() == {"core": "1.6.12", "ui": "1.6.12"}
+    assert p.run("health").returncode == 0
+
+
+def _ui_failures(root: Path) -> tuple[int, int, list[str]]:
+    ok = failed = 0
+    errors: list[str] = []
+    for stats in (root / "data").glob("ui-stats-*.json"):
+        data = json.loads(stats.read_text())
+        ok, failed, errors = ok + data["ok"], failed + data["failed"], errors + data["errors"]
+    return ok, failed, errors
+
+
+def test_the_restart_incident_ordered_stop_with_draining_loses_no_request(product, repo, builds):
+    p = product("2.0", ("crash-on-stop-in-flight",))
+    assert p.run("upgrade").returncode == 0
+    publish(repo, "stable", "2.1", builds("2.1", "crash-on-stop-in-flight"))
+    time.sleep(1.0)  # let the UI's stream of requests run
+    done = p.run("upgrade")
+    assert done.returncode == 0, done.stdout + done.stderr
+    time.sleep(0.5)
+    ok, failed, errors = _ui_failures(p.path)
+    assert ok > 5 and failed == 0, errors
+    assert p.running_release() == {"core": "2.1", "ui": "2.1"}
+
+
+def test_the_restart_incident_without_draining_is_seen_and_rolled_back(product, repo, builds):
+    p = product("2.0", ("crash-on-stop-in-flight",), drain=False)
+    assert p.run("upgrade").returncode == 0
+    publish(repo, "stable", "2.1", builds("2.1", "crash-on-stop-in-flight"))
+    time.sleep(1.0)
+    done = p.run("upgrade")
+    assert done.returncode == 20, done.stdout + done.stderr
+    assert "crashed when stopped (exit status 70)" in done.stdout
+    assert p.root.installed_version() == "2.0"
+    assert p.running_release() == {"core": "2.0", "ui": "2.0"}
+    incident = p.json("history")["entries"][-1]
+    assert any("core: exited with status 70" in s for s in incident["stop_outcomes"])
+
+
+KILL_POINTS = [f"{step.name}:{when}" for step in STEPS for when in ("before", "after")]
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_killed_at_every_step_recovers_to_one_whole_release(product, repo, builds, point):
+    p = product("3.0")
+    assert p.run("upgrade").returncode == 0
+    publish(repo, "stable", "3.1", builds("3.1"))
+    killed = p.run("upgrade", env={"GREENLIGHT_KILL_AT": point})
+    assert killed.returncode == -signal.SIGKILL
+    assert (p.path / "state" / "journal.json").exists()
+
+    recovered = p.run("recover")
+    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    assert not (p.path / "state" / "journal.json").exists()
+    installed = p.root.installed_version()
+    assert installed in ("3.0", "3.1")
+    if point in ("commit:before", "commit:after"):
+        assert installed == "3.1"  # post-check passed: the commit is finished, not undone
+    assert p.running_release() == {"core": installed, "ui": installed}
+    assert not list(p.root.releases.glob(".staging-*"))
+    health = p.json("health")
+    assert health["healthy"] and health["installed"] == installed
+    assert httpx.get(f"http://127.0.0.1:{p.port}/api/version").json()["version"] == installed
+
+
+def test_a_second_updater_is_told_who_holds_the_root(product, repo, builds):
+    p = product("4.0")
+    from filelock import FileLock
+
+    with FileLock(str(p.path / "state" / "lock")):
+        (p.path / "state" / "lock.owner").write_text(json.dumps(
+            {"pid": 4242, "command": "updater upgrade", "since": "now"}))
+        busy = p.run("upgrade")
+    assert busy.returncode == 6
+    assert "another updater holds this root: pid 4242 (updater upgrade" in busy.stderr
+    assert p.root.installed_version() is None
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.replace('type = "dns"', 'type = "smoke-signal"'),
+         "field check['core-dns'].type: unknown check type 'smoke-signal'"),
+        (lambda t: t.replace('url = "http://127.0.0.1:{port}/api/version"\n', ""),
+         "field check['core-version'].url: Field required"),
+    ],
+)
+def test_bad_configuration_is_one_line_and_changes_nothing(product, edit, message):
+    p = product("5.0")
+    assert p.run("upgrade").returncode == 0
+    config = p.path / "greenlight.toml"
+    config.write_text(edit(config.read_text().replace("{port}", "{port}")).replace(
+        "{port}", str(p.port)))
+    before = config.read_text()
+    done = p.run("upgrade")
+    assert done.returncode == 3
+    assert done.stderr.strip() == f"updater: error: {config}: {message}"
+    assert config.read_text() == before and p.root.installed_version() == "5.0"
+
+
+def test_unreadable_credentials_file_is_named(product, repo, builds):
+    p = product("6.0")
+    assert p.run("upgrade").returncode == 0
+    publish(repo, "stable", "6.1", builds("6.1"))
+    (p.path / "data" / "ui-token").rename(p.path / "data" / "ui-token.moved")
+    done = p.run("upgrade")
+    assert done.returncode == 3
+    assert done.stderr.strip() == (
+        f"updater: error: bearer_token_file {p.path / 'data' / 'ui-token'}: cannot read: "
+        "No such file or directory")
+    assert p.root.installed_version() == "6.0"
