@@ -215,9 +215,10 @@ def test_a_second_updater_is_told_who_holds_the_root(product, repo, builds):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda t: t.replace('type = "dns"', 'type = "smoke-signal"'),
-         "field check['core-dns'].type: unknown check type 'smoke-signal'"),
-        (lambda t: t.replace('url = "http://127.0.0.1:{port}/api/version"\n', ""),
+        (lambda t, port: t.replace('type = "dns"', 'type = "smoke-signal"'),
+         "field check['core-dns'].type: unknown check type 'smoke-signal': expected one of "
+         "process, tcp, http, websocket, dns, version, command"),
+        (lambda t, port: t.replace(f'url = "http://127.0.0.1:{port}/api/version"\n', ""),
          "field check['core-version'].url: Field required"),
     ],
 )
@@ -225,8 +226,7 @@ def test_bad_configuration_is_one_line_and_changes_nothing(product, edit, messag
     p = product("5.0")
     assert p.run("upgrade").returncode == 0
     config = p.path / "greenlight.toml"
-    config.write_text(edit(config.read_text().replace("{port}", "{port}")).replace(
-        "{port}", str(p.port)))
+    config.write_text(edit(config.read_text(), p.port))
     before = config.read_text()
     done = p.run("upgrade")
     assert done.returncode == 3

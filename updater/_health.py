@@ -195,8 +195,9 @@ class HealthChecker:
                     "stdout": done.stdout[-_EXCERPT:], "stderr": done.stderr[-_EXCERPT:]}
         if done.returncode != 0:
             last = (done.stderr.strip() or done.stdout.strip()).splitlines()
-            raise Outcome(f"{Path(argv[-1]).name if len(argv) > 1 else argv[0]} exited "
-                          f"{done.returncode}: {last[-1] if last else 'no output'}", **evidence)
+            program = argv[1] if len(argv) > 1 and "python" in Path(argv[0]).name else argv[0]
+            raise Outcome(f"{Path(program).name} exited {done.returncode}: "
+                          f"{last[-1] if last else 'no output'}", **evidence)
         return evidence
 
     def _probe(self, c: CheckConfig) -> dict[str, Any]:

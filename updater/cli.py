@@ -5,6 +5,7 @@ report's stable JSON shape instead (errors too, as greenlight.error/1). Exit cod
 by `updater exit-codes` and in the README.
 """
 
+import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,7 +54,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+_EVIDENCE = ("status", "body", "close_code", "returncode", "stderr", "error", "answers", "got",
+             "expected", "last_exit", "log")
 err = Console(stderr=True, highlight=False)
 
 RootOpt = Annotated[
@@ -175,13 +178,16 @@ def _print_transaction(report: UpgradeReport) -> None:
         out.print(f"{report.channel}: {verb}: {incident.summary}")
         for check_ in incident.failed_checks:
             out.print(f"  failed check {check_['name']}: {check_['summary']}")
-            evidence = {k: v for k, v in check_["evidence"].items() if v not in (None, [], "")}
+            evidence = {k: check_["evidence"][k] for k in _EVIDENCE
+                        if check_["evidence"].get(k) not in (None, [], "")}
             if evidence:
-                out.print(f"    evidence: {evidence}")
+                out.print(f"    evidence: {json.dumps(evidence)[:300]}")
         for stop in incident.stop_outcomes:
             out.print(f"  stop: {stop}")
         where = f"now on {report.installed or 'nothing'}, channel {report.channel_now}"
-        out.print(f"  {where}; {report.to_version} quarantined"
+        seconds = incident.timings.get("rollback_seconds")
+        took = f" (rolled back in {seconds:.2f}s, services' start-up excluded)" if seconds else ""
+        out.print(f"  {where}; {report.to_version} quarantined{took}"
                   if report.outcome == "rolled-back" else f"  {where}: needs a person")
 
 

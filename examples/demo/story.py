@@ -1,9 +1,11 @@
 """`make demo`: the whole story on 127.0.0.1, with the real `release` and `updater` commands.
 
-A fresh repository is created and served, the demo product's stable 1.0 and beta 1.1 are
-published, an installation root is created and follows stable, then switches to beta and
-upgrades. Every command is printed before it runs. Work happens in ./demo-work (replaced on
-each run).
+A fresh repository is created and served; the demo product's stable 1.6.10 is installed and its
+core and UI run as real processes. Beta 1.6.11 is published with the incident's fault baked in
+(the core refuses the UI's token while its ping still answers): the machine joins beta, the
+upgrade's post-check catches it, and Greenlight rolls back to 1.6.10 on stable by itself,
+printing the evidence. A fixed beta 1.6.12 is then taken and committed. Every command is
+printed before it runs. Work happens in ./demo-work (replaced on each run).
 """
 
 import shlex
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 from examples.demo.build import build
+from examples.demo.config import configure
 
 BIN = Path(sys.executable).parent
 WORK = Path("demo-work")
@@ -57,14 +60,11 @@ def main() -> None:
     shutil.rmtree(WORK, ignore_errors=True)
     repo, root, builds = WORK / "repo", WORK / "root", WORK / "builds"
     say("The release team builds the demo product and creates a signed repository")
-    stable = build("1.0", builds)
-    beta = build("1.1", builds)
+    components = lambda version, *faults: [  # noqa: E731
+        f"--component={c}={p}" for c, p in build(version, builds / version, faults).items()]
     run("release", "init", str(repo))
-    run("release", "publish", str(repo), "--channel", "stable", "--version", "1.0",
-        *(f"--component={c}={p}" for c, p in stable.items()))
-    run("release", "publish", str(repo), "--channel", "beta", "--version", "1.1",
-        "--fallback", "stable", *(f"--component={c}={p}" for c, p in beta.items()))
-    run("release", "status", str(repo))
+    run("release", "publish", str(repo), "--channel", "stable", "--version", "1.6.10",
+        *components("1.6.10"))
 
     port = free_port()
     say(f"The repository is served as static files on 127.0.0.1:{port}")
@@ -76,14 +76,28 @@ def main() -> None:
         say("A machine installs stable, trusting the repository's first root")
         run("updater", "init", "--root", str(root), "--repo", url,
             "--trust", str(repo / "metadata" / "1.root.json"), "--channel", "stable")
-        run("updater", "check", "--root", str(root), ok=(0, 10))
+        configure(root, free_port(), free_port())
+        print(f"  (the demo product's services and health checks added to {root}/greenlight.toml)")
+        run("updater", "check", "--root", str(root), ok=(10,))
         run("updater", "upgrade", "--root", str(root))
-        run("updater", "check", "--root", str(root))
-        say("It joins the beta channel and upgrades")
+        run("updater", "health", "--root", str(root))
+
+        say("Beta 1.6.11 ships with a core that refuses the UI's token (ping still answers)")
+        run("release", "publish", str(repo), "--channel", "beta", "--version", "1.6.11",
+            "--fallback", "stable", *components("1.6.11", "refuse-ui-token"))
+        run("updater", "channel", "--root", str(root), "beta")
+        run("updater", "upgrade", "--root", str(root), ok=(20,))
+        run("updater", "status", "--root", str(root))
+        run("updater", "history", "--root", str(root))
+
+        say("The fixed beta 1.6.12 is published; the machine joins beta again and takes it")
+        run("release", "publish", str(repo), "--channel", "beta", "--version", "1.6.12",
+            *components("1.6.12"))
         run("updater", "channel", "--root", str(root), "beta")
         run("updater", "check", "--root", str(root), ok=(10,))
         run("updater", "upgrade", "--root", str(root))
-        run("updater", "status", "--root", str(root))
+        run("updater", "health", "--root", str(root))
+        run("updater", "stop", "--root", str(root))
     finally:
         server.terminate()
         server.wait(timeout=10)
