@@ -143,7 +143,8 @@ class ProcessBackend:
                 start_new_session=True,
             )
         except OSError as e:
-            raise StoreError(f"service {service.name}: cannot start {command[0]}: {e}") from None
+            raise StoreError(f"service {service.name}: cannot start {command[0]} in {workdir}: "
+                             f"{e.strerror}: {e.filename}") from None
         finally:
             log.close()
         self._children[service.name] = child

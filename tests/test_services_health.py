@@ -1,0 +1,170 @@
+"""Services and health checks against the real demo core; the systemd backend through a
+stand-in systemctl (systemd cannot run here)."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from examples.demo.build import build
+from updater import InstallRoot
+from updater._config import (
+    CommandCheck,
+    DnsCheck,
+    HttpCheck,
+    ServiceConfig,
+    TcpCheck,
+    VersionCheck,
+    WebSocketCheck,
+)
+from updater._health import HealthChecker
+from updater._services import ProcessBackend, SystemdBackend, render_unit
+
+from conftest import free_port
+
+
+@pytest.fixture
+def core(tmp_path):
+    """A real demo core (built with a fault or not) running under the process backend."""
+    started = []
+
+    def run(*faults: str):
+        archives = build("9.9", tmp_path / "build", faults)
+        release = tmp_path / "release" / "core"
+        release.mkdir(parents=True)
+        subprocess.run(["tar", "-C", str(release), "-xzf", str(archives["core"])], check=True)
+        (tmp_path / "token").write_text("s3cret\n")
+        port, dns_port = free_port(), free_port()
+        root = InstallRoot(tmp_path)
+        backend = ProcessBackend(root)
+        service = ServiceConfig(name="core", command=[
+            sys.executable, str(release / "core.py"), "--port", str(port),
+            "--token-file", str(tmp_path / "token"), "--dns-port", str(dns_port)])
+        backend.start(service, {"version": "9.9", "root": str(tmp_path)})
+        started.append((backend, service))
+        checker = HealthChecker(tmp_path, backend, {"version": "9.9", "root": str(tmp_path)})
+        deadline = time.monotonic() + 10
+        while not checker.run(TcpCheck(name="t", type="tcp", port=port)).ok:
+            assert time.monotonic() < deadline, "core did not start"
+            time.sleep(0.05)
+        return checker, port, dns_port, backend, service
+
+    yield run
+    for backend, service in started:
+        backend.stop(service, timeout=5)
+
+
+def test_checks_pass_on_a_good_core_with_evidence(core):
+    checker, port, dns_port, _, _ = core()
+    base = f"http://127.0.0.1:{port}"
+    results = checker.run_all([
+        HttpCheck(name="session", type="http", url=f"{base}/api/v1/session",
+                  bearer_token_file="token", json_fields={"user": "ui"}),
+        WebSocketCheck(name="ws", type="websocket", url=f"ws://127.0.0.1:{port}/ws",
+                       bearer_token_file="token", send=['{"auth": "{token}"}', "hi"],
+                       expect=['"ok": true', "hi"]),
+        DnsCheck(name="dns", type="dns", resolver=f"127.0.0.1:{dns_port}",
+                 query="core.greenlight.test", expect="127.0.0.1"),
+        VersionCheck(name="version", type="version", url=f"{base}/api/version"),
+        CommandCheck(name="true", type="command", command=["true"]),
+    ])
+    assert [r.ok for r in results] == [True] * 5, [r.summary for r in results]
+    assert results[0].evidence["status"] == 200 and results[0].latency_ms > 0
+    assert results[2].evidence["answers"] == ["127.0.0.1"]
+
+
+def test_checks_explain_a_core_that_refuses_the_ui(core):
+    checker, port, dns_port, _, _ = core("refuse-ui-token")
+    base = f"http://127.0.0.1:{port}"
+    ping = checker.run(HttpCheck(name="ping", type="http", url=f"{base}/api/ping"))
+    session = checker.run(HttpCheck(name="session", type="http", url=f"{base}/api/v1/session",
+                                    bearer_token_file="token", retries=2, interval=0.01))
+    ws = checker.run(WebSocketCheck(name="ws", type="websocket", url=f"ws://127.0.0.1:{port}/ws",
+                                    bearer_token_file="token", send=['{"auth": "{token}"}']))
+    assert ping.ok  # "the port answers" is not "the UI can use the core"
+    assert not session.ok and session.attempts == 3
+    assert session.evidence["status"] == 403 and "denying api access" in session.summary
+    assert not ws.ok and ws.evidence["close_code"] == 4003
+
+
+def test_wrong_version_dns_and_dead_port_are_explained(core):
+    checker, port, dns_port, _, _ = core()
+    version = checker.run(VersionCheck(name="v", type="version", url=f"http://127.0.0.1:{port}/api/version"))
+    checker.values["version"] = "1.0"
+    wrong = checker.run(VersionCheck(name="v", type="version", url=f"http://127.0.0.1:{port}/api/version"))
+    assert version.ok and not wrong.ok and "version is '9.9', expected '1.0'" in wrong.summary
+    dns = checker.run(DnsCheck(name="d", type="dns", resolver=f"127.0.0.1:{dns_port}",
+                               query="other.test", timeout=1))
+    assert not dns.ok and "answered nothing" in dns.summary
+    dead = checker.run(TcpCheck(name="p", type="tcp", port=free_port(), timeout=0.5))
+    assert not dead.ok and "refused" in dead.summary
+
+
+def test_process_backend_records_exit_and_kills_after_timeout(core):
+    checker, port, _, backend, service = core()
+    outcome = backend.stop(service, timeout=5)
+    assert (outcome.was_running, outcome.returncode, outcome.killed) == (True, 0, False)
+    assert not outcome.crashed and not backend.is_running("core")
+    again = backend.stop(service, timeout=1)
+    assert not again.was_running
+
+    stubborn = ServiceConfig(name="stubborn", command=[
+        sys.executable, "-c", "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "time.sleep(60)"])
+    backend.start(stubborn, {"root": str(backend.root.path)})
+    time.sleep(0.3)
+    slow = backend.stop(stubborn, timeout=0.5)
+    assert slow.killed and not slow.crashed and not backend.is_running("stubborn")
+
+
+@pytest.fixture
+def fake_systemctl(tmp_path):
+    calls = tmp_path / "calls.log"
+    script = tmp_path / "systemctl"
+    script.write_text(f"""#!/bin/sh
+echo "$@" >> {calls}
+case "$1" in
+  is-active) [ -f {tmp_path}/active-$3 ] ;;
+  start) touch {tmp_path}/active-$2 ;;
+  stop) rm -f {tmp_path}/active-$2 ;;
+  show) [ "$3" = "MainPID" ] && echo 1234 || echo 0 ;;
+esac
+""")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script, calls
+
+
+def test_systemd_backend_drives_units(tmp_path, fake_systemctl):
+    script, calls = fake_systemctl
+    backend = SystemdBackend(InstallRoot(tmp_path), systemctl=str(script))
+    core_service = ServiceConfig(name="core", command=["x"])
+    backend.start(core_service, {})
+    assert backend.is_running("core") and backend.pid("core") == 1234
+    outcome = backend.stop(core_service, timeout=5)
+    assert outcome.was_running and outcome.returncode == 0 and not outcome.crashed
+    assert not backend.is_running("core")
+    assert calls.read_text().splitlines()[0] == "start greenlight-core.service"
+
+
+def test_systemd_unit_is_rendered_from_the_config():
+    service = ServiceConfig(name="core", command=["{python}", "{release_dir}/core/core.py",
+                                                  "--port", "80"], env={"MODE": "prod"},
+                            stop_signal="SIGINT")
+    unit = render_unit(service, {"python": "/usr/bin/python3", "release_dir": "/opt/app/current",
+                                 "root": "/opt/app"}, timeout=12)
+    assert "ExecStart=/usr/bin/python3 /opt/app/current/core/core.py --port 80" in unit
+    assert "KillSignal=SIGINT" in unit and "TimeoutStopSec=12" in unit
+    assert "WorkingDirectory=/opt/app" in unit and "Environment=MODE=prod" in unit
+
+
+def test_systemd_backend_without_systemctl_is_a_config_error(tmp_path):
+    from updater import ConfigError
+
+    backend = SystemdBackend(InstallRoot(tmp_path), systemctl=str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match="systemctl is not on this machine"):
+        backend.is_running("core")
