@@ -1,13 +1,10 @@
 """Services and health checks against the real demo core; the systemd backend through a
 stand-in systemctl (systemd cannot run here)."""
 
-import json
-import os
 import stat
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
