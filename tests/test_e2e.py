@@ -245,3 +245,43 @@ def test_unreadable_credentials_file_is_named(product, repo, builds):
         f"updater: error: bearer_token_file {p.path / 'data' / 'ui-token'}: cannot read: "
         "No such file or directory")
     assert p.root.installed_version() == "6.0"
+
+
+def test_manual_rollback_returns_to_the_previous_release(product, repo, builds):
+    p = product("7.0")
+    assert p.run("upgrade").returncode == 0
+    publish(repo, "stable", "7.1", builds("7.1"))
+    assert p.run("upgrade").returncode == 0
+    back = p.run("rollback")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert "rolled back 7.1 -> 7.0" in back.stdout
+    assert p.root.installed_version() == "7.0"
+    assert p.running_release() == {"core": "7.0", "ui": "7.0"}
+    assert "7.1" in p.json("status")["quarantined"]
+    assert p.json("history")["entries"][-1]["event"] == "manual-rollback"
+
+
+def test_rollback_that_fails_too_is_a_reported_dead_end(product, repo, builds):
+    p = product("8.0")
+    assert p.run("upgrade").returncode == 0
+    # The running 8.0 is fine, but its files are now broken: it cannot start again.
+    (p.root.release_dir("8.0") / "core" / "core.py").write_text("raise SystemExit(3)\n")
+    publish(repo, "stable", "8.1", builds("8.1", "refuse-ui-token"))
+    done = p.run("upgrade")
+    assert done.returncode == 21, done.stdout + done.stderr
+    assert "ROLLBACK FAILED" in done.stdout and "needs a person" in done.stdout
+    last = p.json("history")["entries"][-1]
+    assert last["event"] == "rollback-failed" and "rollback failed" in last["summary"]
+    assert not (p.path / "state" / "journal.json").exists()  # no loop: nothing to resume
+    assert p.run("recover").stdout.strip() == "nothing to recover"
+    assert p.root.installed_version() == "8.0"
+
+
+def test_systemd_units_are_written_for_the_configured_services(product, tmp_path):
+    p = product("9.0")
+    done = p.run("systemd-units", "--out", str(tmp_path / "units"))
+    assert done.returncode == 0, done.stderr
+    core = (tmp_path / "units" / "greenlight-core.service").read_text()
+    ui = (tmp_path / "units" / "greenlight-ui.service").read_text()
+    assert f"{p.path}/current/core/core.py" in core
+    assert "After=network.target greenlight-core.service" in ui

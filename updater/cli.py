@@ -34,6 +34,8 @@ from updater._health import CheckResult
 from updater._journal import history, quarantine
 from updater._reports import ErrorReport, HistoryReport, StatusReport, UpgradeReport, dump
 from updater._root import InstallRoot, default_root
+from updater._services import SystemdBackend, render_unit
+from updater._transaction import values_for
 from updater._upgrade import (
     check,
     health,
@@ -268,6 +270,35 @@ def stop_cmd(root: RootOpt) -> None:
     install = InstallRoot(root)
     for line in _run(False, lambda: stop_services(install), install):
         out.print(line)
+
+
+@app.command("systemd-units")
+def systemd_units_cmd(
+    root: RootOpt,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the unit files to.")],
+) -> None:
+    """Write a systemd unit for each configured service (backend = "systemd").
+
+    Units run the release through the root's `current` link, so a switch needs no new units.
+    """
+    install = InstallRoot(root)
+
+    def work() -> list[Path]:
+        config = install.config
+        values = values_for(install, None)
+        written, previous = [], ""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for service in config.service:
+            unit = SystemdBackend.unit(service)
+            path = out_dir / unit
+            path.write_text(render_unit(service, values, after=previous,
+                                        timeout=config.stop.timeout))
+            written.append(path)
+            previous = unit
+        return written
+
+    for path in _run(False, work):
+        out.print(f"wrote {path}")
 
 
 @app.command("recover")
