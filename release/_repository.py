@@ -56,6 +56,8 @@ class FileRepository(Repository):
         self.targets_dir = path / "targets"
         self.keys = keys or KeyStore(path / "keys")
         self._serializer = JSONSerializer(compact=False)
+        # Roles re-signed for a longer window (offline bundles): role -> minimum expiry.
+        self.expiry_floor: dict[str, datetime] = {}
 
     # --- storage -------------------------------------------------------------------------
     def _latest_path(self, role: str) -> Path:
@@ -92,9 +94,8 @@ class FileRepository(Repository):
         # A role never written before is stored as version 1, as created; others are bumped.
         if self._latest_path(role).is_file():
             md.signed.version += 1
-        md.signed.expires = datetime.now(UTC).replace(microsecond=0) + EXPIRY.get(
-            role, DELEGATED_EXPIRY
-        )
+        expires = datetime.now(UTC).replace(microsecond=0) + EXPIRY.get(role, DELEGATED_EXPIRY)
+        md.signed.expires = max(expires, self.expiry_floor.get(role, expires))
         self.sign_and_store(role, md)
 
     def sign_and_store(self, role: str, md: Metadata, extra_signers: tuple[CryptoSigner, ...] = ()) -> None:

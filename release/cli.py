@@ -1,5 +1,6 @@
 """`release`: the pipeline's command line. Parses, calls plain functions, prints."""
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from release._bundle import build_bundle, parse_duration
 from release._errors import ReleaseError
 from release._keys import KeyStore
 from release._publish import publish, repository_status
@@ -94,6 +96,29 @@ def publish_cmd(
         print(channel_file.model_dump_json(indent=2))
     else:
         out.print(f"published {channel} {version} ({', '.join(channel_file.components)})")
+
+
+@app.command()
+def bundle(
+    repo: RepoArg,
+    channel: Annotated[str, typer.Option("--channel", help="Channel whose release to bundle.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Bundle file to write.")],
+    expires: Annotated[str, typer.Option(
+        "--expires", help="How long offline sites may install it: 12h, 90d, 8w.")] = "30d",
+    keys: KeysOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write an offline bundle: root chain, metadata, channel file and artifacts, signed to
+    stay valid for --expires (the new metadata is published in the repository too)."""
+    try:
+        made = build_bundle(_repo(repo, keys), channel, output, parse_duration(expires))
+    except (ReleaseError, ValueError) as e:
+        raise _fail(e) from None
+    if as_json:
+        print(json.dumps(made, indent=2))
+    else:
+        out.print(f"bundled {channel} {made['release']} into {output} ({made['bytes']} bytes), "
+                  f"valid until {made['expires']}")
 
 
 @app.command()

@@ -58,6 +58,12 @@ class NotFound(GreenlightError):
     exit_code = 9
 
 
+class ChannelMismatch(GreenlightError):
+    """A bundle carries another channel than the one this root follows."""
+
+    exit_code = 13
+
+
 class ServiceError(GreenlightError):
     """A service would not start or become ready."""
 
@@ -88,6 +94,7 @@ EXIT_CODES: dict[int, str] = {
     NotFound.exit_code: "channel or release not found in the repository",
     EXIT_UPDATE_AVAILABLE: "`check`: an update is available",
     PrecheckFailed.exit_code: "the running release failed a required check; nothing changed",
+    ChannelMismatch.exit_code: "the bundle carries another channel (use --switch-channel)",
     ServiceError.exit_code: "a service would not start or become ready",
     EXIT_ROLLED_BACK: "the new release failed its checks and was rolled back",
     EXIT_ROLLBACK_FAILED: "rollback failed too: dead end, see `updater history`",

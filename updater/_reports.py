@@ -42,6 +42,7 @@ class UpgradeReport(BaseModel):
     schema_: Literal["greenlight.upgrade/1"] = Field("greenlight.upgrade/1", alias="schema")
     root: str
     channel: str
+    source: str = "repository"
     outcome: Literal["upgraded", "up-to-date", "held", "rolled-back", "rollback-failed"]
     from_version: str | None
     to_version: str

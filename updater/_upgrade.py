@@ -6,9 +6,12 @@ channel file, quarantine), pre-checked on the running release, then run as the t
 `updater._transaction`; a failed post-check rolls back by itself.
 """
 
+from pathlib import Path
+
 from channels import ChannelFile
+from updater._bundle import opened_bundle
 from updater._downloads import Progress
-from updater._errors import BusyError, NotFound, PrecheckFailed, ServiceError
+from updater._errors import BusyError, ChannelMismatch, NotFound, PrecheckFailed, ServiceError
 from updater._health import CheckResult, failed_required
 from updater._journal import (
     HistoryEntry,
@@ -172,43 +175,66 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
 
 def upgrade(root: InstallRoot, repo: TrustedRepository, progress: Progress | None = None,
             force: bool = False) -> UpgradeReport:
-    config = root.config
+    """Move to the active channel's release through the health-checked transaction."""
     with locked(root):
-        recover(root, config)
-        channel_file = read_channel(root, repo)
-        installed = root.installed_version()
-        target = channel_file.release
-        report = UpgradeReport(
-            root=str(root.path), channel=channel_file.channel, outcome="up-to-date",
-            from_version=installed, to_version=target, installed=installed,
-            channel_now=channel_file.channel,
-            bytes_total=sum(a.length for a in channel_file.components.values()),
-        )
-        if installed == target:
-            return report
-        held = quarantine(root).get(target)
-        if held is not None:
-            return report.model_copy(update={"outcome": "held", "note": (
-                f"{target} is quarantined here since {held.at:%Y-%m-%d %H:%M}Z: {held.reason}")})
+        recover(root, root.config)
+        return _upgrade_locked(root, repo, progress, force)
 
-        journal = _journal("upgrade", channel_file.channel, installed, target, STEPS, force)
-        txn = Transaction(root, config, backend_for(root, config), journal, repo, channel_file,
-                          progress)
-        pre = _pre_check(txn)
-        failed = failed_required(pre or [])
-        if failed:
-            entry = HistoryEntry(
-                event="precheck-forced" if force else "precheck-blocked",
-                channel=channel_file.channel, from_version=installed, to_version=target,
-                summary=f"running release {installed} failed {failed[0].name}: {failed[0].summary}",
-                failed_checks=[r.model_dump(mode="json") for r in failed])
-            record(root, entry)
-            if not force:
-                raise PrecheckFailed(
-                    f"pre-check: the running release {installed} fails check {failed[0].name}: "
-                    f"{failed[0].summary}; nothing changed (fix it, or pass --force)")
-        journal.save(root)
-        return _run(txn, report.model_copy(update={"precheck": pre, "forced": bool(failed)}))
+
+def sideload(root: InstallRoot, bundle_path: Path, progress: Progress | None = None,
+             force: bool = False, switch_channel: bool = False) -> UpgradeReport:
+    """`updater upgrade` from a bundle file: same verification, same transaction, no network."""
+    with locked(root):
+        recover(root, root.config)
+        with opened_bundle(root, bundle_path) as bundle:
+            active = root.active_channel().channel
+            if bundle.channel != active:
+                if not switch_channel:
+                    raise ChannelMismatch(
+                        f"{bundle_path.name} carries channel {bundle.channel!r} but {root.path} "
+                        f"follows {active!r}; pass --switch-channel to follow {bundle.channel!r}")
+                root.set_active_channel(bundle.channel, f"switched from {active} by a sideload")
+            report = _upgrade_locked(root, bundle.repository, progress, force)
+            return report.model_copy(update={"source": f"bundle {bundle_path.name}"})
+
+
+def _upgrade_locked(root: InstallRoot, repo: TrustedRepository, progress: Progress | None,
+                    force: bool) -> UpgradeReport:
+    config = root.config
+    channel_file = read_channel(root, repo)
+    installed = root.installed_version()
+    target = channel_file.release
+    report = UpgradeReport(
+        root=str(root.path), channel=channel_file.channel, outcome="up-to-date",
+        from_version=installed, to_version=target, installed=installed,
+        channel_now=channel_file.channel,
+        bytes_total=sum(a.length for a in channel_file.components.values()),
+    )
+    if installed == target:
+        return report
+    held = quarantine(root).get(target)
+    if held is not None:
+        return report.model_copy(update={"outcome": "held", "note": (
+            f"{target} is quarantined here since {held.at:%Y-%m-%d %H:%M}Z: {held.reason}")})
+
+    journal = _journal("upgrade", channel_file.channel, installed, target, STEPS, force)
+    txn = Transaction(root, config, backend_for(root, config), journal, repo, channel_file,
+                      progress)
+    pre = _pre_check(txn)
+    failed = failed_required(pre or [])
+    if failed:
+        entry = HistoryEntry(
+            event="precheck-forced" if force else "precheck-blocked",
+            channel=channel_file.channel, from_version=installed, to_version=target,
+            summary=f"running release {installed} failed {failed[0].name}: {failed[0].summary}",
+            failed_checks=[r.model_dump(mode="json") for r in failed])
+        record(root, entry)
+        if not force:
+            raise PrecheckFailed(
+                f"pre-check: the running release {installed} fails check {failed[0].name}: "
+                f"{failed[0].summary}; nothing changed (fix it, or pass --force)")
+    journal.save(root)
+    return _run(txn, report.model_copy(update={"precheck": pre, "forced": bool(failed)}))
 
 
 def previous_release(root: InstallRoot) -> str | None:

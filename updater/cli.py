@@ -43,6 +43,7 @@ from updater._upgrade import (
     recover_if_interrupted,
     recover_root,
     rollback,
+    sideload,
     start_services,
     stop_services,
     switch_channel,
@@ -208,6 +209,26 @@ def upgrade_cmd(root: RootOpt, force: ForceOpt = False, as_json: JsonOpt = False
     with _progress(not as_json) as progress:
         report = _run(as_json, lambda: upgrade(install, open_repository(install), progress,
                                                force), install)
+    print(dump(report)) if as_json else _print_transaction(report)
+    raise typer.Exit(_exit_for(report))
+
+
+@app.command("sideload")
+def sideload_cmd(
+    bundle: Annotated[Path, typer.Argument(help="Bundle file made by `release bundle`.")],
+    root: RootOpt,
+    force: ForceOpt = False,
+    switch: Annotated[bool, typer.Option(
+        "--switch-channel", help="Follow the bundle's channel if it is not this root's.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upgrade from an offline bundle: the same verification and transaction, no network.
+
+    Exit 20 when the new release failed its checks and was rolled back.
+    """
+    install = InstallRoot(root)
+    with _progress(not as_json) as progress:
+        report = _run(as_json, lambda: sideload(install, bundle, progress, force, switch), install)
     print(dump(report)) if as_json else _print_transaction(report)
     raise typer.Exit(_exit_for(report))
 

@@ -1,0 +1,108 @@
+"""Offline bundles: one archive with what a client needs to verify and install a channel's
+release without a network.
+
+A bundle is a small repository tree in a tar file:
+
+    bundle.json                      format, channel, release, created, expires (unsigned: a hint)
+    metadata/1.root.json ...         the whole root chain, so a client with any older root follows
+    metadata/timestamp.json, metadata/<v>.snapshot.json, metadata/<v>.targets.json,
+    metadata/<v>.channel-<c>.json    the versions the snapshot names
+    targets/...                      the channel file and the release's artifacts (consistent names)
+
+Offline sites may install long after the bundle is made, so the pipeline picks the window: the
+roles a client checks are re-signed to expire no sooner than `expires`, and those new versions
+are published in the repository too, so online and offline clients never see versions move
+backwards. The client never ignores expiry.
+"""
+
+import io
+import json
+import re
+import tarfile
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from tuf.api.metadata import Snapshot, Targets, Timestamp
+
+from channels import channel_role, channel_target
+from release._errors import ReleaseError
+from release._publish import current_channel_file
+from release._repository import FileRepository
+
+BUNDLE_FORMAT = "greenlight.bundle/1"
+_DURATION = re.compile(r"^(\d+)([hdw])$")
+
+
+def parse_duration(text: str) -> timedelta:
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ReleaseError(f"--expires {text!r}: expected a duration such as 12h, 90d or 8w")
+    n, unit = int(match.group(1)), match.group(2)
+    return {"h": timedelta(hours=n), "d": timedelta(days=n), "w": timedelta(weeks=n)}[unit]
+
+
+def build_bundle(repo: FileRepository, channel: str, out: Path,
+                 expires: timedelta = timedelta(days=30)) -> dict[str, object]:
+    if not repo.exists():
+        raise ReleaseError(f"{repo.path}: no repository here")
+    channel_file = current_channel_file(repo, channel)
+    if channel_file is None:
+        raise ReleaseError(f"channel {channel!r} has no release in {repo.path}")
+    until = datetime.now(UTC).replace(microsecond=0) + expires
+    role = channel_role(channel)
+    if repo.root().expires < until:
+        raise ReleaseError(
+            f"root expires {repo.root().expires:%Y-%m-%d}, before the bundle would "
+            f"({until:%Y-%m-%d}); rotate or re-sign root first, or choose a shorter --expires")
+    # Re-sign what expires too soon; snapshot and timestamp always (new versions, same content).
+    for name in (role, Targets.type):
+        if repo.open(name).signed.expires < until:
+            repo.expiry_floor[name] = until
+            repo.close(name, repo.open(name))
+    repo.expiry_floor.update({Snapshot.type: until, Timestamp.type: until})
+    repo.do_snapshot(force=True)
+    repo.do_timestamp(force=True)
+    repo.expiry_floor.clear()
+
+    snapshot = repo.snapshot()
+    members: list[tuple[Path, str]] = []
+    for version in range(1, repo.root().version + 1):
+        members.append((repo.metadata_dir / f"{version}.root.json",
+                        f"metadata/{version}.root.json"))
+    members.append((repo.metadata_dir / "timestamp.json", "metadata/timestamp.json"))
+    members.append((repo.metadata_dir / f"{snapshot.version}.snapshot.json",
+                    f"metadata/{snapshot.version}.snapshot.json"))
+    for name in (Targets.type, role):
+        version = snapshot.meta[f"{name}.json"].version
+        members.append((repo.metadata_dir / f"{version}.{name}.json",
+                        f"metadata/{version}.{name}.json"))
+    paths = [channel_target(channel), *(a.target for a in channel_file.components.values())]
+    sha = {channel_target(channel): repo.targets(role).targets[channel_target(channel)]
+           .hashes["sha256"]}
+    sha.update({a.target: a.sha256 for a in channel_file.components.values()})
+    for target in paths:
+        stored = repo.stored_target_path(target, sha[target])
+        members.append((stored, f"targets/{stored.relative_to(repo.targets_dir)}"))
+
+    manifest = {"format": BUNDLE_FORMAT, "channel": channel, "release": channel_file.release,
+                "created": datetime.now(UTC).replace(microsecond=0).isoformat(),
+                "expires": until.isoformat()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    try:
+        with open(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            data = json.dumps(manifest, indent=2).encode()
+            info = tarfile.TarInfo("bundle.json")
+            info.size, info.mode, info.mtime = len(data), 0o644, int(datetime.now(UTC).timestamp())
+            tar.addfile(info, io.BytesIO(data))
+            for source, name in members:
+                tar.add(source, arcname=name, recursive=False)
+        Path(tmp).replace(out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return manifest | {"file": str(out), "bytes": out.stat().st_size}
+
+
+__all__ = ["BUNDLE_FORMAT", "build_bundle", "parse_duration"]

@@ -1,0 +1,246 @@
+"""Offline bundles: built by `release bundle`, sideloaded with the same verification, and
+hostile ones refused with nothing written outside a staging folder that is removed."""
+
+import io
+import json
+import tarfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyzstd
+import pytest
+from tuf.api.metadata import Metadata
+
+from release import FileRepository, init_repository, publish
+from release._bundle import build_bundle
+from updater import ArchiveError, InstallRoot, TrustError
+from updater._errors import ChannelMismatch
+from updater._upgrade import sideload
+
+from conftest import builtin_server
+
+
+@pytest.fixture
+def offline(tmp_path, published: FileRepository):
+    """A root whose configured repository is a live server that must see no request."""
+    with builtin_server(published.path) as server:
+        root = InstallRoot.create(tmp_path / "root", server.url,
+                                  (published.metadata_dir / "1.root.json").read_bytes(), "stable")
+        server.reset()
+        yield root, server
+        assert server.paths() == [], "sideload must not touch the network"
+
+
+def listing(root: InstallRoot) -> set[str]:
+    return {str(p.relative_to(root.path)) for p in root.path.rglob("*")
+            if p.name not in ("lock", "lock.owner")}
+
+
+def test_sideload_installs_without_network(tmp_path, offline, published):
+    root, _ = offline
+    bundle = tmp_path / "stable.bundle"
+    made = build_bundle(published, "stable", bundle)
+    assert made["release"] == "1.0"
+    report = sideload(root, bundle)
+    assert (report.outcome, report.installed, report.source) == (
+        "upgraded", "1.0", "bundle stable.bundle")
+    assert (root.current / "core" / "core.py").is_file()
+    assert not (root.state / "sideload").exists()
+    with tarfile.open(bundle) as tar:
+        names = tar.getnames()
+    assert names[0] == "bundle.json" and "metadata/1.root.json" in names
+    assert not [n for n in names if n.startswith("keys")]
+
+
+def test_bundle_expiry_is_chosen_by_the_pipeline(tmp_path, published):
+    from release import ReleaseError
+
+    build_bundle(published, "stable", tmp_path / "b", timedelta(days=200))
+    floor = datetime.now(UTC) + timedelta(days=199)
+    for role in ("timestamp", "snapshot", "targets", "channel-stable"):
+        assert published.open(role).signed.expires > floor, role
+    with pytest.raises(ReleaseError, match="root expires .* before the bundle would"):
+        build_bundle(published, "stable", tmp_path / "c", timedelta(days=400))
+
+
+def test_channel_mismatch_needs_a_switch(tmp_path, offline, published):
+    root, _ = offline
+    bundle = tmp_path / "beta.bundle"
+    build_bundle(published, "beta", bundle)
+    with pytest.raises(ChannelMismatch, match="carries channel 'beta'.*--switch-channel"):
+        sideload(root, bundle)
+    assert sideload(root, bundle, switch_channel=True).installed == "1.1"
+    assert root.active_channel().channel == "beta"
+
+
+def test_older_bundle_replayed_after_a_newer_is_refused(tmp_path, offline, published, builds):
+    root, _ = offline
+    old = tmp_path / "old.bundle"
+    build_bundle(published, "stable", old)
+    publish(published, "stable", "1.2", builds("1.2"))
+    new = tmp_path / "new.bundle"
+    build_bundle(published, "stable", new)
+    assert sideload(root, new).installed == "1.2"
+    with pytest.raises(TrustError, match="older metadata than already trusted"):
+        sideload(root, old)
+    assert root.installed_version() == "1.2"
+
+
+def test_bundle_signed_by_an_untrusted_root_is_refused(tmp_path, offline, builds):
+    root, _ = offline
+    stranger = init_repository(tmp_path / "stranger")
+    publish(stranger, "stable", "6.6.6", builds("1.0"))
+    bundle = tmp_path / "evil.bundle"
+    build_bundle(stranger, "stable", bundle)
+    with pytest.raises(TrustError, match="signatures do not verify against the trusted root"):
+        sideload(root, bundle)
+    assert root.installed_version() is None
+
+
+def _rewrite(bundle: Path, out: Path, change) -> Path:
+    """Copy a bundle member by member, letting `change(name, data)` alter or drop members."""
+    with tarfile.open(bundle) as src, tarfile.open(out, "w") as dst:
+        for member in src:
+            data = src.extractfile(member).read()  # type: ignore[union-attr]
+            data = change(member.name, data)
+            if data is None:
+                continue
+            member.size = len(data)
+            dst.addfile(member, io.BytesIO(data))
+    return out
+
+
+def test_tampered_artifact_in_a_bundle_is_refused(tmp_path, offline, published):
+    root, _ = offline
+    good = tmp_path / "good.bundle"
+    build_bundle(published, "stable", good)
+    bad = _rewrite(good, tmp_path / "bad.bundle", lambda n, d: (
+        d[:-1] + bytes([d[-1] ^ 1]) if "/artifacts/core/" in f"/{n}" else d))
+    with pytest.raises(TrustError, match="artifact artifacts/core/1.0/core-1.0.tar.gz refused"):
+        sideload(root, bad)
+    assert root.installed_version() is None and not (root.state / "sideload").exists()
+
+
+def test_expired_bundle_is_refused(tmp_path, offline, published):
+    root, _ = offline
+    good = tmp_path / "good.bundle"
+    build_bundle(published, "stable", good)
+
+    def expire(name: str, data: bytes) -> bytes:
+        if name != "metadata/timestamp.json":
+            return data
+        md = Metadata.from_bytes(data)
+        md.signed.expires = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+        md.signatures.clear()
+        md.sign(published.keys.signer(published.authorizing_role("timestamp").keyids[0]))
+        return md.to_bytes()
+
+    with pytest.raises(TrustError, match="expired"):
+        sideload(root, _rewrite(good, tmp_path / "expired.bundle", expire))
+
+
+def _with_member(bundle: Path, info: tarfile.TarInfo, data: bytes = b"") -> Path:
+    with tarfile.open(bundle, "a") as tar:
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return bundle
+
+
+def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
+def _device(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.CHRTYPE
+    return info
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        (tarfile.TarInfo("../../outside"), "'..' leaves the tree"),
+        (tarfile.TarInfo("/tmp/outside"), "absolute"),
+        (_link("targets/escape", "../../../../etc/passwd"), "leaves the tree"),
+        (_link("metadata/hard", "/etc/passwd", tarfile.LNKTYPE), "absolute"),
+        (_device("targets/dev"), "device, FIFO"),
+    ],
+)
+def test_hostile_bundle_members_are_refused(tmp_path, offline, published, member, message):
+    root, _ = offline
+    bundle = tmp_path / "hostile.bundle"
+    build_bundle(published, "stable", bundle)
+    _with_member(bundle, member)
+    before = listing(root)
+    with pytest.raises(ArchiveError, match=message):
+        sideload(root, bundle)
+    assert listing(root) == before
+    assert not (tmp_path / "outside").exists()
+
+
+def test_archive_bomb_bundle_is_refused(tmp_path, offline):
+    root, _ = offline
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo("targets/huge")
+        info.size = 300 * 1024 * 1024
+        tar.addfile(info, io.BytesIO(b"\0" * info.size))
+    bomb = tmp_path / "bomb.bundle.zst"
+    bomb.write_bytes(pyzstd.compress(raw.getvalue(), 19))
+    before = listing(root)
+    with pytest.raises(ArchiveError, match="archive bomb"):
+        sideload(root, bomb)
+    assert listing(root) == before
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "missing", "no-manifest"])
+def test_broken_bundles_are_refused(tmp_path, offline, published, kind):
+    root, _ = offline
+    bundle = tmp_path / "b.bundle"
+    build_bundle(published, "stable", bundle)
+    if kind == "truncated":
+        bundle.write_bytes(bundle.read_bytes()[: bundle.stat().st_size // 3])
+    elif kind == "garbage":
+        bundle.write_bytes(b"this is not an archive\n" * 50)
+    elif kind == "missing":
+        bundle.unlink()
+    else:
+        bundle = _rewrite(bundle, tmp_path / "x.bundle",
+                          lambda n, d: None if n == "bundle.json" else d)
+    before = listing(root)
+    with pytest.raises((ArchiveError, TrustError)):
+        sideload(root, bundle)
+    assert listing(root) == before
+
+
+def test_bundle_cli_and_sideload_cli(tmp_path, published):
+    import subprocess
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    out = tmp_path / "s.bundle"
+    made = subprocess.run([str(bin_dir / "release"), "bundle", str(published.path), "--channel",
+                           "stable", "-o", str(out), "--expires", "60d", "--json"],
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["release"] == "1.0"
+    bad = subprocess.run([str(bin_dir / "release"), "bundle", str(published.path), "--channel",
+                          "stable", "-o", str(out), "--expires", "soon"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 1 and "expected a duration" in bad.stderr
+    root = tmp_path / "root"
+    subprocess.run([str(bin_dir / "updater"), "init", "--root", str(root), "--repo",
+                    "http://127.0.0.1:9", "--trust", str(published.metadata_dir / "1.root.json")],
+                   check=True, capture_output=True)
+    done = subprocess.run([str(bin_dir / "updater"), "sideload", str(out), "--root", str(root),
+                           "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["outcome"] == "upgraded"
+    broken = tmp_path / "broken.bundle"
+    broken.write_bytes(b"nope")
+    refused = subprocess.run([str(bin_dir / "updater"), "sideload", str(broken), "--root",
+                              str(root)], capture_output=True, text=True)
+    assert refused.returncode == 8 and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith("updater: error: broken.bundle: not a readable archive")
