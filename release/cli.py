@@ -12,6 +12,7 @@ from rich.table import Table
 
 from release._bundle import build_bundle, parse_duration
 from release._errors import ReleaseError
+from release._installer import build_installer
 from release._keys import KeyStore
 from release._publish import publish, repository_status
 from release._repository import FileRepository, init_repository
@@ -119,6 +120,31 @@ def bundle(
     else:
         out.print(f"bundled {channel} {made['release']} into {output} ({made['bytes']} bytes), "
                   f"valid until {made['expires']}")
+
+
+@app.command()
+def installer(
+    repo: RepoArg,
+    channel: Annotated[str, typer.Option("--channel", help="Channel whose release to ship.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the executable.")],
+    product_config: Annotated[Path | None, typer.Option(
+        "--product-config", help="TOML with the product's [[service]] and [[check]] tables.")
+    ] = None,
+    repo_url: Annotated[str, typer.Option(
+        "--repo-url", help="Repository URL installed roots use for later online updates.")
+    ] = "http://127.0.0.1:8080/",
+    expires: Annotated[str, typer.Option("--expires", help="Validity of the bundle inside.")
+                       ] = "90d",
+    keys: KeysOpt = None,
+) -> None:
+    """Build the offline installer: one PyInstaller executable with the updater, the trusted
+    root and a bundle of CHANNEL's release."""
+    try:
+        exe = build_installer(_repo(repo, keys), channel, output, product_config=product_config,
+                              repo_url=repo_url, expires=parse_duration(expires))
+    except (ReleaseError, ValueError) as e:
+        raise _fail(e) from None
+    out.print(f"built {exe} ({exe.stat().st_size} bytes)")
 
 
 @app.command()

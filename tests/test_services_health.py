@@ -154,7 +154,7 @@ def test_systemd_unit_is_rendered_from_the_config():
                             stop_signal="SIGINT")
     unit = render_unit(service, {"python": "/usr/bin/python3", "release_dir": "/opt/app/current",
                                  "root": "/opt/app"}, timeout=12)
-    assert "ExecStart=/usr/bin/python3 /opt/app/current/core/core.py --port 80" in unit
+    assert f"ExecStart={sys.executable} /opt/app/current/core/core.py --port 80" in unit
     assert "KillSignal=SIGINT" in unit and "TimeoutStopSec=12" in unit
     assert "WorkingDirectory=/opt/app" in unit and "Environment=MODE=prod" in unit
 

@@ -35,7 +35,7 @@ from updater._config import (
 )
 from updater._errors import ConfigError
 from updater._root import now
-from updater._services import ServiceBackend, expand
+from updater._services import ServiceBackend, expand, expand_command
 
 _EXCERPT = 200
 
@@ -183,7 +183,7 @@ class HealthChecker:
         return evidence
 
     def _command(self, c: CommandCheck) -> dict[str, Any]:
-        argv = [self._x(p) for p in c.command]
+        argv = expand_command(c.command, self.values)
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=c.timeout,
                                   cwd=self.root)
@@ -195,7 +195,8 @@ class HealthChecker:
                     "stdout": done.stdout[-_EXCERPT:], "stderr": done.stderr[-_EXCERPT:]}
         if done.returncode != 0:
             last = (done.stderr.strip() or done.stdout.strip()).splitlines()
-            program = argv[1] if len(argv) > 1 and "python" in Path(argv[0]).name else argv[0]
+            program = c.command[1] if c.command[0] == "{python}" and len(c.command) > 1 else argv[0]
+            program = self._x(program)
             raise Outcome(f"{Path(program).name} exited {done.returncode}: "
                           f"{last[-1] if last else 'no output'}", **evidence)
         return evidence

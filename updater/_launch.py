@@ -16,8 +16,8 @@ from pathlib import Path
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 
 
-def main() -> int:
-    args = sys.argv[1:]
+def main(args: list[str] | None = None) -> int:
+    args = sys.argv[1:] if args is None else args
     if len(args) < 4 or args[0] != "--exit-file" or args[2] != "--":
         print("usage: python -m updater._launch --exit-file FILE -- COMMAND...", file=sys.stderr)
         return 2

@@ -17,7 +17,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from updater._config import Config, ServiceConfig
 from updater._errors import ConfigError, StoreError
 from updater._fs import atomic_write
 from updater._root import InstallRoot, now
+from updater._runtime import launcher_argv, python_argv
 
 
 @dataclass
@@ -59,6 +59,14 @@ def expand(text: str, values: dict[str, str]) -> str:
     """Replace {root}, {release_dir}, {version}, {python} (and {token} where given); other
     braces (JSON in a WebSocket message, say) are left alone."""
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+def expand_command(parts: list[str], values: dict[str, str]) -> list[str]:
+    """A command's argv: a lone "{python}" becomes the interpreter's argv (see _runtime)."""
+    argv: list[str] = []
+    for part in parts:
+        argv.extend(python_argv() if part == "{python}" else [expand(part, values)])
+    return argv
 
 
 class ServiceBackend(Protocol):
@@ -110,7 +118,8 @@ class ProcessBackend:
         if not _alive(pid):
             return None
         try:  # a recycled pid is not our service
-            if b"updater._launch" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"updater._launch" not in cmdline and b"--greenlight-launch" not in cmdline:
                 return None
         except OSError:
             pass
@@ -131,14 +140,14 @@ class ProcessBackend:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         self._exit_file(service.name).unlink(missing_ok=True)
-        command = [expand(part, values) for part in service.command]
+        command = expand_command(service.command, values)
         workdir = expand(service.workdir, values)
         env = {**os.environ, **{k: expand(v, values) for k, v in service.env.items()}}
         log = (self.logs / f"{service.name}.log").open("ab")
         try:
             child = subprocess.Popen(
-                [sys.executable, "-m", "updater._launch", "--exit-file",
-                 str(self._exit_file(service.name)), "--", *command],
+                [*launcher_argv(), "--exit-file", str(self._exit_file(service.name)), "--",
+                 *command],
                 cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True,
             )
@@ -272,7 +281,7 @@ def render_unit(service: ServiceConfig, values: dict[str, str], after: str = "",
         name=service.name,
         after=after,
         workdir=expand(service.workdir, values),
-        exec_start=" ".join(shlex.quote(expand(p, values)) for p in service.command),
+        exec_start=" ".join(shlex.quote(p) for p in expand_command(service.command, values)),
         signal=service.stop_signal,
         timeout=max(1, round(timeout)),
         environment=environment,

@@ -134,6 +134,14 @@ def main() -> int:
     parser.add_argument("--drain-seconds", type=float, default=5.0)
     args = parser.parse_args()
 
+    if not args.token_file.exists():
+        # First start: create the UI's credentials (the UI and the checks read this file).
+        import secrets
+
+        args.token_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(args.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(16) + "\n")
     core = Core(args.token_file.read_text().strip(), args.drain_seconds)
     server = serve(core.websocket, "127.0.0.1", args.port, process_request=core.process_request)
     if args.dns_port:

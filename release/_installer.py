@@ -1,0 +1,59 @@
+"""`release installer`: build the offline installer executable with PyInstaller.
+
+The payload (a fresh bundle of the channel, the repository's newest root, the product's
+services and checks, and installer.json) is put in a folder and the spec in
+`installer_specs/offline_installer.spec` is run over it.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+
+from release._bundle import build_bundle
+from release._errors import ReleaseError
+from release._repository import FileRepository
+
+SPEC = Path(__file__).resolve().parents[1] / "installer_specs" / "offline_installer.spec"
+
+
+def build_installer(repo: FileRepository, channel: str, out_dir: Path, *,
+                    product_config: Path | None = None, repo_url: str = "http://127.0.0.1:8080/",
+                    expires: timedelta = timedelta(days=90), name: str | None = None,
+                    work_dir: Path | None = None) -> Path:
+    if not SPEC.is_file():
+        raise ReleaseError(f"{SPEC}: installer spec not found (run from a Greenlight checkout)")
+    if product_config is not None and not product_config.is_file():
+        raise ReleaseError(f"--product-config {product_config}: not a file")
+    with tempfile.TemporaryDirectory(prefix="greenlight-installer-") as tmp:
+        payload = Path(tmp) / "payload"
+        payload.mkdir()
+        made = build_bundle(repo, channel, payload / "bundle.tar", expires)
+        shutil.copyfile(repo.metadata_dir / "root.json", payload / "root.json")
+        if product_config is not None:
+            shutil.copyfile(product_config, payload / "product.toml")
+        (payload / "installer.json").write_text(json.dumps({
+            "channel": channel, "release": made["release"], "repo_url": repo_url,
+        }, indent=2))
+        name = name or f"greenlight-installer-{channel}-{made['release']}"
+        work = work_dir or Path(tmp) / "work"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        log = Path(tmp) / "pyinstaller.log"
+        with log.open("w") as f:
+            done = subprocess.run(
+                [sys.executable, "-m", "PyInstaller", str(SPEC), "--noconfirm",
+                 "--distpath", str(out_dir), "--workpath", str(work)],
+                env={**os.environ, "GREENLIGHT_PAYLOAD": str(payload),
+                     "GREENLIGHT_INSTALLER_NAME": name},
+                stdout=f, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            tail = log.read_text().strip().splitlines()[-1:] or ["no output"]
+            raise ReleaseError(f"pyinstaller failed ({done.returncode}): {tail[0]}")
+    exe = out_dir / (name + (".exe" if sys.platform == "win32" else ""))
+    if not exe.is_file():
+        raise ReleaseError(f"pyinstaller ran but {exe} is missing")
+    return exe

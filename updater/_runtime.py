@@ -1,0 +1,22 @@
+"""How to run Python and the service launcher, from a venv or from a frozen installer exe.
+
+Inside a PyInstaller one-file executable `sys.executable` is the executable itself, so it
+answers two private first arguments: `--greenlight-launch` (the service launcher) and
+`--greenlight-python SCRIPT ARGS` (run a Python script with the bundled libraries). The
+`{python}` placeholder in a command stands for `python_argv()`.
+"""
+
+import sys
+
+
+def frozen() -> bool:
+    return bool(getattr(sys, "frozen", False))
+
+
+def python_argv() -> list[str]:
+    return [sys.executable, "--greenlight-python"] if frozen() else [sys.executable]
+
+
+def launcher_argv() -> list[str]:
+    return [sys.executable, "--greenlight-launch"] if frozen() else [
+        sys.executable, "-m", "updater._launch"]

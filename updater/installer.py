@@ -1,0 +1,133 @@
+"""The offline installer: one executable carrying the updater, a trusted root and a bundle.
+
+    greenlight-installer --root DIR [--json] [--force]
+
+With no installation at DIR it installs fresh: the root is created trusting the embedded root,
+the product's services and checks are configured, and the embedded bundle goes through the
+same transaction as `updater sideload` (verified, staged, started, health-checked). If that
+fails, everything it created is removed: nothing is left half-installed. With an installation
+at DIR it upgrades it through the normal transaction, with automatic rollback.
+
+Exit codes are the updater's (`updater exit-codes`): 0 installed or upgraded, 20 rolled back,
+and the documented error codes. Payload files sit in `payload/` beside this module when run
+from source, and inside the executable when frozen.
+"""
+
+import argparse
+import json
+import runpy
+import shutil
+import sys
+from pathlib import Path
+
+from updater._errors import EXIT_ROLLBACK_FAILED, EXIT_ROLLED_BACK, GreenlightError
+from updater._journal import locked
+from updater._reports import ErrorReport, UpgradeReport, dump
+from updater._root import InstallRoot
+from updater._transaction import outside_transaction, stop_all
+from updater._upgrade import sideload
+
+
+def payload_dir() -> Path:
+    base = Path(getattr(sys, "_MEIPASS", Path(__file__).parent))
+    return base / "payload"
+
+
+def _special(argv: list[str]) -> int | None:
+    """The frozen executable's private entry points (see updater._runtime)."""
+    if argv[:1] == ["--greenlight-launch"]:
+        from updater._launch import main as launch
+
+        return launch(argv[1:])
+    if argv[:1] == ["--greenlight-python"] and len(argv) > 1:
+        sys.argv = argv[1:]
+        runpy.run_path(argv[1], run_name="__main__")
+        return 0
+    return None
+
+
+def _remove_fresh(root: InstallRoot, existed: bool) -> None:
+    """Undo a failed fresh install: stop what started, remove what was created."""
+    try:
+        with locked(root):
+            stop_all(outside_transaction(root, root.config), root.installed_version())
+    except GreenlightError:
+        pass
+    if existed:
+        for child in root.path.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    else:
+        shutil.rmtree(root.path, ignore_errors=True)
+
+
+def install(root_path: Path, force: bool) -> UpgradeReport:
+    payload = payload_dir()
+    meta = json.loads((payload / "installer.json").read_text())
+    root = InstallRoot(root_path)
+    bundle = payload / "bundle.tar"
+    if root.config_path.exists():
+        return sideload(root, bundle, force=force)
+    existed = root.path.exists()
+    if existed and any(root.path.iterdir()):
+        raise GreenlightError(
+            f"{root.path}: not empty and not an installation root; choose an empty folder")
+    try:
+        root = InstallRoot.create(root.path, meta["repo_url"],
+                                  (payload / "root.json").read_bytes(), meta["channel"])
+        product = payload / "product.toml"
+        if product.exists():
+            with root.config_path.open("a") as f:
+                f.write("\n" + product.read_text())
+        root = InstallRoot(root.path)  # re-read the completed configuration
+        report = sideload(root, bundle, force=force)
+    except BaseException:
+        _remove_fresh(root, existed)
+        raise
+    if report.outcome != "upgraded":
+        _remove_fresh(root, existed)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    special = _special(argv)
+    if special is not None:
+        return special
+    meta = json.loads((payload_dir() / "installer.json").read_text())
+    parser = argparse.ArgumentParser(
+        prog=Path(sys.argv[0]).name,
+        description=f"Install or upgrade {meta['channel']} {meta['release']} from this offline "
+                    "installer, verified against the root it carries, with health checks and "
+                    "automatic rollback. No network is used.",
+        epilog="exit codes: 0 installed or upgraded; 20 failed its checks and was rolled back "
+               "(a fresh install leaves nothing behind); 3 bad root or config; 4 verification "
+               "refused; 8 broken bundle; 11 the running release fails its pre-check.")
+    parser.add_argument("--root", type=Path, required=True, help="installation root")
+    parser.add_argument("--json", action="store_true", help="print the JSON report")
+    parser.add_argument("--force", action="store_true",
+                        help="upgrade even if the running release fails its pre-check")
+    args = parser.parse_args(argv)
+    try:
+        report = install(args.root, args.force)
+    except GreenlightError as e:
+        if args.json:
+            print(dump(ErrorReport(error=str(e), kind=e.kind, exit_code=e.exit_code)))
+        else:
+            print(f"installer: error: {e}", file=sys.stderr)
+        return e.exit_code
+    if args.json:
+        print(dump(report))
+    elif report.outcome == "upgraded":
+        print(f"installed {report.to_version} ({report.channel}) in {report.root}"
+              + (f", replacing {report.from_version}" if report.from_version else ""))
+    elif report.outcome == "up-to-date":
+        print(f"{report.root} already has {report.to_version}")
+    else:
+        summary = report.incident.summary if report.incident else report.note
+        print(f"not installed: {summary}; {report.root} is on {report.installed or 'nothing'}")
+    return {"rolled-back": EXIT_ROLLED_BACK, "rollback-failed": EXIT_ROLLBACK_FAILED}.get(
+        report.outcome, 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
