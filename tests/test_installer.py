@@ -1,0 +1,137 @@
+"""The offline installer, built for real with PyInstaller and run as an executable."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from examples.demo.config import product_toml
+from release import init_repository, publish
+from release._bundle import build_bundle
+from release._installer import build_installer
+from updater import InstallRoot
+from updater._services import ProcessBackend
+
+from conftest import free_port
+
+pytestmark = pytest.mark.slow
+UPDATER = str(Path(sys.executable).parent / "updater")
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory, builds):
+    """stable 2.0 as a bundle; installers of 2.1 (good) and 2.2 (refuses the UI's token)."""
+    tmp = tmp_path_factory.mktemp("installer")
+    repo = init_repository(tmp / "repo")
+    publish(repo, "stable", "2.0", builds("2.0"))
+    bundle_20 = tmp / "stable-2.0.bundle"
+    build_bundle(repo, "stable", bundle_20)
+    product = tmp / "product.toml"
+    ports = (free_port(), free_port())
+    product.write_text(product_toml(*ports, grace=15.0, soak=1.0))
+    publish(repo, "stable", "2.1", builds("2.1"))
+    good = build_installer(repo, "stable", tmp / "dist", product_config=product,
+                           work_dir=tmp / "work")
+    publish(repo, "stable", "2.2", builds("2.2", "refuse-ui-token"))
+    broken = build_installer(repo, "stable", tmp / "dist", product_config=product,
+                             work_dir=tmp / "work")
+    return {"repo": repo, "bundle_20": bundle_20, "good": good, "broken": broken,
+            "product": product}
+
+
+@pytest.fixture
+def roots(tmp_path):
+    made: list[Path] = []
+    yield made
+    for path in made:
+        if (path / "greenlight.toml").exists():
+            subprocess.run([UPDATER, "stop", "--root", str(path)], capture_output=True)
+        backend = ProcessBackend(InstallRoot(path))
+        for name in ("ui", "core"):
+            pid = backend.pid(name)
+            if pid:
+                os.killpg(pid, signal.SIGKILL)
+
+
+def run(exe: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=300)
+
+
+def running(root: Path) -> dict[str, str | None]:
+    backend = ProcessBackend(InstallRoot(root))
+    return {n: json.loads((backend.run_dir / f"{n}.json").read_text())["release"]
+            if backend.is_running(n) else None for n in ("core", "ui")}
+
+
+def test_help_and_size(kit):
+    done = run(kit["good"], "--help")
+    assert done.returncode == 0 and "--root" in done.stdout and "exit codes" in done.stdout
+    assert kit["good"].stat().st_size > 5_000_000  # the interpreter and libraries are inside
+
+
+def test_fresh_install_from_the_executable(kit, tmp_path, roots):
+    root = tmp_path / "fresh"
+    roots.append(root)
+    done = run(kit["good"], "--root", str(root), "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert (report["outcome"], report["installed"]) == ("upgraded", "2.1")
+    assert report["source"] == "bundle bundle.tar"
+    assert running(root) == {"core": "2.1", "ui": "2.1"}
+    health = subprocess.run([UPDATER, "health", "--root", str(root)], capture_output=True)
+    assert health.returncode == 0
+
+
+def test_failed_fresh_install_leaves_nothing(kit, tmp_path, roots):
+    root = tmp_path / "fresh-broken"
+    roots.append(root)
+    done = run(kit["broken"], "--root", str(root))
+    assert done.returncode == 20, done.stdout + done.stderr
+    assert "not installed" in done.stdout and "denying api access" in done.stdout
+    assert not root.exists()
+
+
+def _installed_20(tmp_path: Path, kit) -> Path:
+    root = tmp_path / "existing"
+    subprocess.run([UPDATER, "init", "--root", str(root), "--repo", "http://127.0.0.1:9",
+                    "--trust", str(kit["repo"].metadata_dir / "1.root.json")], check=True,
+                   capture_output=True)
+    with (root / "greenlight.toml").open("a") as f:
+        f.write(kit["product"].read_text())
+    done = subprocess.run([UPDATER, "sideload", str(kit["bundle_20"]), "--root", str(root)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return root
+
+
+def test_upgrade_of_an_existing_root(kit, tmp_path, roots):
+    root = _installed_20(tmp_path, kit)
+    roots.append(root)
+    done = run(kit["good"], "--root", str(root))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "installed 2.1 (stable)" in done.stdout and "replacing 2.0" in done.stdout
+    assert running(root) == {"core": "2.1", "ui": "2.1"}
+
+
+def test_upgrade_that_fails_its_checks_rolls_back(kit, tmp_path, roots):
+    root = _installed_20(tmp_path, kit)
+    roots.append(root)
+    done = run(kit["broken"], "--root", str(root), "--json")
+    assert done.returncode == 20, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["outcome"] == "rolled-back" and report["installed"] == "2.0"
+    assert any(c["name"] == "ui-session" for c in report["incident"]["failed_checks"])
+    assert running(root) == {"core": "2.0", "ui": "2.0"}
+
+
+def test_not_an_installation_root_is_refused(kit, tmp_path):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "something").write_text("mine")
+    done = run(kit["good"], "--root", str(busy))
+    assert done.returncode == 1 and "not empty and not an installation root" in done.stderr
+    assert (busy / "something").read_text() == "mine"
