@@ -25,6 +25,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.download_verify
+	$(BIN)/python -m bench.sideload
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache demo-work

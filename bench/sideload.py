@@ -1,0 +1,88 @@
+"""Sideloading a bundle against `openssl dgst -sha256` of the same file, in one run.
+
+    python -m bench.sideload [--size-mib 200] [--runs 3]
+
+A repository with one component whose archive is a tar of SIZE MiB of random bytes is
+bundled with `release bundle`; then an installation root (no services, so only the data path
+is timed: safe extraction of the bundle, TUF verification, streaming into the store, staging
+the release) sideloads it. The anchor is the time openssl takes just to hash the bundle.
+"""
+
+import argparse
+import io
+import os
+import shutil
+import statistics
+import subprocess
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from release import init_repository, publish
+from release._bundle import build_bundle
+from updater import InstallRoot
+from updater._upgrade import sideload
+
+MiB = 1024 * 1024
+
+
+class _Random(io.RawIOBase):
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n = min(len(buffer), self.left)
+        buffer[:n] = os.urandom(n)
+        self.left -= n
+        return n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-mib", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="greenlight-bench-"))
+    try:
+        archive = work / "blob.tar"
+        with tarfile.open(archive, "w") as tar:
+            info = tarfile.TarInfo("blob.bin")
+            info.size = args.size_mib * MiB
+            tar.addfile(info, io.BufferedReader(_Random(info.size), 8 * MiB))
+        repo = init_repository(work / "repo")
+        publish(repo, "stable", "1.0", {"blob": archive})
+        archive.unlink()
+        bundle = work / "stable.bundle"
+        build_bundle(repo, "stable", bundle)
+        size = bundle.stat().st_size
+
+        ours, anchor = [], []
+        for i in range(args.runs):
+            os.sync()
+            started = time.perf_counter()
+            subprocess.run(["openssl", "dgst", "-sha256", str(bundle)], check=True,
+                           capture_output=True)
+            anchor.append(time.perf_counter() - started)
+            root = InstallRoot.create(work / f"root{i}", "http://127.0.0.1:9/",
+                                      (repo.metadata_dir / "1.root.json").read_bytes(), "stable")
+            os.sync()
+            started = time.perf_counter()
+            report = sideload(root, bundle)
+            ours.append(time.perf_counter() - started)
+            assert report.outcome == "upgraded"
+            shutil.rmtree(root.path)
+        a, o = statistics.median(anchor), statistics.median(ours)
+        print(f"sideload of a {size / MiB:.0f} MiB bundle, median of {args.runs}:")
+        print(f"  openssl dgst -sha256 of the bundle  {a:6.2f} s  ({size / a / 1e6:5.0f} MB/s)")
+        print(f"  updater sideload (verify + install) {o:6.2f} s  ({size / o / 1e6:5.0f} MB/s)"
+              f"  = {o / a:.1f}x the hash alone")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
