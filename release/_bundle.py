@@ -6,7 +6,8 @@ A bundle is a small repository tree in a tar file:
     bundle.json                      format, channel, release, created, expires (unsigned: a hint)
     metadata/1.root.json ...         the whole root chain, so a client with any older root follows
     metadata/timestamp.json, metadata/<v>.snapshot.json, metadata/<v>.targets.json,
-    metadata/<v>.channel-<c>.json    the versions the snapshot names
+    metadata/<v>.channel-<c>.json    the versions the snapshot names, with artifacts.json and
+    metadata/<v>.bin-xx.json         the bins that hold the release's artifacts
     targets/...                      the channel file and the release's artifacts (consistent names)
 
 Offline sites may install long after the bundle is made, so the pipeline picks the window: the
@@ -28,7 +29,7 @@ from tuf.api.metadata import Snapshot, Targets, Timestamp
 from channels import channel_role, channel_target
 from release._errors import ReleaseError
 from release._publish import current_channel_file
-from release._repository import FileRepository
+from release._repository import ARTIFACTS, FileRepository
 
 BUNDLE_FORMAT = "greenlight.bundle/1"
 _DURATION = re.compile(r"^(\d+)([hdw])$")
@@ -73,7 +74,8 @@ def build_bundle(repo: FileRepository, channel: str, out: Path,
     members.append((repo.metadata_dir / "timestamp.json", "metadata/timestamp.json"))
     members.append((repo.metadata_dir / f"{snapshot.version}.snapshot.json",
                     f"metadata/{snapshot.version}.snapshot.json"))
-    for name in (Targets.type, role):
+    bins = {repo.bin_for(a.target) for a in channel_file.components.values()}
+    for name in (Targets.type, ARTIFACTS, role, *sorted(bins)):
         version = snapshot.meta[f"{name}.json"].version
         members.append((repo.metadata_dir / f"{version}.{name}.json",
                         f"metadata/{version}.{name}.json"))

@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from pydantic import BaseModel
-from tuf.api.metadata import DelegatedRole, Delegations, Root, Snapshot, Targets, Timestamp
+from tuf.api.metadata import DelegatedRole, Delegations, Root, Snapshot, TargetFile, Timestamp
 
 from channels import (
     ChannelFile,
@@ -45,17 +45,32 @@ def channels(repo: FileRepository) -> list[str]:
     return sorted(r.removeprefix("channel-") for r in repo.targets_roles() if r.startswith("channel-"))
 
 
-def _ensure_channel_role(repo: FileRepository, targets: Targets, channel: str) -> None:
+def ensure_channel_role(repo: FileRepository, channel: str) -> None:
+    """Delegate `channel-<name>` (its own new key) on the channel's first publish."""
     role = channel_role(channel)
-    if targets.delegations is None:
-        targets.delegations = Delegations(keys={}, roles={})
-    assert targets.delegations.roles is not None
-    if role in targets.delegations.roles:
+    if role in repo.targets_roles():
         return
-    targets.delegations.roles[role] = DelegatedRole(
-        name=role, keyids=[], threshold=1, terminating=True, paths=[channel_target(channel)]
-    )
-    targets.add_key(repo.keys.generate(role).public_key, role)
+    with repo.edit_targets() as targets:
+        if targets.delegations is None:
+            targets.delegations = Delegations(keys={}, roles={})
+        assert targets.delegations.roles is not None
+        targets.delegations.roles[role] = DelegatedRole(
+            name=role, keyids=[], threshold=1, terminating=True, paths=[channel_target(channel)]
+        )
+        targets.add_key(repo.keys.generate(role).public_key, role)
+
+
+def add_artifacts(repo: FileRepository, files: dict[str, Path]) -> dict[str, TargetFile]:
+    """Store files as targets in their hashed bins: {target path: source} -> infos."""
+    infos = {path: repo.add_target_file(path, source) for path, source in files.items()}
+    by_bin: dict[str, list[TargetFile]] = {}
+    for path, info in infos.items():
+        by_bin.setdefault(repo.bin_for(path), []).append(info)
+    for name, entries in sorted(by_bin.items()):
+        with repo.edit_targets(name) as bin_targets:
+            for info in entries:
+                bin_targets.targets[info.path] = info
+    return infos
 
 
 def write_channel_file(repo: FileRepository, channel_file: ChannelFile) -> None:
@@ -94,15 +109,15 @@ def publish(
     if fallback is not None:
         check_channel_name(fallback)
 
-    artifacts: dict[str, ComponentArtifact] = {}
-    with repo.edit_targets() as targets:
-        for name, path in sorted(components.items()):
-            info = repo.add_target_file(artifact_target(name, version, path.name), path)
-            targets.targets[info.path] = info
-            artifacts[name] = ComponentArtifact(
-                version=version, target=info.path, sha256=info.hashes["sha256"], length=info.length
-            )
-        _ensure_channel_role(repo, targets, channel)
+    paths = {name: artifact_target(name, version, path.name) for name, path in components.items()}
+    infos = add_artifacts(repo, {paths[name]: path for name, path in components.items()})
+    artifacts = {
+        name: ComponentArtifact(version=version, target=paths[name],
+                                sha256=infos[paths[name]].hashes["sha256"],
+                                length=infos[paths[name]].length)
+        for name in sorted(components)
+    }
+    ensure_channel_role(repo, channel)
 
     channel_file = ChannelFile(
         channel=channel,

@@ -1,5 +1,10 @@
 """A TUF repository kept as plain files, edited through python-tuf's Repository API.
 
+Roles: root, timestamp, snapshot and targets; targets delegates `channel-<name>` (one channel
+file each) and `artifacts` (paths `artifacts/*/*/*` and `deltas/*/*/*`: TUF patterns match one path component a `*`), which delegates by hashed bins
+(`bin-00` .. `bin-ff`, TAP 15 succinct delegation) so that a client looking up one artifact
+reads one small bin, whatever the number of artifacts in the repository.
+
 Layout of REPO: `metadata/` and `targets/` are what clients fetch (serve only these);
 `keys/` (by default) holds the private keys. Metadata is written with consistent snapshots:
 `metadata/<version>.<role>.json` for every role but timestamp, plus an unversioned copy of the
@@ -16,12 +21,15 @@ from pathlib import Path
 
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import (
+    DelegatedRole,
+    Delegations,
     Metadata,
     MetaFile,
     Role,
     Root,
     Signed,
     Snapshot,
+    SuccinctRoles,
     TargetFile,
     Targets,
     Timestamp,
@@ -41,6 +49,8 @@ EXPIRY: dict[str, timedelta] = {
 }
 DELEGATED_EXPIRY = timedelta(days=180)
 _TOP = (Root.type, Targets.type, Snapshot.type, Timestamp.type)
+ARTIFACTS = "artifacts"
+BIN_BITS = 8
 
 
 def file_digest(path: Path) -> tuple[str, int]:
@@ -86,9 +96,31 @@ class FileRepository(Repository):
         if role in _TOP:
             return self.root().get_delegated_role(role)
         delegations = self.targets().delegations
-        if delegations is None or delegations.roles is None or role not in delegations.roles:
-            raise ReleaseError(f"role {role!r} is not delegated by targets")
-        return delegations.roles[role]
+        if delegations is not None and delegations.roles and role in delegations.roles:
+            return delegations.roles[role]
+        bins = self.bins()
+        if bins is not None and bins.is_delegated_role(role):
+            return bins
+        raise ReleaseError(f"role {role!r} is not delegated in this repository")
+
+    def delegator(self, role: str) -> str:
+        """The role whose metadata holds `role`'s keys and threshold."""
+        if role in _TOP:
+            return Root.type
+        bins = self.bins()
+        return ARTIFACTS if bins is not None and bins.is_delegated_role(role) else Targets.type
+
+    def bins(self) -> SuccinctRoles | None:
+        if not self._latest_path(ARTIFACTS).is_file():
+            return None
+        delegations = self.targets(ARTIFACTS).delegations
+        return delegations.succinct_roles if delegations else None
+
+    def bin_for(self, target_path: str) -> str:
+        bins = self.bins()
+        if bins is None:
+            raise ReleaseError(f"{self.path}: no '{ARTIFACTS}' role (not made by 'release init')")
+        return bins.get_role_for_target(target_path)
 
     def close(self, role: str, md: Metadata) -> None:
         # A role never written before is stored as version 1, as created; others are bumped.
@@ -133,6 +165,9 @@ class FileRepository(Repository):
         delegations = self.targets().delegations
         if delegations is not None and delegations.roles:
             roles += list(delegations.roles)
+        bins = self.bins()
+        if bins is not None:
+            roles += list(bins.get_roles())
         return roles
 
     @property
@@ -199,6 +234,27 @@ def init_repository(path: Path, keys_dir: Path | None = None) -> FileRepository:
         signer = repo.keys.generate(role)
         root.add_key(signer.public_key, role)
     repo.close(Root.type, root_md)
-    repo.close(Targets.type, repo.open(Targets.type))
+    targets_md = repo.open(Targets.type)
+    targets = targets_md.signed
+    assert isinstance(targets, Targets)
+    targets.delegations = Delegations(keys={}, roles={
+        ARTIFACTS: DelegatedRole(ARTIFACTS, [], 1, True, paths=["artifacts/*/*/*", "deltas/*/*/*"]),
+    })
+    targets.add_key(repo.keys.generate(ARTIFACTS).public_key, ARTIFACTS)
+    repo.close(Targets.type, targets_md)
+
+    bins_key = repo.keys.generate("bins").public_key
+    artifacts_md = repo.open(ARTIFACTS)
+    artifacts = artifacts_md.signed
+    assert isinstance(artifacts, Targets)
+    artifacts.delegations = Delegations(
+        keys={bins_key.keyid: bins_key},
+        succinct_roles=SuccinctRoles([bins_key.keyid], 1, BIN_BITS, "bin"),
+    )
+    repo.close(ARTIFACTS, artifacts_md)
+    # Every bin exists from the start, empty: a client asking for an unknown artifact gets
+    # "not found", not "not in snapshot".
+    for name in artifacts.delegations.succinct_roles.get_roles():  # type: ignore[union-attr]
+        repo.close(name, repo.open(name))
     repo.commit()
     return repo

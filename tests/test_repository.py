@@ -13,12 +13,22 @@ from updater import InstallRoot, TrustError, check, open_repository
 
 def test_init_writes_owner_only_keys_and_a_consistent_snapshot_root(repo: FileRepository):
     keys = sorted(repo.keys.folder.glob("*.pem"))
-    assert [k.name.split(".")[0] for k in keys] == ["root", "snapshot", "targets", "timestamp"]
+    assert [k.name.split(".")[0] for k in keys] == [
+        "artifacts", "bins", "root", "snapshot", "targets", "timestamp"]
     for key in keys:
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert stat.S_IMODE(repo.keys.folder.stat().st_mode) == 0o700
     assert repo.root().consistent_snapshot
     assert (repo.metadata_dir / "1.root.json").is_file()
+
+
+def test_artifacts_live_in_hashed_bins(published: FileRepository):
+    assert published.targets().targets == {}  # top-level targets only delegates
+    bins = published.bins()
+    assert bins is not None and bins.number_of_bins == 256
+    for path in ("artifacts/core/1.0/core-1.0.tar.gz", "artifacts/ui/1.1/ui-1.1.tar.gz"):
+        assert path in published.targets(published.bin_for(path)).targets
+    assert len(published.snapshot().meta) == 1 + 1 + 256 + 2  # targets, artifacts, bins, channels
 
 
 def test_init_refuses_an_existing_repository(repo: FileRepository):
