@@ -19,7 +19,6 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import (
     DelegatedRole,
     Delegations,
@@ -34,6 +33,7 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
+from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository
 
@@ -68,6 +68,8 @@ class FileRepository(Repository):
         self._serializer = JSONSerializer(compact=False)
         # Roles re-signed for a longer window (offline bundles): role -> minimum expiry.
         self.expiry_floor: dict[str, datetime] = {}
+        # Roles whose new version waits in staged/ for more signatures (threshold signing).
+        self.staged: list[str] = []
 
     # --- storage -------------------------------------------------------------------------
     def _latest_path(self, role: str) -> Path:
@@ -122,32 +124,65 @@ class FileRepository(Repository):
             raise ReleaseError(f"{self.path}: no '{ARTIFACTS}' role (not made by 'release init')")
         return bins.get_role_for_target(target_path)
 
-    def close(self, role: str, md: Metadata) -> None:
+    def close(self, role: str, md: Metadata) -> bool:  # type: ignore[override]
         # A role never written before is stored as version 1, as created; others are bumped.
         if self._latest_path(role).is_file():
             md.signed.version += 1
         expires = datetime.now(UTC).replace(microsecond=0) + EXPIRY.get(role, DELEGATED_EXPIRY)
         md.signed.expires = max(expires, self.expiry_floor.get(role, expires))
-        self.sign_and_store(role, md)
+        return self.sign_and_store(role, md)
 
-    def sign_and_store(self, role: str, md: Metadata, extra_signers: tuple[CryptoSigner, ...] = ()) -> None:
-        md.signatures.clear()
+    def signing_keyids(self, role: str, md: Metadata) -> list[str]:
+        """Who may sign this version: the delegator's keys; for root, the new root's keys and
+        the previous root's (a rotation must satisfy both thresholds)."""
         if role == Root.type:
             keyids = list(md.signed.roles[Root.type].keyids)  # type: ignore[attr-defined]
+            if self._latest_path(Root.type).is_file():
+                keyids += [k for k in self.root().roles[Root.type].keyids if k not in keyids]
+            return keyids
+        return list(self.authorizing_role(role).keyids)
+
+    def missing_signatures(self, role: str, md: Metadata) -> str | None:
+        """None when `md` meets every threshold it must meet, else what is missing."""
+        checks: list[tuple[str, Signed]] = []
+        if role == Root.type:
+            checks.append(("the new root's", md.signed))
+            if self._latest_path(Root.type).is_file():
+                checks.append(("the previous root's", self.root()))
         else:
-            keyids = list(self.authorizing_role(role).keyids)
-        signers = self.keys.signers(keyids) + list(extra_signers)
-        if not signers:
+            checks.append((f"{self.delegator(role)}'s", self.open(self.delegator(role)).signed))
+        for whose, delegator in checks:
+            try:
+                delegator.verify_delegate(role, md.signed_bytes, md.signatures)  # type: ignore[attr-defined]
+            except UnsignedMetadataError as e:
+                return f"{whose} threshold for {role} is not met ({e})"
+        return None
+
+    def sign_and_store(self, role: str, md: Metadata) -> bool:
+        """Sign with every local key the role allows; publish when the threshold is met,
+        else keep it in staged/ for `release sign`. Returns True when published."""
+        if self.staged_path(role).exists():
             raise ReleaseError(
-                f"no private key for role {role!r} in {self.keys.folder}: "
-                f"expected one of key ids {', '.join(k[:16] for k in keyids)}"
-            )
-        for signer in signers:
+                f"role {role} has a version awaiting signatures in {self.staged_path(role)}; "
+                "finish it with 'release sign' or remove that file first")
+        md.signatures.clear()
+        for signer in self.keys.signers(self.signing_keyids(role, md)):
             md.sign(signer, append=True)
+        if self.missing_signatures(role, md) is not None:
+            atomic_write(self.staged_path(role), md.to_bytes(self._serializer))
+            self.staged.append(role)
+            return False
+        self.store(role, md)
+        return True
+
+    def store(self, role: str, md: Metadata) -> None:
         data = md.to_bytes(self._serializer)
         if role != Timestamp.type:
             atomic_write(self.metadata_dir / f"{md.signed.version}.{role}.json", data)
         atomic_write(self._latest_path(role), data)
+
+    def staged_path(self, role: str) -> Path:
+        return self.path / "staged" / f"{role}.json"
 
     # --- what snapshot and timestamp describe --------------------------------------------
     def _metafile(self, role: str) -> MetaFile:
@@ -183,9 +218,39 @@ class FileRepository(Repository):
         return self._metafile(Snapshot.type)
 
     def commit(self) -> None:
-        """Publish the edits made so far: a new snapshot, then a new timestamp."""
+        """Publish the edits made so far: a new snapshot, then a new timestamp. While a role
+        waits for signatures nothing is published: clients keep seeing the last whole state."""
+        if self.pending():
+            return
         self.do_snapshot()
         self.do_timestamp()
+
+    def pending(self) -> list[str]:
+        """Roles whose new version waits in staged/ for signatures."""
+        folder = self.path / "staged"
+        return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+    def verifies(self, role: str) -> bool:
+        """Does the published version of `role` verify against its published delegator?"""
+        md = self.open(role)
+        delegator = self.root() if role in _TOP else self.open(self.delegator(role)).signed
+        try:
+            delegator.verify_delegate(role, md.signed_bytes, md.signatures)  # type: ignore[attr-defined]
+        except UnsignedMetadataError:
+            return False
+        return True
+
+    def repair(self) -> list[str]:
+        """Re-sign every role that no longer verifies (its keys or threshold changed), top
+        down, then publish a snapshot and timestamp unless a role awaits signatures."""
+        resigned = []
+        for role in [Targets.type, *self.targets_roles()[1:]]:
+            if role not in self.pending() and not self.verifies(role):
+                self.close(role, self.open(role))
+                resigned.append(role)
+        if not self.pending():
+            self.commit()
+        return resigned
 
     # --- targets -------------------------------------------------------------------------
     def add_target_file(self, target_path: str, source: Path) -> TargetFile:

@@ -1,0 +1,171 @@
+"""Keys, thresholds, rotation, and signing across machines.
+
+A role may need k of n signatures. When the keys on this machine cannot meet a role's
+threshold, its new version is kept in `REPO/staged/<role>.json` and nothing is published
+(clients keep seeing the last whole state). The other signers work from a file:
+
+    release sign export REPO --role R -o R.json     # on the repository's machine
+    release sign add R.json --key my-key.pem        # on each signer's machine, no repository
+    release sign import REPO R.json                 # merge; publish once the threshold is met
+
+Rotation replaces a role's keys; a new root must be signed by the previous root's threshold
+and by its own, so clients walk from any older root to the newest. After any change of keys
+the roles that no longer verify are re-signed, top down (`FileRepository.repair`).
+"""
+
+import os
+import warnings
+from pathlib import Path
+
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+    load_pem_public_key,
+)
+from securesystemslib.signer import CryptoSigner, SSlibKey
+from tuf.api.metadata import Metadata, Root, Targets
+
+from release._errors import ReleaseError
+from release._keys import KeyStore, LooseKeyPermissions
+from release._repository import FileRepository
+from updater import atomic_write
+
+def keygen(folder: Path, name: str) -> tuple[Path, Path]:
+    """A new ed25519 key for a signer: NAME.pem (owner-only) and NAME.pub.pem."""
+    signer = KeyStore(folder).generate(name)
+    private = next(folder.glob(f"{name}.{signer.public_key.keyid[:16]}.pem"))
+    public = folder / f"{name}.{signer.public_key.keyid[:16]}.pub.pem"
+    crypto_public = load_pem_private_key(private.read_bytes(), None).public_key()
+    public.write_bytes(crypto_public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+def load_public_key(path: Path) -> SSlibKey:
+    try:
+        return SSlibKey.from_crypto(load_pem_public_key(path.read_bytes()))
+    except (OSError, ValueError) as e:
+        raise ReleaseError(f"{path}: not a PEM public key: {type(e).__name__}") from None
+
+
+def _edit_delegation(repo: FileRepository, role: str):  # type: ignore[no-untyped-def]
+    """The metadata edit that holds `role`'s keys (root, targets or artifacts)."""
+    delegator = repo.delegator(role)
+    return repo.edit_root() if delegator == Root.type else repo.edit_targets(delegator)
+
+
+def _role_entry(signed: Root | Targets, role: str):  # type: ignore[no-untyped-def]
+    if isinstance(signed, Root):
+        return signed.roles[role]
+    assert signed.delegations is not None
+    if signed.delegations.roles and role in signed.delegations.roles:
+        return signed.delegations.roles[role]
+    assert signed.delegations.succinct_roles is not None
+    return signed.delegations.succinct_roles
+
+
+def change_keys(repo: FileRepository, role: str, add: list[SSlibKey] | None = None,
+                generate: int = 0, remove: list[str] | None = None,
+                threshold: int | None = None) -> dict[str, object]:
+    """Add, generate or remove keys of `role` and set its threshold; then re-sign what no
+    longer verifies and publish (or stage, when signatures are missing)."""
+    if not repo.exists():
+        raise ReleaseError(f"{repo.path}: no repository here")
+    repo.authorizing_role(role)  # the role must exist
+    new_keys = list(add or []) + [repo.keys.generate(role).public_key for _ in range(generate)]
+    succinct = role.startswith("bin-")
+    with _edit_delegation(repo, role) as signed:
+        entry = _role_entry(signed, role)
+        for key in new_keys:
+            signed.add_key(key, None if succinct else role)
+        for keyid in remove or []:
+            if keyid not in entry.keyids:
+                matches = [k for k in entry.keyids if k.startswith(keyid)]
+                if len(matches) != 1:
+                    raise ReleaseError(f"role {role} has no key {keyid!r}")
+                keyid = matches[0]
+            signed.revoke_key(keyid, None if succinct else role)
+        if threshold is not None:
+            entry.threshold = threshold
+        if entry.threshold > len(entry.keyids):
+            raise ReleaseError(
+                f"role {role}: threshold {entry.threshold} but only {len(entry.keyids)} key(s)")
+    resigned = [] if repo.pending() else repo.repair()
+    return {"role": role, "keyids": list(entry.keyids), "threshold": entry.threshold,
+            "added": [k.keyid for k in new_keys], "resigned": resigned,
+            "awaiting_signatures": repo.pending()}
+
+
+def rotate(repo: FileRepository, role: str, threshold: int | None = None,
+           add: list[SSlibKey] | None = None) -> dict[str, object]:
+    """Replace every key of `role` with new ones (generated here unless given)."""
+    old = list(repo.authorizing_role(role).keyids)
+    count = threshold or repo.authorizing_role(role).threshold
+    generate = 0 if add else count
+    result = change_keys(repo, role, add=add, generate=generate, remove=old,
+                         threshold=threshold or count)
+    retired = repo.keys.folder / "retired"
+    for keyid in old:
+        for path in repo.keys.folder.glob(f"*.{keyid[:16]}.pem"):
+            retired.mkdir(mode=0o700, exist_ok=True)
+            path.rename(retired / path.name)
+    return result | {"retired": old}
+
+
+def export_staged(repo: FileRepository, role: str, out: Path) -> Path:
+    staged = repo.staged_path(role)
+    if not staged.exists():
+        raise ReleaseError(f"role {role} has no version awaiting signatures")
+    out.write_bytes(staged.read_bytes())
+    return out
+
+
+def sign_file(path: Path, key_file: Path) -> str:
+    """Add one signature to an exported role file, on a machine without the repository."""
+    mode = key_file.stat().st_mode
+    if mode & 0o077:
+        warnings.warn(f"{key_file}: key file is readable by group or others (mode "
+                      f"{mode & 0o777:o}); run chmod 600 on it", LooseKeyPermissions, stacklevel=2)
+    try:
+        signer = CryptoSigner(load_pem_private_key(key_file.read_bytes(), None))
+    except (OSError, ValueError, TypeError):
+        raise ReleaseError(f"{key_file}: not a readable unencrypted PKCS#8 private key") from None
+    try:
+        md = Metadata.from_bytes(path.read_bytes())
+    except Exception:  # noqa: BLE001 - any parse failure is the same answer
+        raise ReleaseError(f"{path}: not a TUF metadata file exported by 'release sign export'") from None
+    md.sign(signer, append=True)
+    atomic_write(path, md.to_bytes(), mode=0o644)
+    return signer.public_key.keyid
+
+
+def import_signatures(repo: FileRepository, path: Path) -> dict[str, object]:
+    """Merge the signatures of an exported file into the staged version; publish when the
+    threshold is met."""
+    try:
+        incoming = Metadata.from_bytes(path.read_bytes())
+    except Exception:  # noqa: BLE001 - any parse failure is the same answer
+        raise ReleaseError(f"{path}: not a TUF metadata file exported by 'release sign export'") from None
+    candidates = [r for r in repo.pending()
+                  if Metadata.from_bytes(repo.staged_path(r).read_bytes()).signed_bytes
+                  == incoming.signed_bytes]
+    if not candidates:
+        raise ReleaseError(f"{path}: matches no version awaiting signatures "
+                           f"(awaiting: {', '.join(repo.pending()) or 'none'})")
+    role = candidates[0]
+    staged = Metadata.from_bytes(repo.staged_path(role).read_bytes())
+    allowed = set(repo.signing_keyids(role, staged))
+    for keyid, signature in incoming.signatures.items():
+        if keyid in allowed:
+            staged.signatures[keyid] = signature
+    missing = repo.missing_signatures(role, staged)
+    if missing is not None:
+        atomic_write(repo.staged_path(role), staged.to_bytes())
+        return {"role": role, "published": False, "missing": missing,
+                "signatures": len(staged.signatures)}
+    os.unlink(repo.staged_path(role))
+    repo.store(role, staged)
+    resigned = repo.repair()
+    return {"role": role, "published": not repo.pending(), "resigned": resigned,
+            "signatures": len(staged.signatures), "awaiting_signatures": repo.pending()}
+
