@@ -19,6 +19,7 @@ from channels._paths import (
     check_channel_name,
     check_component_name,
 )
+from channels._rollout import admitted, rollout_bucket
 from channels._versions import is_newer, parse_version, sort_versions
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "ComponentArtifact",
     "RevokedRelease",
     "Rollout",
+    "admitted",
     "artifact_target",
     "channel_role",
     "channel_target",
@@ -35,5 +37,6 @@ __all__ = [
     "check_component_name",
     "is_newer",
     "parse_version",
+    "rollout_bucket",
     "sort_versions",
 ]

@@ -13,6 +13,7 @@ from tuf.api.metadata import DelegatedRole, Delegations, Root, Snapshot, TargetF
 
 from channels import (
     ChannelFile,
+    Rollout,
     ComponentArtifact,
     artifact_target,
     channel_role,
@@ -88,6 +89,7 @@ def publish(
     components: dict[str, Path],
     fallback: str | None = None,
     allow_older: bool = False,
+    rollout_percent: int | None = None,
 ) -> ChannelFile:
     _require(repo)
     check_channel_name(channel)
@@ -125,6 +127,7 @@ def publish(
         components=artifacts,
         fallback=fallback,
         revoked=list(current.revoked) if current else [],
+        rollout=None if rollout_percent in (None, 100) else Rollout(percent=rollout_percent),
         published_at=ChannelFile.now(),
     )
     write_channel_file(repo, channel_file)
@@ -142,6 +145,8 @@ class RoleStatus(BaseModel):
 class ChannelStatus(BaseModel):
     channel: str
     release: str
+    rollout: str
+    promoted_from: str | None
     fallback: str | None
     published_at: datetime
     components: dict[str, str]
@@ -152,12 +157,14 @@ class RepositoryStatus(BaseModel):
     repository: str
     channels: list[ChannelStatus]
     roles: list[RoleStatus]
+    awaiting_signatures: list[str]
 
 
 def repository_status(repo: FileRepository) -> RepositoryStatus:
     _require(repo)
     roles = []
-    for role in [Root.type, Timestamp.type, Snapshot.type, *repo.targets_roles()]:
+    for role in [Root.type, Timestamp.type, Snapshot.type,
+                 *(r for r in repo.targets_roles() if not r.startswith("bin-"))]:
         signed = repo.open(role).signed
         authority = repo.authorizing_role(role)
         roles.append(
@@ -178,10 +185,14 @@ def repository_status(repo: FileRepository) -> RepositoryStatus:
             ChannelStatus(
                 channel=name,
                 release=cf.release,
+                rollout="all" if cf.rollout is None else
+                f"{cf.rollout.percent}%{' halted' if cf.rollout.halted else ''}",
+                promoted_from=cf.promoted_from,
                 fallback=cf.fallback,
                 published_at=cf.published_at,
                 components={k: v.target for k, v in cf.components.items()},
                 revoked=[r.version for r in cf.revoked],
             )
         )
-    return RepositoryStatus(repository=str(repo.path), channels=found, roles=roles)
+    return RepositoryStatus(repository=str(repo.path), channels=found, roles=roles,
+                            awaiting_signatures=repo.pending())

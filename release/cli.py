@@ -2,6 +2,7 @@
 
 import json
 import sys
+import warnings
 import time
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +13,18 @@ from rich.table import Table
 
 from release._bundle import build_bundle, parse_duration
 from release._errors import ReleaseError
+from release._keys import LooseKeyPermissions
+from release._lifecycle import promote, rollout, yank
+from release._signing import (
+    change_keys,
+    export_staged,
+    import_signatures,
+    keygen,
+    load_public_key,
+    rotate,
+    sign_file,
+)
+from release._upkeep import expiring, refresh, verify
 from release._installer import build_installer
 from release._keys import KeyStore
 from release._publish import publish, repository_status
@@ -82,21 +95,22 @@ def publish_cmd(
     allow_older: Annotated[
         bool, typer.Option("--allow-older", help="Publish a version not newer than the current.")
     ] = False,
+    rollout_percent: Annotated[int | None, typer.Option(
+        "--rollout", help="Start a staged rollout at this percent of installations.")] = None,
     keys: KeysOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Add a release's component archives and point CHANNEL at it, signed."""
     try:
+        r = _repo(repo, keys)
         channel_file = publish(
-            _repo(repo, keys), channel, version, _parse_components(component), fallback,
-            allow_older,
+            r, channel, version, _parse_components(component), fallback, allow_older,
+            rollout_percent,
         )
     except (ReleaseError, ValueError) as e:
         raise _fail(e) from None
-    if as_json:
-        print(channel_file.model_dump_json(indent=2))
-    else:
-        out.print(f"published {channel} {version} ({', '.join(channel_file.components)})")
+    _show(json.loads(channel_file.model_dump_json()) | {"awaiting_signatures": r.pending()},
+          as_json, f"published {channel} {version} ({', '.join(channel_file.components)})")
 
 
 @app.command()
@@ -179,10 +193,12 @@ def status(repo: RepoArg, keys: KeysOpt = None, as_json: JsonOpt = False) -> Non
     if as_json:
         print(report.model_dump_json(indent=2))
         return
-    channels = Table("channel", "release", "fallback", "published", "revoked", box=None)
+    channels = Table("channel", "release", "rollout", "fallback", "published", "revoked",
+                     "promoted from", box=None)
     for c in report.channels:
-        channels.add_row(c.channel, c.release, c.fallback or "-",
-                         f"{c.published_at:%Y-%m-%d %H:%M}Z", ", ".join(c.revoked) or "-")
+        channels.add_row(c.channel, c.release, c.rollout, c.fallback or "-",
+                         f"{c.published_at:%Y-%m-%d %H:%M}Z", ", ".join(c.revoked) or "-",
+                         c.promoted_from or "-")
     roles = Table("role", "version", "threshold", "expires", box=None)
     now = time.time()
     for r in report.roles:
@@ -192,9 +208,233 @@ def status(repo: RepoArg, keys: KeysOpt = None, as_json: JsonOpt = False) -> Non
     out.print(channels)
     out.print()
     out.print(roles)
+    if report.awaiting_signatures:
+        out.print(f"\nawaiting signatures: {', '.join(report.awaiting_signatures)}")
+
+
+def _show(result: dict[str, object], as_json: bool, line: str) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        out.print(line)
+        awaiting = result.get("awaiting_signatures")
+        if awaiting:
+            out.print(f"awaiting signatures: {', '.join(awaiting)} (nothing published yet): "  # type: ignore[arg-type]
+                      "release sign export / add / import")
+
+
+@app.command("keygen")
+def keygen_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the key files.")],
+    name: Annotated[str, typer.Option("--name", help="File name prefix, e.g. the role.")],
+) -> None:
+    """Make a signing key on this machine: NAME.<id>.pem (owner-only) and NAME.<id>.pub.pem."""
+    private, public = keygen(out_dir, name)
+    out.print(f"private key (keep it here): {private}")
+    out.print(f"public key (give it to the release engineer): {public}")
+
+
+@app.command()
+def keys(
+    repo: RepoArg,
+    role: Annotated[str, typer.Option("--role", help="Role whose keys change.")],
+    generate: Annotated[int, typer.Option("--generate", help="New keys made here.")] = 0,
+    public_key: Annotated[list[Path] | None, typer.Option(
+        "--public-key", help="A signer's public key (PEM) to add.")] = None,
+    remove: Annotated[list[str] | None, typer.Option(
+        "--remove", help="Key id (or prefix) to remove.")] = None,
+    threshold: Annotated[int | None, typer.Option("--threshold", help="Signatures needed.")
+                         ] = None,
+    keys_dir: KeysOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add or remove keys of a role and set its threshold (k of n)."""
+    try:
+        result = change_keys(_repo(repo, keys_dir), role,
+                             add=[load_public_key(p) for p in public_key or []],
+                             generate=generate, remove=remove, threshold=threshold)
+    except (ReleaseError, ValueError) as e:
+        raise _fail(e) from None
+    _show(result, as_json, f"{role}: {result['threshold']} of {len(result['keyids'])} keys")  # type: ignore[arg-type]
+
+
+@app.command("rotate")
+def rotate_cmd(
+    repo: RepoArg,
+    role: Annotated[str, typer.Option("--role", help="Role whose keys are replaced.")],
+    threshold: Annotated[int | None, typer.Option("--threshold")] = None,
+    public_key: Annotated[list[Path] | None, typer.Option(
+        "--public-key", help="New keys held elsewhere (default: new keys made here).")] = None,
+    keys_dir: KeysOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replace every key of a role; a new root is signed by the old and the new thresholds."""
+    try:
+        result = rotate(_repo(repo, keys_dir), role, threshold,
+                        add=[load_public_key(p) for p in public_key or []] or None)
+    except (ReleaseError, ValueError) as e:
+        raise _fail(e) from None
+    _show(result, as_json, f"rotated {role}: {len(result['retired'])} key(s) retired, "  # type: ignore[arg-type]
+          f"now {result['threshold']} of {len(result['keyids'])}")  # type: ignore[arg-type]
+
+
+sign_app = typer.Typer(help="Threshold signing across machines.", no_args_is_help=True)
+app.add_typer(sign_app, name="sign")
+
+
+@sign_app.command("export")
+def sign_export(repo: RepoArg, role: Annotated[str, typer.Option("--role")],
+                output: Annotated[Path, typer.Option("-o", "--output")],
+                keys_dir: KeysOpt = None) -> None:
+    """Write the version of ROLE awaiting signatures to a file for other signers."""
+    try:
+        export_staged(_repo(repo, keys_dir), role, output)
+    except ReleaseError as e:
+        raise _fail(e) from None
+    out.print(f"wrote {output}: sign it with 'release sign add {output.name} --key KEY.pem'")
+
+
+@sign_app.command("add")
+def sign_add(file: Annotated[Path, typer.Argument(help="File from 'release sign export'.")],
+             key: Annotated[Path, typer.Option("--key", help="Your private key (PEM).")]) -> None:
+    """Sign an exported file with one key (no repository needed)."""
+    try:
+        keyid = sign_file(file, key)
+    except ReleaseError as e:
+        raise _fail(e) from None
+    out.print(f"signed {file} with key {keyid[:16]}")
+
+
+@sign_app.command("import")
+def sign_import(repo: RepoArg, file: Annotated[Path, typer.Argument()],
+                keys_dir: KeysOpt = None, as_json: JsonOpt = False) -> None:
+    """Merge the signatures in FILE; publish once the role's threshold is met."""
+    try:
+        result = import_signatures(_repo(repo, keys_dir), file)
+    except ReleaseError as e:
+        raise _fail(e) from None
+    line = (f"{result['role']}: published with {result['signatures']} signatures"
+            if result["published"] else
+            f"{result['role']}: {result['signatures']} signature(s), still waiting: "
+            f"{result.get('missing', 'other roles')}")
+    _show(result, as_json, line)
+
+
+@sign_app.command("status")
+def sign_status(repo: RepoArg, keys_dir: KeysOpt = None) -> None:
+    """Roles awaiting signatures."""
+    r = _repo(repo, keys_dir)
+    for role in r.pending() or []:
+        from tuf.api.metadata import Metadata
+
+        md = Metadata.from_bytes(r.staged_path(role).read_bytes())
+        out.print(f"{role} v{md.signed.version}: {r.missing_signatures(role, md)}")
+    if not r.pending():
+        out.print("nothing awaits signatures")
+
+
+@app.command("promote")
+def promote_cmd(
+    repo: RepoArg,
+    source: Annotated[str, typer.Option("--from", help="Channel to promote from.")],
+    target: Annotated[str, typer.Option("--to", help="Channel to promote to.")],
+    version: Annotated[str | None, typer.Option("--version")] = None,
+    allow_older: Annotated[bool, typer.Option("--allow-older")] = False,
+    keys_dir: KeysOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Point --to at the very artifacts --from carries (same hashes, nothing re-uploaded)."""
+    try:
+        r = _repo(repo, keys_dir)
+        promoted = promote(r, source, target, version, allow_older)
+    except (ReleaseError, ValueError) as e:
+        raise _fail(e) from None
+    _show(json.loads(promoted.model_dump_json()) | {"awaiting_signatures": r.pending()}, as_json,
+          f"promoted {promoted.release} from {source} to {target}")
+
+
+@app.command("yank")
+def yank_cmd(
+    repo: RepoArg,
+    channel: Annotated[str, typer.Option("--channel")],
+    version: Annotated[str, typer.Option("--version")],
+    reason: Annotated[str, typer.Option("--reason", help="Why; clients record it.")],
+    keys_dir: KeysOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a release: the channel goes back to its previous good release."""
+    try:
+        r = _repo(repo, keys_dir)
+        result = yank(r, channel, version, reason)
+    except (ReleaseError, ValueError) as e:
+        raise _fail(e) from None
+    _show(json.loads(result.model_dump_json()) | {"awaiting_signatures": r.pending()}, as_json,
+          f"yanked {version} on {channel}; it now carries {result.release}")
+
+
+@app.command("rollout")
+def rollout_cmd(
+    repo: RepoArg,
+    channel: Annotated[str, typer.Option("--channel")],
+    percent: Annotated[int | None, typer.Option("--percent", help="0-100")] = None,
+    halt: Annotated[bool, typer.Option("--halt", help="Stop the rollout where it is.")] = False,
+    keys_dir: KeysOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stage the channel's release to a share of installations, or halt it."""
+    try:
+        r = _repo(repo, keys_dir)
+        result = rollout(r, channel, percent, halt)
+    except (ReleaseError, ValueError) as e:
+        raise _fail(e) from None
+    state = result.rollout
+    _show(json.loads(result.model_dump_json()) | {"awaiting_signatures": r.pending()}, as_json,
+          f"{channel} {result.release}: " + (
+              "everyone" if state is None else
+              f"{state.percent}% of installations{' (halted)' if state.halted else ''}"))
+
+
+@app.command("refresh")
+def refresh_cmd(
+    repo: RepoArg,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Only report; exit 1 when a role expires within --within.")] = False,
+    within: Annotated[str, typer.Option("--within", help="Window for --check.")] = "3d",
+    keys_dir: KeysOpt = None,
+) -> None:
+    """Re-sign timestamp and snapshot with fresh expiry (run it from a timer or cron job)."""
+    try:
+        r = _repo(repo, keys_dir)
+        if check:
+            found = expiring(r, parse_duration(within))
+            for role, when in found.items():
+                out.print(f"{role} expires {when:%Y-%m-%d %H:%M}Z (within {within})")
+            if found:
+                raise typer.Exit(1)
+            out.print(f"nothing expires within {within}")
+            return
+        renewed = refresh(r)
+    except (ReleaseError, ValueError) as e:
+        raise _fail(e) from None
+    out.print(", ".join(f"{role} valid until {until}" for role, until in renewed.items()))
+
+
+@app.command("verify")
+def verify_cmd(repo: RepoArg, keys_dir: KeysOpt = None, as_json: JsonOpt = False) -> None:
+    """Verify the whole published tree offline, as a client would."""
+    try:
+        result = verify(_repo(repo, keys_dir))
+    except ReleaseError as e:
+        raise _fail(e) from None
+    _show(result, as_json, f"ok: root v{result['root_version']}, channels "
+          + ", ".join(f"{c} {v}" for c, v in result["channels"].items())  # type: ignore[attr-defined]
+          + f", {result['artifacts_verified']} artifact(s) verified")
 
 
 def main() -> None:
+    warnings.simplefilter("always", LooseKeyPermissions)
+    warnings.showwarning = lambda message, *args, **kw: err.print(  # type: ignore[assignment]
+        f"release: warning: {message}", soft_wrap=True)
     app()
 
 

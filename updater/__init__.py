@@ -15,6 +15,7 @@ from updater._errors import (
     StoreError,
     TrustError,
 )
+from updater._bundle import DirectoryFetcher
 from updater._fetcher import HttpxFetcher
 from updater._fs import atomic_write
 from updater._root import InstallRoot, default_root
@@ -25,6 +26,7 @@ __all__ = [
     "ArchiveError",
     "BusyError",
     "ConfigError",
+    "DirectoryFetcher",
     "GreenlightError",
     "HttpxFetcher",
     "InstallRoot",

@@ -102,7 +102,7 @@ class Journal(BaseModel):
 class HistoryEntry(BaseModel):
     at: datetime = Field(default_factory=now)
     event: Literal["upgraded", "rolled-back", "rollback-failed", "recovered",
-                   "precheck-forced", "precheck-blocked", "manual-rollback"]
+                   "precheck-forced", "precheck-blocked", "manual-rollback", "yanked"]
     channel: str
     from_version: str | None = None
     to_version: str | None = None

@@ -20,6 +20,13 @@ class ComponentInfo(BaseModel):
     length: int
 
 
+class RolloutStatus(BaseModel):
+    percent: int
+    halted: bool
+    bucket: int = Field(description="this installation's bucket, 0-99, for this release")
+    in_rollout: bool
+
+
 class CheckReport(BaseModel):
     schema_: Literal["greenlight.check/1"] = Field("greenlight.check/1", alias="schema")
     root: str
@@ -30,6 +37,12 @@ class CheckReport(BaseModel):
     update_available: bool
     quarantined: str | None = Field(
         default=None, description="why the available release is held back here, if it is"
+    )
+    rollout: RolloutStatus | None = Field(
+        default=None, description="the channel's staged rollout, if one is under way"
+    )
+    yanked: str | None = Field(
+        default=None, description="the installed release was yanked on this channel: why"
     )
     fallback: str | None
     published_at: datetime

@@ -13,6 +13,7 @@ What is installed is read from `current`, never stored twice.
 
 import os
 import shutil
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -91,6 +92,16 @@ class InstallRoot:
         if self._config is None:
             self._config = Config.load(self.require().config_path)
         return self._config
+
+    @property
+    def installation_id(self) -> str:
+        """A stable random id of this installation (for staged rollouts), made on first use."""
+        path = self.state / "installation-id"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            atomic_write(path, (uuid.uuid4().hex + "\n").encode())
+            return path.read_text().strip()
 
     # --- channels ------------------------------------------------------------------------
     def active_channel(self) -> ActiveChannel:

@@ -8,7 +8,7 @@ channel file, quarantine), pre-checked on the running release, then run as the t
 
 from pathlib import Path
 
-from channels import ChannelFile
+from channels import ChannelFile, admitted, rollout_bucket
 from updater._bundle import opened_bundle
 from updater._downloads import Progress
 from updater._errors import BusyError, ChannelMismatch, NotFound, PrecheckFailed, ServiceError
@@ -24,7 +24,13 @@ from updater._journal import (
     quarantine,
     record,
 )
-from updater._reports import CheckReport, ComponentInfo, HealthReport, UpgradeReport
+from updater._reports import (
+    CheckReport,
+    ComponentInfo,
+    HealthReport,
+    RolloutStatus,
+    UpgradeReport,
+)
 from updater._root import InstallRoot, now
 from updater._services import backend_for
 from updater._transaction import (
@@ -71,12 +77,25 @@ def switch_channel(root: InstallRoot, repo: TrustedRepository, channel: str) -> 
             root.set_active_channel(channel, f"switched from {previous} by the user")
 
 
+def _rollout(root: InstallRoot, channel_file: ChannelFile) -> RolloutStatus | None:
+    if channel_file.rollout is None:
+        return None
+    return RolloutStatus(
+        percent=channel_file.rollout.percent, halted=channel_file.rollout.halted,
+        bucket=rollout_bucket(root.installation_id, channel_file.channel, channel_file.release),
+        in_rollout=admitted(channel_file, root.installation_id))
+
+
 def check(root: InstallRoot, repo: TrustedRepository) -> CheckReport:
     active = root.active_channel()
     channel_file = read_channel(root, repo)
     installed = root.installed_version()
     held = quarantine(root).get(channel_file.release)
+    rollout = _rollout(root, channel_file)
+    yanked = channel_file.is_revoked(installed) if installed else None
     return CheckReport(
+        rollout=rollout,
+        yanked=yanked.reason if yanked else None,
         root=str(root.path),
         channel=active.channel,
         channel_reason=active.reason,
@@ -84,7 +103,8 @@ def check(root: InstallRoot, repo: TrustedRepository) -> CheckReport:
         available=channel_file.release,
         # The channel's release is the goal, even when older (after a switch to stable),
         # unless it failed here before.
-        update_available=installed != channel_file.release and held is None,
+        update_available=installed != channel_file.release and held is None
+        and (rollout is None or rollout.in_rollout),
         quarantined=held.reason if held else None,
         fallback=channel_file.fallback,
         published_at=channel_file.published_at,
@@ -210,12 +230,21 @@ def _upgrade_locked(root: InstallRoot, repo: TrustedRepository, progress: Progre
         channel_now=channel_file.channel,
         bytes_total=sum(a.length for a in channel_file.components.values()),
     )
+    yanked = channel_file.is_revoked(installed) if installed else None
+    if yanked is not None:
+        return _leave_yanked(root, repo, channel_file, yanked.reason, report, progress)
     if installed == target:
         return report
     held = quarantine(root).get(target)
     if held is not None:
         return report.model_copy(update={"outcome": "held", "note": (
             f"{target} is quarantined here since {held.at:%Y-%m-%d %H:%M}Z: {held.reason}")})
+    rollout = _rollout(root, channel_file)
+    if rollout is not None and not rollout.in_rollout:
+        why = "halted" if rollout.halted else f"at {rollout.percent}%"
+        return report.model_copy(update={"outcome": "held", "note": (
+            f"{target} is in a staged rollout ({why}); this installation's bucket is "
+            f"{rollout.bucket}, not yet included")})
 
     journal = _journal("upgrade", channel_file.channel, installed, target, STEPS, force)
     txn = Transaction(root, config, backend_for(root, config), journal, repo, channel_file,
@@ -235,6 +264,28 @@ def _upgrade_locked(root: InstallRoot, repo: TrustedRepository, progress: Progre
                 f"{failed[0].summary}; nothing changed (fix it, or pass --force)")
     journal.save(root)
     return _run(txn, report.model_copy(update={"precheck": pre, "forced": bool(failed)}))
+
+
+def _leave_yanked(root: InstallRoot, repo: TrustedRepository, channel_file: ChannelFile,
+                  reason: str, report: UpgradeReport, progress: Progress | None) -> UpgradeReport:
+    """The installed release was yanked: treat it as a failed health check. Quarantine it and
+    move to what the channel carries now (its previous good release)."""
+    installed = root.installed_version()
+    assert installed is not None
+    why = f"{installed} yanked on {channel_file.channel}: {reason}"
+    add_to_quarantine(root, QuarantineEntry(version=installed, channel=channel_file.channel,
+                                            reason=why, at=now()))
+    journal = _journal("upgrade", channel_file.channel, installed, channel_file.release, STEPS)
+    journal.save(root)
+    txn = Transaction(root, root.config, backend_for(root, root.config), journal, repo,
+                      channel_file, progress)
+    result = _run(txn, report)
+    if result.outcome != "upgraded":
+        return result
+    entry = HistoryEntry(event="yanked", channel=channel_file.channel, from_version=installed,
+                         to_version=channel_file.release, summary=why, timings=txn.timings)
+    record(root, entry)
+    return result.model_copy(update={"outcome": "rolled-back", "incident": entry})
 
 
 def previous_release(root: InstallRoot) -> str | None:

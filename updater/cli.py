@@ -139,10 +139,19 @@ def check_cmd(root: RootOpt, as_json: JsonOpt = False) -> None:
     """
     install = InstallRoot(root)
     report = _run(as_json, lambda: check(install, open_repository(install)), install)
+    if report.yanked:
+        # A yanked release is treated like a failed health check: leave it now.
+        moved = _run(as_json, lambda: upgrade(install, open_repository(install)), install)
+        print(dump(moved)) if as_json else _print_transaction(moved)
+        raise typer.Exit(_exit_for(moved))
     if as_json:
         print(dump(report))
     elif report.quarantined:
         out.print(f"{report.channel}: {report.available} is held back here: {report.quarantined}")
+    elif report.rollout and not report.rollout.in_rollout and report.installed != report.available:
+        out.print(f"{report.channel}: {report.available} is rolling out "
+                  f"({report.rollout.percent}%{', halted' if report.rollout.halted else ''}); "
+                  f"this installation (bucket {report.rollout.bucket}) is not in it yet")
     elif report.update_available:
         out.print(
             f"{report.channel}: {report.available} available "

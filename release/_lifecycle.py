@@ -1,0 +1,109 @@
+"""What happens to a release on a channel after it is published: promotion, yanking, staged
+rollout. Each writes a new channel file (signed by the channel's role) and publishes."""
+
+
+from tuf.api.metadata import Metadata
+
+from channels import ChannelFile, RevokedRelease, Rollout, channel_role, channel_target, is_newer
+from release._errors import ReleaseError
+from release._publish import current_channel_file, ensure_channel_role, write_channel_file
+from release._repository import FileRepository
+
+
+def channel_history(repo: FileRepository, channel: str) -> list[ChannelFile]:
+    """Every channel file the channel has carried, newest first (from its role's versions)."""
+    role = channel_role(channel)
+    files: list[ChannelFile] = []
+    seen: set[str] = set()
+    versions = sorted((int(p.name.split(".", 1)[0]) for p in
+                       repo.metadata_dir.glob(f"*.{role}.json")), reverse=True)
+    for version in versions:
+        md = Metadata.from_bytes((repo.metadata_dir / f"{version}.{role}.json").read_bytes())
+        info = md.signed.targets.get(channel_target(channel))  # type: ignore[attr-defined]
+        if info is None or info.hashes["sha256"] in seen:
+            continue
+        seen.add(info.hashes["sha256"])
+        path = repo.stored_target_path(info.path, info.hashes["sha256"])
+        if path.exists():
+            files.append(ChannelFile.from_json(path.read_bytes()))
+    return files
+
+
+def _require_channel(repo: FileRepository, channel: str) -> ChannelFile:
+    current = current_channel_file(repo, channel)
+    if current is None:
+        raise ReleaseError(f"channel {channel!r} has no release in {repo.path}")
+    return current
+
+
+def promote(repo: FileRepository, source: str, target: str, version: str | None = None,
+            allow_older: bool = False) -> ChannelFile:
+    """Point `target` at the very artifacts `source` carries (or carried, for --version)."""
+    current = _require_channel(repo, source)
+    chosen = current
+    if version is not None and version != current.release:
+        found = [cf for cf in channel_history(repo, source) if cf.release == version]
+        if not found:
+            raise ReleaseError(f"channel {source!r} never carried {version}")
+        chosen = found[0]
+    if chosen.is_revoked(chosen.release) or current.is_revoked(chosen.release):
+        raise ReleaseError(f"{chosen.release} is yanked on {source!r}; it cannot be promoted")
+    existing = current_channel_file(repo, target)
+    if existing and not allow_older and not is_newer(chosen.release, existing.release):
+        raise ReleaseError(f"channel {target!r} carries {existing.release}; {chosen.release} is "
+                           "not newer (pass --allow-older to promote it anyway)")
+    fallback = existing.fallback if existing else (None if target == "stable" else "stable")
+    promoted = ChannelFile(
+        channel=target, release=chosen.release, components=chosen.components,
+        fallback=fallback if fallback != target else None,
+        revoked=list(existing.revoked) if existing else [],
+        promoted_from=source, published_at=ChannelFile.now(),
+    )
+    ensure_channel_role(repo, target)
+    write_channel_file(repo, promoted)
+    return promoted
+
+
+def yank(repo: FileRepository, channel: str, version: str, reason: str) -> ChannelFile:
+    """Revoke `version` on `channel`; if it is the current release, go back to the newest
+    earlier release that is not revoked."""
+    current = _require_channel(repo, channel)
+    if current.is_revoked(version):
+        raise ReleaseError(f"{version} is already yanked on {channel!r}")
+    revoked = [*current.revoked, RevokedRelease(version=version, reason=reason,
+                                                revoked_at=ChannelFile.now())]
+    base = current
+    if current.release == version:
+        earlier = [cf for cf in channel_history(repo, channel)
+                   if cf.release != version and not any(r.version == cf.release for r in revoked)
+                   and is_newer(version, cf.release)]
+        if not earlier:
+            raise ReleaseError(f"{version} is the only good release {channel!r} ever carried; "
+                               "publish a fixed release instead of yanking it")
+        base = earlier[0]
+    elif not any(cf.release == version for cf in channel_history(repo, channel)):
+        raise ReleaseError(f"channel {channel!r} never carried {version}")
+    yanked = current.model_copy(update={
+        "release": base.release, "components": base.components, "revoked": revoked,
+        "rollout": None, "published_at": ChannelFile.now()})
+    write_channel_file(repo, ChannelFile.model_validate(yanked.model_dump()))
+    return yanked
+
+
+def rollout(repo: FileRepository, channel: str, percent: int | None = None,
+            halt: bool = False) -> ChannelFile:
+    current = _require_channel(repo, channel)
+    if percent is None and not halt:
+        raise ReleaseError("give --percent N (0-100) or --halt")
+    if percent is not None and not 0 <= percent <= 100:
+        raise ReleaseError(f"--percent {percent}: expected 0 to 100")
+    before = current.rollout.percent if current.rollout else 100
+    staged = Rollout(percent=before if percent is None else percent, halted=halt)
+    updated = current.model_copy(update={
+        "rollout": None if (staged.percent == 100 and not halt) else staged,
+        "published_at": ChannelFile.now()})
+    write_channel_file(repo, ChannelFile.model_validate(updated.model_dump()))
+    return updated
+
+
+__all__ = ["channel_history", "promote", "rollout", "yank"]

@@ -1,0 +1,72 @@
+"""Keeping a repository alive: refreshing what expires, and verifying it as a client would."""
+
+import shutil
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from tuf.api.metadata import Snapshot, Timestamp
+
+from release._errors import ReleaseError
+from release._publish import channels
+from release._repository import FileRepository
+from updater import DirectoryFetcher, GreenlightError, TrustedRepository
+from updater._downloads import Downloads
+
+BASE = "bundle://local/"
+
+
+def refresh(repo: FileRepository) -> dict[str, str]:
+    """New timestamp and snapshot versions with fresh expiry (for a timer or cron job)."""
+    if not repo.exists():
+        raise ReleaseError(f"{repo.path}: no repository here")
+    if repo.pending():
+        raise ReleaseError(f"roles await signatures: {', '.join(repo.pending())}; finish those first")
+    repo.do_snapshot(force=True)
+    repo.do_timestamp(force=True)
+    return {r: f"{repo.open(r).signed.expires:%Y-%m-%dT%H:%M:%SZ}"
+            for r in (Snapshot.type, Timestamp.type)}
+
+
+def expiring(repo: FileRepository, within: timedelta) -> dict[str, datetime]:
+    """Roles whose published version expires within `within` from now."""
+    if not repo.exists():
+        raise ReleaseError(f"{repo.path}: no repository here")
+    horizon = datetime.now(UTC) + within
+    roles = ["root", "timestamp", "snapshot", *repo.targets_roles()]
+    found = {}
+    for role in roles:
+        expires = repo.open(role).signed.expires
+        if expires <= horizon:
+            found[role] = expires
+    return found
+
+
+def verify(repo: FileRepository) -> dict[str, object]:
+    """Verify the published tree offline as a client would: from the first root through the
+    chain, every channel file, and every artifact the channels name (hashes of the bytes)."""
+    if not repo.exists():
+        raise ReleaseError(f"{repo.path}: no repository here")
+    work = Path(tempfile.mkdtemp(prefix="greenlight-verify-"))
+    try:
+        (work / "meta").mkdir()
+        shutil.copyfile(repo.metadata_dir / "1.root.json", work / "meta" / "root.json")
+        client = TrustedRepository(work / "meta", BASE + "metadata/", BASE + "targets/",
+                                   fetcher=DirectoryFetcher(repo.path))
+        store = Downloads(work / "store")
+        checked: dict[str, str] = {}
+        artifacts = 0
+        try:
+            client.refresh()
+            for name in channels(repo):
+                channel_file, _ = client.channel_file(name)
+                for component, artifact in channel_file.components.items():
+                    client.download(client.artifact_info(component, artifact), store)
+                    artifacts += 1
+                checked[name] = channel_file.release
+        except GreenlightError as e:
+            raise ReleaseError(f"verification failed: {e}") from None
+        return {"repository": str(repo.path), "root_version": repo.root().version,
+                "channels": checked, "artifacts_verified": artifacts}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
