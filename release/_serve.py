@@ -31,6 +31,10 @@ class RepositoryServer(ThreadingHTTPServer):
         self.connections = 0
         self.paths: list[str] = []
         self.honour_ranges = True
+        # Fault for tests of resumption: cut the next file response after this many bytes.
+        self.drop_once_after: int | None = None
+        self.bytes_sent = 0
+        self.ranges: list[str] = []
         self._count_lock = threading.Lock()
         super().__init__((host, port), _Handler)
 
@@ -55,6 +59,8 @@ class RepositoryServer(ThreadingHTTPServer):
             self.requests_served = 0
             self.connections = 0
             self.paths = []
+            self.bytes_sent = 0
+            self.ranges = []
 
 
 class _Handler(SimpleHTTPRequestHandler):
@@ -91,6 +97,8 @@ class _Handler(SimpleHTTPRequestHandler):
         size = os.fstat(f.fileno()).st_size
         start, end = 0, size - 1
         status = HTTPStatus.OK
+        if self.headers.get("Range"):
+            self.server.ranges.append(f"{self.path} {self.headers['Range']}")
         match = _RANGE.match(self.headers.get("Range", "")) if self.server.honour_ranges else None
         if match and (match.group(1) or match.group(2)):
             if match.group(1):
@@ -119,7 +127,15 @@ class _Handler(SimpleHTTPRequestHandler):
 
     def copyfile(self, source: Any, outputfile: Any) -> None:
         outputfile.flush()
-        self.connection.sendfile(source, source.tell(), self._span)
+        span, cut = self._span, self.server.drop_once_after
+        if cut is not None and span > cut:
+            self.server.drop_once_after = None
+            sent = self.connection.sendfile(source, source.tell(), cut)
+            self.server.bytes_sent += sent
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        self.server.bytes_sent += self.connection.sendfile(source, source.tell(), span)
 
 
 @contextmanager

@@ -2,8 +2,6 @@
 yanking, staged rollout, expiry upkeep, verification; against repositories on 127.0.0.1."""
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -36,6 +36,9 @@ class DirectoryFetcher(FetcherInterface):
         self.requests = 0
 
     def _fetch(self, url: str) -> Iterator[bytes]:
+        return self.open_range(url, 0)[1]
+
+    def open_range(self, url: str, offset: int) -> tuple[int, Iterator[bytes]]:
         self.requests += 1
         parts = urlsplit(url)
         if f"{parts.scheme}://{parts.netloc}/" != BASE_URL:
@@ -43,11 +46,12 @@ class DirectoryFetcher(FetcherInterface):
         path = (self.folder / unquote(parts.path).lstrip("/")).resolve()
         if not path.is_relative_to(self.folder) or not path.is_file():
             raise exceptions.DownloadHTTPError(f"{url}: not in the bundle", 404)
-        return self._chunks(path)
+        return offset, self._chunks(path, offset)
 
     @staticmethod
-    def _chunks(path: Path) -> Iterator[bytes]:
+    def _chunks(path: Path, offset: int) -> Iterator[bytes]:
         with path.open("rb") as f:
+            f.seek(offset)
             while chunk := f.read(_CHUNK):
                 yield chunk
 

@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from tuf.api import exceptions
+
 from updater._errors import StoreError, TrustError
 from updater._fs import fsync_dir
 
@@ -26,6 +28,9 @@ _BATCH = 1024 * 1024
 
 class _ParallelDigest:
     def __init__(self, algorithms: Iterable[str]) -> None:
+        self._start(algorithms)
+
+    def _start(self, algorithms: Iterable[str]) -> None:
         self.digests = {alg: hashlib.new(alg) for alg in algorithms}
         self._queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=8)
         self._pending: list[bytes] = []
@@ -56,9 +61,18 @@ class _ParallelDigest:
         self._queue.put(None)
         self._thread.join()
 
+    def reset(self) -> None:
+        """Start the digests over (the data is being received again from byte 0)."""
+        self.abort()
+        self._start(list(self.digests))
+
+
+Opener = Callable[[int], tuple[int, Iterable[bytes]]]
+RETRIES = 3
+
 
 def receive_verified(
-    chunks: Iterable[bytes],
+    open_stream: Opener,
     dest: Path,
     partial: Path,
     hashes: dict[str, str],
@@ -66,28 +80,36 @@ def receive_verified(
     what: str,
     progress: Progress | None = None,
 ) -> Path:
+    """Stream a target into `partial`, resuming what an earlier attempt left there (a Range
+    request from its end; a server that ignores Range restarts from 0), then verify the whole
+    file and rename it to `dest`. A network failure keeps the partial file for next time; a
+    verification failure removes it."""
     if not hashes:
         raise TrustError(f"{what} refused: its signed targets entry has no hashes")
     try:
         digest = _ParallelDigest(hashes)
     except ValueError:
         raise TrustError(f"{what} refused: unsupported hash algorithm in {sorted(hashes)}") from None
-    received = 0
     finished = False
     try:
         partial.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            for chunk in chunks:
-                received += len(chunk)
-                if received > length:
-                    raise TrustError(f"{what} refused: more than its signed length of {length} bytes")
-                digest.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
-                if progress:
-                    progress(len(chunk))
+            received = os.fstat(fd).st_size
+            if received > length:
+                os.ftruncate(fd, 0)
+                received = 0
+            _rehash(fd, received, digest)
+            for attempt in range(RETRIES + 1):
+                try:
+                    received = _receive(open_stream, fd, received, length, digest, what, progress)
+                    break
+                except exceptions.DownloadHTTPError:
+                    raise
+                except exceptions.DownloadError:
+                    if attempt == RETRIES:
+                        raise
+                    received = os.fstat(fd).st_size  # every byte written was also hashed
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -106,6 +128,10 @@ def receive_verified(
         os.replace(partial, dest)
         fsync_dir(dest.parent)
         return dest
+    except exceptions.DownloadError:
+        if not finished:
+            digest.abort()
+        raise  # the partial file stays: the next attempt resumes from it
     except OSError as e:
         if not finished:
             digest.abort()
@@ -117,6 +143,39 @@ def receive_verified(
             digest.abort()
         partial.unlink(missing_ok=True)
         raise
+
+
+def _rehash(fd: int, size: int, digest: "_ParallelDigest") -> None:
+    """Feed what a previous attempt already wrote to the digest."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    left = size
+    while left:
+        block = os.read(fd, min(_BATCH, left))
+        if not block:
+            break
+        digest.update(block)
+        left -= len(block)
+
+
+def _receive(open_stream: Opener, fd: int, received: int, length: int,
+             digest: "_ParallelDigest", what: str, progress: Progress | None) -> int:
+    start, chunks = open_stream(received)
+    if start != received:  # the server ignored Range: start over
+        os.ftruncate(fd, 0)
+        digest.reset()
+        received = 0
+    os.lseek(fd, received, os.SEEK_SET)
+    for chunk in chunks:
+        received += len(chunk)
+        if received > length:
+            raise TrustError(f"{what} refused: more than its signed length of {length} bytes")
+        digest.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view):]
+        if progress:
+            progress(len(chunk))
+    return received
 
 
 class Downloads:
@@ -136,7 +195,7 @@ class Downloads:
 
     def receive(
         self,
-        chunks: Iterable[bytes],
+        open_stream: Opener,
         hashes: dict[str, str],
         length: int,
         what: str,
@@ -144,5 +203,5 @@ class Downloads:
     ) -> Path:
         sha256 = hashes["sha256"]
         return receive_verified(
-            chunks, self.path(sha256), self.partial / sha256, hashes, length, what, progress
+            open_stream, self.path(sha256), self.partial / sha256, hashes, length, what, progress
         )

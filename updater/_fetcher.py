@@ -4,6 +4,7 @@ Bodies are read with `iter_raw()` and no re-chunking (nothing is decoded: the cl
 for identity encoding), so each socket read reaches the caller without an extra copy.
 """
 
+import re
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 
@@ -11,6 +12,9 @@ import httpx
 import tuf
 from tuf.api import exceptions
 from tuf.ngclient import FetcherInterface
+
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-\d+/(?:\d+|\*)$")
 
 
 def user_agent() -> str:
@@ -41,8 +45,15 @@ class HttpxFetcher(FetcherInterface):
         self.close()
 
     def _fetch(self, url: str) -> Iterator[bytes]:
+        return self.open_range(url, 0)[1]
+
+    def open_range(self, url: str, offset: int) -> tuple[int, Iterator[bytes]]:
+        """Stream `url` from byte `offset`: (where the body starts, its chunks). A server that
+        ignores Range answers 200 from byte 0, and the caller starts over."""
+        headers = {"Range": f"bytes={offset}-"} if offset else None
         try:
-            response = self._client.send(self._client.build_request("GET", url), stream=True)
+            response = self._client.send(
+                self._client.build_request("GET", url, headers=headers), stream=True)
         except httpx.TimeoutException as e:
             raise exceptions.SlowRetrievalError(f"{url}: timed out") from e
         except httpx.HTTPError as e:
@@ -58,7 +69,11 @@ class HttpxFetcher(FetcherInterface):
             raise exceptions.DownloadHTTPError(
                 f"{url}: HTTP {response.status_code}", response.status_code
             )
-        return self._chunks(response)
+        start = 0
+        if response.status_code == 206:
+            match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+            start = int(match.group(1)) if match else 0
+        return start, self._chunks(response)
 
     @staticmethod
     def _chunks(response: httpx.Response) -> Iterator[bytes]:

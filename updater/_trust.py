@@ -19,7 +19,7 @@ from tuf.api.metadata import Metadata, Root, TargetFile
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from channels import ChannelFile, ChannelFileError, ComponentArtifact, channel_target
-from updater._downloads import Downloads, Progress, receive_verified
+from updater._downloads import Downloads, Opener, Progress, receive_verified
 from updater._errors import (
     ConfigError,
     GreenlightError,
@@ -182,8 +182,15 @@ class TrustedRepository:
         if found is not None:
             return found
         with verifying(f"artifact {info.path}"):
-            chunks = self.fetcher.fetch(self.target_url(info))
-            return store.receive(chunks, info.hashes, info.length, f"artifact {info.path}", progress)
+            return store.receive(self._opener(info), info.hashes, info.length,
+                                 f"artifact {info.path}", progress)
+
+    def _opener(self, info: TargetFile) -> Opener:
+        url = self.target_url(info)
+        ranged = getattr(self.fetcher, "open_range", None)
+        if ranged is not None:
+            return lambda offset: ranged(url, offset)  # type: ignore[no-any-return]
+        return lambda offset: (0, self.fetcher.fetch(url))
 
     def download_to(self, info: TargetFile, dest: Path) -> Path:
         """Stream a target to `dest` (any hash algorithms), unless `dest` already matches."""
@@ -194,7 +201,6 @@ class TrustedRepository:
         except (OSError, tuf_errors.LengthOrHashMismatchError):
             pass
         with verifying(f"target {info.path}"):
-            chunks = self.fetcher.fetch(self.target_url(info))
             partial = dest.with_name(f".{dest.name}.partial")
-            return receive_verified(chunks, dest, partial, info.hashes, info.length,
+            return receive_verified(self._opener(info), dest, partial, info.hashes, info.length,
                                     f"target {info.path}")
