@@ -9,6 +9,7 @@ from channels._model import (
     ChannelFile,
     ChannelFileError,
     ComponentArtifact,
+    Delta,
     RevokedRelease,
     Rollout,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "ChannelFile",
     "ChannelFileError",
     "ComponentArtifact",
+    "Delta",
     "RevokedRelease",
     "Rollout",
     "admitted",

@@ -34,11 +34,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Delta(_Strict):
+    """A patch from an earlier release's artifact to this one (see updater/_delta.py)."""
+
+    from_version: VersionStr
+    base_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="the artifact patched")
+    target: str = Field(description="TUF target path of the delta file")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    length: int = Field(gt=0)
+    method: str
+
+
 class ComponentArtifact(_Strict):
     version: VersionStr
     target: str = Field(description="TUF target path of the archive")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     length: int = Field(gt=0)
+    deltas: list[Delta] = Field(default_factory=list)
 
 
 class RevokedRelease(_Strict):

@@ -2,31 +2,15 @@
 rollout. Each writes a new channel file (signed by the channel's role) and publishes."""
 
 
-from tuf.api.metadata import Metadata
-
-from channels import ChannelFile, RevokedRelease, Rollout, channel_role, channel_target, is_newer
+from channels import ChannelFile, RevokedRelease, Rollout, is_newer
 from release._errors import ReleaseError
-from release._publish import current_channel_file, ensure_channel_role, write_channel_file
+from release._publish import (
+    channel_history,
+    current_channel_file,
+    ensure_channel_role,
+    write_channel_file,
+)
 from release._repository import FileRepository
-
-
-def channel_history(repo: FileRepository, channel: str) -> list[ChannelFile]:
-    """Every channel file the channel has carried, newest first (from its role's versions)."""
-    role = channel_role(channel)
-    files: list[ChannelFile] = []
-    seen: set[str] = set()
-    versions = sorted((int(p.name.split(".", 1)[0]) for p in
-                       repo.metadata_dir.glob(f"*.{role}.json")), reverse=True)
-    for version in versions:
-        md = Metadata.from_bytes((repo.metadata_dir / f"{version}.{role}.json").read_bytes())
-        info = md.signed.targets.get(channel_target(channel))  # type: ignore[attr-defined]
-        if info is None or info.hashes["sha256"] in seen:
-            continue
-        seen.add(info.hashes["sha256"])
-        path = repo.stored_target_path(info.path, info.hashes["sha256"])
-        if path.exists():
-            files.append(ChannelFile.from_json(path.read_bytes()))
-    return files
 
 
 def _require_channel(repo: FileRepository, channel: str) -> ChannelFile:

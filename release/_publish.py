@@ -9,10 +9,19 @@ from datetime import datetime
 from pathlib import Path
 
 from pydantic import BaseModel
-from tuf.api.metadata import DelegatedRole, Delegations, Root, Snapshot, TargetFile, Timestamp
+from tuf.api.metadata import (
+    DelegatedRole,
+    Delegations,
+    Metadata,
+    Root,
+    Snapshot,
+    TargetFile,
+    Timestamp,
+)
 
 from channels import (
     ChannelFile,
+    Delta,
     Rollout,
     ComponentArtifact,
     artifact_target,
@@ -25,6 +34,7 @@ from channels import (
 )
 from release._errors import ReleaseError
 from release._repository import FileRepository
+from updater._delta import build_delta
 
 
 def _require(repo: FileRepository) -> None:
@@ -61,9 +71,10 @@ def ensure_channel_role(repo: FileRepository, channel: str) -> None:
         targets.add_key(repo.keys.generate(role).public_key, role)
 
 
-def add_artifacts(repo: FileRepository, files: dict[str, Path]) -> dict[str, TargetFile]:
-    """Store files as targets in their hashed bins: {target path: source} -> infos."""
-    infos = {path: repo.add_target_file(path, source) for path, source in files.items()}
+def add_artifacts(repo: FileRepository, files: dict[str, Path | bytes]) -> dict[str, TargetFile]:
+    """Store files (or bytes) as targets in their hashed bins: {target path: source} -> infos."""
+    infos = {path: repo.add_target_bytes(path, source) if isinstance(source, bytes)
+             else repo.add_target_file(path, source) for path, source in files.items()}
     by_bin: dict[str, list[TargetFile]] = {}
     for path, info in infos.items():
         by_bin.setdefault(repo.bin_for(path), []).append(info)
@@ -82,6 +93,63 @@ def write_channel_file(repo: FileRepository, channel_file: ChannelFile) -> None:
     repo.commit()
 
 
+def channel_history(repo: FileRepository, channel: str) -> list[ChannelFile]:
+    """Every channel file the channel has carried, newest first (from its role's versions)."""
+    role = channel_role(channel)
+    files: list[ChannelFile] = []
+    seen: set[str] = set()
+    versions = sorted((int(p.name.split(".", 1)[0]) for p in
+                       repo.metadata_dir.glob(f"*.{role}.json")), reverse=True)
+    for version in versions:
+        md = Metadata.from_bytes((repo.metadata_dir / f"{version}.{role}.json").read_bytes())
+        info = md.signed.targets.get(channel_target(channel))  # type: ignore[attr-defined]
+        if info is None or info.hashes["sha256"] in seen:
+            continue
+        seen.add(info.hashes["sha256"])
+        path = repo.stored_target_path(info.path, info.hashes["sha256"])
+        if path.exists():
+            files.append(ChannelFile.from_json(path.read_bytes()))
+    return files
+
+
+DELTA_BASES = 3  # the last releases of the channel, and of its fallback, get a delta each
+
+
+def build_deltas(repo: FileRepository, channel: str, fallback: str | None, version: str,
+                 artifacts: dict[str, ComponentArtifact],
+                 budget_seconds: float = 30.0) -> dict[str, ComponentArtifact]:
+    """Patches to each new artifact from the recent releases on the channel (and its
+    fallback), kept when they are less than half the full artifact."""
+    history = channel_history(repo, channel)[:DELTA_BASES]
+    if fallback is not None:
+        history += channel_history(repo, fallback)[:DELTA_BASES]
+    result = {}
+    for name, artifact in artifacts.items():
+        new = repo.read_target(TargetFile(artifact.length, {"sha256": artifact.sha256},
+                                          artifact.target))
+        bases: dict[str, ComponentArtifact] = {}
+        for cf in history:
+            base = cf.components.get(name)
+            if base and base.sha256 != artifact.sha256 and is_newer(version, base.version):
+                bases.setdefault(base.sha256, base)
+        deltas, files = [], {}
+        for base in bases.values():
+            built = build_delta(repo.read_target(TargetFile(
+                base.length, {"sha256": base.sha256}, base.target)), new, budget_seconds)
+            if built is None or len(built.data) >= artifact.length // 2:
+                continue
+            path = f"deltas/{name}/{version}/from-{base.version}.gldelta"
+            files[path] = built.data
+            deltas.append((base, path, built))
+        infos = add_artifacts(repo, files) if files else {}
+        result[name] = artifact.model_copy(update={"deltas": [
+            Delta(from_version=base.version, base_sha256=base.sha256, target=path,
+                  sha256=infos[path].hashes["sha256"], length=infos[path].length,
+                  method=built.method)
+            for base, path, built in deltas]})
+    return result
+
+
 def publish(
     repo: FileRepository,
     channel: str,
@@ -90,6 +158,7 @@ def publish(
     fallback: str | None = None,
     allow_older: bool = False,
     rollout_percent: int | None = None,
+    deltas: bool = True,
 ) -> ChannelFile:
     _require(repo)
     check_channel_name(channel)
@@ -119,6 +188,8 @@ def publish(
                                 length=infos[paths[name]].length)
         for name in sorted(components)
     }
+    if deltas:
+        artifacts = build_deltas(repo, channel, fallback, version, artifacts)
     ensure_channel_role(repo, channel)
 
     channel_file = ChannelFile(

@@ -278,7 +278,7 @@ class FileRepository(Repository):
         directory, _, name = target_path.rpartition("/")
         return self.targets_dir / directory / f"{sha256}.{name}"
 
-    def read_target(self, info: TargetFile) -> bytes:
+    def read_target(self, info: TargetFile) -> bytes:  # the stored bytes of a target
         return self.stored_target_path(info.path, info.hashes["sha256"]).read_bytes()
 
 

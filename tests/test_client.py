@@ -76,6 +76,8 @@ def test_tampered_artifact_is_refused_and_current_untouched(tmp_path, served, pu
     root = make_root(tmp_path, served, published)
     do_upgrade(root)
     root.set_active_channel("beta", "test")
+    for kept in root.downloads.glob("[0-9a-f]*"):
+        kept.unlink()  # no base for a delta: the full artifact is fetched
     _flip_last_byte(_stored(published, "artifacts/core/1.1/"))
     with pytest.raises(TrustError, match=r"artifact artifacts/core/1.1/core-1.1.tar.gz refused: sha256"):
         do_upgrade(root)
@@ -160,6 +162,8 @@ def test_missing_artifact_on_server_keeps_current(tmp_path, served, published):
     root = make_root(tmp_path, served, published)
     do_upgrade(root)
     root.set_active_channel("beta", "test")
+    for kept in root.downloads.glob("[0-9a-f]*"):
+        kept.unlink()  # no base for a delta: the full artifact is fetched
     shutil.rmtree(published.targets_dir / "artifacts" / "ui" / "1.1")
     with pytest.raises(NetworkError, match="HTTP 404"):
         do_upgrade(root)

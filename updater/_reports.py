@@ -49,6 +49,17 @@ class CheckReport(BaseModel):
     components: dict[str, ComponentInfo]
 
 
+class DeltaUse(BaseModel):
+    """How a component's artifact was obtained when it was not already kept."""
+
+    component: str
+    used: bool
+    from_version: str | None = None
+    method: str | None = None
+    delta_bytes: int | None = None
+    reason: str
+
+
 class UpgradeReport(BaseModel):
     """outcome: upgraded | up-to-date | held (quarantined here) | rolled-back | rollback-failed"""
 
@@ -61,8 +72,9 @@ class UpgradeReport(BaseModel):
     to_version: str
     installed: str | None = Field(description="what is installed now")
     channel_now: str = Field(description="the active channel now (the fallback after a rollback)")
-    bytes_fetched: int = 0
-    bytes_total: int
+    bytes_fetched: int = Field(default=0, description="bytes downloaded (deltas and full)")
+    bytes_total: int = Field(description="size of the release's full artifacts")
+    deltas: list[DeltaUse] = Field(default_factory=list)
     pruned: list[str] = Field(default_factory=list)
     timings: dict[str, float] = Field(default_factory=dict)
     precheck: list[CheckResult] | None = None

@@ -17,6 +17,7 @@ failed check's evidence appended to the history. If the previous release then fa
 transaction stops in a reported dead end; it never loops.
 """
 
+import hashlib
 import os
 import shutil
 import signal
@@ -25,10 +26,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from channels import ChannelFile
+from channels import ChannelFile, ComponentArtifact
 from updater._config import CheckConfig, Config, ProcessCheck
 from updater._downloads import Downloads, Progress
-from updater._errors import GreenlightError
+from updater._delta import DeltaError, apply_delta
+from updater._errors import GreenlightError, TrustError
+from updater._fs import atomic_write
 from updater._health import CheckResult, HealthChecker, failed_required
 from updater._journal import (
     HistoryEntry,
@@ -37,6 +40,7 @@ from updater._journal import (
     add_to_quarantine,
     record,
 )
+from updater._reports import DeltaUse
 from updater._root import InstallRoot, now
 from updater._services import ServiceBackend, StopOutcome, backend_for, drain
 from updater._stage import stage_release
@@ -85,6 +89,7 @@ class Transaction:
     pruned: list[str] = field(default_factory=list)
     start_seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    deltas: list[DeltaUse] = field(default_factory=list)
 
     @property
     def new(self) -> str:
@@ -198,14 +203,49 @@ def _describe(failed: list[CheckResult], version: str, how: str) -> str:
 
 
 # --- the steps ----------------------------------------------------------------------------
+DELTA_PAYS = 0.5  # take a delta only when it is clearly smaller than the full artifact
+
+
+def _via_delta(txn: Transaction, name: str, artifact: ComponentArtifact,
+               store: Downloads) -> DeltaUse:
+    """Rebuild the artifact from a kept base and a verified delta; any failure says why and
+    leaves the full download to the caller."""
+    assert txn.repo is not None
+    usable = [d for d in artifact.deltas
+              if store.path(d.base_sha256).is_file() and d.length < DELTA_PAYS * artifact.length]
+    if not usable:
+        why = "no delta offered" if not artifact.deltas else "no base release kept in downloads/"
+        return DeltaUse(component=name, used=False, reason=why)
+    delta = min(usable, key=lambda d: d.length)
+    use = DeltaUse(component=name, used=False, from_version=delta.from_version,
+                   delta_bytes=delta.length, method=delta.method, reason="")
+    try:
+        info = txn.repo.target_info(delta.target)
+        if info is None or info.hashes.get("sha256") != delta.sha256 or info.length != delta.length:
+            raise TrustError(f"delta {delta.target}: not the signed target the channel file names")
+        patch = txn.repo.download(info, store, txn.progress).read_bytes()
+        txn.bytes_fetched += delta.length
+        rebuilt = apply_delta(store.path(delta.base_sha256).read_bytes(), patch)
+        if len(rebuilt) != artifact.length or hashlib.sha256(rebuilt).hexdigest() != artifact.sha256:
+            raise DeltaError("the rebuilt artifact does not match the signed sha256 and length")
+        atomic_write(store.path(artifact.sha256), rebuilt)
+    except (DeltaError, GreenlightError, OSError) as e:
+        return use.model_copy(update={"reason": f"{type(e).__name__}: {e}"})
+    return use.model_copy(update={"used": True, "reason": "delta applied and verified"})
+
+
 def do_fetch(txn: Transaction) -> None:
     assert txn.repo is not None and txn.channel_file is not None
     store = Downloads(txn.root.downloads)
     for name, artifact in sorted(txn.channel_file.components.items()):
         info = txn.repo.artifact_info(name, artifact)
-        if store.find(artifact.sha256, artifact.length) is None:
+        if store.find(artifact.sha256, artifact.length) is not None:
+            continue
+        use = _via_delta(txn, name, artifact, store)
+        txn.deltas.append(use)
+        if not use.used:
             txn.bytes_fetched += artifact.length
-        txn.repo.download(info, store, txn.progress)
+            txn.repo.download(info, store, txn.progress)
 
 
 def do_stage(txn: Transaction) -> None:

@@ -177,7 +177,7 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
         entry = _incident(txn, failure, rb.rollback_seconds, rb.fallback_channel, rb.ok, rb.summary)
         return report.model_copy(update={
             "outcome": "rolled-back" if rb.ok else "rollback-failed",
-            "incident": entry, "bytes_fetched": txn.bytes_fetched,
+            "incident": entry, "bytes_fetched": txn.bytes_fetched, "deltas": txn.deltas,
             "installed": txn.root.installed_version(),
             "channel_now": txn.root.active_channel().channel,
         })
@@ -188,6 +188,7 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
     txn.journal.finish(txn.root)
     return report.model_copy(update={
         "outcome": "upgraded", "bytes_fetched": txn.bytes_fetched, "pruned": txn.pruned,
+        "deltas": txn.deltas,
         "timings": txn.timings, "installed": txn.root.installed_version(),
         "channel_now": txn.root.active_channel().channel,
     })

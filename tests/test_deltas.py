@@ -1,0 +1,120 @@
+"""Deltas: built at publish time, taken by the client when they pay, verified against the
+full artifact's signed sha256 and length, and any failure falls back to the full artifact."""
+
+import gzip
+import io
+import os
+import random
+import tarfile
+
+import pytest
+
+from release import init_repository, publish
+from release._publish import current_channel_file
+from release._serve import serving
+from updater import InstallRoot, open_repository, upgrade
+from updater._delta import DeltaError, apply_delta, build_delta
+
+
+def app_archive(path, seed: int, changed: int = 0, compress: str = "gz"):
+    """An 'app' of ~3 MB: binary and text files; `changed` files differ from seed's."""
+    rng = random.Random(seed)
+    files = {f"lib/mod{i}.so": rng.randbytes(60_000) for i in range(30)}
+    files |= {f"share/doc{i}.txt": " ".join(rng.choice(["core", "ui", "token", "channel"])
+                                             for _ in range(4000)).encode() for i in range(40)}
+    tweak = random.Random(seed * 1000 + changed)
+    for i in range(changed):
+        files[f"lib/mod{i}.so"] = tweak.randbytes(60_000)
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name in sorted(files):
+            info = tarfile.TarInfo(name)
+            info.size = len(files[name])
+            tar.addfile(info, io.BytesIO(files[name]))
+    data = raw.getvalue()
+    if compress == "gz":
+        data = gzip.compress(data, 6, mtime=1_700_000_000)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def delta_repo(tmp_path):
+    repo = init_repository(tmp_path / "repo")
+    publish(repo, "stable", "1.0", {"app": app_archive(tmp_path / "a1.tar.gz", 1)})
+    publish(repo, "stable", "1.1", {"app": app_archive(tmp_path / "a2.tar.gz", 1, changed=2)})
+    return repo
+
+
+def test_publish_builds_a_small_delta(delta_repo):
+    stable = current_channel_file(delta_repo, "stable")
+    app = stable.components["app"]  # type: ignore[union-attr]
+    (delta,) = app.deltas
+    assert delta.from_version == "1.0" and delta.target == "deltas/app/1.1/from-1.0.gldelta"
+    assert delta.length < app.length / 10
+    assert delta.target in delta_repo.targets(delta_repo.bin_for(delta.target)).targets
+
+
+def test_client_takes_the_delta_and_reports_bytes(tmp_path):
+    repo = init_repository(tmp_path / "repo")
+    publish(repo, "stable", "1.0", {"app": app_archive(tmp_path / "a1.tar.gz", 1)})
+    with serving(repo.path) as server:
+        root = InstallRoot.create(tmp_path / "root", server.url,
+                                  (repo.metadata_dir / "1.root.json").read_bytes(), "stable")
+        first = upgrade(root, open_repository(root))
+        assert first.deltas[0].used is False and first.deltas[0].reason == "no delta offered"
+        publish(repo, "stable", "1.1", {"app": app_archive(tmp_path / "a2.tar.gz", 1, 2)})
+        server.reset_counts()
+        report = upgrade(root, open_repository(root))
+        assert report.installed == "1.1"
+        (use,) = report.deltas
+        assert use.used and use.from_version == "1.0"
+        assert report.bytes_fetched == use.delta_bytes < report.bytes_total / 10
+        assert not [p for p in server.paths if "/artifacts/" in p]
+        assert (root.current / "app" / "lib" / "mod0.so").stat().st_size == 60_000
+
+
+@pytest.mark.parametrize("failure", ["corrupt-base", "tampered-delta", "no-base"])
+def test_any_delta_failure_falls_back_to_the_full_artifact(tmp_path, failure):
+    repo = init_repository(tmp_path / "repo")
+    publish(repo, "stable", "1.0", {"app": app_archive(tmp_path / "a1.tar.gz", 1)})
+    with serving(repo.path) as server:
+        root = InstallRoot.create(tmp_path / "root", server.url,
+                                  (repo.metadata_dir / "1.root.json").read_bytes(), "stable")
+        assert upgrade(root, open_repository(root)).installed == "1.0"
+        publish(repo, "stable", "1.1", {"app": app_archive(tmp_path / "a2.tar.gz", 1, 2)})
+        app = current_channel_file(repo, "stable").components["app"]  # type: ignore[union-attr]
+        base = root.downloads / app.deltas[0].base_sha256
+        if failure == "corrupt-base":
+            data = bytearray(base.read_bytes())
+            data[len(data) // 2] ^= 1
+            base.write_bytes(bytes(data))
+        elif failure == "no-base":
+            base.unlink()
+        else:
+            stored = next(repo.targets_dir.glob("deltas/app/1.1/*"))
+            data = stored.read_bytes()
+            stored.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+        report = upgrade(root, open_repository(root))
+        assert report.installed == "1.1"
+        (use,) = report.deltas
+        assert use.used is False and use.reason
+        expected = {"corrupt-base": "not the one this delta was made from",
+                    "tampered-delta": "refused", "no-base": "no base release"}[failure]
+        assert expected in use.reason
+        assert report.bytes_fetched >= app.length
+
+
+def test_delta_round_trip_and_refusals():
+    old = gzip.compress(os.urandom(200_000) + b"x" * 100_000, 9, mtime=5)
+    new = gzip.compress(old[:50_000] + os.urandom(1000) + b"x" * 100_000, 9, mtime=6)
+    built = build_delta(old, new)
+    assert built is not None
+    assert apply_delta(old, built.data) == new
+    with pytest.raises(DeltaError, match="not the one"):
+        apply_delta(new, built.data)
+    with pytest.raises(DeltaError, match="bad header"):
+        apply_delta(old, b"garbage\n" + built.data)
+    broken = built.data[:-10] + b"\0" * 10
+    with pytest.raises(DeltaError):
+        apply_delta(old, broken)
