@@ -24,8 +24,8 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not slow'
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.download_verify
-	$(BIN)/python -m bench.sideload
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache demo-work

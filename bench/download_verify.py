@@ -16,7 +16,6 @@ destination flushed (sync) and the median of the runs is reported.
 
 import argparse
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from tuf.ngclient import Updater
 
+from bench._memory import peak_mib
 from release import init_repository, publish
 from release._serve import serving
 from updater import HttpxFetcher, InstallRoot, TrustedRepository, check, open_repository
@@ -69,14 +69,32 @@ def timed(runs: int, prepare: Callable[[], None], work: Callable[[], object]) ->
     return statistics.median(times)
 
 
-def warm_check(repo: Path, work: Path) -> tuple[list[str], int]:
+def warm_check(repo: Path, work: Path, runs: int = 20) -> dict[str, object]:
+    """A warm `updater check` with nothing new: requests and connections (counted by the
+    server), and its median time against python-tuf's bare `Updater.refresh()` (urllib3)."""
     with serving(repo) as server:
         root = InstallRoot.create(work / "count-root", server.url,
                                   (repo / "metadata" / "1.root.json").read_bytes(), "stable")
         check(root, open_repository(root))
         server.reset_counts()
         check(root, open_repository(root))
-        return list(server.paths), server.connections
+        paths, connections = list(server.paths), server.connections
+        ours = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            check(root, open_repository(root))
+            ours.append(time.perf_counter() - started)
+        bare_meta = work / "bare-meta"
+        bare_meta.mkdir()
+        shutil.copy(repo / "metadata" / "1.root.json", bare_meta / "root.json")
+        Updater(str(bare_meta), server.url + "/metadata/", bootstrap=None).refresh()
+        bare = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            Updater(str(bare_meta), server.url + "/metadata/", bootstrap=None).refresh()
+            bare.append(time.perf_counter() - started)
+    return {"paths": paths, "connections": connections,
+            "seconds": statistics.median(ours), "bare_seconds": statistics.median(bare)}
 
 
 def child_download(repo_url: str, metadata_dir: str, target: str, dest: str) -> None:
@@ -85,13 +103,14 @@ def child_download(repo_url: str, metadata_dir: str, target: str, dest: str) -> 
     info = trusted.target_info(target)
     assert info is not None
     trusted.download(info, Downloads(Path(dest)))
+    print(peak_mib())
 
 
 def peak_rss_mib(args: list[str]) -> float:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run([sys.executable, "-m", "bench.download_verify", "--child", *args], check=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(after, before) / 1024
+    """Peak memory of a child process that downloads and verifies one target."""
+    done = subprocess.run([sys.executable, "-m", "bench.download_verify", "--child", *args],
+                          check=True, capture_output=True, text=True)
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -107,16 +126,16 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="greenlight-bench-"))
     try:
-        run(work, args)
+        report(measure(work, args.size_mib, args.small_mib, args.runs), args.size_mib, args.runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(work: Path, args: argparse.Namespace) -> None:
-    size = args.size_mib * MiB
+def measure(work: Path, size_mib: int, small_mib: int, runs: int) -> dict[str, object]:
+    size = size_mib * MiB
     repo, target = make_repo(work, size)
     stored = next((repo / "targets").rglob("*.blob.bin"))
-    paths, connections = warm_check(repo, work)
+    warm = warm_check(repo, work)
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "release.cli", "serve", str(repo),
@@ -154,19 +173,19 @@ def run(work: Path, args: argparse.Namespace) -> None:
                            fetcher=fetcher, bootstrap=None)  # type: ignore[arg-type]
 
         results = {
-            "curl > file": timed(args.runs, fresh, lambda: subprocess.run(
+            "curl > file": timed(runs, fresh, lambda: subprocess.run(
                 ["curl", "-sf", "-o", str(out / "f"), file_url], check=True)),
-            "curl | openssl dgst -sha256": timed(args.runs, fresh, lambda: subprocess.run(
+            "curl | openssl dgst -sha256": timed(runs, fresh, lambda: subprocess.run(
                 f"curl -sf {file_url} | openssl dgst -sha256 > {out / 'digest'}",
                 shell=True, check=True)),
-            "python-tuf download_target (urllib3)": timed(args.runs, fresh, lambda: (
+            "python-tuf download_target (urllib3)": timed(runs, fresh, lambda: (
                 u := tuf_updater(None), u.refresh(), u.download_target(info))),
-            "python-tuf download_target (httpx fetcher)": timed(args.runs, fresh, lambda: (
+            "python-tuf download_target (httpx fetcher)": timed(runs, fresh, lambda: (
                 u := tuf_updater(HttpxFetcher()), u.refresh(), u.download_target(info))),
-            "greenlight (stream, hash, store)": timed(args.runs, fresh, lambda: trusted.download(
+            "greenlight (stream, hash, store)": timed(runs, fresh, lambda: trusted.download(
                 info, Downloads(out))),
         }
-        small_repo, small_target = make_repo(work / "small", args.small_mib * MiB)
+        small_repo, small_target = make_repo(work / "small", small_mib * MiB)
     finally:
         server.terminate()
         server.wait()
@@ -179,19 +198,28 @@ def run(work: Path, args: argparse.Namespace) -> None:
     with serving(repo) as big_server:
         rss_big = peak_rss_mib([big_server.url, str(meta), target, str(work / "s2")])
 
+    return {"size": size, "results": results, "warm": warm, "rss_small": rss_small,
+            "rss_big": rss_big}
+
+
+def report(m: dict, size_mib: int, runs: int) -> None:  # type: ignore[type-arg]
+    warm, results, size = m["warm"], m["results"], m["size"]
     ours = results["greenlight (stream, hash, store)"]
-    print(f"warm `updater check`, nothing new: {len(paths)} requests on {connections} "
-          f"connection(s): {', '.join(p.rsplit('/', 1)[-1] for p in paths)} (TUF minimum: 2)")
+    print(f"warm `updater check`, nothing new: {len(warm['paths'])} requests on "
+          f"{warm['connections']} connection(s): "
+          f"{', '.join(p.rsplit('/', 1)[-1] for p in warm['paths'])} (TUF minimum: 2); "
+          f"{warm['seconds'] * 1000:.1f} ms against python-tuf's bare refresh "
+          f"{warm['bare_seconds'] * 1000:.1f} ms")
     print()
-    print(f"download+verify of a {args.size_mib} MiB artifact on 127.0.0.1, median of {args.runs}")
+    print(f"download+verify of a {size_mib} MiB artifact on 127.0.0.1, median of {runs}")
     print(f"{'':44} {'MB/s':>8} {'greenlight is':>14}")
     for name, seconds in results.items():
         mbps = size / seconds / 1e6
         ratio = "" if seconds is ours else f"{seconds / ours:.2f}x"
         print(f"{name:44} {mbps:8.0f} {ratio:>14}")
     print()
-    print(f"peak RSS of a download+verify: {rss_small:.0f} MiB at {args.small_mib} MiB, "
-          f"{rss_big:.0f} MiB at {args.size_mib} MiB")
+    print(f"peak RSS of a download+verify: {m['rss_small']:.0f} MiB, "
+          f"{m['rss_big']:.0f} MiB at {size_mib} MiB")
 
 
 if __name__ == "__main__":

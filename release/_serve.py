@@ -65,6 +65,9 @@ class RepositoryServer(ThreadingHTTPServer):
 
 class _Handler(SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle holds the body
+    # until the client's delayed ACK, 40 ms on every small response.
+    disable_nagle_algorithm = True
     server: RepositoryServer
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -97,15 +97,18 @@ def publish_cmd(
     ] = False,
     rollout_percent: Annotated[int | None, typer.Option(
         "--rollout", help="Start a staged rollout at this percent of installations.")] = None,
+    no_deltas: Annotated[bool, typer.Option(
+        "--no-deltas", help="Do not build patches from recent releases.")] = False,
     keys: KeysOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Add a release's component archives and point CHANNEL at it, signed."""
+    """Add a release's component archives and point CHANNEL at it, signed; with patches
+    from the channel's (and its fallback's) recent releases where they are small."""
     try:
         r = _repo(repo, keys)
         channel_file = publish(
             r, channel, version, _parse_components(component), fallback, allow_older,
-            rollout_percent,
+            rollout_percent, deltas=not no_deltas,
         )
     except (ReleaseError, ValueError) as e:
         raise _fail(e) from None

@@ -121,7 +121,7 @@ def _zstd_options(size: int, level: int) -> dict[int, int]:
 
 def _zstd_diff(old: bytes, new: bytes) -> bytes:
     prefix = pyzstd.ZstdDict(old, is_raw=True)
-    return pyzstd.compress(new, _zstd_options(len(old) + len(new), 3), prefix.as_prefix)
+    return pyzstd.compress(new, _zstd_options(len(old) + len(new), 9), prefix.as_prefix)
 
 
 def _zstd_patch(old: bytes, patch: bytes) -> bytes:

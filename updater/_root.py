@@ -119,7 +119,13 @@ class InstallRoot:
         return active
 
     def save_channel_file(self, channel_file: ChannelFile, raw: bytes) -> None:
-        atomic_write(self.channels_dir / f"{channel_file.channel}.json", raw)
+        path = self.channels_dir / f"{channel_file.channel}.json"
+        try:
+            if path.read_bytes() == raw:
+                return  # unchanged: no write, no fsync on a warm check
+        except FileNotFoundError:
+            pass
+        atomic_write(path, raw)
 
     # --- releases ------------------------------------------------------------------------
     def release_dir(self, version: str) -> Path:

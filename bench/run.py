@@ -1,0 +1,88 @@
+"""`make bench`: one table from one run, every figure beside its anchor measured in the same run.
+
+    python -m bench.run [--runs 3] [--skip-bsdiff-app]
+
+Sections: download+verify (200 MiB), memory at 20 and 200 MiB, a warm check, deltas on both
+pairs against bsdiff4, rollback at 10 MB and 1 GB. The targets are those of the project's
+performance issue; each row says whether it is met.
+"""
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+from bench import deltas, download_verify
+from bench.rollback import rollback_seconds
+
+MiB = 1024 * 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--skip-bsdiff-app", action="store_true",
+                        help="bsdiff4 on the 55 MB pair takes about a minute and 1 GB")
+    args = parser.parse_args()
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    def row(what: str, ours: str, anchor: str, ratio: str, target: str) -> None:
+        rows.append((what, ours, anchor, ratio, target))
+
+    work = Path(tempfile.mkdtemp(prefix="greenlight-bench-"))
+    try:
+        m = download_verify.measure(work, 200, 20, args.runs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    r, size = m["results"], m["size"]
+    ours = r["greenlight (stream, hash, store)"]
+    mbps = lambda s: f"{size / s / 1e6:.0f} MB/s"  # noqa: E731
+    tuf, openssl = r["python-tuf download_target (urllib3)"], r["curl | openssl dgst -sha256"]
+    row("download+verify 200 MiB", mbps(ours), f"python-tuf download_target {mbps(tuf)}",
+        f"{tuf / ours:.2f}x", "≥ 1.5x " + ("met" if tuf / ours >= 1.5 else "MISSED"))
+    row("", "", f"curl | openssl dgst -sha256 {mbps(openssl)}", f"{openssl / ours:.2f}x",
+        "≥ 0.7x " + ("met" if openssl / ours >= 0.7 else "MISSED"))
+    row("", "", f"curl > file {mbps(r['curl > file'])}", f"{r['curl > file'] / ours:.2f}x", "-")
+    row("peak RSS, download+verify", f"{m['rss_small']:.0f} / {m['rss_big']:.0f} MiB",
+        "at 20 / 200 MiB", f"{m['rss_big'] / m['rss_small']:.2f}x",
+        "flat " + ("met" if m["rss_big"] <= m["rss_small"] * 1.1 else "MISSED"))
+    w = m["warm"]
+    row("warm check, nothing new", f"{len(w['paths'])} requests, {w['connections']} conn.",
+        "TUF minimum: 2 requests", "-",
+        "2 on 1 " + ("met" if (len(w["paths"]), w["connections"]) == (2, 1) else "MISSED"))
+    row("", f"{w['seconds'] * 1000:.1f} ms", f"python-tuf refresh() {w['bare_seconds'] * 1000:.1f} ms",
+        f"{w['seconds'] / w['bare_seconds']:.2f}x",
+        "≤ 1x " + ("met" if w["seconds"] <= w["bare_seconds"] else "MISSED"))
+
+    for pair in ("app", "crypto"):
+        g = deltas.measure(pair, "greenlight")
+        b = None if (pair == "app" and args.skip_bsdiff_app) else deltas.measure(pair, "bsdiff4")
+        label = {"app": "delta: 55 MB app, few files", "crypto": "delta: cryptography 50.0.1→.2"}
+        anchor = (f"bsdiff4 {b['size'] / 1000:.0f} kB" if b else "bsdiff4 skipped")
+        row(label[pair], f"{g['size'] / 1000:.0f} kB ({g['method'].split('(')[1][:-1]})",
+            anchor, f"{g['size'] / b['size']:.2f}x" if b else "-",
+            ("≤ 1x " + ("met" if g["size"] <= b["size"] else "MISSED")) if b else "-")
+        row("  build time", f"{g['build_s']:.2f} s",
+            f"bsdiff4 {b['build_s']:.2f} s" if b else "-",
+            f"{b['build_s'] / g['build_s']:.1f}x faster" if b else "-",
+            ("≥ 10x " + ("met" if b["build_s"] / g["build_s"] >= 10 else "MISSED")) if b else "-")
+        row("  build peak memory (with inputs)", f"{g['build_peak_mb']:.0f} MB",
+            f"bsdiff4 {b['build_peak_mb']:.0f} MB" if b else "-", "-",
+            "< 300 MB " + ("met" if g["build_peak_mb"] < 300 else "MISSED"))
+        row("  apply time", f"{g['apply_s']:.3f} s",
+            f"bsdiff4 {b['apply_s']:.3f} s" if b else "-", "-",
+            ("< 0.5 s " + ("met" if g["apply_s"] < 0.5 else "MISSED")) if pair == "app" else "-")
+
+    small, big = rollback_seconds(10 * MiB, args.runs), rollback_seconds(1024 * MiB, args.runs)
+    row("rollback (no restart)", f"{small * 1000:.1f} ms at 10 MB", f"{big * 1000:.1f} ms at 1 GB",
+        f"{big / small:.2f}x", "same " + ("met" if big / small < 1.5 else "MISSED"))
+
+    widths = [max(len(r[i]) for r in [("what", "greenlight", "anchor (same run)", "ratio",
+                                       "target"), *rows]) for i in range(5)]
+    header = ("what", "greenlight", "anchor (same run)", "ratio", "target")
+    for line in (header, tuple("-" * w for w in widths), *rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+
+
+if __name__ == "__main__":
+    main()
