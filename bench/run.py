@@ -58,8 +58,8 @@ def main() -> None:
         g = deltas.measure(pair, "greenlight")
         b = None if (pair == "app" and args.skip_bsdiff_app) else deltas.measure(pair, "bsdiff4")
         label = {"app": "delta: 55 MB app, few files", "crypto": "delta: cryptography 50.0.1→.2"}
-        anchor = (f"bsdiff4 {b['size'] / 1000:.0f} kB" if b else "bsdiff4 skipped")
-        row(label[pair], f"{g['size'] / 1000:.0f} kB ({g['method'].split('(')[1][:-1]})",
+        anchor = (f"bsdiff4 {b['size']:,} B" if b else "bsdiff4 skipped")
+        row(label[pair], f"{g['size']:,} B ({g['method'].split('(')[1][:-1]})",
             anchor, f"{g['size'] / b['size']:.2f}x" if b else "-",
             ("≤ 1x " + ("met" if g["size"] <= b["size"] else "MISSED")) if b else "-")
         row("  build time", f"{g['build_s']:.2f} s",

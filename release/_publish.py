@@ -21,9 +21,9 @@ from tuf.api.metadata import (
 
 from channels import (
     ChannelFile,
+    ComponentArtifact,
     Delta,
     Rollout,
-    ComponentArtifact,
     artifact_target,
     channel_role,
     channel_target,

@@ -19,6 +19,7 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import (
     DelegatedRole,
     Delegations,
@@ -33,7 +34,6 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
-from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository
 

@@ -31,6 +31,7 @@ from release._keys import KeyStore, LooseKeyPermissions
 from release._repository import FileRepository
 from updater import atomic_write
 
+
 def keygen(folder: Path, name: str) -> tuple[Path, Path]:
     """A new ed25519 key for a signer: NAME.pem (owner-only) and NAME.pub.pem."""
     signer = KeyStore(folder).generate(name)

@@ -2,8 +2,9 @@
 
 import json
 import sys
-import warnings
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -11,10 +12,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from channels import ChannelFile
 from release._bundle import build_bundle, parse_duration
 from release._errors import ReleaseError
-from release._keys import LooseKeyPermissions
+from release._installer import build_installer
+from release._keys import KeyStore, LooseKeyPermissions
 from release._lifecycle import promote, rollout, yank
+from release._publish import publish, repository_status
+from release._repository import FileRepository, init_repository
+from release._serve import RepositoryServer
 from release._signing import (
     change_keys,
     export_staged,
@@ -25,11 +31,6 @@ from release._signing import (
     sign_file,
 )
 from release._upkeep import expiring, refresh, verify
-from release._installer import build_installer
-from release._keys import KeyStore
-from release._publish import publish, repository_status
-from release._repository import FileRepository, init_repository
-from release._serve import RepositoryServer
 
 app = typer.Typer(
     name="release",
@@ -347,13 +348,22 @@ def promote_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Point --to at the very artifacts --from carries (same hashes, nothing re-uploaded)."""
+    _channel_change(repo, keys_dir, as_json,
+                    lambda r: promote(r, source, target, version, allow_older),
+                    lambda cf: f"promoted {cf.release} from {source} to {target}")
+
+
+def _channel_change(repo: Path, keys_dir: Path | None, as_json: bool,
+                    change: Callable[[FileRepository], ChannelFile],
+                    describe: Callable[[ChannelFile], str]) -> None:
+    """Run a change that writes a channel file; show it, and what awaits signatures."""
     try:
         r = _repo(repo, keys_dir)
-        promoted = promote(r, source, target, version, allow_older)
+        channel_file = change(r)
     except (ReleaseError, ValueError) as e:
         raise _fail(e) from None
-    _show(json.loads(promoted.model_dump_json()) | {"awaiting_signatures": r.pending()}, as_json,
-          f"promoted {promoted.release} from {source} to {target}")
+    _show(json.loads(channel_file.model_dump_json()) | {"awaiting_signatures": r.pending()},
+          as_json, describe(channel_file))
 
 
 @app.command("yank")
@@ -366,13 +376,8 @@ def yank_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Revoke a release: the channel goes back to its previous good release."""
-    try:
-        r = _repo(repo, keys_dir)
-        result = yank(r, channel, version, reason)
-    except (ReleaseError, ValueError) as e:
-        raise _fail(e) from None
-    _show(json.loads(result.model_dump_json()) | {"awaiting_signatures": r.pending()}, as_json,
-          f"yanked {version} on {channel}; it now carries {result.release}")
+    _channel_change(repo, keys_dir, as_json, lambda r: yank(r, channel, version, reason),
+                    lambda cf: f"yanked {version} on {channel}; it now carries {cf.release}")
 
 
 @app.command("rollout")
@@ -385,16 +390,15 @@ def rollout_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Stage the channel's release to a share of installations, or halt it."""
-    try:
-        r = _repo(repo, keys_dir)
-        result = rollout(r, channel, percent, halt)
-    except (ReleaseError, ValueError) as e:
-        raise _fail(e) from None
-    state = result.rollout
-    _show(json.loads(result.model_dump_json()) | {"awaiting_signatures": r.pending()}, as_json,
-          f"{channel} {result.release}: " + (
-              "everyone" if state is None else
-              f"{state.percent}% of installations{' (halted)' if state.halted else ''}"))
+
+    def describe(cf: ChannelFile) -> str:
+        state = cf.rollout
+        return f"{channel} {cf.release}: " + ("everyone" if state is None else
+                                              f"{state.percent}% of installations"
+                                              f"{' (halted)' if state.halted else ''}")
+
+    _channel_change(repo, keys_dir, as_json, lambda r: rollout(r, channel, percent, halt),
+                    describe)
 
 
 @app.command("refresh")

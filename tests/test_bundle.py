@@ -7,8 +7,9 @@ import tarfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pyzstd
 import pytest
+import pyzstd
+from conftest import builtin_server
 from tuf.api.metadata import Metadata
 
 from release import FileRepository, init_repository, publish
@@ -16,8 +17,6 @@ from release._bundle import build_bundle
 from updater import ArchiveError, InstallRoot, TrustError
 from updater._errors import ChannelMismatch
 from updater._upgrade import sideload
-
-from conftest import builtin_server
 
 
 @pytest.fixture

@@ -61,6 +61,15 @@ def test_warm_check_is_two_requests_on_one_connection(tmp_path, server, publishe
     assert server.connections() == 1
 
 
+def on_beta_without_delta_bases(root: InstallRoot) -> None:
+    """Installed 1.0, now following beta, with no kept artifact a delta could patch: the
+    next upgrade fetches the full artifacts."""
+    do_upgrade(root)
+    root.set_active_channel("beta", "test")
+    for kept in root.downloads.glob("[0-9a-f]*"):
+        kept.unlink()
+
+
 def _flip_last_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01
@@ -74,10 +83,7 @@ def _stored(repo: FileRepository, prefix: str) -> Path:
 
 def test_tampered_artifact_is_refused_and_current_untouched(tmp_path, served, published):
     root = make_root(tmp_path, served, published)
-    do_upgrade(root)
-    root.set_active_channel("beta", "test")
-    for kept in root.downloads.glob("[0-9a-f]*"):
-        kept.unlink()  # no base for a delta: the full artifact is fetched
+    on_beta_without_delta_bases(root)
     _flip_last_byte(_stored(published, "artifacts/core/1.1/"))
     with pytest.raises(TrustError, match=r"artifact artifacts/core/1.1/core-1.1.tar.gz refused: sha256"):
         do_upgrade(root)
@@ -160,10 +166,7 @@ def test_unknown_channel_and_unreachable_repository(tmp_path, served, published)
 
 def test_missing_artifact_on_server_keeps_current(tmp_path, served, published):
     root = make_root(tmp_path, served, published)
-    do_upgrade(root)
-    root.set_active_channel("beta", "test")
-    for kept in root.downloads.glob("[0-9a-f]*"):
-        kept.unlink()  # no base for a delta: the full artifact is fetched
+    on_beta_without_delta_bases(root)
     shutil.rmtree(published.targets_dir / "artifacts" / "ui" / "1.1")
     with pytest.raises(NetworkError, match="HTTP 404"):
         do_upgrade(root)

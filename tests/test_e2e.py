@@ -11,14 +11,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import builtin_server, free_port
 
 from examples.demo.config import configure
 from release import publish
 from updater import InstallRoot
 from updater._services import ProcessBackend
 from updater._transaction import STEPS
-
-from conftest import builtin_server, free_port
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow

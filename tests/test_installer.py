@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from examples.demo.config import product_toml
 from release import init_repository, publish
@@ -15,8 +16,6 @@ from release._bundle import build_bundle
 from release._installer import build_installer
 from updater import InstallRoot
 from updater._services import ProcessBackend
-
-from conftest import free_port
 
 pytestmark = pytest.mark.slow
 UPDATER = str(Path(sys.executable).parent / "updater")

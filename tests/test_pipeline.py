@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import builtin_server
 from tuf.api.metadata import Metadata
 
 from channels import rollout_bucket
@@ -24,8 +25,6 @@ from release._signing import (
 )
 from release._upkeep import expiring, refresh, verify
 from updater import InstallRoot, TrustError, check, open_repository, upgrade
-
-from conftest import builtin_server
 
 BIN = Path(sys.executable).parent
 

@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+from conftest import free_port
 
 from examples.demo.build import build
 from updater import InstallRoot
@@ -21,8 +22,6 @@ from updater._config import (
 )
 from updater._health import HealthChecker
 from updater._services import ProcessBackend, SystemdBackend, render_unit
-
-from conftest import free_port
 
 
 @pytest.fixture

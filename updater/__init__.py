@@ -5,6 +5,7 @@ The public face is small: `InstallRoot` (an installation on disk), `TrustedRepos
 hierarchy rooted at `GreenlightError`.
 """
 
+from updater._bundle import DirectoryFetcher
 from updater._errors import (
     ArchiveError,
     BusyError,
@@ -15,7 +16,6 @@ from updater._errors import (
     StoreError,
     TrustError,
 )
-from updater._bundle import DirectoryFetcher
 from updater._fetcher import HttpxFetcher
 from updater._fs import atomic_write
 from updater._root import InstallRoot, default_root

@@ -14,7 +14,6 @@ import tuf
 from tuf.api import exceptions
 from tuf.ngclient import FetcherInterface
 
-
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-\d+/(?:\d+|\*)$")
 
 

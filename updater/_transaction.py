@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 from channels import ChannelFile, ComponentArtifact
 from updater._config import CheckConfig, Config, ProcessCheck
-from updater._downloads import Downloads, Progress
 from updater._delta import DeltaError, apply_delta
+from updater._downloads import Downloads, Progress
 from updater._errors import GreenlightError, TrustError
 from updater._fs import atomic_write
 from updater._health import CheckResult, HealthChecker, failed_required
