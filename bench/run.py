@@ -36,7 +36,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     r, size = m["results"], m["size"]
     ours = r["greenlight (stream, hash, store)"]
-    mbps = lambda s: f"{size / s / 1e6:.0f} MB/s"  # noqa: E731
+    mbps = lambda s: f"{size / s / 1e6:.0f} MB/s"
     tuf, openssl = r["python-tuf download_target (urllib3)"], r["curl | openssl dgst -sha256"]
     row("download+verify 200 MiB", mbps(ours), f"python-tuf download_target {mbps(tuf)}",
         f"{tuf / ours:.2f}x", "≥ 1.5x " + ("met" if tuf / ours >= 1.5 else "MISSED"))

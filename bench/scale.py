@@ -65,7 +65,7 @@ def measure(repo: Path, work: Path) -> dict[str, float]:
         info = trusted.artifact_info("core", report.components["core"])  # type: ignore[arg-type]
         lookup_s = time.perf_counter() - started
         lookup_paths = list(server.paths)
-    size = lambda paths: sum((repo / p.lstrip("/")).stat().st_size  # noqa: E731
+    size = lambda paths: sum((repo / p.lstrip("/")).stat().st_size
                              for p in paths if (repo / p.lstrip("/")).is_file())
     assert info.path == report.components["core"].target
     return {"check_requests": len(check_paths), "check_bytes": size(check_paths),

@@ -133,7 +133,7 @@ def sign_file(path: Path, key_file: Path) -> str:
         raise ReleaseError(f"{key_file}: not a readable unencrypted PKCS#8 private key") from None
     try:
         md = Metadata.from_bytes(path.read_bytes())
-    except Exception:  # noqa: BLE001 - any parse failure is the same answer
+    except Exception:
         raise ReleaseError(f"{path}: not a TUF metadata file exported by 'release sign export'") from None
     md.sign(signer, append=True)
     atomic_write(path, md.to_bytes(), mode=0o644)
@@ -145,7 +145,7 @@ def import_signatures(repo: FileRepository, path: Path) -> dict[str, object]:
     threshold is met."""
     try:
         incoming = Metadata.from_bytes(path.read_bytes())
-    except Exception:  # noqa: BLE001 - any parse failure is the same answer
+    except Exception:
         raise ReleaseError(f"{path}: not a TUF metadata file exported by 'release sign export'") from None
     candidates = [r for r in repo.pending()
                   if Metadata.from_bytes(repo.staged_path(r).read_bytes()).signed_bytes
