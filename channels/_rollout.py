@@ -19,7 +19,5 @@ def admitted(channel_file: ChannelFile, installation_id: str) -> bool:
     rollout = channel_file.rollout
     if rollout is None:
         return True
-    if rollout.halted and rollout.percent == 0:
-        return False
     bucket = rollout_bucket(installation_id, channel_file.channel, channel_file.release)
     return bucket < rollout.percent and not rollout.halted

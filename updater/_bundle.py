@@ -33,13 +33,11 @@ class DirectoryFetcher(FetcherInterface):
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder.resolve()
-        self.requests = 0
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         return self.open_range(url, 0)[1]
 
     def open_range(self, url: str, offset: int) -> tuple[int, Iterator[bytes]]:
-        self.requests += 1
         parts = urlsplit(url)
         if f"{parts.scheme}://{parts.netloc}/" != BASE_URL:
             raise exceptions.DownloadError(f"{url}: not inside the bundle")

@@ -48,7 +48,6 @@ class _LazyTLSTransport(httpx.BaseTransport):
 
 class HttpxFetcher(FetcherInterface):
     def __init__(self, timeout: float = 30.0, client: httpx.Client | None = None) -> None:
-        self.requests = 0
         self._client = client or httpx.Client(
             # Plain http needs no CA bundle; https requests are routed to the lazy transport,
             # which verifies certificates as usual.
@@ -83,7 +82,6 @@ class HttpxFetcher(FetcherInterface):
             raise exceptions.SlowRetrievalError(f"{url}: timed out") from e
         except httpx.HTTPError as e:
             raise exceptions.DownloadError(f"{url}: {e}") from e
-        self.requests += 1
         if response.status_code >= 400:
             # Read the (small) error body so the connection goes back to the pool: a missing
             # next root is the usual answer to every check.

@@ -374,7 +374,6 @@ class Rollback:
     summary: str
     fallback_channel: str | None
     rollback_seconds: float
-    recheck: list[CheckResult]
 
 
 def roll_back(txn: Transaction, failure: HealthFailure) -> Rollback:
@@ -393,21 +392,20 @@ def roll_back(txn: Transaction, failure: HealthFailure) -> Rollback:
             fallback = None
         add_to_quarantine(txn.root, QuarantineEntry(
             version=txn.new, channel=txn.journal.channel, reason=failure.summary, at=now()))
-    recheck: list[CheckResult] = []
     ok = not errors
     summary = failure.summary
     if txn.old is not None and ok:
         try:
-            recheck = run_post_check(txn, txn.old, txn.config.health.grace, 0.0)
+            run_post_check(txn, txn.old, txn.config.health.grace, 0.0)
         except HealthFailure as second:
-            ok, recheck = False, second.results
+            ok = False
             errors.append(f"previous release {txn.old} is unhealthy too: {second.summary}")
     restored = time.monotonic()
     seconds = max(0.0, restored - failure.at - txn.start_seconds)
     if errors:
         summary = f"{failure.summary}; rollback failed: {'; '.join(errors)}"
     txn.journal.finish(txn.root)
-    return Rollback(ok, summary, fallback, round(seconds, 4), recheck)
+    return Rollback(ok, summary, fallback, round(seconds, 4))
 
 
 def recover(root: InstallRoot, config: Config) -> HistoryEntry | None:

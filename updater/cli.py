@@ -32,10 +32,18 @@ from updater._errors import (
 )
 from updater._health import CheckResult
 from updater._journal import history, quarantine
-from updater._reports import ErrorReport, HistoryReport, StatusReport, UpgradeReport, dump
+from updater._reports import (
+    CheckReport,
+    ErrorReport,
+    HistoryReport,
+    StatusReport,
+    UpgradeReport,
+    dump,
+)
 from updater._root import InstallRoot, default_root
 from updater._services import SystemdBackend, render_unit
 from updater._transaction import values_for
+from updater._trust import TrustedRepository
 from updater._upgrade import (
     check,
     health,
@@ -138,10 +146,16 @@ def check_cmd(root: RootOpt, as_json: JsonOpt = False) -> None:
     Exit 0 when up to date, 10 when an update is available.
     """
     install = InstallRoot(root)
-    report = _run(as_json, lambda: check(install, open_repository(install)), install)
+
+    def work() -> tuple[CheckReport, TrustedRepository]:
+        repo = open_repository(install)
+        return check(install, repo), repo
+
+    report, repo = _run(as_json, work, install)
     if report.yanked:
-        # A yanked release is treated like a failed health check: leave it now.
-        moved = _run(as_json, lambda: upgrade(install, open_repository(install)), install)
+        # A yanked release is treated like a failed health check: leave it now, with the
+        # metadata this check already refreshed.
+        moved = _run(as_json, lambda: upgrade(install, repo), install)
         print(dump(moved)) if as_json else _print_transaction(moved)
         raise typer.Exit(_exit_for(moved))
     if as_json:
