@@ -4,28 +4,42 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
+# The editable install maps greenlight.* onto the repository's folders; setuptools warns
+# about that on every install, which would flood a first `make demo`.
+QUIET_BUILD = PYTHONWARNINGS=ignore::UserWarning
 
-.PHONY: demo test test-fast bench installer clean
+.PHONY: demo test test-fast lint typecheck bench conformance clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,installer]'
+	$(QUIET_BUILD) $(BIN)/python -m pip install --quiet -e '.[test,installer]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo.story
 
-test: $(STAMP)
+test: $(STAMP) lint typecheck
 	tests/ensure_nginx.sh
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not slow'
 
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# mypy reads modules by path; build/typecheck/greenlight/ links the repository's folders
+# under their installed names.
+typecheck: $(STAMP)
+	mkdir -p build/typecheck/greenlight
+	for part in channels release updater; do \
+	  ln -sfn ../../../$$part build/typecheck/greenlight/$$part; done
+	$(BIN)/mypy -p greenlight.channels -p greenlight.updater -p greenlight.release
+
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(QUIET_BUILD) $(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache demo-work
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-work

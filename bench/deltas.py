@@ -97,7 +97,7 @@ def child(method: str, pair: str) -> None:
         apply = time.perf_counter() - started
         size = len(patch)
     else:
-        from updater._delta import apply_delta, build_delta
+        from greenlight.channels import apply_delta, build_delta
 
         started = time.perf_counter()
         built = build_delta(old, new)

@@ -27,11 +27,12 @@ from pathlib import Path
 
 from tuf.ngclient import Updater
 
+from greenlight.release import init_repository, publish, serving
+from greenlight.updater.operations import check, open_repository
+from greenlight.updater.store import InstallRoot
+from greenlight.updater.trust import Downloads, HttpxFetcher, TrustedRepository
+
 from bench._memory import peak_mib
-from release import init_repository, publish
-from release._serve import serving
-from updater import HttpxFetcher, InstallRoot, TrustedRepository, check, open_repository
-from updater._downloads import Downloads
 
 MiB = 1024 * 1024
 

@@ -12,11 +12,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from channels import ComponentArtifact
-from updater import InstallRoot
-from updater._journal import HistoryEntry, record
-from updater._root import RELEASE_MANIFEST, ReleaseManifest, now
-from updater._upgrade import rollback
+from greenlight.channels import ComponentArtifact, now
+from greenlight.updater.operations import rollback
+from greenlight.updater.store import (
+    RELEASE_MANIFEST,
+    HistoryEntry,
+    InstallRoot,
+    ReleaseManifest,
+    record,
+)
 
 MiB = 1024 * 1024
 

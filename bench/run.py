@@ -36,7 +36,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     r, size = m["results"], m["size"]
     ours = r["greenlight (stream, hash, store)"]
-    mbps = lambda s: f"{size / s / 1e6:.0f} MB/s"
+    def mbps(s):
+        return f"{size / s / 1e6:.0f} MB/s"
     tuf, openssl = r["python-tuf download_target (urllib3)"], r["curl | openssl dgst -sha256"]
     row("download+verify 200 MiB", mbps(ours), f"python-tuf download_target {mbps(tuf)}",
         f"{tuf / ours:.2f}x", "≥ 1.5x " + ("met" if tuf / ours >= 1.5 else "MISSED"))
@@ -50,7 +51,8 @@ def main() -> None:
     row("warm check, nothing new", f"{len(w['paths'])} requests, {w['connections']} conn.",
         "TUF minimum: 2 requests", "-",
         "2 on 1 " + ("met" if (len(w["paths"]), w["connections"]) == (2, 1) else "MISSED"))
-    row("", f"{w['seconds'] * 1000:.1f} ms", f"python-tuf refresh() {w['bare_seconds'] * 1000:.1f} ms",
+    row("", f"{w['seconds'] * 1000:.1f} ms",
+        f"python-tuf refresh() {w['bare_seconds'] * 1000:.1f} ms",
         f"{w['seconds'] / w['bare_seconds']:.2f}x",
         "≤ 1x " + ("met" if w["seconds"] <= w["bare_seconds"] else "MISSED"))
 

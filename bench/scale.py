@@ -21,9 +21,9 @@ from pathlib import Path
 from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.api.serialization.json import JSONSerializer
 
-from release import init_repository, publish
-from release._serve import serving
-from updater import InstallRoot, check, open_repository
+from greenlight.release import init_repository, publish, serving
+from greenlight.updater.operations import check, open_repository
+from greenlight.updater.store import InstallRoot
 
 
 def make(work: Path, count: int) -> tuple[Path, int]:
@@ -65,8 +65,9 @@ def measure(repo: Path, work: Path) -> dict[str, float]:
         info = trusted.artifact_info("core", report.components["core"])  # type: ignore[arg-type]
         lookup_s = time.perf_counter() - started
         lookup_paths = list(server.paths)
-    size = lambda paths: sum((repo / p.lstrip("/")).stat().st_size
-                             for p in paths if (repo / p.lstrip("/")).is_file())
+    def size(paths):
+        return sum((repo / p.lstrip("/")).stat().st_size
+                                 for p in paths if (repo / p.lstrip("/")).is_file())
     assert info.path == report.components["core"].target
     return {"check_requests": len(check_paths), "check_bytes": size(check_paths),
             "check_s": check_s, "lookup_requests": len(lookup_paths),

@@ -19,10 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from release import init_repository, publish
-from release._bundle import build_bundle
-from updater import InstallRoot
-from updater._upgrade import sideload
+from greenlight.release import build_bundle, init_repository, publish
+from greenlight.updater.operations import sideload
+from greenlight.updater.store import InstallRoot
 
 MiB = 1024 * 1024
 

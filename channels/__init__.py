@@ -1,10 +1,25 @@
-"""The shared domain of Greenlight: channel files, target paths, release ordering.
+"""The shared layer of Greenlight: what the client and the pipeline both speak.
 
-Both the client (`updater`) and the pipeline (`release`) speak this language; this package
-imports neither of them.
+- the channel file and its parts (`ChannelFile`, `ComponentArtifact`, `Delta`, `Rollout`, ...);
+- target paths and role names (`channel_target`, `artifact_target`, `channel_role`);
+- versions (`parse_version`, `is_newer`, `sort_versions`) and rollout buckets;
+- the delta codec (`build_delta`, `apply_delta`) and the offline bundle's format;
+- durable files (`atomic_write`, `atomic_symlink`, `fsync_dir`) and the clock (`now`).
+
+This package imports nothing of `greenlight.updater` or `greenlight.release`.
 """
 
-from channels._model import (
+from greenlight.channels._bundle_format import (
+    BUNDLE_BASE_URL,
+    BUNDLE_FORMAT,
+    BUNDLE_MANIFEST,
+    BundleFormatError,
+    BundleManifest,
+)
+from greenlight.channels._clock import now
+from greenlight.channels._delta import BuiltDelta, DeltaError, apply_delta, build_delta
+from greenlight.channels._files import atomic_symlink, atomic_write, fsync_dir
+from greenlight.channels._model import (
     SCHEMA_VERSION,
     ChannelFile,
     ChannelFileError,
@@ -12,32 +27,47 @@ from channels._model import (
     Delta,
     RevokedRelease,
     Rollout,
+    json_schema,
 )
-from channels._paths import (
+from greenlight.channels._paths import (
     artifact_target,
     channel_role,
     channel_target,
     check_channel_name,
     check_component_name,
 )
-from channels._rollout import admitted, rollout_bucket
-from channels._versions import is_newer, parse_version, sort_versions
+from greenlight.channels._rollout import admitted, rollout_bucket
+from greenlight.channels._versions import is_newer, parse_version, sort_versions
 
 __all__ = [
+    "BUNDLE_BASE_URL",
+    "BUNDLE_FORMAT",
+    "BUNDLE_MANIFEST",
     "SCHEMA_VERSION",
+    "BuiltDelta",
+    "BundleFormatError",
+    "BundleManifest",
     "ChannelFile",
     "ChannelFileError",
     "ComponentArtifact",
     "Delta",
+    "DeltaError",
     "RevokedRelease",
     "Rollout",
     "admitted",
+    "apply_delta",
     "artifact_target",
+    "atomic_symlink",
+    "atomic_write",
+    "build_delta",
     "channel_role",
     "channel_target",
     "check_channel_name",
     "check_component_name",
+    "fsync_dir",
     "is_newer",
+    "json_schema",
+    "now",
     "parse_version",
     "rollout_bucket",
     "sort_versions",

@@ -6,13 +6,16 @@ exported as JSON Schema to `channels/schema/`.
 """
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from channels._paths import check_channel_name, check_component_name
-from channels._versions import parse_version
+from greenlight.channels._paths import check_channel_name, check_component_name
+from greenlight.channels._versions import parse_version
+
+__all__ = ["SCHEMA_VERSION", "ChannelFile", "ChannelFileError", "ChannelName",
+           "ComponentArtifact", "Delta", "RevokedRelease", "Rollout", "VersionStr", "json_schema"]
 
 SCHEMA_VERSION = 1
 
@@ -65,7 +68,7 @@ class Rollout(_Strict):
 
 
 class ChannelFile(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     channel: ChannelName
     release: VersionStr
     components: dict[str, ComponentArtifact] = Field(min_length=1)
@@ -101,9 +104,6 @@ class ChannelFile(_Strict):
             where = ".".join(str(p) for p in first["loc"]) or "(top level)"
             raise ChannelFileError(f"{source}: field {where}: {first['msg']}") from None
 
-    @staticmethod
-    def now() -> datetime:
-        return datetime.now(UTC).replace(microsecond=0)
 
 
 def json_schema() -> str:

@@ -6,6 +6,9 @@
 
 import re
 
+__all__ = ["artifact_target", "channel_role", "channel_target", "check_channel_name",
+           "check_component_name"]
+
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 def _check(kind: str, name: str) -> str:

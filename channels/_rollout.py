@@ -7,7 +7,9 @@ for the same release, and a different slice of machines goes first for each rele
 
 import hashlib
 
-from channels._model import ChannelFile
+from greenlight.channels._model import ChannelFile
+
+__all__ = ["admitted", "rollout_bucket"]
 
 
 def rollout_bucket(installation_id: str, channel: str, release: str) -> int:

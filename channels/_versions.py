@@ -4,6 +4,8 @@ from collections.abc import Iterable
 
 from packaging.version import InvalidVersion, Version
 
+__all__ = ["is_newer", "parse_version", "sort_versions"]
+
 
 def parse_version(text: str) -> Version:
     try:

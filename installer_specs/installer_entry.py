@@ -2,7 +2,7 @@
 
 import sys
 
-from updater.installer import main
+from greenlight.updater.installer import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,21 +17,41 @@ backwards. The client never ignores expiry.
 """
 
 import io
-import json
 import re
 import tarfile
 import tempfile
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
+from pydantic import BaseModel
 from tuf.api.metadata import Snapshot, Targets, Timestamp
 
-from channels import channel_role, channel_target
-from release._errors import ReleaseError
-from release._publish import current_channel_file
-from release._repository import ARTIFACTS, FileRepository
+from greenlight.channels import (
+    BUNDLE_FORMAT,
+    BUNDLE_MANIFEST,
+    BundleManifest,
+    channel_role,
+    channel_target,
+    now,
+)
+from greenlight.release._channels import current_channel_file
+from greenlight.release._errors import ReleaseError
+from greenlight.release._repository import ARTIFACTS, FileRepository
 
-BUNDLE_FORMAT = "greenlight.bundle/1"
+__all__ = ["BundleResult", "build_bundle", "parse_duration"]
+
+
+class BundleResult(BaseModel):
+    """What `release bundle` wrote."""
+
+    format: str
+    channel: str
+    release: str
+    created: datetime
+    expires: datetime
+    file: str
+    bytes: int
+
 _DURATION = re.compile(r"^(\d+)([hdw])$")
 
 
@@ -44,13 +64,13 @@ def parse_duration(text: str) -> timedelta:
 
 
 def build_bundle(repo: FileRepository, channel: str, out: Path,
-                 expires: timedelta = timedelta(days=30)) -> dict[str, object]:
+                 expires: timedelta = timedelta(days=30)) -> BundleResult:
     if not repo.exists():
         raise ReleaseError(f"{repo.path}: no repository here")
     channel_file = current_channel_file(repo, channel)
     if channel_file is None:
         raise ReleaseError(f"channel {channel!r} has no release in {repo.path}")
-    until = datetime.now(UTC).replace(microsecond=0) + expires
+    until = now() + expires
     role = channel_role(channel)
     if repo.root().expires < until:
         raise ReleaseError(
@@ -87,16 +107,15 @@ def build_bundle(repo: FileRepository, channel: str, out: Path,
         stored = repo.stored_target_path(target, sha[target])
         members.append((stored, f"targets/{stored.relative_to(repo.targets_dir)}"))
 
-    manifest = {"format": BUNDLE_FORMAT, "channel": channel, "release": channel_file.release,
-                "created": datetime.now(UTC).replace(microsecond=0).isoformat(),
-                "expires": until.isoformat()}
+    manifest = BundleManifest(channel, channel_file.release, now(), until)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
     try:
-        with open(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            data = json.dumps(manifest, indent=2).encode()
-            info = tarfile.TarInfo("bundle.json")
-            info.size, info.mode, info.mtime = len(data), 0o644, int(datetime.now(UTC).timestamp())
+        with open(fd, "wb") as raw, \
+                tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            data = manifest.to_json()
+            info = tarfile.TarInfo(BUNDLE_MANIFEST)
+            info.size, info.mode, info.mtime = len(data), 0o644, int(manifest.created.timestamp())
             tar.addfile(info, io.BytesIO(data))
             for source, name in members:
                 tar.add(source, arcname=name, recursive=False)
@@ -104,7 +123,6 @@ def build_bundle(repo: FileRepository, channel: str, out: Path,
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return manifest | {"file": str(out), "bytes": out.stat().st_size}
-
-
-__all__ = ["BUNDLE_FORMAT", "build_bundle", "parse_duration"]
+    return BundleResult(format=BUNDLE_FORMAT, channel=channel, release=channel_file.release,
+                        created=manifest.created, expires=until, file=str(out),
+                        bytes=out.stat().st_size)

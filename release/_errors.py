@@ -1,7 +1,7 @@
 """Errors of the release pipeline: one line a release engineer can act on."""
 
+__all__ = ["ReleaseError"]
+
 
 class ReleaseError(Exception):
-    """An expected failure of a `release` command; the message is the whole story."""
-
-    exit_code = 1
+    """An expected failure of a `release` command; the message is the whole story (exit 1)."""

@@ -14,9 +14,11 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 
-from release._bundle import build_bundle
-from release._errors import ReleaseError
-from release._repository import FileRepository
+from greenlight.release._bundle import build_bundle
+from greenlight.release._errors import ReleaseError
+from greenlight.release._repository import FileRepository
+
+__all__ = ["SPEC", "build_installer"]
 
 SPEC = Path(__file__).resolve().parents[1] / "installer_specs" / "offline_installer.spec"
 
@@ -37,9 +39,9 @@ def build_installer(repo: FileRepository, channel: str, out_dir: Path, *,
         if product_config is not None:
             shutil.copyfile(product_config, payload / "product.toml")
         (payload / "installer.json").write_text(json.dumps({
-            "channel": channel, "release": made["release"], "repo_url": repo_url,
+            "channel": channel, "release": made.release, "repo_url": repo_url,
         }, indent=2))
-        name = name or f"greenlight-installer-{channel}-{made['release']}"
+        name = name or f"greenlight-installer-{channel}-{made.release}"
         work = work_dir or Path(tmp) / "work"
         out_dir.mkdir(parents=True, exist_ok=True)
         log = Path(tmp) / "pyinstaller.log"

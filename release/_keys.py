@@ -13,7 +13,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner
 
-from release._errors import ReleaseError
+from greenlight.release._errors import ReleaseError
+
+__all__ = ["KeyFile", "KeyStore", "LooseKeyPermissions"]
 
 
 class LooseKeyPermissions(UserWarning):

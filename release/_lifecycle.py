@@ -2,15 +2,15 @@
 rollout. Each writes a new channel file (signed by the channel's role) and publishes."""
 
 
-from channels import ChannelFile, RevokedRelease, Rollout, is_newer
-from release._errors import ReleaseError
-from release._publish import (
+from greenlight.channels import ChannelFile, RevokedRelease, Rollout, is_newer, now
+from greenlight.release._channels import (
     channel_history,
     current_channel_file,
     ensure_channel_role,
     write_channel_file,
 )
-from release._repository import FileRepository
+from greenlight.release._errors import ReleaseError
+from greenlight.release._repository import FileRepository
 
 
 def _require_channel(repo: FileRepository, channel: str) -> ChannelFile:
@@ -41,7 +41,7 @@ def promote(repo: FileRepository, source: str, target: str, version: str | None 
         channel=target, release=chosen.release, components=chosen.components,
         fallback=fallback if fallback != target else None,
         revoked=list(existing.revoked) if existing else [],
-        promoted_from=source, published_at=ChannelFile.now(),
+        promoted_from=source, published_at=now(),
     )
     ensure_channel_role(repo, target)
     write_channel_file(repo, promoted)
@@ -55,7 +55,7 @@ def yank(repo: FileRepository, channel: str, version: str, reason: str) -> Chann
     if current.is_revoked(version):
         raise ReleaseError(f"{version} is already yanked on {channel!r}")
     revoked = [*current.revoked, RevokedRelease(version=version, reason=reason,
-                                                revoked_at=ChannelFile.now())]
+                                                revoked_at=now())]
     base = current
     if current.release == version:
         earlier = [cf for cf in channel_history(repo, channel)
@@ -69,7 +69,7 @@ def yank(repo: FileRepository, channel: str, version: str, reason: str) -> Chann
         raise ReleaseError(f"channel {channel!r} never carried {version}")
     yanked = current.model_copy(update={
         "release": base.release, "components": base.components, "revoked": revoked,
-        "rollout": None, "published_at": ChannelFile.now()})
+        "rollout": None, "published_at": now()})
     write_channel_file(repo, ChannelFile.model_validate(yanked.model_dump()))
     return yanked
 
@@ -85,7 +85,7 @@ def rollout(repo: FileRepository, channel: str, percent: int | None = None,
     staged = Rollout(percent=before if percent is None else percent, halted=halt)
     updated = current.model_copy(update={
         "rollout": None if (staged.percent == 100 and not halt) else staged,
-        "published_at": ChannelFile.now()})
+        "published_at": now()})
     write_channel_file(repo, ChannelFile.model_validate(updated.model_dump()))
     return updated
 

@@ -1,12 +1,13 @@
 """A TUF repository kept as plain files, edited through python-tuf's Repository API.
 
 Roles: root, timestamp, snapshot and targets; targets delegates `channel-<name>` (one channel
-file each) and `artifacts` (paths `artifacts/*/*/*` and `deltas/*/*/*`: TUF patterns match one path component a `*`), which delegates by hashed bins
+file each) and `artifacts` (paths `artifacts/*/*/*` and `deltas/*/*/*`: TUF patterns match one
+path component a `*`), which delegates by hashed bins
 (`bin-00` .. `bin-ff`, TAP 15 succinct delegation) so that a client looking up one artifact
 reads one small bin, whatever the number of artifacts in the repository.
 
 Layout of REPO: `metadata/` and `targets/` are what clients fetch (serve only these);
-`keys/` (by default) holds the private keys. Metadata is written with consistent snapshots:
+`keys/` (by default) holds the private keys. Metadata[Any] is written with consistent snapshots:
 `metadata/<version>.<role>.json` for every role but timestamp, plus an unversioned copy of the
 newest (`metadata/<role>.json`) that the pipeline reads back. Target files are stored as
 `targets/<dir>/<sha256>.<name>`. Every file is written atomically, and timestamp last, so a
@@ -18,6 +19,7 @@ import os
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import (
@@ -37,9 +39,12 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository
 
-from release._errors import ReleaseError
-from release._keys import KeyStore
-from updater import atomic_write
+from greenlight.channels import atomic_write
+from greenlight.release._errors import ReleaseError
+from greenlight.release._keys import KeyStore
+
+__all__ = ["ARTIFACTS", "BIN_BITS", "DELEGATED_EXPIRY", "EXPIRY", "FileRepository", "file_digest",
+           "init_repository"]
 
 EXPIRY: dict[str, timedelta] = {
     Root.type: timedelta(days=365),
@@ -78,7 +83,7 @@ class FileRepository(Repository):
     def exists(self) -> bool:
         return self._latest_path(Root.type).is_file()
 
-    def open(self, role: str) -> Metadata:
+    def open(self, role: str) -> Metadata[Any]:
         path = self._latest_path(role)
         if path.is_file():
             return Metadata.from_bytes(path.read_bytes())
@@ -124,27 +129,27 @@ class FileRepository(Repository):
             raise ReleaseError(f"{self.path}: no '{ARTIFACTS}' role (not made by 'release init')")
         return bins.get_role_for_target(target_path)
 
-    def close(self, role: str, md: Metadata) -> bool:  # type: ignore[override]
+    def close(self, role: str, md: Metadata[Any]) -> None:
         # A role never written before is stored as version 1, as created; others are bumped.
         if self._latest_path(role).is_file():
             md.signed.version += 1
         expires = datetime.now(UTC).replace(microsecond=0) + EXPIRY.get(role, DELEGATED_EXPIRY)
         md.signed.expires = max(expires, self.expiry_floor.get(role, expires))
-        return self.sign_and_store(role, md)
+        self.sign_and_store(role, md)
 
-    def signing_keyids(self, role: str, md: Metadata) -> list[str]:
+    def signing_keyids(self, role: str, md: Metadata[Any]) -> list[str]:
         """Who may sign this version: the delegator's keys; for root, the new root's keys and
         the previous root's (a rotation must satisfy both thresholds)."""
         if role == Root.type:
-            keyids = list(md.signed.roles[Root.type].keyids)  # type: ignore[attr-defined]
+            keyids = list(md.signed.roles[Root.type].keyids)
             if self._latest_path(Root.type).is_file():
                 keyids += [k for k in self.root().roles[Root.type].keyids if k not in keyids]
             return keyids
         return list(self.authorizing_role(role).keyids)
 
-    def missing_signatures(self, role: str, md: Metadata) -> str | None:
+    def missing_signatures(self, role: str, md: Metadata[Any]) -> str | None:
         """None when `md` meets every threshold it must meet, else what is missing."""
-        checks: list[tuple[str, Signed]] = []
+        checks: list[tuple[str, Root | Targets]] = []
         if role == Root.type:
             checks.append(("the new root's", md.signed))
             if self._latest_path(Root.type).is_file():
@@ -153,12 +158,12 @@ class FileRepository(Repository):
             checks.append((f"{self.delegator(role)}'s", self.open(self.delegator(role)).signed))
         for whose, delegator in checks:
             try:
-                delegator.verify_delegate(role, md.signed_bytes, md.signatures)  # type: ignore[attr-defined]
+                delegator.verify_delegate(role, md.signed_bytes, md.signatures)
             except UnsignedMetadataError as e:
                 return f"{whose} threshold for {role} is not met ({e})"
         return None
 
-    def sign_and_store(self, role: str, md: Metadata) -> bool:
+    def sign_and_store(self, role: str, md: Metadata[Any]) -> bool:
         """Sign with every local key the role allows; publish when the threshold is met,
         else keep it in staged/ for `release sign`. Returns True when published."""
         if self.staged_path(role).exists():
@@ -175,7 +180,7 @@ class FileRepository(Repository):
         self.store(role, md)
         return True
 
-    def store(self, role: str, md: Metadata) -> None:
+    def store(self, role: str, md: Metadata[Any]) -> None:
         data = md.to_bytes(self._serializer)
         if role != Timestamp.type:
             atomic_write(self.metadata_dir / f"{md.signed.version}.{role}.json", data)
@@ -235,7 +240,7 @@ class FileRepository(Repository):
         md = self.open(role)
         delegator = self.root() if role in _TOP else self.open(self.delegator(role)).signed
         try:
-            delegator.verify_delegate(role, md.signed_bytes, md.signatures)  # type: ignore[attr-defined]
+            delegator.verify_delegate(role, md.signed_bytes, md.signatures)
         except UnsignedMetadataError:
             return False
         return True
@@ -319,7 +324,8 @@ def init_repository(path: Path, keys_dir: Path | None = None) -> FileRepository:
     repo.close(ARTIFACTS, artifacts_md)
     # Every bin exists from the start, empty: a client asking for an unknown artifact gets
     # "not found", not "not in snapshot".
-    for name in artifacts.delegations.succinct_roles.get_roles():  # type: ignore[union-attr]
+    assert artifacts.delegations is not None and artifacts.delegations.succinct_roles is not None
+    for name in artifacts.delegations.succinct_roles.get_roles():
         repo.close(name, repo.open(name))
     repo.commit()
     return repo

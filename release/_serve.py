@@ -17,6 +17,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+__all__ = ["RepositoryServer", "serving"]
+
 _SERVED = ("metadata", "targets")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -41,7 +43,8 @@ class RepositoryServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        name = host.decode() if isinstance(host, bytes) else host
+        return f"http://{name}:{port}"
 
     def get_request(self) -> Any:
         conn = super().get_request()
@@ -81,7 +84,7 @@ class _Handler(SimpleHTTPRequestHandler):
             self.server.requests_served += 1
             self.server.paths.append(self.path)
 
-    def send_head(self) -> Any:  # type: ignore[override]
+    def send_head(self) -> Any:
         self._count()
         parts = self.path.split("?", 1)[0].lstrip("/").split("/")
         local = Path(self.translate_path(self.path))

@@ -15,6 +15,7 @@ the roles that no longer verify are re-signed, top down (`FileRepository.repair`
 
 import os
 import warnings
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import (
@@ -23,13 +24,41 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
     load_pem_public_key,
 )
+from pydantic import BaseModel, Field
 from securesystemslib.signer import CryptoSigner, SSlibKey
-from tuf.api.metadata import Metadata, Root, Targets
+from tuf.api.metadata import Metadata, Role, Root, Targets
 
-from release._errors import ReleaseError
-from release._keys import KeyStore, LooseKeyPermissions
-from release._repository import FileRepository
-from updater import atomic_write
+from greenlight.channels import atomic_write
+from greenlight.release._errors import ReleaseError
+from greenlight.release._keys import KeyStore, LooseKeyPermissions
+from greenlight.release._repository import FileRepository
+
+__all__ = ["ImportResult", "KeyChange", "awaiting", "change_keys", "export_staged",
+           "import_signatures",
+           "keygen", "load_public_key", "rotate", "sign_file"]
+
+
+class KeyChange(BaseModel):
+    """A role's keys after `release keys` or `release rotate`."""
+
+    role: str
+    keyids: list[str]
+    threshold: int
+    added: list[str]
+    resigned: list[str]
+    awaiting_signatures: list[str]
+    retired: list[str] = Field(default_factory=list)
+
+
+class ImportResult(BaseModel):
+    """What `release sign import` did with the signatures it was given."""
+
+    role: str
+    published: bool
+    signatures: int
+    missing: str | None = None
+    resigned: list[str] = Field(default_factory=list)
+    awaiting_signatures: list[str] = Field(default_factory=list)
 
 
 def keygen(folder: Path, name: str) -> tuple[Path, Path]:
@@ -49,13 +78,15 @@ def load_public_key(path: Path) -> SSlibKey:
         raise ReleaseError(f"{path}: not a PEM public key: {type(e).__name__}") from None
 
 
-def _edit_delegation(repo: FileRepository, role: str):  # type: ignore[no-untyped-def]
+def _edit_delegation(
+    repo: FileRepository, role: str
+) -> AbstractContextManager[Root] | AbstractContextManager[Targets]:
     """The metadata edit that holds `role`'s keys (root, targets or artifacts)."""
     delegator = repo.delegator(role)
     return repo.edit_root() if delegator == Root.type else repo.edit_targets(delegator)
 
 
-def _role_entry(signed: Root | Targets, role: str):  # type: ignore[no-untyped-def]
+def _role_entry(signed: Root | Targets, role: str) -> Role:
     if isinstance(signed, Root):
         return signed.roles[role]
     assert signed.delegations is not None
@@ -67,38 +98,45 @@ def _role_entry(signed: Root | Targets, role: str):  # type: ignore[no-untyped-d
 
 def change_keys(repo: FileRepository, role: str, add: list[SSlibKey] | None = None,
                 generate: int = 0, remove: list[str] | None = None,
-                threshold: int | None = None) -> dict[str, object]:
+                threshold: int | None = None) -> KeyChange:
     """Add, generate or remove keys of `role` and set its threshold; then re-sign what no
     longer verifies and publish (or stage, when signatures are missing)."""
     if not repo.exists():
         raise ReleaseError(f"{repo.path}: no repository here")
     repo.authorizing_role(role)  # the role must exist
     new_keys = list(add or []) + [repo.keys.generate(role).public_key for _ in range(generate)]
-    succinct = role.startswith("bin-")
+    # Keys of the hashed bins are added to the succinct delegation, which has no role name.
+    name = None if role.startswith("bin-") else role
     with _edit_delegation(repo, role) as signed:
         entry = _role_entry(signed, role)
         for key in new_keys:
-            signed.add_key(key, None if succinct else role)
+            if isinstance(signed, Root):
+                signed.add_key(key, role)
+            else:
+                signed.add_key(key, name)
         for keyid in remove or []:
             if keyid not in entry.keyids:
                 matches = [k for k in entry.keyids if k.startswith(keyid)]
                 if len(matches) != 1:
                     raise ReleaseError(f"role {role} has no key {keyid!r}")
                 keyid = matches[0]
-            signed.revoke_key(keyid, None if succinct else role)
+            if isinstance(signed, Root):
+                signed.revoke_key(keyid, role)
+            else:
+                signed.revoke_key(keyid, name)
         if threshold is not None:
             entry.threshold = threshold
         if entry.threshold > len(entry.keyids):
             raise ReleaseError(
                 f"role {role}: threshold {entry.threshold} but only {len(entry.keyids)} key(s)")
     resigned = [] if repo.pending() else repo.repair()
-    return {"role": role, "keyids": list(entry.keyids), "threshold": entry.threshold,
-            "added": [k.keyid for k in new_keys], "resigned": resigned,
-            "awaiting_signatures": repo.pending()}
+    return KeyChange(role=role, keyids=list(entry.keyids), threshold=entry.threshold,
+                     added=[k.keyid for k in new_keys], resigned=resigned,
+                     awaiting_signatures=repo.pending())
 
 
 def rotate(repo: FileRepository, role: str, threshold: int | None = None,
-           add: list[SSlibKey] | None = None) -> dict[str, object]:
+           add: list[SSlibKey] | None = None) -> KeyChange:
     """Replace every key of `role` with new ones (generated here unless given)."""
     old = list(repo.authorizing_role(role).keyids)
     count = threshold or repo.authorizing_role(role).threshold
@@ -110,7 +148,7 @@ def rotate(repo: FileRepository, role: str, threshold: int | None = None,
         for path in repo.keys.folder.glob(f"*.{keyid[:16]}.pem"):
             retired.mkdir(mode=0o700, exist_ok=True)
             path.rename(retired / path.name)
-    return result | {"retired": old}
+    return result.model_copy(update={"retired": old})
 
 
 def export_staged(repo: FileRepository, role: str, out: Path) -> Path:
@@ -134,19 +172,21 @@ def sign_file(path: Path, key_file: Path) -> str:
     try:
         md = Metadata.from_bytes(path.read_bytes())
     except Exception:
-        raise ReleaseError(f"{path}: not a TUF metadata file exported by 'release sign export'") from None
+        raise ReleaseError(
+            f"{path}: not a TUF metadata file exported by 'release sign export'") from None
     md.sign(signer, append=True)
     atomic_write(path, md.to_bytes(), mode=0o644)
     return signer.public_key.keyid
 
 
-def import_signatures(repo: FileRepository, path: Path) -> dict[str, object]:
+def import_signatures(repo: FileRepository, path: Path) -> ImportResult:
     """Merge the signatures of an exported file into the staged version; publish when the
     threshold is met."""
     try:
         incoming = Metadata.from_bytes(path.read_bytes())
     except Exception:
-        raise ReleaseError(f"{path}: not a TUF metadata file exported by 'release sign export'") from None
+        raise ReleaseError(
+            f"{path}: not a TUF metadata file exported by 'release sign export'") from None
     candidates = [r for r in repo.pending()
                   if Metadata.from_bytes(repo.staged_path(r).read_bytes()).signed_bytes
                   == incoming.signed_bytes]
@@ -162,11 +202,20 @@ def import_signatures(repo: FileRepository, path: Path) -> dict[str, object]:
     missing = repo.missing_signatures(role, staged)
     if missing is not None:
         atomic_write(repo.staged_path(role), staged.to_bytes())
-        return {"role": role, "published": False, "missing": missing,
-                "signatures": len(staged.signatures)}
+        return ImportResult(role=role, published=False, missing=missing,
+                            signatures=len(staged.signatures))
     os.unlink(repo.staged_path(role))
     repo.store(role, staged)
     resigned = repo.repair()
-    return {"role": role, "published": not repo.pending(), "resigned": resigned,
-            "signatures": len(staged.signatures), "awaiting_signatures": repo.pending()}
+    return ImportResult(role=role, published=not repo.pending(), resigned=resigned,
+                        signatures=len(staged.signatures), awaiting_signatures=repo.pending())
 
+
+
+def awaiting(repo: FileRepository) -> dict[str, str]:
+    """Each role awaiting signatures (with its version), and what it still needs."""
+    found = {}
+    for role in repo.pending():
+        md = Metadata.from_bytes(repo.staged_path(role).read_bytes())
+        found[f"{role} v{md.signed.version}"] = repo.missing_signatures(role, md) or "nothing"
+    return found

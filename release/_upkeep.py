@@ -5,15 +5,17 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from pydantic import BaseModel
 from tuf.api.metadata import Snapshot, Timestamp
 
-from release._errors import ReleaseError
-from release._publish import channels
-from release._repository import FileRepository
-from updater import DirectoryFetcher, GreenlightError, TrustedRepository
-from updater._downloads import Downloads
+from greenlight.channels import BUNDLE_BASE_URL
+from greenlight.release._channels import channels
+from greenlight.release._errors import ReleaseError
+from greenlight.release._repository import FileRepository
+from greenlight.updater import GreenlightError
+from greenlight.updater.trust import DirectoryFetcher, Downloads, TrustedRepository
 
-BASE = "bundle://local/"
+__all__ = ["VerifyResult", "expiring", "refresh", "verify"]
 
 
 def refresh(repo: FileRepository) -> dict[str, str]:
@@ -21,7 +23,8 @@ def refresh(repo: FileRepository) -> dict[str, str]:
     if not repo.exists():
         raise ReleaseError(f"{repo.path}: no repository here")
     if repo.pending():
-        raise ReleaseError(f"roles await signatures: {', '.join(repo.pending())}; finish those first")
+        raise ReleaseError(
+            f"roles await signatures: {', '.join(repo.pending())}; finish those first")
     repo.do_snapshot(force=True)
     repo.do_timestamp(force=True)
     return {r: f"{repo.open(r).signed.expires:%Y-%m-%dT%H:%M:%SZ}"
@@ -42,7 +45,16 @@ def expiring(repo: FileRepository, within: timedelta) -> dict[str, datetime]:
     return found
 
 
-def verify(repo: FileRepository) -> dict[str, object]:
+class VerifyResult(BaseModel):
+    """What `release verify` checked, as a client would."""
+
+    repository: str
+    root_version: int
+    channels: dict[str, str]
+    artifacts_verified: int
+
+
+def verify(repo: FileRepository) -> VerifyResult:
     """Verify the published tree offline as a client would: from the first root through the
     chain, every channel file, and every artifact the channels name (hashes of the bytes)."""
     if not repo.exists():
@@ -51,7 +63,8 @@ def verify(repo: FileRepository) -> dict[str, object]:
     try:
         (work / "meta").mkdir()
         shutil.copyfile(repo.metadata_dir / "1.root.json", work / "meta" / "root.json")
-        client = TrustedRepository(work / "meta", BASE + "metadata/", BASE + "targets/",
+        client = TrustedRepository(work / "meta", BUNDLE_BASE_URL + "metadata/",
+                                   BUNDLE_BASE_URL + "targets/",
                                    fetcher=DirectoryFetcher(repo.path))
         store = Downloads(work / "store")
         checked: dict[str, str] = {}
@@ -66,7 +79,7 @@ def verify(repo: FileRepository) -> dict[str, object]:
                 checked[name] = channel_file.release
         except GreenlightError as e:
             raise ReleaseError(f"verification failed: {e}") from None
-        return {"repository": str(repo.path), "root_version": repo.root().version,
-                "channels": checked, "artifacts_verified": artifacts}
+        return VerifyResult(repository=str(repo.path), root_version=repo.root().version,
+                            channels=checked, artifacts_verified=artifacts)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,36 +1,25 @@
-"""`release`: the pipeline's command line. Parses, calls plain functions, prints."""
+"""`release`: the pipeline's command line. Parses, calls the pipeline's functions, prints.
 
-import json
+Every command's work runs through one error funnel (`_run`): a `ReleaseError` or a bad value
+becomes one line on stderr and exit 1; nothing else is caught here, and `main` turns anything
+unexpected into one line too. Results are pydantic models, printed as JSON with `--json`.
+Heavy modules are imported by the commands that use them.
+"""
+
 import sys
-import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from channels import ChannelFile
-from release._bundle import build_bundle, parse_duration
-from release._errors import ReleaseError
-from release._installer import build_installer
-from release._keys import KeyStore, LooseKeyPermissions
-from release._lifecycle import promote, rollout, yank
-from release._publish import publish, repository_status
-from release._repository import FileRepository, init_repository
-from release._serve import RepositoryServer
-from release._signing import (
-    change_keys,
-    export_staged,
-    import_signatures,
-    keygen,
-    load_public_key,
-    rotate,
-    sign_file,
-)
-from release._upkeep import expiring, refresh, verify
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from greenlight.channels import ChannelFile
+    from greenlight.release._repository import FileRepository
+
+__all__ = ["app", "main"]
 
 app = typer.Typer(
     name="release",
@@ -38,39 +27,63 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
 
 RepoArg = Annotated[Path, typer.Argument(help="Repository folder (metadata/, targets/, keys/).")]
 KeysOpt = Annotated[
-    Path | None, typer.Option("--keys", help="Private keys folder [default: REPO/keys].")
+    Path | None, typer.Option("--keys", help="Private keys folder (default: REPO/keys).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+T = TypeVar("T")
 
 
-def _repo(path: Path, keys: Path | None) -> FileRepository:
+def say(line: str = "") -> None:
+    print(line)
+
+
+def _run(work: Callable[[], T]) -> T:
+    """The one error funnel of this CLI."""
+    from greenlight.release._errors import ReleaseError
+
+    try:
+        return work()
+    except (ReleaseError, ValueError) as e:
+        print(f"release: error: {' '.join(str(e).split())}", file=sys.stderr)
+        raise typer.Exit(1) from None
+
+
+def _repo(path: Path, keys: Path | None) -> "FileRepository":
+    from greenlight.release._keys import KeyStore
+    from greenlight.release._repository import FileRepository
+
     return FileRepository(path, KeyStore(keys or path / "keys"))
 
 
-def _fail(e: Exception, code: int = 1) -> typer.Exit:
-    err.print(f"release: error: {' '.join(str(e).split())}", soft_wrap=True)
-    return typer.Exit(code)
+def _json(result: "BaseModel") -> None:
+    print(result.model_dump_json(indent=2))
+
+
+def _awaiting(pending: list[str]) -> None:
+    if pending:
+        say(f"awaiting signatures: {', '.join(pending)} (nothing published yet): "
+            "release sign export / add / import")
 
 
 @app.command()
 def init(repo: RepoArg, keys: KeysOpt = None) -> None:
     """Create a new signed repository with one ed25519 key for each top-level role."""
-    try:
-        created = init_repository(repo, keys)
-    except ReleaseError as e:
-        raise _fail(e) from None
-    out.print(f"created repository {created.path}")
-    out.print(f"keys (owner-only, keep them safe): {created.keys.folder}")
-    out.print(f"trusted root for clients: {created.metadata_dir / '1.root.json'}")
+    from greenlight.release._repository import init_repository
+
+    created = _run(lambda: init_repository(repo, keys))
+    say(f"created repository {created.path}")
+    say(f"keys (owner-only, keep them safe): {created.keys.folder}")
+    say(f"trusted root for clients: {created.metadata_dir / '1.root.json'}")
 
 
 def _parse_components(items: list[str]) -> dict[str, Path]:
+    from greenlight.release._errors import ReleaseError
+
     components: dict[str, Path] = {}
     for item in items:
         name, sep, path = item.partition("=")
@@ -82,13 +95,34 @@ def _parse_components(items: list[str]) -> dict[str, Path]:
     return components
 
 
+def _channel_change(repo: Path, keys_dir: Path | None, as_json: bool,
+                    change: "Callable[[FileRepository], ChannelFile]",
+                    describe: "Callable[[ChannelFile], str]") -> None:
+    """Run a change that writes a channel file; show it, and what awaits signatures."""
+    from greenlight.release._status import ChannelChange
+
+    def work() -> tuple[ChannelChange, str]:
+        r = _repo(repo, keys_dir)
+        channel_file = change(r)
+        return (ChannelChange(channel_file=channel_file, awaiting_signatures=r.pending()),
+                describe(channel_file))
+
+    result, line = _run(work)
+    if as_json:
+        _json(result)
+    else:
+        say(line)
+        _awaiting(result.awaiting_signatures)
+
+
 @app.command("publish")
 def publish_cmd(
     repo: RepoArg,
     channel: Annotated[str, typer.Option("--channel", help="Channel to publish on.")],
     version: Annotated[str, typer.Option("--version", help="Release version, e.g. 1.6.11.")],
     component: Annotated[
-        list[str], typer.Option("--component", help="NAME=PATH of a component archive.")
+        list[str], typer.Option("--component", metavar="NAME=PATH",
+                                 help="A component archive; give one per component.")
     ],
     fallback: Annotated[
         str | None, typer.Option("--fallback", help="Channel clients fall back to.")
@@ -103,18 +137,15 @@ def publish_cmd(
     keys: KeysOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Add a release's component archives and point CHANNEL at it, signed; with patches
+    """Add a release's component archives and point --channel at it, signed; with patches
     from the channel's (and its fallback's) recent releases where they are small."""
-    try:
-        r = _repo(repo, keys)
-        channel_file = publish(
-            r, channel, version, _parse_components(component), fallback, allow_older,
-            rollout_percent, deltas=not no_deltas,
-        )
-    except (ReleaseError, ValueError) as e:
-        raise _fail(e) from None
-    _show(json.loads(channel_file.model_dump_json()) | {"awaiting_signatures": r.pending()},
-          as_json, f"published {channel} {version} ({', '.join(channel_file.components)})")
+    from greenlight.release._publish import publish
+
+    _channel_change(
+        repo, keys, as_json,
+        lambda r: publish(r, channel, version, _parse_components(component), fallback,
+                          allow_older, rollout_percent, deltas=not no_deltas),
+        lambda cf: f"published {channel} {version} ({', '.join(cf.components)})")
 
 
 @app.command()
@@ -129,15 +160,15 @@ def bundle(
 ) -> None:
     """Write an offline bundle: root chain, metadata, channel file and artifacts, signed to
     stay valid for --expires (the new metadata is published in the repository too)."""
-    try:
-        made = build_bundle(_repo(repo, keys), channel, output, parse_duration(expires))
-    except (ReleaseError, ValueError) as e:
-        raise _fail(e) from None
+    from greenlight.release._bundle import build_bundle, parse_duration
+
+    made = _run(lambda: build_bundle(_repo(repo, keys), channel, output,
+                                     parse_duration(expires)))
     if as_json:
-        print(json.dumps(made, indent=2))
+        _json(made)
     else:
-        out.print(f"bundled {channel} {made['release']} into {output} ({made['bytes']} bytes), "
-                  f"valid until {made['expires']}")
+        say(f"bundled {channel} {made.release} into {output} ({made.bytes} bytes), "
+            f"valid until {made.expires:%Y-%m-%d %H:%M}Z")
 
 
 @app.command()
@@ -156,13 +187,14 @@ def installer(
     keys: KeysOpt = None,
 ) -> None:
     """Build the offline installer: one PyInstaller executable with the updater, the trusted
-    root and a bundle of CHANNEL's release."""
-    try:
-        exe = build_installer(_repo(repo, keys), channel, output, product_config=product_config,
-                              repo_url=repo_url, expires=parse_duration(expires))
-    except (ReleaseError, ValueError) as e:
-        raise _fail(e) from None
-    out.print(f"built {exe} ({exe.stat().st_size} bytes)")
+    root and a bundle of --channel's release."""
+    from greenlight.release._bundle import parse_duration
+    from greenlight.release._installer import build_installer
+
+    exe = _run(lambda: build_installer(_repo(repo, keys), channel, output,
+                                       product_config=product_config, repo_url=repo_url,
+                                       expires=parse_duration(expires)))
+    say(f"built {exe} ({exe.stat().st_size} bytes)")
 
 
 @app.command()
@@ -171,13 +203,19 @@ def serve(
     port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0: any free).")] = 8080,
 ) -> None:
     """Serve metadata/ and targets/ on 127.0.0.1 for development (any static server works)."""
-    if not (repo / "metadata" / "root.json").is_file():
-        raise _fail(ReleaseError(f"{repo}: no repository here"))
-    try:
-        server = RepositoryServer(repo, port)
-    except OSError as e:
-        raise _fail(ReleaseError(f"cannot listen on 127.0.0.1:{port}: {e.strerror}")) from None
-    out.print(f"serving {repo} at {server.url}/ (Ctrl-C stops)")
+    from greenlight.release._errors import ReleaseError
+    from greenlight.release._serve import RepositoryServer
+
+    def work() -> RepositoryServer:
+        if not (repo / "metadata" / "root.json").is_file():
+            raise ReleaseError(f"{repo}: no repository here")
+        try:
+            return RepositoryServer(repo, port)
+        except OSError as e:
+            raise ReleaseError(f"cannot listen on 127.0.0.1:{port}: {e.strerror}") from None
+
+    server = _run(work)
+    say(f"serving {repo} at {server.url}/ (Ctrl-C stops)")
     sys.stdout.flush()
     try:
         server.serve_forever()
@@ -190,41 +228,29 @@ def serve(
 @app.command()
 def status(repo: RepoArg, keys: KeysOpt = None, as_json: JsonOpt = False) -> None:
     """Channels, releases, roles, thresholds and expiry dates."""
-    try:
-        report = repository_status(_repo(repo, keys))
-    except ReleaseError as e:
-        raise _fail(e) from None
+    import time
+
+    from greenlight.release._status import repository_status
+
+    report = _run(lambda: repository_status(_repo(repo, keys)))
     if as_json:
-        print(report.model_dump_json(indent=2))
+        _json(report)
         return
-    channels = Table("channel", "release", "rollout", "fallback", "published", "revoked",
-                     "promoted from", box=None)
+    say(f"{'channel':<10} {'release':<10} {'rollout':<10} {'fallback':<10} {'published':<17} "
+        f"{'revoked':<10} promoted from")
     for c in report.channels:
-        channels.add_row(c.channel, c.release, c.rollout, c.fallback or "-",
-                         f"{c.published_at:%Y-%m-%d %H:%M}Z", ", ".join(c.revoked) or "-",
-                         c.promoted_from or "-")
-    roles = Table("role", "version", "threshold", "expires", box=None)
+        say(f"{c.channel:<10} {c.release:<10} {c.rollout:<10} {c.fallback or '-':<10} "
+            f"{c.published_at:%Y-%m-%d %H:%M}Z  {', '.join(c.revoked) or '-':<10} "
+            f"{c.promoted_from or '-'}")
+    say()
+    say(f"{'role':<16} {'version':>7} {'threshold':>10}  expires")
     now = time.time()
     for r in report.roles:
         days = (r.expires.timestamp() - now) / 86400
-        roles.add_row(r.role, str(r.version), f"{r.threshold} of {r.keys}",
-                      f"{r.expires:%Y-%m-%d %H:%M}Z (in {days:.0f} days)")
-    out.print(channels)
-    out.print()
-    out.print(roles)
+        say(f"{r.role:<16} {r.version:>7} {f'{r.threshold} of {r.keys}':>10}  "
+            f"{r.expires:%Y-%m-%d %H:%M}Z (in {days:.0f} days)")
     if report.awaiting_signatures:
-        out.print(f"\nawaiting signatures: {', '.join(report.awaiting_signatures)}")
-
-
-def _show(result: dict[str, object], as_json: bool, line: str) -> None:
-    if as_json:
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        out.print(line)
-        awaiting = result.get("awaiting_signatures")
-        if awaiting:
-            out.print(f"awaiting signatures: {', '.join(awaiting)} (nothing published yet): "  # type: ignore[arg-type]
-                      "release sign export / add / import")
+        say(f"\nawaiting signatures: {', '.join(report.awaiting_signatures)}")
 
 
 @app.command("keygen")
@@ -233,9 +259,11 @@ def keygen_cmd(
     name: Annotated[str, typer.Option("--name", help="File name prefix, e.g. the role.")],
 ) -> None:
     """Make a signing key on this machine: NAME.<id>.pem (owner-only) and NAME.<id>.pub.pem."""
-    private, public = keygen(out_dir, name)
-    out.print(f"private key (keep it here): {private}")
-    out.print(f"public key (give it to the release engineer): {public}")
+    from greenlight.release._signing import keygen
+
+    private, public = _run(lambda: keygen(out_dir, name))
+    say(f"private key (keep it here): {private}")
+    say(f"public key (give it to the release engineer): {public}")
 
 
 @app.command()
@@ -244,97 +272,105 @@ def keys(
     role: Annotated[str, typer.Option("--role", help="Role whose keys change.")],
     generate: Annotated[int, typer.Option("--generate", help="New keys made here.")] = 0,
     public_key: Annotated[list[Path] | None, typer.Option(
-        "--public-key", help="A signer's public key (PEM) to add.")] = None,
+        "--public-key", metavar="PEM", help="A signer's public key to add.")] = None,
     remove: Annotated[list[str] | None, typer.Option(
-        "--remove", help="Key id (or prefix) to remove.")] = None,
+        "--remove", metavar="KEYID", help="Key id (or prefix) to remove.")] = None,
     threshold: Annotated[int | None, typer.Option("--threshold", help="Signatures needed.")
                          ] = None,
     keys_dir: KeysOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Add or remove keys of a role and set its threshold (k of n)."""
-    try:
-        result = change_keys(_repo(repo, keys_dir), role,
-                             add=[load_public_key(p) for p in public_key or []],
-                             generate=generate, remove=remove, threshold=threshold)
-    except (ReleaseError, ValueError) as e:
-        raise _fail(e) from None
-    _show(result, as_json, f"{role}: {result['threshold']} of {len(result['keyids'])} keys")  # type: ignore[arg-type]
+    from greenlight.release._signing import change_keys, load_public_key
+
+    result = _run(lambda: change_keys(_repo(repo, keys_dir), role,
+                                      add=[load_public_key(p) for p in public_key or []],
+                                      generate=generate, remove=remove, threshold=threshold))
+    if as_json:
+        _json(result)
+        return
+    say(f"{role}: {result.threshold} of {len(result.keyids)} keys")
+    _awaiting(result.awaiting_signatures)
 
 
 @app.command("rotate")
 def rotate_cmd(
     repo: RepoArg,
     role: Annotated[str, typer.Option("--role", help="Role whose keys are replaced.")],
-    threshold: Annotated[int | None, typer.Option("--threshold")] = None,
+    threshold: Annotated[int | None, typer.Option(
+        "--threshold", help="Signatures needed after the rotation.")] = None,
     public_key: Annotated[list[Path] | None, typer.Option(
-        "--public-key", help="New keys held elsewhere (default: new keys made here).")] = None,
+        "--public-key", metavar="PEM",
+        help="New keys held elsewhere (default: new keys made here).")] = None,
     keys_dir: KeysOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Replace every key of a role; a new root is signed by the old and the new thresholds."""
-    try:
-        result = rotate(_repo(repo, keys_dir), role, threshold,
-                        add=[load_public_key(p) for p in public_key or []] or None)
-    except (ReleaseError, ValueError) as e:
-        raise _fail(e) from None
-    _show(result, as_json, f"rotated {role}: {len(result['retired'])} key(s) retired, "  # type: ignore[arg-type]
-          f"now {result['threshold']} of {len(result['keyids'])}")  # type: ignore[arg-type]
+    from greenlight.release._signing import load_public_key, rotate
+
+    result = _run(lambda: rotate(_repo(repo, keys_dir), role, threshold,
+                                 add=[load_public_key(p) for p in public_key or []] or None))
+    if as_json:
+        _json(result)
+        return
+    say(f"rotated {role}: {len(result.retired)} key(s) retired, "
+        f"now {result.threshold} of {len(result.keyids)}")
+    _awaiting(result.awaiting_signatures)
 
 
-sign_app = typer.Typer(help="Threshold signing across machines.", no_args_is_help=True)
+sign_app = typer.Typer(help="Threshold signing across machines.", no_args_is_help=True,
+                       rich_markup_mode=None)
 app.add_typer(sign_app, name="sign")
 
 
 @sign_app.command("export")
-def sign_export(repo: RepoArg, role: Annotated[str, typer.Option("--role")],
-                output: Annotated[Path, typer.Option("-o", "--output")],
+def sign_export(repo: RepoArg,
+                role: Annotated[str, typer.Option("--role", help="Role awaiting signatures.")],
+                output: Annotated[Path, typer.Option("-o", "--output", help="File to write.")],
                 keys_dir: KeysOpt = None) -> None:
-    """Write the version of ROLE awaiting signatures to a file for other signers."""
-    try:
-        export_staged(_repo(repo, keys_dir), role, output)
-    except ReleaseError as e:
-        raise _fail(e) from None
-    out.print(f"wrote {output}: sign it with 'release sign add {output.name} --key KEY.pem'")
+    """Write the version of --role awaiting signatures to a file for other signers."""
+    from greenlight.release._signing import export_staged
+
+    _run(lambda: export_staged(_repo(repo, keys_dir), role, output))
+    say(f"wrote {output}: sign it with 'release sign add {output.name} --key KEY.pem'")
 
 
 @sign_app.command("add")
 def sign_add(file: Annotated[Path, typer.Argument(help="File from 'release sign export'.")],
              key: Annotated[Path, typer.Option("--key", help="Your private key (PEM).")]) -> None:
     """Sign an exported file with one key (no repository needed)."""
-    try:
-        keyid = sign_file(file, key)
-    except ReleaseError as e:
-        raise _fail(e) from None
-    out.print(f"signed {file} with key {keyid[:16]}")
+    from greenlight.release._signing import sign_file
+
+    keyid = _run(lambda: sign_file(file, key))
+    say(f"signed {file} with key {keyid[:16]}")
 
 
 @sign_app.command("import")
-def sign_import(repo: RepoArg, file: Annotated[Path, typer.Argument()],
+def sign_import(repo: RepoArg,
+                file: Annotated[Path, typer.Argument(help="A signed file from 'sign add'.")],
                 keys_dir: KeysOpt = None, as_json: JsonOpt = False) -> None:
     """Merge the signatures in FILE; publish once the role's threshold is met."""
-    try:
-        result = import_signatures(_repo(repo, keys_dir), file)
-    except ReleaseError as e:
-        raise _fail(e) from None
-    line = (f"{result['role']}: published with {result['signatures']} signatures"
-            if result["published"] else
-            f"{result['role']}: {result['signatures']} signature(s), still waiting: "
-            f"{result.get('missing', 'other roles')}")
-    _show(result, as_json, line)
+    from greenlight.release._signing import import_signatures
+
+    result = _run(lambda: import_signatures(_repo(repo, keys_dir), file))
+    if as_json:
+        _json(result)
+        return
+    say(f"{result.role}: published with {result.signatures} signatures" if result.published
+        else f"{result.role}: {result.signatures} signature(s), still waiting: "
+             f"{result.missing or 'other roles'}")
 
 
 @sign_app.command("status")
 def sign_status(repo: RepoArg, keys_dir: KeysOpt = None) -> None:
     """Roles awaiting signatures."""
-    r = _repo(repo, keys_dir)
-    for role in r.pending() or []:
-        from tuf.api.metadata import Metadata
+    from greenlight.release._signing import awaiting
 
-        md = Metadata.from_bytes(r.staged_path(role).read_bytes())
-        out.print(f"{role} v{md.signed.version}: {r.missing_signatures(role, md)}")
-    if not r.pending():
-        out.print("nothing awaits signatures")
+    waiting = _run(lambda: awaiting(_repo(repo, keys_dir)))
+    for role, missing in waiting.items():
+        say(f"{role}: {missing}")
+    if not waiting:
+        say("nothing awaits signatures")
 
 
 @app.command("promote")
@@ -342,40 +378,33 @@ def promote_cmd(
     repo: RepoArg,
     source: Annotated[str, typer.Option("--from", help="Channel to promote from.")],
     target: Annotated[str, typer.Option("--to", help="Channel to promote to.")],
-    version: Annotated[str | None, typer.Option("--version")] = None,
-    allow_older: Annotated[bool, typer.Option("--allow-older")] = False,
+    version: Annotated[str | None, typer.Option(
+        "--version", help="Release to promote (default: what --from carries).")] = None,
+    allow_older: Annotated[bool, typer.Option(
+        "--allow-older", help="Promote a version not newer than --to carries.")] = False,
     keys_dir: KeysOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Point --to at the very artifacts --from carries (same hashes, nothing re-uploaded)."""
+    from greenlight.release._lifecycle import promote
+
     _channel_change(repo, keys_dir, as_json,
                     lambda r: promote(r, source, target, version, allow_older),
                     lambda cf: f"promoted {cf.release} from {source} to {target}")
 
 
-def _channel_change(repo: Path, keys_dir: Path | None, as_json: bool,
-                    change: Callable[[FileRepository], ChannelFile],
-                    describe: Callable[[ChannelFile], str]) -> None:
-    """Run a change that writes a channel file; show it, and what awaits signatures."""
-    try:
-        r = _repo(repo, keys_dir)
-        channel_file = change(r)
-    except (ReleaseError, ValueError) as e:
-        raise _fail(e) from None
-    _show(json.loads(channel_file.model_dump_json()) | {"awaiting_signatures": r.pending()},
-          as_json, describe(channel_file))
-
-
 @app.command("yank")
 def yank_cmd(
     repo: RepoArg,
-    channel: Annotated[str, typer.Option("--channel")],
-    version: Annotated[str, typer.Option("--version")],
+    channel: Annotated[str, typer.Option("--channel", help="Channel that carries it.")],
+    version: Annotated[str, typer.Option("--version", help="Release to revoke.")],
     reason: Annotated[str, typer.Option("--reason", help="Why; clients record it.")],
     keys_dir: KeysOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Revoke a release: the channel goes back to its previous good release."""
+    from greenlight.release._lifecycle import yank
+
     _channel_change(repo, keys_dir, as_json, lambda r: yank(r, channel, version, reason),
                     lambda cf: f"yanked {version} on {channel}; it now carries {cf.release}")
 
@@ -383,15 +412,17 @@ def yank_cmd(
 @app.command("rollout")
 def rollout_cmd(
     repo: RepoArg,
-    channel: Annotated[str, typer.Option("--channel")],
-    percent: Annotated[int | None, typer.Option("--percent", help="0-100")] = None,
+    channel: Annotated[str, typer.Option("--channel", help="Channel whose release rolls out.")],
+    percent: Annotated[int | None, typer.Option(
+        "--percent", help="Share of installations, 0-100.")] = None,
     halt: Annotated[bool, typer.Option("--halt", help="Stop the rollout where it is.")] = False,
     keys_dir: KeysOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Stage the channel's release to a share of installations, or halt it."""
+    from greenlight.release._lifecycle import rollout
 
-    def describe(cf: ChannelFile) -> str:
+    def describe(cf: "ChannelFile") -> str:
         state = cf.rollout
         return f"{channel} {cf.release}: " + ("everyone" if state is None else
                                               f"{state.percent}% of installations"
@@ -410,40 +441,56 @@ def refresh_cmd(
     keys_dir: KeysOpt = None,
 ) -> None:
     """Re-sign timestamp and snapshot with fresh expiry (run it from a timer or cron job)."""
-    try:
-        r = _repo(repo, keys_dir)
-        if check:
-            found = expiring(r, parse_duration(within))
-            for role, when in found.items():
-                out.print(f"{role} expires {when:%Y-%m-%d %H:%M}Z (within {within})")
-            if found:
-                raise typer.Exit(1)
-            out.print(f"nothing expires within {within}")
-            return
-        renewed = refresh(r)
-    except (ReleaseError, ValueError) as e:
-        raise _fail(e) from None
-    out.print(", ".join(f"{role} valid until {until}" for role, until in renewed.items()))
+    from greenlight.release._bundle import parse_duration
+    from greenlight.release._upkeep import expiring, refresh
+
+    if check:
+        found = _run(lambda: expiring(_repo(repo, keys_dir), parse_duration(within)))
+        for role, when in found.items():
+            say(f"{role} expires {when:%Y-%m-%d %H:%M}Z (within {within})")
+        if found:
+            raise typer.Exit(1)
+        say(f"nothing expires within {within}")
+        return
+    renewed = _run(lambda: refresh(_repo(repo, keys_dir)))
+    say(", ".join(f"{role} valid until {until}" for role, until in renewed.items()))
 
 
 @app.command("verify")
 def verify_cmd(repo: RepoArg, keys_dir: KeysOpt = None, as_json: JsonOpt = False) -> None:
     """Verify the whole published tree offline, as a client would."""
-    try:
-        result = verify(_repo(repo, keys_dir))
-    except ReleaseError as e:
-        raise _fail(e) from None
-    _show(result, as_json, f"ok: root v{result['root_version']}, channels "
-          + ", ".join(f"{c} {v}" for c, v in result["channels"].items())  # type: ignore[attr-defined]
-          + f", {result['artifacts_verified']} artifact(s) verified")
+    from greenlight.release._upkeep import verify
+
+    result = _run(lambda: verify(_repo(repo, keys_dir)))
+    if as_json:
+        _json(result)
+        return
+    say(f"ok: root v{result.root_version}, channels "
+        + ", ".join(f"{c} {v}" for c, v in result.channels.items())
+        + f", {result.artifacts_verified} artifact(s) verified")
 
 
 def main() -> None:
+    """The `release` console script: warnings and errors as one line each, never a traceback."""
+    import warnings
+
+    from greenlight.release._keys import LooseKeyPermissions
+
+    def one_line(message: Warning | str, *args: object, **kwargs: object) -> None:
+        print(f"release: warning: {message}", file=sys.stderr)
+
     warnings.simplefilter("always", LooseKeyPermissions)
-    warnings.showwarning = lambda message, *args, **kw: err.print(  # type: ignore[assignment]
-        f"release: warning: {message}", soft_wrap=True)
-    app()
+    warnings.showwarning = one_line
+    try:
+        app()
+    except KeyboardInterrupt:
+        print("release: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # a bug: one line, exit 1
+        print(f"release: internal error: {type(e).__name__}: {e} (please report it)",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

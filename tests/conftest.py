@@ -14,11 +14,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
+from greenlight.release import FileRepository, init_repository, publish, serving
+
 from examples.demo.build import build
-from release import FileRepository, init_repository, publish
-from release._serve import serving
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
@@ -99,11 +100,22 @@ def nginx_server(root: Path, tmp: Path) -> Iterator[Served]:
                 pytest.fail(f"nginx did not start: {proc.stderr.read() if proc.stderr else ''}")
             time.sleep(0.05)
     offset = [0]
+    syncs = [0]
 
     def lines() -> list[list[str]]:
-        time.sleep(0.05)  # nginx writes the log line after the response
-        text = log.read_text() if log.exists() else ""
-        return [line.split() for line in text[offset[0]:].splitlines() if line]
+        # nginx writes a request's log line after its response: ask for a marker and wait
+        # until the marker is logged, so every earlier request is in the log too.
+        syncs[0] += 1
+        marker = f"/greenlight-sync/{syncs[0]}"
+        httpx.get(f"http://127.0.0.1:{port}{marker}")
+        deadline = time.monotonic() + 10
+        while True:
+            text = log.read_text() if log.exists() else ""
+            if marker in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        return [line.split() for line in text[offset[0]:].splitlines()
+                if line and "/greenlight-sync/" not in line]
 
     def reset() -> None:
         offset[0] = log.stat().st_size if log.exists() else 0

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import pyzstd
-from conftest import builtin_server
 from tuf.api.metadata import Metadata
 
-from release import FileRepository, init_repository, publish
-from release._bundle import build_bundle
-from updater import ArchiveError, InstallRoot, TrustError
-from updater._errors import ChannelMismatch
-from updater._upgrade import sideload
+from greenlight.release import FileRepository, build_bundle, init_repository, publish
+from greenlight.updater import ArchiveError, ChannelMismatch, TrustError
+from greenlight.updater.operations import sideload
+from greenlight.updater.store import InstallRoot
+
+from conftest import builtin_server
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def test_sideload_installs_without_network(tmp_path, offline, published):
     root, _ = offline
     bundle = tmp_path / "stable.bundle"
     made = build_bundle(published, "stable", bundle)
-    assert made["release"] == "1.0"
+    assert made.release == "1.0"
     report = sideload(root, bundle)
     assert (report.outcome, report.installed, report.source) == (
         "upgraded", "1.0", "bundle stable.bundle")
@@ -52,7 +52,7 @@ def test_sideload_installs_without_network(tmp_path, offline, published):
 
 
 def test_bundle_expiry_is_chosen_by_the_pipeline(tmp_path, published):
-    from release import ReleaseError
+    from greenlight.release import ReleaseError
 
     build_bundle(published, "stable", tmp_path / "b", timedelta(days=200))
     floor = datetime.now(UTC) + timedelta(days=199)

@@ -6,10 +6,15 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from channels import ChannelFile, ChannelFileError, channel_target, is_newer, sort_versions
-from channels._model import json_schema
-from release import FileRepository, publish
-from release._publish import current_channel_file
+from greenlight.channels import (
+    ChannelFile,
+    ChannelFileError,
+    channel_target,
+    is_newer,
+    json_schema,
+    sort_versions,
+)
+from greenlight.release import FileRepository, current_channel_file, publish
 
 SCHEMA = Path(__file__).parents[1] / "channels" / "schema" / "channel-file.v1.schema.json"
 
@@ -73,7 +78,7 @@ def test_release_ordering_follows_pep440():
 
 
 def test_publish_refuses_a_version_not_newer(published, builds):
-    from release import ReleaseError
+    from greenlight.release import ReleaseError
 
     with pytest.raises(ReleaseError, match="carries 1.0; 1.0 is not newer"):
         publish(published, "stable", "1.0", builds("1.0"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from updater._transaction import STEPS
+from greenlight.updater.transaction import STEPS
 
 BIN = Path(sys.executable).parent
 
@@ -39,7 +39,8 @@ def test_check_exit_codes_and_json(root_args):
     assert up.returncode == 0, up.stderr
     upgraded = json.loads(up.stdout)
     assert upgraded["schema"] == "greenlight.upgrade/1"
-    assert upgraded["outcome"] == "upgraded" and upgraded["bytes_fetched"] == upgraded["bytes_total"]
+    assert upgraded["outcome"] == "upgraded"
+    assert upgraded["bytes_fetched"] == upgraded["bytes_total"]
     assert list(upgraded["timings"]) == [step.name for step in STEPS]
 
     assert run("updater", "check", *root_args).returncode == 0

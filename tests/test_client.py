@@ -5,11 +5,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import Served
 from tuf.api.metadata import Metadata, Timestamp
 
-from release import FileRepository, init_repository, publish
-from updater import InstallRoot, NetworkError, NotFound, TrustError, check, open_repository, upgrade
+from greenlight.release import FileRepository, init_repository, publish
+from greenlight.updater import NetworkError, NotFound, TrustError
+from greenlight.updater.operations import check, open_repository, upgrade
+from greenlight.updater.store import InstallRoot
+
+from conftest import Served
 
 
 def make_root(tmp: Path, served: Served, repo: FileRepository, channel: str = "stable",
@@ -85,7 +88,8 @@ def test_tampered_artifact_is_refused_and_current_untouched(tmp_path, served, pu
     root = make_root(tmp_path, served, published)
     on_beta_without_delta_bases(root)
     _flip_last_byte(_stored(published, "artifacts/core/1.1/"))
-    with pytest.raises(TrustError, match=r"artifact artifacts/core/1.1/core-1.1.tar.gz refused: sha256"):
+    refused = r"artifact artifacts/core/1.1/core-1.1.tar.gz refused: sha256"
+    with pytest.raises(TrustError, match=refused):
         do_upgrade(root)
     assert root.installed_version() == "1.0"
     assert not list((root.downloads / ".partial").iterdir())

@@ -67,7 +67,7 @@ def test_tampered_target_fails_and_leaves_nothing(tmp_path, server, published):
 
 
 def test_refresh_with_wrong_root_fails(tmp_path, server, published):
-    from release import init_repository
+    from greenlight.release import init_repository
 
     other = init_repository(tmp_path / "other")
     meta = tmp_path / "meta"

@@ -9,11 +9,10 @@ import tarfile
 
 import pytest
 
-from release import init_repository, publish
-from release._publish import current_channel_file
-from release._serve import serving
-from updater import InstallRoot, open_repository, upgrade
-from updater._delta import DeltaError, apply_delta, build_delta
+from greenlight.channels import DeltaError, apply_delta, build_delta
+from greenlight.release import current_channel_file, init_repository, publish, serving
+from greenlight.updater.operations import open_repository, upgrade
+from greenlight.updater.store import InstallRoot
 
 
 def app_archive(path, seed: int, changed: int = 0, compress: str = "gz"):

@@ -1,23 +1,26 @@
 """End to end, with real processes of the demo product: the two incidents, crashes at every
 step of the transaction, and bad configuration."""
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import builtin_server, free_port
 
+from greenlight.release import publish
+from greenlight.updater.product import ProcessBackend
+from greenlight.updater.store import InstallRoot
+from greenlight.updater.transaction import STEPS
+
+from conftest import builtin_server, free_port
 from examples.demo.config import configure
-from release import publish
-from updater import InstallRoot
-from updater._services import ProcessBackend
-from updater._transaction import STEPS
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
@@ -64,10 +67,8 @@ class Product:
         for name in ("ui", "core"):
             pid = backend.pid(name)
             if pid is not None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
 
 @pytest.fixture
@@ -145,14 +146,30 @@ def _ui_failures(root: Path) -> tuple[int, int, list[str]]:
     return ok, failed, errors
 
 
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _ui_requests(root: Path, version: str | None = None) -> int:
+    pattern = f"ui-stats-{version}.json" if version else "ui-stats-*.json"
+    total = 0
+    for stats in (root / "data").glob(pattern):
+        with contextlib.suppress(OSError, ValueError):
+            total += json.loads(stats.read_text())["ok"]
+    return total
+
+
 def test_the_restart_incident_ordered_stop_with_draining_loses_no_request(product, repo, builds):
     p = product("2.0", ("crash-on-stop-in-flight",))
     assert p.run("upgrade").returncode == 0
     publish(repo, "stable", "2.1", builds("2.1", "crash-on-stop-in-flight"))
-    time.sleep(1.0)  # let the UI's stream of requests run
+    _wait_for(lambda: _ui_requests(p.path) > 5, "the UI's stream of requests")
     done = p.run("upgrade")
     assert done.returncode == 0, done.stdout + done.stderr
-    time.sleep(0.5)
+    _wait_for(lambda: _ui_requests(p.path, "2.1") > 0, "the new UI's first request")
     ok, failed, errors = _ui_failures(p.path)
     assert ok > 5 and failed == 0, errors
     assert p.running_release() == {"core": "2.1", "ui": "2.1"}
@@ -162,7 +179,7 @@ def test_the_restart_incident_without_draining_is_seen_and_rolled_back(product, 
     p = product("2.0", ("crash-on-stop-in-flight",), drain=False)
     assert p.run("upgrade").returncode == 0
     publish(repo, "stable", "2.1", builds("2.1", "crash-on-stop-in-flight"))
-    time.sleep(1.0)
+    _wait_for(lambda: _ui_requests(p.path) > 5, "the UI's stream of requests")
     done = p.run("upgrade")
     assert done.returncode == 20, done.stdout + done.stderr
     assert "crashed when stopped (exit status 70)" in done.stdout

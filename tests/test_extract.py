@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import pyzstd
 
-from updater import ArchiveError
-from updater._extract import Limits, extract
+from greenlight.updater import ArchiveError
+from greenlight.updater.store import Limits, extract
 
 
 def make_tar(path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]], compress: str = "gz"):

@@ -8,14 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 
+from greenlight.release import build_bundle, build_installer, init_repository, publish
+from greenlight.updater.product import ProcessBackend
+from greenlight.updater.store import InstallRoot
+
+from conftest import free_port
 from examples.demo.config import product_toml
-from release import init_repository, publish
-from release._bundle import build_bundle
-from release._installer import build_installer
-from updater import InstallRoot
-from updater._services import ProcessBackend
 
 pytestmark = pytest.mark.slow
 UPDATER = str(Path(sys.executable).parent / "updater")

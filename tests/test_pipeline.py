@@ -7,24 +7,33 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import builtin_server
 from tuf.api.metadata import Metadata
 
-from channels import rollout_bucket
-from release import FileRepository, ReleaseError, publish
-from release._lifecycle import promote, rollout, yank
-from release._publish import current_channel_file
-from release._signing import (
+from greenlight.channels import rollout_bucket
+from greenlight.release import (
+    FileRepository,
+    ReleaseError,
     change_keys,
+    current_channel_file,
+    expiring,
     export_staged,
     import_signatures,
     keygen,
     load_public_key,
+    promote,
+    publish,
+    refresh,
+    rollout,
     rotate,
     sign_file,
+    verify,
+    yank,
 )
-from release._upkeep import expiring, refresh, verify
-from updater import InstallRoot, TrustError, check, open_repository, upgrade
+from greenlight.updater import TrustError
+from greenlight.updater.operations import check, open_repository, upgrade
+from greenlight.updater.store import InstallRoot
+
+from conftest import builtin_server
 
 BIN = Path(sys.executable).parent
 
@@ -51,10 +60,10 @@ def team(tmp_path, published: FileRepository):
     change_keys(published, "root", add=[load_public_key(alice_pub), load_public_key(bob_pub)],
                 threshold=2)
     assert published.pending() == ["root"]
-    assert cosign(published, "root", alice, tmp_path)["published"]
+    assert cosign(published, "root", alice, tmp_path).published
     carol, carol_pub = keygen(tmp_path / "carol", "channel-stable")
     change_keys(published, "channel-stable", add=[load_public_key(carol_pub)], threshold=2)
-    assert cosign(published, "channel-stable", carol, tmp_path)["published"]
+    assert cosign(published, "channel-stable", carol, tmp_path).published
     return {"alice": alice, "bob": bob, "carol": carol}
 
 
@@ -74,7 +83,7 @@ def test_thresholds_publish_only_when_met(tmp_path, team, published, builds):
         with pytest.raises(ReleaseError, match="awaiting signatures"):
             publish(published, "stable", "1.3", builds("1.3"))
         result = cosign(published, "channel-stable", team["carol"], tmp_path)
-        assert result["published"] and result["signatures"] == 2
+        assert result.published and result.signatures == 2
         assert check(machine, open_repository(machine)).available == "1.2"
         publish(published, "beta", "1.4", builds("1.4"))  # 1-of-1: at once
         assert published.pending() == []
@@ -85,27 +94,27 @@ def test_a_signature_from_a_key_outside_the_role_does_not_count(tmp_path, team, 
     publish(published, "stable", "1.2", builds("1.2"))
     stranger, _ = keygen(tmp_path / "mallory", "channel-stable")
     result = cosign(published, "channel-stable", stranger, tmp_path)
-    assert not result["published"] and "threshold" in result["missing"]
+    assert not result.published and "threshold" in result.missing
 
 
 def test_old_clients_follow_every_rotation(tmp_path, team, published, builds):
     with builtin_server(published.path) as server:
         machine = client(tmp_path, server, published)  # trusts root v1
         # root 2-of-3 with one key here: the new root needs alice (the old threshold) too.
-        assert rotate(published, "root", threshold=2)["awaiting_signatures"] == ["root"]
-        assert cosign(published, "root", team["alice"], tmp_path)["published"]
+        assert rotate(published, "root", threshold=2).awaiting_signatures == ["root"]
+        assert cosign(published, "root", team["alice"], tmp_path).published
         for _ in range(2):  # now both root keys are here: rotations publish at once
-            assert rotate(published, "root", threshold=2)["awaiting_signatures"] == []
+            assert rotate(published, "root", threshold=2).awaiting_signatures == []
         for role in ("targets", "snapshot", "timestamp", "channel-beta", "artifacts"):
-            assert rotate(published, role)["awaiting_signatures"] == []
+            assert rotate(published, role).awaiting_signatures == []
         rotate(published, "bin-00")  # every bin shares one key: all 256 re-signed
         assert published.root().version >= 5
         publish(published, "stable", "1.2", builds("1.2"))
         # stable is 2-of-2 with carol: stage and co-sign
-        assert cosign(published, "channel-stable", team["carol"], tmp_path)["published"]
+        assert cosign(published, "channel-stable", team["carol"], tmp_path).published
         report = upgrade(machine, open_repository(machine))
         assert report.installed == "1.2"
-        assert verify(published)["channels"] == {"beta": "1.1", "stable": "1.2"}
+        assert verify(published).channels == {"beta": "1.1", "stable": "1.2"}
 
 
 def test_rotation_signed_below_threshold_is_refused(tmp_path, team, published):
@@ -195,7 +204,7 @@ def test_refresh_and_expiry_check(tmp_path, published):
 
 
 def test_verify_finds_a_damaged_artifact(published):
-    assert verify(published)["artifacts_verified"] == 4
+    assert verify(published).artifacts_verified == 4
     stored = next(published.targets_dir.glob("artifacts/ui/1.1/*"))
     data = stored.read_bytes()
     stored.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
@@ -209,7 +218,8 @@ def test_key_files_stay_private(tmp_path, published, builds):
     secret = key.read_text()
     key.chmod(0o644)
     done = subprocess.run([str(BIN / "release"), "publish", str(published.path), "--channel",
-                           "stable", "--version", "1.5", f"--component=core={builds('1.5')['core']}"],
+                           "stable", "--version", "1.5",
+                           f"--component=core={builds('1.5')['core']}"],
                           capture_output=True, text=True)
     assert done.returncode == 0
     assert "release: warning:" in done.stderr and "chmod 600" in done.stderr
@@ -219,7 +229,8 @@ def test_key_files_stay_private(tmp_path, published, builds):
                              "stable", "--version", "1.6",
                              f"--component=core={builds('1.6')['core']}"],
                             capture_output=True, text=True)
-    assert broken.returncode == 1 and "not a readable unencrypted PKCS#8 private key" in broken.stderr
+    assert broken.returncode == 1
+    assert "not a readable unencrypted PKCS#8 private key" in broken.stderr
     assert secret[30:60] not in broken.stderr + broken.stdout
     private, public = keygen(tmp_path / "k", "x")
     assert oct(private.stat().st_mode & 0o777) == "0o600"

@@ -3,12 +3,14 @@
 import stat
 
 import pytest
-from conftest import builtin_server
 from tuf.api.metadata import Metadata
 
-from release import FileRepository, init_repository
-from release._errors import ReleaseError
-from updater import InstallRoot, TrustError, check, open_repository
+from greenlight.release import FileRepository, ReleaseError, init_repository
+from greenlight.updater import TrustError
+from greenlight.updater.operations import check, open_repository
+from greenlight.updater.store import InstallRoot
+
+from conftest import builtin_server
 
 
 def test_init_writes_owner_only_keys_and_a_consistent_snapshot_root(repo: FileRepository):

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from release import FileRepository, init_repository, publish
-from release._serve import serving
-from updater import InstallRoot, TrustError, open_repository, upgrade
+from greenlight.release import FileRepository, init_repository, publish, serving
+from greenlight.updater import TrustError
+from greenlight.updater.operations import open_repository, upgrade
+from greenlight.updater.store import InstallRoot
 
 
 @pytest.fixture

@@ -7,21 +7,24 @@ import sys
 import time
 
 import pytest
-from conftest import free_port
 
-from examples.demo.build import build
-from updater import InstallRoot
-from updater._config import (
+from greenlight.updater.product import (
     CommandCheck,
     DnsCheck,
+    HealthChecker,
     HttpCheck,
+    ProcessBackend,
     ServiceConfig,
+    SystemdBackend,
     TcpCheck,
     VersionCheck,
     WebSocketCheck,
+    render_unit,
 )
-from updater._health import HealthChecker
-from updater._services import ProcessBackend, SystemdBackend, render_unit
+from greenlight.updater.store import InstallRoot
+
+from conftest import free_port
+from examples.demo.build import build
 
 
 @pytest.fixture
@@ -109,11 +112,17 @@ def test_process_backend_records_exit_and_kills_after_timeout(core):
     again = backend.stop(service, timeout=1)
     assert not again.was_running
 
+    # The child says when it ignores SIGTERM; only then is a stop a test of the kill.
+    ignoring = backend.root.path / "ignoring-sigterm"
     stubborn = ServiceConfig(name="stubborn", command=[
-        sys.executable, "-c", "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-        "time.sleep(60)"])
+        sys.executable, "-c", "import pathlib,signal,sys,time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); pathlib.Path(sys.argv[1]).touch(); "
+        "time.sleep(60)", str(ignoring)])
     backend.start(stubborn, {"root": str(backend.root.path)})
-    time.sleep(0.3)
+    deadline = time.monotonic() + 20
+    while not ignoring.exists():
+        assert time.monotonic() < deadline and backend.is_running("stubborn")
+        time.sleep(0.01)
     slow = backend.stop(stubborn, timeout=0.5)
     assert slow.killed and not slow.crashed and not backend.is_running("stubborn")
 
@@ -147,6 +156,17 @@ def test_systemd_backend_drives_units(tmp_path, fake_systemctl):
     assert calls.read_text().splitlines()[0] == "start greenlight-core.service"
 
 
+def test_systemd_backend_asks_about_the_configured_unit(tmp_path, fake_systemctl):
+    script, calls = fake_systemctl
+    service = ServiceConfig(name="core", command=["x"], unit="acme-core.service")
+    backend = SystemdBackend(InstallRoot(tmp_path), systemctl=str(script), services=[service])
+    backend.start(service, {})
+    assert backend.is_running("core") and backend.pid("core") == 1234
+    backend.last_exit("core")
+    asked = [line.split()[-1] for line in calls.read_text().splitlines()]
+    assert asked and set(asked) == {"acme-core.service"}
+
+
 def test_systemd_unit_is_rendered_from_the_config():
     service = ServiceConfig(name="core", command=["{python}", "{release_dir}/core/core.py",
                                                   "--port", "80"], env={"MODE": "prod"},
@@ -159,7 +179,7 @@ def test_systemd_unit_is_rendered_from_the_config():
 
 
 def test_systemd_backend_without_systemctl_is_a_config_error(tmp_path):
-    from updater import ConfigError
+    from greenlight.updater import ConfigError
 
     backend = SystemdBackend(InstallRoot(tmp_path), systemctl=str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match="systemctl is not on this machine"):

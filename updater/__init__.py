@@ -1,43 +1,57 @@
-"""Greenlight's client: TUF-verified channels, staged releases, atomic switches.
+"""Greenlight's client: TUF-verified channels, health-checked upgrades that roll back by
+themselves, offline bundles.
 
-The public face is small: `InstallRoot` (an installation on disk), `TrustedRepository`
-(the TUF client), `check` and `upgrade` (plain functions the CLI calls), and the error
-hierarchy rooted at `GreenlightError`.
+Layers, each importing only those below it:
+
+```
+cli, installer, conformance   thin command lines
+operations                    check, upgrade, sideload, rollback, health, status, ...
+plan                          pure: what should this machine do now
+transaction                   engine (steps with do/undo + journal), steps, rollback, recovery
+reports                       the JSON shapes of the commands' output
+trust | store | product       TUF client and downloads | the root on disk | config, services,
+                              health checks
+greenlight.channels           the shared layer
+```
+
+This module re-exports the error tree only, so that importing it stays cheap: every error
+carries the exit code the CLI returns for it.
 """
 
-from updater._bundle import DirectoryFetcher
-from updater._errors import (
+from greenlight.updater._errors import (
+    EXIT_CODES,
+    EXIT_OK,
+    EXIT_ROLLBACK_FAILED,
+    EXIT_ROLLED_BACK,
+    EXIT_UPDATE_AVAILABLE,
     ArchiveError,
     BusyError,
+    ChannelMismatch,
     ConfigError,
     GreenlightError,
     NetworkError,
     NotFound,
+    PrecheckFailed,
+    ServiceError,
     StoreError,
     TrustError,
 )
-from updater._fetcher import HttpxFetcher
-from updater._fs import atomic_write
-from updater._root import InstallRoot, default_root
-from updater._trust import TrustedRepository
-from updater._upgrade import check, open_repository, upgrade
 
 __all__ = [
+    "EXIT_CODES",
+    "EXIT_OK",
+    "EXIT_ROLLBACK_FAILED",
+    "EXIT_ROLLED_BACK",
+    "EXIT_UPDATE_AVAILABLE",
     "ArchiveError",
     "BusyError",
+    "ChannelMismatch",
     "ConfigError",
-    "DirectoryFetcher",
     "GreenlightError",
-    "HttpxFetcher",
-    "InstallRoot",
     "NetworkError",
     "NotFound",
+    "PrecheckFailed",
+    "ServiceError",
     "StoreError",
     "TrustError",
-    "TrustedRepository",
-    "atomic_write",
-    "check",
-    "default_root",
-    "open_repository",
-    "upgrade",
 ]

@@ -2,7 +2,41 @@
 
 Every error carries the exit code the CLI returns for it and a one-line message that names
 the file, field or URL involved and what to do.
+
+```
+GreenlightError (1)
+├── ConfigError (3)        greenlight.toml or the root missing or invalid
+├── TrustError (4)         TUF refused metadata or an artifact
+├── NetworkError (5)       the repository unreachable, too slow, or an HTTP error
+├── BusyError (6)          another updater holds the root
+├── StoreError (7)         local state not writable (disk full, permissions)
+├── ArchiveError (8)       a broken or hostile archive or bundle
+├── NotFound (9)           a channel or release the repository does not carry
+├── PrecheckFailed (11)    the running release fails a required check; nothing changed
+├── ServiceError (12)      a service would not start or become ready
+└── ChannelMismatch (13)   a bundle carries another channel
+```
+python-tuf's and httpx's exceptions are mapped once, in `greenlight.updater.trust`.
 """
+
+__all__ = [
+    "EXIT_CODES",
+    "EXIT_OK",
+    "EXIT_ROLLBACK_FAILED",
+    "EXIT_ROLLED_BACK",
+    "EXIT_UPDATE_AVAILABLE",
+    "ArchiveError",
+    "BusyError",
+    "ChannelMismatch",
+    "ConfigError",
+    "GreenlightError",
+    "NetworkError",
+    "NotFound",
+    "PrecheckFailed",
+    "ServiceError",
+    "StoreError",
+    "TrustError",
+]
 
 
 class GreenlightError(Exception):

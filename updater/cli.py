@@ -1,28 +1,22 @@
-"""`updater`: the command line of the client. Parses, calls plain functions, prints.
+"""`updater`: the command line of the client. Parses, calls `operations`, prints.
 
 Human output is short and goes to stdout; errors are one line on stderr; `--json` prints the
 report's stable JSON shape instead (errors too, as greenlight.error/1). Exit codes are listed
 by `updater exit-codes` and in the README.
+
+Only typer is imported up front: every command imports what it uses when it runs, so
+`updater --help` costs an interpreter and typer, and `updater check` what a check needs.
 """
 
-import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 
-from updater._errors import (
+from greenlight.updater._errors import (
     EXIT_CODES,
     EXIT_ROLLBACK_FAILED,
     EXIT_ROLLED_BACK,
@@ -30,33 +24,15 @@ from updater._errors import (
     ConfigError,
     GreenlightError,
 )
-from updater._health import CheckResult
-from updater._journal import history, quarantine
-from updater._reports import (
-    CheckReport,
-    ErrorReport,
-    HistoryReport,
-    StatusReport,
-    UpgradeReport,
-    dump,
-)
-from updater._root import InstallRoot, default_root
-from updater._services import SystemdBackend, render_unit
-from updater._transaction import values_for
-from updater._trust import TrustedRepository
-from updater._upgrade import (
-    check,
-    health,
-    open_repository,
-    recover_if_interrupted,
-    recover_root,
-    rollback,
-    sideload,
-    start_services,
-    stop_services,
-    switch_channel,
-    upgrade,
-)
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from greenlight.updater.product import CheckResult
+    from greenlight.updater.reports import StatusReport, UpgradeReport
+    from greenlight.updater.store import InstallRoot
+
+__all__ = ["app", "main"]
 
 app = typer.Typer(
     name="updater",
@@ -64,35 +40,59 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
-out = Console(highlight=False, soft_wrap=True)
 _EVIDENCE = ("status", "body", "close_code", "returncode", "stderr", "error", "answers", "got",
              "expected", "last_exit", "log")
-err = Console(stderr=True, highlight=False)
+
+
+def _default_root() -> Path:
+    from greenlight.updater.store import default_root
+
+    return default_root()
+
 
 RootOpt = Annotated[
     Path,
     typer.Option(
         "--root",
         envvar="GREENLIGHT_ROOT",
-        default_factory=default_root,
-        show_default="platform data dir, or $GREENLIGHT_ROOT",
+        default_factory=_default_root,
+        show_default="the platform's data folder, or $GREENLIGHT_ROOT",
         help="Installation root.",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the stable JSON report.")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Upgrade even if the running release fails its pre-check.")
+]
 T = TypeVar("T")
+
+
+def say(line: str = "") -> None:
+    print(line, flush=False)
+
+
+def _dump(report: "BaseModel") -> None:
+    from greenlight.updater.reports import dump
+
+    print(dump(report))
 
 
 def _fail(error: GreenlightError, as_json: bool) -> typer.Exit:
     if as_json:
-        print(dump(ErrorReport(error=str(error), kind=error.kind, exit_code=error.exit_code)))
+        from greenlight.updater.reports import ErrorReport
+
+        _dump(ErrorReport(error=str(error), kind=error.kind, exit_code=error.exit_code))
     else:
-        err.print(f"updater: error: {error}", soft_wrap=True)
+        print(f"updater: error: {error}", file=sys.stderr)
     return typer.Exit(error.exit_code)
 
 
-def _run(as_json: bool, work: Callable[[], T], root: InstallRoot | None = None) -> T:
+def _run(as_json: bool, work: Callable[[], T], root: "InstallRoot | None" = None) -> T:
+    """The one error funnel: every command's work runs here (after recovery, for a root)."""
+    from greenlight.updater.operations import recover_if_interrupted
+
     try:
         if root is not None and root.config_path.exists():
             recover_if_interrupted(root)
@@ -101,13 +101,22 @@ def _run(as_json: bool, work: Callable[[], T], root: InstallRoot | None = None) 
         raise _fail(e, as_json) from None
 
 
+def _root(path: Path) -> "InstallRoot":
+    from greenlight.updater.store import InstallRoot
+
+    return InstallRoot(path)
+
+
 @contextmanager
 def _progress(enabled: bool) -> Iterator[Callable[[int], None] | None]:
-    if not enabled or not err.is_terminal:
+    if not enabled or not sys.stderr.isatty():
         yield None
         return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
     columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with Progress("[progress.description]{task.description}", *columns, console=err) as bar:
+    with Progress("{task.description}", *columns, console=Console(stderr=True)) as bar:
         task = bar.add_task("downloading", total=None)
         yield lambda n: bar.advance(task, n)
 
@@ -120,23 +129,24 @@ def init(
     channel: Annotated[str, typer.Option("--channel", help="Channel to follow.")] = "stable",
     as_json: JsonOpt = False,
 ) -> None:
-    """Create an installation root that trusts ROOT_JSON and follows CHANNEL."""
+    """Create an installation root that trusts the --trust root.json and follows --channel."""
+    from greenlight.updater.operations import open_repository, status
+    from greenlight.updater.store import InstallRoot
 
-    def work() -> InstallRoot:
+    def work() -> "StatusReport":
         try:
             trusted = trust.read_bytes()
         except OSError as e:
             raise ConfigError(f"--trust {trust}: cannot read: {e.strerror}") from None
         created = InstallRoot.create(root, repo, trusted, channel)
-        # Verify the trust anchor now, not at the first check.
-        open_repository(created)
-        return created
+        open_repository(created)  # verify the trust anchor now, not at the first check
+        return status(created)
 
-    created = _run(as_json, work)
+    report = _run(as_json, work)
     if as_json:
-        print(dump(_status(created)))
+        _dump(report)
     else:
-        out.print(f"initialized {created.path} following {channel} at {repo}")
+        say(f"initialized {report.root} following {channel} at {repo}")
 
 
 @app.command("check")
@@ -145,81 +155,82 @@ def check_cmd(root: RootOpt, as_json: JsonOpt = False) -> None:
 
     Exit 0 when up to date, 10 when an update is available.
     """
-    install = InstallRoot(root)
+    from greenlight.updater.operations import check, open_repository, upgrade
 
-    def work() -> tuple[CheckReport, TrustedRepository]:
-        repo = open_repository(install)
-        return check(install, repo), repo
+    install = _root(root)
+    repo_box: list[Any] = []
 
-    report, repo = _run(as_json, work, install)
+    def work() -> Any:
+        repo_box.append(open_repository(install))
+        return check(install, repo_box[0])
+
+    report = _run(as_json, work, install)
     if report.yanked:
         # A yanked release is treated like a failed health check: leave it now, with the
         # metadata this check already refreshed.
-        moved = _run(as_json, lambda: upgrade(install, repo), install)
-        print(dump(moved)) if as_json else _print_transaction(moved)
+        moved = _run(as_json, lambda: upgrade(install, repo_box[0]), install)
+        _dump(moved) if as_json else _print_transaction(moved)
         raise typer.Exit(_exit_for(moved))
     if as_json:
-        print(dump(report))
-    elif report.quarantined:
-        out.print(f"{report.channel}: {report.available} is held back here: {report.quarantined}")
+        _dump(report)
+    elif report.quarantined and report.installed != report.available:
+        say(f"{report.channel}: {report.available} is held back here: {report.quarantined}")
     elif report.rollout and not report.rollout.in_rollout and report.installed != report.available:
-        out.print(f"{report.channel}: {report.available} is rolling out "
-                  f"({report.rollout.percent}%{', halted' if report.rollout.halted else ''}); "
-                  f"this installation (bucket {report.rollout.bucket}) is not in it yet")
+        say(f"{report.channel}: {report.available} is rolling out "
+            f"({report.rollout.percent}%{', halted' if report.rollout.halted else ''}); "
+            f"this installation (bucket {report.rollout.bucket}) is not in it yet")
     elif report.update_available:
-        out.print(
-            f"{report.channel}: {report.available} available "
-            f"(installed: {report.installed or 'nothing'})"
-        )
+        say(f"{report.channel}: {report.available} available "
+            f"(installed: {report.installed or 'nothing'})")
     else:
-        out.print(f"{report.channel}: up to date at {report.installed}")
+        say(f"{report.channel}: up to date at {report.installed}")
     raise typer.Exit(EXIT_UPDATE_AVAILABLE if report.update_available else 0)
 
 
-ForceOpt = Annotated[
-    bool, typer.Option("--force", help="Upgrade even if the running release fails its pre-check.")
-]
-
-
-def _print_checks(results: list[CheckResult]) -> None:
+def _print_checks(results: "list[CheckResult]") -> None:
     for r in results:
         mark = "ok  " if r.ok else ("FAIL" if r.required else "warn")
-        out.print(f"  {mark} {r.name} ({r.type}, {r.latency_ms:.0f} ms): {r.summary}")
+        say(f"  {mark} {r.name} ({r.type}, {r.latency_ms:.0f} ms): {r.summary}")
 
 
-def _print_transaction(report: UpgradeReport) -> None:
+def _print_transaction(report: "UpgradeReport") -> None:
+    import json
+
     if report.outcome == "up-to-date":
-        out.print(f"{report.channel}: up to date at {report.to_version}")
+        say(f"{report.channel}: up to date at {report.to_version}")
     elif report.outcome == "held":
-        out.print(f"{report.channel}: not upgrading: {report.note}")
+        say(f"{report.channel}: not upgrading: {report.note}")
     elif report.outcome == "upgraded":
-        out.print(
-            f"{report.channel}: upgraded {report.from_version or 'nothing'} -> {report.to_version}"
-            f" ({report.bytes_fetched} of {report.bytes_total} bytes fetched)"
-        )
+        say(f"{report.channel}: upgraded {report.from_version or 'nothing'} -> "
+            f"{report.to_version} ({report.bytes_fetched} of {report.bytes_total} bytes fetched)")
     else:
         incident = report.incident
         assert incident is not None
         verb = "ROLLED BACK" if report.outcome == "rolled-back" else "ROLLBACK FAILED"
-        out.print(f"{report.channel}: {verb}: {incident.summary}")
+        say(f"{report.channel}: {verb}: {incident.summary}")
         for check_ in incident.failed_checks:
-            out.print(f"  failed check {check_['name']}: {check_['summary']}")
+            say(f"  failed check {check_['name']}: {check_['summary']}")
             evidence = {k: check_["evidence"][k] for k in _EVIDENCE
                         if check_["evidence"].get(k) not in (None, [], "")}
             if evidence:
-                out.print(f"    evidence: {json.dumps(evidence)[:300]}")
+                say(f"    evidence: {json.dumps(evidence)[:300]}")
         for stop in incident.stop_outcomes:
-            out.print(f"  stop: {stop}")
+            say(f"  stop: {stop}")
         where = f"now on {report.installed or 'nothing'}, channel {report.channel_now}"
         seconds = incident.timings.get("rollback_seconds")
         took = f" (rolled back in {seconds:.2f}s, services' start-up excluded)" if seconds else ""
-        out.print(f"  {where}; {report.to_version} quarantined{took}"
-                  if report.outcome == "rolled-back" else f"  {where}: needs a person")
+        say(f"  {where}; {report.to_version} quarantined{took}"
+            if report.outcome == "rolled-back" else f"  {where}: needs a person")
 
 
-def _exit_for(report: UpgradeReport) -> int:
+def _exit_for(report: "UpgradeReport") -> int:
     return {"rolled-back": EXIT_ROLLED_BACK, "rollback-failed": EXIT_ROLLBACK_FAILED}.get(
         report.outcome, 0)
+
+
+def _finish_transaction(report: "UpgradeReport", as_json: bool) -> NoReturn:
+    _dump(report) if as_json else _print_transaction(report)
+    raise typer.Exit(_exit_for(report))
 
 
 @app.command("upgrade")
@@ -228,12 +239,13 @@ def upgrade_cmd(root: RootOpt, force: ForceOpt = False, as_json: JsonOpt = False
 
     Exit 20 when the new release failed its checks and was rolled back.
     """
-    install = InstallRoot(root)
+    from greenlight.updater.operations import open_repository, upgrade
+
+    install = _root(root)
     with _progress(not as_json) as progress:
         report = _run(as_json, lambda: upgrade(install, open_repository(install), progress,
                                                force), install)
-    print(dump(report)) if as_json else _print_transaction(report)
-    raise typer.Exit(_exit_for(report))
+    _finish_transaction(report, as_json)
 
 
 @app.command("sideload")
@@ -249,23 +261,26 @@ def sideload_cmd(
 
     Exit 20 when the new release failed its checks and was rolled back.
     """
-    install = InstallRoot(root)
+    from greenlight.updater.operations import sideload
+
+    install = _root(root)
     with _progress(not as_json) as progress:
         report = _run(as_json, lambda: sideload(install, bundle, progress, force, switch), install)
-    print(dump(report)) if as_json else _print_transaction(report)
-    raise typer.Exit(_exit_for(report))
+    _finish_transaction(report, as_json)
 
 
 @app.command("rollback")
 def rollback_cmd(root: RootOpt, as_json: JsonOpt = False) -> None:
     """Go back to the previous release by hand: stop, switch, start, check; quarantine this one."""
-    install = InstallRoot(root)
+    from greenlight.updater.operations import rollback
+
+    install = _root(root)
     report = _run(as_json, lambda: rollback(install), install)
     if as_json:
-        print(dump(report))
+        _dump(report)
     elif report.outcome == "rolled-back":
-        out.print(f"rolled back {report.from_version} -> {report.installed}; "
-                  f"{report.from_version} quarantined")
+        say(f"rolled back {report.from_version} -> {report.installed}; "
+            f"{report.from_version} quarantined")
     else:
         _print_transaction(report)
     raise typer.Exit(0 if report.outcome == "rolled-back" else _exit_for(report))
@@ -274,13 +289,15 @@ def rollback_cmd(root: RootOpt, as_json: JsonOpt = False) -> None:
 @app.command("health")
 def health_cmd(root: RootOpt, as_json: JsonOpt = False) -> None:
     """Run the health checks against the installed release now. Exit 1 when one required fails."""
-    install = InstallRoot(root)
+    from greenlight.updater.operations import health
+
+    install = _root(root)
     report = _run(as_json, lambda: health(install), install)
     if as_json:
-        print(dump(report))
+        _dump(report)
     else:
-        out.print(f"{report.installed or 'nothing installed'}: "
-                  f"{'healthy' if report.healthy else 'UNHEALTHY'}")
+        say(f"{report.installed or 'nothing installed'}: "
+            f"{'healthy' if report.healthy else 'UNHEALTHY'}")
         _print_checks(report.results)
     raise typer.Exit(0 if report.healthy else 1)
 
@@ -288,32 +305,39 @@ def health_cmd(root: RootOpt, as_json: JsonOpt = False) -> None:
 @app.command("history")
 def history_cmd(root: RootOpt, as_json: JsonOpt = False) -> None:
     """What happened here: upgrades, rollbacks and incidents with their evidence."""
-    install = InstallRoot(root)
+    from greenlight.updater.reports import HistoryReport
+    from greenlight.updater.store import history
+
+    install = _root(root)
     entries = _run(as_json, lambda: history(install.require()), install)
     if as_json:
-        print(dump(HistoryReport(root=str(install.path), entries=entries)))
+        _dump(HistoryReport(root=str(install.path), entries=entries))
         return
     for e in entries:
         move = f"{e.from_version or '-'} -> {e.to_version or '-'}"
-        out.print(f"{e.at:%Y-%m-%d %H:%M:%S}Z {e.event:16} {e.channel:8} {move:16} {e.summary}")
+        say(f"{e.at:%Y-%m-%d %H:%M:%S}Z {e.event:16} {e.channel:8} {move:16} {e.summary}")
         for c in e.failed_checks:
-            out.print(f"    failed {c['name']}: {c['summary']}")
+            say(f"    failed {c['name']}: {c['summary']}")
 
 
 @app.command("start")
 def start_cmd(root: RootOpt) -> None:
     """Start the installed release's services, in order, each ready before the next."""
-    install = InstallRoot(root)
+    from greenlight.updater.operations import start_services
+
+    install = _root(root)
     started = _run(False, lambda: start_services(install), install)
-    out.print(f"started {', '.join(started) or 'nothing (no [[service]] configured)'}")
+    say(f"started {', '.join(started) or 'nothing (no [[service]] configured)'}")
 
 
 @app.command("stop")
 def stop_cmd(root: RootOpt) -> None:
     """Stop the services in reverse order (UI before core), drained."""
-    install = InstallRoot(root)
+    from greenlight.updater.operations import stop_services
+
+    install = _root(root)
     for line in _run(False, lambda: stop_services(install), install):
-        out.print(line)
+        say(line)
 
 
 @app.command("systemd-units")
@@ -325,73 +349,46 @@ def systemd_units_cmd(
 
     Units run the release through the root's `current` link, so a switch needs no new units.
     """
-    install = InstallRoot(root)
+    from greenlight.updater.operations import write_systemd_units
 
-    def work() -> list[Path]:
-        config = install.config
-        values = values_for(install, None)
-        written, previous = [], ""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for service in config.service:
-            unit = SystemdBackend.unit(service)
-            path = out_dir / unit
-            path.write_text(render_unit(service, values, after=previous,
-                                        timeout=config.stop.timeout))
-            written.append(path)
-            previous = unit
-        return written
-
-    for path in _run(False, work):
-        out.print(f"wrote {path}")
+    install = _root(root)
+    for path in _run(False, lambda: write_systemd_units(install, out_dir)):
+        say(f"wrote {path}")
 
 
 @app.command("recover")
 def recover_cmd(root: RootOpt, as_json: JsonOpt = False) -> None:
     """Finish or undo a transaction that an interrupted updater left behind."""
-    install = InstallRoot(root)
+    from greenlight.updater.operations import recover_root
+
+    install = _root(root)
     entry = _run(as_json, lambda: recover_root(install.require()))
     if as_json:
         print(entry.model_dump_json(indent=2) if entry else "null")
     else:
-        out.print(entry.summary if entry else "nothing to recover")
-
-
-def _status(install: InstallRoot) -> StatusReport:
-    active = install.active_channel()
-    events = history(install)
-    return StatusReport(
-        quarantined={v: e.reason for v, e in quarantine(install).items()},
-        last_event=f"{events[-1].event}: {events[-1].summary}" if events else None,
-        root=str(install.path),
-        repository=install.config.repository.url,
-        channel=active.channel,
-        channel_since=active.since,
-        channel_reason=active.reason,
-        installed=install.installed_version(),
-        releases=install.installed_releases(),
-    )
+        say(entry.summary if entry else "nothing to recover")
 
 
 @app.command()
 def status(root: RootOpt, as_json: JsonOpt = False) -> None:
     """Show what is installed, which channel is active and why."""
-    install = InstallRoot(root)
-    report = _run(as_json, lambda: _status(install), install)
+    from greenlight.updater import operations
+
+    install = _root(root)
+    report = _run(as_json, lambda: operations.status(install), install)
     if as_json:
-        print(dump(report))
+        _dump(report)
         return
-    table = Table(show_header=False, box=None)
-    table.add_row("root", report.root)
-    table.add_row("repository", report.repository)
-    table.add_row("channel", f"{report.channel} (since {report.channel_since:%Y-%m-%d %H:%M}Z: "
-                  f"{report.channel_reason})")
-    table.add_row("installed", report.installed or "nothing")
-    table.add_row("kept releases", ", ".join(report.releases) or "none")
-    for version, reason in report.quarantined.items():
-        table.add_row("quarantined", f"{version}: {reason}")
+    rows = [("root", report.root), ("repository", report.repository),
+            ("channel", f"{report.channel} (since {report.channel_since:%Y-%m-%d %H:%M}Z: "
+                        f"{report.channel_reason})"),
+            ("installed", report.installed or "nothing"),
+            ("kept releases", ", ".join(report.releases) or "none")]
+    rows += [("quarantined", f"{v}: {reason}") for v, reason in report.quarantined.items()]
     if report.last_event:
-        table.add_row("last event", report.last_event)
-    out.print(table)
+        rows.append(("last event", report.last_event))
+    for label, value in rows:
+        say(f"{label:<14} {value}")
 
 
 @app.command()
@@ -401,30 +398,41 @@ def channel(
     as_json: JsonOpt = False,
 ) -> None:
     """Show the active channel, or switch to NAME (verified to exist in the repository)."""
-    install = InstallRoot(root)
+    from greenlight.updater.operations import open_repository, status, switch_channel
 
-    def work() -> StatusReport:
+    install = _root(root)
+
+    def work() -> "StatusReport":
         if name is not None:
             switch_channel(install, open_repository(install), name)
-        return _status(install)
+        return status(install)
 
     report = _run(as_json, work, install)
     if as_json:
-        print(dump(report))
+        _dump(report)
     else:
-        out.print(f"{report.channel} ({report.channel_reason})")
+        say(f"{report.channel} ({report.channel_reason})")
 
 
 @app.command("exit-codes")
 def exit_codes() -> None:
     """List the exit codes and what they mean."""
     for code, meaning in sorted(EXIT_CODES.items()):
-        out.print(f"{code:>3}  {meaning}")
+        say(f"{code:>3}  {meaning}")
 
 
 def main() -> None:
-    app()
+    """The `updater` console script: no traceback ever reaches the user."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        print("updater: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # a bug: say so in one line, with the documented exit code 1
+        print(f"updater: internal error: {type(e).__name__}: {e} (please report it)",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

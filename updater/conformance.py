@@ -17,8 +17,10 @@ import sys
 from pathlib import Path
 from urllib.parse import quote
 
-from updater._errors import GreenlightError
-from updater._trust import TrustedRepository
+from greenlight.updater._errors import GreenlightError
+from greenlight.updater.trust import TrustedRepository
+
+__all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,12 +20,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from updater._errors import EXIT_ROLLBACK_FAILED, EXIT_ROLLED_BACK, GreenlightError
-from updater._journal import locked
-from updater._reports import ErrorReport, UpgradeReport, dump
-from updater._root import InstallRoot
-from updater._transaction import outside_transaction, stop_all
-from updater._upgrade import sideload
+from greenlight.updater._errors import EXIT_ROLLBACK_FAILED, EXIT_ROLLED_BACK, GreenlightError
+from greenlight.updater.operations import sideload
+from greenlight.updater.product import ServiceControl
+from greenlight.updater.reports import ErrorReport, UpgradeReport, dump
+from greenlight.updater.store import InstallRoot, locked
+
+__all__ = ["install", "main", "payload_dir"]
 
 
 def payload_dir() -> Path:
@@ -34,9 +35,9 @@ def payload_dir() -> Path:
 
 
 def _special(argv: list[str]) -> int | None:
-    """The frozen executable's private entry points (see updater._runtime)."""
+    """The frozen executable's private entry points (see greenlight.updater.product._runtime)."""
     if argv[:1] == ["--greenlight-launch"]:
-        from updater._launch import main as launch
+        from greenlight.updater.product.launcher import main as launch
 
         return launch(argv[1:])
     if argv[:1] == ["--greenlight-python"] and len(argv) > 1:
@@ -50,7 +51,7 @@ def _remove_fresh(root: InstallRoot, existed: bool) -> None:
     """Undo a failed fresh install: stop what started, remove what was created."""
     try:
         with locked(root):
-            stop_all(outside_transaction(root, root.config), root.installed_version())
+            ServiceControl.of(root, root.config).stop_all(root.installed_version())
     except GreenlightError:
         pass
     if existed:

@@ -60,8 +60,9 @@ def main() -> None:
     shutil.rmtree(WORK, ignore_errors=True)
     repo, root, builds = WORK / "repo", WORK / "root", WORK / "builds"
     say("The release team builds the demo product and creates a signed repository")
-    components = lambda version, *faults: [
-        f"--component={c}={p}" for c, p in build(version, builds / version, faults).items()]
+    def components(version, *faults):
+        return [
+            f"--component={c}={p}" for c, p in build(version, builds / version, faults).items()]
     run("release", "init", str(repo))
     run("release", "publish", str(repo), "--channel", "stable", "--version", "1.6.10",
         *components("1.6.10"))

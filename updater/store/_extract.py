@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
-import pyzstd
+from greenlight.updater._errors import ArchiveError
 
-from updater._errors import ArchiveError
+__all__ = ["Limits", "extract"]
 
 _COPY = 1024 * 1024
 
@@ -32,24 +32,25 @@ class Limits:
 
 @contextmanager
 def _open_stream(path: Path) -> Iterator[tarfile.TarFile]:
+    import pyzstd
+
     name = path.name
-    raw: IO[bytes] = path.open("rb")
+    raw = path.open("rb")
     try:
         head = raw.read(4)
         raw.seek(0)
+        stream: IO[bytes] = raw
         if name.endswith(".zst") or head == b"\x28\xb5\x2f\xfd":
-            stream: IO[bytes] = pyzstd.ZstdFile(raw)  # type: ignore[assignment]
-            mode = "r|"
-        elif head[:2] == b"\x1f\x8b":
-            stream, mode = raw, "r|gz"
-        else:
-            stream, mode = raw, "r|"
-        with tarfile.open(fileobj=stream, mode=mode) as tar:  # type: ignore[call-overload]
+            stream = cast(IO[bytes], pyzstd.ZstdFile(raw))
+        gzipped = head[:2] == b"\x1f\x8b"
+        with (tarfile.open(fileobj=stream, mode="r|gz") if gzipped
+              else tarfile.open(fileobj=stream, mode="r|")) as tar:
             yield tar
     except (tarfile.TarError, pyzstd.ZstdError, EOFError, OSError) as e:
         if isinstance(e, OSError) and e.errno is not None:
             raise  # a real I/O error (disk full...), not a broken archive
-        raise ArchiveError(f"{path.name}: not a readable archive: {e or type(e).__name__}") from None
+        raise ArchiveError(
+            f"{path.name}: not a readable archive: {e or type(e).__name__}") from None
     finally:
         raw.close()
 

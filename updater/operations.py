@@ -1,61 +1,91 @@
-"""`check`, `upgrade`, `rollback`, `health`: the client's operations as plain functions.
+"""The client's operations as plain functions: check, upgrade, sideload, rollback, health,
+status, channel switches and service control. The CLIs call these and only print.
 
 Every operation that changes the root takes the root's lock and first finishes or undoes a
-transaction an interrupted updater left behind (`recover`). An upgrade is planned (refresh,
-channel file, quarantine), pre-checked on the running release, then run as the transaction of
-`updater._transaction`; a failed post-check rolls back by itself.
+transaction an interrupted updater left behind (`recover`). What to do is decided by the pure
+`plan.decide`; an upgrade is then pre-checked on the running release and run as the
+transaction of `greenlight.updater.transaction`, which rolls back by itself.
 """
 
+import shutil
 from pathlib import Path
 
-from channels import ChannelFile, admitted, rollout_bucket
-from updater._bundle import opened_bundle
-from updater._downloads import Progress
-from updater._errors import BusyError, ChannelMismatch, NotFound, PrecheckFailed, ServiceError
-from updater._health import CheckResult, failed_required
-from updater._journal import (
+from greenlight.channels import ChannelFile, now
+from greenlight.updater._errors import (
+    ArchiveError,
+    BusyError,
+    ChannelMismatch,
+    NotFound,
+    PrecheckFailed,
+    ServiceError,
+)
+from greenlight.updater.plan import Plan, decide
+from greenlight.updater.product import CheckResult, HealthFailure, ServiceControl, failed_required
+from greenlight.updater.reports import (
+    CheckReport,
+    ComponentInfo,
+    HealthReport,
+    RolloutStatus,
+    StatusReport,
+    UpgradeReport,
+)
+from greenlight.updater.store import (
     HistoryEntry,
+    InstallRoot,
     Journal,
+    Limits,
     QuarantineEntry,
     StepRecord,
     add_to_quarantine,
+    extract,
     history,
     locked,
     quarantine,
     record,
 )
-from updater._reports import (
-    CheckReport,
-    ComponentInfo,
-    HealthReport,
-    RolloutStatus,
-    UpgradeReport,
-)
-from updater._root import InstallRoot, now
-from updater._services import backend_for
-from updater._transaction import (
+from greenlight.updater.transaction import (
     ROLLBACK_STEPS,
     STEPS,
-    HealthFailure,
     Step,
     Transaction,
-    all_checks,
-    outside_transaction,
     recover,
     roll_back,
     run_steps,
-    start_all,
-    stop_all,
     undo_steps,
 )
-from updater._trust import TrustedRepository
+from greenlight.updater.trust import FetcherInterface, Progress, TrustedRepository, open_bundle
+
+__all__ = [
+    "check",
+    "health",
+    "open_repository",
+    "plan_for",
+    "previous_release",
+    "read_channel",
+    "recover_if_interrupted",
+    "recover_root",
+    "rollback",
+    "sideload",
+    "start_services",
+    "status",
+    "stop_services",
+    "switch_channel",
+    "upgrade",
+    "write_systemd_units",
+]
 
 
-def open_repository(root: InstallRoot, fetcher: object | None = None) -> TrustedRepository:
+def open_repository(root: InstallRoot, fetcher: FetcherInterface | None = None
+                    ) -> TrustedRepository:
+    """The root's TUF client over its configured repository (and `[repository] timeout`).
+
+    Raises:
+        ConfigError: no configuration or no trusted root.
+        TrustError: the trusted root is not valid.
+    """
     config = root.config.repository
-    return TrustedRepository(
-        root.metadata_dir, config.metadata, config.targets, fetcher=fetcher  # type: ignore[arg-type]
-    )
+    return TrustedRepository(root.metadata_dir, config.metadata, config.targets,
+                             fetcher=fetcher, timeout=config.timeout)
 
 
 def read_channel(
@@ -77,35 +107,33 @@ def switch_channel(root: InstallRoot, repo: TrustedRepository, channel: str) -> 
             root.set_active_channel(channel, f"switched from {previous} by the user")
 
 
-def _rollout(root: InstallRoot, channel_file: ChannelFile) -> RolloutStatus | None:
-    if channel_file.rollout is None:
-        return None
-    return RolloutStatus(
-        percent=channel_file.rollout.percent, halted=channel_file.rollout.halted,
-        bucket=rollout_bucket(root.installation_id, channel_file.channel, channel_file.release),
-        in_rollout=admitted(channel_file, root.installation_id))
+def plan_for(root: InstallRoot, channel_file: ChannelFile) -> Plan:
+    """What this installation should do about `channel_file`, from what is on disk."""
+    held = {version: entry.reason for version, entry in quarantine(root).items()}
+    return decide(channel_file, root.installed_version(), held, root.installation_id)
+
+
+def _rollout_status(plan: Plan) -> RolloutStatus | None:
+    r = plan.rollout
+    return None if r is None else RolloutStatus(percent=r.percent, halted=r.halted,
+                                                bucket=r.bucket, in_rollout=r.in_rollout)
 
 
 def check(root: InstallRoot, repo: TrustedRepository) -> CheckReport:
+    """Refresh, read the active channel's file, and say what an upgrade would do."""
     active = root.active_channel()
     channel_file = read_channel(root, repo)
-    installed = root.installed_version()
-    held = quarantine(root).get(channel_file.release)
-    rollout = _rollout(root, channel_file)
-    yanked = channel_file.is_revoked(installed) if installed else None
+    plan = plan_for(root, channel_file)
     return CheckReport(
-        rollout=rollout,
-        yanked=yanked.reason if yanked else None,
+        rollout=_rollout_status(plan),
+        yanked=plan.yanked,
         root=str(root.path),
         channel=active.channel,
         channel_reason=active.reason,
-        installed=installed,
+        installed=plan.installed,
         available=channel_file.release,
-        # The channel's release is the goal, even when older (after a switch to stable),
-        # unless it failed here before.
-        update_available=installed != channel_file.release and held is None
-        and (rollout is None or rollout.in_rollout),
-        quarantined=held.reason if held else None,
+        update_available=plan.changes_something,
+        quarantined=plan.quarantined,
         fallback=channel_file.fallback,
         published_at=channel_file.published_at,
         components={
@@ -115,20 +143,25 @@ def check(root: InstallRoot, repo: TrustedRepository) -> CheckReport:
 
 
 def health(root: InstallRoot) -> HealthReport:
-    config = root.config
+    """Every check, now, against the installed release."""
+    control = ServiceControl.of(root, root.config)
     installed = root.installed_version()
-    checker = outside_transaction(root, config).checker(installed)
-    results = [checker.run(c) for c in all_checks(config)]
+    results = control.check_now(installed)
     return HealthReport(root=str(root.path), installed=installed, results=results,
                         healthy=not failed_required(results))
 
 
 def start_services(root: InstallRoot) -> list[str]:
-    """Start the installed release's services in order, each ready before the next."""
+    """Start the installed release's services in order, each ready before the next.
+
+    Raises:
+        ServiceError: a service would not start or become ready.
+        BusyError: another updater holds the root.
+    """
     with locked(root):
-        txn = outside_transaction(root, root.config)
+        control = ServiceControl.of(root, root.config)
         try:
-            start_all(txn, root.installed_version())
+            control.start_all(root.installed_version())
         except HealthFailure as failure:
             raise ServiceError(failure.summary) from None
         return [s.name for s in root.config.service]
@@ -137,21 +170,33 @@ def start_services(root: InstallRoot) -> list[str]:
 def stop_services(root: InstallRoot) -> list[str]:
     """Stop the services in reverse order, drained as the config says."""
     with locked(root):
-        txn = outside_transaction(root, root.config)
-        return [o.describe() for o in stop_all(txn, root.installed_version())]
+        control = ServiceControl.of(root, root.config)
+        return [o.describe() for o in control.stop_all(root.installed_version())]
 
 
-def _pre_check(txn: Transaction) -> list[CheckResult] | None:
-    """The running release's checks; None when there is nothing running to check."""
-    if txn.old is None or not any(txn.services.is_running(s.name) for s in txn.config.service):
-        return None if txn.config.service else []
-    return [txn.checker(txn.old).run(c) for c in all_checks(txn.config)]
+def status(root: InstallRoot) -> StatusReport:
+    active = root.active_channel()
+    events = history(root)
+    return StatusReport(
+        quarantined={v: e.reason for v, e in quarantine(root).items()},
+        last_event=f"{events[-1].event}: {events[-1].summary}" if events else None,
+        root=str(root.path),
+        repository=root.config.repository.url,
+        channel=active.channel,
+        channel_since=active.since,
+        channel_reason=active.reason,
+        installed=root.installed_version(),
+        releases=root.installed_releases(),
+    )
 
 
-def _journal(kind: str, channel: str, old: str | None, new: str, steps: list[Step],
-             forced: bool = False) -> Journal:
-    return Journal(kind=kind, channel=channel, from_version=old, to_version=new,  # type: ignore[arg-type]
-                   forced=forced, started_at=now(), steps=[StepRecord(name=s.name) for s in steps])
+# --- the transaction -----------------------------------------------------------------------
+def _journal(kind: str, channel: str, old: str | None, new: str,
+             steps: list[Step[Transaction]], forced: bool = False) -> Journal:
+    return Journal.model_validate({
+        "kind": kind, "channel": channel, "from_version": old, "to_version": new,
+        "forced": forced, "started_at": now(),
+        "steps": [StepRecord(name=s.name) for s in steps]})
 
 
 def _incident(txn: Transaction, failure: HealthFailure, rollback_seconds: float,
@@ -171,7 +216,7 @@ def _incident(txn: Transaction, failure: HealthFailure, rollback_seconds: float,
 def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
     """Run the transaction; roll back on a HealthFailure, undo and re-raise on an error."""
     try:
-        run_steps(txn)
+        run_steps(STEPS, txn)
     except HealthFailure as failure:
         rb = roll_back(txn, failure)
         entry = _incident(txn, failure, rb.rollback_seconds, rb.fallback_channel, rb.ok, rb.summary)
@@ -182,7 +227,7 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
             "channel_now": txn.root.active_channel().channel,
         })
     except BaseException as error:
-        undo_steps(txn, f"{type(error).__name__}: {error}")
+        undo_steps(STEPS, txn, f"{type(error).__name__}: {error}")
         txn.journal.finish(txn.root)
         raise
     txn.journal.finish(txn.root)
@@ -196,7 +241,13 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
 
 def upgrade(root: InstallRoot, repo: TrustedRepository, progress: Progress | None = None,
             force: bool = False) -> UpgradeReport:
-    """Move to the active channel's release through the health-checked transaction."""
+    """Move to the active channel's release through the health-checked transaction.
+
+    Raises:
+        BusyError, ConfigError, TrustError, NetworkError, NotFound, StoreError, ArchiveError,
+        PrecheckFailed: see `greenlight.updater` for each; nothing changed, or what changed
+        was undone.
+    """
     with locked(root):
         recover(root, root.config)
         return _upgrade_locked(root, repo, progress, force)
@@ -204,10 +255,21 @@ def upgrade(root: InstallRoot, repo: TrustedRepository, progress: Progress | Non
 
 def sideload(root: InstallRoot, bundle_path: Path, progress: Progress | None = None,
              force: bool = False, switch_channel: bool = False) -> UpgradeReport:
-    """`updater upgrade` from a bundle file: same verification, same transaction, no network."""
+    """`updater upgrade` from a bundle file: same verification, same transaction, no network.
+
+    Raises:
+        ArchiveError: not a readable Greenlight bundle; ChannelMismatch: another channel;
+        and whatever `upgrade` raises.
+    """
     with locked(root):
         recover(root, root.config)
-        with opened_bundle(root, bundle_path) as bundle:
+        staging = root.state / "sideload"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            if not bundle_path.is_file():
+                raise ArchiveError(f"{bundle_path}: no such bundle file")
+            extract(bundle_path, staging, Limits(max_ratio=50))
+            bundle = open_bundle(staging, root.metadata_dir, bundle_path.name)
             active = root.active_channel().channel
             if bundle.channel != active:
                 if not switch_channel:
@@ -217,40 +279,34 @@ def sideload(root: InstallRoot, bundle_path: Path, progress: Progress | None = N
                 root.set_active_channel(bundle.channel, f"switched from {active} by a sideload")
             report = _upgrade_locked(root, bundle.repository, progress, force)
             return report.model_copy(update={"source": f"bundle {bundle_path.name}"})
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _upgrade_locked(root: InstallRoot, repo: TrustedRepository, progress: Progress | None,
                     force: bool) -> UpgradeReport:
     config = root.config
     channel_file = read_channel(root, repo)
-    installed = root.installed_version()
-    target = channel_file.release
+    plan = plan_for(root, channel_file)
+    installed, target = plan.installed, plan.target
     report = UpgradeReport(
         root=str(root.path), channel=channel_file.channel, outcome="up-to-date",
         from_version=installed, to_version=target, installed=installed,
         channel_now=channel_file.channel,
         bytes_total=sum(a.length for a in channel_file.components.values()),
     )
-    yanked = channel_file.is_revoked(installed) if installed else None
-    if yanked is not None:
-        return _leave_yanked(root, repo, channel_file, yanked.reason, report, progress)
-    if installed == target:
+    if plan.action == "leave-yanked":
+        assert plan.yanked is not None
+        return _leave_yanked(root, repo, channel_file, plan.yanked, report, progress)
+    if plan.action == "up-to-date":
         return report
-    held = quarantine(root).get(target)
-    if held is not None:
-        return report.model_copy(update={"outcome": "held", "note": (
-            f"{target} is quarantined here since {held.at:%Y-%m-%d %H:%M}Z: {held.reason}")})
-    rollout = _rollout(root, channel_file)
-    if rollout is not None and not rollout.in_rollout:
-        why = "halted" if rollout.halted else f"at {rollout.percent}%"
-        return report.model_copy(update={"outcome": "held", "note": (
-            f"{target} is in a staged rollout ({why}); this installation's bucket is "
-            f"{rollout.bucket}, not yet included")})
+    if plan.action == "held":
+        return report.model_copy(update={"outcome": "held", "note": plan.note})
 
     journal = _journal("upgrade", channel_file.channel, installed, target, STEPS, force)
-    txn = Transaction(root, config, backend_for(root, config), journal, repo, channel_file,
-                      progress)
-    pre = _pre_check(txn)
+    control = ServiceControl.of(root, config)
+    txn = Transaction(root, config, control, journal, repo, channel_file, progress)
+    pre = _pre_check(control, installed)
     failed = failed_required(pre or [])
     if failed:
         entry = HistoryEntry(
@@ -267,6 +323,13 @@ def _upgrade_locked(root: InstallRoot, repo: TrustedRepository, progress: Progre
     return _run(txn, report.model_copy(update={"precheck": pre, "forced": bool(failed)}))
 
 
+def _pre_check(control: ServiceControl, installed: str | None) -> list[CheckResult] | None:
+    """The running release's checks; None when there is nothing running to check."""
+    if installed is None or not control.any_running():
+        return None if control.config.service else []
+    return control.check_now(installed)
+
+
 def _leave_yanked(root: InstallRoot, repo: TrustedRepository, channel_file: ChannelFile,
                   reason: str, report: UpgradeReport, progress: Progress | None) -> UpgradeReport:
     """The installed release was yanked: treat it as a failed health check. Quarantine it and
@@ -278,7 +341,7 @@ def _leave_yanked(root: InstallRoot, repo: TrustedRepository, channel_file: Chan
                                             reason=why, at=now()))
     journal = _journal("upgrade", channel_file.channel, installed, channel_file.release, STEPS)
     journal.save(root)
-    txn = Transaction(root, root.config, backend_for(root, root.config), journal, repo,
+    txn = Transaction(root, root.config, ServiceControl.of(root, root.config), journal, repo,
                       channel_file, progress)
     result = _run(txn, report)
     if result.outcome != "upgraded":
@@ -293,15 +356,19 @@ def previous_release(root: InstallRoot) -> str | None:
     """The release this one replaced, if it is still kept."""
     installed = root.installed_version()
     for entry in reversed(history(root)):
-        if entry.event == "upgraded" and entry.to_version == installed and entry.from_version:
-            if root.manifest(entry.from_version) is not None:
-                return entry.from_version
+        if (entry.event == "upgraded" and entry.to_version == installed and entry.from_version
+                and root.manifest(entry.from_version) is not None):
+            return entry.from_version
     kept = [v for v in root.installed_releases() if v != installed]
     return kept[-1] if kept else None
 
 
 def rollback(root: InstallRoot, reason: str = "rolled back by hand") -> UpgradeReport:
-    """`updater rollback`: the automatic procedure, asked for by a person."""
+    """`updater rollback`: the automatic procedure, asked for by a person.
+
+    Raises:
+        NotFound: no previous release is kept.
+    """
     config = root.config
     with locked(root):
         recover(root, config)
@@ -313,7 +380,7 @@ def rollback(root: InstallRoot, reason: str = "rolled back by hand") -> UpgradeR
         channel = manifest.channel if manifest else root.active_channel().channel
         journal = _journal("rollback", channel, installed, target, ROLLBACK_STEPS)
         journal.save(root)
-        txn = Transaction(root, config, backend_for(root, config), journal)
+        txn = Transaction(root, config, ServiceControl.of(root, config), journal)
         report = UpgradeReport(root=str(root.path), channel=channel, outcome="rolled-back",
                                from_version=installed, to_version=target, installed=installed,
                                channel_now=channel, bytes_total=0)
@@ -342,3 +409,19 @@ def recover_if_interrupted(root: InstallRoot) -> HistoryEntry | None:
     except BusyError:
         return None  # its updater is alive and will finish it
 
+
+def write_systemd_units(root: InstallRoot, out_dir: Path) -> list[Path]:
+    """A unit file for each configured service, in start order, into `out_dir`."""
+    from greenlight.updater.product import SystemdBackend, render_unit, values_for
+
+    config = root.config
+    values = values_for(root, None)
+    written, previous = [], ""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for service in config.service:
+        unit = SystemdBackend.unit(service)
+        path = out_dir / unit
+        path.write_text(render_unit(service, values, after=previous, timeout=config.stop.timeout))
+        written.append(path)
+        previous = unit
+    return written

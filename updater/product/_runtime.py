@@ -7,6 +7,11 @@ answers two private first arguments: `--greenlight-launch` (the service launcher
 """
 
 import sys
+from pathlib import Path
+
+__all__ = ["LAUNCHER", "frozen", "launcher_argv", "python_argv"]
+
+LAUNCHER = Path(__file__).with_name("launcher.py")
 
 
 def frozen() -> bool:
@@ -18,5 +23,7 @@ def python_argv() -> list[str]:
 
 
 def launcher_argv() -> list[str]:
+    # By path, isolated (-I) and without site (-S): a bare interpreter that imports nothing
+    # of Greenlight or of site-packages (bench/overhead.py measures it).
     return [sys.executable, "--greenlight-launch"] if frozen() else [
-        sys.executable, "-m", "updater._launch"]
+        sys.executable, "-I", "-S", str(LAUNCHER)]

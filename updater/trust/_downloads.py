@@ -19,8 +19,10 @@ from pathlib import Path
 
 from tuf.api import exceptions
 
-from updater._errors import StoreError, TrustError
-from updater._fs import fsync_dir
+from greenlight.channels import fsync_dir
+from greenlight.updater._errors import StoreError, TrustError
+
+__all__ = ["RETRIES", "Downloads", "Opener", "Progress", "receive_verified"]
 
 Progress = Callable[[int], None]
 _BATCH = 1024 * 1024
@@ -89,7 +91,8 @@ def receive_verified(
     try:
         digest = _ParallelDigest(hashes)
     except ValueError:
-        raise TrustError(f"{what} refused: unsupported hash algorithm in {sorted(hashes)}") from None
+        raise TrustError(
+            f"{what} refused: unsupported hash algorithm in {sorted(hashes)}") from None
     finished = False
     try:
         partial.parent.mkdir(parents=True, exist_ok=True)

@@ -9,11 +9,12 @@ import errno
 import shutil
 from pathlib import Path
 
-from channels import ChannelFile
-from updater._errors import GreenlightError, StoreError
-from updater._extract import extract
-from updater._fs import atomic_write, fsync_dir
-from updater._root import RELEASE_MANIFEST, InstallRoot, ReleaseManifest, now
+from greenlight.channels import ChannelFile, atomic_write, fsync_dir, now
+from greenlight.updater._errors import GreenlightError, StoreError
+from greenlight.updater.store._extract import extract
+from greenlight.updater.store._root import RELEASE_MANIFEST, InstallRoot, ReleaseManifest
+
+__all__ = ["stage_release"]
 
 
 def stage_release(root: InstallRoot, channel_file: ChannelFile, archives: dict[str, Path]) -> Path:

@@ -9,9 +9,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from updater._health import CheckResult
-from updater._journal import HistoryEntry
+from greenlight.updater.product import CheckResult
+from greenlight.updater.store import HistoryEntry
 
+__all__ = ["CheckReport", "ComponentInfo", "DeltaUse", "ErrorReport", "HealthReport",
+           "HistoryReport", "RolloutStatus", "StatusReport", "UpgradeReport", "dump"]
 
 class ComponentInfo(BaseModel):
     version: str

@@ -1,9 +1,9 @@
 """The product's services: started in the configured order, stopped in reverse.
 
 Two backends share one interface. `ProcessBackend` (the embedded default) runs each service
-under `updater._launch` in its own process group, with a pid file in `state/run/`, output in
-`logs/<name>.log`, and the exit status recorded when it ends. `SystemdBackend` drives units
-with `systemctl` (unit files rendered from the config by `render_unit`).
+under the stdlib-only `launcher.py` in its own process group, with a pid file in `state/run/`,
+output in `logs/<name>.log`, and the exit status recorded when it ends. `SystemdBackend`
+drives units with `systemctl` (unit files rendered from the config by `render_unit`).
 
 Stopping is where the restart incident lived: a reader left blocked on a pipe its peer closed.
 With `[stop] drain = true` (the default) services stop one at a time, UI before core: the
@@ -12,23 +12,27 @@ drain URL is called (in-flight work finishes, bounded), then the stop signal, th
 stop has crashed, and the transaction treats that as a failed health check.
 """
 
+import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import httpx
+from greenlight.channels import atomic_write, now
+from greenlight.updater._errors import ConfigError, StoreError
+from greenlight.updater.product._config import Config, ServiceConfig
+from greenlight.updater.product._placeholders import expand, expand_command
+from greenlight.updater.product._runtime import launcher_argv
 
-from updater._config import Config, ServiceConfig
-from updater._errors import ConfigError, StoreError
-from updater._fs import atomic_write
-from updater._root import InstallRoot, now
-from updater._runtime import launcher_argv, python_argv
+if TYPE_CHECKING:
+    from greenlight.updater.store import InstallRoot
+
+__all__ = ["ProcessBackend", "ServiceBackend", "StopOutcome", "SystemdBackend", "backend_for",
+           "drain", "render_unit"]
 
 
 @dataclass
@@ -52,23 +56,6 @@ class StopOutcome:
         return f"{self.service}: exited with status {self.returncode} in {self.seconds:.2f}s"
 
 
-_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
-
-
-def expand(text: str, values: dict[str, str]) -> str:
-    """Replace {root}, {release_dir}, {version}, {python} (and {token} where given); other
-    braces (JSON in a WebSocket message, say) are left alone."""
-    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
-
-
-def expand_command(parts: list[str], values: dict[str, str]) -> list[str]:
-    """A command's argv: a lone "{python}" becomes the interpreter's argv (see _runtime)."""
-    argv: list[str] = []
-    for part in parts:
-        argv.extend(python_argv() if part == "{python}" else [expand(part, values)])
-    return argv
-
-
 class ServiceBackend(Protocol):
     def start(self, service: ServiceConfig, values: dict[str, str]) -> None: ...
     def is_running(self, name: str) -> bool: ...
@@ -76,6 +63,14 @@ class ServiceBackend(Protocol):
     def stop(self, service: ServiceConfig, timeout: float, wait: bool = True) -> StopOutcome: ...
     def wait_stopped(self, service: ServiceConfig, timeout: float) -> StopOutcome: ...
     def last_exit(self, name: str) -> dict[str, object] | None: ...
+
+
+_LAUNCHER_MARK = b"launcher.py"
+
+
+def _returncode(record: dict[str, object] | None) -> int | None:
+    value = None if record is None else record.get("returncode")
+    return value if isinstance(value, int) else None
 
 
 def _alive(pid: int) -> bool:
@@ -93,7 +88,7 @@ def _alive(pid: int) -> bool:
 
 
 class ProcessBackend:
-    def __init__(self, root: InstallRoot) -> None:
+    def __init__(self, root: "InstallRoot") -> None:
         self.root = root
         self.run_dir = root.state / "run"
         self.logs = root.path / "logs"
@@ -119,7 +114,7 @@ class ProcessBackend:
             return None
         try:  # a recycled pid is not our service
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"updater._launch" not in cmdline and b"--greenlight-launch" not in cmdline:
+            if _LAUNCHER_MARK not in cmdline and b"--greenlight-launch" not in cmdline:
                 return None
         except OSError:
             pass
@@ -135,19 +130,26 @@ class ProcessBackend:
             return None
 
     def start(self, service: ServiceConfig, values: dict[str, str]) -> None:
+        """Start the service under the launcher; return once the launcher forwards signals.
+
+        Raises:
+            StoreError: the command or its launcher could not be started.
+        """
         if self.is_running(service.name):
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         self._exit_file(service.name).unlink(missing_ok=True)
+        ready = self.run_dir / f"{service.name}.ready"
+        ready.unlink(missing_ok=True)
         command = expand_command(service.command, values)
         workdir = expand(service.workdir, values)
         env = {**os.environ, **{k: expand(v, values) for k, v in service.env.items()}}
         log = (self.logs / f"{service.name}.log").open("ab")
         try:
             child = subprocess.Popen(
-                [*launcher_argv(), "--exit-file", str(self._exit_file(service.name)), "--",
-                 *command],
+                [*launcher_argv(), "--exit-file", str(self._exit_file(service.name)),
+                 "--ready-file", str(ready), "--", *command],
                 cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True,
             )
@@ -157,6 +159,11 @@ class ProcessBackend:
         finally:
             log.close()
         self._children[service.name] = child
+        # The launcher says when its signal handlers are in place and the service started:
+        # a stop that comes sooner would kill the launcher instead of being forwarded.
+        while not ready.exists() and child.poll() is None:
+            time.sleep(0.005)
+        ready.unlink(missing_ok=True)
         record = {"pid": child.pid, "release": values.get("version"), "started_at": str(now()),
                   "command": command}
         atomic_write(self._pid_file(service.name), json.dumps(record).encode())
@@ -168,10 +175,8 @@ class ProcessBackend:
         if pid is None:
             return StopOutcome(service.name, False, None, False, 0.0)
         self._stop_started[service.name] = started
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, getattr(signal, service.stop_signal))
-        except ProcessLookupError:
-            pass
         if not wait:
             return StopOutcome(service.name, True, None, False, 0.0)
         return self.wait_stopped(service, timeout)
@@ -184,10 +189,8 @@ class ProcessBackend:
             time.sleep(0.02)
         killed = False
         if pid is not None and self.is_running(service.name):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             killed = True
             while self.is_running(service.name):
                 time.sleep(0.02)
@@ -195,7 +198,7 @@ class ProcessBackend:
         if child is not None:
             child.wait()
         exit_record = self.last_exit(service.name)
-        returncode = None if exit_record is None else int(exit_record["returncode"])  # type: ignore[call-overload]
+        returncode = _returncode(exit_record)
         self._pid_file(service.name).unlink(missing_ok=True)
         return StopOutcome(service.name, True, returncode, killed, time.monotonic() - started)
 
@@ -203,9 +206,15 @@ class ProcessBackend:
 class SystemdBackend:
     """Services as systemd units; systemd does the signalling, timeouts and restarts."""
 
-    def __init__(self, root: InstallRoot, systemctl: str = "systemctl") -> None:
+    def __init__(self, root: "InstallRoot", systemctl: str = "systemctl",
+                 services: list[ServiceConfig] | None = None) -> None:
         self.root = root
         self.systemctl = systemctl
+        self._units = {s.name: self.unit(s) for s in services or []}
+
+    def _unit_of(self, name: str) -> str:
+        """The unit of the service `name`: its configured `unit`, else greenlight-NAME."""
+        return self._units.get(name, f"greenlight-{name}.service")
 
     @staticmethod
     def unit(service: ServiceConfig) -> str:
@@ -226,15 +235,15 @@ class SystemdBackend:
             raise StoreError(f"systemctl start {self.unit(service)}: {done.stderr.strip()}")
 
     def is_running(self, name: str) -> bool:
-        return self._run("is-active", "--quiet", f"greenlight-{name}.service").returncode == 0
+        return self._run("is-active", "--quiet", self._unit_of(name)).returncode == 0
 
     def pid(self, name: str) -> int | None:
-        done = self._run("show", "-p", "MainPID", "--value", f"greenlight-{name}.service")
+        done = self._run("show", "-p", "MainPID", "--value", self._unit_of(name))
         value = done.stdout.strip()
         return int(value) if value.isdigit() and value != "0" else None
 
     def last_exit(self, name: str) -> dict[str, object] | None:
-        done = self._run("show", "-p", "ExecMainStatus", "--value", f"greenlight-{name}.service")
+        done = self._run("show", "-p", "ExecMainStatus", "--value", self._unit_of(name))
         value = done.stdout.strip()
         return {"returncode": int(value)} if value.lstrip("-").isdigit() else None
 
@@ -244,7 +253,7 @@ class SystemdBackend:
         args = ["stop"] if wait else ["stop", "--no-block"]
         self._run(*args, self.unit(service))
         status = self.last_exit(service.name) if wait else None
-        returncode = None if status is None else int(status["returncode"])  # type: ignore[call-overload]
+        returncode = _returncode(status)
         return StopOutcome(service.name, was_running, returncode, False,
                            time.monotonic() - started)
 
@@ -288,9 +297,9 @@ def render_unit(service: ServiceConfig, values: dict[str, str], after: str = "",
     )
 
 
-def backend_for(root: InstallRoot, config: Config) -> ServiceBackend:
+def backend_for(root: "InstallRoot", config: Config) -> ServiceBackend:
     if config.backend == "systemd":
-        return SystemdBackend(root)
+        return SystemdBackend(root, services=config.service)
     return ProcessBackend(root)
 
 
@@ -298,6 +307,8 @@ def drain(service: ServiceConfig, values: dict[str, str], timeout: float) -> str
     """Ask the service to finish in-flight work; None when it did, else what happened."""
     if service.drain_url is None:
         return None
+    import httpx
+
     try:
         response = httpx.get(expand(service.drain_url, values), timeout=timeout + 1)
         return None if response.status_code < 400 else f"drain answered HTTP {response.status_code}"

@@ -27,8 +27,9 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyzstd
 from pydantic import BaseModel
+
+__all__ = ["DeltaError", "BuiltDelta", "apply_delta", "build_delta"]
 
 FORMAT = "greenlight.delta/1"
 _GZIP_LEVELS = (6, 9, 1, 2, 3, 4, 5, 7, 8)
@@ -80,6 +81,8 @@ def _gzip(content: bytes, level: int, header: bytes) -> bytes:
 
 
 def decompress(data: bytes) -> tuple[bytes, str]:
+    import pyzstd
+
     if data[:2] == b"\x1f\x8b":
         return gzip.decompress(data), "gzip"
     if data[:4] == b"\x28\xb5\x2f\xfd":
@@ -88,6 +91,8 @@ def decompress(data: bytes) -> tuple[bytes, str]:
 
 
 def recompress(content: bytes, recipe: Recipe) -> bytes:
+    import pyzstd
+
     if recipe.format == "gzip":
         assert recipe.level is not None and recipe.gzip_header is not None
         return _gzip(content, recipe.level, bytes.fromhex(recipe.gzip_header))
@@ -98,6 +103,8 @@ def recompress(content: bytes, recipe: Recipe) -> bytes:
 
 def find_recipe(artifact: bytes, content: bytes, kind: str) -> Recipe | None:
     """The compressor settings that reproduce `artifact` from `content`, if any do."""
+    import pyzstd
+
     if kind == "tar":
         return Recipe(format="tar")
     if kind == "gzip":
@@ -114,17 +121,23 @@ def find_recipe(artifact: bytes, content: bytes, kind: str) -> Recipe | None:
 
 # --- methods -----------------------------------------------------------------------------
 def _zstd_options(size: int, level: int) -> dict[int, int]:
+    import pyzstd
+
     window = min(max(20, size.bit_length() + 1), 31)
     return {pyzstd.CParameter.compressionLevel: level, pyzstd.CParameter.windowLog: window,
             pyzstd.CParameter.enableLongDistanceMatching: 1}
 
 
 def _zstd_diff(old: bytes, new: bytes) -> bytes:
+    import pyzstd
+
     prefix = pyzstd.ZstdDict(old, is_raw=True)
     return pyzstd.compress(new, _zstd_options(len(old) + len(new), 9), prefix.as_prefix)
 
 
 def _zstd_patch(old: bytes, patch: bytes) -> bytes:
+    import pyzstd
+
     prefix = pyzstd.ZstdDict(old, is_raw=True)
     return pyzstd.decompress(patch, prefix.as_prefix, {pyzstd.DParameter.windowLogMax: 31})
 

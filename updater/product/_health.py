@@ -5,7 +5,6 @@ Each check is declared in greenlight.toml with a timeout, retries and an interva
 can act on: status code, body excerpt, latency, the error, what was expected.
 """
 
-import json
 import socket
 import subprocess
 import time
@@ -13,19 +12,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import dns.exception
-import dns.message
-import dns.query
-import dns.rcode
-import dns.rdatatype
-import httpx
 from pydantic import BaseModel
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
-from websockets.sync.client import connect
 
-from updater._config import (
+from greenlight.channels import now
+from greenlight.updater._errors import ConfigError
+from greenlight.updater.product._config import (
     CheckConfig,
     CommandCheck,
+    Config,
     DnsCheck,
     HttpCheck,
     ProcessCheck,
@@ -33,9 +27,10 @@ from updater._config import (
     VersionCheck,
     WebSocketCheck,
 )
-from updater._errors import ConfigError
-from updater._root import now
-from updater._services import ServiceBackend, expand, expand_command
+from greenlight.updater.product._placeholders import expand, expand_command
+from greenlight.updater.product._services import ServiceBackend
+
+__all__ = ["CheckResult", "HealthChecker", "all_checks", "failed_required"]
 
 _EXCERPT = 200
 
@@ -105,6 +100,8 @@ class HealthChecker:
         return {"address": f"{c.host}:{c.port}"}
 
     def _http(self, c: HttpCheck | VersionCheck, expect: dict[str, Any]) -> dict[str, Any]:
+        import httpx
+
         url = self._x(c.url)
         headers = {k: self._x(v) for k, v in getattr(c, "headers", {}).items()}
         token = _token(self.root, getattr(c, "bearer_token_file", None))
@@ -129,13 +126,17 @@ class HealthChecker:
                 try:
                     got = _dig(document, field)
                 except KeyError:
-                    raise Outcome(f"GET {url}: no field {field!r} in the answer", **evidence) from None
+                    raise Outcome(f"GET {url}: no field {field!r} in the answer",
+                                  **evidence) from None
                 if got != value:
                     raise Outcome(f"GET {url}: {field} is {got!r}, expected {value!r}",
                                   **evidence, field=field, got=got, expected=value)
         return evidence
 
     def _websocket(self, c: WebSocketCheck) -> dict[str, Any]:
+        from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+        from websockets.sync.client import connect
+
         url = self._x(c.url)
         values = dict(self.values)
         token = _token(self.root, c.bearer_token_file)
@@ -165,6 +166,12 @@ class HealthChecker:
         return {"url": url, "replies": replies}
 
     def _dns(self, c: DnsCheck) -> dict[str, Any]:
+        import dns.exception
+        import dns.message
+        import dns.query
+        import dns.rcode
+        import dns.rdatatype
+
         host, _, port = c.resolver.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"check {c.name}: resolver {c.resolver!r}: expected HOST:PORT")
@@ -178,7 +185,8 @@ class HealthChecker:
         evidence = {"resolver": c.resolver, "query": c.query, "answers": found,
                     "rcode": dns.rcode.to_text(answer.rcode())}
         if not found or (c.expect is not None and c.expect not in found):
-            raise Outcome(f"resolver {c.resolver}: {c.query} {c.rdtype} answered {found or 'nothing'}"
+            raise Outcome(f"resolver {c.resolver}: {c.query} {c.rdtype} answered "
+                          f"{found or 'nothing'}"
                           + (f", expected {c.expect}" if c.expect else ""), **evidence)
         return evidence
 
@@ -247,5 +255,12 @@ def failed_required(results: list[CheckResult]) -> list[CheckResult]:
     return [r for r in results if r.required and not r.ok]
 
 
-def dumps(results: list[CheckResult]) -> str:
-    return json.dumps([r.model_dump(mode="json") for r in results], indent=2)
+
+def all_checks(config: Config) -> list[CheckConfig]:
+    """The configured checks, plus 'service X is running' for every service."""
+    implicit: list[CheckConfig] = [
+        ProcessCheck(name=f"{s.name}-running", type="process", service=s.name)
+        for s in config.service
+        if not any(isinstance(c, ProcessCheck) and c.service == s.name for c in config.check)
+    ]
+    return [*implicit, *config.check]

@@ -14,27 +14,34 @@ What is installed is read from `current`, never stored twice.
 import os
 import shutil
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
-import platformdirs
 from pydantic import BaseModel, ValidationError
 
-from channels import ChannelFile, ComponentArtifact, sort_versions
-from updater._config import Config, RepositoryConfig
-from updater._errors import ConfigError, StoreError
-from updater._fs import atomic_symlink, atomic_write
+from greenlight.channels import (
+    ChannelFile,
+    ComponentArtifact,
+    atomic_symlink,
+    atomic_write,
+    now,
+    sort_versions,
+)
+from greenlight.updater._errors import ConfigError, StoreError
+from greenlight.updater.product._config import Config, RepositoryConfig
+
+__all__ = ["RELEASE_MANIFEST", "ActiveChannel", "InstallRoot", "ReleaseManifest", "default_root"]
 
 RELEASE_MANIFEST = "release.json"
 
 
 def default_root() -> Path:
     env = os.environ.get("GREENLIGHT_ROOT")
-    return Path(env) if env else Path(platformdirs.user_data_dir("greenlight"))
+    if env:
+        return Path(env)
+    import platformdirs
 
-
-def now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
+    return Path(platformdirs.user_data_dir("greenlight"))
 
 
 class ActiveChannel(BaseModel):

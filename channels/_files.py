@@ -4,6 +4,8 @@ import os
 import tempfile
 from pathlib import Path
 
+__all__ = ["atomic_symlink", "atomic_write", "fsync_dir"]
+
 
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

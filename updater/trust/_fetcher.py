@@ -7,6 +7,7 @@ for identity encoding), so each socket read reaches the caller without an extra 
 import re
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 
 import httpx
@@ -14,12 +15,14 @@ import tuf
 from tuf.api import exceptions
 from tuf.ngclient import FetcherInterface
 
+__all__ = ["HttpxFetcher", "user_agent"]
+
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-\d+/(?:\d+|\*)$")
 
 
 def user_agent() -> str:
     try:
-        own = version("greenlight")
+        own = version("greenlight-updater")
     except PackageNotFoundError:
         own = "dev"
     return f"greenlight/{own} python-tuf/{tuf.__version__}"
@@ -27,6 +30,18 @@ def user_agent() -> str:
 
 # TCP_NODELAY, as urllib3 does: small requests and answers are not held back by Nagle.
 _NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+
+
+@contextmanager
+def _mapped(url: object) -> Iterator[None]:
+    """httpx's errors as python-tuf's, which `trust.explain` turns into one line each: the
+    one place where httpx exceptions are mapped."""
+    try:
+        yield
+    except httpx.TimeoutException as e:
+        raise exceptions.SlowRetrievalError(f"{url}: timed out") from e
+    except httpx.HTTPError as e:
+        raise exceptions.DownloadError(f"{url}: {e}") from e
 
 
 class _LazyTLSTransport(httpx.BaseTransport):
@@ -48,6 +63,7 @@ class _LazyTLSTransport(httpx.BaseTransport):
 
 class HttpxFetcher(FetcherInterface):
     def __init__(self, timeout: float = 30.0, client: httpx.Client | None = None) -> None:
+        self.timeout = timeout
         self._client = client or httpx.Client(
             # Plain http needs no CA bundle; https requests are routed to the lazy transport,
             # which verifies certificates as usual.
@@ -75,13 +91,9 @@ class HttpxFetcher(FetcherInterface):
         """Stream `url` from byte `offset`: (where the body starts, its chunks). A server that
         ignores Range answers 200 from byte 0, and the caller starts over."""
         headers = {"Range": f"bytes={offset}-"} if offset else None
-        try:
+        with _mapped(url):
             response = self._client.send(
                 self._client.build_request("GET", url, headers=headers), stream=True)
-        except httpx.TimeoutException as e:
-            raise exceptions.SlowRetrievalError(f"{url}: timed out") from e
-        except httpx.HTTPError as e:
-            raise exceptions.DownloadError(f"{url}: {e}") from e
         if response.status_code >= 400:
             # Read the (small) error body so the connection goes back to the pool: a missing
             # next root is the usual answer to every check.
@@ -101,10 +113,7 @@ class HttpxFetcher(FetcherInterface):
     @staticmethod
     def _chunks(response: httpx.Response) -> Iterator[bytes]:
         try:
-            yield from response.iter_raw()
-        except httpx.TimeoutException as e:
-            raise exceptions.SlowRetrievalError(f"{response.url}: timed out") from e
-        except httpx.HTTPError as e:
-            raise exceptions.DownloadError(f"{response.url}: {e}") from e
+            with _mapped(response.url):
+                yield from response.iter_raw()
         finally:
             response.close()

@@ -29,8 +29,12 @@ from typing import Annotated, Literal
 import tomli_w
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from channels import check_channel_name
-from updater._errors import ConfigError
+from greenlight.channels import check_channel_name
+from greenlight.updater._errors import ConfigError
+
+__all__ = ["CheckConfig", "CommandCheck", "Config", "DnsCheck", "HealthConfig", "HttpCheck",
+           "ProcessCheck", "RepositoryConfig", "ServiceConfig", "StopConfig", "TcpCheck",
+           "VersionCheck", "WebSocketCheck", "describe"]
 
 
 def _url(text: str) -> str:
@@ -68,7 +72,8 @@ class ServiceConfig(_Section):
     ready: str | None = Field(default=None, description="name of a check that means 'ready'")
     start_timeout: float = Field(default=20.0, gt=0)
     drain_url: str | None = Field(
-        default=None, description="called before the stop signal; answers when in-flight work is done"
+        default=None,
+        description="called before the stop signal; answers when in-flight work is done"
     )
     stop_signal: Literal["SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT"] = "SIGTERM"
     unit: str | None = Field(default=None, description="systemd unit (systemd backend)")

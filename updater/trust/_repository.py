@@ -18,9 +18,8 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, Root, TargetFile
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
-from channels import ChannelFile, ChannelFileError, ComponentArtifact, channel_target
-from updater._downloads import Downloads, Opener, Progress, receive_verified
-from updater._errors import (
+from greenlight.channels import ChannelFile, ChannelFileError, ComponentArtifact, channel_target
+from greenlight.updater._errors import (
     ConfigError,
     GreenlightError,
     NetworkError,
@@ -28,7 +27,10 @@ from updater._errors import (
     StoreError,
     TrustError,
 )
-from updater._fetcher import HttpxFetcher, user_agent
+from greenlight.updater.trust._downloads import Downloads, Opener, Progress, receive_verified
+from greenlight.updater.trust._fetcher import HttpxFetcher, user_agent
+
+__all__ = ["TrustedRepository", "explain", "verifying"]
 
 
 def explain(error: Exception, what: str) -> GreenlightError:
@@ -93,10 +95,17 @@ class TrustedRepository:
         targets_url: str,
         fetcher: FetcherInterface | None = None,
         bootstrap: bytes | None = None,
+        timeout: float = 30.0,
     ) -> None:
+        """A TUF client trusting `metadata_dir/root.json` (or `bootstrap`).
+
+        Raises:
+            ConfigError: there is no trusted root.
+            TrustError: the trusted root is not valid.
+        """
         self.metadata_dir = metadata_dir
         self.targets_url = targets_url.rstrip("/") + "/"
-        self.fetcher = fetcher or HttpxFetcher()
+        self.fetcher = fetcher or HttpxFetcher(timeout)
         config = UpdaterConfig(app_user_agent=user_agent())
         try:
             self._updater = Updater(
@@ -130,7 +139,8 @@ class TrustedRepository:
     def _consistent_snapshot(self) -> bool:
         # ngclient keeps the newest verified root as root.json once refresh() has run.
         self.refresh()
-        return Metadata[Root].from_file(str(self.metadata_dir / "root.json")).signed.consistent_snapshot
+        root = Metadata[Root].from_file(str(self.metadata_dir / "root.json")).signed
+        return bool(root.consistent_snapshot)
 
     def target_url(self, info: TargetFile) -> str:
         """Where a target is served; with consistent snapshots, prefixed by its first hash
@@ -174,7 +184,8 @@ class TrustedRepository:
             )
         return info
 
-    def download(self, info: TargetFile, store: Downloads, progress: Progress | None = None) -> Path:
+    def download(self, info: TargetFile, store: Downloads,
+                 progress: Progress | None = None) -> Path:
         """Stream a target into `store` unless it is already there; verified either way."""
         if "sha256" not in info.hashes:
             raise TrustError(f"artifact {info.path} refused: its targets entry has no sha256")
@@ -189,7 +200,7 @@ class TrustedRepository:
         url = self.target_url(info)
         ranged = getattr(self.fetcher, "open_range", None)
         if ranged is not None:
-            return lambda offset: ranged(url, offset)  # type: ignore[no-any-return]
+            return lambda offset: ranged(url, offset)
         return lambda offset: (0, self.fetcher.fetch(url))
 
     def download_to(self, info: TargetFile, dest: Path) -> Path:

@@ -1,0 +1,92 @@
+"""The channels of a repository: reading and writing channel files as targets of each
+channel's delegated role, storing artifacts in their hashed bins, and a channel's history."""
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from tuf.api.metadata import DelegatedRole, Delegations, Metadata, TargetFile, Targets
+
+from greenlight.channels import ChannelFile, channel_role, channel_target
+from greenlight.release._errors import ReleaseError
+from greenlight.release._repository import FileRepository
+
+__all__ = ["add_artifacts", "channel_history", "channels", "current_channel_file",
+           "ensure_channel_role", "require", "write_channel_file"]
+
+
+def require(repo: FileRepository) -> None:
+    if not repo.exists():
+        raise ReleaseError(f"{repo.path}: no repository here (run 'release init {repo.path}')")
+
+
+def current_channel_file(repo: FileRepository, channel: str) -> ChannelFile | None:
+    role = channel_role(channel)
+    if role not in repo.targets_roles():
+        return None
+    info = repo.targets(role).targets.get(channel_target(channel))
+    if info is None:
+        return None
+    return ChannelFile.from_json(repo.read_target(info), f"channel file of {channel!r}")
+
+
+def channels(repo: FileRepository) -> list[str]:
+    return sorted(r.removeprefix("channel-") for r in repo.targets_roles()
+                  if r.startswith("channel-"))
+
+
+def ensure_channel_role(repo: FileRepository, channel: str) -> None:
+    """Delegate `channel-<name>` (its own new key) on the channel's first publish."""
+    role = channel_role(channel)
+    if role in repo.targets_roles():
+        return
+    with repo.edit_targets() as targets:
+        if targets.delegations is None:
+            targets.delegations = Delegations(keys={}, roles={})
+        assert targets.delegations.roles is not None
+        targets.delegations.roles[role] = DelegatedRole(
+            name=role, keyids=[], threshold=1, terminating=True, paths=[channel_target(channel)]
+        )
+        targets.add_key(repo.keys.generate(role).public_key, role)
+
+
+def add_artifacts(repo: FileRepository,
+                  files: Mapping[str, Path | bytes]) -> dict[str, TargetFile]:
+    """Store files (or bytes) as targets in their hashed bins: {target path: source} -> infos."""
+    infos = {path: repo.add_target_bytes(path, source) if isinstance(source, bytes)
+             else repo.add_target_file(path, source) for path, source in files.items()}
+    by_bin: dict[str, list[TargetFile]] = {}
+    for path, info in infos.items():
+        by_bin.setdefault(repo.bin_for(path), []).append(info)
+    for name, entries in sorted(by_bin.items()):
+        with repo.edit_targets(name) as bin_targets:
+            for info in entries:
+                bin_targets.targets[info.path] = info
+    return infos
+
+
+def write_channel_file(repo: FileRepository, channel_file: ChannelFile) -> None:
+    """Sign `channel_file` as the channel's target and publish a new snapshot and timestamp."""
+    info = repo.add_target_bytes(channel_target(channel_file.channel), channel_file.to_json())
+    with repo.edit_targets(channel_role(channel_file.channel)) as role_targets:
+        role_targets.targets[info.path] = info
+    repo.commit()
+
+
+def channel_history(repo: FileRepository, channel: str) -> list[ChannelFile]:
+    """Every channel file the channel has carried, newest first (from its role's versions)."""
+    role = channel_role(channel)
+    files: list[ChannelFile] = []
+    seen: set[str] = set()
+    versions = sorted((int(p.name.split(".", 1)[0]) for p in
+                       repo.metadata_dir.glob(f"*.{role}.json")), reverse=True)
+    for version in versions:
+        path = repo.metadata_dir / f"{version}.{role}.json"
+        info = Metadata[Targets].from_bytes(path.read_bytes()).signed.targets.get(
+            channel_target(channel))
+        if info is None or info.hashes["sha256"] in seen:
+            continue
+        seen.add(info.hashes["sha256"])
+        path = repo.stored_target_path(info.path, info.hashes["sha256"])
+        if path.exists():
+            files.append(ChannelFile.from_json(path.read_bytes()))
+    return files

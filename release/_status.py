@@ -1,0 +1,84 @@
+"""A repository's state for people: channels, releases, roles, thresholds and expiry."""
+
+from datetime import datetime
+
+from pydantic import BaseModel
+from tuf.api.metadata import Root, Snapshot, Timestamp
+
+from greenlight.channels import ChannelFile
+from greenlight.release._channels import channels, current_channel_file, require
+from greenlight.release._repository import FileRepository
+
+__all__ = ["ChannelChange", "ChannelStatus", "RepositoryStatus", "RoleStatus", "repository_status"]
+
+
+class RoleStatus(BaseModel):
+    role: str
+    version: int
+    expires: datetime
+    threshold: int
+    keys: int
+
+
+class ChannelStatus(BaseModel):
+    channel: str
+    release: str
+    rollout: str
+    promoted_from: str | None
+    fallback: str | None
+    published_at: datetime
+    components: dict[str, str]
+    revoked: list[str]
+
+
+class RepositoryStatus(BaseModel):
+    repository: str
+    channels: list[ChannelStatus]
+    roles: list[RoleStatus]
+    awaiting_signatures: list[str]
+
+
+def repository_status(repo: FileRepository) -> RepositoryStatus:
+    require(repo)
+    roles = []
+    for role in [Root.type, Timestamp.type, Snapshot.type,
+                 *(r for r in repo.targets_roles() if not r.startswith("bin-"))]:
+        signed = repo.open(role).signed
+        authority = repo.authorizing_role(role)
+        roles.append(
+            RoleStatus(
+                role=role,
+                version=signed.version,
+                expires=signed.expires,
+                threshold=authority.threshold,
+                keys=len(authority.keyids),
+            )
+        )
+    found = []
+    for name in channels(repo):
+        cf = current_channel_file(repo, name)
+        if cf is None:
+            continue
+        found.append(
+            ChannelStatus(
+                channel=name,
+                release=cf.release,
+                rollout="all" if cf.rollout is None else
+                f"{cf.rollout.percent}%{' halted' if cf.rollout.halted else ''}",
+                promoted_from=cf.promoted_from,
+                fallback=cf.fallback,
+                published_at=cf.published_at,
+                components={k: v.target for k, v in cf.components.items()},
+                revoked=[r.version for r in cf.revoked],
+            )
+        )
+    return RepositoryStatus(repository=str(repo.path), channels=found, roles=roles,
+                            awaiting_signatures=repo.pending())
+
+
+class ChannelChange(BaseModel):
+    """A channel file just written (publish, promote, yank, rollout) and what awaits
+    signatures before it is published."""
+
+    channel_file: ChannelFile
+    awaiting_signatures: list[str]

@@ -1,0 +1,91 @@
+"""What should this machine do now? One pure function, used by `check`, `upgrade` and
+`sideload`: no I/O, no clock, nothing but its arguments (the way python-tuf keeps every trust
+decision in a state machine that does no I/O).
+
+    decide(channel_file, installed, quarantined, installation_id) -> Plan
+
+The order of the rules is the policy:
+1. the installed release was revoked (yanked) on the channel: leave it for what the channel
+   carries now, whatever the rollout or quarantine says of that;
+2. the channel carries what is installed: up to date;
+3. the channel's release failed here before (quarantined): held;
+4. a staged rollout that does not include this installation yet (or is halted): held;
+5. otherwise: install it. The channel's release is the goal even when it is older than what
+   is installed (after a switch to the fallback channel).
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from greenlight.channels import ChannelFile, admitted, rollout_bucket
+
+__all__ = ["Action", "Plan", "RolloutPosition", "decide"]
+
+Action = Literal["up-to-date", "install", "leave-yanked", "held"]
+
+
+@dataclass(frozen=True)
+class RolloutPosition:
+    """Where this installation stands in the channel's staged rollout."""
+
+    percent: int
+    halted: bool
+    bucket: int
+    in_rollout: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: Action
+    installed: str | None
+    target: str
+    yanked: str | None = None
+    """why the installed release was revoked, when it was"""
+    quarantined: str | None = None
+    """why the channel's release is held back here, when it is"""
+    rollout: RolloutPosition | None = None
+    note: str | None = None
+    """one line for a person, when the action is `held`"""
+
+    @property
+    def changes_something(self) -> bool:
+        return self.action in ("install", "leave-yanked")
+
+
+def _position(channel_file: ChannelFile, installation_id: str) -> RolloutPosition | None:
+    rollout = channel_file.rollout
+    if rollout is None:
+        return None
+    return RolloutPosition(
+        percent=rollout.percent, halted=rollout.halted,
+        bucket=rollout_bucket(installation_id, channel_file.channel, channel_file.release),
+        in_rollout=admitted(channel_file, installation_id))
+
+
+def decide(channel_file: ChannelFile, installed: str | None, quarantined: Mapping[str, str],
+           installation_id: str) -> Plan:
+    """The plan for an installation running `installed` that follows `channel_file`'s channel.
+
+    `quarantined` maps each release that failed here to the reason it did.
+    """
+    target = channel_file.release
+    rollout = _position(channel_file, installation_id)
+    held = quarantined.get(target)
+    revoked = channel_file.is_revoked(installed) if installed is not None else None
+
+    def plan(action: Action, note: str | None = None) -> Plan:
+        return Plan(action, installed, target, yanked=revoked.reason if revoked else None,
+                    quarantined=held, rollout=rollout, note=note)
+
+    if revoked is not None:
+        return plan("leave-yanked")
+    if installed == target:
+        return plan("up-to-date")
+    if held is not None:
+        return plan("held", f"{target} is quarantined here: {held}")
+    if rollout is not None and not rollout.in_rollout:
+        why = "halted" if rollout.halted else f"at {rollout.percent}%"
+        return plan("held", f"{target} is in a staged rollout ({why}); this installation's "
+                            f"bucket is {rollout.bucket}, not yet included")
+    return plan("install")

@@ -1,0 +1,172 @@
+"""Service control with health in the loop: start in order (each ready before the next), stop
+in reverse (UI before core, drained, bounded), and the post-check (grace, then soak).
+
+A `ServiceControl` needs an installation root, its configuration and a backend; the
+transaction uses it for its steps, and `updater start|stop|health` use it by hand.
+"""
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from greenlight.channels import now
+from greenlight.updater.product._config import Config
+from greenlight.updater.product._health import (
+    CheckResult,
+    HealthChecker,
+    all_checks,
+    failed_required,
+)
+from greenlight.updater.product._placeholders import values_for
+from greenlight.updater.product._services import ServiceBackend, StopOutcome, backend_for, drain
+
+if TYPE_CHECKING:
+    from greenlight.updater.store import InstallRoot
+
+__all__ = ["HealthFailure", "ServiceControl"]
+
+
+class HealthFailure(Exception):
+    """The product is unhealthy: checks failed, a service died or crashed on stop."""
+
+    def __init__(self, summary: str, results: list[CheckResult] | None = None,
+                 stops: list[StopOutcome] | None = None, new_release_at_fault: bool = True):
+        super().__init__(summary)
+        self.summary = summary
+        self.results = results or []
+        self.stops = stops or []
+        self.new_release_at_fault = new_release_at_fault
+        self.at = time.monotonic()
+
+
+def _synthetic(name: str, summary: str, evidence: dict[str, object]) -> CheckResult:
+    return CheckResult(name=name, type="service", required=True, ok=False, summary=summary,
+                       attempts=1, latency_ms=0.0, evidence=evidence, at=now())
+
+
+def _describe(failed: list[CheckResult], version: str, how: str) -> str:
+    first = failed[0]
+    more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+    return f"{version} {how}: check {first.name}: {first.summary}{more}"
+
+
+@dataclass
+class ServiceControl:
+    root: "InstallRoot"
+    config: Config
+    backend: ServiceBackend
+    start_seconds: float = 0.0
+    """time spent starting services (excluded from the rollback time)"""
+
+    @classmethod
+    def of(cls, root: "InstallRoot", config: Config) -> "ServiceControl":
+        return cls(root, config, backend_for(root, config))
+
+    def checker(self, version: str | None) -> HealthChecker:
+        return HealthChecker(self.root.path, self.backend, values_for(self.root, version))
+
+    def any_running(self) -> bool:
+        return any(self.backend.is_running(s.name) for s in self.config.service)
+
+    def stop_all(self, version: str | None) -> list[StopOutcome]:
+        """Stop every service. Draining: UI before core, each drained, bounded, then killed.
+        Without draining: every service signalled at once (how the panel restart crashed)."""
+        config, values = self.config, values_for(self.root, version)
+        ordered = list(reversed(config.service))
+        if not config.stop.drain:
+            for s in ordered:
+                self.backend.stop(s, config.stop.timeout, wait=False)
+            return [self.backend.wait_stopped(s, config.stop.timeout) for s in ordered]
+        outcomes = []
+        for s in ordered:
+            if self.backend.is_running(s.name):
+                drain(s, values, config.stop.timeout)
+            outcomes.append(self.backend.stop(s, config.stop.timeout))
+        return outcomes
+
+    def start_all(self, version: str | None) -> None:
+        """Start services in order, each ready (its `ready` check passing) before the next.
+
+        Raises:
+            HealthFailure: a service exited during start-up or was not ready in time.
+        """
+        if version is None:
+            return
+        checker = self.checker(version)
+        checks = {c.name: c for c in self.config.check}
+        started = time.monotonic()
+        for s in self.config.service:
+            self.backend.start(s, values_for(self.root, version))
+            deadline = time.monotonic() + s.start_timeout
+            while True:
+                if not self.backend.is_running(s.name):
+                    tail = self._log_tail(s.name)
+                    raise HealthFailure(
+                        f"service {s.name} of {version} exited during start-up"
+                        + (f": {tail[-1]}" if tail else ""),
+                        [_synthetic(f"{s.name}-start", "exited during start-up",
+                                    {"last_exit": self.backend.last_exit(s.name), "log": tail})])
+                if s.ready is None:
+                    break
+                result = checker.run(checks[s.ready], retries=0)
+                if result.ok:
+                    break
+                if time.monotonic() > deadline:
+                    raise HealthFailure(f"service {s.name} of {version} not ready in "
+                                        f"{s.start_timeout}s: {result.summary}", [result])
+                time.sleep(0.05)
+        self.start_seconds += time.monotonic() - started
+
+    def _log_tail(self, name: str, lines: int = 5) -> list[str]:
+        try:
+            log = self.root.path / "logs" / f"{name}.log"
+            return log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return []
+
+    def check_now(self, version: str | None) -> list[CheckResult]:
+        """Every check once (with its own retries) against `version`'s services."""
+        checker = self.checker(version)
+        return [checker.run(c) for c in all_checks(self.config)]
+
+    def post_check(self, version: str, grace: float, soak: float) -> list[CheckResult]:
+        """Checks must pass within `grace` (start-up), then keep passing for `soak`.
+
+        Raises:
+            HealthFailure: a required check failed past the grace, or during the soak.
+        """
+        checker, checks = self.checker(version), all_checks(self.config)
+        if not checks:
+            return []
+        interval = self.config.health.interval
+        deadline = time.monotonic() + grace
+        while True:
+            results = [checker.run(c, retries=0) for c in checks]
+            failed = failed_required(results)
+            if not failed:
+                break
+            if time.monotonic() >= deadline:
+                raise HealthFailure(_describe(failed, version, "did not become healthy"),
+                                    results)
+            time.sleep(interval)
+        soak_end = time.monotonic() + soak
+        while time.monotonic() < soak_end:
+            time.sleep(min(interval, max(0.0, soak_end - time.monotonic())))
+            results = [checker.run(c, retries=0) for c in checks]
+            failed = failed_required(results)
+            if failed:
+                raise HealthFailure(_describe(failed, version, "failed during the soak window"),
+                                    results)
+        return results
+
+    def stop_crash(self, version: str | None, outcomes: list[StopOutcome]) -> HealthFailure | None:
+        """A crash on stop as a failed check of the running release (not the new one)."""
+        crashed = [o for o in outcomes if o.crashed]
+        if not crashed:
+            return None
+        return HealthFailure(
+            f"service {crashed[0].service} of {version} crashed when stopped "
+            f"(exit status {crashed[0].returncode}): in-flight work was cut off",
+            [_synthetic(f"{o.service}-stop", o.describe(), {"returncode": o.returncode})
+             for o in crashed],
+            outcomes, new_release_at_fault=False)

@@ -1,0 +1,37 @@
+"""Placeholders in commands, URLs and check fields: {root}, {release_dir}, {version},
+{python}, and {token} in WebSocket messages."""
+
+import re
+from typing import TYPE_CHECKING
+
+from greenlight.updater.product._runtime import python_argv
+
+if TYPE_CHECKING:
+    from greenlight.updater.store import InstallRoot
+
+__all__ = ["expand", "expand_command", "values_for"]
+
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+
+
+def expand(text: str, values: dict[str, str]) -> str:
+    """Replace {root}, {release_dir}, {version}, {python} (and {token} where given); other
+    braces (JSON in a WebSocket message, say) are left alone."""
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+def expand_command(parts: list[str], values: dict[str, str]) -> list[str]:
+    """A command's argv: a lone "{python}" becomes the interpreter's argv (see _runtime)."""
+    argv: list[str] = []
+    for part in parts:
+        argv.extend(python_argv() if part == "{python}" else [expand(part, values)])
+    return argv
+
+
+def values_for(root: "InstallRoot", version: str | None) -> dict[str, str]:
+    """The placeholder values for `version` (the release `current` points at, if None)."""
+    import sys
+
+    release_dir = root.release_dir(version) if version else root.current
+    return {"root": str(root.path), "release_dir": str(release_dir), "version": version or "",
+            "python": sys.executable}

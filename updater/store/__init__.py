@@ -1,0 +1,52 @@
+"""What the client keeps on disk: the installation root and its layout, safe extraction and
+staging of releases, the lock, the journal of the transaction in progress, the history and
+the quarantine.
+
+```
+<root>/greenlight.toml       configuration
+<root>/state/metadata/       TUF metadata cache (ngclient's; root history kept)
+<root>/state/channels/       verified channel files, and active.json: the active channel
+<root>/state/journal.json    the transaction in progress
+<root>/state/history.jsonl   upgrades, rollbacks, incidents with evidence
+<root>/state/quarantine.json releases that failed here
+<root>/downloads/            verified artifacts, named by sha256
+<root>/releases/<version>/   unpacked releases, each with its release.json
+<root>/current               symlink to releases/<version>; switched atomically
+```
+"""
+
+from greenlight.updater.store._extract import Limits, extract
+from greenlight.updater.store._history import EventKind, HistoryEntry, history, record
+from greenlight.updater.store._journal import Journal, StepRecord, StepState
+from greenlight.updater.store._lock import locked
+from greenlight.updater.store._quarantine import QuarantineEntry, add_to_quarantine, quarantine
+from greenlight.updater.store._root import (
+    RELEASE_MANIFEST,
+    ActiveChannel,
+    InstallRoot,
+    ReleaseManifest,
+    default_root,
+)
+from greenlight.updater.store._stage import stage_release
+
+__all__ = [
+    "RELEASE_MANIFEST",
+    "ActiveChannel",
+    "EventKind",
+    "HistoryEntry",
+    "InstallRoot",
+    "Journal",
+    "Limits",
+    "QuarantineEntry",
+    "ReleaseManifest",
+    "StepRecord",
+    "StepState",
+    "add_to_quarantine",
+    "default_root",
+    "extract",
+    "history",
+    "locked",
+    "quarantine",
+    "record",
+    "stage_release",
+]

@@ -1,0 +1,56 @@
+"""`state/history.jsonl`: what happened here, one JSON object a line, appended and fsync'd:
+upgrades, rollbacks and incidents with their evidence."""
+
+import os
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from greenlight.channels import now
+from greenlight.updater.store._root import InstallRoot
+
+__all__ = ["EventKind", "HistoryEntry", "history", "record"]
+
+EventKind = Literal["upgraded", "rolled-back", "rollback-failed", "recovered",
+                    "precheck-forced", "precheck-blocked", "manual-rollback", "yanked"]
+
+
+class HistoryEntry(BaseModel):
+    at: datetime = Field(default_factory=now)
+    event: EventKind
+    channel: str
+    from_version: str | None = None
+    to_version: str | None = None
+    fallback_channel: str | None = None
+    summary: str
+    failed_checks: list[dict[str, Any]] = Field(default_factory=list)
+    stop_outcomes: list[str] = Field(default_factory=list)
+    timings: dict[str, float] = Field(default_factory=dict)
+
+
+def record(root: InstallRoot, entry: HistoryEntry) -> None:
+    """Append `entry` durably (a torn last line after a crash is skipped when read)."""
+    path = root.state / "history.jsonl"
+    line = (entry.model_dump_json() + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def history(root: InstallRoot) -> list[HistoryEntry]:
+    path = root.state / "history.jsonl"
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    entries = []
+    for line in lines:
+        try:
+            entries.append(HistoryEntry.model_validate_json(line))
+        except ValidationError:
+            continue  # a torn last line after a crash: the rest is still the story
+    return entries

@@ -1,0 +1,26 @@
+"""The upgrade as a transaction: the generic engine (`_engine`: steps with do and undo, the
+journal, the step-state diagram), the steps themselves (`_steps`), and the rollback policy and
+recovery (`_rollback`)."""
+
+from greenlight.updater.transaction._engine import Step, StepContext, run_steps, undo_steps
+from greenlight.updater.transaction._rollback import Rollback, recover, roll_back
+from greenlight.updater.transaction._steps import (
+    DELTA_PAYS,
+    ROLLBACK_STEPS,
+    STEPS,
+    Transaction,
+)
+
+__all__ = [
+    "DELTA_PAYS",
+    "ROLLBACK_STEPS",
+    "STEPS",
+    "Rollback",
+    "Step",
+    "StepContext",
+    "Transaction",
+    "recover",
+    "roll_back",
+    "run_steps",
+    "undo_steps",
+]

@@ -1,0 +1,167 @@
+"""The upgrade's steps, each a `Step(name, do, undo)` over a `Transaction`:
+
+    fetch -> stage -> stop -> switch -> start -> post-check -> commit
+
+`STEPS` is the one list that the engine, recovery and the crash tests all read. Handlers are
+thin: they read what they need from the transaction and its journal, and undo reads only
+the journal and the disk, so recovery by another process can run it.
+"""
+
+import hashlib
+import shutil
+from dataclasses import dataclass, field
+
+from greenlight.channels import (
+    ChannelFile,
+    ComponentArtifact,
+    DeltaError,
+    apply_delta,
+    atomic_write,
+)
+from greenlight.updater._errors import GreenlightError, TrustError
+from greenlight.updater.product import Config, ServiceControl
+from greenlight.updater.reports import DeltaUse
+from greenlight.updater.store import InstallRoot, Journal, stage_release
+from greenlight.updater.transaction._engine import Step
+from greenlight.updater.trust import Downloads, Progress, TrustedRepository
+
+__all__ = ["DELTA_PAYS", "ROLLBACK_STEPS", "STEPS", "Transaction"]
+
+
+@dataclass
+class Transaction:
+    """One upgrade (or rollback) in progress: its journal, and what its steps produce."""
+
+    root: InstallRoot
+    config: Config
+    control: ServiceControl
+    journal: Journal
+    repo: TrustedRepository | None = None
+    channel_file: ChannelFile | None = None
+    progress: Progress | None = None
+    bytes_fetched: int = 0
+    pruned: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    deltas: list[DeltaUse] = field(default_factory=list)
+
+    @property
+    def new(self) -> str:
+        return self.journal.to_version
+
+    @property
+    def old(self) -> str | None:
+        return self.journal.from_version
+
+
+DELTA_PAYS = 0.5  # take a delta only when it is clearly smaller than the full artifact
+
+
+def _via_delta(txn: Transaction, name: str, artifact: ComponentArtifact,
+               store: Downloads) -> DeltaUse:
+    """Rebuild the artifact from a kept base and a verified delta; any failure says why and
+    leaves the full download to the caller."""
+    assert txn.repo is not None
+    usable = [d for d in artifact.deltas
+              if store.path(d.base_sha256).is_file() and d.length < DELTA_PAYS * artifact.length]
+    if not usable:
+        why = "no delta offered" if not artifact.deltas else "no base release kept in downloads/"
+        return DeltaUse(component=name, used=False, reason=why)
+    delta = min(usable, key=lambda d: d.length)
+    use = DeltaUse(component=name, used=False, from_version=delta.from_version,
+                   delta_bytes=delta.length, method=delta.method, reason="")
+    try:
+        info = txn.repo.target_info(delta.target)
+        if info is None or info.hashes.get("sha256") != delta.sha256 or info.length != delta.length:
+            raise TrustError(f"delta {delta.target}: not the signed target the channel file names")
+        patch = txn.repo.download(info, store, txn.progress).read_bytes()
+        txn.bytes_fetched += delta.length
+        rebuilt = apply_delta(store.path(delta.base_sha256).read_bytes(), patch)
+        digest = hashlib.sha256(rebuilt).hexdigest()
+        if len(rebuilt) != artifact.length or digest != artifact.sha256:
+            raise DeltaError("the rebuilt artifact does not match the signed sha256 and length")
+        atomic_write(store.path(artifact.sha256), rebuilt)
+    except (DeltaError, GreenlightError, OSError) as e:
+        return use.model_copy(update={"reason": f"{type(e).__name__}: {e}"})
+    return use.model_copy(update={"used": True, "reason": "delta applied and verified"})
+
+
+def do_fetch(txn: Transaction) -> None:
+    assert txn.repo is not None and txn.channel_file is not None
+    store = Downloads(txn.root.downloads)
+    for name, artifact in sorted(txn.channel_file.components.items()):
+        info = txn.repo.artifact_info(name, artifact)
+        if store.find(artifact.sha256, artifact.length) is not None:
+            continue
+        use = _via_delta(txn, name, artifact, store)
+        txn.deltas.append(use)
+        if not use.used:
+            txn.bytes_fetched += artifact.length
+            txn.repo.download(info, store, txn.progress)
+
+
+def do_stage(txn: Transaction) -> None:
+    assert txn.channel_file is not None
+    if txn.root.manifest(txn.new) is None:
+        txn.journal.staged_new = True
+        txn.journal.save(txn.root)
+    store = Downloads(txn.root.downloads)
+    archives = {name: store.path(a.sha256) for name, a in txn.channel_file.components.items()}
+    stage_release(txn.root, txn.channel_file, archives)
+
+
+def undo_stage(txn: Transaction) -> None:
+    for staging in txn.root.releases.glob(f".staging-{txn.new}"):
+        shutil.rmtree(staging, ignore_errors=True)
+    if txn.journal.staged_new and txn.root.installed_version() != txn.new:
+        shutil.rmtree(txn.root.release_dir(txn.new), ignore_errors=True)
+
+
+def do_stop(txn: Transaction) -> None:
+    outcomes = txn.control.stop_all(txn.old)
+    crash = txn.control.stop_crash(txn.old, outcomes)
+    if crash is not None:
+        raise crash
+
+
+def undo_stop(txn: Transaction) -> None:
+    txn.control.start_all(txn.root.installed_version())
+
+
+def do_switch(txn: Transaction) -> None:
+    txn.root.switch_current(txn.new)
+
+
+def undo_switch(txn: Transaction) -> None:
+    if txn.old is None:
+        txn.root.current.unlink(missing_ok=True)
+    elif txn.root.installed_version() != txn.old:
+        txn.root.switch_current(txn.old)
+
+
+def do_start(txn: Transaction) -> None:
+    txn.control.start_all(txn.new)
+
+
+def undo_start(txn: Transaction) -> None:
+    txn.control.stop_all(txn.new)
+
+
+def do_post_check(txn: Transaction) -> None:
+    health = txn.config.health
+    txn.control.post_check(txn.new, health.grace, health.soak)
+
+
+def do_commit(txn: Transaction) -> None:
+    txn.pruned = txn.root.prune(txn.config.keep_releases)
+
+
+STEPS: list[Step[Transaction]] = [
+    Step("fetch", do_fetch),
+    Step("stage", do_stage, undo_stage),
+    Step("stop", do_stop, undo_stop),
+    Step("switch", do_switch, undo_switch),
+    Step("start", do_start, undo_start),
+    Step("post-check", do_post_check),
+    Step("commit", do_commit),
+]
+ROLLBACK_STEPS = [s for s in STEPS if s.name not in ("fetch", "stage")]

@@ -1,0 +1,32 @@
+"""Trust: python-tuf's ngclient over Greenlight's fetchers, and verified downloads.
+
+- `HttpxFetcher`: ngclient's FetcherInterface over one httpx client (deadlines, Range);
+- `TrustedRepository`: refresh, channel files as targets of the channel's delegated role,
+  artifacts streamed into the content-addressed store and verified as they arrive;
+- `DirectoryFetcher` and `open_bundle`: the same client over an unpacked offline bundle.
+
+Every python-tuf and httpx exception leaves this package as a `TrustError`, `NetworkError`
+or `StoreError` with one line that says what was refused and why.
+"""
+
+from tuf.ngclient import FetcherInterface
+
+from greenlight.updater.trust._bundle import Bundle, DirectoryFetcher, open_bundle
+from greenlight.updater.trust._downloads import Downloads, Opener, Progress, receive_verified
+from greenlight.updater.trust._fetcher import HttpxFetcher, user_agent
+from greenlight.updater.trust._repository import TrustedRepository, explain
+
+__all__ = [
+    "Bundle",
+    "DirectoryFetcher",
+    "Downloads",
+    "FetcherInterface",
+    "HttpxFetcher",
+    "Opener",
+    "Progress",
+    "TrustedRepository",
+    "explain",
+    "open_bundle",
+    "receive_verified",
+    "user_agent",
+]
