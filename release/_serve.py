@@ -29,7 +29,6 @@ class RepositoryServer(ThreadingHTTPServer):
 
     def __init__(self, root: Path, port: int = 0, host: str = "127.0.0.1") -> None:
         self.root = root.resolve()
-        self.requests_served = 0
         self.connections = 0
         self.paths: list[str] = []
         self.honour_ranges = True
@@ -59,7 +58,6 @@ class RepositoryServer(ThreadingHTTPServer):
 
     def reset_counts(self) -> None:
         with self._count_lock:
-            self.requests_served = 0
             self.connections = 0
             self.paths = []
             self.bytes_sent = 0
@@ -81,7 +79,6 @@ class _Handler(SimpleHTTPRequestHandler):
 
     def _count(self) -> None:
         with self.server._count_lock:
-            self.server.requests_served += 1
             self.server.paths.append(self.path)
 
     def send_head(self) -> Any:
