@@ -36,7 +36,10 @@ from greenlight.channels._paths import (
     check_channel_name,
     check_component_name,
 )
+from greenlight.channels._process import lean_process
+from greenlight.channels._records import Record
 from greenlight.channels._rollout import admitted, rollout_bucket
+from greenlight.channels._version import VERSION
 from greenlight.channels._versions import is_newer, parse_version, sort_versions
 
 __all__ = [
@@ -44,11 +47,13 @@ __all__ = [
     "BUNDLE_FORMAT",
     "BUNDLE_MANIFEST",
     "SCHEMA_VERSION",
+    "VERSION",
     "BuiltDelta",
     "BundleFormatError",
     "BundleManifest",
     "ChannelFile",
     "ChannelFileError",
+    "Record",
     "ComponentArtifact",
     "Delta",
     "DeltaError",
@@ -71,4 +76,5 @@ __all__ = [
     "parse_version",
     "rollout_bucket",
     "sort_versions",
+    "lean_process",
 ]

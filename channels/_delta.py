@@ -27,7 +27,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel
+from greenlight.channels._records import Record
 
 __all__ = ["DeltaError", "BuiltDelta", "apply_delta", "build_delta"]
 
@@ -42,13 +42,13 @@ class DeltaError(Exception):
     """A delta that cannot be built or applied; the caller falls back to the full artifact."""
 
 
-class Recipe(BaseModel):
+class Recipe(Record):
     format: str  # "tar" (no compression), "gzip" or "zstd"
     level: int | None = None
     gzip_header: str | None = None  # hex of the original gzip header, kept verbatim
 
 
-class DeltaHeader(BaseModel):
+class DeltaHeader(Record):
     format: str = FORMAT
     method: str
     base_sha256: str

@@ -9,9 +9,10 @@ import json
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
 
 from greenlight.channels._paths import check_channel_name, check_component_name
+from greenlight.channels._records import Record
 from greenlight.channels._versions import parse_version
 
 __all__ = ["SCHEMA_VERSION", "ChannelFile", "ChannelFileError", "ChannelName",
@@ -33,8 +34,8 @@ VersionStr = Annotated[str, AfterValidator(_version)]
 ChannelName = Annotated[str, AfterValidator(check_channel_name)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(Record):
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Delta(_Strict):

@@ -23,13 +23,13 @@ import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from pydantic import BaseModel
 from tuf.api.metadata import Snapshot, Targets, Timestamp
 
 from greenlight.channels import (
     BUNDLE_FORMAT,
     BUNDLE_MANIFEST,
     BundleManifest,
+    Record,
     channel_role,
     channel_target,
     now,
@@ -41,7 +41,7 @@ from greenlight.release._repository import ARTIFACTS, FileRepository
 __all__ = ["BundleResult", "build_bundle", "parse_duration"]
 
 
-class BundleResult(BaseModel):
+class BundleResult(Record):
     """What `release bundle` wrote."""
 
     format: str

@@ -24,11 +24,11 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
     load_pem_public_key,
 )
-from pydantic import BaseModel, Field
+from pydantic import Field
 from securesystemslib.signer import CryptoSigner, SSlibKey
 from tuf.api.metadata import Metadata, Role, Root, Targets
 
-from greenlight.channels import atomic_write
+from greenlight.channels import Record, atomic_write
 from greenlight.release._errors import ReleaseError
 from greenlight.release._keys import KeyStore, LooseKeyPermissions
 from greenlight.release._repository import FileRepository
@@ -38,7 +38,7 @@ __all__ = ["ImportResult", "KeyChange", "awaiting", "change_keys", "export_stage
            "keygen", "load_public_key", "rotate", "sign_file"]
 
 
-class KeyChange(BaseModel):
+class KeyChange(Record):
     """A role's keys after `release keys` or `release rotate`."""
 
     role: str
@@ -50,7 +50,7 @@ class KeyChange(BaseModel):
     retired: list[str] = Field(default_factory=list)
 
 
-class ImportResult(BaseModel):
+class ImportResult(Record):
     """What `release sign import` did with the signatures it was given."""
 
     role: str

@@ -2,17 +2,16 @@
 
 from datetime import datetime
 
-from pydantic import BaseModel
 from tuf.api.metadata import Root, Snapshot, Timestamp
 
-from greenlight.channels import ChannelFile
+from greenlight.channels import ChannelFile, Record
 from greenlight.release._channels import channels, current_channel_file, require
 from greenlight.release._repository import FileRepository
 
 __all__ = ["ChannelChange", "ChannelStatus", "RepositoryStatus", "RoleStatus", "repository_status"]
 
 
-class RoleStatus(BaseModel):
+class RoleStatus(Record):
     role: str
     version: int
     expires: datetime
@@ -20,7 +19,7 @@ class RoleStatus(BaseModel):
     keys: int
 
 
-class ChannelStatus(BaseModel):
+class ChannelStatus(Record):
     channel: str
     release: str
     rollout: str
@@ -31,7 +30,7 @@ class ChannelStatus(BaseModel):
     revoked: list[str]
 
 
-class RepositoryStatus(BaseModel):
+class RepositoryStatus(Record):
     repository: str
     channels: list[ChannelStatus]
     roles: list[RoleStatus]
@@ -76,7 +75,7 @@ def repository_status(repo: FileRepository) -> RepositoryStatus:
                             awaiting_signatures=repo.pending())
 
 
-class ChannelChange(BaseModel):
+class ChannelChange(Record):
     """A channel file just written (publish, promote, yank, rollout) and what awaits
     signatures before it is published."""
 

@@ -5,10 +5,9 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pydantic import BaseModel
 from tuf.api.metadata import Snapshot, Timestamp
 
-from greenlight.channels import BUNDLE_BASE_URL
+from greenlight.channels import BUNDLE_BASE_URL, Record
 from greenlight.release._channels import channels
 from greenlight.release._errors import ReleaseError
 from greenlight.release._repository import FileRepository
@@ -45,7 +44,7 @@ def expiring(repo: FileRepository, within: timedelta) -> dict[str, datetime]:
     return found
 
 
-class VerifyResult(BaseModel):
+class VerifyResult(Record):
     """What `release verify` checked, as a client would."""
 
     repository: str

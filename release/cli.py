@@ -9,9 +9,9 @@ Heavy modules are imported by the commands that use them.
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import typer
+import click
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -21,20 +21,20 @@ if TYPE_CHECKING:
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(
-    name="release",
-    help="Greenlight release pipeline: a signed repository of channels and releases.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
 
-RepoArg = Annotated[Path, typer.Argument(help="Repository folder (metadata/, targets/, keys/).")]
-KeysOpt = Annotated[
-    Path | None, typer.Option("--keys", help="Private keys folder (default: REPO/keys).")
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+@click.group(name="release", context_settings={"help_option_names": ["-h", "--help"]})
+def app() -> None:
+    """Greenlight release pipeline: a signed repository of channels and releases."""
+    from greenlight.channels import lean_process
+
+    lean_process()
+
+
+repo_argument = click.argument("repo", type=click.Path(path_type=Path))
+keys_option = click.option("--keys", "keys", type=click.Path(path_type=Path), default=None,
+                           help="Private keys folder (default: REPO/keys).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 T = TypeVar("T")
 
 
@@ -50,7 +50,7 @@ def _run(work: Callable[[], T]) -> T:
         return work()
     except (ReleaseError, ValueError) as e:
         print(f"release: error: {' '.join(str(e).split())}", file=sys.stderr)
-        raise typer.Exit(1) from None
+        raise SystemExit(1) from None
 
 
 def _repo(path: Path, keys: Path | None) -> "FileRepository":
@@ -71,8 +71,10 @@ def _awaiting(pending: list[str]) -> None:
 
 
 @app.command()
-def init(repo: RepoArg, keys: KeysOpt = None) -> None:
-    """Create a new signed repository with one ed25519 key for each top-level role."""
+@repo_argument
+@keys_option
+def init(repo: Path, keys: Path | None) -> None:
+    """Create a new signed repository in REPO with one ed25519 key for each top-level role."""
     from greenlight.release._repository import init_repository
 
     created = _run(lambda: init_repository(repo, keys))
@@ -116,48 +118,44 @@ def _channel_change(repo: Path, keys_dir: Path | None, as_json: bool,
 
 
 @app.command("publish")
-def publish_cmd(
-    repo: RepoArg,
-    channel: Annotated[str, typer.Option("--channel", help="Channel to publish on.")],
-    version: Annotated[str, typer.Option("--version", help="Release version, e.g. 1.6.11.")],
-    component: Annotated[
-        list[str], typer.Option("--component", metavar="NAME=PATH",
-                                 help="A component archive; give one per component.")
-    ],
-    fallback: Annotated[
-        str | None, typer.Option("--fallback", help="Channel clients fall back to.")
-    ] = None,
-    allow_older: Annotated[
-        bool, typer.Option("--allow-older", help="Publish a version not newer than the current.")
-    ] = False,
-    rollout_percent: Annotated[int | None, typer.Option(
-        "--rollout", help="Start a staged rollout at this percent of installations.")] = None,
-    no_deltas: Annotated[bool, typer.Option(
-        "--no-deltas", help="Do not build patches from recent releases.")] = False,
-    keys: KeysOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
+@repo_argument
+@click.option("--channel", required=True, help="Channel to publish on.")
+@click.option("--version", required=True, help="Release version, e.g. 1.6.11.")
+@click.option("--component", required=True, multiple=True, metavar="NAME=PATH",
+              help="A component archive; give one per component.")
+@click.option("--fallback", default=None, help="Channel clients fall back to.")
+@click.option("--allow-older", is_flag=True,
+              help="Publish a version not newer than the current.")
+@click.option("--rollout", "rollout_percent", type=int, default=None,
+              help="Start a staged rollout at this percent of installations.")
+@click.option("--no-deltas", is_flag=True, help="Do not build patches from recent releases.")
+@keys_option
+@json_option
+def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ...],
+                fallback: str | None, allow_older: bool, rollout_percent: int | None,
+                no_deltas: bool, keys: Path | None, as_json: bool) -> None:
     """Add a release's component archives and point --channel at it, signed; with patches
     from the channel's (and its fallback's) recent releases where they are small."""
     from greenlight.release._publish import publish
 
     _channel_change(
         repo, keys, as_json,
-        lambda r: publish(r, channel, version, _parse_components(component), fallback,
+        lambda r: publish(r, channel, version, _parse_components(list(component)), fallback,
                           allow_older, rollout_percent, deltas=not no_deltas),
         lambda cf: f"published {channel} {version} ({', '.join(cf.components)})")
 
 
 @app.command()
-def bundle(
-    repo: RepoArg,
-    channel: Annotated[str, typer.Option("--channel", help="Channel whose release to bundle.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Bundle file to write.")],
-    expires: Annotated[str, typer.Option(
-        "--expires", help="How long offline sites may install it: 12h, 90d, 8w.")] = "30d",
-    keys: KeysOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
+@repo_argument
+@click.option("--channel", required=True, help="Channel whose release to bundle.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Bundle file to write.")
+@click.option("--expires", default="30d", show_default=True,
+              help="How long offline sites may install it: 12h, 90d, 8w.")
+@keys_option
+@json_option
+def bundle(repo: Path, channel: str, output: Path, expires: str, keys: Path | None,
+           as_json: bool) -> None:
     """Write an offline bundle: root chain, metadata, channel file and artifacts, signed to
     stay valid for --expires (the new metadata is published in the repository too)."""
     from greenlight.release._bundle import build_bundle, parse_duration
@@ -172,20 +170,19 @@ def bundle(
 
 
 @app.command()
-def installer(
-    repo: RepoArg,
-    channel: Annotated[str, typer.Option("--channel", help="Channel whose release to ship.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the executable.")],
-    product_config: Annotated[Path | None, typer.Option(
-        "--product-config", help="TOML with the product's [[service]] and [[check]] tables.")
-    ] = None,
-    repo_url: Annotated[str, typer.Option(
-        "--repo-url", help="Repository URL installed roots use for later online updates.")
-    ] = "http://127.0.0.1:8080/",
-    expires: Annotated[str, typer.Option("--expires", help="Validity of the bundle inside.")
-                       ] = "90d",
-    keys: KeysOpt = None,
-) -> None:
+@repo_argument
+@click.option("--channel", required=True, help="Channel whose release to ship.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Folder for the executable.")
+@click.option("--product-config", type=click.Path(path_type=Path), default=None,
+              help="TOML with the product's [[service]] and [[check]] tables.")
+@click.option("--repo-url", default="http://127.0.0.1:8080/", show_default=True,
+              help="Repository URL installed roots use for later online updates.")
+@click.option("--expires", default="90d", show_default=True,
+              help="Validity of the bundle inside.")
+@keys_option
+def installer(repo: Path, channel: str, output: Path, product_config: Path | None,
+              repo_url: str, expires: str, keys: Path | None) -> None:
     """Build the offline installer: one PyInstaller executable with the updater, the trusted
     root and a bundle of --channel's release."""
     from greenlight.release._bundle import parse_duration
@@ -198,10 +195,10 @@ def installer(
 
 
 @app.command()
-def serve(
-    repo: RepoArg,
-    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0: any free).")] = 8080,
-) -> None:
+@repo_argument
+@click.option("--port", type=int, default=8080, show_default=True,
+              help="Port on 127.0.0.1 (0: any free).")
+def serve(repo: Path, port: int) -> None:
     """Serve metadata/ and targets/ on 127.0.0.1 for development (any static server works)."""
     from greenlight.release._errors import ReleaseError
     from greenlight.release._serve import RepositoryServer
@@ -226,7 +223,10 @@ def serve(
 
 
 @app.command()
-def status(repo: RepoArg, keys: KeysOpt = None, as_json: JsonOpt = False) -> None:
+@repo_argument
+@keys_option
+@json_option
+def status(repo: Path, keys: Path | None, as_json: bool) -> None:
     """Channels, releases, roles, thresholds and expiry dates."""
     import time
 
@@ -254,10 +254,10 @@ def status(repo: RepoArg, keys: KeysOpt = None, as_json: JsonOpt = False) -> Non
 
 
 @app.command("keygen")
-def keygen_cmd(
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the key files.")],
-    name: Annotated[str, typer.Option("--name", help="File name prefix, e.g. the role.")],
-) -> None:
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for the key files.")
+@click.option("--name", required=True, help="File name prefix, e.g. the role.")
+def keygen_cmd(out_dir: Path, name: str) -> None:
     """Make a signing key on this machine: NAME.<id>.pem (owner-only) and NAME.<id>.pub.pem."""
     from greenlight.release._signing import keygen
 
@@ -266,26 +266,26 @@ def keygen_cmd(
     say(f"public key (give it to the release engineer): {public}")
 
 
-@app.command()
-def keys(
-    repo: RepoArg,
-    role: Annotated[str, typer.Option("--role", help="Role whose keys change.")],
-    generate: Annotated[int, typer.Option("--generate", help="New keys made here.")] = 0,
-    public_key: Annotated[list[Path] | None, typer.Option(
-        "--public-key", metavar="PEM", help="A signer's public key to add.")] = None,
-    remove: Annotated[list[str] | None, typer.Option(
-        "--remove", metavar="KEYID", help="Key id (or prefix) to remove.")] = None,
-    threshold: Annotated[int | None, typer.Option("--threshold", help="Signatures needed.")
-                         ] = None,
-    keys_dir: KeysOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
+@app.command("keys")
+@repo_argument
+@click.option("--role", required=True, help="Role whose keys change.")
+@click.option("--generate", type=int, default=0, help="New keys made here.")
+@click.option("--public-key", type=click.Path(path_type=Path), multiple=True, metavar="PEM",
+              help="A signer's public key to add.")
+@click.option("--remove", multiple=True, metavar="KEYID", help="Key id (or prefix) to remove.")
+@click.option("--threshold", type=int, default=None, help="Signatures needed.")
+@keys_option
+@json_option
+def keys_cmd(repo: Path, role: str, generate: int, public_key: tuple[Path, ...],
+         remove: tuple[str, ...], threshold: int | None, keys: Path | None,
+         as_json: bool) -> None:
     """Add or remove keys of a role and set its threshold (k of n)."""
     from greenlight.release._signing import change_keys, load_public_key
 
-    result = _run(lambda: change_keys(_repo(repo, keys_dir), role,
-                                      add=[load_public_key(p) for p in public_key or []],
-                                      generate=generate, remove=remove, threshold=threshold))
+    result = _run(lambda: change_keys(_repo(repo, keys), role,
+                                      add=[load_public_key(p) for p in public_key],
+                                      generate=generate, remove=list(remove),
+                                      threshold=threshold))
     if as_json:
         _json(result)
         return
@@ -294,22 +294,21 @@ def keys(
 
 
 @app.command("rotate")
-def rotate_cmd(
-    repo: RepoArg,
-    role: Annotated[str, typer.Option("--role", help="Role whose keys are replaced.")],
-    threshold: Annotated[int | None, typer.Option(
-        "--threshold", help="Signatures needed after the rotation.")] = None,
-    public_key: Annotated[list[Path] | None, typer.Option(
-        "--public-key", metavar="PEM",
-        help="New keys held elsewhere (default: new keys made here).")] = None,
-    keys_dir: KeysOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
+@repo_argument
+@click.option("--role", required=True, help="Role whose keys are replaced.")
+@click.option("--threshold", type=int, default=None,
+              help="Signatures needed after the rotation.")
+@click.option("--public-key", type=click.Path(path_type=Path), multiple=True, metavar="PEM",
+              help="New keys held elsewhere (default: new keys made here).")
+@keys_option
+@json_option
+def rotate_cmd(repo: Path, role: str, threshold: int | None, public_key: tuple[Path, ...],
+               keys: Path | None, as_json: bool) -> None:
     """Replace every key of a role; a new root is signed by the old and the new thresholds."""
     from greenlight.release._signing import load_public_key, rotate
 
-    result = _run(lambda: rotate(_repo(repo, keys_dir), role, threshold,
-                                 add=[load_public_key(p) for p in public_key or []] or None))
+    result = _run(lambda: rotate(_repo(repo, keys), role, threshold,
+                                 add=[load_public_key(p) for p in public_key] or None))
     if as_json:
         _json(result)
         return
@@ -318,27 +317,31 @@ def rotate_cmd(
     _awaiting(result.awaiting_signatures)
 
 
-sign_app = typer.Typer(help="Threshold signing across machines.", no_args_is_help=True,
-                       rich_markup_mode=None)
-app.add_typer(sign_app, name="sign")
+@app.group("sign")
+def sign_app() -> None:
+    """Threshold signing across machines."""
 
 
 @sign_app.command("export")
-def sign_export(repo: RepoArg,
-                role: Annotated[str, typer.Option("--role", help="Role awaiting signatures.")],
-                output: Annotated[Path, typer.Option("-o", "--output", help="File to write.")],
-                keys_dir: KeysOpt = None) -> None:
+@repo_argument
+@click.option("--role", required=True, help="Role awaiting signatures.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="File to write.")
+@keys_option
+def sign_export(repo: Path, role: str, output: Path, keys: Path | None) -> None:
     """Write the version of --role awaiting signatures to a file for other signers."""
     from greenlight.release._signing import export_staged
 
-    _run(lambda: export_staged(_repo(repo, keys_dir), role, output))
+    _run(lambda: export_staged(_repo(repo, keys), role, output))
     say(f"wrote {output}: sign it with 'release sign add {output.name} --key KEY.pem'")
 
 
 @sign_app.command("add")
-def sign_add(file: Annotated[Path, typer.Argument(help="File from 'release sign export'.")],
-             key: Annotated[Path, typer.Option("--key", help="Your private key (PEM).")]) -> None:
-    """Sign an exported file with one key (no repository needed)."""
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--key", required=True, type=click.Path(path_type=Path),
+              help="Your private key (PEM).")
+def sign_add(file: Path, key: Path) -> None:
+    """Sign FILE, exported by 'release sign export', with one key (no repository needed)."""
     from greenlight.release._signing import sign_file
 
     keyid = _run(lambda: sign_file(file, key))
@@ -346,13 +349,16 @@ def sign_add(file: Annotated[Path, typer.Argument(help="File from 'release sign 
 
 
 @sign_app.command("import")
-def sign_import(repo: RepoArg,
-                file: Annotated[Path, typer.Argument(help="A signed file from 'sign add'.")],
-                keys_dir: KeysOpt = None, as_json: JsonOpt = False) -> None:
-    """Merge the signatures in FILE; publish once the role's threshold is met."""
+@repo_argument
+@click.argument("file", type=click.Path(path_type=Path))
+@keys_option
+@json_option
+def sign_import(repo: Path, file: Path, keys: Path | None, as_json: bool) -> None:
+    """Merge the signatures in FILE (signed with 'sign add'); publish once the role's
+    threshold is met."""
     from greenlight.release._signing import import_signatures
 
-    result = _run(lambda: import_signatures(_repo(repo, keys_dir), file))
+    result = _run(lambda: import_signatures(_repo(repo, keys), file))
     if as_json:
         _json(result)
         return
@@ -362,11 +368,13 @@ def sign_import(repo: RepoArg,
 
 
 @sign_app.command("status")
-def sign_status(repo: RepoArg, keys_dir: KeysOpt = None) -> None:
+@repo_argument
+@keys_option
+def sign_status(repo: Path, keys: Path | None) -> None:
     """Roles awaiting signatures."""
     from greenlight.release._signing import awaiting
 
-    waiting = _run(lambda: awaiting(_repo(repo, keys_dir)))
+    waiting = _run(lambda: awaiting(_repo(repo, keys)))
     for role, missing in waiting.items():
         say(f"{role}: {missing}")
     if not waiting:
@@ -374,51 +382,50 @@ def sign_status(repo: RepoArg, keys_dir: KeysOpt = None) -> None:
 
 
 @app.command("promote")
-def promote_cmd(
-    repo: RepoArg,
-    source: Annotated[str, typer.Option("--from", help="Channel to promote from.")],
-    target: Annotated[str, typer.Option("--to", help="Channel to promote to.")],
-    version: Annotated[str | None, typer.Option(
-        "--version", help="Release to promote (default: what --from carries).")] = None,
-    allow_older: Annotated[bool, typer.Option(
-        "--allow-older", help="Promote a version not newer than --to carries.")] = False,
-    keys_dir: KeysOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
+@repo_argument
+@click.option("--from", "source", required=True, help="Channel to promote from.")
+@click.option("--to", "target", required=True, help="Channel to promote to.")
+@click.option("--version", default=None,
+              help="Release to promote (default: what --from carries).")
+@click.option("--allow-older", is_flag=True,
+              help="Promote a version not newer than --to carries.")
+@keys_option
+@json_option
+def promote_cmd(repo: Path, source: str, target: str, version: str | None, allow_older: bool,
+                keys: Path | None, as_json: bool) -> None:
     """Point --to at the very artifacts --from carries (same hashes, nothing re-uploaded)."""
     from greenlight.release._lifecycle import promote
 
-    _channel_change(repo, keys_dir, as_json,
+    _channel_change(repo, keys, as_json,
                     lambda r: promote(r, source, target, version, allow_older),
                     lambda cf: f"promoted {cf.release} from {source} to {target}")
 
 
 @app.command("yank")
-def yank_cmd(
-    repo: RepoArg,
-    channel: Annotated[str, typer.Option("--channel", help="Channel that carries it.")],
-    version: Annotated[str, typer.Option("--version", help="Release to revoke.")],
-    reason: Annotated[str, typer.Option("--reason", help="Why; clients record it.")],
-    keys_dir: KeysOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
+@repo_argument
+@click.option("--channel", required=True, help="Channel that carries it.")
+@click.option("--version", required=True, help="Release to revoke.")
+@click.option("--reason", required=True, help="Why; clients record it.")
+@keys_option
+@json_option
+def yank_cmd(repo: Path, channel: str, version: str, reason: str, keys: Path | None,
+             as_json: bool) -> None:
     """Revoke a release: the channel goes back to its previous good release."""
     from greenlight.release._lifecycle import yank
 
-    _channel_change(repo, keys_dir, as_json, lambda r: yank(r, channel, version, reason),
+    _channel_change(repo, keys, as_json, lambda r: yank(r, channel, version, reason),
                     lambda cf: f"yanked {version} on {channel}; it now carries {cf.release}")
 
 
 @app.command("rollout")
-def rollout_cmd(
-    repo: RepoArg,
-    channel: Annotated[str, typer.Option("--channel", help="Channel whose release rolls out.")],
-    percent: Annotated[int | None, typer.Option(
-        "--percent", help="Share of installations, 0-100.")] = None,
-    halt: Annotated[bool, typer.Option("--halt", help="Stop the rollout where it is.")] = False,
-    keys_dir: KeysOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
+@repo_argument
+@click.option("--channel", required=True, help="Channel whose release rolls out.")
+@click.option("--percent", type=int, default=None, help="Share of installations, 0-100.")
+@click.option("--halt", is_flag=True, help="Stop the rollout where it is.")
+@keys_option
+@json_option
+def rollout_cmd(repo: Path, channel: str, percent: int | None, halt: bool, keys: Path | None,
+                as_json: bool) -> None:
     """Stage the channel's release to a share of installations, or halt it."""
     from greenlight.release._lifecycle import rollout
 
@@ -428,40 +435,42 @@ def rollout_cmd(
                                               f"{state.percent}% of installations"
                                               f"{' (halted)' if state.halted else ''}")
 
-    _channel_change(repo, keys_dir, as_json, lambda r: rollout(r, channel, percent, halt),
+    _channel_change(repo, keys, as_json, lambda r: rollout(r, channel, percent, halt),
                     describe)
 
 
 @app.command("refresh")
-def refresh_cmd(
-    repo: RepoArg,
-    check: Annotated[bool, typer.Option(
-        "--check", help="Only report; exit 1 when a role expires within --within.")] = False,
-    within: Annotated[str, typer.Option("--within", help="Window for --check.")] = "3d",
-    keys_dir: KeysOpt = None,
-) -> None:
+@repo_argument
+@click.option("--check", is_flag=True,
+              help="Only report; exit 1 when a role expires within --within.")
+@click.option("--within", default="3d", show_default=True, help="Window for --check.")
+@keys_option
+def refresh_cmd(repo: Path, check: bool, within: str, keys: Path | None) -> None:
     """Re-sign timestamp and snapshot with fresh expiry (run it from a timer or cron job)."""
     from greenlight.release._bundle import parse_duration
     from greenlight.release._upkeep import expiring, refresh
 
     if check:
-        found = _run(lambda: expiring(_repo(repo, keys_dir), parse_duration(within)))
+        found = _run(lambda: expiring(_repo(repo, keys), parse_duration(within)))
         for role, when in found.items():
             say(f"{role} expires {when:%Y-%m-%d %H:%M}Z (within {within})")
         if found:
-            raise typer.Exit(1)
+            raise SystemExit(1)
         say(f"nothing expires within {within}")
         return
-    renewed = _run(lambda: refresh(_repo(repo, keys_dir)))
+    renewed = _run(lambda: refresh(_repo(repo, keys)))
     say(", ".join(f"{role} valid until {until}" for role, until in renewed.items()))
 
 
 @app.command("verify")
-def verify_cmd(repo: RepoArg, keys_dir: KeysOpt = None, as_json: JsonOpt = False) -> None:
+@repo_argument
+@keys_option
+@json_option
+def verify_cmd(repo: Path, keys: Path | None, as_json: bool) -> None:
     """Verify the whole published tree offline, as a client would."""
     from greenlight.release._upkeep import verify
 
-    result = _run(lambda: verify(_repo(repo, keys_dir)))
+    result = _run(lambda: verify(_repo(repo, keys)))
     if as_json:
         _json(result)
         return
@@ -482,7 +491,7 @@ def main() -> None:
     warnings.simplefilter("always", LooseKeyPermissions)
     warnings.showwarning = one_line
     try:
-        app()
+        app(prog_name="release")
     except KeyboardInterrupt:
         print("release: interrupted", file=sys.stderr)
         sys.exit(130)

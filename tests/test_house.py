@@ -149,7 +149,8 @@ def test_repository_timeout_reaches_the_fetcher(tmp_path, repo):
 
 
 @pytest.mark.parametrize(("argv", "expected"), [
-    (["updater", "check", "--help"], ["--json Print the stable JSON report.", "--root <path>"]),
+    (["updater", "check", "--help"], ["--json Print the stable JSON report.", "--root PATH",
+                                      "GREENLIGHT_ROOT"]),
     (["release", "installer", "--help"], ["[[service]] and [[check]]",
                                           "Private keys folder (default: REPO/keys)."]),
     (["release", "publish", "--help"], ["--component NAME=PATH", "--no-deltas"]),

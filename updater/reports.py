@@ -9,27 +9,28 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from greenlight.channels import Record
 from greenlight.updater.product import CheckResult
 from greenlight.updater.store import HistoryEntry
 
 __all__ = ["CheckReport", "ComponentInfo", "DeltaUse", "ErrorReport", "HealthReport",
            "HistoryReport", "RolloutStatus", "StatusReport", "UpgradeReport", "dump"]
 
-class ComponentInfo(BaseModel):
+class ComponentInfo(Record):
     version: str
     target: str
     sha256: str
     length: int
 
 
-class RolloutStatus(BaseModel):
+class RolloutStatus(Record):
     percent: int
     halted: bool
     bucket: int = Field(description="this installation's bucket, 0-99, for this release")
     in_rollout: bool
 
 
-class CheckReport(BaseModel):
+class CheckReport(Record):
     schema_: Literal["greenlight.check/1"] = Field("greenlight.check/1", alias="schema")
     root: str
     channel: str
@@ -51,7 +52,7 @@ class CheckReport(BaseModel):
     components: dict[str, ComponentInfo]
 
 
-class DeltaUse(BaseModel):
+class DeltaUse(Record):
     """How a component's artifact was obtained when it was not already kept."""
 
     component: str
@@ -62,7 +63,7 @@ class DeltaUse(BaseModel):
     reason: str
 
 
-class UpgradeReport(BaseModel):
+class UpgradeReport(Record):
     """outcome: upgraded | up-to-date | held (quarantined here) | rolled-back | rollback-failed"""
 
     schema_: Literal["greenlight.upgrade/1"] = Field("greenlight.upgrade/1", alias="schema")
@@ -85,7 +86,7 @@ class UpgradeReport(BaseModel):
     incident: HistoryEntry | None = None
 
 
-class HealthReport(BaseModel):
+class HealthReport(Record):
     schema_: Literal["greenlight.health/1"] = Field("greenlight.health/1", alias="schema")
     root: str
     installed: str | None
@@ -93,13 +94,13 @@ class HealthReport(BaseModel):
     results: list[CheckResult]
 
 
-class HistoryReport(BaseModel):
+class HistoryReport(Record):
     schema_: Literal["greenlight.history/1"] = Field("greenlight.history/1", alias="schema")
     root: str
     entries: list[HistoryEntry]
 
 
-class StatusReport(BaseModel):
+class StatusReport(Record):
     schema_: Literal["greenlight.status/1"] = Field("greenlight.status/1", alias="schema")
     root: str
     repository: str
@@ -112,7 +113,7 @@ class StatusReport(BaseModel):
     last_event: str | None = None
 
 
-class ErrorReport(BaseModel):
+class ErrorReport(Record):
     schema_: Literal["greenlight.error/1"] = Field("greenlight.error/1", alias="schema")
     error: str
     kind: str

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import tomli_w
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
 
-from greenlight.channels import check_channel_name
+from greenlight.channels import Record, check_channel_name
 from greenlight.updater._errors import ConfigError
 
 __all__ = ["CheckConfig", "CommandCheck", "Config", "DnsCheck", "HealthConfig", "HttpCheck",
@@ -43,8 +43,8 @@ def _url(text: str) -> str:
     return text.rstrip("/") + "/"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Section(Record):
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class RepositoryConfig(_Section):

@@ -12,9 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
-from greenlight.channels import now
+from greenlight.channels import Record, now
 from greenlight.updater._errors import ConfigError
 from greenlight.updater.product._config import (
     CheckConfig,
@@ -35,7 +33,7 @@ __all__ = ["CheckResult", "HealthChecker", "all_checks", "failed_required"]
 _EXCERPT = 200
 
 
-class CheckResult(BaseModel):
+class CheckResult(Record):
     name: str
     type: str
     required: bool

@@ -5,9 +5,9 @@ import os
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError
 
-from greenlight.channels import now
+from greenlight.channels import Record, now
 from greenlight.updater.store._root import InstallRoot
 
 __all__ = ["EventKind", "HistoryEntry", "history", "record"]
@@ -16,7 +16,7 @@ EventKind = Literal["upgraded", "rolled-back", "rollback-failed", "recovered",
                     "precheck-forced", "precheck-blocked", "manual-rollback", "yanked"]
 
 
-class HistoryEntry(BaseModel):
+class HistoryEntry(Record):
     at: datetime = Field(default_factory=now)
     event: EventKind
     channel: str

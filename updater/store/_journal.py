@@ -6,9 +6,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from greenlight.channels import atomic_write
+from greenlight.channels import Record, atomic_write
 from greenlight.updater._errors import StoreError
 from greenlight.updater.store._root import InstallRoot
 
@@ -17,12 +17,12 @@ __all__ = ["Journal", "StepRecord", "StepState"]
 StepState = Literal["pending", "doing", "done", "undoing", "undone"]
 
 
-class StepRecord(BaseModel):
+class StepRecord(Record):
     name: str
     state: StepState = "pending"
 
 
-class Journal(BaseModel):
+class Journal(Record):
     kind: Literal["upgrade", "rollback"]
     channel: str
     from_version: str | None

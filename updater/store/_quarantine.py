@@ -3,16 +3,16 @@
 import json
 from datetime import datetime
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from greenlight.channels import atomic_write
+from greenlight.channels import Record, atomic_write
 from greenlight.updater._errors import StoreError
 from greenlight.updater.store._root import InstallRoot
 
 __all__ = ["QuarantineEntry", "add_to_quarantine", "quarantine"]
 
 
-class QuarantineEntry(BaseModel):
+class QuarantineEntry(Record):
     version: str
     channel: str
     reason: str

@@ -17,11 +17,12 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from greenlight.channels import (
     ChannelFile,
     ComponentArtifact,
+    Record,
     atomic_symlink,
     atomic_write,
     now,
@@ -44,13 +45,13 @@ def default_root() -> Path:
     return Path(platformdirs.user_data_dir("greenlight"))
 
 
-class ActiveChannel(BaseModel):
+class ActiveChannel(Record):
     channel: str
     since: datetime
     reason: str
 
 
-class ReleaseManifest(BaseModel):
+class ReleaseManifest(Record):
     version: str
     channel: str
     components: dict[str, ComponentArtifact]

@@ -8,12 +8,13 @@ import re
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib.metadata import PackageNotFoundError, version
 
 import httpx
 import tuf
 from tuf.api import exceptions
 from tuf.ngclient import FetcherInterface
+
+from greenlight.channels import VERSION
 
 __all__ = ["HttpxFetcher", "user_agent"]
 
@@ -21,11 +22,7 @@ _CONTENT_RANGE = re.compile(r"^bytes (\d+)-\d+/(?:\d+|\*)$")
 
 
 def user_agent() -> str:
-    try:
-        own = version("greenlight-updater")
-    except PackageNotFoundError:
-        own = "dev"
-    return f"greenlight/{own} python-tuf/{tuf.__version__}"
+    return f"greenlight/{VERSION} python-tuf/{tuf.__version__}"
 
 
 # TCP_NODELAY, as urllib3 does: small requests and answers are not held back by Nagle.
