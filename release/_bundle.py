@@ -36,7 +36,7 @@ from greenlight.channels import (
 )
 from greenlight.release._channels import current_channel_file
 from greenlight.release._errors import ReleaseError
-from greenlight.release._repository import ARTIFACTS, FileRepository
+from greenlight.release._repository import ARTIFACTS, FileRepository, all_or_nothing
 
 __all__ = ["BundleResult", "build_bundle", "parse_duration"]
 
@@ -63,6 +63,7 @@ def parse_duration(text: str) -> timedelta:
     return {"h": timedelta(hours=n), "d": timedelta(days=n), "w": timedelta(weeks=n)}[unit]
 
 
+@all_or_nothing
 def build_bundle(repo: FileRepository, channel: str, out: Path,
                  expires: timedelta = timedelta(days=30)) -> BundleResult:
     if not repo.exists():

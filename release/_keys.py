@@ -52,6 +52,10 @@ class KeyStore:
         self._cache = None
         return signer
 
+    def forget(self) -> None:
+        """Read the folder again on next use (after keys were removed)."""
+        self._cache = None
+
     def _load(self) -> dict[str, KeyFile]:
         if self._cache is None:
             self._cache = {}

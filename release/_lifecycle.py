@@ -10,7 +10,7 @@ from greenlight.release._channels import (
     write_channel_file,
 )
 from greenlight.release._errors import ReleaseError
-from greenlight.release._repository import FileRepository
+from greenlight.release._repository import FileRepository, all_or_nothing
 
 
 def _require_channel(repo: FileRepository, channel: str) -> ChannelFile:
@@ -20,6 +20,7 @@ def _require_channel(repo: FileRepository, channel: str) -> ChannelFile:
     return current
 
 
+@all_or_nothing
 def promote(repo: FileRepository, source: str, target: str, version: str | None = None,
             allow_older: bool = False) -> ChannelFile:
     """Point `target` at the very artifacts `source` carries (or carried, for --version)."""
@@ -48,6 +49,7 @@ def promote(repo: FileRepository, source: str, target: str, version: str | None 
     return promoted
 
 
+@all_or_nothing
 def yank(repo: FileRepository, channel: str, version: str, reason: str) -> ChannelFile:
     """Revoke `version` on `channel`; if it is the current release, go back to the newest
     earlier release that is not revoked."""
@@ -74,6 +76,7 @@ def yank(repo: FileRepository, channel: str, version: str, reason: str) -> Chann
     return yanked
 
 
+@all_or_nothing
 def rollout(repo: FileRepository, channel: str, percent: int | None = None,
             halt: bool = False) -> ChannelFile:
     current = _require_channel(repo, channel)

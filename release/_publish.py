@@ -28,11 +28,12 @@ from greenlight.release._channels import (
 )
 from greenlight.release._deltas import build_deltas
 from greenlight.release._errors import ReleaseError
-from greenlight.release._repository import FileRepository
+from greenlight.release._repository import FileRepository, all_or_nothing
 
 __all__ = ["publish"]
 
 
+@all_or_nothing
 def publish(
     repo: FileRepository,
     channel: str,

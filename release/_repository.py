@@ -15,11 +15,15 @@ client always sees one consistent repository state.
 """
 
 import hashlib
+import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import (
@@ -43,8 +47,9 @@ from greenlight.channels import atomic_write
 from greenlight.release._errors import ReleaseError
 from greenlight.release._keys import KeyStore
 
-__all__ = ["ARTIFACTS", "BIN_BITS", "DELEGATED_EXPIRY", "EXPIRY", "FileRepository", "file_digest",
-           "init_repository"]
+__all__ = ["ARTIFACTS", "BIN_BITS", "DELEGATED_EXPIRY", "EXPIRY", "SETTINGS", "FileRepository",
+           "all_or_nothing", "default_keys_folder", "file_digest", "init_repository",
+           "recorded_keys_folder"]
 
 EXPIRY: dict[str, timedelta] = {
     Root.type: timedelta(days=365),
@@ -64,12 +69,34 @@ def file_digest(path: Path) -> tuple[str, int]:
         return digest.hexdigest(), f.tell()
 
 
+SETTINGS = "repository.json"  # beside metadata/ and targets/, never served
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def default_keys_folder(path: Path) -> Path:
+    """Where `release init` puts a repository's keys: beside it, outside the served tree."""
+    absolute = path.absolute()
+    return absolute.parent / f"{absolute.name}-keys"
+
+
+def recorded_keys_folder(path: Path) -> Path:
+    """The keys folder a repository remembers (repository.json), else the old `REPO/keys`."""
+    try:
+        settings = json.loads((path / SETTINGS).read_text())
+        return Path(settings["keys"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return path / "keys"
+
+
 class FileRepository(Repository):
     def __init__(self, path: Path, keys: KeyStore | None = None) -> None:
         self.path = path
         self.metadata_dir = path / "metadata"
         self.targets_dir = path / "targets"
-        self.keys = keys or KeyStore(path / "keys")
+        self.keys = keys or KeyStore(recorded_keys_folder(path))
+        # While a command runs under all_or_nothing(): each file written, with what it held.
+        self._undo: dict[Path, bytes | None] | None = None
         self._serializer = JSONSerializer(compact=False)
         # Roles re-signed for a longer window (offline bundles): role -> minimum expiry.
         self.expiry_floor: dict[str, datetime] = {}
@@ -77,6 +104,48 @@ class FileRepository(Repository):
         self.staged: list[str] = []
 
     # --- storage -------------------------------------------------------------------------
+    @contextmanager
+    def all_or_nothing(self) -> Iterator[None]:
+        """Run a command so that it publishes everything or changes nothing: on any error,
+        every file it wrote (metadata, staged versions, targets, new keys) is put back."""
+        if self._undo is not None:  # nested: the outermost command decides
+            yield
+            return
+        self._undo = {}
+        keys_before = set(self.keys.folder.glob("*.pem")) if self.keys.folder.is_dir() else set()
+        try:
+            yield
+        except BaseException:
+            for path, old in reversed(list(self._undo.items())):
+                if old is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    atomic_write(path, old)
+            if self.keys.folder.is_dir():
+                for key in set(self.keys.folder.glob("*.pem")) - keys_before:
+                    key.unlink(missing_ok=True)
+                self.keys.forget()
+            raise
+        finally:
+            self._undo = None
+
+    def _remember(self, path: Path) -> None:
+        if self._undo is None or path in self._undo:
+            return
+        try:
+            self._undo[path] = path.read_bytes()
+        except FileNotFoundError:
+            self._undo[path] = None
+
+    def write(self, path: Path, data: bytes, mode: int = 0o644) -> None:
+        """Write a file of the repository (remembered for all_or_nothing)."""
+        self._remember(path)
+        atomic_write(path, data, mode=mode)
+
+    def remove(self, path: Path) -> None:
+        self._remember(path)
+        path.unlink(missing_ok=True)
+
     def _latest_path(self, role: str) -> Path:
         return self.metadata_dir / f"{role}.json"
 
@@ -173,18 +242,34 @@ class FileRepository(Repository):
         md.signatures.clear()
         for signer in self.keys.signers(self.signing_keyids(role, md)):
             md.sign(signer, append=True)
-        if self.missing_signatures(role, md) is not None:
-            atomic_write(self.staged_path(role), md.to_bytes(self._serializer))
+        missing = self.missing_signatures(role, md)
+        if missing is not None:
+            if not md.signatures and self._threshold(role, md) <= 1:
+                # One signature is all it takes, and this machine has none: not a threshold
+                # signing, a missing key. Nothing is staged; the command changes nothing.
+                raise ReleaseError(
+                    f"no private key for role {role} in {self.keys.folder}; pass --keys with "
+                    "the folder that holds it")
+            self.write(self.staged_path(role), md.to_bytes(self._serializer))
             self.staged.append(role)
             return False
         self.store(role, md)
         return True
 
+    def _threshold(self, role: str, md: Metadata[Any]) -> int:
+        """Signatures `md` needs: the most any of its delegators asks for."""
+        if role == Root.type:
+            needed = md.signed.roles[Root.type].threshold
+            if self._latest_path(Root.type).is_file():
+                needed = max(needed, self.root().roles[Root.type].threshold)
+            return int(needed)
+        return self.authorizing_role(role).threshold
+
     def store(self, role: str, md: Metadata[Any]) -> None:
         data = md.to_bytes(self._serializer)
         if role != Timestamp.type:
-            atomic_write(self.metadata_dir / f"{md.signed.version}.{role}.json", data)
-        atomic_write(self._latest_path(role), data)
+            self.write(self.metadata_dir / f"{md.signed.version}.{role}.json", data)
+        self.write(self._latest_path(role), data)
 
     def staged_path(self, role: str) -> Path:
         return self.path / "staged" / f"{role}.json"
@@ -263,6 +348,7 @@ class FileRepository(Repository):
         sha256, length = file_digest(source)
         dest = self.stored_target_path(target_path, sha256)
         if not dest.exists():
+            self._remember(dest)
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".{dest.name}.tmp")
             shutil.copyfile(source, tmp)
@@ -276,7 +362,7 @@ class FileRepository(Repository):
         sha256 = hashlib.sha256(data).hexdigest()
         dest = self.stored_target_path(target_path, sha256)
         if not dest.exists():
-            atomic_write(dest, data)
+            self.write(dest, data)
         return TargetFile(length=len(data), hashes={"sha256": sha256}, path=target_path)
 
     def stored_target_path(self, target_path: str, sha256: str) -> Path:
@@ -288,14 +374,30 @@ class FileRepository(Repository):
 
 
 def init_repository(path: Path, keys_dir: Path | None = None) -> FileRepository:
-    """Create a new repository: one ed25519 key for each top-level role, empty targets."""
-    repo = FileRepository(path, KeyStore(keys_dir or path / "keys"))
+    """Create a new repository: one ed25519 key for each top-level role, empty targets.
+
+    The keys go to `keys_dir`, by default `<REPO>-keys` beside the repository (never inside
+    what is served), and `REPO/repository.json` remembers where, so that later commands need
+    no --keys.
+
+    Raises:
+        ReleaseError: a repository is there already, or the keys folder would be served.
+    """
+    keys_folder = (keys_dir or default_keys_folder(path)).absolute()
+    served = [path.absolute() / "metadata", path.absolute() / "targets"]
+    if any(keys_folder == s or keys_folder.is_relative_to(s) for s in served):
+        raise ReleaseError(f"--keys {keys_dir}: inside the served tree of {path}; choose a "
+                           "folder outside metadata/ and targets/")
+    repo = FileRepository(path, KeyStore(keys_folder))
     if repo.exists():
         raise ReleaseError(f"{path}: a repository is already there (metadata/root.json exists)")
     if path.exists() and any(p.name in ("metadata", "targets") for p in path.iterdir()):
         raise ReleaseError(f"{path}: has metadata/ or targets/ already; choose an empty folder")
     path.mkdir(parents=True, exist_ok=True)
     repo.targets_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(path / SETTINGS, json.dumps(
+        {"format": "greenlight.repository/1", "keys": str(keys_folder)}, indent=2).encode(),
+        mode=0o600)
 
     root_md = repo.open(Root.type)
     root = root_md.signed
@@ -329,3 +431,16 @@ def init_repository(path: Path, keys_dir: Path | None = None) -> FileRepository:
         repo.close(name, repo.open(name))
     repo.commit()
     return repo
+
+
+def all_or_nothing(
+    command: "Callable[Concatenate[FileRepository, P], R]",
+) -> "Callable[Concatenate[FileRepository, P], R]":
+    """A pipeline command that publishes everything or changes nothing (see
+    `FileRepository.all_or_nothing`)."""
+
+    def run(repo: FileRepository, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with repo.all_or_nothing():
+            return command(repo, *args, **kwargs)
+
+    return wraps(command)(run)

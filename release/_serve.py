@@ -1,13 +1,21 @@
 """A development static server for a repository, on 127.0.0.1 only.
 
 A repository is plain files; in production any static server or CDN serves `metadata/` and
-`targets/`. This one serves just those two folders (never `keys/`), keeps connections alive,
-answers single byte ranges, sends files with sendfile(2), and counts requests and TCP
-connections so that tests and benchmarks can see what a client really did.
+`targets/`. This one serves just those two folders, keeps connections alive, answers single
+byte ranges, sends files with sendfile(2), and counts requests and TCP connections so that
+tests and benchmarks can see what a client really did.
+
+What it refuses, whatever the encoding of the request (`..`, `%2e%2e`, `..%2f`, `\\`, NUL):
+- any path whose decoded segments include `.` or `..`, or that is not under `metadata/` or
+  `targets/`;
+- anything but a regular file, and any path with a symlink anywhere below the repository
+  (the file is opened with O_NOFOLLOW after every parent was checked with lstat);
+- a `Host` header other than 127.0.0.1, localhost or the bound address (DNS rebinding).
 """
 
 import os
 import re
+import stat
 import sys
 import threading
 from collections.abc import Iterator
@@ -16,6 +24,7 @@ from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 __all__ = ["RepositoryServer", "serving"]
 
@@ -81,22 +90,59 @@ class _Handler(SimpleHTTPRequestHandler):
         with self.server._count_lock:
             self.server.paths.append(self.path)
 
+    def _refuse(self, status: HTTPStatus, body: bytes) -> None:
+        # Not send_error(): it closes the connection, and a missing next root.json is the
+        # answer to every check; keep the connection for the timestamp that follows.
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _host_allowed(self) -> bool:
+        host = self.headers.get("Host")
+        if host is None:
+            return True  # HTTP/1.0 without Host: not a browser
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        name = name.strip("[]").lower()
+        bound = str(self.server.server_address[0])
+        return name in ("127.0.0.1", "localhost", bound)
+
+    def _open_served(self) -> Any:
+        """The requested file, opened without following links, or None."""
+        path = unquote(urlsplit(self.path).path)
+        if "\\" in path or "\x00" in path:
+            return None
+        parts = path.split("/")
+        if any(p in (".", "..") for p in parts):
+            return None
+        parts = [p for p in parts if p]
+        if not parts or parts[0] not in _SERVED:
+            return None
+        current = self.server.root
+        try:
+            for part in parts:
+                current = current / part
+                if stat.S_ISLNK(os.lstat(current).st_mode):
+                    return None
+            fd = os.open(current, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder, a FIFO, a device
+            os.close(fd)
+            return None
+        return os.fdopen(fd, "rb")
+
     def send_head(self) -> Any:
         self._count()
-        parts = self.path.split("?", 1)[0].lstrip("/").split("/")
-        local = Path(self.translate_path(self.path))
-        if parts[0] not in _SERVED or not local.is_file():
-            # Not send_error(): it closes the connection, and a missing next root.json is
-            # the answer to every check; keep the connection for the timestamp that follows.
-            body = b"not found\n"
-            self.send_response(HTTPStatus.NOT_FOUND)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+        if not self._host_allowed():
+            self._refuse(HTTPStatus.MISDIRECTED_REQUEST, b"unknown host\n")
             return None
-        f = local.open("rb")
+        f = self._open_served()
+        if f is None:
+            self._refuse(HTTPStatus.NOT_FOUND, b"not found\n")
+            return None
         size = os.fstat(f.fileno()).st_size
         start, end = 0, size - 1
         status = HTTPStatus.OK

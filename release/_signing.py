@@ -13,7 +13,6 @@ and by its own, so clients walk from any older root to the newest. After any cha
 the roles that no longer verify are re-signed, top down (`FileRepository.repair`).
 """
 
-import os
 import warnings
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -31,7 +30,7 @@ from tuf.api.metadata import Metadata, Role, Root, Targets
 from greenlight.channels import Record, atomic_write
 from greenlight.release._errors import ReleaseError
 from greenlight.release._keys import KeyStore, LooseKeyPermissions
-from greenlight.release._repository import FileRepository
+from greenlight.release._repository import FileRepository, all_or_nothing
 
 __all__ = ["ImportResult", "KeyChange", "awaiting", "change_keys", "export_staged",
            "import_signatures",
@@ -96,6 +95,7 @@ def _role_entry(signed: Root | Targets, role: str) -> Role:
     return signed.delegations.succinct_roles
 
 
+@all_or_nothing
 def change_keys(repo: FileRepository, role: str, add: list[SSlibKey] | None = None,
                 generate: int = 0, remove: list[str] | None = None,
                 threshold: int | None = None) -> KeyChange:
@@ -135,6 +135,7 @@ def change_keys(repo: FileRepository, role: str, add: list[SSlibKey] | None = No
                      awaiting_signatures=repo.pending())
 
 
+@all_or_nothing
 def rotate(repo: FileRepository, role: str, threshold: int | None = None,
            add: list[SSlibKey] | None = None) -> KeyChange:
     """Replace every key of `role` with new ones (generated here unless given)."""
@@ -179,6 +180,7 @@ def sign_file(path: Path, key_file: Path) -> str:
     return signer.public_key.keyid
 
 
+@all_or_nothing
 def import_signatures(repo: FileRepository, path: Path) -> ImportResult:
     """Merge the signatures of an exported file into the staged version; publish when the
     threshold is met."""
@@ -201,10 +203,10 @@ def import_signatures(repo: FileRepository, path: Path) -> ImportResult:
             staged.signatures[keyid] = signature
     missing = repo.missing_signatures(role, staged)
     if missing is not None:
-        atomic_write(repo.staged_path(role), staged.to_bytes())
+        repo.write(repo.staged_path(role), staged.to_bytes())
         return ImportResult(role=role, published=False, missing=missing,
                             signatures=len(staged.signatures))
-    os.unlink(repo.staged_path(role))
+    repo.remove(repo.staged_path(role))
     repo.store(role, staged)
     resigned = repo.repair()
     return ImportResult(role=role, published=not repo.pending(), resigned=resigned,

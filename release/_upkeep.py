@@ -10,13 +10,14 @@ from tuf.api.metadata import Snapshot, Timestamp
 from greenlight.channels import BUNDLE_BASE_URL, Record
 from greenlight.release._channels import channels
 from greenlight.release._errors import ReleaseError
-from greenlight.release._repository import FileRepository
+from greenlight.release._repository import FileRepository, all_or_nothing
 from greenlight.updater import GreenlightError
 from greenlight.updater.trust import DirectoryFetcher, Downloads, TrustedRepository
 
 __all__ = ["VerifyResult", "expiring", "refresh", "verify"]
 
 
+@all_or_nothing
 def refresh(repo: FileRepository) -> dict[str, str]:
     """New timestamp and snapshot versions with fresh expiry (for a timer or cron job)."""
     if not repo.exists():

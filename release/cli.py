@@ -32,8 +32,9 @@ def app() -> None:
 
 
 repo_argument = click.argument("repo", type=click.Path(path_type=Path))
-keys_option = click.option("--keys", "keys", type=click.Path(path_type=Path), default=None,
-                           help="Private keys folder (default: REPO/keys).")
+keys_option = click.option(
+    "--keys", "keys", type=click.Path(path_type=Path), default=None,
+    help="Private keys folder (default: the one the repository remembers).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 T = TypeVar("T")
 
@@ -57,7 +58,7 @@ def _repo(path: Path, keys: Path | None) -> "FileRepository":
     from greenlight.release._keys import KeyStore
     from greenlight.release._repository import FileRepository
 
-    return FileRepository(path, KeyStore(keys or path / "keys"))
+    return FileRepository(path, KeyStore(keys) if keys is not None else None)
 
 
 def _json(result: "BaseModel") -> None:

@@ -152,7 +152,8 @@ def test_repository_timeout_reaches_the_fetcher(tmp_path, repo):
     (["updater", "check", "--help"], ["--json Print the stable JSON report.", "--root PATH",
                                       "GREENLIGHT_ROOT"]),
     (["release", "installer", "--help"], ["[[service]] and [[check]]",
-                                          "Private keys folder (default: REPO/keys)."]),
+                                          "Private keys folder (default: the one the",
+                                          "repository remembers)."]),
     (["release", "publish", "--help"], ["--component NAME=PATH", "--no-deltas"]),
 ])
 def test_help_reads_right(argv, expected):

@@ -146,7 +146,7 @@ def check_cmd(root: Path | None, as_json: bool) -> None:
 
     Exit 0 when up to date, 10 when an update is available.
     """
-    from greenlight.updater.operations import check, open_repository, upgrade
+    from greenlight.updater.operations import check, open_repository
 
     install = _root(root)
     repo_box: list[Any] = []
@@ -159,6 +159,8 @@ def check_cmd(root: Path | None, as_json: bool) -> None:
     if report.yanked:
         # A yanked release is treated like a failed health check: leave it now, with the
         # metadata this check already refreshed.
+        from greenlight.updater.operations import upgrade
+
         moved = _run(as_json, lambda: upgrade(install, repo_box[0]), install)
         _dump(moved) if as_json else _print_transaction(moved)
         raise SystemExit(_exit_for(moved))

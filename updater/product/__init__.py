@@ -1,43 +1,49 @@
 """The product Greenlight manages: its configuration (`greenlight.toml`), placeholders, its
 services (process or systemd backend, and the stdlib-only launcher) and its health checks.
 
-Heavy libraries (httpx, websockets, dnspython) are imported by the probes that use them.
+Heavy libraries (httpx, websockets, dnspython) are imported by the probes that use them, and
+the names below are loaded on first use (PEP 562), so that reading the configuration (what
+`updater check` needs) does not load the services and health checks.
 """
 
-from greenlight.updater.product._config import (
-    CheckConfig,
-    CommandCheck,
-    Config,
-    DnsCheck,
-    HealthConfig,
-    HttpCheck,
-    ProcessCheck,
-    RepositoryConfig,
-    ServiceConfig,
-    StopConfig,
-    TcpCheck,
-    VersionCheck,
-    WebSocketCheck,
-    describe,
-)
-from greenlight.updater.product._control import HealthFailure, ServiceControl
-from greenlight.updater.product._health import (
-    CheckResult,
-    HealthChecker,
-    all_checks,
-    failed_required,
-)
-from greenlight.updater.product._placeholders import expand, expand_command, values_for
-from greenlight.updater.product._runtime import frozen, launcher_argv, python_argv
-from greenlight.updater.product._services import (
-    ProcessBackend,
-    ServiceBackend,
-    StopOutcome,
-    SystemdBackend,
-    backend_for,
-    drain,
-    render_unit,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from greenlight.updater.product._config import (
+        CheckConfig,
+        CommandCheck,
+        Config,
+        DnsCheck,
+        HealthConfig,
+        HttpCheck,
+        ProcessCheck,
+        RepositoryConfig,
+        ServiceConfig,
+        StopConfig,
+        TcpCheck,
+        VersionCheck,
+        WebSocketCheck,
+        describe,
+    )
+    from greenlight.updater.product._control import HealthFailure, ServiceControl
+    from greenlight.updater.product._health import (
+        CheckResult,
+        HealthChecker,
+        all_checks,
+        failed_required,
+    )
+    from greenlight.updater.product._placeholders import expand, expand_command, values_for
+    from greenlight.updater.product._runtime import frozen, launcher_argv, python_argv
+    from greenlight.updater.product._services import (
+        ProcessBackend,
+        ServiceBackend,
+        StopOutcome,
+        SystemdBackend,
+        backend_for,
+        drain,
+        render_unit,
+    )
 
 __all__ = [
     "CheckConfig",
@@ -74,3 +80,48 @@ __all__ = [
     "render_unit",
     "values_for",
 ]
+
+_HOME = {
+    "CheckConfig": "greenlight.updater.product._config",
+    "CheckResult": "greenlight.updater.product._health",
+    "CommandCheck": "greenlight.updater.product._config",
+    "Config": "greenlight.updater.product._config",
+    "DnsCheck": "greenlight.updater.product._config",
+    "HealthChecker": "greenlight.updater.product._health",
+    "HealthConfig": "greenlight.updater.product._config",
+    "HealthFailure": "greenlight.updater.product._control",
+    "HttpCheck": "greenlight.updater.product._config",
+    "ProcessBackend": "greenlight.updater.product._services",
+    "ProcessCheck": "greenlight.updater.product._config",
+    "RepositoryConfig": "greenlight.updater.product._config",
+    "ServiceBackend": "greenlight.updater.product._services",
+    "ServiceConfig": "greenlight.updater.product._config",
+    "ServiceControl": "greenlight.updater.product._control",
+    "StopConfig": "greenlight.updater.product._config",
+    "StopOutcome": "greenlight.updater.product._services",
+    "SystemdBackend": "greenlight.updater.product._services",
+    "TcpCheck": "greenlight.updater.product._config",
+    "VersionCheck": "greenlight.updater.product._config",
+    "WebSocketCheck": "greenlight.updater.product._config",
+    "all_checks": "greenlight.updater.product._health",
+    "backend_for": "greenlight.updater.product._services",
+    "describe": "greenlight.updater.product._config",
+    "drain": "greenlight.updater.product._services",
+    "expand": "greenlight.updater.product._placeholders",
+    "expand_command": "greenlight.updater.product._placeholders",
+    "failed_required": "greenlight.updater.product._health",
+    "frozen": "greenlight.updater.product._runtime",
+    "launcher_argv": "greenlight.updater.product._runtime",
+    "python_argv": "greenlight.updater.product._runtime",
+    "render_unit": "greenlight.updater.product._services",
+    "values_for": "greenlight.updater.product._placeholders",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value

@@ -10,7 +10,7 @@ import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from greenlight.channels import Record, now
 from greenlight.updater._errors import ConfigError
@@ -26,7 +26,9 @@ from greenlight.updater.product._config import (
     WebSocketCheck,
 )
 from greenlight.updater.product._placeholders import expand, expand_command
-from greenlight.updater.product._services import ServiceBackend
+
+if TYPE_CHECKING:
+    from greenlight.updater.product._services import ServiceBackend
 
 __all__ = ["CheckResult", "HealthChecker", "all_checks", "failed_required"]
 
@@ -74,7 +76,7 @@ def _dig(document: Any, dotted: str) -> Any:
 
 
 class HealthChecker:
-    def __init__(self, root: Path, services: ServiceBackend, values: dict[str, str]) -> None:
+    def __init__(self, root: Path, services: "ServiceBackend", values: dict[str, str]) -> None:
         self.root = root
         self.services = services
         self.values = values

@@ -1,0 +1,67 @@
+"""The client's operations as plain functions; the CLIs call these and only print.
+
+- `_read`: open_repository, check, status, switch_channel, plan_for, read_channel;
+- `_change`: upgrade, sideload, rollback, recovery, health, start and stop, systemd units.
+
+Every operation that changes the root takes the root's lock and first finishes or undoes a
+transaction an interrupted updater left behind (`recover`). What to do is decided by the pure
+`plan.decide`; an upgrade is then pre-checked on the running release and run as the
+transaction of `greenlight.updater.transaction`, which rolls back by itself. Names load on
+first use (PEP 562): `updater check` never loads the transaction.
+"""
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from greenlight.updater.operations._change import (
+        health,
+        previous_release,
+        recover_root,
+        rollback,
+        sideload,
+        start_services,
+        stop_services,
+        upgrade,
+        write_systemd_units,
+    )
+    from greenlight.updater.operations._read import (
+        check,
+        open_repository,
+        plan_for,
+        read_channel,
+        recover_if_interrupted,
+        status,
+        switch_channel,
+    )
+
+__all__ = [
+    "check",
+    "health",
+    "open_repository",
+    "plan_for",
+    "previous_release",
+    "read_channel",
+    "recover_if_interrupted",
+    "recover_root",
+    "rollback",
+    "sideload",
+    "start_services",
+    "status",
+    "stop_services",
+    "switch_channel",
+    "upgrade",
+    "write_systemd_units",
+]
+
+_READ = {"check", "open_repository", "plan_for", "read_channel", "recover_if_interrupted", "status",
+         "switch_channel"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    home = "_read" if name in _READ else "_change"
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value

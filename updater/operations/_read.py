@@ -1,0 +1,108 @@
+"""Operations that only read and verify: open the repository, check, status, and the channel
+switch (which verifies the channel before it writes `active.json`). They load neither the
+transaction nor the services, so that `updater check` starts fast."""
+
+from greenlight.channels import ChannelFile
+from greenlight.updater._errors import BusyError
+from greenlight.updater.plan import Plan, decide
+from greenlight.updater.reports import CheckReport, ComponentInfo, RolloutStatus, StatusReport
+from greenlight.updater.store import HistoryEntry, InstallRoot, Journal, history, locked, quarantine
+from greenlight.updater.trust import FetcherInterface, TrustedRepository
+
+__all__ = ["check", "open_repository", "plan_for", "read_channel", "recover_if_interrupted",
+           "status", "switch_channel"]
+
+
+def open_repository(root: InstallRoot, fetcher: FetcherInterface | None = None
+                    ) -> TrustedRepository:
+    """The root's TUF client over its configured repository (and `[repository] timeout`).
+
+    Raises:
+        ConfigError: no configuration or no trusted root.
+        TrustError: the trusted root is not valid.
+    """
+    config = root.config.repository
+    return TrustedRepository(root.metadata_dir, config.metadata, config.targets,
+                             fetcher=fetcher, timeout=config.timeout)
+
+
+def read_channel(
+    root: InstallRoot, repo: TrustedRepository, channel: str | None = None
+) -> ChannelFile:
+    """A channel's file (the active one by default), verified, and kept in state/channels/."""
+    channel = channel or root.active_channel().channel
+    channel_file, raw = repo.channel_file(channel, root.channels_dir / f"{channel}.json")
+    root.save_channel_file(channel_file, raw)
+    return channel_file
+
+
+def switch_channel(root: InstallRoot, repo: TrustedRepository, channel: str) -> None:
+    """Make `channel` the active one, once the repository proves it carries it."""
+    with locked(root):
+        previous = root.active_channel().channel
+        read_channel(root, repo, channel)
+        if channel != previous:
+            root.set_active_channel(channel, f"switched from {previous} by the user")
+
+
+def plan_for(root: InstallRoot, channel_file: ChannelFile) -> Plan:
+    """What this installation should do about `channel_file`, from what is on disk."""
+    held = {version: entry.reason for version, entry in quarantine(root).items()}
+    return decide(channel_file, root.installed_version(), held, root.installation_id)
+
+
+def _rollout_status(plan: Plan) -> RolloutStatus | None:
+    r = plan.rollout
+    return None if r is None else RolloutStatus(percent=r.percent, halted=r.halted,
+                                                bucket=r.bucket, in_rollout=r.in_rollout)
+
+
+def check(root: InstallRoot, repo: TrustedRepository) -> CheckReport:
+    """Refresh, read the active channel's file, and say what an upgrade would do."""
+    active = root.active_channel()
+    channel_file = read_channel(root, repo)
+    plan = plan_for(root, channel_file)
+    return CheckReport(
+        rollout=_rollout_status(plan),
+        yanked=plan.yanked,
+        root=str(root.path),
+        channel=active.channel,
+        channel_reason=active.reason,
+        installed=plan.installed,
+        available=channel_file.release,
+        update_available=plan.changes_something,
+        quarantined=plan.quarantined,
+        fallback=channel_file.fallback,
+        published_at=channel_file.published_at,
+        components={
+            name: ComponentInfo(**a.model_dump()) for name, a in channel_file.components.items()
+        },
+    )
+
+
+def status(root: InstallRoot) -> StatusReport:
+    active = root.active_channel()
+    events = history(root)
+    return StatusReport(
+        quarantined={v: e.reason for v, e in quarantine(root).items()},
+        last_event=f"{events[-1].event}: {events[-1].summary}" if events else None,
+        root=str(root.path),
+        repository=root.config.repository.url,
+        channel=active.channel,
+        channel_since=active.since,
+        channel_reason=active.reason,
+        installed=root.installed_version(),
+        releases=root.installed_releases(),
+    )
+
+
+def recover_if_interrupted(root: InstallRoot) -> HistoryEntry | None:
+    """What every command runs first: recover a transaction nobody is running any more."""
+    if not Journal.path(root).exists():
+        return None
+    from greenlight.updater.operations._change import recover_root
+
+    try:
+        return recover_root(root)
+    except BusyError:
+        return None  # its updater is alive and will finish it
