@@ -18,6 +18,7 @@ import re
 import stat
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http import HTTPStatus
@@ -43,6 +44,8 @@ class RepositoryServer(ThreadingHTTPServer):
         self.honour_ranges = True
         # Fault for tests of resumption: cut the next file response after this many bytes.
         self.drop_once_after: int | None = None
+        # Fault for tests of deadlines: bodies of paths with this prefix go out a byte at a time.
+        self.trickle: tuple[str, float] | None = None
         self.bytes_sent = 0
         self.ranges: list[str] = []
         self._count_lock = threading.Lock()
@@ -176,6 +179,16 @@ class _Handler(SimpleHTTPRequestHandler):
 
     def copyfile(self, source: Any, outputfile: Any) -> None:
         outputfile.flush()
+        trickle = self.server.trickle
+        if trickle is not None and self.path.startswith(trickle[0]):
+            for _ in range(self._span):
+                try:
+                    outputfile.write(source.read(1))
+                    outputfile.flush()
+                except OSError:
+                    return  # the client gave up
+                time.sleep(trickle[1])
+            return
         span, cut = self._span, self.server.drop_once_after
         if cut is not None and span > cut:
             self.server.drop_once_after = None

@@ -23,7 +23,7 @@ def open_repository(root: InstallRoot, fetcher: FetcherInterface | None = None
     """
     config = root.config.repository
     return TrustedRepository(root.metadata_dir, config.metadata, config.targets,
-                             fetcher=fetcher, timeout=config.timeout)
+                             fetcher=fetcher, timeout=config.timeout, min_rate=config.min_rate)
 
 
 def read_channel(

@@ -53,7 +53,12 @@ class RepositoryConfig(_Section):
     )
     metadata_url: Annotated[str, AfterValidator(_url)] | None = None
     targets_url: Annotated[str, AfterValidator(_url)] | None = None
-    timeout: float = Field(default=30.0, gt=0)
+    timeout: float = Field(
+        default=30.0, gt=0,
+        description="seconds: a whole metadata request, and the slack of every download")
+    min_rate: int = Field(
+        default=65536, gt=0,
+        description="bytes/s: an artifact must arrive within timeout + size / min_rate")
 
     @property
     def metadata(self) -> str:

@@ -32,7 +32,8 @@ class DirectoryFetcher(FetcherInterface):
     def _fetch(self, url: str) -> Iterator[bytes]:
         return self.open_range(url, 0)[1]
 
-    def open_range(self, url: str, offset: int) -> tuple[int, Iterator[bytes]]:
+    def open_range(self, url: str, offset: int, length: int | None = None
+                   ) -> tuple[int, Iterator[bytes]]:
         parts = urlsplit(url)
         if f"{parts.scheme}://{parts.netloc}/" != BUNDLE_BASE_URL:
             raise exceptions.DownloadError(f"{url}: not inside the bundle")

@@ -85,7 +85,38 @@ def receive_verified(
     """Stream a target into `partial`, resuming what an earlier attempt left there (a Range
     request from its end; a server that ignores Range restarts from 0), then verify the whole
     file and rename it to `dest`. A network failure keeps the partial file for next time; a
-    verification failure removes it."""
+    verification failure removes it. When a resumed download fails verification, the bytes
+    kept from before may be what was wrong (a poisoned partial file): it starts once more
+    from byte 0 before anything is reported.
+
+    Raises:
+        TrustError: the bytes are not the signed ones; StoreError: they cannot be stored;
+        python-tuf's DownloadError (SlowRetrievalError past the deadline): the network.
+    """
+    if partial.is_symlink():  # planted: never written through
+        partial.unlink()
+    try:
+        resumed = partial.stat().st_size > 0
+    except FileNotFoundError:
+        resumed = False
+    try:
+        return _receive_once(open_stream, dest, partial, hashes, length, what, progress)
+    except TrustError:
+        if not resumed:
+            raise
+        partial.unlink(missing_ok=True)
+        return _receive_once(open_stream, dest, partial, hashes, length, what, progress)
+
+
+def _receive_once(
+    open_stream: Opener,
+    dest: Path,
+    partial: Path,
+    hashes: dict[str, str],
+    length: int,
+    what: str,
+    progress: Progress | None,
+) -> Path:
     if not hashes:
         raise TrustError(f"{what} refused: its signed targets entry has no hashes")
     try:
@@ -96,7 +127,7 @@ def receive_verified(
     finished = False
     try:
         partial.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             received = os.fstat(fd).st_size
             if received > length:
@@ -107,8 +138,8 @@ def receive_verified(
                 try:
                     received = _receive(open_stream, fd, received, length, digest, what, progress)
                     break
-                except exceptions.DownloadHTTPError:
-                    raise
+                except (exceptions.DownloadHTTPError, exceptions.SlowRetrievalError):
+                    raise  # an answer, or the deadline spent: retrying would not help
                 except exceptions.DownloadError:
                     if attempt == RETRIES:
                         raise

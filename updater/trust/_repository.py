@@ -28,7 +28,7 @@ from greenlight.updater._errors import (
     TrustError,
 )
 from greenlight.updater.trust._downloads import Downloads, Opener, Progress, receive_verified
-from greenlight.updater.trust._fetcher import HttpxFetcher, user_agent
+from greenlight.updater.trust._fetcher import DEFAULT_MIN_RATE, HttpxFetcher, user_agent
 
 __all__ = ["TrustedRepository", "explain", "verifying"]
 
@@ -96,6 +96,7 @@ class TrustedRepository:
         fetcher: FetcherInterface | None = None,
         bootstrap: bytes | None = None,
         timeout: float = 30.0,
+        min_rate: int = DEFAULT_MIN_RATE,
     ) -> None:
         """A TUF client trusting `metadata_dir/root.json` (or `bootstrap`).
 
@@ -105,7 +106,8 @@ class TrustedRepository:
         """
         self.metadata_dir = metadata_dir
         self.targets_url = targets_url.rstrip("/") + "/"
-        self.fetcher = fetcher or HttpxFetcher(timeout)
+        self.fetcher = fetcher or HttpxFetcher(
+            timeout, min_rate=min_rate, origins=[metadata_url, self.targets_url])
         config = UpdaterConfig(app_user_agent=user_agent())
         try:
             self._updater = Updater(
@@ -200,7 +202,7 @@ class TrustedRepository:
         url = self.target_url(info)
         ranged = getattr(self.fetcher, "open_range", None)
         if ranged is not None:
-            return lambda offset: ranged(url, offset)
+            return lambda offset: ranged(url, offset, info.length)
         return lambda offset: (0, self.fetcher.fetch(url))
 
     def download_to(self, info: TargetFile, dest: Path) -> Path:
