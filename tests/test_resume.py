@@ -72,14 +72,27 @@ def test_partial_left_by_an_earlier_run_is_resumed(tmp_path, blob_repo):
         assert not partial.exists()
 
 
-def test_a_corrupt_partial_is_caught_as_a_whole_and_removed(tmp_path, blob_repo):
+def test_a_corrupt_partial_is_caught_as_a_whole_and_fetched_again(tmp_path, blob_repo):
     repo, length, sha256 = blob_repo
     with serving(repo.path) as server:
         root = root_for(tmp_path, server.url, repo)
         partial = root.downloads / ".partial" / sha256
         partial.parent.mkdir(parents=True)
         partial.write_bytes(b"\0" * (length // 2))
+        server.reset_counts()
+        assert upgrade(root, open_repository(root)).installed == "1.0"
+        # Resumed from the kept bytes, refused as a whole, then fetched once from byte 0.
+        assert [r.split()[-1] for r in server.ranges] == [f"bytes={length // 2}-"]
+        assert not partial.exists()
+
+
+def test_a_lying_server_is_refused_and_leaves_no_partial(tmp_path, blob_repo):
+    repo, length, sha256 = blob_repo
+    (stored,) = repo.targets_dir.rglob(f"{sha256}.*")
+    stored.write_bytes(b"\1" * length)
+    with serving(repo.path) as server:
+        root = root_for(tmp_path, server.url, repo)
         with pytest.raises(TrustError, match="does not match the signed"):
             upgrade(root, open_repository(root))
-        assert not partial.exists() and root.installed_version() is None
-        assert upgrade(root, open_repository(root)).installed == "1.0"
+        assert not (root.downloads / ".partial" / sha256).exists()
+        assert root.installed_version() is None
