@@ -179,7 +179,7 @@ def test_hostile_bundle_members_are_refused(tmp_path, offline, published, member
     assert not (tmp_path / "outside").exists()
 
 
-def test_archive_bomb_bundle_is_refused(tmp_path, offline):
+def test_compressed_bundles_are_refused_before_anything_is_unpacked(tmp_path, offline):
     root, _ = offline
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
@@ -189,7 +189,7 @@ def test_archive_bomb_bundle_is_refused(tmp_path, offline):
     bomb = tmp_path / "bomb.bundle.zst"
     bomb.write_bytes(pyzstd.compress(raw.getvalue(), 19))
     before = listing(root)
-    with pytest.raises(ArchiveError, match="archive bomb"):
+    with pytest.raises(ArchiveError, match="compressed; a bundle is a plain tar"):
         sideload(root, bomb)
     assert listing(root) == before
 
@@ -243,3 +243,24 @@ def test_bundle_cli_and_sideload_cli(tmp_path, published):
                               str(root)], capture_output=True, text=True)
     assert refused.returncode == 8 and refused.stderr.count("\n") == 1
     assert refused.stderr.startswith("updater: error: broken.bundle: not a readable archive")
+
+
+def test_a_bundle_manifest_behind_a_symlink_is_not_read(tmp_path, offline, published):
+    root, _ = offline
+    good = tmp_path / "good.bundle"
+    build_bundle(published, "stable", good)
+    hostile = tmp_path / "hostile.bundle"
+    with tarfile.open(good) as src, tarfile.open(hostile, "w") as dst:
+        for member in src.getmembers():
+            if member.name == "bundle.json":
+                member.name = "real.json"
+                dst.addfile(member, src.extractfile(member))
+                link = tarfile.TarInfo("bundle.json")
+                link.type, link.linkname = tarfile.SYMTYPE, "real.json"
+                dst.addfile(link)
+            else:
+                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    before = listing(root)
+    with pytest.raises(ArchiveError, match="not a Greenlight bundle"):
+        sideload(root, hostile)
+    assert listing(root) == before

@@ -105,3 +105,45 @@ def test_truncated_archive(tmp_path):
     archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
     with pytest.raises(ArchiveError):
         extract(archive, tmp_path / "out")
+
+
+def _directory(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
+
+
+@pytest.mark.parametrize(("members", "refusal"), [
+    # l0 -> ., l1 -> l0/.. : each link judged alone stays inside; chained they climb out.
+    ([link("l0", "."), link("l1", "l0/.."), link("l2", "l1/l0/..")], "leaves the tree"),
+    ([link("d/up", "..")], "leaves the tree"),
+    ([("a", b"file"), ("a/b", b"below a file")], "below the file 'a'"),
+    ([("d/x", b"x"), link("d", "elsewhere")], "collides with the folder 'd'"),
+    ([_directory("d"), ("d", b"file over a folder")], "appears twice"),
+    ([("bad\nname", b"x")], "control character"),
+    ([("tab\tname", b"x")], "control character"),
+])
+def test_chains_collisions_and_control_characters_are_refused(tmp_path, members, refusal):
+    archive = make_tar(tmp_path / "bad.tar.gz", members)
+    with pytest.raises(ArchiveError, match=refusal):
+        extract(archive, tmp_path / "out")
+    assert not any(p.is_symlink() and not p.resolve().is_relative_to((tmp_path / "out").resolve())
+                   for p in (tmp_path / "out").rglob("*"))
+
+
+def test_oversized_pax_headers_are_refused_before_they_are_read(tmp_path):
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("ok.txt")
+        info.pax_headers = {"comment": "x" * 200_000}
+        tar.addfile(info, io.BytesIO(b""))
+    (tmp_path / "pax.tar").write_bytes(raw.getvalue())
+    with pytest.raises(ArchiveError, match="PAX header of"):
+        extract(tmp_path / "pax.tar", tmp_path / "out")
+
+
+def test_plain_tar_only_when_asked(tmp_path):
+    archive = make_tar(tmp_path / "x.tar.zst", [("a", b"1")], compress="zst")
+    with pytest.raises(ArchiveError, match="plain tar"):
+        extract(archive, tmp_path / "out", Limits(compressed=False))
+    assert extract(archive, tmp_path / "out2") == 1

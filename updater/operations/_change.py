@@ -163,7 +163,7 @@ def sideload(root: InstallRoot, bundle_path: Path, progress: Progress | None = N
         try:
             if not bundle_path.is_file():
                 raise ArchiveError(f"{bundle_path}: no such bundle file")
-            extract(bundle_path, staging, Limits(max_ratio=50))
+            extract(bundle_path, staging, Limits(max_ratio=50, compressed=False))
             bundle = open_bundle(staging, root.metadata_dir, bundle_path.name)
             active = root.active_channel().channel
             if bundle.channel != active:

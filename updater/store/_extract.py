@@ -7,8 +7,9 @@ tarfile's own extract), without set-uid bits, and only regular files, directorie
 links are created. Extraction goes into a folder the caller removes on failure.
 """
 
+import errno
 import os
-import posixpath
+import stat
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,23 +29,49 @@ class Limits:
     max_total_bytes: int = 8 * 1024**3
     max_ratio: int = 200  # uncompressed bytes per archive byte, beyond a small allowance
     max_members: int = 200_000
+    compressed: bool = True  # False: a plain tar only (offline bundles)
+
+
+_MAX_HEADER = 64 * 1024  # bytes of a GNU long name or a PAX header, read into memory
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads GNU long-name and PAX extended headers whole into memory, whatever size
+    they claim; these are refused above 64 KiB before a byte of them is read."""
+
+    def _proc_gnulong(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.size > _MAX_HEADER:
+            raise ArchiveError(f"a long-name header of {self.size} bytes (limit {_MAX_HEADER})")
+        return cast(tarfile.TarInfo, vars(tarfile.TarInfo)["_proc_gnulong"](self, archive))
+
+    def _proc_pax(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.size > _MAX_HEADER:
+            raise ArchiveError(f"a PAX header of {self.size} bytes (limit {_MAX_HEADER})")
+        return cast(tarfile.TarInfo, vars(tarfile.TarInfo)["_proc_pax"](self, archive))
 
 
 @contextmanager
-def _open_stream(path: Path) -> Iterator[tarfile.TarFile]:
+def _open_stream(path: Path, compressed: bool) -> Iterator[tarfile.TarFile]:
     import pyzstd
 
     name = path.name
-    raw = path.open("rb")
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ArchiveError(f"{path.name}: not a regular file")
+    raw = os.fdopen(fd, "rb")
     try:
         head = raw.read(4)
         raw.seek(0)
         stream: IO[bytes] = raw
-        if name.endswith(".zst") or head == b"\x28\xb5\x2f\xfd":
-            stream = cast(IO[bytes], pyzstd.ZstdFile(raw))
+        zstd = name.endswith(".zst") or head == b"\x28\xb5\x2f\xfd"
         gzipped = head[:2] == b"\x1f\x8b"
-        with (tarfile.open(fileobj=stream, mode="r|gz") if gzipped
-              else tarfile.open(fileobj=stream, mode="r|")) as tar:
+        if (zstd or gzipped) and not compressed:
+            raise ArchiveError(f"{path.name}: compressed; a bundle is a plain tar")
+        if zstd:
+            stream = cast(IO[bytes], pyzstd.ZstdFile(raw))
+        with (tarfile.open(fileobj=stream, mode="r|gz", tarinfo=_BoundedTarInfo) if gzipped
+              else tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo)) as tar:
             yield tar
     except (tarfile.TarError, pyzstd.ZstdError, EOFError, OSError) as e:
         if isinstance(e, OSError) and e.errno is not None:
@@ -56,8 +83,10 @@ def _open_stream(path: Path) -> Iterator[tarfile.TarFile]:
 
 
 def _clean_name(archive: str, name: str) -> str:
-    if not name or name.startswith("/") or "\\" in name or "\x00" in name:
+    if not name or name.startswith("/") or "\\" in name:
         raise ArchiveError(f"{archive}: member {name!r} refused: absolute or malformed path")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise ArchiveError(f"{archive}: member {name!r} refused: control character in its name")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise ArchiveError(f"{archive}: member {name!r} refused: '..' leaves the tree")
@@ -73,7 +102,7 @@ def extract(archive: Path, dest: Path, limits: Limits = Limits()) -> int:
     seen: set[str] = set()
     links: set[str] = set()
     files: set[str] = set()
-    with _open_stream(archive) as tar:
+    with _open_stream(archive, limits.compressed) as tar:
         for count, member in enumerate(tar, start=1):
             if count > limits.max_members:
                 raise ArchiveError(f"{label}: more than {limits.max_members} members")
@@ -89,53 +118,78 @@ def extract(archive: Path, dest: Path, limits: Limits = Limits()) -> int:
                     raise ArchiveError(
                         f"{label}: member {name!r} refused: passes through link {prefix!r}"
                     )
+                if prefix in files:
+                    raise ArchiveError(
+                        f"{label}: member {name!r} refused: below the file {prefix!r}")
+            if any(s.startswith(name + "/") for s in seen) and not member.isdir():
+                raise ArchiveError(
+                    f"{label}: member {name!r} refused: collides with the folder {name!r}")
             seen.add(name)
             target = dest / name
-            if member.isdir():
-                target.mkdir(parents=True, exist_ok=True, mode=0o755)
-            elif member.isreg():
-                if member.size > budget - written:
+            try:
+                written += _create(tar, member, name, target, dest, label, budget - written,
+                                   links, files)
+            except OSError as e:
+                if e.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ELOOP):
                     raise ArchiveError(
-                        f"{label}: member {name!r} refused: {member.size} bytes would exceed "
-                        f"the limit of {budget} bytes for this archive (archive bomb?)"
-                    )
-                target.parent.mkdir(parents=True, exist_ok=True)
-                source = tar.extractfile(member)
-                assert source is not None
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                with os.fdopen(fd, "wb") as out:
-                    left = member.size
-                    while left:
-                        block = source.read(min(_COPY, left))
-                        if not block:
-                            raise ArchiveError(f"{label}: member {name!r} is truncated")
-                        out.write(block)
-                        left -= len(block)
-                os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
-                written += member.size
-                files.add(name)
-            elif member.issym():
-                link = member.linkname
-                resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), link))
-                if link.startswith("/") or resolved == ".." or resolved.startswith("../"):
-                    raise ArchiveError(
-                        f"{label}: member {name!r} refused: symlink to {link!r} leaves the tree"
-                    )
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(link, target)
-                links.add(name)
-            elif member.islnk():
-                source_name = _clean_name(label, member.linkname)
-                if source_name not in files:
-                    raise ArchiveError(
-                        f"{label}: member {name!r} refused: hardlink to {member.linkname!r} "
-                        "which is not a file earlier in the archive"
-                    )
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.link(dest / source_name, target)
-                files.add(name)
-            else:
-                raise ArchiveError(
-                    f"{label}: member {name!r} refused: device, FIFO or other special file"
-                )
+                        f"{label}: member {name!r} refused: collides with an earlier member"
+                    ) from None
+                raise
+    return written
+
+
+def _create(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, target: Path,
+            dest: Path, label: str, budget: int, links: set[str], files: set[str]) -> int:
+    """Create one member; return the bytes written."""
+    written = 0
+    if member.isdir():
+        target.mkdir(parents=True, exist_ok=True, mode=0o755)
+    elif member.isreg():
+        if member.size > budget:
+            raise ArchiveError(
+                f"{label}: member {name!r} refused: {member.size} bytes would exceed "
+                f"the limit of {budget} bytes for this archive (archive bomb?)"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = tar.extractfile(member)
+        assert source is not None
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            left = member.size
+            while left:
+                block = source.read(min(_COPY, left))
+                if not block:
+                    raise ArchiveError(f"{label}: member {name!r} is truncated")
+                out.write(block)
+                left -= len(block)
+        os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
+        written += member.size
+        files.add(name)
+    elif member.issym():
+        # Links may only point down: a `..` anywhere could be chained through other
+        # links (l0 -> ., l1 -> l0/.., ...) to climb out of the tree one level a time.
+        link = member.linkname
+        if link.startswith("/") or ".." in link.split("/") or not link or \
+                any(ord(c) < 0x20 for c in link):
+            raise ArchiveError(
+                f"{label}: member {name!r} refused: symlink to {link!r} leaves the "
+                "tree (only links down the tree are allowed)"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(link, target)
+        links.add(name)
+    elif member.islnk():
+        source_name = _clean_name(label, member.linkname)
+        if source_name not in files:
+            raise ArchiveError(
+                f"{label}: member {name!r} refused: hardlink to {member.linkname!r} "
+                "which is not a file earlier in the archive"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(dest / source_name, target)
+        files.add(name)
+    else:
+        raise ArchiveError(
+            f"{label}: member {name!r} refused: device, FIFO or other special file"
+        )
     return written

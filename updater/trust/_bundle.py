@@ -6,6 +6,8 @@ the same signature, version (rollback), expiry, length and hash checks as online
 fetched from a network.
 """
 
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +62,18 @@ class Bundle:
         return self.manifest.channel
 
 
+def _read_small(path: Path, limit: int = 64 * 1024) -> bytes:
+    """A small regular file, never through a symlink, never more than `limit` bytes (a link to
+    /dev/zero or a FIFO is refused, not read)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path.name}: not a regular file")
+        return os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+
+
 def open_bundle(folder: Path, metadata_dir: Path, label: str) -> Bundle:
     """The TUF client over an unpacked bundle in `folder`, trusting `metadata_dir`'s root.
 
@@ -67,7 +81,7 @@ def open_bundle(folder: Path, metadata_dir: Path, label: str) -> Bundle:
         ArchiveError: `folder` holds no valid bundle.json.
     """
     try:
-        manifest = BundleManifest.from_json((folder / BUNDLE_MANIFEST).read_bytes())
+        manifest = BundleManifest.from_json(_read_small(folder / BUNDLE_MANIFEST))
     except (OSError, BundleFormatError):
         raise ArchiveError(f"{label}: not a Greenlight bundle (no valid bundle.json)") from None
     repository = TrustedRepository(metadata_dir, BUNDLE_BASE_URL + "metadata/",
