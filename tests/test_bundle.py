@@ -3,6 +3,8 @@ hostile ones refused with nothing written outside a staging folder that is remov
 
 import io
 import json
+import subprocess
+import sys
 import tarfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,7 +14,7 @@ import pyzstd
 from tuf.api.metadata import Metadata
 
 from greenlight.release import FileRepository, build_bundle, init_repository, publish
-from greenlight.updater import ArchiveError, ChannelMismatch, TrustError
+from greenlight.updater import ArchiveError, ChannelMismatch, NotFound, TrustError
 from greenlight.updater.operations import sideload
 from greenlight.updater.store import InstallRoot
 
@@ -264,3 +266,42 @@ def test_a_bundle_manifest_behind_a_symlink_is_not_read(tmp_path, offline, publi
     with pytest.raises(ArchiveError, match="not a Greenlight bundle"):
         sideload(root, hostile)
     assert listing(root) == before
+
+
+def _relabelled(source: Path, out: Path, channel: str, keep: str = "") -> Path:
+    """A copy of a bundle whose unsigned bundle.json names `channel`, holding only the
+    members whose names start with `keep` (all of them by default)."""
+    with tarfile.open(source) as src, tarfile.open(out, "w") as dst:
+        for member in src.getmembers():
+            if member.name == "bundle.json":
+                data = json.loads(src.extractfile(member).read())
+                data["channel"] = channel
+                raw = json.dumps(data).encode()
+                member.size = len(raw)
+                dst.addfile(member, io.BytesIO(raw))
+            elif member.name.startswith(keep):
+                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    return out
+
+
+@pytest.mark.parametrize("label", ["beta", "../../x", "Bad Name"])
+def test_an_unverified_channel_label_never_switches_the_channel(tmp_path, offline, published,
+                                                               label):
+    root, _ = offline
+    good = tmp_path / "stable.bundle"
+    build_bundle(published, "stable", good)
+    # Only the label and the root chain: nothing in it verifies a channel file for `label`.
+    hostile = _relabelled(good, tmp_path / "label.bundle", label, keep="metadata/1.root")
+    before = root.active_channel()
+    with pytest.raises((TrustError, ArchiveError, NotFound)):
+        sideload(root, hostile, switch_channel=True)
+    assert root.active_channel() == before
+    assert sideload(root, good).installed == "1.0"  # the next command works as ever
+
+
+def test_updater_channel_refuses_a_path_as_a_name(tmp_path, offline):
+    root, _ = offline
+    done = subprocess.run([sys.executable, "-m", "greenlight.updater.cli", "channel", "../x",
+                           "--root", str(root.path)], capture_output=True, text=True)
+    assert done.returncode == 2 and "invalid channel name" in done.stderr
+    assert "Traceback" not in done.stderr

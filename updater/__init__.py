@@ -35,6 +35,7 @@ from greenlight.updater._errors import (
     ServiceError,
     StoreError,
     TrustError,
+    UsageError,
 )
 
 __all__ = [
@@ -54,4 +55,5 @@ __all__ = [
     "ServiceError",
     "StoreError",
     "TrustError",
+    "UsageError",
 ]

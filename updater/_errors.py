@@ -5,6 +5,7 @@ the file, field or URL involved and what to do.
 
 ```
 GreenlightError (1)
+├── UsageError (2)         an argument that cannot be right
 ├── ConfigError (3)        greenlight.toml or the root missing or invalid
 ├── TrustError (4)         TUF refused metadata or an artifact
 ├── NetworkError (5)       the repository unreachable, too slow, or an HTTP error
@@ -36,6 +37,7 @@ __all__ = [
     "ServiceError",
     "StoreError",
     "TrustError",
+    "UsageError",
 ]
 
 
@@ -48,6 +50,12 @@ class GreenlightError(Exception):
     @property
     def kind(self) -> str:
         return type(self).__name__
+
+
+class UsageError(GreenlightError):
+    """An argument that cannot be right (an invalid channel name, say)."""
+
+    exit_code = 2
 
 
 class ConfigError(GreenlightError):

@@ -10,7 +10,7 @@ transaction of `greenlight.updater.transaction`, which rolls back by itself.
 import shutil
 from pathlib import Path
 
-from greenlight.channels import ChannelFile, now
+from greenlight.channels import ChannelFile, check_channel_name, now
 from greenlight.updater._errors import (
     ArchiveError,
     ChannelMismatch,
@@ -165,14 +165,30 @@ def sideload(root: InstallRoot, bundle_path: Path, progress: Progress | None = N
                 raise ArchiveError(f"{bundle_path}: no such bundle file")
             extract(bundle_path, staging, Limits(max_ratio=50, compressed=False))
             bundle = open_bundle(staging, root.metadata_dir, bundle_path.name)
-            active = root.active_channel().channel
-            if bundle.channel != active:
-                if not switch_channel:
-                    raise ChannelMismatch(
-                        f"{bundle_path.name} carries channel {bundle.channel!r} but {root.path} "
-                        f"follows {active!r}; pass --switch-channel to follow {bundle.channel!r}")
-                root.set_active_channel(bundle.channel, f"switched from {active} by a sideload")
-            report = _upgrade_locked(root, bundle.repository, progress, force)
+            before = root.active_channel()
+            if bundle.channel == before.channel:
+                report = _upgrade_locked(root, bundle.repository, progress, force)
+                return report.model_copy(update={"source": f"bundle {bundle_path.name}"})
+            try:
+                check_channel_name(bundle.channel)
+            except ValueError:
+                raise ArchiveError(f"{bundle_path.name}: bundle.json names channel "
+                                   f"{bundle.channel!r}, not a valid channel name") from None
+            if not switch_channel:
+                raise ChannelMismatch(
+                    f"{bundle_path.name} carries channel {bundle.channel!r} but {root.path} "
+                    f"follows {before.channel!r}; pass --switch-channel to follow "
+                    f"{bundle.channel!r}")
+            # The label in bundle.json is unsigned: the switch happens only once the channel
+            # file has verified through TUF, and is undone if the upgrade does not go through.
+            read_channel(root, bundle.repository, bundle.channel)
+            root.set_active_channel(bundle.channel,
+                                    f"switched from {before.channel} by a sideload")
+            try:
+                report = _upgrade_locked(root, bundle.repository, progress, force)
+            except BaseException:
+                root.restore_active_channel(before)
+                raise
             return report.model_copy(update={"source": f"bundle {bundle_path.name}"})
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -2,8 +2,8 @@
 switch (which verifies the channel before it writes `active.json`). They load neither the
 transaction nor the services, so that `updater check` starts fast."""
 
-from greenlight.channels import ChannelFile
-from greenlight.updater._errors import BusyError
+from greenlight.channels import ChannelFile, check_channel_name
+from greenlight.updater._errors import BusyError, UsageError
 from greenlight.updater.plan import Plan, decide
 from greenlight.updater.reports import CheckReport, ComponentInfo, RolloutStatus, StatusReport
 from greenlight.updater.store import HistoryEntry, InstallRoot, Journal, history, locked, quarantine
@@ -37,7 +37,15 @@ def read_channel(
 
 
 def switch_channel(root: InstallRoot, repo: TrustedRepository, channel: str) -> None:
-    """Make `channel` the active one, once the repository proves it carries it."""
+    """Make `channel` the active one, once the repository proves it carries it.
+
+    Raises:
+        UsageError: not a valid channel name; NotFound: the repository does not carry it.
+    """
+    try:
+        check_channel_name(channel)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     with locked(root):
         previous = root.active_channel().channel
         read_channel(root, repo, channel)

@@ -16,8 +16,9 @@ import shutil
 import uuid
 from datetime import datetime
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import ValidationError
+from pydantic import AfterValidator, ValidationError
 
 from greenlight.channels import (
     ChannelFile,
@@ -25,6 +26,7 @@ from greenlight.channels import (
     Record,
     atomic_symlink,
     atomic_write,
+    check_channel_name,
     now,
     sort_versions,
 )
@@ -46,7 +48,7 @@ def default_root() -> Path:
 
 
 class ActiveChannel(Record):
-    channel: str
+    channel: Annotated[str, AfterValidator(check_channel_name)]
     since: datetime
     reason: str
 
@@ -122,8 +124,13 @@ class InstallRoot:
             raise StoreError(f"{path}: unreadable; switch with 'updater channel NAME'") from None
 
     def set_active_channel(self, channel: str, reason: str) -> ActiveChannel:
-        active = ActiveChannel(channel=channel, since=now(), reason=reason)
-        atomic_write(self.channels_dir / "active.json", active.model_dump_json(indent=2).encode())
+        """Follow `channel` from now on (a valid channel name, or ValueError)."""
+        return self.restore_active_channel(
+            ActiveChannel(channel=check_channel_name(channel), since=now(), reason=reason))
+
+    def restore_active_channel(self, active: ActiveChannel) -> ActiveChannel:
+        atomic_write(self.channels_dir / "active.json",
+                     active.model_dump_json(indent=2).encode(), mode=0o640)
         return active
 
     def save_channel_file(self, channel_file: ChannelFile, raw: bytes) -> None:

@@ -20,6 +20,7 @@ from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from greenlight.channels import ChannelFile, ChannelFileError, ComponentArtifact, channel_target
 from greenlight.updater._errors import (
+    ArchiveError,
     ConfigError,
     GreenlightError,
     NetworkError,
@@ -37,6 +38,8 @@ def explain(error: Exception, what: str) -> GreenlightError:
     """Turn a python-tuf exception into one line a person can act on."""
     detail = str(error) or type(error).__name__
     match error:
+        case tuf_errors.DownloadHTTPError() if "not in the bundle" in detail:
+            return ArchiveError(f"{what}: missing from the bundle ({detail})")
         case tuf_errors.DownloadHTTPError():
             return NetworkError(f"{what}: repository answered HTTP {error.status_code}")
         case tuf_errors.SlowRetrievalError():
