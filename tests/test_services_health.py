@@ -184,3 +184,59 @@ def test_systemd_backend_without_systemctl_is_a_config_error(tmp_path):
     backend = SystemdBackend(InstallRoot(tmp_path), systemctl=str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match="systemctl is not on this machine"):
         backend.is_running("core")
+
+
+def _echo_server():
+    """A core that answers 401 and echoes the request's headers in the body."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Echo(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            body = f"denying api access; you sent {dict(self.headers)}".encode()
+            self.send_response(401)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_tokens_never_reach_a_result(tmp_path):
+    from greenlight.updater.product import HttpCheck
+
+    token = "s3cret-token-0123456789"
+    (tmp_path / "token").write_text(token + "\n")
+    server = _echo_server()
+    try:
+        checker = HealthChecker(tmp_path, ProcessBackend(InstallRoot(tmp_path)), {})
+        result = checker.run(HttpCheck(
+            name="ui-session", type="http", bearer_token_file="token",
+            url=f"http://127.0.0.1:{server.server_address[1]}/api/v1/session",
+            headers={"X-Api-Key": "another-secret-value"}))
+    finally:
+        server.shutdown()
+    assert not result.ok and "401" in result.summary
+    dumped = result.model_dump_json()
+    assert token not in dumped and "another-secret-value" not in dumped
+    assert "[reda" in dumped  # the marker may itself be cut by the excerpt
+
+
+@pytest.mark.parametrize("content", [b"abc\ndef\n", "t\u00f6ken".encode(), b"", b"two words"])
+def test_bad_token_files_are_refused_without_showing_them(tmp_path, content):
+    from greenlight.updater import ConfigError
+    from greenlight.updater.product import HttpCheck
+
+    (tmp_path / "token").write_bytes(content)
+    checker = HealthChecker(tmp_path, ProcessBackend(InstallRoot(tmp_path)), {})
+    with pytest.raises(ConfigError, match="one line of printable ASCII") as refused:
+        checker.run(HttpCheck(name="s", type="http", url="http://127.0.0.1:9/",
+                              bearer_token_file="token"))
+    for line in content.splitlines():
+        if line:
+            assert line.decode(errors="replace") not in str(refused.value)

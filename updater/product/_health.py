@@ -5,6 +5,7 @@ Each check is declared in greenlight.toml with a timeout, retries and an interva
 can act on: status code, body excerpt, latency, the error, what was expected.
 """
 
+import re
 import socket
 import subprocess
 import time
@@ -30,7 +31,7 @@ from greenlight.updater.product._placeholders import expand, expand_command
 if TYPE_CHECKING:
     from greenlight.updater.product._services import ServiceBackend
 
-__all__ = ["CheckResult", "HealthChecker", "all_checks", "failed_required"]
+__all__ = ["REDACTED", "CheckResult", "HealthChecker", "all_checks", "failed_required"]
 
 _EXCERPT = 200
 
@@ -56,14 +57,43 @@ class Outcome(Exception):
         self.evidence = evidence
 
 
+REDACTED = "[redacted]"
+_SENSITIVE = re.compile(r"auth|token|secret|key|cookie|pass", re.IGNORECASE)
+
+
 def _token(root: Path, file: str | None) -> str | None:
+    """The UI's token from `file`: one line of printable ASCII (a trailing newline is fine).
+
+    Raises:
+        ConfigError: unreadable, empty, several lines, or other characters; the message never
+        holds the token.
+    """
     if file is None:
         return None
     path = root / file
     try:
-        return path.read_text().strip()
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"bearer_token_file {path}: cannot read: {e.strerror}") from None
+    token = raw.removesuffix(b"\n").removesuffix(b"\r")
+    if not token or any(b < 0x21 or b > 0x7E for b in token):
+        raise ConfigError(
+            f"bearer_token_file {path}: must hold one line of printable ASCII without spaces "
+            f"({len(raw)} bytes found); rewrite it with the UI's token alone")
+    return token.decode("ascii")
+
+
+def _redact(value: Any, secrets: list[str]) -> Any:
+    """`value` with every secret replaced, in strings, lists and dicts, however deep."""
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, list):
+        return [_redact(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {k: _redact(v, secrets) for k, v in value.items()}
+    return value
 
 
 def _dig(document: Any, dotted: str) -> Any:
@@ -80,6 +110,13 @@ class HealthChecker:
         self.root = root
         self.services = services
         self.values = values
+        self._secrets: list[str] = []  # tokens and header values sent: never in a result
+
+    def _secret(self, value: str) -> str:
+        if len(value) >= 4 and value not in self._secrets:
+            self._secrets.append(value)
+            self._secrets.sort(key=len, reverse=True)
+        return value
 
     def _x(self, text: str) -> str:
         return expand(text, self.values)
@@ -103,20 +140,22 @@ class HealthChecker:
         import httpx
 
         url = self._x(c.url)
-        headers = {k: self._x(v) for k, v in getattr(c, "headers", {}).items()}
+        headers = {k: self._secret(self._x(v)) if _SENSITIVE.search(k) else self._x(v)
+                   for k, v in getattr(c, "headers", {}).items()}
         token = _token(self.root, getattr(c, "bearer_token_file", None))
         if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
+            headers["Authorization"] = f"Bearer {self._secret(token)}"
         try:
             r = httpx.get(url, headers=headers, timeout=c.timeout)
         except httpx.HTTPError as e:
             raise Outcome(f"GET {url}: {type(e).__name__}: {e}", url=url, error=str(e)) from None
+        text = _redact(r.text, self._secrets)  # before any excerpt is cut from it
         evidence: dict[str, Any] = {"url": url, "status": r.status_code,
-                                    "body": r.text[:_EXCERPT]}
+                                    "body": text[:_EXCERPT]}
         wanted = getattr(c, "status", 200)
         if r.status_code != wanted:
             raise Outcome(f"GET {url} answered HTTP {r.status_code} (expected {wanted}): "
-                          f"{r.text.strip()[:80]}", **evidence)
+                          f"{text.strip()[:80]}", **evidence)
         if expect:
             try:
                 document = r.json()
@@ -141,7 +180,7 @@ class HealthChecker:
         values = dict(self.values)
         token = _token(self.root, c.bearer_token_file)
         if token is not None:
-            values["token"] = token
+            values["token"] = self._secret(token)
         replies: list[str] = []
         try:
             with connect(url, open_timeout=c.timeout, close_timeout=1) as ws:
@@ -149,6 +188,7 @@ class HealthChecker:
                     ws.send(expand(message, values))
                     reply = ws.recv(timeout=c.timeout)
                     reply = reply if isinstance(reply, str) else reply.decode(errors="replace")
+                    reply = _redact(reply, self._secrets)  # before it is cut short
                     replies.append(reply[:_EXCERPT])
                     if i < len(c.expect) and c.expect[i] not in reply:
                         raise Outcome(f"{url}: reply {i + 1} lacks {c.expect[i]!r}",
@@ -199,10 +239,11 @@ class HealthChecker:
             raise Outcome(f"{argv[0]} did not finish in {c.timeout}s", argv=argv) from None
         except OSError as e:
             raise Outcome(f"{argv[0]}: {e.strerror}", argv=argv) from None
+        stdout, stderr = _redact(done.stdout, self._secrets), _redact(done.stderr, self._secrets)
         evidence = {"argv": argv, "returncode": done.returncode,
-                    "stdout": done.stdout[-_EXCERPT:], "stderr": done.stderr[-_EXCERPT:]}
+                    "stdout": stdout[-_EXCERPT:], "stderr": stderr[-_EXCERPT:]}
         if done.returncode != 0:
-            last = (done.stderr.strip() or done.stdout.strip()).splitlines()
+            last = (stderr.strip() or stdout.strip()).splitlines()
             program = c.command[1] if c.command[0] == "{python}" and len(c.command) > 1 else argv[0]
             program = self._x(program)
             raise Outcome(f"{Path(program).name} exited {done.returncode}: "
@@ -244,8 +285,9 @@ class HealthChecker:
                 break
             time.sleep(c.interval)
         return CheckResult(name=c.name, type=c.type, required=c.required, ok=ok,
-                           summary=summary, attempts=attempts, latency_ms=round(latency, 2),
-                           evidence=evidence, at=now())
+                           summary=_redact(summary, self._secrets), attempts=attempts,
+                           latency_ms=round(latency, 2),
+                           evidence=_redact(evidence, self._secrets), at=now())
 
     def run_all(self, checks: list[CheckConfig]) -> list[CheckResult]:
         return [self.run(c) for c in checks]
