@@ -18,7 +18,7 @@ from greenlight.channels._bundle_format import (
 )
 from greenlight.channels._clock import now
 from greenlight.channels._delta import BuiltDelta, DeltaError, apply_delta, build_delta
-from greenlight.channels._files import atomic_symlink, atomic_write, fsync_dir
+from greenlight.channels._files import atomic_symlink, atomic_write, fsync_dir, remove_path
 from greenlight.channels._model import (
     SCHEMA_VERSION,
     ChannelFile,
@@ -74,6 +74,7 @@ __all__ = [
     "json_schema",
     "now",
     "parse_version",
+    "remove_path",
     "rollout_bucket",
     "sort_versions",
     "lean_process",

@@ -1,6 +1,7 @@
 """Durable file writes: whole or not at all, fsync'd, directory entry included."""
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -39,3 +40,16 @@ def atomic_symlink(link: Path, target: str) -> None:
     os.symlink(target, tmp)
     os.replace(tmp, link)
     fsync_dir(link.parent)
+
+
+def remove_path(path: Path) -> None:
+    """Remove whatever is at `path`, never following a symlink: a link planted where a folder
+    is expected is removed itself, not the tree it points at, and nothing is written
+    through it afterwards."""
+    try:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(path)
+    except FileNotFoundError:
+        pass

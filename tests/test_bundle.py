@@ -305,3 +305,29 @@ def test_updater_channel_refuses_a_path_as_a_name(tmp_path, offline):
                            "--root", str(root.path)], capture_output=True, text=True)
     assert done.returncode == 2 and "invalid channel name" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_symlink_planted_at_the_sideload_folder_is_not_written_through(tmp_path, offline,
+                                                                        published):
+    root, _ = offline
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (root.state / "sideload").symlink_to(elsewhere)
+    bundle = tmp_path / "stable.bundle"
+    build_bundle(published, "stable", bundle)
+    assert sideload(root, bundle).installed == "1.0"
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_state_is_private_to_the_owner(tmp_path, offline, published):
+    import stat as st
+
+    root, _ = offline
+    bundle = tmp_path / "stable.bundle"
+    build_bundle(published, "stable", bundle)
+    sideload(root, bundle)
+    mode = {p: st.S_IMODE(p.stat().st_mode) for p in (
+        root.path, root.config_path, root.state / "channels" / "active.json",
+        root.state / "installation-id")}
+    assert mode[root.path] == 0o750 and mode[root.config_path] == 0o640
+    assert all(m & 0o007 == 0 for m in mode.values()), mode

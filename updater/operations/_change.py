@@ -7,10 +7,9 @@ transaction an interrupted updater left behind (`recover`). What to do is decide
 transaction of `greenlight.updater.transaction`, which rolls back by itself.
 """
 
-import shutil
 from pathlib import Path
 
-from greenlight.channels import ChannelFile, check_channel_name, now
+from greenlight.channels import ChannelFile, check_channel_name, now, remove_path
 from greenlight.updater._errors import (
     ArchiveError,
     ChannelMismatch,
@@ -159,7 +158,7 @@ def sideload(root: InstallRoot, bundle_path: Path, progress: Progress | None = N
     with locked(root):
         recover(root, root.config)
         staging = root.state / "sideload"
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_path(staging)
         try:
             if not bundle_path.is_file():
                 raise ArchiveError(f"{bundle_path}: no such bundle file")
@@ -191,7 +190,7 @@ def sideload(root: InstallRoot, bundle_path: Path, progress: Progress | None = N
                 raise
             return report.model_copy(update={"source": f"bundle {bundle_path.name}"})
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_path(staging)
 
 
 def _upgrade_locked(root: InstallRoot, repo: TrustedRepository, progress: Progress | None,

@@ -145,7 +145,13 @@ class ProcessBackend:
         command = expand_command(service.command, values)
         workdir = expand(service.workdir, values)
         env = {**os.environ, **{k: expand(v, values) for k, v in service.env.items()}}
-        log = (self.logs / f"{service.name}.log").open("ab")
+        log_path = self.logs / f"{service.name}.log"
+        try:
+            log = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND |
+                                    os.O_NOFOLLOW, 0o640), "ab")
+        except OSError as e:
+            raise StoreError(f"{log_path}: cannot open the service's log: {e.strerror} "
+                             "(a symlink there is refused)") from None
         try:
             child = subprocess.Popen(
                 [*launcher_argv(), "--exit-file", str(self._exit_file(service.name)),

@@ -12,7 +12,6 @@ What is installed is read from `current`, never stored twice.
 """
 
 import os
-import shutil
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +27,7 @@ from greenlight.channels import (
     atomic_write,
     check_channel_name,
     now,
+    remove_path,
     sort_versions,
 )
 from greenlight.updater._errors import ConfigError, StoreError
@@ -83,10 +83,12 @@ class InstallRoot:
         except ValidationError as e:
             first = e.errors()[0]
             raise ConfigError(f"--repo/--channel: {first['msg']}") from None
+        root.path.mkdir(parents=True, exist_ok=True, mode=0o750)
+        os.chmod(root.path, 0o750)  # the config may hold headers or environment secrets
         for folder in (root.metadata_dir, root.channels_dir, root.downloads, root.releases):
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True, mode=0o750)
         atomic_write(root.metadata_dir / "root.json", trusted_root, mode=0o644)
-        atomic_write(root.config_path, config.dump().encode())
+        atomic_write(root.config_path, config.dump().encode(), mode=0o640)
         root.set_active_channel(channel, "initial channel")
         return root
 
@@ -110,7 +112,7 @@ class InstallRoot:
         try:
             return path.read_text().strip()
         except FileNotFoundError:
-            atomic_write(path, (uuid.uuid4().hex + "\n").encode())
+            atomic_write(path, (uuid.uuid4().hex + "\n").encode(), mode=0o640)
             return path.read_text().strip()
 
     # --- channels ------------------------------------------------------------------------
@@ -140,7 +142,7 @@ class InstallRoot:
                 return  # unchanged: no write, no fsync on a warm check
         except FileNotFoundError:
             pass
-        atomic_write(path, raw)
+        atomic_write(path, raw, mode=0o640)
 
     # --- releases ------------------------------------------------------------------------
     def release_dir(self, version: str) -> Path:
@@ -183,5 +185,5 @@ class InstallRoot:
         versions = [v for v in self.installed_releases() if v != current]
         doomed = versions[: max(0, len(versions) - (keep - 1))]
         for version in doomed:
-            shutil.rmtree(self.release_dir(version), ignore_errors=True)
+            remove_path(self.release_dir(version))
         return doomed

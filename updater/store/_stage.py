@@ -6,10 +6,9 @@ with a manifest is always complete.
 """
 
 import errno
-import shutil
 from pathlib import Path
 
-from greenlight.channels import ChannelFile, atomic_write, fsync_dir, now
+from greenlight.channels import ChannelFile, atomic_write, fsync_dir, now, remove_path
 from greenlight.updater._errors import GreenlightError, StoreError
 from greenlight.updater.store._extract import extract
 from greenlight.updater.store._root import RELEASE_MANIFEST, InstallRoot, ReleaseManifest
@@ -24,7 +23,7 @@ def stage_release(root: InstallRoot, channel_file: ChannelFile, archives: dict[s
     if existing is not None and existing.components == channel_file.components:
         return final
     staging = root.releases / f".staging-{version}"
-    shutil.rmtree(staging, ignore_errors=True)
+    remove_path(staging)
     try:
         for name, archive in sorted(archives.items()):
             extract(archive, staging / name)
@@ -37,14 +36,14 @@ def stage_release(root: InstallRoot, channel_file: ChannelFile, archives: dict[s
         atomic_write(staging / RELEASE_MANIFEST, manifest.model_dump_json(indent=2).encode())
         if final.exists():
             # Same version, other bytes (re-published): keep the old aside until replaced.
-            shutil.rmtree(final)
+            remove_path(final)
         staging.rename(final)
         fsync_dir(root.releases)
     except GreenlightError:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_path(staging)
         raise
     except OSError as e:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_path(staging)
         hint = " (disk full)" if e.errno == errno.ENOSPC else ""
         raise StoreError(f"{final}: cannot stage release {version}{hint}: {e.strerror}") from None
     return final

@@ -8,7 +8,6 @@ the journal and the disk, so recovery by another process can run it.
 """
 
 import hashlib
-import shutil
 from dataclasses import dataclass, field
 
 from greenlight.channels import (
@@ -17,6 +16,7 @@ from greenlight.channels import (
     DeltaError,
     apply_delta,
     atomic_write,
+    remove_path,
 )
 from greenlight.updater._errors import GreenlightError, TrustError
 from greenlight.updater.product import Config, ServiceControl
@@ -111,9 +111,9 @@ def do_stage(txn: Transaction) -> None:
 
 def undo_stage(txn: Transaction) -> None:
     for staging in txn.root.releases.glob(f".staging-{txn.new}"):
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_path(staging)
     if txn.journal.staged_new and txn.root.installed_version() != txn.new:
-        shutil.rmtree(txn.root.release_dir(txn.new), ignore_errors=True)
+        remove_path(txn.root.release_dir(txn.new))
 
 
 def do_stop(txn: Transaction) -> None:
