@@ -89,6 +89,12 @@ def check(root: InstallRoot, repo: TrustedRepository) -> CheckReport:
 
 
 def status(root: InstallRoot) -> StatusReport:
+    """What is installed, the active channel and why, the kept and quarantined releases.
+
+    Raises:
+        ConfigError: not an installation root; StoreError: damaged state.
+    """
+    root.require()
     active = root.active_channel()
     events = history(root)
     return StatusReport(

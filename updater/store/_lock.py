@@ -21,10 +21,11 @@ def locked(root: InstallRoot) -> Iterator[None]:
     """Hold the root's lock for the block.
 
     Raises:
-        BusyError: another process holds it.
+        ConfigError: not an installation root; BusyError: another process holds it.
     """
     from filelock import FileLock, Timeout
 
+    root.require()  # only an installation root has a lock to take
     root.state.mkdir(parents=True, exist_ok=True)
     owner = root.state / "lock.owner"
     lock = FileLock(str(root.state / "lock"), timeout=0)

@@ -122,7 +122,7 @@ class InstallRoot:
             return ActiveChannel.model_validate_json(path.read_bytes())
         except FileNotFoundError:
             return ActiveChannel(channel=self.config.channel, since=now(), reason="configured")
-        except ValidationError:
+        except (ValidationError, OSError, UnicodeDecodeError):
             raise StoreError(f"{path}: unreadable; switch with 'updater channel NAME'") from None
 
     def set_active_channel(self, channel: str, reason: str) -> ActiveChannel:

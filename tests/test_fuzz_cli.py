@@ -1,0 +1,100 @@
+"""No traceback, ever: every `updater` command, driven with hostile arguments, files and
+configurations (hypothesis), ends in success or a documented exit code with one line."""
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from greenlight.release import FileRepository, init_repository
+from greenlight.updater import EXIT_CODES
+from greenlight.updater.cli import app
+from greenlight.updater.store import InstallRoot
+
+DOCUMENTED = set(EXIT_CODES) - {1}  # 1 is "a bug": never acceptable here
+
+
+@pytest.fixture(scope="module")
+def trusted(tmp_path_factory: pytest.TempPathFactory) -> FileRepository:
+    return init_repository(tmp_path_factory.mktemp("fuzz") / "repo")
+
+
+names = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+blobs = st.binary(max_size=2048)
+
+
+def _tar(members: list[tuple[str, bytes]]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name or "x")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return raw.getvalue()
+
+
+bundles = st.one_of(blobs, st.lists(st.tuples(st.sampled_from(
+    ["bundle.json", "metadata/1.root.json", "metadata/timestamp.json", "targets/x", "../x",
+     "a/../../b", "bundle.json/x"]), blobs), max_size=4).map(_tar),
+    st.builds(lambda ch: _tar([("bundle.json", json.dumps({
+        "format": "greenlight.bundle/1", "channel": ch, "release": "1",
+        "created": "2026-01-01T00:00:00+00:00", "expires": "x"}).encode())]),
+        st.sampled_from(["beta", "../../x", 1, None, "\u0000", "stable"])))
+configs = st.one_of(blobs.map(lambda b: b.decode("utf-8", "replace")), st.sampled_from([
+    "", "channel = 3", "[repository]\nurl = 'ftp://x'", "[repository]\nurl = 'http://127.0.0.1:9/'"
+    "\n[[check]]\nname='x'\ntype='nope'", "[repository]\nurl='http://127.0.0.1:9/'\n"
+    "[[service]]\nname='a'\ncommand=[]",
+]))
+
+
+def _root(base: Path, trusted: FileRepository, kind: str, config: str) -> Path:
+    path = base / "root"
+    if kind == "missing":
+        return path
+    if kind == "file":
+        path.write_bytes(b"not a folder")
+        return path
+    InstallRoot.create(path, "http://127.0.0.1:9/",
+                       (trusted.metadata_dir / "1.root.json").read_bytes(), "stable")
+    if kind == "bad-config":
+        (path / "greenlight.toml").write_text(config)
+    elif kind == "bad-state":
+        (path / "state" / "channels" / "active.json").write_text(config)
+        (path / "state" / "quarantine.json").write_text(config)
+        (path / "state" / "journal.json").write_text(config)
+    elif kind == "bad-root":
+        (path / "state" / "metadata" / "root.json").write_text(config)
+    return path
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(command=st.sampled_from(["check", "status", "channel", "sideload", "history", "health",
+                                "recover", "upgrade", "rollback", "start", "stop"]),
+       kind=st.sampled_from(["missing", "file", "ok", "bad-config", "bad-state", "bad-root"]),
+       config=configs, name=names, bundle=bundles, as_json=st.booleans())
+def test_hostile_input_gets_a_documented_exit_and_one_line(
+        tmp_path_factory, trusted, command, kind, config, name, bundle, as_json):
+    base = tmp_path_factory.mktemp("case")
+    root = _root(base, trusted, kind, config)
+    args = [command]
+    if command == "channel":
+        args.append(name or "stable")
+    if command == "sideload":
+        (base / "b.bundle").write_bytes(bundle)
+        args.append(str(base / "b.bundle"))
+    args += ["--root", str(root)] + (["--json"] if as_json else [])
+    env = {**os.environ, "GREENLIGHT_ROOT": str(root)}
+    result = CliRunner().invoke(app, args, env=env, catch_exceptions=True)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"{args}: {type(result.exception).__name__}: {result.exception}")
+    assert result.exit_code in DOCUMENTED or result.exit_code == 0, (args, result.output)
+    if result.exit_code not in (0, 10, 20, 21):
+        errors = [line for line in result.stderr.splitlines() if line.strip()]
+        assert as_json or len(errors) == 1, (args, result.stderr)
