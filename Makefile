@@ -41,5 +41,17 @@ bench: $(STAMP)
 	$(QUIET_BUILD) $(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.run
 
+# The public tuf-conformance suite against greenlight-conformance-client. The suite is not on
+# PyPI: TUF_CONFORMANCE names a checkout of theupdateframework/tuf-conformance. It runs in a
+# virtual environment of its own (it pins its own python-tuf for the repository side) and
+# needs faketime (Debian's package) for its expiry tests.
+conformance: $(STAMP)
+	@test -n "$(TUF_CONFORMANCE)" || { echo "set TUF_CONFORMANCE=<path to a tuf-conformance checkout>"; exit 2; }
+	command -v faketime >/dev/null || apt-get install -y -q faketime
+	test -x $(TUF_CONFORMANCE)/.venv/bin/python || $(PYTHON) -m venv $(TUF_CONFORMANCE)/.venv
+	$(TUF_CONFORMANCE)/.venv/bin/python -m pip install --quiet -e $(TUF_CONFORMANCE)
+	cd $(TUF_CONFORMANCE) && .venv/bin/python -m pytest tuf_conformance -q -p no:cacheprovider \
+	  --entrypoint $(abspath $(BIN))/greenlight-conformance-client
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-work

@@ -75,3 +75,21 @@ def test_refresh_with_wrong_root_fails(tmp_path, server, published):
     done = client("--metadata-dir", str(meta), "--metadata-url", f"{server.url}/metadata",
                   "refresh")
     assert done.returncode == 1
+
+
+def test_the_tuf_floor_is_the_first_release_that_passes_the_suite():
+    """tuf-conformance's diamond-delegation case (a cached role verified against its current
+    delegator) fails on python-tuf 7.0.0 and passes from 7.0.1: an install must never resolve
+    an older one (`make conformance` runs the suite itself)."""
+    import tomllib
+    from importlib.metadata import version
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    tuf = next(Requirement(d) for d in project["project"]["dependencies"]
+               if d.startswith("tuf"))
+    assert not tuf.specifier.contains("7.0.0") and tuf.specifier.contains("7.0.1")
+    assert Version(version("tuf")) in tuf.specifier
