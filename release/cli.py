@@ -6,6 +6,7 @@ unexpected into one line too. Results are pydantic models, printed as JSON with 
 Heavy modules are imported by the commands that use them.
 """
 
+import errno
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +52,11 @@ def _run(work: Callable[[], T]) -> T:
         return work()
     except (ReleaseError, ValueError) as e:
         print(f"release: error: {' '.join(str(e).split())}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as e:  # nothing was changed: pipeline commands publish all or nothing
+        hint = " (disk full)" if e.errno == errno.ENOSPC else ""
+        print(f"release: error: {e.filename or 'repository'}: {e.strerror or e}{hint}; "
+              "nothing was changed", file=sys.stderr)
         raise SystemExit(1) from None
 
 

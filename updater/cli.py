@@ -9,6 +9,7 @@ Only click is imported up front: every command imports what it uses when it runs
 (typer was measured at 60 ms a process more than click, most of it its pydantic adapters).
 """
 
+import errno
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from greenlight.updater._errors import (
     EXIT_UPDATE_AVAILABLE,
     ConfigError,
     GreenlightError,
+    StoreError,
 )
 
 if TYPE_CHECKING:
@@ -88,6 +90,10 @@ def _run(as_json: bool, work: Callable[[], T], root: "InstallRoot | None" = None
         return work()
     except GreenlightError as e:
         raise _fail(e, as_json) from None
+    except OSError as e:  # local state that could not be written or read, not a bug
+        hint = " (disk full)" if e.errno == errno.ENOSPC else ""
+        where = e.filename or "local state"
+        raise _fail(StoreError(f"{where}: {e.strerror or e}{hint}"), as_json) from None
 
 
 def _root(path: Path | None) -> "InstallRoot":
