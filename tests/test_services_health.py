@@ -137,7 +137,10 @@ case "$1" in
   is-active) [ -f {tmp_path}/active-$3 ] ;;
   start) touch {tmp_path}/active-$2 ;;
   stop) rm -f {tmp_path}/active-$2 ;;
-  show) [ "$3" = "MainPID" ] && echo 1234 || echo 0 ;;
+  show) if [ "$3" = "MainPID" ]; then echo 1234
+        elif [ -f {tmp_path}/killed ]; then
+          printf 'ExecMainCode=2\nExecMainStatus=%s\n' "$(cat {tmp_path}/killed)"
+        else printf 'ExecMainCode=1\nExecMainStatus=0\n'; fi ;;
 esac
 """)
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
@@ -240,3 +243,42 @@ def test_bad_token_files_are_refused_without_showing_them(tmp_path, content):
     for line in content.splitlines():
         if line:
             assert line.decode(errors="replace") not in str(refused.value)
+
+
+@pytest.mark.parametrize(("signal_number", "crashed"), [(15, False), (9, True), (11, True)])
+def test_systemd_stop_by_the_stop_signal_is_clean(tmp_path, fake_systemctl, signal_number,
+                                                  crashed):
+    script, _ = fake_systemctl
+    (tmp_path / "killed").write_text(str(signal_number))
+    service = ServiceConfig(name="core", command=["x"])
+    backend = SystemdBackend(InstallRoot(tmp_path), systemctl=str(script), services=[service])
+    backend.start(service, {})
+    outcome = backend.stop(service, timeout=5)
+    assert outcome.returncode == -signal_number and outcome.crashed is crashed
+
+
+def test_a_service_that_dies_of_sigterm_stopped_cleanly(tmp_path):
+    backend = ProcessBackend(InstallRoot(tmp_path))
+    ready = tmp_path / "ready"
+    plain = ServiceConfig(name="plain", command=[
+        sys.executable, "-c", "import pathlib,sys,time; pathlib.Path(sys.argv[1]).touch(); "
+        "time.sleep(60)", str(ready)])
+    backend.start(plain, {"root": str(tmp_path)})
+    deadline = time.monotonic() + 20
+    while not ready.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    outcome = backend.stop(plain, timeout=5)
+    assert outcome.returncode == -15 and not outcome.crashed and not outcome.killed
+    assert "died of SIGTERM" in outcome.describe() and "clean stop" in outcome.describe()
+
+
+@pytest.mark.parametrize(("listed", "status", "crashed"), [
+    ([], 143, True), ([143], 143, False), (["SIGINT"], -2, False), ([], -2, True)])
+def test_success_exit_status_widens_what_is_clean(listed, status, crashed):
+    from greenlight.updater.product import StopOutcome
+    from greenlight.updater.product._services import clean_statuses
+
+    service = ServiceConfig(name="s", command=["x"], success_exit_status=listed)
+    outcome = StopOutcome("s", True, status, False, 0.1, clean_statuses(service))
+    assert outcome.crashed is crashed

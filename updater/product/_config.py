@@ -69,6 +69,10 @@ class RepositoryConfig(_Section):
         return self.targets_url or self.url + "targets/"
 
 
+StopSignal = Literal["SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGKILL", "SIGPIPE", "SIGUSR1",
+                     "SIGUSR2"]
+
+
 class ServiceConfig(_Section):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     command: list[str] = Field(min_length=1)
@@ -81,6 +85,11 @@ class ServiceConfig(_Section):
         description="called before the stop signal; answers when in-flight work is done"
     )
     stop_signal: Literal["SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT"] = "SIGTERM"
+    success_exit_status: list[Annotated[int, Field(ge=0, le=255)] | StopSignal] = Field(
+        default_factory=list,
+        description="more ways to stop cleanly, as systemd's SuccessExitStatus: exit "
+                    "statuses (143) or signal names (SIGINT); exit 0 and death by the stop "
+                    "signal always are")
     unit: str | None = Field(default=None, description="systemd unit (systemd backend)")
 
 

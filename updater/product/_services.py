@@ -37,23 +37,46 @@ __all__ = ["ProcessBackend", "ServiceBackend", "StopOutcome", "SystemdBackend", 
 
 @dataclass
 class StopOutcome:
+    """How a service ended when it was asked to stop, judged as systemd judges it.
+
+    A clean stop is: exit 0; death by the stop signal Greenlight sent (most services have no
+    handler and simply die of SIGTERM); or a status or signal listed in the service's
+    `success_exit_status`. Any other exit or signal before the kill timeout is a crash on
+    stop. Killed after the timeout means stubborn, not crashed. A returncode below zero is
+    death by that signal, as subprocess reports it.
+    """
+
     service: str
     was_running: bool
     returncode: int | None
     killed: bool
     seconds: float
+    clean: frozenset[int] = frozenset({0})
 
     @property
     def crashed(self) -> bool:
-        """Exited non-zero on its own when asked to stop (a kill after the timeout is ours)."""
-        return self.was_running and not self.killed and self.returncode not in (None, 0)
+        return (self.was_running and not self.killed and self.returncode is not None
+                and self.returncode not in self.clean)
 
     def describe(self) -> str:
         if not self.was_running:
             return f"{self.service}: was not running"
         if self.killed:
             return f"{self.service}: killed after not exiting within the stop timeout"
-        return f"{self.service}: exited with status {self.returncode} in {self.seconds:.2f}s"
+        took = f"in {self.seconds:.2f}s"
+        if self.returncode is not None and self.returncode < 0:
+            name = signal.Signals(-self.returncode).name
+            verdict = "a clean stop" if not self.crashed else "a crash on stop"
+            return f"{self.service}: died of {name} {took} ({verdict})"
+        return f"{self.service}: exited with status {self.returncode} {took}"
+
+
+def clean_statuses(service: ServiceConfig) -> frozenset[int]:
+    """The returncodes that are a clean stop for `service` (see StopOutcome)."""
+    clean = {0, -int(getattr(signal, service.stop_signal))}
+    for entry in service.success_exit_status:
+        clean.add(entry if isinstance(entry, int) else -int(getattr(signal, entry)))
+    return frozenset(clean)
 
 
 class ServiceBackend(Protocol):
@@ -179,12 +202,12 @@ class ProcessBackend:
         started = time.monotonic()
         pid = self.pid(service.name)
         if pid is None:
-            return StopOutcome(service.name, False, None, False, 0.0)
+            return StopOutcome(service.name, False, None, False, 0.0, clean_statuses(service))
         self._stop_started[service.name] = started
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, getattr(signal, service.stop_signal))
         if not wait:
-            return StopOutcome(service.name, True, None, False, 0.0)
+            return StopOutcome(service.name, True, None, False, 0.0, clean_statuses(service))
         return self.wait_stopped(service, timeout)
 
     def wait_stopped(self, service: ServiceConfig, timeout: float) -> StopOutcome:
@@ -206,7 +229,8 @@ class ProcessBackend:
         exit_record = self.last_exit(service.name)
         returncode = _returncode(exit_record)
         self._pid_file(service.name).unlink(missing_ok=True)
-        return StopOutcome(service.name, True, returncode, killed, time.monotonic() - started)
+        return StopOutcome(service.name, True, returncode, killed, time.monotonic() - started,
+                           clean_statuses(service))
 
 
 class SystemdBackend:
@@ -249,9 +273,17 @@ class SystemdBackend:
         return int(value) if value.isdigit() and value != "0" else None
 
     def last_exit(self, name: str) -> dict[str, object] | None:
-        done = self._run("show", "-p", "ExecMainStatus", "--value", self._unit_of(name))
-        value = done.stdout.strip()
-        return {"returncode": int(value)} if value.lstrip("-").isdigit() else None
+        """The main process's end: ExecMainCode 1 (exited) with its status, or 2/3 (killed,
+        dumped) with the signal, as a negative returncode like subprocess's."""
+        done = self._run("show", "-p", "ExecMainCode", "-p", "ExecMainStatus",
+                         self._unit_of(name))
+        fields = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+        status = fields.get("ExecMainStatus", "")
+        if not status.lstrip("-").isdigit():
+            return None
+        killed = fields.get("ExecMainCode") in ("2", "3")
+        return {"returncode": -int(status) if killed else int(status),
+                "code": fields.get("ExecMainCode")}
 
     def stop(self, service: ServiceConfig, timeout: float, wait: bool = True) -> StopOutcome:
         started = time.monotonic()
@@ -261,7 +293,7 @@ class SystemdBackend:
         status = self.last_exit(service.name) if wait else None
         returncode = _returncode(status)
         return StopOutcome(service.name, was_running, returncode, False,
-                           time.monotonic() - started)
+                           time.monotonic() - started, clean_statuses(service))
 
     def wait_stopped(self, service: ServiceConfig, timeout: float) -> StopOutcome:
         return self.stop(service, timeout, wait=True)
@@ -299,7 +331,9 @@ def render_unit(service: ServiceConfig, values: dict[str, str], after: str = "",
         exec_start=" ".join(shlex.quote(p) for p in expand_command(service.command, values)),
         signal=service.stop_signal,
         timeout=max(1, round(timeout)),
-        environment=environment,
+        environment=environment + (
+            "SuccessExitStatus=" + " ".join(str(s) for s in service.success_exit_status) + "\n"
+            if service.success_exit_status else ""),
     )
 
 
