@@ -148,7 +148,13 @@ def test_yank_moves_the_channel_back_and_clients_leave(tmp_path, published, buil
         assert upgrade(machine, open_repository(machine)).installed == "1.2"
         yanked = yank(published, "stable", "1.2", "corrupts the session store")
         assert yanked.release == "1.0" and yanked.revoked[0].version == "1.2"
-        done = subprocess.run([str(BIN / "updater"), "check", "--root", str(machine.path),
+        checked = subprocess.run([str(BIN / "updater"), "check", "--root", str(machine.path),
+                                  "--json"], capture_output=True, text=True)
+        # check is read-only: it says so loudly, and changes nothing.
+        assert checked.returncode == 14, checked.stdout + checked.stderr
+        assert "corrupts the session store" in json.loads(checked.stdout)["yanked"]
+        assert machine.installed_version() == "1.2"
+        done = subprocess.run([str(BIN / "updater"), "upgrade", "--root", str(machine.path),
                                "--json"], capture_output=True, text=True)
         assert done.returncode == 20, done.stdout + done.stderr
         report = json.loads(done.stdout)

@@ -26,6 +26,7 @@ __all__ = [
     "EXIT_ROLLBACK_FAILED",
     "EXIT_ROLLED_BACK",
     "EXIT_UPDATE_AVAILABLE",
+    "EXIT_YANKED",
     "ArchiveError",
     "BusyError",
     "ChannelMismatch",
@@ -120,6 +121,7 @@ class PrecheckFailed(GreenlightError):
 
 EXIT_OK = 0
 EXIT_UPDATE_AVAILABLE = 10
+EXIT_YANKED = 14
 EXIT_ROLLED_BACK = 20
 EXIT_ROLLBACK_FAILED = 21
 
@@ -138,6 +140,7 @@ EXIT_CODES: dict[int, str] = {
     PrecheckFailed.exit_code: "the running release failed a required check; nothing changed",
     ChannelMismatch.exit_code: "the bundle carries another channel (use --switch-channel)",
     ServiceError.exit_code: "a service would not start or become ready",
+    EXIT_YANKED: "`check`: the installed release was yanked; `updater upgrade` leaves it",
     EXIT_ROLLED_BACK: "the new release failed its checks and was rolled back",
     EXIT_ROLLBACK_FAILED: "rollback failed too: dead end, see `updater history`",
 }

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import click
 
@@ -23,6 +23,7 @@ from greenlight.updater._errors import (
     EXIT_ROLLBACK_FAILED,
     EXIT_ROLLED_BACK,
     EXIT_UPDATE_AVAILABLE,
+    EXIT_YANKED,
     ConfigError,
     GreenlightError,
     StoreError,
@@ -150,28 +151,19 @@ def init(root: Path | None, repo: str, trust: Path, channel: str, as_json: bool)
 def check_cmd(root: Path | None, as_json: bool) -> None:
     """Refresh signed metadata and report whether the channel has another release.
 
-    Exit 0 when up to date, 10 when an update is available.
+    Read-only: it never stops, starts or installs anything. Exit 0 when up to date, 10 when
+    an update is available, 14 when the installed release was yanked (`updater upgrade`
+    leaves it).
     """
     from greenlight.updater.operations import check, open_repository
 
     install = _root(root)
-    repo_box: list[Any] = []
-
-    def work() -> Any:
-        repo_box.append(open_repository(install))
-        return check(install, repo_box[0])
-
-    report = _run(as_json, work, install)
-    if report.yanked:
-        # A yanked release is treated like a failed health check: leave it now, with the
-        # metadata this check already refreshed.
-        from greenlight.updater.operations import upgrade
-
-        moved = _run(as_json, lambda: upgrade(install, repo_box[0]), install)
-        _dump(moved) if as_json else _print_transaction(moved)
-        raise SystemExit(_exit_for(moved))
+    report = _run(as_json, lambda: check(install, open_repository(install)), install)
     if as_json:
         _dump(report)
+    elif report.yanked:
+        say(f"{report.channel}: the installed {report.installed} was YANKED: {report.yanked}; "
+            f"run 'updater upgrade' to leave it for {report.available}")
     elif report.quarantined and report.installed != report.available:
         say(f"{report.channel}: {report.available} is held back here: {report.quarantined}")
     elif report.rollout and not report.rollout.in_rollout and report.installed != report.available:
@@ -183,6 +175,8 @@ def check_cmd(root: Path | None, as_json: bool) -> None:
             f"(installed: {report.installed or 'nothing'})")
     else:
         say(f"{report.channel}: up to date at {report.installed}")
+    if report.yanked:
+        raise SystemExit(EXIT_YANKED)
     raise SystemExit(EXIT_UPDATE_AVAILABLE if report.update_available else 0)
 
 
