@@ -183,6 +183,9 @@ def test_the_restart_incident_without_draining_is_seen_and_rolled_back(product, 
     done = p.run("upgrade")
     assert done.returncode == 20, done.stdout + done.stderr
     assert "crashed when stopped (exit status 70)" in done.stdout
+    # The running release failed its stop, not the new one: nothing is quarantined.
+    assert "2.1 not quarantined" in done.stdout
+    assert p.json("status")["quarantined"] == {}
     assert p.root.installed_version() == "2.0"
     assert p.running_release() == {"core": "2.0", "ui": "2.0"}
     incident = p.json("history")["entries"][-1]

@@ -212,7 +212,9 @@ def _print_transaction(report: "UpgradeReport") -> None:
         where = f"now on {report.installed or 'nothing'}, channel {report.channel_now}"
         seconds = incident.timings.get("rollback_seconds")
         took = f" (rolled back in {seconds:.2f}s, services' start-up excluded)" if seconds else ""
-        say(f"  {where}; {report.to_version} quarantined{took}"
+        held = (f"{report.quarantined} quarantined" if report.quarantined else
+                f"{report.to_version} not quarantined (the running release failed, not it)")
+        say(f"  {where}; {held}{took}"
             if report.outcome == "rolled-back" else f"  {where}: needs a person")
 
 

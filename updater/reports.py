@@ -84,6 +84,8 @@ class UpgradeReport(Record):
     forced: bool = False
     note: str | None = None
     incident: HistoryEntry | None = None
+    quarantined: str | None = Field(
+        default=None, description="the release this transaction quarantined here, if any")
 
 
 class HealthReport(Record):

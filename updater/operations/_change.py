@@ -116,6 +116,7 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
         entry = _incident(txn, failure, rb.rollback_seconds, rb.fallback_channel, rb.ok, rb.summary)
         return report.model_copy(update={
             "outcome": "rolled-back" if rb.ok else "rollback-failed",
+            "quarantined": txn.new if failure.new_release_at_fault else None,
             "incident": entry, "bytes_fetched": txn.bytes_fetched, "deltas": txn.deltas,
             "installed": txn.root.installed_version(),
             "channel_now": txn.root.active_channel().channel,
