@@ -3,8 +3,9 @@
     python -m bench.run [--runs 3] [--skip-bsdiff-app]
 
 Sections: download+verify (200 MiB), memory at 20 and 200 MiB, a warm check, deltas on both
-pairs against bsdiff4, rollback at 10 MB and 1 GB. The targets are those of the project's
-performance issue; each row says whether it is met.
+pairs against bsdiff4, rollback at 10 MB and 1 GB, the whole-process warm check against a bare
+python-tuf script (bench/startup.py), and the per-service overhead (bench/overhead.py). The
+targets are those of the project's performance issues; each row says whether it is met.
 """
 
 import argparse
@@ -12,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench import deltas, download_verify
+from bench import deltas, download_verify, overhead, startup
 from bench.rollback import rollback_seconds
 
 MiB = 1024 * 1024
@@ -78,6 +79,22 @@ def main() -> None:
     small, big = rollback_seconds(10 * MiB, args.runs), rollback_seconds(1024 * MiB, args.runs)
     row("rollback (no restart)", f"{small * 1000:.1f} ms at 10 MB", f"{big * 1000:.1f} ms at 1 GB",
         f"{big / small:.2f}x", "same " + ("met" if big / small < 1.5 else "MISSED"))
+
+    work = Path(tempfile.mkdtemp(prefix="greenlight-bench-startup-"))
+    try:
+        s = startup.measure(work, max(11, args.runs * 4))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    row("warm `updater check`, whole process", f"{s['check'] * 1000:.0f} ms",
+        f"bare python-tuf script {s['bare'] * 1000:.0f} ms", f"{s['check'] / s['bare']:.2f}x",
+        "≤ 1.3x " + ("met" if s["check"] <= 1.3 * s["bare"] else "MISSED"))
+    row("`updater --help`", f"{s['help'] * 1000:.0f} ms",
+        f"`python -c pass` {s['python'] * 1000:.0f} ms", f"{s['help'] / s['python']:.2f}x", "-")
+    o = overhead.measure()
+    row("per-service overhead (launcher RSS)", f"{o['launcher_rss']:.1f} MiB",
+        f"`python -I -S` idle {o['bare_isolated']:.1f} MiB",
+        f"{o['launcher_rss'] / o['bare_isolated']:.2f}x",
+        "≤ 15 MB " + ("met" if o["launcher_rss"] * 1.048576 <= 15 else "MISSED"))
 
     widths = [max(len(r[i]) for r in [("what", "greenlight", "anchor (same run)", "ratio",
                                        "target"), *rows]) for i in range(5)]
