@@ -46,12 +46,18 @@ def say(line: str = "") -> None:
 
 def _run(work: Callable[[], T]) -> T:
     """The one error funnel of this CLI."""
+    from tuf.api.exceptions import RepositoryError
+
     from greenlight.release._errors import ReleaseError
 
     try:
         return work()
     except (ReleaseError, ValueError) as e:
         print(f"release: error: {' '.join(str(e).split())}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except RepositoryError as e:  # metadata on disk that python-tuf cannot read or accept
+        print(f"release: error: the repository's metadata is damaged or invalid: "
+              f"{type(e).__name__}: {' '.join(str(e).split())[:200]}", file=sys.stderr)
         raise SystemExit(1) from None
     except OSError as e:  # nothing was changed: pipeline commands publish all or nothing
         hint = " (disk full)" if e.errno == errno.ENOSPC else ""

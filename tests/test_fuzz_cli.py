@@ -98,3 +98,45 @@ def test_hostile_input_gets_a_documented_exit_and_one_line(
     if result.exit_code not in (0, 10, 20, 21):
         errors = [line for line in result.stderr.splitlines() if line.strip()]
         assert as_json or len(errors) == 1, (args, result.stderr)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(command=st.sampled_from(["status", "verify", "publish", "bundle", "yank", "rollout",
+                                "refresh", "promote", "keys"]),
+       kind=st.sampled_from(["missing", "file", "garbage-root", "garbage-settings"]),
+       name=names, version=names)
+def test_the_pipeline_cli_refuses_hostile_input_in_one_line(tmp_path_factory, command, kind,
+                                                            name, version):
+    from greenlight.release.cli import app as release_app
+
+    base = tmp_path_factory.mktemp("release-case")
+    repo = base / "repo"
+    if kind == "file":
+        repo.write_text("not a repository")
+    elif kind == "garbage-root":
+        (repo / "metadata").mkdir(parents=True)
+        (repo / "metadata" / "root.json").write_text(name or "{")
+    elif kind == "garbage-settings":
+        repo.mkdir()
+        (repo / "repository.json").write_text(name or "[")
+    args = {
+        "status": ["status", str(repo)], "verify": ["verify", str(repo)],
+        "publish": ["publish", str(repo), "--channel", name or "x", "--version", version or "1",
+                    "--component", f"{name}={base / 'nope'}"],
+        "bundle": ["bundle", str(repo), "--channel", name or "x", "-o", str(base / "b"),
+                   "--expires", version or "1d"],
+        "yank": ["yank", str(repo), "--channel", name or "x", "--version", version or "1",
+                 "--reason", "r"],
+        "rollout": ["rollout", str(repo), "--channel", name or "x", "--percent", "50"],
+        "refresh": ["refresh", str(repo), "--check", "--within", version or "1d"],
+        "promote": ["promote", str(repo), "--from", name or "a", "--to", version or "b"],
+        "keys": ["keys", str(repo), "--role", name or "root", "--generate", "1"],
+    }[command]
+    result = CliRunner().invoke(release_app, args, catch_exceptions=True)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"{args}: {type(result.exception).__name__}: {result.exception}")
+    assert result.exit_code in (0, 1, 2), (args, result.output)
+    if result.exit_code == 1:
+        assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, \
+            (args, result.stderr)

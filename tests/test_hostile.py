@@ -113,3 +113,27 @@ def test_a_publish_without_its_key_fails_up_front_and_changes_nothing(tmp_path: 
          "1.1", f"--component=core={builds('1.1')['core']}"], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert FileRepository(repo.path, KeyStore(tmp_path / "keys")).pending() == []
+
+
+def test_the_installer_takes_only_a_folder_of_its_own(tmp_path: Path):
+    from greenlight.updater import ConfigError
+    from greenlight.updater.installer import check_owner
+
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o755)
+    check_owner(mine)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ConfigError, match="others may write"):
+        check_owner(shared)
+    link = tmp_path / "link"
+    link.symlink_to(mine)
+    with pytest.raises(ConfigError, match="not a folder"):
+        check_owner(link)
+    if os.geteuid() == 0:
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o755)
+        os.chown(theirs, 65534, 65534)
+        with pytest.raises(ConfigError, match="owned by uid 65534"):
+            check_owner(theirs)

@@ -15,18 +15,25 @@ from source, and inside the executable when frozen.
 
 import argparse
 import json
+import os
 import runpy
 import shutil
+import stat
 import sys
 from pathlib import Path
 
-from greenlight.updater._errors import EXIT_ROLLBACK_FAILED, EXIT_ROLLED_BACK, GreenlightError
+from greenlight.updater._errors import (
+    EXIT_ROLLBACK_FAILED,
+    EXIT_ROLLED_BACK,
+    ConfigError,
+    GreenlightError,
+)
 from greenlight.updater.operations import sideload
 from greenlight.updater.product import ServiceControl
 from greenlight.updater.reports import ErrorReport, UpgradeReport, dump
 from greenlight.updater.store import InstallRoot, locked
 
-__all__ = ["install", "main", "payload_dir"]
+__all__ = ["check_owner", "install", "main", "payload_dir"]
 
 
 def payload_dir() -> Path:
@@ -45,6 +52,24 @@ def _special(argv: list[str]) -> int | None:
         runpy.run_path(argv[1], run_name="__main__")
         return 0
     return None
+
+
+def check_owner(path: Path) -> None:
+    """An existing folder becomes an installation root only if this user owns it, it is a
+    real folder (not a symlink), and nobody else may write to it.
+
+    Raises:
+        ConfigError: any of those is not so.
+    """
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{path}: not a folder (a symlink or a file); choose an empty folder")
+    if info.st_uid != os.geteuid():
+        raise ConfigError(f"{path}: owned by uid {info.st_uid}, not by this user "
+                          f"({os.geteuid()}); choose a folder of your own")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(f"{path}: others may write to it (mode {stat.S_IMODE(info.st_mode):o});"
+                          " run chmod go-w on it or choose another folder")
 
 
 def _remove_fresh(root: InstallRoot, existed: bool) -> None:
@@ -69,6 +94,8 @@ def install(root_path: Path, force: bool) -> UpgradeReport:
     if root.config_path.exists():
         return sideload(root, bundle, force=force)
     existed = root.path.exists()
+    if existed:
+        check_owner(root.path)
     if existed and any(root.path.iterdir()):
         raise GreenlightError(
             f"{root.path}: not empty and not an installation root; choose an empty folder")
