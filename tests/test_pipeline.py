@@ -165,6 +165,15 @@ def test_yank_moves_the_channel_back_and_clients_leave(tmp_path, published, buil
             [str(BIN / "updater"), "status", "--root", str(machine.path), "--json"],
             capture_output=True, text=True).stdout)
         assert "1.2" in status["quarantined"]
+        # A rollback by hand never reinstalls the yanked release it just left.
+        back = subprocess.run([str(BIN / "updater"), "rollback", "--root", str(machine.path)],
+                              capture_output=True, text=True)
+        assert back.returncode == 9 and "no previous release" in back.stderr, back.stdout
+        assert machine.installed_version() == "1.0"
+        events = [e["event"] for e in json.loads(subprocess.run(
+            [str(BIN / "updater"), "history", "--root", str(machine.path), "--json"],
+            capture_output=True, text=True).stdout)["entries"]]
+        assert events == ["upgraded", "upgraded", "yanked"]  # nothing -> 1.2, 1.2 -> 1.0
     with pytest.raises(ReleaseError, match="already yanked"):
         yank(published, "stable", "1.2", "again")
     with pytest.raises(ReleaseError, match="only good release"):

@@ -34,6 +34,7 @@ from greenlight.updater.store import (
     extract,
     history,
     locked,
+    quarantine,
     record,
 )
 from greenlight.updater.transaction import (
@@ -125,6 +126,11 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
         undo_steps(STEPS, txn, f"{type(error).__name__}: {error}")
         txn.journal.finish(txn.root)
         raise
+    if txn.journal.kind == "upgrade":  # what came before: the history knows it
+        record(txn.root, HistoryEntry(
+            event="upgraded", channel=txn.journal.channel, from_version=txn.old,
+            to_version=txn.new, summary=f"upgraded {txn.old or 'nothing'} -> {txn.new}",
+            timings=dict(txn.timings)))
     txn.journal.finish(txn.root)
     return report.model_copy(update={
         "outcome": "upgraded", "bytes_fetched": txn.bytes_fetched, "pruned": txn.pruned,
@@ -264,14 +270,16 @@ def _leave_yanked(root: InstallRoot, repo: TrustedRepository, channel_file: Chan
 
 
 def previous_release(root: InstallRoot) -> str | None:
-    """The release this one replaced, if it is still kept."""
+    """The release this one replaced, if it is still kept and not quarantined here (a yanked
+    or failed release is never chosen); None when no kept release is eligible."""
     installed = root.installed_version()
+    held = quarantine(root)
+    eligible = [v for v in root.installed_releases() if v != installed and v not in held]
     for entry in reversed(history(root)):
-        if (entry.event == "upgraded" and entry.to_version == installed and entry.from_version
-                and root.manifest(entry.from_version) is not None):
+        if (entry.event == "upgraded" and entry.to_version == installed
+                and entry.from_version in eligible):
             return entry.from_version
-    kept = [v for v in root.installed_releases() if v != installed]
-    return kept[-1] if kept else None
+    return eligible[-1] if eligible else None
 
 
 def rollback(root: InstallRoot, reason: str = "rolled back by hand") -> UpgradeReport:
@@ -286,7 +294,8 @@ def rollback(root: InstallRoot, reason: str = "rolled back by hand") -> UpgradeR
         installed = root.installed_version()
         target = previous_release(root)
         if installed is None or target is None:
-            raise NotFound(f"{root.path}: no previous release is kept to roll back to")
+            raise NotFound(f"{root.path}: no previous release to roll back to (none is kept "
+                           "that is not quarantined here; see 'updater status')")
         manifest = root.manifest(installed)
         channel = manifest.channel if manifest else root.active_channel().channel
         journal = _journal("rollback", channel, installed, target, ROLLBACK_STEPS)
