@@ -107,7 +107,9 @@ def test_wrong_version_dns_and_dead_port_are_explained(core):
 def test_process_backend_records_exit_and_kills_after_timeout(core):
     checker, port, _, backend, service = core()
     outcome = backend.stop(service, timeout=5)
-    assert (outcome.was_running, outcome.returncode, outcome.killed) == (True, 0, False)
+    # A clean stop: the core exits 0 from its handler, or dies of the SIGTERM it was sent if
+    # the signal came before the handler was in place; both are clean, as in systemd.
+    assert outcome.was_running and not outcome.killed and outcome.returncode in (0, -15)
     assert not outcome.crashed and not backend.is_running("core")
     again = backend.stop(service, timeout=1)
     assert not again.was_running
