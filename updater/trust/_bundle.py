@@ -18,7 +18,7 @@ from tuf.ngclient import FetcherInterface
 
 from greenlight.channels import BUNDLE_BASE_URL, BUNDLE_MANIFEST, BundleFormatError, BundleManifest
 from greenlight.updater._errors import ArchiveError
-from greenlight.updater.trust._repository import TrustedRepository
+from greenlight.updater.trust._repository import MissingFromBundle, TrustedRepository
 
 __all__ = ["Bundle", "DirectoryFetcher", "open_bundle"]
 
@@ -41,7 +41,7 @@ class DirectoryFetcher(FetcherInterface):
             raise exceptions.DownloadError(f"{url}: not inside the bundle")
         path = (self.folder / unquote(parts.path).lstrip("/")).resolve()
         if not path.is_relative_to(self.folder) or not path.is_file():
-            raise exceptions.DownloadHTTPError(f"{url}: not in the bundle", 404)
+            raise MissingFromBundle(f"{url}: not in the bundle")
         return offset, self._chunks(path, offset)
 
     @staticmethod

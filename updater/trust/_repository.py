@@ -31,14 +31,22 @@ from greenlight.updater._errors import (
 from greenlight.updater.trust._downloads import Downloads, Opener, Progress, receive_verified
 from greenlight.updater.trust._fetcher import DEFAULT_MIN_RATE, HttpxFetcher, user_agent
 
-__all__ = ["TrustedRepository", "explain", "verifying"]
+__all__ = ["MissingFromBundle", "TrustedRepository", "explain", "verifying"]
+
+
+class MissingFromBundle(tuf_errors.DownloadHTTPError):
+    """A file the TUF client asked an offline bundle for is not in it (a broken bundle, not
+    a network answer)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 404)
 
 
 def explain(error: Exception, what: str) -> GreenlightError:
     """Turn a python-tuf exception into one line a person can act on."""
     detail = str(error) or type(error).__name__
     match error:
-        case tuf_errors.DownloadHTTPError() if "not in the bundle" in detail:
+        case MissingFromBundle():
             return ArchiveError(f"{what}: missing from the bundle ({detail})")
         case tuf_errors.DownloadHTTPError():
             return NetworkError(f"{what}: repository answered HTTP {error.status_code}")
