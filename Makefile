@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 test: $(STAMP) lint typecheck
 	tests/ensure_nginx.sh
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not slow'
