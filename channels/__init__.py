@@ -19,6 +19,7 @@ from greenlight.channels._bundle_format import (
 from greenlight.channels._clock import now
 from greenlight.channels._delta import BuiltDelta, DeltaError, apply_delta, build_delta
 from greenlight.channels._files import atomic_symlink, atomic_write, fsync_dir, remove_path
+from greenlight.channels._identity import ReleaseId, version_of
 from greenlight.channels._model import (
     SCHEMA_VERSION,
     ChannelFile,
@@ -40,7 +41,7 @@ from greenlight.channels._process import lean_process
 from greenlight.channels._records import Record
 from greenlight.channels._rollout import admitted, rollout_bucket
 from greenlight.channels._version import VERSION
-from greenlight.channels._versions import is_newer, parse_version, sort_versions
+from greenlight.channels._versions import canonical_version, is_newer, parse_version, sort_versions
 
 __all__ = [
     "BUNDLE_BASE_URL",
@@ -54,6 +55,7 @@ __all__ = [
     "ChannelFile",
     "ChannelFileError",
     "Record",
+    "ReleaseId",
     "ComponentArtifact",
     "Delta",
     "DeltaError",
@@ -65,6 +67,7 @@ __all__ = [
     "atomic_symlink",
     "atomic_write",
     "build_delta",
+    "canonical_version",
     "channel_role",
     "channel_target",
     "check_channel_name",
@@ -78,4 +81,5 @@ __all__ = [
     "rollout_bucket",
     "sort_versions",
     "lean_process",
+    "version_of",
 ]

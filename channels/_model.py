@@ -11,9 +11,10 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
 
+from greenlight.channels._identity import ReleaseId
 from greenlight.channels._paths import check_channel_name, check_component_name
 from greenlight.channels._records import Record
-from greenlight.channels._versions import parse_version
+from greenlight.channels._versions import canonical_version, parse_version
 
 __all__ = ["SCHEMA_VERSION", "ChannelFile", "ChannelFileError", "ChannelName",
            "ComponentArtifact", "Delta", "RevokedRelease", "Rollout", "VersionStr", "json_schema"]
@@ -25,12 +26,7 @@ class ChannelFileError(ValueError):
     """A channel file that does not parse or does not follow the schema."""
 
 
-def _version(text: str) -> str:
-    parse_version(text)
-    return text
-
-
-VersionStr = Annotated[str, AfterValidator(_version)]
+VersionStr = Annotated[str, AfterValidator(canonical_version)]
 ChannelName = Annotated[str, AfterValidator(check_channel_name)]
 
 
@@ -54,7 +50,17 @@ class ComponentArtifact(_Strict):
     target: str = Field(description="TUF target path of the archive")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     length: int = Field(gt=0)
+    strip_prefix: str | None = Field(
+        default=None, pattern=r"^[^/\x00-\x1f]{1,255}$",
+        description="the one top folder every member of the archive sits under, left out "
+                    "when it is unpacked into releases/<key>/<component>/")
     deltas: list[Delta] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _prefix(self) -> "ComponentArtifact":
+        if self.strip_prefix in (".", ".."):
+            raise ValueError(f"strip_prefix {self.strip_prefix!r} is not a folder name")
+        return self
 
 
 class RevokedRelease(_Strict):
@@ -86,6 +92,11 @@ class ChannelFile(_Strict):
         if self.fallback == self.channel:
             raise ValueError(f"channel {self.channel!r} cannot fall back to itself")
         return self
+
+    @property
+    def identity(self) -> ReleaseId:
+        """The release this file carries: its version and its components' sha256s."""
+        return ReleaseId.of(self.release, self.components)
 
     def is_revoked(self, version: str) -> RevokedRelease | None:
         for entry in self.revoked:

@@ -9,7 +9,7 @@ import re
 __all__ = ["artifact_target", "channel_role", "channel_target", "check_channel_name",
            "check_component_name"]
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_NAME = re.compile(r"\A[a-z0-9][a-z0-9._-]{0,63}\Z")
 
 def _check(kind: str, name: str) -> str:
     if not _NAME.match(name) or ".." in name:

@@ -4,7 +4,7 @@ from collections.abc import Iterable
 
 from packaging.version import InvalidVersion, Version
 
-__all__ = ["is_newer", "parse_version", "sort_versions"]
+__all__ = ["canonical_version", "is_newer", "parse_version", "sort_versions"]
 
 
 def parse_version(text: str) -> Version:
@@ -12,6 +12,15 @@ def parse_version(text: str) -> Version:
         return Version(text)
     except InvalidVersion:
         raise ValueError(f"invalid version {text!r}: expected a version such as 1.6.11") from None
+
+
+def canonical_version(text: str) -> str:
+    """`text` if it is a version written the one way `packaging` writes it, else ValueError
+    (so that "1.2", " 1.2\\n" and "v1.2" never name three releases, or three folders)."""
+    canonical = str(parse_version(text))
+    if canonical != text:
+        raise ValueError(f"version {text!r} is not canonical: write it as {canonical!r}")
+    return text
 
 
 def is_newer(candidate: str, than: str | None) -> bool:

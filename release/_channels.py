@@ -51,7 +51,11 @@ def ensure_channel_role(repo: FileRepository, channel: str) -> None:
 
 def add_artifacts(repo: FileRepository,
                   files: Mapping[str, Path | bytes]) -> dict[str, TargetFile]:
-    """Store files (or bytes) as targets in their hashed bins: {target path: source} -> infos."""
+    """Store files (or bytes) as targets in their hashed bins: {target path: source} -> infos.
+
+    A target path names one set of bytes for good: publishing other bytes under a path
+    already signed (another channel's "1.2" under the same name, say) is refused, since
+    machines that installed the first would no longer verify it."""
     infos = {path: repo.add_target_bytes(path, source) if isinstance(source, bytes)
              else repo.add_target_file(path, source) for path, source in files.items()}
     by_bin: dict[str, list[TargetFile]] = {}
@@ -60,6 +64,13 @@ def add_artifacts(repo: FileRepository,
     for name, entries in sorted(by_bin.items()):
         with repo.edit_targets(name) as bin_targets:
             for info in entries:
+                old = bin_targets.targets.get(info.path)
+                if old is not None and (old.hashes.get("sha256") != info.hashes.get("sha256")
+                                        or old.length != info.length):
+                    raise ReleaseError(
+                        f"target {info.path} already holds other bytes (sha256 "
+                        f"{old.hashes.get('sha256', '?')[:12]}...); publish these under "
+                        "another version or file name")
                 bin_targets.targets[info.path] = info
     return infos
 

@@ -13,11 +13,11 @@ from greenlight.channels import (
     ComponentArtifact,
     Rollout,
     artifact_target,
+    canonical_version,
     check_channel_name,
     check_component_name,
     is_newer,
     now,
-    parse_version,
 )
 from greenlight.release._channels import (
     add_artifacts,
@@ -43,10 +43,17 @@ def publish(
     allow_older: bool = False,
     rollout_percent: int | None = None,
     deltas: bool = True,
+    keep_top_folder: bool = False,
 ) -> ChannelFile:
+    """Publish `version` on `channel`. An archive whose members all sit under one top folder
+    (`core/...`, `core-1.2.3/...`) is recorded with that folder as its `strip_prefix`, so it
+    unpacks into `releases/<key>/<component>/` without it; `keep_top_folder` keeps it."""
+    from greenlight.updater import ArchiveError
+    from greenlight.updater.store import top_folder
+
     require(repo)
     check_channel_name(channel)
-    parse_version(version)
+    canonical_version(version)
     if not components:
         raise ReleaseError("nothing to publish: give at least one --component NAME=PATH")
     for name, path in components.items():
@@ -66,10 +73,17 @@ def publish(
 
     paths = {name: artifact_target(name, version, path.name) for name, path in components.items()}
     infos = add_artifacts(repo, {paths[name]: path for name, path in components.items()})
+    prefixes: dict[str, str | None] = {}
+    for name, path in components.items():
+        try:
+            prefixes[name] = None if keep_top_folder else top_folder(path)
+        except ArchiveError as e:
+            raise ReleaseError(f"component {name}: {e}") from None
     artifacts = {
         name: ComponentArtifact(version=version, target=paths[name],
                                 sha256=infos[paths[name]].hashes["sha256"],
-                                length=infos[paths[name]].length)
+                                length=infos[paths[name]].length,
+                                strip_prefix=prefixes[name])
         for name in sorted(components)
     }
     if deltas:

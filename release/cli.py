@@ -142,20 +142,38 @@ def _channel_change(repo: Path, keys_dir: Path | None, as_json: bool,
 @click.option("--rollout", "rollout_percent", type=int, default=None,
               help="Start a staged rollout at this percent of installations.")
 @click.option("--no-deltas", is_flag=True, help="Do not build patches from recent releases.")
+@click.option("--keep-top-folder", is_flag=True,
+              help="Unpack archives as they are, even when all members sit under one folder.")
 @keys_option
 @json_option
 def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ...],
                 fallback: str | None, allow_older: bool, rollout_percent: int | None,
-                no_deltas: bool, keys: Path | None, as_json: bool) -> None:
+                no_deltas: bool, keep_top_folder: bool, keys: Path | None,
+                as_json: bool) -> None:
     """Add a release's component archives and point --channel at it, signed; with patches
-    from the channel's (and its fallback's) recent releases where they are small."""
+    from the channel's (and its fallback's) recent releases where they are small.
+
+    Each archive unpacks into releases/<release>/<component>/ on the machines. An archive
+    whose members all sit under one top folder (core/..., core-1.2.3/...) has that folder
+    left out; the channel file records it, and this command says so."""
     from greenlight.release._publish import publish
 
     _channel_change(
         repo, keys, as_json,
         lambda r: publish(r, channel, version, _parse_components(list(component)), fallback,
-                          allow_older, rollout_percent, deltas=not no_deltas),
-        lambda cf: f"published {channel} {version} ({', '.join(cf.components)})")
+                          allow_older, rollout_percent, deltas=not no_deltas,
+                          keep_top_folder=keep_top_folder),
+        _published)
+
+
+def _published(cf: "ChannelFile") -> str:
+    """The publish line, with the layout each archive will unpack to."""
+    layout = "; ".join(
+        f"{name}: {a.strip_prefix}/* -> {name}/ (top folder left out)" if a.strip_prefix
+        else f"{name}: archive root -> {name}/"
+        for name, a in cf.components.items())
+    return (f"published {cf.channel} {cf.release} ({', '.join(cf.components)})\n"
+            f"layout: {layout}")
 
 
 @app.command()

@@ -21,8 +21,8 @@ SCHEMA = Path(__file__).parents[1] / "channels" / "schema" / "channel-file.v1.sc
 
 def test_exported_schema_is_current():
     assert SCHEMA.read_text() == json_schema(), (
-        "channels/schema is stale: regenerate it with "
-        "python -c 'from channels._model import json_schema; print(json_schema(), end=\"\")'"
+        "channels/schema is stale: regenerate it with python -c "
+        "'from greenlight.channels._model import json_schema; print(json_schema(), end=\"\")'"
     )
 
 

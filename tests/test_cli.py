@@ -57,7 +57,7 @@ def test_channel_switch_and_status(root_args):
     assert missing.stderr.strip() == (
         "updater: error: channel 'nightly' is not published in this repository")
     status = json.loads(run("updater", "status", *root_args, "--json").stdout)
-    assert status["schema"] == "greenlight.status/1"
+    assert status["schema"] == "greenlight.status/2"
     assert status["channel"] == "beta" and "by the user" in status["channel_reason"]
 
 
@@ -106,8 +106,13 @@ def test_release_cli_publish_and_refusals(tmp_path, builds):
     again = run("release", "init", str(repo))
     assert again.returncode == 1 and "already there" in again.stderr
     parts = [f"--component=core={builds('2.0')['core']}"]
-    assert run("release", "publish", str(repo), "--channel", "stable", "--version", "2.0",
-               *parts).returncode == 0
+    done = run("release", "publish", str(repo), "--channel", "stable", "--version", "2.0", *parts)
+    assert done.returncode == 0 and "layout: core: archive root -> core/" in done.stdout
+    sloppy = run("release", "publish", str(repo), "--channel", "stable", "--version", "v2.1",
+                 *parts)
+    assert sloppy.returncode == 1
+    assert sloppy.stderr.strip() == ("release: error: version 'v2.1' is not canonical: "
+                                     "write it as '2.1'")
     older = run("release", "publish", str(repo), "--channel", "stable", "--version", "1.0", *parts)
     assert older.returncode == 1 and "not newer" in older.stderr
     bad = run("release", "publish", str(repo), "--channel", "stable", "--version", "3",
@@ -115,3 +120,20 @@ def test_release_cli_publish_and_refusals(tmp_path, builds):
     assert bad.returncode == 1 and "expected NAME=PATH" in bad.stderr
     status = json.loads(run("release", "status", str(repo), "--json").stdout)
     assert status["channels"][0]["release"] == "2.0"
+
+
+def test_release_publish_reports_a_stripped_top_folder(tmp_path):
+    import tarfile
+
+    source = tmp_path / "core-1.2.3"
+    source.mkdir()
+    (source / "core.py").write_text("print()\n")
+    archive = tmp_path / "core-1.2.3.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source, arcname="core-1.2.3")
+    repo = tmp_path / "repo"
+    assert run("release", "init", str(repo)).returncode == 0
+    done = run("release", "publish", str(repo), "--channel", "stable", "--version", "1.2.3",
+               f"--component=core={archive}")
+    assert done.returncode == 0, done.stderr
+    assert "layout: core: core-1.2.3/* -> core/ (top folder left out)" in done.stdout

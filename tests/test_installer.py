@@ -131,5 +131,28 @@ def test_not_an_installation_root_is_refused(kit, tmp_path):
     busy.mkdir()
     (busy / "something").write_text("mine")
     done = run(kit["good"], "--root", str(busy))
-    assert done.returncode == 1 and "not empty and not an installation root" in done.stderr
+    assert done.returncode == 3 and "not empty and not an installation root" in done.stderr
     assert (busy / "something").read_text() == "mine"
+
+
+def test_a_channel_mismatch_names_a_flag_the_installer_has(kit, tmp_path, roots):
+    """The installation follows beta, the installer carries stable: exit 13, and the flag
+    the message names is one the installer takes."""
+    root = _installed_20(tmp_path, kit)
+    roots.append(root)
+    InstallRoot(root).set_active_channel("beta", "followed by hand")
+    done = run(kit["good"], "--root", str(root))
+    assert done.returncode == 13, done.stdout + done.stderr
+    assert "--switch-channel" in done.stderr and "Traceback" not in done.stderr
+    done = run(kit["good"], "--root", str(root), "--switch-channel")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert InstallRoot(root).active_channel().channel == "stable"
+    assert running(root) == {"core": "2.1", "ui": "2.1"}
+
+
+def test_the_help_lists_the_updaters_exit_codes(kit):
+    from greenlight.updater._errors import EXIT_CODES
+
+    done = run(kit["good"], "--help")
+    for code in (2, 3, 4, 6, 7, 8, 11, 13, 20, 21):
+        assert f"  {code:>3}  {EXIT_CODES[code][:20]}" in done.stdout

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from greenlight.updater.product import CheckResult
-    from greenlight.updater.reports import StatusReport, UpgradeReport
+    from greenlight.updater.reports import QuarantineReport, StatusReport, UpgradeReport
     from greenlight.updater.store import InstallRoot
 
 __all__ = ["app", "main"]
@@ -164,12 +164,17 @@ def check_cmd(root: Path | None, as_json: bool) -> None:
     elif report.yanked:
         say(f"{report.channel}: the installed {report.installed} was YANKED: {report.yanked}; "
             f"run 'updater upgrade' to leave it for {report.available}")
-    elif report.quarantined and report.installed != report.available:
-        say(f"{report.channel}: {report.available} is held back here: {report.quarantined}")
-    elif report.rollout and not report.rollout.in_rollout and report.installed != report.available:
+    elif report.quarantined and report.installed_release != report.available_release:
+        say(f"{report.channel}: {report.available} is held back here: {report.quarantined} "
+            f"(see 'updater quarantine')")
+    elif (report.rollout and not report.rollout.in_rollout
+          and report.installed_release != report.available_release):
         say(f"{report.channel}: {report.available} is rolling out "
             f"({report.rollout.percent}%{', halted' if report.rollout.halted else ''}); "
             f"this installation (bucket {report.rollout.bucket}) is not in it yet")
+    elif report.update_available and report.installed == report.available:
+        say(f"{report.channel}: {report.available_release} available: the same version as the "
+            f"installed {report.installed_release}, other bytes")
     elif report.update_available:
         say(f"{report.channel}: {report.available} available "
             f"(installed: {report.installed or 'nothing'})")
@@ -319,7 +324,8 @@ def history_cmd(root: Path | None, as_json: bool) -> None:
         _dump(HistoryReport(root=str(install.path), entries=entries))
         return
     for e in entries:
-        move = f"{e.from_version or '-'} -> {e.to_version or '-'}"
+        move = (f"{e.from_version or '-'} -> {e.to_version or '-'}" if e.to_version
+                else e.from_version or "-")
         say(f"{e.at:%Y-%m-%d %H:%M:%S}Z {e.event:16} {e.channel:8} {move:16} {e.summary}")
         for c in e.failed_checks:
             say(f"    failed {c['name']}: {c['summary']}")
@@ -378,6 +384,54 @@ def recover_cmd(root: Path | None, as_json: bool) -> None:
         say(entry.summary if entry else "nothing to recover")
 
 
+@app.group("quarantine", invoke_without_command=True)
+@root_option
+@json_option
+@click.pass_context
+def quarantine_cmd(ctx: click.Context, root: Path | None, as_json: bool) -> None:
+    """List the releases quarantined here, with why; 'clear' lifts one.
+
+    A quarantined release is never installed automatically. Lift it once the cause is
+    fixed (a wrong path in greenlight.toml, say): the next upgrade may install it again.
+    """
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = (root, as_json)
+        return
+    from greenlight.updater.operations import quarantined
+
+    install = _root(root)
+    _print_quarantine(_run(as_json, lambda: quarantined(install), install), as_json)
+
+
+def _print_quarantine(report: "QuarantineReport", as_json: bool) -> None:
+    if as_json:
+        _dump(report)
+        return
+    for e in report.lifted:
+        say(f"lifted {e.release} (was: {e.reason})")
+    if not report.entries:
+        say("nothing is quarantined here")
+    for e in report.entries:
+        say(f"{e.release:<26} {e.at:%Y-%m-%d %H:%M}Z {e.channel}: {e.reason}")
+
+
+@quarantine_cmd.command("clear")
+@click.argument("release")
+@root_option
+@json_option
+@click.pass_obj
+def quarantine_clear_cmd(obj: tuple[Path | None, bool] | None, release: str,
+                         root: Path | None, as_json: bool) -> None:
+    """Lift the quarantine of RELEASE: a version (all of its releases) or a release key
+    such as 1.2@3f2a9c1d4e5f. The history records who lifted it, and when."""
+    from greenlight.updater.operations import lift
+
+    outer_root, outer_json = obj or (None, False)
+    install = _root(root or outer_root)
+    as_json = as_json or outer_json
+    _print_quarantine(_run(as_json, lambda: lift(install, release), install), as_json)
+
+
 @app.command()
 @root_option
 @json_option
@@ -393,8 +447,12 @@ def status(root: Path | None, as_json: bool) -> None:
     rows = [("root", report.root), ("repository", report.repository),
             ("channel", f"{report.channel} (since {report.channel_since:%Y-%m-%d %H:%M}Z: "
                         f"{report.channel_reason})"),
-            ("installed", report.installed or "nothing"),
-            ("kept releases", ", ".join(report.releases) or "none")]
+            ("installed", report.installed or "nothing")]
+    if report.identity is not None:
+        rows.append(("identity", f"{report.identity.key}  sha256 {report.identity.digest}"))
+        rows += [(f"  {name}", f"sha256 {digest}")
+                 for name, digest in report.identity.components.items()]
+    rows.append(("kept releases", ", ".join(report.releases) or "none"))
     rows += [("quarantined", f"{v}: {reason}") for v, reason in report.quarantined.items()]
     if report.last_event:
         rows.append(("last event", report.last_event))

@@ -1,6 +1,6 @@
 """The offline installer: one executable carrying the updater, a trusted root and a bundle.
 
-    greenlight-installer --root DIR [--json] [--force]
+    greenlight-installer --root DIR [--json] [--force] [--switch-channel]
 
 With no installation at DIR it installs fresh: the root is created trusting the embedded root,
 the product's services and checks are configured, and the embedded bundle goes through the
@@ -8,9 +8,10 @@ same transaction as `updater sideload` (verified, staged, started, health-checke
 fails, everything it created is removed: nothing is left half-installed. With an installation
 at DIR it upgrades it through the normal transaction, with automatic rollback.
 
-Exit codes are the updater's (`updater exit-codes`): 0 installed or upgraded, 20 rolled back,
-and the documented error codes. Payload files sit in `payload/` beside this module when run
-from source, and inside the executable when frozen.
+Exit codes are the updater's (`updater exit-codes`), listed by `--help`: 0 installed,
+upgraded or nothing to do, 2 bad arguments, 20 rolled back, and the updater's error codes.
+Payload files sit in `payload/` beside this module when run from source, and inside the
+executable when frozen.
 """
 
 import argparse
@@ -23,10 +24,14 @@ import sys
 from pathlib import Path
 
 from greenlight.updater._errors import (
+    EXIT_CODES,
     EXIT_ROLLBACK_FAILED,
     EXIT_ROLLED_BACK,
+    EXIT_UPDATE_AVAILABLE,
+    EXIT_YANKED,
     ConfigError,
     GreenlightError,
+    StoreError,
 )
 from greenlight.updater.operations import sideload
 from greenlight.updater.product import ServiceControl
@@ -76,7 +81,7 @@ def _remove_fresh(root: InstallRoot, existed: bool) -> None:
     """Undo a failed fresh install: stop what started, remove what was created."""
     try:
         with locked(root):
-            ServiceControl.of(root, root.config).stop_all(root.installed_version())
+            ServiceControl.of(root, root.config).stop_all(root.installed_release())
     except GreenlightError:
         pass
     if existed:
@@ -86,18 +91,18 @@ def _remove_fresh(root: InstallRoot, existed: bool) -> None:
         shutil.rmtree(root.path, ignore_errors=True)
 
 
-def install(root_path: Path, force: bool) -> UpgradeReport:
+def install(root_path: Path, force: bool, switch_channel: bool = False) -> UpgradeReport:
     payload = payload_dir()
     meta = json.loads((payload / "installer.json").read_text())
     root = InstallRoot(root_path)
     bundle = payload / "bundle.tar"
     if root.config_path.exists():
-        return sideload(root, bundle, force=force)
+        return sideload(root, bundle, force=force, switch_channel=switch_channel)
     existed = root.path.exists()
     if existed:
         check_owner(root.path)
     if existed and any(root.path.iterdir()):
-        raise GreenlightError(
+        raise ConfigError(
             f"{root.path}: not empty and not an installation root; choose an empty folder")
     try:
         root = InstallRoot.create(root.path, meta["repo_url"],
@@ -116,6 +121,24 @@ def install(root_path: Path, force: bool) -> UpgradeReport:
     return report
 
 
+def _exit_codes_text() -> str:
+    """The updater's exit-code table, less what only `updater check` returns."""
+    codes = {c: m for c, m in EXIT_CODES.items()
+             if c not in (EXIT_UPDATE_AVAILABLE, EXIT_YANKED)}
+    codes[0] = "installed, upgraded, or nothing to do"
+    lines = [f"  {c:>3}  {m}" for c, m in sorted(codes.items())]
+    return "a fresh install that fails leaves nothing behind.\n\nexit codes:\n" + \
+        "\n".join(lines)
+
+
+def _error(e: GreenlightError, as_json: bool) -> int:
+    if as_json:
+        print(dump(ErrorReport(error=str(e), kind=e.kind, exit_code=e.exit_code)))
+    else:
+        print(f"installer: error: {' '.join(str(e).split())}", file=sys.stderr)
+    return e.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     special = _special(argv)
@@ -127,22 +150,29 @@ def main(argv: list[str] | None = None) -> int:
         description=f"Install or upgrade {meta['channel']} {meta['release']} from this offline "
                     "installer, verified against the root it carries, with health checks and "
                     "automatic rollback. No network is used.",
-        epilog="exit codes: 0 installed or upgraded; 20 failed its checks and was rolled back "
-               "(a fresh install leaves nothing behind); 3 bad root or config; 4 verification "
-               "refused; 8 broken bundle; 11 the running release fails its pre-check.")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_exit_codes_text())
     parser.add_argument("--root", type=Path, required=True, help="installation root")
     parser.add_argument("--json", action="store_true", help="print the JSON report")
     parser.add_argument("--force", action="store_true",
                         help="upgrade even if the running release fails its pre-check")
+    parser.add_argument("--switch-channel", action="store_true",
+                        help="follow this installer's channel when the installation follows "
+                             "another one")
     args = parser.parse_args(argv)
     try:
-        report = install(args.root, args.force)
+        report = install(args.root, args.force, args.switch_channel)
+    except OSError as e:  # an I/O failure outside the updater's own handling
+        return _error(StoreError(f"{e.filename or args.root}: {e.strerror or e}"), args.json)
     except GreenlightError as e:
-        if args.json:
-            print(dump(ErrorReport(error=str(e), kind=e.kind, exit_code=e.exit_code)))
-        else:
-            print(f"installer: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return _error(e, args.json)
+    except KeyboardInterrupt:
+        print("installer: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: one line, never a traceback
+        print(f"installer: internal error: {type(e).__name__}: {e} (please report it)",
+              file=sys.stderr)
+        return 1
     if args.json:
         print(dump(report))
     elif report.outcome == "upgraded":

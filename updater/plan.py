@@ -4,10 +4,13 @@ decision in a state machine that does no I/O).
 
     decide(channel_file, installed, quarantined, installation_id) -> Plan
 
+Releases are compared by identity (`ReleaseId`: the version and every component's sha256),
+never by the version string alone: the same version with other bytes is another release.
+
 The order of the rules is the policy:
 1. the installed release was revoked (yanked) on the channel: leave it for what the channel
    carries now, whatever the rollout or quarantine says of that;
-2. the channel carries what is installed: up to date;
+2. the channel carries what is installed, the same bytes: up to date;
 3. the channel's release failed here before (quarantined): held;
 4. a staged rollout that does not include this installation yet (or is halted): held;
 5. otherwise: install it. The channel's release is the goal even when it is older than what
@@ -18,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from greenlight.channels import ChannelFile, admitted, rollout_bucket
+from greenlight.channels import ChannelFile, ReleaseId, admitted, rollout_bucket
 
 __all__ = ["Action", "Plan", "RolloutPosition", "decide"]
 
@@ -38,8 +41,8 @@ class RolloutPosition:
 @dataclass(frozen=True)
 class Plan:
     action: Action
-    installed: str | None
-    target: str
+    installed_id: ReleaseId | None
+    target_id: ReleaseId
     yanked: str | None = None
     """why the installed release was revoked, when it was"""
     quarantined: str | None = None
@@ -47,6 +50,14 @@ class Plan:
     rollout: RolloutPosition | None = None
     note: str | None = None
     """one line for a person, when the action is `held`"""
+
+    @property
+    def installed(self) -> str | None:
+        return None if self.installed_id is None else self.installed_id.version
+
+    @property
+    def target(self) -> str:
+        return self.target_id.version
 
     @property
     def changes_something(self) -> bool:
@@ -63,16 +74,16 @@ def _position(channel_file: ChannelFile, installation_id: str) -> RolloutPositio
         in_rollout=admitted(channel_file, installation_id))
 
 
-def decide(channel_file: ChannelFile, installed: str | None, quarantined: Mapping[str, str],
-           installation_id: str) -> Plan:
+def decide(channel_file: ChannelFile, installed: ReleaseId | None,
+           quarantined: Mapping[ReleaseId, str], installation_id: str) -> Plan:
     """The plan for an installation running `installed` that follows `channel_file`'s channel.
 
     `quarantined` maps each release that failed here to the reason it did.
     """
-    target = channel_file.release
+    target = channel_file.identity
     rollout = _position(channel_file, installation_id)
     held = quarantined.get(target)
-    revoked = channel_file.is_revoked(installed) if installed is not None else None
+    revoked = channel_file.is_revoked(installed.version) if installed is not None else None
 
     def plan(action: Action, note: str | None = None) -> Plan:
         return Plan(action, installed, target, yanked=revoked.reason if revoked else None,

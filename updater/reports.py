@@ -14,7 +14,8 @@ from greenlight.updater.product import CheckResult
 from greenlight.updater.store import HistoryEntry
 
 __all__ = ["CheckReport", "ComponentInfo", "DeltaUse", "ErrorReport", "HealthReport",
-           "HistoryReport", "RolloutStatus", "StatusReport", "UpgradeReport", "dump"]
+           "HistoryReport", "Identity", "QuarantineReport", "RolloutStatus", "StatusReport",
+           "UpgradeReport", "dump"]
 
 class ComponentInfo(Record):
     version: str
@@ -37,6 +38,10 @@ class CheckReport(Record):
     channel_reason: str
     installed: str | None
     available: str
+    installed_release: str | None = Field(
+        default=None, description="the installed release's key, version@digest")
+    available_release: str | None = Field(
+        default=None, description="the channel's release's key: another key is another release")
     update_available: bool
     quarantined: str | None = Field(
         default=None, description="why the available release is held back here, if it is"
@@ -102,17 +107,46 @@ class HistoryReport(Record):
     entries: list[HistoryEntry]
 
 
+class Identity(Record):
+    """A release as the machine knows it: its version and the sha256 of every component."""
+
+    key: str = Field(description="version@digest: the release's folder under releases/")
+    version: str
+    digest: str = Field(description="sha256 over the sorted lines '<component> <sha256>'")
+    components: dict[str, str] = Field(description="each component's archive sha256")
+
+
 class StatusReport(Record):
-    schema_: Literal["greenlight.status/1"] = Field("greenlight.status/1", alias="schema")
+    schema_: Literal["greenlight.status/2"] = Field("greenlight.status/2", alias="schema")
     root: str
     repository: str
     channel: str
     channel_since: datetime
     channel_reason: str
-    installed: str | None
-    releases: list[str]
-    quarantined: dict[str, str] = Field(default_factory=dict)
+    installed: str | None = Field(description="the installed version")
+    identity: Identity | None = Field(default=None, description="the installed release")
+    releases: list[str] = Field(description="the kept releases' keys, oldest first")
+    quarantined: dict[str, str] = Field(
+        default_factory=dict, description="release key -> why it is quarantined here")
     last_event: str | None = None
+
+
+class QuarantineEntryInfo(Record):
+    release: str = Field(description="the release key, version@digest")
+    version: str
+    digest: str
+    channel: str
+    reason: str
+    at: datetime
+
+
+class QuarantineReport(Record):
+    schema_: Literal["greenlight.quarantine/1"] = Field("greenlight.quarantine/1",
+                                                        alias="schema")
+    root: str
+    entries: list[QuarantineEntryInfo] = Field(description="what is quarantined now")
+    lifted: list[QuarantineEntryInfo] = Field(
+        default_factory=list, description="what this command lifted")
 
 
 class ErrorReport(Record):

@@ -1,6 +1,7 @@
 """The client's operations as plain functions; the CLIs call these and only print.
 
 - `_read`: open_repository, check, status, switch_channel, plan_for, read_channel;
+- `_read` also lists the quarantine (`quarantined`); `_change` lifts an entry (`lift`);
 - `_change`: upgrade, sideload, rollback, recovery, health, start and stop, systemd units.
 
 Every operation that changes the root takes the root's lock and first finishes or undoes a
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from greenlight.updater.operations._change import (
         health,
+        lift,
         previous_release,
         recover_root,
         rollback,
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
         check,
         open_repository,
         plan_for,
+        quarantined,
         read_channel,
         recover_if_interrupted,
         status,
@@ -38,9 +41,11 @@ if TYPE_CHECKING:
 __all__ = [
     "check",
     "health",
+    "lift",
     "open_repository",
     "plan_for",
     "previous_release",
+    "quarantined",
     "read_channel",
     "recover_if_interrupted",
     "recover_root",
@@ -54,8 +59,8 @@ __all__ = [
     "write_systemd_units",
 ]
 
-_READ = {"check", "open_repository", "plan_for", "read_channel", "recover_if_interrupted", "status",
-         "switch_channel"}
+_READ = {"check", "open_repository", "plan_for", "quarantined", "read_channel",
+         "recover_if_interrupted", "status", "switch_channel"}
 
 
 def __getattr__(name: str) -> Any:

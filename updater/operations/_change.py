@@ -7,9 +7,10 @@ transaction an interrupted updater left behind (`recover`). What to do is decide
 transaction of `greenlight.updater.transaction`, which rolls back by itself.
 """
 
+import os
 from pathlib import Path
 
-from greenlight.channels import ChannelFile, check_channel_name, now, remove_path
+from greenlight.channels import ChannelFile, check_channel_name, now, remove_path, version_of
 from greenlight.updater._errors import (
     ArchiveError,
     ChannelMismatch,
@@ -17,10 +18,16 @@ from greenlight.updater._errors import (
     PrecheckFailed,
     ServiceError,
 )
-from greenlight.updater.operations._read import plan_for, read_channel
+from greenlight.updater.operations._read import (
+    plan_for,
+    quarantine_info,
+    quarantined,
+    read_channel,
+)
 from greenlight.updater.product import CheckResult, HealthFailure, ServiceControl, failed_required
 from greenlight.updater.reports import (
     HealthReport,
+    QuarantineReport,
     UpgradeReport,
 )
 from greenlight.updater.store import (
@@ -33,6 +40,7 @@ from greenlight.updater.store import (
     add_to_quarantine,
     extract,
     history,
+    lift_quarantine,
     locked,
     quarantine,
     record,
@@ -49,16 +57,15 @@ from greenlight.updater.transaction import (
 )
 from greenlight.updater.trust import Progress, TrustedRepository, open_bundle
 
-__all__ = ["health", "previous_release", "recover_root", "rollback",
+__all__ = ["health", "lift", "previous_release", "recover_root", "rollback",
            "sideload", "start_services", "stop_services", "upgrade", "write_systemd_units"]
 
 
 def health(root: InstallRoot) -> HealthReport:
     """Every check, now, against the installed release."""
     control = ServiceControl.of(root, root.config)
-    installed = root.installed_version()
-    results = control.check_now(installed)
-    return HealthReport(root=str(root.path), installed=installed, results=results,
+    results = control.check_now(root.installed_release())
+    return HealthReport(root=str(root.path), installed=root.installed_version(), results=results,
                         healthy=not failed_required(results))
 
 
@@ -72,7 +79,7 @@ def start_services(root: InstallRoot) -> list[str]:
     with locked(root):
         control = ServiceControl.of(root, root.config)
         try:
-            control.start_all(root.installed_version())
+            control.start_all(root.installed_release())
         except HealthFailure as failure:
             raise ServiceError(failure.summary) from None
         return [s.name for s in root.config.service]
@@ -82,14 +89,14 @@ def stop_services(root: InstallRoot) -> list[str]:
     """Stop the services in reverse order, drained as the config says."""
     with locked(root):
         control = ServiceControl.of(root, root.config)
-        return [o.describe() for o in control.stop_all(root.installed_version())]
+        return [o.describe() for o in control.stop_all(root.installed_release())]
 
 
 # --- the transaction -----------------------------------------------------------------------
 def _journal(kind: str, channel: str, old: str | None, new: str,
              steps: list[Step[Transaction]], forced: bool = False) -> Journal:
     return Journal.model_validate({
-        "kind": kind, "channel": channel, "from_version": old, "to_version": new,
+        "kind": kind, "channel": channel, "from_release": old, "to_release": new,
         "forced": forced, "started_at": now(),
         "steps": [StepRecord(name=s.name) for s in steps]})
 
@@ -98,8 +105,9 @@ def _incident(txn: Transaction, failure: HealthFailure, rollback_seconds: float,
               fallback: str | None, ok: bool, summary: str) -> HistoryEntry:
     entry = HistoryEntry(
         event="rolled-back" if ok else "rollback-failed",
-        channel=txn.journal.channel, from_version=txn.new, to_version=txn.old,
-        fallback_channel=fallback, summary=summary,
+        channel=txn.journal.channel, from_version=version_of(txn.new),
+        to_version=version_of(txn.old) if txn.old else None,
+        from_release=txn.new, to_release=txn.old, fallback_channel=fallback, summary=summary,
         failed_checks=[r.model_dump(mode="json") for r in failure.results if not r.ok],
         stop_outcomes=[o.describe() for o in failure.stops],
         timings={**txn.timings, "rollback_seconds": rollback_seconds},
@@ -117,7 +125,7 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
         entry = _incident(txn, failure, rb.rollback_seconds, rb.fallback_channel, rb.ok, rb.summary)
         return report.model_copy(update={
             "outcome": "rolled-back" if rb.ok else "rollback-failed",
-            "quarantined": txn.new if failure.new_release_at_fault else None,
+            "quarantined": version_of(txn.new) if failure.new_release_at_fault else None,
             "incident": entry, "bytes_fetched": txn.bytes_fetched, "deltas": txn.deltas,
             "installed": txn.root.installed_version(),
             "channel_now": txn.root.active_channel().channel,
@@ -127,9 +135,11 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
         txn.journal.finish(txn.root)
         raise
     if txn.journal.kind == "upgrade":  # what came before: the history knows it
+        old = version_of(txn.old) if txn.old else None
         record(txn.root, HistoryEntry(
-            event="upgraded", channel=txn.journal.channel, from_version=txn.old,
-            to_version=txn.new, summary=f"upgraded {txn.old or 'nothing'} -> {txn.new}",
+            event="upgraded", channel=txn.journal.channel, from_version=old,
+            to_version=version_of(txn.new), from_release=txn.old, to_release=txn.new,
+            summary=f"upgraded {old or 'nothing'} -> {version_of(txn.new)}",
             timings=dict(txn.timings)))
     txn.journal.finish(txn.root)
     return report.model_copy(update={
@@ -220,10 +230,12 @@ def _upgrade_locked(root: InstallRoot, repo: TrustedRepository, progress: Progre
     if plan.action == "held":
         return report.model_copy(update={"outcome": "held", "note": plan.note})
 
-    journal = _journal("upgrade", channel_file.channel, installed, target, STEPS, force)
+    installed_key = root.installed_release()
+    journal = _journal("upgrade", channel_file.channel, installed_key, plan.target_id.key, STEPS,
+                       force)
     control = ServiceControl.of(root, config)
     txn = Transaction(root, config, control, journal, repo, channel_file, progress)
-    pre = _pre_check(control, installed)
+    pre = _pre_check(control, installed_key)
     failed = failed_required(pre or [])
     if failed:
         entry = HistoryEntry(
@@ -251,34 +263,37 @@ def _leave_yanked(root: InstallRoot, repo: TrustedRepository, channel_file: Chan
                   reason: str, report: UpgradeReport, progress: Progress | None) -> UpgradeReport:
     """The installed release was yanked: treat it as a failed health check. Quarantine it and
     move to what the channel carries now (its previous good release)."""
-    installed = root.installed_version()
-    assert installed is not None
-    why = f"{installed} yanked on {channel_file.channel}: {reason}"
-    add_to_quarantine(root, QuarantineEntry(version=installed, channel=channel_file.channel,
-                                            reason=why, at=now()))
-    journal = _journal("upgrade", channel_file.channel, installed, channel_file.release, STEPS)
+    installed, identity = root.installed_release(), root.installed_identity()
+    assert installed is not None and identity is not None
+    why = f"{identity.version} yanked on {channel_file.channel}: {reason}"
+    add_to_quarantine(root, QuarantineEntry.of(identity, channel_file.channel, why, now()))
+    journal = _journal("upgrade", channel_file.channel, installed, channel_file.identity.key,
+                       STEPS)
     journal.save(root)
     txn = Transaction(root, root.config, ServiceControl.of(root, root.config), journal, repo,
                       channel_file, progress)
     result = _run(txn, report)
     if result.outcome != "upgraded":
         return result
-    entry = HistoryEntry(event="yanked", channel=channel_file.channel, from_version=installed,
-                         to_version=channel_file.release, summary=why, timings=txn.timings)
+    entry = HistoryEntry(event="yanked", channel=channel_file.channel,
+                         from_version=identity.version, to_version=channel_file.release,
+                         from_release=installed, to_release=channel_file.identity.key,
+                         summary=why, timings=txn.timings)
     record(root, entry)
     return result.model_copy(update={"outcome": "rolled-back", "incident": entry})
 
 
 def previous_release(root: InstallRoot) -> str | None:
-    """The release this one replaced, if it is still kept and not quarantined here (a yanked
-    or failed release is never chosen); None when no kept release is eligible."""
-    installed = root.installed_version()
-    held = quarantine(root)
-    eligible = [v for v in root.installed_releases() if v != installed and v not in held]
+    """The key of the release this one replaced, if it is still kept and not quarantined
+    here (a yanked or failed release is never chosen); None when no kept release is eligible.
+    """
+    installed = root.installed_release()
+    held = {identity.key for identity in quarantine(root)}
+    eligible = [k for k in root.installed_releases() if k != installed and k not in held]
     for entry in reversed(history(root)):
-        if (entry.event == "upgraded" and entry.to_version == installed
-                and entry.from_version in eligible):
-            return entry.from_version
+        if (entry.event == "upgraded" and entry.to_release == installed
+                and entry.from_release in eligible):
+            return entry.from_release
     return eligible[-1] if eligible else None
 
 
@@ -291,9 +306,9 @@ def rollback(root: InstallRoot, reason: str = "rolled back by hand") -> UpgradeR
     config = root.config
     with locked(root):
         recover(root, config)
-        installed = root.installed_version()
+        installed, identity = root.installed_release(), root.installed_identity()
         target = previous_release(root)
-        if installed is None or target is None:
+        if installed is None or identity is None or target is None:
             raise NotFound(f"{root.path}: no previous release to roll back to (none is kept "
                            "that is not quarantined here; see 'updater status')")
         manifest = root.manifest(installed)
@@ -302,17 +317,48 @@ def rollback(root: InstallRoot, reason: str = "rolled back by hand") -> UpgradeR
         journal.save(root)
         txn = Transaction(root, config, ServiceControl.of(root, config), journal)
         report = UpgradeReport(root=str(root.path), channel=channel, outcome="rolled-back",
-                               from_version=installed, to_version=target, installed=installed,
-                               channel_now=channel, bytes_total=0)
+                               from_version=identity.version, to_version=version_of(target),
+                               installed=identity.version, channel_now=channel, bytes_total=0)
         result = _run(txn, report)
         if result.outcome == "upgraded":
-            add_to_quarantine(root, QuarantineEntry(version=installed, channel=channel,
-                                                    reason=reason, at=now()))
+            add_to_quarantine(root, QuarantineEntry.of(identity, channel, reason, now()))
             record(root, HistoryEntry(event="manual-rollback", channel=channel,
-                                      from_version=installed, to_version=target, summary=reason,
-                                      timings=txn.timings))
+                                      from_version=identity.version,
+                                      to_version=version_of(target), from_release=installed,
+                                      to_release=target, summary=reason, timings=txn.timings))
             result = result.model_copy(update={"outcome": "rolled-back"})
         return result
+
+
+def _who() -> str:
+    """The person acting: the login behind sudo when there is one."""
+    import getpass
+
+    user = os.environ.get("SUDO_USER") or getpass.getuser()
+    return user if user.isprintable() else repr(user)
+
+
+def lift(root: InstallRoot, release: str) -> QuarantineReport:
+    """`updater quarantine clear RELEASE`: lift the quarantine of a version (all its
+    releases) or of one release key; the history records who lifted it and when. A lifted
+    release may be installed again by the next upgrade.
+
+    Raises:
+        NotFound: nothing quarantined here is named `release`.
+    """
+    with locked(root):
+        lifted = lift_quarantine(root, release)
+        if not lifted:
+            raise NotFound(f"{release!r} is not quarantined here (see 'updater quarantine')")
+        by = _who()
+        for entry in lifted:
+            record(root, HistoryEntry(
+                event="quarantine-lifted", channel=entry.channel, from_version=entry.version,
+                from_release=entry.identity.key, by=by,
+                summary=f"quarantine of {entry.identity.key} lifted by {by} "
+                        f"(was: {entry.reason})"))
+        report = quarantined(root)
+        return report.model_copy(update={"lifted": quarantine_info(lifted)})
 
 
 def recover_root(root: InstallRoot) -> HistoryEntry | None:

@@ -5,12 +5,28 @@ transaction nor the services, so that `updater check` starts fast."""
 from greenlight.channels import ChannelFile, check_channel_name
 from greenlight.updater._errors import BusyError, UsageError
 from greenlight.updater.plan import Plan, decide
-from greenlight.updater.reports import CheckReport, ComponentInfo, RolloutStatus, StatusReport
-from greenlight.updater.store import HistoryEntry, InstallRoot, Journal, history, locked, quarantine
+from greenlight.updater.reports import (
+    CheckReport,
+    ComponentInfo,
+    Identity,
+    QuarantineEntryInfo,
+    QuarantineReport,
+    RolloutStatus,
+    StatusReport,
+)
+from greenlight.updater.store import (
+    HistoryEntry,
+    InstallRoot,
+    Journal,
+    QuarantineEntry,
+    history,
+    locked,
+    quarantine,
+)
 from greenlight.updater.trust import FetcherInterface, TrustedRepository
 
-__all__ = ["check", "open_repository", "plan_for", "read_channel", "recover_if_interrupted",
-           "status", "switch_channel"]
+__all__ = ["check", "open_repository", "plan_for", "quarantined", "read_channel",
+           "recover_if_interrupted", "status", "switch_channel"]
 
 
 def open_repository(root: InstallRoot, fetcher: FetcherInterface | None = None
@@ -55,8 +71,8 @@ def switch_channel(root: InstallRoot, repo: TrustedRepository, channel: str) -> 
 
 def plan_for(root: InstallRoot, channel_file: ChannelFile) -> Plan:
     """What this installation should do about `channel_file`, from what is on disk."""
-    held = {version: entry.reason for version, entry in quarantine(root).items()}
-    return decide(channel_file, root.installed_version(), held, root.installation_id)
+    held = {identity: entry.reason for identity, entry in quarantine(root).items()}
+    return decide(channel_file, root.installed_identity(), held, root.installation_id)
 
 
 def _rollout_status(plan: Plan) -> RolloutStatus | None:
@@ -78,6 +94,8 @@ def check(root: InstallRoot, repo: TrustedRepository) -> CheckReport:
         channel_reason=active.reason,
         installed=plan.installed,
         available=channel_file.release,
+        installed_release=plan.installed_id.key if plan.installed_id else None,
+        available_release=plan.target_id.key,
         update_available=plan.changes_something,
         quarantined=plan.quarantined,
         fallback=channel_file.fallback,
@@ -97,8 +115,14 @@ def status(root: InstallRoot) -> StatusReport:
     root.require()
     active = root.active_channel()
     events = history(root)
+    installed = root.installed_release()
+    manifest = None if installed is None else root.manifest(installed)
+    identity = None if manifest is None else Identity(
+        key=manifest.identity.key, version=manifest.version, digest=manifest.identity.digest,
+        components={name: a.sha256 for name, a in sorted(manifest.components.items())})
     return StatusReport(
-        quarantined={v: e.reason for v, e in quarantine(root).items()},
+        identity=identity,
+        quarantined={i.key: e.reason for i, e in quarantine(root).items()},
         last_event=f"{events[-1].event}: {events[-1].summary}" if events else None,
         root=str(root.path),
         repository=root.config.repository.url,
@@ -108,6 +132,18 @@ def status(root: InstallRoot) -> StatusReport:
         installed=root.installed_version(),
         releases=root.installed_releases(),
     )
+
+
+def quarantine_info(entries: "list[QuarantineEntry]") -> list[QuarantineEntryInfo]:
+    return [QuarantineEntryInfo(release=e.identity.key, version=e.version, digest=e.digest,
+                                channel=e.channel, reason=e.reason, at=e.at)
+            for e in sorted(entries, key=lambda e: e.at)]
+
+
+def quarantined(root: InstallRoot) -> QuarantineReport:
+    """The releases quarantined here, oldest entry first, with their reasons."""
+    return QuarantineReport(root=str(root.require().path),
+                            entries=quarantine_info(list(quarantine(root).values())))
 
 
 def recover_if_interrupted(root: InstallRoot) -> HistoryEntry | None:

@@ -123,6 +123,8 @@ class HttpCheck(_CheckBase):
     json_fields: dict[str, str | int | bool] = Field(
         default_factory=dict, description="dotted JSON paths and the values they must have"
     )
+    body_contains: str | None = Field(
+        default=None, description="text the body must contain (any content type)")
 
 
 class WebSocketCheck(_CheckBase):
@@ -146,6 +148,9 @@ class DnsCheck(_CheckBase):
 class VersionCheck(_CheckBase):
     type: Literal["version"]
     url: str
+    format: Literal["json", "text"] = Field(
+        default="json", description="json: the body's `field` is the version; text: the "
+                                    "version appears in the body as a word of its own")
     field: str = "version"
 
 

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from greenlight.channels import now
+from greenlight.channels import now, version_of
 from greenlight.updater.product._config import Config
 from greenlight.updater.product._health import (
     CheckResult,
@@ -44,10 +44,10 @@ def _synthetic(name: str, summary: str, evidence: dict[str, object]) -> CheckRes
                        attempts=1, latency_ms=0.0, evidence=evidence, at=now())
 
 
-def _describe(failed: list[CheckResult], version: str, how: str) -> str:
+def _describe(failed: list[CheckResult], release: str, how: str) -> str:
     first = failed[0]
     more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-    return f"{version} {how}: check {first.name}: {first.summary}{more}"
+    return f"{version_of(release)} {how}: check {first.name}: {first.summary}{more}"
 
 
 @dataclass
@@ -62,16 +62,16 @@ class ServiceControl:
     def of(cls, root: "InstallRoot", config: Config) -> "ServiceControl":
         return cls(root, config, backend_for(root, config))
 
-    def checker(self, version: str | None) -> HealthChecker:
-        return HealthChecker(self.root.path, self.backend, values_for(self.root, version))
+    def checker(self, release: str | None) -> HealthChecker:
+        return HealthChecker(self.root.path, self.backend, values_for(self.root, release))
 
     def any_running(self) -> bool:
         return any(self.backend.is_running(s.name) for s in self.config.service)
 
-    def stop_all(self, version: str | None) -> list[StopOutcome]:
+    def stop_all(self, release: str | None) -> list[StopOutcome]:
         """Stop every service. Draining: UI before core, each drained, bounded, then killed.
         Without draining: every service signalled at once (how the panel restart crashed)."""
-        config, values = self.config, values_for(self.root, version)
+        config, values = self.config, values_for(self.root, release)
         ordered = list(reversed(config.service))
         if not config.stop.drain:
             for s in ordered:
@@ -84,25 +84,25 @@ class ServiceControl:
             outcomes.append(self.backend.stop(s, config.stop.timeout))
         return outcomes
 
-    def start_all(self, version: str | None) -> None:
+    def start_all(self, release: str | None) -> None:
         """Start services in order, each ready (its `ready` check passing) before the next.
 
         Raises:
             HealthFailure: a service exited during start-up or was not ready in time.
         """
-        if version is None:
+        if release is None:
             return
-        checker = self.checker(version)
+        checker = self.checker(release)
         checks = {c.name: c for c in self.config.check}
         started = time.monotonic()
         for s in self.config.service:
-            self.backend.start(s, values_for(self.root, version))
+            self.backend.start(s, values_for(self.root, release))
             deadline = time.monotonic() + s.start_timeout
             while True:
                 if not self.backend.is_running(s.name):
                     tail = self._log_tail(s.name)
                     raise HealthFailure(
-                        f"service {s.name} of {version} exited during start-up"
+                        f"service {s.name} of {version_of(release)} exited during start-up"
                         + (f": {tail[-1]}" if tail else ""),
                         [_synthetic(f"{s.name}-start", "exited during start-up",
                                     {"last_exit": self.backend.last_exit(s.name), "log": tail})])
@@ -112,7 +112,7 @@ class ServiceControl:
                 if result.ok:
                     break
                 if time.monotonic() > deadline:
-                    raise HealthFailure(f"service {s.name} of {version} not ready in "
+                    raise HealthFailure(f"service {s.name} of {version_of(release)} not ready in "
                                         f"{s.start_timeout}s: {result.summary}", [result])
                 time.sleep(0.05)
         self.start_seconds += time.monotonic() - started
@@ -124,18 +124,18 @@ class ServiceControl:
         except OSError:
             return []
 
-    def check_now(self, version: str | None) -> list[CheckResult]:
-        """Every check once (with its own retries) against `version`'s services."""
-        checker = self.checker(version)
+    def check_now(self, release: str | None) -> list[CheckResult]:
+        """Every check once (with its own retries) against `release`'s services."""
+        checker = self.checker(release)
         return [checker.run(c) for c in all_checks(self.config)]
 
-    def post_check(self, version: str, grace: float, soak: float) -> list[CheckResult]:
+    def post_check(self, release: str, grace: float, soak: float) -> list[CheckResult]:
         """Checks must pass within `grace` (start-up), then keep passing for `soak`.
 
         Raises:
             HealthFailure: a required check failed past the grace, or during the soak.
         """
-        checker, checks = self.checker(version), all_checks(self.config)
+        checker, checks = self.checker(release), all_checks(self.config)
         if not checks:
             return []
         interval = self.config.health.interval
@@ -146,7 +146,7 @@ class ServiceControl:
             if not failed:
                 break
             if time.monotonic() >= deadline:
-                raise HealthFailure(_describe(failed, version, "did not become healthy"),
+                raise HealthFailure(_describe(failed, release, "did not become healthy"),
                                     results)
             time.sleep(interval)
         soak_end = time.monotonic() + soak
@@ -155,17 +155,17 @@ class ServiceControl:
             results = [checker.run(c, retries=0) for c in checks]
             failed = failed_required(results)
             if failed:
-                raise HealthFailure(_describe(failed, version, "failed during the soak window"),
+                raise HealthFailure(_describe(failed, release, "failed during the soak window"),
                                     results)
         return results
 
-    def stop_crash(self, version: str | None, outcomes: list[StopOutcome]) -> HealthFailure | None:
+    def stop_crash(self, release: str | None, outcomes: list[StopOutcome]) -> HealthFailure | None:
         """A crash on stop as a failed check of the running release (not the new one)."""
         crashed = [o for o in outcomes if o.crashed]
         if not crashed:
             return None
         return HealthFailure(
-            f"service {crashed[0].service} of {version} crashed when stopped "
+            f"service {crashed[0].service} of {version_of(release or '-')} crashed when stopped "
             f"(exit status {crashed[0].returncode}): in-flight work was cut off",
             [_synthetic(f"{o.service}-stop", o.describe(), {"returncode": o.returncode})
              for o in crashed],

@@ -156,6 +156,16 @@ class HealthChecker:
         if r.status_code != wanted:
             raise Outcome(f"GET {url} answered HTTP {r.status_code} (expected {wanted}): "
                           f"{text.strip()[:80]}", **evidence)
+        contains = getattr(c, "body_contains", None)
+        if contains is not None and self._x(contains) not in r.text:
+            raise Outcome(f"GET {url}: body lacks {self._x(contains)!r}: {text.strip()[:80]}",
+                          **evidence)
+        if isinstance(c, VersionCheck) and c.format == "text":
+            version = self.values["version"]
+            if not re.search(rf"(?<![\w.+-])v?{re.escape(version)}(?![\w+-]|\.\w)", r.text):
+                raise Outcome(f"GET {url}: the version {version} is not in the answer: "
+                              f"{text.strip()[:80]}", **evidence, expected=version)
+            return evidence
         if expect:
             try:
                 document = r.json()

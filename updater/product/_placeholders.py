@@ -28,10 +28,13 @@ def expand_command(parts: list[str], values: dict[str, str]) -> list[str]:
     return argv
 
 
-def values_for(root: "InstallRoot", version: str | None) -> dict[str, str]:
-    """The placeholder values for `version` (the release `current` points at, if None)."""
+def values_for(root: "InstallRoot", release: str | None) -> dict[str, str]:
+    """The placeholder values for the release of key `release` (the release `current` points
+    at, if None)."""
     import sys
 
-    release_dir = root.release_dir(version) if version else root.current
-    return {"root": str(root.path), "release_dir": str(release_dir), "version": version or "",
-            "python": sys.executable}
+    from greenlight.channels import version_of
+
+    release_dir = root.release_dir(release) if release else root.current
+    return {"root": str(root.path), "release_dir": str(release_dir),
+            "version": version_of(release) if release else "", "python": sys.executable}

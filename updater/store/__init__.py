@@ -10,16 +10,21 @@ the quarantine.
 <root>/state/history.jsonl   upgrades, rollbacks, incidents with evidence
 <root>/state/quarantine.json releases that failed here
 <root>/downloads/            verified artifacts, named by sha256
-<root>/releases/<version>/   unpacked releases, each with its release.json
-<root>/current               symlink to releases/<version>; switched atomically
+<root>/releases/<key>/       unpacked releases, each with its release.json
+<root>/current               symlink to releases/<key>; switched atomically
 ```
 """
 
-from greenlight.updater.store._extract import Limits, extract
+from greenlight.updater.store._extract import Limits, extract, top_folder
 from greenlight.updater.store._history import EventKind, HistoryEntry, history, record
 from greenlight.updater.store._journal import Journal, StepRecord, StepState
 from greenlight.updater.store._lock import locked
-from greenlight.updater.store._quarantine import QuarantineEntry, add_to_quarantine, quarantine
+from greenlight.updater.store._quarantine import (
+    QuarantineEntry,
+    add_to_quarantine,
+    lift_quarantine,
+    quarantine,
+)
 from greenlight.updater.store._root import (
     RELEASE_MANIFEST,
     ActiveChannel,
@@ -45,8 +50,10 @@ __all__ = [
     "default_root",
     "extract",
     "history",
+    "lift_quarantine",
     "locked",
     "quarantine",
     "record",
     "stage_release",
+    "top_folder",
 ]

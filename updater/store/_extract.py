@@ -19,7 +19,7 @@ from typing import IO, cast
 
 from greenlight.updater._errors import ArchiveError
 
-__all__ = ["Limits", "extract"]
+__all__ = ["Limits", "extract", "top_folder"]
 
 _COPY = 1024 * 1024
 
@@ -93,8 +93,46 @@ def _clean_name(archive: str, name: str) -> str:
     return "/".join(parts)
 
 
-def extract(archive: Path, dest: Path, limits: Limits = Limits()) -> int:
-    """Extract `archive` into the empty folder `dest`; return the bytes written."""
+def _strip(label: str, name: str, prefix: str | None) -> str:
+    """`name` without the archive's top folder `prefix` (recorded by the publisher)."""
+    if prefix is None:
+        return name
+    if name == prefix:
+        return ""
+    if not name.startswith(prefix + "/"):
+        raise ArchiveError(
+            f"{label}: member {name!r} refused: outside the top folder {prefix!r} that the "
+            "channel file says every member sits under")
+    return name[len(prefix) + 1:]
+
+
+def top_folder(archive: Path, limits: Limits = Limits()) -> str | None:
+    """The one folder every member of `archive` sits under, if there is one (for `release
+    publish`, which records it as the component's `strip_prefix`)."""
+    tops: set[str] = set()
+    nested = False
+    with _open_stream(archive, limits.compressed) as tar:
+        for count, member in enumerate(tar, start=1):
+            if count > limits.max_members:
+                raise ArchiveError(f"{archive.name}: more than {limits.max_members} members")
+            name = _clean_name(archive.name, member.name)
+            if not name:
+                continue
+            head, sep, _ = name.partition("/")
+            tops.add(head)
+            if len(tops) > 1:
+                return None
+            if sep:
+                nested = True
+            elif not member.isdir():
+                return None  # a lone file at the top is content, not a folder
+    return next(iter(tops)) if nested and len(tops) == 1 else None
+
+
+def extract(archive: Path, dest: Path, limits: Limits = Limits(), strip: str | None = None
+            ) -> int:
+    """Extract `archive` into the empty folder `dest`; return the bytes written. With `strip`,
+    every member must sit under that top folder, which is left out."""
     label = archive.name
     dest.mkdir(parents=True, exist_ok=True)
     budget = min(limits.max_total_bytes, archive.stat().st_size * limits.max_ratio + 64 * 1024**2)
@@ -106,7 +144,7 @@ def extract(archive: Path, dest: Path, limits: Limits = Limits()) -> int:
         for count, member in enumerate(tar, start=1):
             if count > limits.max_members:
                 raise ArchiveError(f"{label}: more than {limits.max_members} members")
-            name = _clean_name(label, member.name)
+            name = _strip(label, _clean_name(label, member.name), strip)
             if not name:
                 continue
             if name in seen:
@@ -128,7 +166,7 @@ def extract(archive: Path, dest: Path, limits: Limits = Limits()) -> int:
             target = dest / name
             try:
                 written += _create(tar, member, name, target, dest, label, budget - written,
-                                   links, files)
+                                   links, files, strip)
             except OSError as e:
                 if e.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ELOOP):
                     raise ArchiveError(
@@ -139,7 +177,8 @@ def extract(archive: Path, dest: Path, limits: Limits = Limits()) -> int:
 
 
 def _create(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, target: Path,
-            dest: Path, label: str, budget: int, links: set[str], files: set[str]) -> int:
+            dest: Path, label: str, budget: int, links: set[str], files: set[str],
+            strip: str | None) -> int:
     """Create one member; return the bytes written."""
     written = 0
     if member.isdir():
@@ -179,7 +218,7 @@ def _create(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, target: Pa
         os.symlink(link, target)
         links.add(name)
     elif member.islnk():
-        source_name = _clean_name(label, member.linkname)
+        source_name = _strip(label, _clean_name(label, member.linkname), strip)
         if source_name not in files:
             raise ArchiveError(
                 f"{label}: member {name!r} refused: hardlink to {member.linkname!r} "

@@ -13,7 +13,8 @@ from greenlight.updater.store._root import InstallRoot
 __all__ = ["EventKind", "HistoryEntry", "history", "record"]
 
 EventKind = Literal["upgraded", "rolled-back", "rollback-failed", "recovered",
-                    "precheck-forced", "precheck-blocked", "manual-rollback", "yanked"]
+                    "precheck-forced", "precheck-blocked", "manual-rollback", "yanked",
+                    "quarantine-lifted"]
 
 
 class HistoryEntry(Record):
@@ -22,6 +23,9 @@ class HistoryEntry(Record):
     channel: str
     from_version: str | None = None
     to_version: str | None = None
+    from_release: str | None = Field(default=None, description="release key (version@digest)")
+    to_release: str | None = Field(default=None, description="release key (version@digest)")
+    by: str | None = Field(default=None, description="the user, for an act by hand")
     fallback_channel: str | None = None
     summary: str
     failed_checks: list[dict[str, Any]] = Field(default_factory=list)

@@ -6,7 +6,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from greenlight.channels import Record, atomic_write
 from greenlight.updater._errors import StoreError
@@ -25,8 +25,8 @@ class StepRecord(Record):
 class Journal(Record):
     kind: Literal["upgrade", "rollback"]
     channel: str
-    from_version: str | None
-    to_version: str
+    from_release: str | None = Field(description="the key of the release it leaves")
+    to_release: str = Field(description="the key of the release it goes to")
     staged_new: bool = False
     forced: bool = False
     started_at: datetime

@@ -5,10 +5,12 @@
 <root>/state/metadata/       TUF metadata cache (ngclient's; root history kept)
 <root>/state/channels/       verified channel files, and active.json: the active channel
 <root>/downloads/            verified artifacts, named by sha256
-<root>/releases/<version>/   unpacked releases, each with its release.json
-<root>/current               symlink to releases/<version>; switched atomically
+<root>/releases/<key>/       unpacked releases, each with its release.json
+<root>/current               symlink to releases/<key>; switched atomically
 ```
-What is installed is read from `current`, never stored twice.
+A release's folder is named by its key, `<version>@<digest>` (see `ReleaseId`), so the same
+version with other bytes is another folder. What is installed is read from `current`, never
+stored twice.
 """
 
 import os
@@ -23,12 +25,14 @@ from greenlight.channels import (
     ChannelFile,
     ComponentArtifact,
     Record,
+    ReleaseId,
     atomic_symlink,
     atomic_write,
     check_channel_name,
     now,
+    parse_version,
     remove_path,
-    sort_versions,
+    version_of,
 )
 from greenlight.updater._errors import ConfigError, StoreError
 from greenlight.updater.product._config import Config, RepositoryConfig
@@ -58,6 +62,10 @@ class ReleaseManifest(Record):
     channel: str
     components: dict[str, ComponentArtifact]
     installed_at: datetime
+
+    @property
+    def identity(self) -> ReleaseId:
+        return ReleaseId.of(self.version, self.components)
 
 
 class InstallRoot:
@@ -145,10 +153,12 @@ class InstallRoot:
         atomic_write(path, raw, mode=0o640)
 
     # --- releases ------------------------------------------------------------------------
-    def release_dir(self, version: str) -> Path:
-        return self.releases / version
+    # A release is named here by its key, "<version>@<digest>": the name of its folder.
+    def release_dir(self, key: str) -> Path:
+        return self.releases / key
 
-    def installed_version(self) -> str | None:
+    def installed_release(self) -> str | None:
+        """The key of the release `current` points at; None when nothing is installed."""
         try:
             target = os.readlink(self.current)
         except FileNotFoundError:
@@ -157,8 +167,18 @@ class InstallRoot:
             raise StoreError(f"{self.current}: not a release link: {e}") from None
         return Path(target).name
 
-    def manifest(self, version: str) -> ReleaseManifest | None:
-        path = self.release_dir(version) / RELEASE_MANIFEST
+    def installed_version(self) -> str | None:
+        key = self.installed_release()
+        return None if key is None else version_of(key)
+
+    def installed_identity(self) -> ReleaseId | None:
+        """The installed release's identity, read from its manifest."""
+        key = self.installed_release()
+        manifest = None if key is None else self.manifest(key)
+        return None if manifest is None else manifest.identity
+
+    def manifest(self, key: str) -> ReleaseManifest | None:
+        path = self.release_dir(key) / RELEASE_MANIFEST
         try:
             return ReleaseManifest.model_validate_json(path.read_bytes())
         except FileNotFoundError:
@@ -167,23 +187,29 @@ class InstallRoot:
             raise StoreError(f"{path}: damaged release manifest") from None
 
     def installed_releases(self) -> list[str]:
+        """The keys of the kept releases, oldest version first."""
         if not self.releases.is_dir():
             return []
-        return sort_versions(
-            p.name for p in self.releases.iterdir()
-            if not p.name.startswith(".") and (p / RELEASE_MANIFEST).is_file()
-        )
+        keys = []
+        for p in self.releases.iterdir():
+            if p.name.startswith(".") or not (p / RELEASE_MANIFEST).is_file():
+                continue
+            try:
+                keys.append((parse_version(version_of(p.name)), p.name))
+            except ValueError:
+                continue  # not a release folder of ours
+        return [key for _, key in sorted(keys)]
 
-    def switch_current(self, version: str) -> None:
-        if not (self.release_dir(version) / RELEASE_MANIFEST).is_file():
-            raise StoreError(f"{self.release_dir(version)}: release {version} is not staged")
-        atomic_symlink(self.current, f"releases/{version}")
+    def switch_current(self, key: str) -> None:
+        if not (self.release_dir(key) / RELEASE_MANIFEST).is_file():
+            raise StoreError(f"{self.release_dir(key)}: release {key} is not staged")
+        atomic_symlink(self.current, f"releases/{key}")
 
     def prune(self, keep: int) -> list[str]:
         """Remove the oldest releases beyond `keep`, never the current one."""
-        current = self.installed_version()
-        versions = [v for v in self.installed_releases() if v != current]
-        doomed = versions[: max(0, len(versions) - (keep - 1))]
-        for version in doomed:
-            remove_path(self.release_dir(version))
+        current = self.installed_release()
+        keys = [k for k in self.installed_releases() if k != current]
+        doomed = keys[: max(0, len(keys) - (keep - 1))]
+        for key in doomed:
+            remove_path(self.release_dir(key))
         return doomed

@@ -1,8 +1,10 @@
-"""Staging a release: its verified archives unpacked into `releases/<version>/`.
+"""Staging a release: its verified archives unpacked into `releases/<key>/`.
 
-Each component goes to `releases/<version>/<component>/`, next to a `release.json` manifest.
-Work happens in `releases/.staging-<version>` and one rename publishes it, so a release folder
-with a manifest is always complete.
+Each component goes to `releases/<key>/<component>/`, next to a `release.json` manifest; an
+archive whose members all sit under one top folder has it stripped (the channel file records
+which, `strip_prefix`). Work happens in `releases/.staging-<key>` and one rename publishes it,
+so a release folder with a manifest is always complete. The key names the release's bytes, so
+a folder is never replaced by other bytes.
 """
 
 import errno
@@ -17,16 +19,19 @@ __all__ = ["stage_release"]
 
 
 def stage_release(root: InstallRoot, channel_file: ChannelFile, archives: dict[str, Path]) -> Path:
-    version = channel_file.release
-    final = root.release_dir(version)
-    existing = root.manifest(version)
-    if existing is not None and existing.components == channel_file.components:
-        return final
-    staging = root.releases / f".staging-{version}"
+    version, key = channel_file.release, channel_file.identity.key
+    final = root.release_dir(key)
+    existing = root.manifest(key)
+    if existing is not None:
+        if existing.identity == channel_file.identity:
+            return final
+        raise StoreError(f"{final}: holds release {existing.identity.digest} under the key "
+                         f"of {channel_file.identity.digest}; remove that folder by hand")
+    staging = root.releases / f".staging-{key}"
     remove_path(staging)
     try:
         for name, archive in sorted(archives.items()):
-            extract(archive, staging / name)
+            extract(archive, staging / name, strip=channel_file.components[name].strip_prefix)
         manifest = ReleaseManifest(
             version=version,
             channel=channel_file.channel,
@@ -35,7 +40,7 @@ def stage_release(root: InstallRoot, channel_file: ChannelFile, archives: dict[s
         )
         atomic_write(staging / RELEASE_MANIFEST, manifest.model_dump_json(indent=2).encode())
         if final.exists():
-            # Same version, other bytes (re-published): keep the old aside until replaced.
+            # A folder of this key without its manifest: left half-made, never the current one.
             remove_path(final)
         staging.rename(final)
         fsync_dir(root.releases)

@@ -10,7 +10,7 @@ interrupted transaction, except one whose post-check passed: that one it commits
 import time
 from dataclasses import dataclass
 
-from greenlight.channels import now
+from greenlight.channels import now, version_of
 from greenlight.updater.product import Config, HealthFailure, ServiceControl, failed_required
 from greenlight.updater.store import (
     HistoryEntry,
@@ -18,6 +18,7 @@ from greenlight.updater.store import (
     Journal,
     QuarantineEntry,
     add_to_quarantine,
+    quarantine,
     record,
 )
 from greenlight.updater.transaction._engine import undo_steps
@@ -45,11 +46,12 @@ def roll_back(txn: Transaction, failure: HealthFailure) -> Rollback:
         if fallback is not None and fallback != txn.journal.channel:
             names = ", ".join(r.name for r in failed_required(failure.results)) or "start-up"
             txn.root.set_active_channel(
-                fallback, f"automatic fallback: {txn.new} on {txn.journal.channel} failed {names}")
+                fallback, f"automatic fallback: {version_of(txn.new)} on {txn.journal.channel} "
+                          f"failed {names}")
         else:
             fallback = None
-        add_to_quarantine(txn.root, QuarantineEntry(
-            version=txn.new, channel=txn.journal.channel, reason=failure.summary, at=now()))
+        add_to_quarantine(txn.root, QuarantineEntry.of(
+            txn.channel_file.identity, txn.journal.channel, failure.summary, now()))
     ok = not errors
     summary = failure.summary
     if txn.old is not None and ok:
@@ -57,13 +59,18 @@ def roll_back(txn: Transaction, failure: HealthFailure) -> Rollback:
             txn.control.post_check(txn.old, txn.config.health.grace, 0.0)
         except HealthFailure as second:
             ok = False
-            errors.append(f"previous release {txn.old} is unhealthy too: {second.summary}")
+            errors.append(f"previous release {version_of(txn.old)} is unhealthy too: "
+                          f"{second.summary}")
     restored = time.monotonic()
     seconds = max(0.0, restored - failure.at - txn.control.start_seconds)
     if errors:
         summary = f"{failure.summary}; rollback failed: {'; '.join(errors)}"
     txn.journal.finish(txn.root)
     return Rollback(ok, summary, fallback, round(seconds, 4))
+
+
+def _version(key: str | None) -> str | None:
+    return None if key is None else version_of(key)
 
 
 def recover(root: InstallRoot, config: Config) -> HistoryEntry | None:
@@ -77,23 +84,33 @@ def recover(root: InstallRoot, config: Config) -> HistoryEntry | None:
         do_commit(txn)
         journal.finish(root)
         entry = HistoryEntry(event="recovered", channel=journal.channel,
-                             from_version=journal.from_version, to_version=journal.to_version,
-                             summary=f"interrupted upgrade to {journal.to_version} committed")
+                             from_version=_version(journal.from_release),
+                             to_version=version_of(journal.to_release),
+                             from_release=journal.from_release, to_release=journal.to_release,
+                             summary=f"interrupted {journal.kind} to "
+                                     f"{version_of(journal.to_release)} committed")
     else:
         interrupted = next((s.name for s in journal.steps if s.state in ("doing", "undoing")),
                            "between steps")
         errors = undo_steps(STEPS, txn, f"interrupted at {interrupted}")
         journal.finish(root)
+        held = {i.key: e.reason for i, e in quarantine(root).items()}
+        if journal.from_release in held:  # the yanked release an upgrade was leaving
+            errors.append(f"{version_of(journal.from_release)} is quarantined here "
+                          f"({held[journal.from_release]}); the next upgrade leaves it again")
         # Whatever was running when the updater died: the current release's services run.
         try:
-            control.start_all(root.installed_version())
+            control.start_all(root.installed_release())
         except HealthFailure as e:
             errors.append(str(e))
         entry = HistoryEntry(
-            event="recovered", channel=journal.channel, from_version=journal.to_version,
-            to_version=journal.from_version,
-            summary=f"interrupted upgrade to {journal.to_version} (at {interrupted}) undone; "
-                    f"back on {journal.from_version or 'nothing'}"
+            event="recovered", channel=journal.channel,
+            from_version=version_of(journal.to_release),
+            to_version=_version(journal.from_release),
+            from_release=journal.to_release, to_release=journal.from_release,
+            summary=f"interrupted {journal.kind} to {version_of(journal.to_release)} "
+                    f"(at {interrupted}) undone; "
+                    f"back on {_version(journal.from_release) or 'nothing'}"
                     + (f"; problems: {'; '.join(errors)}" if errors else ""))
     record(root, entry)
     return entry

@@ -46,11 +46,13 @@ class Transaction:
 
     @property
     def new(self) -> str:
-        return self.journal.to_version
+        """The key of the release the transaction goes to."""
+        return self.journal.to_release
 
     @property
     def old(self) -> str | None:
-        return self.journal.from_version
+        """The key of the release it leaves (None on a first install)."""
+        return self.journal.from_release
 
 
 DELTA_PAYS = 0.5  # take a delta only when it is clearly smaller than the full artifact
@@ -112,7 +114,7 @@ def do_stage(txn: Transaction) -> None:
 def undo_stage(txn: Transaction) -> None:
     for staging in txn.root.releases.glob(f".staging-{txn.new}"):
         remove_path(staging)
-    if txn.journal.staged_new and txn.root.installed_version() != txn.new:
+    if txn.journal.staged_new and txn.root.installed_release() != txn.new:
         remove_path(txn.root.release_dir(txn.new))
 
 
@@ -124,7 +126,7 @@ def do_stop(txn: Transaction) -> None:
 
 
 def undo_stop(txn: Transaction) -> None:
-    txn.control.start_all(txn.root.installed_version())
+    txn.control.start_all(txn.root.installed_release())
 
 
 def do_switch(txn: Transaction) -> None:
@@ -134,7 +136,7 @@ def do_switch(txn: Transaction) -> None:
 def undo_switch(txn: Transaction) -> None:
     if txn.old is None:
         txn.root.current.unlink(missing_ok=True)
-    elif txn.root.installed_version() != txn.old:
+    elif txn.root.installed_release() != txn.old:
         txn.root.switch_current(txn.old)
 
 
