@@ -124,17 +124,37 @@ class ProcessBackend:
     def _exit_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.exit"
 
+    def _unrecorded(self, name: str) -> int | None:
+        """A launcher of this service that no record names: its updater was killed between
+        spawning it and writing the record. Found by the exit file on its command line,
+        which is unique to this root and service."""
+        needle = b"\0--exit-file\0" + os.fsencode(self._exit_file(name)) + b"\0"
+        try:
+            entries = os.listdir("/proc")
+        except OSError:
+            return None
+        for entry in entries:
+            if not entry.isdigit():
+                continue
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if needle in cmdline and _alive(int(entry)):
+                return int(entry)
+        return None
+
     def pid(self, name: str) -> int | None:
         try:
             record = json.loads(self._pid_file(name).read_text())
         except (FileNotFoundError, ValueError):
-            return None
+            return self._unrecorded(name)
         pid = int(record["pid"])
         child = self._children.get(name)
         if child is not None and child.pid == pid:
             return pid if child.poll() is None else None
         if not _alive(pid):
-            return None
+            return self._unrecorded(name)
         try:  # a recycled pid is not our service
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             if _LAUNCHER_MARK not in cmdline and b"--greenlight-launch" not in cmdline:

@@ -1,0 +1,98 @@
+"""tally: a second test product, not written for Greenlight (see core.py).
+
+`build(version, out, faults)` makes its release archives as people make them: the core as
+`core-<version>.tar.gz` with every member under `core-<version>/`, the UI probe as `ui.tar.gz`
+under `ui/`. `product_toml(...)` is its part of greenlight.toml, written from the README's
+configuration section: the core started through `sh -c 'exec ...'`, plain-text checks.
+"""
+
+import io
+import json
+import secrets
+import tarfile
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+__all__ = ["build", "configure", "product_toml"]
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), mode
+    tar.addfile(info, io.BytesIO(data))
+
+
+def build(version: str, out: Path, faults: dict[str, object] | None = None) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    top = f"core-{version}"
+    core = out / f"core-{version}.tar.gz"
+    with tarfile.open(core, "w:gz") as tar:
+        tar.addfile(_dir(top))
+        _add(tar, f"{top}/core.py", (HERE / "core.py").read_bytes(), 0o755)
+        _add(tar, f"{top}/VERSION", f"{version}\n".encode())
+        _add(tar, f"{top}/faults.json", json.dumps(faults or {}).encode())
+    ui = out / "ui.tar.gz"
+    with tarfile.open(ui, "w:gz") as tar:
+        tar.addfile(_dir("ui"))
+        _add(tar, "ui/probe.py", (HERE / "probe.py").read_bytes(), 0o755)
+    return {"core": core, "ui": ui}
+
+
+def _dir(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode = tarfile.DIRTYPE, 0o755
+    return info
+
+
+def product_toml(port: int, dns_port: int, grace: float = 10.0, soak: float = 4.0) -> str:
+    core = f"http://127.0.0.1:{port}"
+    start = (f"exec '{{python}}' '{{release_dir}}/core/core.py' --port {port} "
+             f"--dns-port {dns_port} --key-file '{{root}}/data/api-key'")
+    return f'''
+[health]
+grace = {grace}
+soak = {soak}
+interval = 0.25
+
+[[service]]
+name = "core"
+command = ["sh", "-c", {json.dumps(start)}]
+ready = "core-up"
+
+[[check]]
+name = "core-up"
+type = "http"
+url = "{core}/healthz"
+body_contains = "ok"
+
+[[check]]
+name = "core-version"
+type = "version"
+format = "text"
+url = "{core}/version"
+
+[[check]]
+name = "ui-items"
+type = "command"
+command = ["{{python}}", "{{release_dir}}/ui/probe.py", "--core", "{core}",
+           "--key-file", "{{root}}/data/api-key"]
+timeout = 10.0
+
+[[check]]
+name = "tally-dns"
+type = "dns"
+resolver = "127.0.0.1:{dns_port}"
+query = "tally.test"
+'''
+
+
+def configure(root: Path, port: int, dns_port: int, **options: float) -> None:
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    key = data / "api-key"
+    if not key.exists():
+        key.write_text(secrets.token_hex(16) + "\n")
+        key.chmod(0o600)
+    with (root / "greenlight.toml").open("a") as f:
+        f.write(product_toml(port, dns_port, **options))

@@ -1,0 +1,231 @@
+"""A product Greenlight was not written for: tally (tests/tally). Its core dies of SIGTERM,
+its archives have a top folder, it starts through `sh -c 'exec ...'`, and its checks read
+plain text. Every run goes through the `updater` CLI with real processes."""
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from greenlight.release import publish
+from greenlight.updater.product import ProcessBackend
+from greenlight.updater.store import InstallRoot
+
+from conftest import builtin_server, free_port
+from tally import build, configure
+
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+class Tally:
+    def __init__(self, tmp: Path, repo, server, **options: float) -> None:
+        self.tmp, self.repo = tmp, repo
+        self.path = tmp / "root"
+        done = subprocess.run([str(BIN / "updater"), "init", "--root", str(self.path), "--repo",
+                               server.url, "--trust", str(repo.metadata_dir / "1.root.json"),
+                               "--channel", "stable"], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        self.port, self.dns_port = free_port(), free_port()
+        configure(self.path, self.port, self.dns_port, **options)
+        self.root = InstallRoot(self.path)
+
+    def publish(self, channel: str, version: str, **faults: object) -> None:
+        archives = build(version, self.tmp / "builds" / f"{channel}-{version}", faults)
+        publish(self.repo, channel, version, archives,
+                fallback="stable" if channel != "stable" else None)
+
+    def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "updater"), *args, "--root", str(self.path)],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def json(self, *args: str) -> dict:
+        return json.loads(self.run(*args, "--json").stdout)
+
+    def core(self) -> tuple[int | None, str | None]:
+        """The running core's pid and the version it runs, from what it answers itself."""
+        import httpx
+
+        backend = ProcessBackend(self.root)
+        if not backend.is_running("core"):
+            return None, None
+        try:
+            answer = httpx.get(f"http://127.0.0.1:{self.port}/version", timeout=5).text
+        except httpx.HTTPError:
+            return backend.pid("core"), None
+        return backend.pid("core"), answer.split()[-1]
+
+    def kill_all(self) -> None:
+        pid = ProcessBackend(self.root).pid("core")
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def tally(tmp_path, repo):
+    made: list[Tally] = []
+    with builtin_server(repo.path) as server:
+        def make(**options: float) -> Tally:
+            t = Tally(tmp_path, repo, server, **options)
+            made.append(t)
+            return t
+
+        yield make
+        for t in made:
+            t.kill_all()
+
+
+def _upgrade(t: Tally, expect: int) -> dict:
+    done = t.run("upgrade", "--json")
+    assert done.returncode == expect, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    return json.loads(done.stdout)
+
+
+def _failed(report: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in report["incident"]["failed_checks"]}
+
+
+def test_tally_through_good_bad_and_good_releases(tally):
+    t = tally()
+    t.publish("stable", "1.0")
+    report = _upgrade(t, 0)
+    assert report["outcome"] == "upgraded" and t.core()[1] == "1.0"
+    # The archive's top folder core-1.0/ is left out, as the channel file records.
+    assert (t.path / "current" / "core" / "core.py").is_file()
+    assert not (t.path / "current" / "core" / "core-1.0").exists()
+    assert (t.path / "current" / "ui" / "probe.py").is_file()
+
+    # The core dies of the SIGTERM it is sent: a clean stop, so the upgrade goes through.
+    t.publish("stable", "1.1")
+    old_pid = t.core()[0]
+    report = _upgrade(t, 0)
+    assert report["outcome"] == "upgraded" and report["from_version"] == "1.0"
+    pid, version = t.core()
+    assert version == "1.1" and pid != old_pid
+    history = t.json("history")["entries"]
+    assert history[-1]["event"] == "upgraded"
+
+    # beta 1.2 refuses the UI's key while its health endpoint still answers.
+    t.publish("beta", "1.2", **{"refuse-key": True})
+    assert t.run("channel", "beta").returncode == 0
+    report = _upgrade(t, 20)
+    failed = _failed(report)
+    assert set(failed) == {"ui-items"}, failed
+    assert "401" in failed["ui-items"]["summary"] and "unknown key" in failed["ui-items"]["summary"]
+    assert report["channel_now"] == "stable" and t.core()[1] == "1.1"
+
+    # beta 1.3's DNS answer loses its A record.
+    t.publish("beta", "1.3", **{"no-a-record": True})
+    assert t.run("channel", "beta").returncode == 0
+    report = _upgrade(t, 20)
+    failed = _failed(report)
+    assert set(failed) == {"tally-dns"}, failed
+    assert failed["tally-dns"]["evidence"]["answers"] == []
+    assert t.core()[1] == "1.1"
+
+    # beta 1.4's core dies two seconds after it starts: inside the soak window.
+    t.publish("beta", "1.4", **{"die-after": 2})
+    assert t.run("channel", "beta").returncode == 0
+    report = _upgrade(t, 20)
+    assert "core-up" in _failed(report) or "core-start" in _failed(report), report["incident"]
+    assert t.core()[1] == "1.1"
+
+    # The good beta after them all.
+    t.publish("beta", "1.5")
+    assert t.run("channel", "beta").returncode == 0
+    report = _upgrade(t, 0)
+    assert report["outcome"] == "upgraded" and t.core()[1] == "1.5"
+    status = t.json("status")
+    assert status["installed"] == "1.5" and status["identity"]["key"].startswith("1.5@")
+    assert len(status["identity"]["components"]) == 2
+
+    # Quarantine: three entries with their reasons; one is lifted by a person.
+    entries = {e["version"]: e for e in t.json("quarantine")["entries"]}
+    assert set(entries) == {"1.2", "1.3", "1.4"}
+    assert "ui-items" in entries["1.2"]["reason"] and "tally-dns" in entries["1.3"]["reason"]
+    lifted = t.run("quarantine", "clear", "1.2")
+    assert lifted.returncode == 0 and "lifted 1.2@" in lifted.stdout, lifted.stderr
+    assert {e["version"] for e in t.json("quarantine")["entries"]} == {"1.3", "1.4"}
+    event = t.json("history")["entries"][-1]
+    assert event["event"] == "quarantine-lifted" and event["by"]
+    missing = t.run("quarantine", "clear", "1.2")
+    assert missing.returncode == 9 and "not quarantined here" in missing.stderr
+
+
+def test_a_lifted_release_is_installed_again(tally):
+    """A release that failed because of a local mistake (a wrong path in greenlight.toml)
+    is quarantined; once the mistake is fixed and the quarantine lifted, it installs."""
+    t = tally()
+    t.publish("stable", "1.0")
+    config = t.path / "greenlight.toml"
+    good = config.read_text()
+    config.write_text(good.replace("/core/core.py", "/core/tally.py"))
+    report = _upgrade(t, 20)
+    assert "tally.py" in json.dumps(report["incident"]) and report["installed"] is None
+    config.write_text(good)
+    held = t.run("check")
+    assert held.returncode == 0 and "held back" in held.stdout and "quarantine" in held.stdout
+    assert t.run("quarantine", "clear", "1.0").returncode == 0
+    assert t.run("check").returncode == 10
+    _upgrade(t, 0)
+    assert t.core()[1] == "1.0"
+
+
+def _assert_whole(t: Tally, seed: int, round_: int) -> str:
+    """After recovery: one whole release in place and running, nothing half-done left."""
+    where = f"(seed {seed}, round {round_})"
+    assert not (t.path / "state" / "journal.json").exists(), where
+    assert not list((t.path / "releases").glob(".staging-*")), where
+    assert not (t.path / "state" / "sideload").exists(), where
+    key = os.readlink(t.path / "current").split("/")[-1]
+    manifest = json.loads((t.path / "releases" / key / "release.json").read_text())
+    assert key.split("@")[0] == manifest["version"], where
+    for name in ("core", "ui"):
+        assert (t.path / "current" / name).is_dir(), where
+    health = t.run("health")
+    assert health.returncode == 0, f"{where}: {health.stdout}{health.stderr}"
+    assert t.core()[1] == manifest["version"], where
+    return manifest["version"]
+
+
+def test_kill_9_at_random_moments_then_the_next_command_recovers(tally):
+    seed = int(os.environ.get("GREENLIGHT_KILL_SEED", time.time_ns() % 1_000_000))
+    rng = random.Random(seed)
+    t = tally(soak=1.0)
+    t.publish("stable", "1.0")
+    started = time.monotonic()
+    _upgrade(t, 0)
+    span = time.monotonic() - started  # how long a whole upgrade takes here
+    rounds = 6
+    for round_ in range(1, rounds + 1):
+        t.publish("stable", f"1.{round_}")
+        updater = subprocess.Popen([str(BIN / "updater"), "upgrade", "--root", str(t.path)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Stratified: round k dies somewhere in the k-th slice of an upgrade's span, so the
+        # rounds reach early, middle and late moments alike.
+        offset = span * 1.5 * (round_ - 1 + rng.random()) / rounds
+        try:
+            updater.wait(timeout=offset)  # finished before its moment came: nothing to kill
+        except subprocess.TimeoutExpired:
+            updater.send_signal(signal.SIGKILL)
+            updater.wait()
+        done = t.run("status")  # the next command, whatever it is, recovers first
+        assert done.returncode == 0, f"seed {seed}: {done.stdout}{done.stderr}"
+        _assert_whole(t, seed, round_)
+    recovered = [e for e in t.json("history")["entries"] if e["event"] == "recovered"]
+    print(f"seed {seed}: span {span:.2f}s; recovered: {[e['summary'] for e in recovered]}")
+    assert len(recovered) >= 2, f"seed {seed}: the kills missed every transaction"
+    newest = f"1.{rounds + 1}"
+    t.publish("stable", newest)
+    report = _upgrade(t, 0)
+    assert report["installed"] == newest
+    assert _assert_whole(t, seed, rounds + 1) == newest
