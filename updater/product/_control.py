@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from greenlight.channels import now, version_of
-from greenlight.updater.product._config import Config
+from greenlight.updater.product._config import CheckConfig, Config
 from greenlight.updater.product._health import (
     CheckResult,
     HealthChecker,
@@ -48,6 +48,18 @@ def _describe(failed: list[CheckResult], release: str, how: str) -> str:
     first = failed[0]
     more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
     return f"{version_of(release)} {how}: check {first.name}: {first.summary}{more}"
+
+
+def _round(checker: HealthChecker, checks: list[CheckConfig]) -> list[CheckResult]:
+    """Every check once. When one fails, the process checks are asked again: a service that
+    died during the round is the cause, and the checks after it that failed are symptoms.
+    Without this, which check is blamed depends on when in the round the service died."""
+    results = [checker.run(c, retries=0) for c in checks]
+    if not failed_required(results):
+        return results
+    again = {c.name: checker.run(c, retries=0) for c in checks if c.type == "process"}
+    died = [r for r in again.values() if not r.ok]
+    return died + [r for r in results if r.name not in {d.name for d in died}]
 
 
 @dataclass
@@ -141,7 +153,7 @@ class ServiceControl:
         interval = self.config.health.interval
         deadline = time.monotonic() + grace
         while True:
-            results = [checker.run(c, retries=0) for c in checks]
+            results = _round(checker, checks)
             failed = failed_required(results)
             if not failed:
                 break
@@ -152,7 +164,7 @@ class ServiceControl:
         soak_end = time.monotonic() + soak
         while time.monotonic() < soak_end:
             time.sleep(min(interval, max(0.0, soak_end - time.monotonic())))
-            results = [checker.run(c, retries=0) for c in checks]
+            results = _round(checker, checks)
             failed = failed_required(results)
             if failed:
                 raise HealthFailure(_describe(failed, release, "failed during the soak window"),
