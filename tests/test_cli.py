@@ -94,12 +94,6 @@ def test_bad_config_names_file_and_field(root_args):
     assert f"{config}: field keep_releases" in done.stderr
 
 
-def test_exit_codes_are_listed():
-    listed = run("updater", "exit-codes").stdout
-    for code in ("0", "3", "4", "5", "6", "7", "8", "9", "10"):
-        assert f"\n{code:>3}  " in "\n" + listed
-
-
 def test_release_cli_publish_and_refusals(tmp_path, builds):
     repo = tmp_path / "repo"
     assert run("release", "init", str(repo)).returncode == 0

@@ -125,7 +125,7 @@ def test_the_beta_incident_rolls_back_to_stable_by_itself(product, repo, builds)
     assert again["available"] == "1.6.11" and again["update_available"] is False
     assert "denying api access" in again["quarantined"]
     held = p.run("upgrade")
-    assert held.returncode == 0 and "quarantined" in held.stdout
+    assert held.returncode == 15 and "quarantined" in held.stdout
     assert p.root.installed_version() == "1.6.10"
 
     publish(repo, "beta", "1.6.12", builds("1.6.12"))

@@ -180,7 +180,7 @@ def test_a_lifted_release_is_installed_again(tally):
     assert "tally.py" in json.dumps(report["incident"]) and report["installed"] is None
     config.write_text(good)
     held = t.run("check")
-    assert held.returncode == 0 and "held back" in held.stdout and "quarantine" in held.stdout
+    assert held.returncode == 15 and "held back" in held.stdout and "quarantine" in held.stdout
     assert t.run("quarantine", "clear", "1.0").returncode == 0
     assert t.run("check").returncode == 10
     _upgrade(t, 0)

@@ -22,6 +22,7 @@ python-tuf's and httpx's exceptions are mapped once, in `greenlight.updater.trus
 
 __all__ = [
     "EXIT_CODES",
+    "EXIT_HELD",
     "EXIT_OK",
     "EXIT_ROLLBACK_FAILED",
     "EXIT_ROLLED_BACK",
@@ -122,6 +123,7 @@ class PrecheckFailed(GreenlightError):
 EXIT_OK = 0
 EXIT_UPDATE_AVAILABLE = 10
 EXIT_YANKED = 14
+EXIT_HELD = 15
 EXIT_ROLLED_BACK = 20
 EXIT_ROLLBACK_FAILED = 21
 
@@ -141,6 +143,8 @@ EXIT_CODES: dict[int, str] = {
     ChannelMismatch.exit_code: "the bundle carries another channel (use --switch-channel)",
     ServiceError.exit_code: "a service would not start or become ready",
     EXIT_YANKED: "`check`: the installed release was yanked; `updater upgrade` leaves it",
+    EXIT_HELD: "`check`, `upgrade`: the channel has another release, held back here "
+               "(quarantined, or not yet in its staged rollout); nothing changed",
     EXIT_ROLLED_BACK: "the new release failed its checks and was rolled back",
     EXIT_ROLLBACK_FAILED: "rollback failed too: dead end, see `updater history`",
 }

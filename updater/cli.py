@@ -20,6 +20,7 @@ import click
 
 from greenlight.updater._errors import (
     EXIT_CODES,
+    EXIT_HELD,
     EXIT_ROLLBACK_FAILED,
     EXIT_ROLLED_BACK,
     EXIT_UPDATE_AVAILABLE,
@@ -153,7 +154,8 @@ def check_cmd(root: Path | None, as_json: bool) -> None:
 
     Read-only: it never stops, starts or installs anything. Exit 0 when up to date, 10 when
     an update is available, 14 when the installed release was yanked (`updater upgrade`
-    leaves it).
+    leaves it), 15 when the channel's release is held back here (quarantined, or not yet in
+    its staged rollout).
     """
     from greenlight.updater.operations import check, open_repository
 
@@ -182,6 +184,8 @@ def check_cmd(root: Path | None, as_json: bool) -> None:
         say(f"{report.channel}: up to date at {report.installed}")
     if report.yanked:
         raise SystemExit(EXIT_YANKED)
+    if report.held:
+        raise SystemExit(EXIT_HELD)
     raise SystemExit(EXIT_UPDATE_AVAILABLE if report.update_available else 0)
 
 
@@ -224,8 +228,8 @@ def _print_transaction(report: "UpgradeReport") -> None:
 
 
 def _exit_for(report: "UpgradeReport") -> int:
-    return {"rolled-back": EXIT_ROLLED_BACK, "rollback-failed": EXIT_ROLLBACK_FAILED}.get(
-        report.outcome, 0)
+    return {"rolled-back": EXIT_ROLLED_BACK, "rollback-failed": EXIT_ROLLBACK_FAILED,
+            "held": EXIT_HELD}.get(report.outcome, 0)
 
 
 def _finish_transaction(report: "UpgradeReport", as_json: bool) -> NoReturn:
@@ -240,7 +244,8 @@ def _finish_transaction(report: "UpgradeReport", as_json: bool) -> NoReturn:
 def upgrade_cmd(root: Path | None, force: bool, as_json: bool) -> None:
     """Download, verify, stage and switch to the active channel's release, health-checked.
 
-    Exit 20 when the new release failed its checks and was rolled back.
+    Exit 20 when the new release failed its checks and was rolled back, 15 when the
+    channel's release is held back here (quarantined, or not yet in its staged rollout).
     """
     from greenlight.updater.operations import open_repository, upgrade
 
@@ -263,7 +268,8 @@ def sideload_cmd(bundle: Path, root: Path | None, force: bool, switch: bool,
     """Upgrade from BUNDLE, an offline bundle made by `release bundle`: the same verification
     and transaction, no network.
 
-    Exit 20 when the new release failed its checks and was rolled back.
+    Exit 20 when the new release failed its checks and was rolled back, 15 when the
+    channel's release is held back here (quarantined, or not yet in its staged rollout).
     """
     from greenlight.updater.operations import sideload
 

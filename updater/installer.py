@@ -25,6 +25,7 @@ from pathlib import Path
 
 from greenlight.updater._errors import (
     EXIT_CODES,
+    EXIT_HELD,
     EXIT_ROLLBACK_FAILED,
     EXIT_ROLLED_BACK,
     EXIT_UPDATE_AVAILABLE,
@@ -183,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         summary = report.incident.summary if report.incident else report.note
         print(f"not installed: {summary}; {report.root} is on {report.installed or 'nothing'}")
-    return {"rolled-back": EXIT_ROLLED_BACK, "rollback-failed": EXIT_ROLLBACK_FAILED}.get(
-        report.outcome, 0)
+    return {"rolled-back": EXIT_ROLLED_BACK, "rollback-failed": EXIT_ROLLBACK_FAILED,
+            "held": EXIT_HELD}.get(report.outcome, 0)
 
 
 if __name__ == "__main__":

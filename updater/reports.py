@@ -46,6 +46,9 @@ class CheckReport(Record):
     quarantined: str | None = Field(
         default=None, description="why the available release is held back here, if it is"
     )
+    held: str | None = Field(
+        default=None, description="the channel has another release and it is held back here "
+                                  "(quarantined, or outside the staged rollout): why")
     rollout: RolloutStatus | None = Field(
         default=None, description="the channel's staged rollout, if one is under way"
     )

@@ -253,9 +253,10 @@ def _upgrade_locked(root: InstallRoot, repo: TrustedRepository, progress: Progre
 
 
 def _pre_check(control: ServiceControl, installed: str | None) -> list[CheckResult] | None:
-    """The running release's checks; None when there is nothing running to check."""
-    if installed is None or not control.any_running():
-        return None if control.config.service else []
+    """The running release's checks; None when there is nothing running to check. A product
+    with no services (files and checks only) is checked whenever a release is installed."""
+    if installed is None or (control.config.service and not control.any_running()):
+        return None
     return control.check_now(installed)
 
 

@@ -98,6 +98,7 @@ def check(root: InstallRoot, repo: TrustedRepository) -> CheckReport:
         available_release=plan.target_id.key,
         update_available=plan.changes_something,
         quarantined=plan.quarantined,
+        held=plan.note if plan.action == "held" else None,
         fallback=channel_file.fallback,
         published_at=channel_file.published_at,
         components={

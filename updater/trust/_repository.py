@@ -42,6 +42,14 @@ class MissingFromBundle(tuf_errors.DownloadHTTPError):
         super().__init__(message, 404)
 
 
+def _url_of(detail: str) -> tuple[str | None, str]:
+    """The fetcher's messages are 'URL: reason' (see `_fetcher`): split them."""
+    url, sep, reason = detail.partition(": ")
+    if sep and url.startswith(("http://", "https://")) and " " not in url:
+        return url, reason
+    return None, detail
+
+
 def explain(error: Exception, what: str) -> GreenlightError:
     """Turn a python-tuf exception into one line a person can act on."""
     detail = str(error) or type(error).__name__
@@ -49,14 +57,17 @@ def explain(error: Exception, what: str) -> GreenlightError:
         case MissingFromBundle():
             return ArchiveError(f"{what}: missing from the bundle ({detail})")
         case tuf_errors.DownloadHTTPError():
-            return NetworkError(f"{what}: repository answered HTTP {error.status_code}")
+            url, _ = _url_of(detail)
+            return NetworkError(f"{what}: the repository answered HTTP {error.status_code}"
+                                + (f" for {url}" if url else ""))
         case tuf_errors.SlowRetrievalError():
             return NetworkError(f"{what}: repository too slow or unreachable: {detail}")
         case tuf_errors.DownloadLengthMismatchError():
             return TrustError(f"{what} refused: longer than its signed length: {detail}")
         case tuf_errors.DownloadError():
-            cause = error.__cause__ or error
-            return NetworkError(f"{what}: cannot reach the repository: {cause}")
+            url, reason = _url_of(detail)
+            return NetworkError(f"{what}: cannot reach the repository"
+                                + (f" at {url}" if url else "") + f": {reason}")
         case tuf_errors.ExpiredMetadataError():
             return TrustError(f"{what} refused: metadata expired: {detail}")
         case tuf_errors.BadVersionNumberError():
