@@ -8,13 +8,15 @@ STAMP   = $(VENV)/.installed
 # about that on every install, which would flood a first `make demo`.
 QUIET_BUILD = PYTHONWARNINGS=ignore::UserWarning
 
-.PHONY: demo test test-fast lint typecheck bench conformance clean
+.PHONY: demo test test-fast lint typecheck bench conformance clean venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(QUIET_BUILD) $(BIN)/python -m pip install --quiet -e '.[test,installer]'
 	touch $(STAMP)
+
+venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo.story

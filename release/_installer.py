@@ -23,14 +23,30 @@ __all__ = ["SPEC", "build_installer"]
 SPEC = Path(__file__).resolve().parents[1] / "installer_specs" / "offline_installer.spec"
 
 
+def _check_product(path: Path) -> None:
+    """The product's configuration, checked now as the target machine would check it, so a
+    mistake costs a second here and not a build and a failed install there."""
+    from greenlight.updater._errors import ConfigError
+    from greenlight.updater.product import load_product
+
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ReleaseError(f"--product-config {path}: cannot read: {e}") from None
+    try:
+        load_product(text, f"--product-config {path}")
+    except ConfigError as e:
+        raise ReleaseError(str(e)) from None
+
+
 def build_installer(repo: FileRepository, channel: str, out_dir: Path, *,
                     product_config: Path | None = None, repo_url: str = "http://127.0.0.1:8080/",
                     expires: timedelta = timedelta(days=90), name: str | None = None,
                     work_dir: Path | None = None) -> Path:
     if not SPEC.is_file():
         raise ReleaseError(f"{SPEC}: installer spec not found (run from a Greenlight checkout)")
-    if product_config is not None and not product_config.is_file():
-        raise ReleaseError(f"--product-config {product_config}: not a file")
+    if product_config is not None:
+        _check_product(product_config)
     with tempfile.TemporaryDirectory(prefix="greenlight-installer-") as tmp:
         payload = Path(tmp) / "payload"
         payload.mkdir()

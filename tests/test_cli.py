@@ -86,14 +86,6 @@ def test_errors_are_one_line_with_documented_codes(tmp_path, server, published):
     assert bad_root.returncode == 4 and "not a valid trusted root" in bad_root.stderr
 
 
-def test_bad_config_names_file_and_field(root_args):
-    config = Path(root_args[1]) / "greenlight.toml"
-    config.write_text(config.read_text().replace("keep_releases = 3", "keep_releases = 0"))
-    done = run("updater", "status", *root_args)
-    assert done.returncode == 3
-    assert f"{config}: field keep_releases" in done.stderr
-
-
 def test_release_cli_publish_and_refusals(tmp_path, builds):
     repo = tmp_path / "repo"
     assert run("release", "init", str(repo)).returncode == 0
@@ -131,3 +123,72 @@ def test_release_publish_reports_a_stripped_top_folder(tmp_path):
                f"--component=core={archive}")
     assert done.returncode == 0, done.stderr
     assert "layout: core: core-1.2.3/* -> core/ (top folder left out)" in done.stdout
+
+
+def _uncommented(text: str) -> str:
+    """greenlight.toml with every commented example of the product part taken in."""
+    import re
+
+    out, product = [], False
+    for line in text.splitlines():
+        product = product or line.startswith("# ---- The product")
+        body = line[2:]
+        if line.startswith("# ") and re.match(r"\[|[a-z_]+ = ", body) and (
+                product or body.startswith("backend")):
+            line = body
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def test_init_writes_a_complete_commented_template(root_args):
+    from greenlight.updater.product import Config
+
+    config = Path(root_args[1]) / "greenlight.toml"
+    text = config.read_text()
+    first_table = text.index("\n[")
+    for key in ("channel = ", "keep_releases = ", "# backend = "):
+        assert text.index(key) < first_table, key  # top-level keys above every table
+    loaded = Config.load(config)
+    assert (loaded.channel, loaded.service, loaded.check) == ("stable", [], [])
+
+    # Every example, taken in, is a valid configuration with every check type.
+    config.write_text(_uncommented(text))
+    full = Config.load(config)
+    assert {c.type for c in full.check} == {"http", "websocket", "tcp", "dns", "version",
+                                             "command", "process"}
+    assert [s.name for s in full.service] == ["core", "ui"] and full.backend == "process"
+
+    # Appending a product's tables to the file as written is what the README says to do.
+    config.write_text(text + '\n[[service]]\nname = "core"\ncommand = ["true"]\n')
+    assert [s.name for s in Config.load(config).service] == ["core"]
+
+
+def test_health_never_calls_nothing_healthy_and_its_json_has_a_schema(root_args):
+    import jsonschema
+
+    from greenlight.updater.reports import HealthReport, HistoryReport
+
+    nothing = run("updater", "health", *root_args)
+    assert nothing.returncode == 1 and "NOTHING CHECKED" in nothing.stdout
+    report = json.loads(run("updater", "health", *root_args, "--json").stdout)
+    assert (report["healthy"], report["checked"], report["results"]) == (False, 0, [])
+    jsonschema.validate(report, HealthReport.model_json_schema(by_alias=True))
+
+    config = Path(root_args[1]) / "greenlight.toml"
+    with config.open("a") as f:
+        f.write('\n[[check]]\nname = "flag"\ntype = "command"\n'
+                f'command = ["test", "-e", "{root_args[1]}/flag"]\n')
+    failing = run("updater", "health", *root_args, "--json")
+    report = json.loads(failing.stdout)
+    assert failing.returncode == 1 and report["healthy"] is False and report["checked"] == 1
+    assert report["results"][0]["evidence"]["returncode"] == 1
+    jsonschema.validate(report, HealthReport.model_json_schema(by_alias=True))
+    (Path(root_args[1]) / "flag").write_text("")
+    passing = run("updater", "health", *root_args)
+    assert passing.returncode == 0 and ": healthy" in passing.stdout
+
+    assert run("updater", "upgrade", *root_args).returncode == 0
+    history = json.loads(run("updater", "history", *root_args, "--json").stdout)
+    jsonschema.validate(history, HistoryReport.model_json_schema(by_alias=True))
+    assert history["schema"] == "greenlight.history/1"
+    assert [e["event"] for e in history["entries"]] == ["upgraded"]

@@ -156,3 +156,109 @@ def test_the_help_lists_the_updaters_exit_codes(kit):
     done = run(kit["good"], "--help")
     for code in (2, 3, 4, 6, 7, 8, 11, 13, 20, 21):
         assert f"  {code:>3}  {EXIT_CODES[code][:20]}" in done.stdout
+
+
+def test_an_init_root_gets_the_products_services_and_checks(kit, tmp_path, roots):
+    """A root made by `updater init` has no services or checks: the installer writes its own,
+    starts them, and the root is healthy with every check actually run."""
+    root = tmp_path / "from-init"
+    roots.append(root)
+    subprocess.run([UPDATER, "init", "--root", str(root), "--repo", "http://127.0.0.1:9",
+                    "--trust", str(kit["repo"].metadata_dir / "1.root.json")], check=True,
+                   capture_output=True)
+    done = run(kit["good"], "--root", str(root))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert running(root) == {"core": "2.1", "ui": "2.1"}
+    config = InstallRoot(root).config
+    assert [s.name for s in config.service] == ["core", "ui"] and len(config.check) >= 4
+    assert config.repository.url == "http://127.0.0.1:9/"  # the root's own keys are kept
+    health = subprocess.run([UPDATER, "health", "--root", str(root), "--json"],
+                            capture_output=True, text=True)
+    report = json.loads(health.stdout)
+    assert health.returncode == 0 and report["healthy"] is True
+    assert {r["name"] for r in report["results"]} >= {"ui-session", "core-dns", "core-running"}
+
+
+def test_a_root_whose_checks_were_changed_by_hand_is_refused_unless_kept(kit, tmp_path, roots):
+    root = _installed_20(tmp_path, kit)
+    roots.append(root)
+    config = root / "greenlight.toml"
+    mine = config.read_text().replace("soak = 1.0", "soak = 0.5")
+    config.write_text(mine)
+    done = run(kit["good"], "--root", str(root))
+    assert done.returncode == 3 and "--keep-config" in done.stderr, done.stderr
+    assert config.read_text() == mine and running(root) == {"core": "2.0", "ui": "2.0"}
+    done = run(kit["good"], "--root", str(root), "--keep-config")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert config.read_text() == mine and running(root) == {"core": "2.1", "ui": "2.1"}
+
+
+def test_a_fresh_install_uses_provisioned_secrets_and_keeps_them(kit, tmp_path, roots):
+    """A folder holding only data/ is a fresh install: the secrets in it are the ones used,
+    and a failed install removes everything but them."""
+    for installer, code in (("broken", 20), ("good", 0)):
+        root = tmp_path / f"provisioned-{installer}"
+        roots.append(root)
+        (root / "data").mkdir(parents=True, mode=0o700)
+        token = root / "data" / "ui-token"
+        token.write_text("f" * 32 + "\n")
+        token.chmod(0o600)
+        done = run(kit[installer], "--root", str(root))
+        assert done.returncode == code, done.stdout + done.stderr
+        assert token.read_text() == "f" * 32 + "\n"
+        if code:
+            assert sorted(p.name for p in root.iterdir()) == ["data"]
+            assert sorted(p.name for p in (root / "data").iterdir()) == ["ui-token"]
+        else:
+            assert running(root) == {"core": "2.1", "ui": "2.1"}
+            # The UI's session call succeeded with the provisioned token, so it was used.
+            health = json.loads(subprocess.run([UPDATER, "health", "--root", str(root),
+                                                "--json"], capture_output=True,
+                                               text=True).stdout)
+            assert {r["name"]: r["ok"] for r in health["results"]}["ui-session"] is True
+
+
+def test_the_installer_leaves_a_working_updater(kit, tmp_path, roots):
+    root = tmp_path / "with-updater"
+    roots.append(root)
+    done = run(kit["good"], "--root", str(root))
+    assert done.returncode == 0 and f"{root}/bin/updater" in done.stdout
+    updater = root / "bin" / "updater"
+    assert updater.stat().st_size == kit["good"].stat().st_size  # this executable itself
+    # It finds its root from where it sits, and is the whole updater.
+    env = {k: v for k, v in os.environ.items() if k != "GREENLIGHT_ROOT"}
+    status = subprocess.run([str(updater), "status", "--json"], capture_output=True,
+                            text=True, env=env, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["installed"] == "2.1" and report["root"] == str(root)
+    health = subprocess.run([str(updater), "health"], capture_output=True, text=True,
+                            env=env, cwd=tmp_path)
+    assert health.returncode == 0 and "2.1: healthy" in health.stdout, health.stderr
+    # The 2.0 bundle was signed before the installer's: the same verification refuses it.
+    done = subprocess.run([str(updater), "sideload", str(kit["bundle_20"])],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 4 and "older metadata than already trusted" in done.stderr
+    codes = subprocess.run([str(updater), "exit-codes"], capture_output=True, text=True)
+    assert codes.returncode == 0 and " 15  " in codes.stdout
+
+
+def test_the_product_config_is_checked_when_the_installer_is_built(kit, tmp_path):
+    """A product configuration the machine would refuse fails the build at once, with the
+    machine's own one-line message, before PyInstaller runs."""
+    cases = {
+        'backend = "process"\n[repository]\nurl = "http://x/"\n': "'repository' is not part",
+        '[[service]]\nname = "core"\ncommand = ["x"]\nready = "nope"\n': "names no [[check]]",
+        "[[check]]\nname = \"c\"\ntype = \"http\"\nurl = 3\n": "check['c'].url",
+        "[health\n": "not valid TOML",
+    }
+    for text, says in cases.items():
+        product = tmp_path / "product.toml"
+        product.write_text(text)
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "release"), "installer", str(kit["repo"].path),
+             "--channel", "stable", "--output", str(tmp_path / "dist"),
+             "--product-config", str(product)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1, (text, done.stderr)
+        assert says in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())

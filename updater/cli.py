@@ -302,7 +302,11 @@ def rollback_cmd(root: Path | None, as_json: bool) -> None:
 @root_option
 @json_option
 def health_cmd(root: Path | None, as_json: bool) -> None:
-    """Run the health checks against the installed release now. Exit 1 when one required fails."""
+    """Run the health checks against the installed release now.
+
+    Exit 1 when a required check fails, or when no check is configured: nothing checked is
+    never reported as healthy.
+    """
     from greenlight.updater.operations import health
 
     install = _root(root)
@@ -310,8 +314,9 @@ def health_cmd(root: Path | None, as_json: bool) -> None:
     if as_json:
         _dump(report)
     else:
-        say(f"{report.installed or 'nothing installed'}: "
-            f"{'healthy' if report.healthy else 'UNHEALTHY'}")
+        verdict = ("NOTHING CHECKED: greenlight.toml configures no services and no checks"
+                   if not report.checked else "healthy" if report.healthy else "UNHEALTHY")
+        say(f"{report.installed or 'nothing installed'}: {verdict}")
         _print_checks(report.results)
     raise SystemExit(0 if report.healthy else 1)
 

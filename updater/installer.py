@@ -1,12 +1,21 @@
 """The offline installer: one executable carrying the updater, a trusted root and a bundle.
 
-    greenlight-installer --root DIR [--json] [--force] [--switch-channel]
+    greenlight-installer --root DIR [--json] [--force] [--switch-channel] [--keep-config]
 
 With no installation at DIR it installs fresh: the root is created trusting the embedded root,
 the product's services and checks are configured, and the embedded bundle goes through the
 same transaction as `updater sideload` (verified, staged, started, health-checked). If that
-fails, everything it created is removed: nothing is left half-installed. With an installation
-at DIR it upgrades it through the normal transaction, with automatic rollback.
+fails, everything it created is removed: nothing is left half-installed. DIR may already hold
+`data/`, the product's secrets provisioned in advance; it is kept either way.
+
+With an installation at DIR it upgrades it through the normal transaction, with automatic
+rollback. The installer's services and checks replace the root's when the root has none (a
+root made by `updater init`) or has what an earlier installer wrote; a root whose services
+and checks were changed by hand is refused unless `--keep-config`. If the upgrade does not
+go through, the previous greenlight.toml is put back.
+
+After an install or upgrade, `DIR/bin/updater` is the updater for later sideloads, status and
+rollback: a copy of this executable, which acts as `updater` when invoked under that name.
 
 Exit codes are the updater's (`updater exit-codes`), listed by `--help`: 0 installed,
 upgraded or nothing to do, 2 bad arguments, 20 rolled back, and the updater's error codes.
@@ -18,11 +27,14 @@ import argparse
 import json
 import os
 import runpy
+import shlex
 import shutil
 import stat
 import sys
+import tomllib
 from pathlib import Path
 
+from greenlight.channels import atomic_write
 from greenlight.updater._errors import (
     EXIT_CODES,
     EXIT_HELD,
@@ -35,11 +47,15 @@ from greenlight.updater._errors import (
     StoreError,
 )
 from greenlight.updater.operations import sideload
-from greenlight.updater.product import ServiceControl
+from greenlight.updater.product import ServiceControl, load_product, product_part, with_product
 from greenlight.updater.reports import ErrorReport, UpgradeReport, dump
 from greenlight.updater.store import InstallRoot, locked
 
-__all__ = ["check_owner", "install", "main", "payload_dir"]
+__all__ = ["check_owner", "install", "install_updater", "main", "payload_dir"]
+
+DATA = "data"
+PRODUCT_RECORD = "installer-product.json"
+"""in state/: the product part an installer last wrote, so the next one may replace it"""
 
 
 def payload_dir() -> Path:
@@ -78,47 +94,162 @@ def check_owner(path: Path) -> None:
                           " run chmod go-w on it or choose another folder")
 
 
-def _remove_fresh(root: InstallRoot, existed: bool) -> None:
-    """Undo a failed fresh install: stop what started, remove what was created."""
+def _remove(path: Path) -> None:
+    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def _remove_fresh(root: InstallRoot, existed: bool, kept: frozenset[Path]) -> None:
+    """Undo a failed fresh install: stop what started, remove what was created, and keep
+    exactly what was there before (the files of a provisioned `data/`)."""
     try:
         with locked(root):
             ServiceControl.of(root, root.config).stop_all(root.installed_release())
     except GreenlightError:
         pass
-    if existed:
-        for child in root.path.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-    else:
+    if not existed:
         shutil.rmtree(root.path, ignore_errors=True)
+        return
+    for child in root.path.iterdir():
+        if child.name != DATA or not kept:
+            _remove(child)
+    data = root.path / DATA
+    if kept and data.is_dir():  # what the failed release wrote there goes too
+        for path in sorted(data.rglob("*"), reverse=True):
+            if path.relative_to(data) not in kept:
+                _remove(path)
 
 
-def install(root_path: Path, force: bool, switch_channel: bool = False) -> UpgradeReport:
+def _payload_product(payload: Path) -> dict[str, object] | None:
+    path = payload / "product.toml"
+    if not path.exists():
+        return None
+    return load_product(path.read_text(), "the installer's product configuration")
+
+
+def _fresh_folder(path: Path) -> frozenset[Path]:
+    """What of an existing folder a fresh install keeps: nothing, or a provisioned `data/`
+    (its paths, relative to it; `.` for the folder itself).
+
+    Raises:
+        ConfigError: the folder holds anything else, or is not safely ours.
+    """
+    check_owner(path)
+    foreign = sorted(c.name for c in path.iterdir() if c.name != DATA)
+    if foreign:
+        raise ConfigError(
+            f"{path}: not empty and not an installation root (it holds {foreign[0]!r}); "
+            f"choose an empty folder, or one that holds only {DATA}/ (provisioned secrets)")
+    data = path / DATA
+    if not data.exists():
+        return frozenset()
+    check_owner(data)
+    return frozenset({Path("."), *(p.relative_to(data) for p in data.rglob("*"))})
+
+
+def _recorded_product(root: InstallRoot) -> object:
+    try:
+        return json.loads((root.state / PRODUCT_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _record_product(root: InstallRoot, product: object) -> None:
+    atomic_write(root.state / PRODUCT_RECORD,
+                 json.dumps(product, indent=2, sort_keys=True, default=str).encode(), mode=0o640)
+
+
+def _apply_product(root: InstallRoot, product: dict[str, object] | None,
+                   keep_config: bool) -> str | None:
+    """Bring an existing root's services and checks to the installer's. Returns the previous
+    greenlight.toml when it was rewritten (to put back if the upgrade does not go through).
+
+    The root's own product part is replaced when it is empty (a root from `updater init`) or
+    is what an earlier installer wrote; one changed by hand is kept only with --keep-config.
+
+    Raises:
+        ConfigError: changed by hand and no --keep-config.
+    """
+    if product is None or keep_config:
+        return None
+    before = root.config_path.read_text()
+    ours = product_part(tomllib.loads(before))
+    if _canonical(ours) == _canonical(product):
+        return None
+    recorded = _recorded_product(root)
+    if ("service" in ours or "check" in ours) and _canonical(ours) != recorded:
+        raise ConfigError(
+            f"{root.config_path}: its services and checks were changed here and differ from "
+            "this installer's; pass --keep-config to install with this root's own, or remove "
+            "them from greenlight.toml to take the installer's")
+    atomic_write(root.config_path, with_product(before, product, str(root.config_path))
+                 .encode(), mode=0o640)
+    return before
+
+
+def _canonical(part: dict[str, object]) -> object:
+    return json.loads(json.dumps(part, sort_keys=True, default=str))
+
+
+def install_updater(root: InstallRoot) -> Path:
+    """Leave `<root>/bin/updater` on the machine for later sideloads, status and rollback:
+    this executable itself when frozen (it acts as `updater` under that name), else a script
+    that runs this interpreter's updater."""
+    folder = root.path / "bin"
+    folder.mkdir(mode=0o755, exist_ok=True)
+    target, part = folder / "updater", folder / ".updater.part"
+    if getattr(sys, "frozen", False):
+        shutil.copyfile(sys.executable, part)
+    else:
+        part.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m "
+                        f"greenlight.updater.cli \"$@\"\n")
+    os.chmod(part, 0o755)
+    os.replace(part, target)
+    return target
+
+
+def install(root_path: Path, force: bool, switch_channel: bool = False,
+            keep_config: bool = False) -> UpgradeReport:
     payload = payload_dir()
     meta = json.loads((payload / "installer.json").read_text())
+    product = _payload_product(payload)
     root = InstallRoot(root_path)
     bundle = payload / "bundle.tar"
     if root.config_path.exists():
-        return sideload(root, bundle, force=force, switch_channel=switch_channel)
+        with locked(root):
+            before = _apply_product(root, product, keep_config)
+        root = InstallRoot(root.path)  # re-read the configuration
+        try:
+            report = sideload(root, bundle, force=force, switch_channel=switch_channel)
+        except BaseException:
+            if before is not None:
+                atomic_write(root.config_path, before.encode(), mode=0o640)
+            raise
+        if report.outcome in ("upgraded", "up-to-date"):
+            if before is not None:
+                _record_product(root, _canonical(product or {}))
+            install_updater(root)
+        elif before is not None:
+            atomic_write(root.config_path, before.encode(), mode=0o640)
+        return report
     existed = root.path.exists()
-    if existed:
-        check_owner(root.path)
-    if existed and any(root.path.iterdir()):
-        raise ConfigError(
-            f"{root.path}: not empty and not an installation root; choose an empty folder")
+    kept = _fresh_folder(root.path) if existed else frozenset()
     try:
         root = InstallRoot.create(root.path, meta["repo_url"],
                                   (payload / "root.json").read_bytes(), meta["channel"])
-        product = payload / "product.toml"
-        if product.exists():
-            with root.config_path.open("a") as f:
-                f.write("\n" + product.read_text())
+        if product is not None:
+            atomic_write(root.config_path, with_product(root.config_path.read_text(), product,
+                                                        str(root.config_path)).encode(),
+                         mode=0o640)
+            _record_product(root, _canonical(product))
         root = InstallRoot(root.path)  # re-read the completed configuration
         report = sideload(root, bundle, force=force)
     except BaseException:
-        _remove_fresh(root, existed)
+        _remove_fresh(root, existed, kept)
         raise
     if report.outcome != "upgraded":
-        _remove_fresh(root, existed)
+        _remove_fresh(root, existed, kept)
+    else:
+        install_updater(root)
     return report
 
 
@@ -145,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     special = _special(argv)
     if special is not None:
         return special
+    if Path(sys.argv[0]).stem == "updater":  # the copy left in <root>/bin/updater
+        from greenlight.updater.cli import main as updater
+
+        updater()
+        return 0
     meta = json.loads((payload_dir() / "installer.json").read_text())
     parser = argparse.ArgumentParser(
         prog=Path(sys.argv[0]).name,
@@ -160,9 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--switch-channel", action="store_true",
                         help="follow this installer's channel when the installation follows "
                              "another one")
+    parser.add_argument("--keep-config", action="store_true",
+                        help="upgrade an existing root with its own services and checks, not "
+                             "this installer's")
     args = parser.parse_args(argv)
     try:
-        report = install(args.root, args.force, args.switch_channel)
+        report = install(args.root, args.force, args.switch_channel, args.keep_config)
     except OSError as e:  # an I/O failure outside the updater's own handling
         return _error(StoreError(f"{e.filename or args.root}: {e.strerror or e}"), args.json)
     except GreenlightError as e:
@@ -179,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     elif report.outcome == "upgraded":
         print(f"installed {report.to_version} ({report.channel}) in {report.root}"
               + (f", replacing {report.from_version}" if report.from_version else ""))
+        print(f"the updater for later sideloads, status and rollback: {report.root}/bin/updater")
     elif report.outcome == "up-to-date":
         print(f"{report.root} already has {report.to_version}")
     else:

@@ -100,7 +100,8 @@ class HealthReport(Record):
     schema_: Literal["greenlight.health/1"] = Field("greenlight.health/1", alias="schema")
     root: str
     installed: str | None
-    healthy: bool
+    healthy: bool = Field(description="every required check passed, and at least one ran")
+    checked: int = Field(default=0, description="how many checks ran; 0: nothing was checked")
     results: list[CheckResult]
 
 

@@ -65,8 +65,9 @@ def health(root: InstallRoot) -> HealthReport:
     """Every check, now, against the installed release."""
     control = ServiceControl.of(root, root.config)
     results = control.check_now(root.installed_release())
+    healthy = bool(results) and not failed_required(results)  # nothing checked is not healthy
     return HealthReport(root=str(root.path), installed=root.installed_version(), results=results,
-                        healthy=not failed_required(results))
+                        checked=len(results), healthy=healthy)
 
 
 def start_services(root: InstallRoot) -> list[str]:

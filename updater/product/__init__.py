@@ -25,6 +25,9 @@ if TYPE_CHECKING:
         VersionCheck,
         WebSocketCheck,
         describe,
+        load_product,
+        product_part,
+        with_product,
     )
     from greenlight.updater.product._control import HealthFailure, ServiceControl
     from greenlight.updater.product._health import (
@@ -76,9 +79,12 @@ __all__ = [
     "failed_required",
     "frozen",
     "launcher_argv",
+    "load_product",
+    "product_part",
     "python_argv",
     "render_unit",
     "values_for",
+    "with_product",
 ]
 
 _HOME = {
@@ -112,9 +118,12 @@ _HOME = {
     "failed_required": "greenlight.updater.product._health",
     "frozen": "greenlight.updater.product._runtime",
     "launcher_argv": "greenlight.updater.product._runtime",
+    "load_product": "greenlight.updater.product._config",
+    "product_part": "greenlight.updater.product._config",
     "python_argv": "greenlight.updater.product._runtime",
     "render_unit": "greenlight.updater.product._services",
     "values_for": "greenlight.updater.product._placeholders",
+    "with_product": "greenlight.updater.product._config",
 }
 
 

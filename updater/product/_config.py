@@ -32,9 +32,10 @@ from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_v
 from greenlight.channels import Record, check_channel_name
 from greenlight.updater._errors import ConfigError
 
-__all__ = ["CheckConfig", "CommandCheck", "Config", "DnsCheck", "HealthConfig", "HttpCheck",
-           "ProcessCheck", "RepositoryConfig", "ServiceConfig", "StopConfig", "TcpCheck",
-           "VersionCheck", "WebSocketCheck", "describe"]
+__all__ = ["PRODUCT_PARTS", "CheckConfig", "CommandCheck", "Config", "DnsCheck", "HealthConfig",
+           "HttpCheck", "ProcessCheck", "RepositoryConfig", "ServiceConfig", "StopConfig",
+           "TcpCheck", "VersionCheck", "WebSocketCheck", "describe", "load_product",
+           "product_part", "with_product"]
 
 
 def _url(text: str) -> str:
@@ -224,12 +225,64 @@ class Config(_Section):
             raise ConfigError(f"{path}: {describe(e, data)}") from None
 
     def dump(self) -> str:
-        """The file `updater init` writes: what was chosen, defaults left out; services and
-        checks are added below it by whoever installs the product."""
-        data = self.model_dump(exclude_none=True, exclude_defaults=True)
-        data = {"channel": self.channel, "keep_releases": self.keep_releases, **data}
-        data["repository"] = self.repository.model_dump(exclude_none=True)
-        return tomli_w.dumps(data)
+        """The file `updater init` writes: what was chosen, and every other table and check
+        type as a commented example."""
+        from greenlight.updater.product._template import config_text
+
+        return config_text(self)
+
+
+PRODUCT_PARTS = ("backend", "service", "check", "health", "stop")
+"""What a product's configuration (`release installer --product-config`) may hold; the
+repository, the channel and keep_releases belong to the installation."""
+
+_PLACEHOLDER_REPOSITORY = {"url": "http://127.0.0.1/"}
+
+
+def product_part(data: dict[str, object]) -> dict[str, object]:
+    return {k: data[k] for k in PRODUCT_PARTS if k in data}
+
+
+def load_product(text: str, source: str) -> dict[str, object]:
+    """A product's configuration, checked on its own as the machine will check it.
+
+    Raises:
+        ConfigError: not TOML, a key that is not the product's, or an invalid field.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    foreign = [k for k in data if k not in PRODUCT_PARTS]
+    if foreign:
+        raise ConfigError(
+            f"{source}: {foreign[0]!r} is not part of a product's configuration; it may hold "
+            f"only backend, [[service]], [[check]], [health] and [stop] (the repository and "
+            f"channel come from the installer)")
+    try:
+        Config.model_validate({"repository": _PLACEHOLDER_REPOSITORY, **data})
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {describe(e, data)}") from None
+    return data
+
+
+def with_product(config_text: str, product: dict[str, object], source: str) -> str:
+    """greenlight.toml with its product part replaced by `product`: the installation's keys
+    kept, top-level keys first, validated.
+
+    Raises:
+        ConfigError: the result would not load.
+    """
+    data = tomllib.loads(config_text)
+    merged = {k: v for k, v in data.items() if k not in PRODUCT_PARTS} | product
+    try:
+        Config.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {describe(e, merged)}") from None
+    return ("# greenlight.toml: the installation's repository and channel, and the product's\n"
+            "# services and checks (written by the offline installer). Reference: the README's\n"
+            "# \"Configuration\" section. Top-level keys stay above the first [table].\n\n"
+            + tomli_w.dumps(merged))
 
 
 def describe(error: ValidationError, data: object) -> str:

@@ -14,6 +14,7 @@ stored twice.
 """
 
 import os
+import sys
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -43,9 +44,16 @@ RELEASE_MANIFEST = "release.json"
 
 
 def default_root() -> Path:
+    """$GREENLIGHT_ROOT; else the root this program sits in as `<root>/bin/updater` (what the
+    offline installer leaves); else the platform's user data folder."""
     env = os.environ.get("GREENLIGHT_ROOT")
     if env:
         return Path(env)
+    program = Path(sys.argv[0]).absolute() if sys.argv and sys.argv[0] else None
+    if program is not None and program.parent.name == "bin" and program.stem == "updater":
+        home = program.parent.parent
+        if (home / "greenlight.toml").is_file():
+            return home
     import platformdirs
 
     return Path(platformdirs.user_data_dir("greenlight"))
