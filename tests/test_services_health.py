@@ -1,10 +1,14 @@
 """Services and health checks against the real demo core; the systemd backend through a
 stand-in systemctl (systemd cannot run here)."""
 
-import stat
+import contextlib
+import json
+import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -47,8 +51,13 @@ def core(tmp_path):
         backend.start(service, {"version": "9.9", "root": str(tmp_path)})
         started.append((backend, service))
         checker = HealthChecker(tmp_path, backend, {"version": "9.9", "root": str(tmp_path)})
-        deadline = time.monotonic() + 10
-        while not checker.run(TcpCheck(name="t", type="tcp", port=port)).ok:
+        # Ready means both listeners are bound: the HTTP port and the DNS responder (which
+        # the core starts after it), so no check below races the core's start-up.
+        dns = DnsCheck(name="d", type="dns", resolver=f"127.0.0.1:{dns_port}",
+                       query="core.greenlight.test", timeout=0.5)
+        deadline = time.monotonic() + 20
+        while not (checker.run(TcpCheck(name="t", type="tcp", port=port)).ok
+                   and checker.run(dns).ok):
             assert time.monotonic() < deadline, "core did not start"
             time.sleep(0.05)
         return checker, port, dns_port, backend, service
@@ -129,47 +138,96 @@ def test_process_backend_records_exit_and_kills_after_timeout(core):
     assert slow.killed and not slow.crashed and not backend.is_running("stubborn")
 
 
+_ON_SIGTERM = {
+    "exits-0": "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))",
+    "dies": "pass",
+    "exits-70": "signal.signal(signal.SIGTERM, lambda *a: os._exit(70))",
+    "segfaults": "signal.signal(signal.SIGTERM, lambda *a: os.kill(os.getpid(), 11))",
+    "ignores": "signal.signal(signal.SIGTERM, signal.SIG_IGN)",
+}
+
+
 @pytest.fixture
-def fake_systemctl(tmp_path):
-    calls = tmp_path / "calls.log"
-    script = tmp_path / "systemctl"
-    script.write_text(f"""#!/bin/sh
-echo "$@" >> {calls}
-case "$1" in
-  is-active) [ -f {tmp_path}/active-$3 ] ;;
-  start) touch {tmp_path}/active-$2 ;;
-  stop) rm -f {tmp_path}/active-$2 ;;
-  show) if [ "$3" = "MainPID" ]; then echo 1234
-        elif [ -f {tmp_path}/killed ]; then
-          printf 'ExecMainCode=2\nExecMainStatus=%s\n' "$(cat {tmp_path}/killed)"
-        else printf 'ExecMainCode=1\nExecMainStatus=0\n'; fi ;;
-esac
-""")
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    return script, calls
+def fake_systemctl(tmp_path, monkeypatch):
+    """tests/fakes/systemctl.py as `systemctl`: units run for real; `unit(service)` installs
+    one, and the calls made are in calls.log."""
+    from greenlight.updater.product import launcher
+
+    home = tmp_path / "fake-systemd"
+    (home / "units").mkdir(parents=True)
+    script = home / "systemctl"
+    source = (Path(__file__).parent / "fakes" / "systemctl.py").read_text()
+    script.write_text(f"#!{sys.executable}\n{source}")
+    script.chmod(0o755)
+    monkeypatch.setenv("FAKE_SYSTEMCTL_LAUNCHER", launcher.__file__)
+
+    def unit(service: ServiceConfig, behaviour: str = "dies", timeout: float = 10) -> Path:
+        marker = tmp_path / f"{service.name}.started"
+        command = [sys.executable, "-c",
+                   f"import os,pathlib,signal,sys,time; {_ON_SIGTERM[behaviour]}; "
+                   f"pathlib.Path(sys.argv[1]).write_text(str(os.getpid())); time.sleep(60)",
+                   str(marker)]
+        rendered = ServiceConfig(**{**service.model_dump(), "command": command})
+        (home / "units" / SystemdBackend.unit(service)).write_text(
+            render_unit(rendered, {"root": str(tmp_path)}, timeout=timeout))
+        return marker
+
+    return script, home / "calls.log", unit
+
+
+def _until(predicate, what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
 
 
 def test_systemd_backend_drives_units(tmp_path, fake_systemctl):
-    script, calls = fake_systemctl
-    backend = SystemdBackend(InstallRoot(tmp_path), systemctl=str(script))
+    script, calls, unit = fake_systemctl
     core_service = ServiceConfig(name="core", command=["x"])
+    marker = unit(core_service, "exits-0")
+    backend = SystemdBackend(InstallRoot(tmp_path), systemctl=str(script))
     backend.start(core_service, {})
-    assert backend.is_running("core") and backend.pid("core") == 1234
+    _until(marker.exists, "the unit's process to start")
+    assert backend.is_running("core") and backend.pid("core") == int(marker.read_text())
     outcome = backend.stop(core_service, timeout=5)
     assert outcome.was_running and outcome.returncode == 0 and not outcome.crashed
-    assert not backend.is_running("core")
+    assert not backend.is_running("core") and backend.pid("core") is None
+    assert not _alive(int(marker.read_text()))
     assert calls.read_text().splitlines()[0] == "start greenlight-core.service"
 
 
 def test_systemd_backend_asks_about_the_configured_unit(tmp_path, fake_systemctl):
-    script, calls = fake_systemctl
+    script, calls, unit = fake_systemctl
     service = ServiceConfig(name="core", command=["x"], unit="acme-core.service")
+    unit(service)
     backend = SystemdBackend(InstallRoot(tmp_path), systemctl=str(script), services=[service])
     backend.start(service, {})
-    assert backend.is_running("core") and backend.pid("core") == 1234
+    assert backend.is_running("core") and backend.pid("core")
     backend.last_exit("core")
     asked = [line.split()[-1] for line in calls.read_text().splitlines()]
     assert asked and set(asked) == {"acme-core.service"}
+
+
+@pytest.mark.parametrize(("behaviour", "returncode", "crashed", "stubborn"), [
+    ("exits-0", 0, False, False),
+    ("dies", -15, False, False),       # death by the stop signal is clean, as in systemd
+    ("exits-70", 70, True, False),     # in-flight work cut off: a crash on stop
+    ("segfaults", -11, True, False),
+    ("ignores", -9, False, True),      # killed after TimeoutStopSec: stubborn, not crashed
+])
+def test_systemd_stop_outcomes_follow_what_the_unit_did(tmp_path, fake_systemctl, behaviour,
+                                                       returncode, crashed, stubborn):
+    script, _, unit = fake_systemctl
+    service = ServiceConfig(name="core", command=["x"])
+    marker = unit(service, behaviour, timeout=1)
+    backend = SystemdBackend(InstallRoot(tmp_path), systemctl=str(script), services=[service])
+    backend.start(service, {})
+    _until(marker.exists, "the unit's process to start")  # its handler is in place
+    outcome = backend.stop(service, timeout=1)
+    assert (outcome.returncode, outcome.crashed, outcome.killed) == (returncode, crashed,
+                                                                     stubborn), outcome
+    assert not backend.is_running("core")
 
 
 def test_systemd_unit_is_rendered_from_the_config():
@@ -247,18 +305,6 @@ def test_bad_token_files_are_refused_without_showing_them(tmp_path, content):
             assert line.decode(errors="replace") not in str(refused.value)
 
 
-@pytest.mark.parametrize(("signal_number", "crashed"), [(15, False), (9, True), (11, True)])
-def test_systemd_stop_by_the_stop_signal_is_clean(tmp_path, fake_systemctl, signal_number,
-                                                  crashed):
-    script, _ = fake_systemctl
-    (tmp_path / "killed").write_text(str(signal_number))
-    service = ServiceConfig(name="core", command=["x"])
-    backend = SystemdBackend(InstallRoot(tmp_path), systemctl=str(script), services=[service])
-    backend.start(service, {})
-    outcome = backend.stop(service, timeout=5)
-    assert outcome.returncode == -signal_number and outcome.crashed is crashed
-
-
 def test_a_service_that_dies_of_sigterm_stopped_cleanly(tmp_path):
     backend = ProcessBackend(InstallRoot(tmp_path))
     ready = tmp_path / "ready"
@@ -284,3 +330,132 @@ def test_success_exit_status_widens_what_is_clean(listed, status, crashed):
     service = ServiceConfig(name="s", command=["x"], success_exit_status=listed)
     outcome = StopOutcome("s", True, status, False, 0.1, clean_statuses(service))
     assert outcome.crashed is crashed
+
+
+_CHILD = ("import os,pathlib,sys,time; pathlib.Path(sys.argv[1]).write_text(str(os.getpid())); "
+          "time.sleep(60)")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie waiting for its parent is gone for every purpose here.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_stop_sent_at_once_after_start_stops_the_service(tmp_path):
+    """No wait between start and stop: every round ends clean, recorded, nothing orphaned."""
+    backend = ProcessBackend(InstallRoot(tmp_path))
+    for round_ in range(15):
+        marker = tmp_path / f"child-{round_}"
+        service = ServiceConfig(name="quick", command=[sys.executable, "-c", _CHILD, str(marker)])
+        backend.start(service, {"root": str(tmp_path)})
+        outcome = backend.stop(service, timeout=10)
+        assert outcome.was_running and not outcome.killed and not outcome.crashed, outcome
+        assert backend.last_exit("quick") is not None  # the launcher recorded the exit
+        assert not backend.is_running("quick")
+        if marker.exists():  # the child got as far as running: it is gone too
+            assert not _alive(int(marker.read_text()))
+
+
+def test_the_launcher_forwards_a_signal_that_comes_during_its_start_up(tmp_path):
+    """SIGTERM sent to the launcher right after it is spawned, at staggered moments: either
+    it dies before it started anything, or the child gets the signal; never an orphan."""
+    from greenlight.updater.product import launcher_argv
+
+    forwarded = 0
+    for round_ in range(20):
+        marker, exit_file = tmp_path / f"child-{round_}", tmp_path / f"exit-{round_}.json"
+        launcher = subprocess.Popen([*launcher_argv(), "--exit-file", str(exit_file), "--",
+                                     sys.executable, "-c", _CHILD, str(marker)],
+                                    start_new_session=True)
+        if round_ % 4:  # staggered by busy work, not by sleeping
+            deadline = time.perf_counter() + round_ * 0.004
+            while time.perf_counter() < deadline:
+                pass
+        launcher.send_signal(signal.SIGTERM)
+        launcher.wait(timeout=30)
+        if exit_file.exists():
+            record = json.loads(exit_file.read_text())
+            assert record["signals"] == ["SIGTERM"] and record["returncode"] == -15, record
+            forwarded += 1
+        if marker.exists():
+            assert exit_file.exists()  # a child that ran was waited for and recorded
+            assert not _alive(int(marker.read_text()))
+    assert forwarded > 0
+
+
+_ORDERED = """
+import os, pathlib, signal, sys, time
+name, folder = sys.argv[1], pathlib.Path(sys.argv[2])
+before = {"a": None, "b": "a", "c": "b"}[name]
+log = folder / "order.log"
+def say(line):
+    with open(log, "a") as f:
+        f.write(line + "\\n")
+def stop(*_):
+    say(f"stop {name}")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+say(f"start {name}" + (f" ({before} ready: {(folder / f'{before}.ready').exists()})"
+                       if before else ""))
+time.sleep(0.3)  # not ready at once: the next one must wait
+(folder / f"{name}.ready").write_text("")
+while True:
+    time.sleep(1)
+"""
+
+
+def _control(tmp_path, services, checks):
+    from greenlight.updater.product import Config, RepositoryConfig, ServiceControl
+
+    config = Config(repository=RepositoryConfig(url="http://127.0.0.1:9/"), service=services,
+                    check=checks)
+    root = InstallRoot(tmp_path)
+    return ServiceControl(root, config, ProcessBackend(root))
+
+
+def test_services_start_in_order_each_ready_first_and_stop_in_reverse(tmp_path):
+    from greenlight.updater.product import CommandCheck
+
+    script = tmp_path / "ordered.py"
+    script.write_text(_ORDERED)
+    names = ["a", "b", "c"]
+    control = _control(
+        tmp_path,
+        [ServiceConfig(name=n, command=[sys.executable, str(script), n, str(tmp_path)],
+                       ready=f"{n}-ready") for n in names],
+        [CommandCheck(name=f"{n}-ready", type="command",
+                      command=["test", "-e", str(tmp_path / f"{n}.ready")]) for n in names])
+    control.start_all("1.0@000000000000")
+    try:
+        outcomes = control.stop_all("1.0@000000000000")
+    finally:
+        for n in names:
+            with contextlib.suppress(ProcessLookupError, TypeError):
+                os.killpg(control.backend.pid(n), signal.SIGKILL)
+    assert (tmp_path / "order.log").read_text().splitlines() == [
+        "start a", "start b (a ready: True)", "start c (b ready: True)",
+        "stop c", "stop b", "stop a"]
+    assert [o.service for o in outcomes] == ["c", "b", "a"]
+    assert not any(o.crashed or o.killed for o in outcomes)
+
+
+def test_a_release_that_dies_during_start_up_is_named_with_its_last_words(tmp_path):
+    from greenlight.updater.product import HealthFailure
+
+    control = _control(
+        tmp_path,
+        [ServiceConfig(name="core", ready="core-port", command=[
+            "sh", "-c", "echo 'core: cannot open the store' >&2; exit 3"])],
+        [TcpCheck(name="core-port", type="tcp", port=free_port())])
+    with pytest.raises(HealthFailure) as failed:
+        control.start_all("1.4@000000000000")
+    assert str(failed.value) == ("service core of 1.4 exited during start-up: "
+                                 "core: cannot open the store")
+    result = failed.value.results[0]
+    assert result.name == "core-start" and not result.ok
+    assert result.evidence["last_exit"]["returncode"] == 3

@@ -294,8 +294,9 @@ class SystemdBackend:
 
     def last_exit(self, name: str) -> dict[str, object] | None:
         """The main process's end: ExecMainCode 1 (exited) with its status, or 2/3 (killed,
-        dumped) with the signal, as a negative returncode like subprocess's."""
-        done = self._run("show", "-p", "ExecMainCode", "-p", "ExecMainStatus",
+        dumped) with the signal, as a negative returncode like subprocess's; and the unit's
+        Result ("timeout" when systemd killed it after TimeoutStopSec)."""
+        done = self._run("show", "-p", "ExecMainCode", "-p", "ExecMainStatus", "-p", "Result",
                          self._unit_of(name))
         fields = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
         status = fields.get("ExecMainStatus", "")
@@ -303,7 +304,7 @@ class SystemdBackend:
             return None
         killed = fields.get("ExecMainCode") in ("2", "3")
         return {"returncode": -int(status) if killed else int(status),
-                "code": fields.get("ExecMainCode")}
+                "code": fields.get("ExecMainCode"), "result": fields.get("Result")}
 
     def stop(self, service: ServiceConfig, timeout: float, wait: bool = True) -> StopOutcome:
         started = time.monotonic()
@@ -312,7 +313,9 @@ class SystemdBackend:
         self._run(*args, self.unit(service))
         status = self.last_exit(service.name) if wait else None
         returncode = _returncode(status)
-        return StopOutcome(service.name, was_running, returncode, False,
+        # Killed by systemd after TimeoutStopSec: stubborn, not crashed, as with processes.
+        stubborn = status is not None and status.get("result") == "timeout"
+        return StopOutcome(service.name, was_running, returncode, stubborn,
                            time.monotonic() - started, clean_statuses(service))
 
     def wait_stopped(self, service: ServiceConfig, timeout: float) -> StopOutcome:
