@@ -114,12 +114,14 @@ def change_keys(repo: FileRepository, role: str, add: list[SSlibKey] | None = No
                 signed.add_key(key, role)
             else:
                 signed.add_key(key, name)
+        removed: list[str] = []
         for keyid in remove or []:
             if keyid not in entry.keyids:
                 matches = [k for k in entry.keyids if k.startswith(keyid)]
                 if len(matches) != 1:
                     raise ReleaseError(f"role {role} has no key {keyid!r}")
                 keyid = matches[0]
+            removed.append(keyid)
             if isinstance(signed, Root):
                 signed.revoke_key(keyid, role)
             else:
@@ -130,9 +132,20 @@ def change_keys(repo: FileRepository, role: str, add: list[SSlibKey] | None = No
             raise ReleaseError(
                 f"role {role}: threshold {entry.threshold} but only {len(entry.keyids)} key(s)")
     resigned = [] if repo.pending() else repo.repair()
+    _retire(repo, removed)
     return KeyChange(role=role, keyids=list(entry.keyids), threshold=entry.threshold,
-                     added=[k.keyid for k in new_keys], resigned=resigned,
+                     added=[k.keyid for k in new_keys], resigned=resigned, retired=removed,
                      awaiting_signatures=repo.pending())
+
+
+def _retire(repo: FileRepository, keyids: list[str]) -> None:
+    """Private keys of keys a role no longer has move to `retired/` in the keys folder: kept
+    (an old root may need to be read), never used to sign again."""
+    retired = repo.keys.folder / "retired"
+    for keyid in keyids:
+        for path in repo.keys.folder.glob(f"*.{keyid[:16]}.pem"):
+            retired.mkdir(mode=0o700, exist_ok=True)
+            path.rename(retired / path.name)
 
 
 @all_or_nothing
@@ -142,14 +155,8 @@ def rotate(repo: FileRepository, role: str, threshold: int | None = None,
     old = list(repo.authorizing_role(role).keyids)
     count = threshold or repo.authorizing_role(role).threshold
     generate = 0 if add else count
-    result = change_keys(repo, role, add=add, generate=generate, remove=old,
-                         threshold=threshold or count)
-    retired = repo.keys.folder / "retired"
-    for keyid in old:
-        for path in repo.keys.folder.glob(f"*.{keyid[:16]}.pem"):
-            retired.mkdir(mode=0o700, exist_ok=True)
-            path.rename(retired / path.name)
-    return result.model_copy(update={"retired": old})
+    return change_keys(repo, role, add=add, generate=generate, remove=old,
+                       threshold=threshold or count)
 
 
 def export_staged(repo: FileRepository, role: str, out: Path) -> Path:

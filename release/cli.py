@@ -320,7 +320,9 @@ def keys_cmd(repo: Path, role: str, generate: int, public_key: tuple[Path, ...],
     if as_json:
         _json(result)
         return
-    say(f"{role}: {result.threshold} of {len(result.keyids)} keys")
+    say(f"{role}: {result.threshold} of {len(result.keyids)} keys"
+        + (f"; removed {', '.join(k[:12] for k in result.retired)} (a private key kept here "
+           "moves to retired/ in the keys folder)" if result.retired else ""))
     _awaiting(result.awaiting_signatures)
 
 

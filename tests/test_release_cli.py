@@ -1,0 +1,142 @@
+"""`release` as a release engineer types it: what the README promises of publish, promote,
+keys and signing, each checked through the command line and the signed metadata it leaves."""
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from greenlight.release import FileRepository, current_channel_file
+
+BIN = Path(sys.executable).parent
+
+
+def release(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "release"), *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def archive(path: Path, files: dict[str, bytes]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 0
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture
+def repo(tmp_path) -> FileRepository:
+    path = tmp_path / "repo"
+    done = release("init", str(path))
+    assert done.returncode == 0, done.stderr
+    return FileRepository(path)
+
+
+def publish(repo: FileRepository, channel: str, version: str, core: Path,
+            *extra: str) -> subprocess.CompletedProcess[str]:
+    done = release("publish", str(repo.path), "--channel", channel, "--version", version,
+                   "--component", f"core={core}", *extra)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_a_channel_other_than_stable_falls_back_to_stable_by_default(tmp_path, repo):
+    core = archive(tmp_path / "core.tgz", {"core.py": b"print('1.0')\n"})
+    publish(repo, "stable", "1.0", core)
+    publish(repo, "beta", "1.1", core)
+    publish(repo, "nightly", "1.2", core, "--fallback", "beta")
+    assert current_channel_file(repo, "stable").fallback is None
+    assert current_channel_file(repo, "beta").fallback == "stable"
+    assert current_channel_file(repo, "nightly").fallback == "beta"
+
+
+def test_a_delta_is_kept_only_when_under_half_the_full_artifact(tmp_path, repo):
+    """A small change gets a delta; a release whose bytes share nothing with the last gets
+    none, since its delta would be no smaller than half of the artifact."""
+    shared = os.urandom(400_000)
+    publish(repo, "stable", "1.0", archive(tmp_path / "1.0.tgz", {"core.bin": shared}))
+    publish(repo, "stable", "1.1", archive(tmp_path / "1.1.tgz",
+                                           {"core.bin": shared[:1000] + b"x" + shared[1001:]}))
+    small = current_channel_file(repo, "stable").components["core"]
+    assert [d.from_version for d in small.deltas] == ["1.0"]
+    assert small.deltas[0].length < small.length // 2
+    publish(repo, "stable", "1.2", archive(tmp_path / "1.2.tgz",
+                                           {"core.bin": os.urandom(400_000)}))
+    unrelated = current_channel_file(repo, "stable").components["core"]
+    assert unrelated.deltas == []
+    assert not list((repo.targets_dir / "deltas").rglob("*1.2*"))
+
+
+def test_no_deltas_publishes_none(tmp_path, repo):
+    shared = os.urandom(200_000)
+    publish(repo, "stable", "1.0", archive(tmp_path / "1.0.tgz", {"core.bin": shared}))
+    publish(repo, "stable", "1.1", archive(tmp_path / "1.1.tgz", {"core.bin": shared + b"!"}),
+            "--no-deltas")
+    assert current_channel_file(repo, "stable").components["core"].deltas == []
+
+
+def test_promote_a_chosen_version_points_at_the_same_bytes(tmp_path, repo):
+    built = archive(tmp_path / "1.1.tgz", {"core.py": b"1.1"})
+    publish(repo, "beta", "1.1", built)
+    beta_11 = current_channel_file(repo, "beta").components["core"]
+    publish(repo, "beta", "1.2", archive(tmp_path / "1.2.tgz", {"core.py": b"1.2"}))
+    done = release("promote", str(repo.path), "--from", "beta", "--to", "stable",
+                   "--version", "1.1")
+    assert done.returncode == 0, done.stderr
+    stable = current_channel_file(repo, "stable")
+    assert stable.release == "1.1" and current_channel_file(repo, "beta").release == "1.2"
+    promoted = stable.components["core"]
+    assert (promoted.target, promoted.sha256) == (beta_11.target, beta_11.sha256)
+    assert promoted.sha256 == hashlib.sha256(built.read_bytes()).hexdigest()
+    missing = release("promote", str(repo.path), "--from", "beta", "--to", "stable",
+                      "--version", "0.9")
+    assert missing.returncode == 1 and "0.9" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_keys_remove_retires_the_private_key_and_sign_status_shows_what_waits(tmp_path, repo):
+    keys = Path(json.loads((repo.path / "repository.json").read_text())["keys"])
+    core = archive(tmp_path / "core.tgz", {"core.py": b"x"})
+    publish(repo, "stable", "1.0", core)
+    assert release("sign", "status", str(repo.path)).stdout.strip() == (
+        "nothing awaits signatures")
+
+    # A second signer, whose private key stays on another machine: 2 of 2.
+    other = tmp_path / "carol"
+    made = release("keygen", "--out", str(other), "--name", "channel-stable")
+    assert made.returncode == 0, made.stderr
+    public = next(other.glob("*.pub.pem"))
+    added = release("keys", str(repo.path), "--role", "channel-stable", "--public-key",
+                    str(public), "--threshold", "2", "--json")
+    assert added.returncode == 0, added.stderr
+    change = json.loads(added.stdout)
+    assert change["threshold"] == 2 and len(change["keyids"]) == 2
+
+    # channel-stable, re-signed for 2 of 2, waits for carol.
+    status = release("sign", "status", str(repo.path))
+    assert status.returncode == 0 and status.stdout.strip() == (
+        "channel-stable v2: targets's threshold for channel-stable is not met "
+        "(channel-stable was signed by 1/2 keys)")
+    assert change["awaiting_signatures"] == ["channel-stable"]
+
+    # Remove the key held here: its private file goes to retired/, never to sign again.
+    local = [k for k in change["keyids"] if k not in change["added"]]
+    assert len(local) == 1 and list(keys.glob(f"channel-stable.{local[0][:16]}.pem"))
+    removed = release("keys", str(repo.path), "--role", "channel-stable", "--remove",
+                      local[0][:12], "--threshold", "1")
+    assert removed.returncode == 0, removed.stderr
+    assert "retired/" in removed.stdout
+    assert not list(keys.glob(f"channel-stable.{local[0][:16]}.pem"))
+    assert list((keys / "retired").glob(f"channel-stable.{local[0][:16]}.pem"))
+    assert FileRepository(repo.path).authorizing_role("channel-stable").keyids == [
+        change["added"][0]]
+    wrong = release("keys", str(repo.path), "--role", "channel-stable", "--remove", "ffff")
+    assert wrong.returncode == 1 and "has no key 'ffff'" in wrong.stderr
