@@ -24,8 +24,41 @@ from examples.demo.build import build
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
 
+def _port_block() -> range:
+    """This test process's own block of ports, below the kernel's ephemeral range: no other
+    xdist worker hands them out, and no outgoing connection is given one by the kernel."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) if worker.isdigit() else 0
+    size = 1000
+    start = max(1024, low - 16 * size) + (index % 16) * size
+    return range(start, min(start + size, low))
+
+
+_PORTS = _port_block()
+_handed_out: set[int] = set()
+
+
+def _bindable(port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):  # a DNS responder needs UDP too
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port on 127.0.0.1, free for TCP and UDP, never handed out twice in this process."""
+    for port in _PORTS:
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
+    with socket.socket() as s:  # the block is used up: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
@@ -111,8 +144,10 @@ def nginx_server(root: Path, tmp: Path) -> Iterator[Served]:
         deadline = time.monotonic() + 10
         while True:
             text = log.read_text() if log.exists() else ""
-            if marker in text or time.monotonic() > deadline:
+            if marker in text:
                 break
+            if time.monotonic() > deadline:
+                pytest.fail(f"nginx never logged {marker}: its access log is incomplete")
             time.sleep(0.01)
         return [line.split() for line in text[offset[0]:].splitlines()
                 if line and "/greenlight-sync/" not in line]

@@ -8,7 +8,7 @@ import pytest
 from tuf.api.metadata import Metadata, Timestamp
 
 from greenlight.release import FileRepository, init_repository, publish
-from greenlight.updater import NetworkError, NotFound, TrustError
+from greenlight.updater import NetworkError, TrustError
 from greenlight.updater.operations import check, open_repository, upgrade
 from greenlight.updater.store import InstallRoot
 
@@ -132,7 +132,10 @@ def test_replayed_older_snapshot_is_refused(tmp_path, served, published, builds)
     publish(published, "stable", "1.2", builds("1.2"))
     newest = published.snapshot().version
     (published.metadata_dir / f"{newest}.snapshot.json").write_bytes(old_snapshot)
-    with pytest.raises(TrustError, match="refused"):
+    # The timestamp names the newest snapshot's hash: the replayed bytes do not match it.
+    with pytest.raises(TrustError, match=r"^metadata refused: length or hash mismatch "
+                                         r"\(tampered\?\): Observed hash [0-9a-f]{64} does not "
+                                         r"match expected hash [0-9a-f]{64}$"):
         do_upgrade(root)
     assert root.installed_version() is None
 
@@ -156,16 +159,6 @@ def test_expired_timestamp_is_refused(tmp_path, served, published):
     published.sign_and_store("timestamp", md)
     with pytest.raises(TrustError, match="expired"):
         check(root, open_repository(root))
-
-
-def test_unknown_channel_and_unreachable_repository(tmp_path, served, published):
-    root = make_root(tmp_path, served, published, channel="nightly")
-    with pytest.raises(NotFound, match="channel 'nightly' is not published"):
-        check(root, open_repository(root))
-    root2 = InstallRoot.create(tmp_path / "r2", "http://127.0.0.1:9",
-                               (published.metadata_dir / "1.root.json").read_bytes(), "stable")
-    with pytest.raises(NetworkError, match="cannot reach the repository"):
-        check(root2, open_repository(root2))
 
 
 def test_missing_artifact_on_server_keeps_current(tmp_path, served, published):

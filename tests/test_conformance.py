@@ -66,17 +66,6 @@ def test_tampered_target_fails_and_leaves_nothing(tmp_path, server, published):
     assert not list(targets.iterdir())
 
 
-def test_refresh_with_wrong_root_fails(tmp_path, server, published):
-    from greenlight.release import init_repository
-
-    other = init_repository(tmp_path / "other")
-    meta = tmp_path / "meta"
-    client("--metadata-dir", str(meta), "init", str(other.metadata_dir / "1.root.json"))
-    done = client("--metadata-dir", str(meta), "--metadata-url", f"{server.url}/metadata",
-                  "refresh")
-    assert done.returncode == 1
-
-
 def test_the_tuf_floor_is_the_first_release_that_passes_the_suite():
     """tuf-conformance's diamond-delegation case (a cached role verified against its current
     delegator) fails on python-tuf 7.0.0 and passes from 7.0.1: an install must never resolve

@@ -197,6 +197,11 @@ KILL_POINTS = [f"{step.name}:{when}" for step in STEPS for when in ("before", "a
 
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_killed_at_every_step_recovers_to_one_whole_release(product, repo, builds, point):
+    """The README's promise, point by point: killed before 3.1 passed its post-check,
+    recovery undoes the steps and 3.0 runs; killed once it passed (after `post-check`, or
+    during `commit`), recovery finishes the commit and 3.1 runs. Recovery comes from an
+    ordinary command, as every command recovers first: `status` and `health` for some
+    points, `recover` for the others."""
     p = product("3.0")
     assert p.run("upgrade").returncode == 0
     publish(repo, "stable", "3.1", builds("3.1"))
@@ -204,18 +209,21 @@ def test_killed_at_every_step_recovers_to_one_whole_release(product, repo, build
     assert killed.returncode == -signal.SIGKILL
     assert (p.path / "state" / "journal.json").exists()
 
-    recovered = p.run("recover")
+    expected = "3.1" if point in ("post-check:after", "commit:before", "commit:after") else "3.0"
+    command = ("status", "health", "recover")[KILL_POINTS.index(point) % 3]
+    recovered = p.run(command)
     assert recovered.returncode == 0, recovered.stdout + recovered.stderr
     assert not (p.path / "state" / "journal.json").exists()
-    installed = p.root.installed_version()
-    assert installed in ("3.0", "3.1")
-    if point in ("commit:before", "commit:after"):
-        assert installed == "3.1"  # post-check passed: the commit is finished, not undone
-    assert p.running_release() == {"core": installed, "ui": installed}
+    assert p.root.installed_version() == expected
+    last = p.json("history")["entries"][-1]
+    assert last["event"] == "recovered" and "interrupted upgrade to 3.1" in last["summary"]
+    assert p.running_release() == {"core": expected, "ui": expected}
     assert not list(p.root.releases.glob(".staging-*"))
     health = p.json("health")
-    assert health["healthy"] and health["installed"] == installed
-    assert httpx.get(f"http://127.0.0.1:{p.port}/api/version").json()["version"] == installed
+    assert health["healthy"] and health["installed"] == expected
+    assert httpx.get(f"http://127.0.0.1:{p.port}/api/version").json()["version"] == expected
+    if expected == "3.0":  # and the next upgrade goes through from there
+        assert p.run("upgrade").returncode == 0 and p.root.installed_version() == "3.1"
 
 
 def test_a_second_updater_is_told_who_holds_the_root(product, repo, builds):
@@ -239,6 +247,8 @@ def test_a_second_updater_is_told_who_holds_the_root(product, repo, builds):
          "process, tcp, http, websocket, dns, version, command"),
         (lambda t, port: t.replace(f'url = "http://127.0.0.1:{port}/api/version"\n', ""),
          "field check['core-version'].url: Field required"),
+        (lambda t, port: t.replace("keep_releases = 3", "keep_releases = 0"),
+         "field keep_releases: Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_configuration_is_one_line_and_changes_nothing(product, edit, message):

@@ -184,6 +184,15 @@ def test_staged_rollout_is_deterministic_per_installation(tmp_path, published, b
     publish(published, "stable", "1.2", builds("1.2"), rollout_percent=50)
     with builtin_server(published.path) as server:
         machines = [client(tmp_path, server, published, name=f"m{i}") for i in range(12)]
+        # Installation ids chosen so that six fall inside the 50% and six outside: the test
+        # sees both sides every time, not by chance.
+        candidates = (f"{n:032x}" for n in range(10_000))
+        inside = [c for c in candidates if rollout_bucket(c, "stable", "1.2") < 50][:6]
+        outside = [c for c in (f"{n:032x}" for n in range(10_000))
+                   if rollout_bucket(c, "stable", "1.2") >= 50][:6]
+        for m, chosen in zip(machines, inside + outside, strict=True):
+            (m.state / "installation-id").parent.mkdir(parents=True, exist_ok=True)
+            (m.state / "installation-id").write_text(chosen + "\n")
         seen = {}
         for m in machines:
             report = check(m, open_repository(m))
@@ -194,7 +203,7 @@ def test_staged_rollout_is_deterministic_per_installation(tmp_path, published, b
             outcome = upgrade(m, open_repository(m))
             assert outcome.outcome == ("upgraded" if expected else "held")
             seen[expected] = True
-        assert seen == {True: True, False: True}  # 12 machines: both sides (p = 1 - 2/4096)
+        assert seen == {True: True, False: True}
         rollout(published, "stable", halt=True)
         late = client(tmp_path, server, published, name="late")
         assert check(late, open_repository(late)).rollout.in_rollout is False
