@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench import deltas, download_verify, overhead, startup
+from bench import agent_idle, deltas, download_verify, overhead, startup
 from bench.rollback import rollback_seconds
 
 MiB = 1024 * 1024
@@ -95,6 +95,13 @@ def main() -> None:
         f"`python -I -S` idle {o['bare_isolated']:.1f} MiB",
         f"{o['launcher_rss'] / o['bare_isolated']:.2f}x",
         "≤ 15 MB " + ("met" if o["launcher_rss"] * 1.048576 <= 15 else "MISSED"))
+
+    a = agent_idle.measure()
+    row(f"agent asleep between cycles ({a['seconds']:.0f} s)",
+        f"{a['rss']:.1f} MiB, CPU {a['cpu'] * 1000:.0f} ms",
+        f"bare python sleeping {a['bare_rss']:.1f} MiB", f"{a['rss'] / a['bare_rss']:.2f}x",
+        "≤ 40 MB, no CPU " + ("met" if a["rss"] * 1.048576 <= 40 and a["cpu"] == 0
+                              else "MISSED"))
 
     widths = [max(len(r[i]) for r in [("what", "greenlight", "anchor (same run)", "ratio",
                                        "target"), *rows]) for i in range(5)]

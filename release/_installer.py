@@ -26,7 +26,7 @@ SPEC = Path(__file__).resolve().parents[1] / "installer_specs" / "offline_instal
 def _check_product(path: Path) -> None:
     """The product's configuration, checked now as the target machine would check it, so a
     mistake costs a second here and not a build and a failed install there."""
-    from greenlight.updater._errors import ConfigError
+    from greenlight.updater import ConfigError
     from greenlight.updater.product import load_product
 
     try:

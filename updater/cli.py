@@ -9,6 +9,7 @@ Only click is imported up front: every command imports what it uses when it runs
 (typer was measured at 60 ms a process more than click, most of it its pydantic adapters).
 """
 
+import contextlib
 import errno
 import sys
 from collections.abc import Callable, Iterator
@@ -28,9 +29,12 @@ from greenlight.updater._errors import (
     ConfigError,
     GreenlightError,
     StoreError,
+    UsageError,
 )
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from pydantic import BaseModel
 
     from greenlight.updater.product import CheckResult
@@ -82,6 +86,16 @@ def _fail(error: GreenlightError, as_json: bool) -> SystemExit:
     return SystemExit(error.exit_code)
 
 
+def _keep_status(root: "InstallRoot", result: object) -> None:
+    """state/status.json after every command (what a UI reads); never fails the command."""
+    from greenlight.updater import ui_status
+
+    if not root.config_path.exists():
+        return
+    with contextlib.suppress(GreenlightError, OSError):
+        ui_status.refresh(root, **ui_status.learned(result))  # type: ignore[arg-type]
+
+
 def _run(as_json: bool, work: Callable[[], T], root: "InstallRoot | None" = None) -> T:
     """The one error funnel: every command's work runs here (after recovery, for a root)."""
     from greenlight.updater.operations import recover_if_interrupted
@@ -89,7 +103,10 @@ def _run(as_json: bool, work: Callable[[], T], root: "InstallRoot | None" = None
     try:
         if root is not None and root.config_path.exists():
             recover_if_interrupted(root)
-        return work()
+        result = work()
+        if root is not None:
+            _keep_status(root, result)
+        return result
     except GreenlightError as e:
         raise _fail(e, as_json) from None
     except OSError as e:  # local state that could not be written or read, not a bug
@@ -465,6 +482,10 @@ def status(root: Path | None, as_json: bool) -> None:
                  for name, digest in report.identity.components.items()]
     rows.append(("kept releases", ", ".join(report.releases) or "none"))
     rows += [("quarantined", f"{v}: {reason}") for v, reason in report.quarantined.items()]
+    if report.hold:
+        rows.append(("held", report.hold))
+    if report.pin:
+        rows.append(("pinned to", report.pin))
     if report.last_event:
         rows.append(("last event", report.last_event))
     for label, value in rows:
@@ -491,6 +512,105 @@ def channel(name: str | None, root: Path | None, as_json: bool) -> None:
         _dump(report)
     else:
         say(f"{report.channel} ({report.channel_reason})")
+
+
+@app.command("agent")
+@root_option
+@click.option("--once", is_flag=True, help="Run one cycle and exit (for timers and tests).")
+@click.option("--failures", type=int, default=0, hidden=True)
+@click.option("--report", type=click.Path(path_type=Path), default=None, hidden=True)
+def agent_cmd(root: Path | None, once: bool, failures: int, report: Path | None) -> None:
+    """Keep this installation current by itself, by the [agent] policy in greenlight.toml:
+    check every interval (with jitter), install inside the windows unless held, leave a
+    revoked release at once, back off on repository errors. Logs to logs/agent.log.
+
+    Between cycles only a small stdlib loop stays in memory; each cycle runs as a child.
+    """
+    install = _root(root)
+    _run(False, install.require)
+    if not once:
+        import os
+
+        from greenlight.updater.agent import loop_argv
+
+        argv = loop_argv(install)
+        os.execv(argv[0], argv)
+    from greenlight.updater.agent import run_once
+
+    raise SystemExit(run_once(install, failures, report))
+
+
+def _when(text: str) -> "datetime":
+    from datetime import UTC, datetime
+
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected an ISO date or time, e.g. 2026-12-01 "
+                                 "or 2026-12-01T08:00") from None
+    return at.astimezone(UTC) if at.tzinfo is None else at
+
+
+@app.command("hold")
+@root_option
+@click.option("--until", "until", default=None, metavar="DATE",
+              help="ISO date or time the hold ends (local time unless it names a zone); "
+                   "default: until `updater unhold`.")
+@click.option("--reason", default="", help="Why, for the status and the history.")
+def hold_cmd(root: Path | None, until: str | None, reason: str) -> None:
+    """Hold automatic installs (the agent's); never holds leaving a revoked release."""
+    from greenlight.updater.operations._change import _who
+    from greenlight.updater.store import set_hold
+
+    install = _root(root)
+    ends = _when(until) if until else None
+    hold = _run(False, lambda: set_hold(install.require(), ends, reason, _who()), install)
+    say(f"automatic installs held {f'until {hold.until:%Y-%m-%d %H:%M}Z' if hold.until else ''}"
+        .rstrip() + (f": {reason}" if reason else ""))
+
+
+@app.command("unhold")
+@root_option
+def unhold_cmd(root: Path | None) -> None:
+    """End a hold: the agent installs again at its next cycle."""
+    from greenlight.updater.store import clear_hold
+
+    install = _root(root)
+    had = _run(False, lambda: clear_hold(install.require()), install)
+    say("hold ended" if had else "no hold was in force")
+
+
+@app.command("pin")
+@click.argument("version")
+@root_option
+def pin_cmd(version: str, root: Path | None) -> None:
+    """Keep this installation on VERSION even when the channel moves (still verified; left
+    if it is revoked). `updater upgrade` and the agent install only VERSION."""
+    from greenlight.channels import canonical_version
+    from greenlight.updater.operations._change import _who
+    from greenlight.updater.store import set_pin
+
+    install = _root(root)
+
+    def work() -> str:
+        try:
+            canonical = canonical_version(version)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        return set_pin(install.require(), canonical, _who()).version
+
+    say(f"pinned to {_run(False, work, install)}")
+
+
+@app.command("unpin")
+@root_option
+def unpin_cmd(root: Path | None) -> None:
+    """End a pin: the channel's release is the goal again."""
+    from greenlight.updater.store import clear_pin
+
+    install = _root(root)
+    had = _run(False, lambda: clear_pin(install.require()), install)
+    say("pin ended" if had else "no pin was set")
 
 
 @app.command("exit-codes")

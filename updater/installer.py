@@ -69,6 +69,10 @@ def _special(argv: list[str]) -> int | None:
         from greenlight.updater.product.launcher import main as launch
 
         return launch(argv[1:])
+    if argv[:1] == ["--greenlight-agent-loop"]:
+        from greenlight.updater.agent_loop import main as agent_loop
+
+        return agent_loop(argv[1:])
     if argv[:1] == ["--greenlight-python"] and len(argv) > 1:
         sys.argv = argv[1:]
         runpy.run_path(argv[1], run_name="__main__")

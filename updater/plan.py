@@ -2,7 +2,7 @@
 `sideload`: no I/O, no clock, nothing but its arguments (the way python-tuf keeps every trust
 decision in a state machine that does no I/O).
 
-    decide(channel_file, installed, quarantined, installation_id) -> Plan
+    decide(channel_file, installed, quarantined, installation_id, pin) -> Plan
 
 Releases are compared by identity (`ReleaseId`: the version and every component's sha256),
 never by the version string alone: the same version with other bytes is another release.
@@ -11,9 +11,11 @@ The order of the rules is the policy:
 1. the installed release was revoked (yanked) on the channel: leave it for what the channel
    carries now, whatever the rollout or quarantine says of that;
 2. the channel carries what is installed, the same bytes: up to date;
-3. the channel's release failed here before (quarantined): held;
-4. a staged rollout that does not include this installation yet (or is halted): held;
-5. otherwise: install it. The channel's release is the goal even when it is older than what
+3. a person pinned this installation to another version than the channel's: held (a pin never
+   keeps a revoked release: rule 1 comes first);
+4. the channel's release failed here before (quarantined): held;
+5. a staged rollout that does not include this installation yet (or is halted): held;
+6. otherwise: install it. The channel's release is the goal even when it is older than what
    is installed (after a switch to the fallback channel).
 """
 
@@ -75,10 +77,12 @@ def _position(channel_file: ChannelFile, installation_id: str) -> RolloutPositio
 
 
 def decide(channel_file: ChannelFile, installed: ReleaseId | None,
-           quarantined: Mapping[ReleaseId, str], installation_id: str) -> Plan:
+           quarantined: Mapping[ReleaseId, str], installation_id: str,
+           pin: str | None = None) -> Plan:
     """The plan for an installation running `installed` that follows `channel_file`'s channel.
 
-    `quarantined` maps each release that failed here to the reason it did.
+    `quarantined` maps each release that failed here to the reason it did; `pin` is the
+    version a person pinned this installation to (`updater pin`), if any.
     """
     target = channel_file.identity
     rollout = _position(channel_file, installation_id)
@@ -93,6 +97,9 @@ def decide(channel_file: ChannelFile, installed: ReleaseId | None,
         return plan("leave-yanked")
     if installed == target:
         return plan("up-to-date")
+    if pin is not None and target.version != pin:
+        return plan("held", f"pinned to {pin} here; the channel carries {target.version} "
+                            "(updater unpin ends it)")
     if held is not None:
         return plan("held", f"{target} is quarantined here: {held}")
     if rollout is not None and not rollout.in_rollout:

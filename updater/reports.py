@@ -133,6 +133,9 @@ class StatusReport(Record):
     quarantined: dict[str, str] = Field(
         default_factory=dict, description="release key -> why it is quarantined here")
     last_event: str | None = None
+    hold: str | None = Field(default=None, description="automatic installs held: until when "
+                                                       "and why")
+    pin: str | None = Field(default=None, description="the version this machine is pinned to")
 
 
 class QuarantineEntryInfo(Record):

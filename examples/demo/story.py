@@ -56,6 +56,23 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
     raise SystemExit(f"demo: nothing listens on 127.0.0.1:{port}")
 
 
+def ui_view(root: Path) -> None:
+    """A UI's few lines from status.json: what it tells its user instead of "not running"."""
+    import json
+
+    status = json.loads((root / "state" / "status.json").read_text())
+    incident = status.get("last_incident")
+    print(f"  [UI] running {status['installed']} on {status['channel']}")
+    if status["update"] == "available":
+        print(f"  [UI] update available: {status['available']}")
+    if incident and status["installed"] == incident["now_on"]:
+        checks = incident["failed_checks"]
+        why = checks[0]["summary"] if checks else incident["summary"]
+        print(f"  [UI] rolled back from {incident['failed_release']} because: {why}")
+    if status["hold"]:
+        print(f"  [UI] updates held until {status['hold']['until'] or 'released'}")
+
+
 def main() -> None:
     shutil.rmtree(WORK, ignore_errors=True)
     repo, root, builds = WORK / "repo", WORK / "root", WORK / "builds"
@@ -90,14 +107,16 @@ def main() -> None:
         run("updater", "upgrade", "--root", str(root), ok=(20,))
         run("updater", "status", "--root", str(root))
         run("updater", "history", "--root", str(root))
+        say("What the product's UI reads from state/status.json, running nothing")
+        ui_view(root)
 
-        say("The fixed beta 1.6.12 is published; the machine joins beta again and takes it")
+        say("The fixed beta 1.6.12 is published; the agent takes it with nobody typing upgrade")
         run("release", "publish", str(repo), "--channel", "beta", "--version", "1.6.12",
             *components("1.6.12"))
         run("updater", "channel", "--root", str(root), "beta")
-        run("updater", "check", "--root", str(root), ok=(10,))
-        run("updater", "upgrade", "--root", str(root))
+        run("updater", "agent", "--once", "--root", str(root))
         run("updater", "health", "--root", str(root))
+        ui_view(root)
         run("updater", "stop", "--root", str(root))
     finally:
         server.terminate()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from greenlight.updater.operations._change import (
+        download,
         health,
         lift,
         previous_release,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check",
+    "download",
     "health",
     "lift",
     "open_repository",

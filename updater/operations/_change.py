@@ -8,6 +8,7 @@ transaction of `greenlight.updater.transaction`, which rolls back by itself.
 """
 
 import os
+import sys
 from pathlib import Path
 
 from greenlight.channels import ChannelFile, check_channel_name, now, remove_path, version_of
@@ -50,6 +51,7 @@ from greenlight.updater.transaction import (
     STEPS,
     Step,
     Transaction,
+    do_fetch,
     recover,
     roll_back,
     run_steps,
@@ -57,7 +59,7 @@ from greenlight.updater.transaction import (
 )
 from greenlight.updater.trust import Progress, TrustedRepository, open_bundle
 
-__all__ = ["health", "lift", "previous_release", "recover_root", "rollback",
+__all__ = ["download", "health", "lift", "previous_release", "recover_root", "rollback",
            "sideload", "start_services", "stop_services", "upgrade", "write_systemd_units"]
 
 
@@ -209,6 +211,37 @@ def sideload(root: InstallRoot, bundle_path: Path, progress: Progress | None = N
             return report.model_copy(update={"source": f"bundle {bundle_path.name}"})
         finally:
             remove_path(staging)
+
+
+def download(root: InstallRoot, repo: TrustedRepository,
+             progress: Progress | None = None) -> UpgradeReport:
+    """Fetch and verify the channel's release into `downloads/` without installing it (the
+    agent's `apply = "download"`, and its downloads outside the install windows). The next
+    upgrade finds the artifacts there and fetches nothing.
+
+    Raises:
+        the same as `upgrade`, before anything is installed.
+    """
+    with locked(root):
+        recover(root, root.config)
+        channel_file = read_channel(root, repo)
+        plan = plan_for(root, channel_file)
+        report = UpgradeReport(
+            root=str(root.path), channel=channel_file.channel, outcome="up-to-date",
+            from_version=plan.installed, to_version=plan.target, installed=plan.installed,
+            channel_now=channel_file.channel,
+            bytes_total=sum(a.length for a in channel_file.components.values()))
+        if plan.action == "held":
+            return report.model_copy(update={"outcome": "held", "note": plan.note})
+        if not plan.changes_something:
+            return report
+        journal = _journal("upgrade", channel_file.channel, root.installed_release(),
+                           plan.target_id.key, STEPS)  # not saved: nothing to undo
+        txn = Transaction(root, root.config, ServiceControl.of(root, root.config), journal, repo,
+                          channel_file, progress)
+        do_fetch(txn)
+        return report.model_copy(update={"bytes_fetched": txn.bytes_fetched,
+                                         "deltas": txn.deltas, "note": "downloaded"})
 
 
 def _upgrade_locked(root: InstallRoot, repo: TrustedRepository, progress: Progress | None,
@@ -382,4 +415,31 @@ def write_systemd_units(root: InstallRoot, out_dir: Path) -> list[Path]:
         path.write_text(render_unit(service, values, after=previous, timeout=config.stop.timeout))
         written.append(path)
         previous = unit
-    return written
+    agent = out_dir / AGENT_UNIT
+    agent.write_text(agent_unit(root, [SystemdBackend.unit(s) for s in config.service],
+                                config.backend == "process"))
+    return [*written, agent]
+
+
+AGENT_UNIT = "greenlight-agent.service"
+
+
+def agent_unit(root: InstallRoot, product_units: list[str], owns_services: bool) -> str:
+    """The agent's own unit: restarted on failure, started after the product's units (it
+    may stop and start them, so it must not race their start at boot), and stopped by
+    SIGTERM like any service (a transaction it is in is finished or undone at its next start).
+    With the process backend the services it starts live in its cgroup: KillMode=process
+    keeps them running when the agent is stopped or restarted."""
+    import shlex
+
+    from greenlight.updater.product import frozen
+
+    program = [sys.executable] if frozen() else [sys.executable, "-m", "greenlight.updater.cli"]
+    command = " ".join(shlex.quote(p) for p in [*program, "agent", "--root", str(root.path)])
+    after = " ".join(["network-online.target", *product_units])
+    return (f"[Unit]\nDescription=Greenlight agent for {root.path}\n"
+            f"Wants=network-online.target\nAfter={after}\n\n"
+            f"[Service]\nType=simple\nExecStart={command}\nRestart=on-failure\n"
+            f"RestartSec=30\nKillSignal=SIGTERM\nTimeoutStopSec=120\n"
+            + ("KillMode=process\n" if owns_services else "")
+            + "\n[Install]\nWantedBy=multi-user.target\n")

@@ -20,7 +20,9 @@ from greenlight.updater.store import (
     Journal,
     QuarantineEntry,
     history,
+    hold_of,
     locked,
+    pin_of,
     quarantine,
 )
 from greenlight.updater.trust import FetcherInterface, TrustedRepository
@@ -72,7 +74,9 @@ def switch_channel(root: InstallRoot, repo: TrustedRepository, channel: str) -> 
 def plan_for(root: InstallRoot, channel_file: ChannelFile) -> Plan:
     """What this installation should do about `channel_file`, from what is on disk."""
     held = {identity: entry.reason for identity, entry in quarantine(root).items()}
-    return decide(channel_file, root.installed_identity(), held, root.installation_id)
+    pin = pin_of(root)
+    return decide(channel_file, root.installed_identity(), held, root.installation_id,
+                  pin.version if pin else None)
 
 
 def _rollout_status(plan: Plan) -> RolloutStatus | None:
@@ -132,7 +136,17 @@ def status(root: InstallRoot) -> StatusReport:
         channel_reason=active.reason,
         installed=root.installed_version(),
         releases=root.installed_releases(),
+        hold=_hold_text(root),
+        pin=pin.version if (pin := pin_of(root)) else None,
     )
+
+
+def _hold_text(root: InstallRoot) -> str | None:
+    hold = hold_of(root)
+    if hold is None:
+        return None
+    until = f"until {hold.until:%Y-%m-%d %H:%M}Z" if hold.until else "until 'updater unhold'"
+    return f"{until}, by {hold.by or 'someone'}" + (f": {hold.reason}" if hold.reason else "")
 
 
 def quarantine_info(entries: "list[QuarantineEntry]") -> list[QuarantineEntryInfo]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from greenlight.updater.product._config import (
+        AgentConfig,
         CheckConfig,
         CommandCheck,
         Config,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "AgentConfig",
     "CheckConfig",
     "CheckResult",
     "CommandCheck",
@@ -88,6 +90,7 @@ __all__ = [
 ]
 
 _HOME = {
+    "AgentConfig": "greenlight.updater.product._config",
     "CheckConfig": "greenlight.updater.product._config",
     "CheckResult": "greenlight.updater.product._health",
     "CommandCheck": "greenlight.updater.product._config",

@@ -32,10 +32,10 @@ from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_v
 from greenlight.channels import Record, check_channel_name
 from greenlight.updater._errors import ConfigError
 
-__all__ = ["PRODUCT_PARTS", "CheckConfig", "CommandCheck", "Config", "DnsCheck", "HealthConfig",
-           "HttpCheck", "ProcessCheck", "RepositoryConfig", "ServiceConfig", "StopConfig",
-           "TcpCheck", "VersionCheck", "WebSocketCheck", "describe", "load_product",
-           "product_part", "with_product"]
+__all__ = ["PRODUCT_PARTS", "AgentConfig", "CheckConfig", "CommandCheck", "Config", "DnsCheck",
+           "HealthConfig", "HttpCheck", "ProcessCheck", "RepositoryConfig", "ServiceConfig",
+           "StopConfig", "TcpCheck", "VersionCheck", "WebSocketCheck", "describe",
+           "load_product", "product_part", "with_product"]
 
 
 def _url(text: str) -> str:
@@ -181,6 +181,31 @@ class StopConfig(_Section):
     timeout: float = Field(default=10.0, ge=0)
 
 
+_WINDOW = r"^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class AgentConfig(_Section):
+    interval: float = Field(default=21600.0, gt=0, description="seconds between cycles (6 h)")
+    jitter: float = Field(default=600.0, ge=0,
+                          description="up to this many random seconds added to each wait, so a "
+                                      "fleet does not arrive at once")
+    apply: Literal["auto", "download", "notify"] = Field(
+        default="auto", description="auto: install; download: fetch and verify, then wait for "
+                                    "`updater upgrade`; notify: only report")
+    window: list[Annotated[str, Field(pattern=_WINDOW)]] = Field(
+        default_factory=list, description="local times it may install, e.g. \"02:00-05:00\"; "
+                                          "empty: any time. Downloads happen at any time")
+    leave_revoked_at_once: bool = Field(
+        default=True, description="leave a revoked installed release at the next cycle, "
+                                  "outside the windows and inside a hold")
+    on_event: list[str] = Field(default_factory=list,
+                                description="a command run with each event as JSON on stdin")
+    hook_timeout: float = Field(default=10.0, gt=0)
+    retry: float = Field(default=30.0, gt=0,
+                         description="first wait after a repository error; doubles up to "
+                                     "`interval`")
+
+
 class Config(_Section):
     repository: RepositoryConfig
     channel: Annotated[str, AfterValidator(check_channel_name)] = "stable"
@@ -190,6 +215,7 @@ class Config(_Section):
     check: list[CheckConfig] = Field(default_factory=list)
     health: HealthConfig = Field(default_factory=HealthConfig)
     stop: StopConfig = Field(default_factory=StopConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
 
     @model_validator(mode="after")
     def _references(self) -> "Config":

@@ -17,6 +17,16 @@ the quarantine.
 
 from greenlight.updater.store._extract import Limits, extract, top_folder
 from greenlight.updater.store._history import EventKind, HistoryEntry, history, record
+from greenlight.updater.store._holds import (
+    Hold,
+    Pin,
+    clear_hold,
+    clear_pin,
+    hold_of,
+    pin_of,
+    set_hold,
+    set_pin,
+)
 from greenlight.updater.store._journal import Journal, StepRecord, StepState
 from greenlight.updater.store._lock import locked
 from greenlight.updater.store._quarantine import (
@@ -39,21 +49,29 @@ __all__ = [
     "ActiveChannel",
     "EventKind",
     "HistoryEntry",
+    "Hold",
     "InstallRoot",
     "Journal",
     "Limits",
+    "Pin",
     "QuarantineEntry",
     "ReleaseManifest",
     "StepRecord",
     "StepState",
     "add_to_quarantine",
+    "clear_hold",
+    "clear_pin",
     "default_root",
     "extract",
     "history",
+    "hold_of",
     "lift_quarantine",
     "locked",
+    "pin_of",
     "quarantine",
     "record",
+    "set_hold",
+    "set_pin",
     "stage_release",
     "top_folder",
 ]

@@ -86,6 +86,7 @@ class InstallRoot:
         self.downloads = self.path / "downloads"
         self.releases = self.path / "releases"
         self.current = self.path / "current"
+        self.logs = self.path / "logs"
         self._config: Config | None = None
 
     # --- creation and configuration ------------------------------------------------------

@@ -9,6 +9,7 @@ from greenlight.updater.transaction._steps import (
     ROLLBACK_STEPS,
     STEPS,
     Transaction,
+    do_fetch,
 )
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "Step",
     "StepContext",
     "Transaction",
+    "do_fetch",
     "recover",
     "roll_back",
     "run_steps",

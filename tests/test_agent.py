@@ -1,0 +1,320 @@
+"""`updater agent`: updates that arrive without a person, held and pinned by one.
+
+Time is injected (a clock and a sleep the test controls) wherever the behaviour depends on it;
+the agent runs for real as a process where it must: taking a release on its own, and being
+killed -9 in the middle of an upgrade. The product is the demo's archives with no services
+and one real command check (see test_exit_codes.py).
+"""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from greenlight.release import init_repository, publish, yank
+from greenlight.updater.agent import Agent, in_window
+from greenlight.updater.store import InstallRoot, clear_hold, set_hold
+
+from conftest import builtin_server
+
+BIN = Path(sys.executable).parent
+SCHEMA = json.loads((Path(__file__).parents[1] / "channels" / "schema" /
+                     "ui-status.v1.schema.json").read_text())
+PRODUCT = r'''
+[health]
+grace = 0.3
+soak = 0
+interval = 0.1
+
+[[check]]
+name = "marker"
+type = "command"
+command = ["sh", "-c", """! grep -q refuse-ui-token '{release_dir}/core/build.json'"""]
+'''
+
+
+class Clock:
+    def __init__(self, local_hour: int = 3) -> None:
+        self.at = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+        self.local_hour = local_hour
+        self.slept: list[float] = []
+
+    def now(self) -> datetime:
+        return self.at
+
+    def local(self, at: datetime) -> datetime:
+        return datetime(2026, 11, 22, self.local_hour, 30)
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.at += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def machine(tmp_path, builds):
+    repo = init_repository(tmp_path / "repo")
+    with builtin_server(repo.path) as server:
+        yield Machine(tmp_path, repo, server, builds)
+
+
+class Machine:
+    def __init__(self, tmp: Path, repo, server, builds) -> None:
+        self.tmp, self.repo, self.server, self.builds = tmp, repo, server, builds
+        self.path = tmp / "root"
+        self.hook_log = tmp / "events.jsonl"
+
+    def init(self, agent: str = "") -> InstallRoot:
+        done = self.updater("init", "--repo", self.server.url, "--trust",
+                            str(self.repo.metadata_dir / "1.root.json"), "--channel", "stable")
+        assert done.returncode == 0, done.stderr
+        hook = self.tmp / "hook.sh"
+        hook.write_text(f"#!/bin/sh\ncat >> {self.hook_log}\necho >> {self.hook_log}\n")
+        hook.chmod(0o755)
+        with (self.path / "greenlight.toml").open("a") as f:
+            f.write(PRODUCT + f'\n[agent]\ninterval = 60\njitter = 0\nretry = 1\n'
+                              f'on_event = ["{hook}"]\n{agent}\n')
+        return InstallRoot(self.path)
+
+    def updater(self, *args: str, env: dict[str, str] | None = None
+                ) -> subprocess.CompletedProcess[str]:
+        import os
+
+        return subprocess.run([str(BIN / "updater"), *args, "--root", str(self.path)],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, **(env or {})})
+
+    def publish(self, version: str, *faults: str) -> None:
+        publish(self.repo, "stable", version, self.builds(version, *faults))
+
+    def events(self) -> list[str]:
+        if not self.hook_log.exists():
+            return []
+        return [json.loads(line)["event"] for line in self.hook_log.read_text().splitlines()
+                if line.strip()]
+
+    def status(self) -> dict:
+        data = json.loads((self.path / "state" / "status.json").read_text())
+        jsonschema.validate(data, SCHEMA)  # after every event, the file a UI reads is valid
+        return data
+
+
+def cycle(agent: Agent, m: Machine) -> dict:
+    agent.cycle()
+    return m.status()
+
+
+def test_windows_are_local_times_and_may_span_midnight():
+    at = datetime(2026, 1, 1, 23, 30)
+    assert in_window([], at)
+    assert in_window(["22:00-02:00"], at) and in_window(["22:00-02:00"], at.replace(hour=1))
+    assert not in_window(["02:00-05:00"], at)
+    assert in_window(["02:00-05:00", "23:00-23:45"], at)
+
+
+def test_auto_installs_in_the_window_and_downloads_outside_it(machine):
+    root = machine.init('window = ["02:00-05:00"]')
+    clock = Clock(local_hour=12)  # outside the window
+    agent = Agent(root, clock.now, clock.sleep, rng=lambda: 0.0, local=clock.local)
+    machine.publish("1.0")
+    status = cycle(agent, machine)
+    assert root.installed_version() is None
+    assert (status["update"], status["available"]) == ("downloaded", "1.0")
+    assert "outside the install windows 02:00-05:00" in status["held_because"]
+    assert list((machine.path / "downloads").iterdir())  # fetched and verified already
+    clock.local_hour = 3
+    status = cycle(agent, machine)
+    assert root.installed_version() == "1.0" and status["update"] == "none"
+    assert machine.events() == ["check-found", "downloaded", "upgraded"]
+
+
+def test_a_hold_stops_installs_and_unhold_resumes(machine):
+    root = machine.init()
+    clock = Clock()
+    agent = Agent(root, clock.now, clock.sleep, rng=lambda: 0.0, local=clock.local)
+    machine.publish("1.0")
+    cycle(agent, machine)
+    machine.publish("1.1")
+    set_hold(root, clock.now() + timedelta(days=2), "release freeze", "ops")
+    status = cycle(agent, machine)
+    assert root.installed_version() == "1.0"
+    assert status["hold"]["reason"] == "release freeze"
+    assert status["held_because"] == "on hold: release freeze"
+    clock.at += timedelta(days=3)  # the hold ran out
+    status = cycle(agent, machine)
+    assert root.installed_version() == "1.1" and status["hold"] is None
+    machine.publish("1.2")
+    set_hold(root, None, "", "ops")
+    cycle(agent, machine)
+    assert root.installed_version() == "1.1"
+    clear_hold(root)
+    cycle(agent, machine)
+    assert root.installed_version() == "1.2"
+
+
+def test_a_pin_survives_channel_moves_and_unpin_ends_it(machine):
+    root = machine.init()
+    clock = Clock()
+    agent = Agent(root, clock.now, clock.sleep, rng=lambda: 0.0, local=clock.local)
+    machine.publish("1.0")
+    cycle(agent, machine)
+    assert machine.updater("pin", "1.0").returncode == 0
+    machine.publish("1.1")
+    status = cycle(agent, machine)
+    assert root.installed_version() == "1.0" and status["pin"] == "1.0"
+    assert status["update"] == "held" and "pinned to 1.0" in status["held_because"]
+    by_hand = machine.updater("upgrade")
+    assert by_hand.returncode == 15 and "pinned to 1.0" in by_hand.stdout
+    shown = machine.updater("status")
+    assert "pinned to" in shown.stdout and "1.0" in shown.stdout
+    assert machine.updater("pin", "v1.1").returncode == 2  # versions are canonical
+    assert machine.updater("unpin").returncode == 0
+    cycle(agent, machine)
+    assert root.installed_version() == "1.1"
+
+
+def test_a_revoked_release_is_left_at_the_next_cycle_even_in_a_hold(machine):
+    root = machine.init('window = ["02:00-03:00"]')
+    clock = Clock(local_hour=2)
+    agent = Agent(root, clock.now, clock.sleep, rng=lambda: 0.0, local=clock.local)
+    machine.publish("1.0")
+    machine.publish("1.1")
+    cycle(agent, machine)
+    assert root.installed_version() == "1.1"
+    set_hold(root, None, "holidays", "ops")
+    clock.local_hour = 12  # outside the window too
+    yank(machine.repo, "stable", "1.1", "corrupts the store")
+    cycle(agent, machine)
+    assert root.installed_version() == "1.0"
+    assert machine.events()[-1] == "left-revoked"
+    history = json.loads(machine.updater("history", "--json").stdout)["entries"]
+    assert "corrupts the store" in json.dumps(history[-1])
+
+
+def test_a_rollback_is_what_the_ui_reads(machine):
+    root = machine.init()
+    clock = Clock()
+    agent = Agent(root, clock.now, clock.sleep, rng=lambda: 0.0, local=clock.local)
+    machine.publish("1.0")
+    cycle(agent, machine)
+    machine.publish("1.1", "refuse-ui-token")
+    status = cycle(agent, machine)
+    assert root.installed_version() == "1.0"
+    incident = status["last_incident"]
+    assert incident["event"] == "rolled-back" and incident["failed_release"] == "1.1"
+    assert incident["failed_checks"][0]["name"] == "marker"
+    assert status["update"] == "held" and status["installed"] == "1.0"
+    assert machine.events()[-1] == "rolled-back"
+    status = cycle(agent, machine)  # quarantined now: held, said once
+    assert status["update"] == "held" and machine.events()[-2:] == ["rolled-back", "held"]
+    cycle(agent, machine)
+    assert machine.events()[-2:] == ["rolled-back", "held"]
+
+
+def test_repository_outages_back_off_then_catch_up(machine):
+    root = machine.init()
+    clock = Clock()
+    agent = Agent(root, clock.now, clock.sleep, rng=lambda: 0.0, local=clock.local)
+    machine.publish("1.0")
+    config = machine.path / "greenlight.toml"
+    served = config.read_text()
+    config.write_text(served.replace(machine.server.url.rstrip("/"), "http://127.0.0.1:9"))
+    root = InstallRoot(machine.path)
+    agent.root = root
+    waits = [agent.cycle() for _ in range(8)]
+    assert waits == [1, 2, 4, 8, 16, 32, 60, 60]  # from `retry`, doubling, up to `interval`
+    status = machine.status()
+    assert "cannot reach the repository at http://127.0.0.1:9/" in status["last_error"]
+    config.write_text(served)
+    agent.root = InstallRoot(machine.path)
+    assert agent.cycle() == 60
+    assert agent.root.installed_version() == "1.0" and machine.status()["last_error"] is None
+
+
+def test_a_failing_or_hanging_hook_changes_nothing(machine, tmp_path):
+    for hook in (["false"], ["sh", "-c", "sleep 30"], [str(tmp_path / "missing")]):
+        root = machine.init() if not machine.path.exists() else InstallRoot(machine.path)
+        config = machine.path / "greenlight.toml"
+        text = config.read_text()
+        start = text.index("on_event = ")
+        end = text.index("\n", start)
+        config.write_text(text[:start] + f"on_event = {json.dumps(hook)}\nhook_timeout = 0.5"
+                          + text[end:].replace("\nhook_timeout = 0.5", ""))
+        root = InstallRoot(machine.path)
+        clock = Clock()
+        version = f"1.{len(root.installed_releases())}"
+        machine.publish(version)
+        Agent(root, clock.now, clock.sleep, rng=lambda: 0.0, local=clock.local).cycle()
+        assert root.installed_version() == version, (machine.path / "logs" / "agent.log"
+                                                      ).read_text()
+    log = (machine.path / "logs" / "agent.log").read_text()
+    assert "on_event exited 1 for" in log
+    assert "on_event did not finish within 0.5s" in log
+    assert "on_event could not run" in log
+
+
+@pytest.mark.slow
+def test_the_agent_takes_a_release_on_its_own(machine):
+    """A real `updater agent` with a short interval: a release published while it runs is
+    installed with nobody typing anything."""
+    machine.init()
+    config = machine.path / "greenlight.toml"
+    config.write_text(config.read_text().replace("interval = 60\n", "interval = 0.5\n", 1))
+    machine.publish("1.0")
+    agent = subprocess.Popen([str(BIN / "updater"), "agent", "--root", str(machine.path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        root = InstallRoot(machine.path)
+        deadline = time.monotonic() + 60
+        while root.installed_version() != "1.0":
+            assert time.monotonic() < deadline and agent.poll() is None
+            time.sleep(0.05)
+        machine.publish("1.1")
+        while root.installed_version() != "1.1":
+            assert time.monotonic() < deadline and agent.poll() is None
+            time.sleep(0.05)
+        # The status file follows the commit: wait for the agent to write it.
+        while machine.status()["installed"] != "1.1" or machine.status()["next_check"] is None:
+            assert time.monotonic() < deadline and agent.poll() is None
+            time.sleep(0.05)
+    finally:
+        agent.send_signal(signal.SIGINT)
+        out = agent.communicate(timeout=30)[0]
+    assert "upgraded: nothing -> 1.0" in out and "upgraded: 1.0 -> 1.1" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_an_agent_killed_mid_upgrade_recovers_at_its_next_start(machine):
+    machine.init()
+    machine.publish("1.0")
+    assert machine.updater("agent", "--once").returncode == 0
+    machine.publish("1.1")
+    killed = machine.updater("agent", "--once", env={"GREENLIGHT_KILL_AT": "switch:after"})
+    assert killed.returncode == -signal.SIGKILL
+    assert (machine.path / "state" / "journal.json").exists()
+    assert machine.status()["installed"] == "1.0"
+    again = machine.updater("agent", "--once")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert not (machine.path / "state" / "journal.json").exists()
+    events = [e["event"] for e in json.loads(machine.updater("history", "--json").stdout)
+              ["entries"]]
+    assert events[-2:] == ["recovered", "upgraded"]
+    assert InstallRoot(machine.path).installed_version() == "1.1"
+
+
+def test_systemd_units_include_the_agent(machine, tmp_path):
+    machine.init()
+    with (machine.path / "greenlight.toml").open("a") as f:
+        f.write('\n[[service]]\nname = "core"\ncommand = ["true"]\n')
+    done = machine.updater("systemd-units", "--out", str(tmp_path / "units"))
+    assert done.returncode == 0, done.stderr
+    unit = (tmp_path / "units" / "greenlight-agent.service").read_text()
+    assert "After=network-online.target greenlight-core.service" in unit
+    assert "Restart=on-failure" in unit and "KillMode=process" in unit
+    assert f"agent --root {machine.path}" in unit

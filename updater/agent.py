@@ -1,0 +1,287 @@
+"""`updater agent`: the upgrade cycle without a person.
+
+Every `[agent] interval` (plus up to `jitter` random seconds, so a fleet does not arrive at
+once) it recovers an interrupted transaction, refreshes the channel, and acts on the policy:
+
+- `apply = "auto"` installs inside the `window`s, unless a hold is in force; outside them (or
+  under a hold) it downloads and verifies, so the install later is quick;
+- `apply = "download"` downloads and verifies, then waits for `updater upgrade`;
+- `apply = "notify"` only reports.
+
+Leaving a revoked (yanked) installed release does not wait for a window or a hold
+(`leave_revoked_at_once`, on by default). Repository errors back off from `retry` seconds,
+doubling up to the interval; the agent outlives outages and bugs alike (a cycle that fails is
+logged and retried), and takes the root's lock like every command, so it never runs a second
+transaction. Every wait is bounded: checks, stops and hooks have their own timeouts.
+
+Each event (check-found, downloaded, upgraded, rolled-back, dead-end, held, left-revoked) is
+logged to `logs/agent.log`, written to `state/status.json`, and given as one JSON object on
+stdin to the `on_event` command, which runs bounded by `hook_timeout`; a failing hook is logged
+and changes nothing.
+
+Time comes in through `clock` (wall time, for windows and holds) and `sleep`, so the tests
+drive cycles without waiting for them.
+"""
+
+import json
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+from greenlight.channels import atomic_write, now
+from greenlight.updater import ui_status
+from greenlight.updater._errors import BusyError, GreenlightError, NetworkError
+from greenlight.updater.product import AgentConfig
+from greenlight.updater.store import InstallRoot, hold_of
+
+__all__ = ["Agent", "Event", "EventKind", "in_window", "loop_argv", "run_once"]
+
+EventKind = Literal["check-found", "downloaded", "upgraded", "rolled-back", "dead-end", "held",
+                    "left-revoked"]
+
+
+@dataclass
+class Event:
+    kind: EventKind
+    summary: str
+    installed: str | None
+    available: str | None
+    channel: str
+    at: datetime = field(default_factory=now)
+
+    def to_json(self, root: InstallRoot) -> str:
+        return json.dumps({"schema": "greenlight.event/1", "event": self.kind,
+                           "at": self.at.isoformat(), "root": str(root.path),
+                           "channel": self.channel, "installed": self.installed,
+                           "available": self.available, "summary": self.summary})
+
+
+def in_window(windows: list[str], local: datetime) -> bool:
+    """Whether the local time `local` falls in one of `windows` ("HH:MM-HH:MM"; a window
+    whose end is before its start spans midnight). No windows: any time."""
+    if not windows:
+        return True
+    minute = local.hour * 60 + local.minute
+    for window in windows:
+        start_text, end_text = window.split("-")
+        start = int(start_text[:2]) * 60 + int(start_text[3:])
+        end = int(end_text[:2]) * 60 + int(end_text[3:])
+        inside = start <= minute < end if start <= end else (minute >= start or minute < end)
+        if inside:
+            return True
+    return False
+
+
+def _local(utc: datetime) -> datetime:
+    return utc.astimezone()  # the machine's local time zone
+
+
+class Agent:
+    def __init__(self, root: InstallRoot, clock: Callable[[], datetime] = now,
+                 sleep: Callable[[float], None] = time.sleep,
+                 rng: Callable[[], float] = random.random,
+                 local: Callable[[datetime], datetime] = _local) -> None:
+        self.root, self.clock, self.sleep, self.rng, self.local = root, clock, sleep, rng, local
+        self.failures = 0
+        self.events: list[Event] = []
+
+    # --- reporting -----------------------------------------------------------------------
+    def log(self, line: str) -> None:
+        stamp = self.clock().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        text = f"{stamp} {line}"
+        print(text, flush=True)
+        try:
+            self.root.logs.mkdir(parents=True, exist_ok=True)
+            with (self.root.logs / "agent.log").open("a") as f:
+                f.write(text + "\n")
+        except OSError:
+            pass
+
+    def emit(self, event: Event, config: AgentConfig) -> None:
+        self.events.append(event)
+        self.log(f"{event.kind}: {event.summary}")
+        if not config.on_event:
+            return
+        try:
+            done = subprocess.run(config.on_event, input=event.to_json(self.root), text=True,
+                                  capture_output=True, timeout=config.hook_timeout)
+            if done.returncode != 0:
+                tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                self.log(f"on_event exited {done.returncode} for {event.kind}: {tail}")
+        except subprocess.TimeoutExpired:
+            self.log(f"on_event did not finish within {config.hook_timeout}s for {event.kind}; "
+                     "it was killed")
+        except OSError as e:
+            self.log(f"on_event could not run: {e.strerror or e}")
+
+    # --- one cycle -----------------------------------------------------------------------
+    def cycle(self) -> float:
+        """One check and what the policy says to do; returns the seconds to wait."""
+        try:
+            config = self.root.config.agent
+        except GreenlightError as e:
+            self.log(f"configuration: {e}")
+            return 300.0
+        try:
+            self._cycle(config)
+        except BusyError as e:
+            self.log(f"skipped: {e}")
+            return self._backoff(config)
+        except NetworkError as e:
+            self.log(f"repository: {e}")
+            self._status(error=str(e))
+            return self._backoff(config)
+        except GreenlightError as e:
+            self.log(f"error ({e.kind}): {e}")
+            self._status(error=str(e))
+            return self._backoff(config)
+        except Exception as e:  # the agent outlives its own bugs: report and go on
+            self.log(f"internal error: {type(e).__name__}: {e} (please report it)")
+            return self._backoff(config)
+        self.failures = 0
+        return config.interval + self.rng() * config.jitter
+
+    def _backoff(self, config: AgentConfig) -> float:
+        self.failures += 1
+        return min(config.interval, config.retry * 2.0 ** (self.failures - 1))
+
+    def _status(self, **learned: object) -> None:
+        try:
+            ui_status.refresh(self.root, at=self.clock(), **learned)  # type: ignore[arg-type]
+        except (GreenlightError, OSError) as e:
+            self.log(f"status.json not written: {e}")
+
+    def _cycle(self, config: AgentConfig) -> None:
+        from greenlight.updater.operations import (
+            check,
+            download,
+            open_repository,
+            recover_if_interrupted,
+            upgrade,
+        )
+
+        root = self.root
+        recover_if_interrupted(root)
+        repo = open_repository(root)
+        report = check(root, repo)
+        channel, installed, available = report.channel, report.installed, report.available
+        hold = hold_of(root, self.clock())
+        inside = in_window(config.window, self.local(self.clock()))
+
+        def event(kind: EventKind, summary: str) -> Event:
+            return Event(kind, summary, root.installed_version(), available, channel,
+                         self.clock())
+
+        if report.yanked:
+            if not config.leave_revoked_at_once and (hold or not inside):
+                self._status(available=available, update="revoked", checked=True)
+                return
+            done = upgrade(root, repo)
+            self.emit(event("left-revoked", f"{installed} was revoked ({report.yanked}): "
+                                            f"now on {done.installed}"), config)
+            self._status(available=done.to_version, checked=True,
+                         update="none" if done.installed == done.to_version else "held",
+                         held_because=None if done.installed == done.to_version else (
+                             done.incident.summary if done.incident else done.note))
+            return
+        if report.held:
+            previous = ui_status.read(root)
+            if previous is None or previous.held_because != report.held:
+                self.emit(event("held", report.held), config)
+            self._status(available=available, update="held", held_because=report.held,
+                         checked=True)
+            return
+        if not report.update_available:
+            self._status(available=available, update="none", checked=True)
+            return
+        previous = ui_status.read(root)
+        if previous is None or previous.available != available or previous.update not in (
+                "available", "downloaded"):
+            self.emit(event("check-found", f"{available} available (installed: "
+                                           f"{installed or 'nothing'})"), config)
+        if config.apply == "notify":
+            self._status(available=available, update="available", checked=True)
+            return
+        if config.apply == "download" or hold is not None or not inside:
+            fetched = download(root, repo)
+            if previous is None or previous.update != "downloaded" or (
+                    previous.available != available):
+                self.emit(event("downloaded", f"{available} downloaded and verified "
+                                              f"({fetched.bytes_fetched} bytes)"), config)
+            why = (f"on hold: {hold.reason or 'no reason given'}" if hold is not None else
+                   None if config.apply == "download" else
+                   f"outside the install windows {', '.join(config.window)}")
+            self._status(available=available, update="downloaded", held_because=why,
+                         checked=True)
+            return
+        done = upgrade(root, repo)
+        self._after(done, config, event)
+
+    def _after(self, done: object, config: AgentConfig,
+               event: Callable[[EventKind, str], Event]) -> None:
+        from greenlight.updater.reports import UpgradeReport
+
+        assert isinstance(done, UpgradeReport)
+        if done.outcome == "upgraded":
+            self.emit(event("upgraded", f"{done.from_version or 'nothing'} -> {done.to_version}"),
+                      config)
+            self._status(available=done.to_version, update="none", checked=True)
+        elif done.outcome in ("rolled-back", "rollback-failed"):
+            summary = done.incident.summary if done.incident else done.outcome
+            kind: EventKind = "rolled-back" if done.outcome == "rolled-back" else "dead-end"
+            self.emit(event(kind, f"{done.to_version}: {summary}; now on {done.installed}"),
+                      config)
+            self._status(available=done.to_version, update="held", held_because=summary,
+                         checked=True)
+        elif done.outcome == "held":
+            self.emit(event("held", done.note or "held"), config)
+            self._status(available=done.to_version, update="held", held_because=done.note,
+                         checked=True)
+        else:
+            self._status(available=done.to_version, update="none", checked=True)
+
+    # --- the loop ------------------------------------------------------------------------
+    def run(self, once: bool = False) -> float:
+        """Cycles until stopped (or one, with `once`); returns the last wait."""
+        while True:
+            wait = self.cycle()
+            self._status(next_check=self.clock() + timedelta(seconds=wait))
+            if once:
+                return wait
+            self.sleep(wait)
+
+
+LOOP = Path(__file__).with_name("agent_loop.py")
+
+
+def loop_argv(root: InstallRoot) -> list[str]:
+    """The long-running agent: a bare interpreter running agent_loop.py (or the frozen
+    executable's `--greenlight-agent-loop`), which runs `updater agent --once` per cycle."""
+    from greenlight.updater.product import frozen
+
+    if frozen():
+        return [sys.executable, "--greenlight-agent-loop", "--root", str(root.path), "--",
+                sys.executable]
+    return [sys.executable, "-I", "-S", str(LOOP), "--root", str(root.path), "--",
+            sys.executable, "-m", "greenlight.updater.cli"]
+
+
+def run_once(root: InstallRoot, failures: int = 0, report: Path | None = None) -> int:
+    """One cycle, as `updater agent --once` (and as each cycle of the long-running agent,
+    which passes the failures in a row so far and where to report the next wait)."""
+    agent = Agent(root)
+    agent.failures = failures
+    agent.log(f"agent cycle for {root.path}")
+    try:
+        wait = agent.run(once=True)
+    except KeyboardInterrupt:
+        return 130
+    if report is not None:
+        atomic_write(report, json.dumps({"wait": wait, "failures": agent.failures}).encode())
+    return 0
