@@ -7,6 +7,7 @@ transaction an interrupted updater left behind (`recover`). What to do is decide
 transaction of `greenlight.updater.transaction`, which rolls back by itself.
 """
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from greenlight.channels import ChannelFile, check_channel_name, now, remove_pat
 from greenlight.updater._errors import (
     ArchiveError,
     ChannelMismatch,
+    GreenlightError,
     NotFound,
     PrecheckFailed,
     ServiceError,
@@ -119,8 +121,17 @@ def _incident(txn: Transaction, failure: HealthFailure, rollback_seconds: float,
     return entry
 
 
+def _say_under_way(root: InstallRoot) -> None:
+    """status.json names the transaction while it runs (a UI shows "updating")."""
+    from greenlight.updater import ui_status
+
+    with contextlib.suppress(GreenlightError, OSError):
+        ui_status.refresh(root)
+
+
 def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
     """Run the transaction; roll back on a HealthFailure, undo and re-raise on an error."""
+    _say_under_way(txn.root)
     try:
         run_steps(STEPS, txn)
     except HealthFailure as failure:
