@@ -170,6 +170,10 @@ def test_a_pin_survives_channel_moves_and_unpin_ends_it(machine):
     assert status["update"] == "held" and "pinned to 1.0" in status["held_because"]
     by_hand = machine.updater("upgrade")
     assert by_hand.returncode == 15 and "pinned to 1.0" in by_hand.stdout
+    checked = machine.updater("check")
+    assert checked.returncode == 15 and checked.stdout.strip() == (
+        "stable: 1.1 is held back here: pinned to 1.0 here; the channel carries 1.1 "
+        "(updater unpin ends it)")
     shown = machine.updater("status")
     assert "pinned to" in shown.stdout and "1.0" in shown.stdout
     assert machine.updater("pin", "v1.1").returncode == 2  # versions are canonical

@@ -191,6 +191,8 @@ def check_cmd(root: Path | None, as_json: bool) -> None:
         say(f"{report.channel}: {report.available} is rolling out "
             f"({report.rollout.percent}%{', halted' if report.rollout.halted else ''}); "
             f"this installation (bucket {report.rollout.bucket}) is not in it yet")
+    elif report.held:
+        say(f"{report.channel}: {report.available} is held back here: {report.held}")
     elif report.update_available and report.installed == report.available:
         say(f"{report.channel}: {report.available_release} available: the same version as the "
             f"installed {report.installed_release}, other bytes")
