@@ -24,6 +24,23 @@ from examples.demo.build import build
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
 
+# A product with no services and one real command check, which fails when the release carries
+# the demo's `refuse-ui-token` fault or when `data/broken-<version>` exists: enough to make the
+# pre-check, the post-check and a rollback's own check fail on demand.
+MARKER_PRODUCT = r'''
+[health]
+grace = 0.3
+soak = 0
+interval = 0.1
+
+[[check]]
+name = "marker"
+type = "command"
+command = ["sh", "-c", """test ! -e '{root}/data/broken-{version}' &&
+                        ! grep -q refuse-ui-token '{release_dir}/core/build.json'"""]
+'''
+
+
 def _port_block() -> range:
     """This test process's own block of ports, below the kernel's ephemeral range: no other
     xdist worker hands them out, and no outgoing connection is given one by the kernel."""

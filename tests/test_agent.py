@@ -21,22 +21,13 @@ from greenlight.release import init_repository, publish, yank
 from greenlight.updater.agent import Agent, in_window
 from greenlight.updater.store import InstallRoot, clear_hold, set_hold
 
+from conftest import MARKER_PRODUCT as PRODUCT
 from conftest import builtin_server
 
 BIN = Path(sys.executable).parent
 SCHEMA = json.loads((Path(__file__).parents[1] / "channels" / "schema" /
                      "ui-status.v1.schema.json").read_text())
-PRODUCT = r'''
-[health]
-grace = 0.3
-soak = 0
-interval = 0.1
 
-[[check]]
-name = "marker"
-type = "command"
-command = ["sh", "-c", """! grep -q refuse-ui-token '{release_dir}/core/build.json'"""]
-'''
 
 
 class Clock:
@@ -104,6 +95,12 @@ class Machine:
         return data
 
 
+def driven(root: InstallRoot, local_hour: int = 3) -> tuple[Clock, Agent]:
+    """An agent whose time is the returned clock's, with no jitter."""
+    clock = Clock(local_hour)
+    return clock, Agent(root, clock.now, clock.sleep, rng=lambda: 0.0, local=clock.local)
+
+
 def cycle(agent: Agent, m: Machine) -> dict:
     agent.cycle()
     return m.status()
@@ -119,8 +116,7 @@ def test_windows_are_local_times_and_may_span_midnight():
 
 def test_auto_installs_in_the_window_and_downloads_outside_it(machine):
     root = machine.init('window = ["02:00-05:00"]')
-    clock = Clock(local_hour=12)  # outside the window
-    agent = Agent(root, clock.now, clock.sleep, rng=lambda: 0.0, local=clock.local)
+    clock, agent = driven(root, local_hour=12)  # outside the window
     machine.publish("1.0")
     status = cycle(agent, machine)
     assert root.installed_version() is None
@@ -135,8 +131,7 @@ def test_auto_installs_in_the_window_and_downloads_outside_it(machine):
 
 def test_a_hold_stops_installs_and_unhold_resumes(machine):
     root = machine.init()
-    clock = Clock()
-    agent = Agent(root, clock.now, clock.sleep, rng=lambda: 0.0, local=clock.local)
+    clock, agent = driven(root)
     machine.publish("1.0")
     cycle(agent, machine)
     machine.publish("1.1")
@@ -159,8 +154,7 @@ def test_a_hold_stops_installs_and_unhold_resumes(machine):
 
 def test_a_pin_survives_channel_moves_and_unpin_ends_it(machine):
     root = machine.init()
-    clock = Clock()
-    agent = Agent(root, clock.now, clock.sleep, rng=lambda: 0.0, local=clock.local)
+    clock, agent = driven(root)
     machine.publish("1.0")
     cycle(agent, machine)
     assert machine.updater("pin", "1.0").returncode == 0
@@ -184,8 +178,7 @@ def test_a_pin_survives_channel_moves_and_unpin_ends_it(machine):
 
 def test_a_revoked_release_is_left_at_the_next_cycle_even_in_a_hold(machine):
     root = machine.init('window = ["02:00-03:00"]')
-    clock = Clock(local_hour=2)
-    agent = Agent(root, clock.now, clock.sleep, rng=lambda: 0.0, local=clock.local)
+    clock, agent = driven(root, local_hour=2)
     machine.publish("1.0")
     machine.publish("1.1")
     cycle(agent, machine)
@@ -202,8 +195,7 @@ def test_a_revoked_release_is_left_at_the_next_cycle_even_in_a_hold(machine):
 
 def test_a_rollback_is_what_the_ui_reads(machine):
     root = machine.init()
-    clock = Clock()
-    agent = Agent(root, clock.now, clock.sleep, rng=lambda: 0.0, local=clock.local)
+    clock, agent = driven(root)
     machine.publish("1.0")
     cycle(agent, machine)
     machine.publish("1.1", "refuse-ui-token")
@@ -222,8 +214,7 @@ def test_a_rollback_is_what_the_ui_reads(machine):
 
 def test_repository_outages_back_off_then_catch_up(machine):
     root = machine.init()
-    clock = Clock()
-    agent = Agent(root, clock.now, clock.sleep, rng=lambda: 0.0, local=clock.local)
+    clock, agent = driven(root)
     machine.publish("1.0")
     config = machine.path / "greenlight.toml"
     served = config.read_text()
@@ -250,10 +241,9 @@ def test_a_failing_or_hanging_hook_changes_nothing(machine, tmp_path):
         config.write_text(text[:start] + f"on_event = {json.dumps(hook)}\nhook_timeout = 0.5"
                           + text[end:].replace("\nhook_timeout = 0.5", ""))
         root = InstallRoot(machine.path)
-        clock = Clock()
         version = f"1.{len(root.installed_releases())}"
         machine.publish(version)
-        Agent(root, clock.now, clock.sleep, rng=lambda: 0.0, local=clock.local).cycle()
+        driven(root)[1].cycle()
         assert root.installed_version() == version, (machine.path / "logs" / "agent.log"
                                                       ).read_text()
     log = (machine.path / "logs" / "agent.log").read_text()

@@ -2,9 +2,8 @@
 the table says it means. The table is `EXIT_CODES`: a code added there without a scenario here
 fails `test_every_documented_code_has_a_scenario`.
 
-The product is the demo's archives with no services and one real command check, which fails
-when the release carries the `refuse-ui-token` fault or when `data/broken-<version>` exists. That is
-enough to make the pre-check, the post-check and the rollback's own check fail on demand.
+The product is conftest's MARKER_PRODUCT: no services and one real command check that fails on
+demand (in the pre-check, the post-check or a rollback's own check).
 """
 
 import json
@@ -20,22 +19,12 @@ from greenlight.release import build_bundle, init_repository, publish, yank
 from greenlight.updater._errors import EXIT_CODES
 from greenlight.updater.store import InstallRoot, locked
 
+from conftest import MARKER_PRODUCT as PRODUCT
 from conftest import builtin_server, free_port
 
 BIN = Path(sys.executable).parent
 
-PRODUCT = r'''
-[health]
-grace = 0.3
-soak = 0
-interval = 0.1
 
-[[check]]
-name = "marker"
-type = "command"
-command = ["sh", "-c", """test ! -e '{root}/data/broken-{version}' &&
-                        ! grep -q refuse-ui-token '{release_dir}/core/build.json'"""]
-'''
 
 
 class Machine:

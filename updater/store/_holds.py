@@ -51,17 +51,25 @@ def hold_of(root: InstallRoot, at: datetime | None = None) -> Hold | None:
     return hold if hold is not None and hold.active(at) else None
 
 
+def _write(path: Path, record: Hold | Pin) -> None:
+    atomic_write(path, record.model_dump_json(indent=2).encode(), mode=0o640)
+
+
+def _remove(path: Path) -> bool:
+    """Remove `path`; whether there was something to remove."""
+    existed = path.exists()
+    path.unlink(missing_ok=True)
+    return existed
+
+
 def set_hold(root: InstallRoot, until: datetime | None, reason: str, by: str) -> Hold:
     hold = Hold(since=now(), until=until, reason=reason, by=by)
-    atomic_write(root.state / "hold.json", hold.model_dump_json(indent=2).encode(), mode=0o640)
+    _write(root.state / "hold.json", hold)
     return hold
 
 
 def clear_hold(root: InstallRoot) -> bool:
-    path = root.state / "hold.json"
-    existed = path.exists()
-    path.unlink(missing_ok=True)
-    return existed
+    return _remove(root.state / "hold.json")
 
 
 def pin_of(root: InstallRoot) -> Pin | None:
@@ -72,12 +80,9 @@ def pin_of(root: InstallRoot) -> Pin | None:
 
 def set_pin(root: InstallRoot, version: str, by: str) -> Pin:
     pin = Pin(version=version, since=now(), by=by)
-    atomic_write(root.state / "pin.json", pin.model_dump_json(indent=2).encode(), mode=0o640)
+    _write(root.state / "pin.json", pin)
     return pin
 
 
 def clear_pin(root: InstallRoot) -> bool:
-    path = root.state / "pin.json"
-    existed = path.exists()
-    path.unlink(missing_ok=True)
-    return existed
+    return _remove(root.state / "pin.json")
