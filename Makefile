@@ -13,7 +13,7 @@ QUIET_BUILD = PYTHONWARNINGS=ignore::UserWarning
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(QUIET_BUILD) $(BIN)/python -m pip install --quiet -e '.[test,installer]'
+	$(QUIET_BUILD) $(BIN)/python -m pip install --quiet -e '.[test,installer,collector]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/python -m examples.demo.story
 
 test: $(STAMP) lint typecheck
-	tests/ensure_nginx.sh
+	tests/ensure_packages.sh
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: $(STAMP)

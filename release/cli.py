@@ -226,6 +226,23 @@ def installer(repo: Path, channel: str, output: Path, product_config: Path | Non
 
 
 @app.command()
+@click.option("--db", default="sqlite:///greenlight-collector.sqlite3", show_default=True,
+              help="Database URL: sqlite:///FILE, or postgresql+psycopg://USER@HOST/DB.")
+@click.option("--port", type=int, default=8081, show_default=True, help="Port on 127.0.0.1.")
+@click.option("--fleet-token-file", required=True, type=click.Path(path_type=Path),
+              help="File holding the token machines send reports with.")
+@click.option("--admin-token-file", required=True, type=click.Path(path_type=Path),
+              help="File holding the token of the dashboard and the admin endpoints.")
+def collector(db: str, port: int, fleet_token_file: Path, admin_token_file: Path) -> None:
+    """Run the fleet collector on 127.0.0.1: machines' reports in, rollouts out. Stateless:
+    several processes may share one PostgreSQL."""
+    from greenlight.release._collector import serve_collector
+
+    _run(lambda: serve_collector(db, port, fleet_token_file, admin_token_file,
+                                 ready=lambda url: say(f"collecting at {url} (Ctrl-C stops)")))
+
+
+@app.command()
 @repo_argument
 @click.option("--port", type=int, default=8080, show_default=True,
               help="Port on 127.0.0.1 (0: any free).")

@@ -130,8 +130,8 @@ http {{
 def nginx_server(root: Path, tmp: Path) -> Iterator[Served]:
     if NGINX is None:
         if os.environ.get("CI"):
-            pytest.fail("nginx is missing: tests/ensure_nginx.sh should have installed it")
-        pytest.skip("nginx is not installed (tests/ensure_nginx.sh installs it as root)")
+            pytest.fail("nginx is missing: tests/ensure_packages.sh should have installed it")
+        pytest.skip("nginx is not installed (tests/ensure_packages.sh installs it as root)")
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = tmp / "nginx.conf"

@@ -50,7 +50,7 @@ def _runtime_imports(path: Path, module: str) -> set[str]:
 LAYERS = ["greenlight.updater.cli", "greenlight.updater.installer",
           "greenlight.updater.conformance", "greenlight.updater.agent_loop",
           "greenlight.updater.agent", "greenlight.updater.operations",
-          "greenlight.updater.ui_status",
+          "greenlight.updater.ui_status", "greenlight.updater.reporting",
           "greenlight.updater.plan", "greenlight.updater.transaction",
           "greenlight.updater.reports", "greenlight.updater.trust",
           "greenlight.updater.store", "greenlight.updater.product"]
@@ -60,7 +60,8 @@ ALLOWED_DOWN = {
     "greenlight.updater.agent_loop": set(),  # the standard library only
     "greenlight.updater.agent": {"greenlight.updater.operations", "greenlight.updater.ui_status",
                                  "greenlight.updater.reports", "greenlight.updater.store",
-                                 "greenlight.updater.product"},
+                                 "greenlight.updater.product", "greenlight.updater.reporting"},
+    "greenlight.updater.reporting": {"greenlight.updater.store"},
     "greenlight.updater.operations": {"greenlight.updater.plan", "greenlight.updater.transaction",
                                       "greenlight.updater.reports", "greenlight.updater.trust",
                                       "greenlight.updater.store", "greenlight.updater.product",

@@ -145,7 +145,15 @@ class Agent:
             self.log(f"internal error: {type(e).__name__}: {e} (please report it)")
             return self._backoff(config)
         self.failures = 0
+        self._report()
         return config.interval + self.rng() * config.jitter
+
+    def _report(self) -> None:
+        from greenlight.updater.reporting import flush
+        from greenlight.updater.store import queued
+
+        if queued(self.root):
+            flush(self.root)
 
     def _backoff(self, config: AgentConfig) -> float:
         self.failures += 1

@@ -94,6 +94,12 @@ def _keep_status(root: "InstallRoot", result: object) -> None:
         return
     with contextlib.suppress(GreenlightError, OSError):
         ui_status.refresh(root, **ui_status.learned(result))  # type: ignore[arg-type]
+    from greenlight.updater.store import queued
+
+    if queued(root):  # fleet reports (opt-in): sent now, or kept for the next command
+        from greenlight.updater.reporting import flush
+
+        flush(root)
 
 
 def _run(as_json: bool, work: Callable[[], T], root: "InstallRoot | None" = None) -> T:

@@ -33,9 +33,9 @@ from greenlight.channels import Record, check_channel_name
 from greenlight.updater._errors import ConfigError
 
 __all__ = ["PRODUCT_PARTS", "AgentConfig", "CheckConfig", "CommandCheck", "Config", "DnsCheck",
-           "HealthConfig", "HttpCheck", "ProcessCheck", "RepositoryConfig", "ServiceConfig",
-           "StopConfig", "TcpCheck", "VersionCheck", "WebSocketCheck", "describe",
-           "load_product", "product_part", "with_product"]
+           "HealthConfig", "HttpCheck", "ProcessCheck", "ReportConfig", "RepositoryConfig",
+           "ServiceConfig", "StopConfig", "TcpCheck", "VersionCheck", "WebSocketCheck",
+           "describe", "load_product", "product_part", "with_product"]
 
 
 def _url(text: str) -> str:
@@ -206,6 +206,17 @@ class AgentConfig(_Section):
                                      "`interval`")
 
 
+class ReportConfig(_Section):
+    url: Annotated[str, AfterValidator(_url)] = Field(
+        description="the fleet collector's base URL; reports go to <url>v1/reports")
+    token_file: str = Field(default="data/fleet-token",
+                            description="file (relative to the root) holding the fleet token")
+    queue_max: int = Field(default=200, ge=1, description="reports kept while unreachable; "
+                                                          "the oldest go first")
+    timeout: float = Field(default=2.0, gt=0,
+                           description="seconds one flush may take, all reports together")
+
+
 class Config(_Section):
     repository: RepositoryConfig
     channel: Annotated[str, AfterValidator(check_channel_name)] = "stable"
@@ -216,6 +227,7 @@ class Config(_Section):
     health: HealthConfig = Field(default_factory=HealthConfig)
     stop: StopConfig = Field(default_factory=StopConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
+    report: ReportConfig | None = Field(default=None, description="opt-in fleet reports")
 
     @model_validator(mode="after")
     def _references(self) -> "Config":

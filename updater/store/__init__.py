@@ -35,6 +35,7 @@ from greenlight.updater.store._quarantine import (
     lift_quarantine,
     quarantine,
 )
+from greenlight.updater.store._reports import FleetReport, ReportedCheck, queued
 from greenlight.updater.store._root import (
     RELEASE_MANIFEST,
     ActiveChannel,
@@ -48,6 +49,7 @@ __all__ = [
     "RELEASE_MANIFEST",
     "ActiveChannel",
     "EventKind",
+    "FleetReport",
     "HistoryEntry",
     "Hold",
     "InstallRoot",
@@ -55,6 +57,7 @@ __all__ = [
     "Limits",
     "Pin",
     "QuarantineEntry",
+    "ReportedCheck",
     "ReleaseManifest",
     "StepRecord",
     "StepState",
@@ -69,6 +72,7 @@ __all__ = [
     "locked",
     "pin_of",
     "quarantine",
+    "queued",
     "record",
     "set_hold",
     "set_pin",

@@ -43,6 +43,9 @@ def record(root: InstallRoot, entry: HistoryEntry) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    from greenlight.updater.store._reports import queue_event
+
+    queue_event(root, entry)
 
 
 def history(root: InstallRoot) -> list[HistoryEntry]:

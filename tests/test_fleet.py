@@ -1,0 +1,227 @@
+"""Fleet reports: machines queue a report per transaction and send it to a real collector
+(uvicorn on 127.0.0.1, SQLite or a real PostgreSQL started here), which counts distinct
+machines per release and outcome."""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from greenlight.release import init_repository, publish
+
+from conftest import MARKER_PRODUCT, builtin_server, free_port
+
+BIN = Path(sys.executable).parent
+FLEET, ADMIN = "f" * 24, "a" * 24
+
+
+def _wait_http(url: str, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            output = proc.stdout.read() if proc.stdout and proc.poll() is not None else ""
+            assert proc.poll() is None, f"{what} exited: {output}"
+            assert time.monotonic() < deadline, f"{what} did not answer"
+            time.sleep(0.05)
+
+
+class Collector:
+    def __init__(self, tmp: Path, db: str, port: int | None = None) -> None:
+        tokens = tmp / "tokens"
+        tokens.mkdir(exist_ok=True)
+        (tokens / "fleet").write_text(FLEET + "\n")
+        (tokens / "admin").write_text(ADMIN + "\n")
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.proc = subprocess.Popen(
+            [str(BIN / "release"), "collector", "--db", db, "--port", str(self.port),
+             "--fleet-token-file", str(tokens / "fleet"),
+             "--admin-token-file", str(tokens / "admin")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        _wait_http(self.url + "v1/rollouts", self.proc, "the collector")
+
+    def rollouts(self) -> dict:
+        answer = httpx.get(self.url + "v1/rollouts",
+                           headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
+        assert answer.status_code == 200, answer.text
+        return {(r["channel"], r["release"]): r for r in answer.json()["rollouts"]}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=20)
+
+
+class Machine:
+    def __init__(self, tmp: Path, name: str, repo, server, collector_url: str,
+                 queue_max: int = 200) -> None:
+        self.path = tmp / name
+        done = self.updater("init", "--repo", server.url, "--trust",
+                            str(repo.metadata_dir / "1.root.json"))
+        assert done.returncode == 0, done.stderr
+        (self.path / "data").mkdir()
+        (self.path / "data" / "fleet-token").write_text(FLEET + "\n")
+        with (self.path / "greenlight.toml").open("a") as f:
+            f.write(MARKER_PRODUCT + f'\n[report]\nurl = "{collector_url}"\n'
+                                     f'queue_max = {queue_max}\n')
+
+    def updater(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "updater"), *args, "--root", str(self.path)],
+                              capture_output=True, text=True, timeout=120)
+
+    def queued(self) -> list[Path]:
+        return sorted((self.path / "state" / "reports").glob("*.json"))
+
+
+@pytest.fixture
+def fleet(tmp_path, builds):
+    repo = init_repository(tmp_path / "repo")
+    with builtin_server(repo.path) as server:
+        yield tmp_path, repo, server, builds
+
+
+def test_machines_report_and_the_collector_counts_distinct_machines(fleet):
+    tmp, repo, server, builds = fleet
+    collector = Collector(tmp, f"sqlite:///{tmp / 'collector.sqlite3'}")
+    try:
+        machines = [Machine(tmp, f"m{i}", repo, server, collector.url) for i in range(3)]
+        publish(repo, "stable", "1.0", builds("1.0"))
+        for m in machines:
+            assert m.updater("upgrade").returncode == 0
+        publish(repo, "stable", "1.1", builds("1.1", "refuse-ui-token"))
+        for m in machines[:2]:
+            assert m.updater("upgrade").returncode == 20
+        assert all(not m.queued() for m in machines)  # every report was delivered
+        seen = collector.rollouts()
+        assert seen[("stable", "1.0")]["outcomes"] == {"upgraded": 3}
+        bad = seen[("stable", "1.1")]
+        assert bad["machines"] == 2 and bad["outcomes"] == {"rolled-back": 2}
+        assert bad["checks"][0]["name"] == "marker" and bad["checks"][0]["reports"] == 2
+        assert "exited 1" in bad["checks"][0]["example"]
+
+        # The dashboard and the admin endpoints need the admin token; reports the fleet's.
+        assert httpx.get(collector.url).status_code == 401
+        page = httpx.get(collector.url, cookies={"admin": ADMIN})
+        assert page.status_code == 200 and "marker (2)" in page.text
+        body = json.dumps({"schema": "greenlight.report/1"})
+        assert httpx.post(collector.url + "v1/reports", content=body,
+                          headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 401
+        refused = httpx.post(collector.url + "v1/reports", content=body,
+                             headers={"Authorization": f"Bearer {FLEET}"})
+        assert refused.status_code == 422 and "greenlight.report/1" in refused.text
+    finally:
+        collector.stop()
+
+
+def test_reports_from_one_installation_are_rate_limited(fleet):
+    tmp, repo, server, builds = fleet
+    from greenlight.release._collector import RATE
+
+    collector = Collector(tmp, f"sqlite:///{tmp / 'collector.sqlite3'}")
+    try:
+        report = {"schema": "greenlight.report/1", "installation": "0" * 32,
+                  "at": "2026-11-22T10:00:00Z", "channel": "beta", "outcome": "rolled-back",
+                  "release": "9.9"}
+        codes = [httpx.post(collector.url + "v1/reports", json=report,
+                            headers={"Authorization": f"Bearer {FLEET}"}).status_code
+                 for _ in range(RATE + 2)]
+        assert codes == [202] * RATE + [429, 429]
+        assert collector.rollouts()[("beta", "9.9")]["machines"] == 1  # one machine, not 10
+    finally:
+        collector.stop()
+
+
+def test_reports_queue_while_the_collector_is_down_and_never_block(fleet):
+    tmp, repo, server, builds = fleet
+    port = free_port()
+    m = Machine(tmp, "m", repo, server, f"http://127.0.0.1:{port}/", queue_max=2)
+    publish(repo, "stable", "1.0", builds("1.0"))
+    assert m.updater("upgrade").returncode == 0  # nobody listens: the upgrade goes through
+    assert len(m.queued()) == 1
+    for version in ("1.1", "1.2"):
+        publish(repo, "stable", version, builds(version))
+        assert m.updater("upgrade").returncode == 0
+    assert len(m.queued()) == 2  # bounded: the oldest went first
+    assert json.loads(m.queued()[-1].read_text())["release"] == "1.2"
+
+    backoff = m.path / "state" / "reports" / ".backoff"
+    assert json.loads(backoff.read_text())["delay"] >= 5  # the failures set a back-off
+    collector = Collector(tmp, f"sqlite:///{tmp / 'collector.sqlite3'}", port)
+    try:
+        backoff.write_text(json.dumps({"delay": 5, "next": time.time() + 3600}))
+        assert m.updater("status").returncode == 0
+        assert len(m.queued()) == 2  # still inside the back-off: nothing is tried
+        backoff.write_text(json.dumps({"delay": 5, "next": 0}))  # the back-off has passed
+        assert m.updater("status").returncode == 0
+        assert m.queued() == []
+        assert set(collector.rollouts()) == {("stable", "1.1"), ("stable", "1.2")}
+    finally:
+        collector.stop()
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+@pytest.fixture
+def postgres():
+    """A real PostgreSQL from Debian's packages, in a folder of this test, on 127.0.0.1."""
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (tests/ensure_packages.sh installs it as root)")
+    base = Path(tempfile.mkdtemp(prefix="greenlight-pg-"))  # reachable by another user
+    base.chmod(0o755)
+    data = base / "pg"
+    data.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses root: run it as the packages' postgres user
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL")
+        shutil.chown(data, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    done = subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "fleet",
+                           "--auth=trust", "-E", "UTF8"], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"initdb failed: {done.stderr.strip().splitlines()[-1:]}")
+    port = free_port()
+    start = subprocess.run(
+        [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(data / "log"), "-w",
+         "-o", f"-h 127.0.0.1 -p {port} -k {data}", "start"], capture_output=True, text=True)
+    if start.returncode != 0:
+        pytest.fail(f"PostgreSQL did not start: {(data / 'log').read_text()[-500:]}")
+    try:
+        yield f"postgresql+psycopg://fleet@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast",
+                        "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_two_collectors_share_one_postgresql(fleet, postgres):
+    tmp, repo, server, builds = fleet
+    first, second = Collector(tmp, postgres), Collector(tmp, postgres)
+    try:
+        publish(repo, "stable", "1.0", builds("1.0"))
+        machines = [Machine(tmp, f"m{i}", repo, server, c.url)
+                    for i, c in enumerate((first, second, first, second))]
+        for m in machines:
+            assert m.updater("upgrade").returncode == 0
+            assert m.queued() == []
+        for collector in (first, second):  # either answers for all: nothing lives in one
+            seen = collector.rollouts()
+            assert seen[("stable", "1.0")]["machines"] == 4
+            assert seen[("stable", "1.0")]["outcomes"] == {"upgraded": 4}
+    finally:
+        first.stop()
+        second.stop()

@@ -1,0 +1,98 @@
+"""Sending queued fleet reports (`state/reports/`) to the collector named by `[report] url`.
+
+Called after a command or an agent cycle, never inside a transaction. One flush takes at most
+`[report] timeout` seconds in all; a collector that is down or slow leaves the reports queued
+for the next flush, which waits out a back-off that doubles up to an hour
+(`state/reports/.backoff`). A report the collector refuses for good (4xx other than 429) is
+dropped, since it never gets better by retrying. Nothing here raises.
+"""
+
+import contextlib
+import json
+import time
+from pathlib import Path
+
+from greenlight.channels import atomic_write
+from greenlight.updater._errors import GreenlightError
+from greenlight.updater.store import InstallRoot
+from greenlight.updater.store._reports import queued
+
+__all__ = ["flush"]
+
+MAX_BACKOFF = 3600.0
+
+
+def _token(root: InstallRoot, file: str) -> str | None:
+    try:
+        raw = (root.path / file).read_bytes().removesuffix(b"\n").removesuffix(b"\r")
+    except OSError:
+        return None
+    if not raw or any(b < 0x21 or b > 0x7E for b in raw):
+        return None
+    return raw.decode()
+
+
+def _backoff_path(root: InstallRoot) -> Path:
+    return root.state / "reports" / ".backoff"
+
+
+def _waiting(root: InstallRoot, now: float) -> bool:
+    try:
+        state = json.loads(_backoff_path(root).read_text())
+        return now < float(state["next"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _back_off(root: InstallRoot, now: float) -> None:
+    try:
+        previous = float(json.loads(_backoff_path(root).read_text())["delay"])
+    except (OSError, ValueError, KeyError, TypeError):
+        previous = 0.0
+    delay = min(MAX_BACKOFF, max(5.0, previous * 2))
+    atomic_write(_backoff_path(root), json.dumps({"delay": delay, "next": now + delay}).encode())
+
+
+def flush(root: InstallRoot) -> int:
+    """Send what is queued, oldest first, within the time budget; the number sent."""
+    try:
+        config = root.config.report
+    except GreenlightError:
+        return 0
+    if config is None:
+        return 0
+    now = time.time()
+    waiting = queued(root)
+    if not waiting or _waiting(root, now):
+        return 0
+    token = _token(root, config.token_file)
+    if token is None:
+        return 0
+    import httpx
+
+    sent, deadline = 0, time.monotonic() + config.timeout
+    try:
+        with httpx.Client(timeout=config.timeout) as client:
+            for path in waiting:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    body = path.read_bytes()
+                except OSError:
+                    continue
+                answer = client.post(f"{config.url}v1/reports", content=body,
+                                     headers={"Authorization": f"Bearer {token}",
+                                              "Content-Type": "application/json"},
+                                     timeout=left)
+                if answer.status_code == 429 or answer.status_code >= 500:
+                    _back_off(root, now)
+                    return sent
+                path.unlink(missing_ok=True)  # accepted, or refused for good
+                sent += answer.is_success
+    except (httpx.HTTPError, OSError):
+        with contextlib.suppress(OSError):
+            _back_off(root, now)
+        return sent
+    _backoff_path(root).unlink(missing_ok=True)
+    return sent

@@ -1,0 +1,106 @@
+"""`state/reports/`: fleet reports waiting to be sent (opt-in, `[report] url`).
+
+One report per transaction, made from its history entry: a random installation id (never a
+hardware id), the channel, the release keys before and after, the outcome, the failed checks'
+names and one-line summaries (no tokens, no bodies beyond the summary) and the step timings.
+Queuing is a small atomic write; sending happens later (`greenlight.updater.reporting`), so a
+collector that is down never blocks, slows or fails an upgrade. The queue is bounded: past
+`queue_max` the oldest report is dropped.
+"""
+
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from greenlight.channels import Record, atomic_write, version_of
+from greenlight.updater.store._history import HistoryEntry
+from greenlight.updater.store._root import InstallRoot
+
+__all__ = ["OUTCOMES", "FleetReport", "ReportedCheck", "enqueue", "queue_event", "queued",
+           "report_of"]
+
+Outcome = Literal["upgraded", "rolled-back", "dead-end", "precheck-blocked", "held"]
+OUTCOMES: dict[str, Outcome] = {"upgraded": "upgraded", "rolled-back": "rolled-back",
+                                "rollback-failed": "dead-end",
+                                "precheck-blocked": "precheck-blocked"}
+
+
+class ReportedCheck(Record):
+    name: str
+    summary: str
+
+
+class FleetReport(Record):
+    schema_: Literal["greenlight.report/1"] = Field("greenlight.report/1", alias="schema")
+    installation: str = Field(pattern=r"^[0-9a-f]{32}$", description="random, per root")
+    at: datetime
+    channel: str
+    outcome: Outcome
+    release: str | None = Field(description="the version the transaction went for")
+    release_key: str | None = Field(default=None, description="its key, version@digest")
+    before: str | None = Field(default=None, description="the release key installed before")
+    after: str | None = Field(default=None, description="the release key installed after")
+    failed_checks: list[ReportedCheck] = Field(default_factory=list)
+    durations: dict[str, float] = Field(default_factory=dict)
+
+
+def _folder(root: InstallRoot) -> Path:
+    return root.state / "reports"
+
+
+def report_of(root: InstallRoot, entry: HistoryEntry, outcome: Outcome) -> FleetReport:
+    """The report of a history entry. A rollback's entry runs from the failed release back
+    to the previous one; a report always names the release that was tried."""
+    if outcome in ("rolled-back", "dead-end"):
+        tried, before = entry.from_release, entry.to_release
+        after = entry.to_release if outcome == "rolled-back" else None
+    elif outcome == "precheck-blocked":
+        tried, before, after = entry.to_release, entry.from_release, entry.from_release
+    else:
+        tried, before, after = entry.to_release, entry.from_release, entry.to_release
+    version = version_of(tried) if tried else (
+        entry.from_version if outcome in ("rolled-back", "dead-end") else entry.to_version)
+    return FleetReport(
+        installation=root.installation_id, at=entry.at, channel=entry.channel, outcome=outcome,
+        release=version, release_key=tried, before=before, after=after,
+        failed_checks=[ReportedCheck(name=str(c.get("name")),
+                                     summary=" ".join(str(c.get("summary")).split())[:300])
+                       for c in entry.failed_checks],
+        durations={k: round(v, 3) for k, v in entry.timings.items()})
+
+
+def enqueue(root: InstallRoot, report: FleetReport, queue_max: int) -> None:
+    folder = _folder(root)
+    name = f"{time.time_ns():020d}-{os.urandom(4).hex()}.json"
+    atomic_write(folder / name, report.model_dump_json(by_alias=True).encode(), mode=0o600)
+    waiting = queued(root)
+    for old in waiting[:max(0, len(waiting) - queue_max)]:
+        old.unlink(missing_ok=True)
+
+
+def queued(root: InstallRoot) -> list[Path]:
+    """The reports waiting, oldest first."""
+    folder = _folder(root)
+    try:
+        return sorted(p for p in folder.iterdir() if p.suffix == ".json"
+                      and not p.name.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def queue_event(root: InstallRoot, entry: HistoryEntry) -> None:
+    """Queue a report of `entry` when reporting is on and the event is one a fleet counts.
+    Never raises: reporting must not fail what it reports."""
+    outcome = OUTCOMES.get(entry.event)
+    if outcome is None:
+        return
+    try:
+        config = root.config.report
+        if config is not None:
+            enqueue(root, report_of(root, entry, outcome), config.queue_max)
+    except Exception:  # a full disk, a bad config: the upgrade goes on, unreported
+        return
