@@ -26,8 +26,11 @@ from greenlight.channels._model import (
     ChannelFileError,
     ComponentArtifact,
     Delta,
+    HaltRule,
     RevokedRelease,
     Rollout,
+    RolloutPlan,
+    RolloutState,
     json_schema,
 )
 from greenlight.channels._paths import (
@@ -36,10 +39,17 @@ from greenlight.channels._paths import (
     channel_target,
     check_channel_name,
     check_component_name,
+    rollout_role,
+    rollout_target,
 )
 from greenlight.channels._process import lean_process
 from greenlight.channels._records import Record
-from greenlight.channels._rollout import admitted, rollout_bucket
+from greenlight.channels._rollout import (
+    EffectiveRollout,
+    admitted,
+    effective_rollout,
+    rollout_bucket,
+)
 from greenlight.channels._version import VERSION
 from greenlight.channels._versions import canonical_version, is_newer, parse_version, sort_versions
 
@@ -60,8 +70,13 @@ __all__ = [
     "Delta",
     "DeltaError",
     "RevokedRelease",
+    "EffectiveRollout",
+    "HaltRule",
     "Rollout",
+    "RolloutPlan",
+    "RolloutState",
     "admitted",
+    "effective_rollout",
     "apply_delta",
     "artifact_target",
     "atomic_symlink",
@@ -79,6 +94,8 @@ __all__ = [
     "parse_version",
     "remove_path",
     "rollout_bucket",
+    "rollout_role",
+    "rollout_target",
     "sort_versions",
     "lean_process",
     "version_of",

@@ -69,9 +69,75 @@ class RevokedRelease(_Strict):
     revoked_at: datetime
 
 
+class HaltRule(_Strict):
+    """When the collector halts a rollout by itself: at least `rollbacks` distinct machines
+    rolled back (or reached a dead end), or more than `failure_ratio` of at least
+    `min_reports` distinct reporting machines did."""
+
+    rollbacks: int = Field(3, ge=1)
+    failure_ratio: float = Field(0.05, gt=0, le=1)
+    min_reports: int = Field(20, ge=1)
+
+
+class RolloutPlan(_Strict):
+    """The steps a release may take, signed by the channel's role. The online rollout role
+    (`rollout-<channel>`) may only say which step the release is at, or that it is halted;
+    a machine never goes past the plan, nor faster than `soak` seconds a step."""
+
+    steps: list[int] = Field(min_length=1, description="percent of installations per step")
+    soak: float = Field(ge=0, description="the least time, in seconds, each step lasts")
+    halt: HaltRule = Field(default_factory=HaltRule)
+    started_at: datetime = Field(description="when step 0 began; the soak counts from here")
+
+    @model_validator(mode="after")
+    def _increasing(self) -> "RolloutPlan":
+        if any(not 1 <= p <= 100 for p in self.steps):
+            raise ValueError("rollout steps must be percents from 1 to 100")
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
+            raise ValueError("rollout steps must increase")
+        return self
+
+
 class Rollout(_Strict):
     percent: int = Field(ge=0, le=100)
     halted: bool = False
+    plan: RolloutPlan | None = None
+
+    @model_validator(mode="after")
+    def _first_step(self) -> "Rollout":
+        if self.plan is not None and self.percent != self.plan.steps[0]:
+            raise ValueError("a planned rollout's percent is its first step")
+        return self
+
+
+class RolloutState(_Strict):
+    """`rollouts/<channel>.json`, signed by the online role `rollout-<channel>`: the step the
+    channel's current release is at, or that it is halted, and who said so."""
+
+    schema_: Literal["greenlight.rollout-state/1"] = Field(
+        "greenlight.rollout-state/1", alias="schema")
+    channel: ChannelName
+    release: str = Field(description="the release key (version@digest) this state is about")
+    step: int = Field(ge=0)
+    halted: bool = False
+    reason: str | None = None
+    by: str = Field(description="who or what set this state: 'collector' or a person")
+    at: datetime
+    counted_since: datetime | None = Field(
+        default=None, description="reports before this were judged already (a person resumed)")
+
+    def to_json(self) -> bytes:
+        return (self.model_dump_json(indent=2, exclude_none=True, by_alias=True)
+                + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, source: str = "rollout state") -> "RolloutState":
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            raise ChannelFileError(f"{source}: field {where}: {first['msg']}") from None
 
 
 class ChannelFile(_Strict):
@@ -118,5 +184,7 @@ class ChannelFile(_Strict):
 
 
 
-def json_schema() -> str:
-    return json.dumps(ChannelFile.model_json_schema(), indent=2, sort_keys=True) + "\n"
+def json_schema(model: type[_Strict] = ChannelFile) -> str:
+    """The JSON Schema of the channel file (or of `RolloutState`), as exported to
+    channels/schema/."""
+    return json.dumps(model.model_json_schema(by_alias=True), indent=2, sort_keys=True) + "\n"

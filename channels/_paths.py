@@ -1,13 +1,14 @@
 """Target paths and role names: where things live in a repository, by convention.
 
 `channels/<name>.json` is a channel file, signed by the delegated role `channel-<name>`;
-`artifacts/<component>/<version>/<file>` is a component archive.
+`rollouts/<name>.json` is the channel's rollout state, signed by the online role
+`rollout-<name>`; `artifacts/<component>/<version>/<file>` is a component archive.
 """
 
 import re
 
 __all__ = ["artifact_target", "channel_role", "channel_target", "check_channel_name",
-           "check_component_name"]
+           "check_component_name", "rollout_role", "rollout_target"]
 
 _NAME = re.compile(r"\A[a-z0-9][a-z0-9._-]{0,63}\Z")
 
@@ -30,6 +31,12 @@ def channel_target(channel: str) -> str:
 
 def channel_role(channel: str) -> str:
     return f"channel-{check_channel_name(channel)}"
+
+def rollout_target(channel: str) -> str:
+    return f"rollouts/{check_channel_name(channel)}.json"
+
+def rollout_role(channel: str) -> str:
+    return f"rollout-{check_channel_name(channel)}"
 
 def artifact_target(component: str, version: str, filename: str) -> str:
     if "/" in filename or filename in ("", ".", ".."):

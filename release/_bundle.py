@@ -33,6 +33,8 @@ from greenlight.channels import (
     channel_role,
     channel_target,
     now,
+    rollout_role,
+    rollout_target,
 )
 from greenlight.release._channels import current_channel_file
 from greenlight.release._errors import ReleaseError
@@ -96,7 +98,12 @@ def build_bundle(repo: FileRepository, channel: str, out: Path,
     members.append((repo.metadata_dir / f"{snapshot.version}.snapshot.json",
                     f"metadata/{snapshot.version}.snapshot.json"))
     bins = {repo.bin_for(a.target) for a in channel_file.components.values()}
-    for name in (Targets.type, ARTIFACTS, role, *sorted(bins)):
+    # A planned rollout's online state travels too, so a sideload obeys the same step.
+    online = rollout_role(channel)
+    state = (repo.targets(online).targets.get(rollout_target(channel))
+             if f"{online}.json" in snapshot.meta else None)
+    for name in (Targets.type, ARTIFACTS, role, *sorted(bins),
+                 *([online] if f"{online}.json" in snapshot.meta else [])):
         version = snapshot.meta[f"{name}.json"].version
         members.append((repo.metadata_dir / f"{version}.{name}.json",
                         f"metadata/{version}.{name}.json"))
@@ -104,6 +111,9 @@ def build_bundle(repo: FileRepository, channel: str, out: Path,
     sha = {channel_target(channel): repo.targets(role).targets[channel_target(channel)]
            .hashes["sha256"]}
     sha.update({a.target: a.sha256 for a in channel_file.components.values()})
+    if state is not None:
+        paths.append(state.path)
+        sha[state.path] = state.hashes["sha256"]
     for target in paths:
         stored = repo.stored_target_path(target, sha[target])
         members.append((stored, f"targets/{stored.relative_to(repo.targets_dir)}"))

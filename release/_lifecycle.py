@@ -78,19 +78,40 @@ def yank(repo: FileRepository, channel: str, version: str, reason: str) -> Chann
 
 @all_or_nothing
 def rollout(repo: FileRepository, channel: str, percent: int | None = None,
-            halt: bool = False) -> ChannelFile:
-    current = _require_channel(repo, channel)
-    if percent is None and not halt:
-        raise ReleaseError("give --percent N (0-100) or --halt")
-    if percent is not None and not 0 <= percent <= 100:
-        raise ReleaseError(f"--percent {percent}: expected 0 to 100")
-    before = current.rollout.percent if current.rollout else 100
-    staged = Rollout(percent=before if percent is None else percent, halted=halt)
-    updated = current.model_copy(update={
-        "rollout": None if (staged.percent == 100 and not halt) else staged,
-        "published_at": now()})
-    write_channel_file(repo, ChannelFile.model_validate(updated.model_dump()))
-    return updated
+            halt: bool = False, resume: bool = False) -> ChannelFile:
+    """A person's word on a rollout: a fixed `percent` (which replaces a plan), `halt` (signed
+    by the channel's role), or `resume` (lifts a halt, whoever set it; a planned rollout goes
+    on from its step, judging only the reports that come after)."""
+    from greenlight.release._rollouts import locked, person, planned, write_state
+
+    with locked(repo):
+        current = _require_channel(repo, channel)
+        if sum((percent is not None, halt, resume)) != 1:
+            raise ReleaseError("give one of --percent N (0-100), --halt or --resume")
+        if percent is not None and not 0 <= percent <= 100:
+            raise ReleaseError(f"--percent {percent}: expected 0 to 100")
+        if current.rollout is None and (halt or resume):
+            raise ReleaseError(f"channel {channel!r} has no staged rollout of "
+                               f"{current.release} to {'halt' if halt else 'resume'}")
+        assert current.rollout is not None or percent is not None
+        if percent is not None:
+            staged: Rollout | None = None if percent == 100 else Rollout(percent=percent)
+        else:
+            assert current.rollout is not None
+            staged = current.rollout.model_copy(update={"halted": halt})
+        if resume:
+            plan = planned(repo, channel)
+            if not (staged != current.rollout or (plan is not None and plan.halted)):
+                raise ReleaseError(f"the rollout of {current.release} on {channel!r} is not "
+                                   "halted")
+            if plan is not None and plan.state is not None and plan.state.halted:
+                write_state(repo, plan.next_state(
+                    f"{person()} (release rollout --resume)", counted_since=now()))
+        if staged == current.rollout:
+            return current
+        updated = current.model_copy(update={"rollout": staged, "published_at": now()})
+        write_channel_file(repo, ChannelFile.model_validate(updated.model_dump()))
+        return updated
 
 
 __all__ = ["channel_history", "promote", "rollout", "yank"]

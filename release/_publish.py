@@ -12,6 +12,7 @@ from greenlight.channels import (
     ChannelFile,
     ComponentArtifact,
     Rollout,
+    RolloutPlan,
     artifact_target,
     canonical_version,
     check_channel_name,
@@ -44,10 +45,13 @@ def publish(
     rollout_percent: int | None = None,
     deltas: bool = True,
     keep_top_folder: bool = False,
+    rollout_plan: RolloutPlan | None = None,
 ) -> ChannelFile:
     """Publish `version` on `channel`. An archive whose members all sit under one top folder
     (`core/...`, `core-1.2.3/...`) is recorded with that folder as its `strip_prefix`, so it
-    unpacks into `releases/<key>/<component>/` without it; `keep_top_folder` keeps it."""
+    unpacks into `releases/<key>/<component>/` without it; `keep_top_folder` keeps it.
+    With `rollout_plan`, the release rolls out by the plan's steps, moved along (or halted)
+    by the online `rollout-<channel>` role; its soak counts from now."""
     from greenlight.updater import ArchiveError
     from greenlight.updater.store import top_folder
 
@@ -89,6 +93,15 @@ def publish(
     if deltas:
         artifacts = build_deltas(repo, channel, fallback, version, artifacts)
     ensure_channel_role(repo, channel)
+    rollout = None if rollout_percent in (None, 100) else Rollout(percent=rollout_percent)
+    if rollout_plan is not None:
+        if rollout_percent is not None:
+            raise ReleaseError("give either --rollout or --rollout-plan, not both")
+        from greenlight.release._rollouts import ensure_rollout_role
+
+        ensure_rollout_role(repo, channel)
+        rollout = Rollout(percent=rollout_plan.steps[0],
+                          plan=rollout_plan.model_copy(update={"started_at": now()}))
 
     channel_file = ChannelFile(
         channel=channel,
@@ -96,7 +109,7 @@ def publish(
         components=artifacts,
         fallback=fallback,
         revoked=list(current.revoked) if current else [],
-        rollout=None if rollout_percent in (None, 100) else Rollout(percent=rollout_percent),
+        rollout=rollout,
         published_at=now(),
     )
     write_channel_file(repo, channel_file)

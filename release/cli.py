@@ -7,6 +7,8 @@ Heavy modules are imported by the commands that use them.
 """
 
 import errno
+import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +19,7 @@ import click
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from greenlight.channels import ChannelFile
+    from greenlight.channels import ChannelFile, RolloutPlan
     from greenlight.release._repository import FileRepository
 
 __all__ = ["app", "main"]
@@ -141,6 +143,17 @@ def _channel_change(repo: Path, keys_dir: Path | None, as_json: bool,
               help="Publish a version not newer than the current.")
 @click.option("--rollout", "rollout_percent", type=int, default=None,
               help="Start a staged rollout at this percent of installations.")
+@click.option("--rollout-plan", default=None, metavar="P1,P2,...",
+              help="Roll out by these percent steps (e.g. 5,25,100), moved along by the "
+                   "collector through the online rollout-<channel> role, or halted by it.")
+@click.option("--soak", default="1h", show_default=True,
+              help="With --rollout-plan: the least time each step lasts (30s, 10m, 1h, 2d).")
+@click.option("--halt-rollbacks", type=int, default=3, show_default=True,
+              help="With --rollout-plan: halt once this many machines rolled back.")
+@click.option("--halt-ratio", type=float, default=0.05, show_default=True,
+              help="With --rollout-plan: or once more than this share of machines failed...")
+@click.option("--halt-min-reports", type=int, default=20, show_default=True,
+              help="...of at least this many machines reporting.")
 @click.option("--no-deltas", is_flag=True, help="Do not build patches from recent releases.")
 @click.option("--keep-top-folder", is_flag=True,
               help="Unpack archives as they are, even when all members sit under one folder.")
@@ -148,8 +161,9 @@ def _channel_change(repo: Path, keys_dir: Path | None, as_json: bool,
 @json_option
 def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ...],
                 fallback: str | None, allow_older: bool, rollout_percent: int | None,
-                no_deltas: bool, keep_top_folder: bool, keys: Path | None,
-                as_json: bool) -> None:
+                rollout_plan: str | None, soak: str, halt_rollbacks: int, halt_ratio: float,
+                halt_min_reports: int, no_deltas: bool, keep_top_folder: bool,
+                keys: Path | None, as_json: bool) -> None:
     """Add a release's component archives and point --channel at it, signed; with patches
     from the channel's (and its fallback's) recent releases where they are small.
 
@@ -158,12 +172,52 @@ def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ..
     left out; the channel file records it, and this command says so."""
     from greenlight.release._publish import publish
 
+    plan = None if rollout_plan is None else _run(lambda: _plan(
+        rollout_plan, soak, halt_rollbacks, halt_ratio, halt_min_reports))
     _channel_change(
         repo, keys, as_json,
         lambda r: publish(r, channel, version, _parse_components(list(component)), fallback,
                           allow_older, rollout_percent, deltas=not no_deltas,
-                          keep_top_folder=keep_top_folder),
+                          keep_top_folder=keep_top_folder, rollout_plan=plan),
         _published)
+
+
+_SOAK = re.compile(r"\A(\d+(?:\.\d+)?)([smhd])\Z")
+
+
+def _plan(steps: str, soak: str, rollbacks: int, ratio: float,
+          min_reports: int) -> "RolloutPlan":
+    from pydantic import ValidationError
+
+    from greenlight.channels import HaltRule, RolloutPlan, now
+    from greenlight.release._errors import ReleaseError
+
+    match = _SOAK.match(soak.strip())
+    if not match:
+        raise ReleaseError(f"--soak {soak!r}: expected a duration such as 30s, 10m, 1h or 2d")
+    seconds = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    try:
+        percents = [int(p) for p in steps.split(",")]
+    except ValueError:
+        raise ReleaseError(f"--rollout-plan {steps!r}: expected percents such as 5,25,100"
+                           ) from None
+    try:
+        return RolloutPlan(steps=percents, soak=seconds, started_at=now(), halt=HaltRule(
+            rollbacks=rollbacks, failure_ratio=ratio, min_reports=min_reports))
+    except ValidationError as e:
+        raise ReleaseError(f"--rollout-plan {steps!r}: {e.errors()[0]['msg']}") from None
+
+
+def _rollout_line(cf: "ChannelFile") -> str:
+    r = cf.rollout
+    if r is None:
+        return "everyone"
+    if r.plan is None:
+        return f"{r.percent}% of installations{' (HALTED)' if r.halted else ''}"
+    return (f"planned rollout {'/'.join(f'{p}%' for p in r.plan.steps)}, at least "
+            f"{r.plan.soak:g} s a step, halting at {r.plan.halt.rollbacks} rollbacks or "
+            f"{r.plan.halt.failure_ratio:.0%} of {r.plan.halt.min_reports}+ machines"
+            f"{' (HALTED)' if r.halted else ''}")
 
 
 def _published(cf: "ChannelFile") -> str:
@@ -172,8 +226,9 @@ def _published(cf: "ChannelFile") -> str:
         f"{name}: {a.strip_prefix}/* -> {name}/ (top folder left out)" if a.strip_prefix
         else f"{name}: archive root -> {name}/"
         for name, a in cf.components.items())
+    rollout = "" if cf.rollout is None else f"\nrollout: {_rollout_line(cf)}"
     return (f"published {cf.channel} {cf.release} ({', '.join(cf.components)})\n"
-            f"layout: {layout}")
+            f"layout: {layout}{rollout}")
 
 
 @app.command()
@@ -233,13 +288,27 @@ def installer(repo: Path, channel: str, output: Path, product_config: Path | Non
               help="File holding the token machines send reports with.")
 @click.option("--admin-token-file", required=True, type=click.Path(path_type=Path),
               help="File holding the token of the dashboard and the admin endpoints.")
-def collector(db: str, port: int, fleet_token_file: Path, admin_token_file: Path) -> None:
+@click.option("--repo", type=click.Path(path_type=Path), default=None,
+              help="Guard this repository's planned rollouts: halt them by their rule, move "
+                   "them along their steps.")
+@click.option("--keys", "keys_dir", type=click.Path(path_type=Path), default=None,
+              help="With --repo: the folder holding the rollout-<channel>, snapshot and "
+                   "timestamp keys (default: the repository's keys folder).")
+@click.option("--tick", type=float, default=10.0, show_default=True,
+              help="With --repo: seconds between looks at every planned rollout.")
+def collector(db: str, port: int, fleet_token_file: Path, admin_token_file: Path,
+              repo: Path | None, keys_dir: Path | None, tick: float) -> None:
     """Run the fleet collector on 127.0.0.1: machines' reports in, rollouts out. Stateless:
-    several processes may share one PostgreSQL."""
+    several processes may share one PostgreSQL (and one repository folder)."""
     from greenlight.release._collector import serve_collector
 
+    def log(line: str) -> None:
+        say(line)
+        sys.stdout.flush()
+
     _run(lambda: serve_collector(db, port, fleet_token_file, admin_token_file,
-                                 ready=lambda url: say(f"collecting at {url} (Ctrl-C stops)")))
+                                 ready=lambda url: log(f"collecting at {url} (Ctrl-C stops)"),
+                                 repo=repo, keys=keys_dir, tick=tick, log=log))
 
 
 @app.command()
@@ -467,26 +536,77 @@ def yank_cmd(repo: Path, channel: str, version: str, reason: str, keys: Path | N
                     lambda cf: f"yanked {version} on {channel}; it now carries {cf.release}")
 
 
-@app.command("rollout")
+class _RolloutGroup(click.Group):
+    """`release rollout REPO --channel C ...` changes a rollout; `release rollout status`
+    reports on them. The first form is the group's hidden default command."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["change", *args]
+        return super().parse_args(ctx, args)
+
+
+@app.group("rollout", cls=_RolloutGroup)
+def rollout_group() -> None:
+    """Staged rollouts.
+
+    \b
+    release rollout REPO --channel C (--percent N | --halt | --resume)
+    release rollout status --collector URL --admin-token-file FILE
+    """
+
+
+@rollout_group.command("change", hidden=True)
 @repo_argument
 @click.option("--channel", required=True, help="Channel whose release rolls out.")
-@click.option("--percent", type=int, default=None, help="Share of installations, 0-100.")
+@click.option("--percent", type=int, default=None,
+              help="Share of installations, 0-100 (replaces a plan).")
 @click.option("--halt", is_flag=True, help="Stop the rollout where it is.")
+@click.option("--resume", is_flag=True,
+              help="Lift a halt (a person's or the collector's) once someone has looked.")
 @keys_option
 @json_option
-def rollout_cmd(repo: Path, channel: str, percent: int | None, halt: bool, keys: Path | None,
-                as_json: bool) -> None:
-    """Stage the channel's release to a share of installations, or halt it."""
+def rollout_cmd(repo: Path, channel: str, percent: int | None, halt: bool, resume: bool,
+                keys: Path | None, as_json: bool) -> None:
+    """Stage the channel's release to a share of installations, halt it, or resume it."""
     from greenlight.release._lifecycle import rollout
 
-    def describe(cf: "ChannelFile") -> str:
-        state = cf.rollout
-        return f"{channel} {cf.release}: " + ("everyone" if state is None else
-                                              f"{state.percent}% of installations"
-                                              f"{' (halted)' if state.halted else ''}")
+    _channel_change(repo, keys, as_json, lambda r: rollout(r, channel, percent, halt, resume),
+                    lambda cf: f"{channel} {cf.release}: {_rollout_line(cf)}")
 
-    _channel_change(repo, keys, as_json, lambda r: rollout(r, channel, percent, halt),
-                    describe)
+
+@rollout_group.command("status")
+@click.option("--collector", "url", required=True, help="The collector's URL.")
+@click.option("--admin-token-file", required=True, type=click.Path(path_type=Path),
+              help="File holding the collector's admin token.")
+@json_option
+def rollout_status_cmd(url: str, admin_token_file: Path, as_json: bool) -> None:
+    """Per release: machines reporting, upgraded, rolled back, dead ends, the failing checks
+    ranked with an example, the step it is at, and who halted it and why."""
+    from greenlight.release._collector import fetch_rollouts
+
+    answer = _run(lambda: fetch_rollouts(url, admin_token_file))
+    if as_json:
+        print(json.dumps(answer, indent=2))
+        return
+    if not answer["rollouts"]:
+        say("no reports yet")
+    for r in answer["rollouts"]:
+        o = r["outcomes"]
+        say(f"{r['channel']} {r['release']}: {r['machines']} machines reporting; "
+            f"{o.get('upgraded', 0)} upgraded, {o.get('rolled-back', 0)} rolled back, "
+            f"{o.get('dead-end', 0)} dead ends, {o.get('precheck-blocked', 0)} pre-check "
+            "blocked")
+        plan = r.get("plan")
+        if plan:
+            where = f"step {plan['step'] + 1} of {len(plan['steps'])} ({plan['percent']}%)"
+            if plan["halted"]:
+                where += f", HALTED by {plan['by']}: {plan['reason']}"
+            elif plan.get("by"):
+                where += f", set by {plan['by']} at {plan['at']}"
+            say(f"  rollout: {where}")
+        for c in r["checks"]:
+            say(f"  {c['reports']:>4} x {c['name']}: {c['example']}")
 
 
 @app.command("refresh")

@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -223,3 +224,48 @@ def served(request: pytest.FixtureRequest, published: FileRepository,
 def server(published: FileRepository) -> Iterator[Served]:
     with builtin_server(published.path) as s:
         yield s
+
+
+# --- the fleet collector, as a real process ---------------------------------------------
+
+FLEET, ADMIN = "f" * 24, "a" * 24
+
+
+def _wait_http(url: str, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            output = proc.stdout.read() if proc.stdout and proc.poll() is not None else ""
+            assert proc.poll() is None, f"{what} exited: {output}"
+            assert time.monotonic() < deadline, f"{what} did not answer"
+            time.sleep(0.05)
+
+
+class Collector:
+    def __init__(self, tmp: Path, db: str, port: int | None = None, *extra: str) -> None:
+        tokens = tmp / "tokens"
+        tokens.mkdir(exist_ok=True)
+        (tokens / "fleet").write_text(FLEET + "\n")
+        (tokens / "admin").write_text(ADMIN + "\n")
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "release"), "collector", "--db", db,
+             "--port", str(self.port),
+             "--fleet-token-file", str(tokens / "fleet"),
+             "--admin-token-file", str(tokens / "admin"), *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        _wait_http(self.url + "v1/rollouts", self.proc, "the collector")
+
+    def rollouts(self) -> dict:
+        answer = httpx.get(self.url + "v1/rollouts",
+                           headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
+        assert answer.status_code == 200, answer.text
+        return {(r["channel"], r["release"]): r for r in answer.json()["rollouts"]}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=20)

@@ -343,3 +343,34 @@ def test_state_is_private_to_the_owner(tmp_path, offline, published):
         root.state / "installation-id")}
     assert mode[root.path] == 0o750 and mode[root.config_path] == 0o640
     assert all(m & 0o007 == 0 for m in mode.values()), mode
+
+
+def test_a_bundle_carries_the_rollout_state_and_a_sideload_obeys_it(tmp_path, offline,
+                                                                    published, builds):
+    """A planned rollout's signed state travels in the bundle: a halt holds a sideload too,
+    and its lifting lets the same machine in, all without the network."""
+    from greenlight.channels import RolloutPlan, now, rollout_bucket
+    from greenlight.release._rollouts import planned, write_state
+
+    root, _ = offline
+    cf = publish(published, "stable", "1.2", builds("1.2"),
+                 rollout_plan=RolloutPlan(steps=[50, 100], soak=0, started_at=now()))
+    inside = next(f"{i:032x}" for i in range(10_000)
+                  if rollout_bucket(f"{i:032x}", "stable", "1.2") < 50)
+    (root.state / "installation-id").write_text(inside + "\n")
+    plan = planned(published, "stable")
+    with published.all_or_nothing():
+        write_state(published, plan.next_state("collector", halted=True, reason="2 rollbacks"))
+    halted = tmp_path / "halted.bundle"
+    build_bundle(published, "stable", halted)
+    with tarfile.open(halted) as tar:
+        assert [n for n in tar.getnames() if n.startswith("targets/rollouts/")]
+    held = sideload(root, halted)
+    assert held.outcome == "held" and "HALTED (halted by collector: 2 rollbacks)" in held.note
+    assert root.installed_release() is None
+    with published.all_or_nothing():
+        write_state(published, planned(published, "stable").next_state("a person"))
+    resumed = tmp_path / "resumed.bundle"
+    build_bundle(published, "stable", resumed)
+    report = sideload(root, resumed)
+    assert (report.outcome, report.installed) == ("upgraded", cf.release)

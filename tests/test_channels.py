@@ -26,6 +26,13 @@ def test_exported_schema_is_current():
     )
 
 
+def test_exported_rollout_state_schema_is_current():
+    from greenlight.channels import RolloutState
+
+    path = SCHEMA.with_name("rollout-state.v1.schema.json")
+    assert path.read_text() == json_schema(RolloutState)
+
+
 def test_published_channel_files_validate_against_the_schema(published: FileRepository):
     schema = json.loads(SCHEMA.read_text())
     for channel in ("stable", "beta"):

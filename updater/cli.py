@@ -194,9 +194,13 @@ def check_cmd(root: Path | None, as_json: bool) -> None:
             f"(see 'updater quarantine')")
     elif (report.rollout and not report.rollout.in_rollout
           and report.installed_release != report.available_release):
-        say(f"{report.channel}: {report.available} is rolling out "
-            f"({report.rollout.percent}%{', halted' if report.rollout.halted else ''}); "
-            f"this installation (bucket {report.rollout.bucket}) is not in it yet")
+        r = report.rollout
+        where = f"{r.percent}%" + (f", step {r.step + 1} of {len(r.steps)}"
+                                   if r.step is not None else "")
+        if r.halted:
+            where += f", HALTED: {r.reason}" if r.reason else ", halted"
+        say(f"{report.channel}: {report.available} is rolling out ({where}); "
+            f"this installation (bucket {r.bucket}) is not in it yet")
     elif report.held:
         say(f"{report.channel}: {report.available} is held back here: {report.held}")
     elif report.update_available and report.installed == report.available:

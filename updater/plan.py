@@ -2,7 +2,7 @@
 `sideload`: no I/O, no clock, nothing but its arguments (the way python-tuf keeps every trust
 decision in a state machine that does no I/O).
 
-    decide(channel_file, installed, quarantined, installation_id, pin) -> Plan
+    decide(channel_file, installed, quarantined, installation_id, pin, rollout_state, at) -> Plan
 
 Releases are compared by identity (`ReleaseId`: the version and every component's sha256),
 never by the version string alone: the same version with other bytes is another release.
@@ -14,16 +14,26 @@ The order of the rules is the policy:
 3. a person pinned this installation to another version than the channel's: held (a pin never
    keeps a revoked release: rule 1 comes first);
 4. the channel's release failed here before (quarantined): held;
-5. a staged rollout that does not include this installation yet (or is halted): held;
+5. a staged rollout that does not include this installation yet (or is halted): held. A
+   planned rollout's step comes from the online role's signed state, never past the plan
+   (`channels._rollout.effective_rollout`); the time it is judged at is an argument;
 6. otherwise: install it. The channel's release is the goal even when it is older than what
    is installed (after a switch to the fallback channel).
 """
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
-from greenlight.channels import ChannelFile, ReleaseId, admitted, rollout_bucket
+from greenlight.channels import (
+    ChannelFile,
+    ReleaseId,
+    RolloutState,
+    admitted,
+    effective_rollout,
+    rollout_bucket,
+)
 
 __all__ = ["Action", "Plan", "RolloutPosition", "decide"]
 
@@ -38,6 +48,9 @@ class RolloutPosition:
     halted: bool
     bucket: int
     in_rollout: bool
+    step: int | None = None
+    steps: tuple[int, ...] = ()
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,26 +79,33 @@ class Plan:
         return self.action in ("install", "leave-yanked")
 
 
-def _position(channel_file: ChannelFile, installation_id: str) -> RolloutPosition | None:
-    rollout = channel_file.rollout
-    if rollout is None:
+def _position(channel_file: ChannelFile, installation_id: str, state: RolloutState | None,
+              at: datetime | None) -> RolloutPosition | None:
+    plan = channel_file.rollout.plan if channel_file.rollout else None
+    effective = effective_rollout(channel_file, state, at if at is not None else
+                                  plan.started_at if plan is not None else
+                                  channel_file.published_at)
+    if effective is None:
         return None
     return RolloutPosition(
-        percent=rollout.percent, halted=rollout.halted,
+        percent=effective.percent, halted=effective.halted,
         bucket=rollout_bucket(installation_id, channel_file.channel, channel_file.release),
-        in_rollout=admitted(channel_file, installation_id))
+        in_rollout=admitted(channel_file, installation_id, effective),
+        step=effective.step, steps=effective.steps, reason=effective.reason)
 
 
 def decide(channel_file: ChannelFile, installed: ReleaseId | None,
            quarantined: Mapping[ReleaseId, str], installation_id: str,
-           pin: str | None = None) -> Plan:
+           pin: str | None = None, rollout_state: RolloutState | None = None,
+           at: datetime | None = None) -> Plan:
     """The plan for an installation running `installed` that follows `channel_file`'s channel.
 
     `quarantined` maps each release that failed here to the reason it did; `pin` is the
-    version a person pinned this installation to (`updater pin`), if any.
+    version a person pinned this installation to (`updater pin`), if any; `rollout_state` is
+    the online role's verified word on a planned rollout, judged at time `at`.
     """
     target = channel_file.identity
-    rollout = _position(channel_file, installation_id)
+    rollout = _position(channel_file, installation_id, rollout_state, at)
     held = quarantined.get(target)
     revoked = channel_file.is_revoked(installed.version) if installed is not None else None
 
@@ -103,7 +123,11 @@ def decide(channel_file: ChannelFile, installed: ReleaseId | None,
     if held is not None:
         return plan("held", f"{target} is quarantined here: {held}")
     if rollout is not None and not rollout.in_rollout:
-        why = "halted" if rollout.halted else f"at {rollout.percent}%"
-        return plan("held", f"{target} is in a staged rollout ({why}); this installation's "
+        if rollout.halted:
+            return plan("held", f"{target}'s staged rollout is HALTED "
+                                f"({rollout.reason or 'halted'}); nothing new installs here")
+        where = (f"at {rollout.percent}%" if rollout.step is None else
+                 f"at {rollout.percent}%, step {rollout.step + 1} of {len(rollout.steps)}")
+        return plan("held", f"{target} is in a staged rollout ({where}); this installation's "
                             f"bucket is {rollout.bucket}, not yet included")
     return plan("install")

@@ -29,6 +29,9 @@ class RolloutStatus(Record):
     halted: bool
     bucket: int = Field(description="this installation's bucket, 0-99, for this release")
     in_rollout: bool
+    step: int | None = Field(default=None, description="a planned rollout's step, from 0")
+    steps: list[int] = Field(default_factory=list, description="a planned rollout's percents")
+    reason: str | None = Field(default=None, description="who halted it and why")
 
 
 class CheckReport(Record):

@@ -236,7 +236,7 @@ def download(root: InstallRoot, repo: TrustedRepository,
     with locked(root):
         recover(root, root.config)
         channel_file = read_channel(root, repo)
-        plan = plan_for(root, channel_file)
+        plan = plan_for(root, channel_file, repo)
         report = UpgradeReport(
             root=str(root.path), channel=channel_file.channel, outcome="up-to-date",
             from_version=plan.installed, to_version=plan.target, installed=plan.installed,
@@ -259,7 +259,7 @@ def _upgrade_locked(root: InstallRoot, repo: TrustedRepository, progress: Progre
                     force: bool) -> UpgradeReport:
     config = root.config
     channel_file = read_channel(root, repo)
-    plan = plan_for(root, channel_file)
+    plan = plan_for(root, channel_file, repo)
     installed, target = plan.installed, plan.target
     report = UpgradeReport(
         root=str(root.path), channel=channel_file.channel, outcome="up-to-date",

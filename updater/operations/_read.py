@@ -2,7 +2,7 @@
 switch (which verifies the channel before it writes `active.json`). They load neither the
 transaction nor the services, so that `updater check` starts fast."""
 
-from greenlight.channels import ChannelFile, check_channel_name
+from greenlight.channels import ChannelFile, check_channel_name, now
 from greenlight.updater._errors import BusyError, UsageError
 from greenlight.updater.plan import Plan, decide
 from greenlight.updater.reports import (
@@ -71,25 +71,30 @@ def switch_channel(root: InstallRoot, repo: TrustedRepository, channel: str) -> 
             root.set_active_channel(channel, f"switched from {previous} by the user")
 
 
-def plan_for(root: InstallRoot, channel_file: ChannelFile) -> Plan:
-    """What this installation should do about `channel_file`, from what is on disk."""
+def plan_for(root: InstallRoot, channel_file: ChannelFile,
+             repo: TrustedRepository | None = None) -> Plan:
+    """What this installation should do about `channel_file`, from what is on disk (and, for
+    a planned rollout, the online role's signed state from `repo`)."""
     held = {identity: entry.reason for identity, entry in quarantine(root).items()}
     pin = pin_of(root)
+    planned = channel_file.rollout is not None and channel_file.rollout.plan is not None
+    state = repo.rollout_state(channel_file.channel) if planned and repo is not None else None
     return decide(channel_file, root.installed_identity(), held, root.installation_id,
-                  pin.version if pin else None)
+                  pin.version if pin else None, state, now())
 
 
 def _rollout_status(plan: Plan) -> RolloutStatus | None:
     r = plan.rollout
-    return None if r is None else RolloutStatus(percent=r.percent, halted=r.halted,
-                                                bucket=r.bucket, in_rollout=r.in_rollout)
+    return None if r is None else RolloutStatus(
+        percent=r.percent, halted=r.halted, bucket=r.bucket, in_rollout=r.in_rollout,
+        step=r.step, steps=list(r.steps), reason=r.reason)
 
 
 def check(root: InstallRoot, repo: TrustedRepository) -> CheckReport:
     """Refresh, read the active channel's file, and say what an upgrade would do."""
     active = root.active_channel()
     channel_file = read_channel(root, repo)
-    plan = plan_for(root, channel_file)
+    plan = plan_for(root, channel_file, repo)
     return CheckReport(
         rollout=_rollout_status(plan),
         yanked=plan.yanked,

@@ -18,7 +18,14 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, Root, TargetFile
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
-from greenlight.channels import ChannelFile, ChannelFileError, ComponentArtifact, channel_target
+from greenlight.channels import (
+    ChannelFile,
+    ChannelFileError,
+    ComponentArtifact,
+    RolloutState,
+    channel_target,
+    rollout_target,
+)
 from greenlight.updater._errors import (
     ArchiveError,
     ConfigError,
@@ -195,6 +202,20 @@ class TrustedRepository:
                 f"channel file {path} refused: it names channel {channel_file.channel!r}"
             )
         return channel_file, raw
+
+    def rollout_state(self, channel: str) -> RolloutState | None:
+        """The online role's signed word on the channel's planned rollout, if it said any."""
+        path = rollout_target(channel)
+        info = self.target_info(path)
+        if info is None:
+            return None
+        with verifying(f"rollout state {path}"):
+            raw = self.fetcher.download_bytes(self.target_url(info), info.length)
+            info.verify_length_and_hashes(raw)
+        try:
+            return RolloutState.from_json(raw, f"rollout state {path}")
+        except ChannelFileError as e:
+            raise TrustError(str(e)) from None
 
     def artifact_info(self, name: str, artifact: ComponentArtifact) -> TargetFile:
         """The signed target of a component, cross-checked against the channel file."""

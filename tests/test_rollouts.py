@@ -1,0 +1,424 @@
+"""Planned rollouts: the channel's signers approve the steps, the online `rollout-<channel>`
+role says which step a release is at (or that it is halted), machines never go past the plan,
+and a real collector halts and advances by itself."""
+
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from greenlight.channels import (
+    ChannelFile,
+    HaltRule,
+    RolloutPlan,
+    RolloutState,
+    effective_rollout,
+    rollout_bucket,
+    rollout_role,
+)
+from greenlight.release import publish
+from greenlight.release._collector import Guard, Store
+from greenlight.release._repository import FileRepository
+from greenlight.release._rollouts import current_state, write_state
+from greenlight.updater.operations import check, open_repository
+from greenlight.updater.store import InstallRoot
+
+from conftest import ADMIN, FLEET, Collector, builtin_server
+
+BIN = Path(sys.executable).parent
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def _plan(steps: list[int], soak: float = 0, **halt: float) -> RolloutPlan:
+    return RolloutPlan(steps=steps, soak=soak, started_at=T0, halt=HaltRule(**halt))
+
+
+def _ids(channel: str, version: str, low: int, high: int, n: int = 1) -> list[str]:
+    """Installation ids whose bucket for this release lies in [low, high)."""
+    found = (f"{i:032x}" for i in range(100_000))
+    return [c for c in found if low <= rollout_bucket(c, channel, version) < high][:n]
+
+
+def _machine(tmp: Path, server, repo: FileRepository, name: str, ident: str) -> InstallRoot:
+    root = InstallRoot.create(tmp / name, server.url,
+                              (repo.metadata_dir / "1.root.json").read_bytes(), "stable")
+    (root.state / "installation-id").write_text(ident + "\n")
+    return root
+
+
+def _in(root: InstallRoot) -> tuple[bool, int | None, bool]:
+    r = check(root, open_repository(root)).rollout
+    assert r is not None
+    return r.in_rollout, r.percent, r.halted
+
+
+# --- the combination, as a property ----------------------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(st.integers(1, 100), min_size=1, max_size=6, unique=True).map(sorted),
+       soak=st.sampled_from([0.0, 1.0, 60.0, 3600.0]),
+       claimed=st.integers(0, 10_000), halted=st.booleans(), signed_halt=st.booleans(),
+       same_release=st.booleans(), same_channel=st.booleans(),
+       elapsed=st.floats(0, 30 * 86400))
+def test_the_online_state_never_takes_a_machine_past_the_plan(
+        steps, soak, claimed, halted, signed_halt, same_release, same_channel, elapsed):
+    cf = ChannelFile.model_validate({
+        "channel": "beta", "release": "1.2", "published_at": T0,
+        "components": {"core": {"version": "1.2", "target": "artifacts/core/1.2/core.tgz",
+                                "sha256": "a" * 64, "length": 1}},
+        "rollout": {"percent": steps[0], "halted": signed_halt, "plan": _plan(steps, soak)}})
+    state = RolloutState(channel="beta" if same_channel else "stable",
+                         release=cf.identity.key if same_release else "1.2@" + "0" * 12,
+                         step=claimed, halted=halted, by="collector", at=T0)
+    now = T0 + timedelta(seconds=elapsed)
+    got = effective_rollout(cf, state, now)
+    assert got is not None and got.percent in steps  # always one of the signed steps
+    assert got.step is not None and got.step <= claimed
+    if soak:
+        assert got.step <= elapsed // soak  # never sooner than the soak allows
+    if not (same_release and same_channel):
+        assert got.step == 0 and got.halted == signed_halt  # a state about another release
+    else:
+        assert got.halted == (halted or signed_halt)
+    assert effective_rollout(cf, None, now).percent == steps[0]  # no word yet: the first step
+
+
+def test_a_plan_must_increase_within_1_to_100():
+    for bad in ([], [0, 50], [50, 10], [10, 10], [10, 101]):
+        with pytest.raises(ValueError):
+            _plan(bad)
+
+
+# --- a real repository, real clients ------------------------------------------------------
+
+def test_a_planned_rollout_follows_its_signed_state(tmp_path, published, builds):
+    publish(published, "stable", "1.2", builds("1.2"), rollout_plan=_plan([10, 50, 100]))
+    assert rollout_role("stable") in published.targets_roles()
+    low, mid, high = (_ids("stable", "1.2", a, b)[0] for a, b in ((0, 10), (10, 50), (50, 100)))
+    store = Store(f"sqlite:///{tmp_path / 'c.sqlite3'}")
+    guard = Guard(published.path, None, store)
+    with builtin_server(published.path) as server:
+        m = {n: _machine(tmp_path, server, published, n, i)
+             for n, i in (("low", low), ("mid", mid), ("high", high))}
+        assert [_in(m[n])[0] for n in ("low", "mid", "high")] == [True, False, False]
+        report = check(m["mid"], open_repository(m["mid"]))
+        assert report.rollout.step == 0 and report.rollout.steps == [10, 50, 100]
+
+        # No reports and a soak of 0: each look moves the release one signed step along.
+        assert guard.judge("stable") == "advanced stable 1.2 to step 2 of 3 (50%)"
+        assert [_in(m[n])[0] for n in ("low", "mid", "high")] == [True, True, False]
+        assert guard.judge("stable") == "advanced stable 1.2 to step 3 of 3 (100%)"
+        assert [_in(m[n])[0] for n in ("low", "mid", "high")] == [True, True, True]
+        assert guard.judge("stable") is None  # the last step: nothing more to do
+        state = current_state(published, "stable")
+        assert state.step == 2 and state.by == "collector" and not state.halted
+
+
+def test_a_stolen_rollout_key_can_halt_or_step_but_never_past_the_plan(tmp_path, published,
+                                                                        builds):
+    # An hour's soak a step: a state that claims the last step now is held to the first.
+    cf = publish(published, "stable", "1.2", builds("1.2"),
+                 rollout_plan=_plan([10, 50, 100], soak=3600))
+    low, mid = _ids("stable", "1.2", 0, 10)[0], _ids("stable", "1.2", 10, 50)[0]
+    with builtin_server(published.path) as server:
+        lo, mi = (_machine(tmp_path, server, published, n, i)
+                  for n, i in (("lo", low), ("mi", mid)))
+        forged = RolloutState(channel="stable", release=cf.identity.key, step=2,
+                              by="someone with the collector's key",
+                              at=datetime.now(UTC))
+        with published.all_or_nothing():
+            write_state(published, forged)
+        assert _in(mi) == (False, 10, False)
+
+        # Signing a channel file with the rollout role moves nothing: that role is trusted
+        # for rollouts/stable.json only, and the channel's own role answers first.
+        fake = cf.model_copy(update={"release": "6.6.6", "rollout": None})
+        info = published.add_target_bytes("channels/stable.json", fake.to_json())
+        with published.edit_targets(rollout_role("stable")) as targets:
+            targets.targets[info.path] = info
+        published.commit()
+        seen = check(mi, open_repository(mi))
+        assert seen.available == "1.2" and seen.rollout.in_rollout is False
+
+        # A state about another release counts for nothing...
+        with published.all_or_nothing():
+            write_state(published, forged.model_copy(update={
+                "release": "1.2@" + "0" * 12, "halted": True, "reason": "not this one"}))
+        assert _in(lo) == (True, 10, False)
+        # ...and a halt is all the key can do that machines feel at once.
+        with published.all_or_nothing():
+            write_state(published, forged.model_copy(update={
+                "step": 0, "halted": True, "reason": "stolen key"}))
+        assert _in(lo) == (False, 10, True)
+        done = subprocess.run([str(BIN / "updater"), "check", "--root", str(lo.path)],
+                              capture_output=True, text=True)
+        assert done.returncode == 15, done.stderr
+        assert "HALTED: halted by someone with the collector's key: stolen key" in done.stdout
+
+
+def _report(installation: str, key: str, outcome: str = "rolled-back",
+            check: str = "ui-session") -> dict:
+    return {"schema": "greenlight.report/1", "installation": installation,
+            "at": datetime.now(UTC).isoformat(), "channel": "stable", "outcome": outcome,
+            "release": key.split("@")[0], "release_key": key,
+            "failed_checks": [{"name": check, "summary": "HTTP 403: denying api access"}]}
+
+
+def _wait_state(repo: FileRepository, what, deadline: float = 30,
+                channel: str = "stable") -> RolloutState:
+    end = time.monotonic() + deadline
+    while True:
+        state = current_state(FileRepository(repo.path), channel)
+        if state is not None and what(state):
+            return state
+        assert time.monotonic() < end, f"the collector did not publish it: {state}"
+        time.sleep(0.02)
+
+
+def test_the_collector_halts_a_rollout_and_a_person_resumes_it(tmp_path, published, builds):
+    cf = publish(published, "stable", "1.2", builds("1.2"),
+                 rollout_plan=_plan([10, 50, 100], soak=3600, rollbacks=3))
+    key = cf.identity.key
+    db = f"sqlite:///{tmp_path / 'collector.sqlite3'}"
+    collector = Collector(tmp_path, db, None, "--repo", str(published.path), "--tick", "0.2")
+    try:
+        post = lambda body: httpx.post(collector.url + "v1/reports", json=body,  # noqa: E731
+                                       headers={"Authorization": f"Bearer {FLEET}"})
+        bad = [f"{i:032x}" for i in range(1, 4)]
+        assert post(_report(bad[0], key)).status_code == 202
+        assert post(_report(bad[0], key)).status_code == 202  # one machine twice: still one
+        assert post(_report(bad[1], key)).status_code == 202
+        assert post(_report("f" * 32, key, "upgraded")).status_code == 202
+        assert current_state(published, "stable") is None  # two machines: not yet
+        crossed = time.monotonic()
+        assert post(_report(bad[2], key)).status_code == 202
+        state = _wait_state(published, lambda s: s.halted)
+        print(f"halt published {time.monotonic() - crossed:.3f} s after the third rollback")
+        assert state.by == "collector" and state.step == 0
+        assert state.reason.startswith("3 of 4 machines reporting on 1.2 rolled back")
+        assert "ui-session: HTTP 403: denying api access" in state.reason
+
+        with builtin_server(published.path) as server:
+            low = _machine(tmp_path, server, published, "low", _ids("stable", "1.2", 0, 10)[0])
+            assert _in(low) == (False, 10, True)  # nobody takes it after the halt
+
+            status = subprocess.run(
+                [str(BIN / "release"), "rollout", "status", "--collector", collector.url,
+                 "--admin-token-file", str(tmp_path / "tokens" / "admin")],
+                capture_output=True, text=True)
+            assert status.returncode == 0, status.stderr
+            assert "stable 1.2: 4 machines reporting; 1 upgraded, 3 rolled back" in status.stdout
+            assert "step 1 of 3 (10%), HALTED by collector: 3 of 4 machines" in status.stdout
+            assert "4 x ui-session: HTTP 403: denying api access" in status.stdout  # reports
+
+            resumed = subprocess.run(
+                [str(BIN / "release"), "rollout", str(published.path), "--channel", "stable",
+                 "--resume"], capture_output=True, text=True)
+            assert resumed.returncode == 0, resumed.stderr
+            state = current_state(FileRepository(published.path), "stable")
+            assert not state.halted and "(release rollout --resume)" in state.by
+            assert state.counted_since is not None
+            assert _in(low) == (True, 10, False)
+            # The reports judged before the resume are not counted again.
+            guard = Guard(published.path, None, Store(db))
+            assert guard.judge("stable") is None
+            again = subprocess.run(
+                [str(BIN / "release"), "rollout", str(published.path), "--channel", "stable",
+                 "--resume"], capture_output=True, text=True)
+            assert again.returncode == 1
+            assert again.stderr.strip() == ("release: error: the rollout of 1.2 on 'stable' "
+                                            "is not halted")
+    finally:
+        collector.stop()
+
+
+def test_the_collector_moves_a_release_along_its_steps_once_each_has_soaked(tmp_path,
+                                                                            published, builds):
+    cf = publish(published, "stable", "1.2", builds("1.2"),
+                 rollout_plan=_plan([10, 50, 100], soak=1))
+    started = cf.rollout.plan.started_at
+    collector = Collector(tmp_path, f"sqlite:///{tmp_path / 'c.sqlite3'}", None,
+                          "--repo", str(published.path), "--tick", "0.2")
+    try:
+        second = _wait_state(published, lambda s: s.step == 1)
+        last = _wait_state(published, lambda s: s.step == 2)
+        assert (second.at - started).total_seconds() >= 1
+        assert (last.at - second.at).total_seconds() >= 1
+        answer = httpx.get(collector.url + "v1/rollouts",
+                           headers={"Authorization": f"Bearer {ADMIN}"}).json()
+        assert answer["rollouts"] == []  # no reports yet: nothing to show per release
+    finally:
+        collector.stop()
+    out = collector.proc.stdout.read()
+    assert "advanced stable 1.2 to step 2 of 3 (50%)" in out
+    assert "advanced stable 1.2 to step 3 of 3 (100%)" in out
+    assert json.loads(current_state(published, "stable").to_json())["schema"] == (
+        "greenlight.rollout-state/1")
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_the_dashboard_renders_in_a_real_headless_chromium(tmp_path, published, builds):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("Chromium is not installed (tests/ensure_packages.sh installs it as root)")
+    cf = publish(published, "stable", "1.2", builds("1.2"),
+                 rollout_plan=_plan([10, 50, 100], soak=3600, rollbacks=2))
+    collector = Collector(tmp_path, f"sqlite:///{tmp_path / 'c.sqlite3'}", None,
+                          "--repo", str(published.path))
+    try:
+        for i, outcome in enumerate(["upgraded"] * 3 + ["rolled-back"] * 2):
+            answer = httpx.post(collector.url + "v1/reports",
+                                json=_report(f"{i + 1:032x}", cf.identity.key, outcome),
+                                headers={"Authorization": f"Bearer {FLEET}"})
+            assert answer.status_code == 202
+        _wait_state(published, lambda s: s.halted)
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-sync",
+                 "--disable-component-update", f"--user-data-dir={tmp_path / 'profile'}",
+                 "--virtual-time-budget=10000", "--window-size=1200,800"]
+        url = f"{collector.url}#token={ADMIN}"
+        dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True,
+                             text=True, timeout=120)
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        html = dom.stdout
+        assert ADMIN not in html  # the token left the address bar and the page
+        assert '<tr data-release="stable 1.2">' in html, html[-3000:]
+        row = html.split('<tr data-release="stable 1.2">')[1].split("</tr>")[0]
+        cells = [c.split(">", 1)[1] for c in row.split("</td>")[:-1]]
+        assert cells[:6] == ["stable", "1.2", "5", "3", "2", "0"], cells
+        assert cells[6].startswith("HALTED at 10% by collector: 2 of 5 machines")
+        assert cells[7] == "ui-session (2): HTTP 403: denying api access"
+        assert 'class="chart" data-release="stable 1.2">' in html
+        # One stacked bar a minute (the reports may straddle one): their titles add up.
+        import re
+
+        bars = re.findall(r'fill="(#3a3|#c33)"><title>[^<]*: (\d+) (upgraded|failed)</title>',
+                          html)
+        assert sum(int(n) for _, n, what in bars if what == "upgraded") == 3, bars
+        assert sum(int(n) for _, n, what in bars if what == "failed") == 2, bars
+
+        # Without the token, the page asks for it and shows nothing.
+        bare = subprocess.run([browser, *flags, "--dump-dom", collector.url],
+                              capture_output=True, text=True, timeout=120)
+        assert '<p id="status">admin token needed</p>' in bare.stdout
+        assert "<tr data-release" not in bare.stdout
+
+        shots = Path(__file__).parents[1] / "build" / "screenshots"
+        shots.mkdir(parents=True, exist_ok=True)
+        shot = shots / "collector-dashboard.png"
+        taken = subprocess.run([browser, *flags, f"--screenshot={shot}", url],
+                               capture_output=True, text=True, timeout=120)
+        assert taken.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        collector.stop()
+
+
+@pytest.mark.slow
+def test_twenty_machines_a_bad_release_halted_and_a_fixed_one_rolled_out_step_by_step(
+        tmp_path, builds):
+    """20 installation roots follow beta. A release that refuses the UI's token rolls out by
+    plan: the first machines in the bucket range roll back and report, the collector halts the
+    rollout, and no machine that checks after the halt installs it. A fixed release then
+    rolls out step by step, by the collector's timer, to all 20."""
+    from test_fleet import Machine
+
+    from greenlight.release import init_repository
+
+    repo = init_repository(tmp_path / "repo")
+    publish(repo, "stable", "1.0", builds("1.0"))
+    collector = Collector(tmp_path, f"sqlite:///{tmp_path / 'c.sqlite3'}", None,
+                          "--repo", str(repo.path), "--tick", "0.2")
+    # Ids chosen so that 3 fall in the bad release's first step (10%) and 17 after it, and so
+    # that the fixed release's every step has machines: the test sees each case every time.
+    def pick(b11: tuple[int, int], b12: tuple[int, int], n: int) -> list[str]:
+        found = (f"{i:032x}" for i in range(200_000))
+        return [c for c in found if b11[0] <= rollout_bucket(c, "beta", "1.1") < b11[1]
+                and b12[0] <= rollout_bucket(c, "beta", "1.2") < b12[1]][:n]
+
+    first = pick((0, 10), (0, 10), 1) + pick((0, 10), (10, 50), 1) + pick((0, 10), (50, 100), 1)
+    rest = pick((10, 100), (0, 10), 2) + pick((10, 100), (10, 50), 7) + pick(
+        (10, 100), (50, 100), 8)
+    try:
+        with builtin_server(repo.path) as server:
+            machines = []
+            for n, ident in enumerate(first + rest):
+                m = Machine(tmp_path, f"m{n:02}", repo, server, collector.url)
+                (m.path / "state" / "installation-id").write_text(ident + "\n")
+                assert m.updater("upgrade").returncode == 0
+                machines.append(m)
+            bad = publish(repo, "beta", "1.1", builds("1.1", "refuse-ui-token"),
+                          fallback="stable",
+                          rollout_plan=_plan([10, 50, 100], soak=3600, rollbacks=2))
+            for m in machines:
+                assert m.updater("channel", "beta").returncode == 0
+
+            # The first two in the bucket range roll back, and their reports halt it.
+            for m in machines[:2]:
+                done = m.updater("upgrade")
+                assert done.returncode == 20, done.stdout + done.stderr
+            state = _wait_state(repo, lambda s: s.halted, channel="beta")
+            assert state.release == bad.identity.key and state.by == "collector"
+            # Nobody who checks after the halt takes it: not the third in range, nor the rest.
+            for m in machines[2:]:
+                done = m.updater("upgrade", "--json")
+                assert done.returncode == 15, done.stdout + done.stderr
+                assert json.loads(done.stdout)["installed"] == "1.0"
+            seen = {r["release"]: r for r in httpx.get(
+                collector.url + "v1/rollouts",
+                headers={"Authorization": f"Bearer {ADMIN}"}).json()["rollouts"]}
+            assert seen["1.1"]["outcomes"] == {"rolled-back": 2}
+            assert seen["1.1"]["plan"]["halted"] and seen["1.1"]["plan"]["by"] == "collector"
+
+            # The fixed release, 4 s a step; the two that fell back follow beta again.
+            fixed = publish(repo, "beta", "1.2", builds("1.2"), fallback="stable",
+                            rollout_plan=_plan([10, 50, 100], soak=4, rollbacks=2))
+            for m in machines[:2]:
+                assert m.updater("channel", "beta").returncode == 0
+            buckets = {m.path.name: rollout_bucket(m.path.joinpath(
+                "state", "installation-id").read_text().strip(), "beta", "1.2")
+                for m in machines}
+            waiting, steps_seen = list(machines), set()
+            installed_at: dict[int, int] = {}  # the percent in force -> machines that took it
+            deadline = time.monotonic() + 120
+            while waiting:
+                assert time.monotonic() < deadline, f"{len(waiting)} machines never got 1.2"
+                before = _step(repo, fixed.identity.key)
+                for m in list(waiting):
+                    low = [10, 50, 100][_step(repo, fixed.identity.key)]
+                    done = m.updater("upgrade", "--json")
+                    high = [10, 50, 100][_step(repo, fixed.identity.key)]
+                    outcome = json.loads(done.stdout)["outcome"]
+                    if outcome == "upgraded":  # inside the percent the signed state allowed
+                        assert buckets[m.path.name] < high, (m.path.name, buckets, high)
+                        waiting.remove(m)
+                        steps_seen.add(high)
+                        installed_at[high] = installed_at.get(high, 0) + 1
+                    else:
+                        assert outcome == "held" and buckets[m.path.name] >= low, done.stdout
+                if waiting:  # wait for the collector's next step, not for a fixed time
+                    _wait_state(repo, lambda s, b=before: s.step > b, channel="beta")
+            print(f"installed at each percent in force: {installed_at}")
+            assert len(steps_seen) >= 2, installed_at  # step by step, not all at once
+            assert _step(repo, fixed.identity.key) == 2
+            for m in machines:
+                status = json.loads(m.updater("status", "--json").stdout)
+                assert status["installed"] == "1.2", m.path.name
+    finally:
+        collector.stop()
+
+
+def _step(repo: FileRepository, key: str) -> int:
+    state = current_state(FileRepository(repo.path), "beta")
+    return 0 if state is None or state.release != key else state.step
