@@ -118,10 +118,82 @@ def main() -> None:
         run("updater", "health", "--root", str(root))
         ui_view(root)
         run("updater", "stop", "--root", str(root))
+        fleet(repo, url, components)
     finally:
         server.terminate()
         server.wait(timeout=10)
     say(f"Done. Everything is under {WORK}/")
+
+
+def fleet(repo: Path, url: str, components) -> None:  # type: ignore[no-untyped-def]
+    """Three machines report to a collector that guards beta's planned rollout."""
+    import secrets
+
+    from greenlight.channels import rollout_bucket
+
+    say("Fleet: three machines report to a collector that guards beta's planned rollout")
+    tokens = WORK / "tokens"
+    tokens.mkdir()
+    for name in ("fleet", "admin"):
+        (tokens / name).write_text(secrets.token_hex(16) + "\n")
+        (tokens / name).chmod(0o600)
+    port = free_port()
+    collector_url = f"http://127.0.0.1:{port}/"
+    print(f"$ release collector --db sqlite:///{WORK}/fleet.sqlite3 --port {port} "
+          f"--fleet-token-file {tokens}/fleet --admin-token-file {tokens}/admin "
+          f"--repo {repo} --tick 1 &", flush=True)
+    collector = subprocess.Popen(
+        [str(BIN / "release"), "collector", "--db", f"sqlite:///{WORK}/fleet.sqlite3",
+         "--port", str(port), "--fleet-token-file", str(tokens / "fleet"),
+         "--admin-token-file", str(tokens / "admin"), "--repo", str(repo), "--tick", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    machines = [WORK / f"machine-{n}" for n in (1, 2, 3)]
+    try:
+        wait_for_port(port)
+        # Installation ids are random; these are picked to sit inside the first step, so
+        # that the story shows every machine meeting the bad release.
+        ids = (f"{i:032x}" for i in range(10_000))
+        chosen = [i for i in ids if rollout_bucket(i, "beta", "1.7.0") < 50][:3]
+        for machine, ident in zip(machines, chosen, strict=True):
+            run("updater", "init", "--root", str(machine), "--repo", url, "--trust",
+                str(repo / "metadata" / "1.root.json"), "--channel", "beta")
+            configure(machine, free_port(), free_port(), soak=0.5)
+            (machine / "state" / "installation-id").write_text(ident + "\n")
+            (machine / "data" / "fleet-token").write_bytes((tokens / "fleet").read_bytes())
+            with (machine / "greenlight.toml").open("a") as f:
+                f.write(f'\n[report]\nurl = "{collector_url}"\n')
+            run("updater", "upgrade", "--root", str(machine))
+        print(f"  (each machine's greenlight.toml now has [report] url = \"{collector_url}\")")
+
+        say("Beta 1.7.0 rolls out by a signed plan: 50% then 100%, halting at 2 rollbacks")
+        run("release", "publish", str(repo), "--channel", "beta", "--version", "1.7.0",
+            "--rollout-plan", "50,100", "--soak", "1h", "--halt-rollbacks", "2",
+            *components("1.7.0", "refuse-ui-token"))
+        run("updater", "upgrade", "--root", str(machines[0]), ok=(20,))
+        run("updater", "upgrade", "--root", str(machines[1]), ok=(20,))
+        deadline = time.monotonic() + 10
+        while b'"halted": true' not in _newest_state(repo):
+            if time.monotonic() > deadline:
+                raise SystemExit("demo: the collector did not halt the rollout")
+            time.sleep(0.05)
+        say("The collector halted it by itself; the third machine never installs 1.7.0")
+        run("updater", "upgrade", "--root", str(machines[2]), ok=(15,))
+        run("release", "rollout", "status", "--collector", collector_url,
+            "--admin-token-file", str(tokens / "admin"))
+    finally:
+        for machine in machines:
+            if (machine / "greenlight.toml").exists():
+                subprocess.run([str(BIN / "updater"), "stop", "--root", str(machine)],
+                               capture_output=True)
+        collector.terminate()
+        collector.wait(timeout=10)
+
+
+def _newest_state(repo: Path) -> bytes:
+    """The newest published rollouts/beta.json, as the collector signed it."""
+    found = sorted((repo / "targets" / "rollouts").glob("*.beta.json"),
+                   key=lambda p: p.stat().st_mtime_ns)
+    return found[-1].read_bytes() if found else b""
 
 
 if __name__ == "__main__":

@@ -1,0 +1,96 @@
+"""How soon a halt is signed and published once a rollout's halt rule is crossed.
+
+    python -m bench.rollout_halt [--rounds 5]
+
+A real repository with a planned rollout (halt at 3 rollbacks) and a real collector process
+(`release collector --repo`) on 127.0.0.1. Each round publishes a release, sends two rollback
+reports, then the third, and times from sending the third until `rollouts/<channel>.json`
+in the repository says halted (signed by `rollout-<channel>`, with a new snapshot and
+timestamp). The anchor, measured in the same run: a person's `release rollout --halt`, a
+whole CLI process that signs and publishes a halt. Target: the halt within 1 s.
+"""
+
+import argparse
+import statistics
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.collector_load import ADMIN, BIN, FLEET, _port, _wait
+
+
+def _halted(repo: Path, channel: str, key: str) -> bool:
+    from greenlight.release._repository import FileRepository
+    from greenlight.release._rollouts import current_state
+
+    state = current_state(FileRepository(repo), channel)
+    return state is not None and state.release == key and state.halted
+
+
+def main() -> None:
+    import httpx
+
+    from greenlight.channels import HaltRule, RolloutPlan, now
+    from greenlight.release import init_repository, publish
+
+    from examples.demo.build import build
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="greenlight-bench-halt-"))
+    repo = init_repository(work / "repo")
+    plan = RolloutPlan(steps=[10, 50, 100], soak=3600, started_at=now(),
+                       halt=HaltRule(rollbacks=3))
+    (work / "fleet").write_text(FLEET + "\n")
+    (work / "admin").write_text(ADMIN + "\n")
+    port = _port()
+    url = f"http://127.0.0.1:{port}/"
+    collector = subprocess.Popen(
+        [str(BIN / "release"), "collector", "--db", f"sqlite:///{work / 'c.sqlite3'}",
+         "--port", str(port), "--fleet-token-file", str(work / "fleet"),
+         "--admin-token-file", str(work / "admin"), "--repo", str(repo.path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    halts, anchors = [], []
+    try:
+        _wait(url + "v1/rollouts")
+        client = httpx.Client(headers={"Authorization": f"Bearer {FLEET}"})
+        for n in range(args.rounds):
+            version = f"2.{n}"
+            cf = publish(repo, "beta", version, build(version, work / "builds" / version, ()),
+                         fallback="stable", rollout_plan=plan)
+            key = cf.identity.key
+            for i in range(3):
+                report = {"schema": "greenlight.report/1", "installation": f"{n:08x}{i:024x}",
+                          "at": datetime.now(UTC).isoformat(), "channel": "beta",
+                          "outcome": "rolled-back", "release": version, "release_key": key,
+                          "failed_checks": [{"name": "ui-session", "summary": "HTTP 403"}]}
+                started = time.perf_counter()
+                assert client.post(url + "v1/reports", json=report).status_code == 202
+            while not _halted(repo.path, "beta", key):
+                if time.perf_counter() - started > 30:
+                    raise SystemExit("the collector did not halt the rollout within 30 s")
+                time.sleep(0.002)
+            halts.append(time.perf_counter() - started)
+
+            # The anchor: a person halts the same kind of rollout by hand.
+            publish(repo, "beta", f"{version}.1", build(f"{version}.1",
+                    work / "builds" / f"{version}.1", ()), fallback="stable", rollout_plan=plan)
+            started = time.perf_counter()
+            subprocess.run([str(BIN / "release"), "rollout", str(repo.path), "--channel", "beta",
+                            "--halt"], check=True, capture_output=True)
+            anchors.append(time.perf_counter() - started)
+    finally:
+        collector.terminate()
+        collector.wait(timeout=10)
+    print(f"halt published after the rule is crossed: median {statistics.median(halts):.3f} s, "
+          f"max {max(halts):.3f} s over {len(halts)} rounds (target <= 1 s: "
+          f"{'met' if max(halts) <= 1 else 'MISSED'})")
+    print(f"anchor, `release rollout --halt` by hand: median {statistics.median(anchors):.3f} s")
+    print(f"collector / by hand: {statistics.median(halts) / statistics.median(anchors):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
