@@ -11,6 +11,7 @@ whole CLI process that signs and publishes a halt. Target: the halt within 1 s.
 """
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -29,7 +30,9 @@ def _halted(repo: Path, channel: str, key: str) -> bool:
     return state is not None and state.release == key and state.halted
 
 
-def main() -> None:
+def measure(rounds: int = 5) -> dict[str, float]:
+    """Seconds from the crossing report to the published halt, and a person's halt by hand
+    (medians and the worst), over `rounds` releases."""
     import httpx
 
     from greenlight.channels import HaltRule, RolloutPlan, now
@@ -37,9 +40,6 @@ def main() -> None:
 
     from examples.demo.build import build
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="greenlight-bench-halt-"))
     repo = init_repository(work / "repo")
     plan = RolloutPlan(steps=[10, 50, 100], soak=3600, started_at=now(),
@@ -57,7 +57,7 @@ def main() -> None:
     try:
         _wait(url + "v1/rollouts")
         client = httpx.Client(headers={"Authorization": f"Bearer {FLEET}"})
-        for n in range(args.rounds):
+        for n in range(rounds):
             version = f"2.{n}"
             cf = publish(repo, "beta", version, build(version, work / "builds" / version, ()),
                          fallback="stable", rollout_plan=plan)
@@ -85,11 +85,21 @@ def main() -> None:
     finally:
         collector.terminate()
         collector.wait(timeout=10)
-    print(f"halt published after the rule is crossed: median {statistics.median(halts):.3f} s, "
-          f"max {max(halts):.3f} s over {len(halts)} rounds (target <= 1 s: "
+        shutil.rmtree(work, ignore_errors=True)
+    return {"median": statistics.median(halts), "max": max(halts),
+            "by_hand": statistics.median(anchors), "rounds": len(halts)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    m = measure(parser.parse_args().rounds)
+    halts = [m["median"], m["max"]]
+    print(f"halt published after the rule is crossed: median {m['median']:.3f} s, "
+          f"max {m['max']:.3f} s over {m['rounds']:.0f} rounds (target <= 1 s: "
           f"{'met' if max(halts) <= 1 else 'MISSED'})")
-    print(f"anchor, `release rollout --halt` by hand: median {statistics.median(anchors):.3f} s")
-    print(f"collector / by hand: {statistics.median(halts) / statistics.median(anchors):.2f}x")
+    print(f"anchor, `release rollout --halt` by hand: median {m['by_hand']:.3f} s")
+    print(f"collector / by hand: {m['median'] / m['by_hand']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench import agent_idle, deltas, download_verify, overhead, startup
+from bench import (
+    agent_idle,
+    collector_load,
+    deltas,
+    download_verify,
+    overhead,
+    rollout_halt,
+    startup,
+)
 from bench.rollback import rollback_seconds
 
 MiB = 1024 * 1024
@@ -102,6 +110,30 @@ def main() -> None:
         f"bare python sleeping {a['bare_rss']:.1f} MiB", f"{a['rss'] / a['bare_rss']:.2f}x",
         "≤ 40 MB, no CPU " + ("met" if a["rss"] * 1.048576 <= 40 and a["cpu"] == 0
                               else "MISSED"))
+
+    for db, label in ((None, "SQLite"), ("postgres", "PostgreSQL")):
+        if db == "postgres":
+            from bench.postgres import Unavailable, temporary_postgres
+
+            try:
+                with temporary_postgres(collector_load._port()) as url:
+                    c = collector_load.measure(10_000, 16, url)
+            except Unavailable as e:
+                row("collector, PostgreSQL", "not measured", str(e)[:40], "-", "-")
+                continue
+        else:
+            c = collector_load.measure(10_000, 16, None)
+        ours, bare = c["collector"], c["bare starlette"]
+        target = ("≥ 1000/s, p99 ≤ 50 ms " + ("met" if ours["rate"] >= 1000 and ours["p99"] <= 50
+                                              else "MISSED")) if db is None else "-"
+        row(f"collector, 10,000 reports ({label})",
+            f"{ours['rate']:.0f}/s, p99 {ours['p99']:.0f} ms",
+            f"bare Starlette {bare['rate']:.0f}/s, p99 {bare['p99']:.0f} ms",
+            f"{ours['rate'] / bare['rate']:.2f}x", target)
+    h = rollout_halt.measure()
+    row("rollout halt, published after the rule", f"{h['median'] * 1000:.0f} ms "
+        f"(worst {h['max'] * 1000:.0f})", f"`release rollout --halt` {h['by_hand'] * 1000:.0f} ms",
+        f"{h['median'] / h['by_hand']:.2f}x", "≤ 1 s " + ("met" if h["max"] <= 1 else "MISSED"))
 
     widths = [max(len(r[i]) for r in [("what", "greenlight", "anchor (same run)", "ratio",
                                        "target"), *rows]) for i in range(5)]

