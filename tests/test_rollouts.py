@@ -378,7 +378,18 @@ def test_twenty_machines_a_bad_release_halted_and_a_fixed_one_rolled_out_step_by
             seen = {r["release"]: r for r in httpx.get(
                 collector.url + "v1/rollouts",
                 headers={"Authorization": f"Bearer {ADMIN}"}).json()["rollouts"]}
-            assert seen["1.1"]["outcomes"] == {"rolled-back": 2}
+            # Held machines say so once each (a second check while held sends nothing more).
+            assert seen["1.1"]["outcomes"] == {"rolled-back": 2, "held": 18}
+            def held_rows() -> int:
+                import sqlite3
+
+                with sqlite3.connect(tmp_path / "c.sqlite3") as db:
+                    return db.execute("select count(*) from reports where outcome = 'held'"
+                                      ).fetchone()[0]
+
+            assert held_rows() == 18
+            assert machines[5].updater("upgrade").returncode == 15
+            assert held_rows() == 18
             assert seen["1.1"]["plan"]["halted"] and seen["1.1"]["plan"]["by"] == "collector"
 
             # The fixed release, 4 s a step; the two that fell back follow beta again.

@@ -46,6 +46,7 @@ from greenlight.updater.store import (
     lift_quarantine,
     locked,
     quarantine,
+    queue_held,
     record,
 )
 from greenlight.updater.transaction import (
@@ -273,6 +274,9 @@ def _upgrade_locked(root: InstallRoot, repo: TrustedRepository, progress: Progre
     if plan.action == "up-to-date":
         return report
     if plan.action == "held":
+        assert plan.note is not None
+        queue_held(root, channel_file.channel, plan.target_id.key, root.installed_release(),
+                   plan.note)
         return report.model_copy(update={"outcome": "held", "note": plan.note})
 
     installed_key = root.installed_release()

@@ -35,7 +35,7 @@ from greenlight.updater.store._quarantine import (
     lift_quarantine,
     quarantine,
 )
-from greenlight.updater.store._reports import FleetReport, ReportedCheck, queued
+from greenlight.updater.store._reports import FleetReport, ReportedCheck, queue_held, queued
 from greenlight.updater.store._root import (
     RELEASE_MANIFEST,
     ActiveChannel,
@@ -72,6 +72,7 @@ __all__ = [
     "locked",
     "pin_of",
     "quarantine",
+    "queue_held",
     "queued",
     "record",
     "set_hold",

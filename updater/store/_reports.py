@@ -10,7 +10,7 @@ collector that is down never blocks, slows or fails an upgrade. The queue is bou
 
 import os
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -20,8 +20,8 @@ from greenlight.channels import Record, atomic_write, version_of
 from greenlight.updater.store._history import HistoryEntry
 from greenlight.updater.store._root import InstallRoot
 
-__all__ = ["OUTCOMES", "FleetReport", "ReportedCheck", "enqueue", "queue_event", "queued",
-           "report_of"]
+__all__ = ["OUTCOMES", "FleetReport", "ReportedCheck", "enqueue", "queue_event", "queue_held",
+           "queued", "report_of"]
 
 Outcome = Literal["upgraded", "rolled-back", "dead-end", "precheck-blocked", "held"]
 OUTCOMES: dict[str, Outcome] = {"upgraded": "upgraded", "rolled-back": "rolled-back",
@@ -46,6 +46,7 @@ class FleetReport(Record):
     after: str | None = Field(default=None, description="the release key installed after")
     failed_checks: list[ReportedCheck] = Field(default_factory=list)
     durations: dict[str, float] = Field(default_factory=dict)
+    note: str | None = Field(default=None, description="why it was held, when it was")
 
 
 def _folder(root: InstallRoot) -> Path:
@@ -103,4 +104,30 @@ def queue_event(root: InstallRoot, entry: HistoryEntry) -> None:
         if config is not None:
             enqueue(root, report_of(root, entry, outcome), config.queue_max)
     except Exception:  # a full disk, a bad config: the upgrade goes on, unreported
+        return
+
+
+def queue_held(root: InstallRoot, channel: str, release_key: str, installed: str | None,
+               note: str) -> None:
+    """Queue one `held` report when an upgrade is held back (quarantine, rollout, pin), once
+    per release and reason: a machine that checks every hour while held says so once, not
+    every hour. Never raises."""
+    try:
+        config = root.config.report
+        if config is None:
+            return
+        seen = _folder(root) / ".held"
+        mark = f"{release_key}\n{note}\n".encode()
+        try:
+            if seen.read_bytes() == mark:
+                return
+        except FileNotFoundError:
+            pass
+        enqueue(root, FleetReport(
+            installation=root.installation_id, at=datetime.now(UTC), channel=channel,
+            outcome="held", release=version_of(release_key), release_key=release_key,
+            before=installed, after=installed, note=" ".join(note.split())[:300]),
+            config.queue_max)
+        atomic_write(seen, mark, mode=0o600)
+    except Exception:  # reporting must not fail what it reports
         return
