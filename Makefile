@@ -13,7 +13,7 @@ QUIET_BUILD = PYTHONWARNINGS=ignore::UserWarning
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(QUIET_BUILD) $(BIN)/python -m pip install --quiet -e '.[test,installer,collector]'
+	$(QUIET_BUILD) $(BIN)/python -m pip install --quiet -e '.[test,installer,collector,s3]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -311,6 +311,37 @@ def collector(db: str, port: int, fleet_token_file: Path, admin_token_file: Path
                                  repo=repo, keys=keys_dir, tick=tick, log=log))
 
 
+@app.command("sync")
+@repo_argument
+@click.option("--to", "url", required=True, metavar="s3://BUCKET[/PREFIX]",
+              help="Where to publish: an S3 bucket, or a prefix in one.")
+@click.option("--endpoint-url", default=None,
+              help="An S3-compatible endpoint (MinIO, Ceph, R2, ...); default: AWS.")
+@click.option("--region", default=None, help="The bucket's region (default: from AWS_REGION).")
+@click.option("--timestamp-max-age", type=int, default=60, show_default=True,
+              help="Seconds a CDN may cache timestamp.json and the other mutable files.")
+@click.option("--jobs", type=int, default=8, show_default=True,
+              help="Uploads at once within a phase.")
+@json_option
+def sync_cmd(repo: Path, url: str, endpoint_url: str | None, region: str | None,
+             timestamp_max_age: int, jobs: int, as_json: bool) -> None:
+    """Publish the repository to S3-compatible object storage: targets, then root, delegated
+    metadata, targets, snapshot, and timestamp last, so a client never sees a half-published
+    state. Credentials come from the usual AWS_* variables. Run it again after any failure:
+    what is there already is skipped."""
+    from greenlight.release._sync import sync
+
+    result = _run(lambda: sync(repo, url, endpoint_url, region, timestamp_max_age, jobs))
+    if as_json:
+        print(json.dumps({"schema": "greenlight.sync/1", "url": result.url,
+                          "uploaded": result.uploaded, "skipped": result.skipped,
+                          "bytes": result.bytes}, indent=2))
+        return
+    say(f"synced {repo} to {url}: {len(result.uploaded)} uploaded ({result.bytes} bytes), "
+        f"{result.skipped} already there" + ("; timestamp.json last" if any(
+            k.endswith("/timestamp.json") for k in result.uploaded) else ""))
+
+
 @app.command()
 @repo_argument
 @click.option("--port", type=int, default=8080, show_default=True,
