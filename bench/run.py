@@ -20,6 +20,7 @@ from bench import (
     download_verify,
     overhead,
     rollout_halt,
+    sideload,
     startup,
 )
 from bench.rollback import rollback_seconds
@@ -83,6 +84,11 @@ def main() -> None:
         row("  apply time", f"{g['apply_s']:.3f} s",
             f"bsdiff4 {b['apply_s']:.3f} s" if b else "-", "-",
             ("< 0.5 s " + ("met" if g["apply_s"] < 0.5 else "MISSED")) if pair == "app" else "-")
+
+    sl = sideload.measure(200, args.runs)
+    row("sideload 200 MiB bundle", f"{sl['sideload']:.2f} s",
+        f"openssl dgst -sha256 {sl['openssl']:.2f} s", f"{sl['sideload'] / sl['openssl']:.2f}x",
+        "≤ 1.3x " + ("met" if sl["sideload"] <= 1.3 * sl["openssl"] else "MISSED"))
 
     small, big = rollback_seconds(10 * MiB, args.runs), rollback_seconds(1024 * MiB, args.runs)
     row("rollback (no restart)", f"{small * 1000:.1f} ms at 10 MB", f"{big * 1000:.1f} ms at 1 GB",

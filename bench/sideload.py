@@ -4,8 +4,9 @@
 
 A repository with one component whose archive is a tar of SIZE MiB of random bytes is
 bundled with `release bundle`; then an installation root (no services, so only the data path
-is timed: safe extraction of the bundle, TUF verification, streaming into the store, staging
-the release) sideloads it. The anchor is the time openssl takes just to hash the bundle.
+is timed: indexing the bundle, TUF verification from it, staging the release straight from
+the bundle while hashing it) sideloads it. The anchor is the time openssl takes just to hash
+the bundle. Target: at most 1.3x.
 """
 
 import argparse
@@ -40,17 +41,14 @@ class _Random(io.RawIOBase):
         return n
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--size-mib", type=int, default=200)
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
+def measure(size_mib: int = 200, runs: int = 3) -> dict[str, float]:
+    """Medians, in seconds, of the sideload and of openssl hashing the bundle."""
     work = Path(tempfile.mkdtemp(prefix="greenlight-bench-"))
     try:
         archive = work / "blob.tar"
         with tarfile.open(archive, "w") as tar:
             info = tarfile.TarInfo("blob.bin")
-            info.size = args.size_mib * MiB
+            info.size = size_mib * MiB
             tar.addfile(info, io.BufferedReader(_Random(info.size), 8 * MiB))
         repo = init_repository(work / "repo")
         publish(repo, "stable", "1.0", {"blob": archive})
@@ -60,7 +58,7 @@ def main() -> None:
         size = bundle.stat().st_size
 
         ours, anchor = [], []
-        for i in range(args.runs):
+        for i in range(runs):
             os.sync()
             started = time.perf_counter()
             subprocess.run(["openssl", "dgst", "-sha256", str(bundle)], check=True,
@@ -74,13 +72,23 @@ def main() -> None:
             ours.append(time.perf_counter() - started)
             assert report.outcome == "upgraded"
             shutil.rmtree(root.path)
-        a, o = statistics.median(anchor), statistics.median(ours)
-        print(f"sideload of a {size / MiB:.0f} MiB bundle, median of {args.runs}:")
-        print(f"  openssl dgst -sha256 of the bundle  {a:6.2f} s  ({size / a / 1e6:5.0f} MB/s)")
-        print(f"  updater sideload (verify + install) {o:6.2f} s  ({size / o / 1e6:5.0f} MB/s)"
-              f"  = {o / a:.1f}x the hash alone")
+        return {"sideload": statistics.median(ours), "openssl": statistics.median(anchor),
+                "size": size}
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-mib", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    m = measure(args.size_mib, args.runs)
+    a, o, size = m["openssl"], m["sideload"], m["size"]
+    print(f"sideload of a {size / MiB:.0f} MiB bundle, median of {args.runs}:")
+    print(f"  openssl dgst -sha256 of the bundle  {a:6.2f} s  ({size / a / 1e6:5.0f} MB/s)")
+    print(f"  updater sideload (verify + install) {o:6.2f} s  ({size / o / 1e6:5.0f} MB/s)"
+          f"  = {o / a:.1f}x the hash alone")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,9 @@ def test_sideload_installs_without_network(tmp_path, offline, published):
         "upgraded", "1.0", "bundle stable.bundle")
     assert (root.current / "core" / "core.py").is_file()
     assert not (root.state / "sideload").exists()
+    # Read in place: nothing unpacked beside the release, nothing copied into the store.
+    assert [p for p in root.downloads.rglob("*") if p.is_file()] == []
+    assert [p.name for p in root.releases.iterdir()] == [root.installed_release()]
     with tarfile.open(bundle) as tar:
         names = tar.getnames()
     assert names[0] == "bundle.json" and "metadata/1.root.json" in names
@@ -120,6 +123,7 @@ def test_tampered_artifact_in_a_bundle_is_refused(tmp_path, offline, published):
     with pytest.raises(TrustError, match="artifact artifacts/core/1.0/core-1.0.tar.gz refused"):
         sideload(root, bad)
     assert root.installed_version() is None and not (root.state / "sideload").exists()
+    assert list(root.releases.iterdir()) == []  # the staging it was unpacked into is gone
 
 
 def test_expired_bundle_is_refused(tmp_path, offline, published):
@@ -164,8 +168,10 @@ def _device(name: str) -> tarfile.TarInfo:
     [
         (tarfile.TarInfo("../../outside"), "'..' leaves the tree"),
         (tarfile.TarInfo("/tmp/outside"), "absolute"),
-        (_link("targets/escape", "../../../../etc/passwd"), "leaves the tree"),
-        (_link("metadata/hard", "/etc/passwd", tarfile.LNKTYPE), "absolute"),
+        # A bundle is read in place: it may hold only regular files, so any link is refused.
+        (_link("targets/escape", "../../../../etc/passwd"),
+         "member 'targets/escape' refused: a link; a bundle holds only regular files"),
+        (_link("metadata/hard", "/etc/passwd", tarfile.LNKTYPE), "refused: a link"),
         (_device("targets/dev"), "device, FIFO"),
     ],
 )
@@ -269,7 +275,7 @@ def test_a_bundle_manifest_behind_a_symlink_is_not_read(tmp_path, offline, publi
             else:
                 dst.addfile(member, src.extractfile(member) if member.isfile() else None)
     before = listing(root)
-    with pytest.raises(ArchiveError, match="not a Greenlight bundle"):
+    with pytest.raises(ArchiveError, match="member 'bundle.json' refused: a link"):
         sideload(root, hostile)
     assert listing(root) == before
 

@@ -147,3 +147,26 @@ def test_plain_tar_only_when_asked(tmp_path):
     with pytest.raises(ArchiveError, match="plain tar"):
         extract(archive, tmp_path / "out", Limits(compressed=False))
     assert extract(archive, tmp_path / "out2") == 1
+
+
+def test_a_region_is_unpacked_in_place_and_checked_against_its_sha256(tmp_path):
+    """An artifact inside a bigger file (a bundle) is unpacked from its region while it is
+    hashed: a region whose bytes are not the signed ones is refused after a whole, valid
+    unpacking too, not only when the archive breaks."""
+    import hashlib
+
+    from greenlight.updater import TrustError
+    from greenlight.updater.store import Region
+
+    inner = tmp_path / "inner.tar"
+    make_tar(inner, [("app/run.sh", b"echo hi\n" * 1000)], compress="")
+    data = inner.read_bytes()
+    outer = tmp_path / "outer.bin"
+    outer.write_bytes(b"x" * 1234 + data + b"y" * 99)
+    good = Region(outer, 1234, len(data), hashlib.sha256(data).hexdigest(), "t/inner.tar")
+    assert extract(good, tmp_path / "ok") == 8000
+    assert (tmp_path / "ok" / "app" / "run.sh").read_bytes() == b"echo hi\n" * 1000
+    wrong = Region(outer, 1234, len(data), "0" * 64, "t/inner.tar")
+    with pytest.raises(TrustError, match="artifact t/inner.tar refused: its bytes in the "
+                                         "bundle do not match the signed sha256 and length"):
+        extract(wrong, tmp_path / "bad")

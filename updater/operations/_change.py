@@ -37,12 +37,11 @@ from greenlight.updater.store import (
     HistoryEntry,
     InstallRoot,
     Journal,
-    Limits,
     QuarantineEntry,
     StepRecord,
     add_to_quarantine,
-    extract,
     history,
+    index_tar,
     lift_quarantine,
     locked,
     quarantine,
@@ -189,13 +188,14 @@ def sideload(root: InstallRoot, bundle_path: Path, progress: Progress | None = N
     """
     with locked(root):
         recover(root, root.config)
-        staging = root.state / "sideload"
+        staging = root.state / "sideload"  # where an earlier version unpacked bundles
         remove_path(staging)
         try:
             if not bundle_path.is_file():
                 raise ArchiveError(f"{bundle_path}: no such bundle file")
-            extract(bundle_path, staging, Limits(max_ratio=50, compressed=False))
-            bundle = open_bundle(staging, root.metadata_dir, bundle_path.name)
+            bundle_path = bundle_path.resolve()
+            bundle = open_bundle(bundle_path, index_tar(bundle_path), root.metadata_dir,
+                                 bundle_path.name)
             before = root.active_channel()
             if bundle.channel == before.channel:
                 report = _upgrade_locked(root, bundle.repository, progress, force)

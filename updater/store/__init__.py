@@ -15,7 +15,14 @@ the quarantine.
 ```
 """
 
-from greenlight.updater.store._extract import Limits, extract, top_folder
+from greenlight.updater.store._extract import (
+    Limits,
+    Region,
+    TarIndex,
+    extract,
+    index_tar,
+    top_folder,
+)
 from greenlight.updater.store._history import EventKind, HistoryEntry, history, record
 from greenlight.updater.store._holds import (
     Hold,
@@ -55,6 +62,8 @@ __all__ = [
     "InstallRoot",
     "Journal",
     "Limits",
+    "Region",
+    "TarIndex",
     "Pin",
     "QuarantineEntry",
     "ReportedCheck",
@@ -66,6 +75,7 @@ __all__ = [
     "clear_pin",
     "default_root",
     "extract",
+    "index_tar",
     "history",
     "hold_of",
     "lift_quarantine",

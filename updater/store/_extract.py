@@ -8,6 +8,8 @@ links are created. Extraction goes into a folder the caller removes on failure.
 """
 
 import errno
+import hashlib
+import io
 import os
 import stat
 import tarfile
@@ -15,11 +17,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Any, BinaryIO, cast
 
-from greenlight.updater._errors import ArchiveError
+from greenlight.updater._errors import ArchiveError, TrustError
 
-__all__ = ["Limits", "extract", "top_folder"]
+__all__ = ["Limits", "Region", "TarIndex", "extract", "index_tar", "top_folder"]
 
 _COPY = 1024 * 1024
 
@@ -50,35 +52,123 @@ class _BoundedTarInfo(tarfile.TarInfo):
         return cast(tarfile.TarInfo, vars(tarfile.TarInfo)["_proc_pax"](self, archive))
 
 
+@dataclass(frozen=True)
+class Region:
+    """An archive that is a stretch of a bigger file (an artifact inside an offline bundle),
+    read in place: its sha256 and length are checked as it is unpacked."""
+
+    path: Path
+    offset: int
+    length: int
+    sha256: str
+    label: str
+
+    @property
+    def name(self) -> str:
+        return self.label.rsplit("/", 1)[-1]
+
+
+class _HashedWindow(io.RawIOBase):
+    """Reads `length` bytes of `raw` from its current position and hashes them on a helper
+    thread (hashlib releases the GIL), so hashing overlaps the unpacking's writes."""
+
+    def __init__(self, raw: IO[bytes], length: int) -> None:
+        import queue
+        import threading
+
+        self.raw, self.left, self.hash = raw, length, hashlib.sha256()
+        self.short = False
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        self._hasher = threading.Thread(target=self._digest, daemon=True)
+        self._hasher.start()
+
+    def _digest(self) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            self.hash.update(chunk)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        want = min(len(buffer), self.left)
+        if want <= 0:
+            return 0
+        chunk = self.raw.read(want)
+        if not chunk:
+            self.short = True
+            return 0
+        got = len(chunk)
+        memoryview(buffer)[:got] = chunk
+        self._chunks.put(chunk)
+        self.left -= got
+        return got
+
+    def drain(self) -> None:
+        """Read what the unpacking left (the tar's end padding), and wait for the hash."""
+        while self.left > 0 and self.read(min(_COPY, self.left)):
+            pass
+        self.stop()
+
+    def stop(self) -> None:
+        if self._hasher.is_alive():
+            self._chunks.put(None)
+            self._hasher.join()
+
+
+def _check_region(region: Region, window: _HashedWindow) -> None:
+    window.drain()
+    if window.short or window.left or window.hash.hexdigest() != region.sha256:
+        raise TrustError(f"artifact {region.label} refused: its bytes in the bundle do not "
+                         "match the signed sha256 and length")
+
+
 @contextmanager
-def _open_stream(path: Path, compressed: bool) -> Iterator[tarfile.TarFile]:
+def _open_stream(path: Path | Region, compressed: bool) -> Iterator[tarfile.TarFile]:
     import pyzstd
 
+    region = path if isinstance(path, Region) else None
     name = path.name
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    fd = os.open(region.path if region else cast(Path, path),
+                 os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise ArchiveError(f"{path.name}: not a regular file")
-    raw = os.fdopen(fd, "rb")
+    raw: IO[bytes] = os.fdopen(fd, "rb", buffering=0)
+    window = None
     try:
-        head = raw.read(4)
-        raw.seek(0)
+        if region is not None:
+            raw.seek(region.offset)
+            window = _HashedWindow(raw, region.length)
+            raw = cast(IO[bytes], io.BufferedReader(window, _COPY))
+            head = raw.peek(4)[:4]  # type: ignore[attr-defined]
+        else:
+            raw = cast(IO[bytes], io.BufferedReader(cast(io.RawIOBase, raw), _COPY))
+            head = raw.read(4)
+            raw.seek(0)
         stream: IO[bytes] = raw
         zstd = name.endswith(".zst") or head == b"\x28\xb5\x2f\xfd"
         gzipped = head[:2] == b"\x1f\x8b"
         if (zstd or gzipped) and not compressed:
             raise ArchiveError(f"{path.name}: compressed; a bundle is a plain tar")
         if zstd:
-            stream = cast(IO[bytes], pyzstd.ZstdFile(raw))
+            stream = cast(IO[bytes], pyzstd.ZstdFile(cast(BinaryIO, raw)))
         with (tarfile.open(fileobj=stream, mode="r|gz", tarinfo=_BoundedTarInfo) if gzipped
               else tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo)) as tar:
             yield tar
-    except (tarfile.TarError, pyzstd.ZstdError, EOFError, OSError) as e:
+        if region is not None and window is not None:
+            _check_region(region, window)
+    except (tarfile.TarError, pyzstd.ZstdError, EOFError, OSError, ArchiveError) as e:
+        if region is not None and window is not None:
+            _check_region(region, window)  # other bytes than signed: that is the cause
+        if isinstance(e, ArchiveError):
+            raise
         if isinstance(e, OSError) and e.errno is not None:
             raise  # a real I/O error (disk full...), not a broken archive
         raise ArchiveError(
             f"{path.name}: not a readable archive: {e or type(e).__name__}") from None
     finally:
+        if window is not None:
+            window.stop()
         raw.close()
 
 
@@ -129,13 +219,15 @@ def top_folder(archive: Path, limits: Limits = Limits()) -> str | None:
     return next(iter(tops)) if nested and len(tops) == 1 else None
 
 
-def extract(archive: Path, dest: Path, limits: Limits = Limits(), strip: str | None = None
-            ) -> int:
-    """Extract `archive` into the empty folder `dest`; return the bytes written. With `strip`,
-    every member must sit under that top folder, which is left out."""
+def extract(archive: Path | Region, dest: Path, limits: Limits = Limits(),
+            strip: str | None = None) -> int:
+    """Extract `archive` (a file, or a region of one checked against its sha256 as it is
+    read) into the empty folder `dest`; return the bytes written. With `strip`, every member
+    must sit under that top folder, which is left out."""
     label = archive.name
     dest.mkdir(parents=True, exist_ok=True)
-    budget = min(limits.max_total_bytes, archive.stat().st_size * limits.max_ratio + 64 * 1024**2)
+    size = archive.length if isinstance(archive, Region) else archive.stat().st_size
+    budget = min(limits.max_total_bytes, size * limits.max_ratio + 64 * 1024**2)
     written = 0
     seen: set[str] = set()
     links: set[str] = set()
@@ -232,3 +324,53 @@ def _create(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, target: Pa
             f"{label}: member {name!r} refused: device, FIFO or other special file"
         )
     return written
+
+
+TarIndex = dict[str, tuple[int, int]]
+"""A plain tar's regular files: {clean name: (offset of the data, size)}."""
+
+
+def index_tar(path: Path, limits: Limits = Limits(compressed=False),
+              max_members: int = 100_000) -> TarIndex:
+    """Where each file of the plain tar `path` sits, read from its headers alone, so that its
+    members can be read in place (an offline bundle). Only regular files and folders may be
+    in it: a link, device or FIFO is refused, and so are unsafe or duplicate names, a
+    compressed file, and a member that runs past the end of the file (truncated)."""
+    label = path.name
+    index: TarIndex = {}
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ArchiveError(f"{label}: not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as raw:
+            head = raw.read(4)
+            if head[:2] == b"\x1f\x8b" or head == b"\x28\xb5\x2f\xfd":
+                raise ArchiveError(f"{label}: compressed; a bundle is a plain tar")
+            raw.seek(0)
+            try:
+                with tarfile.open(fileobj=raw, mode="r:", tarinfo=_BoundedTarInfo) as tar:
+                    for count, member in enumerate(tar, start=1):
+                        if count > max_members:
+                            raise ArchiveError(f"{label}: more than {max_members} members")
+                        name = _clean_name(label, member.name)
+                        if member.isdir():
+                            continue
+                        if not member.isreg():
+                            kind = ("link" if member.issym() or member.islnk() else
+                                    "device, FIFO or other special file")
+                            raise ArchiveError(f"{label}: member {name!r} refused: a {kind}; "
+                                               "a bundle holds only regular files")
+                        if name in index:
+                            raise ArchiveError(f"{label}: member {name!r} refused: appears "
+                                               "twice")
+                        if member.offset_data + member.size > st.st_size:
+                            raise ArchiveError(f"{label}: not a readable archive: unexpected "
+                                               "end of data")
+                        index[name] = (member.offset_data, member.size)
+            except (tarfile.TarError, EOFError) as e:
+                raise ArchiveError(
+                    f"{label}: not a readable archive: {e or type(e).__name__}") from None
+    finally:
+        os.close(fd)
+    return index

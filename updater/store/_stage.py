@@ -8,17 +8,19 @@ a folder is never replaced by other bytes.
 """
 
 import errno
+from collections.abc import Mapping
 from pathlib import Path
 
 from greenlight.channels import ChannelFile, atomic_write, fsync_dir, now, remove_path
 from greenlight.updater._errors import GreenlightError, StoreError
-from greenlight.updater.store._extract import extract
+from greenlight.updater.store._extract import Region, extract
 from greenlight.updater.store._root import RELEASE_MANIFEST, InstallRoot, ReleaseManifest
 
 __all__ = ["stage_release"]
 
 
-def stage_release(root: InstallRoot, channel_file: ChannelFile, archives: dict[str, Path]) -> Path:
+def stage_release(root: InstallRoot, channel_file: ChannelFile,
+                  archives: Mapping[str, Path | Region]) -> Path:
     version, key = channel_file.release, channel_file.identity.key
     final = root.release_dir(key)
     existing = root.manifest(key)

@@ -9,6 +9,7 @@ the journal and the disk, so recovery by another process can run it.
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from greenlight.channels import (
     ChannelFile,
@@ -21,9 +22,9 @@ from greenlight.channels import (
 from greenlight.updater._errors import GreenlightError, TrustError
 from greenlight.updater.product import Config, ServiceControl
 from greenlight.updater.reports import DeltaUse
-from greenlight.updater.store import InstallRoot, Journal, stage_release
+from greenlight.updater.store import InstallRoot, Journal, Region, stage_release
 from greenlight.updater.transaction._engine import Step
-from greenlight.updater.trust import Downloads, Progress, TrustedRepository
+from greenlight.updater.trust import Downloads, Progress, TrustedRepository, verifying
 
 __all__ = ["DELTA_PAYS", "ROLLBACK_STEPS", "STEPS", "Transaction"]
 
@@ -94,6 +95,9 @@ def do_fetch(txn: Transaction) -> None:
         info = txn.repo.artifact_info(name, artifact)
         if store.find(artifact.sha256, artifact.length) is not None:
             continue
+        with verifying(f"artifact {artifact.target}"):
+            if txn.repo.region(info) is not None:
+                continue  # in an offline bundle: staged from there, hashed as it is read
         use = _via_delta(txn, name, artifact, store)
         txn.deltas.append(use)
         if not use.used:
@@ -107,7 +111,13 @@ def do_stage(txn: Transaction) -> None:
         txn.journal.staged_new = True
         txn.journal.save(txn.root)
     store = Downloads(txn.root.downloads)
-    archives = {name: store.path(a.sha256) for name, a in txn.channel_file.components.items()}
+    archives: dict[str, Path | Region] = {}
+    for name, a in txn.channel_file.components.items():
+        kept = store.find(a.sha256, a.length)
+        where = None if kept is not None or txn.repo is None else txn.repo.region(
+            txn.repo.artifact_info(name, a))
+        archives[name] = (store.path(a.sha256) if where is None else
+                          Region(where[0], where[1], where[2], a.sha256, a.target))
     stage_release(txn.root, txn.channel_file, archives)
 
 

@@ -1,14 +1,14 @@
-"""Sideloading's source: the same TUF client, reading an unpacked bundle instead of the network.
+"""Sideloading's source: the same TUF client, reading a bundle file instead of the network.
 
-The caller unpacks the bundle (with the store's safe extraction) into a folder; python-tuf's
-ngclient then runs over `DirectoryFetcher`, against the root the installation already trusts:
-the same signature, version (rollback), expiry, length and hash checks as online. Nothing is
-fetched from a network.
+A bundle is a plain tar. The caller indexes it (the store's `index_tar`: where each member's
+bytes sit, regular files only); python-tuf's ngclient then runs over `BundleFetcher`, which
+reads members in place, against the root the installation already trusts: the same
+signature, version (rollback), expiry, length and hash checks as online. Nothing is unpacked
+and nothing is fetched from a network: artifacts are staged straight from the bundle, hashed as
+they are unpacked (`TrustedRepository.region`).
 """
 
-import os
-import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -20,7 +20,7 @@ from greenlight.channels import BUNDLE_BASE_URL, BUNDLE_MANIFEST, BundleFormatEr
 from greenlight.updater._errors import ArchiveError
 from greenlight.updater.trust._repository import MissingFromBundle, TrustedRepository
 
-__all__ = ["Bundle", "DirectoryFetcher", "open_bundle"]
+__all__ = ["Bundle", "BundleFetcher", "DirectoryFetcher", "open_bundle"]
 
 _CHUNK = 1024 * 1024
 
@@ -52,6 +52,41 @@ class DirectoryFetcher(FetcherInterface):
                 yield chunk
 
 
+class BundleFetcher(FetcherInterface):
+    """Serves `bundle://local/<path>` from the members of a plain-tar bundle, read in place:
+    `index` (from the store's `index_tar`) says where each file's bytes sit. A missing file is
+    an HTTP-like 404."""
+
+    def __init__(self, bundle: Path, index: Mapping[str, tuple[int, int]]) -> None:
+        self.bundle, self.index = bundle, index
+
+    def region(self, url: str) -> tuple[Path, int, int]:
+        """(bundle file, offset, length) of the member a URL names."""
+        parts = urlsplit(url)
+        if f"{parts.scheme}://{parts.netloc}/" != BUNDLE_BASE_URL:
+            raise exceptions.DownloadError(f"{url}: not inside the bundle")
+        found = self.index.get(unquote(parts.path).lstrip("/"))
+        if found is None:
+            raise MissingFromBundle(f"{url}: not in the bundle")
+        return self.bundle, found[0], found[1]
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        return self.open_range(url, 0)[1]
+
+    def open_range(self, url: str, offset: int, length: int | None = None
+                   ) -> tuple[int, Iterator[bytes]]:
+        path, start, size = self.region(url)
+        return offset, self._chunks(path, start + offset, size - offset)
+
+    @staticmethod
+    def _chunks(path: Path, offset: int, left: int) -> Iterator[bytes]:
+        with path.open("rb") as f:
+            f.seek(offset)
+            while left > 0 and (chunk := f.read(min(_CHUNK, left))):
+                left -= len(chunk)
+                yield chunk
+
+
 @dataclass
 class Bundle:
     manifest: BundleManifest
@@ -62,28 +97,24 @@ class Bundle:
         return self.manifest.channel
 
 
-def _read_small(path: Path, limit: int = 64 * 1024) -> bytes:
-    """A small regular file, never through a symlink, never more than `limit` bytes (a link to
-    /dev/zero or a FIFO is refused, not read)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path.name}: not a regular file")
-        return os.read(fd, limit + 1)
-    finally:
-        os.close(fd)
-
-
-def open_bundle(folder: Path, metadata_dir: Path, label: str) -> Bundle:
-    """The TUF client over an unpacked bundle in `folder`, trusting `metadata_dir`'s root.
+def open_bundle(bundle: Path, index: Mapping[str, tuple[int, int]], metadata_dir: Path,
+                label: str) -> Bundle:
+    """The TUF client over the bundle file `bundle`, read in place through `index`, trusting
+    `metadata_dir`'s root.
 
     Raises:
-        ArchiveError: `folder` holds no valid bundle.json.
+        ArchiveError: the bundle holds no valid bundle.json.
     """
+    fetcher = BundleFetcher(bundle, index)
     try:
-        manifest = BundleManifest.from_json(_read_small(folder / BUNDLE_MANIFEST))
-    except (OSError, BundleFormatError):
+        path, offset, size = fetcher.region(BUNDLE_BASE_URL + BUNDLE_MANIFEST)
+        if size > 64 * 1024:
+            raise BundleFormatError(f"{BUNDLE_MANIFEST} of {size} bytes")
+        with path.open("rb") as f:
+            f.seek(offset)
+            manifest = BundleManifest.from_json(f.read(size))
+    except (OSError, BundleFormatError, exceptions.DownloadError):
         raise ArchiveError(f"{label}: not a Greenlight bundle (no valid bundle.json)") from None
     repository = TrustedRepository(metadata_dir, BUNDLE_BASE_URL + "metadata/",
-                                   BUNDLE_BASE_URL + "targets/", fetcher=DirectoryFetcher(folder))
+                                   BUNDLE_BASE_URL + "targets/", fetcher=fetcher)
     return Bundle(manifest, repository)

@@ -229,6 +229,18 @@ class TrustedRepository:
             )
         return info
 
+    def region(self, info: TargetFile) -> tuple[Path, int, int] | None:
+        """Where a target's bytes already sit on this machine, to be read in place (a member
+        of an offline bundle): (file, offset, length); None when it must be downloaded."""
+        locate = getattr(self.fetcher, "region", None)
+        if locate is None:
+            return None
+        path, offset, length = locate(self.target_url(info))
+        if length != info.length:
+            raise TrustError(f"artifact {info.path} refused: {length} bytes in the bundle, "
+                             f"{info.length} signed")
+        return path, offset, length
+
     def download(self, info: TargetFile, store: Downloads,
                  progress: Progress | None = None) -> Path:
         """Stream a target into `store` unless it is already there; verified either way."""
