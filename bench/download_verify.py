@@ -15,11 +15,13 @@ destination flushed (sync) and the median of the runs is reported.
 """
 
 import argparse
+import io
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,6 +35,7 @@ from greenlight.updater.store import InstallRoot
 from greenlight.updater.trust import Downloads, HttpxFetcher, TrustedRepository
 
 from bench._memory import peak_mib
+from bench.sideload import _Random
 
 MiB = 1024 * 1024
 
@@ -47,13 +50,11 @@ def free_port() -> int:
 
 def make_repo(work: Path, size: int) -> tuple[Path, str]:
     repo = init_repository(work / "repo")
-    blob = work / "blob.bin"
-    with blob.open("wb") as f:
-        left = size
-        while left:
-            n = min(left, 8 * MiB)
-            f.write(os.urandom(n))
-            left -= n
+    blob = work / "blob.tar"  # a plain tar of one member of random bytes: an archive
+    with tarfile.open(blob, "w") as tar:
+        info = tarfile.TarInfo("blob.bin")
+        info.size = size - 3 * 512 - 10 * 512  # header, end blocks and padding: about `size`
+        tar.addfile(info, io.BufferedReader(_Random(info.size), 8 * MiB))
     channel = publish(repo, "stable", "1.0", {"blob": blob})
     blob.unlink()
     return repo.path, channel.components["blob"].target
@@ -135,7 +136,7 @@ def main() -> None:
 def measure(work: Path, size_mib: int, small_mib: int, runs: int) -> dict[str, object]:
     size = size_mib * MiB
     repo, target = make_repo(work, size)
-    stored = next((repo / "targets").rglob("*.blob.bin"))
+    stored = next((repo / "targets").rglob("*.blob.tar"))
     warm = warm_check(repo, work)
 
     port = free_port()

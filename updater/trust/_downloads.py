@@ -9,6 +9,7 @@ large buffers, so the digest overlaps receiving and writing instead of adding to
 (measured in bench/download_verify.py: about 1.5x the single-threaded loop on loopback).
 """
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -28,8 +29,17 @@ Progress = Callable[[int], None]
 _BATCH = 1024 * 1024
 
 
+_FLUSH_EVERY = 32 * 1024 * 1024
+
+
 class _ParallelDigest:
-    def __init__(self, algorithms: Iterable[str]) -> None:
+    """Hashes on a helper thread. With `flush_fd` (a file the bytes were written to before
+    they were hashed), the helper also writes them back to disk every 32 MiB, so the final
+    fsync waits only for the tail instead of the whole file (fsync was a quarter of a 200 MiB
+    download's time)."""
+
+    def __init__(self, algorithms: Iterable[str], flush_fd: int | None = None) -> None:
+        self._flush_fd = flush_fd
         self._start(algorithms)
 
     def _start(self, algorithms: Iterable[str]) -> None:
@@ -39,12 +49,40 @@ class _ParallelDigest:
         self._pending_bytes = 0
         self._thread = threading.Thread(target=self._work, name="digest", daemon=True)
         self._thread.start()
+        self._flusher: threading.Thread | None = None
+        self._stop_flushing = False
+        if self._flush_fd is not None:
+            # Its own descriptor: closing the caller's never leaves it flushing a number the
+            # kernel gave to another file. Its own thread: the digest never waits for a disk.
+            self._due = threading.Semaphore(0)
+            self._flusher = threading.Thread(target=self._flush, args=(os.dup(self._flush_fd),),
+                                             name="flush", daemon=True)
+            self._flusher.start()
 
     def _work(self) -> None:
+        unflushed = 0
         while (batch := self._queue.get()) is not None:
             for chunk in batch:
                 for digest in self.digests.values():
                     digest.update(chunk)
+                unflushed += len(chunk)
+            if self._flusher is not None and unflushed >= _FLUSH_EVERY:
+                self._due.release()
+                unflushed = 0
+        if self._flusher is not None:
+            self._stop_flushing = True
+            self._due.release()
+
+    def _flush(self, fd: int) -> None:
+        try:
+            while True:
+                self._due.acquire()
+                if self._stop_flushing:
+                    return
+                with contextlib.suppress(OSError):  # the caller's own fsync reports it
+                    os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def update(self, chunk: bytes) -> None:
         self._pending.append(chunk)
@@ -56,12 +94,17 @@ class _ParallelDigest:
     def finish(self) -> dict[str, str]:
         self._queue.put(self._pending)
         self._queue.put(None)
-        self._thread.join()
+        self._join()
         return {alg: d.hexdigest() for alg, d in self.digests.items()}
 
     def abort(self) -> None:
         self._queue.put(None)
+        self._join()
+
+    def _join(self) -> None:
         self._thread.join()
+        if self._flusher is not None:
+            self._flusher.join()
 
     def reset(self) -> None:
         """Start the digests over (the data is being received again from byte 0)."""
@@ -119,16 +162,19 @@ def _receive_once(
 ) -> Path:
     if not hashes:
         raise TrustError(f"{what} refused: its signed targets entry has no hashes")
-    try:
-        digest = _ParallelDigest(hashes)
-    except ValueError:
-        raise TrustError(
-            f"{what} refused: unsupported hash algorithm in {sorted(hashes)}") from None
+    for alg in hashes:
+        try:
+            hashlib.new(alg)
+        except ValueError:
+            raise TrustError(
+                f"{what} refused: unsupported hash algorithm in {sorted(hashes)}") from None
     finished = False
+    digest: _ParallelDigest | None = None
     try:
         partial.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
+            digest = _ParallelDigest(hashes, flush_fd=fd)
             received = os.fstat(fd).st_size
             if received > length:
                 os.ftruncate(fd, 0)
@@ -147,6 +193,7 @@ def _receive_once(
             os.fsync(fd)
         finally:
             os.close(fd)
+        assert digest is not None
         got = digest.finish()
         finished = True
         if received != length:
@@ -163,17 +210,17 @@ def _receive_once(
         fsync_dir(dest.parent)
         return dest
     except exceptions.DownloadError:
-        if not finished:
+        if not finished and digest is not None:
             digest.abort()
         raise  # the partial file stays: the next attempt resumes from it
     except OSError as e:
-        if not finished:
+        if not finished and digest is not None:
             digest.abort()
         partial.unlink(missing_ok=True)
         hint = " (disk full)" if e.errno == errno.ENOSPC else ""
         raise StoreError(f"{dest.parent}: cannot store {what}{hint}: {e.strerror}") from None
     except BaseException:
-        if not finished:
+        if not finished and digest is not None:
             digest.abort()
         partial.unlink(missing_ok=True)
         raise
