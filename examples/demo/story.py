@@ -4,8 +4,10 @@ A fresh repository is created and served; the demo product's stable 1.6.10 is in
 core and UI run as real processes. Beta 1.6.11 is published with the incident's fault baked in
 (the core refuses the UI's token while its ping still answers): the machine joins beta, the
 upgrade's post-check catches it, and Greenlight rolls back to 1.6.10 on stable by itself,
-printing the evidence. A fixed beta 1.6.12 is then taken and committed. Every command is
-printed before it runs. Work happens in ./demo-work (replaced on each run).
+printing the evidence. A fixed beta 1.6.12 is then taken and committed, by the agent. Last, a
+fleet chapter: three machines report to a collector that guards beta's planned rollout of a
+bad 1.7.0; two roll back, the collector halts it, and the third never installs it. Every
+command is printed before it runs. Work happens in ./demo-work (replaced on each run).
 """
 
 import shlex
