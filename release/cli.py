@@ -627,7 +627,7 @@ def rollout_status_cmd(url: str, admin_token_file: Path, as_json: bool) -> None:
         say(f"{r['channel']} {r['release']}: {r['machines']} machines reporting; "
             f"{o.get('upgraded', 0)} upgraded, {o.get('rolled-back', 0)} rolled back, "
             f"{o.get('dead-end', 0)} dead ends, {o.get('precheck-blocked', 0)} pre-check "
-            "blocked")
+            f"blocked, {o.get('held', 0)} held")
         plan = r.get("plan")
         if plan:
             where = f"step {plan['step'] + 1} of {len(plan['steps'])} ({plan['percent']}%)"
