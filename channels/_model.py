@@ -7,7 +7,7 @@ exported as JSON Schema to `channels/schema/`.
 
 import json
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
 
@@ -32,6 +32,19 @@ ChannelName = Annotated[str, AfterValidator(check_channel_name)]
 
 class _Strict(Record):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+
+_M = TypeVar("_M", bound=_Strict)
+
+
+def _parse(model: type[_M], data: bytes, source: str) -> _M:
+    """`data` as `model`, or one line naming the first field that is wrong."""
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise ChannelFileError(f"{source}: field {where}: {first['msg']}") from None
 
 
 class Delta(_Strict):
@@ -132,12 +145,7 @@ class RolloutState(_Strict):
 
     @classmethod
     def from_json(cls, data: bytes, source: str = "rollout state") -> "RolloutState":
-        try:
-            return cls.model_validate_json(data)
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            raise ChannelFileError(f"{source}: field {where}: {first['msg']}") from None
+        return _parse(cls, data, source)
 
 
 class ChannelFile(_Strict):
@@ -175,12 +183,7 @@ class ChannelFile(_Strict):
 
     @classmethod
     def from_json(cls, data: bytes, source: str = "channel file") -> "ChannelFile":
-        try:
-            return cls.model_validate_json(data)
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            raise ChannelFileError(f"{source}: field {where}: {first['msg']}") from None
+        return _parse(cls, data, source)
 
 
 

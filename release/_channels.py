@@ -10,7 +10,7 @@ from greenlight.channels import ChannelFile, channel_role, channel_target
 from greenlight.release._errors import ReleaseError
 from greenlight.release._repository import FileRepository
 
-__all__ = ["add_artifacts", "channel_history", "channels", "current_channel_file",
+__all__ = ["add_artifacts", "channel_history", "channels", "current_channel_file", "delegate",
            "ensure_channel_role", "require", "write_channel_file"]
 
 
@@ -34,19 +34,24 @@ def channels(repo: FileRepository) -> list[str]:
                   if r.startswith("channel-"))
 
 
-def ensure_channel_role(repo: FileRepository, channel: str) -> None:
-    """Delegate `channel-<name>` (its own new key) on the channel's first publish."""
-    role = channel_role(channel)
+def delegate(repo: FileRepository, role: str, path: str) -> bool:
+    """Delegate `role` from targets, with a new key of its own, for the one target `path`
+    (terminating). Returns False when it was delegated already."""
     if role in repo.targets_roles():
-        return
+        return False
     with repo.edit_targets() as targets:
         if targets.delegations is None:
             targets.delegations = Delegations(keys={}, roles={})
         assert targets.delegations.roles is not None
         targets.delegations.roles[role] = DelegatedRole(
-            name=role, keyids=[], threshold=1, terminating=True, paths=[channel_target(channel)]
-        )
+            name=role, keyids=[], threshold=1, terminating=True, paths=[path])
         targets.add_key(repo.keys.generate(role).public_key, role)
+    return True
+
+
+def ensure_channel_role(repo: FileRepository, channel: str) -> None:
+    """Delegate `channel-<name>` (its own new key) on the channel's first publish."""
+    delegate(repo, channel_role(channel), channel_target(channel))
 
 
 def add_artifacts(repo: FileRepository,

@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
-from tuf.api.metadata import DelegatedRole, Delegations
-
 from greenlight.channels import (
     ChannelFile,
     RolloutPlan,
@@ -27,7 +25,7 @@ from greenlight.channels import (
     rollout_role,
     rollout_target,
 )
-from greenlight.release._channels import current_channel_file
+from greenlight.release._channels import current_channel_file, delegate
 from greenlight.release._errors import ReleaseError
 from greenlight.release._repository import FileRepository
 
@@ -60,17 +58,9 @@ def ensure_rollout_role(repo: FileRepository, channel: str) -> None:
     """Delegate `rollout-<channel>` (a key of its own, for `rollouts/<channel>.json` only)
     from targets, the first time a channel's release has a plan."""
     role = rollout_role(channel)
-    if role in repo.targets_roles():
-        return
-    with repo.edit_targets() as targets:
-        if targets.delegations is None:
-            targets.delegations = Delegations(keys={}, roles={})
-        assert targets.delegations.roles is not None
-        targets.delegations.roles[role] = DelegatedRole(
-            name=role, keyids=[], threshold=1, terminating=True, paths=[rollout_target(channel)])
-        targets.add_key(repo.keys.generate(role).public_key, role)
-    with repo.edit_targets(role):
-        pass  # its first version, empty, so that the snapshot lists it from now on
+    if delegate(repo, role, rollout_target(channel)):
+        with repo.edit_targets(role):
+            pass  # its first version, empty, so that the snapshot lists it from now on
 
 
 def current_state(repo: FileRepository, channel: str) -> RolloutState | None:
