@@ -4,7 +4,8 @@
 - target paths and role names (`channel_target`, `artifact_target`, `channel_role`);
 - versions (`parse_version`, `is_newer`, `sort_versions`) and rollout buckets;
 - the delta codec (`build_delta`, `apply_delta`) and the offline bundle's format;
-- durable files (`atomic_write`, `atomic_symlink`, `fsync_dir`) and the clock (`now`).
+- durable files (`atomic_write`, `atomic_symlink`, `fsync_dir`) and the clock (`now`);
+- hashing on a helper thread (`ParallelDigest`).
 
 This package imports nothing of `greenlight.updater` or `greenlight.release`.
 """
@@ -18,6 +19,7 @@ from greenlight.channels._bundle_format import (
 )
 from greenlight.channels._clock import now
 from greenlight.channels._delta import BuiltDelta, DeltaError, apply_delta, build_delta
+from greenlight.channels._digest import ParallelDigest
 from greenlight.channels._files import atomic_symlink, atomic_write, fsync_dir, remove_path
 from greenlight.channels._identity import ReleaseId, version_of
 from greenlight.channels._model import (
@@ -64,6 +66,7 @@ __all__ = [
     "BundleManifest",
     "ChannelFile",
     "ChannelFileError",
+    "ParallelDigest",
     "Record",
     "ReleaseId",
     "ComponentArtifact",

@@ -8,7 +8,6 @@ links are created. Extraction goes into a folder the caller removes on failure.
 """
 
 import errno
-import hashlib
 import io
 import os
 import stat
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
+from greenlight.channels import ParallelDigest
 from greenlight.updater._errors import ArchiveError, TrustError
 
 __all__ = ["Limits", "Region", "TarIndex", "extract", "index_tar", "top_folder"]
@@ -70,21 +70,13 @@ class Region:
 
 class _HashedWindow(io.RawIOBase):
     """Reads `length` bytes of `raw` from its current position and hashes them on a helper
-    thread (hashlib releases the GIL), so hashing overlaps the unpacking's writes."""
+    thread, so hashing overlaps the unpacking's writes."""
 
     def __init__(self, raw: IO[bytes], length: int) -> None:
-        import queue
-        import threading
-
-        self.raw, self.left, self.hash = raw, length, hashlib.sha256()
+        self.raw, self.left = raw, length
         self.short = False
-        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
-        self._hasher = threading.Thread(target=self._digest, daemon=True)
-        self._hasher.start()
-
-    def _digest(self) -> None:
-        while (chunk := self._chunks.get()) is not None:
-            self.hash.update(chunk)
+        self.sha256: str | None = None
+        self._digest: ParallelDigest | None = ParallelDigest(["sha256"])
 
     def readable(self) -> bool:
         return True
@@ -99,25 +91,28 @@ class _HashedWindow(io.RawIOBase):
             return 0
         got = len(chunk)
         memoryview(buffer)[:got] = chunk
-        self._chunks.put(chunk)
+        assert self._digest is not None
+        self._digest.update(chunk)
         self.left -= got
         return got
 
     def drain(self) -> None:
-        """Read what the unpacking left (the tar's end padding), and wait for the hash."""
+        """Read what the unpacking left (the tar's end padding), and finish the hash."""
         while self.left > 0 and self.read(min(_COPY, self.left)):
             pass
-        self.stop()
+        if self._digest is not None:
+            self.sha256 = self._digest.finish()["sha256"]
+            self._digest = None
 
     def stop(self) -> None:
-        if self._hasher.is_alive():
-            self._chunks.put(None)
-            self._hasher.join()
+        if self._digest is not None:
+            self._digest.abort()
+            self._digest = None
 
 
 def _check_region(region: Region, window: _HashedWindow) -> None:
     window.drain()
-    if window.short or window.left or window.hash.hexdigest() != region.sha256:
+    if window.short or window.left or window.sha256 != region.sha256:
         raise TrustError(f"artifact {region.label} refused: its bytes in the bundle do not "
                          "match the signed sha256 and length")
 
