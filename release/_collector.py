@@ -186,14 +186,16 @@ class Guard:
     def __init__(self, repo: Path, keys: Path | None, store: Store,
                  log: Callable[[str], None] = lambda line: None) -> None:
         from greenlight.release._keys import KeyStore
-        from greenlight.release._repository import FileRepository, recorded_keys_folder
+        from greenlight.release._repository import recorded_keys_folder
 
         self.path, self.store, self.log = repo, store, log
         self.keys = KeyStore(keys if keys is not None else recorded_keys_folder(repo))
-        self._repository = FileRepository
 
     def _repo(self) -> Any:
-        return self._repository(self.path, self.keys)
+        """The repository as it is on disk now (another collector may have changed it)."""
+        from greenlight.release._repository import FileRepository
+
+        return FileRepository(self.path, self.keys)
 
     def channels(self) -> list[str]:
         from greenlight.release._channels import channels

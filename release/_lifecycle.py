@@ -93,15 +93,15 @@ def rollout(repo: FileRepository, channel: str, percent: int | None = None,
         if current.rollout is None and (halt or resume):
             raise ReleaseError(f"channel {channel!r} has no staged rollout of "
                                f"{current.release} to {'halt' if halt else 'resume'}")
-        assert current.rollout is not None or percent is not None
         if percent is not None:
             staged: Rollout | None = None if percent == 100 else Rollout(percent=percent)
         else:
             assert current.rollout is not None
             staged = current.rollout.model_copy(update={"halted": halt})
         if resume:
-            plan = planned(repo, channel)
-            if not (staged != current.rollout or (plan is not None and plan.halted)):
+            plan = planned(repo, channel)  # halted by the signers, the collector, or both
+            assert current.rollout is not None
+            if not (current.rollout.halted or (plan is not None and plan.halted)):
                 raise ReleaseError(f"the rollout of {current.release} on {channel!r} is not "
                                    "halted")
             if plan is not None and plan.state is not None and plan.state.halted:

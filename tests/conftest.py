@@ -231,7 +231,8 @@ def server(published: FileRepository) -> Iterator[Served]:
 FLEET, ADMIN = "f" * 24, "a" * 24
 
 
-def _wait_http(url: str, proc: subprocess.Popen, what: str) -> None:
+def wait_http(url: str, proc: subprocess.Popen, what: str) -> None:
+    """Wait until `url` answers (polling, with a deadline), failing if `proc` exits first."""
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -258,7 +259,7 @@ class Collector:
              "--fleet-token-file", str(tokens / "fleet"),
              "--admin-token-file", str(tokens / "admin"), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        _wait_http(self.url + "v1/rollouts", self.proc, "the collector")
+        wait_http(self.url + "v1/rollouts", self.proc, "the collector")
 
     def rollouts(self) -> dict:
         answer = httpx.get(self.url + "v1/rollouts",

@@ -323,3 +323,49 @@ def test_the_dashboard_renders_in_a_real_headless_chromium(tmp_path, published, 
         assert taken.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         collector.stop()
+
+
+def test_rollout_and_collector_refusals_are_one_line_with_exit_1(tmp_path, published, builds):
+    """Every new way to get a rollout or the collector wrong: one line, exit 1, nothing
+    changed."""
+    from conftest import free_port
+
+    archives = builds("1.2")
+    components = [f"--component={n}={p}" for n, p in archives.items()]
+    release = str(BIN / "release")
+    before = (published.metadata_dir / "timestamp.json").read_bytes()
+    tokens = tmp_path / "t"
+    tokens.mkdir()
+    (tokens / "a").write_text(ADMIN + "\n")
+    cases = [
+        ([release, "publish", str(published.path), "--channel", "stable", "--version", "1.2",
+          *components, "--rollout-plan", "50,10"],
+         "--rollout-plan '50,10': Value error, rollout steps must increase"),
+        ([release, "publish", str(published.path), "--channel", "stable", "--version", "1.2",
+          *components, "--rollout-plan", "10,100", "--soak", "soon"],
+         "--soak 'soon': expected a duration such as 30s, 10m, 1h or 2d"),
+        ([release, "publish", str(published.path), "--channel", "stable", "--version", "1.2",
+          *components, "--rollout-plan", "10,100", "--rollout", "5"],
+         "give either --rollout or --rollout-plan, not both"),
+        ([release, "rollout", str(published.path), "--channel", "stable", "--resume"],
+         "channel 'stable' has no staged rollout of 1.0 to resume"),
+        ([release, "rollout", str(published.path), "--channel", "stable"],
+         "give one of --percent N (0-100), --halt or --resume"),
+        ([release, "collector", "--fleet-token-file", str(tokens / "a"), "--admin-token-file",
+          str(tokens / "a"), "--repo", str(tmp_path / "nowhere")],
+         f"--repo {tmp_path / 'nowhere'}: no repository here"),
+        ([release, "collector", "--fleet-token-file", str(tokens / "a"), "--admin-token-file",
+          str(tokens / "a"), "--repo", str(published.path), "--tick", "0"],
+         "--tick 0: expected a number of seconds above 0"),
+        ([release, "rollout", "status", "--collector", f"http://127.0.0.1:{free_port()}/",
+          "--admin-token-file", str(tokens / "a")],
+         "cannot reach the collector at http://127.0.0.1:"),
+    ]
+    for args, message in cases:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.startswith("release: error: ") and message in done.stderr, (
+            message, done.stderr)
+    assert (published.metadata_dir / "timestamp.json").read_bytes() == before
+    assert rollout_role("stable") not in published.targets_roles()

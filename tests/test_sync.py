@@ -5,7 +5,6 @@ cache headers, converging after an interrupted run; clients upgrade from the buc
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,7 +16,7 @@ from greenlight.release._sync import IMMUTABLE, plan_sync, sync
 from greenlight.updater.operations import check, open_repository, upgrade
 from greenlight.updater.store import InstallRoot
 
-from conftest import MARKER_PRODUCT, free_port
+from conftest import MARKER_PRODUCT, free_port, wait_http
 
 BIN = Path(sys.executable).parent
 pytest.importorskip("obstore")
@@ -32,15 +31,7 @@ def s3(tmp_path, monkeypatch):
     proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(endpoint, timeout=1)
-            break
-        except httpx.HTTPError:
-            assert proc.poll() is None, "moto_server exited"
-            assert time.monotonic() < deadline, "moto_server did not answer"
-            time.sleep(0.05)
+    wait_http(endpoint, proc, "moto_server")
     for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                         "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(name, value)
@@ -191,3 +182,9 @@ def test_sync_refuses_links_and_overwrites_and_names_bad_targets(tmp_path, s3, b
     bad = subprocess.run([str(BIN / "release"), "sync", str(repo.path), "--to", "releases"],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "expected s3://BUCKET" in bad.stderr
+    nobody = f"http://127.0.0.1:{free_port()}"
+    down = subprocess.run([str(BIN / "release"), "sync", str(repo.path), "--to",
+                           "s3://releases/x", "--endpoint-url", nobody],
+                          capture_output=True, text=True, timeout=120)
+    assert down.returncode == 1 and down.stderr.count("\n") == 1, down.stderr
+    assert down.stderr.startswith("release: error: cannot list s3://releases/x: ")

@@ -188,41 +188,37 @@ def sideload(root: InstallRoot, bundle_path: Path, progress: Progress | None = N
     """
     with locked(root):
         recover(root, root.config)
-        staging = root.state / "sideload"  # where an earlier version unpacked bundles
-        remove_path(staging)
-        try:
-            if not bundle_path.is_file():
-                raise ArchiveError(f"{bundle_path}: no such bundle file")
-            bundle_path = bundle_path.resolve()
-            bundle = open_bundle(bundle_path, index_tar(bundle_path), root.metadata_dir,
-                                 bundle_path.name)
-            before = root.active_channel()
-            if bundle.channel == before.channel:
-                report = _upgrade_locked(root, bundle.repository, progress, force)
-                return report.model_copy(update={"source": f"bundle {bundle_path.name}"})
-            try:
-                check_channel_name(bundle.channel)
-            except ValueError:
-                raise ArchiveError(f"{bundle_path.name}: bundle.json names channel "
-                                   f"{bundle.channel!r}, not a valid channel name") from None
-            if not switch_channel:
-                raise ChannelMismatch(
-                    f"{bundle_path.name} carries channel {bundle.channel!r} but {root.path} "
-                    f"follows {before.channel!r}; pass --switch-channel to follow "
-                    f"{bundle.channel!r}")
-            # The label in bundle.json is unsigned: the switch happens only once the channel
-            # file has verified through TUF, and is undone if the upgrade does not go through.
-            read_channel(root, bundle.repository, bundle.channel)
-            root.set_active_channel(bundle.channel,
-                                    f"switched from {before.channel} by a sideload")
-            try:
-                report = _upgrade_locked(root, bundle.repository, progress, force)
-            except BaseException:
-                root.restore_active_channel(before)
-                raise
+        remove_path(root.state / "sideload")  # where earlier versions unpacked bundles
+        if not bundle_path.is_file():
+            raise ArchiveError(f"{bundle_path}: no such bundle file")
+        bundle_path = bundle_path.resolve()
+        bundle = open_bundle(bundle_path, index_tar(bundle_path), root.metadata_dir,
+                             bundle_path.name)
+        before = root.active_channel()
+        if bundle.channel == before.channel:
+            report = _upgrade_locked(root, bundle.repository, progress, force)
             return report.model_copy(update={"source": f"bundle {bundle_path.name}"})
-        finally:
-            remove_path(staging)
+        try:
+            check_channel_name(bundle.channel)
+        except ValueError:
+            raise ArchiveError(f"{bundle_path.name}: bundle.json names channel "
+                               f"{bundle.channel!r}, not a valid channel name") from None
+        if not switch_channel:
+            raise ChannelMismatch(
+                f"{bundle_path.name} carries channel {bundle.channel!r} but {root.path} "
+                f"follows {before.channel!r}; pass --switch-channel to follow "
+                f"{bundle.channel!r}")
+        # The label in bundle.json is unsigned: the switch happens only once the channel
+        # file has verified through TUF, and is undone if the upgrade does not go through.
+        read_channel(root, bundle.repository, bundle.channel)
+        root.set_active_channel(bundle.channel,
+                                f"switched from {before.channel} by a sideload")
+        try:
+            report = _upgrade_locked(root, bundle.repository, progress, force)
+        except BaseException:
+            root.restore_active_channel(before)
+            raise
+        return report.model_copy(update={"source": f"bundle {bundle_path.name}"})
 
 
 def download(root: InstallRoot, repo: TrustedRepository,
