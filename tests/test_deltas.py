@@ -117,3 +117,34 @@ def test_delta_round_trip_and_refusals():
     broken = built.data[:-10] + b"\0" * 10
     with pytest.raises(DeltaError):
         apply_delta(old, broken)
+
+
+def machine_code(size: int, seed: int, inserted: int = 0) -> bytes:
+    """Code-like bytes: 16-byte 'instructions', each holding a position-relative 4-byte
+    address to a fixed table, so inserting bytes near the start changes an address in
+    every instruction after it (what rebuilt native code looks like to a diff)."""
+    rng = random.Random(seed)
+    ops = [rng.randbytes(12) for _ in range(64)]
+    out = bytearray(rng.randbytes(inserted))
+    for i in range(size // 16):
+        position = len(out)
+        out += ops[(i * 7) % 64] + ((10_000_000 - position) % 2**32).to_bytes(4, "little")
+    return bytes(out)
+
+
+def test_rebuilt_code_gets_the_chunked_difference_encoding():
+    """zstd breaks a match at every changed address; HDiffPatch's difference encoding makes
+    them runs of small numbers. Content over one chunk is split and rebuilt chunk by chunk."""
+    old = machine_code(5_000_000, 3)
+    new = machine_code(5_000_000, 3, inserted=1000)
+    built = build_delta(old, new)
+    assert built is not None and built.method == "hdiffpatch-chunks"
+    assert len(built.data) < built.tried["zstd-prefix/1"] / 4
+    assert apply_delta(old, built.data) == new
+    header, _, patch = built.data.partition(b"\n")
+    assert int.from_bytes(patch[:4], "little") == 3  # 5 MB in 2 MiB chunks
+    for broken, why in [(patch[:4] + b"\xff" * 32 + patch[36:], "outside"),
+                        ((99).to_bytes(4, "little") + patch[4:], "chunk table"),
+                        (patch + b"x", "after the last chunk")]:
+        with pytest.raises(DeltaError, match=why):
+            apply_delta(old, header + b"\n" + broken)
