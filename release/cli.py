@@ -226,9 +226,13 @@ def _published(cf: "ChannelFile") -> str:
         f"{name}: {a.strip_prefix}/* -> {name}/ (top folder left out)" if a.strip_prefix
         else f"{name}: archive root -> {name}/"
         for name, a in cf.components.items())
+    deltas = "; ".join(
+        f"{name} from {d.from_version} {d.length:,} B ({d.method}, "
+        f"{d.length / a.length:.0%} of {a.length:,} B)"
+        for name, a in cf.components.items() for d in a.deltas)
     rollout = "" if cf.rollout is None else f"\nrollout: {_rollout_line(cf)}"
     return (f"published {cf.channel} {cf.release} ({', '.join(cf.components)})\n"
-            f"layout: {layout}{rollout}")
+            f"layout: {layout}\ndeltas: {deltas or 'none'}{rollout}")
 
 
 @app.command()

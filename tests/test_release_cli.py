@@ -63,13 +63,16 @@ def test_a_delta_is_kept_only_when_under_half_the_full_artifact(tmp_path, repo):
     none, since its delta would be no smaller than half of the artifact."""
     shared = os.urandom(400_000)
     publish(repo, "stable", "1.0", archive(tmp_path / "1.0.tgz", {"core.bin": shared}))
-    publish(repo, "stable", "1.1", archive(tmp_path / "1.1.tgz",
-                                           {"core.bin": shared[:1000] + b"x" + shared[1001:]}))
+    done = publish(repo, "stable", "1.1", archive(
+        tmp_path / "1.1.tgz", {"core.bin": shared[:1000] + b"x" + shared[1001:]}))
     small = current_channel_file(repo, "stable").components["core"]
     assert [d.from_version for d in small.deltas] == ["1.0"]
     assert small.deltas[0].length < small.length // 2
-    publish(repo, "stable", "1.2", archive(tmp_path / "1.2.tgz",
-                                           {"core.bin": os.urandom(400_000)}))
+    assert (f"deltas: core from 1.0 {small.deltas[0].length:,} B (zstd-prefix, "
+            in done.stdout), done.stdout
+    done = publish(repo, "stable", "1.2", archive(tmp_path / "1.2.tgz",
+                                                  {"core.bin": os.urandom(400_000)}))
+    assert "deltas: none" in done.stdout
     unrelated = current_channel_file(repo, "stable").components["core"]
     assert unrelated.deltas == []
     assert not list((repo.targets_dir / "deltas").rglob("*1.2*"))
