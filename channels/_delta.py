@@ -166,9 +166,12 @@ def _chunks(old_size: int, new_size: int) -> list[tuple[int, int, int, int]]:
             for start, end in itertools.pairwise(bounds)]
 
 
+MAX_WORKERS = 8  # each HDiffPatch chunk in flight holds ~32 MB (suffix array, match cache)
+
+
 def _workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-               else os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_WORKERS, cores or 1))
 
 
 def _hdiff_diff(old: bytes, new: bytes) -> bytes:
