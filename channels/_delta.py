@@ -44,8 +44,11 @@ _GZIP_LEVELS = (6, 9, 1, 2, 3, 4, 5, 7, 8)
 _ZSTD_LEVELS = (3, 19, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
 WEAK_RATIO = 0.05  # a zstd patch above this share of the content is worth a stronger method
 HDIFF_BYTES_PER_SECOND = 10_000_000  # measured build speed on one core, for the time budget
-CHUNK = 2 << 20  # new content per HDiffPatch chunk (bench/README.md: 2 MiB chunks, 256 KiB
-MARGIN = 128 << 10  # margins: ~0.6 s and 1.11 MB on the compiled pair, 1.5 s whole)
+# HDiffPatch chunks: 2 MiB of new content each, against the old content at the same relative
+# place +-128 KiB (bench/README.md: 0.6-0.9 s and 1.11 MB on the compiled pair, against
+# 1.5-2 s whole; wider margins find more matches, narrower ones are faster)
+CHUNK = 2 << 20
+MARGIN = 128 << 10
 _TABLE = struct.Struct("<QQQQ")  # one chunk: old window start, end; new length; patch length
 
 
