@@ -246,10 +246,11 @@ def build_delta(base: bytes, new: bytes, budget_seconds: float = 30.0) -> BuiltD
     elif len(new_content) / (HDIFF_BYTES_PER_SECOND * _workers()) < budget_seconds:
         stronger, label = _hdiff_diff(old_content, new_content), "hdiffpatch-chunks"
     else:
-        stronger, label = patch, "zstd-prefix/1"
-    tried[label] = len(stronger)
-    if len(stronger) < len(patch):
-        patch, method = stronger, label.partition("/")[0]
+        stronger, label = None, ""
+    if stronger is not None:
+        tried[label] = len(stronger)
+        if len(stronger) < len(patch):
+            patch, method = stronger, label.partition("/")[0]
     header = DeltaHeader(method=method, base_sha256=hashlib.sha256(base).hexdigest(),
                          content_length=len(new_content),
                          content_sha256=hashlib.sha256(new_content).hexdigest(), recipe=recipe)

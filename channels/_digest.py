@@ -13,8 +13,6 @@ from collections.abc import Iterable
 __all__ = ["ParallelDigest"]
 
 _BATCH = 1024 * 1024
-
-
 _FLUSH_EVERY = 32 * 1024 * 1024
 
 

@@ -76,10 +76,10 @@ class BundleFetcher(FetcherInterface):
     def open_range(self, url: str, offset: int, length: int | None = None
                    ) -> tuple[int, Iterator[bytes]]:
         path, start, size = self.region(url)
-        return offset, self._chunks(path, start + offset, size - offset)
+        return offset, self.chunks(path, start + offset, size - offset)
 
     @staticmethod
-    def _chunks(path: Path, offset: int, left: int) -> Iterator[bytes]:
+    def chunks(path: Path, offset: int, left: int) -> Iterator[bytes]:
         with path.open("rb") as f:
             f.seek(offset)
             while left > 0 and (chunk := f.read(min(_CHUNK, left))):
@@ -110,9 +110,7 @@ def open_bundle(bundle: Path, index: Mapping[str, tuple[int, int]], metadata_dir
         path, offset, size = fetcher.region(BUNDLE_BASE_URL + BUNDLE_MANIFEST)
         if size > 64 * 1024:
             raise BundleFormatError(f"{BUNDLE_MANIFEST} of {size} bytes")
-        with path.open("rb") as f:
-            f.seek(offset)
-            manifest = BundleManifest.from_json(f.read(size))
+        manifest = BundleManifest.from_json(b"".join(fetcher.chunks(path, offset, size)))
     except (OSError, BundleFormatError, exceptions.DownloadError):
         raise ArchiveError(f"{label}: not a Greenlight bundle (no valid bundle.json)") from None
     repository = TrustedRepository(metadata_dir, BUNDLE_BASE_URL + "metadata/",
