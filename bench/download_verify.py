@@ -31,7 +31,7 @@ from tuf.ngclient import Updater
 
 from greenlight.release import init_repository, publish, serving
 from greenlight.updater.operations import check, open_repository
-from greenlight.updater.store import InstallRoot
+from greenlight.updater.product import init_root
 from greenlight.updater.trust import Downloads, HttpxFetcher, TrustedRepository
 
 from bench._memory import peak_mib
@@ -75,7 +75,7 @@ def warm_check(repo: Path, work: Path, runs: int = 20) -> dict[str, object]:
     """A warm `updater check` with nothing new: requests and connections (counted by the
     server), and its median time against python-tuf's bare `Updater.refresh()` (urllib3)."""
     with serving(repo) as server:
-        root = InstallRoot.create(work / "count-root", server.url,
+        root = init_root(work / "count-root", server.url,
                                   (repo / "metadata" / "1.root.json").read_bytes(), "stable")
         check(root, open_repository(root))
         server.reset_counts()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from greenlight.channels import ComponentArtifact, now
 from greenlight.updater.operations import rollback
+from greenlight.updater.product import init_root
 from greenlight.updater.store import (
     RELEASE_MANIFEST,
     HistoryEntry,
@@ -47,7 +48,7 @@ def rollback_seconds(size: int, runs: int = 3) -> float:
     for _ in range(runs):
         work = Path(tempfile.mkdtemp(prefix="greenlight-bench-"))
         try:
-            root = InstallRoot.create(work / "root", "http://127.0.0.1:9/", b"{}", "stable")
+            root = init_root(work / "root", "http://127.0.0.1:9/", b"{}", "stable")
             _release(root, "1.0", size)
             _release(root, "1.1", size)
             root.switch_current("1.1")

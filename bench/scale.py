@@ -23,7 +23,7 @@ from tuf.api.serialization.json import JSONSerializer
 
 from greenlight.release import init_repository, publish, serving
 from greenlight.updater.operations import check, open_repository
-from greenlight.updater.store import InstallRoot
+from greenlight.updater.product import init_root
 
 
 def make(work: Path, count: int) -> tuple[Path, int]:
@@ -52,7 +52,7 @@ def make(work: Path, count: int) -> tuple[Path, int]:
 
 def measure(repo: Path, work: Path) -> dict[str, float]:
     with serving(repo) as server:
-        root = InstallRoot.create(work / f"root-{repo.name}", server.url,
+        root = init_root(work / f"root-{repo.name}", server.url,
                                   (repo / "metadata" / "1.root.json").read_bytes(), "stable")
         server.reset_counts()
         started = time.perf_counter()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from greenlight.release import build_bundle, init_repository, publish
 from greenlight.updater.operations import sideload
-from greenlight.updater.store import InstallRoot
+from greenlight.updater.product import init_root
 
 MiB = 1024 * 1024
 
@@ -64,7 +64,7 @@ def measure(size_mib: int = 200, runs: int = 3) -> dict[str, float]:
             subprocess.run(["openssl", "dgst", "-sha256", str(bundle)], check=True,
                            capture_output=True)
             anchor.append(time.perf_counter() - started)
-            root = InstallRoot.create(work / f"root{i}", "http://127.0.0.1:9/",
+            root = init_root(work / f"root{i}", "http://127.0.0.1:9/",
                                       (repo.metadata_dir / "1.root.json").read_bytes(), "stable")
             os.sync()
             started = time.perf_counter()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from greenlight.release import init_repository, publish
 from greenlight.updater.operations import check, open_repository
-from greenlight.updater.store import InstallRoot
+from greenlight.updater.product import init_root
 
 from bench.overhead import demo_archives, wait_for_port
 
@@ -30,6 +30,7 @@ BIN = Path(sys.executable).parent
 BARE = """
 import sys
 from tuf.ngclient import Updater
+from greenlight.updater.product import init_root
 
 meta, url, targets = sys.argv[1:4]
 updater = Updater(meta, url + "/metadata/", targets, url + "/targets/", bootstrap=None)
@@ -57,7 +58,7 @@ def measure(work: Path, runs: int = 15) -> dict[str, float]:
         line = server.stdout.readline()  # "serving REPO at http://127.0.0.1:PORT/ ..."
         url = line.split(" at ", 1)[1].split("/ ", 1)[0]
         wait_for_port(int(url.rsplit(":", 1)[1]))
-        root = InstallRoot.create(work / "root", url + "/",
+        root = init_root(work / "root", url + "/",
                                   (repo.metadata_dir / "1.root.json").read_bytes(), "stable")
         check(root, open_repository(root))
         bare_meta, bare_targets = work / "bare-meta", work / "bare-targets"

@@ -4,6 +4,8 @@
 - target paths and role names (`channel_target`, `artifact_target`, `channel_role`);
 - versions (`parse_version`, `is_newer`, `sort_versions`) and rollout buckets;
 - the delta codec (`build_delta`, `apply_delta`) and the offline bundle's format;
+- the archive layout rule (`clean_member_name`, `top_folder_of`) and the fleet report's wire
+  format (`FleetReport`);
 - durable files (`atomic_write`, `atomic_symlink`, `fsync_dir`) and the clock (`now`);
 - hashing on a helper thread (`ParallelDigest`).
 
@@ -21,7 +23,19 @@ from greenlight.channels._clock import now
 from greenlight.channels._delta import BuiltDelta, DeltaError, apply_delta, build_delta
 from greenlight.channels._digest import ParallelDigest
 from greenlight.channels._files import atomic_symlink, atomic_write, fsync_dir, remove_path
+from greenlight.channels._fleet_report import (
+    FLEET_OUTCOMES,
+    FleetReport,
+    Outcome,
+    ReportedCheck,
+)
 from greenlight.channels._identity import ReleaseId, version_of
+from greenlight.channels._layout import (
+    LayoutError,
+    clean_member_name,
+    read_top_folder,
+    top_folder_of,
+)
 from greenlight.channels._model import (
     SCHEMA_VERSION,
     ChannelFile,
@@ -56,6 +70,14 @@ from greenlight.channels._version import VERSION
 from greenlight.channels._versions import canonical_version, is_newer, parse_version, sort_versions
 
 __all__ = [
+    "FLEET_OUTCOMES",
+    "FleetReport",
+    "LayoutError",
+    "Outcome",
+    "ReportedCheck",
+    "clean_member_name",
+    "read_top_folder",
+    "top_folder_of",
     "BUNDLE_BASE_URL",
     "BUNDLE_FORMAT",
     "BUNDLE_MANIFEST",

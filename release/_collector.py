@@ -412,7 +412,7 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
-    from greenlight.updater.store import FleetReport
+    from greenlight.channels import FleetReport
 
     # At most one judgement per channel waits at a time in this process: a burst of failure
     # reports costs one look at the repository, not one per report.

@@ -18,7 +18,8 @@ import jsonschema
 import pytest
 
 from greenlight.release import init_repository, publish, yank
-from greenlight.updater.agent import Agent, in_window
+from greenlight.updater.agent import Agent
+from greenlight.updater.policy import in_window
 from greenlight.updater.store import InstallRoot, clear_hold, set_hold
 
 from conftest import MARKER_PRODUCT as PRODUCT

@@ -16,7 +16,8 @@ from tuf.api.metadata import Metadata
 from greenlight.release import FileRepository, build_bundle, init_repository, publish
 from greenlight.updater import ArchiveError, ChannelMismatch, TrustError
 from greenlight.updater.operations import sideload
-from greenlight.updater.store import InstallRoot
+from greenlight.updater.product import init_root
+from greenlight.updater.store import InstallRoot, active_channel
 
 from conftest import builtin_server
 
@@ -25,7 +26,7 @@ from conftest import builtin_server
 def offline(tmp_path, published: FileRepository):
     """A root whose configured repository is a live server that must see no request."""
     with builtin_server(published.path) as server:
-        root = InstallRoot.create(tmp_path / "root", server.url,
+        root = init_root(tmp_path / "root", server.url,
                                   (published.metadata_dir / "1.root.json").read_bytes(), "stable")
         server.reset()
         yield root, server
@@ -74,7 +75,7 @@ def test_channel_mismatch_needs_a_switch(tmp_path, offline, published):
     with pytest.raises(ChannelMismatch, match="carries channel 'beta'.*--switch-channel"):
         sideload(root, bundle)
     assert sideload(root, bundle, switch_channel=True).installed == "1.1"
-    assert root.active_channel().channel == "beta"
+    assert active_channel(root).channel == "beta"
 
 
 def test_older_bundle_replayed_after_a_newer_is_refused(tmp_path, offline, published, builds):
@@ -309,11 +310,11 @@ def test_an_unverified_channel_label_never_switches_the_channel(tmp_path, offlin
     build_bundle(published, "stable", good)
     # Only the label and the root chain: nothing in it verifies a channel file for `label`.
     hostile = _relabelled(good, tmp_path / "label.bundle", label, keep="metadata/1.root")
-    before = root.active_channel()
+    before = active_channel(root)
     with pytest.raises(ArchiveError) as refused:
         sideload(root, hostile, switch_channel=True)
     assert str(refused.value) == message
-    assert root.active_channel() == before
+    assert active_channel(root) == before
     assert sideload(root, good).installed == "1.0"  # the next command works as ever
 
 

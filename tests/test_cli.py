@@ -166,7 +166,7 @@ def test_init_writes_a_complete_commented_template(root_args):
 def test_health_never_calls_nothing_healthy_and_its_json_has_a_schema(root_args):
     import jsonschema
 
-    from greenlight.updater.reports import HealthReport, HistoryReport
+    from greenlight.updater.output import HealthReport, HistoryReport
 
     nothing = run("updater", "health", *root_args)
     assert nothing.returncode == 1 and "NOTHING CHECKED" in nothing.stdout

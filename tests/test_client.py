@@ -10,7 +10,8 @@ from tuf.api.metadata import Metadata, Timestamp
 from greenlight.release import FileRepository, init_repository, publish
 from greenlight.updater import NetworkError, TrustError
 from greenlight.updater.operations import check, open_repository, upgrade
-from greenlight.updater.store import InstallRoot
+from greenlight.updater.product import init_root
+from greenlight.updater.store import InstallRoot, set_active_channel
 
 from conftest import Served
 
@@ -18,7 +19,7 @@ from conftest import Served
 def make_root(tmp: Path, served: Served, repo: FileRepository, channel: str = "stable",
               trust: bytes | None = None) -> InstallRoot:
     anchor = trust if trust is not None else (repo.metadata_dir / "1.root.json").read_bytes()
-    return InstallRoot.create(tmp / "root", served.url, anchor, channel)
+    return init_root(tmp / "root", served.url, anchor, channel)
 
 
 def do_upgrade(root: InstallRoot):
@@ -46,9 +47,9 @@ def test_second_upgrade_downloads_nothing_new(tmp_path, served, published):
     assert do_upgrade(root).outcome == "up-to-date"
     assert not [p for p in served.paths() if "/artifacts/" in p]
 
-    root.set_active_channel("beta", "test")
+    set_active_channel(root, "beta", "test")
     assert do_upgrade(root).to_version == "1.1"
-    root.set_active_channel("stable", "test")
+    set_active_channel(root, "stable", "test")
     served.reset()
     back = do_upgrade(root)
     assert (back.to_version, back.bytes_fetched) == ("1.0", 0)
@@ -68,7 +69,7 @@ def on_beta_without_delta_bases(root: InstallRoot) -> None:
     """Installed 1.0, now following beta, with no kept artifact a delta could patch: the
     next upgrade fetches the full artifacts."""
     do_upgrade(root)
-    root.set_active_channel("beta", "test")
+    set_active_channel(root, "beta", "test")
     for kept in root.downloads.glob("[0-9a-f]*"):
         kept.unlink()
 

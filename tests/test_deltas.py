@@ -12,7 +12,7 @@ import pytest
 from greenlight.channels import DeltaError, apply_delta, build_delta
 from greenlight.release import current_channel_file, init_repository, publish, serving
 from greenlight.updater.operations import open_repository, upgrade
-from greenlight.updater.store import InstallRoot
+from greenlight.updater.product import init_root
 
 
 def app_archive(path, seed: int, changed: int = 0, compress: str = "gz"):
@@ -58,7 +58,7 @@ def test_client_takes_the_delta_and_reports_bytes(tmp_path):
     repo = init_repository(tmp_path / "repo")
     publish(repo, "stable", "1.0", {"app": app_archive(tmp_path / "a1.tar.gz", 1)})
     with serving(repo.path) as server:
-        root = InstallRoot.create(tmp_path / "root", server.url,
+        root = init_root(tmp_path / "root", server.url,
                                   (repo.metadata_dir / "1.root.json").read_bytes(), "stable")
         first = upgrade(root, open_repository(root))
         assert first.deltas[0].used is False and first.deltas[0].reason == "no delta offered"
@@ -78,7 +78,7 @@ def test_any_delta_failure_falls_back_to_the_full_artifact(tmp_path, failure):
     repo = init_repository(tmp_path / "repo")
     publish(repo, "stable", "1.0", {"app": app_archive(tmp_path / "a1.tar.gz", 1)})
     with serving(repo.path) as server:
-        root = InstallRoot.create(tmp_path / "root", server.url,
+        root = init_root(tmp_path / "root", server.url,
                                   (repo.metadata_dir / "1.root.json").read_bytes(), "stable")
         assert upgrade(root, open_repository(root)).installed == "1.0"
         publish(repo, "stable", "1.1", {"app": app_archive(tmp_path / "a2.tar.gz", 1, 2)})

@@ -118,10 +118,12 @@ def test_reports_queue_while_the_collector_is_down_and_never_block(fleet):
     collector = Collector(tmp, f"sqlite:///{tmp / 'collector.sqlite3'}", port)
     try:
         backoff.write_text(json.dumps({"delay": 5, "next": time.time() + 3600}))
-        assert m.updater("status").returncode == 0
+        assert m.updater("upgrade").returncode == 0
         assert len(m.queued()) == 2  # still inside the back-off: nothing is tried
         backoff.write_text(json.dumps({"delay": 5, "next": 0}))  # the back-off has passed
         assert m.updater("status").returncode == 0
+        assert len(m.queued()) == 2  # a read-only command never touches the network
+        assert m.updater("upgrade").returncode == 0  # up to date, and it sends the outbox
         assert m.queued() == []
         assert set(collector.rollouts()) == {("stable", "1.1"), ("stable", "1.2")}
     finally:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from greenlight.release import FileRepository, init_repository
 from greenlight.updater import EXIT_CODES
 from greenlight.updater.cli import app
-from greenlight.updater.store import InstallRoot
+from greenlight.updater.product import init_root
 
 DOCUMENTED = set(EXIT_CODES) - {1}  # 1 is "a bug": never acceptable here
 
@@ -60,7 +60,7 @@ def _root(base: Path, trusted: FileRepository, kind: str, config: str) -> Path:
     if kind == "file":
         path.write_bytes(b"not a folder")
         return path
-    InstallRoot.create(path, "http://127.0.0.1:9/",
+    init_root(path, "http://127.0.0.1:9/",
                        (trusted.metadata_dir / "1.root.json").read_bytes(), "stable")
     if kind == "bad-config":
         (path / "greenlight.toml").write_text(config)

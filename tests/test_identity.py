@@ -10,8 +10,15 @@ from greenlight.channels import ChannelFile, ComponentArtifact, ReleaseId, canon
 from greenlight.channels._paths import check_channel_name
 from greenlight.release import ReleaseError, publish
 from greenlight.updater.operations import check, open_repository, status, upgrade
-from greenlight.updater.plan import decide
-from greenlight.updater.store import InstallRoot, QuarantineEntry, add_to_quarantine, extract
+from greenlight.updater.policy import decide
+from greenlight.updater.product import init_root
+from greenlight.updater.store import (
+    InstallRoot,
+    QuarantineEntry,
+    add_to_quarantine,
+    extract,
+    set_active_channel,
+)
 
 from conftest import Served
 
@@ -59,7 +66,7 @@ def test_publish_refuses_a_version_not_written_canonically(repo, builds):
 
 
 def _root(tmp: Path, server: Served, repo, channel: str) -> InstallRoot:
-    return InstallRoot.create(tmp / "root", server.url,
+    return init_root(tmp / "root", server.url,
                               (repo.metadata_dir / "1.root.json").read_bytes(), channel)
 
 
@@ -76,7 +83,7 @@ def test_a_relabelled_release_is_not_up_to_date_after_a_switch(tmp_path, server,
     assert upgrade(root, open_repository(root)).outcome == "upgraded"
     beta_key = root.installed_release()
 
-    root.set_active_channel("stable", "test")
+    set_active_channel(root, "stable", "test")
     report = check(root, open_repository(root))
     assert report.installed == report.available == "1.0"
     assert report.update_available and report.installed_release != report.available_release

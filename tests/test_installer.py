@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from greenlight.release import build_bundle, build_installer, init_repository, publish
-from greenlight.updater.product import ProcessBackend
-from greenlight.updater.store import InstallRoot
+from greenlight.updater.product import ProcessBackend, config_of
+from greenlight.updater.store import InstallRoot, active_channel, set_active_channel
 
 from conftest import free_port
 from examples.demo.config import product_toml
@@ -140,13 +140,13 @@ def test_a_channel_mismatch_names_a_flag_the_installer_has(kit, tmp_path, roots)
     the message names is one the installer takes."""
     root = _installed_20(tmp_path, kit)
     roots.append(root)
-    InstallRoot(root).set_active_channel("beta", "followed by hand")
+    set_active_channel(InstallRoot(root), "beta", "followed by hand")
     done = run(kit["good"], "--root", str(root))
     assert done.returncode == 13, done.stdout + done.stderr
     assert "--switch-channel" in done.stderr and "Traceback" not in done.stderr
     done = run(kit["good"], "--root", str(root), "--switch-channel")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert InstallRoot(root).active_channel().channel == "stable"
+    assert active_channel(InstallRoot(root)).channel == "stable"
     assert running(root) == {"core": "2.1", "ui": "2.1"}
 
 
@@ -169,7 +169,7 @@ def test_an_init_root_gets_the_products_services_and_checks(kit, tmp_path, roots
     done = run(kit["good"], "--root", str(root))
     assert done.returncode == 0, done.stdout + done.stderr
     assert running(root) == {"core": "2.1", "ui": "2.1"}
-    config = InstallRoot(root).config
+    config = config_of(InstallRoot(root))
     assert [s.name for s in config.service] == ["core", "ui"] and len(config.check) >= 4
     assert config.repository.url == "http://127.0.0.1:9/"  # the root's own keys are kept
     health = subprocess.run([UPDATER, "health", "--root", str(root), "--json"],

@@ -14,13 +14,14 @@ import pytest
 from greenlight.release import FileRepository, init_repository, publish, serving
 from greenlight.updater import NetworkError
 from greenlight.updater.operations import check, open_repository, upgrade
+from greenlight.updater.product import init_root
 from greenlight.updater.store import InstallRoot, locked
 
 BIN = Path(sys.executable).parent
 
 
 def make_root(tmp: Path, url: str, repo: FileRepository, timeout: float = 2.0) -> InstallRoot:
-    root = InstallRoot.create(tmp / "root", url, (repo.metadata_dir / "1.root.json").read_bytes(),
+    root = init_root(tmp / "root", url, (repo.metadata_dir / "1.root.json").read_bytes(),
                               "stable")
     text = root.config_path.read_text().replace("timeout = 30.0", f"timeout = {timeout}")
     root.config_path.write_text(text.replace("min_rate = 65536", "min_rate = 1000000"))

@@ -31,6 +31,7 @@ from greenlight.release import (
 )
 from greenlight.updater import TrustError
 from greenlight.updater.operations import check, open_repository, upgrade
+from greenlight.updater.product import init_root
 from greenlight.updater.store import InstallRoot
 
 from conftest import builtin_server
@@ -40,7 +41,7 @@ BIN = Path(sys.executable).parent
 
 def client(tmp: Path, server, repo: FileRepository, channel: str = "stable",
            name: str = "root") -> InstallRoot:
-    return InstallRoot.create(tmp / name, server.url,
+    return init_root(tmp / name, server.url,
                               (repo.metadata_dir / "1.root.json").read_bytes(), channel)
 
 

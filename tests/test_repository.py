@@ -8,7 +8,7 @@ from tuf.api.metadata import Metadata
 from greenlight.release import FileRepository, ReleaseError, init_repository
 from greenlight.updater import TrustError
 from greenlight.updater.operations import check, open_repository
-from greenlight.updater.store import InstallRoot
+from greenlight.updater.product import init_root
 
 from conftest import builtin_server
 
@@ -62,7 +62,7 @@ def test_a_beta_key_cannot_move_stable(tmp_path, published: FileRepository):
     published.commit()
 
     with builtin_server(published.path) as server:
-        root = InstallRoot.create(tmp_path / "root", server.url,
+        root = init_root(tmp_path / "root", server.url,
                                   (published.metadata_dir / "1.root.json").read_bytes(), "stable")
         with pytest.raises(TrustError, match="channel-stable"):
             check(root, open_repository(root))

@@ -11,6 +11,7 @@ import pytest
 from greenlight.release import FileRepository, init_repository, publish, serving
 from greenlight.updater import TrustError
 from greenlight.updater.operations import open_repository, upgrade
+from greenlight.updater.product import init_root
 from greenlight.updater.store import InstallRoot
 
 
@@ -31,7 +32,7 @@ def blob_repo(tmp_path) -> tuple[FileRepository, int, str]:
 
 
 def root_for(tmp: Path, url: str, repo: FileRepository) -> InstallRoot:
-    return InstallRoot.create(tmp / "root", url, (repo.metadata_dir / "1.root.json").read_bytes(),
+    return init_root(tmp / "root", url, (repo.metadata_dir / "1.root.json").read_bytes(),
                               "stable")
 
 

@@ -28,6 +28,7 @@ from greenlight.release._collector import Guard, Store
 from greenlight.release._repository import FileRepository
 from greenlight.release._rollouts import current_state, write_state
 from greenlight.updater.operations import check, open_repository
+from greenlight.updater.product import init_root
 from greenlight.updater.store import InstallRoot
 
 from conftest import ADMIN, FLEET, Collector, builtin_server
@@ -47,7 +48,7 @@ def _ids(channel: str, version: str, low: int, high: int, n: int = 1) -> list[st
 
 
 def _machine(tmp: Path, server, repo: FileRepository, name: str, ident: str) -> InstallRoot:
-    root = InstallRoot.create(tmp / name, server.url,
+    root = init_root(tmp / name, server.url,
                               (repo.metadata_dir / "1.root.json").read_bytes(), "stable")
     (root.state / "installation-id").write_text(ident + "\n")
     return root

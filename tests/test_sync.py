@@ -14,7 +14,7 @@ from greenlight.release import init_repository, publish
 from greenlight.release._errors import ReleaseError
 from greenlight.release._sync import IMMUTABLE, plan_sync, sync
 from greenlight.updater.operations import check, open_repository, upgrade
-from greenlight.updater.store import InstallRoot
+from greenlight.updater.product import init_root
 
 from conftest import MARKER_PRODUCT, free_port, wait_http
 
@@ -123,7 +123,7 @@ def test_a_client_reading_during_a_sync_never_fails_verification(tmp_path, s3, b
     repo = init_repository(tmp_path / "repo")
     publish(repo, "stable", "1.0", builds("1.0"))
     sync(repo.path, "s3://releases/r", endpoint=s3)
-    root = InstallRoot.create(tmp_path / "root", f"{s3}/releases/r",
+    root = init_root(tmp_path / "root", f"{s3}/releases/r",
                               (repo.metadata_dir / "1.root.json").read_bytes(), "stable")
     assert check(root, open_repository(root)).available == "1.0"
 
@@ -152,7 +152,7 @@ def test_a_client_upgrades_from_the_bucket(tmp_path, s3, builds):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["uploaded"][-1] == "metadata/timestamp.json"
-    root = InstallRoot.create(tmp_path / "root", f"{s3}/releases",
+    root = init_root(tmp_path / "root", f"{s3}/releases",
                               (repo.metadata_dir / "1.root.json").read_bytes(), "stable")
     with (root.path / "greenlight.toml").open("a") as f:
         f.write(MARKER_PRODUCT)

@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 
     from pydantic import BaseModel
 
+    from greenlight.updater.output import QuarantineReport, StatusReport, UpgradeReport
     from greenlight.updater.product import CheckResult
-    from greenlight.updater.reports import QuarantineReport, StatusReport, UpgradeReport
     from greenlight.updater.store import InstallRoot
 
 __all__ = ["app", "main"]
@@ -71,14 +71,14 @@ def say(line: str = "") -> None:
 
 
 def _dump(report: "BaseModel") -> None:
-    from greenlight.updater.reports import dump
+    from greenlight.updater.output import dump
 
     print(dump(report))
 
 
 def _fail(error: GreenlightError, as_json: bool) -> SystemExit:
     if as_json:
-        from greenlight.updater.reports import ErrorReport
+        from greenlight.updater.output import ErrorReport
 
         _dump(ErrorReport(error=str(error), kind=error.kind, exit_code=error.exit_code))
     else:
@@ -87,23 +87,32 @@ def _fail(error: GreenlightError, as_json: bool) -> SystemExit:
 
 
 def _keep_status(root: "InstallRoot", result: object) -> None:
-    """state/status.json after every command (what a UI reads); never fails the command."""
-    from greenlight.updater import ui_status
+    """state/status.json after every command (what a UI reads); never fails the command.
+    A local write only: no command but those that change the installation sends anything."""
+    from greenlight.updater.output import status_update
+    from greenlight.updater.store import refresh_status
 
     if not root.config_path.exists():
         return
     with contextlib.suppress(GreenlightError, OSError):
-        ui_status.refresh(root, **ui_status.learned(result))  # type: ignore[arg-type]
+        refresh_status(root, **status_update(result))  # type: ignore[arg-type]
+
+
+def _send_reports(root: "InstallRoot") -> None:
+    """The fleet-report outbox (opt-in), sent after a command that changed the installation,
+    or kept for the next one; never fails the command."""
     from greenlight.updater.store import queued
 
-    if queued(root):  # fleet reports (opt-in): sent now, or kept for the next command
-        from greenlight.updater.reporting import flush
+    if queued(root):
+        from greenlight.updater.agent import send_reports
 
-        flush(root)
+        send_reports(root)
 
 
-def _run(as_json: bool, work: Callable[[], T], root: "InstallRoot | None" = None) -> T:
-    """The one error funnel: every command's work runs here (after recovery, for a root)."""
+def _run(as_json: bool, work: Callable[[], T], root: "InstallRoot | None" = None,
+         sends: bool = False) -> T:
+    """The one error funnel: every command's work runs here (after recovery, for a root).
+    With `sends`, a command that changed the installation sends the report outbox after."""
     from greenlight.updater.operations import recover_if_interrupted
 
     try:
@@ -112,6 +121,8 @@ def _run(as_json: bool, work: Callable[[], T], root: "InstallRoot | None" = None
         result = work()
         if root is not None:
             _keep_status(root, result)
+            if sends:
+                _send_reports(root)
         return result
     except GreenlightError as e:
         raise _fail(e, as_json) from None
@@ -151,14 +162,14 @@ def _progress(enabled: bool) -> Iterator[Callable[[int], None] | None]:
 def init(root: Path | None, repo: str, trust: Path, channel: str, as_json: bool) -> None:
     """Create an installation root that trusts the --trust root.json and follows --channel."""
     from greenlight.updater.operations import open_repository, status
-    from greenlight.updater.store import InstallRoot
+    from greenlight.updater.product import init_root
 
     def work() -> "StatusReport":
         try:
             trusted = trust.read_bytes()
         except OSError as e:
             raise ConfigError(f"--trust {trust}: cannot read: {e.strerror}") from None
-        created = InstallRoot.create(_root(root).path, repo, trusted, channel)
+        created = init_root(_root(root).path, repo, trusted, channel)
         open_repository(created)  # verify the trust anchor now, not at the first check
         return status(created)
 
@@ -240,9 +251,9 @@ def _print_transaction(report: "UpgradeReport") -> None:
         verb = "ROLLED BACK" if report.outcome == "rolled-back" else "ROLLBACK FAILED"
         say(f"{report.channel}: {verb}: {incident.summary}")
         for check_ in incident.failed_checks:
-            say(f"  failed check {check_['name']}: {check_['summary']}")
-            evidence = {k: check_["evidence"][k] for k in _EVIDENCE
-                        if check_["evidence"].get(k) not in (None, [], "")}
+            say(f"  failed check {check_.name}: {check_.summary}")
+            evidence = {k: check_.evidence[k] for k in _EVIDENCE
+                        if check_.evidence.get(k) not in (None, [], "")}
             if evidence:
                 say(f"    evidence: {json.dumps(evidence)[:300]}")
         for stop in incident.stop_outcomes:
@@ -281,7 +292,7 @@ def upgrade_cmd(root: Path | None, force: bool, as_json: bool) -> None:
     install = _root(root)
     with _progress(not as_json) as progress:
         report = _run(as_json, lambda: upgrade(install, open_repository(install), progress,
-                                               force), install)
+                                               force), install, sends=True)
     _finish_transaction(report, as_json)
 
 
@@ -304,7 +315,8 @@ def sideload_cmd(bundle: Path, root: Path | None, force: bool, switch: bool,
 
     install = _root(root)
     with _progress(not as_json) as progress:
-        report = _run(as_json, lambda: sideload(install, bundle, progress, force, switch), install)
+        report = _run(as_json, lambda: sideload(install, bundle, progress, force, switch), install,
+                      sends=True)
     _finish_transaction(report, as_json)
 
 
@@ -316,7 +328,7 @@ def rollback_cmd(root: Path | None, as_json: bool) -> None:
     from greenlight.updater.operations import rollback
 
     install = _root(root)
-    report = _run(as_json, lambda: rollback(install), install)
+    report = _run(as_json, lambda: rollback(install), install, sends=True)
     if as_json:
         _dump(report)
     elif report.outcome == "rolled-back":
@@ -355,7 +367,7 @@ def health_cmd(root: Path | None, as_json: bool) -> None:
 @json_option
 def history_cmd(root: Path | None, as_json: bool) -> None:
     """What happened here: upgrades, rollbacks and incidents with their evidence."""
-    from greenlight.updater.reports import HistoryReport
+    from greenlight.updater.output import HistoryReport
     from greenlight.updater.store import history
 
     install = _root(root)
@@ -368,7 +380,7 @@ def history_cmd(root: Path | None, as_json: bool) -> None:
                 else e.from_version or "-")
         say(f"{e.at:%Y-%m-%d %H:%M:%S}Z {e.event:16} {e.channel:8} {move:16} {e.summary}")
         for c in e.failed_checks:
-            say(f"    failed {c['name']}: {c['summary']}")
+            say(f"    failed {c.name}: {c.summary}")
 
 
 @app.command("start")

@@ -47,8 +47,15 @@ from greenlight.updater._errors import (
     StoreError,
 )
 from greenlight.updater.operations import sideload
-from greenlight.updater.product import ServiceControl, load_product, product_part, with_product
-from greenlight.updater.reports import ErrorReport, UpgradeReport, dump
+from greenlight.updater.output import ErrorReport, UpgradeReport, dump
+from greenlight.updater.product import (
+    ServiceControl,
+    config_of,
+    init_root,
+    load_product,
+    product_part,
+    with_product,
+)
 from greenlight.updater.store import InstallRoot, locked
 
 __all__ = ["check_owner", "install", "install_updater", "main", "payload_dir"]
@@ -70,7 +77,7 @@ def _special(argv: list[str]) -> int | None:
 
         return launch(argv[1:])
     if argv[:1] == ["--greenlight-agent-loop"]:
-        from greenlight.updater.agent_loop import main as agent_loop
+        from greenlight.updater.agent.loop import main as agent_loop
 
         return agent_loop(argv[1:])
     if argv[:1] == ["--greenlight-python"] and len(argv) > 1:
@@ -107,7 +114,7 @@ def _remove_fresh(root: InstallRoot, existed: bool, kept: frozenset[Path]) -> No
     exactly what was there before (the files of a provisioned `data/`)."""
     try:
         with locked(root):
-            ServiceControl.of(root, root.config).stop_all(root.installed_release())
+            ServiceControl.of(root, config_of(root)).stop_all(root.installed_release())
     except GreenlightError:
         pass
     if not existed:
@@ -238,7 +245,7 @@ def install(root_path: Path, force: bool, switch_channel: bool = False,
     existed = root.path.exists()
     kept = _fresh_folder(root.path) if existed else frozenset()
     try:
-        root = InstallRoot.create(root.path, meta["repo_url"],
+        root = init_root(root.path, meta["repo_url"],
                                   (payload / "root.json").read_bytes(), meta["channel"])
         if product is not None:
             atomic_write(root.config_path, with_product(root.config_path.read_text(), product,

@@ -2,11 +2,12 @@
 
 - `_read`: open_repository, check, status, switch_channel, plan_for, read_channel;
 - `_read` also lists the quarantine (`quarantined`); `_change` lifts an entry (`lift`);
-- `_change`: upgrade, sideload, rollback, recovery, health, start and stop, systemd units.
+- `_recovery`: what every command runs first (`recover_if_interrupted`);
+- `_change`: upgrade, sideload, rollback, health, start and stop, systemd units.
 
 Every operation that changes the root takes the root's lock and first finishes or undoes a
 transaction an interrupted updater left behind (`recover`). What to do is decided by the pure
-`plan.decide`; an upgrade is then pre-checked on the running release and run as the
+`policy.decide`; an upgrade is then pre-checked on the running release and run as the
 transaction of `greenlight.updater.transaction`, which rolls back by itself. Names load on
 first use (PEP 562): `updater check` never loads the transaction.
 """
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
         health,
         lift,
         previous_release,
-        recover_root,
         rollback,
         sideload,
         start_services,
@@ -34,10 +34,10 @@ if TYPE_CHECKING:
         plan_for,
         quarantined,
         read_channel,
-        recover_if_interrupted,
         status,
         switch_channel,
     )
+    from greenlight.updater.operations._recovery import recover_if_interrupted, recover_root
 
 __all__ = [
     "check",
@@ -61,14 +61,15 @@ __all__ = [
     "write_systemd_units",
 ]
 
-_READ = {"check", "open_repository", "plan_for", "quarantined", "read_channel",
-         "recover_if_interrupted", "status", "switch_channel"}
+_READ = {"check", "open_repository", "plan_for", "quarantined", "read_channel", "status",
+         "switch_channel"}
+_RECOVERY = {"recover_if_interrupted", "recover_root"}
 
 
 def __getattr__(name: str) -> Any:
     if name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    home = "_read" if name in _READ else "_change"
+    home = "_read" if name in _READ else "_recovery" if name in _RECOVERY else "_change"
     value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
     globals()[name] = value
     return value

@@ -27,26 +27,35 @@ from greenlight.updater.operations._read import (
     quarantined,
     read_channel,
 )
-from greenlight.updater.product import CheckResult, HealthFailure, ServiceControl, failed_required
-from greenlight.updater.reports import (
+from greenlight.updater.output import (
     HealthReport,
     QuarantineReport,
     UpgradeReport,
+)
+from greenlight.updater.product import (
+    CheckResult,
+    HealthFailure,
+    ServiceControl,
+    config_of,
+    failed_required,
 )
 from greenlight.updater.store import (
     HistoryEntry,
     InstallRoot,
     Journal,
-    QuarantineEntry,
     StepRecord,
-    add_to_quarantine,
+    active_channel,
     history,
     index_tar,
     lift_quarantine,
     locked,
     quarantine,
+    queue_event,
     queue_held,
     record,
+    refresh_status,
+    restore_active_channel,
+    set_active_channel,
 )
 from greenlight.updater.transaction import (
     ROLLBACK_STEPS,
@@ -54,6 +63,9 @@ from greenlight.updater.transaction import (
     Step,
     Transaction,
     do_fetch,
+    quarantine_revoked,
+    record_left_revoked,
+    record_manual_rollback,
     recover,
     roll_back,
     run_steps,
@@ -61,13 +73,13 @@ from greenlight.updater.transaction import (
 )
 from greenlight.updater.trust import Progress, TrustedRepository, open_bundle
 
-__all__ = ["download", "health", "lift", "previous_release", "recover_root", "rollback",
+__all__ = ["download", "health", "lift", "previous_release", "rollback",
            "sideload", "start_services", "stop_services", "upgrade", "write_systemd_units"]
 
 
 def health(root: InstallRoot) -> HealthReport:
     """Every check, now, against the installed release."""
-    control = ServiceControl.of(root, root.config)
+    control = ServiceControl.of(root, config_of(root))
     results = control.check_now(root.installed_release())
     healthy = bool(results) and not failed_required(results)  # nothing checked is not healthy
     return HealthReport(root=str(root.path), installed=root.installed_version(), results=results,
@@ -82,18 +94,18 @@ def start_services(root: InstallRoot) -> list[str]:
         BusyError: another updater holds the root.
     """
     with locked(root):
-        control = ServiceControl.of(root, root.config)
+        control = ServiceControl.of(root, config_of(root))
         try:
             control.start_all(root.installed_release())
         except HealthFailure as failure:
             raise ServiceError(failure.summary) from None
-        return [s.name for s in root.config.service]
+        return [s.name for s in config_of(root).service]
 
 
 def stop_services(root: InstallRoot) -> list[str]:
     """Stop the services in reverse order, drained as the config says."""
     with locked(root):
-        control = ServiceControl.of(root, root.config)
+        control = ServiceControl.of(root, config_of(root))
         return [o.describe() for o in control.stop_all(root.installed_release())]
 
 
@@ -106,27 +118,10 @@ def _journal(kind: str, channel: str, old: str | None, new: str,
         "steps": [StepRecord(name=s.name) for s in steps]})
 
 
-def _incident(txn: Transaction, failure: HealthFailure, rollback_seconds: float,
-              fallback: str | None, ok: bool, summary: str) -> HistoryEntry:
-    entry = HistoryEntry(
-        event="rolled-back" if ok else "rollback-failed",
-        channel=txn.journal.channel, from_version=version_of(txn.new),
-        to_version=version_of(txn.old) if txn.old else None,
-        from_release=txn.new, to_release=txn.old, fallback_channel=fallback, summary=summary,
-        failed_checks=[r.model_dump(mode="json") for r in failure.results if not r.ok],
-        stop_outcomes=[o.describe() for o in failure.stops],
-        timings={**txn.timings, "rollback_seconds": rollback_seconds},
-    )
-    record(txn.root, entry)
-    return entry
-
-
 def _say_under_way(root: InstallRoot) -> None:
     """status.json names the transaction while it runs (a UI shows "updating")."""
-    from greenlight.updater import ui_status
-
     with contextlib.suppress(GreenlightError, OSError):
-        ui_status.refresh(root)
+        refresh_status(root)
 
 
 def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
@@ -136,13 +131,12 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
         run_steps(STEPS, txn)
     except HealthFailure as failure:
         rb = roll_back(txn, failure)
-        entry = _incident(txn, failure, rb.rollback_seconds, rb.fallback_channel, rb.ok, rb.summary)
         return report.model_copy(update={
             "outcome": "rolled-back" if rb.ok else "rollback-failed",
             "quarantined": version_of(txn.new) if failure.new_release_at_fault else None,
-            "incident": entry, "bytes_fetched": txn.bytes_fetched, "deltas": txn.deltas,
+            "incident": rb.incident, "bytes_fetched": txn.bytes_fetched, "deltas": txn.deltas,
             "installed": txn.root.installed_version(),
-            "channel_now": txn.root.active_channel().channel,
+            "channel_now": active_channel(txn.root).channel,
         })
     except BaseException as error:
         undo_steps(STEPS, txn, f"{type(error).__name__}: {error}")
@@ -150,17 +144,19 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
         raise
     if txn.journal.kind == "upgrade":  # what came before: the history knows it
         old = version_of(txn.old) if txn.old else None
-        record(txn.root, HistoryEntry(
+        upgraded = HistoryEntry(
             event="upgraded", channel=txn.journal.channel, from_version=old,
             to_version=version_of(txn.new), from_release=txn.old, to_release=txn.new,
             summary=f"upgraded {old or 'nothing'} -> {version_of(txn.new)}",
-            timings=dict(txn.timings)))
+            timings=dict(txn.timings))
+        record(txn.root, upgraded)
+        queue_event(txn.root, upgraded, txn.config.outbox_size)
     txn.journal.finish(txn.root)
     return report.model_copy(update={
         "outcome": "upgraded", "bytes_fetched": txn.bytes_fetched, "pruned": txn.pruned,
         "deltas": txn.deltas,
         "timings": txn.timings, "installed": txn.root.installed_version(),
-        "channel_now": txn.root.active_channel().channel,
+        "channel_now": active_channel(txn.root).channel,
     })
 
 
@@ -174,7 +170,7 @@ def upgrade(root: InstallRoot, repo: TrustedRepository, progress: Progress | Non
         was undone.
     """
     with locked(root):
-        recover(root, root.config)
+        recover(root, config_of(root))
         return _upgrade_locked(root, repo, progress, force)
 
 
@@ -187,14 +183,14 @@ def sideload(root: InstallRoot, bundle_path: Path, progress: Progress | None = N
         and whatever `upgrade` raises.
     """
     with locked(root):
-        recover(root, root.config)
+        recover(root, config_of(root))
         remove_path(root.state / "sideload")  # where earlier versions unpacked bundles
         if not bundle_path.is_file():
             raise ArchiveError(f"{bundle_path}: no such bundle file")
         bundle_path = bundle_path.resolve()
         bundle = open_bundle(bundle_path, index_tar(bundle_path), root.metadata_dir,
                              bundle_path.name)
-        before = root.active_channel()
+        before = active_channel(root)
         if bundle.channel == before.channel:
             report = _upgrade_locked(root, bundle.repository, progress, force)
             return report.model_copy(update={"source": f"bundle {bundle_path.name}"})
@@ -211,12 +207,12 @@ def sideload(root: InstallRoot, bundle_path: Path, progress: Progress | None = N
         # The label in bundle.json is unsigned: the switch happens only once the channel
         # file has verified through TUF, and is undone if the upgrade does not go through.
         read_channel(root, bundle.repository, bundle.channel)
-        root.set_active_channel(bundle.channel,
+        set_active_channel(root, bundle.channel,
                                 f"switched from {before.channel} by a sideload")
         try:
             report = _upgrade_locked(root, bundle.repository, progress, force)
         except BaseException:
-            root.restore_active_channel(before)
+            restore_active_channel(root, before)
             raise
         return report.model_copy(update={"source": f"bundle {bundle_path.name}"})
 
@@ -231,7 +227,7 @@ def download(root: InstallRoot, repo: TrustedRepository,
         the same as `upgrade`, before anything is installed.
     """
     with locked(root):
-        recover(root, root.config)
+        recover(root, config_of(root))
         channel_file = read_channel(root, repo)
         plan = plan_for(root, channel_file, repo)
         report = UpgradeReport(
@@ -245,7 +241,8 @@ def download(root: InstallRoot, repo: TrustedRepository,
             return report
         journal = _journal("upgrade", channel_file.channel, root.installed_release(),
                            plan.target_id.key, STEPS)  # not saved: nothing to undo
-        txn = Transaction(root, root.config, ServiceControl.of(root, root.config), journal, repo,
+        config = config_of(root)
+        txn = Transaction(root, config, ServiceControl.of(root, config), journal, repo,
                           channel_file, progress)
         do_fetch(txn)
         return report.model_copy(update={"bytes_fetched": txn.bytes_fetched,
@@ -254,7 +251,7 @@ def download(root: InstallRoot, repo: TrustedRepository,
 
 def _upgrade_locked(root: InstallRoot, repo: TrustedRepository, progress: Progress | None,
                     force: bool) -> UpgradeReport:
-    config = root.config
+    config = config_of(root)
     channel_file = read_channel(root, repo)
     plan = plan_for(root, channel_file, repo)
     installed, target = plan.installed, plan.target
@@ -272,7 +269,7 @@ def _upgrade_locked(root: InstallRoot, repo: TrustedRepository, progress: Progre
     if plan.action == "held":
         assert plan.note is not None
         queue_held(root, channel_file.channel, plan.target_id.key, root.installed_release(),
-                   plan.note)
+                   plan.note, config.outbox_size)
         return report.model_copy(update={"outcome": "held", "note": plan.note})
 
     installed_key = root.installed_release()
@@ -287,8 +284,9 @@ def _upgrade_locked(root: InstallRoot, repo: TrustedRepository, progress: Progre
             event="precheck-forced" if force else "precheck-blocked",
             channel=channel_file.channel, from_version=installed, to_version=target,
             summary=f"running release {installed} failed {failed[0].name}: {failed[0].summary}",
-            failed_checks=[r.model_dump(mode="json") for r in failed])
+            failed_checks=[r.recorded() for r in failed])
         record(root, entry)
+        queue_event(root, entry, config.outbox_size)
         if not force:
             raise PrecheckFailed(
                 f"pre-check: the running release {installed} fails check {failed[0].name}: "
@@ -311,21 +309,17 @@ def _leave_yanked(root: InstallRoot, repo: TrustedRepository, channel_file: Chan
     move to what the channel carries now (its previous good release)."""
     installed, identity = root.installed_release(), root.installed_identity()
     assert installed is not None and identity is not None
-    why = f"{identity.version} yanked on {channel_file.channel}: {reason}"
-    add_to_quarantine(root, QuarantineEntry.of(identity, channel_file.channel, why, now()))
+    why = quarantine_revoked(root, identity, channel_file.channel, reason)
     journal = _journal("upgrade", channel_file.channel, installed, channel_file.identity.key,
                        STEPS)
     journal.save(root)
-    txn = Transaction(root, root.config, ServiceControl.of(root, root.config), journal, repo,
+    config = config_of(root)
+    txn = Transaction(root, config, ServiceControl.of(root, config), journal, repo,
                       channel_file, progress)
     result = _run(txn, report)
     if result.outcome != "upgraded":
         return result
-    entry = HistoryEntry(event="yanked", channel=channel_file.channel,
-                         from_version=identity.version, to_version=channel_file.release,
-                         from_release=installed, to_release=channel_file.identity.key,
-                         summary=why, timings=txn.timings)
-    record(root, entry)
+    entry = record_left_revoked(txn, identity, why)
     return result.model_copy(update={"outcome": "rolled-back", "incident": entry})
 
 
@@ -349,7 +343,7 @@ def rollback(root: InstallRoot, reason: str = "rolled back by hand") -> UpgradeR
     Raises:
         NotFound: no previous release is kept.
     """
-    config = root.config
+    config = config_of(root)
     with locked(root):
         recover(root, config)
         installed, identity = root.installed_release(), root.installed_identity()
@@ -358,7 +352,7 @@ def rollback(root: InstallRoot, reason: str = "rolled back by hand") -> UpgradeR
             raise NotFound(f"{root.path}: no previous release to roll back to (none is kept "
                            "that is not quarantined here; see 'updater status')")
         manifest = root.manifest(installed)
-        channel = manifest.channel if manifest else root.active_channel().channel
+        channel = manifest.channel if manifest else active_channel(root).channel
         journal = _journal("rollback", channel, installed, target, ROLLBACK_STEPS)
         journal.save(root)
         txn = Transaction(root, config, ServiceControl.of(root, config), journal)
@@ -367,11 +361,7 @@ def rollback(root: InstallRoot, reason: str = "rolled back by hand") -> UpgradeR
                                installed=identity.version, channel_now=channel, bytes_total=0)
         result = _run(txn, report)
         if result.outcome == "upgraded":
-            add_to_quarantine(root, QuarantineEntry.of(identity, channel, reason, now()))
-            record(root, HistoryEntry(event="manual-rollback", channel=channel,
-                                      from_version=identity.version,
-                                      to_version=version_of(target), from_release=installed,
-                                      to_release=target, summary=reason, timings=txn.timings))
+            record_manual_rollback(txn, identity, reason)
             result = result.model_copy(update={"outcome": "rolled-back"})
         return result
 
@@ -407,16 +397,11 @@ def lift(root: InstallRoot, release: str) -> QuarantineReport:
         return report.model_copy(update={"lifted": quarantine_info(lifted)})
 
 
-def recover_root(root: InstallRoot) -> HistoryEntry | None:
-    with locked(root):
-        return recover(root, root.config)
-
-
 def write_systemd_units(root: InstallRoot, out_dir: Path) -> list[Path]:
     """A unit file for each configured service, in start order, into `out_dir`."""
     from greenlight.updater.product import SystemdBackend, render_unit, values_for
 
-    config = root.config
+    config = config_of(root)
     values = values_for(root, None)
     written, previous = [], ""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -3,9 +3,8 @@ switch (which verifies the channel before it writes `active.json`). They load ne
 transaction nor the services, so that `updater check` starts fast."""
 
 from greenlight.channels import ChannelFile, check_channel_name, now
-from greenlight.updater._errors import BusyError, UsageError
-from greenlight.updater.plan import Plan, decide
-from greenlight.updater.reports import (
+from greenlight.updater._errors import UsageError
+from greenlight.updater.output import (
     CheckReport,
     ComponentInfo,
     Identity,
@@ -14,21 +13,24 @@ from greenlight.updater.reports import (
     RolloutStatus,
     StatusReport,
 )
+from greenlight.updater.policy import Plan, decide
+from greenlight.updater.product import config_of
 from greenlight.updater.store import (
-    HistoryEntry,
     InstallRoot,
-    Journal,
     QuarantineEntry,
+    active_channel,
     history,
     hold_of,
     locked,
     pin_of,
     quarantine,
+    save_channel_file,
+    set_active_channel,
 )
 from greenlight.updater.trust import FetcherInterface, TrustedRepository
 
 __all__ = ["check", "open_repository", "plan_for", "quarantined", "read_channel",
-           "recover_if_interrupted", "status", "switch_channel"]
+           "status", "switch_channel"]
 
 
 def open_repository(root: InstallRoot, fetcher: FetcherInterface | None = None
@@ -39,7 +41,7 @@ def open_repository(root: InstallRoot, fetcher: FetcherInterface | None = None
         ConfigError: no configuration or no trusted root.
         TrustError: the trusted root is not valid.
     """
-    config = root.config.repository
+    config = config_of(root).repository
     return TrustedRepository(root.metadata_dir, config.metadata, config.targets,
                              fetcher=fetcher, timeout=config.timeout, min_rate=config.min_rate)
 
@@ -48,9 +50,9 @@ def read_channel(
     root: InstallRoot, repo: TrustedRepository, channel: str | None = None
 ) -> ChannelFile:
     """A channel's file (the active one by default), verified, and kept in state/channels/."""
-    channel = channel or root.active_channel().channel
+    channel = channel or active_channel(root).channel
     channel_file, raw = repo.channel_file(channel, root.channels_dir / f"{channel}.json")
-    root.save_channel_file(channel_file, raw)
+    save_channel_file(root, channel_file, raw)
     return channel_file
 
 
@@ -65,10 +67,10 @@ def switch_channel(root: InstallRoot, repo: TrustedRepository, channel: str) -> 
     except ValueError as e:
         raise UsageError(str(e)) from None
     with locked(root):
-        previous = root.active_channel().channel
+        previous = active_channel(root).channel
         read_channel(root, repo, channel)
         if channel != previous:
-            root.set_active_channel(channel, f"switched from {previous} by the user")
+            set_active_channel(root, channel, f"switched from {previous} by the user")
 
 
 def plan_for(root: InstallRoot, channel_file: ChannelFile,
@@ -92,7 +94,7 @@ def _rollout_status(plan: Plan) -> RolloutStatus | None:
 
 def check(root: InstallRoot, repo: TrustedRepository) -> CheckReport:
     """Refresh, read the active channel's file, and say what an upgrade would do."""
-    active = root.active_channel()
+    active = active_channel(root)
     channel_file = read_channel(root, repo)
     plan = plan_for(root, channel_file, repo)
     return CheckReport(
@@ -123,7 +125,7 @@ def status(root: InstallRoot) -> StatusReport:
         ConfigError: not an installation root; StoreError: damaged state.
     """
     root.require()
-    active = root.active_channel()
+    active = active_channel(root)
     events = history(root)
     installed = root.installed_release()
     manifest = None if installed is None else root.manifest(installed)
@@ -135,7 +137,7 @@ def status(root: InstallRoot) -> StatusReport:
         quarantined={i.key: e.reason for i, e in quarantine(root).items()},
         last_event=f"{events[-1].event}: {events[-1].summary}" if events else None,
         root=str(root.path),
-        repository=root.config.repository.url,
+        repository=config_of(root).repository.url,
         channel=active.channel,
         channel_since=active.since,
         channel_reason=active.reason,
@@ -164,15 +166,3 @@ def quarantined(root: InstallRoot) -> QuarantineReport:
     """The releases quarantined here, oldest entry first, with their reasons."""
     return QuarantineReport(root=str(root.require().path),
                             entries=quarantine_info(list(quarantine(root).values())))
-
-
-def recover_if_interrupted(root: InstallRoot) -> HistoryEntry | None:
-    """What every command runs first: recover a transaction nobody is running any more."""
-    if not Journal.path(root).exists():
-        return None
-    from greenlight.updater.operations._change import recover_root
-
-    try:
-        return recover_root(root)
-    except BusyError:
-        return None  # its updater is alive and will finish it

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         failed_required,
     )
     from greenlight.updater.product._placeholders import expand, expand_command, values_for
+    from greenlight.updater.product._rootconfig import config_of, forget_config, init_root
     from greenlight.updater.product._runtime import frozen, launcher_argv, python_argv
     from greenlight.updater.product._services import (
         ProcessBackend,
@@ -74,12 +75,15 @@ __all__ = [
     "WebSocketCheck",
     "all_checks",
     "backend_for",
+    "config_of",
     "describe",
     "drain",
     "expand",
     "expand_command",
     "failed_required",
+    "forget_config",
     "frozen",
+    "init_root",
     "launcher_argv",
     "load_product",
     "product_part",
@@ -114,6 +118,9 @@ _HOME = {
     "WebSocketCheck": "greenlight.updater.product._config",
     "all_checks": "greenlight.updater.product._health",
     "backend_for": "greenlight.updater.product._services",
+    "config_of": "greenlight.updater.product._rootconfig",
+    "forget_config": "greenlight.updater.product._rootconfig",
+    "init_root": "greenlight.updater.product._rootconfig",
     "describe": "greenlight.updater.product._config",
     "drain": "greenlight.updater.product._services",
     "expand": "greenlight.updater.product._placeholders",

@@ -262,12 +262,10 @@ class Config(_Section):
         except ValidationError as e:
             raise ConfigError(f"{path}: {describe(e, data)}") from None
 
-    def dump(self) -> str:
-        """The file `updater init` writes: what was chosen, and every other table and check
-        type as a commented example."""
-        from greenlight.updater.product._template import config_text
-
-        return config_text(self)
+    @property
+    def outbox_size(self) -> int | None:
+        """How many fleet reports the outbox keeps; None when reporting is off."""
+        return None if self.report is None else self.report.queue_max
 
 
 PRODUCT_PARTS = ("backend", "service", "check", "health", "stop")

@@ -27,6 +27,7 @@ from greenlight.updater.product._config import (
     WebSocketCheck,
 )
 from greenlight.updater.product._placeholders import expand, expand_command
+from greenlight.updater.store import RecordedCheck
 
 if TYPE_CHECKING:
     from greenlight.updater.product._services import ServiceBackend
@@ -46,6 +47,10 @@ class CheckResult(Record):
     latency_ms: float
     evidence: dict[str, Any]
     at: datetime
+
+    def recorded(self) -> RecordedCheck:
+        """This result as the history keeps it."""
+        return RecordedCheck.model_validate(self.model_dump(mode="json"))
 
 
 class Outcome(Exception):

@@ -9,12 +9,21 @@ the quarantine.
 <root>/state/journal.json    the transaction in progress
 <root>/state/history.jsonl   upgrades, rollbacks, incidents with evidence
 <root>/state/quarantine.json releases that failed here
+<root>/state/status.json    what a UI reads (`UiStatus`)
+<root>/state/reports/       the fleet-report outbox
 <root>/downloads/            verified artifacts, named by sha256
 <root>/releases/<key>/       unpacked releases, each with its release.json
 <root>/current               symlink to releases/<key>; switched atomically
 ```
 """
 
+from greenlight.updater.store._channels import (
+    ActiveChannel,
+    active_channel,
+    restore_active_channel,
+    save_channel_file,
+    set_active_channel,
+)
 from greenlight.updater.store._extract import (
     Limits,
     Region,
@@ -23,7 +32,13 @@ from greenlight.updater.store._extract import (
     index_tar,
     top_folder,
 )
-from greenlight.updater.store._history import EventKind, HistoryEntry, history, record
+from greenlight.updater.store._history import (
+    EventKind,
+    HistoryEntry,
+    RecordedCheck,
+    history,
+    record,
+)
 from greenlight.updater.store._holds import (
     Hold,
     Pin,
@@ -36,27 +51,42 @@ from greenlight.updater.store._holds import (
 )
 from greenlight.updater.store._journal import Journal, StepRecord, StepState
 from greenlight.updater.store._lock import locked
+from greenlight.updater.store._outbox import queue_event, queue_held, queued
 from greenlight.updater.store._quarantine import (
     QuarantineEntry,
     add_to_quarantine,
     lift_quarantine,
     quarantine,
 )
-from greenlight.updater.store._reports import FleetReport, ReportedCheck, queue_held, queued
 from greenlight.updater.store._root import (
     RELEASE_MANIFEST,
-    ActiveChannel,
     InstallRoot,
     ReleaseManifest,
     default_root,
 )
 from greenlight.updater.store._stage import stage_release
+from greenlight.updater.store._status import (
+    FailedCheck,
+    HoldInfo,
+    IncidentInfo,
+    TransactionInfo,
+    UiStatus,
+    Update,
+    read_status,
+    refresh_status,
+    status_schema,
+)
 
 __all__ = [
     "RELEASE_MANIFEST",
     "ActiveChannel",
     "EventKind",
-    "FleetReport",
+    "FailedCheck",
+    "HoldInfo",
+    "IncidentInfo",
+    "TransactionInfo",
+    "UiStatus",
+    "Update",
     "HistoryEntry",
     "Hold",
     "InstallRoot",
@@ -66,10 +96,11 @@ __all__ = [
     "TarIndex",
     "Pin",
     "QuarantineEntry",
-    "ReportedCheck",
+    "RecordedCheck",
     "ReleaseManifest",
     "StepRecord",
     "StepState",
+    "active_channel",
     "add_to_quarantine",
     "clear_hold",
     "clear_pin",
@@ -82,11 +113,18 @@ __all__ = [
     "locked",
     "pin_of",
     "quarantine",
+    "queue_event",
     "queue_held",
+    "read_status",
+    "refresh_status",
     "queued",
     "record",
+    "restore_active_channel",
+    "save_channel_file",
+    "set_active_channel",
     "set_hold",
     "set_pin",
     "stage_release",
+    "status_schema",
     "top_folder",
 ]

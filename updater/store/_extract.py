@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
-from greenlight.channels import ParallelDigest
+from greenlight.channels import LayoutError, ParallelDigest, clean_member_name, top_folder_of
 from greenlight.updater._errors import ArchiveError, TrustError
 
 __all__ = ["Limits", "Region", "TarIndex", "extract", "index_tar", "top_folder"]
@@ -168,14 +168,10 @@ def _open_stream(path: Path | Region, compressed: bool) -> Iterator[tarfile.TarF
 
 
 def _clean_name(archive: str, name: str) -> str:
-    if not name or name.startswith("/") or "\\" in name:
-        raise ArchiveError(f"{archive}: member {name!r} refused: absolute or malformed path")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-        raise ArchiveError(f"{archive}: member {name!r} refused: control character in its name")
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise ArchiveError(f"{archive}: member {name!r} refused: '..' leaves the tree")
-    return "/".join(parts)
+    try:
+        return clean_member_name(name)
+    except LayoutError as e:
+        raise ArchiveError(f"{archive}: {e}") from None
 
 
 def _strip(label: str, name: str, prefix: str | None) -> str:
@@ -192,26 +188,20 @@ def _strip(label: str, name: str, prefix: str | None) -> str:
 
 
 def top_folder(archive: Path, limits: Limits = Limits()) -> str | None:
-    """The one folder every member of `archive` sits under, if there is one (for `release
-    publish`, which records it as the component's `strip_prefix`)."""
-    tops: set[str] = set()
-    nested = False
+    """The archive's top folder by the shared layout rule (`channels.top_folder_of`), read
+    with the client's bounds.
+
+    Raises:
+        ArchiveError: a refused member, too many members, or not a readable archive.
+    """
     with _open_stream(archive, limits.compressed) as tar:
-        for count, member in enumerate(tar, start=1):
-            if count > limits.max_members:
-                raise ArchiveError(f"{archive.name}: more than {limits.max_members} members")
-            name = _clean_name(archive.name, member.name)
-            if not name:
-                continue
-            head, sep, _ = name.partition("/")
-            tops.add(head)
-            if len(tops) > 1:
-                return None
-            if sep:
-                nested = True
-            elif not member.isdir():
-                return None  # a lone file at the top is content, not a folder
-    return next(iter(tops)) if nested and len(tops) == 1 else None
+        def members() -> Iterator[tuple[str, bool]]:
+            for count, member in enumerate(tar, start=1):
+                if count > limits.max_members:
+                    raise ArchiveError(f"{archive.name}: more than {limits.max_members} members")
+                yield _clean_name(archive.name, member.name), member.isdir()
+
+        return top_folder_of(members())
 
 
 def extract(archive: Path | Region, dest: Path, limits: Limits = Limits(),

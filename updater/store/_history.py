@@ -10,11 +10,26 @@ from pydantic import Field, ValidationError
 from greenlight.channels import Record, now
 from greenlight.updater.store._root import InstallRoot
 
-__all__ = ["EventKind", "HistoryEntry", "history", "record"]
+__all__ = ["EventKind", "HistoryEntry", "RecordedCheck", "history", "record"]
 
 EventKind = Literal["upgraded", "rolled-back", "rollback-failed", "recovered",
                     "precheck-forced", "precheck-blocked", "manual-rollback", "yanked",
                     "quarantine-lifted"]
+
+
+class RecordedCheck(Record):
+    """A health check's result as the history keeps it (evidence with secrets redacted); the
+    product layer's `CheckResult.recorded()` makes one."""
+
+    name: str
+    type: str = ""
+    required: bool = True
+    ok: bool = False
+    summary: str
+    attempts: int = 1
+    latency_ms: float = 0.0
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    at: datetime | None = None
 
 
 class HistoryEntry(Record):
@@ -28,13 +43,14 @@ class HistoryEntry(Record):
     by: str | None = Field(default=None, description="the user, for an act by hand")
     fallback_channel: str | None = None
     summary: str
-    failed_checks: list[dict[str, Any]] = Field(default_factory=list)
+    failed_checks: list[RecordedCheck] = Field(default_factory=list)
     stop_outcomes: list[str] = Field(default_factory=list)
     timings: dict[str, float] = Field(default_factory=dict)
 
 
 def record(root: InstallRoot, entry: HistoryEntry) -> None:
-    """Append `entry` durably (a torn last line after a crash is skipped when read)."""
+    """Append `entry` durably (a torn last line after a crash is skipped when read). Writing
+    history never reports to the fleet: that is `queue_event`'s explicit call."""
     path = root.state / "history.jsonl"
     line = (entry.model_dump_json() + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
@@ -43,9 +59,6 @@ def record(root: InstallRoot, entry: HistoryEntry) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    from greenlight.updater.store._reports import queue_event
-
-    queue_event(root, entry)
 
 
 def history(root: InstallRoot) -> list[HistoryEntry]:

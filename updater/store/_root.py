@@ -1,4 +1,6 @@
-"""The installation root: its layout on disk and the small state files in it.
+"""The installation root: its layout on disk and its releases (what is installed, what is
+kept, the switch of `current`, pruning). The channel state is `_channels.py`'s; what
+`greenlight.toml` means is the product layer's (`product.config_of`).
 
 ```
 <root>/greenlight.toml       configuration
@@ -18,27 +20,22 @@ import sys
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import AfterValidator, ValidationError
+from pydantic import ValidationError
 
 from greenlight.channels import (
-    ChannelFile,
     ComponentArtifact,
     Record,
     ReleaseId,
     atomic_symlink,
     atomic_write,
-    check_channel_name,
-    now,
     parse_version,
     remove_path,
     version_of,
 )
 from greenlight.updater._errors import ConfigError, StoreError
-from greenlight.updater.product._config import Config, RepositoryConfig
 
-__all__ = ["RELEASE_MANIFEST", "ActiveChannel", "InstallRoot", "ReleaseManifest", "default_root"]
+__all__ = ["RELEASE_MANIFEST", "InstallRoot", "ReleaseManifest", "default_root"]
 
 RELEASE_MANIFEST = "release.json"
 
@@ -59,12 +56,6 @@ def default_root() -> Path:
     return Path(platformdirs.user_data_dir("greenlight"))
 
 
-class ActiveChannel(Record):
-    channel: Annotated[str, AfterValidator(check_channel_name)]
-    since: datetime
-    reason: str
-
-
 class ReleaseManifest(Record):
     version: str
     channel: str
@@ -77,6 +68,8 @@ class ReleaseManifest(Record):
 
 
 class InstallRoot:
+    """Where everything of one installation lives, and its releases."""
+
     def __init__(self, path: Path) -> None:
         self.path = path.absolute()
         self.config_path = self.path / "greenlight.toml"
@@ -87,40 +80,14 @@ class InstallRoot:
         self.releases = self.path / "releases"
         self.current = self.path / "current"
         self.logs = self.path / "logs"
-        self._config: Config | None = None
 
-    # --- creation and configuration ------------------------------------------------------
-    @classmethod
-    def create(cls, path: Path, repo_url: str, trusted_root: bytes, channel: str) -> "InstallRoot":
-        root = cls(path)
-        if root.config_path.exists():
-            raise ConfigError(f"{root.config_path}: already initialized; choose another --root")
-        try:
-            config = Config(repository=RepositoryConfig(url=repo_url), channel=channel)
-        except ValidationError as e:
-            first = e.errors()[0]
-            raise ConfigError(f"--repo/--channel: {first['msg']}") from None
-        root.path.mkdir(parents=True, exist_ok=True, mode=0o750)
-        os.chmod(root.path, 0o750)  # the config may hold headers or environment secrets
-        for folder in (root.metadata_dir, root.channels_dir, root.downloads, root.releases):
-            folder.mkdir(parents=True, exist_ok=True, mode=0o750)
-        atomic_write(root.metadata_dir / "root.json", trusted_root, mode=0o644)
-        atomic_write(root.config_path, config.dump().encode(), mode=0o640)
-        root.set_active_channel(channel, "initial channel")
-        return root
-
+    # --- the root itself ------------------------------------------------------------------
     def require(self) -> "InstallRoot":
         if not self.config_path.is_file():
             raise ConfigError(
                 f"{self.path}: not an installation root (no greenlight.toml); run 'updater init'"
             )
         return self
-
-    @property
-    def config(self) -> Config:
-        if self._config is None:
-            self._config = Config.load(self.require().config_path)
-        return self._config
 
     @property
     def installation_id(self) -> str:
@@ -131,35 +98,6 @@ class InstallRoot:
         except FileNotFoundError:
             atomic_write(path, (uuid.uuid4().hex + "\n").encode(), mode=0o640)
             return path.read_text().strip()
-
-    # --- channels ------------------------------------------------------------------------
-    def active_channel(self) -> ActiveChannel:
-        path = self.channels_dir / "active.json"
-        try:
-            return ActiveChannel.model_validate_json(path.read_bytes())
-        except FileNotFoundError:
-            return ActiveChannel(channel=self.config.channel, since=now(), reason="configured")
-        except (ValidationError, OSError, UnicodeDecodeError):
-            raise StoreError(f"{path}: unreadable; switch with 'updater channel NAME'") from None
-
-    def set_active_channel(self, channel: str, reason: str) -> ActiveChannel:
-        """Follow `channel` from now on (a valid channel name, or ValueError)."""
-        return self.restore_active_channel(
-            ActiveChannel(channel=check_channel_name(channel), since=now(), reason=reason))
-
-    def restore_active_channel(self, active: ActiveChannel) -> ActiveChannel:
-        atomic_write(self.channels_dir / "active.json",
-                     active.model_dump_json(indent=2).encode(), mode=0o640)
-        return active
-
-    def save_channel_file(self, channel_file: ChannelFile, raw: bytes) -> None:
-        path = self.channels_dir / f"{channel_file.channel}.json"
-        try:
-            if path.read_bytes() == raw:
-                return  # unchanged: no write, no fsync on a warm check
-        except FileNotFoundError:
-            pass
-        atomic_write(path, raw, mode=0o640)
 
     # --- releases ------------------------------------------------------------------------
     # A release is named here by its key, "<version>@<digest>": the name of its folder.

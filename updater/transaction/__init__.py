@@ -3,7 +3,14 @@ journal, the step-state diagram), the steps themselves (`_steps`), and the rollb
 recovery (`_rollback`)."""
 
 from greenlight.updater.transaction._engine import Step, StepContext, run_steps, undo_steps
-from greenlight.updater.transaction._rollback import Rollback, recover, roll_back
+from greenlight.updater.transaction._rollback import (
+    Rollback,
+    quarantine_revoked,
+    record_left_revoked,
+    record_manual_rollback,
+    recover,
+    roll_back,
+)
 from greenlight.updater.transaction._steps import (
     DELTA_PAYS,
     ROLLBACK_STEPS,
@@ -21,6 +28,9 @@ __all__ = [
     "StepContext",
     "Transaction",
     "do_fetch",
+    "quarantine_revoked",
+    "record_left_revoked",
+    "record_manual_rollback",
     "recover",
     "roll_back",
     "run_steps",

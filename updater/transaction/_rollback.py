@@ -1,16 +1,26 @@
-"""The rollback policy, and recovery of a transaction an interrupted updater left behind.
+"""The rollback policy, in one place, and recovery of a transaction an interrupted updater
+left behind.
 
-A failed post-check (or a service that dies, or does not come up) rolls back by itself: the
-previous release back in place and started, the active channel switched to the channel's
-fallback, the failed release quarantined, the checks run again. If the previous release then
-fails too, the transaction stops in a reported dead end; it never loops. Recovery undoes an
-interrupted transaction, except one whose post-check passed: that one it commits.
+Every way a release is rolled back or set aside here goes through this module, which owns
+each of its effects: undo, the fallback switch, the quarantine, the incident in the history,
+and the fleet report (queued by an explicit call, sent later by the caller).
+
+- `roll_back`: a failed post-check (or a service that dies, or does not come up) rolls back by
+  itself: the previous release back in place and started, the active channel switched to the
+  channel's fallback, the failed release quarantined, the checks run again, the incident
+  recorded and reported. If the previous release then fails too, the transaction stops in a
+  reported dead end; it never loops.
+- `quarantine_revoked` / `record_left_revoked`: a yanked installed release is quarantined
+  before the machine leaves it, and the move is recorded once it went through.
+- `record_manual_rollback`: `updater rollback` quarantines the release it left.
+- `recover`: undoes an interrupted transaction, except one whose post-check passed: that one
+  it commits.
 """
 
 import time
 from dataclasses import dataclass
 
-from greenlight.channels import now, version_of
+from greenlight.channels import ReleaseId, now, version_of
 from greenlight.updater.product import Config, HealthFailure, ServiceControl, failed_required
 from greenlight.updater.store import (
     HistoryEntry,
@@ -19,12 +29,15 @@ from greenlight.updater.store import (
     QuarantineEntry,
     add_to_quarantine,
     quarantine,
+    queue_event,
     record,
+    set_active_channel,
 )
 from greenlight.updater.transaction._engine import undo_steps
 from greenlight.updater.transaction._steps import STEPS, Transaction, do_commit
 
-__all__ = ["Rollback", "recover", "roll_back"]
+__all__ = ["Rollback", "quarantine_revoked", "record_left_revoked", "record_manual_rollback",
+           "recover", "roll_back"]
 
 
 @dataclass
@@ -33,10 +46,13 @@ class Rollback:
     summary: str
     fallback_channel: str | None
     rollback_seconds: float
+    incident: HistoryEntry
 
 
 def roll_back(txn: Transaction, failure: HealthFailure) -> Rollback:
-    """Put the previous release back, healthy, and say what happened."""
+    """Put the previous release back, healthy, record the incident, queue its report, and say
+    what happened. Never raises for what it undoes: a failed undo is in the summary (and the
+    incident is then a `rollback-failed` dead end)."""
     assert txn.channel_file is not None
     txn.control.start_seconds = 0.0
     errors = undo_steps(STEPS, txn, failure.summary)
@@ -45,7 +61,7 @@ def roll_back(txn: Transaction, failure: HealthFailure) -> Rollback:
         fallback = txn.channel_file.fallback
         if fallback is not None and fallback != txn.journal.channel:
             names = ", ".join(r.name for r in failed_required(failure.results)) or "start-up"
-            txn.root.set_active_channel(
+            set_active_channel(txn.root,
                 fallback, f"automatic fallback: {version_of(txn.new)} on {txn.journal.channel} "
                           f"failed {names}")
         else:
@@ -66,7 +82,49 @@ def roll_back(txn: Transaction, failure: HealthFailure) -> Rollback:
     if errors:
         summary = f"{failure.summary}; rollback failed: {'; '.join(errors)}"
     txn.journal.finish(txn.root)
-    return Rollback(ok, summary, fallback, round(seconds, 4))
+    incident = HistoryEntry(
+        event="rolled-back" if ok else "rollback-failed",
+        channel=txn.journal.channel, from_version=version_of(txn.new),
+        to_version=version_of(txn.old) if txn.old else None,
+        from_release=txn.new, to_release=txn.old, fallback_channel=fallback, summary=summary,
+        failed_checks=[r.recorded() for r in failure.results if not r.ok],
+        stop_outcomes=[o.describe() for o in failure.stops],
+        timings={**txn.timings, "rollback_seconds": round(seconds, 4)},
+    )
+    record(txn.root, incident)
+    queue_event(txn.root, incident, txn.config.outbox_size)
+    return Rollback(ok, summary, fallback, round(seconds, 4), incident)
+
+
+def quarantine_revoked(root: InstallRoot, identity: ReleaseId, channel: str, reason: str) -> str:
+    """The installed release was yanked on `channel`: quarantine it before the machine leaves
+    it (treated as a failed health check); return the one-line why."""
+    why = f"{identity.version} yanked on {channel}: {reason}"
+    add_to_quarantine(root, QuarantineEntry.of(identity, channel, why, now()))
+    return why
+
+
+def record_left_revoked(txn: Transaction, identity: ReleaseId, why: str) -> HistoryEntry:
+    """Record that the machine left the yanked release `identity` for the channel's."""
+    assert txn.channel_file is not None
+    entry = HistoryEntry(event="yanked", channel=txn.channel_file.channel,
+                         from_version=identity.version, to_version=txn.channel_file.release,
+                         from_release=identity.key, to_release=txn.new,
+                         summary=why, timings=txn.timings)
+    record(txn.root, entry)
+    return entry
+
+
+def record_manual_rollback(txn: Transaction, identity: ReleaseId, reason: str) -> HistoryEntry:
+    """`updater rollback` went through: quarantine the release it left, and record it."""
+    channel = txn.journal.channel
+    add_to_quarantine(txn.root, QuarantineEntry.of(identity, channel, reason, now()))
+    entry = HistoryEntry(event="manual-rollback", channel=channel,
+                         from_version=identity.version, to_version=version_of(txn.new),
+                         from_release=identity.key, to_release=txn.new, summary=reason,
+                         timings=txn.timings)
+    record(txn.root, entry)
+    return entry
 
 
 def _version(key: str | None) -> str | None:

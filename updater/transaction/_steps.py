@@ -20,8 +20,8 @@ from greenlight.channels import (
     remove_path,
 )
 from greenlight.updater._errors import GreenlightError, TrustError
+from greenlight.updater.output import DeltaUse
 from greenlight.updater.product import Config, ServiceControl
-from greenlight.updater.reports import DeltaUse
 from greenlight.updater.store import InstallRoot, Journal, Region, stage_release
 from greenlight.updater.transaction._engine import Step
 from greenlight.updater.trust import Downloads, Progress, TrustedRepository, verifying

@@ -16,10 +16,14 @@ from pydantic import Field, ValidationError
 
 from greenlight.channels import Record, atomic_write, now, version_of
 from greenlight.updater._errors import GreenlightError
-from greenlight.updater.store import InstallRoot, Journal, history, hold_of, pin_of
+from greenlight.updater.store._channels import active_channel
+from greenlight.updater.store._history import history
+from greenlight.updater.store._holds import hold_of, pin_of
+from greenlight.updater.store._journal import Journal
+from greenlight.updater.store._root import InstallRoot
 
-__all__ = ["FailedCheck", "HoldInfo", "IncidentInfo", "TransactionInfo", "UiStatus", "json_schema",
-           "learned", "read", "refresh"]
+__all__ = ["FailedCheck", "HoldInfo", "IncidentInfo", "TransactionInfo", "UiStatus", "Update",
+           "read_status", "refresh_status", "status_schema"]
 
 Update = Literal["none", "available", "downloaded", "held", "revoked", "unknown"]
 
@@ -77,9 +81,9 @@ class UiStatus(Record):
     last_incident: IncidentInfo | None = None
 
 
-def json_schema() -> str:
+def status_schema() -> str:
     """The published schema (channels/schema/ui-status.v1.schema.json), regenerated with
-    `python -c 'from greenlight.updater.ui_status import json_schema; print(json_schema(),
+    `python -c 'from greenlight.updater.store import status_schema; print(status_schema(),
     end="")' > channels/schema/ui-status.v1.schema.json`."""
     import json
 
@@ -91,7 +95,7 @@ def _path(root: InstallRoot) -> Path:
     return root.state / "status.json"
 
 
-def read(root: InstallRoot) -> UiStatus | None:
+def read_status(root: InstallRoot) -> UiStatus | None:
     try:
         return UiStatus.model_validate_json(_path(root).read_bytes())
     except (OSError, ValidationError):
@@ -105,8 +109,7 @@ def _incident(root: InstallRoot) -> IncidentInfo | None:
                 at=entry.at, event=entry.event,
                 failed_release=entry.from_version, now_on=entry.to_version,
                 channel=entry.channel, summary=" ".join(entry.summary.split()),
-                failed_checks=[FailedCheck(name=str(c.get("name")),
-                                           summary=" ".join(str(c.get("summary")).split()))
+                failed_checks=[FailedCheck(name=c.name, summary=" ".join(c.summary.split()))
                                for c in entry.failed_checks])
     return None
 
@@ -123,13 +126,13 @@ def _transaction(root: InstallRoot) -> TransactionInfo | None:
                            step=step, since=journal.started_at)
 
 
-def refresh(root: InstallRoot, *, available: str | None = None, update: Update | None = None,
+def refresh_status(root: InstallRoot, *, available: str | None = None, update: Update | None = None,
             held_because: str | None = None, checked: bool = False, error: str | None = None,
             next_check: datetime | None = None, at: datetime | None = None) -> UiStatus:
     """Rewrite status.json from what is on disk, with what the caller just learned; what it
     did not learn (the last check, the next one) is kept from the previous file."""
-    previous = read(root)
-    active = root.active_channel()
+    previous = read_status(root)
+    active = active_channel(root)
     hold, pin = hold_of(root, at), pin_of(root)
     installed = root.installed_release()
     if checked or error is not None:
@@ -162,22 +165,3 @@ def refresh(root: InstallRoot, *, available: str | None = None, update: Update |
     atomic_write(_path(root), status.model_dump_json(by_alias=True, indent=2).encode(),
                  mode=0o644)
     return status
-
-
-def learned(report: object) -> dict[str, object]:
-    """What a command's report tells status.json (`refresh`'s keywords)."""
-    from greenlight.updater.reports import CheckReport, UpgradeReport
-
-    if isinstance(report, CheckReport):
-        update: Update = ("revoked" if report.yanked else "held" if report.held else
-                          "available" if report.update_available else "none")
-        return {"available": report.available, "update": update, "held_because": report.held,
-                "checked": True}
-    if isinstance(report, UpgradeReport):
-        outcome = report.outcome
-        if outcome in ("upgraded", "up-to-date"):
-            return {"available": report.to_version, "update": "none", "checked": True}
-        why = report.incident.summary if report.incident else report.note
-        return {"available": report.to_version, "update": "held", "held_because": why,
-                "checked": True}
-    return {}

@@ -11,11 +11,11 @@ from pydantic import BaseModel, Field
 
 from greenlight.channels import Record
 from greenlight.updater.product import CheckResult
-from greenlight.updater.store import HistoryEntry
+from greenlight.updater.store import HistoryEntry, Update
 
 __all__ = ["CheckReport", "ComponentInfo", "DeltaUse", "ErrorReport", "HealthReport",
            "HistoryReport", "Identity", "QuarantineReport", "RolloutStatus", "StatusReport",
-           "UpgradeReport", "dump"]
+           "UpgradeReport", "dump", "status_update"]
 
 class ComponentInfo(Record):
     version: str
@@ -168,3 +168,20 @@ class ErrorReport(Record):
 
 def dump(report: BaseModel) -> str:
     return report.model_dump_json(by_alias=True, indent=2)
+
+
+def status_update(report: object) -> dict[str, object]:
+    """What a command's output tells status.json (`store.refresh_status`'s keywords)."""
+    if isinstance(report, CheckReport):
+        update: Update = ("revoked" if report.yanked else "held" if report.held else
+                          "available" if report.update_available else "none")
+        return {"available": report.available, "update": update, "held_because": report.held,
+                "checked": True}
+    if isinstance(report, UpgradeReport):
+        outcome = report.outcome
+        if outcome in ("upgraded", "up-to-date"):
+            return {"available": report.to_version, "update": "none", "checked": True}
+        why = report.incident.summary if report.incident else report.note
+        return {"available": report.to_version, "update": "held", "held_because": why,
+                "checked": True}
+    return {}

@@ -1,9 +1,9 @@
-"""`state/reports/`: fleet reports waiting to be sent (opt-in, `[report] url`).
+"""The report outbox, `state/reports/`: fleet reports (`channels.FleetReport`) waiting to be
+sent (opt-in, `[report] url`).
 
-One report per transaction, made from its history entry: a random installation id (never a
-hardware id), the channel, the release keys before and after, the outcome, the failed checks'
-names and one-line summaries (no tokens, no bodies beyond the summary) and the step timings.
-Queuing is a small atomic write; sending happens later (`greenlight.updater.reporting`), so a
+One report per transaction, made from its history entry, queued by an explicit call
+(`queue_event`), never as a side effect of writing the history. Queuing is a small atomic
+write; sending happens later (`greenlight.updater.agent.send_reports`), so a
 collector that is down never blocks, slows or fails an upgrade. The queue is bounded: past
 `queue_max` the oldest report is dropped.
 """
@@ -12,42 +12,19 @@ import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
-from pydantic import Field
-
-from greenlight.channels import Record, atomic_write, version_of
+from greenlight.channels import (
+    FLEET_OUTCOMES,
+    FleetReport,
+    Outcome,
+    ReportedCheck,
+    atomic_write,
+    version_of,
+)
 from greenlight.updater.store._history import HistoryEntry
 from greenlight.updater.store._root import InstallRoot
 
-__all__ = ["OUTCOMES", "FleetReport", "ReportedCheck", "enqueue", "queue_event", "queue_held",
-           "queued", "report_of"]
-
-Outcome = Literal["upgraded", "rolled-back", "dead-end", "precheck-blocked", "held"]
-OUTCOMES: dict[str, Outcome] = {"upgraded": "upgraded", "rolled-back": "rolled-back",
-                                "rollback-failed": "dead-end",
-                                "precheck-blocked": "precheck-blocked"}
-
-
-class ReportedCheck(Record):
-    name: str
-    summary: str
-
-
-class FleetReport(Record):
-    schema_: Literal["greenlight.report/1"] = Field("greenlight.report/1", alias="schema")
-    installation: str = Field(pattern=r"^[0-9a-f]{32}$", description="random, per root")
-    at: datetime
-    channel: str
-    outcome: Outcome
-    release: str | None = Field(description="the version the transaction went for")
-    release_key: str | None = Field(default=None, description="its key, version@digest")
-    before: str | None = Field(default=None, description="the release key installed before")
-    after: str | None = Field(default=None, description="the release key installed after")
-    failed_checks: list[ReportedCheck] = Field(default_factory=list)
-    durations: dict[str, float] = Field(default_factory=dict)
-    note: str | None = Field(default=None, description="why it was held, when it was")
-
+__all__ = ["enqueue", "queue_event", "queue_held", "queued", "report_of"]
 
 def _folder(root: InstallRoot) -> Path:
     return root.state / "reports"
@@ -68,8 +45,7 @@ def report_of(root: InstallRoot, entry: HistoryEntry, outcome: Outcome) -> Fleet
     return FleetReport(
         installation=root.installation_id, at=entry.at, channel=entry.channel, outcome=outcome,
         release=version, release_key=tried, before=before, after=after,
-        failed_checks=[ReportedCheck(name=str(c.get("name")),
-                                     summary=" ".join(str(c.get("summary")).split())[:300])
+        failed_checks=[ReportedCheck(name=c.name, summary=" ".join(c.summary.split())[:300])
                        for c in entry.failed_checks],
         durations={k: round(v, 3) for k, v in entry.timings.items()})
 
@@ -93,29 +69,27 @@ def queued(root: InstallRoot) -> list[Path]:
         return []
 
 
-def queue_event(root: InstallRoot, entry: HistoryEntry) -> None:
-    """Queue a report of `entry` when reporting is on and the event is one a fleet counts.
-    Never raises: reporting must not fail what it reports."""
-    outcome = OUTCOMES.get(entry.event)
-    if outcome is None:
+def queue_event(root: InstallRoot, entry: HistoryEntry, queue_max: int | None) -> None:
+    """Queue a report of `entry` when reporting is on (`queue_max`: `[report] queue_max`, None
+    when off) and the event is one a fleet counts. Never raises: reporting must not fail what
+    it reports."""
+    outcome = FLEET_OUTCOMES.get(entry.event)
+    if outcome is None or queue_max is None:
         return
     try:
-        config = root.config.report
-        if config is not None:
-            enqueue(root, report_of(root, entry, outcome), config.queue_max)
-    except Exception:  # a full disk, a bad config: the upgrade goes on, unreported
+        enqueue(root, report_of(root, entry, outcome), queue_max)
+    except Exception:  # a full disk: the upgrade goes on, unreported
         return
 
 
 def queue_held(root: InstallRoot, channel: str, release_key: str, installed: str | None,
-               note: str) -> None:
+               note: str, queue_max: int | None) -> None:
     """Queue one `held` report when an upgrade is held back (quarantine, rollout, pin), once
     per release and reason: a machine that checks every hour while held says so once, not
     every hour. Never raises."""
+    if queue_max is None:
+        return
     try:
-        config = root.config.report
-        if config is None:
-            return
         seen = _folder(root) / ".held"
         mark = f"{release_key}\n{note}\n".encode()
         try:
@@ -127,7 +101,7 @@ def queue_held(root: InstallRoot, channel: str, release_key: str, installed: str
             installation=root.installation_id, at=datetime.now(UTC), channel=channel,
             outcome="held", release=version_of(release_key), release_key=release_key,
             before=installed, after=installed, note=" ".join(note.split())[:300]),
-            config.queue_max)
+            queue_max)
         atomic_write(seen, mark, mode=0o600)
     except Exception:  # reporting must not fail what it reports
         return

@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Literal
 
 from greenlight.channels import atomic_write, now
-from greenlight.updater import ui_status
 from greenlight.updater._errors import BusyError, GreenlightError, NetworkError
-from greenlight.updater.product import AgentConfig
-from greenlight.updater.store import InstallRoot, hold_of
+from greenlight.updater.policy import AgentInput, agent_step
+from greenlight.updater.product import AgentConfig, config_of
+from greenlight.updater.store import InstallRoot, hold_of, queued, read_status, refresh_status
 
-__all__ = ["Agent", "Event", "EventKind", "in_window", "loop_argv", "run_once"]
+__all__ = ["Agent", "Event", "EventKind", "loop_argv", "run_once"]
 
 EventKind = Literal["check-found", "downloaded", "upgraded", "rolled-back", "dead-end", "held",
                     "left-revoked"]
@@ -60,22 +60,6 @@ class Event:
                            "at": self.at.isoformat(), "root": str(root.path),
                            "channel": self.channel, "installed": self.installed,
                            "available": self.available, "summary": self.summary})
-
-
-def in_window(windows: list[str], local: datetime) -> bool:
-    """Whether the local time `local` falls in one of `windows` ("HH:MM-HH:MM"; a window
-    whose end is before its start spans midnight). No windows: any time."""
-    if not windows:
-        return True
-    minute = local.hour * 60 + local.minute
-    for window in windows:
-        start_text, end_text = window.split("-")
-        start = int(start_text[:2]) * 60 + int(start_text[3:])
-        end = int(end_text[:2]) * 60 + int(end_text[3:])
-        inside = start <= minute < end if start <= end else (minute >= start or minute < end)
-        if inside:
-            return True
-    return False
 
 
 def _local(utc: datetime) -> datetime:
@@ -124,7 +108,7 @@ class Agent:
     def cycle(self) -> float:
         """One check and what the policy says to do; returns the seconds to wait."""
         try:
-            config = self.root.config.agent
+            config = config_of(self.root).agent
         except GreenlightError as e:
             self.log(f"configuration: {e}")
             return 300.0
@@ -149,11 +133,10 @@ class Agent:
         return config.interval + self.rng() * config.jitter
 
     def _report(self) -> None:
-        from greenlight.updater.reporting import flush
-        from greenlight.updater.store import queued
+        from greenlight.updater.agent._sender import send_reports
 
         if queued(self.root):
-            flush(self.root)
+            send_reports(self.root)
 
     def _backoff(self, config: AgentConfig) -> float:
         self.failures += 1
@@ -161,7 +144,7 @@ class Agent:
 
     def _status(self, **learned: object) -> None:
         try:
-            ui_status.refresh(self.root, at=self.clock(), **learned)  # type: ignore[arg-type]
+            refresh_status(self.root, at=self.clock(), **learned)  # type: ignore[arg-type]
         except (GreenlightError, OSError) as e:
             self.log(f"status.json not written: {e}")
 
@@ -180,16 +163,21 @@ class Agent:
         report = check(root, repo)
         channel, installed, available = report.channel, report.installed, report.available
         hold = hold_of(root, self.clock())
-        inside = in_window(config.window, self.local(self.clock()))
+        step = agent_step(AgentInput(
+            revoked=bool(report.yanked), held=report.held,
+            update_available=report.update_available, apply=config.apply,
+            windows=tuple(config.window), local=self.local(self.clock()),
+            hold=None if hold is None else hold.reason,
+            leave_revoked_at_once=config.leave_revoked_at_once))
 
         def event(kind: EventKind, summary: str) -> Event:
             return Event(kind, summary, root.installed_version(), available, channel,
                          self.clock())
 
-        if report.yanked:
-            if not config.leave_revoked_at_once and (hold or not inside):
-                self._status(available=available, update="revoked", checked=True)
-                return
+        previous = read_status(root)
+        if step.action == "wait-revoked":
+            self._status(available=available, update="revoked", checked=True)
+        elif step.action == "leave-revoked":
             done = upgrade(root, repo)
             self.emit(event("left-revoked", f"{installed} was revoked ({report.yanked}): "
                                             f"now on {done.installed}"), config)
@@ -197,43 +185,34 @@ class Agent:
                          update="none" if done.installed == done.to_version else "held",
                          held_because=None if done.installed == done.to_version else (
                              done.incident.summary if done.incident else done.note))
-            return
-        if report.held:
-            previous = ui_status.read(root)
-            if previous is None or previous.held_because != report.held:
-                self.emit(event("held", report.held), config)
-            self._status(available=available, update="held", held_because=report.held,
+        elif step.action == "held":
+            if previous is None or previous.held_because != step.why:
+                self.emit(event("held", step.why or "held"), config)
+            self._status(available=available, update="held", held_because=step.why,
                          checked=True)
-            return
-        if not report.update_available:
+        elif step.action == "up-to-date":
             self._status(available=available, update="none", checked=True)
-            return
-        previous = ui_status.read(root)
-        if previous is None or previous.available != available or previous.update not in (
-                "available", "downloaded"):
-            self.emit(event("check-found", f"{available} available (installed: "
-                                           f"{installed or 'nothing'})"), config)
-        if config.apply == "notify":
-            self._status(available=available, update="available", checked=True)
-            return
-        if config.apply == "download" or hold is not None or not inside:
-            fetched = download(root, repo)
-            if previous is None or previous.update != "downloaded" or (
-                    previous.available != available):
-                self.emit(event("downloaded", f"{available} downloaded and verified "
-                                              f"({fetched.bytes_fetched} bytes)"), config)
-            why = (f"on hold: {hold.reason or 'no reason given'}" if hold is not None else
-                   None if config.apply == "download" else
-                   f"outside the install windows {', '.join(config.window)}")
-            self._status(available=available, update="downloaded", held_because=why,
-                         checked=True)
-            return
-        done = upgrade(root, repo)
-        self._after(done, config, event)
+        else:
+            if previous is None or previous.available != available or previous.update not in (
+                    "available", "downloaded"):
+                self.emit(event("check-found", f"{available} available (installed: "
+                                               f"{installed or 'nothing'})"), config)
+            if step.action == "notify":
+                self._status(available=available, update="available", checked=True)
+            elif step.action == "download":
+                fetched = download(root, repo)
+                if previous is None or previous.update != "downloaded" or (
+                        previous.available != available):
+                    self.emit(event("downloaded", f"{available} downloaded and verified "
+                                                  f"({fetched.bytes_fetched} bytes)"), config)
+                self._status(available=available, update="downloaded", held_because=step.why,
+                             checked=True)
+            else:
+                self._after(upgrade(root, repo), config, event)
 
     def _after(self, done: object, config: AgentConfig,
                event: Callable[[EventKind, str], Event]) -> None:
-        from greenlight.updater.reports import UpgradeReport
+        from greenlight.updater.output import UpgradeReport
 
         assert isinstance(done, UpgradeReport)
         if done.outcome == "upgraded":
@@ -265,7 +244,7 @@ class Agent:
             self.sleep(wait)
 
 
-LOOP = Path(__file__).with_name("agent_loop.py")
+LOOP = Path(__file__).with_name("loop.py")
 
 
 def loop_argv(root: InstallRoot) -> list[str]:

@@ -1,4 +1,4 @@
-"""Sending queued fleet reports (`state/reports/`) to the collector named by `[report] url`.
+"""Sending the fleet-report outbox (`state/reports/`) to the collector named by `[report] url`.
 
 Called after a command or an agent cycle, never inside a transaction. One flush takes at most
 `[report] timeout` seconds in all; a collector that is down or slow leaves the reports queued
@@ -14,10 +14,10 @@ from pathlib import Path
 
 from greenlight.channels import atomic_write
 from greenlight.updater._errors import GreenlightError
-from greenlight.updater.store import InstallRoot
-from greenlight.updater.store._reports import queued
+from greenlight.updater.product import config_of
+from greenlight.updater.store import InstallRoot, queued
 
-__all__ = ["flush"]
+__all__ = ["send_reports"]
 
 MAX_BACKOFF = 3600.0
 
@@ -53,10 +53,10 @@ def _back_off(root: InstallRoot, now: float) -> None:
     atomic_write(_backoff_path(root), json.dumps({"delay": delay, "next": now + delay}).encode())
 
 
-def flush(root: InstallRoot) -> int:
+def send_reports(root: InstallRoot) -> int:
     """Send what is queued, oldest first, within the time budget; the number sent."""
     try:
-        config = root.config.report
+        config = config_of(root).report
     except GreenlightError:
         return 0
     if config is None:

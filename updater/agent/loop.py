@@ -1,6 +1,6 @@
 """The agent's long-running process; the standard library only, imports nothing of Greenlight.
 
-    python -I -S agent_loop.py --root ROOT -- UPDATER_ARGV...
+    python -I -S loop.py --root ROOT -- UPDATER_ARGV...
 
 `updater agent` becomes this loop (by exec), so what stays resident between cycles is a bare
 interpreter: no HTTP client, TUF or pydantic in memory while it sleeps (bench/agent_idle.py
@@ -21,7 +21,7 @@ import time
 __all__ = ["CYCLE_LIMIT", "main"]
 
 CYCLE_LIMIT = 2 * 3600.0  # every wait inside a cycle is bounded; this bounds the sum
-USAGE = "usage: agent_loop.py --root ROOT -- UPDATER_ARGV..."
+USAGE = "usage: loop.py --root ROOT -- UPDATER_ARGV..."
 
 
 def _log(line: str) -> None:

@@ -1,0 +1,88 @@
+"""The archive layout rule, shared by the pipeline (which records an artifact's top folder at
+publish) and the client (which refuses any member outside it when it unpacks):
+
+- a member's name is relative, `/`-separated, free of control characters and of `..`;
+- an archive whose members all sit under one folder (`core/...`, `core-1.2.3/...`) has that
+  folder as its top folder; a lone file at the top, or two top entries, means none.
+"""
+
+import os
+import stat
+import tarfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, BinaryIO, cast
+
+__all__ = ["LayoutError", "clean_member_name", "read_top_folder", "top_folder_of"]
+
+
+class LayoutError(ValueError):
+    """A member name the layout rule refuses, or an archive that cannot be read; the message
+    is one line, without the archive's name (the caller adds it)."""
+
+
+def clean_member_name(name: str) -> str:
+    """`name` normalised (no empty or `.` parts).
+
+    Raises:
+        LayoutError: absolute, malformed, with a control character, or leaving the tree.
+    """
+    if not name or name.startswith("/") or "\\" in name:
+        raise LayoutError(f"member {name!r} refused: absolute or malformed path")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise LayoutError(f"member {name!r} refused: control character in its name")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise LayoutError(f"member {name!r} refused: '..' leaves the tree")
+    return "/".join(parts)
+
+
+def top_folder_of(members: Iterable[tuple[str, bool]]) -> str | None:
+    """The one folder every member sits under, given `(clean name, is a folder)` pairs."""
+    tops: set[str] = set()
+    nested = False
+    for name, is_dir in members:
+        if not name:
+            continue
+        head, sep, _ = name.partition("/")
+        tops.add(head)
+        if len(tops) > 1:
+            return None
+        if sep:
+            nested = True
+        elif not is_dir:
+            return None  # a lone file at the top is content, not a folder
+    return next(iter(tops)) if nested and len(tops) == 1 else None
+
+
+def read_top_folder(archive: Path, max_members: int = 200_000) -> str | None:
+    """`top_folder_of` a tar archive (plain, gzip or zstd), read as a stream.
+
+    Raises:
+        LayoutError: a refused member name, too many members, or not a readable archive.
+    """
+    import pyzstd
+
+    fd = os.open(archive, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LayoutError("not a regular file")
+    with os.fdopen(fd, "rb") as raw:
+        head = raw.read(4)
+        raw.seek(0)
+        stream: IO[bytes] = raw
+        if archive.name.endswith(".zst") or head == b"\x28\xb5\x2f\xfd":
+            stream = cast(IO[bytes], pyzstd.ZstdFile(cast(BinaryIO, raw)))
+        try:
+            with tarfile.open(fileobj=stream, mode="r|*") as tar:
+                def names() -> Iterable[tuple[str, bool]]:
+                    for count, member in enumerate(tar, start=1):
+                        if count > max_members:
+                            raise LayoutError(f"more than {max_members} members")
+                        yield clean_member_name(member.name), member.isdir()
+
+                return top_folder_of(names())
+        except (tarfile.TarError, pyzstd.ZstdError, EOFError, ValueError) as e:
+            if isinstance(e, LayoutError):
+                raise
+            raise LayoutError(f"not a readable archive: {e or type(e).__name__}") from None

@@ -1,0 +1,31 @@
+"""Recovery, which every command runs first: a transaction an interrupted updater left
+behind is finished or undone (`transaction.recover`). Cheap when there is nothing to recover:
+the transaction is loaded only when a journal exists."""
+
+from greenlight.updater._errors import BusyError
+from greenlight.updater.product import config_of
+from greenlight.updater.store import HistoryEntry, InstallRoot, Journal, locked
+
+__all__ = ["recover_if_interrupted", "recover_root"]
+
+
+def recover_root(root: InstallRoot) -> HistoryEntry | None:
+    """`updater recover`: finish or undo an interrupted transaction, under the lock.
+
+    Raises:
+        BusyError: another updater holds the root.
+    """
+    from greenlight.updater.transaction import recover
+
+    with locked(root):
+        return recover(root, config_of(root))
+
+
+def recover_if_interrupted(root: InstallRoot) -> HistoryEntry | None:
+    """What every command runs first: recover a transaction nobody is running any more."""
+    if not Journal.path(root).exists():
+        return None
+    try:
+        return recover_root(root)
+    except BusyError:
+        return None  # its updater is alive and will finish it

@@ -1,0 +1,17 @@
+"""Policy: what this machine should do now, decided by pure functions (no I/O, no clock but
+the time they are given), the way python-tuf keeps every trust decision in a state machine
+that does no I/O.
+
+- `decide`: what to do with a channel's release (install, up to date, held, leave revoked);
+- `agent_step`: what the agent does with that plan, given hold, window, apply mode and the
+  revoked-release rule.
+
+The rollback policy (undo, fallback, quarantine, incident, report) is a sequence of writes and
+lives in one place of its own: `greenlight.updater.transaction` (`_rollback.py`).
+"""
+
+from greenlight.updater.policy._agent import AgentInput, AgentStep, agent_step, in_window
+from greenlight.updater.policy._channel import Action, Plan, RolloutPosition, decide
+
+__all__ = ["Action", "AgentInput", "AgentStep", "Plan", "RolloutPosition", "agent_step",
+           "decide", "in_window"]

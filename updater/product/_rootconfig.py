@@ -1,0 +1,63 @@
+"""The configuration of an installation root: `greenlight.toml` read once per `InstallRoot`
+(`config_of`), and a new root made with its first configuration (`init_root`). The store
+knows the root's layout only; what the file means is the product layer's."""
+
+import os
+import weakref
+
+from pydantic import ValidationError
+
+from greenlight.channels import atomic_write
+from greenlight.updater._errors import ConfigError
+from greenlight.updater.product._config import Config, RepositoryConfig
+from greenlight.updater.product._template import config_text
+from greenlight.updater.store import InstallRoot, set_active_channel
+
+__all__ = ["config_of", "forget_config", "init_root"]
+
+_LOADED: "weakref.WeakKeyDictionary[InstallRoot, Config]" = weakref.WeakKeyDictionary()
+
+
+def config_of(root: InstallRoot) -> Config:
+    """The root's configuration, loaded on first use and kept for the root object's life.
+
+    Raises:
+        ConfigError: not an installation root, or a configuration that does not load.
+    """
+    config = _LOADED.get(root)
+    if config is None:
+        config = _LOADED[root] = Config.load(root.require().config_path)
+    return config
+
+
+def forget_config(root: InstallRoot) -> None:
+    """Read `greenlight.toml` again at the next `config_of` (after it was rewritten)."""
+    _LOADED.pop(root, None)
+
+
+def init_root(path: os.PathLike[str] | str, repo_url: str, trusted_root: bytes,
+              channel: str) -> InstallRoot:
+    """A new installation root at `path`: its folders, the trusted root metadata, the
+    configuration and the active channel.
+
+    Raises:
+        ConfigError: already initialised, or a repository URL or channel that is not valid.
+    """
+    from pathlib import Path
+
+    root = InstallRoot(Path(path))
+    if root.config_path.exists():
+        raise ConfigError(f"{root.config_path}: already initialized; choose another --root")
+    try:
+        config = Config(repository=RepositoryConfig(url=repo_url), channel=channel)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise ConfigError(f"--repo/--channel: {first['msg']}") from None
+    root.path.mkdir(parents=True, exist_ok=True, mode=0o750)
+    os.chmod(root.path, 0o750)  # the config may hold headers or environment secrets
+    for folder in (root.metadata_dir, root.channels_dir, root.downloads, root.releases):
+        folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+    atomic_write(root.metadata_dir / "root.json", trusted_root, mode=0o644)
+    atomic_write(root.config_path, config_text(config).encode(), mode=0o640)
+    set_active_channel(root, channel, "initial channel")
+    return root
