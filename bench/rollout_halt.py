@@ -23,8 +23,8 @@ from bench.collector_load import ADMIN, BIN, FLEET, _port, _wait
 
 
 def _halted(repo: Path, channel: str, key: str) -> bool:
-    from greenlight.release._repository import FileRepository
-    from greenlight.release._rollouts import current_state
+    from greenlight.release.repository._repository import FileRepository
+    from greenlight.release.repository._rollouts import current_state
 
     state = current_state(FileRepository(repo), channel)
     return state is not None and state.release == key and state.halted

@@ -30,6 +30,7 @@ from greenlight.channels._fleet_report import (
     ReportedCheck,
 )
 from greenlight.channels._identity import ReleaseId, version_of
+from greenlight.channels._invalid import InvalidValue, describe_validation
 from greenlight.channels._layout import (
     LayoutError,
     clean_member_name,
@@ -70,6 +71,8 @@ from greenlight.channels._version import VERSION
 from greenlight.channels._versions import canonical_version, is_newer, parse_version, sort_versions
 
 __all__ = [
+    "InvalidValue",
+    "describe_validation",
     "FLEET_OUTCOMES",
     "FleetReport",
     "LayoutError",

@@ -7,6 +7,8 @@
 
 import re
 
+from greenlight.channels._invalid import InvalidValue
+
 __all__ = ["artifact_target", "channel_role", "channel_target", "check_channel_name",
            "check_component_name", "rollout_role", "rollout_target"]
 
@@ -14,7 +16,7 @@ _NAME = re.compile(r"\A[a-z0-9][a-z0-9._-]{0,63}\Z")
 
 def _check(kind: str, name: str) -> str:
     if not _NAME.match(name) or ".." in name:
-        raise ValueError(
+        raise InvalidValue(
             f"invalid {kind} name {name!r}: use 1-64 of a-z, 0-9, '.', '_', '-', "
             "starting with a letter or digit"
         )
@@ -40,5 +42,5 @@ def rollout_role(channel: str) -> str:
 
 def artifact_target(component: str, version: str, filename: str) -> str:
     if "/" in filename or filename in ("", ".", ".."):
-        raise ValueError(f"invalid artifact file name {filename!r}")
+        raise InvalidValue(f"invalid artifact file name {filename!r}")
     return f"artifacts/{check_component_name(component)}/{version}/{filename}"

@@ -4,6 +4,8 @@ from collections.abc import Iterable
 
 from packaging.version import InvalidVersion, Version
 
+from greenlight.channels._invalid import InvalidValue
+
 __all__ = ["canonical_version", "is_newer", "parse_version", "sort_versions"]
 
 
@@ -11,7 +13,7 @@ def parse_version(text: str) -> Version:
     try:
         return Version(text)
     except InvalidVersion:
-        raise ValueError(f"invalid version {text!r}: expected a version such as 1.6.11") from None
+        raise InvalidValue(f"invalid version {text!r}: expected a version such as 1.6.11") from None
 
 
 def canonical_version(text: str) -> str:
@@ -19,7 +21,7 @@ def canonical_version(text: str) -> str:
     (so that "1.2", " 1.2\\n" and "v1.2" never name three releases, or three folders)."""
     canonical = str(parse_version(text))
     if canonical != text:
-        raise ValueError(f"version {text!r} is not canonical: write it as {canonical!r}")
+        raise InvalidValue(f"version {text!r} is not canonical: write it as {canonical!r}")
     return text
 
 

@@ -243,7 +243,7 @@ def test_bundle_cli_and_sideload_cli(tmp_path, published):
     bad = subprocess.run([str(bin_dir / "release"), "bundle", str(published.path), "--channel",
                           "stable", "-o", str(out), "--expires", "soon"], capture_output=True,
                          text=True)
-    assert bad.returncode == 1 and "expected a duration" in bad.stderr
+    assert bad.returncode == 2 and "expected a duration" in bad.stderr
     root = tmp_path / "root"
     subprocess.run([str(bin_dir / "updater"), "init", "--root", str(root), "--repo",
                     "http://127.0.0.1:9", "--trust", str(published.metadata_dir / "1.root.json")],
@@ -357,7 +357,7 @@ def test_a_bundle_carries_the_rollout_state_and_a_sideload_obeys_it(tmp_path, of
     """A planned rollout's signed state travels in the bundle: a halt holds a sideload too,
     and its lifting lets the same machine in, all without the network."""
     from greenlight.channels import RolloutPlan, now, rollout_bucket
-    from greenlight.release._rollouts import planned, write_state
+    from greenlight.release.repository._rollouts import planned, write_state
 
     root, _ = offline
     cf = publish(published, "stable", "1.2", builds("1.2"),

@@ -90,20 +90,20 @@ def test_release_cli_publish_and_refusals(tmp_path, builds):
     repo = tmp_path / "repo"
     assert run("release", "init", str(repo)).returncode == 0
     again = run("release", "init", str(repo))
-    assert again.returncode == 1 and "already there" in again.stderr
+    assert again.returncode == 5 and "already there" in again.stderr
     parts = [f"--component=core={builds('2.0')['core']}"]
     done = run("release", "publish", str(repo), "--channel", "stable", "--version", "2.0", *parts)
     assert done.returncode == 0 and "layout: core: archive root -> core/" in done.stdout
     sloppy = run("release", "publish", str(repo), "--channel", "stable", "--version", "v2.1",
                  *parts)
-    assert sloppy.returncode == 1
+    assert sloppy.returncode == 2
     assert sloppy.stderr.strip() == ("release: error: version 'v2.1' is not canonical: "
                                      "write it as '2.1'")
     older = run("release", "publish", str(repo), "--channel", "stable", "--version", "1.0", *parts)
-    assert older.returncode == 1 and "not newer" in older.stderr
+    assert older.returncode == 5 and "not newer" in older.stderr
     bad = run("release", "publish", str(repo), "--channel", "stable", "--version", "3",
               "--component", "core")
-    assert bad.returncode == 1 and "expected NAME=PATH" in bad.stderr
+    assert bad.returncode == 2 and "expected NAME=PATH" in bad.stderr
     status = json.loads(run("release", "status", str(repo), "--json").stdout)
     assert status["channels"][0]["release"] == "2.0"
 

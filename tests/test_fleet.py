@@ -84,7 +84,7 @@ def test_machines_report_and_the_collector_counts_distinct_machines(fleet):
 
 def test_reports_from_one_installation_are_rate_limited(fleet):
     tmp, repo, server, builds = fleet
-    from greenlight.release._collector import RATE
+    from greenlight.release.fleet import RATE
 
     collector = Collector(tmp, f"sqlite:///{tmp / 'collector.sqlite3'}")
     try:

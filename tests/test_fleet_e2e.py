@@ -11,8 +11,8 @@ from test_rollouts import _plan, _wait_state
 
 from greenlight.channels import rollout_bucket
 from greenlight.release import publish
-from greenlight.release._repository import FileRepository
-from greenlight.release._rollouts import current_state
+from greenlight.release.repository._repository import FileRepository
+from greenlight.release.repository._rollouts import current_state
 
 from conftest import ADMIN, Collector, builtin_server
 

@@ -99,13 +99,13 @@ def test_publish_and_bundle_on_a_full_disk(tmp_path, small_disk, builds):
                            "stable", "--version", "1.1",
                            f"--component=core={builds('1.1')['core']}"],
                           capture_output=True, text=True)
-    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.returncode == 7 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert tree(repo.path) == before
     out = small_disk / "stable.bundle"
     done = subprocess.run([str(BIN / "release"), "bundle", str(repo.path), "--channel",
                            "stable", "-o", str(out)], capture_output=True, text=True)
-    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 7 and "Traceback" not in done.stderr, done.stderr
     assert tree(repo.path) == before and not out.exists()
     filler.unlink()
     publish(repo, "stable", "1.1", builds("1.1"))

@@ -111,6 +111,38 @@ def test_imports_point_down():
     assert not wrong, "imports that do not point down:\n" + "\n".join(sorted(wrong))
 
 
+# The pipeline's parts: the CLI over three jobs; distribution and the fleet use the signed
+# repository, never each other, and the repository uses neither.
+RELEASE_PARTS: dict[str, set[str]] = {
+    "greenlight.release.cli": {"repository", "distribution", "fleet"},
+    "greenlight.release.distribution": {"repository"},
+    "greenlight.release.fleet": {"repository"},
+    "greenlight.release.repository": set(),
+}
+
+
+def test_the_pipeline_parts_point_down():
+    wrong = []
+    for module, imported in _graph().items():
+        own = next((p for p in RELEASE_PARTS if module == p or module.startswith(p + ".")),
+                   None)
+        if own is None:
+            continue
+        allowed = {f"greenlight.release.{name}" for name in RELEASE_PARTS[own]} | {own}
+        for i in imported:
+            part = next((p for p in RELEASE_PARTS if i == p or i.startswith(p + ".")), None)
+            if part is not None and part not in allowed:
+                wrong.append(f"{module} -> {i}")
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_importing_the_pipeline_loads_only_what_it_uses():
+    code = "import sys, greenlight.release; print(len(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert int(done.stdout) <= 250
+
+
 def test_no_import_cycles():
     """No cycle among the project's modules, counting imports inside functions and under
     TYPE_CHECKING (Tarjan's strongly connected components)."""

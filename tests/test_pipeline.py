@@ -235,7 +235,7 @@ def test_verify_finds_a_damaged_artifact(published):
     stored.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     done = subprocess.run([str(BIN / "release"), "verify", str(published.path)],
                           capture_output=True, text=True)
-    assert done.returncode == 1 and "artifacts/ui/1.1/ui-1.1.tar.gz refused" in done.stderr
+    assert done.returncode == 6 and "artifacts/ui/1.1/ui-1.1.tar.gz refused" in done.stderr
 
 
 def test_key_files_stay_private(tmp_path, published, builds):
@@ -254,7 +254,7 @@ def test_key_files_stay_private(tmp_path, published, builds):
                              "stable", "--version", "1.6",
                              f"--component=core={builds('1.6')['core']}"],
                             capture_output=True, text=True)
-    assert broken.returncode == 1
+    assert broken.returncode == 4  # keys
     assert "not a readable unencrypted PKCS#8 private key" in broken.stderr
     assert secret[30:60] not in broken.stderr + broken.stdout
     private, public = keygen(tmp_path / "k", "x")

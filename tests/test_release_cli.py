@@ -101,7 +101,7 @@ def test_promote_a_chosen_version_points_at_the_same_bytes(tmp_path, repo):
     assert promoted.sha256 == hashlib.sha256(built.read_bytes()).hexdigest()
     missing = release("promote", str(repo.path), "--from", "beta", "--to", "stable",
                       "--version", "0.9")
-    assert missing.returncode == 1 and "0.9" in missing.stderr
+    assert missing.returncode == 3 and "0.9" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
 
 
@@ -142,4 +142,4 @@ def test_keys_remove_retires_the_private_key_and_sign_status_shows_what_waits(tm
     assert FileRepository(repo.path).authorizing_role("channel-stable").keyids == [
         change["added"][0]]
     wrong = release("keys", str(repo.path), "--role", "channel-stable", "--remove", "ffff")
-    assert wrong.returncode == 1 and "has no key 'ffff'" in wrong.stderr
+    assert wrong.returncode == 4 and "has no key 'ffff'" in wrong.stderr

@@ -24,9 +24,9 @@ from greenlight.channels import (
     rollout_role,
 )
 from greenlight.release import publish
-from greenlight.release._collector import Guard, Store
-from greenlight.release._repository import FileRepository
-from greenlight.release._rollouts import current_state, write_state
+from greenlight.release.fleet import Guard, Store
+from greenlight.release.repository._repository import FileRepository
+from greenlight.release.repository._rollouts import current_state, write_state
 from greenlight.updater.operations import check, open_repository
 from greenlight.updater.product import init_root
 from greenlight.updater.store import InstallRoot
@@ -326,9 +326,9 @@ def test_the_dashboard_renders_in_a_real_headless_chromium(tmp_path, published, 
         collector.stop()
 
 
-def test_rollout_and_collector_refusals_are_one_line_with_exit_1(tmp_path, published, builds):
-    """Every new way to get a rollout or the collector wrong: one line, exit 1, nothing
-    changed."""
+def test_rollout_and_collector_refusals_are_one_line_with_their_exit_code(tmp_path, published, builds):
+    """Every new way to get a rollout or the collector wrong: one line naming the mistake, its
+    documented exit code, nothing changed."""
     from conftest import free_port
 
     archives = builds("1.2")
@@ -341,30 +341,31 @@ def test_rollout_and_collector_refusals_are_one_line_with_exit_1(tmp_path, publi
     cases = [
         ([release, "publish", str(published.path), "--channel", "stable", "--version", "1.2",
           *components, "--rollout-plan", "50,10"],
-         "--rollout-plan '50,10': Value error, rollout steps must increase"),
+         "--rollout-plan '50,10': steps: rollout steps must increase", 2),
         ([release, "publish", str(published.path), "--channel", "stable", "--version", "1.2",
           *components, "--rollout-plan", "10,100", "--soak", "soon"],
-         "--soak 'soon': expected a duration such as 30s, 10m, 1h or 2d"),
+         "--soak 'soon': expected a duration such as 30s, 10m, 12h, 90d or 8w", 2),
         ([release, "publish", str(published.path), "--channel", "stable", "--version", "1.2",
           *components, "--rollout-plan", "10,100", "--rollout", "5"],
-         "give either --rollout or --rollout-plan, not both"),
+         "give either --rollout or --rollout-plan, not both", 2),
         ([release, "rollout", str(published.path), "--channel", "stable", "--resume"],
-         "channel 'stable' has no staged rollout of 1.0 to resume"),
+         "channel 'stable' has no staged rollout of 1.0 to resume", 1),
         ([release, "rollout", str(published.path), "--channel", "stable"],
-         "give one of --percent N (0-100), --halt or --resume"),
+         "give one of --percent N (0-100), --halt or --resume", 2),
         ([release, "collector", "--fleet-token-file", str(tokens / "a"), "--admin-token-file",
           str(tokens / "a"), "--repo", str(tmp_path / "nowhere")],
-         f"--repo {tmp_path / 'nowhere'}: no repository here"),
+         f"--repo {tmp_path / 'nowhere'}: no repository here", 3),
         ([release, "collector", "--fleet-token-file", str(tokens / "a"), "--admin-token-file",
           str(tokens / "a"), "--repo", str(published.path), "--tick", "0"],
-         "--tick 0: expected a number of seconds above 0"),
+         "--tick 0: expected a number of seconds above 0", 2),
         ([release, "rollout", "status", "--collector", f"http://127.0.0.1:{free_port()}/",
           "--admin-token-file", str(tokens / "a")],
-         "cannot reach the collector at http://127.0.0.1:"),
+         "cannot reach the collector at http://127.0.0.1:", 8),
     ]
-    for args, message in cases:
+    for args, message, code in cases:
         done = subprocess.run(args, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert done.returncode == code, (args, done.stdout, done.stderr)
+        assert message in done.stderr, (message, done.stderr)
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
         assert done.stderr.startswith("release: error: ") and message in done.stderr, (
             message, done.stderr)

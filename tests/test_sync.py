@@ -12,7 +12,7 @@ import pytest
 
 from greenlight.release import init_repository, publish
 from greenlight.release._errors import ReleaseError
-from greenlight.release._sync import IMMUTABLE, plan_sync, sync
+from greenlight.release.distribution._sync import IMMUTABLE, plan_sync, sync
 from greenlight.updater.operations import check, open_repository, upgrade
 from greenlight.updater.product import init_root
 
@@ -181,10 +181,10 @@ def test_sync_refuses_links_and_overwrites_and_names_bad_targets(tmp_path, s3, b
         sync(other.path, "s3://releases/x", endpoint=s3)
     bad = subprocess.run([str(BIN / "release"), "sync", str(repo.path), "--to", "releases"],
                          capture_output=True, text=True)
-    assert bad.returncode == 1 and "expected s3://BUCKET" in bad.stderr
+    assert bad.returncode == 2 and "expected s3://BUCKET" in bad.stderr
     nobody = f"http://127.0.0.1:{free_port()}"
     down = subprocess.run([str(BIN / "release"), "sync", str(repo.path), "--to",
                            "s3://releases/x", "--endpoint-url", nobody],
                           capture_output=True, text=True, timeout=120)
-    assert down.returncode == 1 and down.stderr.count("\n") == 1, down.stderr
+    assert down.returncode == 8 and down.stderr.count("\n") == 1, down.stderr
     assert down.stderr.startswith("release: error: cannot list s3://releases/x: ")

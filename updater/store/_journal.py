@@ -14,7 +14,7 @@ from greenlight.updater.store._root import InstallRoot
 
 __all__ = ["Journal", "StepRecord", "StepState"]
 
-StepState = Literal["pending", "doing", "done", "undoing", "undone"]
+StepState = Literal["pending", "doing", "done", "undoing", "undone", "undo-failed"]
 
 
 class StepRecord(Record):

@@ -10,13 +10,16 @@ It knows nothing of releases or services; the steps (`_steps.py`) and the rollba
                         +--------+--------+
                                  v
                               undoing --------> undone
+                                 |
+                                 +------------> undo-failed  (its undo raised; the next
+                                                              undo_steps tries it again)
 ```
 
 - A step is marked `doing` (journal written and fsync'd) before its *do* runs, and `done` after.
 - When a step fails, or the updater is killed, every step that is `doing`, `done` or
   `undoing` is undone in reverse order, so *undo* handlers are idempotent: undoing what was
-  never done, or done twice, changes nothing. An undo that fails is recorded and the others
-  still run.
+  never done, or done twice, changes nothing. An undo that fails is recorded as
+  `undo-failed`, never as `undone`, the others still run, and the error names the step.
 - A step without *undo* (fetch, post-check, commit) simply becomes `undone`.
 - Steps roll back, never forward, with one exception the policy decides: a journal whose
   post-check is `done` is committed by recovery.
@@ -78,13 +81,15 @@ def undo_steps(steps: Sequence[Step[C]], ctx: C, reason: str) -> list[str]:
     ctx.journal.save(ctx.root)
     errors = []
     for step in reversed(steps):
-        if ctx.journal.state_of(step.name) not in ("doing", "done", "undoing"):
+        if ctx.journal.state_of(step.name) not in ("doing", "done", "undoing", "undo-failed"):
             continue
         ctx.journal.mark(ctx.root, step.name, "undoing")
         if step.undo is not None:
             try:
                 step.undo(ctx)
             except Exception as e:  # one failed undo must not stop the others
-                errors.append(f"undo {step.name}: {e}")
+                errors.append(f"undo of step {step.name} failed: {e}")
+                ctx.journal.mark(ctx.root, step.name, "undo-failed")
+                continue
         ctx.journal.mark(ctx.root, step.name, "undone")
     return errors

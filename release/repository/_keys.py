@@ -13,7 +13,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner
 
-from greenlight.release._errors import ReleaseError
+from greenlight.release._errors import KeysError
 
 __all__ = ["KeyFile", "KeyStore", "LooseKeyPermissions"]
 
@@ -64,7 +64,7 @@ class KeyStore:
                     try:
                         private = load_pem_private_key(path.read_bytes(), None)
                     except (ValueError, TypeError, OSError):
-                        raise ReleaseError(
+                        raise KeysError(
                             f"{path}: not a readable unencrypted PKCS#8 private key"
                         ) from None
                     signer = CryptoSigner(private)

@@ -28,9 +28,9 @@ from securesystemslib.signer import CryptoSigner, SSlibKey
 from tuf.api.metadata import Metadata, Role, Root, Targets
 
 from greenlight.channels import Record, atomic_write
-from greenlight.release._errors import ReleaseError
-from greenlight.release._keys import KeyStore, LooseKeyPermissions
-from greenlight.release._repository import FileRepository, all_or_nothing
+from greenlight.release._errors import KeysError, NotFound, ReleaseError
+from greenlight.release.repository._keys import KeyStore, LooseKeyPermissions
+from greenlight.release.repository._repository import FileRepository, all_or_nothing
 
 __all__ = ["ImportResult", "KeyChange", "awaiting", "change_keys", "export_staged",
            "import_signatures",
@@ -74,7 +74,7 @@ def load_public_key(path: Path) -> SSlibKey:
     try:
         return SSlibKey.from_crypto(load_pem_public_key(path.read_bytes()))
     except (OSError, ValueError) as e:
-        raise ReleaseError(f"{path}: not a PEM public key: {type(e).__name__}") from None
+        raise KeysError(f"{path}: not a PEM public key: {type(e).__name__}") from None
 
 
 def _edit_delegation(
@@ -102,7 +102,7 @@ def change_keys(repo: FileRepository, role: str, add: list[SSlibKey] | None = No
     """Add, generate or remove keys of `role` and set its threshold; then re-sign what no
     longer verifies and publish (or stage, when signatures are missing)."""
     if not repo.exists():
-        raise ReleaseError(f"{repo.path}: no repository here")
+        raise NotFound(f"{repo.path}: no repository here")
     repo.authorizing_role(role)  # the role must exist
     new_keys = list(add or []) + [repo.keys.generate(role).public_key for _ in range(generate)]
     # Keys of the hashed bins are added to the succinct delegation, which has no role name.
@@ -119,7 +119,7 @@ def change_keys(repo: FileRepository, role: str, add: list[SSlibKey] | None = No
             if keyid not in entry.keyids:
                 matches = [k for k in entry.keyids if k.startswith(keyid)]
                 if len(matches) != 1:
-                    raise ReleaseError(f"role {role} has no key {keyid!r}")
+                    raise KeysError(f"role {role} has no key {keyid!r}")
                 keyid = matches[0]
             removed.append(keyid)
             if isinstance(signed, Root):
@@ -176,7 +176,7 @@ def sign_file(path: Path, key_file: Path) -> str:
     try:
         signer = CryptoSigner(load_pem_private_key(key_file.read_bytes(), None))
     except (OSError, ValueError, TypeError):
-        raise ReleaseError(f"{key_file}: not a readable unencrypted PKCS#8 private key") from None
+        raise KeysError(f"{key_file}: not a readable unencrypted PKCS#8 private key") from None
     try:
         md = Metadata.from_bytes(path.read_bytes())
     except Exception:

@@ -8,9 +8,9 @@ from pathlib import Path
 from tuf.api.metadata import Snapshot, Timestamp
 
 from greenlight.channels import BUNDLE_BASE_URL, Record
-from greenlight.release._channels import channels
-from greenlight.release._errors import ReleaseError
-from greenlight.release._repository import FileRepository, all_or_nothing
+from greenlight.release._errors import Conflict, MetadataError, NotFound
+from greenlight.release.repository._channels import channels
+from greenlight.release.repository._repository import FileRepository, all_or_nothing
 from greenlight.updater import GreenlightError
 from greenlight.updater.trust import DirectoryFetcher, Downloads, TrustedRepository
 
@@ -21,9 +21,9 @@ __all__ = ["VerifyResult", "expiring", "refresh", "verify"]
 def refresh(repo: FileRepository) -> dict[str, str]:
     """New timestamp and snapshot versions with fresh expiry (for a timer or cron job)."""
     if not repo.exists():
-        raise ReleaseError(f"{repo.path}: no repository here")
+        raise NotFound(f"{repo.path}: no repository here")
     if repo.pending():
-        raise ReleaseError(
+        raise Conflict(
             f"roles await signatures: {', '.join(repo.pending())}; finish those first")
     repo.do_snapshot(force=True)
     repo.do_timestamp(force=True)
@@ -34,7 +34,7 @@ def refresh(repo: FileRepository) -> dict[str, str]:
 def expiring(repo: FileRepository, within: timedelta) -> dict[str, datetime]:
     """Roles whose published version expires within `within` from now."""
     if not repo.exists():
-        raise ReleaseError(f"{repo.path}: no repository here")
+        raise NotFound(f"{repo.path}: no repository here")
     horizon = datetime.now(UTC) + within
     roles = ["root", "timestamp", "snapshot", *repo.targets_roles()]
     found = {}
@@ -58,7 +58,7 @@ def verify(repo: FileRepository) -> VerifyResult:
     """Verify the published tree offline as a client would: from the first root through the
     chain, every channel file, and every artifact the channels name (hashes of the bytes)."""
     if not repo.exists():
-        raise ReleaseError(f"{repo.path}: no repository here")
+        raise NotFound(f"{repo.path}: no repository here")
     work = Path(tempfile.mkdtemp(prefix="greenlight-verify-"))
     try:
         (work / "meta").mkdir()
@@ -78,7 +78,7 @@ def verify(repo: FileRepository) -> VerifyResult:
                     artifacts += 1
                 checked[name] = channel_file.release
         except GreenlightError as e:
-            raise ReleaseError(f"verification failed: {e}") from None
+            raise MetadataError(f"verification failed: {e}") from None
         return VerifyResult(repository=str(repo.path), root_version=repo.root().version,
                             channels=checked, artifacts_verified=artifacts)
     finally:

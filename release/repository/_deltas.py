@@ -4,8 +4,8 @@ fallback's) recent releases, kept when they are small (the codec is `greenlight.
 from tuf.api.metadata import TargetFile
 
 from greenlight.channels import ComponentArtifact, Delta, build_delta, is_newer
-from greenlight.release._channels import add_artifacts, channel_history
-from greenlight.release._repository import FileRepository
+from greenlight.release.repository._channels import add_artifacts, channel_history
+from greenlight.release.repository._repository import FileRepository
 
 __all__ = ["DELTA_BASES", "build_deltas"]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from tuf.api.metadata import DelegatedRole, Delegations, Metadata, TargetFile, Targets
 
 from greenlight.channels import ChannelFile, channel_role, channel_target
-from greenlight.release._errors import ReleaseError
-from greenlight.release._repository import FileRepository
+from greenlight.release._errors import Conflict, NotFound
+from greenlight.release.repository._repository import FileRepository
 
 __all__ = ["add_artifacts", "channel_history", "channels", "current_channel_file", "delegate",
            "ensure_channel_role", "require", "write_channel_file"]
@@ -16,7 +16,7 @@ __all__ = ["add_artifacts", "channel_history", "channels", "current_channel_file
 
 def require(repo: FileRepository) -> None:
     if not repo.exists():
-        raise ReleaseError(f"{repo.path}: no repository here (run 'release init {repo.path}')")
+        raise NotFound(f"{repo.path}: no repository here (run 'release init {repo.path}')")
 
 
 def current_channel_file(repo: FileRepository, channel: str) -> ChannelFile | None:
@@ -72,7 +72,7 @@ def add_artifacts(repo: FileRepository,
                 old = bin_targets.targets.get(info.path)
                 if old is not None and (old.hashes.get("sha256") != info.hashes.get("sha256")
                                         or old.length != info.length):
-                    raise ReleaseError(
+                    raise Conflict(
                         f"target {info.path} already holds other bytes (sha256 "
                         f"{old.hashes.get('sha256', '?')[:12]}...); publish these under "
                         "another version or file name")

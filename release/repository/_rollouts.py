@@ -25,9 +25,9 @@ from greenlight.channels import (
     rollout_role,
     rollout_target,
 )
-from greenlight.release._channels import current_channel_file, delegate
-from greenlight.release._errors import ReleaseError
-from greenlight.release._repository import FileRepository
+from greenlight.release._errors import Conflict
+from greenlight.release.repository._channels import current_channel_file, delegate
+from greenlight.release.repository._repository import FileRepository
 
 __all__ = ["Planned", "current_state", "ensure_rollout_role", "locked", "person", "planned",
            "write_state"]
@@ -43,7 +43,7 @@ def locked(repo: FileRepository, timeout: float = 30) -> Iterator[None]:
         with lock:
             yield
     except Timeout:
-        raise ReleaseError(f"{repo.path}: another command holds the repository's lock "
+        raise Conflict(f"{repo.path}: another command holds the repository's lock "
                            f"(waited {timeout:.0f} s)") from None
 
 

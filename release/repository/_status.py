@@ -5,8 +5,8 @@ from datetime import datetime
 from tuf.api.metadata import Root, Snapshot, Timestamp
 
 from greenlight.channels import ChannelFile, Record
-from greenlight.release._channels import channels, current_channel_file, require
-from greenlight.release._repository import FileRepository
+from greenlight.release.repository._channels import channels, current_channel_file, require
+from greenlight.release.repository._repository import FileRepository
 
 __all__ = ["ChannelChange", "ChannelStatus", "RepositoryStatus", "RoleStatus", "repository_status"]
 

@@ -20,16 +20,16 @@ from greenlight.channels import (
     is_newer,
     now,
 )
-from greenlight.release._channels import (
+from greenlight.release._errors import Conflict, NotFound, ReleaseError, UsageError
+from greenlight.release.repository._channels import (
     add_artifacts,
     current_channel_file,
     ensure_channel_role,
     require,
     write_channel_file,
 )
-from greenlight.release._deltas import build_deltas
-from greenlight.release._errors import ReleaseError
-from greenlight.release._repository import FileRepository, all_or_nothing
+from greenlight.release.repository._deltas import build_deltas
+from greenlight.release.repository._repository import FileRepository, all_or_nothing
 
 __all__ = ["publish"]
 
@@ -59,14 +59,14 @@ def publish(
     check_channel_name(channel)
     canonical_version(version)
     if not components:
-        raise ReleaseError("nothing to publish: give at least one --component NAME=PATH")
+        raise UsageError("nothing to publish: give at least one --component NAME=PATH")
     for name, path in components.items():
         check_component_name(name)
         if not path.is_file():
-            raise ReleaseError(f"component {name}: {path} is not a file")
+            raise NotFound(f"component {name}: {path} is not a file")
     current = current_channel_file(repo, channel)
     if current and not allow_older and not is_newer(version, current.release):
-        raise ReleaseError(
+        raise Conflict(
             f"channel {channel!r} carries {current.release}; {version} is not newer "
             "(pass --allow-older to publish it anyway)"
         )
@@ -96,8 +96,8 @@ def publish(
     rollout = None if rollout_percent in (None, 100) else Rollout(percent=rollout_percent)
     if rollout_plan is not None:
         if rollout_percent is not None:
-            raise ReleaseError("give either --rollout or --rollout-plan, not both")
-        from greenlight.release._rollouts import ensure_rollout_role
+            raise UsageError("give either --rollout or --rollout-plan, not both")
+        from greenlight.release.repository._rollouts import ensure_rollout_role
 
         ensure_rollout_role(repo, channel)
         rollout = Rollout(percent=rollout_plan.steps[0],

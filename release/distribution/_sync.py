@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from greenlight.release._errors import ReleaseError
+from greenlight.release._errors import Conflict, NotFound, ReleaseError, RemoteError, UsageError
 
 __all__ = ["IMMUTABLE", "SyncResult", "Upload", "plan_sync", "sync"]
 
@@ -83,7 +83,7 @@ def _files(root: Path) -> list[tuple[str, Path, int]]:
 def plan_sync(repo: Path) -> list[list[Upload]]:
     """The phases of a sync of `repo`, in the order they must reach the store."""
     if not (repo / "metadata" / "root.json").is_file():
-        raise ReleaseError(f"{repo}: no repository here")
+        raise NotFound(f"{repo}: no repository here")
     phases: list[list[Upload]] = [[] for _ in range(7)]
     for key, path, size in _files(repo / "targets"):
         phases[0].append(Upload(key, path, size, True))
@@ -118,7 +118,7 @@ def _store(url: str, endpoint: str | None, region: str | None) -> Any:
     from obstore.store import S3Store
 
     if not url.startswith("s3://") or len(url) <= 5:
-        raise ReleaseError(f"--to {url!r}: expected s3://BUCKET or s3://BUCKET/PREFIX")
+        raise UsageError(f"--to {url!r}: expected s3://BUCKET or s3://BUCKET/PREFIX")
     options: dict[str, Any] = {}
     if endpoint:
         options["endpoint"] = endpoint
@@ -130,7 +130,7 @@ def _store(url: str, endpoint: str | None, region: str | None) -> Any:
                                 client_options={"allow_http": True} if plain else None,
                                 **options)
     except Exception as e:  # a malformed URL or configuration: one line
-        raise ReleaseError(f"--to {url}: {_first_line(e)}") from None
+        raise RemoteError(f"--to {url}: {_first_line(e)}") from None
 
 
 def _first_line(error: Exception) -> str:
@@ -148,7 +148,7 @@ def _remote(store: Any, url: str) -> dict[str, tuple[int, str | None]]:
             for meta in batch:
                 held[str(meta["path"])] = (int(meta["size"]), meta.get("e_tag"))
     except Exception as e:
-        raise ReleaseError(f"cannot list {url}: {_first_line(e)}") from None
+        raise RemoteError(f"cannot list {url}: {_first_line(e)}") from None
     return held
 
 
@@ -176,7 +176,7 @@ def sync(repo: Path, url: str, endpoint: str | None = None, region: str | None =
                                    or _md5(u.path) == tag)
         if u.immutable:
             if not same:
-                raise ReleaseError(
+                raise Conflict(
                     f"{url}/{u.key} holds other bytes than {u.path}; a published version is "
                     "never overwritten (is this another repository's prefix?)")
             return False
@@ -190,7 +190,7 @@ def sync(repo: Path, url: str, endpoint: str | None = None, region: str | None =
                 "Cache-Control": IMMUTABLE if u.immutable else mutable,
                 "Content-Type": content_type})
         except Exception as e:
-            raise ReleaseError(f"cannot upload {u.key} to {url}: {_first_line(e)}; run the "
+            raise RemoteError(f"cannot upload {u.key} to {url}: {_first_line(e)}; run the "
                                "sync again: what is there is kept") from None
         if uploaded is not None:
             uploaded(u.key)

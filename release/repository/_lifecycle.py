@@ -3,20 +3,20 @@ rollout. Each writes a new channel file (signed by the channel's role) and publi
 
 
 from greenlight.channels import ChannelFile, RevokedRelease, Rollout, is_newer, now
-from greenlight.release._channels import (
+from greenlight.release._errors import Conflict, NotFound, ReleaseError, UsageError
+from greenlight.release.repository._channels import (
     channel_history,
     current_channel_file,
     ensure_channel_role,
     write_channel_file,
 )
-from greenlight.release._errors import ReleaseError
-from greenlight.release._repository import FileRepository, all_or_nothing
+from greenlight.release.repository._repository import FileRepository, all_or_nothing
 
 
 def _require_channel(repo: FileRepository, channel: str) -> ChannelFile:
     current = current_channel_file(repo, channel)
     if current is None:
-        raise ReleaseError(f"channel {channel!r} has no release in {repo.path}")
+        raise NotFound(f"channel {channel!r} has no release in {repo.path}")
     return current
 
 
@@ -29,13 +29,13 @@ def promote(repo: FileRepository, source: str, target: str, version: str | None 
     if version is not None and version != current.release:
         found = [cf for cf in channel_history(repo, source) if cf.release == version]
         if not found:
-            raise ReleaseError(f"channel {source!r} never carried {version}")
+            raise NotFound(f"channel {source!r} never carried {version}")
         chosen = found[0]
     if chosen.is_revoked(chosen.release) or current.is_revoked(chosen.release):
         raise ReleaseError(f"{chosen.release} is yanked on {source!r}; it cannot be promoted")
     existing = current_channel_file(repo, target)
     if existing and not allow_older and not is_newer(chosen.release, existing.release):
-        raise ReleaseError(f"channel {target!r} carries {existing.release}; {chosen.release} is "
+        raise Conflict(f"channel {target!r} carries {existing.release}; {chosen.release} is "
                            "not newer (pass --allow-older to promote it anyway)")
     fallback = existing.fallback if existing else (None if target == "stable" else "stable")
     promoted = ChannelFile(
@@ -55,7 +55,7 @@ def yank(repo: FileRepository, channel: str, version: str, reason: str) -> Chann
     earlier release that is not revoked."""
     current = _require_channel(repo, channel)
     if current.is_revoked(version):
-        raise ReleaseError(f"{version} is already yanked on {channel!r}")
+        raise Conflict(f"{version} is already yanked on {channel!r}")
     revoked = [*current.revoked, RevokedRelease(version=version, reason=reason,
                                                 revoked_at=now())]
     base = current
@@ -68,7 +68,7 @@ def yank(repo: FileRepository, channel: str, version: str, reason: str) -> Chann
                                "publish a fixed release instead of yanking it")
         base = earlier[0]
     elif not any(cf.release == version for cf in channel_history(repo, channel)):
-        raise ReleaseError(f"channel {channel!r} never carried {version}")
+        raise NotFound(f"channel {channel!r} never carried {version}")
     yanked = current.model_copy(update={
         "release": base.release, "components": base.components, "revoked": revoked,
         "rollout": None, "published_at": now()})
@@ -82,14 +82,14 @@ def rollout(repo: FileRepository, channel: str, percent: int | None = None,
     """A person's word on a rollout: a fixed `percent` (which replaces a plan), `halt` (signed
     by the channel's role), or `resume` (lifts a halt, whoever set it; a planned rollout goes
     on from its step, judging only the reports that come after)."""
-    from greenlight.release._rollouts import locked, person, planned, write_state
+    from greenlight.release.repository._rollouts import locked, person, planned, write_state
 
     with locked(repo):
         current = _require_channel(repo, channel)
         if sum((percent is not None, halt, resume)) != 1:
-            raise ReleaseError("give one of --percent N (0-100), --halt or --resume")
+            raise UsageError("give one of --percent N (0-100), --halt or --resume")
         if percent is not None and not 0 <= percent <= 100:
-            raise ReleaseError(f"--percent {percent}: expected 0 to 100")
+            raise UsageError(f"--percent {percent}: expected 0 to 100")
         if current.rollout is None and (halt or resume):
             raise ReleaseError(f"channel {channel!r} has no staged rollout of "
                                f"{current.release} to {'halt' if halt else 'resume'}")

@@ -44,8 +44,8 @@ from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository
 
 from greenlight.channels import atomic_write
-from greenlight.release._errors import ReleaseError
-from greenlight.release._keys import KeyStore
+from greenlight.release._errors import Conflict, KeysError, NotFound, ReleaseError
+from greenlight.release.repository._keys import KeyStore
 
 __all__ = ["ARTIFACTS", "BIN_BITS", "DELEGATED_EXPIRY", "EXPIRY", "SETTINGS", "FileRepository",
            "all_or_nothing", "default_keys_folder", "file_digest", "init_repository",
@@ -177,7 +177,7 @@ class FileRepository(Repository):
         bins = self.bins()
         if bins is not None and bins.is_delegated_role(role):
             return bins
-        raise ReleaseError(f"role {role!r} is not delegated in this repository")
+        raise NotFound(f"role {role!r} is not delegated in this repository")
 
     def delegator(self, role: str) -> str:
         """The role whose metadata holds `role`'s keys and threshold."""
@@ -236,7 +236,7 @@ class FileRepository(Repository):
         """Sign with every local key the role allows; publish when the threshold is met,
         else keep it in staged/ for `release sign`. Returns True when published."""
         if self.staged_path(role).exists():
-            raise ReleaseError(
+            raise Conflict(
                 f"role {role} has a version awaiting signatures in {self.staged_path(role)}; "
                 "finish it with 'release sign' or remove that file first")
         md.signatures.clear()
@@ -247,7 +247,7 @@ class FileRepository(Repository):
             if not md.signatures and self._threshold(role, md) <= 1:
                 # One signature is all it takes, and this machine has none: not a threshold
                 # signing, a missing key. Nothing is staged; the command changes nothing.
-                raise ReleaseError(
+                raise KeysError(
                     f"no private key for role {role} in {self.keys.folder}; pass --keys with "
                     "the folder that holds it")
             self.write(self.staged_path(role), md.to_bytes(self._serializer))
@@ -386,13 +386,13 @@ def init_repository(path: Path, keys_dir: Path | None = None) -> FileRepository:
     keys_folder = (keys_dir or default_keys_folder(path)).absolute()
     served = [path.absolute() / "metadata", path.absolute() / "targets"]
     if any(keys_folder == s or keys_folder.is_relative_to(s) for s in served):
-        raise ReleaseError(f"--keys {keys_dir}: inside the served tree of {path}; choose a "
+        raise KeysError(f"--keys {keys_dir}: inside the served tree of {path}; choose a "
                            "folder outside metadata/ and targets/")
     repo = FileRepository(path, KeyStore(keys_folder))
     if repo.exists():
-        raise ReleaseError(f"{path}: a repository is already there (metadata/root.json exists)")
+        raise Conflict(f"{path}: a repository is already there (metadata/root.json exists)")
     if path.exists() and any(p.name in ("metadata", "targets") for p in path.iterdir()):
-        raise ReleaseError(f"{path}: has metadata/ or targets/ already; choose an empty folder")
+        raise Conflict(f"{path}: has metadata/ or targets/ already; choose an empty folder")
     path.mkdir(parents=True, exist_ok=True)
     repo.targets_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(path / SETTINGS, json.dumps(

@@ -14,13 +14,13 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 
-from greenlight.release._bundle import build_bundle
-from greenlight.release._errors import ReleaseError
-from greenlight.release._repository import FileRepository
+from greenlight.release._errors import BuildError, ReleaseError
+from greenlight.release.distribution._bundle import build_bundle
+from greenlight.release.repository._repository import FileRepository
 
 __all__ = ["SPEC", "build_installer"]
 
-SPEC = Path(__file__).resolve().parents[1] / "installer_specs" / "offline_installer.spec"
+SPEC = Path(__file__).resolve().parents[2] / "installer_specs" / "offline_installer.spec"
 
 
 def _check_product(path: Path) -> None:
@@ -44,7 +44,7 @@ def build_installer(repo: FileRepository, channel: str, out_dir: Path, *,
                     expires: timedelta = timedelta(days=90), name: str | None = None,
                     work_dir: Path | None = None) -> Path:
     if not SPEC.is_file():
-        raise ReleaseError(f"{SPEC}: installer spec not found (run from a Greenlight checkout)")
+        raise BuildError(f"{SPEC}: installer spec not found (run from a Greenlight checkout)")
     if product_config is not None:
         _check_product(product_config)
     with tempfile.TemporaryDirectory(prefix="greenlight-installer-") as tmp:
@@ -70,8 +70,8 @@ def build_installer(repo: FileRepository, channel: str, out_dir: Path, *,
                 stdout=f, stderr=subprocess.STDOUT)
         if done.returncode != 0:
             tail = log.read_text().strip().splitlines()[-1:] or ["no output"]
-            raise ReleaseError(f"pyinstaller failed ({done.returncode}): {tail[0]}")
+            raise BuildError(f"pyinstaller failed ({done.returncode}): {tail[0]}")
     exe = out_dir / (name + (".exe" if sys.platform == "win32" else ""))
     if not exe.is_file():
-        raise ReleaseError(f"pyinstaller ran but {exe} is missing")
+        raise BuildError(f"pyinstaller ran but {exe} is missing")
     return exe

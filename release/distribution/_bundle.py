@@ -17,7 +17,6 @@ backwards. The client never ignores expiry.
 """
 
 import io
-import re
 import tarfile
 import tempfile
 from datetime import datetime, timedelta
@@ -36,11 +35,11 @@ from greenlight.channels import (
     rollout_role,
     rollout_target,
 )
-from greenlight.release._channels import current_channel_file
-from greenlight.release._errors import ReleaseError
-from greenlight.release._repository import ARTIFACTS, FileRepository, all_or_nothing
+from greenlight.release._errors import NotFound, ReleaseError
+from greenlight.release.repository._channels import current_channel_file
+from greenlight.release.repository._repository import ARTIFACTS, FileRepository, all_or_nothing
 
-__all__ = ["BundleResult", "build_bundle", "parse_duration"]
+__all__ = ["BundleResult", "build_bundle"]
 
 
 class BundleResult(Record):
@@ -54,25 +53,16 @@ class BundleResult(Record):
     file: str
     bytes: int
 
-_DURATION = re.compile(r"^(\d+)([hdw])$")
-
-
-def parse_duration(text: str) -> timedelta:
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise ReleaseError(f"--expires {text!r}: expected a duration such as 12h, 90d or 8w")
-    n, unit = int(match.group(1)), match.group(2)
-    return {"h": timedelta(hours=n), "d": timedelta(days=n), "w": timedelta(weeks=n)}[unit]
 
 
 @all_or_nothing
 def build_bundle(repo: FileRepository, channel: str, out: Path,
                  expires: timedelta = timedelta(days=30)) -> BundleResult:
     if not repo.exists():
-        raise ReleaseError(f"{repo.path}: no repository here")
+        raise NotFound(f"{repo.path}: no repository here")
     channel_file = current_channel_file(repo, channel)
     if channel_file is None:
-        raise ReleaseError(f"channel {channel!r} has no release in {repo.path}")
+        raise NotFound(f"channel {channel!r} has no release in {repo.path}")
     until = now() + expires
     role = channel_role(channel)
     if repo.root().expires < until:

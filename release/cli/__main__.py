@@ -1,0 +1,7 @@
+"""`python -m greenlight.release.cli`."""
+
+from greenlight.release.cli import main
+
+__all__: list[str] = []
+
+main()

@@ -1,0 +1,128 @@
+"""What every `release` command shares: the group, the options, the output helpers, and
+the one error funnel (`_run`), which catches the pipeline's own errors only: each becomes one
+line on stderr and its exit code (`greenlight.release._errors`). Anything else is a bug, and
+`main` says so."""
+
+import errno
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from greenlight.channels import ChannelFile
+    from greenlight.release._errors import ReleaseError
+    from greenlight.release.repository._repository import FileRepository
+
+__all__ = ["app", "fail", "json_option", "keys_option", "repo_argument", "say"]
+
+
+@click.group(name="release", context_settings={"help_option_names": ["-h", "--help"]})
+def app() -> None:
+    """Greenlight release pipeline: a signed repository of channels and releases."""
+    from greenlight.channels import lean_process
+
+    lean_process()
+
+
+repo_argument = click.argument("repo", type=click.Path(path_type=Path))
+keys_option = click.option(
+    "--keys", "keys", type=click.Path(path_type=Path), default=None,
+    help="Private keys folder (default: the one the repository remembers).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+T = TypeVar("T")
+
+
+def say(line: str = "") -> None:
+    print(line)
+
+
+def fail(error: "ReleaseError") -> SystemExit:
+    """Print `error` as one line; the exit to raise."""
+    print(f"release: error: {' '.join(str(error).split())}", file=sys.stderr)
+    return SystemExit(error.exit_code)
+
+
+def _run(work: Callable[[], T]) -> T:
+    """The one error funnel of this CLI: the pipeline's own errors, python-tuf's refusals of
+    metadata on disk, a shared-layer validator's refusal of a value given, and the disk."""
+    from pydantic import ValidationError
+    from tuf.api.exceptions import RepositoryError
+
+    from greenlight.channels import InvalidValue, describe_validation
+    from greenlight.release._errors import (
+        MetadataError,
+        ReleaseError,
+        StorageError,
+        UsageError,
+    )
+
+    try:
+        return work()
+    except ReleaseError as e:
+        raise fail(e) from None
+    except InvalidValue as e:  # a name or version given that the shared layer refuses
+        raise fail(UsageError(str(e))) from None
+    except ValidationError as e:  # a value given that a model of the shared layer refuses
+        raise fail(UsageError(describe_validation(e))) from None
+    except RepositoryError as e:  # metadata on disk that python-tuf cannot read or accept
+        raise fail(MetadataError(
+            f"the repository's metadata is damaged or invalid: {type(e).__name__}: "
+            f"{' '.join(str(e).split())[:200]}")) from None
+    except OSError as e:  # nothing was changed: pipeline commands publish all or nothing
+        hint = " (disk full)" if e.errno == errno.ENOSPC else ""
+        raise fail(StorageError(f"{e.filename or 'repository'}: {e.strerror or e}{hint}; "
+                                "nothing was changed")) from None
+
+
+def _repo(path: Path, keys: Path | None) -> "FileRepository":
+    from greenlight.release.repository._keys import KeyStore
+    from greenlight.release.repository._repository import FileRepository
+
+    return FileRepository(path, KeyStore(keys) if keys is not None else None)
+
+
+def _json(result: "BaseModel") -> None:
+    print(result.model_dump_json(indent=2))
+
+
+def _awaiting(pending: list[str]) -> None:
+    if pending:
+        say(f"awaiting signatures: {', '.join(pending)} (nothing published yet): "
+            "release sign export / add / import")
+
+
+def _channel_change(repo: Path, keys_dir: Path | None, as_json: bool,
+                    change: "Callable[[FileRepository], ChannelFile]",
+                    describe: "Callable[[ChannelFile], str]") -> None:
+    """Run a change that writes a channel file; show it, and what awaits signatures."""
+    from greenlight.release.repository._status import ChannelChange
+
+    def work() -> tuple[ChannelChange, str]:
+        r = _repo(repo, keys_dir)
+        channel_file = change(r)
+        return (ChannelChange(channel_file=channel_file, awaiting_signatures=r.pending()),
+                describe(channel_file))
+
+    result, line = _run(work)
+    if as_json:
+        _json(result)
+    else:
+        say(line)
+        _awaiting(result.awaiting_signatures)
+
+
+def _rollout_line(cf: "ChannelFile") -> str:
+    r = cf.rollout
+    if r is None:
+        return "everyone"
+    if r.plan is None:
+        return f"{r.percent}% of installations{' (HALTED)' if r.halted else ''}"
+    return (f"planned rollout {'/'.join(f'{p}%' for p in r.plan.steps)}, at least "
+            f"{r.plan.soak:g} s a step, halting at {r.plan.halt.rollbacks} rollbacks or "
+            f"{r.plan.halt.failure_ratio:.0%} of {r.plan.halt.min_reports}+ machines"
+            f"{' (HALTED)' if r.halted else ''}")

@@ -1,0 +1,127 @@
+"""`release collector` and `release rollout`: the fleet, and staged rollouts."""
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from greenlight.release.cli._common import (
+    _channel_change,
+    _rollout_line,
+    _run,
+    app,
+    json_option,
+    keys_option,
+    repo_argument,
+    say,
+)
+
+if TYPE_CHECKING:
+    pass
+
+__all__: list[str] = []
+
+@app.command()
+@click.option("--db", default="sqlite:///greenlight-collector.sqlite3", show_default=True,
+              help="Database URL: sqlite:///FILE, or postgresql+psycopg://USER@HOST/DB.")
+@click.option("--port", type=int, default=8081, show_default=True, help="Port on 127.0.0.1.")
+@click.option("--fleet-token-file", required=True, type=click.Path(path_type=Path),
+              help="File holding the token machines send reports with.")
+@click.option("--admin-token-file", required=True, type=click.Path(path_type=Path),
+              help="File holding the token of the dashboard and the admin endpoints.")
+@click.option("--repo", type=click.Path(path_type=Path), default=None,
+              help="Guard this repository's planned rollouts: halt them by their rule, move "
+                   "them along their steps.")
+@click.option("--keys", "keys_dir", type=click.Path(path_type=Path), default=None,
+              help="With --repo: the folder holding the rollout-<channel>, snapshot and "
+                   "timestamp keys (default: the repository's keys folder).")
+@click.option("--tick", type=float, default=10.0, show_default=True,
+              help="With --repo: seconds between looks at every planned rollout.")
+def collector(db: str, port: int, fleet_token_file: Path, admin_token_file: Path,
+              repo: Path | None, keys_dir: Path | None, tick: float) -> None:
+    """Run the fleet collector on 127.0.0.1: machines' reports in, rollouts out. Stateless:
+    several processes may share one PostgreSQL (and one repository folder)."""
+    from greenlight.release.fleet import serve_collector
+
+    def log(line: str) -> None:
+        say(line)
+        sys.stdout.flush()
+
+    _run(lambda: serve_collector(db, port, fleet_token_file, admin_token_file,
+                                 ready=lambda url: log(f"collecting at {url} (Ctrl-C stops)"),
+                                 repo=repo, keys=keys_dir, tick=tick, log=log))
+
+
+class _RolloutGroup(click.Group):
+    """`release rollout REPO --channel C ...` changes a rollout; `release rollout status`
+    reports on them. The first form is the group's hidden default command."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["change", *args]
+        return super().parse_args(ctx, args)
+
+
+@app.group("rollout", cls=_RolloutGroup)
+def rollout_group() -> None:
+    """Staged rollouts.
+
+    \b
+    release rollout REPO --channel C (--percent N | --halt | --resume)
+    release rollout status --collector URL --admin-token-file FILE
+    """
+
+
+@rollout_group.command("change", hidden=True)
+@repo_argument
+@click.option("--channel", required=True, help="Channel whose release rolls out.")
+@click.option("--percent", type=int, default=None,
+              help="Share of installations, 0-100 (replaces a plan).")
+@click.option("--halt", is_flag=True, help="Stop the rollout where it is.")
+@click.option("--resume", is_flag=True,
+              help="Lift a halt (a person's or the collector's) once someone has looked.")
+@keys_option
+@json_option
+def rollout_cmd(repo: Path, channel: str, percent: int | None, halt: bool, resume: bool,
+                keys: Path | None, as_json: bool) -> None:
+    """Stage the channel's release to a share of installations, halt it, or resume it."""
+    from greenlight.release.repository._lifecycle import rollout
+
+    _channel_change(repo, keys, as_json, lambda r: rollout(r, channel, percent, halt, resume),
+                    lambda cf: f"{channel} {cf.release}: {_rollout_line(cf)}")
+
+
+@rollout_group.command("status")
+@click.option("--collector", "url", required=True, help="The collector's URL.")
+@click.option("--admin-token-file", required=True, type=click.Path(path_type=Path),
+              help="File holding the collector's admin token.")
+@json_option
+def rollout_status_cmd(url: str, admin_token_file: Path, as_json: bool) -> None:
+    """Per release: machines reporting, upgraded, rolled back, dead ends, the failing checks
+    ranked with an example, the step it is at, and who halted it and why."""
+    from greenlight.release.fleet import fetch_rollouts
+
+    answer = _run(lambda: fetch_rollouts(url, admin_token_file))
+    if as_json:
+        print(json.dumps(answer, indent=2))
+        return
+    if not answer["rollouts"]:
+        say("no reports yet")
+    for r in answer["rollouts"]:
+        o = r["outcomes"]
+        say(f"{r['channel']} {r['release']}: {r['machines']} machines reporting; "
+            f"{o.get('upgraded', 0)} upgraded, {o.get('rolled-back', 0)} rolled back, "
+            f"{o.get('dead-end', 0)} dead ends, {o.get('precheck-blocked', 0)} pre-check "
+            f"blocked, {o.get('held', 0)} held")
+        plan = r.get("plan")
+        if plan:
+            where = f"step {plan['step'] + 1} of {len(plan['steps'])} ({plan['percent']}%)"
+            if plan["halted"]:
+                where += f", HALTED by {plan['by']}: {plan['reason']}"
+            elif plan.get("by"):
+                where += f", set by {plan['by']} at {plan['at']}"
+            say(f"  rollout: {where}")
+        for c in r["checks"]:
+            say(f"  {c['reports']:>4} x {c['name']}: {c['example']}")

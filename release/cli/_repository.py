@@ -1,0 +1,244 @@
+"""`release init`, `publish`, `status`, `promote`, `yank`, `refresh` and `verify`: the
+signed repository and its channels."""
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from greenlight.release.cli._common import (
+    _channel_change,
+    _json,
+    _repo,
+    _rollout_line,
+    _run,
+    app,
+    json_option,
+    keys_option,
+    repo_argument,
+    say,
+)
+
+if TYPE_CHECKING:
+    from greenlight.channels import ChannelFile, RolloutPlan
+
+__all__: list[str] = []
+
+@app.command()
+@repo_argument
+@keys_option
+def init(repo: Path, keys: Path | None) -> None:
+    """Create a new signed repository in REPO with one ed25519 key for each top-level role."""
+    from greenlight.release.repository._repository import init_repository
+
+    created = _run(lambda: init_repository(repo, keys))
+    say(f"created repository {created.path}")
+    say(f"keys (owner-only, keep them safe): {created.keys.folder}")
+    say(f"trusted root for clients: {created.metadata_dir / '1.root.json'}")
+
+
+def _parse_components(items: list[str]) -> dict[str, Path]:
+    from greenlight.release._errors import UsageError
+
+    components: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--component {item!r}: expected NAME=PATH")
+        if name in components:
+            raise UsageError(f"--component {name}: given twice")
+        components[name] = Path(path)
+    return components
+
+
+@app.command("publish")
+@repo_argument
+@click.option("--channel", required=True, help="Channel to publish on.")
+@click.option("--version", required=True, help="Release version, e.g. 1.6.11.")
+@click.option("--component", required=True, multiple=True, metavar="NAME=PATH",
+              help="A component archive; give one per component.")
+@click.option("--fallback", default=None, help="Channel clients fall back to.")
+@click.option("--allow-older", is_flag=True,
+              help="Publish a version not newer than the current.")
+@click.option("--rollout", "rollout_percent", type=int, default=None,
+              help="Start a staged rollout at this percent of installations.")
+@click.option("--rollout-plan", default=None, metavar="P1,P2,...",
+              help="Roll out by these percent steps (e.g. 5,25,100), moved along by the "
+                   "collector through the online rollout-<channel> role, or halted by it.")
+@click.option("--soak", default="1h", show_default=True,
+              help="With --rollout-plan: the least time each step lasts (30s, 10m, 1h, 2d).")
+@click.option("--halt-rollbacks", type=int, default=3, show_default=True,
+              help="With --rollout-plan: halt once this many machines rolled back.")
+@click.option("--halt-ratio", type=float, default=0.05, show_default=True,
+              help="With --rollout-plan: or once more than this share of machines failed...")
+@click.option("--halt-min-reports", type=int, default=20, show_default=True,
+              help="...of at least this many machines reporting.")
+@click.option("--no-deltas", is_flag=True, help="Do not build patches from recent releases.")
+@click.option("--keep-top-folder", is_flag=True,
+              help="Unpack archives as they are, even when all members sit under one folder.")
+@keys_option
+@json_option
+def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ...],
+                fallback: str | None, allow_older: bool, rollout_percent: int | None,
+                rollout_plan: str | None, soak: str, halt_rollbacks: int, halt_ratio: float,
+                halt_min_reports: int, no_deltas: bool, keep_top_folder: bool,
+                keys: Path | None, as_json: bool) -> None:
+    """Add a release's component archives and point --channel at it, signed; with patches
+    from the channel's (and its fallback's) recent releases where they are small.
+
+    Each archive unpacks into releases/<release>/<component>/ on the machines. An archive
+    whose members all sit under one top folder (core/..., core-1.2.3/...) has that folder
+    left out; the channel file records it, and this command says so."""
+    from greenlight.release.repository._publish import publish
+
+    plan = None if rollout_plan is None else _run(lambda: _plan(
+        rollout_plan, soak, halt_rollbacks, halt_ratio, halt_min_reports))
+    _channel_change(
+        repo, keys, as_json,
+        lambda r: publish(r, channel, version, _parse_components(list(component)), fallback,
+                          allow_older, rollout_percent, deltas=not no_deltas,
+                          keep_top_folder=keep_top_folder, rollout_plan=plan),
+        _published)
+
+
+def _plan(steps: str, soak: str, rollbacks: int, ratio: float,
+          min_reports: int) -> "RolloutPlan":
+    from pydantic import ValidationError
+
+    from greenlight.channels import HaltRule, RolloutPlan, describe_validation, now
+    from greenlight.release._durations import parse_duration
+    from greenlight.release._errors import UsageError
+
+    seconds = parse_duration(soak, "--soak").total_seconds()
+    try:
+        percents = [int(p) for p in steps.split(",")]
+    except ValueError:
+        raise UsageError(f"--rollout-plan {steps!r}: expected percents such as 5,25,100"
+                           ) from None
+    try:
+        return RolloutPlan(steps=percents, soak=seconds, started_at=now(), halt=HaltRule(
+            rollbacks=rollbacks, failure_ratio=ratio, min_reports=min_reports))
+    except ValidationError as e:
+        raise UsageError(f"--rollout-plan {steps!r}: {describe_validation(e)}") from None
+
+
+def _published(cf: "ChannelFile") -> str:
+    """The publish line, with the layout each archive will unpack to."""
+    layout = "; ".join(
+        f"{name}: {a.strip_prefix}/* -> {name}/ (top folder left out)" if a.strip_prefix
+        else f"{name}: archive root -> {name}/"
+        for name, a in cf.components.items())
+    deltas = "; ".join(
+        f"{name} from {d.from_version} {d.length:,} B ({d.method}, "
+        f"{d.length / a.length:.0%} of {a.length:,} B)"
+        for name, a in cf.components.items() for d in a.deltas)
+    rollout = "" if cf.rollout is None else f"\nrollout: {_rollout_line(cf)}"
+    return (f"published {cf.channel} {cf.release} ({', '.join(cf.components)})\n"
+            f"layout: {layout}\ndeltas: {deltas or 'none'}{rollout}")
+
+
+@app.command()
+@repo_argument
+@keys_option
+@json_option
+def status(repo: Path, keys: Path | None, as_json: bool) -> None:
+    """Channels, releases, roles, thresholds and expiry dates."""
+    import time
+
+    from greenlight.release.repository._status import repository_status
+
+    report = _run(lambda: repository_status(_repo(repo, keys)))
+    if as_json:
+        _json(report)
+        return
+    say(f"{'channel':<10} {'release':<10} {'rollout':<10} {'fallback':<10} {'published':<17} "
+        f"{'revoked':<10} promoted from")
+    for c in report.channels:
+        say(f"{c.channel:<10} {c.release:<10} {c.rollout:<10} {c.fallback or '-':<10} "
+            f"{c.published_at:%Y-%m-%d %H:%M}Z  {', '.join(c.revoked) or '-':<10} "
+            f"{c.promoted_from or '-'}")
+    say()
+    say(f"{'role':<16} {'version':>7} {'threshold':>10}  expires")
+    now = time.time()
+    for r in report.roles:
+        days = (r.expires.timestamp() - now) / 86400
+        say(f"{r.role:<16} {r.version:>7} {f'{r.threshold} of {r.keys}':>10}  "
+            f"{r.expires:%Y-%m-%d %H:%M}Z (in {days:.0f} days)")
+    if report.awaiting_signatures:
+        say(f"\nawaiting signatures: {', '.join(report.awaiting_signatures)}")
+
+
+@app.command("promote")
+@repo_argument
+@click.option("--from", "source", required=True, help="Channel to promote from.")
+@click.option("--to", "target", required=True, help="Channel to promote to.")
+@click.option("--version", default=None,
+              help="Release to promote (default: what --from carries).")
+@click.option("--allow-older", is_flag=True,
+              help="Promote a version not newer than --to carries.")
+@keys_option
+@json_option
+def promote_cmd(repo: Path, source: str, target: str, version: str | None, allow_older: bool,
+                keys: Path | None, as_json: bool) -> None:
+    """Point --to at the very artifacts --from carries (same hashes, nothing re-uploaded)."""
+    from greenlight.release.repository._lifecycle import promote
+
+    _channel_change(repo, keys, as_json,
+                    lambda r: promote(r, source, target, version, allow_older),
+                    lambda cf: f"promoted {cf.release} from {source} to {target}")
+
+
+@app.command("yank")
+@repo_argument
+@click.option("--channel", required=True, help="Channel that carries it.")
+@click.option("--version", required=True, help="Release to revoke.")
+@click.option("--reason", required=True, help="Why; clients record it.")
+@keys_option
+@json_option
+def yank_cmd(repo: Path, channel: str, version: str, reason: str, keys: Path | None,
+             as_json: bool) -> None:
+    """Revoke a release: the channel goes back to its previous good release."""
+    from greenlight.release.repository._lifecycle import yank
+
+    _channel_change(repo, keys, as_json, lambda r: yank(r, channel, version, reason),
+                    lambda cf: f"yanked {version} on {channel}; it now carries {cf.release}")
+
+
+@app.command("refresh")
+@repo_argument
+@click.option("--check", is_flag=True,
+              help="Only report; exit 1 when a role expires within --within.")
+@click.option("--within", default="3d", show_default=True, help="Window for --check.")
+@keys_option
+def refresh_cmd(repo: Path, check: bool, within: str, keys: Path | None) -> None:
+    """Re-sign timestamp and snapshot with fresh expiry (run it from a timer or cron job)."""
+    from greenlight.release._durations import parse_duration
+    from greenlight.release.repository._upkeep import expiring, refresh
+
+    if check:
+        found = _run(lambda: expiring(_repo(repo, keys), parse_duration(within, "--within")))
+        for role, when in found.items():
+            say(f"{role} expires {when:%Y-%m-%d %H:%M}Z (within {within})")
+        if found:
+            raise SystemExit(1)
+        say(f"nothing expires within {within}")
+        return
+    renewed = _run(lambda: refresh(_repo(repo, keys)))
+    say(", ".join(f"{role} valid until {until}" for role, until in renewed.items()))
+
+
+@app.command("verify")
+@repo_argument
+@keys_option
+@json_option
+def verify_cmd(repo: Path, keys: Path | None, as_json: bool) -> None:
+    """Verify the whole published tree offline, as a client would."""
+    from greenlight.release.repository._upkeep import verify
+
+    result = _run(lambda: verify(_repo(repo, keys)))
+    if as_json:
+        _json(result)
+        return
+    say(f"ok: root v{result.root_version}, channels "
+        + ", ".join(f"{c} {v}" for c, v in result.channels.items())
+        + f", {result.artifacts_verified} artifact(s) verified")

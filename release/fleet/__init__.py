@@ -1,0 +1,42 @@
+"""The fleet: the collector where machines send their reports, and its guard of planned
+rollouts.
+
+- `_store.py`: the reports table (SQLite or PostgreSQL);
+- `_judge.py`: the pure halt rule, `judge(position, evidence, now)`;
+- `_guard.py`: gathers, asks the judge, signs;
+- `_api.py` and `dashboard.html`: the HTTP API and the page;
+- `_server.py`: start-up, token files, and the client of `release rollout status`.
+
+
+A Starlette application served by uvicorn on 127.0.0.1. It keeps nothing in memory between
+requests (every answer comes from the database), so several collector processes can share
+one PostgreSQL; SQLite (a file, no set-up) is the default. SQLAlchemy Core speaks to both.
+
+- `POST /v1/reports` needs the fleet token (`Authorization: Bearer ...`). A report is
+  validated against the client's own model (`greenlight.report/1`); one installation may send
+  at most `RATE` reports a minute (then 429, and the client backs off).
+- `GET /v1/rollouts` needs the admin token: per channel and release, the machines reporting
+  (distinct installation ids), upgraded, rolled back, dead ends, the failing checks ranked
+  with an example summary, the outcomes minute by minute, and a planned rollout's step and
+  who halted it and why.
+- `GET /` is the dashboard: a page with no data of its own that asks `/v1/rollouts` with the
+  admin token the person gives (kept in the page's session storage, never in a URL that
+  reaches the server) and draws the table and a chart.
+
+With `--repo` (and the keys of `rollout-<channel>`, snapshot and timestamp), the collector
+guards planned rollouts (`Guard`): a report of a failure triggers a judgement of its channel
+at once, and a timer every `--tick` seconds moves releases along their steps once each step
+has soaked. A halt or a step is a signed `rollouts/<channel>.json` published with a new
+snapshot and timestamp, under the repository's lock, so several collectors may share it.
+
+Tokens are compared in constant time and never logged.
+"""
+
+from greenlight.release.fleet._api import RATE, make_app
+from greenlight.release.fleet._guard import Guard
+from greenlight.release.fleet._judge import Evidence, RolloutPosition, Verdict, judge
+from greenlight.release.fleet._server import fetch_rollouts, serve_collector
+from greenlight.release.fleet._store import Store
+
+__all__ = ["RATE", "Evidence", "Guard", "RolloutPosition", "Store", "Verdict", "fetch_rollouts",
+           "judge", "make_app", "serve_collector"]

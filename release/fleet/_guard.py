@@ -1,0 +1,108 @@
+"""The collector's guard of planned rollouts: it gathers the evidence from the store, asks
+the pure `judge`, and signs what it says (a halt or a step) with the online
+`rollout-<channel>` key, under the repository's lock, so several collectors may share it."""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from greenlight.release.fleet._judge import RolloutPosition, judge
+from greenlight.release.fleet._store import Store
+
+__all__ = ["Guard"]
+
+
+class Guard:
+    """Halts and advances planned rollouts, signing with the online `rollout-<channel>` key
+    (and the snapshot and timestamp keys) found in `keys`."""
+
+    def __init__(self, repo: Path, keys: Path | None, store: Store,
+                 log: Callable[[str], None] = lambda line: None) -> None:
+        from greenlight.release.repository._keys import KeyStore
+        from greenlight.release.repository._repository import recorded_keys_folder
+
+        self.path, self.store, self.log = repo, store, log
+        self.keys = KeyStore(keys if keys is not None else recorded_keys_folder(repo))
+
+    def _repo(self) -> Any:
+        """The repository as it is on disk now (another collector may have changed it)."""
+        from greenlight.release.repository._repository import FileRepository
+
+        return FileRepository(self.path, self.keys)
+
+    def channels(self) -> list[str]:
+        from greenlight.release.repository._channels import channels
+
+        return channels(self._repo())
+
+    def judge(self, channel: str) -> str | None:
+        """Halt the channel's planned rollout if its rule is met, else move it one step
+        along if the step has soaked. Returns what it did, in one line, or None."""
+        from greenlight.channels import now
+        from greenlight.release.repository._rollouts import locked, planned, write_state
+
+        repo = self._repo()
+        with locked(repo):
+            plan = planned(repo, channel)
+            if plan is None or plan.halted:
+                return None
+            version = plan.channel_file.release
+            position = RolloutPosition(
+                version=version, steps=tuple(plan.plan.steps), step=plan.step,
+                soak=plan.plan.soak, rule=plan.plan.halt, halted=plan.halted,
+                step_began=plan.step_began)
+            verdict = judge(position, self.store.judged(channel, plan.key, plan.counted_since),
+                            now())
+            if verdict.action == "halt":
+                with repo.all_or_nothing():
+                    write_state(repo, plan.next_state("collector", halted=True,
+                                                      reason=verdict.reason))
+                line = (f"halted {channel} {version} at {plan.plan.steps[plan.step]}%: "
+                        f"{verdict.reason}")
+            elif verdict.action == "advance":
+                assert verdict.step is not None
+                with repo.all_or_nothing():
+                    write_state(repo, plan.next_state("collector", step=verdict.step))
+                line = (f"advanced {channel} {version} to step {verdict.step + 1} of "
+                        f"{len(plan.plan.steps)} ({plan.plan.steps[verdict.step]}%)")
+            else:
+                return None
+        self.log(line)
+        return line
+
+    def tick(self) -> list[str]:
+        done = []
+        for channel in self.channels():
+            try:
+                line = self.judge(channel)
+            except Exception as e:  # one channel's trouble never stops the others
+                line = f"cannot judge {channel}: {type(e).__name__}: {e}"
+                self.log(line)
+            if line:
+                done.append(line)
+        return done
+
+    def plans(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Each planned rollout's position, by channel and version, for `/v1/rollouts`."""
+        from greenlight.release.repository._rollouts import planned
+
+        repo = self._repo()
+        out = {}
+        for channel in self.channels():
+            plan = planned(repo, channel)
+            if plan is None:
+                continue
+            signed = plan.channel_file.rollout
+            state = plan.state
+            halted_by_signers = signed is not None and signed.halted
+            out[(channel, plan.channel_file.release)] = {
+                "steps": plan.plan.steps, "step": plan.step,
+                "percent": plan.plan.steps[plan.step], "soak": plan.plan.soak,
+                "halted": plan.halted,
+                "by": "the channel's signers" if halted_by_signers else
+                      (state.by if state else None),
+                "reason": "release rollout --halt" if halted_by_signers else
+                          (state.reason if state else None),
+                "at": state.at.isoformat() if state else None,
+            }
+        return out

@@ -1,0 +1,134 @@
+"""What every `updater` command shares: the group, the options, output, status.json
+after each command, the outbox sent after commands that change the installation, and the one
+error funnel (`_run`)."""
+
+import contextlib
+import errno
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import click
+
+from greenlight.updater._errors import (
+    GreenlightError,
+    StoreError,
+)
+
+if TYPE_CHECKING:
+
+    from pydantic import BaseModel
+
+    from greenlight.updater.store import InstallRoot
+
+
+__all__ = ["app", "json_option", "root_option", "say"]
+
+
+@click.group(name="updater", context_settings={"help_option_names": ["-h", "--help"]})
+def app() -> None:
+    """Greenlight updater: keep this installation on a signed release channel."""
+    from greenlight.channels import lean_process
+
+    lean_process()
+
+
+_EVIDENCE = ("status", "body", "close_code", "returncode", "stderr", "error", "answers", "got",
+             "expected", "last_exit", "log")
+
+root_option = click.option(
+    "--root", type=click.Path(path_type=Path), envvar="GREENLIGHT_ROOT", default=None,
+    show_default="the platform's data folder", show_envvar=True, help="Installation root.")
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print the stable JSON report.")
+force_option = click.option("--force", is_flag=True,
+                            help="Upgrade even if the running release fails its pre-check.")
+T = TypeVar("T")
+
+
+def say(line: str = "") -> None:
+    print(line, flush=False)
+
+
+def _dump(report: "BaseModel") -> None:
+    from greenlight.updater.output import dump
+
+    print(dump(report))
+
+
+def _fail(error: GreenlightError, as_json: bool) -> SystemExit:
+    if as_json:
+        from greenlight.updater.output import ErrorReport
+
+        _dump(ErrorReport(error=str(error), kind=error.kind, exit_code=error.exit_code))
+    else:
+        print(f"updater: error: {error}", file=sys.stderr)
+    return SystemExit(error.exit_code)
+
+
+def _keep_status(root: "InstallRoot", result: object) -> None:
+    """state/status.json after every command (what a UI reads); never fails the command.
+    A local write only: no command but those that change the installation sends anything."""
+    from greenlight.updater.output import status_update
+    from greenlight.updater.store import refresh_status
+
+    if not root.config_path.exists():
+        return
+    with contextlib.suppress(GreenlightError, OSError):
+        refresh_status(root, **status_update(result))  # type: ignore[arg-type]
+
+
+def _send_reports(root: "InstallRoot") -> None:
+    """The fleet-report outbox (opt-in), sent after a command that changed the installation,
+    or kept for the next one; never fails the command."""
+    from greenlight.updater.store import queued
+
+    if queued(root):
+        from greenlight.updater.agent import send_reports
+
+        send_reports(root)
+
+
+def _run(as_json: bool, work: Callable[[], T], root: "InstallRoot | None" = None,
+         sends: bool = False) -> T:
+    """The one error funnel: every command's work runs here (after recovery, for a root).
+    With `sends`, a command that changed the installation sends the report outbox after."""
+    from greenlight.updater.operations import recover_if_interrupted
+
+    try:
+        if root is not None and root.config_path.exists():
+            recover_if_interrupted(root)
+        result = work()
+        if root is not None:
+            _keep_status(root, result)
+            if sends:
+                _send_reports(root)
+        return result
+    except GreenlightError as e:
+        raise _fail(e, as_json) from None
+    except OSError as e:  # local state that could not be written or read, not a bug
+        hint = " (disk full)" if e.errno == errno.ENOSPC else ""
+        where = e.filename or "local state"
+        raise _fail(StoreError(f"{where}: {e.strerror or e}{hint}"), as_json) from None
+
+
+def _root(path: Path | None) -> "InstallRoot":
+    from greenlight.updater.store import InstallRoot, default_root
+
+    return InstallRoot(path if path is not None else default_root())
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[int], None] | None]:
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress("{task.description}", *columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("downloading", total=None)
+        yield lambda n: bar.advance(task, n)

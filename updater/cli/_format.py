@@ -1,0 +1,81 @@
+"""Human output of the transaction commands: checks with their evidence, the outcome of an
+upgrade, and the exit code each outcome gets."""
+
+import json
+from typing import TYPE_CHECKING, NoReturn
+
+from greenlight.updater._errors import (
+    EXIT_HELD,
+    EXIT_ROLLBACK_FAILED,
+    EXIT_ROLLED_BACK,
+)
+
+if TYPE_CHECKING:
+
+
+    from greenlight.updater.output import QuarantineReport, UpgradeReport
+    from greenlight.updater.product import CheckResult
+
+
+from greenlight.updater.cli._common import _EVIDENCE, _dump, say
+
+__all__: list[str] = []
+
+
+def _print_checks(results: "list[CheckResult]") -> None:
+    for r in results:
+        mark = "ok  " if r.ok else ("FAIL" if r.required else "warn")
+        say(f"  {mark} {r.name} ({r.type}, {r.latency_ms:.0f} ms): {r.summary}")
+
+
+def _print_transaction(report: "UpgradeReport") -> None:
+
+    if report.outcome == "up-to-date":
+        say(f"{report.channel}: up to date at {report.to_version}")
+    elif report.outcome == "held":
+        say(f"{report.channel}: not upgrading: {report.note}")
+    elif report.outcome == "upgraded":
+        say(f"{report.channel}: upgraded {report.from_version or 'nothing'} -> "
+            f"{report.to_version} ({report.bytes_fetched} of {report.bytes_total} bytes fetched)")
+    else:
+        incident = report.incident
+        assert incident is not None
+        verb = "ROLLED BACK" if report.outcome == "rolled-back" else "ROLLBACK FAILED"
+        say(f"{report.channel}: {verb}: {incident.summary}")
+        for check_ in incident.failed_checks:
+            say(f"  failed check {check_.name}: {check_.summary}")
+            evidence = {k: check_.evidence[k] for k in _EVIDENCE
+                        if check_.evidence.get(k) not in (None, [], "")}
+            if evidence:
+                say(f"    evidence: {json.dumps(evidence)[:300]}")
+        for stop in incident.stop_outcomes:
+            say(f"  stop: {stop}")
+        where = f"now on {report.installed or 'nothing'}, channel {report.channel_now}"
+        seconds = incident.timings.get("rollback_seconds")
+        took = f" (rolled back in {seconds:.2f}s, services' start-up excluded)" if seconds else ""
+        held = (f"{report.quarantined} quarantined" if report.quarantined else
+                f"{report.to_version} not quarantined (the running release failed, not it)")
+        say(f"  {where}; {held}{took}"
+            if report.outcome == "rolled-back" else f"  {where}: needs a person")
+
+
+def _exit_for(report: "UpgradeReport") -> int:
+    return {"rolled-back": EXIT_ROLLED_BACK, "rollback-failed": EXIT_ROLLBACK_FAILED,
+            "held": EXIT_HELD}.get(report.outcome, 0)
+
+
+def _finish_transaction(report: "UpgradeReport", as_json: bool) -> NoReturn:
+    _dump(report) if as_json else _print_transaction(report)
+    raise SystemExit(_exit_for(report))
+
+
+def _print_quarantine(report: "QuarantineReport", as_json: bool) -> None:
+    if as_json:
+        _dump(report)
+        return
+    for e in report.lifted:
+        say(f"lifted {e.release} (was: {e.reason})")
+    if not report.entries:
+        say("nothing is quarantined here")
+    for e in report.entries:
+        say(f"{e.release:<26} {e.at:%Y-%m-%d %H:%M}Z {e.channel}: {e.reason}")

@@ -1,0 +1,269 @@
+"""The commands that move the installation: init, check, upgrade, sideload, rollback,
+recover, status, channel and the agent."""
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from greenlight.updater._errors import (
+    EXIT_HELD,
+    EXIT_UPDATE_AVAILABLE,
+    EXIT_YANKED,
+    ConfigError,
+)
+
+if TYPE_CHECKING:
+
+
+    from greenlight.updater.output import StatusReport
+
+
+from greenlight.updater.cli._common import (
+    _dump,
+    _progress,
+    _root,
+    _run,
+    app,
+    force_option,
+    json_option,
+    root_option,
+    say,
+)
+from greenlight.updater.cli._format import _exit_for, _finish_transaction, _print_transaction
+
+__all__: list[str] = []
+
+
+@app.command()
+@root_option
+@click.option("--repo", required=True, help="Repository base URL.")
+@click.option("--trust", required=True, type=click.Path(path_type=Path),
+              help="The root.json to trust first.")
+@click.option("--channel", default="stable", show_default=True, help="Channel to follow.")
+@json_option
+def init(root: Path | None, repo: str, trust: Path, channel: str, as_json: bool) -> None:
+    """Create an installation root that trusts the --trust root.json and follows --channel."""
+    from greenlight.updater.operations import open_repository, status
+    from greenlight.updater.product import init_root
+
+    def work() -> "StatusReport":
+        try:
+            trusted = trust.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"--trust {trust}: cannot read: {e.strerror}") from None
+        created = init_root(_root(root).path, repo, trusted, channel)
+        open_repository(created)  # verify the trust anchor now, not at the first check
+        return status(created)
+
+    report = _run(as_json, work)
+    if as_json:
+        _dump(report)
+    else:
+        say(f"initialized {report.root} following {channel} at {repo}")
+
+
+@app.command("check")
+@root_option
+@json_option
+def check_cmd(root: Path | None, as_json: bool) -> None:
+    """Refresh signed metadata and report whether the channel has another release.
+
+    Read-only: it never stops, starts or installs anything. Exit 0 when up to date, 10 when
+    an update is available, 14 when the installed release was yanked (`updater upgrade`
+    leaves it), 15 when the channel's release is held back here (quarantined, or not yet in
+    its staged rollout).
+    """
+    from greenlight.updater.operations import check, open_repository
+
+    install = _root(root)
+    report = _run(as_json, lambda: check(install, open_repository(install)), install)
+    if as_json:
+        _dump(report)
+    elif report.yanked:
+        say(f"{report.channel}: the installed {report.installed} was YANKED: {report.yanked}; "
+            f"run 'updater upgrade' to leave it for {report.available}")
+    elif report.quarantined and report.installed_release != report.available_release:
+        say(f"{report.channel}: {report.available} is held back here: {report.quarantined} "
+            f"(see 'updater quarantine')")
+    elif (report.rollout and not report.rollout.in_rollout
+          and report.installed_release != report.available_release):
+        r = report.rollout
+        where = f"{r.percent}%" + (f", step {r.step + 1} of {len(r.steps)}"
+                                   if r.step is not None else "")
+        if r.halted:
+            where += f", HALTED: {r.reason}" if r.reason else ", halted"
+        say(f"{report.channel}: {report.available} is rolling out ({where}); "
+            f"this installation (bucket {r.bucket}) is not in it yet")
+    elif report.held:
+        say(f"{report.channel}: {report.available} is held back here: {report.held}")
+    elif report.update_available and report.installed == report.available:
+        say(f"{report.channel}: {report.available_release} available: the same version as the "
+            f"installed {report.installed_release}, other bytes")
+    elif report.update_available:
+        say(f"{report.channel}: {report.available} available "
+            f"(installed: {report.installed or 'nothing'})")
+    else:
+        say(f"{report.channel}: up to date at {report.installed}")
+    if report.yanked:
+        raise SystemExit(EXIT_YANKED)
+    if report.held:
+        raise SystemExit(EXIT_HELD)
+    raise SystemExit(EXIT_UPDATE_AVAILABLE if report.update_available else 0)
+
+
+@app.command("upgrade")
+@root_option
+@force_option
+@json_option
+def upgrade_cmd(root: Path | None, force: bool, as_json: bool) -> None:
+    """Download, verify, stage and switch to the active channel's release, health-checked.
+
+    Exit 20 when the new release failed its checks and was rolled back, 15 when the
+    channel's release is held back here (quarantined, or not yet in its staged rollout).
+    """
+    from greenlight.updater.operations import open_repository, upgrade
+
+    install = _root(root)
+    with _progress(not as_json) as progress:
+        report = _run(as_json, lambda: upgrade(install, open_repository(install), progress,
+                                               force), install, sends=True)
+    _finish_transaction(report, as_json)
+
+
+@app.command("sideload")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@root_option
+@force_option
+@click.option("--switch-channel", "switch", is_flag=True,
+              help="Follow the bundle's channel if it is not this root's.")
+@json_option
+def sideload_cmd(bundle: Path, root: Path | None, force: bool, switch: bool,
+                 as_json: bool) -> None:
+    """Upgrade from BUNDLE, an offline bundle made by `release bundle`: the same verification
+    and transaction, no network.
+
+    Exit 20 when the new release failed its checks and was rolled back, 15 when the
+    channel's release is held back here (quarantined, or not yet in its staged rollout).
+    """
+    from greenlight.updater.operations import sideload
+
+    install = _root(root)
+    with _progress(not as_json) as progress:
+        report = _run(as_json, lambda: sideload(install, bundle, progress, force, switch), install,
+                      sends=True)
+    _finish_transaction(report, as_json)
+
+
+@app.command("rollback")
+@root_option
+@json_option
+def rollback_cmd(root: Path | None, as_json: bool) -> None:
+    """Go back to the previous release by hand: stop, switch, start, check; quarantine this one."""
+    from greenlight.updater.operations import rollback
+
+    install = _root(root)
+    report = _run(as_json, lambda: rollback(install), install, sends=True)
+    if as_json:
+        _dump(report)
+    elif report.outcome == "rolled-back":
+        say(f"rolled back {report.from_version} -> {report.installed}; "
+            f"{report.from_version} quarantined")
+    else:
+        _print_transaction(report)
+    raise SystemExit(0 if report.outcome == "rolled-back" else _exit_for(report))
+
+
+@app.command("recover")
+@root_option
+@json_option
+def recover_cmd(root: Path | None, as_json: bool) -> None:
+    """Finish or undo a transaction that an interrupted updater left behind."""
+    from greenlight.updater.operations import recover_root
+
+    install = _root(root)
+    entry = _run(as_json, lambda: recover_root(install.require()))
+    if as_json:
+        print(entry.model_dump_json(indent=2) if entry else "null")
+    else:
+        say(entry.summary if entry else "nothing to recover")
+
+
+@app.command()
+@root_option
+@json_option
+def status(root: Path | None, as_json: bool) -> None:
+    """Show what is installed, which channel is active and why."""
+    from greenlight.updater import operations
+
+    install = _root(root)
+    report = _run(as_json, lambda: operations.status(install), install)
+    if as_json:
+        _dump(report)
+        return
+    rows = [("root", report.root), ("repository", report.repository),
+            ("channel", f"{report.channel} (since {report.channel_since:%Y-%m-%d %H:%M}Z: "
+                        f"{report.channel_reason})"),
+            ("installed", report.installed or "nothing")]
+    if report.identity is not None:
+        rows.append(("identity", f"{report.identity.key}  sha256 {report.identity.digest}"))
+        rows += [(f"  {name}", f"sha256 {digest}")
+                 for name, digest in report.identity.components.items()]
+    rows.append(("kept releases", ", ".join(report.releases) or "none"))
+    rows += [("quarantined", f"{v}: {reason}") for v, reason in report.quarantined.items()]
+    if report.hold:
+        rows.append(("held", report.hold))
+    if report.pin:
+        rows.append(("pinned to", report.pin))
+    if report.last_event:
+        rows.append(("last event", report.last_event))
+    for label, value in rows:
+        say(f"{label:<14} {value}")
+
+
+@app.command()
+@click.argument("name", required=False)
+@root_option
+@json_option
+def channel(name: str | None, root: Path | None, as_json: bool) -> None:
+    """Show the active channel, or switch to NAME (verified to exist in the repository)."""
+    from greenlight.updater.operations import open_repository, status, switch_channel
+
+    install = _root(root)
+
+    def work() -> "StatusReport":
+        if name is not None:
+            switch_channel(install, open_repository(install), name)
+        return status(install)
+
+    report = _run(as_json, work, install)
+    if as_json:
+        _dump(report)
+    else:
+        say(f"{report.channel} ({report.channel_reason})")
+
+
+@app.command("agent")
+@root_option
+@click.option("--once", is_flag=True, help="Run one cycle and exit (for timers and tests).")
+@click.option("--failures", type=int, default=0, hidden=True)
+@click.option("--report", type=click.Path(path_type=Path), default=None, hidden=True)
+def agent_cmd(root: Path | None, once: bool, failures: int, report: Path | None) -> None:
+    """Keep this installation current by itself, by the [agent] policy in greenlight.toml:
+    check every interval (with jitter), install inside the windows unless held, leave a
+    revoked release at once, back off on repository errors. Logs to logs/agent.log.
+
+    Between cycles only a small stdlib loop stays in memory; each cycle runs as a child.
+    """
+    install = _root(root)
+    _run(False, install.require)
+    if not once:
+        import os
+
+        from greenlight.updater.agent import loop_argv
+
+        argv = loop_argv(install)
+        os.execv(argv[0], argv)
+    from greenlight.updater.agent import run_once
+
+    raise SystemExit(run_once(install, failures, report))
