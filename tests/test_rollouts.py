@@ -326,7 +326,8 @@ def test_the_dashboard_renders_in_a_real_headless_chromium(tmp_path, published, 
         collector.stop()
 
 
-def test_rollout_and_collector_refusals_are_one_line_with_their_exit_code(tmp_path, published, builds):
+def test_rollout_and_collector_refusals_are_one_line_with_their_exit_code(tmp_path, published,
+                                                                          builds):
     """Every new way to get a rollout or the collector wrong: one line naming the mistake, its
     documented exit code, nothing changed."""
     from conftest import free_port
