@@ -342,7 +342,7 @@ def test_rollout_and_collector_refusals_are_one_line_with_their_exit_code(tmp_pa
     cases = [
         ([release, "publish", str(published.path), "--channel", "stable", "--version", "1.2",
           *components, "--rollout-plan", "50,10"],
-         "--rollout-plan '50,10': steps: rollout steps must increase", 2),
+         "--rollout-plan '50,10': rollout steps must increase", 2),
         ([release, "publish", str(published.path), "--channel", "stable", "--version", "1.2",
           *components, "--rollout-plan", "10,100", "--soak", "soon"],
          "--soak 'soon': expected a duration such as 30s, 10m, 12h, 90d or 8w", 2),
