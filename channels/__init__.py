@@ -34,7 +34,6 @@ from greenlight.channels._invalid import InvalidValue, describe_validation
 from greenlight.channels._layout import (
     LayoutError,
     clean_member_name,
-    read_top_folder,
     top_folder_of,
 )
 from greenlight.channels._model import (
@@ -79,7 +78,6 @@ __all__ = [
     "Outcome",
     "ReportedCheck",
     "clean_member_name",
-    "read_top_folder",
     "top_folder_of",
     "BUNDLE_BASE_URL",
     "BUNDLE_FORMAT",

@@ -1,19 +1,15 @@
 """The archive layout rule, shared by the pipeline (which records an artifact's top folder at
-publish) and the client (which refuses any member outside it when it unpacks):
+publish, reading the archive through the client's public `store.top_folder`) and the client
+(which refuses any member outside it when it unpacks):
 
 - a member's name is relative, `/`-separated, free of control characters and of `..`;
 - an archive whose members all sit under one folder (`core/...`, `core-1.2.3/...`) has that
   folder as its top folder; a lone file at the top, or two top entries, means none.
 """
 
-import os
-import stat
-import tarfile
 from collections.abc import Iterable
-from pathlib import Path
-from typing import IO, BinaryIO, cast
 
-__all__ = ["LayoutError", "clean_member_name", "read_top_folder", "top_folder_of"]
+__all__ = ["LayoutError", "clean_member_name", "top_folder_of"]
 
 
 class LayoutError(ValueError):
@@ -53,36 +49,3 @@ def top_folder_of(members: Iterable[tuple[str, bool]]) -> str | None:
         elif not is_dir:
             return None  # a lone file at the top is content, not a folder
     return next(iter(tops)) if nested and len(tops) == 1 else None
-
-
-def read_top_folder(archive: Path, max_members: int = 200_000) -> str | None:
-    """`top_folder_of` a tar archive (plain, gzip or zstd), read as a stream.
-
-    Raises:
-        LayoutError: a refused member name, too many members, or not a readable archive.
-    """
-    import pyzstd
-
-    fd = os.open(archive, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise LayoutError("not a regular file")
-    with os.fdopen(fd, "rb") as raw:
-        head = raw.read(4)
-        raw.seek(0)
-        stream: IO[bytes] = raw
-        if archive.name.endswith(".zst") or head == b"\x28\xb5\x2f\xfd":
-            stream = cast(IO[bytes], pyzstd.ZstdFile(cast(BinaryIO, raw)))
-        try:
-            with tarfile.open(fileobj=stream, mode="r|*") as tar:
-                def names() -> Iterable[tuple[str, bool]]:
-                    for count, member in enumerate(tar, start=1):
-                        if count > max_members:
-                            raise LayoutError(f"more than {max_members} members")
-                        yield clean_member_name(member.name), member.isdir()
-
-                return top_folder_of(names())
-        except (tarfile.TarError, pyzstd.ZstdError, EOFError, ValueError) as e:
-            if isinstance(e, LayoutError):
-                raise
-            raise LayoutError(f"not a readable archive: {e or type(e).__name__}") from None

@@ -43,10 +43,9 @@ __all__ = ["Rollback", "quarantine_revoked", "record_left_revoked", "record_manu
 @dataclass
 class Rollback:
     ok: bool
-    summary: str
-    fallback_channel: str | None
-    rollback_seconds: float
+    """the previous release is back and healthy; False: a dead end"""
     incident: HistoryEntry
+    """what was recorded: the summary, the fallback channel, the timings"""
 
 
 def roll_back(txn: Transaction, failure: HealthFailure) -> Rollback:
@@ -93,7 +92,7 @@ def roll_back(txn: Transaction, failure: HealthFailure) -> Rollback:
     )
     record(txn.root, incident)
     queue_event(txn.root, incident, txn.config.outbox_size)
-    return Rollback(ok, summary, fallback, round(seconds, 4), incident)
+    return Rollback(ok, incident)
 
 
 def quarantine_revoked(root: InstallRoot, identity: ReleaseId, channel: str, reason: str) -> str:
