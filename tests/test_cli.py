@@ -158,7 +158,7 @@ def test_init_writes_a_complete_commented_template(root_args):
                                              "command", "process"}
     assert [s.name for s in full.service] == ["core", "ui"] and full.backend == "process"
 
-    # Appending a product's tables to the file as written is what the README says to do.
+    # Appending a product's tables to the file as written is what docs/configuration.md says to do.
     config.write_text(text + '\n[[service]]\nname = "core"\ncommand = ["true"]\n')
     assert [s.name for s in Config.load(config).service] == ["core"]
 

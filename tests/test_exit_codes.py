@@ -212,7 +212,7 @@ def test_every_documented_code_has_a_scenario():
     assert set(SCENARIOS) == set(EXIT_CODES)
     listed = subprocess.run([str(BIN / "updater"), "exit-codes"], capture_output=True,
                             text=True).stdout
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parent.parent / "docs" / "updater.md").read_text()
     for code in EXIT_CODES:
         assert f"\n{code:>3}  " in "\n" + listed, code
         assert f"\n| {code} | " in readme, code

@@ -1,4 +1,4 @@
-"""`release` as a release engineer types it: what the README promises of publish, promote,
+"""`release` as a release engineer types it: what docs/release.md promises of publish, promote,
 keys and signing, each checked through the command line and the signed metadata it leaves."""
 
 import hashlib

@@ -36,7 +36,7 @@ def s3(tmp_path, monkeypatch):
                         "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(name, value)
     assert httpx.put(f"{endpoint}/releases").status_code == 200  # the bucket
-    # Public to read, as a repository is (README: behind a CDN, the same policy or an
+    # Public to read, as a repository is (docs/release.md: behind a CDN, the same policy or an
     # origin access control).
     import boto3
 

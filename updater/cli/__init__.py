@@ -2,7 +2,7 @@
 
 Human output is short and goes to stdout; errors are one line on stderr; `--json` prints the
 report's stable JSON shape instead (errors too, as greenlight.error/1). Exit codes are listed
-by `updater exit-codes` and in the README.
+by `updater exit-codes` and in docs/updater.md.
 
 Only click is imported up front: every command imports what it uses when it runs, so
 `updater --help` costs an interpreter and click, and `updater check` what a check needs

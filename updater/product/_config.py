@@ -316,8 +316,8 @@ def with_product(config_text: str, product: dict[str, object], source: str) -> s
     except ValidationError as e:
         raise ConfigError(f"{source}: {describe(e, merged)}") from None
     return ("# greenlight.toml: the installation's repository and channel, and the product's\n"
-            "# services and checks (written by the offline installer). Reference: the README's\n"
-            "# \"Configuration\" section. Top-level keys stay above the first [table].\n\n"
+            "# services and checks (written by the offline installer). Reference: Greenlight's\n"
+            "# docs/configuration.md. Top-level keys stay above the first [table].\n\n"
             + tomli_w.dumps(merged))
 
 

@@ -13,7 +13,7 @@ __all__ = ["config_text"]
 
 _HEAD = """\
 # greenlight.toml: the installation's repository and channel, and the product's services
-# and health checks. Reference: the README's "Configuration" section.
+# and health checks. Reference: docs/configuration.md in Greenlight's source.
 #
 # Top-level keys first. A key written below a [table] header belongs to that table, so add
 # top-level keys (channel, keep_releases, backend) here, never at the end of the file.
