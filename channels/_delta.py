@@ -56,19 +56,19 @@ class DeltaError(Exception):
     """A delta that cannot be built or applied; the caller falls back to the full artifact."""
 
 
-class Recipe(Record):
+class _Recipe(Record):
     format: str  # "tar" (no compression), "gzip" or "zstd"
     level: int | None = None
     gzip_header: str | None = None  # hex of the original gzip header, kept verbatim
 
 
-class DeltaHeader(Record):
+class _DeltaHeader(Record):
     format: str = FORMAT
     method: str
     base_sha256: str
     content_length: int
     content_sha256: str
-    recipe: Recipe
+    recipe: _Recipe
 
 
 # --- compression -------------------------------------------------------------------------
@@ -94,7 +94,7 @@ def _gzip(content: bytes, level: int, header: bytes) -> bytes:
     return header + body + trailer
 
 
-def decompress(data: bytes) -> tuple[bytes, str]:
+def _decompress(data: bytes) -> tuple[bytes, str]:
     import pyzstd
 
     if data[:2] == b"\x1f\x8b":
@@ -104,7 +104,7 @@ def decompress(data: bytes) -> tuple[bytes, str]:
     return data, "tar"
 
 
-def recompress(content: bytes, recipe: Recipe) -> bytes:
+def _recompress(content: bytes, recipe: _Recipe) -> bytes:
     import pyzstd
 
     if recipe.format == "gzip":
@@ -115,21 +115,21 @@ def recompress(content: bytes, recipe: Recipe) -> bytes:
     return content
 
 
-def find_recipe(artifact: bytes, content: bytes, kind: str) -> Recipe | None:
+def _find_recipe(artifact: bytes, content: bytes, kind: str) -> _Recipe | None:
     """The compressor settings that reproduce `artifact` from `content`, if any do."""
     import pyzstd
 
     if kind == "tar":
-        return Recipe(format="tar")
+        return _Recipe(format="tar")
     if kind == "gzip":
         header = artifact[:_gzip_header_length(artifact)]
         for level in _GZIP_LEVELS:
             if _gzip(content, level, header) == artifact:
-                return Recipe(format="gzip", level=level, gzip_header=header.hex())
+                return _Recipe(format="gzip", level=level, gzip_header=header.hex())
         return None
     for level in _ZSTD_LEVELS:
         if pyzstd.compress(content, level) == artifact:
-            return Recipe(format="zstd", level=level)
+            return _Recipe(format="zstd", level=level)
     return None
 
 
@@ -234,9 +234,9 @@ def build_delta(base: bytes, new: bytes, budget_seconds: float = 30.0) -> BuiltD
     """A delta from the artifact `base` to the artifact `new` (both as published), or None
     when the new artifact's compression cannot be reproduced."""
     started = time.perf_counter()
-    old_content, _ = decompress(base)
-    new_content, kind = decompress(new)
-    recipe = find_recipe(new, new_content, kind)
+    old_content, _ = _decompress(base)
+    new_content, kind = _decompress(new)
+    recipe = _find_recipe(new, new_content, kind)
     if recipe is None:
         return None
     patch, method = _zstd_diff(old_content, new_content, 1), "zstd-prefix"
@@ -251,7 +251,7 @@ def build_delta(base: bytes, new: bytes, budget_seconds: float = 30.0) -> BuiltD
         tried[label] = len(stronger)
         if len(stronger) < len(patch):
             patch, method = stronger, label.partition("/")[0]
-    header = DeltaHeader(method=method, base_sha256=hashlib.sha256(base).hexdigest(),
+    header = _DeltaHeader(method=method, base_sha256=hashlib.sha256(base).hexdigest(),
                          content_length=len(new_content),
                          content_sha256=hashlib.sha256(new_content).hexdigest(), recipe=recipe)
     data = header.model_dump_json().encode() + b"\n" + patch
@@ -262,14 +262,14 @@ def apply_delta(base: bytes, delta: bytes) -> bytes:
     """Rebuild the full artifact from `base` and `delta`; the caller verifies the result."""
     line, sep, patch = delta.partition(b"\n")
     try:
-        header = DeltaHeader.model_validate(json.loads(line))
+        header = _DeltaHeader.model_validate(json.loads(line))
     except ValueError:
         raise DeltaError("not a Greenlight delta (bad header)") from None
     if not sep or header.format != FORMAT or header.method not in _APPLY:
         raise DeltaError(f"unsupported delta {header.format}/{header.method}")
     if hashlib.sha256(base).hexdigest() != header.base_sha256:
         raise DeltaError("the base artifact is not the one this delta was made from")
-    old_content, _ = decompress(base)
+    old_content, _ = _decompress(base)
     try:
         content = _APPLY[header.method](old_content, patch)
     except Exception as e:
@@ -277,4 +277,4 @@ def apply_delta(base: bytes, delta: bytes) -> bytes:
     if len(content) != header.content_length or \
             hashlib.sha256(content).hexdigest() != header.content_sha256:
         raise DeltaError("the patched content does not match the delta's content hash")
-    return recompress(content, header.recipe)
+    return _recompress(content, header.recipe)

@@ -5,7 +5,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_symlink", "atomic_write", "fsync_dir"]
+__all__ = ["atomic_symlink", "atomic_write", "fsync_dir", "remove_path"]
 
 
 def fsync_dir(path: Path) -> None:

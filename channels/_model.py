@@ -16,8 +16,9 @@ from greenlight.channels._paths import check_channel_name, check_component_name
 from greenlight.channels._records import Record
 from greenlight.channels._versions import canonical_version, parse_version
 
-__all__ = ["SCHEMA_VERSION", "ChannelFile", "ChannelFileError", "ChannelName",
-           "ComponentArtifact", "Delta", "RevokedRelease", "Rollout", "VersionStr", "json_schema"]
+__all__ = ["ChannelFile", "ChannelFileError", "ChannelName", "ComponentArtifact", "Delta",
+           "HaltRule", "RevokedRelease", "Rollout", "RolloutPlan", "RolloutState", "SCHEMA_VERSION",
+           "VersionStr", "json_schema"]
 
 SCHEMA_VERSION = 1
 

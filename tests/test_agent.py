@@ -6,6 +6,7 @@ killed -9 in the middle of an upgrade. The product is the demo's archives with n
 and one real command check (see test_exit_codes.py).
 """
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -123,7 +124,13 @@ def test_auto_installs_in_the_window_and_downloads_outside_it(machine):
     assert root.installed_version() is None
     assert (status["update"], status["available"]) == ("downloaded", "1.0")
     assert "outside the install windows 02:00-05:00" in status["held_because"]
-    assert list((machine.path / "downloads").iterdir())  # fetched and verified already
+    # Fetched and verified already: every component's artifact is in downloads/ under its own
+    # sha256 (a leftover .partial/ folder does not count), and nothing is half-fetched.
+    kept = [p for p in (machine.path / "downloads").iterdir() if p.is_file()]
+    published = {hashlib.sha256(a.read_bytes()).hexdigest() for a in machine.builds("1.0").values()}
+    assert {p.name for p in kept} == published
+    assert all(hashlib.sha256(p.read_bytes()).hexdigest() == p.name for p in kept)
+    assert not list((machine.path / "downloads" / ".partial").glob("*"))
     clock.local_hour = 3
     status = cycle(agent, machine)
     assert root.installed_version() == "1.0" and status["update"] == "none"

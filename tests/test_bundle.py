@@ -33,6 +33,12 @@ def offline(tmp_path, published: FileRepository):
         assert server.paths() == [], "sideload must not touch the network"
 
 
+def contents(root: InstallRoot) -> dict[str, bytes | None]:
+    """Every path under the root with its bytes (None for a folder), the lock aside."""
+    return {str(p.relative_to(root.path)): None if p.is_dir() else p.read_bytes()
+            for p in root.path.rglob("*") if p.name not in ("lock", "lock.owner")}
+
+
 def listing(root: InstallRoot) -> set[str]:
     return {str(p.relative_to(root.path)) for p in root.path.rglob("*")
             if p.name not in ("lock", "lock.owner")}
@@ -141,8 +147,21 @@ def test_expired_bundle_is_refused(tmp_path, offline, published):
         md.sign(published.keys.signer(published.authorizing_role("timestamp").keyids[0]))
         return md.to_bytes()
 
-    with pytest.raises(TrustError, match="expired"):
-        sideload(root, _rewrite(good, tmp_path / "expired.bundle", expire))
+    expired = _rewrite(good, tmp_path / "expired.bundle", expire)
+    before = contents(root)
+    with pytest.raises(TrustError, match="expired") as refused:
+        sideload(root, expired)
+    assert "\n" not in str(refused.value)
+    # Nothing changed: no file removed or rewritten (the metadata cache included), nothing
+    # installed, nothing in the history. The one thing added is the TUF client's copy of the
+    # root it already trusted, in its root history.
+    after = contents(root)
+    trusted = before["state/metadata/root.json"]
+    added = {k: v for k, v in after.items() if k not in before}
+    assert added == {"state/metadata/root_history": None,
+                     "state/metadata/root_history/1.root.json": trusted}
+    assert {k: after[k] for k in before} == before
+    assert root.installed_version() is None
 
 
 def _with_member(bundle: Path, info: tarfile.TarInfo, data: bytes = b"") -> Path:

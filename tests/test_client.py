@@ -90,11 +90,17 @@ def test_tampered_artifact_is_refused_and_current_untouched(tmp_path, served, pu
     on_beta_without_delta_bases(root)
     _flip_last_byte(_stored(published, "artifacts/core/1.1/"))
     refused = r"artifact artifacts/core/1.1/core-1.1.tar.gz refused: sha256"
+    releases = sorted(p.name for p in root.releases.iterdir())
+    kept = sorted(p.name for p in root.downloads.iterdir() if p.is_file())
     with pytest.raises(TrustError, match=refused):
         do_upgrade(root)
     assert root.installed_version() == "1.0"
     assert not list((root.downloads / ".partial").iterdir())
-    assert not (root.releases / "1.1").exists()
+    # Nothing of 1.1 was staged or kept: release folders are "<version>@<digest>", and the
+    # refused bytes never reach downloads/ under any name.
+    assert sorted(p.name for p in root.releases.iterdir()) == releases
+    assert not [p for p in root.releases.iterdir() if p.name.startswith("1.1")]
+    assert sorted(p.name for p in root.downloads.iterdir() if p.is_file()) == kept
 
 
 def test_tampered_channel_file_is_refused(tmp_path, served, published):

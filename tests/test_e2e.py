@@ -197,10 +197,10 @@ KILL_POINTS = [f"{step.name}:{when}" for step in STEPS for when in ("before", "a
 
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_killed_at_every_step_recovers_to_one_whole_release(product, repo, builds, point):
-    """The architecture's promise (docs/architecture.md), point by point: killed before 3.1 passed its post-check,
-    recovery undoes the steps and 3.0 runs; killed once it passed (after `post-check`, or
-    during `commit`), recovery finishes the commit and 3.1 runs. Recovery comes from an
-    ordinary command, as every command recovers first: `status` and `health` for some
+    """The architecture's promise (docs/architecture.md), point by point: killed before 3.1
+    passed its post-check, recovery undoes the steps and 3.0 runs; killed once it passed (after
+    `post-check`, or during `commit`), recovery finishes the commit and 3.1 runs. Recovery comes
+    from an ordinary command, as every command recovers first: `status` and `health` for some
     points, `recover` for the others."""
     p = product("3.0")
     assert p.run("upgrade").returncode == 0

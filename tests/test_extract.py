@@ -3,13 +3,15 @@
 import gzip
 import io
 import tarfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import pyzstd
 
+from greenlight.channels import ChannelFile, ComponentArtifact
 from greenlight.updater import ArchiveError
-from greenlight.updater.store import Limits, extract
+from greenlight.updater.store import InstallRoot, Limits, extract, stage_release
 
 
 def make_tar(path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]], compress: str = "gz"):
@@ -76,12 +78,31 @@ def test_hostile_members_are_refused(tmp_path, members, message):
     assert outside == []
 
 
+def _staged(tmp_path: Path, archive: Path) -> InstallRoot:
+    """`archive` staged as release 1.0's one component, in a fresh root's layout."""
+    root = InstallRoot(tmp_path / "root")
+    root.releases.mkdir(parents=True)
+    channel = ChannelFile(channel="stable", release="1.0", published_at=datetime.now(UTC),
+                          components={"core": ComponentArtifact(
+                              version="1.0", target="artifacts/core/1.0/c.tar.gz",
+                              sha256="a" * 64, length=archive.stat().st_size)})
+    with pytest.raises(ArchiveError) as refused:
+        stage_release(root, channel, {"core": archive})
+    assert str(refused.value).count("\n") == 0
+    assert list(root.releases.iterdir()) == []  # no .staging-*, no half-made release folder
+    return root
+
+
 @pytest.mark.parametrize("kind", [tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE])
 def test_devices_and_fifos_are_refused(tmp_path, kind):
     info = tarfile.TarInfo("dev")
     info.type = kind
-    with pytest.raises(ArchiveError, match="device, FIFO"):
-        extract(make_tar(tmp_path / "d.tar.gz", [info]), tmp_path / "out")
+    archive = make_tar(tmp_path / "d.tar.gz", [("ok", b"1"), info])
+    with pytest.raises(ArchiveError,
+                       match=r"^d\.tar\.gz: member 'dev' refused: device, FIFO or other special"):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out" / "dev").exists() and not (tmp_path / "out" / "dev").is_symlink()
+    _staged(tmp_path, archive)
 
 
 def test_archive_bomb_is_refused_before_writing(tmp_path):
@@ -100,11 +121,15 @@ def test_not_an_archive(tmp_path, content):
         extract(path, tmp_path / "out")
 
 
-def test_truncated_archive(tmp_path):
-    archive = make_tar(tmp_path / "t.tar.gz", [("f", b"y" * 100_000)])
+@pytest.mark.parametrize("compress", ["gz", "zst", "none"])
+def test_truncated_archive(tmp_path, compress):
+    archive = make_tar(tmp_path / "t.tar.gz", [("f", b"y" * 100_000), ("g", b"z" * 100_000)],
+                       compress)
     archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
-    with pytest.raises(ArchiveError):
+    with pytest.raises(ArchiveError, match=r"^t\.tar\.gz: not a readable archive: "):
         extract(archive, tmp_path / "out")
+    # Staged as a release, the half-written member goes with the staging folder.
+    _staged(tmp_path, archive)
 
 
 def _directory(name: str) -> tarfile.TarInfo:

@@ -183,11 +183,77 @@ def test_no_module_of_product_code_over_500_lines():
     assert not long, f"split these by job: {long}"
 
 
+def _declared_all(tree: ast.Module) -> list[str] | None:
+    for node in tree.body:
+        target = (node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1
+                  else node.target if isinstance(node, ast.AnnAssign) else None)
+        if isinstance(target, ast.Name) and target.id == "__all__" and node.value is not None:
+            value = ast.literal_eval(node.value)
+            assert isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+            return list(value)
+    return None
+
+
+def _top_level_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.Try | ast.If):
+            names.update(_top_level_names(ast.Module(body=node.body, type_ignores=[])))
+    return names
+
+
+def test_no_module_imports_what_another_keeps_private():
+    """A name with a leading underscore stays in its module: what others use is exported."""
+    modules = _modules()
+    found = []
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("greenlight"):
+                found += [f"{name}: {node.module}.{a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")
+                          and f"{node.module}.{a.name}" not in modules]  # a submodule is fine
+    assert not found, found
+
+
+def _registered(node: ast.FunctionDef | ast.ClassDef) -> bool:
+    """A CLI command: registered on its group by a decorator, not imported by name."""
+    return any(isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute)
+               and d.func.attr in ("command", "group") for d in node.decorator_list)
+
+
 def test_every_module_declares_all():
-    missing = [name for name, path in _modules().items()
-               if path.name not in ("cli.py", "launcher.py")
-               and "__all__" not in path.read_text()]
-    assert not missing
+    """Every module says what it exports, as a literal `__all__` whose every name exists;
+    every public function and class of a private module is in it (what is not exported is
+    named with an underscore). A package's lazy names come from its `_HOME` table."""
+    problems = []
+    for name, path in _modules().items():
+        if path.name in ("__main__.py", "launcher.py", "loop.py"):
+            continue  # scripts run by path, not imported for their names
+        tree = ast.parse(path.read_text())
+        declared = _declared_all(tree)
+        if declared is None:
+            problems.append(f"{name}: no __all__")
+            continue
+        defined = _top_level_names(tree)
+        lazy = "_HOME" in defined  # a package whose names are imported on first use
+        unknown = [n for n in declared if n not in defined and not lazy]
+        if unknown:
+            problems.append(f"{name}: __all__ names what it does not define: {unknown}")
+        if path.name.startswith("_") and path.name != "__init__.py":
+            public = {node.name for node in tree.body
+                      if isinstance(node, ast.FunctionDef | ast.ClassDef)
+                      and not node.name.startswith("_") and not _registered(node)}
+            if hidden := sorted(public - set(declared)):
+                problems.append(f"{name}: public but not in __all__: {hidden}")
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.parametrize("script", ["product/launcher.py", "agent/loop.py"])

@@ -1,6 +1,8 @@
 """A slow or lying mirror: every request has an overall deadline, redirects stay within the
 repository's origins, and a poisoned partial download does not fail the next honest one."""
 
+import hashlib
+import re
 import subprocess
 import sys
 import threading
@@ -14,7 +16,7 @@ import pytest
 from greenlight.release import FileRepository, init_repository, publish, serving
 from greenlight.updater import NetworkError
 from greenlight.updater.operations import check, open_repository, upgrade
-from greenlight.updater.product import init_root
+from greenlight.updater.product import config_of, init_root
 from greenlight.updater.store import InstallRoot, locked
 
 BIN = Path(sys.executable).parent
@@ -23,9 +25,14 @@ BIN = Path(sys.executable).parent
 def make_root(tmp: Path, url: str, repo: FileRepository, timeout: float = 2.0) -> InstallRoot:
     root = init_root(tmp / "root", url, (repo.metadata_dir / "1.root.json").read_bytes(),
                               "stable")
-    text = root.config_path.read_text().replace("timeout = 30.0", f"timeout = {timeout}")
-    root.config_path.write_text(text.replace("min_rate = 65536", "min_rate = 1000000"))
-    return InstallRoot(root.path)
+    # The template lists them commented out, under [repository]: set them for real.
+    text = re.sub(r"(?m)^# timeout = 30\.0 .*$", f"timeout = {timeout}",
+                  root.config_path.read_text())
+    root.config_path.write_text(re.sub(r"(?m)^# min_rate = 65536 .*$", "min_rate = 1000000", text))
+    fresh = InstallRoot(root.path)
+    loaded = config_of(fresh).repository
+    assert (loaded.timeout, loaded.min_rate) == (timeout, 1000000), "the template changed"
+    return fresh
 
 
 @pytest.fixture
@@ -151,8 +158,20 @@ def test_a_poisoned_partial_download_restarts_once_from_zero(tmp_path, stable):
             partial = root.downloads / ".partial" / artifact.sha256
             partial.parent.mkdir(parents=True, exist_ok=True)
             partial.write_bytes(b"\0" * (artifact.length // 2))
+        server.reset_counts()
         report = upgrade(root, open_repository(root))
+        paths, ranges = list(server.paths), list(server.ranges)
     assert report.outcome == "upgraded" and report.installed == "1.0"
+    for artifact in channel.components.values():
+        # Once: the kept half is resumed with a Range request, found poisoned when the whole
+        # is hashed, and fetched again from zero (no Range), exactly once; never a third time.
+        asked = [p for p in paths if p.endswith(artifact.target.rsplit("/", 1)[-1])]
+        assert len(asked) == 2, paths
+        resumed = [r for r in ranges if r.split(" ", 1)[0] in asked]
+        assert resumed == [f"{asked[0]} bytes={artifact.length // 2}-"], ranges
+        kept = root.downloads / artifact.sha256
+        assert hashlib.sha256(kept.read_bytes()).hexdigest() == artifact.sha256
+        assert not (root.downloads / ".partial" / artifact.sha256).exists()
 
 
 def test_a_planted_symlink_at_a_partial_is_not_written_through(tmp_path, stable):

@@ -200,13 +200,21 @@ def test_systemd_backend_drives_units(tmp_path, fake_systemctl):
 def test_systemd_backend_asks_about_the_configured_unit(tmp_path, fake_systemctl):
     script, calls, unit = fake_systemctl
     service = ServiceConfig(name="core", command=["x"], unit="acme-core.service")
-    unit(service)
+    marker = unit(service)
     backend = SystemdBackend(InstallRoot(tmp_path), systemctl=str(script), services=[service])
     backend.start(service, {})
-    assert backend.is_running("core") and backend.pid("core")
-    backend.last_exit("core")
+    _until(marker.exists, "the unit's process to start")
+    pid = int(marker.read_text())
+    assert backend.is_running("core") and backend.pid("core") == pid
+    os.kill(pid, signal.SIGKILL)  # the unit's main process dies on its own
+    _until(lambda: not backend.is_running("core"), "the unit to stop running")
+    ended = backend.last_exit("core")
+    assert ended is not None and ended["returncode"] == -signal.SIGKILL, ended
+    # Every question went to the configured unit, never to greenlight-core.service.
     asked = [line.split()[-1] for line in calls.read_text().splitlines()]
-    assert asked and set(asked) == {"acme-core.service"}
+    assert {"start", "show", "is-active"} <= {line.split()[0] for line in
+                                             calls.read_text().splitlines()}
+    assert set(asked) == {"acme-core.service"}
 
 
 @pytest.mark.parametrize(("behaviour", "returncode", "crashed", "stubborn"), [

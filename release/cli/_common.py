@@ -1,5 +1,5 @@
 """What every `release` command shares: the group, the options, the output helpers, and
-the one error funnel (`_run`), which catches the pipeline's own errors only: each becomes one
+the one error funnel (`run_command`), which catches the pipeline's own errors only: each becomes one
 line on stderr and its exit code (`greenlight.release._errors`). Anything else is a bug, and
 `main` says so."""
 
@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from greenlight.release._errors import ReleaseError
     from greenlight.release.repository._repository import FileRepository
 
-__all__ = ["app", "fail", "json_option", "keys_option", "repo_argument", "say"]
+__all__ = ["app", "change_channel", "fail", "json_option", "keys_option", "open_repo",
+           "print_awaiting", "print_json", "repo_argument", "rollout_line", "run_command", "say"]
 
 
 @click.group(name="release", context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,7 +48,7 @@ def fail(error: "ReleaseError") -> SystemExit:
     return SystemExit(error.exit_code)
 
 
-def _run(work: Callable[[], T]) -> T:
+def run_command(work: Callable[[], T]) -> T:
     """The one error funnel of this CLI: the pipeline's own errors, python-tuf's refusals of
     metadata on disk, a shared-layer validator's refusal of a value given, and the disk."""
     from pydantic import ValidationError
@@ -79,44 +80,44 @@ def _run(work: Callable[[], T]) -> T:
                                 "nothing was changed")) from None
 
 
-def _repo(path: Path, keys: Path | None) -> "FileRepository":
+def open_repo(path: Path, keys: Path | None) -> "FileRepository":
     from greenlight.release.repository._keys import KeyStore
     from greenlight.release.repository._repository import FileRepository
 
     return FileRepository(path, KeyStore(keys) if keys is not None else None)
 
 
-def _json(result: "BaseModel") -> None:
+def print_json(result: "BaseModel") -> None:
     print(result.model_dump_json(indent=2))
 
 
-def _awaiting(pending: list[str]) -> None:
+def print_awaiting(pending: list[str]) -> None:
     if pending:
         say(f"awaiting signatures: {', '.join(pending)} (nothing published yet): "
             "release sign export / add / import")
 
 
-def _channel_change(repo: Path, keys_dir: Path | None, as_json: bool,
+def change_channel(repo: Path, keys_dir: Path | None, as_json: bool,
                     change: "Callable[[FileRepository], ChannelFile]",
                     describe: "Callable[[ChannelFile], str]") -> None:
     """Run a change that writes a channel file; show it, and what awaits signatures."""
     from greenlight.release.repository._status import ChannelChange
 
     def work() -> tuple[ChannelChange, str]:
-        r = _repo(repo, keys_dir)
+        r = open_repo(repo, keys_dir)
         channel_file = change(r)
         return (ChannelChange(channel_file=channel_file, awaiting_signatures=r.pending()),
                 describe(channel_file))
 
-    result, line = _run(work)
+    result, line = run_command(work)
     if as_json:
-        _json(result)
+        print_json(result)
     else:
         say(line)
-        _awaiting(result.awaiting_signatures)
+        print_awaiting(result.awaiting_signatures)
 
 
-def _rollout_line(cf: "ChannelFile") -> str:
+def rollout_line(cf: "ChannelFile") -> str:
     r = cf.rollout
     if r is None:
         return "everyone"

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 import click
 
 from greenlight.release.cli._common import (
-    _json,
-    _repo,
-    _run,
     app,
     json_option,
     keys_option,
+    open_repo,
+    print_json,
     repo_argument,
+    run_command,
     say,
 )
 
@@ -39,10 +39,10 @@ def bundle(repo: Path, channel: str, output: Path, expires: str, keys: Path | No
     from greenlight.release._durations import parse_duration
     from greenlight.release.distribution._bundle import build_bundle
 
-    made = _run(lambda: build_bundle(_repo(repo, keys), channel, output,
+    made = run_command(lambda: build_bundle(open_repo(repo, keys), channel, output,
                                      parse_duration(expires)))
     if as_json:
-        _json(made)
+        print_json(made)
     else:
         say(f"bundled {channel} {made.release} into {output} ({made.bytes} bytes), "
             f"valid until {made.expires:%Y-%m-%d %H:%M}Z")
@@ -67,7 +67,7 @@ def installer(repo: Path, channel: str, output: Path, product_config: Path | Non
     from greenlight.release._durations import parse_duration
     from greenlight.release.distribution._installer import build_installer
 
-    exe = _run(lambda: build_installer(_repo(repo, keys), channel, output,
+    exe = run_command(lambda: build_installer(open_repo(repo, keys), channel, output,
                                        product_config=product_config, repo_url=repo_url,
                                        expires=parse_duration(expires)))
     say(f"built {exe} ({exe.stat().st_size} bytes)")
@@ -93,7 +93,7 @@ def sync_cmd(repo: Path, url: str, endpoint_url: str | None, region: str | None,
     what is there already is skipped."""
     from greenlight.release.distribution._sync import sync
 
-    result = _run(lambda: sync(repo, url, endpoint_url, region, timestamp_max_age, jobs))
+    result = run_command(lambda: sync(repo, url, endpoint_url, region, timestamp_max_age, jobs))
     if as_json:
         print(json.dumps({"schema": "greenlight.sync/1", "url": result.url,
                           "uploaded": result.uploaded, "skipped": result.skipped,
@@ -121,7 +121,7 @@ def serve(repo: Path, port: int) -> None:
         except OSError as e:
             raise StorageError(f"cannot listen on 127.0.0.1:{port}: {e.strerror}") from None
 
-    server = _run(work)
+    server = run_command(work)
     say(f"serving {repo} at {server.url}/ (Ctrl-C stops)")
     sys.stdout.flush()
     try:

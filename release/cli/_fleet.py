@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 import click
 
 from greenlight.release.cli._common import (
-    _channel_change,
-    _rollout_line,
-    _run,
     app,
+    change_channel,
     json_option,
     keys_option,
     repo_argument,
+    rollout_line,
+    run_command,
     say,
 )
 
@@ -49,7 +49,7 @@ def collector(db: str, port: int, fleet_token_file: Path, admin_token_file: Path
         say(line)
         sys.stdout.flush()
 
-    _run(lambda: serve_collector(db, port, fleet_token_file, admin_token_file,
+    run_command(lambda: serve_collector(db, port, fleet_token_file, admin_token_file,
                                  ready=lambda url: log(f"collecting at {url} (Ctrl-C stops)"),
                                  repo=repo, keys=keys_dir, tick=tick, log=log))
 
@@ -89,8 +89,8 @@ def rollout_cmd(repo: Path, channel: str, percent: int | None, halt: bool, resum
     """Stage the channel's release to a share of installations, halt it, or resume it."""
     from greenlight.release.repository._lifecycle import rollout
 
-    _channel_change(repo, keys, as_json, lambda r: rollout(r, channel, percent, halt, resume),
-                    lambda cf: f"{channel} {cf.release}: {_rollout_line(cf)}")
+    change_channel(repo, keys, as_json, lambda r: rollout(r, channel, percent, halt, resume),
+                    lambda cf: f"{channel} {cf.release}: {rollout_line(cf)}")
 
 
 @rollout_group.command("status")
@@ -103,7 +103,7 @@ def rollout_status_cmd(url: str, admin_token_file: Path, as_json: bool) -> None:
     ranked with an example, the step it is at, and who halted it and why."""
     from greenlight.release.fleet import fetch_rollouts
 
-    answer = _run(lambda: fetch_rollouts(url, admin_token_file))
+    answer = run_command(lambda: fetch_rollouts(url, admin_token_file))
     if as_json:
         print(json.dumps(answer, indent=2))
         return

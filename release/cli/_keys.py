@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING
 import click
 
 from greenlight.release.cli._common import (
-    _awaiting,
-    _json,
-    _repo,
-    _run,
     app,
     json_option,
     keys_option,
+    open_repo,
+    print_awaiting,
+    print_json,
     repo_argument,
+    run_command,
     say,
 )
 
@@ -31,7 +31,7 @@ def keygen_cmd(out_dir: Path, name: str) -> None:
     """Make a signing key on this machine: NAME.<id>.pem (owner-only) and NAME.<id>.pub.pem."""
     from greenlight.release.repository._signing import keygen
 
-    private, public = _run(lambda: keygen(out_dir, name))
+    private, public = run_command(lambda: keygen(out_dir, name))
     say(f"private key (keep it here): {private}")
     say(f"public key (give it to the release engineer): {public}")
 
@@ -52,17 +52,17 @@ def keys_cmd(repo: Path, role: str, generate: int, public_key: tuple[Path, ...],
     """Add or remove keys of a role and set its threshold (k of n)."""
     from greenlight.release.repository._signing import change_keys, load_public_key
 
-    result = _run(lambda: change_keys(_repo(repo, keys), role,
+    result = run_command(lambda: change_keys(open_repo(repo, keys), role,
                                       add=[load_public_key(p) for p in public_key],
                                       generate=generate, remove=list(remove),
                                       threshold=threshold))
     if as_json:
-        _json(result)
+        print_json(result)
         return
     say(f"{role}: {result.threshold} of {len(result.keyids)} keys"
         + (f"; removed {', '.join(k[:12] for k in result.retired)} (a private key kept here "
            "moves to retired/ in the keys folder)" if result.retired else ""))
-    _awaiting(result.awaiting_signatures)
+    print_awaiting(result.awaiting_signatures)
 
 
 @app.command("rotate")
@@ -79,14 +79,14 @@ def rotate_cmd(repo: Path, role: str, threshold: int | None, public_key: tuple[P
     """Replace every key of a role; a new root is signed by the old and the new thresholds."""
     from greenlight.release.repository._signing import load_public_key, rotate
 
-    result = _run(lambda: rotate(_repo(repo, keys), role, threshold,
+    result = run_command(lambda: rotate(open_repo(repo, keys), role, threshold,
                                  add=[load_public_key(p) for p in public_key] or None))
     if as_json:
-        _json(result)
+        print_json(result)
         return
     say(f"rotated {role}: {len(result.retired)} key(s) retired, "
         f"now {result.threshold} of {len(result.keyids)}")
-    _awaiting(result.awaiting_signatures)
+    print_awaiting(result.awaiting_signatures)
 
 
 @app.group("sign")
@@ -104,7 +104,7 @@ def sign_export(repo: Path, role: str, output: Path, keys: Path | None) -> None:
     """Write the version of --role awaiting signatures to a file for other signers."""
     from greenlight.release.repository._signing import export_staged
 
-    _run(lambda: export_staged(_repo(repo, keys), role, output))
+    run_command(lambda: export_staged(open_repo(repo, keys), role, output))
     say(f"wrote {output}: sign it with 'release sign add {output.name} --key KEY.pem'")
 
 
@@ -116,7 +116,7 @@ def sign_add(file: Path, key: Path) -> None:
     """Sign FILE, exported by 'release sign export', with one key (no repository needed)."""
     from greenlight.release.repository._signing import sign_file
 
-    keyid = _run(lambda: sign_file(file, key))
+    keyid = run_command(lambda: sign_file(file, key))
     say(f"signed {file} with key {keyid[:16]}")
 
 
@@ -130,9 +130,9 @@ def sign_import(repo: Path, file: Path, keys: Path | None, as_json: bool) -> Non
     threshold is met."""
     from greenlight.release.repository._signing import import_signatures
 
-    result = _run(lambda: import_signatures(_repo(repo, keys), file))
+    result = run_command(lambda: import_signatures(open_repo(repo, keys), file))
     if as_json:
-        _json(result)
+        print_json(result)
         return
     say(f"{result.role}: published with {result.signatures} signatures" if result.published
         else f"{result.role}: {result.signatures} signature(s), still waiting: "
@@ -146,7 +146,7 @@ def sign_status(repo: Path, keys: Path | None) -> None:
     """Roles awaiting signatures."""
     from greenlight.release.repository._signing import awaiting
 
-    waiting = _run(lambda: awaiting(_repo(repo, keys)))
+    waiting = run_command(lambda: awaiting(open_repo(repo, keys)))
     for role, missing in waiting.items():
         say(f"{role}: {missing}")
     if not waiting:

@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING
 import click
 
 from greenlight.release.cli._common import (
-    _channel_change,
-    _json,
-    _repo,
-    _rollout_line,
-    _run,
     app,
+    change_channel,
     json_option,
     keys_option,
+    open_repo,
+    print_json,
     repo_argument,
+    rollout_line,
+    run_command,
     say,
 )
 
@@ -31,7 +31,7 @@ def init(repo: Path, keys: Path | None) -> None:
     """Create a new signed repository in REPO with one ed25519 key for each top-level role."""
     from greenlight.release.repository._repository import init_repository
 
-    created = _run(lambda: init_repository(repo, keys))
+    created = run_command(lambda: init_repository(repo, keys))
     say(f"created repository {created.path}")
     say(f"keys (owner-only, keep them safe): {created.keys.folder}")
     say(f"trusted root for clients: {created.metadata_dir / '1.root.json'}")
@@ -91,9 +91,9 @@ def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ..
     left out; the channel file records it, and this command says so."""
     from greenlight.release.repository._publish import publish
 
-    plan = None if rollout_plan is None else _run(lambda: _plan(
+    plan = None if rollout_plan is None else run_command(lambda: _plan(
         rollout_plan, soak, halt_rollbacks, halt_ratio, halt_min_reports))
-    _channel_change(
+    change_channel(
         repo, keys, as_json,
         lambda r: publish(r, channel, version, _parse_components(list(component)), fallback,
                           allow_older, rollout_percent, deltas=not no_deltas,
@@ -132,7 +132,7 @@ def _published(cf: "ChannelFile") -> str:
         f"{name} from {d.from_version} {d.length:,} B ({d.method}, "
         f"{d.length / a.length:.0%} of {a.length:,} B)"
         for name, a in cf.components.items() for d in a.deltas)
-    rollout = "" if cf.rollout is None else f"\nrollout: {_rollout_line(cf)}"
+    rollout = "" if cf.rollout is None else f"\nrollout: {rollout_line(cf)}"
     return (f"published {cf.channel} {cf.release} ({', '.join(cf.components)})\n"
             f"layout: {layout}\ndeltas: {deltas or 'none'}{rollout}")
 
@@ -147,9 +147,9 @@ def status(repo: Path, keys: Path | None, as_json: bool) -> None:
 
     from greenlight.release.repository._status import repository_status
 
-    report = _run(lambda: repository_status(_repo(repo, keys)))
+    report = run_command(lambda: repository_status(open_repo(repo, keys)))
     if as_json:
-        _json(report)
+        print_json(report)
         return
     say(f"{'channel':<10} {'release':<10} {'rollout':<10} {'fallback':<10} {'published':<17} "
         f"{'revoked':<10} promoted from")
@@ -183,7 +183,7 @@ def promote_cmd(repo: Path, source: str, target: str, version: str | None, allow
     """Point --to at the very artifacts --from carries (same hashes, nothing re-uploaded)."""
     from greenlight.release.repository._lifecycle import promote
 
-    _channel_change(repo, keys, as_json,
+    change_channel(repo, keys, as_json,
                     lambda r: promote(r, source, target, version, allow_older),
                     lambda cf: f"promoted {cf.release} from {source} to {target}")
 
@@ -200,7 +200,7 @@ def yank_cmd(repo: Path, channel: str, version: str, reason: str, keys: Path | N
     """Revoke a release: the channel goes back to its previous good release."""
     from greenlight.release.repository._lifecycle import yank
 
-    _channel_change(repo, keys, as_json, lambda r: yank(r, channel, version, reason),
+    change_channel(repo, keys, as_json, lambda r: yank(r, channel, version, reason),
                     lambda cf: f"yanked {version} on {channel}; it now carries {cf.release}")
 
 
@@ -216,14 +216,15 @@ def refresh_cmd(repo: Path, check: bool, within: str, keys: Path | None) -> None
     from greenlight.release.repository._upkeep import expiring, refresh
 
     if check:
-        found = _run(lambda: expiring(_repo(repo, keys), parse_duration(within, "--within")))
+        found = run_command(lambda: expiring(open_repo(repo, keys),
+                                             parse_duration(within, "--within")))
         for role, when in found.items():
             say(f"{role} expires {when:%Y-%m-%d %H:%M}Z (within {within})")
         if found:
             raise SystemExit(1)
         say(f"nothing expires within {within}")
         return
-    renewed = _run(lambda: refresh(_repo(repo, keys)))
+    renewed = run_command(lambda: refresh(open_repo(repo, keys)))
     say(", ".join(f"{role} valid until {until}" for role, until in renewed.items()))
 
 
@@ -235,9 +236,9 @@ def verify_cmd(repo: Path, keys: Path | None, as_json: bool) -> None:
     """Verify the whole published tree offline, as a client would."""
     from greenlight.release.repository._upkeep import verify
 
-    result = _run(lambda: verify(_repo(repo, keys)))
+    result = run_command(lambda: verify(open_repo(repo, keys)))
     if as_json:
-        _json(result)
+        print_json(result)
         return
     say(f"ok: root v{result.root_version}, channels "
         + ", ".join(f"{c} {v}" for c, v in result.channels.items())

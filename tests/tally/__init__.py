@@ -2,8 +2,8 @@
 
 `build(version, out, faults)` makes its release archives as people make them: the core as
 `core-<version>.tar.gz` with every member under `core-<version>/`, the UI probe as `ui.tar.gz`
-under `ui/`. `product_toml(...)` is its part of greenlight.toml, written from docs/configuration.md's
-configuration section: the core started through `sh -c 'exec ...'`, plain-text checks.
+under `ui/`. `product_toml(...)` is its part of greenlight.toml, written from
+docs/configuration.md: the core started through `sh -c 'exec ...'`, plain-text checks.
 """
 
 import io

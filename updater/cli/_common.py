@@ -1,6 +1,6 @@
 """What every `updater` command shares: the group, the options, output, status.json
 after each command, the outbox sent after commands that change the installation, and the one
-error funnel (`_run`)."""
+error funnel (`run_command`)."""
 
 import contextlib
 import errno
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from greenlight.updater.store import InstallRoot
 
 
-__all__ = ["app", "json_option", "root_option", "say"]
+__all__ = ["EVIDENCE_KEYS", "app", "json_option", "open_root", "print_json", "progress_bar",
+           "root_option", "run_command", "say"]
 
 
 @click.group(name="updater", context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,7 +36,7 @@ def app() -> None:
     lean_process()
 
 
-_EVIDENCE = ("status", "body", "close_code", "returncode", "stderr", "error", "answers", "got",
+EVIDENCE_KEYS = ("status", "body", "close_code", "returncode", "stderr", "error", "answers", "got",
              "expected", "last_exit", "log")
 
 root_option = click.option(
@@ -52,7 +53,7 @@ def say(line: str = "") -> None:
     print(line, flush=False)
 
 
-def _dump(report: "BaseModel") -> None:
+def print_json(report: "BaseModel") -> None:
     from greenlight.updater.output import dump
 
     print(dump(report))
@@ -62,7 +63,7 @@ def _fail(error: GreenlightError, as_json: bool) -> SystemExit:
     if as_json:
         from greenlight.updater.output import ErrorReport
 
-        _dump(ErrorReport(error=str(error), kind=error.kind, exit_code=error.exit_code))
+        print_json(ErrorReport(error=str(error), kind=error.kind, exit_code=error.exit_code))
     else:
         print(f"updater: error: {error}", file=sys.stderr)
     return SystemExit(error.exit_code)
@@ -91,7 +92,7 @@ def _send_reports(root: "InstallRoot") -> None:
         send_reports(root)
 
 
-def _run(as_json: bool, work: Callable[[], T], root: "InstallRoot | None" = None,
+def run_command(as_json: bool, work: Callable[[], T], root: "InstallRoot | None" = None,
          sends: bool = False) -> T:
     """The one error funnel: every command's work runs here (after recovery, for a root).
     With `sends`, a command that changed the installation sends the report outbox after."""
@@ -114,14 +115,14 @@ def _run(as_json: bool, work: Callable[[], T], root: "InstallRoot | None" = None
         raise _fail(StoreError(f"{where}: {e.strerror or e}{hint}"), as_json) from None
 
 
-def _root(path: Path | None) -> "InstallRoot":
+def open_root(path: Path | None) -> "InstallRoot":
     from greenlight.updater.store import InstallRoot, default_root
 
     return InstallRoot(path if path is not None else default_root())
 
 
 @contextmanager
-def _progress(enabled: bool) -> Iterator[Callable[[int], None] | None]:
+def progress_bar(enabled: bool) -> Iterator[Callable[[int], None] | None]:
     if not enabled or not sys.stderr.isatty():
         yield None
         return

@@ -17,18 +17,19 @@ if TYPE_CHECKING:
     from greenlight.updater.product import CheckResult
 
 
-from greenlight.updater.cli._common import _EVIDENCE, _dump, say
+from greenlight.updater.cli._common import EVIDENCE_KEYS, print_json, say
 
-__all__: list[str] = []
+__all__ = ["exit_for", "finish_transaction", "print_checks", "print_quarantine",
+           "print_transaction"]
 
 
-def _print_checks(results: "list[CheckResult]") -> None:
+def print_checks(results: "list[CheckResult]") -> None:
     for r in results:
         mark = "ok  " if r.ok else ("FAIL" if r.required else "warn")
         say(f"  {mark} {r.name} ({r.type}, {r.latency_ms:.0f} ms): {r.summary}")
 
 
-def _print_transaction(report: "UpgradeReport") -> None:
+def print_transaction(report: "UpgradeReport") -> None:
 
     if report.outcome == "up-to-date":
         say(f"{report.channel}: up to date at {report.to_version}")
@@ -44,7 +45,7 @@ def _print_transaction(report: "UpgradeReport") -> None:
         say(f"{report.channel}: {verb}: {incident.summary}")
         for check_ in incident.failed_checks:
             say(f"  failed check {check_.name}: {check_.summary}")
-            evidence = {k: check_.evidence[k] for k in _EVIDENCE
+            evidence = {k: check_.evidence[k] for k in EVIDENCE_KEYS
                         if check_.evidence.get(k) not in (None, [], "")}
             if evidence:
                 say(f"    evidence: {json.dumps(evidence)[:300]}")
@@ -59,19 +60,19 @@ def _print_transaction(report: "UpgradeReport") -> None:
             if report.outcome == "rolled-back" else f"  {where}: needs a person")
 
 
-def _exit_for(report: "UpgradeReport") -> int:
+def exit_for(report: "UpgradeReport") -> int:
     return {"rolled-back": EXIT_ROLLED_BACK, "rollback-failed": EXIT_ROLLBACK_FAILED,
             "held": EXIT_HELD}.get(report.outcome, 0)
 
 
-def _finish_transaction(report: "UpgradeReport", as_json: bool) -> NoReturn:
-    _dump(report) if as_json else _print_transaction(report)
-    raise SystemExit(_exit_for(report))
+def finish_transaction(report: "UpgradeReport", as_json: bool) -> NoReturn:
+    print_json(report) if as_json else print_transaction(report)
+    raise SystemExit(exit_for(report))
 
 
-def _print_quarantine(report: "QuarantineReport", as_json: bool) -> None:
+def print_quarantine(report: "QuarantineReport", as_json: bool) -> None:
     if as_json:
-        _dump(report)
+        print_json(report)
         return
     for e in report.lifted:
         say(f"lifted {e.release} (was: {e.reason})")

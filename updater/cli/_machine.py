@@ -16,8 +16,16 @@ if TYPE_CHECKING:
 
 
 
-from greenlight.updater.cli._common import _dump, _root, _run, app, json_option, root_option, say
-from greenlight.updater.cli._format import _print_checks, _print_quarantine
+from greenlight.updater.cli._common import (
+    app,
+    json_option,
+    open_root,
+    print_json,
+    root_option,
+    run_command,
+    say,
+)
+from greenlight.updater.cli._format import print_checks, print_quarantine
 
 __all__: list[str] = []
 
@@ -33,15 +41,15 @@ def health_cmd(root: Path | None, as_json: bool) -> None:
     """
     from greenlight.updater.operations import health
 
-    install = _root(root)
-    report = _run(as_json, lambda: health(install), install)
+    install = open_root(root)
+    report = run_command(as_json, lambda: health(install), install)
     if as_json:
-        _dump(report)
+        print_json(report)
     else:
         verdict = ("NOTHING CHECKED: greenlight.toml configures no services and no checks"
                    if not report.checked else "healthy" if report.healthy else "UNHEALTHY")
         say(f"{report.installed or 'nothing installed'}: {verdict}")
-        _print_checks(report.results)
+        print_checks(report.results)
     raise SystemExit(0 if report.healthy else 1)
 
 
@@ -53,10 +61,10 @@ def history_cmd(root: Path | None, as_json: bool) -> None:
     from greenlight.updater.output import HistoryReport
     from greenlight.updater.store import history
 
-    install = _root(root)
-    entries = _run(as_json, lambda: history(install.require()), install)
+    install = open_root(root)
+    entries = run_command(as_json, lambda: history(install.require()), install)
     if as_json:
-        _dump(HistoryReport(root=str(install.path), entries=entries))
+        print_json(HistoryReport(root=str(install.path), entries=entries))
         return
     for e in entries:
         move = (f"{e.from_version or '-'} -> {e.to_version or '-'}" if e.to_version
@@ -72,8 +80,8 @@ def start_cmd(root: Path | None) -> None:
     """Start the installed release's services, in order, each ready before the next."""
     from greenlight.updater.operations import start_services
 
-    install = _root(root)
-    started = _run(False, lambda: start_services(install), install)
+    install = open_root(root)
+    started = run_command(False, lambda: start_services(install), install)
     say(f"started {', '.join(started) or 'nothing (no [[service]] configured)'}")
 
 
@@ -83,8 +91,8 @@ def stop_cmd(root: Path | None) -> None:
     """Stop the services in reverse order (UI before core), drained."""
     from greenlight.updater.operations import stop_services
 
-    install = _root(root)
-    for line in _run(False, lambda: stop_services(install), install):
+    install = open_root(root)
+    for line in run_command(False, lambda: stop_services(install), install):
         say(line)
 
 
@@ -99,8 +107,8 @@ def systemd_units_cmd(root: Path | None, out_dir: Path) -> None:
     """
     from greenlight.updater.operations import write_systemd_units
 
-    install = _root(root)
-    for path in _run(False, lambda: write_systemd_units(install, out_dir)):
+    install = open_root(root)
+    for path in run_command(False, lambda: write_systemd_units(install, out_dir)):
         say(f"wrote {path}")
 
 
@@ -119,8 +127,8 @@ def quarantine_cmd(ctx: click.Context, root: Path | None, as_json: bool) -> None
         return
     from greenlight.updater.operations import quarantined
 
-    install = _root(root)
-    _print_quarantine(_run(as_json, lambda: quarantined(install), install), as_json)
+    install = open_root(root)
+    print_quarantine(run_command(as_json, lambda: quarantined(install), install), as_json)
 
 
 @quarantine_cmd.command("clear")
@@ -135,9 +143,9 @@ def quarantine_clear_cmd(obj: tuple[Path | None, bool] | None, release: str,
     from greenlight.updater.operations import lift
 
     outer_root, outer_json = obj or (None, False)
-    install = _root(root or outer_root)
+    install = open_root(root or outer_root)
     as_json = as_json or outer_json
-    _print_quarantine(_run(as_json, lambda: lift(install, release), install), as_json)
+    print_quarantine(run_command(as_json, lambda: lift(install, release), install), as_json)
 
 
 def _when(text: str) -> "datetime":
@@ -159,12 +167,13 @@ def _when(text: str) -> "datetime":
 @click.option("--reason", default="", help="Why, for the status and the history.")
 def hold_cmd(root: Path | None, until: str | None, reason: str) -> None:
     """Hold automatic installs (the agent's); never holds leaving a revoked release."""
-    from greenlight.updater.operations._change import _who
+    from greenlight.updater.operations import acting_person
     from greenlight.updater.store import set_hold
 
-    install = _root(root)
+    install = open_root(root)
     ends = _when(until) if until else None
-    hold = _run(False, lambda: set_hold(install.require(), ends, reason, _who()), install)
+    by = acting_person()
+    hold = run_command(False, lambda: set_hold(install.require(), ends, reason, by), install)
     say(f"automatic installs held {f'until {hold.until:%Y-%m-%d %H:%M}Z' if hold.until else ''}"
         .rstrip() + (f": {reason}" if reason else ""))
 
@@ -175,8 +184,8 @@ def unhold_cmd(root: Path | None) -> None:
     """End a hold: the agent installs again at its next cycle."""
     from greenlight.updater.store import clear_hold
 
-    install = _root(root)
-    had = _run(False, lambda: clear_hold(install.require()), install)
+    install = open_root(root)
+    had = run_command(False, lambda: clear_hold(install.require()), install)
     say("hold ended" if had else "no hold was in force")
 
 
@@ -187,19 +196,19 @@ def pin_cmd(version: str, root: Path | None) -> None:
     """Keep this installation on VERSION even when the channel moves (still verified; left
     if it is revoked). `updater upgrade` and the agent install only VERSION."""
     from greenlight.channels import canonical_version
-    from greenlight.updater.operations._change import _who
+    from greenlight.updater.operations import acting_person
     from greenlight.updater.store import set_pin
 
-    install = _root(root)
+    install = open_root(root)
 
     def work() -> str:
         try:
             canonical = canonical_version(version)
         except ValueError as e:
             raise UsageError(str(e)) from None
-        return set_pin(install.require(), canonical, _who()).version
+        return set_pin(install.require(), canonical, acting_person()).version
 
-    say(f"pinned to {_run(False, work, install)}")
+    say(f"pinned to {run_command(False, work, install)}")
 
 
 @app.command("unpin")
@@ -208,8 +217,8 @@ def unpin_cmd(root: Path | None) -> None:
     """End a pin: the channel's release is the goal again."""
     from greenlight.updater.store import clear_pin
 
-    install = _root(root)
-    had = _run(False, lambda: clear_pin(install.require()), install)
+    install = open_root(root)
+    had = run_command(False, lambda: clear_pin(install.require()), install)
     say("pin ended" if had else "no pin was set")
 
 

@@ -20,17 +20,17 @@ if TYPE_CHECKING:
 
 
 from greenlight.updater.cli._common import (
-    _dump,
-    _progress,
-    _root,
-    _run,
     app,
     force_option,
     json_option,
+    open_root,
+    print_json,
+    progress_bar,
     root_option,
+    run_command,
     say,
 )
-from greenlight.updater.cli._format import _exit_for, _finish_transaction, _print_transaction
+from greenlight.updater.cli._format import exit_for, finish_transaction, print_transaction
 
 __all__: list[str] = []
 
@@ -52,13 +52,13 @@ def init(root: Path | None, repo: str, trust: Path, channel: str, as_json: bool)
             trusted = trust.read_bytes()
         except OSError as e:
             raise ConfigError(f"--trust {trust}: cannot read: {e.strerror}") from None
-        created = init_root(_root(root).path, repo, trusted, channel)
+        created = init_root(open_root(root).path, repo, trusted, channel)
         open_repository(created)  # verify the trust anchor now, not at the first check
         return status(created)
 
-    report = _run(as_json, work)
+    report = run_command(as_json, work)
     if as_json:
-        _dump(report)
+        print_json(report)
     else:
         say(f"initialized {report.root} following {channel} at {repo}")
 
@@ -76,10 +76,10 @@ def check_cmd(root: Path | None, as_json: bool) -> None:
     """
     from greenlight.updater.operations import check, open_repository
 
-    install = _root(root)
-    report = _run(as_json, lambda: check(install, open_repository(install)), install)
+    install = open_root(root)
+    report = run_command(as_json, lambda: check(install, open_repository(install)), install)
     if as_json:
-        _dump(report)
+        print_json(report)
     elif report.yanked:
         say(f"{report.channel}: the installed {report.installed} was YANKED: {report.yanked}; "
             f"run 'updater upgrade' to leave it for {report.available}")
@@ -124,11 +124,11 @@ def upgrade_cmd(root: Path | None, force: bool, as_json: bool) -> None:
     """
     from greenlight.updater.operations import open_repository, upgrade
 
-    install = _root(root)
-    with _progress(not as_json) as progress:
-        report = _run(as_json, lambda: upgrade(install, open_repository(install), progress,
+    install = open_root(root)
+    with progress_bar(not as_json) as progress:
+        report = run_command(as_json, lambda: upgrade(install, open_repository(install), progress,
                                                force), install, sends=True)
-    _finish_transaction(report, as_json)
+    finish_transaction(report, as_json)
 
 
 @app.command("sideload")
@@ -148,11 +148,11 @@ def sideload_cmd(bundle: Path, root: Path | None, force: bool, switch: bool,
     """
     from greenlight.updater.operations import sideload
 
-    install = _root(root)
-    with _progress(not as_json) as progress:
-        report = _run(as_json, lambda: sideload(install, bundle, progress, force, switch), install,
-                      sends=True)
-    _finish_transaction(report, as_json)
+    install = open_root(root)
+    with progress_bar(not as_json) as progress:
+        report = run_command(as_json, lambda: sideload(install, bundle, progress, force, switch),
+                             install, sends=True)
+    finish_transaction(report, as_json)
 
 
 @app.command("rollback")
@@ -162,16 +162,16 @@ def rollback_cmd(root: Path | None, as_json: bool) -> None:
     """Go back to the previous release by hand: stop, switch, start, check; quarantine this one."""
     from greenlight.updater.operations import rollback
 
-    install = _root(root)
-    report = _run(as_json, lambda: rollback(install), install, sends=True)
+    install = open_root(root)
+    report = run_command(as_json, lambda: rollback(install), install, sends=True)
     if as_json:
-        _dump(report)
+        print_json(report)
     elif report.outcome == "rolled-back":
         say(f"rolled back {report.from_version} -> {report.installed}; "
             f"{report.from_version} quarantined")
     else:
-        _print_transaction(report)
-    raise SystemExit(0 if report.outcome == "rolled-back" else _exit_for(report))
+        print_transaction(report)
+    raise SystemExit(0 if report.outcome == "rolled-back" else exit_for(report))
 
 
 @app.command("recover")
@@ -181,8 +181,8 @@ def recover_cmd(root: Path | None, as_json: bool) -> None:
     """Finish or undo a transaction that an interrupted updater left behind."""
     from greenlight.updater.operations import recover_root
 
-    install = _root(root)
-    entry = _run(as_json, lambda: recover_root(install.require()))
+    install = open_root(root)
+    entry = run_command(as_json, lambda: recover_root(install.require()))
     if as_json:
         print(entry.model_dump_json(indent=2) if entry else "null")
     else:
@@ -196,10 +196,10 @@ def status(root: Path | None, as_json: bool) -> None:
     """Show what is installed, which channel is active and why."""
     from greenlight.updater import operations
 
-    install = _root(root)
-    report = _run(as_json, lambda: operations.status(install), install)
+    install = open_root(root)
+    report = run_command(as_json, lambda: operations.status(install), install)
     if as_json:
-        _dump(report)
+        print_json(report)
         return
     rows = [("root", report.root), ("repository", report.repository),
             ("channel", f"{report.channel} (since {report.channel_since:%Y-%m-%d %H:%M}Z: "
@@ -229,16 +229,16 @@ def channel(name: str | None, root: Path | None, as_json: bool) -> None:
     """Show the active channel, or switch to NAME (verified to exist in the repository)."""
     from greenlight.updater.operations import open_repository, status, switch_channel
 
-    install = _root(root)
+    install = open_root(root)
 
     def work() -> "StatusReport":
         if name is not None:
             switch_channel(install, open_repository(install), name)
         return status(install)
 
-    report = _run(as_json, work, install)
+    report = run_command(as_json, work, install)
     if as_json:
-        _dump(report)
+        print_json(report)
     else:
         say(f"{report.channel} ({report.channel_reason})")
 
@@ -255,8 +255,8 @@ def agent_cmd(root: Path | None, once: bool, failures: int, report: Path | None)
 
     Between cycles only a small stdlib loop stays in memory; each cycle runs as a child.
     """
-    install = _root(root)
-    _run(False, install.require)
+    install = open_root(root)
+    run_command(False, install.require)
     if not once:
         import os
 

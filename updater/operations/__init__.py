@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from greenlight.updater.operations._change import (
+        acting_person,
         download,
         health,
         lift,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from greenlight.updater.operations._recovery import recover_if_interrupted, recover_root
 
 __all__ = [
+    "acting_person",
     "check",
     "download",
     "health",

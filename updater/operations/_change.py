@@ -73,7 +73,7 @@ from greenlight.updater.transaction import (
 )
 from greenlight.updater.trust import Progress, TrustedRepository, open_bundle
 
-__all__ = ["download", "health", "lift", "previous_release", "rollback",
+__all__ = ["acting_person", "download", "health", "lift", "previous_release", "rollback",
            "sideload", "start_services", "stop_services", "upgrade", "write_systemd_units"]
 
 
@@ -366,7 +366,7 @@ def rollback(root: InstallRoot, reason: str = "rolled back by hand") -> UpgradeR
         return result
 
 
-def _who() -> str:
+def acting_person() -> str:
     """The person acting: the login behind sudo when there is one."""
     import getpass
 
@@ -386,7 +386,7 @@ def lift(root: InstallRoot, release: str) -> QuarantineReport:
         lifted = lift_quarantine(root, release)
         if not lifted:
             raise NotFound(f"{release!r} is not quarantined here (see 'updater quarantine')")
-        by = _who()
+        by = acting_person()
         for entry in lifted:
             record(root, HistoryEntry(
                 event="quarantine-lifted", channel=entry.channel, from_version=entry.version,
@@ -412,7 +412,7 @@ def write_systemd_units(root: InstallRoot, out_dir: Path) -> list[Path]:
         written.append(path)
         previous = unit
     agent = out_dir / AGENT_UNIT
-    agent.write_text(agent_unit(root, [SystemdBackend.unit(s) for s in config.service],
+    agent.write_text(_agent_unit(root, [SystemdBackend.unit(s) for s in config.service],
                                 config.backend == "process"))
     return [*written, agent]
 
@@ -420,7 +420,7 @@ def write_systemd_units(root: InstallRoot, out_dir: Path) -> list[Path]:
 AGENT_UNIT = "greenlight-agent.service"
 
 
-def agent_unit(root: InstallRoot, product_units: list[str], owns_services: bool) -> str:
+def _agent_unit(root: InstallRoot, product_units: list[str], owns_services: bool) -> str:
     """The agent's own unit: restarted on failure, started after the product's units (it
     may stop and start them, so it must not race their start at boot), and stopped by
     SIGTERM like any service (a transaction it is in is finished or undone at its next start).

@@ -29,7 +29,7 @@ from greenlight.updater.store import (
 )
 from greenlight.updater.trust import FetcherInterface, TrustedRepository
 
-__all__ = ["check", "open_repository", "plan_for", "quarantined", "read_channel",
+__all__ = ["check", "quarantine_info", "open_repository", "plan_for", "quarantined", "read_channel",
            "status", "switch_channel"]
 
 

@@ -53,7 +53,7 @@ class CheckResult(Record):
         return RecordedCheck.model_validate(self.model_dump(mode="json"))
 
 
-class Outcome(Exception):
+class _Failed(Exception):
     """Raised inside a probe to fail it with a summary and evidence."""
 
     def __init__(self, summary: str, **evidence: Any) -> None:
@@ -126,11 +126,11 @@ class HealthChecker:
     def _x(self, text: str) -> str:
         return expand(text, self.values)
 
-    # --- probes: return evidence on success, raise Outcome on failure ---------------------
+    # --- probes: return evidence on success, raise _Failed on failure ---------------------
     def _process(self, c: ProcessCheck) -> dict[str, Any]:
         pid = self.services.pid(c.service)
         if pid is None:
-            raise Outcome(f"service {c.service} is not running",
+            raise _Failed(f"service {c.service} is not running",
                           last_exit=self.services.last_exit(c.service))
         return {"pid": pid}
 
@@ -138,7 +138,7 @@ class HealthChecker:
         try:
             socket.create_connection((c.host, c.port), timeout=c.timeout).close()
         except OSError as e:
-            raise Outcome(f"{c.host}:{c.port} refused: {e.strerror or e}", error=str(e)) from None
+            raise _Failed(f"{c.host}:{c.port} refused: {e.strerror or e}", error=str(e)) from None
         return {"address": f"{c.host}:{c.port}"}
 
     def _http(self, c: HttpCheck | VersionCheck, expect: dict[str, Any]) -> dict[str, Any]:
@@ -153,37 +153,37 @@ class HealthChecker:
         try:
             r = httpx.get(url, headers=headers, timeout=c.timeout)
         except httpx.HTTPError as e:
-            raise Outcome(f"GET {url}: {type(e).__name__}: {e}", url=url, error=str(e)) from None
+            raise _Failed(f"GET {url}: {type(e).__name__}: {e}", url=url, error=str(e)) from None
         text = _redact(r.text, self._secrets)  # before any excerpt is cut from it
         evidence: dict[str, Any] = {"url": url, "status": r.status_code,
                                     "body": text[:_EXCERPT]}
         wanted = getattr(c, "status", 200)
         if r.status_code != wanted:
-            raise Outcome(f"GET {url} answered HTTP {r.status_code} (expected {wanted}): "
+            raise _Failed(f"GET {url} answered HTTP {r.status_code} (expected {wanted}): "
                           f"{text.strip()[:80]}", **evidence)
         contains = getattr(c, "body_contains", None)
         if contains is not None and self._x(contains) not in r.text:
-            raise Outcome(f"GET {url}: body lacks {self._x(contains)!r}: {text.strip()[:80]}",
+            raise _Failed(f"GET {url}: body lacks {self._x(contains)!r}: {text.strip()[:80]}",
                           **evidence)
         if isinstance(c, VersionCheck) and c.format == "text":
             version = self.values["version"]
             if not re.search(rf"(?<![\w.+-])v?{re.escape(version)}(?![\w+-]|\.\w)", r.text):
-                raise Outcome(f"GET {url}: the version {version} is not in the answer: "
+                raise _Failed(f"GET {url}: the version {version} is not in the answer: "
                               f"{text.strip()[:80]}", **evidence, expected=version)
             return evidence
         if expect:
             try:
                 document = r.json()
             except ValueError:
-                raise Outcome(f"GET {url}: body is not JSON", **evidence) from None
+                raise _Failed(f"GET {url}: body is not JSON", **evidence) from None
             for field, value in expect.items():
                 try:
                     got = _dig(document, field)
                 except KeyError:
-                    raise Outcome(f"GET {url}: no field {field!r} in the answer",
+                    raise _Failed(f"GET {url}: no field {field!r} in the answer",
                                   **evidence) from None
                 if got != value:
-                    raise Outcome(f"GET {url}: {field} is {got!r}, expected {value!r}",
+                    raise _Failed(f"GET {url}: {field} is {got!r}, expected {value!r}",
                                   **evidence, field=field, got=got, expected=value)
         return evidence
 
@@ -206,18 +206,18 @@ class HealthChecker:
                     reply = _redact(reply, self._secrets)  # before it is cut short
                     replies.append(reply[:_EXCERPT])
                     if i < len(c.expect) and c.expect[i] not in reply:
-                        raise Outcome(f"{url}: reply {i + 1} lacks {c.expect[i]!r}",
+                        raise _Failed(f"{url}: reply {i + 1} lacks {c.expect[i]!r}",
                                       url=url, replies=replies)
         except ConnectionClosed as e:
             rcvd = e.rcvd
             reason = f"closed by the core: {rcvd.code} {rcvd.reason}" if rcvd else "closed"
-            raise Outcome(f"{url}: {reason}", url=url, replies=replies,
+            raise _Failed(f"{url}: {reason}", url=url, replies=replies,
                           close_code=rcvd.code if rcvd else None) from None
         except InvalidStatus as e:
-            raise Outcome(f"{url}: handshake answered HTTP {e.response.status_code}",
+            raise _Failed(f"{url}: handshake answered HTTP {e.response.status_code}",
                           url=url, status=e.response.status_code) from None
         except (OSError, TimeoutError, WebSocketException) as e:
-            raise Outcome(f"{url}: {type(e).__name__}: {e}", url=url, error=str(e)) from None
+            raise _Failed(f"{url}: {type(e).__name__}: {e}", url=url, error=str(e)) from None
         return {"url": url, "replies": replies}
 
     def _dns(self, c: DnsCheck) -> dict[str, Any]:
@@ -234,13 +234,13 @@ class HealthChecker:
         try:
             answer = dns.query.udp(query, host, port=int(port), timeout=c.timeout)
         except (dns.exception.DNSException, OSError) as e:
-            raise Outcome(f"resolver {c.resolver}: {type(e).__name__}: {e}",
+            raise _Failed(f"resolver {c.resolver}: {type(e).__name__}: {e}",
                           resolver=c.resolver, error=str(e)) from None
         found = [rr.to_text() for rrset in answer.answer for rr in rrset]
         evidence = {"resolver": c.resolver, "query": c.query, "answers": found,
                     "rcode": dns.rcode.to_text(answer.rcode())}
         if not found or (c.expect is not None and c.expect not in found):
-            raise Outcome(f"resolver {c.resolver}: {c.query} {c.rdtype} answered "
+            raise _Failed(f"resolver {c.resolver}: {c.query} {c.rdtype} answered "
                           f"{found or 'nothing'}"
                           + (f", expected {c.expect}" if c.expect else ""), **evidence)
         return evidence
@@ -251,9 +251,9 @@ class HealthChecker:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=c.timeout,
                                   cwd=self.root)
         except subprocess.TimeoutExpired:
-            raise Outcome(f"{argv[0]} did not finish in {c.timeout}s", argv=argv) from None
+            raise _Failed(f"{argv[0]} did not finish in {c.timeout}s", argv=argv) from None
         except OSError as e:
-            raise Outcome(f"{argv[0]}: {e.strerror}", argv=argv) from None
+            raise _Failed(f"{argv[0]}: {e.strerror}", argv=argv) from None
         stdout, stderr = _redact(done.stdout, self._secrets), _redact(done.stderr, self._secrets)
         evidence = {"argv": argv, "returncode": done.returncode,
                     "stdout": stdout[-_EXCERPT:], "stderr": stderr[-_EXCERPT:]}
@@ -261,7 +261,7 @@ class HealthChecker:
             last = (stderr.strip() or stdout.strip()).splitlines()
             program = c.command[1] if c.command[0] == "{python}" and len(c.command) > 1 else argv[0]
             program = self._x(program)
-            raise Outcome(f"{Path(program).name} exited {done.returncode}: "
+            raise _Failed(f"{Path(program).name} exited {done.returncode}: "
                           f"{last[-1] if last else 'no output'}", **evidence)
         return evidence
 
@@ -293,7 +293,7 @@ class HealthChecker:
             try:
                 evidence = self._probe(c)
                 ok, summary = True, "ok"
-            except Outcome as failure:
+            except _Failed as failure:
                 ok, summary, evidence = False, failure.summary, failure.evidence
             latency = (time.perf_counter() - started) * 1000
             if ok or attempts > budget:

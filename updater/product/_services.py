@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from greenlight.updater.store import InstallRoot
 
 __all__ = ["ProcessBackend", "ServiceBackend", "StopOutcome", "SystemdBackend", "backend_for",
-           "drain", "render_unit"]
+           "clean_statuses", "drain", "render_unit"]
 
 
 @dataclass

@@ -26,7 +26,9 @@ from greenlight.updater.store import InstallRoot, Journal, Region, stage_release
 from greenlight.updater.transaction._engine import Step
 from greenlight.updater.trust import Downloads, Progress, TrustedRepository, verifying
 
-__all__ = ["DELTA_PAYS", "ROLLBACK_STEPS", "STEPS", "Transaction"]
+__all__ = ["DELTA_PAYS", "ROLLBACK_STEPS", "STEPS", "Transaction", "do_commit", "do_fetch",
+           "do_post_check", "do_stage", "do_start", "do_stop", "do_switch", "undo_stage",
+           "undo_start", "undo_stop", "undo_switch"]
 
 
 @dataclass
