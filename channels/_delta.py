@@ -42,6 +42,7 @@ __all__ = ["DeltaError", "BuiltDelta", "apply_delta", "build_delta"]
 FORMAT = "greenlight.delta/1"
 _GZIP_LEVELS = (6, 9, 1, 2, 3, 4, 5, 7, 8)
 _ZSTD_LEVELS = (3, 19, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
+MIN_BASE = 64  # bytes of base content below which a delta cannot pay
 WEAK_RATIO = 0.05  # a zstd patch above this share of the content is worth a stronger method
 HDIFF_BYTES_PER_SECOND = 10_000_000  # measured build speed on one core, for the time budget
 # HDiffPatch chunks: 2 MiB of new content each, against the old content at the same relative
@@ -236,6 +237,8 @@ def build_delta(base: bytes, new: bytes, budget_seconds: float = 30.0) -> BuiltD
     started = time.perf_counter()
     old_content, _ = _decompress(base)
     new_content, kind = _decompress(new)
+    if len(old_content) < MIN_BASE:
+        return None  # nothing to reuse (and zstd takes no prefix this short)
     recipe = _find_recipe(new, new_content, kind)
     if recipe is None:
         return None

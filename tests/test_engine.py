@@ -2,16 +2,33 @@
 processes, no network; the journal is a real file under a real root."""
 
 import contextlib
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
-from greenlight.channels import HaltRule
+from greenlight.channels import (
+    ChannelFile,
+    ComponentArtifact,
+    HaltRule,
+    ReleaseId,
+    RevokedRelease,
+    Rollout,
+)
 from greenlight.release.fleet import Evidence, RolloutPosition, judge
-from greenlight.updater.policy import AgentInput, agent_step
+from greenlight.updater.policy import AgentInput, agent_step, decide
 from greenlight.updater.store import InstallRoot, Journal, StepRecord
 from greenlight.updater.transaction import Step, run_steps, undo_steps
 
@@ -113,6 +130,206 @@ def test_undo_is_idempotent_and_recovery_converges(tmp_path_factory, count, fail
         assert undo_steps(_steps(names), ctx, "recovery") == []
         assert ctx.effects == []
         assert all(ctx.journal.state_of(n) in ("undone", "pending") for n in names)
+
+
+
+class _Killed(BaseException):
+    """The process dies here: nothing after this line of the engine runs, and what is in
+    memory is gone; the world (the effects) and the journal on disk stay as they were."""
+
+
+_NAMES = ["fetch", "stage", "stop", "switch", "start"]
+
+
+class JournalMachine(RuleBasedStateMachine):
+    """Transactions over the real journal, killed anywhere in a step or an undo, with undos
+    that break and get repaired, and recovery run by a "new process" that knows only the
+    journal on disk. Recovery always converges: once nothing is broken, one recovery leaves
+    no effect in place and no transaction open, and a second changes nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = Path(tempfile.mkdtemp(prefix="journal-machine-"))
+        self.root = InstallRoot(self.tmp / "root")
+        self.root.state.mkdir(parents=True)
+        self.world: set[str] = set()  # effects in place, as on a disk
+        self.broken: set[str] = set()
+        self.kill: tuple[str, str] | None = None  # (step, "do" or "undo"), after its effect
+        self.journal: Journal | None = None
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _ctx(self, journal: Journal) -> Ctx:
+        return Ctx(self.root, journal)
+
+    def _steps(self, ctx: Ctx) -> list[Step[Ctx]]:
+        def make(name: str) -> Step[Ctx]:
+            def do(c: Ctx) -> None:
+                if c.fail_at == name:
+                    raise RuntimeError(f"{name} failed")
+                self.world.add(name)
+                if self.kill == (name, "do"):
+                    self.kill = None
+                    raise _Killed
+
+            def undo(c: Ctx) -> None:
+                if name in self.broken:
+                    raise OSError(f"cannot undo {name}")
+                self.world.discard(name)
+                if self.kill == (name, "undo"):
+                    self.kill = None
+                    raise _Killed
+
+            return Step(name, do, undo)
+
+        return [make(n) for n in _NAMES]
+
+    def _crashed(self) -> None:
+        self.journal = Journal.load(self.root)  # a new process reads what is on disk
+
+    @precondition(lambda self: Journal.load(self.root) is None)
+    @rule(fail=st.sampled_from([None, *_NAMES]))
+    def begin(self, fail: str | None) -> None:
+        journal = Journal.model_validate({
+            "kind": "upgrade", "channel": "stable", "from_release": None,
+            "to_release": "1.0@ab", "started_at": datetime.now(UTC),
+            "steps": [StepRecord(name=n) for n in _NAMES]})
+        journal.save(self.root)
+        ctx = self._ctx(journal)
+        ctx.fail_at = fail
+        try:
+            run_steps(self._steps(ctx), ctx)
+        except RuntimeError:
+            try:
+                errors = undo_steps(self._steps(ctx), ctx, f"{fail} failed")
+            except _Killed:
+                self._crashed()
+                return
+            if not errors:
+                assert not self.world
+                ctx.journal.finish(self.root)
+        except _Killed:
+            self._crashed()
+            return
+        else:  # committed: its effects are the new baseline, not the transaction's any more
+            ctx.journal.finish(self.root)
+            self.world.clear()
+        self.journal = Journal.load(self.root)
+
+    @rule(step=st.sampled_from(_NAMES), when=st.sampled_from(["do", "undo"]))
+    def arm_kill(self, step: str, when: str) -> None:
+        self.kill = (step, when)
+
+    @rule(step=st.sampled_from(_NAMES))
+    def break_undo(self, step: str) -> None:
+        self.broken.add(step)
+
+    @rule()
+    def repair(self) -> None:
+        self.broken.clear()
+
+    @precondition(lambda self: Journal.load(self.root) is not None)
+    @rule()
+    def recover(self) -> None:
+        journal = Journal.load(self.root)
+        assert journal is not None
+        ctx = self._ctx(journal)
+        try:
+            errors = undo_steps(self._steps(ctx), ctx, "recovery")
+        except _Killed:
+            self._crashed()
+            return
+        failed = {n for n in _NAMES if journal.state_of(n) == "undo-failed"}
+        assert failed == {e.split()[3] for e in errors} and failed <= self.broken
+        if not errors:
+            assert not self.world, "recovery left an effect in place"
+            # Idempotent: undoing again, as a recovery killed after its undo would, changes
+            # nothing.
+            assert undo_steps(self._steps(ctx), ctx, "recovery again") == []
+            assert not self.world
+            journal.finish(self.root)
+        self.journal = Journal.load(self.root)
+
+    @invariant()
+    def the_journal_on_disk_tells_what_is_in_place(self) -> None:
+        journal = Journal.load(self.root)
+        if journal is None:
+            return
+        for name in _NAMES:
+            state = journal.state_of(name)
+            if state in ("pending", "undone"):
+                assert name not in self.world, (name, state)
+            elif state == "done":
+                assert name in self.world, (name, state)
+            # doing, undoing, undo-failed: either, and recovery deals with it
+
+def test_recovery_converges_whatever_the_kills_and_broken_undos():
+    """Run the machine, then prove convergence from wherever it stopped."""
+    run_state_machine_as_test(JournalMachine, settings=settings(
+        max_examples=60, stateful_step_count=25, deadline=None))
+
+
+class _Converging(JournalMachine):
+    @rule()
+    def repaired_recovery_converges(self) -> None:
+        self.broken.clear()
+        self.kill = None
+        if Journal.load(self.root) is not None:
+            self.recover()
+            assert Journal.load(self.root) is None and not self.world
+
+
+def test_once_repaired_one_recovery_ends_every_transaction():
+    run_state_machine_as_test(_Converging, settings=settings(
+        max_examples=60, stateful_step_count=25, deadline=None))
+
+
+
+# The plan's rules, in their order (policy/_channel.py): the first that applies decides.
+_PLAN_RULES = [("revoked", "leave-yanked"), ("same", "up-to-date"), ("pinned", "held"),
+               ("quarantined", "held"), ("outside-rollout", "held")]
+
+
+def _plan_case(conditions: frozenset[str]) -> tuple[ChannelFile, ReleaseId | None,
+                                                   dict[ReleaseId, str], str | None]:
+    def artifact(version: str, digest: str) -> ComponentArtifact:
+        return ComponentArtifact(version=version, target=f"artifacts/core/{version}/c.tar",
+                                 sha256=digest * 64, length=1)
+
+    installed_version = "1.2" if "same" in conditions else "1.1"
+    channel = ChannelFile(
+        channel="stable", release="1.2", published_at=AT,
+        components={"core": artifact("1.2", "a")},
+        revoked=[RevokedRelease(version=installed_version, reason="bad", revoked_at=AT)]
+        if "revoked" in conditions else [],
+        rollout=Rollout(percent=0) if "outside-rollout" in conditions else None)
+    if "same" in conditions:
+        installed = channel.identity
+    else:
+        installed = ChannelFile(channel="stable", release="1.1", published_at=AT,
+                                components={"core": artifact("1.1", "b")}).identity
+    quarantined = {channel.identity: "failed here"} if "quarantined" in conditions else {}
+    pin = "1.0" if "pinned" in conditions else None
+    return channel, installed, quarantined, pin
+
+
+@pytest.mark.parametrize("conditions", [
+    frozenset(c for i, (c, _) in enumerate(_PLAN_RULES) if mask >> i & 1)
+    for mask in range(2 ** len(_PLAN_RULES))], ids=lambda c: "+".join(sorted(c)) or "none")
+def test_the_plan_rules_apply_in_their_order(conditions):
+    """Every combination of the conditions: the first rule that applies decides, and with
+    none, the channel's release installs."""
+    channel, installed, quarantined, pin = _plan_case(conditions)
+    plan = decide(channel, installed, quarantined, "installation-1", pin)
+    expected = next((action for c, action in _PLAN_RULES if c in conditions), "install")
+    assert plan.action == expected
+    first = next((c for c, _ in _PLAN_RULES if c in conditions), None)
+    if first in ("pinned", "quarantined", "outside-rollout"):
+        assert plan.note is not None and {"pinned": "pinned to 1.0", "quarantined":
+                                          "quarantined here", "outside-rollout":
+                                          "staged rollout"}[first] in plan.note
+    assert plan.changes_something == (expected in ("install", "leave-yanked"))
 
 
 AT = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
