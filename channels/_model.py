@@ -12,6 +12,7 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
 
 from greenlight.channels._identity import ReleaseId
+from greenlight.channels._invalid import describe_validation
 from greenlight.channels._paths import check_channel_name, check_component_name
 from greenlight.channels._records import Record
 from greenlight.channels._versions import canonical_version, parse_version
@@ -43,9 +44,7 @@ def _parse(model: type[_M], data: bytes, source: str) -> _M:
     try:
         return model.model_validate_json(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ChannelFileError(f"{source}: field {where}: {first['msg']}") from None
+        raise ChannelFileError(f"{source}: {describe_validation(e, limit=1)}") from None
 
 
 class Delta(_Strict):

@@ -18,6 +18,14 @@ from greenlight.updater import ArchiveError, ChannelMismatch, TrustError
 from greenlight.updater.operations import sideload
 from greenlight.updater.product import init_root
 from greenlight.updater.store import InstallRoot, active_channel
+from greenlight.updater.trust import (
+    BundleFetcher,
+    DirectoryFetcher,
+    FetcherInterface,
+    HttpxFetcher,
+    LocalRegions,
+    RangedFetcher,
+)
 
 from conftest import builtin_server
 
@@ -400,3 +408,23 @@ def test_a_bundle_carries_the_rollout_state_and_a_sideload_obeys_it(tmp_path, of
     build_bundle(published, "stable", resumed)
     report = sideload(root, resumed)
     assert (report.outcome, report.installed) == ("upgraded", cf.release)
+
+
+def test_fetcher_capabilities_are_typed_protocols(tmp_path):
+    """Resuming and reading in place are declared capabilities, not attribute probes: the
+    network and folder fetchers resume, a bundle's members are also read in place, and a
+    fetcher with only ngclient's interface gets neither (a whole download, from zero)."""
+
+    class Plain(FetcherInterface):
+        def _fetch(self, url: str):
+            return iter([b""])
+
+    bundle = BundleFetcher(tmp_path / "b.tar", {})
+    http = HttpxFetcher()
+    try:
+        assert isinstance(http, RangedFetcher) and not isinstance(http, LocalRegions)
+    finally:
+        http.close()
+    assert isinstance(DirectoryFetcher(tmp_path), RangedFetcher)
+    assert isinstance(bundle, RangedFetcher) and isinstance(bundle, LocalRegions)
+    assert not isinstance(Plain(), RangedFetcher) and not isinstance(Plain(), LocalRegions)

@@ -223,6 +223,29 @@ def test_no_module_imports_what_another_keeps_private():
     assert not found, found
 
 
+def test_what_a_public_function_raises_is_documented():
+    """As python-tuf's ngclient does: a public function of trust, store or operations that
+    raises says what, in a "Raises:" section (every operation does, since they all can)."""
+    missing = []
+    for name, path in _modules().items():
+        layer = name.split(".")[2] if name.count(".") >= 2 else ""
+        if layer not in ("trust", "store", "operations") or not path.name.startswith("_"):
+            continue
+        tree = ast.parse(path.read_text())
+        exported = set(_declared_all(tree) or [])
+        functions = [(n.name, n) for n in tree.body
+                     if isinstance(n, ast.FunctionDef) and n.name in exported]
+        for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name in exported):
+            functions += [(f"{cls.name}.{m.name}", m) for m in cls.body
+                          if isinstance(m, ast.FunctionDef) and not m.name.startswith("_")]
+        for qualified, fn in functions:
+            raises = any(isinstance(r, ast.Raise) and r.exc is not None for r in ast.walk(fn))
+            if (raises or layer == "operations") and \
+                    "Raises:" not in (ast.get_docstring(fn) or ""):
+                missing.append(f"{name}.{qualified}")
+    assert not missing, missing
+
+
 def _registered(node: ast.FunctionDef | ast.ClassDef) -> bool:
     """A CLI command: registered on its group by a decorator, not imported by name."""
     return any(isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute)

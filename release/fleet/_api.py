@@ -44,7 +44,7 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
-    from greenlight.channels import FleetReport
+    from greenlight.channels import FleetReport, describe_validation
 
     # At most one judgement per channel waits at a time in this process: a burst of failure
     # reports costs one look at the repository, not one per report.
@@ -67,7 +67,7 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         try:
             report = FleetReport.model_validate_json(body)
         except ValidationError as e:
-            return JSONResponse({"error": f"not a greenlight.report/1: {e.errors()[0]['msg']}"},
+            return JSONResponse({"error": f"not a greenlight.report/1: {describe_validation(e)}"},
                                 422)
         if not store.accept(report, report.model_dump_json(by_alias=True), clock(), RATE):
             return JSONResponse({"error": "too many reports from this installation"}, 429)

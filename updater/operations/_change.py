@@ -78,7 +78,11 @@ __all__ = ["acting_person", "download", "health", "lift", "previous_release", "r
 
 
 def health(root: InstallRoot) -> HealthReport:
-    """Every check, now, against the installed release."""
+    """Every check, now, against the installed release.
+
+    Raises:
+        ConfigError: no configuration, or one that does not load.
+    """
     control = ServiceControl.of(root, config_of(root))
     results = control.check_now(root.installed_release())
     healthy = bool(results) and not failed_required(results)  # nothing checked is not healthy
@@ -103,7 +107,12 @@ def start_services(root: InstallRoot) -> list[str]:
 
 
 def stop_services(root: InstallRoot) -> list[str]:
-    """Stop the services in reverse order, drained as the config says."""
+    """Stop the services in reverse order, drained as the config says.
+
+    Raises:
+        ConfigError: no configuration, or one that does not load.
+        BusyError: another updater holds the root.
+    """
     with locked(root):
         control = ServiceControl.of(root, config_of(root))
         return [o.describe() for o in control.stop_all(root.installed_release())]
@@ -326,6 +335,9 @@ def _leave_yanked(root: InstallRoot, repo: TrustedRepository, channel_file: Chan
 def previous_release(root: InstallRoot) -> str | None:
     """The key of the release this one replaced, if it is still kept and not quarantined
     here (a yanked or failed release is never chosen); None when no kept release is eligible.
+
+    Raises:
+        StoreError: the history or the quarantine is damaged.
     """
     installed = root.installed_release()
     held = {identity.key for identity in quarantine(root)}
@@ -367,7 +379,11 @@ def rollback(root: InstallRoot, reason: str = "rolled back by hand") -> UpgradeR
 
 
 def acting_person() -> str:
-    """The person acting: the login behind sudo when there is one."""
+    """The person acting: the login behind sudo when there is one.
+
+    Raises:
+        Nothing: an unprintable login is shown as its repr.
+    """
     import getpass
 
     user = os.environ.get("SUDO_USER") or getpass.getuser()
@@ -398,7 +414,12 @@ def lift(root: InstallRoot, release: str) -> QuarantineReport:
 
 
 def write_systemd_units(root: InstallRoot, out_dir: Path) -> list[Path]:
-    """A unit file for each configured service, in start order, into `out_dir`."""
+    """A unit file for each configured service, in start order, into `out_dir`.
+
+    Raises:
+        ConfigError: no configuration, or one that does not load.
+        OSError: `out_dir` could not be written.
+    """
     from greenlight.updater.product import SystemdBackend, render_unit, values_for
 
     config = config_of(root)

@@ -49,7 +49,14 @@ def open_repository(root: InstallRoot, fetcher: FetcherInterface | None = None
 def read_channel(
     root: InstallRoot, repo: TrustedRepository, channel: str | None = None
 ) -> ChannelFile:
-    """A channel's file (the active one by default), verified, and kept in state/channels/."""
+    """A channel's file (the active one by default), verified, and kept in state/channels/.
+
+    Raises:
+        NotFound: the repository has no such channel.
+        TrustError: the channel file refused.
+        NetworkError: the repository unreachable or too slow.
+        StoreError: state/channels/ could not be written.
+    """
     channel = channel or active_channel(root).channel
     channel_file, raw = repo.channel_file(channel, root.channels_dir / f"{channel}.json")
     save_channel_file(root, channel_file, raw)
@@ -76,7 +83,12 @@ def switch_channel(root: InstallRoot, repo: TrustedRepository, channel: str) -> 
 def plan_for(root: InstallRoot, channel_file: ChannelFile,
              repo: TrustedRepository | None = None) -> Plan:
     """What this installation should do about `channel_file`, from what is on disk (and, for
-    a planned rollout, the online role's signed state from `repo`)."""
+    a planned rollout, the online role's signed state from `repo`).
+
+    Raises:
+        TrustError, NetworkError: the rollout state of a planned rollout could not be read.
+        StoreError: the quarantine or the pin is damaged.
+    """
     held = {identity: entry.reason for identity, entry in quarantine(root).items()}
     pin = pin_of(root)
     planned = channel_file.rollout is not None and channel_file.rollout.plan is not None
@@ -93,7 +105,12 @@ def _rollout_status(plan: Plan) -> RolloutStatus | None:
 
 
 def check(root: InstallRoot, repo: TrustedRepository) -> CheckReport:
-    """Refresh, read the active channel's file, and say what an upgrade would do."""
+    """Refresh, read the active channel's file, and say what an upgrade would do.
+
+    Raises:
+        TrustError, NetworkError, NotFound: as `read_channel`.
+        ConfigError: no configuration, or one that does not load.
+    """
     active = active_channel(root)
     channel_file = read_channel(root, repo)
     plan = plan_for(root, channel_file, repo)
@@ -157,12 +174,22 @@ def _hold_text(root: InstallRoot) -> str | None:
 
 
 def quarantine_info(entries: "list[QuarantineEntry]") -> list[QuarantineEntryInfo]:
+    """One quarantine entry as command output.
+
+    Raises:
+        Nothing.
+    """
     return [QuarantineEntryInfo(release=e.identity.key, version=e.version, digest=e.digest,
                                 channel=e.channel, reason=e.reason, at=e.at)
             for e in sorted(entries, key=lambda e: e.at)]
 
 
 def quarantined(root: InstallRoot) -> QuarantineReport:
-    """The releases quarantined here, oldest entry first, with their reasons."""
+    """The releases quarantined here, oldest entry first, with their reasons.
+
+    Raises:
+        ConfigError: no configuration here.
+        StoreError: quarantine.json is damaged.
+    """
     return QuarantineReport(root=str(root.require().path),
                             entries=quarantine_info(list(quarantine(root).values())))

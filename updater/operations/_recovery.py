@@ -22,7 +22,14 @@ def recover_root(root: InstallRoot) -> HistoryEntry | None:
 
 
 def recover_if_interrupted(root: InstallRoot) -> HistoryEntry | None:
-    """What every command runs first: recover a transaction nobody is running any more."""
+    """What every command runs first: recover a transaction nobody is running any more.
+
+    Raises:
+        ConfigError: the configuration does not load.
+        StoreError: the journal or the history could not be read or written. A failed undo
+            is not raised: it is recorded in the history and the journal stays for the next
+            recovery. Another updater holding the root is not an error: it finishes its own.
+    """
     if not Journal.path(root).exists():
         return None
     try:

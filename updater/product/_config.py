@@ -29,13 +29,13 @@ from typing import Annotated, Literal
 import tomli_w
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
 
-from greenlight.channels import Record, check_channel_name
+from greenlight.channels import Record, check_channel_name, describe_validation
 from greenlight.updater._errors import ConfigError
 
 __all__ = ["PRODUCT_PARTS", "AgentConfig", "CheckConfig", "CommandCheck", "Config", "DnsCheck",
            "HealthConfig", "HttpCheck", "ProcessCheck", "ReportConfig", "RepositoryConfig",
            "ServiceConfig", "StopConfig", "TcpCheck", "VersionCheck", "WebSocketCheck",
-           "describe", "load_product", "product_part", "with_product"]
+           "load_product", "product_part", "with_product"]
 
 
 def _url(text: str) -> str:
@@ -260,7 +260,7 @@ class Config(_Section):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise ConfigError(f"{path}: {describe(e, data)}") from None
+            raise ConfigError(f"{path}: {describe_validation(e, data, limit=1)}") from None
 
     @property
     def outbox_size(self) -> int | None:
@@ -298,7 +298,7 @@ def load_product(text: str, source: str) -> dict[str, object]:
     try:
         Config.model_validate({"repository": _PLACEHOLDER_REPOSITORY, **data})
     except ValidationError as e:
-        raise ConfigError(f"{source}: {describe(e, data)}") from None
+        raise ConfigError(f"{source}: {describe_validation(e, data, limit=1)}") from None
     return data
 
 
@@ -314,33 +314,8 @@ def with_product(config_text: str, product: dict[str, object], source: str) -> s
     try:
         Config.model_validate(merged)
     except ValidationError as e:
-        raise ConfigError(f"{source}: {describe(e, merged)}") from None
+        raise ConfigError(f"{source}: {describe_validation(e, merged, limit=1)}") from None
     return ("# greenlight.toml: the installation's repository and channel, and the product's\n"
             "# services and checks (written by the offline installer). Reference: Greenlight's\n"
             "# docs/configuration.md. Top-level keys stay above the first [table].\n\n"
             + tomli_w.dumps(merged))
-
-
-def describe(error: ValidationError, data: object) -> str:
-    """The first validation error as 'field X[.Y]: message', with array entries by name."""
-    first = error.errors()[0]
-    parts: list[str] = []
-    node = data
-    for step in first["loc"]:
-        if isinstance(step, int) and isinstance(node, list) and step < len(node):
-            node = node[step]
-            name = node.get("name") if isinstance(node, dict) else None
-            parts[-1] += f"[{name!r}]" if name else f"[{step}]"
-            continue
-        if isinstance(node, dict):
-            node = node.get(step)
-        if step in ("process", "tcp", "http", "websocket", "dns", "version", "command"):
-            continue  # the discriminator's branch name, not a field
-        parts.append(str(step))
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "union_tag_invalid":
-        parts.append("type")
-        message = (f"unknown check type {first['ctx']['tag']!r}: expected one of "
-                   f"{first['ctx']['expected_tags'].replace(chr(39), '')}")
-    where = ".".join(parts)
-    return f"field {where}: {message}" if where else message

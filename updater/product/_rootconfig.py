@@ -7,7 +7,7 @@ import weakref
 
 from pydantic import ValidationError
 
-from greenlight.channels import atomic_write
+from greenlight.channels import atomic_write, describe_validation
 from greenlight.updater._errors import ConfigError
 from greenlight.updater.product._config import Config, RepositoryConfig
 from greenlight.updater.product._template import config_text
@@ -51,8 +51,7 @@ def init_root(path: os.PathLike[str] | str, repo_url: str, trusted_root: bytes,
     try:
         config = Config(repository=RepositoryConfig(url=repo_url), channel=channel)
     except ValidationError as e:
-        first = e.errors()[0]
-        raise ConfigError(f"--repo/--channel: {first['msg']}") from None
+        raise ConfigError(f"--repo/--channel: {describe_validation(e, limit=1)}") from None
     root.path.mkdir(parents=True, exist_ok=True, mode=0o750)
     os.chmod(root.path, 0o750)  # the config may hold headers or environment secrets
     for folder in (root.metadata_dir, root.channels_dir, root.downloads, root.releases):

@@ -208,7 +208,12 @@ def extract(archive: Path | Region, dest: Path, limits: Limits = Limits(),
             strip: str | None = None) -> int:
     """Extract `archive` (a file, or a region of one checked against its sha256 as it is
     read) into the empty folder `dest`; return the bytes written. With `strip`, every member
-    must sit under that top folder, which is left out."""
+    must sit under that top folder, which is left out.
+
+    Raises:
+        ArchiveError: not a readable archive, or a member refused (leaves the tree, a device, a
+            bomb, a name twice...); what was written stays in `dest` for the caller to remove.
+    """
     label = archive.name
     dest.mkdir(parents=True, exist_ok=True)
     size = archive.length if isinstance(archive, Region) else archive.stat().st_size
@@ -320,7 +325,11 @@ def index_tar(path: Path, limits: Limits = Limits(compressed=False),
     """Where each file of the plain tar `path` sits, read from its headers alone, so that its
     members can be read in place (an offline bundle). Only regular files and folders may be
     in it: a link, device or FIFO is refused, and so are unsafe or duplicate names, a
-    compressed file, and a member that runs past the end of the file (truncated)."""
+    compressed file, and a member that runs past the end of the file (truncated).
+
+    Raises:
+        ArchiveError: not a plain tar, or a member refused.
+    """
     label = path.name
     index: TarIndex = {}
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)

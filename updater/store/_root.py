@@ -83,6 +83,11 @@ class InstallRoot:
 
     # --- the root itself ------------------------------------------------------------------
     def require(self) -> "InstallRoot":
+        """This root, when it has a greenlight.toml.
+
+        Raises:
+            ConfigError: no greenlight.toml here (run `updater init`).
+        """
         if not self.config_path.is_file():
             raise ConfigError(
                 f"{self.path}: not an installation root (no greenlight.toml); run 'updater init'"
@@ -105,7 +110,11 @@ class InstallRoot:
         return self.releases / key
 
     def installed_release(self) -> str | None:
-        """The key of the release `current` points at; None when nothing is installed."""
+        """The key of the release `current` points at; None when nothing is installed.
+
+        Raises:
+            StoreError: `current` is not a link into releases/.
+        """
         try:
             target = os.readlink(self.current)
         except FileNotFoundError:
@@ -125,6 +134,11 @@ class InstallRoot:
         return None if manifest is None else manifest.identity
 
     def manifest(self, key: str) -> ReleaseManifest | None:
+        """The release.json of a kept release; None when the folder or its manifest is missing.
+
+        Raises:
+            StoreError: the manifest is damaged.
+        """
         path = self.release_dir(key) / RELEASE_MANIFEST
         try:
             return ReleaseManifest.model_validate_json(path.read_bytes())
@@ -148,6 +162,12 @@ class InstallRoot:
         return [key for _, key in sorted(keys)]
 
     def switch_current(self, key: str) -> None:
+        """Point `current` at release `key`, in one rename.
+
+        Raises:
+            StoreError: the release is not complete (no manifest), or the link could not be
+                written.
+        """
         if not (self.release_dir(key) / RELEASE_MANIFEST).is_file():
             raise StoreError(f"{self.release_dir(key)}: release {key} is not staged")
         atomic_symlink(self.current, f"releases/{key}")

@@ -21,6 +21,14 @@ __all__ = ["stage_release"]
 
 def stage_release(root: InstallRoot, channel_file: ChannelFile,
                   archives: Mapping[str, Path | Region]) -> Path:
+    """Unpack a verified release's archives into releases/<key>/ (nothing, when a release of the
+    same identity is there); return its folder.
+
+    Raises:
+        ArchiveError: an archive refused; the staging folder is removed.
+        StoreError: the folder holds other bytes under this key, or the disk is full or not
+            writable; the staging folder is removed.
+    """
     version, key = channel_file.release, channel_file.identity.key
     final = root.release_dir(key)
     existing = root.manifest(key)

@@ -36,6 +36,12 @@ class DirectoryFetcher(FetcherInterface):
 
     def open_range(self, url: str, offset: int, length: int | None = None
                    ) -> tuple[int, Iterator[bytes]]:
+        """Stream a file of the folder from byte `offset`.
+
+        Raises:
+            DownloadError: the URL is not inside the bundle (MissingFromBundle, a 404, when the
+                file is not there).
+        """
         parts = urlsplit(url)
         if f"{parts.scheme}://{parts.netloc}/" != BUNDLE_BASE_URL:
             raise exceptions.DownloadError(f"{url}: not inside the bundle")
@@ -61,7 +67,12 @@ class BundleFetcher(FetcherInterface):
         self.bundle, self.index = bundle, index
 
     def region(self, url: str) -> tuple[Path, int, int]:
-        """(bundle file, offset, length) of the member a URL names."""
+        """(bundle file, offset, length) of the member a URL names.
+
+        Raises:
+            DownloadError: the URL is not inside the bundle (MissingFromBundle, a 404, when no
+                member has that name).
+        """
         parts = urlsplit(url)
         if f"{parts.scheme}://{parts.netloc}/" != BUNDLE_BASE_URL:
             raise exceptions.DownloadError(f"{url}: not inside the bundle")

@@ -17,6 +17,8 @@ import socket
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import httpx
 import tuf
@@ -25,7 +27,28 @@ from tuf.ngclient import FetcherInterface
 
 from greenlight.channels import VERSION
 
-__all__ = ["DEFAULT_MIN_RATE", "MAX_REDIRECTS", "HttpxFetcher", "user_agent"]
+__all__ = ["DEFAULT_MIN_RATE", "MAX_REDIRECTS", "HttpxFetcher", "LocalRegions", "RangedFetcher",
+           "user_agent"]
+
+
+@runtime_checkable
+class RangedFetcher(Protocol):
+    """A fetcher that can resume: it streams a URL from a byte offset."""
+
+    def open_range(self, url: str, offset: int, length: int | None = None
+                   ) -> tuple[int, Iterator[bytes]]:
+        """(where the body starts, its chunks); a source that cannot seek answers from 0."""
+        ...
+
+
+@runtime_checkable
+class LocalRegions(Protocol):
+    """A fetcher whose targets already sit in a local file (an offline bundle's members), to
+    be read in place rather than copied."""
+
+    def region(self, url: str) -> tuple[Path, int, int]:
+        """(file, offset, length) of the target a URL names."""
+        ...
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-\d+/(?:\d+|\*)$")
 DEFAULT_MIN_RATE = 64 * 1024
@@ -120,7 +143,13 @@ class HttpxFetcher(FetcherInterface):
                    ) -> tuple[int, Iterator[bytes]]:
         """Stream `url` from byte `offset`: (where the body starts, its chunks). A server that
         ignores Range answers 200 from byte 0, and the caller starts over. With the target's
-        `length` the deadline allows for its size at `min_rate`; without, it is `timeout`."""
+        `length` the deadline allows for its size at `min_rate`; without, it is `timeout`.
+
+        Raises:
+            DownloadHTTPError: the server answered 400 or more.
+            DownloadError: the connection failed, or the deadline passed (ngclient's errors,
+                mapped to one line).
+        """
         budget = self.timeout
         if length is not None:
             budget += max(0, length - offset) / self.min_rate

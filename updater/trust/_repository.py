@@ -36,7 +36,13 @@ from greenlight.updater._errors import (
     TrustError,
 )
 from greenlight.updater.trust._downloads import Downloads, Opener, Progress, receive_verified
-from greenlight.updater.trust._fetcher import DEFAULT_MIN_RATE, HttpxFetcher, user_agent
+from greenlight.updater.trust._fetcher import (
+    DEFAULT_MIN_RATE,
+    HttpxFetcher,
+    LocalRegions,
+    RangedFetcher,
+    user_agent,
+)
 
 __all__ = ["MissingFromBundle", "TrustedRepository", "explain", "verifying"]
 
@@ -97,6 +103,13 @@ def explain(error: Exception, what: str) -> GreenlightError:
 
 @contextmanager
 def verifying(what: str) -> Iterator[None]:
+    """Map what python-tuf raises inside the block to one line about `what`.
+
+    Raises:
+        TrustError: metadata or a target refused (tampered, expired, replayed, wrong root).
+        NetworkError: the repository unreachable, too slow, or answering an HTTP error.
+        StoreError: the metadata cache could not be written.
+    """
     try:
         yield
     except GreenlightError:
@@ -183,7 +196,13 @@ class TrustedRepository:
 
     def channel_file(self, channel: str, cached: Path | None = None) -> tuple[ChannelFile, bytes]:
         """The channel's verified file; `cached` (a copy verified before) saves the download
-        when its length and hashes still match the signed target."""
+        when its length and hashes still match the signed target.
+
+        Raises:
+            NotFound: the repository has no such channel.
+            TrustError: the channel file or its signatures refused.
+            NetworkError: the repository unreachable or too slow.
+        """
         path = channel_target(channel)
         info = self.target_info(path)
         if info is None:
@@ -204,7 +223,12 @@ class TrustedRepository:
         return channel_file, raw
 
     def rollout_state(self, channel: str) -> RolloutState | None:
-        """The online role's signed word on the channel's planned rollout, if it said any."""
+        """The online role's signed word on the channel's planned rollout, if it said any.
+
+        Raises:
+            TrustError: the rollout state is listed but refused.
+            NetworkError: the repository unreachable or too slow.
+        """
         path = rollout_target(channel)
         info = self.target_info(path)
         if info is None:
@@ -218,7 +242,12 @@ class TrustedRepository:
             raise TrustError(str(e)) from None
 
     def artifact_info(self, name: str, artifact: ComponentArtifact) -> TargetFile:
-        """The signed target of a component, cross-checked against the channel file."""
+        """The signed target of a component, cross-checked against the channel file.
+
+        Raises:
+            TrustError: the component is not a signed target, or the targets metadata and the
+                channel file disagree on it.
+        """
         info = self.target_info(artifact.target)
         if info is None:
             raise TrustError(f"artifact {artifact.target} refused: not a signed target")
@@ -231,11 +260,14 @@ class TrustedRepository:
 
     def region(self, info: TargetFile) -> tuple[Path, int, int] | None:
         """Where a target's bytes already sit on this machine, to be read in place (a member
-        of an offline bundle): (file, offset, length); None when it must be downloaded."""
-        locate = getattr(self.fetcher, "region", None)
-        if locate is None:
+        of an offline bundle): (file, offset, length); None when it must be downloaded.
+
+        Raises:
+            TrustError: the bundle's member is not as long as the signed target.
+        """
+        if not isinstance(self.fetcher, LocalRegions):
             return None
-        path, offset, length = locate(self.target_url(info))
+        path, offset, length = self.fetcher.region(self.target_url(info))
         if length != info.length:
             raise TrustError(f"artifact {info.path} refused: {length} bytes in the bundle, "
                              f"{info.length} signed")
@@ -243,7 +275,14 @@ class TrustedRepository:
 
     def download(self, info: TargetFile, store: Downloads,
                  progress: Progress | None = None) -> Path:
-        """Stream a target into `store` unless it is already there; verified either way."""
+        """Stream a target into `store` unless it is already there; verified either way.
+
+        Raises:
+            TrustError: the target has no sha256, or its bytes do not match the signed length
+                and hashes.
+            NetworkError: the repository unreachable or too slow.
+            StoreError: downloads/ could not be written (disk full, permissions).
+        """
         if "sha256" not in info.hashes:
             raise TrustError(f"artifact {info.path} refused: its targets entry has no sha256")
         found = store.find(info.hashes["sha256"], info.length)
@@ -255,10 +294,10 @@ class TrustedRepository:
 
     def _opener(self, info: TargetFile) -> Opener:
         url = self.target_url(info)
-        ranged = getattr(self.fetcher, "open_range", None)
-        if ranged is not None:
-            return lambda offset: ranged(url, offset, info.length)
-        return lambda offset: (0, self.fetcher.fetch(url))
+        fetcher = self.fetcher
+        if isinstance(fetcher, RangedFetcher):
+            return lambda offset: fetcher.open_range(url, offset, info.length)
+        return lambda offset: (0, fetcher.fetch(url))
 
     def download_to(self, info: TargetFile, dest: Path) -> Path:
         """Stream a target to `dest` (any hash algorithms), unless `dest` already matches."""
