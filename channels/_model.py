@@ -17,9 +17,9 @@ from greenlight.channels._paths import check_channel_name, check_component_name
 from greenlight.channels._records import Record
 from greenlight.channels._versions import canonical_version, parse_version
 
-__all__ = ["ChannelFile", "ChannelFileError", "ChannelName", "ComponentArtifact", "Delta",
-           "HaltRule", "RevokedRelease", "Rollout", "RolloutPlan", "RolloutState", "SCHEMA_VERSION",
-           "VersionStr", "json_schema"]
+__all__ = ["SCHEMA_VERSION", "ChannelFile", "ChannelFileError", "ChannelName", "ComponentArtifact",
+           "Delta", "HaltRule", "PreviousRelease", "RevokedRelease", "Rollout", "RolloutPlan",
+           "RolloutState", "VersionStr", "json_schema"]
 
 SCHEMA_VERSION = 1
 
@@ -111,10 +111,22 @@ class RolloutPlan(_Strict):
         return self
 
 
+class PreviousRelease(_Strict):
+    """The release a channel carried before a staged rollout began: what an installation
+    outside the rollout installs when it has nothing yet (a fresh machine in a halted
+    rollout gets the last release that is not halted for it)."""
+
+    release: VersionStr
+    components: dict[str, ComponentArtifact] = Field(min_length=1)
+
+
 class Rollout(_Strict):
     percent: int = Field(ge=0, le=100)
     halted: bool = False
     plan: RolloutPlan | None = None
+    previous: PreviousRelease | None = Field(
+        default=None, description="the channel's release before this rollout, for a fresh "
+                                  "installation the rollout does not include yet")
 
     @model_validator(mode="after")
     def _first_step(self) -> "Rollout":
@@ -171,6 +183,16 @@ class ChannelFile(_Strict):
     def identity(self) -> ReleaseId:
         """The release this file carries: its version and its components' sha256s."""
         return ReleaseId.of(self.release, self.components)
+
+    def before_rollout(self) -> "ChannelFile | None":
+        """This channel file as it read before its staged rollout began (its previous
+        release, no rollout), for an installation the rollout leaves out; None when the
+        rollout recorded no previous release, or it was revoked since."""
+        previous = self.rollout.previous if self.rollout is not None else None
+        if previous is None or self.is_revoked(previous.release):
+            return None
+        return self.model_copy(update={"release": previous.release,
+                                       "components": previous.components, "rollout": None})
 
     def is_revoked(self, version: str) -> RevokedRelease | None:
         for entry in self.revoked:

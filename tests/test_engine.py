@@ -23,6 +23,7 @@ from greenlight.channels import (
     ChannelFile,
     ComponentArtifact,
     HaltRule,
+    PreviousRelease,
     ReleaseId,
     RevokedRelease,
     Rollout,
@@ -288,7 +289,7 @@ def test_once_repaired_one_recovery_ends_every_transaction():
 
 # The plan's rules, in their order (policy/_channel.py): the first that applies decides.
 _PLAN_RULES = [("revoked", "leave-yanked"), ("same", "up-to-date"), ("pinned", "held"),
-               ("quarantined", "held"), ("outside-rollout", "held")]
+               ("quarantined", "held"), ("outside-rollout", "held"), ("older", "held")]
 
 
 def _plan_case(conditions: frozenset[str]) -> tuple[ChannelFile, ReleaseId | None,
@@ -297,7 +298,8 @@ def _plan_case(conditions: frozenset[str]) -> tuple[ChannelFile, ReleaseId | Non
         return ComponentArtifact(version=version, target=f"artifacts/core/{version}/c.tar",
                                  sha256=digest * 64, length=1)
 
-    installed_version = "1.2" if "same" in conditions else "1.1"
+    installed_version = ("1.2" if "same" in conditions else
+                         "1.3" if "older" in conditions else "1.1")
     channel = ChannelFile(
         channel="stable", release="1.2", published_at=AT,
         components={"core": artifact("1.2", "a")},
@@ -307,8 +309,8 @@ def _plan_case(conditions: frozenset[str]) -> tuple[ChannelFile, ReleaseId | Non
     if "same" in conditions:
         installed = channel.identity
     else:
-        installed = ChannelFile(channel="stable", release="1.1", published_at=AT,
-                                components={"core": artifact("1.1", "b")}).identity
+        installed = ChannelFile(channel="stable", release=installed_version, published_at=AT,
+                                components={"core": artifact(installed_version, "b")}).identity
     quarantined = {channel.identity: "failed here"} if "quarantined" in conditions else {}
     pin = "1.0" if "pinned" in conditions else None
     return channel, installed, quarantined, pin
@@ -323,13 +325,54 @@ def test_the_plan_rules_apply_in_their_order(conditions):
     channel, installed, quarantined, pin = _plan_case(conditions)
     plan = decide(channel, installed, quarantined, "installation-1", pin)
     expected = next((action for c, action in _PLAN_RULES if c in conditions), "install")
+    if "revoked" in conditions and conditions & {"quarantined", "outside-rollout"}:
+        # Leaving a yanked release, never for one that failed here, nor into a rollout that
+        # leaves this installation out (without a release before it: wait).
+        expected = "held"
     assert plan.action == expected
     first = next((c for c, _ in _PLAN_RULES if c in conditions), None)
-    if first in ("pinned", "quarantined", "outside-rollout"):
+    if first in ("pinned", "quarantined", "outside-rollout", "older"):
         assert plan.note is not None and {"pinned": "pinned to 1.0", "quarantined":
                                           "quarantined here", "outside-rollout":
-                                          "staged rollout"}[first] in plan.note
+                                          "staged rollout", "older":
+                                          "no automatic downgrade"}[first] in plan.note
     assert plan.changes_something == (expected in ("install", "leave-yanked"))
+    assert plan.downgrade == ("older" in conditions and "same" not in conditions)
+
+
+@pytest.mark.parametrize("why", ["down", "quarantined-installed", "asked"])
+def test_an_older_release_installs_only_for_a_reason(why):
+    """No automatic downgrade, except away from a release that is down or quarantined here,
+    or when a person asks; and then it is a downgrade, never called an upgrade."""
+    channel, installed, quarantined, pin = _plan_case(frozenset({"older"}))
+    assert installed is not None
+    held = decide(channel, installed, quarantined, "installation-1", pin)
+    assert held.action == "held" and held.downgrade
+    if why == "quarantined-installed":
+        quarantined = {installed: "failed here"}
+    plan = decide(channel, installed, quarantined, "installation-1", pin,
+                  installed_down=why == "down", allow_downgrade=why == "asked")
+    assert plan.action == "install" and plan.downgrade
+
+
+def test_a_fresh_installation_outside_a_halted_rollout_gets_the_release_before_it():
+    def artifact(version: str, digest: str) -> ComponentArtifact:
+        return ComponentArtifact(version=version, target=f"artifacts/core/{version}/c.tar",
+                                 sha256=digest * 64, length=1)
+
+    previous = PreviousRelease(release="1.1", components={"core": artifact("1.1", "b")})
+    channel = ChannelFile(channel="stable", release="1.2", published_at=AT,
+                          components={"core": artifact("1.2", "a")},
+                          rollout=Rollout(percent=0, halted=True, previous=previous))
+    fresh = decide(channel, None, {}, "installation-1")
+    assert fresh.action == "install" and fresh.target == "1.1"
+    assert fresh.release_file.release == "1.1" and fresh.release_file.rollout is None
+    assert fresh.note is not None and "staged rollout is HALTED" in fresh.note
+    # A machine that has a release keeps it: the halt holds it where it is.
+    old = decide(fresh.release_file, None, {}, "x").target_id
+    assert decide(channel, old, {}, "installation-1").action == "held"
+    # The release before the rollout failed here too: nothing to install, held.
+    assert decide(channel, None, {old: "failed"}, "installation-1").action == "held"
 
 
 AT = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from greenlight.release import FileRepository, current_channel_file
+from greenlight.release import FileRepository, current_channel_file, serving
 
 BIN = Path(sys.executable).parent
 
@@ -56,6 +56,59 @@ def test_a_channel_other_than_stable_falls_back_to_stable_by_default(tmp_path, r
     assert current_channel_file(repo, "stable").fallback is None
     assert current_channel_file(repo, "beta").fallback == "stable"
     assert current_channel_file(repo, "nightly").fallback == "beta"
+
+
+
+@pytest.mark.parametrize(("channel", "fallback", "code", "says"), [
+    ("beta", "stabel", 3, "--fallback stabel: no channel 'stabel' is published here "
+                          "(published: beta, stable)"),
+    ("beta", "none", 3, "--fallback none: no channel 'none' is published here"),
+    ("beta", "beta", 2, "--fallback beta: channel 'beta' cannot fall back to itself"),
+    ("stable", "beta", 2, "--fallback beta: a cycle of fallbacks: stable -> beta -> stable"),
+    ("beta", "Stable!", 2, "--fallback Stable!: "),
+])
+def test_a_fallback_names_a_published_channel_and_never_a_cycle(tmp_path, repo, channel,
+                                                               fallback, code, says):
+    """A machine that falls back follows the channel its release named: a typo, the channel
+    itself or a cycle would leave it on nothing; refused in one line, nothing published."""
+    core = archive(tmp_path / "core.tgz", {"core.py": b"print('1.0')\n"})
+    publish(repo, "stable", "1.0", core)
+    publish(repo, "beta", "1.1", core)
+    before = current_channel_file(repo, channel)
+    done = release("publish", str(repo.path), "--channel", channel, "--version", "1.2",
+                   "--component", f"core={core}", "--fallback", fallback)
+    assert done.returncode == code, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], done.stderr
+    assert "pydantic" not in done.stderr and "Traceback" not in done.stderr
+    assert current_channel_file(repo, channel) == before
+
+
+def test_a_fresh_machine_outside_a_halted_rollout_gets_the_release_before_it(tmp_path, repo):
+    core = archive(tmp_path / "core.tgz", {"core.py": b"print('1.0')\n"})
+    publish(repo, "stable", "1.0", core)
+    publish(repo, "stable", "1.1", archive(tmp_path / "core-1.1.tgz", {"core.py": b"1.1\n"}),
+            "--rollout", "10")
+    assert release("rollout", str(repo.path), "--channel", "stable", "--halt").returncode == 0
+    carried = current_channel_file(repo, "stable")
+    assert carried.release == "1.1" and carried.rollout.halted
+    assert carried.rollout.previous.release == "1.0"
+    with serving(repo.path) as server:
+        root = tmp_path / "machine"
+        init = subprocess.run([str(BIN / "updater"), "init", "--root", str(root), "--repo",
+                               server.url, "--trust", str(repo.metadata_dir / "1.root.json")],
+                              capture_output=True, text=True)
+        assert init.returncode == 0, init.stderr
+        check = subprocess.run([str(BIN / "updater"), "check", "--root", str(root)],
+                               capture_output=True, text=True)
+        assert check.returncode == 10, check.stdout + check.stderr
+        assert "1.0 available (installed: nothing); 1.1 (" in check.stdout
+        assert "staged rollout is HALTED" in check.stdout
+        done = subprocess.run([str(BIN / "updater"), "upgrade", "--root", str(root), "--json"],
+                              capture_output=True, text=True)
+    report = json.loads(done.stdout)
+    assert done.returncode == 0 and report["outcome"] == "upgraded", done.stdout + done.stderr
+    assert report["installed"] == "1.0"
 
 
 def test_a_delta_is_kept_only_when_under_half_the_full_artifact(tmp_path, repo):

@@ -146,7 +146,10 @@ def test_a_stolen_rollout_key_can_halt_or_step_but_never_past_the_plan(tmp_path,
             targets.targets[info.path] = info
         published.commit()
         seen = check(mi, open_repository(mi))
-        assert seen.available == "1.2" and seen.rollout.in_rollout is False
+        # Outside the rollout, a fresh machine is offered the release before it, not 1.2
+        # and never the forged 6.6.6.
+        assert seen.available == "1.0" and seen.rollout.in_rollout is False
+        assert seen.note is not None and "1.2 (" in seen.note
 
         # A state about another release counts for nothing...
         with published.all_or_nothing():
@@ -160,8 +163,11 @@ def test_a_stolen_rollout_key_can_halt_or_step_but_never_past_the_plan(tmp_path,
         assert _in(lo) == (False, 10, True)
         done = subprocess.run([str(BIN / "updater"), "check", "--root", str(lo.path)],
                               capture_output=True, text=True)
-        assert done.returncode == 15, done.stderr
-        assert "HALTED: halted by someone with the collector's key: stolen key" in done.stdout
+        # A fresh machine is offered the release before the halted one, and told why.
+        assert done.returncode == 10, done.stdout + done.stderr
+        assert "1.0 available (installed: nothing); 1.2 (" in done.stdout
+        assert ("staged rollout is HALTED (halted by someone with the collector's key: stolen "
+                "key); installing 1.0") in done.stdout
 
 
 def _report(installation: str, key: str, outcome: str = "rolled-back",

@@ -253,3 +253,61 @@ def test_kill_9_at_random_moments_then_the_next_command_recovers(tally):
     report = _upgrade(t, 0)
     assert report["installed"] == newest
     assert _assert_whole(t, seed, rounds + 1) == newest
+
+
+def test_a_short_unattended_life(tally):
+    """The agent alone: a bad beta after which the machine stays on its last good release
+    (stable only carries an older one) and returns to beta for the fix; then a crash of the
+    core, which the next release repairs instead of being blocked by it."""
+    t = tally(soak=1.0)
+    with (t.path / "greenlight.toml").open("a") as f:
+        f.write("\n[agent]\ninterval = 60\njitter = 0\n")
+
+    def cycle() -> dict:
+        done = t.run("agent", "--once")
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        return json.loads((t.path / "state" / "status.json").read_text())
+
+    t.publish("stable", "1.0")
+    t.publish("beta", "1.1")
+    assert t.run("channel", "beta").returncode == 0
+    cycle()
+    assert t.core()[1] == "1.1"
+
+    t.publish("beta", "1.2", **{"refuse-key": True})
+    status = cycle()
+    assert t.core()[1] == "1.1"
+    assert (status["channel"], status["chosen_channel"]) == ("stable", "beta")
+    for _ in range(2):  # stable's 1.0 is older: no downgrade, cycle after cycle
+        status = cycle()
+        assert t.core()[1] == "1.1" and status["update"] == "held"
+        assert "no automatic downgrade" in status["held_because"]
+    check = t.run("check")
+    assert check.returncode == 15, check.stdout + check.stderr
+    assert "on stable after a fallback from beta; beta: 1.2 (" in check.stdout
+    assert "is quarantined here: 1.2 did not become healthy" in check.stdout
+    assert "no automatic downgrade" in check.stdout
+
+    t.publish("beta", "1.3")  # the fix
+    status = cycle()
+    assert t.core()[1] == "1.3"
+    assert (status["channel"], status.get("chosen_channel")) == ("beta", None)
+
+    # The core dies on its own; the vendor's next release repairs the machine.
+    pid = t.core()[0]
+    assert pid is not None
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while ProcessBackend(t.root).is_running("core"):
+        assert time.monotonic() < deadline, "the killed core still runs"
+        time.sleep(0.05)
+    t.publish("beta", "1.4")
+    cycle()
+    assert t.core()[1] == "1.4"
+    upgraded = [e for e in t.json("history")["entries"] if e["event"] == "upgraded"][-1]
+    assert upgraded["to_version"] == "1.4" and "the repair of 1.3" in upgraded["summary"]
+    assert "core had died" in upgraded["summary"]
+    events = [e["event"] for e in t.json("history")["entries"]]
+    assert "downgraded" not in events and "precheck-blocked" not in events
+    log = (t.path / "logs" / "agent.log").read_text()
+    assert "upgraded: 1.1 -> 1.0" not in log and "downgraded" not in log

@@ -235,7 +235,7 @@ def install(root_path: Path, force: bool, switch_channel: bool = False,
             if before is not None:
                 atomic_write(root.config_path, before.encode(), mode=0o640)
             raise
-        if report.outcome in ("upgraded", "up-to-date"):
+        if report.outcome in ("upgraded", "downgraded", "up-to-date"):
             if before is not None:
                 _record_product(root, _canonical(product or {}))
             install_updater(root)
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.json:
         print(dump(report))
-    elif report.outcome == "upgraded":
+    elif report.outcome in ("upgraded", "downgraded"):
         print(f"installed {report.to_version} ({report.channel}) in {report.root}"
               + (f", replacing {report.from_version}" if report.from_version else ""))
         print(f"the updater for later sideloads, status and rollback: {report.root}/bin/updater")

@@ -39,6 +39,14 @@ class CheckReport(Record):
     root: str
     channel: str
     channel_reason: str
+    chosen_channel: str | None = Field(
+        default=None, description="the channel a person chose, when this machine follows its "
+                                  "fallback after a failed release; it goes back when allowed")
+    channel_note: str | None = Field(
+        default=None, description="after a fallback: where the chosen channel stands here")
+    note: str | None = Field(
+        default=None, description="why the release an upgrade would install is not the "
+                                  "channel's own (a fresh installation outside a rollout)")
     installed: str | None
     available: str
     installed_release: str | None = Field(
@@ -75,13 +83,16 @@ class DeltaUse(Record):
 
 
 class UpgradeReport(Record):
-    """outcome: upgraded | up-to-date | held (quarantined here) | rolled-back | rollback-failed"""
+    """outcome: upgraded | downgraded (to an older release: the installed one was revoked,
+    quarantined or down, or a person asked) | up-to-date | held | rolled-back |
+    rollback-failed"""
 
     schema_: Literal["greenlight.upgrade/1"] = Field("greenlight.upgrade/1", alias="schema")
     root: str
     channel: str
     source: str = "repository"
-    outcome: Literal["upgraded", "up-to-date", "held", "rolled-back", "rollback-failed"]
+    outcome: Literal["upgraded", "downgraded", "up-to-date", "held", "rolled-back",
+                     "rollback-failed"]
     from_version: str | None
     to_version: str
     installed: str | None = Field(description="what is installed now")
@@ -93,6 +104,9 @@ class UpgradeReport(Record):
     timings: dict[str, float] = Field(default_factory=dict)
     precheck: list[CheckResult] | None = None
     forced: bool = False
+    repair: str | None = Field(
+        default=None, description="the installed release was down; this transaction was its "
+                                  "repair (the pre-check's failures did not block it): why")
     note: str | None = None
     incident: HistoryEntry | None = None
     quarantined: str | None = Field(
@@ -130,6 +144,9 @@ class StatusReport(Record):
     channel: str
     channel_since: datetime
     channel_reason: str
+    chosen_channel: str | None = Field(
+        default=None, description="the channel a person chose, when this machine follows its "
+                                  "fallback")
     installed: str | None = Field(description="the installed version")
     identity: Identity | None = Field(default=None, description="the installed release")
     releases: list[str] = Field(description="the kept releases' keys, oldest first")
@@ -173,13 +190,13 @@ def dump(report: BaseModel) -> str:
 def status_update(report: object) -> dict[str, object]:
     """What a command's output tells status.json (`store.refresh_status`'s keywords)."""
     if isinstance(report, CheckReport):
-        update: Update = ("revoked" if report.yanked else "held" if report.held else
+        update: Update = ("held" if report.held else "revoked" if report.yanked else
                           "available" if report.update_available else "none")
         return {"available": report.available, "update": update, "held_because": report.held,
                 "checked": True}
     if isinstance(report, UpgradeReport):
         outcome = report.outcome
-        if outcome in ("upgraded", "up-to-date"):
+        if outcome in ("upgraded", "downgraded", "up-to-date"):
             return {"available": report.to_version, "update": "none", "checked": True}
         why = report.incident.summary if report.incident else report.note
         return {"available": report.to_version, "update": "held", "held_because": why,

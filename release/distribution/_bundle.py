@@ -7,7 +7,8 @@ A bundle is a small repository tree in a tar file:
     metadata/1.root.json ...         the whole root chain, so a client with any older root follows
     metadata/timestamp.json, metadata/<v>.snapshot.json, metadata/<v>.targets.json,
     metadata/<v>.channel-<c>.json    the versions the snapshot names, with artifacts.json and
-    metadata/<v>.bin-xx.json         the bins that hold the release's artifacts
+    metadata/<v>.bin-xx.json         the bins that hold the release's artifacts (and those of
+                                     the release before a staged rollout, when there is one)
     targets/...                      the channel file and the release's artifacts (consistent names)
 
 Offline sites may install long after the bundle is made, so the pipeline picks the window: the
@@ -87,7 +88,12 @@ def build_bundle(repo: FileRepository, channel: str, out: Path,
     members.append((repo.metadata_dir / "timestamp.json", "metadata/timestamp.json"))
     members.append((repo.metadata_dir / f"{snapshot.version}.snapshot.json",
                     f"metadata/{snapshot.version}.snapshot.json"))
-    bins = {repo.bin_for(a.target) for a in channel_file.components.values()}
+    # The release, and the one before its staged rollout: what a fresh machine the rollout
+    # leaves out installs.
+    previous = channel_file.rollout.previous if channel_file.rollout is not None else None
+    carried = [*channel_file.components.values(),
+               *(previous.components.values() if previous is not None else ())]
+    bins = {repo.bin_for(a.target) for a in carried}
     # A planned rollout's online state travels too, so a sideload obeys the same step.
     online = rollout_role(channel)
     state = (repo.targets(online).targets.get(rollout_target(channel))
@@ -97,10 +103,10 @@ def build_bundle(repo: FileRepository, channel: str, out: Path,
         version = snapshot.meta[f"{name}.json"].version
         members.append((repo.metadata_dir / f"{version}.{name}.json",
                         f"metadata/{version}.{name}.json"))
-    paths = [channel_target(channel), *(a.target for a in channel_file.components.values())]
+    paths = [channel_target(channel), *dict.fromkeys(a.target for a in carried)]
     sha = {channel_target(channel): repo.targets(role).targets[channel_target(channel)]
            .hashes["sha256"]}
-    sha.update({a.target: a.sha256 for a in channel_file.components.values()})
+    sha.update({a.target: a.sha256 for a in carried})
     if state is not None:
         paths.append(state.path)
         sha[state.path] = state.hashes["sha256"]

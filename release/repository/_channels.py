@@ -6,12 +6,13 @@ from pathlib import Path
 
 from tuf.api.metadata import DelegatedRole, Delegations, Metadata, TargetFile, Targets
 
-from greenlight.channels import ChannelFile, channel_role, channel_target
-from greenlight.release._errors import Conflict, NotFound
+from greenlight.channels import ChannelFile, channel_role, channel_target, check_channel_name
+from greenlight.release._errors import Conflict, NotFound, UsageError
 from greenlight.release.repository._repository import FileRepository
 
-__all__ = ["add_artifacts", "channel_history", "channels", "current_channel_file", "delegate",
-           "ensure_channel_role", "require", "write_channel_file"]
+__all__ = ["add_artifacts", "channel_history", "channels", "checked_fallback",
+           "current_channel_file", "delegate", "ensure_channel_role", "require",
+           "write_channel_file"]
 
 
 def require(repo: FileRepository) -> None:
@@ -27,6 +28,48 @@ def current_channel_file(repo: FileRepository, channel: str) -> ChannelFile | No
     if info is None:
         return None
     return ChannelFile.from_json(repo.read_target(info), f"channel file of {channel!r}")
+
+
+def checked_fallback(repo: FileRepository, channel: str, fallback: str | None,
+                     current: ChannelFile | None) -> str | None:
+    """The fallback `channel`'s file will name: `fallback` as given, else what the channel
+    named before, else `stable`; an inherited or default fallback that is not published is
+    left out, a given one is refused.
+
+    Raises:
+        UsageError: not a channel name, the channel itself, or a cycle of fallbacks.
+        NotFound: no channel of that name is published.
+    """
+    given = fallback is not None
+    if fallback is None:  # inherited or the default: kept only while it is published
+        fallback = current.fallback if current else None
+        if fallback is None and channel != "stable":
+            fallback = "stable"
+        if fallback is None or fallback == channel or \
+                current_channel_file(repo, fallback) is None:
+            return None
+    option = f"--fallback {fallback}" if given else f"fallback {fallback!r}"
+    try:
+        check_channel_name(fallback)
+    except ValueError as e:
+        raise UsageError(f"{option}: {e}") from None
+    if fallback == channel:
+        raise UsageError(f"{option}: channel {channel!r} cannot fall back to itself")
+    seen = [channel, fallback]
+    while True:
+        found = current_channel_file(repo, seen[-1])
+        if found is None:
+            if seen[-1] == fallback:
+                published = ", ".join(channels(repo)) or "none"
+                raise NotFound(f"{option}: no channel {fallback!r} is published here "
+                               f"(published: {published})")
+            return fallback  # further down the chain: that channel's own business
+        if found.fallback is None:
+            return fallback
+        if found.fallback in seen:
+            raise UsageError(f"{option}: a cycle of fallbacks: "
+                             f"{' -> '.join([*seen, found.fallback])}")
+        seen.append(found.fallback)
 
 
 def channels(repo: FileRepository) -> list[str]:

@@ -6,6 +6,7 @@ from greenlight.channels import ChannelFile, RevokedRelease, Rollout, is_newer, 
 from greenlight.release._errors import Conflict, NotFound, ReleaseError, UsageError
 from greenlight.release.repository._channels import (
     channel_history,
+    checked_fallback,
     current_channel_file,
     ensure_channel_role,
     write_channel_file,
@@ -37,10 +38,9 @@ def promote(repo: FileRepository, source: str, target: str, version: str | None 
     if existing and not allow_older and not is_newer(chosen.release, existing.release):
         raise Conflict(f"channel {target!r} carries {existing.release}; {chosen.release} is "
                            "not newer (pass --allow-older to promote it anyway)")
-    fallback = existing.fallback if existing else (None if target == "stable" else "stable")
     promoted = ChannelFile(
         channel=target, release=chosen.release, components=chosen.components,
-        fallback=fallback if fallback != target else None,
+        fallback=checked_fallback(repo, target, None, existing),
         revoked=list(existing.revoked) if existing else [],
         promoted_from=source, published_at=now(),
     )
@@ -94,7 +94,9 @@ def rollout(repo: FileRepository, channel: str, percent: int | None = None,
             raise ReleaseError(f"channel {channel!r} has no staged rollout of "
                                f"{current.release} to {'halt' if halt else 'resume'}")
         if percent is not None:
-            staged: Rollout | None = None if percent == 100 else Rollout(percent=percent)
+            previous = current.rollout.previous if current.rollout is not None else None
+            staged: Rollout | None = (None if percent == 100 else
+                                      Rollout(percent=percent, previous=previous))
         else:
             assert current.rollout is not None
             staged = current.rollout.model_copy(update={"halted": halt})

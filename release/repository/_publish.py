@@ -11,6 +11,7 @@ from pathlib import Path
 from greenlight.channels import (
     ChannelFile,
     ComponentArtifact,
+    PreviousRelease,
     Rollout,
     RolloutPlan,
     artifact_target,
@@ -23,6 +24,7 @@ from greenlight.channels import (
 from greenlight.release._errors import Conflict, NotFound, ReleaseError, UsageError
 from greenlight.release.repository._channels import (
     add_artifacts,
+    checked_fallback,
     current_channel_file,
     ensure_channel_role,
     require,
@@ -32,6 +34,16 @@ from greenlight.release.repository._deltas import build_deltas
 from greenlight.release.repository._repository import FileRepository, all_or_nothing
 
 __all__ = ["publish"]
+
+
+def _before_rollout(current: ChannelFile | None) -> PreviousRelease | None:
+    """What installations outside a new staged rollout get when they have nothing yet: the
+    channel's release, when it reached everyone, or what it kept from its own rollout."""
+    if current is None:
+        return None
+    if current.rollout is None:
+        return PreviousRelease(release=current.release, components=current.components)
+    return current.rollout.previous
 
 
 @all_or_nothing
@@ -70,10 +82,7 @@ def publish(
             f"channel {channel!r} carries {current.release}; {version} is not newer "
             "(pass --allow-older to publish it anyway)"
         )
-    if fallback is None:
-        fallback = current.fallback if current else (None if channel == "stable" else "stable")
-    if fallback is not None:
-        check_channel_name(fallback)
+    fallback = checked_fallback(repo, channel, fallback, current)
 
     paths = {name: artifact_target(name, version, path.name) for name, path in components.items()}
     infos = add_artifacts(repo, {paths[name]: path for name, path in components.items()})
@@ -93,14 +102,16 @@ def publish(
     if deltas:
         artifacts = build_deltas(repo, channel, fallback, version, artifacts)
     ensure_channel_role(repo, channel)
-    rollout = None if rollout_percent in (None, 100) else Rollout(percent=rollout_percent)
+    previous = _before_rollout(current)
+    rollout = (None if rollout_percent in (None, 100) else
+               Rollout(percent=rollout_percent, previous=previous))
     if rollout_plan is not None:
         if rollout_percent is not None:
             raise UsageError("give either --rollout or --rollout-plan, not both")
         from greenlight.release.repository._rollouts import ensure_rollout_role
 
         ensure_rollout_role(repo, channel)
-        rollout = Rollout(percent=rollout_plan.steps[0],
+        rollout = Rollout(percent=rollout_plan.steps[0], previous=previous,
                           plan=rollout_plan.model_copy(update={"started_at": now()}))
 
     channel_file = ChannelFile(

@@ -42,8 +42,8 @@ from greenlight.updater.store import InstallRoot, hold_of, queued, read_status, 
 
 __all__ = ["Agent", "Event", "EventKind", "loop_argv", "run_once"]
 
-EventKind = Literal["check-found", "downloaded", "upgraded", "rolled-back", "dead-end", "held",
-                    "left-revoked"]
+EventKind = Literal["check-found", "downloaded", "upgraded", "downgraded", "rolled-back",
+                    "dead-end", "held", "left-revoked"]
 
 
 @dataclass
@@ -74,6 +74,7 @@ class Agent:
         self.root, self.clock, self.sleep, self.rng, self.local = root, clock, sleep, rng, local
         self.failures = 0
         self.events: list[Event] = []
+        self.said: tuple[object, ...] = ()
 
     # --- reporting -----------------------------------------------------------------------
     def log(self, line: str) -> None:
@@ -151,6 +152,7 @@ class Agent:
     def _cycle(self, config: AgentConfig) -> None:
         from greenlight.updater.operations import (
             check,
+            crashed_services,
             download,
             open_repository,
             recover_if_interrupted,
@@ -160,11 +162,11 @@ class Agent:
         root = self.root
         recover_if_interrupted(root)
         repo = open_repository(root)
-        report = check(root, repo)
+        report = check(root, repo, bool(crashed_services(root)))
         channel, installed, available = report.channel, report.installed, report.available
         hold = hold_of(root, self.clock())
         step = agent_step(AgentInput(
-            revoked=bool(report.yanked), held=report.held,
+            revoked=bool(report.yanked) and not report.held, held=report.held,
             update_available=report.update_available, apply=config.apply,
             windows=tuple(config.window), local=self.local(self.clock()),
             hold=None if hold is None else hold.reason,
@@ -175,6 +177,15 @@ class Agent:
                          self.clock())
 
         previous = read_status(root)
+        said = (report.channel_note, step.action, step.why, report.available_release)
+        if said != self.said:  # what a cycle found is logged when it changes, not every time
+            self.said = said
+            if report.channel_note:
+                self.log(f"{channel}: {report.channel_note}")
+            if step.action == "up-to-date":
+                self.log(f"{channel}: up to date at {installed}")
+            elif step.why:
+                self.log(f"{channel}: {step.action} {available}: {step.why}")
         if step.action == "wait-revoked":
             self._status(available=available, update="revoked", checked=True)
         elif step.action == "leave-revoked":
@@ -215,9 +226,10 @@ class Agent:
         from greenlight.updater.output import UpgradeReport
 
         assert isinstance(done, UpgradeReport)
-        if done.outcome == "upgraded":
-            self.emit(event("upgraded", f"{done.from_version or 'nothing'} -> {done.to_version}"),
-                      config)
+        if done.outcome in ("upgraded", "downgraded"):
+            repair = f" (the repair of {done.repair})" if done.repair else ""
+            self.emit(event(done.outcome, f"{done.from_version or 'nothing'} -> "
+                                          f"{done.to_version}{repair}"), config)
             self._status(available=done.to_version, update="none", checked=True)
         elif done.outcome in ("rolled-back", "rollback-failed"):
             summary = done.incident.summary if done.incident else done.outcome

@@ -35,9 +35,13 @@ def print_transaction(report: "UpgradeReport") -> None:
         say(f"{report.channel}: up to date at {report.to_version}")
     elif report.outcome == "held":
         say(f"{report.channel}: not upgrading: {report.note}")
-    elif report.outcome == "upgraded":
-        say(f"{report.channel}: upgraded {report.from_version or 'nothing'} -> "
+    elif report.outcome in ("upgraded", "downgraded"):
+        say(f"{report.channel}: {report.outcome} {report.from_version or 'nothing'} -> "
             f"{report.to_version} ({report.bytes_fetched} of {report.bytes_total} bytes fetched)")
+        if report.repair:
+            say(f"  the repair of {report.repair}")
+        if report.note:
+            say(f"  {report.note}")
     else:
         incident = report.incident
         assert incident is not None

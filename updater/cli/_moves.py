@@ -74,19 +74,22 @@ def check_cmd(root: Path | None, as_json: bool) -> None:
     leaves it), 15 when the channel's release is held back here (quarantined, or not yet in
     its staged rollout).
     """
-    from greenlight.updater.operations import check, open_repository
+    from greenlight.updater.operations import check, crashed_services, open_repository
 
     install = open_root(root)
-    report = run_command(as_json, lambda: check(install, open_repository(install)), install)
+    report = run_command(as_json, lambda: check(install, open_repository(install),
+                                                bool(crashed_services(install))), install)
+    if not as_json and report.channel_note:
+        say(report.channel_note)
     if as_json:
         print_json(report)
-    elif report.yanked:
+    elif report.yanked and not report.held:
         say(f"{report.channel}: the installed {report.installed} was YANKED: {report.yanked}; "
             f"run 'updater upgrade' to leave it for {report.available}")
     elif report.quarantined and report.installed_release != report.available_release:
         say(f"{report.channel}: {report.available} is held back here: {report.quarantined} "
             f"(see 'updater quarantine')")
-    elif (report.rollout and not report.rollout.in_rollout
+    elif (report.held and report.rollout and not report.rollout.in_rollout
           and report.installed_release != report.available_release):
         r = report.rollout
         where = f"{r.percent}%" + (f", step {r.step + 1} of {len(r.steps)}"
@@ -101,33 +104,43 @@ def check_cmd(root: Path | None, as_json: bool) -> None:
         say(f"{report.channel}: {report.available_release} available: the same version as the "
             f"installed {report.installed_release}, other bytes")
     elif report.update_available:
+        note = f"; {report.note}" if report.note else ""
         say(f"{report.channel}: {report.available} available "
-            f"(installed: {report.installed or 'nothing'})")
+            f"(installed: {report.installed or 'nothing'}){note}")
     else:
         say(f"{report.channel}: up to date at {report.installed}")
-    if report.yanked:
+    if report.yanked and not report.held:
         raise SystemExit(EXIT_YANKED)
     if report.held:
         raise SystemExit(EXIT_HELD)
     raise SystemExit(EXIT_UPDATE_AVAILABLE if report.update_available else 0)
 
 
+allow_downgrade_option = click.option(
+    "--allow-downgrade", is_flag=True,
+    help="Install the channel's release even when it is older than the installed one.")
+
+
 @app.command("upgrade")
 @root_option
 @force_option
+@allow_downgrade_option
 @json_option
-def upgrade_cmd(root: Path | None, force: bool, as_json: bool) -> None:
+def upgrade_cmd(root: Path | None, force: bool, allow_downgrade: bool, as_json: bool) -> None:
     """Download, verify, stage and switch to the active channel's release, health-checked.
 
-    Exit 20 when the new release failed its checks and was rolled back, 15 when the
-    channel's release is held back here (quarantined, or not yet in its staged rollout).
+    Never to an older release unless the installed one was yanked, quarantined or is down, or
+    with --allow-downgrade. Exit 20 when the new release failed its checks and was rolled
+    back, 15 when the channel's release is held back here (quarantined, older, or not yet in
+    its staged rollout).
     """
     from greenlight.updater.operations import open_repository, upgrade
 
     install = open_root(root)
     with progress_bar(not as_json) as progress:
         report = run_command(as_json, lambda: upgrade(install, open_repository(install), progress,
-                                               force), install, sends=True)
+                                                      force, allow_downgrade),
+                             install, sends=True)
     finish_transaction(report, as_json)
 
 
@@ -137,9 +150,10 @@ def upgrade_cmd(root: Path | None, force: bool, as_json: bool) -> None:
 @force_option
 @click.option("--switch-channel", "switch", is_flag=True,
               help="Follow the bundle's channel if it is not this root's.")
+@allow_downgrade_option
 @json_option
 def sideload_cmd(bundle: Path, root: Path | None, force: bool, switch: bool,
-                 as_json: bool) -> None:
+                 allow_downgrade: bool, as_json: bool) -> None:
     """Upgrade from BUNDLE, an offline bundle made by `release bundle`: the same verification
     and transaction, no network.
 
@@ -150,8 +164,8 @@ def sideload_cmd(bundle: Path, root: Path | None, force: bool, switch: bool,
 
     install = open_root(root)
     with progress_bar(not as_json) as progress:
-        report = run_command(as_json, lambda: sideload(install, bundle, progress, force, switch),
-                             install, sends=True)
+        report = run_command(as_json, lambda: sideload(install, bundle, progress, force, switch,
+                                                       allow_downgrade), install, sends=True)
     finish_transaction(report, as_json)
 
 

@@ -1,9 +1,11 @@
 """The client's operations as plain functions; the CLIs call these and only print.
 
 - `_read`: open_repository, check, status, switch_channel, plan_for, read_channel;
-- `_read` also lists the quarantine (`quarantined`); `_change` lifts an entry (`lift`);
+- `_read` also lists the quarantine (`quarantined`), and `follow`s the chosen channel;
 - `_recovery`: what every command runs first (`recover_if_interrupted`);
-- `_change`: upgrade, sideload, rollback, health, start and stop, systemd units.
+- `_change`: the transactions: upgrade, sideload, download, rollback;
+- `_machine`: around them: health, start and stop, crashed services, systemd units, lifting
+  a quarantine.
 
 Every operation that changes the root takes the root's lock and first finishes or undoes a
 transaction an interrupted updater left behind (`recover`). What to do is decided by the pure
@@ -17,16 +19,19 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from greenlight.updater.operations._change import (
-        acting_person,
         download,
-        health,
-        lift,
         previous_release,
         rollback,
         sideload,
+        upgrade,
+    )
+    from greenlight.updater.operations._machine import (
+        acting_person,
+        crashed_services,
+        health,
+        lift,
         start_services,
         stop_services,
-        upgrade,
         write_systemd_units,
     )
     from greenlight.updater.operations._read import (
@@ -43,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "acting_person",
     "check",
+    "crashed_services",
     "download",
     "health",
     "lift",
@@ -66,12 +72,15 @@ __all__ = [
 _READ = {"check", "open_repository", "plan_for", "quarantined", "read_channel", "status",
          "switch_channel"}
 _RECOVERY = {"recover_if_interrupted", "recover_root"}
+_MACHINE = {"acting_person", "crashed_services", "health", "lift", "start_services",
+            "stop_services", "write_systemd_units"}
 
 
 def __getattr__(name: str) -> Any:
     if name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    home = "_read" if name in _READ else "_recovery" if name in _RECOVERY else "_change"
+    home = ("_read" if name in _READ else "_recovery" if name in _RECOVERY else
+            "_machine" if name in _MACHINE else "_change")
     value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
     globals()[name] = value
     return value

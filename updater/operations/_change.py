@@ -1,5 +1,4 @@
-"""Operations that change the installation or its services: upgrade, sideload, rollback,
-recovery, health checks and service control.
+"""Operations that change the installed release: upgrade, sideload, download, rollback.
 
 Every operation that changes the root takes the root's lock and first finishes or undoes a
 transaction an interrupted updater left behind (`recover`). What to do is decided by the pure
@@ -8,30 +7,33 @@ transaction of `greenlight.updater.transaction`, which rolls back by itself.
 """
 
 import contextlib
-import os
-import sys
 from pathlib import Path
+from typing import Literal
 
-from greenlight.channels import ChannelFile, check_channel_name, now, remove_path, version_of
+from greenlight.channels import (
+    ChannelFile,
+    check_channel_name,
+    is_newer,
+    now,
+    remove_path,
+    version_of,
+)
 from greenlight.updater._errors import (
     ArchiveError,
     ChannelMismatch,
     GreenlightError,
     NotFound,
     PrecheckFailed,
-    ServiceError,
 )
 from greenlight.updater.operations._read import (
-    plan_for,
-    quarantine_info,
-    quarantined,
+    follow,
+    go_back_if_chosen,
     read_channel,
 )
 from greenlight.updater.output import (
-    HealthReport,
-    QuarantineReport,
     UpgradeReport,
 )
+from greenlight.updater.policy import Plan
 from greenlight.updater.product import (
     CheckResult,
     HealthFailure,
@@ -47,7 +49,6 @@ from greenlight.updater.store import (
     active_channel,
     history,
     index_tar,
-    lift_quarantine,
     locked,
     quarantine,
     queue_event,
@@ -73,49 +74,7 @@ from greenlight.updater.transaction import (
 )
 from greenlight.updater.trust import Progress, TrustedRepository, open_bundle
 
-__all__ = ["acting_person", "download", "health", "lift", "previous_release", "rollback",
-           "sideload", "start_services", "stop_services", "upgrade", "write_systemd_units"]
-
-
-def health(root: InstallRoot) -> HealthReport:
-    """Every check, now, against the installed release.
-
-    Raises:
-        ConfigError: no configuration, or one that does not load.
-    """
-    control = ServiceControl.of(root, config_of(root))
-    results = control.check_now(root.installed_release())
-    healthy = bool(results) and not failed_required(results)  # nothing checked is not healthy
-    return HealthReport(root=str(root.path), installed=root.installed_version(), results=results,
-                        checked=len(results), healthy=healthy)
-
-
-def start_services(root: InstallRoot) -> list[str]:
-    """Start the installed release's services in order, each ready before the next.
-
-    Raises:
-        ServiceError: a service would not start or become ready.
-        BusyError: another updater holds the root.
-    """
-    with locked(root):
-        control = ServiceControl.of(root, config_of(root))
-        try:
-            control.start_all(root.installed_release())
-        except HealthFailure as failure:
-            raise ServiceError(failure.summary) from None
-        return [s.name for s in config_of(root).service]
-
-
-def stop_services(root: InstallRoot) -> list[str]:
-    """Stop the services in reverse order, drained as the config says.
-
-    Raises:
-        ConfigError: no configuration, or one that does not load.
-        BusyError: another updater holds the root.
-    """
-    with locked(root):
-        control = ServiceControl.of(root, config_of(root))
-        return [o.describe() for o in control.stop_all(root.installed_release())]
+__all__ = ["download", "previous_release", "rollback", "sideload", "upgrade"]
 
 
 # --- the transaction -----------------------------------------------------------------------
@@ -151,18 +110,21 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
         undo_steps(STEPS, txn, f"{type(error).__name__}: {error}")
         txn.journal.finish(txn.root)
         raise
+    old = version_of(txn.old) if txn.old else None
+    moved: Literal["upgraded", "downgraded"] = (
+        "downgraded" if old is not None and is_newer(old, version_of(txn.new)) else "upgraded")
     if txn.journal.kind == "upgrade":  # what came before: the history knows it
-        old = version_of(txn.old) if txn.old else None
-        upgraded = HistoryEntry(
-            event="upgraded", channel=txn.journal.channel, from_version=old,
+        repair = f" (the repair of {report.repair})" if report.repair else ""
+        entry = HistoryEntry(
+            event=moved, channel=txn.journal.channel, from_version=old,
             to_version=version_of(txn.new), from_release=txn.old, to_release=txn.new,
-            summary=f"upgraded {old or 'nothing'} -> {version_of(txn.new)}",
+            summary=f"{moved} {old or 'nothing'} -> {version_of(txn.new)}{repair}",
             timings=dict(txn.timings))
-        record(txn.root, upgraded)
-        queue_event(txn.root, upgraded, txn.config.outbox_size)
+        record(txn.root, entry)
+        queue_event(txn.root, entry, txn.config.outbox_size)
     txn.journal.finish(txn.root)
     return report.model_copy(update={
-        "outcome": "upgraded", "bytes_fetched": txn.bytes_fetched, "pruned": txn.pruned,
+        "outcome": moved, "bytes_fetched": txn.bytes_fetched, "pruned": txn.pruned,
         "deltas": txn.deltas,
         "timings": txn.timings, "installed": txn.root.installed_version(),
         "channel_now": active_channel(txn.root).channel,
@@ -170,8 +132,11 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
 
 
 def upgrade(root: InstallRoot, repo: TrustedRepository, progress: Progress | None = None,
-            force: bool = False) -> UpgradeReport:
-    """Move to the active channel's release through the health-checked transaction.
+            force: bool = False, allow_downgrade: bool = False) -> UpgradeReport:
+    """Move to the active channel's release through the health-checked transaction (or back
+    to the chosen channel's, after a fallback, once it is allowed here). An older release
+    is installed only when the installed one is revoked, quarantined or down, or with
+    `allow_downgrade` (a person's explicit word).
 
     Raises:
         BusyError, ConfigError, TrustError, NetworkError, NotFound, StoreError, ArchiveError,
@@ -180,11 +145,12 @@ def upgrade(root: InstallRoot, repo: TrustedRepository, progress: Progress | Non
     """
     with locked(root):
         recover(root, config_of(root))
-        return _upgrade_locked(root, repo, progress, force)
+        return _upgrade_locked(root, repo, progress, force, allow_downgrade)
 
 
 def sideload(root: InstallRoot, bundle_path: Path, progress: Progress | None = None,
-             force: bool = False, switch_channel: bool = False) -> UpgradeReport:
+             force: bool = False, switch_channel: bool = False,
+             allow_downgrade: bool = False) -> UpgradeReport:
     """`updater upgrade` from a bundle file: same verification, same transaction, no network.
 
     Raises:
@@ -201,7 +167,7 @@ def sideload(root: InstallRoot, bundle_path: Path, progress: Progress | None = N
                              bundle_path.name)
         before = active_channel(root)
         if bundle.channel == before.channel:
-            report = _upgrade_locked(root, bundle.repository, progress, force)
+            report = _upgrade_locked(root, bundle.repository, progress, force, allow_downgrade)
             return report.model_copy(update={"source": f"bundle {bundle_path.name}"})
         try:
             check_channel_name(bundle.channel)
@@ -219,7 +185,7 @@ def sideload(root: InstallRoot, bundle_path: Path, progress: Progress | None = N
         set_active_channel(root, bundle.channel,
                                 f"switched from {before.channel} by a sideload")
         try:
-            report = _upgrade_locked(root, bundle.repository, progress, force)
+            report = _upgrade_locked(root, bundle.repository, progress, force, allow_downgrade)
         except BaseException:
             restore_active_channel(root, before)
             raise
@@ -237,8 +203,8 @@ def download(root: InstallRoot, repo: TrustedRepository,
     """
     with locked(root):
         recover(root, config_of(root))
-        channel_file = read_channel(root, repo)
-        plan = plan_for(root, channel_file, repo)
+        plan = follow(root, repo).plan
+        channel_file = plan.release_file
         report = UpgradeReport(
             root=str(root.path), channel=channel_file.channel, outcome="up-to-date",
             from_version=plan.installed, to_version=plan.target, installed=plan.installed,
@@ -259,16 +225,30 @@ def download(root: InstallRoot, repo: TrustedRepository,
 
 
 def _upgrade_locked(root: InstallRoot, repo: TrustedRepository, progress: Progress | None,
-                    force: bool) -> UpgradeReport:
+                    force: bool, allow_downgrade: bool = False) -> UpgradeReport:
     config = config_of(root)
-    channel_file = read_channel(root, repo)
-    plan = plan_for(root, channel_file, repo)
+    control = ServiceControl.of(root, config)
+    crashed = control.crashed() if root.installed_release() is not None else []
+    following = follow(root, repo, bool(crashed), allow_downgrade)
+    before = go_back_if_chosen(root, following)
+    try:
+        return _act(root, repo, following.plan, control, progress, force, crashed)
+    except BaseException:
+        if following.back_to_chosen:  # nothing was installed: still on the fallback
+            restore_active_channel(root, before)
+        raise
+
+
+def _act(root: InstallRoot, repo: TrustedRepository, plan: Plan, control: ServiceControl,
+         progress: Progress | None, force: bool, crashed: list[str]) -> UpgradeReport:
+    config, channel_file = control.config, plan.release_file
     installed, target = plan.installed, plan.target
     report = UpgradeReport(
         root=str(root.path), channel=channel_file.channel, outcome="up-to-date",
         from_version=installed, to_version=target, installed=installed,
         channel_now=channel_file.channel,
         bytes_total=sum(a.length for a in channel_file.components.values()),
+        note=plan.note if plan.action != "held" else None,
     )
     if plan.action == "leave-yanked":
         assert plan.yanked is not None
@@ -284,11 +264,18 @@ def _upgrade_locked(root: InstallRoot, repo: TrustedRepository, progress: Progre
     installed_key = root.installed_release()
     journal = _journal("upgrade", channel_file.channel, installed_key, plan.target_id.key, STEPS,
                        force)
-    control = ServiceControl.of(root, config)
     txn = Transaction(root, config, control, journal, repo, channel_file, progress)
     pre = _pre_check(control, installed_key)
     failed = failed_required(pre or [])
-    if failed:
+    repair = None
+    if crashed:
+        # A dead release never blocks its fix: the pre-check's failures are the evidence of
+        # what this transaction repairs, and a failed repair is rolled back like any upgrade.
+        names = ", ".join(crashed)
+        seen = f"; {failed[0].name}: {failed[0].summary}" if failed else ""
+        repair = (f"{installed}, which was down (service{'s' if len(crashed) > 1 else ''} "
+                  f"{names} had died{seen})")
+    elif failed:
         entry = HistoryEntry(
             event="precheck-forced" if force else "precheck-blocked",
             channel=channel_file.channel, from_version=installed, to_version=target,
@@ -301,7 +288,8 @@ def _upgrade_locked(root: InstallRoot, repo: TrustedRepository, progress: Progre
                 f"pre-check: the running release {installed} fails check {failed[0].name}: "
                 f"{failed[0].summary}; nothing changed (fix it, or pass --force)")
     journal.save(root)
-    return _run(txn, report.model_copy(update={"precheck": pre, "forced": bool(failed)}))
+    return _run(txn, report.model_copy(update={"precheck": pre, "forced": bool(failed) and
+                                               repair is None, "repair": repair}))
 
 
 def _pre_check(control: ServiceControl, installed: str | None) -> list[CheckResult] | None:
@@ -326,7 +314,7 @@ def _leave_yanked(root: InstallRoot, repo: TrustedRepository, channel_file: Chan
     txn = Transaction(root, config, ServiceControl.of(root, config), journal, repo,
                       channel_file, progress)
     result = _run(txn, report)
-    if result.outcome != "upgraded":
+    if result.outcome not in ("upgraded", "downgraded"):
         return result
     entry = record_left_revoked(txn, identity, why)
     return result.model_copy(update={"outcome": "rolled-back", "incident": entry})
@@ -343,7 +331,7 @@ def previous_release(root: InstallRoot) -> str | None:
     held = {identity.key for identity in quarantine(root)}
     eligible = [k for k in root.installed_releases() if k != installed and k not in held]
     for entry in reversed(history(root)):
-        if (entry.event == "upgraded" and entry.to_release == installed
+        if (entry.event in ("upgraded", "downgraded") and entry.to_release == installed
                 and entry.from_release in eligible):
             return entry.from_release
     return eligible[-1] if eligible else None
@@ -372,91 +360,7 @@ def rollback(root: InstallRoot, reason: str = "rolled back by hand") -> UpgradeR
                                from_version=identity.version, to_version=version_of(target),
                                installed=identity.version, channel_now=channel, bytes_total=0)
         result = _run(txn, report)
-        if result.outcome == "upgraded":
+        if result.outcome in ("upgraded", "downgraded"):
             record_manual_rollback(txn, identity, reason)
             result = result.model_copy(update={"outcome": "rolled-back"})
         return result
-
-
-def acting_person() -> str:
-    """The person acting: the login behind sudo when there is one.
-
-    Raises:
-        Nothing: an unprintable login is shown as its repr.
-    """
-    import getpass
-
-    user = os.environ.get("SUDO_USER") or getpass.getuser()
-    return user if user.isprintable() else repr(user)
-
-
-def lift(root: InstallRoot, release: str) -> QuarantineReport:
-    """`updater quarantine clear RELEASE`: lift the quarantine of a version (all its
-    releases) or of one release key; the history records who lifted it and when. A lifted
-    release may be installed again by the next upgrade.
-
-    Raises:
-        NotFound: nothing quarantined here is named `release`.
-    """
-    with locked(root):
-        lifted = lift_quarantine(root, release)
-        if not lifted:
-            raise NotFound(f"{release!r} is not quarantined here (see 'updater quarantine')")
-        by = acting_person()
-        for entry in lifted:
-            record(root, HistoryEntry(
-                event="quarantine-lifted", channel=entry.channel, from_version=entry.version,
-                from_release=entry.identity.key, by=by,
-                summary=f"quarantine of {entry.identity.key} lifted by {by} "
-                        f"(was: {entry.reason})"))
-        report = quarantined(root)
-        return report.model_copy(update={"lifted": quarantine_info(lifted)})
-
-
-def write_systemd_units(root: InstallRoot, out_dir: Path) -> list[Path]:
-    """A unit file for each configured service, in start order, into `out_dir`.
-
-    Raises:
-        ConfigError: no configuration, or one that does not load.
-        OSError: `out_dir` could not be written.
-    """
-    from greenlight.updater.product import SystemdBackend, render_unit, values_for
-
-    config = config_of(root)
-    values = values_for(root, None)
-    written, previous = [], ""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for service in config.service:
-        unit = SystemdBackend.unit(service)
-        path = out_dir / unit
-        path.write_text(render_unit(service, values, after=previous, timeout=config.stop.timeout))
-        written.append(path)
-        previous = unit
-    agent = out_dir / AGENT_UNIT
-    agent.write_text(_agent_unit(root, [SystemdBackend.unit(s) for s in config.service],
-                                config.backend == "process"))
-    return [*written, agent]
-
-
-AGENT_UNIT = "greenlight-agent.service"
-
-
-def _agent_unit(root: InstallRoot, product_units: list[str], owns_services: bool) -> str:
-    """The agent's own unit: restarted on failure, started after the product's units (it
-    may stop and start them, so it must not race their start at boot), and stopped by
-    SIGTERM like any service (a transaction it is in is finished or undone at its next start).
-    With the process backend the services it starts live in its cgroup: KillMode=process
-    keeps them running when the agent is stopped or restarted."""
-    import shlex
-
-    from greenlight.updater.product import frozen
-
-    program = [sys.executable] if frozen() else [sys.executable, "-m", "greenlight.updater.cli"]
-    command = " ".join(shlex.quote(p) for p in [*program, "agent", "--root", str(root.path)])
-    after = " ".join(["network-online.target", *product_units])
-    return (f"[Unit]\nDescription=Greenlight agent for {root.path}\n"
-            f"Wants=network-online.target\nAfter={after}\n\n"
-            f"[Service]\nType=simple\nExecStart={command}\nRestart=on-failure\n"
-            f"RestartSec=30\nKillSignal=SIGTERM\nTimeoutStopSec=120\n"
-            + ("KillMode=process\n" if owns_services else "")
-            + "\n[Install]\nWantedBy=multi-user.target\n")

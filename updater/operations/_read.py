@@ -2,8 +2,10 @@
 switch (which verifies the channel before it writes `active.json`). They load neither the
 transaction nor the services, so that `updater check` starts fast."""
 
+from dataclasses import dataclass
+
 from greenlight.channels import ChannelFile, check_channel_name, now
-from greenlight.updater._errors import UsageError
+from greenlight.updater._errors import NotFound, UsageError
 from greenlight.updater.output import (
     CheckReport,
     ComponentInfo,
@@ -13,9 +15,10 @@ from greenlight.updater.output import (
     RolloutStatus,
     StatusReport,
 )
-from greenlight.updater.policy import Plan, decide
+from greenlight.updater.policy import Plan, decide, follow_plan
 from greenlight.updater.product import config_of
 from greenlight.updater.store import (
+    ActiveChannel,
     InstallRoot,
     QuarantineEntry,
     active_channel,
@@ -29,8 +32,8 @@ from greenlight.updater.store import (
 )
 from greenlight.updater.trust import FetcherInterface, TrustedRepository
 
-__all__ = ["check", "quarantine_info", "open_repository", "plan_for", "quarantined", "read_channel",
-           "status", "switch_channel"]
+__all__ = ["Following", "check", "follow", "go_back_if_chosen", "open_repository", "plan_for",
+           "quarantine_info", "quarantined", "read_channel", "status", "switch_channel"]
 
 
 def open_repository(root: InstallRoot, fetcher: FetcherInterface | None = None
@@ -81,9 +84,11 @@ def switch_channel(root: InstallRoot, repo: TrustedRepository, channel: str) -> 
 
 
 def plan_for(root: InstallRoot, channel_file: ChannelFile,
-             repo: TrustedRepository | None = None) -> Plan:
+             repo: TrustedRepository | None = None, installed_down: bool = False,
+             allow_downgrade: bool = False) -> Plan:
     """What this installation should do about `channel_file`, from what is on disk (and, for
-    a planned rollout, the online role's signed state from `repo`).
+    a planned rollout, the online role's signed state from `repo`); `installed_down`: the
+    installed release's services crashed; `allow_downgrade`: a person asked to move down.
 
     Raises:
         TrustError, NetworkError: the rollout state of a planned rollout could not be read.
@@ -94,7 +99,68 @@ def plan_for(root: InstallRoot, channel_file: ChannelFile,
     planned = channel_file.rollout is not None and channel_file.rollout.plan is not None
     state = repo.rollout_state(channel_file.channel) if planned and repo is not None else None
     return decide(channel_file, root.installed_identity(), held, root.installation_id,
-                  pin.version if pin else None, state, now())
+                  pin.version if pin else None, state, now(), installed_down, allow_downgrade)
+
+
+@dataclass(frozen=True)
+class Following:
+    """The channel this machine acts on now, and the plan for it."""
+
+    active: ActiveChannel
+    plan: Plan
+    back_to_chosen: bool = False
+    """the plan is the chosen channel's: acting on it ends a fallback"""
+    note: str | None = None
+    """after a fallback: where the chosen channel stands here"""
+
+    @property
+    def channel(self) -> str:
+        return self.plan.release_file.channel
+
+
+def follow(root: InstallRoot, repo: TrustedRepository, installed_down: bool = False,
+           allow_downgrade: bool = False) -> Following:
+    """The active channel's plan; after a fallback, the chosen channel's instead as soon as
+    `returns_to_chosen` allows it (a fallback channel the repository no longer carries is
+    left for the chosen one too). Changes nothing: the caller that acts switches back.
+
+    Raises:
+        NotFound, TrustError, NetworkError, StoreError: as `read_channel` and `plan_for`.
+    """
+    active = active_channel(root)
+    plan: Plan | None = None
+    try:
+        plan = plan_for(root, read_channel(root, repo, active.channel), repo, installed_down,
+                        allow_downgrade)
+    except NotFound:
+        if not active.fallen_back:
+            raise
+    if not active.fallen_back:
+        assert plan is not None
+        return Following(active, plan)
+    chosen = active.chosen_channel
+    chosen_plan = plan_for(root, read_channel(root, repo, chosen), repo, installed_down,
+                           allow_downgrade)
+    acted, back = follow_plan(plan, chosen_plan)
+    if back:
+        return Following(active, acted, back_to_chosen=True,
+                         note=f"back to {chosen}: it carries {chosen_plan.target}, allowed here")
+    where = (chosen_plan.note or chosen_plan.action).rstrip(".")
+    return Following(active, acted, note=f"on {active.channel} after a fallback from {chosen}; "
+                                         f"{chosen}: {where}")
+
+
+def go_back_if_chosen(root: InstallRoot, following: Following) -> ActiveChannel:
+    """Follow the chosen channel again when `following` says so (under the lock); return the
+    active channel as it was, for a caller that must restore it.
+
+    Raises:
+        StoreError: active.json could not be written.
+    """
+    if following.back_to_chosen:
+        set_active_channel(root, following.channel, following.note or "back to the chosen "
+                                                                     "channel")
+    return following.active
 
 
 def _rollout_status(plan: Plan) -> RolloutStatus | None:
@@ -104,22 +170,29 @@ def _rollout_status(plan: Plan) -> RolloutStatus | None:
         step=r.step, steps=list(r.steps), reason=r.reason)
 
 
-def check(root: InstallRoot, repo: TrustedRepository) -> CheckReport:
-    """Refresh, read the active channel's file, and say what an upgrade would do.
+def check(root: InstallRoot, repo: TrustedRepository,
+          installed_down: bool = False) -> CheckReport:
+    """Refresh, read the active channel's file, and say what an upgrade would do (the chosen
+    channel's, when an upgrade would go back to it after a fallback); `installed_down`: the
+    installed release's services crashed (a caller that knows says so).
 
     Raises:
         TrustError, NetworkError, NotFound: as `read_channel`.
         ConfigError: no configuration, or one that does not load.
     """
-    active = active_channel(root)
-    channel_file = read_channel(root, repo)
-    plan = plan_for(root, channel_file, repo)
+    following = follow(root, repo, installed_down=installed_down)
+    active, plan = following.active, following.plan
+    channel_file = plan.release_file
     return CheckReport(
         rollout=_rollout_status(plan),
         yanked=plan.yanked,
         root=str(root.path),
-        channel=active.channel,
-        channel_reason=active.reason,
+        channel=following.channel,
+        channel_reason=(following.note or active.reason) if following.back_to_chosen
+        else active.reason,
+        chosen_channel=active.chosen if active.fallen_back else None,
+        channel_note=following.note,
+        note=plan.note if plan.action != "held" else None,
         installed=plan.installed,
         available=channel_file.release,
         installed_release=plan.installed_id.key if plan.installed_id else None,
@@ -158,6 +231,7 @@ def status(root: InstallRoot) -> StatusReport:
         channel=active.channel,
         channel_since=active.since,
         channel_reason=active.reason,
+        chosen_channel=active.chosen if active.fallen_back else None,
         installed=root.installed_version(),
         releases=root.installed_releases(),
         hold=_hold_text(root),

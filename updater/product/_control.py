@@ -80,6 +80,10 @@ class ServiceControl:
     def any_running(self) -> bool:
         return any(self.backend.is_running(s.name) for s in self.config.service)
 
+    def crashed(self) -> list[str]:
+        """The services that died on their own (not stopped by Greenlight), in start order."""
+        return [s.name for s in self.config.service if self.backend.crashed(s.name)]
+
     def stop_all(self, release: str | None) -> list[StopOutcome]:
         """Stop every service. Draining: UI before core, each drained, bounded, then killed.
         Without draining: every service signalled at once (how the panel restart crashed)."""

@@ -86,6 +86,9 @@ class ServiceBackend(Protocol):
     def stop(self, service: ServiceConfig, timeout: float, wait: bool = True) -> StopOutcome: ...
     def wait_stopped(self, service: ServiceConfig, timeout: float) -> StopOutcome: ...
     def last_exit(self, name: str) -> dict[str, object] | None: ...
+    def crashed(self, name: str) -> bool:
+        """Started by Greenlight and not running now, without Greenlight stopping it."""
+        ...
 
 
 _LAUNCHER_MARK = b"launcher.py"
@@ -165,6 +168,10 @@ class ProcessBackend:
 
     def is_running(self, name: str) -> bool:
         return self.pid(name) is not None
+
+    def crashed(self, name: str) -> bool:
+        # A stop Greenlight makes removes the record; a service that died keeps it.
+        return self._pid_file(name).exists() and not self.is_running(name)
 
     def last_exit(self, name: str) -> dict[str, object] | None:
         try:
@@ -286,6 +293,10 @@ class SystemdBackend:
 
     def is_running(self, name: str) -> bool:
         return self._run("is-active", "--quiet", self._unit_of(name)).returncode == 0
+
+    def crashed(self, name: str) -> bool:
+        # systemd's own word: a unit that stopped without being asked to is "failed".
+        return self._run("is-failed", "--quiet", self._unit_of(name)).returncode == 0
 
     def pid(self, name: str) -> int | None:
         done = self._run("show", "-p", "MainPID", "--value", self._unit_of(name))

@@ -17,8 +17,20 @@ __all__ = ["ActiveChannel", "active_channel", "restore_active_channel", "save_ch
 
 class ActiveChannel(Record):
     channel: Annotated[str, AfterValidator(check_channel_name)]
+    """the channel followed now"""
     since: datetime
     reason: str
+    chosen: Annotated[str, AfterValidator(check_channel_name)] | None = None
+    """the channel a person chose, when the machine follows another after a fallback; the
+    machine goes back to it as soon as it carries a release allowed here"""
+
+    @property
+    def chosen_channel(self) -> str:
+        return self.chosen or self.channel
+
+    @property
+    def fallen_back(self) -> bool:
+        return self.chosen is not None and self.chosen != self.channel
 
 
 def _configured(root: InstallRoot) -> str:
@@ -48,14 +60,18 @@ def active_channel(root: InstallRoot) -> ActiveChannel:
         raise StoreError(f"{path}: unreadable; switch with 'updater channel NAME'") from None
 
 
-def set_active_channel(root: InstallRoot, channel: str, reason: str) -> ActiveChannel:
-    """Follow `channel` from now on.
+def set_active_channel(root: InstallRoot, channel: str, reason: str,
+                       chosen: str | None = None) -> ActiveChannel:
+    """Follow `channel` from now on: a person's (or a sideload's) choice, or, with `chosen`,
+    a fallback from the channel a person chose, which stays chosen.
 
     Raises:
         ValueError: not a valid channel name.
     """
-    return restore_active_channel(
-        root, ActiveChannel(channel=check_channel_name(channel), since=now(), reason=reason))
+    check_channel_name(channel)
+    return restore_active_channel(root, ActiveChannel(
+        channel=channel, since=now(), reason=reason,
+        chosen=None if chosen in (None, channel) else chosen))
 
 
 def restore_active_channel(root: InstallRoot, active: ActiveChannel) -> ActiveChannel:

@@ -12,7 +12,7 @@ from greenlight.updater.store._root import InstallRoot
 
 __all__ = ["EventKind", "HistoryEntry", "RecordedCheck", "history", "record"]
 
-EventKind = Literal["upgraded", "rolled-back", "rollback-failed", "recovered",
+EventKind = Literal["upgraded", "downgraded", "rolled-back", "rollback-failed", "recovered",
                     "precheck-forced", "precheck-blocked", "manual-rollback", "yanked",
                     "quarantine-lifted"]
 

@@ -63,6 +63,9 @@ class UiStatus(Record):
     installed_release: str | None = Field(description="its key, version@digest")
     channel: str
     channel_reason: str
+    chosen_channel: str | None = Field(
+        default=None, description="the channel a person chose, when the machine follows its "
+                                  "fallback after a failed release")
     available: str | None = Field(default=None, description="the channel's release, when known")
     update: Update = Field(
         default="unknown",
@@ -146,6 +149,7 @@ def refresh_status(root: InstallRoot, *, available: str | None = None, update: U
         installed_release=installed,
         channel=active.channel,
         channel_reason=active.reason,
+        chosen_channel=active.chosen if active.fallen_back else None,
         available=available if available is not None else (
             previous.available if keep and previous else None),
         update=update or (previous.update if keep and previous else "unknown"),

@@ -27,6 +27,7 @@ from greenlight.updater.store import (
     InstallRoot,
     Journal,
     QuarantineEntry,
+    active_channel,
     add_to_quarantine,
     quarantine,
     queue_event,
@@ -60,9 +61,10 @@ def roll_back(txn: Transaction, failure: HealthFailure) -> Rollback:
         fallback = txn.channel_file.fallback
         if fallback is not None and fallback != txn.journal.channel:
             names = ", ".join(r.name for r in failed_required(failure.results)) or "start-up"
-            set_active_channel(txn.root,
-                fallback, f"automatic fallback: {version_of(txn.new)} on {txn.journal.channel} "
-                          f"failed {names}")
+            chosen = active_channel(txn.root).chosen_channel
+            set_active_channel(
+                txn.root, fallback, f"automatic fallback: {version_of(txn.new)} on "
+                                    f"{txn.journal.channel} failed {names}", chosen=chosen)
         else:
             fallback = None
         add_to_quarantine(txn.root, QuarantineEntry.of(

@@ -1,0 +1,165 @@
+"""Operations on the machine around the transactions: health checks, starting and stopping
+the services, which services died on their own, the systemd units, and lifting a quarantine
+(with who did it)."""
+
+import os
+import sys
+from pathlib import Path
+
+from greenlight.updater._errors import NotFound, ServiceError
+from greenlight.updater.operations._read import quarantine_info, quarantined
+from greenlight.updater.output import HealthReport, QuarantineReport
+from greenlight.updater.product import (
+    HealthFailure,
+    ServiceControl,
+    config_of,
+    failed_required,
+)
+from greenlight.updater.store import (
+    HistoryEntry,
+    InstallRoot,
+    lift_quarantine,
+    locked,
+    record,
+)
+
+__all__ = ["AGENT_UNIT", "acting_person", "crashed_services", "health", "lift", "start_services",
+           "stop_services", "write_systemd_units"]
+
+
+def health(root: InstallRoot) -> HealthReport:
+    """Every check, now, against the installed release.
+
+    Raises:
+        ConfigError: no configuration, or one that does not load.
+    """
+    control = ServiceControl.of(root, config_of(root))
+    results = control.check_now(root.installed_release())
+    healthy = bool(results) and not failed_required(results)  # nothing checked is not healthy
+    return HealthReport(root=str(root.path), installed=root.installed_version(), results=results,
+                        checked=len(results), healthy=healthy)
+
+
+def start_services(root: InstallRoot) -> list[str]:
+    """Start the installed release's services in order, each ready before the next.
+
+    Raises:
+        ServiceError: a service would not start or become ready.
+        BusyError: another updater holds the root.
+    """
+    with locked(root):
+        control = ServiceControl.of(root, config_of(root))
+        try:
+            control.start_all(root.installed_release())
+        except HealthFailure as failure:
+            raise ServiceError(failure.summary) from None
+        return [s.name for s in config_of(root).service]
+
+
+def stop_services(root: InstallRoot) -> list[str]:
+    """Stop the services in reverse order, drained as the config says.
+
+    Raises:
+        ConfigError: no configuration, or one that does not load.
+        BusyError: another updater holds the root.
+    """
+    with locked(root):
+        control = ServiceControl.of(root, config_of(root))
+        return [o.describe() for o in control.stop_all(root.installed_release())]
+
+
+def crashed_services(root: InstallRoot) -> list[str]:
+    """The installed release's services that died on their own (not stopped by Greenlight):
+    a release that is down, which an upgrade repairs and a downgrade may leave.
+
+    Raises:
+        ConfigError: the configuration does not load.
+    """
+    if root.installed_release() is None:
+        return []
+    config = config_of(root)
+    return ServiceControl.of(root, config).crashed() if config.service else []
+
+
+def acting_person() -> str:
+    """The person acting: the login behind sudo when there is one.
+
+    Raises:
+        Nothing: an unprintable login is shown as its repr.
+    """
+    import getpass
+
+    user = os.environ.get("SUDO_USER") or getpass.getuser()
+    return user if user.isprintable() else repr(user)
+
+
+def lift(root: InstallRoot, release: str) -> QuarantineReport:
+    """`updater quarantine clear RELEASE`: lift the quarantine of a version (all its
+    releases) or of one release key; the history records who lifted it and when. A lifted
+    release may be installed again by the next upgrade.
+
+    Raises:
+        NotFound: nothing quarantined here is named `release`.
+    """
+    with locked(root):
+        lifted = lift_quarantine(root, release)
+        if not lifted:
+            raise NotFound(f"{release!r} is not quarantined here (see 'updater quarantine')")
+        by = acting_person()
+        for entry in lifted:
+            record(root, HistoryEntry(
+                event="quarantine-lifted", channel=entry.channel, from_version=entry.version,
+                from_release=entry.identity.key, by=by,
+                summary=f"quarantine of {entry.identity.key} lifted by {by} "
+                        f"(was: {entry.reason})"))
+        report = quarantined(root)
+        return report.model_copy(update={"lifted": quarantine_info(lifted)})
+
+
+def write_systemd_units(root: InstallRoot, out_dir: Path) -> list[Path]:
+    """A unit file for each configured service, in start order, into `out_dir`.
+
+    Raises:
+        ConfigError: no configuration, or one that does not load.
+        OSError: `out_dir` could not be written.
+    """
+    from greenlight.updater.product import SystemdBackend, render_unit, values_for
+
+    config = config_of(root)
+    values = values_for(root, None)
+    written, previous = [], ""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for service in config.service:
+        unit = SystemdBackend.unit(service)
+        path = out_dir / unit
+        path.write_text(render_unit(service, values, after=previous, timeout=config.stop.timeout))
+        written.append(path)
+        previous = unit
+    agent = out_dir / AGENT_UNIT
+    agent.write_text(_agent_unit(root, [SystemdBackend.unit(s) for s in config.service],
+                                config.backend == "process"))
+    return [*written, agent]
+
+
+AGENT_UNIT = "greenlight-agent.service"
+
+
+def _agent_unit(root: InstallRoot, product_units: list[str], owns_services: bool) -> str:
+    """The agent's own unit: restarted on failure, started after the product's units (it
+    may stop and start them, so it must not race their start at boot), and stopped by
+    SIGTERM like any service (a transaction it is in is finished or undone at its next start).
+    With the process backend the services it starts live in its cgroup: KillMode=process
+    keeps them running when the agent is stopped or restarted."""
+    import shlex
+
+    from greenlight.updater.product import frozen
+
+    program = [sys.executable] if frozen() else [sys.executable, "-m", "greenlight.updater.cli"]
+    command = " ".join(shlex.quote(p) for p in [*program, "agent", "--root", str(root.path)])
+    after = " ".join(["network-online.target", *product_units])
+    return (f"[Unit]\nDescription=Greenlight agent for {root.path}\n"
+            f"Wants=network-online.target\nAfter={after}\n\n"
+            f"[Service]\nType=simple\nExecStart={command}\nRestart=on-failure\n"
+            f"RestartSec=30\nKillSignal=SIGTERM\nTimeoutStopSec=120\n"
+            + ("KillMode=process\n" if owns_services else "")
+            + "\n[Install]\nWantedBy=multi-user.target\n")
