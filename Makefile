@@ -8,7 +8,7 @@ STAMP   = $(VENV)/.installed
 # about that on every install, which would flood a first `make demo`.
 QUIET_BUILD = PYTHONWARNINGS=ignore::UserWarning
 
-.PHONY: demo test test-fast lint typecheck bench conformance clean venv
+.PHONY: demo test test-exhaustive test-fast lint typecheck bench conformance clean venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,13 @@ demo: $(STAMP)
 
 test: $(STAMP) lint typecheck
 	tests/ensure_packages.sh
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m 'not exhaustive'
+
+# Every crash point of the transaction and the long property runs (thousands of lives of a
+# machine, of the journal's recovery); CI runs it after `make test`.
+test-exhaustive: $(STAMP)
+	tests/ensure_packages.sh
+	GREENLIGHT_EXHAUSTIVE=1 $(BIN)/python -m pytest -q -n 2 --dist load -m exhaustive
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not slow'

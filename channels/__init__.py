@@ -67,6 +67,7 @@ from greenlight.channels._rollout import (
     effective_rollout,
     rollout_bucket,
 )
+from greenlight.channels._text import printable
 from greenlight.channels._version import VERSION
 from greenlight.channels._versions import canonical_version, is_newer, parse_version, sort_versions
 
@@ -120,6 +121,7 @@ __all__ = [
     "json_schema",
     "now",
     "parse_version",
+    "printable",
     "remove_path",
     "rollout_bucket",
     "rollout_role",

@@ -8,6 +8,7 @@ and one real command check (see test_exit_codes.py).
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -308,6 +309,47 @@ def test_an_agent_killed_mid_upgrade_recovers_at_its_next_start(machine):
               ["entries"]]
     assert events[-2:] == ["recovered", "upgraded"]
     assert InstallRoot(machine.path).installed_version() == "1.1"
+
+
+
+@pytest.mark.slow
+def test_stopping_the_agent_at_any_moment_frees_the_root(machine):
+    """A service manager stops the agent (SIGTERM) at random moments, some inside a
+    transaction: it exits only once its cycle undid or finished the transaction and let go of
+    the root, so an `updater stop` right after never finds the root held."""
+    import random
+
+    seed = int(os.environ.get("GREENLIGHT_KILL_SEED", time.time_ns() % 1_000_000))
+    rng = random.Random(seed)
+    machine.init()
+    with (machine.path / "greenlight.toml").open("a") as f:  # a post-check worth cutting
+        f.write('\n[[check]]\nname = "slow"\ntype = "command"\n'
+                'command = ["sleep", "0.7"]\ntimeout = 10.0\n')
+    machine.publish("1.0")
+    started = time.monotonic()
+    assert machine.updater("agent", "--once").returncode == 0
+    span = time.monotonic() - started
+    root = InstallRoot(machine.path)
+    for round_ in range(1, 7):
+        machine.publish(f"1.{round_}")
+        before = root.installed_version()
+        agent = subprocess.Popen([str(BIN / "updater"), "agent", "--root", str(machine.path)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(span * 1.3 * rng.random())  # the moment of the stop: random, on purpose
+        agent.send_signal(signal.SIGTERM)
+        out = agent.communicate(timeout=120)[0]
+        where = f"(seed {seed}, round {round_}): {out}"
+        # 0: a clean stop; death by the SIGTERM itself only when it came before the
+        # interpreter was up (systemd calls that clean too), when nothing had started.
+        assert agent.returncode in (0, -signal.SIGTERM), where
+        stop = machine.updater("stop")
+        assert stop.returncode == 0, f"{stop.stderr} {where}"
+        assert not (machine.path / "state" / "journal.json").exists(), where
+        assert root.installed_version() in (before, f"1.{round_}"), where
+        assert "Traceback" not in out, where
+    events = [e["event"] for e in json.loads(machine.updater("history", "--json").stdout)
+              ["entries"]]
+    assert "recovered" not in events  # every stop was clean: nothing left to recover
 
 
 def test_systemd_units_include_the_agent(machine, tmp_path):

@@ -148,11 +148,7 @@ def _packed(content: bytes, how: tuple[str, int]) -> bytes:
     return pyzstd.compress(content, level)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**32 - 1), size=st.integers(1, 300_000), edits=_EDITS,
-       how=st.sampled_from([("gz", 6), ("gz", 9), ("gz", 1), ("zst", 3), ("zst", 19)]),
-       flip=st.floats(0, 1), rebuilt=st.sampled_from([0, 0, 3, 40]))
-def test_a_built_delta_gives_back_the_new_bytes_exactly(seed, size, edits, how, flip, rebuilt):
+def _round_trip(seed, size, edits, how, flip, rebuilt):
     """Whatever the content, the edits and the compression: a delta that is built rebuilds the
     new artifact byte for byte, and a delta with any byte changed is refused as a DeltaError
     (or rebuilds bytes the caller's sha256 then refuses); never another exception."""
@@ -175,10 +171,27 @@ def test_a_built_delta_gives_back_the_new_bytes_exactly(seed, size, edits, how, 
     broken = bytearray(built.data)
     broken[at] ^= 0xFF
     try:
-        rebuilt = apply_delta(old, bytes(broken))
+        result = apply_delta(old, bytes(broken))
     except DeltaError:
         return
-    assert rebuilt != new or bytes(broken) == built.data
+    assert result != new or bytes(broken) == built.data
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), size=st.integers(1, 300_000), edits=_EDITS,
+       how=st.sampled_from([("gz", 6), ("gz", 9), ("gz", 1), ("zst", 3), ("zst", 19)]),
+       flip=st.floats(0, 1), rebuilt=st.sampled_from([0, 0, 3, 40]))
+def test_a_built_delta_gives_back_the_new_bytes_exactly(seed, size, edits, how, flip, rebuilt):
+    _round_trip(seed, size, edits, how, flip, rebuilt)
+
+
+@pytest.mark.exhaustive
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), size=st.integers(1, 300_000), edits=_EDITS,
+       how=st.sampled_from([("gz", 6), ("gz", 9), ("gz", 1), ("zst", 3), ("zst", 19)]),
+       flip=st.floats(0, 1), rebuilt=st.sampled_from([0, 0, 3, 40]))
+def test_deltas_round_trip_over_many_releases(seed, size, edits, how, flip, rebuilt):
+    _round_trip(seed, size, edits, how, flip, rebuilt)
 
 
 def machine_code(size: int, seed: int, inserted: int = 0) -> bytes:

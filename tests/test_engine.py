@@ -286,6 +286,13 @@ def test_once_repaired_one_recovery_ends_every_transaction():
         max_examples=60, stateful_step_count=25, deadline=None))
 
 
+@pytest.mark.exhaustive
+@pytest.mark.parametrize("machine", [JournalMachine, _Converging])
+def test_recovery_converges_over_a_thousand_transactions(machine):
+    run_state_machine_as_test(machine, settings=settings(
+        max_examples=1000, stateful_step_count=40, deadline=None))
+
+
 
 # The plan's rules, in their order (policy/_channel.py): the first that applies decides.
 _PLAN_RULES = [("revoked", "leave-yanked"), ("same", "up-to-date"), ("pinned", "held"),

@@ -8,8 +8,10 @@ demand (in the pre-check, the post-check or a rollback's own check).
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -186,6 +188,51 @@ def dead_end(m: Machine) -> subprocess.CompletedProcess[str]:
 
 
 # code -> (the situation, what the one line or the report must say)
+HANGING_CHECK = r'''
+[[check]]
+name = "slow"
+type = "command"
+command = ["sh", "-c", "test ! -e '{root}/data/hang-{version}' || exec sleep 60"]
+timeout = 90.0
+'''
+
+
+def _in_step(journal: Path, step: str) -> bool:
+    try:
+        steps = json.loads(journal.read_text())["steps"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return any(s["name"] == step and s["state"] == "doing" for s in steps)
+
+
+def _interrupted(signum: int) -> Callable[[Machine], subprocess.CompletedProcess[str]]:
+    """A signal in the middle of the post-check of 1.1: undone, recorded, the signal's exit."""
+
+    def situation(m: Machine) -> subprocess.CompletedProcess[str]:
+        m.installed("1.0")
+        with (m.path / "greenlight.toml").open("a") as f:
+            f.write(HANGING_CHECK)
+        m.publish("1.1")
+        (m.path / "data").mkdir(exist_ok=True)
+        (m.path / "data" / "hang-1.1").write_text("")
+        journal = m.path / "state" / "journal.json"
+        updater = subprocess.Popen([str(BIN / "updater"), "upgrade", "--root", str(m.path)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not _in_step(journal, "post-check"):
+            assert updater.poll() is None, updater.communicate()
+            assert time.monotonic() < deadline, "the upgrade never reached its post-check"
+            time.sleep(0.02)
+        updater.send_signal(signum)
+        out, err = updater.communicate(timeout=60)
+        history = json.loads(m.updater("history", "--json").stdout)["entries"]
+        assert history[-1]["event"] == "interrupted", history[-1]
+        assert InstallRoot(m.path).installed_version() == "1.0" and not journal.exists()
+        return subprocess.CompletedProcess(updater.args, updater.returncode, out, err)
+
+    return situation
+
+
 SCENARIOS: dict[int, tuple[Callable[[Machine], subprocess.CompletedProcess[str]], str]] = {
     0: (ok, "installed"),
     1: (internal_error, "internal error: RuntimeError: a planted bug"),
@@ -205,6 +252,10 @@ SCENARIOS: dict[int, tuple[Callable[[Machine], subprocess.CompletedProcess[str]]
     15: (held, "held back here"),
     20: (rolled_back, "ROLLED BACK"),
     21: (dead_end, "ROLLBACK FAILED"),
+    130: (_interrupted(signal.SIGINT), "interrupted by SIGINT during post-check of 1.1; "
+                                       "undone: 1.0 is installed"),
+    143: (_interrupted(signal.SIGTERM), "interrupted by SIGTERM during post-check of 1.1; "
+                                        "undone: 1.0 is installed"),
 }
 
 

@@ -159,3 +159,33 @@ def test_two_collectors_share_one_postgresql(fleet, postgres):
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_refused_token_is_said_everywhere_and_the_report_waits(fleet):
+    """A wrong fleet token: the report stays queued, the refusal is in status.json's
+    last_error and in `updater status`, and it goes once the token is right."""
+    tmp, repo, server, builds = fleet
+    collector = Collector(tmp, f"sqlite:///{tmp / 'collector.sqlite3'}", free_port())
+    try:
+        m = Machine(tmp, "m", repo, server, collector.url)
+        (m.path / "data" / "fleet-token").write_text("wrong-token\n")
+        publish(repo, "stable", "1.0", builds("1.0"))
+        done = m.updater("upgrade")
+        assert done.returncode == 0, done.stderr  # the upgrade itself went through
+        assert len(m.queued()) == 1  # not dropped
+        status = json.loads((m.path / "state" / "status.json").read_text())
+        assert "the collector refused the fleet token (HTTP 401" in status["last_error"]
+        assert "wrong-token" not in status["last_error"]
+        shown = m.updater("status")
+        assert "fleet reports" in shown.stdout and "refused the fleet token" in shown.stdout
+        assert collector.rollouts() == {}
+        (m.path / "data" / "fleet-token").write_text(FLEET + "\n")
+        (m.path / "state" / "reports" / ".backoff").unlink()  # the back-off has passed
+        publish(repo, "stable", "1.1", builds("1.1"))
+        assert m.updater("upgrade").returncode == 0
+        assert m.queued() == []
+        assert set(collector.rollouts()) == {("stable", "1.0"), ("stable", "1.1")}
+        status = json.loads((m.path / "state" / "status.json").read_text())
+        assert status["last_error"] is None
+    finally:
+        collector.stop()

@@ -17,6 +17,7 @@ Invariants after every cycle:
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import event as hypothesis_event
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -250,6 +251,10 @@ class MachineLife(RuleBasedStateMachine):
 
 TestMachineLife = MachineLife.TestCase
 TestMachineLife.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
+
+# Thousands of lives, longer ones, in `make test-exhaustive`.
+TestMachineLives = pytest.mark.exhaustive(MachineLife.TestCase)
+TestMachineLives.settings = settings(max_examples=3000, stateful_step_count=100, deadline=None)
 
 
 def test_the_bad_beta_story():

@@ -18,10 +18,20 @@ GreenlightError (1)
 └── ChannelMismatch (13)   a bundle carries another channel
 ```
 python-tuf's and httpx's exceptions are mapped once, in `greenlight.updater.trust`.
+
+`Interrupted` (SIGINT, SIGTERM) is not a `GreenlightError` and not an `Exception`: nothing
+catches it by accident. The transaction under way undoes itself (or finishes its commit) in a
+`shielded` block that a second signal cannot cut, records it, and the command exits 130 or 143.
 """
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 __all__ = [
     "EXIT_CODES",
+    "EXIT_INTERRUPTED",
+    "EXIT_TERMINATED",
     "EXIT_HELD",
     "EXIT_OK",
     "EXIT_ROLLBACK_FAILED",
@@ -33,6 +43,7 @@ __all__ = [
     "ChannelMismatch",
     "ConfigError",
     "GreenlightError",
+    "Interrupted",
     "NetworkError",
     "NotFound",
     "PrecheckFailed",
@@ -40,6 +51,8 @@ __all__ = [
     "StoreError",
     "TrustError",
     "UsageError",
+    "handle_interrupts",
+    "shielded",
 ]
 
 
@@ -126,6 +139,8 @@ EXIT_YANKED = 14
 EXIT_HELD = 15
 EXIT_ROLLED_BACK = 20
 EXIT_ROLLBACK_FAILED = 21
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success; for `check`: up to date",
@@ -144,7 +159,57 @@ EXIT_CODES: dict[int, str] = {
     ServiceError.exit_code: "a service would not start or become ready",
     EXIT_YANKED: "`check`: the installed release was yanked; `updater upgrade` leaves it",
     EXIT_HELD: "`check`, `upgrade`: the channel has another release, held back here "
-               "(quarantined, or not yet in its staged rollout); nothing changed",
+               "(quarantined, outside its rollout, pinned away, or older); nothing changed",
     EXIT_ROLLED_BACK: "the new release failed its checks and was rolled back",
     EXIT_ROLLBACK_FAILED: "rollback failed too: dead end, see `updater history`",
+    EXIT_INTERRUPTED: "interrupted by SIGINT (Ctrl-C): what was under way was undone or "
+                      "finished, and recorded",
+    EXIT_TERMINATED: "stopped by SIGTERM: what was under way was undone or finished, and "
+                     "recorded",
 }
+
+
+# --- interruptions ---------------------------------------------------------------------------
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; the command exits 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {self.name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+_shield = {"depth": 0}
+_pending: list[int] = []
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    if _shield["depth"]:
+        _pending.append(signum)  # raised when the shielded work is done
+        return
+    raise Interrupted(signum)
+
+
+def handle_interrupts() -> None:
+    """From now on, SIGINT and SIGTERM raise `Interrupted` in the main thread."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _on_signal)
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """Work a signal must not cut (an undo, a rollback, a commit): a signal that arrives
+    meanwhile is raised as `Interrupted` once the block ends."""
+    _shield["depth"] += 1
+    try:
+        yield
+    finally:
+        _shield["depth"] -= 1
+        if not _shield["depth"] and _pending:
+            signum = _pending[0]
+            _pending.clear()
+            raise Interrupted(signum)

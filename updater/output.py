@@ -156,6 +156,9 @@ class StatusReport(Record):
     hold: str | None = Field(default=None, description="automatic installs held: until when "
                                                        "and why")
     pin: str | None = Field(default=None, description="the version this machine is pinned to")
+    reports: str | None = Field(
+        default=None, description="why the fleet collector refuses this machine's reports, "
+                                  "until one is accepted")
 
 
 class QuarantineEntryInfo(Record):

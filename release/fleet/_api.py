@@ -31,7 +31,8 @@ def _bearer(header: str | None, token: str) -> bool:
 
 def make_app(store: Store, fleet_token: str, admin_token: str,
              clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-             guard: Guard | None = None, tick: float = 10.0) -> Any:
+             guard: Guard | None = None, tick: float = 10.0,
+             log: Callable[[str], None] = lambda line: None) -> Any:
     import asyncio
     import contextlib
     import threading
@@ -62,6 +63,9 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
 
     async def post_report(request: Request) -> Response:
         if not _bearer(request.headers.get("authorization"), fleet_token):
+            # Said where the fleet's operator looks, never with what was sent.
+            client = request.client.host if request.client else "unknown"
+            log(f"refused a report from {client}: the fleet token is missing or wrong")
             return JSONResponse({"error": "the fleet token is missing or wrong"}, 401)
         body = (await request.body())[:65536]
         try:

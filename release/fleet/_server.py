@@ -65,7 +65,7 @@ def serve_collector(db: str, port: int, fleet_token_file: Path, admin_token_file
         raise RemoteError(f"--db: cannot open the database: {type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
     guard = None if repo is None else Guard(repo, keys, store, log)
-    config = uvicorn.Config(make_app(store, fleet, admin_token, guard=guard, tick=tick),
+    config = uvicorn.Config(make_app(store, fleet, admin_token, guard=guard, tick=tick, log=log),
                             host="127.0.0.1", port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     if ready is not None:

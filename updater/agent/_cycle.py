@@ -38,7 +38,14 @@ from greenlight.channels import atomic_write, now
 from greenlight.updater._errors import BusyError, GreenlightError, NetworkError
 from greenlight.updater.policy import AgentInput, agent_step
 from greenlight.updater.product import AgentConfig, config_of
-from greenlight.updater.store import InstallRoot, hold_of, queued, read_status, refresh_status
+from greenlight.updater.store import (
+    InstallRoot,
+    hold_of,
+    queued,
+    read_status,
+    refresh_status,
+    refusal,
+)
 
 __all__ = ["Agent", "Event", "EventKind", "loop_argv", "run_once"]
 
@@ -75,6 +82,7 @@ class Agent:
         self.failures = 0
         self.events: list[Event] = []
         self.said: tuple[object, ...] = ()
+        self.refused: str | None = None
 
     # --- reporting -----------------------------------------------------------------------
     def log(self, line: str) -> None:
@@ -138,6 +146,11 @@ class Agent:
 
         if queued(self.root):
             send_reports(self.root)
+        why = refusal(self.root)
+        if why != self.refused:
+            self.refused = why
+            self.log(f"fleet reports: {why}" if why else "fleet reports: accepted again")
+            self._status()
 
     def _backoff(self, config: AgentConfig) -> float:
         self.failures += 1

@@ -3,8 +3,11 @@
 Called after a command or an agent cycle, never inside a transaction. One flush takes at most
 `[report] timeout` seconds in all; a collector that is down or slow leaves the reports queued
 for the next flush, which waits out a back-off that doubles up to an hour
-(`state/reports/.backoff`). A report the collector refuses for good (4xx other than 429) is
-dropped, since it never gets better by retrying. Nothing here raises.
+(`state/reports/.backoff`). A refusal of the fleet token (401, 403) keeps the report queued
+and backs off: fixing the token file sends it. A report refused for any other reason (another
+4xx but 429) is dropped, since it never gets better by retrying. Either way the refusal is
+kept (`store.refusal`: status.json's `last_error`, `updater status`, the agent's log) until
+a report is accepted. Nothing here raises.
 """
 
 import contextlib
@@ -12,10 +15,10 @@ import json
 import time
 from pathlib import Path
 
-from greenlight.channels import atomic_write
+from greenlight.channels import atomic_write, printable
 from greenlight.updater._errors import GreenlightError
 from greenlight.updater.product import config_of
-from greenlight.updater.store import InstallRoot, queued
+from greenlight.updater.store import InstallRoot, queued, set_refusal
 
 __all__ = ["send_reports"]
 
@@ -53,6 +56,18 @@ def _back_off(root: InstallRoot, now: float) -> None:
     atomic_write(_backoff_path(root), json.dumps({"delay": delay, "next": now + delay}).encode())
 
 
+def _said(text: str) -> str:
+    """What a collector answered, safe for a terminal or a log line."""
+    with contextlib.suppress(ValueError, AttributeError):
+        text = str(json.loads(text).get("error", text))
+    return printable(" ".join(text.split()), 160)
+
+
+def _refused(root: InstallRoot, why: str | None) -> None:
+    with contextlib.suppress(OSError):
+        set_refusal(root, why)
+
+
 def send_reports(root: InstallRoot) -> int:
     """Send what is queued, oldest first, within the time budget; the number sent."""
     try:
@@ -67,6 +82,8 @@ def send_reports(root: InstallRoot) -> int:
         return 0
     token = _token(root, config.token_file)
     if token is None:
+        _refused(root, f"[report] token_file {config.token_file}: missing, empty or not "
+                       "printable ASCII; reports stay queued")
         return 0
     import httpx
 
@@ -88,8 +105,20 @@ def send_reports(root: InstallRoot) -> int:
                 if answer.status_code == 429 or answer.status_code >= 500:
                     _back_off(root, now)
                     return sent
+                if answer.status_code in (401, 403):
+                    _refused(root, f"the collector refused the fleet token (HTTP "
+                                   f"{answer.status_code}: {_said(answer.text)}); reports stay "
+                                   f"queued until [report] token_file is right")
+                    _back_off(root, now)
+                    return sent
                 path.unlink(missing_ok=True)  # accepted, or refused for good
-                sent += answer.is_success
+                if answer.is_success:
+                    sent += 1
+                    _refused(root, None)
+                else:
+                    _refused(root, f"the collector refused a report for good (HTTP "
+                                   f"{answer.status_code}: {_said(answer.text)}); it was "
+                                   "dropped")
     except (httpx.HTTPError, OSError):
         with contextlib.suppress(OSError):
             _back_off(root, now)

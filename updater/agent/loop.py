@@ -9,19 +9,30 @@ whole updater, writes state/status.json, and reports how long to wait (the inter
 jitter, or a back-off after an error) and the count of failures in a row to a small file this
 loop reads. A child that crashes or hangs past CYCLE_LIMIT is retried with the same back-off.
 A cycle killed in the middle of a transaction is recovered by the next one.
+
+Stopping: SIGTERM or SIGINT while a cycle runs is passed to it (it undoes or finishes its
+transaction and releases the root's lock); the loop waits up to STOP_LIMIT for it and then
+exits 0, so that a service manager's stop leaves nothing running that holds the root. While
+it sleeps, the loop exits at once.
 """
 
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 
-__all__ = ["CYCLE_LIMIT", "main"]
+__all__ = ["CYCLE_LIMIT", "STOP_LIMIT", "main"]
 
 CYCLE_LIMIT = 2 * 3600.0  # every wait inside a cycle is bounded; this bounds the sum
+STOP_LIMIT = 300.0  # a cycle told to stop has this long to undo or finish its transaction
 USAGE = "usage: loop.py --root ROOT -- UPDATER_ARGV..."
+
+
+class _Stop(Exception):
+    """A stop arrived while no cycle ran."""
 
 
 def _log(line: str) -> None:
@@ -37,30 +48,74 @@ def main(args: list[str] | None = None) -> int:
     root, updater = args[1], args[3:]
     report = os.path.join(root, "state", "agent-cycle.json")
     failures = 0
-    while True:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(report)
-        argv = [*updater, "agent", "--once", "--root", root, "--failures", str(failures),
-                "--report", report]
-        try:
-            subprocess.run(argv, timeout=CYCLE_LIMIT)
-        except subprocess.TimeoutExpired:
-            _log(f"a cycle ran past {CYCLE_LIMIT:.0f}s and was stopped")
-        except OSError as e:
-            _log(f"cannot run the updater: {e.strerror or e}")
-        try:
-            with open(report) as f:
-                done = json.load(f)
-            wait, failures = float(done["wait"]), int(done["failures"])
-        except (OSError, ValueError, KeyError, TypeError):
-            failures += 1
-            wait = min(3600.0, 30.0 * 2 ** (failures - 1))
-            _log(f"the cycle ended without a report; next in {wait:.0f}s")
-        time.sleep(max(0.0, wait))
+    running: list[subprocess.Popen[bytes]] = []
+    stopping: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        stopping.append(signum)
+        if running and running[0].poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                running[0].send_signal(signal.SIGTERM)  # it undoes or finishes, then exits
+            return
+        raise _Stop
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    try:
+        while True:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(report)
+            argv = [*updater, "agent", "--once", "--root", root, "--failures", str(failures),
+                    "--report", report]
+            _cycle(argv, running, stopping)
+            if stopping:
+                break
+            wait, failures = _next(report, failures)
+            time.sleep(max(0.0, wait))
+    except _Stop:
+        pass
+    _log(f"stopped by {signal.Signals(stopping[0]).name}")
+    return 0
+
+
+def _cycle(argv: list[str], running: "list[subprocess.Popen[bytes]]",
+           stopping: list[int]) -> None:
+    """Run one cycle to its end: within CYCLE_LIMIT, or STOP_LIMIT once told to stop."""
+    try:
+        child = subprocess.Popen(argv)
+    except OSError as e:
+        _log(f"cannot run the updater: {e.strerror or e}")
+        return
+    running[:] = [child]
+    started, stop_at = time.monotonic(), None
+    try:
+        while child.poll() is None:
+            if stopping and stop_at is None:
+                stop_at = time.monotonic() + STOP_LIMIT
+            now = time.monotonic()
+            if now - started > CYCLE_LIMIT or (stop_at is not None and now > stop_at):
+                _log("a cycle did not end in time and was killed")
+                child.kill()
+                child.wait()
+                return
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=0.5)
+    finally:
+        running.clear()
+
+
+def _next(report: str, failures: int) -> tuple[float, int]:
+    """The wait before the next cycle and the failures in a row, from the cycle's report."""
+    try:
+        with open(report) as f:
+            done = json.load(f)
+        return float(done["wait"]), int(done["failures"])
+    except (OSError, ValueError, KeyError, TypeError):
+        failures += 1
+        wait = min(3600.0, 30.0 * 2 ** (failures - 1))
+        _log(f"the cycle ended without a report; next in {wait:.0f}s")
+        return wait, failures
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(0)
+    sys.exit(main())

@@ -11,6 +11,7 @@ Only click is imported up front: every command imports what it uses when it runs
 
 import sys
 
+from greenlight.updater._errors import Interrupted, handle_interrupts
 from greenlight.updater.cli import _machine, _moves
 from greenlight.updater.cli._common import app
 
@@ -21,8 +22,14 @@ _COMMANDS = (_machine, _moves)  # each registers its commands on app
 
 def main() -> None:
     """The `updater` console script: no traceback ever reaches the user."""
+    handle_interrupts()
     try:
         app(prog_name="updater")
+    except Interrupted as stop:  # outside a command's work (its funnel says more)
+        if "agent" in sys.argv[1:] and "--once" not in sys.argv:
+            sys.exit(0)  # the resident agent stopped before its loop began: a clean stop
+        print(f"updater: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
     except KeyboardInterrupt:
         print("updater: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -14,6 +14,7 @@ import click
 
 from greenlight.updater._errors import (
     GreenlightError,
+    Interrupted,
     StoreError,
 )
 
@@ -81,15 +82,19 @@ def _keep_status(root: "InstallRoot", result: object) -> None:
         refresh_status(root, **status_update(result))  # type: ignore[arg-type]
 
 
-def _send_reports(root: "InstallRoot") -> None:
+def _send_reports(root: "InstallRoot") -> bool:
     """The fleet-report outbox (opt-in), sent after a command that changed the installation,
-    or kept for the next one; never fails the command."""
-    from greenlight.updater.store import queued
+    or kept for the next one; never fails the command. Whether the collector's refusal (or
+    its end) changed what status.json must say."""
+    from greenlight.updater.store import queued, refusal
 
-    if queued(root):
-        from greenlight.updater.agent import send_reports
+    if not queued(root):
+        return False
+    from greenlight.updater.agent import send_reports
 
-        send_reports(root)
+    before = refusal(root)
+    send_reports(root)
+    return refusal(root) != before
 
 
 def run_command(as_json: bool, work: Callable[[], T], root: "InstallRoot | None" = None,
@@ -104,15 +109,38 @@ def run_command(as_json: bool, work: Callable[[], T], root: "InstallRoot | None"
         result = work()
         if root is not None:
             _keep_status(root, result)
-            if sends:
-                _send_reports(root)
+            if sends and _send_reports(root):
+                _keep_status(root, result)  # the collector's refusal changed: say it
         return result
     except GreenlightError as e:
         raise _fail(e, as_json) from None
+    except Interrupted as stop:
+        raise _interrupted(stop, root, as_json) from None
     except OSError as e:  # local state that could not be written or read, not a bug
         hint = " (disk full)" if e.errno == errno.ENOSPC else ""
         where = e.filename or "local state"
         raise _fail(StoreError(f"{where}: {e.strerror or e}{hint}"), as_json) from None
+
+
+def _interrupted(stop: Interrupted, root: "InstallRoot | None", as_json: bool) -> SystemExit:
+    """One line (or greenlight.error/1) for a command stopped by a signal, naming what the
+    history recorded of it."""
+    said = f"{stop}"
+    if root is not None and root.config_path.exists():
+        from greenlight.updater.store import history, refresh_status
+
+        with contextlib.suppress(GreenlightError, OSError):
+            last = history(root)[-1:]
+            if last and last[0].event == "interrupted":
+                said = last[0].summary
+            refresh_status(root)
+    if as_json:
+        from greenlight.updater.output import ErrorReport
+
+        print_json(ErrorReport(error=said, kind="Interrupted", exit_code=stop.exit_code))
+    else:
+        print(f"updater: {said}", file=sys.stderr)
+    return SystemExit(stop.exit_code)
 
 
 def open_root(path: Path | None) -> "InstallRoot":

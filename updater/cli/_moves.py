@@ -219,6 +219,9 @@ def status(root: Path | None, as_json: bool) -> None:
             ("channel", f"{report.channel} (since {report.channel_since:%Y-%m-%d %H:%M}Z: "
                         f"{report.channel_reason})"),
             ("installed", report.installed or "nothing")]
+    if report.chosen_channel:
+        rows.insert(3, ("chosen channel", f"{report.chosen_channel} (returned to once it "
+                                          "carries a release allowed here)"))
     if report.identity is not None:
         rows.append(("identity", f"{report.identity.key}  sha256 {report.identity.digest}"))
         rows += [(f"  {name}", f"sha256 {digest}")
@@ -231,6 +234,8 @@ def status(root: Path | None, as_json: bool) -> None:
         rows.append(("pinned to", report.pin))
     if report.last_event:
         rows.append(("last event", report.last_event))
+    if report.reports:
+        rows.append(("fleet reports", report.reports))
     for label, value in rows:
         say(f"{label:<14} {value}")
 

@@ -22,8 +22,10 @@ from greenlight.updater._errors import (
     ArchiveError,
     ChannelMismatch,
     GreenlightError,
+    Interrupted,
     NotFound,
     PrecheckFailed,
+    shielded,
 )
 from greenlight.updater.operations._read import (
     follow,
@@ -65,6 +67,7 @@ from greenlight.updater.transaction import (
     Transaction,
     do_fetch,
     quarantine_revoked,
+    record_interrupted,
     record_left_revoked,
     record_manual_rollback,
     recover,
@@ -98,7 +101,8 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
     try:
         run_steps(STEPS, txn)
     except HealthFailure as failure:
-        rb = roll_back(txn, failure)
+        with shielded():
+            rb = roll_back(txn, failure)
         return report.model_copy(update={
             "outcome": "rolled-back" if rb.ok else "rollback-failed",
             "quarantined": version_of(txn.new) if failure.new_release_at_fault else None,
@@ -107,8 +111,15 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
             "channel_now": active_channel(txn.root).channel,
         })
     except BaseException as error:
-        undo_steps(STEPS, txn, f"{type(error).__name__}: {error}")
-        txn.journal.finish(txn.root)
+        with shielded():
+            if txn.journal.state_of("post-check") == "done":
+                recover(txn.root, txn.config)  # it passed: the commit is finished, as always
+            else:
+                step = next((s.name for s in txn.journal.steps if s.state == "doing"), None)
+                errors = undo_steps(STEPS, txn, f"{type(error).__name__}: {error}")
+                txn.journal.finish(txn.root)
+                if isinstance(error, Interrupted):
+                    record_interrupted(txn, error.name, step, errors)
         raise
     old = version_of(txn.old) if txn.old else None
     moved: Literal["upgraded", "downgraded"] = (

@@ -27,6 +27,7 @@ from greenlight.updater.store import (
     locked,
     pin_of,
     quarantine,
+    refusal,
     save_channel_file,
     set_active_channel,
 )
@@ -236,6 +237,7 @@ def status(root: InstallRoot) -> StatusReport:
         releases=root.installed_releases(),
         hold=_hold_text(root),
         pin=pin.version if (pin := pin_of(root)) else None,
+        reports=refusal(root),
     )
 
 

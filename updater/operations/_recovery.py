@@ -2,7 +2,7 @@
 behind is finished or undone (`transaction.recover`). Cheap when there is nothing to recover:
 the transaction is loaded only when a journal exists."""
 
-from greenlight.updater._errors import BusyError
+from greenlight.updater._errors import BusyError, shielded
 from greenlight.updater.product import config_of
 from greenlight.updater.store import HistoryEntry, InstallRoot, Journal, locked
 
@@ -17,7 +17,7 @@ def recover_root(root: InstallRoot) -> HistoryEntry | None:
     """
     from greenlight.updater.transaction import recover
 
-    with locked(root):
+    with locked(root), shielded():  # an undo or a commit is never cut half-way
         return recover(root, config_of(root))
 
 

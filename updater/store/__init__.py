@@ -51,7 +51,13 @@ from greenlight.updater.store._holds import (
 )
 from greenlight.updater.store._journal import Journal, StepRecord, StepState
 from greenlight.updater.store._lock import locked
-from greenlight.updater.store._outbox import queue_event, queue_held, queued
+from greenlight.updater.store._outbox import (
+    queue_event,
+    queue_held,
+    queued,
+    refusal,
+    set_refusal,
+)
 from greenlight.updater.store._quarantine import (
     QuarantineEntry,
     add_to_quarantine,
@@ -118,6 +124,8 @@ __all__ = [
     "read_status",
     "refresh_status",
     "queued",
+    "refusal",
+    "set_refusal",
     "record",
     "restore_active_channel",
     "save_channel_file",

@@ -24,7 +24,8 @@ from greenlight.channels import (
 from greenlight.updater.store._history import HistoryEntry
 from greenlight.updater.store._root import InstallRoot
 
-__all__ = ["enqueue", "queue_event", "queue_held", "queued", "report_of"]
+__all__ = ["enqueue", "queue_event", "queue_held", "queued", "refusal", "report_of",
+           "set_refusal"]
 
 def _folder(root: InstallRoot) -> Path:
     return root.state / "reports"
@@ -57,6 +58,31 @@ def enqueue(root: InstallRoot, report: FleetReport, queue_max: int) -> None:
     waiting = queued(root)
     for old in waiting[:max(0, len(waiting) - queue_max)]:
         old.unlink(missing_ok=True)
+
+
+def _refusal_path(root: InstallRoot) -> Path:
+    return _folder(root) / ".refused"
+
+
+def refusal(root: InstallRoot) -> str | None:
+    """Why the collector last refused this machine's reports (or why none could be sent),
+    until one is accepted; None when nothing is wrong."""
+    try:
+        return _refusal_path(root).read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def set_refusal(root: InstallRoot, why: str | None) -> None:
+    """Remember (or, with None, forget) why reports are not getting through.
+
+    Raises:
+        OSError: state/reports/ could not be written.
+    """
+    if why is None:
+        _refusal_path(root).unlink(missing_ok=True)
+    elif refusal(root) != why:
+        atomic_write(_refusal_path(root), why.encode(), mode=0o600)
 
 
 def queued(root: InstallRoot) -> list[Path]:

@@ -20,6 +20,7 @@ from greenlight.updater.store._channels import active_channel
 from greenlight.updater.store._history import history
 from greenlight.updater.store._holds import hold_of, pin_of
 from greenlight.updater.store._journal import Journal
+from greenlight.updater.store._outbox import refusal
 from greenlight.updater.store._root import InstallRoot
 
 __all__ = ["FailedCheck", "HoldInfo", "IncidentInfo", "TransactionInfo", "UiStatus", "Update",
@@ -74,8 +75,10 @@ class UiStatus(Record):
                     "revoked (the installed release was yanked); unknown: not checked yet")
     held_because: str | None = None
     last_check: datetime | None = None
-    last_error: str | None = Field(default=None, description="the last check's error, if it "
-                                                             "failed (the repository unreachable)")
+    last_error: str | None = Field(
+        default=None, description="the last check's error, if it failed (the repository "
+                                  "unreachable), else why the fleet collector refuses this "
+                                  "machine's reports, until one is accepted")
     next_check: datetime | None = Field(default=None, description="when the agent checks next")
     hold: HoldInfo | None = None
     pin: str | None = Field(default=None, description="the version this machine is pinned to")
@@ -156,8 +159,8 @@ def refresh_status(root: InstallRoot, *, available: str | None = None, update: U
         held_because=held_because if checked else (
             previous.held_because if keep and previous else None),
         last_check=last_check,
-        last_error=error if (checked or error is not None) else (
-            previous.last_error if previous else None),
+        last_error=(error if (checked or error is not None) else (
+            previous.last_error if previous else None)) or refusal(root),
         next_check=next_check or (previous.next_check if previous else None),
         hold=HoldInfo(until=hold.until, reason=hold.reason, by=hold.by) if hold else None,
         pin=pin.version if pin else None,

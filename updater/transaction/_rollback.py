@@ -37,7 +37,8 @@ from greenlight.updater.store import (
 from greenlight.updater.transaction._engine import undo_steps
 from greenlight.updater.transaction._steps import STEPS, Transaction, do_commit
 
-__all__ = ["Rollback", "quarantine_revoked", "record_left_revoked", "record_manual_rollback",
+__all__ = ["Rollback", "quarantine_revoked", "record_interrupted", "record_left_revoked",
+           "record_manual_rollback",
            "recover", "roll_back"]
 
 
@@ -124,6 +125,20 @@ def record_manual_rollback(txn: Transaction, identity: ReleaseId, reason: str) -
                          from_version=identity.version, to_version=version_of(txn.new),
                          from_release=identity.key, to_release=txn.new, summary=reason,
                          timings=txn.timings)
+    record(txn.root, entry)
+    return entry
+
+
+def record_interrupted(txn: Transaction, signal_name: str, step: str | None,
+                       errors: list[str]) -> HistoryEntry:
+    """A signal stopped the transaction and its steps were undone: say so in the history."""
+    new, old = version_of(txn.new), _version(txn.old)
+    failed = f"; the undo failed: {'; '.join(errors)}" if errors else ""
+    entry = HistoryEntry(
+        event="interrupted", channel=txn.journal.channel, from_version=new, to_version=old,
+        from_release=txn.new, to_release=txn.old, timings=txn.timings,
+        summary=f"interrupted by {signal_name} during {step or 'the start'} of {new}; undone: "
+                f"{old or 'nothing'} is installed{failed}")
     record(txn.root, entry)
     return entry
 
