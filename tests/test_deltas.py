@@ -148,6 +148,13 @@ def _packed(content: bytes, how: tuple[str, int]) -> bytes:
     return pyzstd.compress(content, level)
 
 
+_RELEASES = dict(
+    seed=st.integers(0, 2**32 - 1), size=st.integers(1, 300_000), edits=_EDITS,
+    how=st.sampled_from([("gz", 6), ("gz", 9), ("gz", 1), ("zst", 3), ("zst", 19)]),
+    flip=st.floats(0, 1), rebuilt=st.sampled_from([0, 0, 3, 40]))
+"""a release pair: content, edits, compression, a byte to flip, and rebuilt native code"""
+
+
 def _round_trip(seed, size, edits, how, flip, rebuilt):
     """Whatever the content, the edits and the compression: a delta that is built rebuilds the
     new artifact byte for byte, and a delta with any byte changed is refused as a DeltaError
@@ -178,18 +185,14 @@ def _round_trip(seed, size, edits, how, flip, rebuilt):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**32 - 1), size=st.integers(1, 300_000), edits=_EDITS,
-       how=st.sampled_from([("gz", 6), ("gz", 9), ("gz", 1), ("zst", 3), ("zst", 19)]),
-       flip=st.floats(0, 1), rebuilt=st.sampled_from([0, 0, 3, 40]))
+@given(**_RELEASES)
 def test_a_built_delta_gives_back_the_new_bytes_exactly(seed, size, edits, how, flip, rebuilt):
     _round_trip(seed, size, edits, how, flip, rebuilt)
 
 
 @pytest.mark.exhaustive
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**32 - 1), size=st.integers(1, 300_000), edits=_EDITS,
-       how=st.sampled_from([("gz", 6), ("gz", 9), ("gz", 1), ("zst", 3), ("zst", 19)]),
-       flip=st.floats(0, 1), rebuilt=st.sampled_from([0, 0, 3, 40]))
+@given(**_RELEASES)
 def test_deltas_round_trip_over_many_releases(seed, size, edits, how, flip, rebuilt):
     _round_trip(seed, size, edits, how, flip, rebuilt)
 
