@@ -17,7 +17,7 @@ from greenlight.release import FileRepository, build_bundle, init_repository, pu
 from greenlight.updater import ArchiveError, ChannelMismatch, TrustError
 from greenlight.updater.operations import sideload
 from greenlight.updater.product import init_root
-from greenlight.updater.store import InstallRoot, active_channel
+from greenlight.updater.store import InstallRoot, active_channel, set_active_channel
 from greenlight.updater.trust import (
     BundleFetcher,
     DirectoryFetcher,
@@ -430,3 +430,15 @@ def test_fetcher_capabilities_are_typed_protocols(tmp_path):
     assert isinstance(DirectoryFetcher(tmp_path), RangedFetcher)
     assert isinstance(bundle, RangedFetcher) and isinstance(bundle, LocalRegions)
     assert not isinstance(Plain(), RangedFetcher) and not isinstance(Plain(), LocalRegions)
+
+
+def test_a_machine_that_fell_back_sideloads_its_fallback_channel(tmp_path, offline, published):
+    """After a fallback from beta, a bundle of stable (which carries no beta) still installs:
+    the chosen channel it cannot read is not a reason to refuse."""
+    root, _ = offline
+    set_active_channel(root, "stable", "automatic fallback", chosen="beta")
+    bundle = tmp_path / "stable.bundle"
+    build_bundle(published, "stable", bundle)
+    report = sideload(root, bundle)
+    assert (report.outcome, report.installed) == ("upgraded", "1.0")
+    assert active_channel(root).chosen == "beta"

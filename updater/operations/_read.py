@@ -5,7 +5,7 @@ transaction nor the services, so that `updater check` starts fast."""
 from dataclasses import dataclass
 
 from greenlight.channels import ChannelFile, check_channel_name, now
-from greenlight.updater._errors import NotFound, UsageError
+from greenlight.updater._errors import ArchiveError, NotFound, UsageError
 from greenlight.updater.output import (
     CheckReport,
     ComponentInfo,
@@ -140,8 +140,14 @@ def follow(root: InstallRoot, repo: TrustedRepository, installed_down: bool = Fa
         assert plan is not None
         return Following(active, plan)
     chosen = active.chosen_channel
-    chosen_plan = plan_for(root, read_channel(root, repo, chosen), repo, installed_down,
-                           allow_downgrade)
+    try:
+        chosen_plan = plan_for(root, read_channel(root, repo, chosen), repo, installed_down,
+                               allow_downgrade)
+    except (NotFound, ArchiveError):  # a source without it (a bundle of the fallback): stay
+        if plan is None:
+            raise
+        return Following(active, plan, note=f"on {active.channel} after a fallback from "
+                                            f"{chosen}; {chosen} is not in this source")
     acted, back = follow_plan(plan, chosen_plan)
     if back:
         return Following(active, acted, back_to_chosen=True,
