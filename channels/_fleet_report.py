@@ -16,10 +16,12 @@ from greenlight.channels._records import Record
 
 __all__ = ["FLEET_OUTCOMES", "FleetReport", "Outcome", "ReportedCheck"]
 
-Outcome = Literal["upgraded", "rolled-back", "dead-end", "precheck-blocked", "held"]
+Outcome = Literal["upgraded", "rolled-back", "dead-end", "precheck-blocked", "held",
+                  "crash-loop"]
 FLEET_OUTCOMES: dict[str, Outcome] = {"upgraded": "upgraded", "rolled-back": "rolled-back",
                                       "rollback-failed": "dead-end",
-                                      "precheck-blocked": "precheck-blocked"}
+                                      "precheck-blocked": "precheck-blocked",
+                                      "crash-loop": "crash-loop"}
 """The history events a fleet counts, and the outcome each is reported as."""
 
 

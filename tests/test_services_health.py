@@ -1,5 +1,5 @@
-"""Services and health checks against the real demo core; the systemd backend through a
-stand-in systemctl (systemd cannot run here)."""
+"""Services and health checks against the real demo core, under the process backend (the
+systemd backend runs on a real systemd in test_systemd.py)."""
 
 import contextlib
 import json
@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -138,106 +137,6 @@ def test_process_backend_records_exit_and_kills_after_timeout(core):
     assert slow.killed and not slow.crashed and not backend.is_running("stubborn")
 
 
-_ON_SIGTERM = {
-    "exits-0": "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))",
-    "dies": "pass",
-    "exits-70": "signal.signal(signal.SIGTERM, lambda *a: os._exit(70))",
-    "segfaults": "signal.signal(signal.SIGTERM, lambda *a: os.kill(os.getpid(), 11))",
-    "ignores": "signal.signal(signal.SIGTERM, signal.SIG_IGN)",
-}
-
-
-@pytest.fixture
-def fake_systemctl(tmp_path, monkeypatch):
-    """tests/fakes/systemctl.py as `systemctl`: units run for real; `unit(service)` installs
-    one, and the calls made are in calls.log."""
-    from greenlight.updater.product import launcher
-
-    home = tmp_path / "fake-systemd"
-    (home / "units").mkdir(parents=True)
-    script = home / "systemctl"
-    source = (Path(__file__).parent / "fakes" / "systemctl.py").read_text()
-    script.write_text(f"#!{sys.executable}\n{source}")
-    script.chmod(0o755)
-    monkeypatch.setenv("FAKE_SYSTEMCTL_LAUNCHER", launcher.__file__)
-
-    def unit(service: ServiceConfig, behaviour: str = "dies", timeout: float = 10) -> Path:
-        marker = tmp_path / f"{service.name}.started"
-        command = [sys.executable, "-c",
-                   f"import os,pathlib,signal,sys,time; {_ON_SIGTERM[behaviour]}; "
-                   f"pathlib.Path(sys.argv[1]).write_text(str(os.getpid())); time.sleep(60)",
-                   str(marker)]
-        rendered = ServiceConfig(**{**service.model_dump(), "command": command})
-        (home / "units" / SystemdBackend.unit(service)).write_text(
-            render_unit(rendered, {"root": str(tmp_path)}, timeout=timeout))
-        return marker
-
-    return script, home / "calls.log", unit
-
-
-def _until(predicate, what: str, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
-
-
-def test_systemd_backend_drives_units(tmp_path, fake_systemctl):
-    script, calls, unit = fake_systemctl
-    core_service = ServiceConfig(name="core", command=["x"])
-    marker = unit(core_service, "exits-0")
-    backend = SystemdBackend(InstallRoot(tmp_path), systemctl=str(script))
-    backend.start(core_service, {})
-    _until(marker.exists, "the unit's process to start")
-    assert backend.is_running("core") and backend.pid("core") == int(marker.read_text())
-    outcome = backend.stop(core_service, timeout=5)
-    assert outcome.was_running and outcome.returncode == 0 and not outcome.crashed
-    assert not backend.is_running("core") and backend.pid("core") is None
-    assert not _alive(int(marker.read_text()))
-    assert calls.read_text().splitlines()[0] == "start greenlight-core.service"
-
-
-def test_systemd_backend_asks_about_the_configured_unit(tmp_path, fake_systemctl):
-    script, calls, unit = fake_systemctl
-    service = ServiceConfig(name="core", command=["x"], unit="acme-core.service")
-    marker = unit(service)
-    backend = SystemdBackend(InstallRoot(tmp_path), systemctl=str(script), services=[service])
-    backend.start(service, {})
-    _until(marker.exists, "the unit's process to start")
-    pid = int(marker.read_text())
-    assert backend.is_running("core") and backend.pid("core") == pid
-    os.kill(pid, signal.SIGKILL)  # the unit's main process dies on its own
-    _until(lambda: not backend.is_running("core"), "the unit to stop running")
-    ended = backend.last_exit("core")
-    assert ended is not None and ended["returncode"] == -signal.SIGKILL, ended
-    # Every question went to the configured unit, never to greenlight-core.service.
-    asked = [line.split()[-1] for line in calls.read_text().splitlines()]
-    assert {"start", "show", "is-active"} <= {line.split()[0] for line in
-                                             calls.read_text().splitlines()}
-    assert set(asked) == {"acme-core.service"}
-
-
-@pytest.mark.parametrize(("behaviour", "returncode", "crashed", "stubborn"), [
-    ("exits-0", 0, False, False),
-    ("dies", -15, False, False),       # death by the stop signal is clean, as in systemd
-    ("exits-70", 70, True, False),     # in-flight work cut off: a crash on stop
-    ("segfaults", -11, True, False),
-    ("ignores", -9, False, True),      # killed after TimeoutStopSec: stubborn, not crashed
-])
-def test_systemd_stop_outcomes_follow_what_the_unit_did(tmp_path, fake_systemctl, behaviour,
-                                                       returncode, crashed, stubborn):
-    script, _, unit = fake_systemctl
-    service = ServiceConfig(name="core", command=["x"])
-    marker = unit(service, behaviour, timeout=1)
-    backend = SystemdBackend(InstallRoot(tmp_path), systemctl=str(script), services=[service])
-    backend.start(service, {})
-    _until(marker.exists, "the unit's process to start")  # its handler is in place
-    outcome = backend.stop(service, timeout=1)
-    assert (outcome.returncode, outcome.crashed, outcome.killed) == (returncode, crashed,
-                                                                     stubborn), outcome
-    assert not backend.is_running("core")
-
-
 def test_systemd_unit_is_rendered_from_the_config():
     service = ServiceConfig(name="core", command=["{python}", "{release_dir}/core/core.py",
                                                   "--port", "80"], env={"MODE": "prod"},
@@ -247,6 +146,9 @@ def test_systemd_unit_is_rendered_from_the_config():
     assert f"ExecStart={sys.executable} /opt/app/current/core/core.py --port 80" in unit
     assert "KillSignal=SIGINT" in unit and "TimeoutStopSec=12" in unit
     assert "WorkingDirectory=/opt/app" in unit and "Environment=MODE=prod" in unit
+    assert "Restart=on-failure" in unit and "RestartSec=1s" in unit
+    assert "StartLimitBurst=5" in unit and "StartLimitIntervalSec=60s" in unit
+    assert "StandardOutput=append:/opt/app/logs/core.log" in unit
 
 
 def test_systemd_backend_without_systemctl_is_a_config_error(tmp_path):
@@ -467,3 +369,152 @@ def test_a_release_that_dies_during_start_up_is_named_with_its_last_words(tmp_pa
     result = failed.value.results[0]
     assert result.name == "core-start" and not result.ok
     assert result.evidence["last_exit"]["returncode"] == 3
+
+
+# --- supervision: the launcher restarts crashed services, as systemd would -----------------
+
+_MARKED = ("import os,pathlib,sys,time; pathlib.Path(sys.argv[1]).write_text(str(os.getpid()));"
+           " time.sleep(600)")
+
+
+def _wait(predicate, what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_a_crashed_service_is_restarted_and_a_crash_loop_left_down(tmp_path):
+    marker = tmp_path / "core.pid"
+    control = _control(tmp_path, [ServiceConfig(
+        name="core", command=[sys.executable, "-c", _MARKED, str(marker)],
+        restart_delay=0.05, restart_burst=3, restart_interval=60)], [])
+    backend = control.backend
+    control.start_all("1.0@000000000000")
+    try:
+        _wait(marker.exists, "the service to start")
+        first = int(marker.read_text())
+        marker.unlink()
+        os.kill(first, signal.SIGKILL)  # the service dies; its launcher lives
+        _wait(marker.exists, "the launcher to restart the service")
+        assert int(marker.read_text()) != first and backend.is_running("core")
+        restarts = backend.restarts("core")
+        assert (restarts.count, restarts.last_returncode, restarts.gave_up) == (1, -9, False)
+        assert not backend.crashed("core")
+        assert control.supervise() == [("core", restarts, 1, False)]
+        assert control.supervise() == []  # said once
+        # Two more crashes within the interval: the third start was the last the burst allows.
+        for _ in range(2):
+            _wait(marker.exists, "the service to run")
+            pid = int(marker.read_text())
+            marker.unlink()
+            os.kill(pid, signal.SIGKILL)
+        _wait(lambda: not backend.is_running("core"), "the launcher to give up")
+        restarts = backend.restarts("core")
+        assert restarts.gave_up and restarts.count == 2 and backend.crashed("core")
+        assert restarts.describe("core") == (
+            "service core is in a crash loop: it crashed again (death by SIGKILL) after being "
+            "restarted 2 times, and its supervisor gave up")
+        news = control.supervise()
+        assert [(n, new, looped) for n, _, new, looped in news] == [("core", 1, True)]
+    finally:
+        control.stop_all("1.0@000000000000")
+
+
+@pytest.mark.parametrize(("policy", "code", "restarted"), [
+    ("on-failure", "import sys; sys.exit(0)", False),      # a clean exit is not a failure
+    ("on-failure", "import os,signal; os.kill(os.getpid(), signal.SIGTERM)", False),
+    ("on-failure", "import sys; sys.exit(3)", True),
+    ("no", "import sys; sys.exit(3)", False),
+    ("always", "import sys; sys.exit(0)", True),
+])
+def test_the_restart_policy_is_systemds(tmp_path, policy, code, restarted):
+    marker = tmp_path / "ran"
+    program = ("import pathlib,sys; p=pathlib.Path(sys.argv[1]); "
+               f"p.write_text(p.read_text() + 'x' if p.exists() else 'x'); {code}")
+    backend = ProcessBackend(InstallRoot(tmp_path))
+    service = ServiceConfig(name="core", command=[sys.executable, "-c", program, str(marker)],
+                            restart=policy, restart_delay=0.05, restart_burst=2)
+    backend.start(service, {"root": str(tmp_path)})
+    try:
+        _wait(lambda: not backend.is_running("core"), "the service to end for good")
+    finally:
+        backend.stop(service, timeout=5)
+    assert (marker.read_text() == "xx") is restarted, marker.read_text()
+    assert backend.restarts("core").gave_up is restarted
+
+
+def test_a_stop_while_a_restart_waits_is_a_clean_stop(tmp_path):
+    backend = ProcessBackend(InstallRoot(tmp_path))
+    service = ServiceConfig(name="core", restart_delay=600,
+                            command=[sys.executable, "-c", "import sys; sys.exit(4)"])
+    backend.start(service, {"root": str(tmp_path)})
+    _wait(lambda: backend.restarts("core").count == 1, "the first crash")
+    outcome = backend.stop(service, timeout=5)
+    assert outcome.was_running and not outcome.crashed and not outcome.killed
+    assert outcome.seconds < 5 and not backend.is_running("core")
+    assert backend.last_exit("core")["last_crash"] == 4
+
+
+def test_a_service_that_crashes_during_the_post_check_fails_it(tmp_path):
+    """A release whose service crashed once and was restarted runs again, but it is not
+    healthy: the post-check fails it, naming the crash; `updater health` later only says it."""
+    from greenlight.updater.product import HealthFailure
+
+    marker = tmp_path / "crashed-once"
+    program = ("import pathlib,sys,time; p=pathlib.Path(sys.argv[1]);\n"
+               "if not p.exists(): time.sleep(0.3); p.write_text('x'); sys.exit(3)\n"
+               "time.sleep(600)")
+    control = _control(tmp_path, [ServiceConfig(
+        name="core", command=[sys.executable, "-c", program, str(marker)],
+        restart_delay=0.05)], [])
+    control.start_all("1.0@000000000000")
+    try:
+        with pytest.raises(HealthFailure) as failed:
+            control.post_check("1.0@000000000000", grace=0.1, soak=3)
+        assert "check core-running: service core crashed (exit status 3) and was restarted " \
+               "1 time" in failed.value.summary
+        evidence = failed.value.results[0].evidence
+        assert (evidence["restarts"], evidence["last_crash"]) == (1, 3)
+        # By hand, later: it runs, and the restart is in the evidence, not a failure.
+        [result] = control.check_now("1.0@000000000000")
+        assert result.ok and result.evidence["restarts"] == 1
+    finally:
+        control.stop_all("1.0@000000000000")
+
+
+def test_a_stray_process_on_the_port_is_not_taken_for_the_service(tmp_path):
+    """What answers the ready check must be the service: a stray server holding its port
+    (another copy, another program) fails the start, named, and the service is not left
+    restarting."""
+    from greenlight.updater.product import HealthFailure
+
+    port = free_port()
+    stray = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                              "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(lambda: _answers(port), "the stray server to listen")
+        control = _control(tmp_path, [ServiceConfig(
+            name="core", ready="core-up",
+            command=[sys.executable, "-c", "import time; time.sleep(600)"])],
+            [HttpCheck(name="core-up", type="http", url=f"http://127.0.0.1:{port}/")])
+        try:
+            with pytest.raises(HealthFailure) as failed:
+                control.start_all("1.0@000000000000")
+        finally:
+            control.stop_all("1.0@000000000000")
+        assert f"port {port} answers from pid {stray.pid} (" in str(failed.value)
+        assert "http.server" in str(failed.value) and "not from the service" in str(failed.value)
+    finally:
+        stray.kill()
+        stray.wait()
+
+
+def _answers(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False

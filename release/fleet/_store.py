@@ -10,7 +10,8 @@ from greenlight.release.fleet._judge import Evidence
 
 __all__ = ["FAILED", "JUDGED", "Store"]
 
-FAILED = ("rolled-back", "dead-end")
+FAILED = ("rolled-back", "dead-end", "crash-loop")
+"""Outcomes that count against a release: its checks failed, or it crash-looped once in use"""
 JUDGED = ("upgraded", *FAILED)
 
 
@@ -128,7 +129,7 @@ class Store:
                 sa.func.count(sa.distinct(t.c.installation)),
             ).group_by(t.c.channel, t.c.release, t.c.outcome)).all()
             failing = c.execute(sa.select(t.c.channel, t.c.release, t.c.body).where(
-                t.c.outcome.in_(("rolled-back", "dead-end")))).all()
+                t.c.outcome.in_(FAILED))).all()
             machines = c.execute(sa.select(
                 t.c.channel, t.c.release, sa.func.count(sa.distinct(t.c.installation)),
             ).group_by(t.c.channel, t.c.release)).all()

@@ -14,10 +14,15 @@ doubling up to the interval; the agent outlives outages and bugs alike (a cycle 
 logged and retried), and takes the root's lock like every command, so it never runs a second
 transaction. Every wait is bounded: checks, stops and hooks have their own timeouts.
 
-Each event (check-found, downloaded, upgraded, rolled-back, dead-end, held, left-revoked) is
-logged to `logs/agent.log`, written to `state/status.json`, and given as one JSON object on
-stdin to the `on_event` command, which runs bounded by `hook_timeout`; a failing hook is logged
-and changes nothing.
+Before each check it says what the services' supervisors did since the last cycle: a
+restart is a `service-restarted` event; a crash loop (the supervisor gave up) is a
+`crash-loop` event and an incident, in the history and reported to the fleet. A crash-looped
+release stays down until the next release repairs it (`decide` lets a repair through).
+
+Each event (check-found, downloaded, upgraded, rolled-back, dead-end, held, left-revoked,
+service-restarted, crash-loop) is logged to `logs/agent.log`, written to `state/status.json`,
+and given as one JSON object on stdin to the `on_event` command, which runs bounded by
+`hook_timeout`; a failing hook is logged and changes nothing.
 
 Time comes in through `clock` (wall time, for windows and holds) and `sleep`, so the tests
 drive cycles without waiting for them.
@@ -40,6 +45,7 @@ from greenlight.updater.policy import AgentInput, agent_step
 from greenlight.updater.product import AgentConfig, config_of
 from greenlight.updater.store import (
     InstallRoot,
+    active_channel,
     hold_of,
     queued,
     read_status,
@@ -50,7 +56,7 @@ from greenlight.updater.store import (
 __all__ = ["Agent", "Event", "EventKind", "loop_argv", "run_once"]
 
 EventKind = Literal["check-found", "downloaded", "upgraded", "downgraded", "rolled-back",
-                    "dead-end", "held", "left-revoked"]
+                    "dead-end", "held", "left-revoked", "service-restarted", "crash-loop"]
 
 
 @dataclass
@@ -174,6 +180,7 @@ class Agent:
 
         root = self.root
         recover_if_interrupted(root)
+        self._supervise(config)
         repo = open_repository(root)
         report = check(root, repo, bool(crashed_services(root)))
         channel, installed, available = report.channel, report.installed, report.available
@@ -233,6 +240,23 @@ class Agent:
                              checked=True)
             else:
                 self._after(upgrade(root, repo), config, event)
+
+    def _supervise(self, config: AgentConfig) -> None:
+        """Say what the services' supervisors did since the last cycle: each restart is an
+        event, a crash loop an incident (recorded and reported by `supervise`). Never masked,
+        never repeated: each is said once."""
+        from greenlight.updater.operations import supervise
+
+        try:
+            news = supervise(self.root)
+        except BusyError:
+            return
+        installed = self.root.installed_version()
+        channel = active_channel(self.root).channel
+        for item in news:
+            kind: EventKind = "crash-loop" if item.crash_loop else "service-restarted"
+            self.emit(Event(kind, item.summary, installed, None, channel, self.clock()),
+                      config)
 
     def _after(self, done: object, config: AgentConfig,
                event: Callable[[EventKind, str], Event]) -> None:

@@ -4,8 +4,8 @@
 - `_read` also lists the quarantine (`quarantined`), and `follow`s the chosen channel;
 - `_recovery`: what every command runs first (`recover_if_interrupted`);
 - `_change`: the transactions: upgrade, sideload, download, rollback;
-- `_machine`: around them: health, start and stop, crashed services, systemd units, lifting
-  a quarantine.
+- `_machine`: around them: health, start and stop, crashed services, what the services'
+  supervisors did (`supervise`), systemd units, lifting a quarantine.
 
 Every operation that changes the root takes the root's lock and first finishes or undoes a
 transaction an interrupted updater left behind (`recover`). What to do is decided by the pure
@@ -26,12 +26,14 @@ if TYPE_CHECKING:
         upgrade,
     )
     from greenlight.updater.operations._machine import (
+        Supervised,
         acting_person,
         crashed_services,
         health,
         lift,
         start_services,
         stop_services,
+        supervise,
         write_systemd_units,
     )
     from greenlight.updater.operations._read import (
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     from greenlight.updater.operations._recovery import recover_if_interrupted, recover_root
 
 __all__ = [
+    "Supervised",
     "acting_person",
     "check",
     "crashed_services",
@@ -64,6 +67,7 @@ __all__ = [
     "start_services",
     "status",
     "stop_services",
+    "supervise",
     "switch_channel",
     "upgrade",
     "write_systemd_units",
@@ -72,8 +76,8 @@ __all__ = [
 _READ = {"check", "open_repository", "plan_for", "quarantined", "read_channel", "status",
          "switch_channel"}
 _RECOVERY = {"recover_if_interrupted", "recover_root"}
-_MACHINE = {"acting_person", "crashed_services", "health", "lift", "start_services",
-            "stop_services", "write_systemd_units"}
+_MACHINE = {"Supervised", "acting_person", "crashed_services", "health", "lift",
+            "start_services", "stop_services", "supervise", "write_systemd_units"}
 
 
 def __getattr__(name: str) -> Any:

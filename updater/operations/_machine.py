@@ -4,8 +4,10 @@ the services, which services died on their own, the systemd units, and lifting a
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from greenlight.channels import version_of
 from greenlight.updater._errors import NotFound, ServiceError
 from greenlight.updater.operations._read import quarantine_info, quarantined
 from greenlight.updater.output import HealthReport, QuarantineReport
@@ -18,13 +20,16 @@ from greenlight.updater.product import (
 from greenlight.updater.store import (
     HistoryEntry,
     InstallRoot,
+    RecordedCheck,
+    active_channel,
     lift_quarantine,
     locked,
+    queue_event,
     record,
 )
 
-__all__ = ["AGENT_UNIT", "acting_person", "crashed_services", "health", "lift", "start_services",
-           "stop_services", "write_systemd_units"]
+__all__ = ["AGENT_UNIT", "Supervised", "acting_person", "crashed_services", "health", "lift",
+           "start_services", "stop_services", "supervise", "write_systemd_units"]
 
 
 def health(root: InstallRoot) -> HealthReport:
@@ -41,10 +46,12 @@ def health(root: InstallRoot) -> HealthReport:
 
 
 def start_services(root: InstallRoot) -> list[str]:
-    """Start the installed release's services in order, each ready before the next.
+    """Start the installed release's services in order, each ready before the next, and each
+    the process that answers its ready check (not a stray one on the same port).
 
     Raises:
-        ServiceError: a service would not start or become ready.
+        ServiceError: a service would not start, crashed, was not ready, or another process
+            answers in its place; the services are left stopped.
         BusyError: another updater holds the root.
     """
     with locked(root):
@@ -52,6 +59,9 @@ def start_services(root: InstallRoot) -> list[str]:
         try:
             control.start_all(root.installed_release())
         except HealthFailure as failure:
+            # Not half-started: what did start is stopped again, and the supervisor of the
+            # service that failed stops restarting it.
+            control.stop_all(root.installed_release())
             raise ServiceError(failure.summary) from None
         return [s.name for s in config_of(root).service]
 
@@ -79,6 +89,58 @@ def crashed_services(root: InstallRoot) -> list[str]:
         return []
     config = config_of(root)
     return ServiceControl.of(root, config).crashed() if config.service else []
+
+
+@dataclass(frozen=True)
+class Supervised:
+    """A service its supervisor restarted, or gave up on, since the last look."""
+
+    service: str
+    summary: str
+    crash_loop: bool
+
+
+def supervise(root: InstallRoot) -> list[Supervised]:
+    """What the services' supervisors did since the agent last looked, each said once. A
+    crash loop of the installed release is an incident: recorded in the history as
+    `crash-loop` (status.json's last incident) and reported to the fleet, where it counts
+    against the release. The release stays down; the next release repairs it.
+
+    Raises:
+        ConfigError: the configuration does not load.
+        BusyError: another updater holds the root.
+    """
+    release = root.installed_release()
+    if release is None:
+        return []
+    config = config_of(root)
+    if not config.service:
+        return []
+    with locked(root):
+        control = ServiceControl.of(root, config)
+        try:
+            news = control.supervise()
+        except OSError:
+            return []
+        said = []
+        for name, restarts, new, crash_loop in news:
+            summary = f"{restarts.describe(name)} ({version_of(release)})"
+            if not crash_loop:
+                summary += f": {new} new since the last look"
+            said.append(Supervised(name, summary, crash_loop))
+            if crash_loop:
+                tail = control.log_tail(name)
+                entry = HistoryEntry(
+                    event="crash-loop", channel=active_channel(root).channel,
+                    from_version=version_of(release), from_release=release,
+                    summary=summary + (f"; its last words: {tail[-1]}" if tail else ""),
+                    failed_checks=[RecordedCheck(
+                        name=f"{name}-running", type="process", summary=restarts.describe(name),
+                        evidence={"restarts": restarts.count,
+                                  "last_crash": restarts.last_returncode, "log": tail})])
+                record(root, entry)
+                queue_event(root, entry, config.outbox_size)
+        return said
 
 
 def acting_person() -> str:
@@ -128,23 +190,27 @@ def write_systemd_units(root: InstallRoot, out_dir: Path) -> list[Path]:
     config = config_of(root)
     values = values_for(root, None)
     written, previous = [], ""
+    user = config.systemd_scope == "user"
     out_dir.mkdir(parents=True, exist_ok=True)
+    root.logs.mkdir(parents=True, exist_ok=True)  # the units append their output there
     for service in config.service:
         unit = SystemdBackend.unit(service)
         path = out_dir / unit
-        path.write_text(render_unit(service, values, after=previous, timeout=config.stop.timeout))
+        path.write_text(render_unit(service, values, after=previous, timeout=config.stop.timeout,
+                                    user=user))
         written.append(path)
         previous = unit
     agent = out_dir / AGENT_UNIT
     agent.write_text(_agent_unit(root, [SystemdBackend.unit(s) for s in config.service],
-                                config.backend == "process"))
+                                config.backend == "process", user))
     return [*written, agent]
 
 
 AGENT_UNIT = "greenlight-agent.service"
 
 
-def _agent_unit(root: InstallRoot, product_units: list[str], owns_services: bool) -> str:
+def _agent_unit(root: InstallRoot, product_units: list[str], owns_services: bool,
+                user: bool = False) -> str:
     """The agent's own unit: restarted on failure, started after the product's units (it
     may stop and start them, so it must not race their start at boot), and stopped by
     SIGTERM like any service (a transaction it is in is finished or undone at its next start).
@@ -152,14 +218,16 @@ def _agent_unit(root: InstallRoot, product_units: list[str], owns_services: bool
     keeps them running when the agent is stopped or restarted."""
     import shlex
 
+    from greenlight.updater.agent.loop import STOP_LIMIT
     from greenlight.updater.product import frozen
 
+    stop_bound = round(STOP_LIMIT) + 30  # past the loop's own bound on a stopping cycle
     program = [sys.executable] if frozen() else [sys.executable, "-m", "greenlight.updater.cli"]
     command = " ".join(shlex.quote(p) for p in [*program, "agent", "--root", str(root.path)])
     after = " ".join(["network-online.target", *product_units])
     return (f"[Unit]\nDescription=Greenlight agent for {root.path}\n"
             f"Wants=network-online.target\nAfter={after}\n\n"
             f"[Service]\nType=simple\nExecStart={command}\nRestart=on-failure\n"
-            f"RestartSec=30\nKillSignal=SIGTERM\nTimeoutStopSec=120\n"
+            f"RestartSec=30\nKillSignal=SIGTERM\nTimeoutStopSec={stop_bound}\n"
             + ("KillMode=process\n" if owns_services else "")
-            + "\n[Install]\nWantedBy=multi-user.target\n")
+            + f"\n[Install]\nWantedBy={'default.target' if user else 'multi-user.target'}\n")

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from greenlight.updater.product._runtime import frozen, launcher_argv, python_argv
     from greenlight.updater.product._services import (
         ProcessBackend,
+        Restarts,
         ServiceBackend,
         StopOutcome,
         SystemdBackend,
@@ -63,6 +64,7 @@ __all__ = [
     "ProcessBackend",
     "ProcessCheck",
     "RepositoryConfig",
+    "Restarts",
     "ServiceBackend",
     "ServiceConfig",
     "ServiceControl",
@@ -105,6 +107,7 @@ _HOME = {
     "ProcessBackend": "greenlight.updater.product._services",
     "ProcessCheck": "greenlight.updater.product._config",
     "RepositoryConfig": "greenlight.updater.product._config",
+    "Restarts": "greenlight.updater.product._services",
     "ServiceBackend": "greenlight.updater.product._services",
     "ServiceConfig": "greenlight.updater.product._config",
     "ServiceControl": "greenlight.updater.product._control",

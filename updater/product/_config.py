@@ -92,6 +92,20 @@ class ServiceConfig(_Section):
                     "statuses (143) or signal names (SIGINT); exit 0 and death by the stop "
                     "signal always are")
     unit: str | None = Field(default=None, description="systemd unit (systemd backend)")
+    restart: Literal["no", "on-failure", "always"] = Field(
+        default="on-failure",
+        description="as systemd's Restart=: on-failure restarts a service that exits non-zero "
+                    "(not a success status) or dies of a signal other than SIGHUP, SIGINT, "
+                    "SIGTERM and SIGPIPE; always also after a clean exit; never after a stop "
+                    "Greenlight asked for")
+    restart_delay: float = Field(default=1.0, ge=0, le=3600,
+                                 description="seconds before a restart (RestartSec=)")
+    restart_burst: int = Field(
+        default=5, ge=1, le=1000,
+        description="starts allowed within restart_interval; one more is a crash loop and the "
+                    "service is left down (StartLimitBurst=)")
+    restart_interval: float = Field(default=60.0, gt=0, le=86400,
+                                    description="seconds (StartLimitIntervalSec=)")
 
 
 class _CheckBase(_Section):
@@ -222,6 +236,9 @@ class Config(_Section):
     channel: Annotated[str, AfterValidator(check_channel_name)] = "stable"
     keep_releases: int = Field(default=3, ge=1)
     backend: Literal["process", "systemd"] = "process"
+    systemd_scope: Literal["system", "user"] = Field(
+        default="system", description="backend = \"systemd\": the system's manager, or the "
+                                      "user's (systemctl --user)")
     service: list[ServiceConfig] = Field(default_factory=list)
     check: list[CheckConfig] = Field(default_factory=list)
     health: HealthConfig = Field(default_factory=HealthConfig)
@@ -268,7 +285,7 @@ class Config(_Section):
         return None if self.report is None else self.report.queue_max
 
 
-PRODUCT_PARTS = ("backend", "service", "check", "health", "stop")
+PRODUCT_PARTS = ("backend", "systemd_scope", "service", "check", "health", "stop")
 """What a product's configuration (`release installer --product-config`) may hold; the
 repository, the channel and keep_releases belong to the installation."""
 

@@ -5,11 +5,13 @@ A `ServiceControl` needs an installation root, its configuration and a backend; 
 transaction uses it for its steps, and `updater start|stop|health` use it by hand.
 """
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from greenlight.channels import now, version_of
+from greenlight.channels import atomic_write, now, printable, version_of
 from greenlight.updater.product._config import CheckConfig, Config
 from greenlight.updater.product._health import (
     CheckResult,
@@ -17,8 +19,15 @@ from greenlight.updater.product._health import (
     all_checks,
     failed_required,
 )
+from greenlight.updater.product._listeners import describe_process, listen_address, listeners
 from greenlight.updater.product._placeholders import values_for
-from greenlight.updater.product._services import ServiceBackend, StopOutcome, backend_for, drain
+from greenlight.updater.product._services import (
+    Restarts,
+    ServiceBackend,
+    StopOutcome,
+    backend_for,
+    drain,
+)
 
 if TYPE_CHECKING:
     from greenlight.updater.store import InstallRoot
@@ -74,8 +83,45 @@ class ServiceControl:
     def of(cls, root: "InstallRoot", config: Config) -> "ServiceControl":
         return cls(root, config, backend_for(root, config))
 
-    def checker(self, release: str | None) -> HealthChecker:
-        return HealthChecker(self.root.path, self.backend, values_for(self.root, release))
+    def checker(self, release: str | None, crash_free: bool = False) -> HealthChecker:
+        return HealthChecker(self.root.path, self.backend, values_for(self.root, release),
+                             crash_free)
+
+    def seen_path(self) -> Path:
+        """What `supervise` has already said of the supervisors' restarts and crash loops."""
+        return self.root.state / "run" / "supervised.json"
+
+    def supervise(self) -> list[tuple[str, Restarts, int, bool]]:
+        """What the services' supervisors did since the last look: for each service that was
+        restarted or gave up since, its name, its restarts, how many are new, and whether it
+        has newly gone into a crash loop. Remembers what it said, so each is said once.
+
+        Raises:
+            OSError: state/run/ could not be written.
+        """
+        try:
+            seen = json.loads(self.seen_path().read_text())
+            seen = seen if isinstance(seen, dict) else {}
+        except (OSError, ValueError):
+            seen = {}
+        news, now_seen = [], {}
+        for s in self.config.service:
+            restarts = self.backend.restarts(s.name)
+            entry = seen.get(s.name)
+            before = entry if isinstance(entry, dict) else {}
+            counted = before.get("restarts", 0)
+            count = counted if isinstance(counted, int) else 0
+            gave_up = bool(before.get("gave_up"))
+            if restarts.count < count:  # the counts began again (a start not by Greenlight)
+                count, gave_up = 0, False
+            now_seen[s.name] = {"restarts": restarts.count, "gave_up": restarts.gave_up}
+            newly_looped = restarts.gave_up and not gave_up
+            if restarts.count > count or newly_looped:
+                news.append((s.name, restarts, restarts.count - count, newly_looped))
+        if news or now_seen != seen:
+            self.seen_path().parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.seen_path(), json.dumps(now_seen).encode())
+        return news
 
     def any_running(self) -> bool:
         return any(self.backend.is_running(s.name) for s in self.config.service)
@@ -111,27 +157,68 @@ class ServiceControl:
         checker = self.checker(release)
         checks = {c.name: c for c in self.config.check}
         started = time.monotonic()
+        # A start by Greenlight begins the supervisors' counts again, and what was seen of them.
+        self.seen_path().unlink(missing_ok=True)
         for s in self.config.service:
             self.backend.start(s, values_for(self.root, release))
             deadline = time.monotonic() + s.start_timeout
             while True:
-                if not self.backend.is_running(s.name):
+                # Down, or restarted by its supervisor: either way it exited during start-up.
+                restarts = self.backend.restarts(s.name)
+                if restarts.count or not self.backend.is_running(s.name):
                     tail = self._log_tail(s.name)
+                    ended = self.backend.last_exit(s.name) or {
+                        "returncode": restarts.last_returncode, "restarted": restarts.count}
                     raise HealthFailure(
                         f"service {s.name} of {version_of(release)} exited during start-up"
                         + (f": {tail[-1]}" if tail else ""),
                         [_synthetic(f"{s.name}-start", "exited during start-up",
-                                    {"last_exit": self.backend.last_exit(s.name), "log": tail})])
+                                    {"last_exit": ended, "log": tail})])
                 if s.ready is None:
                     break
                 result = checker.run(checks[s.ready], retries=0)
                 if result.ok:
+                    self._answered_by(s.name, checks[s.ready], release)
                     break
                 if time.monotonic() > deadline:
                     raise HealthFailure(f"service {s.name} of {version_of(release)} not ready in "
                                         f"{s.start_timeout}s: {result.summary}", [result])
                 time.sleep(0.05)
         self.start_seconds += time.monotonic() - started
+
+    def _answered_by(self, name: str, ready: CheckConfig, release: str) -> None:
+        """The ready check passed: make sure the service itself answered. A service that
+        crashed on start (and was restarted), or a port held by a process that is not the
+        service's (a stray copy, another program), must not pass for a started service.
+
+        Raises:
+            HealthFailure: the service crashed during start-up, or another process answers.
+        """
+        restarts = self.backend.restarts(name)
+        if restarts.count or restarts.gave_up:
+            tail = self._log_tail(name)
+            raise HealthFailure(
+                f"{restarts.describe(name)} during start-up of {version_of(release)}"
+                + (f": {tail[-1]}" if tail else ""),
+                [_synthetic(f"{name}-start", restarts.describe(name),
+                            {"last_exit": self.backend.last_exit(name), "log": tail})])
+        address = listen_address(ready, values_for(self.root, release))
+        if address is None:
+            return
+        owned = {pid: self.backend.owns(name, pid) for pid in listeners(address[1])}
+        strangers = [pid for pid, ours in owned.items() if ours is False]
+        if strangers and True not in owned.values():
+            who = describe_process(strangers[0])
+            raise HealthFailure(
+                f"service {name} of {version_of(release)}: port {address[1]} answers from "
+                f"{who}, not from the service (is another copy running?)",
+                [_synthetic(f"{name}-start", f"port {address[1]} is held by {who}",
+                            {"port": address[1], "pids": strangers,
+                             "log": self._log_tail(name)})])
+
+    def log_tail(self, name: str, lines: int = 5) -> list[str]:
+        """The last lines of the service's log (escaped for a terminal)."""
+        return [printable(line) for line in self._log_tail(name, lines)]
 
     def _log_tail(self, name: str, lines: int = 5) -> list[str]:
         try:
@@ -151,7 +238,7 @@ class ServiceControl:
         Raises:
             HealthFailure: a required check failed past the grace, or during the soak.
         """
-        checker, checks = self.checker(release), all_checks(self.config)
+        checker, checks = self.checker(release, crash_free=True), all_checks(self.config)
         if not checks:
             return []
         interval = self.config.health.interval

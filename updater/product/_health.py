@@ -111,10 +111,16 @@ def _dig(document: Any, dotted: str) -> Any:
 
 
 class HealthChecker:
-    def __init__(self, root: Path, services: "ServiceBackend", values: dict[str, str]) -> None:
+    """Runs checks against the product. With `crash_free` (the post-check of a new release),
+    a service its supervisor had to restart fails its process check even though it runs
+    again: a release that crashes while it is being checked is not healthy."""
+
+    def __init__(self, root: Path, services: "ServiceBackend", values: dict[str, str],
+                 crash_free: bool = False) -> None:
         self.root = root
         self.services = services
         self.values = values
+        self.crash_free = crash_free
         self._secrets: list[str] = []  # tokens and header values sent: never in a result
 
     def _secret(self, value: str) -> str:
@@ -129,10 +135,16 @@ class HealthChecker:
     # --- probes: return evidence on success, raise _Failed on failure ---------------------
     def _process(self, c: ProcessCheck) -> dict[str, Any]:
         pid = self.services.pid(c.service)
+        restarts = self.services.restarts(c.service)
+        supervisor = {"restarts": restarts.count, "gave_up": restarts.gave_up,
+                      "last_crash": restarts.last_returncode}
         if pid is None:
-            raise _Failed(f"service {c.service} is not running",
-                          last_exit=self.services.last_exit(c.service))
-        return {"pid": pid}
+            summary = (restarts.describe(c.service) if restarts.gave_up
+                       else f"service {c.service} is not running")
+            raise _Failed(summary, last_exit=self.services.last_exit(c.service), **supervisor)
+        if restarts.count and self.crash_free:
+            raise _Failed(restarts.describe(c.service), pid=pid, **supervisor)
+        return {"pid": pid, **supervisor} if restarts.count else {"pid": pid}
 
     def _tcp(self, c: TcpCheck) -> dict[str, Any]:
         try:

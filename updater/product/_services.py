@@ -31,8 +31,8 @@ from greenlight.updater.product._runtime import launcher_argv
 if TYPE_CHECKING:
     from greenlight.updater.store import InstallRoot
 
-__all__ = ["ProcessBackend", "ServiceBackend", "StopOutcome", "SystemdBackend", "backend_for",
-           "clean_statuses", "drain", "render_unit"]
+__all__ = ["ProcessBackend", "Restarts", "ServiceBackend", "StopOutcome", "SystemdBackend",
+           "backend_for", "clean_statuses", "drain", "render_unit", "restart_clean"]
 
 
 @dataclass
@@ -79,6 +79,43 @@ def clean_statuses(service: ServiceConfig) -> frozenset[int]:
     return frozenset(clean)
 
 
+def restart_clean(service: ServiceConfig) -> frozenset[int]:
+    """The ends that `restart = "on-failure"` does not restart, as systemd: exit 0, death by
+    SIGHUP, SIGINT, SIGTERM or SIGPIPE, and the service's `success_exit_status`."""
+    clean = {0, *(-int(s) for s in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM,
+                                    signal.SIGPIPE))}
+    for entry in service.success_exit_status:
+        clean.add(entry if isinstance(entry, int) else -int(getattr(signal, entry)))
+    return frozenset(clean)
+
+
+def _end(returncode: int) -> str:
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"death by {signal.Signals(-returncode).name}"
+        return f"death by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+@dataclass(frozen=True)
+class Restarts:
+    """What the service's supervisor (the launcher, or systemd) did since Greenlight started
+    it: how many times it restarted the service after a crash, how the last crash ended, and
+    whether it gave up (a crash loop: more starts than the burst within the interval)."""
+
+    count: int = 0
+    last_returncode: int | None = None
+    gave_up: bool = False
+
+    def describe(self, service: str) -> str:
+        times = f"{self.count} time{'s' if self.count != 1 else ''}"
+        how = f" ({_end(self.last_returncode)})" if self.last_returncode is not None else ""
+        if self.gave_up:
+            return (f"service {service} is in a crash loop: it crashed again{how} after being "
+                    f"restarted {times}, and its supervisor gave up")
+        return f"service {service} crashed{how} and was restarted {times}"
+
+
 class ServiceBackend(Protocol):
     def start(self, service: ServiceConfig, values: dict[str, str]) -> None: ...
     def is_running(self, name: str) -> bool: ...
@@ -88,6 +125,12 @@ class ServiceBackend(Protocol):
     def last_exit(self, name: str) -> dict[str, object] | None: ...
     def crashed(self, name: str) -> bool:
         """Started by Greenlight and not running now, without Greenlight stopping it."""
+        ...
+    def restarts(self, name: str) -> Restarts:
+        """What the supervisor did since Greenlight last started the service."""
+        ...
+    def owns(self, name: str, pid: int) -> bool | None:
+        """Whether process `pid` is the service's (None: cannot tell)."""
         ...
 
 
@@ -126,6 +169,30 @@ class ProcessBackend:
 
     def _exit_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.exit"
+
+    def _restarts_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.restarts"
+
+    def restarts(self, name: str) -> Restarts:
+        lines: list[dict[str, object]] = []
+        with contextlib.suppress(OSError):
+            for line in self._restarts_file(name).read_text().splitlines():
+                with contextlib.suppress(ValueError):
+                    lines.append(json.loads(line))
+        ended = self.last_exit(name) or {}
+        gave_up = bool(ended.get("gave_up"))
+        last = ended.get("returncode") if gave_up else (
+            lines[-1].get("returncode") if lines else None)
+        return Restarts(len(lines), last if isinstance(last, int) else None, gave_up)
+
+    def owns(self, name: str, pid: int) -> bool | None:
+        leader = self.pid(name)
+        if leader is None:
+            return False
+        try:
+            return os.getpgid(pid) == leader  # the launcher leads the service's group
+        except OSError:
+            return None
 
     def _unrecorded(self, name: str) -> int | None:
         """A launcher of this service that no record names: its updater was killed between
@@ -190,6 +257,7 @@ class ProcessBackend:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         self._exit_file(service.name).unlink(missing_ok=True)
+        self._restarts_file(service.name).unlink(missing_ok=True)
         ready = self.run_dir / f"{service.name}.ready"
         ready.unlink(missing_ok=True)
         command = expand_command(service.command, values)
@@ -205,7 +273,12 @@ class ProcessBackend:
         try:
             child = subprocess.Popen(
                 [*launcher_argv(), "--exit-file", str(self._exit_file(service.name)),
-                 "--ready-file", str(ready), "--", *command],
+                 "--ready-file", str(ready), "--restart", service.restart,
+                 "--restart-delay", str(service.restart_delay),
+                 "--burst", str(service.restart_burst),
+                 "--interval", str(service.restart_interval),
+                 "--clean", ",".join(str(c) for c in sorted(restart_clean(service))),
+                 "--restarts-file", str(self._restarts_file(service.name)), "--", *command],
                 cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True,
             )
@@ -264,9 +337,10 @@ class SystemdBackend:
     """Services as systemd units; systemd does the signalling, timeouts and restarts."""
 
     def __init__(self, root: "InstallRoot", systemctl: str = "systemctl",
-                 services: list[ServiceConfig] | None = None) -> None:
+                 services: list[ServiceConfig] | None = None, user: bool = False) -> None:
         self.root = root
         self.systemctl = systemctl
+        self.user = user
         self._units = {s.name: self.unit(s) for s in services or []}
 
     def _unit_of(self, name: str) -> str:
@@ -279,14 +353,18 @@ class SystemdBackend:
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         try:
-            return subprocess.run([self.systemctl, *args], capture_output=True, text=True,
-                                  timeout=120)
+            scope = ["--user"] if self.user else []
+            return subprocess.run([self.systemctl, *scope, *args], capture_output=True,
+                                  text=True, timeout=120)
         except FileNotFoundError:
             raise ConfigError(
                 "backend = \"systemd\" but systemctl is not on this machine"
             ) from None
 
     def start(self, service: ServiceConfig, values: dict[str, str]) -> None:
+        # A fresh start: the restart counter and the start limit begin again, as with the
+        # launcher (a unit that hit its limit would refuse the start).
+        self._run("reset-failed", self.unit(service))
         done = self._run("start", self.unit(service))
         if done.returncode != 0:
             raise StoreError(f"systemctl start {self.unit(service)}: {done.stderr.strip()}")
@@ -297,6 +375,35 @@ class SystemdBackend:
     def crashed(self, name: str) -> bool:
         # systemd's own word: a unit that stopped without being asked to is "failed".
         return self._run("is-failed", "--quiet", self._unit_of(name)).returncode == 0
+
+    def _show(self, name: str, *properties: str) -> dict[str, str]:
+        args = [a for p in properties for a in ("-p", p)]
+        done = self._run("show", *args, self._unit_of(name))
+        return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+
+    def restarts(self, name: str) -> Restarts:
+        fields = self._show(name, "NRestarts", "Result", "ActiveState")
+        count = fields.get("NRestarts", "0")
+        ended = self.last_exit(name)
+        # Given up: the start limit refused a restart. systemd 252 leaves Result at the
+        # crash's (exit-code, signal) and the unit "failed" with restarts behind it.
+        gave_up = fields.get("Result") == "start-limit-hit" or (
+            fields.get("ActiveState") == "failed" and count not in ("", "0"))
+        # systemd forgets how the main process ended once it restarts it: only a unit left
+        # down still says how its last crash ended.
+        last = _returncode(ended) if gave_up else None
+        return Restarts(int(count) if count.isdigit() else 0, last, gave_up)
+
+    def owns(self, name: str, pid: int) -> bool | None:
+        group = self._show(name, "ControlGroup").get("ControlGroup", "")
+        if not group:
+            return False
+        try:
+            lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        except OSError:
+            return None
+        return any(line.split(":", 2)[-1] == group or
+                   line.split(":", 2)[-1].startswith(group + "/") for line in lines)
 
     def pid(self, name: str) -> int | None:
         done = self._run("show", "-p", "MainPID", "--value", self._unit_of(name))
@@ -337,6 +444,8 @@ UNIT_TEMPLATE = """\
 [Unit]
 Description=Greenlight-managed service {name}
 After=network.target {after}
+StartLimitIntervalSec={limit_interval}
+StartLimitBurst={limit_burst}
 
 [Service]
 Type=simple
@@ -344,15 +453,21 @@ WorkingDirectory={workdir}
 ExecStart={exec_start}
 KillSignal={signal}
 TimeoutStopSec={timeout}
+Restart={restart}
+RestartSec={restart_delay}
+StandardOutput=append:{log}
+StandardError=inherit
 {environment}
 [Install]
-WantedBy=multi-user.target
+WantedBy={wanted_by}
 """
 
 
 def render_unit(service: ServiceConfig, values: dict[str, str], after: str = "",
-                timeout: float = 10.0) -> str:
-    """A systemd unit for `service`, its release_dir through the root's `current` link."""
+                timeout: float = 10.0, user: bool = False) -> str:
+    """A systemd unit for `service`, its release_dir through the root's `current` link; its
+    output appended to `logs/<name>.log` as with the process backend, and restarted with the
+    service's policy and limits."""
     import shlex
 
     environment = "".join(
@@ -365,6 +480,12 @@ def render_unit(service: ServiceConfig, values: dict[str, str], after: str = "",
         exec_start=" ".join(shlex.quote(p) for p in expand_command(service.command, values)),
         signal=service.stop_signal,
         timeout=max(1, round(timeout)),
+        restart=service.restart,
+        restart_delay=f"{service.restart_delay:g}s",
+        limit_interval=f"{service.restart_interval:g}s",
+        limit_burst=service.restart_burst,
+        log=str(Path(values.get("root", ".")) / "logs" / f"{service.name}.log"),
+        wanted_by="default.target" if user else "multi-user.target",
         environment=environment + (
             "SuccessExitStatus=" + " ".join(str(s) for s in service.success_exit_status) + "\n"
             if service.success_exit_status else ""),
@@ -373,7 +494,8 @@ def render_unit(service: ServiceConfig, values: dict[str, str], after: str = "",
 
 def backend_for(root: "InstallRoot", config: Config) -> ServiceBackend:
     if config.backend == "systemd":
-        return SystemdBackend(root, services=config.service)
+        return SystemdBackend(root, services=config.service,
+                              user=config.systemd_scope == "user")
     return ProcessBackend(root)
 
 

@@ -1,6 +1,8 @@
 """The launcher a service runs under; the standard library only, imports nothing of Greenlight.
 
-    python -I -S launcher.py --exit-file FILE --ready-file FILE -- COMMAND...
+    python -I -S launcher.py --exit-file FILE [--ready-file FILE]
+        [--restart no|on-failure|always --restart-delay S --burst N --interval S
+         --clean RC,RC... --restarts-file FILE] -- COMMAND...
 
 It starts COMMAND as its child, forwards stop signals to it, and when the child ends writes
 the child's exit status (and the signals it forwarded) to the exit file. The updater that
@@ -8,6 +10,13 @@ stops a service is usually not the process that started it, so this file is how 
 whether the service exited cleanly or crashed. The launcher leads its own process group: a
 kill after the stop timeout ends both. The ready file is written once the handlers are
 installed and the child is started, so nobody signals it before it can forward.
+
+It is also the service's supervisor, with systemd's semantics: a child that ends without
+being asked to stop is started again after `--restart-delay` seconds, when `--restart` says
+so (on-failure: an end that is not in `--clean`, the returncodes that are a clean end;
+always: any end). Each restart is appended to the restarts file as one JSON line. More than
+`--burst` starts within `--interval` seconds is a crash loop: the launcher gives up, leaves
+the service down and says so in the exit file (`"gave_up": true`), as systemd's start limit.
 
 The updater runs this file by path with `-I -S` (no site-packages, no package import), so the
 process it adds per service is a bare interpreter: see bench/overhead.py.
@@ -18,9 +27,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
-USAGE = "usage: launcher.py --exit-file FILE [--ready-file FILE] -- COMMAND..."
+_OPTIONS = ("--exit-file", "--ready-file", "--restart", "--restart-delay", "--burst",
+            "--interval", "--clean", "--restarts-file")
+USAGE = ("usage: launcher.py --exit-file FILE [--ready-file FILE] [--restart POLICY "
+         "--restart-delay S --burst N --interval S --clean RC,... --restarts-file FILE] "
+         "-- COMMAND...")
 
 
 def _write(path: str, record: dict[str, object]) -> None:
@@ -30,41 +44,88 @@ def _write(path: str, record: dict[str, object]) -> None:
     os.replace(tmp, path)
 
 
+def _append(path: str, record: dict[str, object]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _restarts(policy: str, returncode: int, clean: set[int]) -> bool:
+    return policy == "always" or (policy == "on-failure" and returncode not in clean)
+
+
 def main(args: list[str] | None = None) -> int:
     args = sys.argv[1:] if args is None else args
     options: dict[str, str] = {}
-    while args and args[0] in ("--exit-file", "--ready-file") and len(args) > 1:
+    while args and args[0] in _OPTIONS and len(args) > 1:
         options[args[0]] = args[1]
         args = args[2:]
     if "--exit-file" not in options or not args or args[0] != "--" or len(args) < 2:
         print(USAGE, file=sys.stderr)
         return 2
     command = args[1:]
+    policy = options.get("--restart", "no")
+    try:
+        delay = float(options.get("--restart-delay", "1"))
+        burst = int(options.get("--burst", "5"))
+        interval = float(options.get("--interval", "60"))
+        clean = {0, *(int(c) for c in options.get("--clean", "").split(",") if c)}
+    except ValueError:
+        print(USAGE, file=sys.stderr)
+        return 2
     received: list[str] = []
     child: subprocess.Popen[bytes] | None = None
 
     def forward(signum: int, frame: object) -> None:
         received.append(signal.Signals(signum).name)
-        if child is not None:
+        if child is not None and child.returncode is None:
             child.send_signal(signum)
 
     # Handlers first: a stop signal that arrives while the child starts is still forwarded.
     for sig in _FORWARDED:
         signal.signal(sig, forward)
-    try:
-        child = subprocess.Popen(command)
-    except OSError as e:
-        print(f"launcher: cannot start {command[0]}: {e.strerror}", file=sys.stderr)
-        _write(options["--exit-file"], {"returncode": 127, "pid": None, "signals": received,
-                                        "error": f"{e.strerror}: {command[0]}"})
-        return 127
-    if received:  # a signal came before the child existed: pass it on now
-        child.send_signal(getattr(signal, received[-1]))
-    if "--ready-file" in options:
-        _write(options["--ready-file"], {"pid": os.getpid(), "child": child.pid})
-    returncode = child.wait()
+    starts: list[float] = []
+    restarts = 0
+    while True:
+        starts.append(time.monotonic())
+        try:
+            child = subprocess.Popen(command)
+        except OSError as e:
+            print(f"launcher: cannot start {command[0]}: {e.strerror}", file=sys.stderr)
+            _write(options["--exit-file"], {"returncode": 127, "pid": None,
+                                            "signals": received, "restarts": restarts,
+                                            "error": f"{e.strerror}: {command[0]}"})
+            return 127
+        if received:  # a signal came before the child existed: pass it on now
+            child.send_signal(getattr(signal, received[-1]))
+        if "--ready-file" in options and len(starts) == 1:
+            _write(options["--ready-file"], {"pid": os.getpid(), "child": child.pid})
+        returncode = child.wait()
+        if received or not _restarts(policy, returncode, clean):
+            break
+        recent = [t for t in starts if time.monotonic() - t < interval]
+        if len(recent) >= burst:  # the start limit: a crash loop is left down, and said
+            _write(options["--exit-file"], {"returncode": returncode, "pid": child.pid,
+                                            "signals": received, "restarts": restarts,
+                                            "gave_up": True})
+            return 1
+        restarts += 1
+        if "--restarts-file" in options:
+            _append(options["--restarts-file"], {
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "returncode": returncode, "restart": restarts})
+        until = time.monotonic() + delay
+        while not received and time.monotonic() < until:
+            time.sleep(min(0.05, max(0.0, until - time.monotonic())))
+        if received:  # asked to stop while waiting to restart: a stop, not a crash
+            _write(options["--exit-file"], {"returncode": None, "pid": child.pid,
+                                            "signals": received, "restarts": restarts,
+                                            "last_crash": returncode})
+            return 0
     _write(options["--exit-file"], {"returncode": returncode, "pid": child.pid,
-                                    "signals": received})
+                                    "signals": received, "restarts": restarts})
     return returncode if returncode >= 0 else 128 - returncode
 
 

@@ -37,12 +37,14 @@ def report_of(root: InstallRoot, entry: HistoryEntry, outcome: Outcome) -> Fleet
     if outcome in ("rolled-back", "dead-end"):
         tried, before = entry.from_release, entry.to_release
         after = entry.to_release if outcome == "rolled-back" else None
-    elif outcome == "precheck-blocked":
-        tried, before, after = entry.to_release, entry.from_release, entry.from_release
+    elif outcome in ("precheck-blocked", "crash-loop"):
+        tried = entry.to_release if outcome == "precheck-blocked" else entry.from_release
+        before = after = entry.from_release
     else:
         tried, before, after = entry.to_release, entry.from_release, entry.to_release
     version = version_of(tried) if tried else (
-        entry.from_version if outcome in ("rolled-back", "dead-end") else entry.to_version)
+        entry.from_version if outcome in ("rolled-back", "dead-end", "crash-loop")
+        else entry.to_version)
     return FleetReport(
         installation=root.installation_id, at=entry.at, channel=entry.channel, outcome=outcome,
         release=version, release_key=tried, before=before, after=after,

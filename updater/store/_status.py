@@ -36,9 +36,11 @@ class FailedCheck(Record):
 
 class IncidentInfo(Record):
     at: datetime
-    event: Literal["rolled-back", "rollback-failed"]
-    failed_release: str | None = Field(description="the version that failed its checks")
-    now_on: str | None = Field(description="the version running after it")
+    event: Literal["rolled-back", "rollback-failed", "crash-loop"]
+    failed_release: str | None = Field(description="the version that failed its checks (or, "
+                                                   "for a crash loop, the one that crashed)")
+    now_on: str | None = Field(description="the version running after it (none: the product "
+                                           "is down)")
     channel: str
     summary: str
     failed_checks: list[FailedCheck] = Field(default_factory=list)
@@ -110,7 +112,7 @@ def read_status(root: InstallRoot) -> UiStatus | None:
 
 def _incident(root: InstallRoot) -> IncidentInfo | None:
     for entry in reversed(history(root)):
-        if entry.event in ("rolled-back", "rollback-failed"):
+        if entry.event in ("rolled-back", "rollback-failed", "crash-loop"):
             return IncidentInfo(
                 at=entry.at, event=entry.event,
                 failed_release=entry.from_version, now_on=entry.to_version,

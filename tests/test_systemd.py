@@ -1,0 +1,208 @@
+"""The systemd backend, the generated units and the stop semantics on a real systemd: a
+`systemd --user` of the test's own (tests/usermanager.py), confined to its own cgroup
+subtree and torn down with nothing left behind."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from greenlight.updater.product import ServiceConfig, SystemdBackend, render_unit
+from greenlight.updater.store import InstallRoot
+
+from usermanager import UserManager, user_manager
+
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+_ON_SIGTERM = {
+    "exits-0": "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))",
+    "dies": "pass",
+    "exits-3": "signal.signal(signal.SIGTERM, lambda *a: os._exit(3))",
+    "exits-70": "signal.signal(signal.SIGTERM, lambda *a: os._exit(70))",
+    "segfaults": "signal.signal(signal.SIGTERM, lambda *a: os.kill(os.getpid(), 11))",
+    "ignores": "signal.signal(signal.SIGTERM, signal.SIG_IGN)",
+}
+
+
+@pytest.fixture(scope="module")
+def manager(tmp_path_factory):
+    with user_manager(tmp_path_factory.mktemp("systemd")) as running:
+        yield running
+
+
+def _until(predicate, what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+class Units:
+    """Services of a test as units of the user manager, each a Python program that writes
+    its pid to a marker once its SIGTERM behaviour is in place."""
+
+    def __init__(self, manager: UserManager, tmp: Path, name: str) -> None:
+        self.manager, self.tmp, self.name = manager, tmp, name
+        self.root = InstallRoot(tmp)
+        (tmp / "logs").mkdir(exist_ok=True)
+
+    def service(self, behaviour: str = "dies", timeout: float = 10, code: str | None = None,
+                **fields: object) -> tuple[ServiceConfig, Path, SystemdBackend]:
+        marker = self.tmp / f"{self.name}.started"
+        marker.unlink(missing_ok=True)
+        program = code or (f"import os,pathlib,signal,sys,time; {_ON_SIGTERM[behaviour]}; "
+                           f"pathlib.Path(sys.argv[1]).write_text(str(os.getpid())); "
+                           f"time.sleep(600)")
+        service = ServiceConfig(name=self.name, command=[sys.executable, "-c", program,
+                                                        str(marker)], **fields)
+        unit = self.tmp / SystemdBackend.unit(service)
+        unit.write_text(render_unit(service, {"root": str(self.tmp)}, timeout=timeout,
+                                    user=True))
+        self.manager.install(unit)
+        backend = SystemdBackend(self.root, services=[service], user=True)
+        backend.systemctl = "systemctl"
+        return service, marker, backend
+
+
+@pytest.fixture
+def units(manager, tmp_path, request, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", manager.env["XDG_RUNTIME_DIR"])
+    name = "t" + str(abs(hash(request.node.nodeid)) % 10**10)
+    made = Units(manager, tmp_path, name)
+    yield made
+    manager.systemctl("stop", f"greenlight-{name}.service", check=False)
+
+
+def test_the_backend_starts_asks_and_stops_a_unit(units):
+    service, marker, backend = units.service("exits-0")
+    backend.start(service, {})
+    _until(marker.exists, "the unit's process to start")
+    assert backend.is_running(service.name) and backend.pid(service.name) == int(
+        marker.read_text())
+    assert backend.owns(service.name, int(marker.read_text())) is True
+    assert backend.owns(service.name, os.getpid()) is False
+    outcome = backend.stop(service, timeout=5)
+    assert outcome.was_running and outcome.returncode == 0 and not outcome.crashed
+    assert not backend.is_running(service.name) and backend.pid(service.name) is None
+    assert not backend.crashed(service.name)
+    # Its output went where the process backend's goes.
+    assert (units.tmp / "logs").is_dir()
+
+
+@pytest.mark.parametrize(("behaviour", "returncode", "crashed", "stubborn", "result"), [
+    ("exits-0", 0, False, False, "success"),
+    ("dies", -15, False, False, "success"),      # death by the stop signal: ExecMainCode=2
+    ("exits-70", 70, True, False, "exit-code"),  # in-flight work cut off: a crash on stop
+    ("segfaults", -11, True, False, "core-dump"),
+    ("ignores", -9, False, True, "timeout"),     # killed after TimeoutStopSec: stubborn
+])
+def test_stop_outcomes_are_what_systemd_says(units, behaviour, returncode, crashed, stubborn,
+                                             result):
+    service, marker, backend = units.service(behaviour, timeout=1)
+    backend.start(service, {})
+    _until(marker.exists, "the unit's process to start")  # its handler is in place
+    outcome = backend.stop(service, timeout=1)
+    assert (outcome.returncode, outcome.crashed, outcome.killed) == (returncode, crashed,
+                                                                     stubborn), outcome
+    assert backend.last_exit(service.name)["result"] in (result, "signal"), result
+    assert not backend.is_running(service.name)
+
+
+def test_a_success_exit_status_is_a_clean_stop(units):
+    service, marker, backend = units.service("exits-3", success_exit_status=[3])
+    backend.start(service, {})
+    _until(marker.exists, "the unit's process to start")
+    outcome = backend.stop(service, timeout=5)
+    assert outcome.returncode == 3 and not outcome.crashed
+    assert backend.last_exit(service.name)["result"] == "success"
+
+
+def test_a_killed_service_is_restarted_and_said(units):
+    service, marker, backend = units.service("dies", restart_delay=0.1)
+    backend.start(service, {})
+    _until(marker.exists, "the unit's process to start")
+    first = int(marker.read_text())
+    marker.unlink()
+    os.kill(first, signal.SIGKILL)  # the main process dies on its own
+    _until(marker.exists, "systemd to restart the service")
+    assert int(marker.read_text()) != first
+    restarts = backend.restarts(service.name)
+    # systemd forgets how the process ended once it restarts it; the count is what it keeps.
+    assert restarts.count == 1 and not restarts.gave_up and not backend.crashed(service.name)
+    assert restarts.describe("svc") == "service svc crashed and was restarted 1 time"
+    # A start by Greenlight begins the count again.
+    backend.stop(service, timeout=5)
+    backend.start(service, {})
+    assert backend.restarts(service.name).count == 0
+
+
+def test_a_crash_loop_hits_the_start_limit_and_stays_down(units):
+    service, marker, backend = units.service(
+        code="import sys; sys.exit(4)", restart_delay=0.05, restart_burst=3,
+        restart_interval=60)
+    backend.start(service, {})
+    _until(lambda: backend.restarts(service.name).gave_up, "systemd to give up")
+    restarts = backend.restarts(service.name)
+    assert restarts.count >= 2 and restarts.last_returncode == 4, restarts
+    assert backend.crashed(service.name) and not backend.is_running(service.name)
+    assert "crash loop" in restarts.describe(service.name)
+    # Greenlight's start resets the limit (systemd would refuse a start otherwise).
+    marker.unlink(missing_ok=True)
+    backend.start(service, {})
+    assert backend.restarts(service.name).count <= 1
+
+
+def test_the_generated_units_load_and_the_agent_unit_stops_on_sigterm(manager, tmp_path, repo):
+    root = tmp_path / "root"
+    done = subprocess.run([str(BIN / "updater"), "init", "--root", str(root), "--repo",
+                           "http://127.0.0.1:9/", "--channel", "stable", "--trust",
+                           str(repo.metadata_dir / "1.root.json")], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    text = (root / "greenlight.toml").read_text()
+    (root / "greenlight.toml").write_text(
+        'backend = "systemd"\nsystemd_scope = "user"\n' + text + '''
+[[service]]
+name = "core"
+command = ["{python}", "-c", "import time; time.sleep(600)"]
+restart_delay = 2
+restart_burst = 4
+restart_interval = 30
+
+[[service]]
+name = "ui"
+command = ["{python}", "-c", "import time; time.sleep(600)"]
+restart = "no"
+''')
+    out = tmp_path / "units"
+    done = subprocess.run([str(BIN / "updater"), "systemd-units", "--root", str(root), "--out",
+                           str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    paths = sorted(out.iterdir())
+    assert [p.name for p in paths] == ["greenlight-agent.service", "greenlight-core.service",
+                                       "greenlight-ui.service"]
+    manager.install(*paths)
+    core = manager.show("greenlight-core.service", "LoadState", "Restart", "RestartUSec",
+                        "StartLimitBurst", "StartLimitIntervalUSec", "After", "WantedBy")
+    assert core["LoadState"] == "loaded", core
+    assert (core["Restart"], core["RestartUSec"], core["StartLimitBurst"],
+            core["StartLimitIntervalUSec"]) == ("on-failure", "2s", "4", "30s")
+    assert "default.target" in core["WantedBy"]
+    ui = manager.show("greenlight-ui.service", "LoadState", "Restart", "After")
+    assert ui["Restart"] == "no" and "greenlight-core.service" in ui["After"]
+    agent = manager.show("greenlight-agent.service", "LoadState", "Restart", "KillMode",
+                         "TimeoutStopUSec", "After")
+    assert agent["LoadState"] == "loaded" and agent["Restart"] == "on-failure"
+    assert "greenlight-core.service" in agent["After"] and agent["KillMode"] == "control-group"
+    # The agent runs under systemd and stops on SIGTERM as any service: a clean stop.
+    manager.systemctl("start", "greenlight-agent.service")
+    _until(lambda: (root / "logs" / "agent.log").exists(), "the agent's first cycle", 60)
+    manager.systemctl("stop", "greenlight-agent.service")
+    ended = manager.show("greenlight-agent.service", "Result", "ExecMainCode",
+                         "ExecMainStatus", "ActiveState")
+    assert ended["ActiveState"] == "inactive" and ended["Result"] == "success", ended
