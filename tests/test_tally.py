@@ -83,6 +83,22 @@ def tally(tmp_path, repo):
             t.kill_all()
 
 
+def _child_of(launcher: int | None) -> int | None:
+    """The service process its launcher runs now."""
+    try:
+        children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
+    except (OSError, TypeError):
+        return None
+    return int(children[0]) if children else None
+
+
+def _until(predicate, what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
 def _upgrade(t: Tally, expect: int) -> dict:
     done = t.run("upgrade", "--json")
     assert done.returncode == expect, done.stdout + done.stderr
@@ -293,14 +309,33 @@ def test_a_short_unattended_life(tally):
     assert t.core()[1] == "1.3"
     assert (status["channel"], status.get("chosen_channel")) == ("beta", None)
 
-    # The core dies on its own; the vendor's next release repairs the machine.
-    pid = t.core()[0]
-    assert pid is not None
-    os.killpg(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while ProcessBackend(t.root).is_running("core"):
-        assert time.monotonic() < deadline, "the killed core still runs"
-        time.sleep(0.05)
+    # The core crashes: its supervisor restarts it, and the next cycle says so.
+    launcher, _ = t.core()
+    first = _child_of(launcher)
+    os.kill(first, signal.SIGKILL)
+    _until(lambda: _child_of(launcher) not in (None, first) and t.core()[1] == "1.3",
+           "the launcher to restart the core")
+    cycle()
+    log = (t.path / "logs" / "agent.log").read_text()
+    assert "service-restarted: service core crashed (death by SIGKILL) and was restarted " \
+           "1 time (1.3)" in log, log
+    cycle()  # said once, not every cycle
+    assert (t.path / "logs" / "agent.log").read_text().count("service-restarted") == 1
+
+    # Then it crashes at every start: a crash loop, left down, an incident and a report.
+    (t.path / "data" / "crash-on-start").touch()
+    os.kill(_child_of(launcher), signal.SIGKILL)
+    _until(lambda: not ProcessBackend(t.root).is_running("core"), "the launcher to give up", 60)
+    status = cycle()
+    log = (t.path / "logs" / "agent.log").read_text()
+    assert "crash-loop: service core is in a crash loop: it crashed again (exit status 3)" in log
+    assert status["last_incident"]["event"] == "crash-loop"
+    assert status["last_incident"]["failed_release"] == "1.3", status["last_incident"]
+    loop = [e for e in t.json("history")["entries"] if e["event"] == "crash-loop"]
+    assert len(loop) == 1 and "cannot open the local store" in loop[0]["summary"]
+
+    # The vendor's next release repairs the machine instead of being blocked by it.
+    (t.path / "data" / "crash-on-start").unlink()
     t.publish("beta", "1.4")
     cycle()
     assert t.core()[1] == "1.4"
@@ -311,3 +346,39 @@ def test_a_short_unattended_life(tally):
     assert "downgraded" not in events and "precheck-blocked" not in events
     log = (t.path / "logs" / "agent.log").read_text()
     assert "upgraded: 1.1 -> 1.0" not in log and "downgraded" not in log
+
+
+def test_start_will_not_take_a_stray_process_for_the_core(tally):
+    """`updater start` while a stray server holds the core's port: the core dies of 'Address
+    already in use' (or would answer from the wrong process); either way start fails and
+    names what answers, instead of 'started core'."""
+    t = tally()
+    t.publish("stable", "1.0")
+    assert _upgrade(t, 0)["outcome"] == "upgraded"
+    assert t.run("stop").returncode == 0
+    stray = subprocess.Popen([sys.executable, "-m", "http.server", str(t.port), "--bind",
+                              "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import httpx
+
+        def serving() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{t.port}/", timeout=1).status_code > 0
+            except httpx.HTTPError:
+                return False
+
+        _until(serving, "the stray server to listen")
+        done = t.run("start")
+        assert done.returncode == 12, done.stdout + done.stderr
+        assert "started" not in done.stdout and "Traceback" not in done.stderr
+        said = done.stderr.strip()
+        assert len(said.splitlines()) == 1, said
+        assert (f"pid {stray.pid} (" in said and "not from the service" in said) or (
+            "exited during start-up" in said), said
+        assert not ProcessBackend(t.root).is_running("core")  # not left restarting
+    finally:
+        stray.kill()
+        stray.wait()
+    done = t.run("start")
+    assert done.returncode == 0, done.stderr
+    assert t.core()[1] == "1.0"

@@ -7,12 +7,16 @@ API's JSON. Faults for tests come from faults.json beside this file:
 - "refuse-key": the API refuses every key with 401 (the health endpoint still answers);
 - "no-a-record": the DNS responder answers NOERROR with no A record;
 - {"die-after": N}: the process exits with status 3, N seconds after it starts serving.
+
+And one fault of the machine, not of a release: while `crash-on-start` exists beside the key
+file, the core exits with status 3 as it starts (a broken local store, say).
 """
 
 import argparse
 import json
 import os
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -79,6 +83,9 @@ def main() -> int:
     parser.add_argument("--dns-port", type=int, required=True)
     parser.add_argument("--key-file", type=Path, required=True)
     args = parser.parse_args()
+    if (args.key_file.parent / "crash-on-start").exists():
+        print("tally: cannot open the local store", file=sys.stderr, flush=True)
+        return 3
     key = args.key_file.read_text().strip()
     dns_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     dns_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
