@@ -86,6 +86,48 @@ def test_errors_are_one_line_with_documented_codes(tmp_path, server, published):
     assert bad_root.returncode == 4 and "not a valid trusted root" in bad_root.stderr
 
 
+def test_an_air_gapped_root_is_made_with_offline_and_sideloads(tmp_path, published):
+    """`updater init --offline`: no repository, a one-line pointer to sideload where a check
+    would go online, and the bundle path works as on any root."""
+    from greenlight.release import build_bundle
+
+    trust = str(published.metadata_dir / "1.root.json")
+    root = tmp_path / "air-gapped"
+    neither = run("updater", "init", "--root", str(root), "--trust", trust)
+    both = run("updater", "init", "--root", str(root), "--trust", trust, "--offline", "--repo",
+               "http://127.0.0.1:9/")
+    for refused in (neither, both):
+        assert refused.returncode == 2 and "--offline for an air-gapped root" in refused.stderr
+    assert not (root / "greenlight.toml").exists()
+    made = run("updater", "init", "--root", str(root), "--trust", trust, "--offline")
+    assert made.returncode == 0, made.stderr
+    assert "air-gapped: update it with 'updater sideload BUNDLE'" in made.stdout
+    text = (root / "greenlight.toml").read_text()
+    assert "\n[repository]" not in text and "# [repository]" in text
+    assert "# [agent]" in text and "# [report]" in text
+    # Every commented table of the file loads once uncommented (the agent's and the report's).
+    import re
+    import tomllib
+
+    from greenlight.updater.product import Config
+
+    tail = text[text.index("# [agent]"):].splitlines()
+    tables = "\n".join(line[2:] for line in tail
+                       if re.match(r"# (\[\w+\]|\w+ = )", line))
+    loaded = Config.model_validate({**tomllib.loads(text), **tomllib.loads(tables)})
+    assert loaded.report is not None and loaded.agent.window == ["02:00-05:00"]
+    check = run("updater", "check", "--root", str(root))
+    assert check.returncode == 3 and len(check.stderr.strip().splitlines()) == 1
+    assert "this root is air-gapped and is updated by 'updater sideload BUNDLE'" in check.stderr
+    status = json.loads(run("updater", "status", "--root", str(root), "--json").stdout)
+    assert status["repository"] is None
+    bundle = tmp_path / "stable.bundle"
+    build_bundle(published, "stable", bundle)
+    done = run("updater", "sideload", str(bundle), "--root", str(root), "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["installed"] == "1.0"
+
+
 def test_release_cli_publish_and_refusals(tmp_path, builds):
     repo = tmp_path / "repo"
     assert run("release", "init", str(repo)).returncode == 0

@@ -33,7 +33,7 @@ def kit(tmp_path_factory, builds):
     product.write_text(product_toml(*ports, grace=15.0, soak=1.0))
     publish(repo, "stable", "2.1", builds("2.1"))
     good = build_installer(repo, "stable", tmp / "dist", product_config=product,
-                           work_dir=tmp / "work")
+                           work_dir=tmp / "work", repo_url="https://updates.example.test/")
     publish(repo, "stable", "2.2", builds("2.2", "refuse-ui-token"))
     broken = build_installer(repo, "stable", tmp / "dist", product_config=product,
                              work_dir=tmp / "work")
@@ -87,10 +87,43 @@ def test_fresh_install_from_the_executable(kit, tmp_path, roots):
 def test_failed_fresh_install_leaves_nothing(kit, tmp_path, roots):
     root = tmp_path / "fresh-broken"
     roots.append(root)
-    done = run(kit["broken"], "--root", str(root))
+    done = run(kit["broken"], "--root", str(root), "--offline")
     assert done.returncode == 20, done.stdout + done.stderr
     assert "not installed" in done.stdout and "denying api access" in done.stdout
     assert not root.exists()
+
+
+def test_a_fresh_install_needs_a_repository_or_offline_and_says_which(kit, tmp_path, roots):
+    """The repository a fresh root updates from is the installer's built-in one, --repo, or
+    none with --offline (air-gapped); an installer with none built in asks, and installs
+    nothing until asked right."""
+    assert "https://updates.example.test/ (built in" in run(kit["good"], "--help").stdout
+    assert "none is built in" in run(kit["broken"], "--help").stdout
+    root = tmp_path / "no-repository"
+    done = run(kit["broken"], "--root", str(root))
+    assert done.returncode == 2 and done.stdout == "", done.stdout + done.stderr
+    assert done.stderr.strip() == (
+        "installer: error: this installer has no repository built in: pass --repo URL (where "
+        "this machine gets later updates), or --offline for an air-gapped machine that only "
+        "sideloads")
+    assert not root.exists()
+
+    online = tmp_path / "online"
+    roots.append(online)
+    done = run(kit["good"], "--root", str(online))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "later updates: online from https://updates.example.test/" in done.stdout
+
+    offline = tmp_path / "air-gapped"
+    roots.append(offline)
+    done = run(kit["good"], "--root", str(offline), "--offline")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "later updates: air-gapped, by 'updater sideload BUNDLE'" in done.stdout
+    assert "[repository]" not in (offline / "greenlight.toml").read_text().replace(
+        "# [repository]", "")
+    check = subprocess.run([UPDATER, "check", "--root", str(offline)], capture_output=True,
+                           text=True)
+    assert check.returncode == 3 and "this root is air-gapped" in check.stderr, check.stderr
 
 
 def _installed_20(tmp_path: Path, kit) -> Path:
@@ -196,14 +229,14 @@ def test_a_root_whose_checks_were_changed_by_hand_is_refused_unless_kept(kit, tm
 def test_a_fresh_install_uses_provisioned_secrets_and_keeps_them(kit, tmp_path, roots):
     """A folder holding only data/ is a fresh install: the secrets in it are the ones used,
     and a failed install removes everything but them."""
-    for installer, code in (("broken", 20), ("good", 0)):
+    for installer, code in (("broken", 20), ("good", 0)):  # broken has no repository built in
         root = tmp_path / f"provisioned-{installer}"
         roots.append(root)
         (root / "data").mkdir(parents=True, mode=0o700)
         token = root / "data" / "ui-token"
         token.write_text("f" * 32 + "\n")
         token.chmod(0o600)
-        done = run(kit[installer], "--root", str(root))
+        done = run(kit[installer], "--root", str(root), "--repo", "http://127.0.0.1:9/")
         assert done.returncode == code, done.stdout + done.stderr
         assert token.read_text() == "f" * 32 + "\n"
         if code:

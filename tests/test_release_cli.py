@@ -196,3 +196,52 @@ def test_keys_remove_retires_the_private_key_and_sign_status_shows_what_waits(tm
         change["added"][0]]
     wrong = release("keys", str(repo.path), "--role", "channel-stable", "--remove", "ffff")
     assert wrong.returncode == 4 and "has no key 'ffff'" in wrong.stderr
+
+
+def test_expired_metadata_names_the_fix_on_both_sides(tmp_path, repo):
+    """A timestamp left to expire: the machine refuses it and names `release refresh`,
+    `release status` and `release refresh --check` say EXPIRED, and the refresh fixes it."""
+    from datetime import UTC, datetime, timedelta
+
+    from tuf.api.metadata import Metadata
+
+    publish(repo, "stable", "1.0", archive(tmp_path / "core.tgz", {"core.py": b"1.0\n"}))
+    path = repo.metadata_dir / "timestamp.json"
+    md = Metadata.from_bytes(path.read_bytes())
+    md.signed.expires = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    repo.sign_and_store("timestamp", md)
+    with serving(repo.path) as server:
+        root = tmp_path / "machine"
+        init = subprocess.run([str(BIN / "updater"), "init", "--root", str(root), "--repo",
+                               server.url, "--trust", str(repo.metadata_dir / "1.root.json")],
+                              capture_output=True, text=True)
+        assert init.returncode == 0, init.stderr
+
+        def check() -> subprocess.CompletedProcess[str]:
+            return subprocess.run([str(BIN / "updater"), "check", "--root", str(root)],
+                                  capture_output=True, text=True)
+
+        refused = check()
+        assert refused.returncode == 4, refused.stdout + refused.stderr
+        assert "metadata expired" in refused.stderr and "'release refresh'" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+        status = release("status", str(repo.path))
+        [line] = [s for s in status.stdout.splitlines() if s.startswith("timestamp")]
+        assert "EXPIRED 2 days ago" in line and "renew: release refresh" in line, line
+        due = release("refresh", str(repo.path), "--check", "--within", "1d")
+        assert due.returncode == 1 and "timestamp EXPIRED at" in due.stdout, due.stdout
+        assert release("refresh", str(repo.path)).returncode == 0
+        status = release("status", str(repo.path))
+        assert "EXPIRED" not in status.stdout
+        assert check().returncode == 10
+
+
+def test_the_collector_refuses_a_short_token_and_says_the_rule(tmp_path):
+    short, good = tmp_path / "short", tmp_path / "good"
+    short.write_text("abc123\n")
+    good.write_text("a" * 32 + "\n")
+    done = release("collector", "--db", f"sqlite:///{tmp_path / 'f.sqlite3'}", "--port", "9",
+                   "--fleet-token-file", str(short), "--admin-token-file", str(good))
+    assert done.returncode == 2, done.stderr
+    assert "must hold one token of at least 16 characters, without spaces" in done.stderr
+    assert "abc123" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

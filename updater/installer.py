@@ -45,6 +45,7 @@ from greenlight.updater._errors import (
     ConfigError,
     GreenlightError,
     StoreError,
+    UsageError,
 )
 from greenlight.updater.operations import sideload
 from greenlight.updater.output import ErrorReport, UpgradeReport, dump
@@ -218,8 +219,35 @@ def install_updater(root: InstallRoot) -> Path:
     return target
 
 
+def repository_for(meta: dict[str, object], repo: str | None, offline: bool) -> str | None:
+    """The repository a fresh root updates from: --repo, else the one built in; None with
+    --offline (an air-gapped root, updated by sideloading only).
+
+    Raises:
+        UsageError: neither given nor built in, or both --repo and --offline.
+    """
+    if repo is not None and offline:
+        raise UsageError("--repo and --offline: choose one")
+    if offline:
+        return None
+    built_in = meta.get("repo_url")
+    chosen = repo or (built_in if isinstance(built_in, str) else None)
+    if chosen is None:
+        raise UsageError("this installer has no repository built in: pass --repo URL (where "
+                         "this machine gets later updates), or --offline for an air-gapped "
+                         "machine that only sideloads")
+    return chosen
+
+
 def install(root_path: Path, force: bool, switch_channel: bool = False,
-            keep_config: bool = False) -> UpgradeReport:
+            keep_config: bool = False, repo: str | None = None,
+            offline: bool = False) -> UpgradeReport:
+    """Install (a fresh root) or upgrade (an existing one) from the bundle inside.
+
+    Raises:
+        UsageError: a fresh root without a repository to update from (see repository_for).
+        GreenlightError: what the sideload raises.
+    """
     payload = payload_dir()
     meta = json.loads((payload / "installer.json").read_text())
     product = _payload_product(payload)
@@ -242,10 +270,11 @@ def install(root_path: Path, force: bool, switch_channel: bool = False,
         elif before is not None:
             atomic_write(root.config_path, before.encode(), mode=0o640)
         return report
+    url = repository_for(meta, repo, offline)
     existed = root.path.exists()
     kept = _fresh_folder(root.path) if existed else frozenset()
     try:
-        root = init_root(root.path, meta["repo_url"],
+        root = init_root(root.path, url,
                                   (payload / "root.json").read_bytes(), meta["channel"])
         if product is not None:
             atomic_write(root.config_path, with_product(root.config_path.read_text(), product,
@@ -293,11 +322,15 @@ def main(argv: list[str] | None = None) -> int:
         updater()
         return 0
     meta = json.loads((payload_dir() / "installer.json").read_text())
+    built_in = meta.get("repo_url")
     parser = argparse.ArgumentParser(
         prog=Path(sys.argv[0]).name,
         description=f"Install or upgrade {meta['channel']} {meta['release']} from this offline "
                     "installer, verified against the root it carries, with health checks and "
-                    "automatic rollback. No network is used.",
+                    "automatic rollback. No network is used. Later online updates come from "
+                    + (f"{built_in} (built in; --repo overrides it)." if built_in else
+                       "the repository given with --repo URL (none is built in); --offline "
+                       "makes an air-gapped root that only sideloads."),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=_exit_codes_text())
     parser.add_argument("--root", type=Path, required=True, help="installation root")
@@ -307,12 +340,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--switch-channel", action="store_true",
                         help="follow this installer's channel when the installation follows "
                              "another one")
+    parser.add_argument("--repo", metavar="URL", default=None,
+                        help="repository a fresh root updates from later"
+                             + (f" (default: {built_in})" if built_in else ""))
+    parser.add_argument("--offline", action="store_true",
+                        help="a fresh root with no repository (air-gapped: sideload only)")
     parser.add_argument("--keep-config", action="store_true",
                         help="upgrade an existing root with its own services and checks, not "
                              "this installer's")
     args = parser.parse_args(argv)
     try:
-        report = install(args.root, args.force, args.switch_channel, args.keep_config)
+        report = install(args.root, args.force, args.switch_channel, args.keep_config,
+                         args.repo, args.offline)
     except OSError as e:  # an I/O failure outside the updater's own handling
         return _error(StoreError(f"{e.filename or args.root}: {e.strerror or e}"), args.json)
     except GreenlightError as e:
@@ -330,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"installed {report.to_version} ({report.channel}) in {report.root}"
               + (f", replacing {report.from_version}" if report.from_version else ""))
         print(f"the updater for later sideloads, status and rollback: {report.root}/bin/updater")
+        repository = config_of(InstallRoot(Path(report.root))).repository
+        print(f"later updates: online from {repository.url}" if repository else
+              "later updates: air-gapped, by 'updater sideload BUNDLE'")
     elif report.outcome == "up-to-date":
         print(f"{report.root} already has {report.to_version}")
     else:

@@ -140,7 +140,7 @@ class Identity(Record):
 class StatusReport(Record):
     schema_: Literal["greenlight.status/2"] = Field("greenlight.status/2", alias="schema")
     root: str
-    repository: str
+    repository: str | None = Field(description="none: an air-gapped root (sideload only)")
     channel: str
     channel_since: datetime
     channel_reason: str

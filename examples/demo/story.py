@@ -1,13 +1,16 @@
 """`make demo`: the whole story on 127.0.0.1, with the real `release` and `updater` commands.
 
 A fresh repository is created and served; the demo product's stable 1.6.10 is installed and its
-core and UI run as real processes. Beta 1.6.11 is published with the incident's fault baked in
-(the core refuses the UI's token while its ping still answers): the machine joins beta, the
-upgrade's post-check catches it, and Greenlight rolls back to 1.6.10 on stable by itself,
-printing the evidence. A fixed beta 1.6.12 is then taken and committed, by the agent. Last, a
-fleet chapter: three machines report to a collector that guards beta's planned rollout of a
-bad 1.7.0; two roll back, the collector halts it, and the third never installs it. Every
-command is printed before it runs. Work happens in ./demo-work (replaced on each run).
+core and UI run as real processes. The machine joins beta and takes its good 1.6.11. Then beta
+1.6.12 is published with the incident's fault baked in (the core refuses the UI's token while
+its ping still answers): the agent, with nobody watching, installs it, the post-check catches
+it, and Greenlight rolls back to 1.6.11 by itself and falls back to stable, printing the
+evidence. Stable only carries the older 1.6.10, so the machine stays on its last good release:
+no automatic downgrade, cycle after cycle. When the fixed beta 1.6.13 is published, the agent
+returns to beta, the channel the person chose, and installs it. Last, a fleet chapter: three
+machines report to a collector that guards beta's planned rollout of a bad 1.7.0; two roll
+back, the collector halts it, and the third never installs it. Every command is printed
+before it runs. Work happens in ./demo-work (replaced on each run).
 """
 
 import shlex
@@ -102,20 +105,31 @@ def main() -> None:
         run("updater", "upgrade", "--root", str(root))
         run("updater", "health", "--root", str(root))
 
-        say("Beta 1.6.11 ships with a core that refuses the UI's token (ping still answers)")
+        say("The machine joins beta and takes its 1.6.11")
         run("release", "publish", str(repo), "--channel", "beta", "--version", "1.6.11",
-            "--fallback", "stable", *components("1.6.11", "refuse-ui-token"))
+            "--fallback", "stable", *components("1.6.11"))
         run("updater", "channel", "--root", str(root), "beta")
-        run("updater", "upgrade", "--root", str(root), ok=(20,))
+        run("updater", "upgrade", "--root", str(root))
+
+        say("Beta 1.6.12 ships with a core that refuses the UI's token (ping still answers); "
+            "the agent installs it with nobody watching")
+        run("release", "publish", str(repo), "--channel", "beta", "--version", "1.6.12",
+            *components("1.6.12", "refuse-ui-token"))
+        run("updater", "agent", "--once", "--root", str(root))
         run("updater", "status", "--root", str(root))
         run("updater", "history", "--root", str(root))
         say("What the product's UI reads from state/status.json, running nothing")
         ui_view(root)
 
-        say("The fixed beta 1.6.12 is published; the agent takes it with nobody typing upgrade")
-        run("release", "publish", str(repo), "--channel", "beta", "--version", "1.6.12",
-            *components("1.6.12"))
-        run("updater", "channel", "--root", str(root), "beta")
+        say("Stable carries only the older 1.6.10: the machine stays on 1.6.11, cycle after "
+            "cycle, and says why")
+        run("updater", "agent", "--once", "--root", str(root))
+        run("updater", "check", "--root", str(root), ok=(15,))
+
+        say("The fixed beta 1.6.13 is published; the agent returns to beta, the channel the "
+            "person chose, and takes it")
+        run("release", "publish", str(repo), "--channel", "beta", "--version", "1.6.13",
+            *components("1.6.13"))
         run("updater", "agent", "--once", "--root", str(root))
         run("updater", "health", "--root", str(root))
         ui_view(root)

@@ -55,13 +55,14 @@ def bundle(repo: Path, channel: str, output: Path, expires: str, keys: Path | No
               help="Folder for the executable.")
 @click.option("--product-config", type=click.Path(path_type=Path), default=None,
               help="TOML with the product's [[service]] and [[check]] tables.")
-@click.option("--repo-url", default="http://127.0.0.1:8080/", show_default=True,
-              help="Repository URL installed roots use for later online updates.")
+@click.option("--repo-url", default=None,
+              help="Repository URL installed roots use for later online updates. Without it, "
+                   "a fresh install asks for --repo URL, or --offline (air-gapped).")
 @click.option("--expires", default="90d", show_default=True,
               help="Validity of the bundle inside.")
 @keys_option
 def installer(repo: Path, channel: str, output: Path, product_config: Path | None,
-              repo_url: str, expires: str, keys: Path | None) -> None:
+              repo_url: str | None, expires: str, keys: Path | None) -> None:
     """Build the offline installer: one PyInstaller executable with the updater, the trusted
     root and a bundle of --channel's release."""
     from greenlight.release._durations import parse_duration

@@ -162,8 +162,10 @@ def status(repo: Path, keys: Path | None, as_json: bool) -> None:
     now = time.time()
     for r in report.roles:
         days = (r.expires.timestamp() - now) / 86400
+        when = (f"EXPIRED {-days:.0f} days ago: clients refuse it; renew: {r.renewal}"
+                if r.expired else f"in {days:.0f} days")
         say(f"{r.role:<16} {r.version:>7} {f'{r.threshold} of {r.keys}':>10}  "
-            f"{r.expires:%Y-%m-%d %H:%M}Z (in {days:.0f} days)")
+            f"{r.expires:%Y-%m-%d %H:%M}Z ({when})")
     if report.awaiting_signatures:
         say(f"\nawaiting signatures: {', '.join(report.awaiting_signatures)}")
 
@@ -213,13 +215,17 @@ def yank_cmd(repo: Path, channel: str, version: str, reason: str, keys: Path | N
 def refresh_cmd(repo: Path, check: bool, within: str, keys: Path | None) -> None:
     """Re-sign timestamp and snapshot with fresh expiry (run it from a timer or cron job)."""
     from greenlight.release._durations import parse_duration
-    from greenlight.release.repository._upkeep import expiring, refresh
+    from greenlight.release.repository._upkeep import expiring, refresh, renewal
 
     if check:
         found = run_command(lambda: expiring(open_repo(repo, keys),
                                              parse_duration(within, "--within")))
+        from datetime import UTC, datetime
+
         for role, when in found.items():
-            say(f"{role} expires {when:%Y-%m-%d %H:%M}Z (within {within})")
+            verb = "EXPIRED at" if when <= datetime.now(UTC) else "expires"
+            say(f"{role} {verb} {when:%Y-%m-%d %H:%M}Z (within {within}); renew: "
+                f"{renewal(role)}")
         if found:
             raise SystemExit(1)
         say(f"nothing expires within {within}")

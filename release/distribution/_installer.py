@@ -14,7 +14,7 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 
-from greenlight.release._errors import BuildError, ReleaseError
+from greenlight.release._errors import BuildError, ReleaseError, UsageError
 from greenlight.release.distribution._bundle import build_bundle
 from greenlight.release.repository._repository import FileRepository
 
@@ -40,13 +40,15 @@ def _check_product(path: Path) -> None:
 
 
 def build_installer(repo: FileRepository, channel: str, out_dir: Path, *,
-                    product_config: Path | None = None, repo_url: str = "http://127.0.0.1:8080/",
+                    product_config: Path | None = None, repo_url: str | None = None,
                     expires: timedelta = timedelta(days=90), name: str | None = None,
                     work_dir: Path | None = None) -> Path:
     if not SPEC.is_file():
         raise BuildError(f"{SPEC}: installer spec not found (run from a Greenlight checkout)")
     if product_config is not None:
         _check_product(product_config)
+    if repo_url is not None and not repo_url.startswith(("http://", "https://")):
+        raise UsageError(f"--repo-url {repo_url!r}: expected an http:// or https:// URL")
     with tempfile.TemporaryDirectory(prefix="greenlight-installer-") as tmp:
         payload = Path(tmp) / "payload"
         payload.mkdir()

@@ -5,7 +5,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from greenlight.release._errors import NotFound, ReleaseError, RemoteError, UsageError
+from greenlight.release._errors import NotFound, RemoteError, UsageError
 from greenlight.release.fleet._api import make_app
 from greenlight.release.fleet._guard import Guard
 from greenlight.release.fleet._store import Store
@@ -36,7 +36,9 @@ def _read_token(path: Path, what: str) -> str:
     except OSError as e:
         raise NotFound(f"{what} {path}: cannot read: {e.strerror}") from None
     if len(token) < 16 or any(ch.isspace() for ch in token):
-        raise ReleaseError(f"{what} {path}: must hold one token of at least 16 characters")
+        raise UsageError(f"{what} {path}: must hold one token of at least 16 characters, "
+                         "without spaces (e.g. python -c 'import secrets; "
+                         "print(secrets.token_urlsafe(32))')")
     return token
 
 

@@ -1,12 +1,14 @@
 """A repository's state for people: channels, releases, roles, thresholds and expiry."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 
+from pydantic import Field
 from tuf.api.metadata import Root, Snapshot, Timestamp
 
 from greenlight.channels import ChannelFile, Record
 from greenlight.release.repository._channels import channels, current_channel_file, require
 from greenlight.release.repository._repository import FileRepository
+from greenlight.release.repository._upkeep import renewal
 
 __all__ = ["ChannelChange", "ChannelStatus", "RepositoryStatus", "RoleStatus", "repository_status"]
 
@@ -15,6 +17,8 @@ class RoleStatus(Record):
     role: str
     version: int
     expires: datetime
+    expired: bool = Field(description="clients refuse it until it is re-signed")
+    renewal: str = Field(description="what re-signs it with a fresh expiry")
     threshold: int
     keys: int
 
@@ -49,6 +53,8 @@ def repository_status(repo: FileRepository) -> RepositoryStatus:
                 role=role,
                 version=signed.version,
                 expires=signed.expires,
+                expired=signed.expires <= datetime.now(UTC),
+                renewal=renewal(role),
                 threshold=authority.threshold,
                 keys=len(authority.keyids),
             )

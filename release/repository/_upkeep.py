@@ -14,7 +14,7 @@ from greenlight.release.repository._repository import FileRepository, all_or_not
 from greenlight.updater import GreenlightError
 from greenlight.updater.trust import DirectoryFetcher, Downloads, TrustedRepository
 
-__all__ = ["VerifyResult", "expiring", "refresh", "verify"]
+__all__ = ["VerifyResult", "expiring", "refresh", "renewal", "verify"]
 
 
 @all_or_nothing
@@ -29,6 +29,15 @@ def refresh(repo: FileRepository) -> dict[str, str]:
     repo.do_timestamp(force=True)
     return {r: f"{repo.open(r).signed.expires:%Y-%m-%dT%H:%M:%SZ}"
             for r in (Snapshot.type, Timestamp.type)}
+
+
+def renewal(role: str) -> str:
+    """The command that re-signs `role` with a fresh expiry."""
+    if role in (Snapshot.type, Timestamp.type):
+        return "release refresh"
+    if role == "root":
+        return "release rotate --role root"
+    return "its next signed change (publish, keys, rotate)"
 
 
 def expiring(repo: FileRepository, within: timedelta) -> dict[str, datetime]:

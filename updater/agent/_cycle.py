@@ -41,7 +41,7 @@ from typing import Literal
 
 from greenlight.channels import atomic_write, now
 from greenlight.updater._errors import BusyError, GreenlightError, NetworkError
-from greenlight.updater.policy import AgentInput, agent_step
+from greenlight.updater.policy import CYCLE_LIMIT, STOP_LIMIT, AgentInput, agent_step
 from greenlight.updater.product import AgentConfig, config_of
 from greenlight.updater.store import (
     InstallRoot,
@@ -301,10 +301,11 @@ def loop_argv(root: InstallRoot) -> list[str]:
     executable's `--greenlight-agent-loop`), which runs `updater agent --once` per cycle."""
     from greenlight.updater.product import frozen
 
+    limits = ["--cycle-limit", str(CYCLE_LIMIT), "--stop-limit", str(STOP_LIMIT)]
     if frozen():
-        return [sys.executable, "--greenlight-agent-loop", "--root", str(root.path), "--",
-                sys.executable]
-    return [sys.executable, "-I", "-S", str(LOOP), "--root", str(root.path), "--",
+        return [sys.executable, "--greenlight-agent-loop", "--root", str(root.path), *limits,
+                "--", sys.executable]
+    return [sys.executable, "-I", "-S", str(LOOP), "--root", str(root.path), *limits, "--",
             sys.executable, "-m", "greenlight.updater.cli"]
 
 

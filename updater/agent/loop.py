@@ -1,18 +1,18 @@
 """The agent's long-running process; the standard library only, imports nothing of Greenlight.
 
-    python -I -S loop.py --root ROOT -- UPDATER_ARGV...
+    python -I -S loop.py --root ROOT --cycle-limit S --stop-limit S -- UPDATER_ARGV...
 
 `updater agent` becomes this loop (by exec), so what stays resident between cycles is a bare
 interpreter: no HTTP client, TUF or pydantic in memory while it sleeps (bench/agent_idle.py
 measures it). Each cycle is a child, `UPDATER_ARGV agent --once`, which does the work with the
 whole updater, writes state/status.json, and reports how long to wait (the interval with its
 jitter, or a back-off after an error) and the count of failures in a row to a small file this
-loop reads. A child that crashes or hangs past CYCLE_LIMIT is retried with the same back-off.
+loop reads. A child that crashes or hangs past the cycle limit is retried with the same back-off.
 A cycle killed in the middle of a transaction is recovered by the next one.
 
 Stopping: SIGTERM or SIGINT while a cycle runs is passed to it (it undoes or finishes its
-transaction and releases the root's lock); the loop waits up to STOP_LIMIT for it and then
-exits 0, so that a service manager's stop leaves nothing running that holds the root. While
+transaction and releases the root's lock); the loop waits up to the stop limit for it and
+then exits 0, so that a service manager's stop leaves nothing running that holds the root. While
 it sleeps, the loop exits at once.
 """
 
@@ -24,11 +24,11 @@ import subprocess
 import sys
 import time
 
-__all__ = ["CYCLE_LIMIT", "STOP_LIMIT", "main"]
+__all__ = ["main"]
 
-CYCLE_LIMIT = 2 * 3600.0  # every wait inside a cycle is bounded; this bounds the sum
-STOP_LIMIT = 300.0  # a cycle told to stop has this long to undo or finish its transaction
-USAGE = "usage: loop.py --root ROOT -- UPDATER_ARGV..."
+# Both limits are the agent policy's (greenlight.updater.policy: CYCLE_LIMIT, STOP_LIMIT),
+# passed on the command line since this loop imports nothing of Greenlight.
+USAGE = "usage: loop.py --root ROOT --cycle-limit S --stop-limit S -- UPDATER_ARGV..."
 
 
 class _Stop(Exception):
@@ -42,10 +42,15 @@ def _log(line: str) -> None:
 
 def main(args: list[str] | None = None) -> int:
     args = sys.argv[1:] if args is None else args
-    if len(args) < 4 or args[0] != "--root" or args[2] != "--":
+    try:
+        if args[0::2][:3] != ["--root", "--cycle-limit", "--stop-limit"] or args[6] != "--":
+            raise ValueError
+        root, limits, updater = args[1], (float(args[3]), float(args[5])), args[7:]
+        if not updater:
+            raise ValueError
+    except (IndexError, ValueError):
         print(USAGE, file=sys.stderr)
         return 2
-    root, updater = args[1], args[3:]
     report = os.path.join(root, "state", "agent-cycle.json")
     failures = 0
     running: list[subprocess.Popen[bytes]] = []
@@ -67,7 +72,7 @@ def main(args: list[str] | None = None) -> int:
                 os.unlink(report)
             argv = [*updater, "agent", "--once", "--root", root, "--failures", str(failures),
                     "--report", report]
-            _cycle(argv, running, stopping)
+            _cycle(argv, running, stopping, limits)
             if stopping:
                 break
             wait, failures = _next(report, failures)
@@ -78,9 +83,11 @@ def main(args: list[str] | None = None) -> int:
     return 0
 
 
-def _cycle(argv: list[str], running: "list[subprocess.Popen[bytes]]",
-           stopping: list[int]) -> None:
-    """Run one cycle to its end: within CYCLE_LIMIT, or STOP_LIMIT once told to stop."""
+def _cycle(argv: list[str], running: "list[subprocess.Popen[bytes]]", stopping: list[int],
+           limits: tuple[float, float]) -> None:
+    """Run one cycle to its end: within the cycle limit, or the stop limit once told to
+    stop."""
+    cycle_limit, stop_limit = limits
     try:
         child = subprocess.Popen(argv)
     except OSError as e:
@@ -91,9 +98,9 @@ def _cycle(argv: list[str], running: "list[subprocess.Popen[bytes]]",
     try:
         while child.poll() is None:
             if stopping and stop_at is None:
-                stop_at = time.monotonic() + STOP_LIMIT
+                stop_at = time.monotonic() + stop_limit
             now = time.monotonic()
-            if now - started > CYCLE_LIMIT or (stop_at is not None and now > stop_at):
+            if now - started > cycle_limit or (stop_at is not None and now > stop_at):
                 _log("a cycle did not end in time and was killed")
                 child.kill()
                 child.wait()

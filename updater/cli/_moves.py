@@ -11,6 +11,7 @@ from greenlight.updater._errors import (
     EXIT_UPDATE_AVAILABLE,
     EXIT_YANKED,
     ConfigError,
+    UsageError,
 )
 
 if TYPE_CHECKING:
@@ -37,28 +38,41 @@ __all__: list[str] = []
 
 @app.command()
 @root_option
-@click.option("--repo", required=True, help="Repository base URL.")
+@click.option("--repo", default=None, help="Repository base URL.")
+@click.option("--offline", is_flag=True,
+              help="An air-gapped root: no repository, updated by `updater sideload` only.")
 @click.option("--trust", required=True, type=click.Path(path_type=Path),
               help="The root.json to trust first.")
 @click.option("--channel", default="stable", show_default=True, help="Channel to follow.")
 @json_option
-def init(root: Path | None, repo: str, trust: Path, channel: str, as_json: bool) -> None:
-    """Create an installation root that trusts the --trust root.json and follows --channel."""
-    from greenlight.updater.operations import open_repository, status
+def init(root: Path | None, repo: str | None, offline: bool, trust: Path, channel: str,
+         as_json: bool) -> None:
+    """Create an installation root that trusts the --trust root.json and follows --channel:
+    online with --repo URL, or air-gapped with --offline."""
+    from greenlight.updater.operations import status
     from greenlight.updater.product import init_root
+    from greenlight.updater.trust import TrustedRepository
 
     def work() -> "StatusReport":
+        if (repo is None) == (not offline):
+            raise UsageError("give --repo URL (the repository this root updates from), or "
+                             "--offline for an air-gapped root that only sideloads bundles")
         try:
             trusted = trust.read_bytes()
         except OSError as e:
             raise ConfigError(f"--trust {trust}: cannot read: {e.strerror}") from None
         created = init_root(open_root(root).path, repo, trusted, channel)
-        open_repository(created)  # verify the trust anchor now, not at the first check
+        # The trust anchor is verified now, not at the first check or sideload (the client
+        # reads only its local root here: nothing is fetched).
+        TrustedRepository(created.metadata_dir, "http://127.0.0.1/", "http://127.0.0.1/")
         return status(created)
 
     report = run_command(as_json, work)
     if as_json:
         print_json(report)
+    elif repo is None:
+        say(f"initialized {report.root} following {channel}, air-gapped: update it with "
+            "'updater sideload BUNDLE'")
     else:
         say(f"initialized {report.root} following {channel} at {repo}")
 

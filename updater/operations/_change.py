@@ -96,9 +96,12 @@ def _say_under_way(root: InstallRoot) -> None:
 
 
 def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
-    """Run the transaction; roll back on a HealthFailure, undo and re-raise on an error."""
-    _say_under_way(txn.root)
+    """Run the transaction; roll back on a HealthFailure, undo and re-raise on an error. The
+    journal is first written here, inside the handler, and the success's records are shielded:
+    a signal at any moment leaves either no journal or one whose steps are undone or finished."""
     try:
+        txn.journal.save(txn.root)
+        _say_under_way(txn.root)
         run_steps(STEPS, txn)
     except HealthFailure as failure:
         with shielded():
@@ -124,16 +127,17 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
     old = version_of(txn.old) if txn.old else None
     moved: Literal["upgraded", "downgraded"] = (
         "downgraded" if old is not None and is_newer(old, version_of(txn.new)) else "upgraded")
-    if txn.journal.kind == "upgrade":  # what came before: the history knows it
-        repair = f" (the repair of {report.repair})" if report.repair else ""
-        entry = HistoryEntry(
-            event=moved, channel=txn.journal.channel, from_version=old,
-            to_version=version_of(txn.new), from_release=txn.old, to_release=txn.new,
-            summary=f"{moved} {old or 'nothing'} -> {version_of(txn.new)}{repair}",
-            timings=dict(txn.timings))
-        record(txn.root, entry)
-        queue_event(txn.root, entry, txn.config.outbox_size)
-    txn.journal.finish(txn.root)
+    with shielded():
+        if txn.journal.kind == "upgrade":  # what came before: the history knows it
+            repair = f" (the repair of {report.repair})" if report.repair else ""
+            entry = HistoryEntry(
+                event=moved, channel=txn.journal.channel, from_version=old,
+                to_version=version_of(txn.new), from_release=txn.old, to_release=txn.new,
+                summary=f"{moved} {old or 'nothing'} -> {version_of(txn.new)}{repair}",
+                timings=dict(txn.timings))
+            record(txn.root, entry)
+            queue_event(txn.root, entry, txn.config.outbox_size)
+        txn.journal.finish(txn.root)
     return report.model_copy(update={
         "outcome": moved, "bytes_fetched": txn.bytes_fetched, "pruned": txn.pruned,
         "deltas": txn.deltas,
@@ -298,7 +302,6 @@ def _act(root: InstallRoot, repo: TrustedRepository, plan: Plan, control: Servic
             raise PrecheckFailed(
                 f"pre-check: the running release {installed} fails check {failed[0].name}: "
                 f"{failed[0].summary}; nothing changed (fix it, or pass --force)")
-    journal.save(root)
     return _run(txn, report.model_copy(update={"precheck": pre, "forced": bool(failed) and
                                                repair is None, "repair": repair}))
 
@@ -320,7 +323,6 @@ def _leave_yanked(root: InstallRoot, repo: TrustedRepository, channel_file: Chan
     why = quarantine_revoked(root, identity, channel_file.channel, reason)
     journal = _journal("upgrade", channel_file.channel, installed, channel_file.identity.key,
                        STEPS)
-    journal.save(root)
     config = config_of(root)
     txn = Transaction(root, config, ServiceControl.of(root, config), journal, repo,
                       channel_file, progress)
@@ -365,7 +367,6 @@ def rollback(root: InstallRoot, reason: str = "rolled back by hand") -> UpgradeR
         manifest = root.manifest(installed)
         channel = manifest.channel if manifest else active_channel(root).channel
         journal = _journal("rollback", channel, installed, target, ROLLBACK_STEPS)
-        journal.save(root)
         txn = Transaction(root, config, ServiceControl.of(root, config), journal)
         report = UpgradeReport(root=str(root.path), channel=channel, outcome="rolled-back",
                                from_version=identity.version, to_version=version_of(target),

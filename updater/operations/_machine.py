@@ -218,7 +218,7 @@ def _agent_unit(root: InstallRoot, product_units: list[str], owns_services: bool
     keeps them running when the agent is stopped or restarted."""
     import shlex
 
-    from greenlight.updater.agent.loop import STOP_LIMIT
+    from greenlight.updater.policy import STOP_LIMIT
     from greenlight.updater.product import frozen
 
     stop_bound = round(STOP_LIMIT) + 30  # past the loop's own bound on a stopping cycle

@@ -5,7 +5,7 @@ transaction nor the services, so that `updater check` starts fast."""
 from dataclasses import dataclass
 
 from greenlight.channels import ChannelFile, check_channel_name, now
-from greenlight.updater._errors import ArchiveError, NotFound, UsageError
+from greenlight.updater._errors import ArchiveError, ConfigError, NotFound, UsageError
 from greenlight.updater.output import (
     CheckReport,
     ComponentInfo,
@@ -42,10 +42,16 @@ def open_repository(root: InstallRoot, fetcher: FetcherInterface | None = None
     """The root's TUF client over its configured repository (and `[repository] timeout`).
 
     Raises:
-        ConfigError: no configuration or no trusted root.
+        ConfigError: no configuration, no trusted root, or no repository (an air-gapped
+            root: it is updated by sideloading bundles).
         TrustError: the trusted root is not valid.
     """
     config = config_of(root).repository
+    if config is None:
+        raise ConfigError(
+            f"{root.config_path}: no [repository]: this root is air-gapped and is updated by "
+            "'updater sideload BUNDLE' (or an offline installer); to update it online, add "
+            "[repository] url = \"https://...\"")
     return TrustedRepository(root.metadata_dir, config.metadata, config.targets,
                              fetcher=fetcher, timeout=config.timeout, min_rate=config.min_rate)
 
@@ -234,7 +240,7 @@ def status(root: InstallRoot) -> StatusReport:
         quarantined={i.key: e.reason for i, e in quarantine(root).items()},
         last_event=f"{events[-1].event}: {events[-1].summary}" if events else None,
         root=str(root.path),
-        repository=config_of(root).repository.url,
+        repository=repository.url if (repository := config_of(root).repository) else None,
         channel=active.channel,
         channel_since=active.since,
         channel_reason=active.reason,

@@ -11,7 +11,14 @@ The rollback policy (undo, fallback, quarantine, incident, report) is a sequence
 lives in one place of its own: `greenlight.updater.transaction` (`_rollback.py`).
 """
 
-from greenlight.updater.policy._agent import AgentInput, AgentStep, agent_step, in_window
+from greenlight.updater.policy._agent import (
+    CYCLE_LIMIT,
+    STOP_LIMIT,
+    AgentInput,
+    AgentStep,
+    agent_step,
+    in_window,
+)
 from greenlight.updater.policy._channel import (
     Action,
     Plan,
@@ -21,5 +28,6 @@ from greenlight.updater.policy._channel import (
     returns_to_chosen,
 )
 
-__all__ = ["Action", "AgentInput", "AgentStep", "Plan", "RolloutPosition", "agent_step",
-           "decide", "follow_plan", "in_window", "returns_to_chosen"]
+__all__ = ["CYCLE_LIMIT", "STOP_LIMIT", "Action", "AgentInput", "AgentStep", "Plan",
+           "RolloutPosition", "agent_step", "decide", "follow_plan", "in_window",
+           "returns_to_chosen"]

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-__all__ = ["AgentAction", "AgentInput", "AgentStep", "agent_step", "in_window"]
+__all__ = ["CYCLE_LIMIT", "STOP_LIMIT", "AgentAction", "AgentInput", "AgentStep", "agent_step",
+           "in_window"]
+
+CYCLE_LIMIT = 2 * 3600.0  # every wait inside a cycle is bounded; this bounds the sum
+STOP_LIMIT = 300.0  # a cycle told to stop has this long to undo or finish its transaction
 
 AgentAction = Literal["leave-revoked", "wait-revoked", "held", "up-to-date", "notify",
                       "download", "install"]

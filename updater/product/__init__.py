@@ -29,7 +29,7 @@ if TYPE_CHECKING:
         product_part,
         with_product,
     )
-    from greenlight.updater.product._control import HealthFailure, ServiceControl
+    from greenlight.updater.product._control import HealthFailure, ServiceControl, backend_for
     from greenlight.updater.product._health import (
         CheckResult,
         HealthChecker,
@@ -44,11 +44,9 @@ if TYPE_CHECKING:
         Restarts,
         ServiceBackend,
         StopOutcome,
-        SystemdBackend,
-        backend_for,
         drain,
-        render_unit,
     )
+    from greenlight.updater.product._systemd import SystemdBackend, render_unit
 
 __all__ = [
     "AgentConfig",
@@ -113,12 +111,12 @@ _HOME = {
     "ServiceControl": "greenlight.updater.product._control",
     "StopConfig": "greenlight.updater.product._config",
     "StopOutcome": "greenlight.updater.product._services",
-    "SystemdBackend": "greenlight.updater.product._services",
+    "SystemdBackend": "greenlight.updater.product._systemd",
     "TcpCheck": "greenlight.updater.product._config",
     "VersionCheck": "greenlight.updater.product._config",
     "WebSocketCheck": "greenlight.updater.product._config",
     "all_checks": "greenlight.updater.product._health",
-    "backend_for": "greenlight.updater.product._services",
+    "backend_for": "greenlight.updater.product._control",
     "config_of": "greenlight.updater.product._rootconfig",
     "forget_config": "greenlight.updater.product._rootconfig",
     "init_root": "greenlight.updater.product._rootconfig",
@@ -131,7 +129,7 @@ _HOME = {
     "load_product": "greenlight.updater.product._config",
     "product_part": "greenlight.updater.product._config",
     "python_argv": "greenlight.updater.product._runtime",
-    "render_unit": "greenlight.updater.product._services",
+    "render_unit": "greenlight.updater.product._systemd",
     "values_for": "greenlight.updater.product._placeholders",
     "with_product": "greenlight.updater.product._config",
 }

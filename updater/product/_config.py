@@ -232,7 +232,9 @@ class ReportConfig(_Section):
 
 
 class Config(_Section):
-    repository: RepositoryConfig
+    repository: RepositoryConfig | None = Field(
+        default=None, description="where updates come from; none: an air-gapped root, updated "
+                                  "only by `updater sideload` (and offline installers)")
     channel: Annotated[str, AfterValidator(check_channel_name)] = "stable"
     keep_releases: int = Field(default=3, ge=1)
     backend: Literal["process", "systemd"] = "process"

@@ -22,17 +22,26 @@ from greenlight.updater.product._health import (
 from greenlight.updater.product._listeners import describe_process, listen_address, listeners
 from greenlight.updater.product._placeholders import values_for
 from greenlight.updater.product._services import (
+    ProcessBackend,
     Restarts,
     ServiceBackend,
     StopOutcome,
-    backend_for,
     drain,
 )
+from greenlight.updater.product._systemd import SystemdBackend
 
 if TYPE_CHECKING:
     from greenlight.updater.store import InstallRoot
 
-__all__ = ["HealthFailure", "ServiceControl"]
+__all__ = ["HealthFailure", "ServiceControl", "backend_for"]
+
+
+def backend_for(root: "InstallRoot", config: Config) -> ServiceBackend:
+    """The configured backend: systemd units (system or user scope), else the launcher."""
+    if config.backend == "systemd":
+        return SystemdBackend(root, services=config.service,
+                              user=config.systemd_scope == "user")
+    return ProcessBackend(root)
 
 
 class HealthFailure(Exception):

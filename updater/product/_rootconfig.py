@@ -35,10 +35,11 @@ def forget_config(root: InstallRoot) -> None:
     _LOADED.pop(root, None)
 
 
-def init_root(path: os.PathLike[str] | str, repo_url: str, trusted_root: bytes,
+def init_root(path: os.PathLike[str] | str, repo_url: str | None, trusted_root: bytes,
               channel: str) -> InstallRoot:
     """A new installation root at `path`: its folders, the trusted root metadata, the
-    configuration and the active channel.
+    configuration and the active channel. Without `repo_url`, an air-gapped root: updated by
+    sideloading bundles only.
 
     Raises:
         ConfigError: already initialised, or a repository URL or channel that is not valid.
@@ -49,7 +50,8 @@ def init_root(path: os.PathLike[str] | str, repo_url: str, trusted_root: bytes,
     if root.config_path.exists():
         raise ConfigError(f"{root.config_path}: already initialized; choose another --root")
     try:
-        config = Config(repository=RepositoryConfig(url=repo_url), channel=channel)
+        config = Config(repository=None if repo_url is None else RepositoryConfig(url=repo_url),
+                        channel=channel)
     except ValidationError as e:
         raise ConfigError(f"--repo/--channel: {describe_validation(e, limit=1)}") from None
     root.path.mkdir(parents=True, exist_ok=True, mode=0o750)

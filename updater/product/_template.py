@@ -52,6 +52,10 @@ _TABLES = """
 # name = "core"
 # command = ["{python}", "{release_dir}/core/core.py", "--port", "18080"]
 # ready = "core-ping"           # a [[check]] below that means "ready"
+# restart = "on-failure"        # as systemd's Restart=: or "always", "no"
+# restart_delay = 1.0           # seconds before a restart
+# restart_burst = 5             # starts allowed within restart_interval; one more is a
+# restart_interval = 60.0       # crash loop: left down, an incident and a fleet report
 # drain_url = "http://127.0.0.1:18080/api/drain"
 # stop_signal = "SIGTERM"       # or SIGINT, SIGHUP, SIGQUIT
 # success_exit_status = [143]   # more clean stops, as systemd's SuccessExitStatus
@@ -112,6 +116,24 @@ _TABLES = """
 # name = "core-alive"
 # type = "process"
 # service = "core"
+
+# ---- The agent (`updater agent`) and fleet reports. ---------------------------------------
+# [agent]
+# interval = 21600.0            # seconds between cycles (6 h), plus up to `jitter`
+# jitter = 600.0
+# apply = "auto"                # "auto": install; "download": fetch and verify, then wait for
+#                               # `updater upgrade`; "notify": only report
+# window = ["02:00-05:00"]      # when installs may happen (local time); empty: any time
+# leave_revoked_at_once = true  # leave a yanked release outside the windows and holds
+# on_event = ["/usr/local/bin/notify-ops"]  # gets each event as JSON on stdin
+# hook_timeout = 10.0
+# retry = 30.0                  # first back-off after a failed cycle, doubling to `interval`
+
+# [report]                      # opt-in: outcomes to the fleet collector (`release collector`)
+# url = "https://fleet.example.com/"
+# token_file = "data/fleet-token"   # this fleet's token; never printed or logged
+# queue_max = 200               # reports kept while the collector is unreachable
+# timeout = 2.0
 """
 
 
@@ -120,7 +142,13 @@ def config_text(config: Config) -> str:
     top = {"channel": config.channel, "keep_releases": config.keep_releases}
     if config.backend != "process":
         top["backend"] = config.backend
-    repository = config.repository.model_dump(exclude_none=True, exclude_defaults=True)
-    repository["url"] = config.repository.url
+    if config.repository is None:
+        table = ("# No [repository]: an air-gapped root, updated by `updater sideload BUNDLE`\n"
+                 "# (and offline installers). To update it online:\n"
+                 "# [repository]\n# url = \"https://updates.example.com/\"\n")
+    else:
+        repository = config.repository.model_dump(exclude_none=True, exclude_defaults=True)
+        repository["url"] = config.repository.url
+        table = tomli_w.dumps({"repository": repository})
     return (_HEAD + "\n" + tomli_w.dumps(top) + _TOP_NOTES + "\n"
-            + tomli_w.dumps({"repository": repository}) + _REPOSITORY_NOTES + _TABLES)
+            + table + _REPOSITORY_NOTES + _TABLES)

@@ -164,9 +164,11 @@ def recover(root: InstallRoot, config: Config) -> HistoryEntry | None:
                              summary=f"interrupted {journal.kind} to "
                                      f"{version_of(journal.to_release)} committed")
     else:
-        interrupted = next((s.name for s in journal.steps if s.state in ("doing", "undoing")),
-                           "between steps")
-        errors = undo_steps(STEPS, txn, f"interrupted at {interrupted}")
+        step = next((s.name for s in journal.steps if s.state in ("doing", "undoing")), None)
+        last = next((s.name for s in reversed(journal.steps) if s.state == "done"), None)
+        interrupted = (f"during {step}" if step else f"after {last}" if last
+                       else "before its first step")
+        errors = undo_steps(STEPS, txn, f"interrupted {interrupted}")
         journal.finish(root)
         held = {i.key: e.reason for i, e in quarantine(root).items()}
         if journal.from_release in held:  # the yanked release an upgrade was leaving
@@ -183,7 +185,7 @@ def recover(root: InstallRoot, config: Config) -> HistoryEntry | None:
             to_version=_version(journal.from_release),
             from_release=journal.to_release, to_release=journal.from_release,
             summary=f"interrupted {journal.kind} to {version_of(journal.to_release)} "
-                    f"(at {interrupted}) undone; "
+                    f"({interrupted}) undone; "
                     f"back on {_version(journal.from_release) or 'nothing'}"
                     + (f"; problems: {'; '.join(errors)}" if errors else ""))
     record(root, entry)

@@ -82,7 +82,10 @@ def explain(error: Exception, what: str) -> GreenlightError:
             return NetworkError(f"{what}: cannot reach the repository"
                                 + (f" at {url}" if url else "") + f": {reason}")
         case tuf_errors.ExpiredMetadataError():
-            return TrustError(f"{what} refused: metadata expired: {detail}")
+            return TrustError(
+                f"{what} refused: metadata expired: {detail}; nothing changed here. The "
+                "publisher must re-sign it ('release refresh' renews timestamp and snapshot); "
+                "then run this again")
         case tuf_errors.BadVersionNumberError():
             return TrustError(
                 f"{what} refused: older metadata than already trusted (replay?): {detail}"

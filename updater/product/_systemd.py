@@ -1,0 +1,184 @@
+"""The systemd backend: the product's services as units, driven with `systemctl` (system or
+`--user` scope), and the units rendered from the config. systemd does the signalling, the
+stop timeouts and the restarts (Restart=, RestartSec=, the start limit); this backend reads
+back what it did (ExecMainCode/ExecMainStatus, Result, NRestarts, ControlGroup).
+"""
+
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from greenlight.updater._errors import ConfigError, StoreError
+from greenlight.updater.product._config import ServiceConfig
+from greenlight.updater.product._placeholders import expand, expand_command
+from greenlight.updater.product._services import (
+    Restarts,
+    StopOutcome,
+    clean_statuses,
+    returncode_of,
+)
+
+if TYPE_CHECKING:
+    from greenlight.updater.store import InstallRoot
+
+__all__ = ["SystemdBackend", "render_unit"]
+
+
+class SystemdBackend:
+    """Services as systemd units; systemd does the signalling, timeouts and restarts."""
+
+    def __init__(self, root: "InstallRoot", systemctl: str = "systemctl",
+                 services: list[ServiceConfig] | None = None, user: bool = False) -> None:
+        self.root = root
+        self.systemctl = systemctl
+        self.user = user
+        self._units = {s.name: self.unit(s) for s in services or []}
+
+    def _unit_of(self, name: str) -> str:
+        """The unit of the service `name`: its configured `unit`, else greenlight-NAME."""
+        return self._units.get(name, f"greenlight-{name}.service")
+
+    @staticmethod
+    def unit(service: ServiceConfig) -> str:
+        return service.unit or f"greenlight-{service.name}.service"
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        try:
+            scope = ["--user"] if self.user else []
+            return subprocess.run([self.systemctl, *scope, *args], capture_output=True,
+                                  text=True, timeout=120)
+        except FileNotFoundError:
+            raise ConfigError(
+                "backend = \"systemd\" but systemctl is not on this machine"
+            ) from None
+
+    def start(self, service: ServiceConfig, values: dict[str, str]) -> None:
+        # A fresh start: the restart counter and the start limit begin again, as with the
+        # launcher (a unit that hit its limit would refuse the start).
+        self._run("reset-failed", self.unit(service))
+        done = self._run("start", self.unit(service))
+        if done.returncode != 0:
+            raise StoreError(f"systemctl start {self.unit(service)}: {done.stderr.strip()}")
+
+    def is_running(self, name: str) -> bool:
+        return self._run("is-active", "--quiet", self._unit_of(name)).returncode == 0
+
+    def crashed(self, name: str) -> bool:
+        # systemd's own word: a unit that stopped without being asked to is "failed".
+        return self._run("is-failed", "--quiet", self._unit_of(name)).returncode == 0
+
+    def _show(self, name: str, *properties: str) -> dict[str, str]:
+        args = [a for p in properties for a in ("-p", p)]
+        done = self._run("show", *args, self._unit_of(name))
+        return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+
+    def restarts(self, name: str) -> Restarts:
+        fields = self._show(name, "NRestarts", "Result", "ActiveState")
+        count = fields.get("NRestarts", "0")
+        ended = self.last_exit(name)
+        # Given up: the start limit refused a restart. systemd 252 leaves Result at the
+        # crash's (exit-code, signal) and the unit "failed" with restarts behind it.
+        gave_up = fields.get("Result") == "start-limit-hit" or (
+            fields.get("ActiveState") == "failed" and count not in ("", "0"))
+        # systemd forgets how the main process ended once it restarts it: only a unit left
+        # down still says how its last crash ended.
+        last = returncode_of(ended) if gave_up else None
+        return Restarts(int(count) if count.isdigit() else 0, last, gave_up)
+
+    def owns(self, name: str, pid: int) -> bool | None:
+        group = self._show(name, "ControlGroup").get("ControlGroup", "")
+        if not group:
+            return False
+        try:
+            lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        except OSError:
+            return None
+        return any(line.split(":", 2)[-1] == group or
+                   line.split(":", 2)[-1].startswith(group + "/") for line in lines)
+
+    def pid(self, name: str) -> int | None:
+        done = self._run("show", "-p", "MainPID", "--value", self._unit_of(name))
+        value = done.stdout.strip()
+        return int(value) if value.isdigit() and value != "0" else None
+
+    def last_exit(self, name: str) -> dict[str, object] | None:
+        """The main process's end: ExecMainCode 1 (exited) with its status, or 2/3 (killed,
+        dumped) with the signal, as a negative returncode like subprocess's; and the unit's
+        Result ("timeout" when systemd killed it after TimeoutStopSec)."""
+        done = self._run("show", "-p", "ExecMainCode", "-p", "ExecMainStatus", "-p", "Result",
+                         self._unit_of(name))
+        fields = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+        status = fields.get("ExecMainStatus", "")
+        if not status.lstrip("-").isdigit():
+            return None
+        killed = fields.get("ExecMainCode") in ("2", "3")
+        return {"returncode": -int(status) if killed else int(status),
+                "code": fields.get("ExecMainCode"), "result": fields.get("Result")}
+
+    def stop(self, service: ServiceConfig, timeout: float, wait: bool = True) -> StopOutcome:
+        started = time.monotonic()
+        was_running = self._run("is-active", "--quiet", self.unit(service)).returncode == 0
+        args = ["stop"] if wait else ["stop", "--no-block"]
+        self._run(*args, self.unit(service))
+        status = self.last_exit(service.name) if wait else None
+        returncode = returncode_of(status)
+        # Killed by systemd after TimeoutStopSec: stubborn, not crashed, as with processes.
+        stubborn = status is not None and status.get("result") == "timeout"
+        return StopOutcome(service.name, was_running, returncode, stubborn,
+                           time.monotonic() - started, clean_statuses(service))
+
+    def wait_stopped(self, service: ServiceConfig, timeout: float) -> StopOutcome:
+        return self.stop(service, timeout, wait=True)
+
+
+UNIT_TEMPLATE = """\
+[Unit]
+Description=Greenlight-managed service {name}
+After=network.target {after}
+StartLimitIntervalSec={limit_interval}
+StartLimitBurst={limit_burst}
+
+[Service]
+Type=simple
+WorkingDirectory={workdir}
+ExecStart={exec_start}
+KillSignal={signal}
+TimeoutStopSec={timeout}
+Restart={restart}
+RestartSec={restart_delay}
+StandardOutput=append:{log}
+StandardError=inherit
+{environment}
+[Install]
+WantedBy={wanted_by}
+"""
+
+
+def render_unit(service: ServiceConfig, values: dict[str, str], after: str = "",
+                timeout: float = 10.0, user: bool = False) -> str:
+    """A systemd unit for `service`, its release_dir through the root's `current` link; its
+    output appended to `logs/<name>.log` as with the process backend, and restarted with the
+    service's policy and limits."""
+    import shlex
+
+    environment = "".join(
+        f"Environment={shlex.quote(f'{k}={expand(v, values)}')}\n" for k, v in service.env.items()
+    )
+    return UNIT_TEMPLATE.format(
+        name=service.name,
+        after=after,
+        workdir=expand(service.workdir, values),
+        exec_start=" ".join(shlex.quote(p) for p in expand_command(service.command, values)),
+        signal=service.stop_signal,
+        timeout=max(1, round(timeout)),
+        restart=service.restart,
+        restart_delay=f"{service.restart_delay:g}s",
+        limit_interval=f"{service.restart_interval:g}s",
+        limit_burst=service.restart_burst,
+        log=str(Path(values.get("root", ".")) / "logs" / f"{service.name}.log"),
+        wanted_by="default.target" if user else "multi-user.target",
+        environment=environment + (
+            "SuccessExitStatus=" + " ".join(str(s) for s in service.success_exit_status) + "\n"
+            if service.success_exit_status else ""),
+    )
