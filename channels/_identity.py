@@ -1,10 +1,12 @@
-"""A release's identity: its version plus the sha256 of each of its components.
+"""A release's identity: its version plus the sha256 of each of its components (and of its
+product manifest, when it carries one).
 
 Two releases with the same version and other bytes are two releases. The identity is what the
 client compares to say "installed", "up to date" and "quarantined", so a signer who labels
 other bits with a version cannot poison, or pass for, the real release of that version.
 
-    digest = sha256 over the lines "<component> <sha256>\\n", components sorted by name
+    digest = sha256 over the lines "<component> <sha256>\\n", components sorted by name,
+             then "manifest: <sha256>\\n" for a release with a product manifest
     key    = "<version>@<first 12 hex digits of digest>"  (a release's folder name)
 """
 
@@ -34,8 +36,11 @@ class ReleaseId:
     digest: str
 
     @classmethod
-    def of(cls, version: str, components: Mapping[str, _HasSha256]) -> "ReleaseId":
+    def of(cls, version: str, components: Mapping[str, _HasSha256],
+           manifest: _HasSha256 | None = None) -> "ReleaseId":
         lines = "".join(f"{name} {components[name].sha256}\n" for name in sorted(components))
+        if manifest is not None:  # no component is named "manifest:" (see check_component_name)
+            lines += f"manifest: {manifest.sha256}\n"
         return cls(version, hashlib.sha256(lines.encode()).hexdigest())
 
     @property

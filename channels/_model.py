@@ -18,8 +18,8 @@ from greenlight.channels._records import Record
 from greenlight.channels._versions import canonical_version, parse_version
 
 __all__ = ["SCHEMA_VERSION", "ChannelFile", "ChannelFileError", "ChannelName", "ComponentArtifact",
-           "Delta", "HaltRule", "PreviousRelease", "RevokedRelease", "Rollout", "RolloutPlan",
-           "RolloutState", "VersionStr", "json_schema"]
+           "Delta", "HaltRule", "ManifestRef", "PreviousRelease", "RevokedRelease", "Rollout",
+           "RolloutPlan", "RolloutState", "VersionStr", "json_schema"]
 
 SCHEMA_VERSION = 1
 
@@ -76,6 +76,15 @@ class ComponentArtifact(_Strict):
         return self
 
 
+class ManifestRef(_Strict):
+    """A release's product manifest (how it runs and is checked): a signed target of its own,
+    named here with its hash, so it is verified as the archives are."""
+
+    target: str = Field(description="TUF target path of the manifest (product.toml)")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    length: int = Field(gt=0)
+
+
 class RevokedRelease(_Strict):
     version: VersionStr
     reason: str
@@ -118,6 +127,7 @@ class PreviousRelease(_Strict):
 
     release: VersionStr
     components: dict[str, ComponentArtifact] = Field(min_length=1)
+    manifest: ManifestRef | None = None
 
 
 class Rollout(_Strict):
@@ -165,6 +175,9 @@ class ChannelFile(_Strict):
     channel: ChannelName
     release: VersionStr
     components: dict[str, ComponentArtifact] = Field(min_length=1)
+    manifest: ManifestRef | None = Field(
+        default=None, description="the release's product manifest; none: the machine's "
+                                  "greenlight.toml says how it runs")
     fallback: ChannelName | None = None
     revoked: list[RevokedRelease] = Field(default_factory=list)
     rollout: Rollout | None = None
@@ -181,8 +194,9 @@ class ChannelFile(_Strict):
 
     @property
     def identity(self) -> ReleaseId:
-        """The release this file carries: its version and its components' sha256s."""
-        return ReleaseId.of(self.release, self.components)
+        """The release this file carries: its version, its components' and its manifest's
+        sha256s."""
+        return ReleaseId.of(self.release, self.components, self.manifest)
 
     def before_rollout(self) -> "ChannelFile | None":
         """This channel file as it read before its staged rollout began (its previous
@@ -192,7 +206,8 @@ class ChannelFile(_Strict):
         if previous is None or self.is_revoked(previous.release):
             return None
         return self.model_copy(update={"release": previous.release,
-                                       "components": previous.components, "rollout": None})
+                                       "components": previous.components,
+                                       "manifest": previous.manifest, "rollout": None})
 
     def is_revoked(self, version: str) -> RevokedRelease | None:
         for entry in self.revoked:

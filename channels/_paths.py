@@ -10,7 +10,7 @@ import re
 from greenlight.channels._invalid import InvalidValue
 
 __all__ = ["artifact_target", "channel_role", "channel_target", "check_channel_name",
-           "check_component_name", "rollout_role", "rollout_target"]
+           "check_component_name", "manifest_target", "rollout_role", "rollout_target"]
 
 _NAME = re.compile(r"\A[a-z0-9][a-z0-9._-]{0,63}\Z")
 
@@ -39,6 +39,12 @@ def rollout_target(channel: str) -> str:
 
 def rollout_role(channel: str) -> str:
     return f"rollout-{check_channel_name(channel)}"
+
+def manifest_target(version: str, sha256: str) -> str:
+    """A release's product manifest, among the artifacts (`_manifest` is no component's name),
+    named by its hash, so a path never holds other bytes."""
+    return f"artifacts/_manifest/{version}/product-{sha256[:16]}.toml"
+
 
 def artifact_target(component: str, version: str, filename: str) -> str:
     if "/" in filename or filename in ("", ".", ".."):

@@ -90,3 +90,28 @@ def test_the_walk_through_works_as_written(tmp_path):
     assert "Traceback" not in out + done.stderr
     app = next(tmp_path.glob("*/app"))
     assert (app / "current").resolve().name.startswith("1.0@")
+
+
+@pytest.mark.slow
+def test_the_manifest_guide_works_as_written(tmp_path):
+    """docs/manifest.md's walk-through, run by sh from the checkout."""
+    script = _block("<!-- manifest-walkthrough -->", "sh", "manifest.md")
+    env = {**os.environ, "PORT": str(free_port()), "API": str(free_port()),
+           "API2": str(free_port()), "TMPDIR": str(tmp_path),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("GREENLIGHT_ROOT", None)
+    done = subprocess.run(["sh", "-e", "-c", script], cwd=CHECKOUT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "{api_prt} is not a placeholder the machine fills" in done.stderr
+    assert "release publish exited 2" in out
+    assert "1.0: healthy" in out and "core-health [release]" in out
+    assert "off  core-version [release]: disabled by this machine" in out
+    assert "'core_port', which release 1.0 does not declare" in out
+    assert "stable: upgraded 1.0 -> 1.1" in out
+    assert "ROLLED BACK: 1.2 did not become healthy: check core-v2" in out
+    assert "updater upgrade exited 20" in out
+    last = out[out.rindex("updater upgrade exited 20"):]
+    assert "1.1: healthy" in last and "core-v2" not in last
+    assert "Traceback" not in out + done.stderr

@@ -120,6 +120,16 @@ class HealthReport(Record):
     healthy: bool = Field(description="every required check passed, and at least one ran")
     checked: int = Field(default=0, description="how many checks ran; 0: nothing was checked")
     results: list[CheckResult]
+    from_release: bool = Field(
+        default=False, description="the installed release brings its product manifest; else "
+                                   "greenlight.toml alone says how it runs")
+    services: dict[str, str] = Field(
+        default_factory=dict, description="each service and where it came from: 'release' "
+                                          "or 'machine'")
+    disabled: list[str] = Field(default_factory=list,
+                                description="the release's checks this machine switched off")
+    warnings: list[str] = Field(default_factory=list,
+                                description="machine settings the release does not declare")
 
 
 class HistoryReport(Record):

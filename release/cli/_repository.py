@@ -76,13 +76,16 @@ def _parse_components(items: list[str]) -> dict[str, Path]:
 @click.option("--no-deltas", is_flag=True, help="Do not build patches from recent releases.")
 @click.option("--keep-top-folder", is_flag=True,
               help="Unpack archives as they are, even when all members sit under one folder.")
+@click.option("--manifest", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="The release's product manifest (product.toml: its services, checks, "
+                   "health and the values it leaves to the machine); see docs/manifest.md.")
 @keys_option
 @json_option
 def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ...],
                 fallback: str | None, allow_older: bool, rollout_percent: int | None,
                 rollout_plan: str | None, soak: str, halt_rollbacks: int, halt_ratio: float,
                 halt_min_reports: int, no_deltas: bool, keep_top_folder: bool,
-                keys: Path | None, as_json: bool) -> None:
+                manifest: Path | None, keys: Path | None, as_json: bool) -> None:
     """Add a release's component archives and point --channel at it, signed; with patches
     from the channel's (and its fallback's) recent releases where they are small.
 
@@ -97,7 +100,8 @@ def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ..
         repo, keys, as_json,
         lambda r: publish(r, channel, version, _parse_components(list(component)), fallback,
                           allow_older, rollout_percent, deltas=not no_deltas,
-                          keep_top_folder=keep_top_folder, rollout_plan=plan),
+                          keep_top_folder=keep_top_folder, rollout_plan=plan,
+                          manifest=manifest),
         _published)
 
 

@@ -91,8 +91,10 @@ def build_bundle(repo: FileRepository, channel: str, out: Path,
     # The release, and the one before its staged rollout: what a fresh machine the rollout
     # leaves out installs.
     previous = channel_file.rollout.previous if channel_file.rollout is not None else None
+    manifests = [m for m in (channel_file.manifest, previous.manifest if previous else None)
+                 if m is not None]
     carried = [*channel_file.components.values(),
-               *(previous.components.values() if previous is not None else ())]
+               *(previous.components.values() if previous is not None else ()), *manifests]
     bins = {repo.bin_for(a.target) for a in carried}
     # A planned rollout's online state travels too, so a sideload obeys the same step.
     online = rollout_role(channel)

@@ -40,7 +40,7 @@ def promote(repo: FileRepository, source: str, target: str, version: str | None 
                            "not newer (pass --allow-older to promote it anyway)")
     promoted = ChannelFile(
         channel=target, release=chosen.release, components=chosen.components,
-        fallback=checked_fallback(repo, target, None, existing),
+        manifest=chosen.manifest, fallback=checked_fallback(repo, target, None, existing),
         revoked=list(existing.revoked) if existing else [],
         promoted_from=source, published_at=now(),
     )
@@ -70,7 +70,8 @@ def yank(repo: FileRepository, channel: str, version: str, reason: str) -> Chann
     elif not any(cf.release == version for cf in channel_history(repo, channel)):
         raise NotFound(f"channel {channel!r} never carried {version}")
     yanked = current.model_copy(update={
-        "release": base.release, "components": base.components, "revoked": revoked,
+        "release": base.release, "components": base.components, "manifest": base.manifest,
+        "revoked": revoked,
         "rollout": None, "published_at": now()})
     write_channel_file(repo, ChannelFile.model_validate(yanked.model_dump()))
     return yanked

@@ -11,6 +11,7 @@ from pathlib import Path
 from greenlight.channels import (
     ChannelFile,
     ComponentArtifact,
+    ManifestRef,
     PreviousRelease,
     Rollout,
     RolloutPlan,
@@ -19,6 +20,7 @@ from greenlight.channels import (
     check_channel_name,
     check_component_name,
     is_newer,
+    manifest_target,
     now,
 )
 from greenlight.release._errors import Conflict, NotFound, ReleaseError, UsageError
@@ -42,8 +44,34 @@ def _before_rollout(current: ChannelFile | None) -> PreviousRelease | None:
     if current is None:
         return None
     if current.rollout is None:
-        return PreviousRelease(release=current.release, components=current.components)
+        return PreviousRelease(release=current.release, components=current.components,
+                               manifest=current.manifest)
     return current.rollout.previous
+
+
+def _add_manifest(repo: FileRepository, version: str, path: Path) -> ManifestRef:
+    """The release's product manifest, loaded as a machine will load it, as a target.
+
+    Raises:
+        NotFound: no such file. UsageError: it does not load (one line, the first problem).
+    """
+    import hashlib
+
+    from greenlight.updater import ConfigError
+    from greenlight.updater.product import load_manifest
+
+    try:
+        data = path.read_bytes()
+        load_manifest(data.decode(), str(path))
+    except FileNotFoundError:
+        raise NotFound(f"--manifest {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--manifest {path}: cannot read: {e}") from None
+    except ConfigError as e:
+        raise UsageError(f"--manifest: {e}") from None
+    target = manifest_target(version, hashlib.sha256(data).hexdigest())
+    info = add_artifacts(repo, {target: data})[target]
+    return ManifestRef(target=target, sha256=info.hashes["sha256"], length=info.length)
 
 
 @all_or_nothing
@@ -58,12 +86,15 @@ def publish(
     deltas: bool = True,
     keep_top_folder: bool = False,
     rollout_plan: RolloutPlan | None = None,
+    manifest: Path | None = None,
 ) -> ChannelFile:
     """Publish `version` on `channel`. An archive whose members all sit under one top folder
     (`core/...`, `core-1.2.3/...`) is recorded with that folder as its `strip_prefix`, so it
     unpacks into `releases/<key>/<component>/` without it; `keep_top_folder` keeps it.
     With `rollout_plan`, the release rolls out by the plan's steps, moved along (or halted)
-    by the online `rollout-<channel>` role; its soak counts from now."""
+    by the online `rollout-<channel>` role; its soak counts from now. With `manifest`, the
+    release carries its product manifest (how it runs and is checked), checked by the
+    machines' own loader before anything is signed, and published as a target of its own."""
     from greenlight.updater import ArchiveError
     from greenlight.updater.store import top_folder
 
@@ -83,6 +114,7 @@ def publish(
             "(pass --allow-older to publish it anyway)"
         )
     fallback = checked_fallback(repo, channel, fallback, current)
+    manifest_ref = None if manifest is None else _add_manifest(repo, version, manifest)
 
     paths = {name: artifact_target(name, version, path.name) for name, path in components.items()}
     infos = add_artifacts(repo, {paths[name]: path for name, path in components.items()})
@@ -118,6 +150,7 @@ def publish(
         channel=channel,
         release=version,
         components=artifacts,
+        manifest=manifest_ref,
         fallback=fallback,
         revoked=list(current.revoked) if current else [],
         rollout=rollout,

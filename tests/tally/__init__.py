@@ -4,6 +4,8 @@
 `core-<version>.tar.gz` with every member under `core-<version>/`, the UI probe as `ui.tar.gz`
 under `ui/`. `product_toml(...)` is its part of greenlight.toml, written from
 docs/configuration.md: the core started through `sh -c 'exec ...'`, plain-text checks.
+`manifest(...)` is the same as a release's own product manifest (docs/manifest.md), the ports
+left to the machine as values.
 """
 
 import io
@@ -14,7 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 
-__all__ = ["build", "configure", "product_toml"]
+__all__ = ["build", "configure", "manifest", "product_toml"]
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
@@ -96,3 +98,65 @@ def configure(root: Path, port: int, dns_port: int, **options: float) -> None:
         key.chmod(0o600)
     with (root / "greenlight.toml").open("a") as f:
         f.write(product_toml(port, dns_port, **options))
+
+
+def manifest(port_value: str = "core_port", relay: bool = False, extra_check: str = "",
+             values: dict[str, str] | None = None) -> str:
+    """tally's product manifest: the core on the port the machine names `{port_value}`; with
+    `relay`, a second service (a static HTTP server) and its check; `extra_check` appended."""
+    core = f"http://127.0.0.1:{{{port_value}}}"
+    start = (f"exec '{{python}}' '{{release_dir}}/core/core.py' --port {{{port_value}}} "
+             f"--dns-port {{dns_port}} --key-file '{{data_dir}}/api-key'")
+    declared = {port_value: "8000", "dns_port": "5353", **(values or {})}
+    text = "[values]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in declared.items())
+    text += f'''
+[health]
+grace = 10.0
+soak = 1.0
+interval = 0.25
+
+[[service]]
+name = "core"
+command = ["sh", "-c", {json.dumps(start)}]
+ready = "core-up"
+'''
+    if relay:
+        text += '''
+[[service]]
+name = "relay"
+command = ["{python}", "-m", "http.server", "{relay_port}", "--bind", "127.0.0.1",
+           "--directory", "{release_dir}/ui"]
+ready = "relay-up"
+
+[[check]]
+name = "relay-up"
+type = "http"
+url = "http://127.0.0.1:{relay_port}/probe.py"
+'''
+    text += f'''
+[[check]]
+name = "core-up"
+type = "http"
+url = "{core}/healthz"
+body_contains = "ok"
+
+[[check]]
+name = "core-version"
+type = "version"
+format = "text"
+url = "{core}/version"
+
+[[check]]
+name = "ui-items"
+type = "command"
+command = ["{{python}}", "{{release_dir}}/ui/probe.py", "--core", "{core}",
+           "--key-file", "{{data_dir}}/api-key"]
+timeout = 10.0
+
+[[check]]
+name = "tally-dns"
+type = "dns"
+resolver = "127.0.0.1:{{dns_port}}"
+query = "tally.test"
+'''
+    return text + extra_check

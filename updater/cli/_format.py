@@ -23,10 +23,12 @@ __all__ = ["exit_for", "finish_transaction", "print_checks", "print_quarantine",
            "print_transaction"]
 
 
-def print_checks(results: "list[CheckResult]") -> None:
+def print_checks(results: "list[CheckResult]", tagged: bool = False) -> None:
+    """One line per check; `tagged`: each says where it came from (release or machine)."""
     for r in results:
         mark = "ok  " if r.ok else ("FAIL" if r.required else "warn")
-        say(f"  {mark} {r.name} ({r.type}, {r.latency_ms:.0f} ms): {r.summary}")
+        whose = f" [{r.source}]" if tagged and r.source else ""
+        say(f"  {mark} {r.name}{whose} ({r.type}, {r.latency_ms:.0f} ms): {r.summary}")
 
 
 def print_transaction(report: "UpgradeReport") -> None:

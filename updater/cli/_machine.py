@@ -49,7 +49,15 @@ def health_cmd(root: Path | None, as_json: bool) -> None:
         verdict = ("NOTHING CHECKED: greenlight.toml configures no services and no checks"
                    if not report.checked else "healthy" if report.healthy else "UNHEALTHY")
         say(f"{report.installed or 'nothing installed'}: {verdict}")
-        print_checks(report.results)
+        if report.from_release:
+            services = ", ".join(f"{n} [{w}]" for n, w in report.services.items()) or "none"
+            say(f"  configured by the release's manifest, under greenlight.toml; services: "
+                f"{services}")
+        print_checks(report.results, tagged=report.from_release)
+        for name in report.disabled:
+            say(f"  off  {name} [release]: disabled by this machine (disabled_checks)")
+        for warning in report.warnings:
+            say(f"  note: {warning}")
     raise SystemExit(0 if report.healthy else 1)
 
 

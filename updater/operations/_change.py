@@ -139,11 +139,21 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
             queue_event(txn.root, entry, txn.config.outbox_size)
         txn.journal.finish(txn.root)
     return report.model_copy(update={
-        "outcome": moved, "bytes_fetched": txn.bytes_fetched, "pruned": txn.pruned,
-        "deltas": txn.deltas,
+        "outcome": moved, "note": _takes_over(txn) or report.note,
+        "bytes_fetched": txn.bytes_fetched, "pruned": txn.pruned, "deltas": txn.deltas,
         "timings": txn.timings, "installed": txn.root.installed_version(),
         "channel_now": active_channel(txn.root).channel,
     })
+
+
+def _takes_over(txn: Transaction) -> str | None:
+    """Said once, on the move to the first release that brings its own product manifest."""
+    if txn.old is None or txn.control.layer(txn.old).from_release:
+        return None
+    if not txn.control.layer(txn.new).from_release:
+        return None
+    return (f"{version_of(txn.new)} brings its own product manifest: it now says how the product "
+            "runs and is checked; greenlight.toml keeps this machine's layer (docs/manifest.md)")
 
 
 def upgrade(root: InstallRoot, repo: TrustedRepository, progress: Progress | None = None,
@@ -309,7 +319,8 @@ def _act(root: InstallRoot, repo: TrustedRepository, plan: Plan, control: Servic
 def _pre_check(control: ServiceControl, installed: str | None) -> list[CheckResult] | None:
     """The running release's checks; None when there is nothing running to check. A product
     with no services (files and checks only) is checked whenever a release is installed."""
-    if installed is None or (control.config.service and not control.any_running()):
+    if installed is None or (control.config_for(installed).service and
+                             not control.any_running()):
         return None
     return control.check_now(installed)
 

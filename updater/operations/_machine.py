@@ -40,9 +40,13 @@ def health(root: InstallRoot) -> HealthReport:
     """
     control = ServiceControl.of(root, config_of(root))
     results = control.check_now(root.installed_release())
+    layer = control.layer(None)
     healthy = bool(results) and not failed_required(results)  # nothing checked is not healthy
     return HealthReport(root=str(root.path), installed=root.installed_version(), results=results,
-                        checked=len(results), healthy=healthy)
+                        checked=len(results), healthy=healthy, from_release=layer.from_release,
+                        services={s.name: layer.sources.get(s.name, "machine")
+                                  for s in layer.config.service},
+                        disabled=layer.disabled, warnings=layer.warnings)
 
 
 def start_services(root: InstallRoot) -> list[str]:

@@ -36,6 +36,13 @@ if TYPE_CHECKING:
         all_checks,
         failed_required,
     )
+    from greenlight.updater.product._manifest import (
+        Layered,
+        ProductManifest,
+        layered,
+        load_manifest,
+        manifest_schema,
+    )
     from greenlight.updater.product._placeholders import expand, expand_command, values_for
     from greenlight.updater.product._rootconfig import config_of, forget_config, init_root
     from greenlight.updater.product._runtime import frozen, launcher_argv, python_argv
@@ -59,8 +66,10 @@ __all__ = [
     "HealthConfig",
     "HealthFailure",
     "HttpCheck",
+    "Layered",
     "ProcessBackend",
     "ProcessCheck",
+    "ProductManifest",
     "RepositoryConfig",
     "Restarts",
     "ServiceBackend",
@@ -82,7 +91,10 @@ __all__ = [
     "forget_config",
     "frozen",
     "init_root",
+    "layered",
+    "load_manifest",
     "launcher_argv",
+    "manifest_schema",
     "load_product",
     "product_part",
     "python_argv",
@@ -102,8 +114,10 @@ _HOME = {
     "HealthConfig": "greenlight.updater.product._config",
     "HealthFailure": "greenlight.updater.product._control",
     "HttpCheck": "greenlight.updater.product._config",
+    "Layered": "greenlight.updater.product._manifest",
     "ProcessBackend": "greenlight.updater.product._services",
     "ProcessCheck": "greenlight.updater.product._config",
+    "ProductManifest": "greenlight.updater.product._manifest",
     "RepositoryConfig": "greenlight.updater.product._config",
     "Restarts": "greenlight.updater.product._services",
     "ServiceBackend": "greenlight.updater.product._services",
@@ -120,6 +134,9 @@ _HOME = {
     "config_of": "greenlight.updater.product._rootconfig",
     "forget_config": "greenlight.updater.product._rootconfig",
     "init_root": "greenlight.updater.product._rootconfig",
+    "layered": "greenlight.updater.product._manifest",
+    "load_manifest": "greenlight.updater.product._manifest",
+    "manifest_schema": "greenlight.updater.product._manifest",
     "drain": "greenlight.updater.product._services",
     "expand": "greenlight.updater.product._placeholders",
     "expand_command": "greenlight.updater.product._placeholders",

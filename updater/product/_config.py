@@ -247,6 +247,12 @@ class Config(_Section):
     stop: StopConfig = Field(default_factory=StopConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     report: ReportConfig | None = Field(default=None, description="opt-in fleet reports")
+    values: dict[str, str] = Field(
+        default_factory=dict, description="the machine's placeholder values ({name}): ports "
+                                          "and paths a release's manifest leaves to it")
+    disabled_checks: list[str] = Field(
+        default_factory=list, description="checks of a release's manifest this machine does "
+                                          "not run, each named")
 
     @model_validator(mode="after")
     def _references(self) -> "Config":

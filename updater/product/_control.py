@@ -2,17 +2,22 @@
 in reverse (UI before core, drained, bounded), and the post-check (grace, then soak).
 
 A `ServiceControl` needs an installation root, its configuration and a backend; the
-transaction uses it for its steps, and `updater start|stop|health` use it by hand.
+transaction uses it for its steps, and `updater start|stop|health` use it by hand. Every
+action names the release it is about, and runs with that release's configuration
+(`layer`): greenlight.toml alone, or under the release's own product manifest. So the
+pre-check and the stop follow the running release, the start and post-check the new one,
+and a rollback the old one again.
 """
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from greenlight.channels import atomic_write, now, printable, version_of
-from greenlight.updater.product._config import CheckConfig, Config
+from greenlight.updater._errors import ConfigError
+from greenlight.updater.product._config import CheckConfig, Config, ProcessCheck
 from greenlight.updater.product._health import (
     CheckResult,
     HealthChecker,
@@ -20,6 +25,7 @@ from greenlight.updater.product._health import (
     failed_required,
 )
 from greenlight.updater.product._listeners import describe_process, listen_address, listeners
+from greenlight.updater.product._manifest import Layered, layered, load_manifest
 from greenlight.updater.product._placeholders import values_for
 from greenlight.updater.product._services import (
     ProcessBackend,
@@ -62,10 +68,24 @@ def _synthetic(name: str, summary: str, evidence: dict[str, object]) -> CheckRes
                        attempts=1, latency_ms=0.0, evidence=evidence, at=now())
 
 
-def _describe(failed: list[CheckResult], release: str, how: str) -> str:
+def _describe(failed: list[CheckResult], release: str, how: str, layer: Layered) -> str:
     first = failed[0]
     more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-    return f"{version_of(release)} {how}: check {first.name}: {first.summary}{more}"
+    # A check this machine adds to a release that brings its own: the blame may be local.
+    whose = (" (a check of this machine's greenlight.toml, not of the release)"
+             if layer.from_release and first.source == "machine" else "")
+    return f"{version_of(release)} {how}: check {first.name}{whose}: {first.summary}{more}"
+
+
+def _tagged(results: list[CheckResult], checks: list[CheckConfig],
+            layer: Layered) -> list[CheckResult]:
+    """The results, each with where its check came from (release or machine); a service's
+    implicit "is running" check comes from where the service came from."""
+    whose = {c.name: layer.sources.get(c.name) or
+             (layer.sources.get(c.service) if isinstance(c, ProcessCheck) else None)
+             for c in checks}
+    return [r.model_copy(update={"source": whose[r.name]}) if whose.get(r.name) else r
+            for r in results]
 
 
 def _round(checker: HealthChecker, checks: list[CheckConfig]) -> list[CheckResult]:
@@ -87,14 +107,49 @@ class ServiceControl:
     backend: ServiceBackend
     start_seconds: float = 0.0
     """time spent starting services (excluded from the rollback time)"""
+    _layers: dict[str | None, Layered] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, root: "InstallRoot", config: Config) -> "ServiceControl":
         return cls(root, config, backend_for(root, config))
 
+    def layer(self, release: str | None) -> Layered:
+        """The configuration the release of key `release` (the installed one, if None) runs
+        with: greenlight.toml, under the release's product manifest when it carries one.
+
+        Raises:
+            ConfigError: the kept manifest cannot be read or loaded, or does not fit
+                greenlight.toml.
+        """
+        key = release if release is not None else self.root.installed_release()
+        found = self._layers.get(key)
+        if found is not None:
+            return found
+        manifest = None
+        if key is not None:
+            from greenlight.updater.store import PRODUCT_MANIFEST
+
+            path = self.root.release_dir(key) / PRODUCT_MANIFEST
+            try:
+                manifest = load_manifest(path.read_text(), str(path))
+            except FileNotFoundError:
+                pass
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(f"{path}: cannot read the release's manifest: {e}") from None
+        found = self._layers[key] = layered(self.config, manifest,
+                                            version_of(key) if key else "")
+        return found
+
+    def config_for(self, release: str | None) -> Config:
+        """The configuration of `release` (the installed one, if None); see `layer`."""
+        return self.layer(release).config
+
+    def values(self, release: str | None) -> dict[str, str]:
+        """The placeholder values of `release`: the built-in ones and its declared ones."""
+        return values_for(self.root, release, self.layer(release).values)
+
     def checker(self, release: str | None, crash_free: bool = False) -> HealthChecker:
-        return HealthChecker(self.root.path, self.backend, values_for(self.root, release),
-                             crash_free)
+        return HealthChecker(self.root.path, self.backend, self.values(release), crash_free)
 
     def seen_path(self) -> Path:
         """What `supervise` has already said of the supervisors' restarts and crash loops."""
@@ -114,7 +169,7 @@ class ServiceControl:
         except (OSError, ValueError):
             seen = {}
         news, now_seen = [], {}
-        for s in self.config.service:
+        for s in self.config_for(None).service:
             restarts = self.backend.restarts(s.name)
             entry = seen.get(s.name)
             before = entry if isinstance(entry, dict) else {}
@@ -133,16 +188,16 @@ class ServiceControl:
         return news
 
     def any_running(self) -> bool:
-        return any(self.backend.is_running(s.name) for s in self.config.service)
+        return any(self.backend.is_running(s.name) for s in self.config_for(None).service)
 
     def crashed(self) -> list[str]:
         """The services that died on their own (not stopped by Greenlight), in start order."""
-        return [s.name for s in self.config.service if self.backend.crashed(s.name)]
+        return [s.name for s in self.config_for(None).service if self.backend.crashed(s.name)]
 
     def stop_all(self, release: str | None) -> list[StopOutcome]:
         """Stop every service. Draining: UI before core, each drained, bounded, then killed.
         Without draining: every service signalled at once (how the panel restart crashed)."""
-        config, values = self.config, values_for(self.root, release)
+        config, values = self.config_for(release), self.values(release)
         ordered = list(reversed(config.service))
         if not config.stop.drain:
             for s in ordered:
@@ -163,13 +218,13 @@ class ServiceControl:
         """
         if release is None:
             return
-        checker = self.checker(release)
-        checks = {c.name: c for c in self.config.check}
+        checker, config = self.checker(release), self.config_for(release)
+        checks = {c.name: c for c in config.check}
         started = time.monotonic()
         # A start by Greenlight begins the supervisors' counts again, and what was seen of them.
         self.seen_path().unlink(missing_ok=True)
-        for s in self.config.service:
-            self.backend.start(s, values_for(self.root, release))
+        for s in config.service:
+            self.backend.start(s, self.values(release))
             deadline = time.monotonic() + s.start_timeout
             while True:
                 # Down, or restarted by its supervisor: either way it exited during start-up.
@@ -211,7 +266,7 @@ class ServiceControl:
                 + (f": {tail[-1]}" if tail else ""),
                 [_synthetic(f"{name}-start", restarts.describe(name),
                             {"last_exit": self.backend.last_exit(name), "log": tail})])
-        address = listen_address(ready, values_for(self.root, release))
+        address = listen_address(ready, self.values(release))
         if address is None:
             return
         owned = {pid: self.backend.owns(name, pid) for pid in listeners(address[1])}
@@ -239,7 +294,9 @@ class ServiceControl:
     def check_now(self, release: str | None) -> list[CheckResult]:
         """Every check once (with its own retries) against `release`'s services."""
         checker = self.checker(release)
-        return [checker.run(c) for c in all_checks(self.config)]
+        layer = self.layer(release)
+        checks = all_checks(layer.config)
+        return _tagged([checker.run(c) for c in checks], checks, layer)
 
     def post_check(self, release: str, grace: float, soak: float) -> list[CheckResult]:
         """Checks must pass within `grace` (start-up), then keep passing for `soak`.
@@ -247,28 +304,29 @@ class ServiceControl:
         Raises:
             HealthFailure: a required check failed past the grace, or during the soak.
         """
-        checker, checks = self.checker(release, crash_free=True), all_checks(self.config)
+        layer = self.layer(release)
+        checker, checks = self.checker(release, crash_free=True), all_checks(layer.config)
         if not checks:
             return []
-        interval = self.config.health.interval
+        interval = layer.config.health.interval
         deadline = time.monotonic() + grace
         while True:
-            results = _round(checker, checks)
+            results = _tagged(_round(checker, checks), checks, layer)
             failed = failed_required(results)
             if not failed:
                 break
             if time.monotonic() >= deadline:
-                raise HealthFailure(_describe(failed, release, "did not become healthy"),
+                raise HealthFailure(_describe(failed, release, "did not become healthy", layer),
                                     results)
             time.sleep(interval)
         soak_end = time.monotonic() + soak
         while time.monotonic() < soak_end:
             time.sleep(min(interval, max(0.0, soak_end - time.monotonic())))
-            results = _round(checker, checks)
+            results = _tagged(_round(checker, checks), checks, layer)
             failed = failed_required(results)
             if failed:
-                raise HealthFailure(_describe(failed, release, "failed during the soak window"),
-                                    results)
+                raise HealthFailure(
+                    _describe(failed, release, "failed during the soak window", layer), results)
         return results
 
     def stop_crash(self, release: str | None, outcomes: list[StopOutcome]) -> HealthFailure | None:

@@ -11,7 +11,7 @@ import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from greenlight.channels import Record, now
 from greenlight.updater._errors import ConfigError
@@ -47,6 +47,7 @@ class CheckResult(Record):
     latency_ms: float
     evidence: dict[str, Any]
     at: datetime
+    source: Literal["release", "machine"] | None = None
 
     def recorded(self) -> RecordedCheck:
         """This result as the history keeps it."""

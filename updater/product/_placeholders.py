@@ -1,5 +1,6 @@
 """Placeholders in commands, URLs and check fields: {root}, {release_dir}, {version},
-{python}, and {token} in WebSocket messages."""
+{python}, {data_dir}, {token} in WebSocket messages, and the values a release's manifest
+declares (set by the machine's [values])."""
 
 import re
 from typing import TYPE_CHECKING
@@ -28,13 +29,16 @@ def expand_command(parts: list[str], values: dict[str, str]) -> list[str]:
     return argv
 
 
-def values_for(root: "InstallRoot", release: str | None) -> dict[str, str]:
+def values_for(root: "InstallRoot", release: str | None,
+               declared: dict[str, str] | None = None) -> dict[str, str]:
     """The placeholder values for the release of key `release` (the release `current` points
-    at, if None)."""
+    at, if None), with the `declared` ones (a manifest's values, as the machine sets them);
+    the built-in names win."""
     import sys
 
     from greenlight.channels import version_of
 
     release_dir = root.release_dir(release) if release else root.current
-    return {"root": str(root.path), "release_dir": str(release_dir),
-            "version": version_of(release) if release else "", "python": sys.executable}
+    return {**(declared or {}), "root": str(root.path), "release_dir": str(release_dir),
+            "version": version_of(release) if release else "", "python": sys.executable,
+            "data_dir": str(root.path / "data")}

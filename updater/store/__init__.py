@@ -65,6 +65,7 @@ from greenlight.updater.store._quarantine import (
     quarantine,
 )
 from greenlight.updater.store._root import (
+    PRODUCT_MANIFEST,
     RELEASE_MANIFEST,
     InstallRoot,
     ReleaseManifest,
@@ -84,6 +85,7 @@ from greenlight.updater.store._status import (
 )
 
 __all__ = [
+    "PRODUCT_MANIFEST",
     "RELEASE_MANIFEST",
     "ActiveChannel",
     "EventKind",

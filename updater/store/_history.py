@@ -30,6 +30,9 @@ class RecordedCheck(Record):
     latency_ms: float = 0.0
     evidence: dict[str, Any] = Field(default_factory=dict)
     at: datetime | None = None
+    source: Literal["release", "machine"] | None = Field(
+        default=None, description="where the check came from: the release's manifest, or "
+                                  "this machine's greenlight.toml")
 
 
 class HistoryEntry(Record):

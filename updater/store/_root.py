@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from greenlight.channels import (
     ComponentArtifact,
+    ManifestRef,
     Record,
     ReleaseId,
     atomic_symlink,
@@ -35,9 +36,11 @@ from greenlight.channels import (
 )
 from greenlight.updater._errors import ConfigError, StoreError
 
-__all__ = ["RELEASE_MANIFEST", "InstallRoot", "ReleaseManifest", "default_root"]
+__all__ = ["PRODUCT_MANIFEST", "RELEASE_MANIFEST", "InstallRoot", "ReleaseManifest",
+           "default_root"]
 
 RELEASE_MANIFEST = "release.json"
+PRODUCT_MANIFEST = "product.toml"  # the release's own product manifest, when it carries one
 
 
 def default_root() -> Path:
@@ -60,11 +63,12 @@ class ReleaseManifest(Record):
     version: str
     channel: str
     components: dict[str, ComponentArtifact]
+    manifest: ManifestRef | None = None
     installed_at: datetime
 
     @property
     def identity(self) -> ReleaseId:
-        return ReleaseId.of(self.version, self.components)
+        return ReleaseId.of(self.version, self.components, self.manifest)
 
 
 class InstallRoot:

@@ -14,15 +14,21 @@ from pathlib import Path
 from greenlight.channels import ChannelFile, atomic_write, fsync_dir, now, remove_path
 from greenlight.updater._errors import GreenlightError, StoreError
 from greenlight.updater.store._extract import Region, extract
-from greenlight.updater.store._root import RELEASE_MANIFEST, InstallRoot, ReleaseManifest
+from greenlight.updater.store._root import (
+    PRODUCT_MANIFEST,
+    RELEASE_MANIFEST,
+    InstallRoot,
+    ReleaseManifest,
+)
 
 __all__ = ["stage_release"]
 
 
 def stage_release(root: InstallRoot, channel_file: ChannelFile,
-                  archives: Mapping[str, Path | Region]) -> Path:
+                  archives: Mapping[str, Path | Region], product: bytes | None = None) -> Path:
     """Unpack a verified release's archives into releases/<key>/ (nothing, when a release of the
-    same identity is there); return its folder.
+    same identity is there), with its verified product manifest `product` as product.toml;
+    return its folder.
 
     Raises:
         ArchiveError: an archive refused; the staging folder is removed.
@@ -46,8 +52,11 @@ def stage_release(root: InstallRoot, channel_file: ChannelFile,
             version=version,
             channel=channel_file.channel,
             components=channel_file.components,
+            manifest=channel_file.manifest,
             installed_at=now(),
         )
+        if product is not None:
+            atomic_write(staging / PRODUCT_MANIFEST, product)
         atomic_write(staging / RELEASE_MANIFEST, manifest.model_dump_json(indent=2).encode())
         if final.exists():
             # A folder of this key without its manifest: left half-made, never the current one.

@@ -74,7 +74,7 @@ def roll_back(txn: Transaction, failure: HealthFailure) -> Rollback:
     summary = failure.summary
     if txn.old is not None and ok:
         try:
-            txn.control.post_check(txn.old, txn.config.health.grace, 0.0)
+            txn.control.post_check(txn.old, txn.control.config_for(txn.old).health.grace, 0.0)
         except HealthFailure as second:
             ok = False
             errors.append(f"previous release {version_of(txn.old)} is unhealthy too: "

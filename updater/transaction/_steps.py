@@ -19,9 +19,9 @@ from greenlight.channels import (
     atomic_write,
     remove_path,
 )
-from greenlight.updater._errors import GreenlightError, TrustError
+from greenlight.updater._errors import ConfigError, GreenlightError, TrustError
 from greenlight.updater.output import DeltaUse
-from greenlight.updater.product import Config, ServiceControl
+from greenlight.updater.product import Config, ServiceControl, load_manifest
 from greenlight.updater.store import InstallRoot, Journal, Region, stage_release
 from greenlight.updater.transaction._engine import Step
 from greenlight.updater.trust import Downloads, Progress, TrustedRepository, verifying
@@ -105,6 +105,37 @@ def do_fetch(txn: Transaction) -> None:
         if not use.used:
             txn.bytes_fetched += artifact.length
             txn.repo.download(info, store, txn.progress)
+    ref = txn.channel_file.manifest
+    if ref is not None and store.find(ref.sha256, ref.length) is None:
+        signed = txn.repo.target_info(ref.target)
+        if (signed is None or signed.length != ref.length
+                or signed.hashes.get("sha256") != ref.sha256):
+            raise TrustError(f"manifest {ref.target} refused: not the signed target the "
+                             "channel file names")
+        txn.repo.download(signed, store)
+
+
+def _product(txn: Transaction, store: Downloads) -> bytes | None:
+    """The release's verified product manifest, loaded as the machine will run it; None for
+    a release without one.
+
+    Raises:
+        ConfigError: a manifest this machine cannot load (nothing was stopped yet).
+    """
+    assert txn.channel_file is not None
+    ref = txn.channel_file.manifest
+    if ref is None:
+        return None
+    kept = store.find(ref.sha256, ref.length)
+    if kept is None:
+        raise TrustError(f"manifest {ref.target}: not fetched and verified")
+    data = kept.read_bytes()
+    try:
+        load_manifest(data.decode(), f"the manifest of {txn.channel_file.release}")
+    except UnicodeDecodeError:
+        raise ConfigError(f"the manifest of {txn.channel_file.release} is not UTF-8 "
+                          "text") from None
+    return data
 
 
 def do_stage(txn: Transaction) -> None:
@@ -120,7 +151,8 @@ def do_stage(txn: Transaction) -> None:
             txn.repo.artifact_info(name, a))
         archives[name] = (store.path(a.sha256) if where is None else
                           Region(where[0], where[1], where[2], a.sha256, a.target))
-    stage_release(txn.root, txn.channel_file, archives)
+    stage_release(txn.root, txn.channel_file, archives, _product(txn, store))
+    txn.control.layer(txn.new)  # the manifest under greenlight.toml: refused before any stop
 
 
 def undo_stage(txn: Transaction) -> None:
@@ -161,7 +193,7 @@ def undo_start(txn: Transaction) -> None:
 
 
 def do_post_check(txn: Transaction) -> None:
-    health = txn.config.health
+    health = txn.control.config_for(txn.new).health  # the new release's own settings
     txn.control.post_check(txn.new, health.grace, health.soak)
 
 

@@ -1,0 +1,178 @@
+"""A release's product manifest, and the machine's layer over it.
+
+The manifest (`product.toml`, published with `release publish --manifest`) says how one release
+runs and is checked: the `[values]` it leaves to the machine (each with its default), its
+`[[service]]`s, `[[check]]`s, `[health]` and `[stop]`. It is a signed target that the channel
+file names with its hash, kept beside the release as `releases/<key>/product.toml`, and
+loaded by `load_manifest`, the same code at publish and on the machine.
+
+The machine's layer is `greenlight.toml`. `layered` merges the two, purely:
+
+- the release's services, `[health]` and `[stop]` are used as they are; greenlight.toml's
+  `[[service]]`, `[health]` and `[stop]` are what a release without a manifest runs with;
+- checks: the release's, less those named in `disabled_checks`, plus greenlight.toml's
+  `[[check]]`s whose names the release does not declare (the machine's extra checks); a
+  machine check with a name the release declares is superseded by the release's;
+- values: the release's `[values]`, each overridden by greenlight.toml's `[values]`;
+- a machine value the release does not declare, or a disabled check it does not have, is a
+  warning (said by `updater status` and `health`), never an error.
+"""
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+
+from greenlight.channels import Record, describe_validation
+from greenlight.updater._errors import ConfigError
+from greenlight.updater.product._config import (
+    CheckConfig,
+    Config,
+    HealthConfig,
+    ServiceConfig,
+    StopConfig,
+)
+
+__all__ = ["BUILT_IN", "MANIFEST_FILE", "Layered", "ProductManifest", "layered", "load_manifest",
+           "manifest_schema"]
+
+MANIFEST_FILE = "product.toml"
+"""The release's manifest, kept in its folder beside release.json."""
+
+BUILT_IN = ("root", "release_dir", "version", "python", "data_dir", "token")
+"""The placeholders the machine always fills; a manifest's own are declared under [values]."""
+
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+_VALUE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_PLACEHOLDER_REPOSITORY = {"url": "http://127.0.0.1/"}
+Source = Literal["release", "machine"]
+
+
+class ProductManifest(Record):
+    """How a release runs and is checked (the JSON Schema of `product.toml`)."""
+
+    schema_version: Literal[1] = 1
+    values: dict[str, str] = Field(
+        default_factory=dict, description="placeholders the machine may set ({name} in any "
+                                          "field), with their defaults")
+    service: list[ServiceConfig] = Field(default_factory=list)
+    check: list[CheckConfig] = Field(default_factory=list)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    stop: StopConfig = Field(default_factory=StopConfig)
+
+
+def manifest_schema() -> str:
+    import json
+
+    schema = ProductManifest.model_json_schema()
+    schema["$id"] = "greenlight.product-manifest/1"
+    return json.dumps(schema, indent=2) + "\n"
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def load_manifest(text: str, source: str) -> ProductManifest:
+    """A release's manifest, checked as the machine will use it: TOML, only a manifest's
+    keys, every field valid, services' and checks' references whole, and every placeholder
+    either built in or declared under [values].
+
+    Raises:
+        ConfigError: one line naming the first problem.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    foreign = [k for k in data if k not in ProductManifest.model_fields]
+    if foreign:
+        raise ConfigError(
+            f"{source}: {foreign[0]!r} does not belong in a release's manifest; it may hold "
+            "only [values], [[service]], [[check]], [health] and [stop] (the repository, "
+            "channel and backend are the machine's)")
+    try:
+        manifest = ProductManifest.model_validate(data)
+        Config.model_validate({"repository": _PLACEHOLDER_REPOSITORY,
+                               **{k: v for k, v in data.items()
+                                  if k in ("service", "check", "health", "stop")}})
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {describe_validation(e, data, limit=1)}") from None
+    for name in manifest.values:
+        if not _VALUE_NAME.match(name) or name in BUILT_IN:
+            raise ConfigError(f"{source}: [values] {name!r}: a value's name is lower case "
+                              f"letters, digits and _, and not one of {', '.join(BUILT_IN)}")
+    for text_ in _strings({k: v for k, v in data.items() if k != "values"}):
+        for name in _PLACEHOLDER.findall(text_):
+            if name not in BUILT_IN and name not in manifest.values:
+                raise ConfigError(
+                    f"{source}: {{{name}}} is not a placeholder the machine fills: declare it "
+                    f"under [values] (with its default), or use one of "
+                    f"{', '.join('{' + b + '}' for b in BUILT_IN)}")
+    return manifest
+
+
+@dataclass
+class Layered:
+    """One release's configuration as the machine runs it, and where each part came from."""
+
+    config: Config
+    values: dict[str, str]
+    sources: dict[str, Source] = field(default_factory=dict)
+    """check and service names -> "release" (its manifest) or "machine" (greenlight.toml)"""
+    disabled: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    from_release: bool = False
+
+
+def layered(machine: Config, manifest: ProductManifest | None, version: str = "") -> Layered:
+    """The configuration a release runs with: greenlight.toml alone for a release without a
+    manifest, else the release's manifest under the machine's layer (see the module's rules).
+
+    Raises:
+        ConfigError: the two do not fit together (a reference the merge broke).
+    """
+    if manifest is None:
+        sources: dict[str, Source] = {s.name: "machine" for s in machine.service}
+        sources.update({c.name: "machine" for c in machine.check})
+        return Layered(machine, dict(machine.values), sources)
+    release = f"release {version}" if version else "the release"
+    declared = {c.name for c in manifest.check}
+    warnings = [f"greenlight.toml sets value {name!r}, which {release} does not declare; "
+                "ignored" for name in machine.values if name not in manifest.values]
+    warnings += [f"disabled_checks names {name!r}, which {release} does not declare"
+                 for name in machine.disabled_checks if name not in declared]
+    ready = {s.ready for s in manifest.service if s.ready}
+    disabled = [c.name for c in manifest.check
+                if c.name in machine.disabled_checks and c.name not in ready]
+    warnings += [f"disabled_checks names {name!r}, the ready check of a service of {release}; "
+                 "it stays on" for name in machine.disabled_checks if name in ready]
+    if machine.service:
+        warnings.append(
+            f"greenlight.toml's [[service]] entries ({', '.join(s.name for s in machine.service)})"
+            f" no longer apply: {release} brings its own manifest; remove them, and the checks "
+            "it declares (docs/manifest.md)")
+    extra = [c for c in machine.check if c.name not in declared]
+    checks = [c for c in manifest.check if c.name not in disabled] + extra
+    sources = {s.name: "release" for s in manifest.service}
+    sources.update({c.name: "release" for c in manifest.check if c.name not in disabled})
+    sources.update({c.name: "machine" for c in extra})
+    update: dict[str, Any] = {"service": manifest.service, "check": checks,
+                              "health": manifest.health, "stop": manifest.stop}
+    try:
+        config = Config.model_validate({**machine.model_dump(), **{
+            k: [x.model_dump() for x in v] if isinstance(v, list) else v.model_dump()
+            for k, v in update.items()}})
+    except ValidationError as e:
+        first = e.errors()[0].get("msg", "invalid")
+        raise ConfigError(f"greenlight.toml over {release}'s manifest: {first}") from None
+    values = {k: machine.values.get(k, v) for k, v in manifest.values.items()}
+    return Layered(config, values, sources, disabled, warnings, from_release=True)
