@@ -113,6 +113,9 @@ def test_a_fresh_install_needs_a_repository_or_offline_and_says_which(kit, tmp_p
     done = run(kit["good"], "--root", str(online))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "later updates: online from https://updates.example.test/" in done.stdout
+    # The same product on the same ports: the first copy must stop, or the second refuses
+    # to take it for its own core.
+    assert subprocess.run([UPDATER, "stop", "--root", str(online)]).returncode == 0
 
     offline = tmp_path / "air-gapped"
     roots.append(offline)

@@ -57,8 +57,8 @@ def test_the_machine_layer_merge_rules():
     assert [s.name for s in layer.config.service] == ["core", "relay"]  # the release's
     names = [c.name for c in layer.config.check]
     # the release's (less the disabled one), its core-up over the machine's, then the extra
-    assert names == ["relay-up", "core-up", "core-version", "ui-items", "local-disk"]
-    assert layer.config.check[1].type == "http"
+    assert names == ["core-up", "core-version", "ui-items", "relay-up", "local-disk"]
+    assert layer.config.check[0].type == "http"
     assert layer.sources["local-disk"] == "machine" and layer.sources["core-up"] == "release"
     assert layer.disabled == ["tally-dns"]
     assert layer.values == {"core_port": "7001", "dns_port": "5353", "relay_port": "9000"}
@@ -315,3 +315,43 @@ def test_a_root_configured_by_hand_keeps_working_then_a_manifest_takes_over(tmp_
             assert m.upgrade(0)["note"] is None  # said once
         finally:
             m.run("stop")
+
+
+def test_every_text_field_of_a_check_takes_the_machine_values():
+    """A placeholder works in any field of any check (the DNS resolver, a TCP port, headers,
+    a command), not only in the fields a probe happened to expand."""
+    from pydantic import TypeAdapter
+
+    from greenlight.updater.product import CheckConfig
+    from greenlight.updater.product._health import expanded
+
+    values = {"dns_port": "5300", "api_port": "7000", "root": "/r"}
+    checks = TypeAdapter(list[CheckConfig]).validate_python([
+        {"name": "d", "type": "dns", "resolver": "127.0.0.1:{dns_port}", "query": "x.test"},
+        {"name": "t", "type": "tcp", "port": "{api_port}"},
+        {"name": "h", "type": "http", "url": "http://127.0.0.1:{api_port}/",
+         "headers": {"X-Root": "{root}"}, "bearer_token_file": "{root}/t"},
+        {"name": "c", "type": "command", "command": ["{root}/bin/probe", "{api_port}"]},
+        {"name": "w", "type": "websocket", "url": "ws://127.0.0.1:{api_port}/ws",
+         "send": ['{"auth": "{token}"}']},
+    ])
+    d, t, h, c, w = (expanded(check, values) for check in checks)
+    assert d.resolver == "127.0.0.1:5300" and t.port == "7000"
+    assert h.url == "http://127.0.0.1:7000/" and h.headers == {"X-Root": "/r"}
+    assert h.bearer_token_file == "/r/t" and c.command == ["/r/bin/probe", "7000"]
+    assert w.url == "ws://127.0.0.1:7000/ws" and w.send == ['{"auth": "{token}"}']
+    with pytest.raises(ConfigError, match="port"):
+        load_manifest('[[check]]\nname = "t"\ntype = "tcp"\nport = "api"\n', "m")
+
+
+def test_an_installer_of_a_release_with_a_manifest_takes_no_product_config(tmp_path, repo):
+    from greenlight.release import build_installer
+    from greenlight.release._errors import UsageError
+
+    product = tmp_path / "product.toml"
+    product.write_text(manifest())
+    publish(repo, "stable", "1.0", build("1.0", tmp_path / "b"), manifest=product)
+    with pytest.raises(UsageError, match="carries its own product manifest"):
+        build_installer(repo, "stable", tmp_path / "dist", product_config=product,
+                        repo_url="https://updates.example.test/")
+    assert not (tmp_path / "dist").exists()

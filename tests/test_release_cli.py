@@ -40,6 +40,15 @@ def repo(tmp_path) -> FileRepository:
     return FileRepository(path)
 
 
+def _machine(root: Path, url: str, repo: FileRepository) -> Path:
+    """A root made by `updater init`, trusting `repo`'s first root."""
+    init = subprocess.run([str(BIN / "updater"), "init", "--root", str(root), "--repo", url,
+                           "--trust", str(repo.metadata_dir / "1.root.json")],
+                          capture_output=True, text=True)
+    assert init.returncode == 0, init.stderr
+    return root
+
+
 def publish(repo: FileRepository, channel: str, version: str, core: Path,
             *extra: str) -> subprocess.CompletedProcess[str]:
     done = release("publish", str(repo.path), "--channel", channel, "--version", version,
@@ -94,11 +103,7 @@ def test_a_fresh_machine_outside_a_halted_rollout_gets_the_release_before_it(tmp
     assert carried.release == "1.1" and carried.rollout.halted
     assert carried.rollout.previous.release == "1.0"
     with serving(repo.path) as server:
-        root = tmp_path / "machine"
-        init = subprocess.run([str(BIN / "updater"), "init", "--root", str(root), "--repo",
-                               server.url, "--trust", str(repo.metadata_dir / "1.root.json")],
-                              capture_output=True, text=True)
-        assert init.returncode == 0, init.stderr
+        root = _machine(tmp_path / "machine", server.url, repo)
         check = subprocess.run([str(BIN / "updater"), "check", "--root", str(root)],
                                capture_output=True, text=True)
         assert check.returncode == 10, check.stdout + check.stderr
@@ -211,11 +216,7 @@ def test_expired_metadata_names_the_fix_on_both_sides(tmp_path, repo):
     md.signed.expires = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
     repo.sign_and_store("timestamp", md)
     with serving(repo.path) as server:
-        root = tmp_path / "machine"
-        init = subprocess.run([str(BIN / "updater"), "init", "--root", str(root), "--repo",
-                               server.url, "--trust", str(repo.metadata_dir / "1.root.json")],
-                              capture_output=True, text=True)
-        assert init.returncode == 0, init.stderr
+        root = _machine(tmp_path / "machine", server.url, repo)
 
         def check() -> subprocess.CompletedProcess[str]:
             return subprocess.run([str(BIN / "updater"), "check", "--root", str(root)],

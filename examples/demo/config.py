@@ -1,7 +1,11 @@
-"""The demo product's part of greenlight.toml: its services and health checks.
+"""The demo product's services and health checks: as a release's product manifest
+(`manifest_toml()`, its ports left to the machine as `{core_port}` and `{dns_port}`), or as
+part of greenlight.toml (`product_toml(port, dns_port)`, for roots configured by hand).
 
-`configure(root, port, dns_port)` appends them to an installation root's greenlight.toml and
-writes the UI's credentials to `<root>/data/ui-token` (product data, outside any release).
+`configure(root, port, dns_port)` appends them to an installation root's greenlight.toml, and
+`configure_machine(root, port, dns_port)` only the machine's ports (its layer over releases
+that carry their manifest); both write the UI's credentials to `<root>/data/ui-token`
+(product data, outside any release).
 The checks talk to the core as the UI does: with the UI's token, over HTTP and WebSocket, and
 through the product's DNS responder; and they run the new UI's own `--probe`.
 """
@@ -10,7 +14,7 @@ import secrets
 from pathlib import Path
 
 
-def product_toml(port: int, dns_port: int, grace: float = 10.0, soak: float = 2.0,
+def product_toml(port: int | str, dns_port: int | str, grace: float = 10.0, soak: float = 2.0,
                  drain: bool = True) -> str:
     core = f"http://127.0.0.1:{port}"
     token = "{root}/data/ui-token"
@@ -77,12 +81,28 @@ timeout = 10.0
 '''
 
 
-def configure(root: Path, port: int, dns_port: int, **options: object) -> None:
+def manifest_toml(soak: float = 1.0) -> str:
+    """The demo product as a release's manifest: the machine names its two ports."""
+    return ('[values]\ncore_port = "8080"\ndns_port = "5353"\n'
+            + product_toml("{core_port}", "{dns_port}", soak=soak))
+
+
+def _token(root: Path) -> None:
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
     token = data / "ui-token"
     if not token.exists():
         token.write_text(secrets.token_hex(16) + "\n")
         token.chmod(0o600)
+
+
+def configure(root: Path, port: int, dns_port: int, **options: object) -> None:
+    _token(root)
     with (root / "greenlight.toml").open("a") as f:
         f.write(product_toml(port, dns_port, **options))  # type: ignore[arg-type]
+
+
+def configure_machine(root: Path, port: int, dns_port: int) -> None:
+    _token(root)
+    with (root / "greenlight.toml").open("a") as f:
+        f.write(f'\n[values]\ncore_port = "{port}"\ndns_port = "{dns_port}"\n')

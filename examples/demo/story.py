@@ -1,16 +1,18 @@
 """`make demo`: the whole story on 127.0.0.1, with the real `release` and `updater` commands.
 
-A fresh repository is created and served; the demo product's stable 1.6.10 is installed and its
-core and UI run as real processes. The machine joins beta and takes its good 1.6.11. Then beta
-1.6.12 is published with the incident's fault baked in (the core refuses the UI's token while
-its ping still answers): the agent, with nobody watching, installs it, the post-check catches
-it, and Greenlight rolls back to 1.6.11 by itself and falls back to stable, printing the
-evidence. Stable only carries the older 1.6.10, so the machine stays on its last good release:
-no automatic downgrade, cycle after cycle. When the fixed beta 1.6.13 is published, the agent
-returns to beta, the channel the person chose, and installs it. Last, a fleet chapter: three
-machines report to a collector that guards beta's planned rollout of a bad 1.7.0; two roll
-back, the collector halts it, and the third never installs it. Every command is printed
-before it runs. Work happens in ./demo-work (replaced on each run).
+A fresh repository is created and served; every release carries its signed product manifest
+(its services and checks), and the machine's greenlight.toml names only its ports. The demo
+product's stable 1.6.10 is installed and its core and UI run as real processes. The machine
+joins beta and takes its good 1.6.11. Then beta 1.6.12 is published with the incident's fault
+baked in (the core refuses the UI's token while its ping still answers): the agent, with nobody
+watching, installs it, the post-check catches it, and Greenlight rolls back to 1.6.11 by itself
+and falls back to stable, printing the evidence. Stable only carries the older 1.6.10, so the
+machine stays on its last good release: no automatic downgrade, cycle after cycle. When the
+fixed beta 1.6.13 is published, the agent returns to beta, the channel the person chose, and
+installs it. Last, a fleet chapter: three machines report to a collector that guards beta's
+planned rollout of a bad 1.7.0; two roll back, the collector halts it, and the third never
+installs it. Every command is printed before it runs. Work happens in ./demo-work (replaced on
+each run).
 """
 
 import shlex
@@ -22,7 +24,7 @@ import time
 from pathlib import Path
 
 from examples.demo.build import build
-from examples.demo.config import configure
+from examples.demo.config import configure_machine, manifest_toml
 
 BIN = Path(sys.executable).parent
 WORK = Path("demo-work")
@@ -82,9 +84,14 @@ def main() -> None:
     shutil.rmtree(WORK, ignore_errors=True)
     repo, root, builds = WORK / "repo", WORK / "root", WORK / "builds"
     say("The release team builds the demo product and creates a signed repository")
+    manifest = WORK / "product.toml"  # how each release runs and is checked, signed with it
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(manifest_toml())
+
     def components(version, *faults):
-        return [
-            f"--component={c}={p}" for c, p in build(version, builds / version, faults).items()]
+        return [*(f"--component={c}={p}"
+                  for c, p in build(version, builds / version, faults).items()),
+                f"--manifest={manifest}"]
     run("release", "init", str(repo))
     run("release", "publish", str(repo), "--channel", "stable", "--version", "1.6.10",
         *components("1.6.10"))
@@ -99,8 +106,9 @@ def main() -> None:
         say("A machine installs stable, trusting the repository's first root")
         run("updater", "init", "--root", str(root), "--repo", url,
             "--trust", str(repo / "metadata" / "1.root.json"), "--channel", "stable")
-        configure(root, free_port(), free_port())
-        print(f"  (the demo product's services and health checks added to {root}/greenlight.toml)")
+        configure_machine(root, free_port(), free_port())
+        print(f"  (this machine's two ports set in {root}/greenlight.toml; each release brings "
+              "its services and checks in its signed manifest)")
         run("updater", "check", "--root", str(root), ok=(10,))
         run("updater", "upgrade", "--root", str(root))
         run("updater", "health", "--root", str(root))
@@ -173,7 +181,7 @@ def fleet(repo: Path, url: str, components) -> None:  # type: ignore[no-untyped-
         for machine, ident in zip(machines, chosen, strict=True):
             run("updater", "init", "--root", str(machine), "--repo", url, "--trust",
                 str(repo / "metadata" / "1.root.json"), "--channel", "beta")
-            configure(machine, free_port(), free_port(), soak=0.5)
+            configure_machine(machine, free_port(), free_port())
             (machine / "state" / "installation-id").write_text(ident + "\n")
             (machine / "data" / "fleet-token").write_bytes((tokens / "fleet").read_bytes())
             with (machine / "greenlight.toml").open("a") as f:

@@ -46,6 +46,14 @@ def build_installer(repo: FileRepository, channel: str, out_dir: Path, *,
     if not SPEC.is_file():
         raise BuildError(f"{SPEC}: installer spec not found (run from a Greenlight checkout)")
     if product_config is not None:
+        from greenlight.release.repository import current_channel_file
+
+        carried = current_channel_file(repo, channel)
+        if carried is not None and carried.manifest is not None:
+            raise UsageError(
+                f"--product-config: {channel} {carried.release} carries its own product "
+                "manifest, which the installer installs with it; leave --product-config out "
+                "(it is for releases published without --manifest)")
         _check_product(product_config)
     if repo_url is not None and not repo_url.startswith(("http://", "https://")):
         raise UsageError(f"--repo-url {repo_url!r}: expected an http:// or https:// URL")

@@ -47,10 +47,11 @@ def _dir(name: str) -> tarfile.TarInfo:
     return info
 
 
-def product_toml(port: int, dns_port: int, grace: float = 10.0, soak: float = 4.0) -> str:
+def product_toml(port: int | str, dns_port: int | str, grace: float = 10.0, soak: float = 4.0,
+                 key_file: str = "{root}/data/api-key") -> str:
     core = f"http://127.0.0.1:{port}"
     start = (f"exec '{{python}}' '{{release_dir}}/core/core.py' --port {port} "
-             f"--dns-port {dns_port} --key-file '{{root}}/data/api-key'")
+             f"--dns-port {dns_port} --key-file '{key_file}'")
     return f'''
 [health]
 grace = {grace}
@@ -78,7 +79,7 @@ url = "{core}/version"
 name = "ui-items"
 type = "command"
 command = ["{{python}}", "{{release_dir}}/ui/probe.py", "--core", "{core}",
-           "--key-file", "{{root}}/data/api-key"]
+           "--key-file", "{key_file}"]
 timeout = 10.0
 
 [[check]]
@@ -104,22 +105,10 @@ def manifest(port_value: str = "core_port", relay: bool = False, extra_check: st
              values: dict[str, str] | None = None) -> str:
     """tally's product manifest: the core on the port the machine names `{port_value}`; with
     `relay`, a second service (a static HTTP server) and its check; `extra_check` appended."""
-    core = f"http://127.0.0.1:{{{port_value}}}"
-    start = (f"exec '{{python}}' '{{release_dir}}/core/core.py' --port {{{port_value}}} "
-             f"--dns-port {{dns_port}} --key-file '{{data_dir}}/api-key'")
     declared = {port_value: "8000", "dns_port": "5353", **(values or {})}
     text = "[values]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in declared.items())
-    text += f'''
-[health]
-grace = 10.0
-soak = 1.0
-interval = 0.25
-
-[[service]]
-name = "core"
-command = ["sh", "-c", {json.dumps(start)}]
-ready = "core-up"
-'''
+    text += product_toml(f"{{{port_value}}}", "{dns_port}", soak=1.0,
+                         key_file="{data_dir}/api-key")
     if relay:
         text += '''
 [[service]]
@@ -132,31 +121,5 @@ ready = "relay-up"
 name = "relay-up"
 type = "http"
 url = "http://127.0.0.1:{relay_port}/probe.py"
-'''
-    text += f'''
-[[check]]
-name = "core-up"
-type = "http"
-url = "{core}/healthz"
-body_contains = "ok"
-
-[[check]]
-name = "core-version"
-type = "version"
-format = "text"
-url = "{core}/version"
-
-[[check]]
-name = "ui-items"
-type = "command"
-command = ["{{python}}", "{{release_dir}}/ui/probe.py", "--core", "{core}",
-           "--key-file", "{{data_dir}}/api-key"]
-timeout = 10.0
-
-[[check]]
-name = "tally-dns"
-type = "dns"
-resolver = "127.0.0.1:{{dns_port}}"
-query = "tally.test"
 '''
     return text + extra_check

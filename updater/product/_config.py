@@ -124,7 +124,9 @@ class ProcessCheck(_CheckBase):
 class TcpCheck(_CheckBase):
     type: Literal["tcp"]
     host: str = "127.0.0.1"
-    port: int = Field(gt=0, lt=65536)
+    port: Annotated[int, Field(gt=0, lt=65536)] | Annotated[
+        str, Field(pattern=r"^\{[a-z_][a-z0-9_]*\}$")] = Field(
+        description="a port number, or a placeholder the machine fills ({api_port})")
 
 
 class HttpCheck(_CheckBase):

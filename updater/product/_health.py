@@ -32,7 +32,8 @@ from greenlight.updater.store import RecordedCheck
 if TYPE_CHECKING:
     from greenlight.updater.product._services import ServiceBackend
 
-__all__ = ["REDACTED", "CheckResult", "HealthChecker", "all_checks", "failed_required"]
+__all__ = ["REDACTED", "CheckResult", "HealthChecker", "all_checks", "expanded",
+           "failed_required"]
 
 _EXCERPT = 200
 
@@ -148,8 +149,10 @@ class HealthChecker:
         return {"pid": pid, **supervisor} if restarts.count else {"pid": pid}
 
     def _tcp(self, c: TcpCheck) -> dict[str, Any]:
+        if not str(c.port).isdigit():
+            raise _Failed(f"port {c.port!r} is not a port number", port=str(c.port))
         try:
-            socket.create_connection((c.host, c.port), timeout=c.timeout).close()
+            socket.create_connection((c.host, int(c.port)), timeout=c.timeout).close()
         except OSError as e:
             raise _Failed(f"{c.host}:{c.port} refused: {e.strerror or e}", error=str(e)) from None
         return {"address": f"{c.host}:{c.port}"}
@@ -298,6 +301,7 @@ class HealthChecker:
 
     # --- running --------------------------------------------------------------------------
     def run(self, c: CheckConfig, retries: int | None = None) -> CheckResult:
+        c = expanded(c, self.values)
         attempts = 0
         budget = c.retries if retries is None else retries
         while True:
@@ -319,6 +323,25 @@ class HealthChecker:
 
     def run_all(self, checks: list[CheckConfig]) -> list[CheckResult]:
         return [self.run(c) for c in checks]
+
+
+_AS_IS = frozenset({"name", "type", "service"})
+
+
+def expanded(c: CheckConfig, values: dict[str, str]) -> CheckConfig:
+    """The check with the placeholders of every text field filled in (`{token}` in a
+    WebSocket message is left for the probe), so that no field is forgotten."""
+    update: dict[str, Any] = {}
+    for name, value in c:
+        if name in _AS_IS:
+            continue
+        if isinstance(value, str):
+            update[name] = expand(value, values)
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            update[name] = [expand(v, values) for v in value]
+        elif isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            update[name] = {k: expand(v, values) for k, v in value.items()}
+    return c.model_copy(update=update) if update else c
 
 
 def failed_required(results: list[CheckResult]) -> list[CheckResult]:

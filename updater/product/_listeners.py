@@ -31,7 +31,10 @@ _LISTEN = "0A"
 def listen_address(check: CheckConfig, values: dict[str, str]) -> tuple[str, int] | None:
     """The local host and port a check talks to, or None when it talks to none."""
     if isinstance(check, TcpCheck):
-        host, port = check.host, check.port
+        port_text = expand(str(check.port), values)
+        if not port_text.isdigit():
+            return None
+        host, port = expand(check.host, values), int(port_text)
     elif isinstance(check, HttpCheck | VersionCheck | WebSocketCheck):
         try:
             parts = urlsplit(expand(check.url, values))

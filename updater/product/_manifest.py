@@ -44,7 +44,7 @@ MANIFEST_FILE = "product.toml"
 BUILT_IN = ("root", "release_dir", "version", "python", "data_dir", "token")
 """The placeholders the machine always fills; a manifest's own are declared under [values]."""
 
-_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+_PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 _VALUE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _PLACEHOLDER_REPOSITORY = {"url": "http://127.0.0.1/"}
 Source = Literal["release", "machine"]

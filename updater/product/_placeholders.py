@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 __all__ = ["expand", "expand_command", "values_for"]
 
-_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+_PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 
 
 def expand(text: str, values: dict[str, str]) -> str:
