@@ -69,7 +69,7 @@ from greenlight.channels._rollout import (
     effective_rollout,
     rollout_bucket,
 )
-from greenlight.channels._text import printable
+from greenlight.channels._text import printable, terminal_lines
 from greenlight.channels._version import VERSION
 from greenlight.channels._versions import canonical_version, is_newer, parse_version, sort_versions
 
@@ -131,6 +131,7 @@ __all__ = [
     "rollout_role",
     "rollout_target",
     "sort_versions",
+    "terminal_lines",
     "lean_process",
     "version_of",
 ]

@@ -5,14 +5,22 @@ other's modules.
 A report names a random installation id (never a hardware id), the channel, the release keys
 before and after, the outcome, the failed checks' names with one-line summaries, and the step
 timings. No tokens, no bodies beyond the summary.
+
+Every field has a limit, so that what a machine writes cannot be weaponised downstream (into
+a signed halt reason, a terminal, a log line, a page, a database column): names and keys from
+narrow character sets and lengths, at most 50 failed checks, and free text (summaries, the
+note) cut to one escaped line of at most 300 characters. A report outside them is refused
+(422), never stored.
 """
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
+from greenlight.channels._paths import check_channel_name
 from greenlight.channels._records import Record
+from greenlight.channels._text import printable
 
 __all__ = ["FLEET_OUTCOMES", "FleetReport", "Outcome", "ReportedCheck"]
 
@@ -25,21 +33,30 @@ FLEET_OUTCOMES: dict[str, Outcome] = {"upgraded": "upgraded", "rolled-back": "ro
 """The history events a fleet counts, and the outcome each is reported as."""
 
 
+TEXT_MAX = 300
+_Text = Annotated[str, Field(max_length=4096), AfterValidator(lambda t: printable(t, TEXT_MAX))]
+_Version = Annotated[str, Field(pattern=r"^[0-9A-Za-z.+!_-]{1,64}$")]
+_Key = Annotated[str, Field(pattern=r"^[0-9A-Za-z.+!_-]{1,64}@[0-9a-f]{12}$")]
+
+
 class ReportedCheck(Record):
-    name: str
-    summary: str
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+    summary: _Text
+    source: Literal["release", "machine"] | None = Field(
+        default=None, description="the release's manifest, or the machine's greenlight.toml")
 
 
 class FleetReport(Record):
     schema_: Literal["greenlight.report/1"] = Field("greenlight.report/1", alias="schema")
     installation: str = Field(pattern=r"^[0-9a-f]{32}$", description="random, per root")
     at: datetime
-    channel: str
+    channel: Annotated[str, AfterValidator(check_channel_name)]
     outcome: Outcome
-    release: str | None = Field(description="the version the transaction went for")
-    release_key: str | None = Field(default=None, description="its key, version@digest")
-    before: str | None = Field(default=None, description="the release key installed before")
-    after: str | None = Field(default=None, description="the release key installed after")
-    failed_checks: list[ReportedCheck] = Field(default_factory=list)
-    durations: dict[str, float] = Field(default_factory=dict)
-    note: str | None = Field(default=None, description="why it was held, when it was")
+    release: _Version | None = Field(description="the version the transaction went for")
+    release_key: _Key | None = Field(default=None, description="its key, version@digest")
+    before: _Key | None = Field(default=None, description="the release key installed before")
+    after: _Key | None = Field(default=None, description="the release key installed after")
+    failed_checks: list[ReportedCheck] = Field(default_factory=list, max_length=50)
+    durations: dict[Annotated[str, Field(pattern=r"^[a-z][a-z_-]{0,31}$")], float] = Field(
+        default_factory=dict, max_length=32)
+    note: _Text | None = Field(default=None, description="why it was held, when it was")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from greenlight.channels._model import ChannelFile, RolloutState
+from greenlight.channels._text import printable
 
 __all__ = ["EffectiveRollout", "admitted", "effective_rollout", "rollout_bucket"]
 
@@ -57,7 +58,9 @@ def effective_rollout(channel_file: ChannelFile, state: RolloutState | None,
             elapsed = (now - plan.started_at).total_seconds()
             step = max(0, min(step, int(elapsed // plan.soak)))
         if state.halted and not halted:
-            halted, reason = True, f"halted by {state.by}: {state.reason or 'no reason given'}"
+            # Signed, but quoting what machines reported: one escaped line, bounded.
+            halted, reason = True, printable(
+                f"halted by {state.by}: {state.reason or 'no reason given'}", 500)
     return EffectiveRollout(plan.steps[step], halted, step, tuple(plan.steps), reason)
 
 

@@ -2,7 +2,7 @@
 line or in a page: control characters (escape sequences, a newline that would forge a log
 line) are written as escapes, and the length is bounded."""
 
-__all__ = ["printable"]
+__all__ = ["printable", "terminal_lines"]
 
 
 def printable(text: str, limit: int = 300) -> str:
@@ -18,3 +18,10 @@ def printable(text: str, limit: int = 300) -> str:
             out.append(c.encode("unicode_escape").decode("ascii"))
     said = "".join(out)
     return said if len(said) <= limit else said[:limit - 1] + "…"
+
+
+def terminal_lines(text: str) -> str:
+    """`text` for a terminal or a log file, its own line breaks kept and every other control
+    character escaped: the last guard of every line the CLIs and the agent write, whatever
+    text reached it (a check's summary, a signed halt reason, a product's output)."""
+    return "\n".join(printable(line, limit=1 << 30) for line in text.split("\n"))

@@ -189,3 +189,85 @@ def test_a_refused_token_is_said_everywhere_and_the_report_waits(fleet):
         assert status["last_error"] is None
     finally:
         collector.stop()
+
+
+HOSTILE = "x\x1b[2J\x1b[H\x1b]0;pwned\x07"
+
+
+def _report(**fields: object) -> dict:
+    return {"schema": "greenlight.report/1", "installation": "1" * 32,
+            "at": "2026-11-22T10:00:00Z", "channel": "beta", "outcome": "rolled-back",
+            "release": "9.9", **fields}
+
+
+def test_what_a_machine_writes_cannot_be_weaponised(fleet):
+    """Report text reaches a database, a signed halt reason, terminals and pages: every field
+    is bounded, names come from a narrow set, free text is one escaped line, a body is cut
+    while it is read, and what the release engineer's terminal shows holds no control
+    character."""
+    tmp, repo, server, builds = fleet
+    collector = Collector(tmp, f"sqlite:///{tmp / 'collector.sqlite3'}")
+    def post(body: object, **kw: object) -> int:
+        return httpx.post(collector.url + "v1/reports", timeout=30,
+                          headers={"Authorization": f"Bearer {FLEET}",
+                                   "Content-Type": "application/json"}, **kw).status_code
+
+    try:
+        forged = "\nupdater: stable: up to date at 9.9" + HOSTILE
+        assert post(None, json=_report(failed_checks=[{"name": "ui", "summary": forged}])) == 202
+        assert post(None, json=_report(failed_checks=[{"name": HOSTILE, "summary": "s"}])) == 422
+        assert post(None, json=_report(channel="c" * 70)) == 422  # a 500 on PostgreSQL once
+        assert post(None, json=_report(release_key="9.9@" + "a" * 200)) == 422
+        assert post(None, json=_report(failed_checks=[{"name": "a", "summary": "s"}] * 51)) == 422
+        assert post(None, content=b"{" + b" " * 70_000 + b"}") == 413
+
+        def chunks():  # no Content-Length: cut while it is read
+            for _ in range(100):
+                yield b" " * 4096
+
+        assert post(None, content=chunks()) == 413
+        stored = collector.rollouts()[("beta", "9.9")]["checks"][0]["example"]
+        assert "\x1b" not in stored and "\n" not in stored and "\\x1b[2J" in stored
+        shown = subprocess.run([str(BIN / "release"), "rollout", "status", "--collector",
+                                collector.url, "--admin-token-file", str(tmp / "tokens" / "admin")],
+                               capture_output=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        assert b"\x1b" not in shown.stdout and b"\x07" not in shown.stdout
+        assert not any(line.lstrip().startswith(b"updater:")
+                       for line in shown.stdout.splitlines())
+    finally:
+        collector.stop()
+
+
+def test_a_signed_halt_reason_is_one_escaped_line_everywhere():
+    """The collector builds the reason it signs from an escaped excerpt, and a machine that
+    reads a halted state says it as one escaped line, whoever signed it."""
+    from datetime import UTC, datetime
+
+    from greenlight.channels import (
+        ChannelFile,
+        ComponentArtifact,
+        HaltRule,
+        Rollout,
+        RolloutPlan,
+        RolloutState,
+        effective_rollout,
+    )
+    from greenlight.release.fleet._judge import Evidence, RolloutPosition, judge
+
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    position = RolloutPosition("9.9", (5, 100), 0, 3600.0, HaltRule(rollbacks=2), False, now)
+    verdict = judge(position, Evidence(5, 5, (HOSTILE, "\nupdater: forged" + HOSTILE)), now)
+    assert verdict.action == "halt" and verdict.reason is not None
+    assert verdict.reason.isprintable(), verdict.reason
+    plan = RolloutPlan(steps=[5, 100], soak=3600, started_at=now)
+    carried = ChannelFile(
+        channel="beta", release="9.9", published_at=now,
+        components={"core": ComponentArtifact(version="9.9", target="artifacts/core/9.9/c",
+                                              sha256="a" * 64, length=1)},
+        rollout=Rollout(percent=5, plan=plan))
+    state = RolloutState(channel="beta", release=carried.identity.key, step=0, halted=True,
+                         reason="\nupdater: forged" + HOSTILE, by="collector", at=now)
+    said = effective_rollout(carried, state, now)
+    assert said is not None and said.halted and said.reason is not None
+    assert said.reason.isprintable() and "\\x1b[2J" in said.reason, said.reason

@@ -14,7 +14,7 @@ from greenlight.updater.product import ProcessBackend, config_of
 from greenlight.updater.store import InstallRoot, active_channel, set_active_channel
 
 from conftest import free_port
-from examples.demo.config import product_toml
+from examples.demo.config import manifest_toml, product_toml
 
 pytestmark = pytest.mark.slow
 UPDATER = str(Path(sys.executable).parent / "updater")
@@ -298,3 +298,32 @@ def test_the_product_config_is_checked_when_the_installer_is_built(kit, tmp_path
         assert done.returncode == 1, (text, done.stderr)
         assert says in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
+
+
+# Kept out of `make test`'s time budget (one more PyInstaller build); CI runs it in
+# `make test-exhaustive`.
+@pytest.mark.exhaustive
+def test_an_installer_installs_a_release_with_its_own_manifest(tmp_path, builds, roots):
+    """No --product-config: the release's manifest, in the installer's bundle, says how the
+    product runs; the installer writes only the machine's layer."""
+    repo = init_repository(tmp_path / "repo")
+    manifest = tmp_path / "product.toml"
+    manifest.write_text(manifest_toml(core_port=free_port(), dns_port=free_port()))
+    publish(repo, "stable", "3.0", builds("3.0"), manifest=manifest)
+    exe = build_installer(repo, "stable", tmp_path / "dist", work_dir=tmp_path / "work",
+                          repo_url="https://updates.example.test/")
+    root = tmp_path / "fresh"
+    roots.append(root)
+    done = run(exe, "--root", str(root), "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["installed"] == "3.0"
+    assert running(root) == {"core": "3.0", "ui": "3.0"}
+    health = subprocess.run([UPDATER, "health", "--root", str(root), "--json"],
+                            capture_output=True, text=True)
+    report = json.loads(health.stdout)
+    assert health.returncode == 0 and report["from_release"], health.stdout
+    assert report["services"] == {"core": "release", "ui": "release"}
+    written = [line for line in (root / "greenlight.toml").read_text().splitlines()
+               if line.startswith("[[")]
+    assert written == [], written  # no [[service]] or [[check]] of the product's
+    assert (root / "current" / "product.toml").is_file()

@@ -169,6 +169,8 @@ def _life(m: Machine) -> None:
         "ui-items": "release"}
     # api_port is the machine's, for a later release; 1.0 does not declare it: a note.
     assert any("'api_port'" in w for w in health["warnings"])
+    status = m.run("status")
+    assert "configured by  its release's manifest, under greenlight.toml" in status.stdout
     text = m.run("health").stdout
     assert "off  tally-dns [release]: disabled by this machine" in text
     assert "core-up [release]" in text
@@ -194,6 +196,8 @@ def _life(m: Machine) -> None:
     report = m.upgrade(20)
     failed = {c["name"]: c for c in report["incident"]["failed_checks"]}
     assert set(failed) == {"core-v2"} and failed["core-v2"]["source"] == "release"
+    # it ran with a value this machine set: the evidence says which, a local cause to weigh
+    assert failed["core-v2"]["evidence"]["machine_values"] == {"api_port": m.ports["api_port"]}
     assert report["installed"] == "1.2" and m.answers(m.ports["api_port"]) == "1.2"
     health = m.health()
     assert health["healthy"] and {r["name"] for r in health["results"]} == checks_12
@@ -331,14 +335,15 @@ def test_every_text_field_of_a_check_takes_the_machine_values():
         {"name": "t", "type": "tcp", "port": "{api_port}"},
         {"name": "h", "type": "http", "url": "http://127.0.0.1:{api_port}/",
          "headers": {"X-Root": "{root}"}, "bearer_token_file": "{root}/t"},
-        {"name": "c", "type": "command", "command": ["{root}/bin/probe", "{api_port}"]},
+        {"name": "c", "type": "command", "command": ["{python}", "{root}/p", "{api_port}"]},
         {"name": "w", "type": "websocket", "url": "ws://127.0.0.1:{api_port}/ws",
          "send": ['{"auth": "{token}"}']},
     ])
     d, t, h, c, w = (expanded(check, values) for check in checks)
     assert d.resolver == "127.0.0.1:5300" and t.port == "7000"
     assert h.url == "http://127.0.0.1:7000/" and h.headers == {"X-Root": "/r"}
-    assert h.bearer_token_file == "/r/t" and c.command == ["/r/bin/probe", "7000"]
+    assert h.bearer_token_file == "/r/t"
+    assert c.command == ["{python}", "/r/p", "7000"]  # a frozen updater's argv comes later
     assert w.url == "ws://127.0.0.1:7000/ws" and w.send == ['{"auth": "{token}"}']
     with pytest.raises(ConfigError, match="port"):
         load_manifest('[[check]]\nname = "t"\ntype = "tcp"\nport = "api"\n', "m")
@@ -355,3 +360,31 @@ def test_an_installer_of_a_release_with_a_manifest_takes_no_product_config(tmp_p
         build_installer(repo, "stable", tmp_path / "dist", product_config=product,
                         repo_url="https://updates.example.test/")
     assert not (tmp_path / "dist").exists()
+
+
+def test_a_failure_says_whose_check_failed():
+    """The machine's own check failing after an upgrade is named as the machine's; a
+    release's check that ran with this machine's values carries them as evidence."""
+    from datetime import UTC, datetime
+
+    from greenlight.updater.product import CheckResult
+    from greenlight.updater.product._control import _describe, _tagged
+
+    release = load_manifest(manifest(), "m")
+    machine = _machine(values={"core_port": "7001"}, check=[
+        {"name": "local-disk", "type": "command", "command": ["false"]}])
+    layer = layered(machine, release, "1.1")
+
+    def failed(name: str) -> CheckResult:
+        return CheckResult(name=name, type="x", required=True, ok=False, summary="no",
+                           attempts=1, latency_ms=0.0, evidence={}, at=datetime.now(UTC))
+
+    ours, theirs = _tagged([failed("local-disk"), failed("core-up")], layer.config.check,
+                           layer)
+    assert (ours.source, theirs.source) == ("machine", "release")
+    assert "machine_values" not in ours.evidence
+    assert theirs.evidence["machine_values"] == {"core_port": "7001"}
+    assert "check local-disk (a check of this machine's greenlight.toml, not of the release)" \
+        in _describe([ours], "1.1@abc", "did not become healthy", layer)
+    assert "check core-up: no" in _describe([theirs], "1.1@abc", "did not become healthy",
+                                            layer)

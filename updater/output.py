@@ -160,6 +160,10 @@ class StatusReport(Record):
     installed: str | None = Field(description="the installed version")
     identity: Identity | None = Field(default=None, description="the installed release")
     releases: list[str] = Field(description="the kept releases' keys, oldest first")
+    manifest: str | None = Field(
+        default=None, description="the installed release's product manifest (its target), "
+                                  "which says how it runs under greenlight.toml; none: "
+                                  "greenlight.toml alone")
     quarantined: dict[str, str] = Field(
         default_factory=dict, description="release key -> why it is quarantined here")
     last_event: str | None = None

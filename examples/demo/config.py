@@ -81,9 +81,10 @@ timeout = 10.0
 '''
 
 
-def manifest_toml(soak: float = 1.0) -> str:
-    """The demo product as a release's manifest: the machine names its two ports."""
-    return ('[values]\ncore_port = "8080"\ndns_port = "5353"\n'
+def manifest_toml(soak: float = 1.0, core_port: int = 8080, dns_port: int = 5353) -> str:
+    """The demo product as a release's manifest: the machine names its two ports (these are
+    the defaults)."""
+    return (f'[values]\ncore_port = "{core_port}"\ndns_port = "{dns_port}"\n'
             + product_toml("{core_port}", "{dns_port}", soak=soak))
 
 

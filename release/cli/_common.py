@@ -39,12 +39,18 @@ T = TypeVar("T")
 
 
 def say(line: str = "") -> None:
-    print(line)
+    """One line (or a few) on stdout, control characters escaped whatever their source."""
+    from greenlight.channels import terminal_lines
+
+    print(terminal_lines(line))
 
 
 def fail(error: "ReleaseError") -> SystemExit:
     """Print `error` as one line; the exit to raise."""
-    print(f"release: error: {' '.join(str(error).split())}", file=sys.stderr)
+    from greenlight.channels import printable
+
+    print(f"release: error: {printable(' '.join(str(error).split()), limit=1 << 16)}",
+          file=sys.stderr)
     return SystemExit(error.exit_code)
 
 

@@ -12,9 +12,24 @@ from typing import Any
 from greenlight.release.fleet._guard import Guard
 from greenlight.release.fleet._store import FAILED, Store
 
-__all__ = ["RATE", "dashboard", "make_app"]
+__all__ = ["BODY_MAX", "RATE", "dashboard", "make_app"]
 
 RATE = 10  # reports per installation per minute
+BODY_MAX = 65536  # bytes of one report; read no further
+
+
+async def _capped_body(request: Any) -> bytes | None:
+    """The request's body, read as it arrives and abandoned past BODY_MAX (None): memory
+    stays flat whatever a client sends or claims in Content-Length."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > BODY_MAX:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > BODY_MAX:
+            return None
+    return bytes(body)
 
 
 def dashboard() -> str:
@@ -67,7 +82,9 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
             client = request.client.host if request.client else "unknown"
             log(f"refused a report from {client}: the fleet token is missing or wrong")
             return JSONResponse({"error": "the fleet token is missing or wrong"}, 401)
-        body = (await request.body())[:65536]
+        body = await _capped_body(request)
+        if body is None:
+            return JSONResponse({"error": f"a report is at most {BODY_MAX} bytes"}, 413)
         try:
             report = FleetReport.model_validate_json(body)
         except ValidationError as e:

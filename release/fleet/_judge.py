@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from greenlight.channels import HaltRule
+from greenlight.channels import HaltRule, printable
 
 __all__ = ["Evidence", "RolloutPosition", "Verdict", "judge"]
 
@@ -70,7 +70,8 @@ def judge(position: RolloutPosition, evidence: Evidence, now: datetime) -> Verdi
                                     and failed / total > rule.failure_ratio):
         top = evidence.top_check
         reason = (f"{failed} of {total} machines reporting on {position.version} rolled back"
-                  + (f"; most failed check {top[0]}: {top[1]}" if top else ""))
+                  + (f"; most failed check {printable(top[0], 80)}: {printable(top[1], 160)}"
+                     if top else ""))
         return Verdict("halt", reason=reason[:REASON_MAX])
     last = len(position.steps) - 1
     if position.step < last and (now - position.step_began).total_seconds() >= position.soak:

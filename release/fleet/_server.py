@@ -68,7 +68,9 @@ def serve_collector(db: str, port: int, fleet_token_file: Path, admin_token_file
                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
     guard = None if repo is None else Guard(repo, keys, store, log)
     config = uvicorn.Config(make_app(store, fleet, admin_token, guard=guard, tick=tick, log=log),
-                            host="127.0.0.1", port=port, log_level="warning", access_log=False)
+                            host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                            # headers bounded, idle connections closed (see the threat model)
+                            h11_max_incomplete_event_size=16 * 1024, timeout_keep_alive=5)
     server = uvicorn.Server(config)
     if ready is not None:
         ready(f"http://127.0.0.1:{port}/")

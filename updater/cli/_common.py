@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import click
 
+from greenlight.channels import printable, terminal_lines
 from greenlight.updater._errors import (
     GreenlightError,
     Interrupted,
@@ -51,7 +52,8 @@ T = TypeVar("T")
 
 
 def say(line: str = "") -> None:
-    print(line, flush=False)
+    """One line (or a few) on stdout, control characters escaped whatever their source."""
+    print(terminal_lines(line), flush=False)
 
 
 def print_json(report: "BaseModel") -> None:
@@ -66,7 +68,7 @@ def _fail(error: GreenlightError, as_json: bool) -> SystemExit:
 
         print_json(ErrorReport(error=str(error), kind=error.kind, exit_code=error.exit_code))
     else:
-        print(f"updater: error: {error}", file=sys.stderr)
+        print(f"updater: error: {printable(str(error), limit=1 << 16)}", file=sys.stderr)
     return SystemExit(error.exit_code)
 
 

@@ -240,6 +240,9 @@ def status(root: Path | None, as_json: bool) -> None:
         rows.append(("identity", f"{report.identity.key}  sha256 {report.identity.digest}"))
         rows += [(f"  {name}", f"sha256 {digest}")
                  for name, digest in report.identity.components.items()]
+    if report.installed:
+        rows.append(("configured by", "its release's manifest, under greenlight.toml"
+                     if report.manifest else "greenlight.toml"))
     rows.append(("kept releases", ", ".join(report.releases) or "none"))
     rows += [("quarantined", f"{v}: {reason}") for v, reason in report.quarantined.items()]
     if report.hold:

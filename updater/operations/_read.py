@@ -247,6 +247,8 @@ def status(root: InstallRoot) -> StatusReport:
         chosen_channel=active.chosen if active.fallen_back else None,
         installed=root.installed_version(),
         releases=root.installed_releases(),
+        manifest=(manifest.manifest.target
+                  if manifest is not None and manifest.manifest is not None else None),
         hold=_hold_text(root),
         pin=pin.version if (pin := pin_of(root)) else None,
         reports=refusal(root),

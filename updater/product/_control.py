@@ -80,12 +80,22 @@ def _describe(failed: list[CheckResult], release: str, how: str, layer: Layered)
 def _tagged(results: list[CheckResult], checks: list[CheckConfig],
             layer: Layered) -> list[CheckResult]:
     """The results, each with where its check came from (release or machine); a service's
-    implicit "is running" check comes from where the service came from."""
-    whose = {c.name: layer.sources.get(c.name) or
-             (layer.sources.get(c.service) if isinstance(c, ProcessCheck) else None)
-             for c in checks}
-    return [r.model_copy(update={"source": whose[r.name]}) if whose.get(r.name) else r
-            for r in results]
+    implicit "is running" check comes from where the service came from. A failed check of
+    the release that runs with values this machine set otherwise than the release has them
+    in its evidence (`machine_values`): a local setting may be the cause."""
+    by_name = {c.name: c for c in checks}
+    tagged = []
+    for r in results:
+        c = by_name.get(r.name)
+        source = layer.sources.get(r.name) or (
+            layer.sources.get(c.service) if isinstance(c, ProcessCheck) else None)
+        update: dict[str, object] = {"source": source} if source else {}
+        ours = layer.machine_values_in(c) if not r.ok and source == "release" else []
+        if ours:
+            update["evidence"] = {**r.evidence,
+                                  "machine_values": {n: layer.values[n] for n in ours}}
+        tagged.append(r.model_copy(update=update) if update else r)
+    return tagged
 
 
 def _round(checker: HealthChecker, checks: list[CheckConfig]) -> list[CheckResult]:
@@ -316,8 +326,8 @@ class ServiceControl:
             if not failed:
                 break
             if time.monotonic() >= deadline:
-                raise HealthFailure(_describe(failed, release, "did not become healthy", layer),
-                                    results)
+                raise HealthFailure(
+                    _describe(failed, release, "did not become healthy", layer), results)
             time.sleep(interval)
         soak_end = time.monotonic() + soak
         while time.monotonic() < soak_end:

@@ -329,8 +329,9 @@ _AS_IS = frozenset({"name", "type", "service"})
 
 
 def expanded(c: CheckConfig, values: dict[str, str]) -> CheckConfig:
-    """The check with the placeholders of every text field filled in (`{token}` in a
-    WebSocket message is left for the probe), so that no field is forgotten."""
+    """The check with the placeholders of every text field filled in, so that no field is
+    forgotten; `{token}` in a WebSocket message is left for the probe, and a command's lone
+    `{python}` for `expand_command`."""
     update: dict[str, Any] = {}
     for name, value in c:
         if name in _AS_IS:
@@ -338,7 +339,8 @@ def expanded(c: CheckConfig, values: dict[str, str]) -> CheckConfig:
         if isinstance(value, str):
             update[name] = expand(value, values)
         elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-            update[name] = [expand(v, values) for v in value]
+            # A lone "{python}" is the interpreter's whole argv (see expand_command).
+            update[name] = [v if v == "{python}" else expand(v, values) for v in value]
         elif isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
             update[name] = {k: expand(v, values) for k, v in value.items()}
     return c.model_copy(update=update) if update else c

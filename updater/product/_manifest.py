@@ -131,6 +131,15 @@ class Layered:
     disabled: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     from_release: bool = False
+    overridden: list[str] = field(default_factory=list)
+    """the release's values this machine sets otherwise than the release's default"""
+
+    def machine_values_in(self, check: object) -> list[str]:
+        """The values `check` uses that this machine set otherwise than the release did."""
+        if not isinstance(check, Record):
+            return []
+        used = {n for text in _strings(check.model_dump()) for n in _PLACEHOLDER.findall(text)}
+        return [name for name in self.overridden if name in used]
 
 
 def layered(machine: Config, manifest: ProductManifest | None, version: str = "") -> Layered:
@@ -175,4 +184,6 @@ def layered(machine: Config, manifest: ProductManifest | None, version: str = ""
         first = e.errors()[0].get("msg", "invalid")
         raise ConfigError(f"greenlight.toml over {release}'s manifest: {first}") from None
     values = {k: machine.values.get(k, v) for k, v in manifest.values.items()}
-    return Layered(config, values, sources, disabled, warnings, from_release=True)
+    overridden = [k for k, v in manifest.values.items() if values[k] != v]
+    return Layered(config, values, sources, disabled, warnings, from_release=True,
+                   overridden=overridden)

@@ -48,8 +48,8 @@ def report_of(root: InstallRoot, entry: HistoryEntry, outcome: Outcome) -> Fleet
     return FleetReport(
         installation=root.installation_id, at=entry.at, channel=entry.channel, outcome=outcome,
         release=version, release_key=tried, before=before, after=after,
-        failed_checks=[ReportedCheck(name=c.name, summary=" ".join(c.summary.split())[:300])
-                       for c in entry.failed_checks],
+        failed_checks=[ReportedCheck(name=c.name, summary=" ".join(c.summary.split())[:300],
+                                     source=c.source) for c in entry.failed_checks],
         durations={k: round(v, 3) for k, v in entry.timings.items()})
 
 
