@@ -190,15 +190,25 @@ def _wait_state(repo: FileRepository, what, deadline: float = 30,
 
 
 def test_the_collector_halts_a_rollout_and_a_person_resumes_it(tmp_path, published, builds):
-    cf = publish(published, "stable", "1.2", builds("1.2"),
-                 rollout_plan=_plan([10, 50, 100], soak=3600, rollbacks=3))
-    key = cf.identity.key
+    from greenlight.release import current_channel_file
+
+    prior = current_channel_file(published, "stable").identity.key
     db = f"sqlite:///{tmp_path / 'collector.sqlite3'}"
     collector = Collector(tmp_path, db, None, "--repo", str(published.path), "--tick", "0.2")
     try:
         post = lambda body: httpx.post(collector.url + "v1/reports", json=body,  # noqa: E731
                                        headers={"Authorization": f"Bearer {FLEET}"})
         bad = [f"{i:032x}" for i in range(1, 4)]
+        for ident in [*bad, "f" * 32]:  # machines the collector knew before the rollout
+            assert post(_report(ident, prior, "upgraded")).status_code == 202
+        cf = publish(published, "stable", "1.2", builds("1.2"),
+                     rollout_plan=_plan([10, 50, 100], soak=3600, rollbacks=3))
+        key = cf.identity.key
+        # Ids invented for the occasion by a holder of the fleet token count for nothing.
+        for n in range(100, 106):
+            assert post(_report(f"{n:032x}", key)).status_code == 202
+        assert Guard(published.path, None, Store(db)).judge("stable") is None
+        assert current_state(published, "stable") is None
         assert post(_report(bad[0], key)).status_code == 202
         assert post(_report(bad[0], key)).status_code == 202  # one machine twice: still one
         assert post(_report(bad[1], key)).status_code == 202
@@ -221,9 +231,10 @@ def test_the_collector_halts_a_rollout_and_a_person_resumes_it(tmp_path, publish
                  "--admin-token-file", str(tmp_path / "tokens" / "admin")],
                 capture_output=True, text=True)
             assert status.returncode == 0, status.stderr
-            assert "stable 1.2: 4 machines reporting; 1 upgraded, 3 rolled back" in status.stdout
+            # Every report is shown; the halt counted the 4 machines known before the rollout.
+            assert "stable 1.2: 10 machines reporting; 1 upgraded, 9 rolled back" in status.stdout
             assert "step 1 of 3 (10%), HALTED by collector: 3 of 4 machines" in status.stdout
-            assert "4 x ui-session: HTTP 403: denying api access" in status.stdout  # reports
+            assert "10 x ui-session: HTTP 403: denying api access" in status.stdout
 
             resumed = subprocess.run(
                 [str(BIN / "release"), "rollout", str(published.path), "--channel", "stable",
@@ -280,11 +291,19 @@ def test_the_dashboard_renders_in_a_real_headless_chromium(tmp_path, published, 
     browser = _chromium()
     if browser is None:
         pytest.skip("Chromium is not installed (tests/ensure_packages.sh installs it as root)")
-    cf = publish(published, "stable", "1.2", builds("1.2"),
-                 rollout_plan=_plan([10, 50, 100], soak=3600, rollbacks=2))
+    from greenlight.release import current_channel_file
+
+    prior = current_channel_file(published, "stable").identity.key
     collector = Collector(tmp_path, f"sqlite:///{tmp_path / 'c.sqlite3'}", None,
                           "--repo", str(published.path))
     try:
+        for i in range(5):  # machines the collector knew before the rollout
+            answer = httpx.post(collector.url + "v1/reports",
+                                json=_report(f"{i + 1:032x}", prior, "upgraded"),
+                                headers={"Authorization": f"Bearer {FLEET}"})
+            assert answer.status_code == 202
+        cf = publish(published, "stable", "1.2", builds("1.2"),
+                     rollout_plan=_plan([10, 50, 100], soak=3600, rollbacks=2))
         for i, outcome in enumerate(["upgraded"] * 3 + ["rolled-back"] * 2):
             answer = httpx.post(collector.url + "v1/reports",
                                 json=_report(f"{i + 1:032x}", cf.identity.key, outcome),
@@ -311,8 +330,10 @@ def test_the_dashboard_renders_in_a_real_headless_chromium(tmp_path, published, 
         # One stacked bar a minute (the reports may straddle one): their titles add up.
         import re
 
+        chart = html.split('class="chart" data-release="stable 1.2">')[1].split(
+            'class="chart"')[0]
         bars = re.findall(r'fill="(#3a3|#c33)"><title>[^<]*: (\d+) (upgraded|failed)</title>',
-                          html)
+                          chart)
         assert sum(int(n) for _, n, what in bars if what == "upgraded") == 3, bars
         assert sum(int(n) for _, n, what in bars if what == "failed") == 2, bars
 

@@ -3,6 +3,7 @@ the pure `judge`, and signs what it says (a halt or a step) with the online
 `rollout-<channel>` key, under the repository's lock, so several collectors may share it."""
 
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,13 @@ class Guard:
                 version=version, steps=tuple(plan.plan.steps), step=plan.step,
                 soak=plan.plan.soak, rule=plan.plan.halt, halted=plan.halted,
                 step_began=plan.step_began)
-            verdict = judge(position, self.store.judged(channel, plan.key, plan.counted_since),
-                            now())
+            # Only machines with a history before the rollout began count (open enrolment:
+            # anyone holding the fleet token can invent ids, not a past).
+            # started_at is signed to the second: anything before its end came before.
+            evidence = self.store.judged(
+                channel, plan.key, plan.counted_since,
+                established_before=plan.plan.started_at + timedelta(seconds=1))
+            verdict = judge(position, evidence, now())
             if verdict.action == "halt":
                 with repo.all_or_nothing():
                     write_state(repo, plan.next_state("collector", halted=True,

@@ -81,14 +81,21 @@ class Store:
                 outcome=report.outcome, at=report.at, received=received, body=body))
         return True
 
-    def judged(self, channel: str, release_key: str, since: datetime | None) -> Evidence:
+    def judged(self, channel: str, release_key: str, since: datetime | None,
+               established_before: datetime | None = None) -> Evidence:
         """For a rollout's halt rule: distinct machines that failed `release_key`, distinct
-        machines that reported on it at all, and the most failed check with an example."""
+        machines that reported on it at all, and the most failed check with an example.
+        With `established_before` (when the rollout began), only installations the collector
+        heard from, about another release, before then count: ids invented for the occasion
+        count for nothing."""
         sa, t = self.sa, self.reports
         where = [t.c.channel == channel, t.c.release_key == release_key,
                  t.c.outcome.in_(JUDGED)]
         if since is not None:
             where.append(t.c.received >= since)
+        if established_before is not None:
+            where.append(t.c.installation.in_(sa.select(t.c.installation).where(
+                t.c.received < established_before, t.c.release_key != release_key)))
         with self.engine.connect() as c:
             rows = c.execute(sa.select(t.c.outcome, sa.func.count(sa.distinct(
                 t.c.installation))).where(*where).group_by(t.c.outcome)).all()
