@@ -20,8 +20,11 @@ def printable(text: str, limit: int = 300) -> str:
     return said if len(said) <= limit else said[:limit - 1] + "…"
 
 
-def terminal_lines(text: str) -> str:
-    """`text` for a terminal or a log file, its own line breaks kept and every other control
-    character escaped: the last guard of every line the CLIs and the agent write, whatever
-    text reached it (a check's summary, a signed halt reason, a product's output)."""
-    return "\n".join(printable(line, limit=1 << 30) for line in text.split("\n"))
+def terminal_lines(text: str, one_line: bool = False) -> str:
+    """`text` for a terminal or a log file: every control character escaped (`\x1b`, `\r`)
+    and the rest as it is, its own line breaks kept (or, `one_line`, escaped too). The last
+    guard of every line the CLIs and the agent write, whatever text reached it (a check's
+    summary, a signed halt reason, a product's output). Unlike `printable`, backslashes
+    stay single: text already escaped upstream is not escaped twice."""
+    return "".join(c if c.isprintable() or (c == "\n" and not one_line)
+                   else c.encode("unicode_escape").decode("ascii") for c in text)

@@ -271,3 +271,12 @@ def test_a_signed_halt_reason_is_one_escaped_line_everywhere():
     said = effective_rollout(carried, state, now)
     assert said is not None and said.halted and said.reason is not None
     assert said.reason.isprintable() and "\\x1b[2J" in said.reason, said.reason
+
+
+def test_every_line_written_is_escaped_once():
+    from greenlight.channels import terminal_lines
+
+    assert terminal_lines(HOSTILE) == "x\\x1b[2J\\x1b[H\\x1b]0;pwned\\x07"
+    assert terminal_lines("a\nb\r") == "a\nb\\r"
+    assert terminal_lines("a\nb", one_line=True) == "a\\nb"
+    assert terminal_lines('{"body": "unreadable\\n"}') == '{"body": "unreadable\\n"}'

@@ -6,7 +6,7 @@ by the commands that use them.
 
 import sys
 
-from greenlight.channels import printable
+from greenlight.channels import terminal_lines
 from greenlight.release.cli import _distribution, _fleet, _keys, _repository
 from greenlight.release.cli._common import app, say
 
@@ -43,8 +43,9 @@ def main() -> None:
     except Exception as e:  # a bug: one line, its own exit code
         from greenlight.release._errors import EXIT_BUG
 
-        print(f"release: internal error: {type(e).__name__}: {printable(str(e))} "
-              "(a bug; please report it)", file=sys.stderr)
+        said = terminal_lines(" ".join(str(e).split()), one_line=True)[:300]
+        print(f"release: internal error: {type(e).__name__}: {said} (a bug; please report it)",
+              file=sys.stderr)
         sys.exit(EXIT_BUG)
 
 

@@ -47,9 +47,9 @@ def say(line: str = "") -> None:
 
 def fail(error: "ReleaseError") -> SystemExit:
     """Print `error` as one line; the exit to raise."""
-    from greenlight.channels import printable
+    from greenlight.channels import terminal_lines
 
-    print(f"release: error: {printable(' '.join(str(error).split()), limit=1 << 16)}",
+    print(f"release: error: {terminal_lines(' '.join(str(error).split()), one_line=True)}",
           file=sys.stderr)
     return SystemExit(error.exit_code)
 

@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-from greenlight.channels import atomic_write, now, printable
+from greenlight.channels import atomic_write, now, terminal_lines
 from greenlight.updater._errors import BusyError, GreenlightError, NetworkError
 from greenlight.updater.policy import CYCLE_LIMIT, STOP_LIMIT, AgentInput, agent_step
 from greenlight.updater.product import AgentConfig, config_of
@@ -93,7 +93,7 @@ class Agent:
     # --- reporting -----------------------------------------------------------------------
     def log(self, line: str) -> None:
         stamp = self.clock().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        text = f"{stamp} {printable(line, limit=1 << 16)}"  # one line, whatever it quotes
+        text = f"{stamp} {terminal_lines(line, one_line=True)}"  # one line, whatever it says
         print(text, flush=True)
         try:
             self.root.logs.mkdir(parents=True, exist_ok=True)

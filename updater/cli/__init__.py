@@ -11,7 +11,7 @@ Only click is imported up front: every command imports what it uses when it runs
 
 import sys
 
-from greenlight.channels import printable
+from greenlight.channels import terminal_lines
 from greenlight.updater._errors import Interrupted, handle_interrupts
 from greenlight.updater.cli import _machine, _moves
 from greenlight.updater.cli._common import app
@@ -35,6 +35,7 @@ def main() -> None:
         print("updater: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as e:  # a bug: say so in one line, with the documented exit code 1
-        print(f"updater: internal error: {type(e).__name__}: {printable(str(e))} "
-              "(please report it)", file=sys.stderr)
+        said = terminal_lines(" ".join(str(e).split()), one_line=True)[:300]
+        print(f"updater: internal error: {type(e).__name__}: {said} (please report it)",
+              file=sys.stderr)
         sys.exit(1)

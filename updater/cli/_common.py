@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from greenlight.channels import printable, terminal_lines
+from greenlight.channels import terminal_lines
 from greenlight.updater._errors import (
     GreenlightError,
     Interrupted,
@@ -68,7 +68,7 @@ def _fail(error: GreenlightError, as_json: bool) -> SystemExit:
 
         print_json(ErrorReport(error=str(error), kind=error.kind, exit_code=error.exit_code))
     else:
-        print(f"updater: error: {printable(str(error), limit=1 << 16)}", file=sys.stderr)
+        print(f"updater: error: {terminal_lines(str(error), one_line=True)}", file=sys.stderr)
     return SystemExit(error.exit_code)
 
 
