@@ -280,3 +280,43 @@ def test_every_line_written_is_escaped_once():
     assert terminal_lines("a\nb\r") == "a\nb\\r"
     assert terminal_lines("a\nb", one_line=True) == "a\\nb"
     assert terminal_lines('{"body": "unreadable\\n"}') == '{"body": "unreadable\\n"}'
+
+
+def test_the_collector_documents_its_api_and_exports_metrics(fleet):
+    """`/openapi.json` describes the report API from the wire format's own model, and
+    `/metrics` (the admin token) counts reports by outcome and refusals by status, in
+    Prometheus's text format."""
+    import jsonschema
+
+    tmp, repo, server, builds = fleet
+    collector = Collector(tmp, f"sqlite:///{tmp / 'collector.sqlite3'}")
+    try:
+        api = httpx.get(collector.url + "openapi.json", timeout=10).json()
+        assert api["openapi"].startswith("3.1")
+        post = api["paths"]["/v1/reports"]["post"]
+        assert set(post["responses"]) == {"202", "401", "413", "422", "429"}
+        schemas = api["components"]["schemas"]
+        # The documented schema accepts a real report and refuses a hostile name.
+        resolver = {"$ref": "#/components/schemas/FleetReport", "components": api["components"]}
+        good = _report(failed_checks=[{"name": "ui", "summary": "s"}])
+        jsonschema.validate(good, resolver)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(_report(failed_checks=[{"name": HOSTILE, "summary": "s"}]),
+                                resolver)
+        assert "ReportedCheck" in schemas
+
+        headers = {"Authorization": f"Bearer {FLEET}"}
+        assert httpx.post(collector.url + "v1/reports", json=good, headers=headers
+                          ).status_code == 202
+        assert httpx.post(collector.url + "v1/reports", json=_report(channel="c" * 70),
+                          headers=headers).status_code == 422
+        assert httpx.get(collector.url + "metrics").status_code == 401
+        text = httpx.get(collector.url + "metrics",
+                         headers={"Authorization": f"Bearer {ADMIN}"}).text
+        assert ('greenlight_reports_total{channel="beta",outcome="rolled-back",release="9.9"} '
+                '1.0') in text
+        assert 'greenlight_reports_refused_total{status="422"} 1.0' in text
+        assert "greenlight_request_seconds_bucket" in text
+        assert FLEET not in text and ADMIN not in text
+    finally:
+        collector.stop()

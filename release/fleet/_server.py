@@ -49,6 +49,8 @@ def serve_collector(db: str, port: int, fleet_token_file: Path, admin_token_file
     """Run the collector on 127.0.0.1:`port` until interrupted; with `repo`, guarding its
     planned rollouts."""
     try:
+        import prometheus_client  # noqa: F401  (the extra, whole, before anything starts)
+        import starlette  # noqa: F401
         import uvicorn
     except ModuleNotFoundError as e:
         raise UsageError(f"the collector needs its extra ({e.name} is missing): "
