@@ -24,7 +24,7 @@ Placeholders in commands, URLs and check fields: {root}, {release_dir}, {version
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import tomli_w
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
@@ -35,7 +35,7 @@ from greenlight.updater._errors import ConfigError
 __all__ = ["PRODUCT_PARTS", "AgentConfig", "CheckConfig", "CommandCheck", "Config", "DnsCheck",
            "HealthConfig", "HttpCheck", "ProcessCheck", "ReportConfig", "RepositoryConfig",
            "ServiceConfig", "StopConfig", "TcpCheck", "VersionCheck", "WebSocketCheck",
-           "load_product", "product_part", "with_product"]
+           "check_product", "load_product", "product_part", "with_product"]
 
 
 def _url(text: str) -> str:
@@ -322,11 +322,21 @@ def load_product(text: str, source: str) -> dict[str, object]:
             f"{source}: {foreign[0]!r} is not part of a product's configuration; it may hold "
             f"only backend, [[service]], [[check]], [health] and [stop] (the repository and "
             f"channel come from the installer)")
+    check_product(data, source)
+    return data
+
+
+def check_product(data: dict[str, Any], source: str) -> None:
+    """The product's parts of `data` (services, checks, health, stop, ...) checked as the
+    machine's Config checks them, references between them included.
+
+    Raises:
+        ConfigError: one line naming the first problem.
+    """
     try:
         Config.model_validate({"repository": _PLACEHOLDER_REPOSITORY, **data})
     except ValidationError as e:
         raise ConfigError(f"{source}: {describe_validation(e, data, limit=1)}") from None
-    return data
 
 
 def with_product(config_text: str, product: dict[str, object], source: str) -> str:

@@ -131,9 +131,6 @@ class HealthChecker:
             self._secrets.sort(key=len, reverse=True)
         return value
 
-    def _x(self, text: str) -> str:
-        return expand(text, self.values)
-
     # --- probes: return evidence on success, raise _Failed on failure ---------------------
     def _process(self, c: ProcessCheck) -> dict[str, Any]:
         pid = self.services.pid(c.service)
@@ -160,8 +157,8 @@ class HealthChecker:
     def _http(self, c: HttpCheck | VersionCheck, expect: dict[str, Any]) -> dict[str, Any]:
         import httpx
 
-        url = self._x(c.url)
-        headers = {k: self._secret(self._x(v)) if _SENSITIVE.search(k) else self._x(v)
+        url = c.url
+        headers = {k: self._secret(v) if _SENSITIVE.search(k) else v
                    for k, v in getattr(c, "headers", {}).items()}
         token = _token(self.root, getattr(c, "bearer_token_file", None))
         if token is not None:
@@ -178,8 +175,8 @@ class HealthChecker:
             raise _Failed(f"GET {url} answered HTTP {r.status_code} (expected {wanted}): "
                           f"{text.strip()[:80]}", **evidence)
         contains = getattr(c, "body_contains", None)
-        if contains is not None and self._x(contains) not in r.text:
-            raise _Failed(f"GET {url}: body lacks {self._x(contains)!r}: {text.strip()[:80]}",
+        if contains is not None and contains not in r.text:
+            raise _Failed(f"GET {url}: body lacks {contains!r}: {text.strip()[:80]}",
                           **evidence)
         if isinstance(c, VersionCheck) and c.format == "text":
             version = self.values["version"]
@@ -207,7 +204,7 @@ class HealthChecker:
         from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
         from websockets.sync.client import connect
 
-        url = self._x(c.url)
+        url = c.url
         values = dict(self.values)
         token = _token(self.root, c.bearer_token_file)
         if token is not None:
@@ -246,7 +243,7 @@ class HealthChecker:
         host, _, port = c.resolver.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"check {c.name}: resolver {c.resolver!r}: expected HOST:PORT")
-        query = dns.message.make_query(self._x(c.query), dns.rdatatype.from_text(c.rdtype))
+        query = dns.message.make_query(c.query, dns.rdatatype.from_text(c.rdtype))
         try:
             answer = dns.query.udp(query, host, port=int(port), timeout=c.timeout)
         except (dns.exception.DNSException, OSError) as e:
@@ -276,7 +273,6 @@ class HealthChecker:
         if done.returncode != 0:
             last = (stderr.strip() or stdout.strip()).splitlines()
             program = c.command[1] if c.command[0] == "{python}" and len(c.command) > 1 else argv[0]
-            program = self._x(program)
             raise _Failed(f"{Path(program).name} exited {done.returncode}: "
                           f"{last[-1] if last else 'no output'}", **evidence)
         return evidence

@@ -33,20 +33,17 @@ from greenlight.updater.product._config import (
     HealthConfig,
     ServiceConfig,
     StopConfig,
+    check_product,
 )
+from greenlight.updater.product._placeholders import placeholders
 
-__all__ = ["BUILT_IN", "MANIFEST_FILE", "Layered", "ProductManifest", "layered", "load_manifest",
+__all__ = ["BUILT_IN", "Layered", "ProductManifest", "layered", "load_manifest",
            "manifest_schema"]
-
-MANIFEST_FILE = "product.toml"
-"""The release's manifest, kept in its folder beside release.json."""
 
 BUILT_IN = ("root", "release_dir", "version", "python", "data_dir", "token")
 """The placeholders the machine always fills; a manifest's own are declared under [values]."""
 
-_PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 _VALUE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-_PLACEHOLDER_REPOSITORY = {"url": "http://127.0.0.1/"}
 Source = Literal["release", "machine"]
 
 
@@ -99,11 +96,10 @@ def load_manifest(text: str, source: str) -> ProductManifest:
             f"{source}: {foreign[0]!r} does not belong in a release's manifest; it may hold "
             "only [values], [[service]], [[check]], [health] and [stop] (the repository, "
             "channel and backend are the machine's)")
+    check_product({k: v for k, v in data.items() if k in ("service", "check", "health", "stop")},
+                  source)
     try:
         manifest = ProductManifest.model_validate(data)
-        Config.model_validate({"repository": _PLACEHOLDER_REPOSITORY,
-                               **{k: v for k, v in data.items()
-                                  if k in ("service", "check", "health", "stop")}})
     except ValidationError as e:
         raise ConfigError(f"{source}: {describe_validation(e, data, limit=1)}") from None
     for name in manifest.values:
@@ -111,7 +107,7 @@ def load_manifest(text: str, source: str) -> ProductManifest:
             raise ConfigError(f"{source}: [values] {name!r}: a value's name is lower case "
                               f"letters, digits and _, and not one of {', '.join(BUILT_IN)}")
     for text_ in _strings({k: v for k, v in data.items() if k != "values"}):
-        for name in _PLACEHOLDER.findall(text_):
+        for name in placeholders(text_):
             if name not in BUILT_IN and name not in manifest.values:
                 raise ConfigError(
                     f"{source}: {{{name}}} is not a placeholder the machine fills: declare it "
@@ -138,7 +134,7 @@ class Layered:
         """The values `check` uses that this machine set otherwise than the release did."""
         if not isinstance(check, Record):
             return []
-        used = {n for text in _strings(check.model_dump()) for n in _PLACEHOLDER.findall(text)}
+        used = {n for text in _strings(check.model_dump()) for n in placeholders(text)}
         return [name for name in self.overridden if name in used]
 
 

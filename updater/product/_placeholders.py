@@ -10,9 +10,14 @@ from greenlight.updater.product._runtime import python_argv
 if TYPE_CHECKING:
     from greenlight.updater.store import InstallRoot
 
-__all__ = ["expand", "expand_command", "values_for"]
+__all__ = ["expand", "expand_command", "placeholders", "values_for"]
 
 _PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+
+
+def placeholders(text: str) -> list[str]:
+    """The names of the placeholders `text` holds, as `expand` would fill them."""
+    return _PLACEHOLDER.findall(text)
 
 
 def expand(text: str, values: dict[str, str]) -> str:
