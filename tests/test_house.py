@@ -329,7 +329,7 @@ def test_repository_timeout_reaches_the_fetcher(tmp_path, repo):
 @pytest.mark.parametrize(("argv", "expected"), [
     (["updater", "check", "--help"], ["--json Print the stable JSON report.", "--root PATH",
                                       "GREENLIGHT_ROOT"]),
-    (["release", "installer", "--help"], ["[[service]] and [[check]]",
+    (["release", "installer", "--help"], ["its manifest ([[service]], [[check]], ...; signed now",
                                           "Private keys folder (default: the one the",
                                           "repository remembers)."]),
     (["release", "publish", "--help"], ["--component NAME=PATH", "--no-deltas"]),

@@ -5,16 +5,23 @@ import os
 import signal
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from greenlight.release import build_bundle, build_installer, init_repository, publish
+from greenlight.release import (
+    build_bundle,
+    build_installer,
+    current_channel_file,
+    init_repository,
+    publish,
+)
 from greenlight.updater.product import ProcessBackend, config_of
 from greenlight.updater.store import InstallRoot, active_channel, set_active_channel
 
 from conftest import free_port
-from examples.demo.config import manifest_toml, product_toml
+from examples.demo.config import product_toml
 
 pytestmark = pytest.mark.slow
 UPDATER = str(Path(sys.executable).parent / "updater")
@@ -122,8 +129,7 @@ def test_a_fresh_install_needs_a_repository_or_offline_and_says_which(kit, tmp_p
     done = run(kit["good"], "--root", str(offline), "--offline")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "later updates: air-gapped, by 'updater sideload BUNDLE'" in done.stdout
-    assert "[repository]" not in (offline / "greenlight.toml").read_text().replace(
-        "# [repository]", "")
+    assert "repository" not in tomllib.loads((offline / "greenlight.toml").read_text())
     check = subprocess.run([UPDATER, "check", "--root", str(offline)], capture_output=True,
                            text=True)
     assert check.returncode == 3 and "this root is air-gapped" in check.stderr, check.stderr
@@ -195,38 +201,46 @@ def test_the_help_lists_the_updaters_exit_codes(kit):
 
 
 def test_an_init_root_gets_the_products_services_and_checks(kit, tmp_path, roots):
-    """A root made by `updater init` has no services or checks: the installer writes its own,
-    starts them, and the root is healthy with every check actually run."""
+    """A root made by `updater init` has no services or checks: the release's manifest (the
+    installer's --product-config, signed as the release's at build time) brings them, the
+    root is healthy with every check actually run, and greenlight.toml keeps only the
+    machine's layer."""
     root = tmp_path / "from-init"
     roots.append(root)
     subprocess.run([UPDATER, "init", "--root", str(root), "--repo", "http://127.0.0.1:9",
                     "--trust", str(kit["repo"].metadata_dir / "1.root.json")], check=True,
                    capture_output=True)
+    before = (root / "greenlight.toml").read_text()
     done = run(kit["good"], "--root", str(root))
     assert done.returncode == 0, done.stdout + done.stderr
     assert running(root) == {"core": "2.1", "ui": "2.1"}
+    assert (root / "greenlight.toml").read_text() == before
     config = config_of(InstallRoot(root))
-    assert [s.name for s in config.service] == ["core", "ui"] and len(config.check) >= 4
-    assert config.repository.url == "http://127.0.0.1:9/"  # the root's own keys are kept
+    assert config.service == [] and config.repository.url == "http://127.0.0.1:9/"
     health = subprocess.run([UPDATER, "health", "--root", str(root), "--json"],
                             capture_output=True, text=True)
     report = json.loads(health.stdout)
     assert health.returncode == 0 and report["healthy"] is True
+    assert report["from_release"] and report["services"] == {"core": "release", "ui": "release"}
     assert {r["name"] for r in report["results"]} >= {"ui-session", "core-dns", "core-running"}
 
 
-def test_a_root_whose_checks_were_changed_by_hand_is_refused_unless_kept(kit, tmp_path, roots):
+def test_a_root_with_its_own_services_and_checks_is_left_as_it_is(kit, tmp_path, roots):
+    """greenlight.toml is the machine's: the installer never rewrites an existing one. Its
+    services and checks ran 2.0 (no manifest); 2.1's manifest takes over, and says so."""
     root = _installed_20(tmp_path, kit)
     roots.append(root)
     config = root / "greenlight.toml"
     mine = config.read_text().replace("soak = 1.0", "soak = 0.5")
     config.write_text(mine)
-    done = run(kit["good"], "--root", str(root))
-    assert done.returncode == 3 and "--keep-config" in done.stderr, done.stderr
-    assert config.read_text() == mine and running(root) == {"core": "2.0", "ui": "2.0"}
-    done = run(kit["good"], "--root", str(root), "--keep-config")
+    done = run(kit["good"], "--root", str(root), "--json")
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "2.1 brings its own product manifest" in json.loads(done.stdout)["note"]
     assert config.read_text() == mine and running(root) == {"core": "2.1", "ui": "2.1"}
+    health = json.loads(subprocess.run([UPDATER, "health", "--root", str(root), "--json"],
+                                       capture_output=True, text=True).stdout)
+    assert health["healthy"] and health["from_release"]
+    assert any("no longer apply" in w for w in health["warnings"]), health["warnings"]
 
 
 def test_a_fresh_install_uses_provisioned_secrets_and_keeps_them(kit, tmp_path, roots):
@@ -284,6 +298,8 @@ def test_the_product_config_is_checked_when_the_installer_is_built(kit, tmp_path
     machine's own one-line message, before PyInstaller runs."""
     cases = {
         'backend = "process"\n[repository]\nurl = "http://x/"\n': "'repository' is not part",
+        'backend = "vm"\n': "backend",
+        '[[check]]\nname = "p"\ntype = "tcp"\nport = "{api}"\n': "{api} is not a placeholder",
         '[[service]]\nname = "core"\ncommand = ["x"]\nready = "nope"\n': "names no [[check]]",
         "[[check]]\nname = \"c\"\ntype = \"http\"\nurl = 3\n": "check['c'].url",
         "[health\n": "not valid TOML",
@@ -298,32 +314,98 @@ def test_the_product_config_is_checked_when_the_installer_is_built(kit, tmp_path
         assert done.returncode == 1, (text, done.stderr)
         assert says in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
+    assert kit["repo"].pending() == []  # and nothing was signed
 
 
-# Kept out of `make test`'s time budget (one more PyInstaller build); CI runs it in
+# Kept out of `make test`'s time budget (four more PyInstaller builds); CI runs it in
 # `make test-exhaustive`.
 @pytest.mark.exhaustive
-def test_an_installer_installs_a_release_with_its_own_manifest(tmp_path, builds, roots):
-    """No --product-config: the release's manifest, in the installer's bundle, says how the
-    product runs; the installer writes only the machine's layer."""
+def test_a_release_sequence_through_offline_installers(tmp_path, roots):
+    """The manifest's sequence (tests/test_manifest.py) with every release arriving by an
+    offline installer: 1.0 and 1.1 published bare and given their manifests by
+    --product-config at build time, 1.2 and 1.3 published with --manifest. 1.0 installs
+    fresh, writing only the machine's layer; 1.1 adds a service and its check; 1.2 moves the
+    core to another port; a bad 1.3's new check fails, and the machine is back on 1.2 with
+    1.2's services and checks. A check this machine disabled by name is shown as such."""
+    from tally import build, manifest
+
     repo = init_repository(tmp_path / "repo")
-    manifest = tmp_path / "product.toml"
-    manifest.write_text(manifest_toml(core_port=free_port(), dns_port=free_port()))
-    publish(repo, "stable", "3.0", builds("3.0"), manifest=manifest)
-    exe = build_installer(repo, "stable", tmp_path / "dist", work_dir=tmp_path / "work",
-                          repo_url="https://updates.example.test/")
-    root = tmp_path / "fresh"
+    ports = {name: str(free_port()) for name in ("core_port", "api_port", "dns_port",
+                                                 "relay_port")}
+    values = dict(ports)
+
+    def installer(version: str, product: str, by_config: bool = True,
+                  extra: str = "") -> Path:
+        text = tmp_path / f"product-{version}.toml"
+        text.write_text(product)
+        archives = build(version, tmp_path / "builds" / version)
+        if by_config:
+            publish(repo, "stable", version, archives)
+            config = tmp_path / f"config-{version}.toml"
+            config.write_text(extra + product)
+            return build_installer(repo, "stable", tmp_path / "dist", product_config=config,
+                                   work_dir=tmp_path / "work", repo_url="http://127.0.0.1:9/")
+        publish(repo, "stable", version, archives, manifest=text)
+        return build_installer(repo, "stable", tmp_path / "dist", work_dir=tmp_path / "work")
+
+    def answers(port: str) -> str | None:
+        import httpx
+
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/version", timeout=5).text.split()[-1]
+        except httpx.HTTPError:
+            return None
+
+    def health() -> dict:
+        done = subprocess.run([UPDATER, "health", "--root", str(root), "--json"],
+                              capture_output=True, text=True)
+        assert "Traceback" not in done.stderr
+        return json.loads(done.stdout)
+
+    root = tmp_path / "machine"
     roots.append(root)
-    done = run(exe, "--root", str(root), "--json")
+    (root / "data").mkdir(parents=True, mode=0o700)
+    (root / "data" / "api-key").write_text("k" * 32 + "\n")
+    exe = installer("1.0", manifest("core_port", values=values), extra='backend = "process"\n')
+    assert current_channel_file(repo, "stable").manifest is not None  # signed at build time
+    done = run(exe, "--root", str(root))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert json.loads(done.stdout)["installed"] == "3.0"
-    assert running(root) == {"core": "3.0", "ui": "3.0"}
-    health = subprocess.run([UPDATER, "health", "--root", str(root), "--json"],
-                            capture_output=True, text=True)
-    report = json.loads(health.stdout)
-    assert health.returncode == 0 and report["from_release"], health.stdout
-    assert report["services"] == {"core": "release", "ui": "release"}
-    written = [line for line in (root / "greenlight.toml").read_text().splitlines()
-               if line.startswith("[[")]
-    assert written == [], written  # no [[service]] or [[check]] of the product's
-    assert (root / "current" / "product.toml").is_file()
+    written = (root / "greenlight.toml").read_text()
+    assert 'backend = "process"' in written and "[[service]]" not in written
+    assert answers(ports["core_port"]) == "1.0"
+    # This machine's layer: its own ports, and a vendor check switched off by name.
+    (root / "greenlight.toml").write_text(
+        'disabled_checks = ["tally-dns"]\n' + written + "\n[values]\n"
+        + "".join(f'{k} = "{v}"\n' for k, v in ports.items()))
+    report = health()
+    assert report["healthy"] and report["disabled"] == ["tally-dns"], report
+    assert "tally-dns" not in {r["name"] for r in report["results"]}
+
+    done = run(installer("1.1", manifest("core_port", relay=True, values=values)),
+               "--root", str(root))
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = health()
+    assert report["healthy"] and report["services"] == {"core": "release", "relay": "release"}
+    assert "relay-up" in {r["name"] for r in report["results"]}
+
+    done = run(installer("1.2", manifest("api_port", relay=True, values=values),
+                         by_config=False), "--root", str(root))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert answers(ports["api_port"]) == "1.2" and answers(ports["core_port"]) is None
+    checks_12 = {r["name"] for r in health()["results"]}
+
+    bad = ('\n[[check]]\nname = "core-v2"\ntype = "http"\n'
+           'url = "http://127.0.0.1:{api_port}/v2/healthz"\n')
+    done = run(installer("1.3", manifest("api_port", relay=True, values=values,
+                                         extra_check=bad), by_config=False),
+               "--root", str(root), "--json")
+    assert done.returncode == 20, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert [c["name"] for c in report["incident"]["failed_checks"]] == ["core-v2"]
+    assert report["installed"] == "1.2" and answers(ports["api_port"]) == "1.2"
+    report = health()
+    assert report["healthy"] and {r["name"] for r in report["results"]} == checks_12
+    assert report["disabled"] == ["tally-dns"]
+    text = subprocess.run([UPDATER, "health", "--root", str(root)], capture_output=True,
+                          text=True).stdout
+    assert "off  tally-dns [release]: disabled by this machine" in text

@@ -349,17 +349,36 @@ def test_every_text_field_of_a_check_takes_the_machine_values():
         load_manifest('[[check]]\nname = "t"\ntype = "tcp"\nport = "api"\n', "m")
 
 
-def test_an_installer_of_a_release_with_a_manifest_takes_no_product_config(tmp_path, repo):
-    from greenlight.release import build_installer
-    from greenlight.release._errors import UsageError
+def test_an_installers_product_config_becomes_the_release_manifest(tmp_path, repo):
+    """`release installer --product-config` on a release published without a manifest signs
+    the product part as the release's manifest (a new release key, the same components);
+    the machine's part (backend) stays the machine's. A release that carries that manifest
+    already is left alone; another manifest, or a staged rollout, is refused in one line."""
+    from greenlight.channels import ReleaseId
+    from greenlight.release import attach_manifest
+    from greenlight.release._errors import Conflict
+    from greenlight.updater.product import split_product_config
 
-    product = tmp_path / "product.toml"
-    product.write_text(manifest())
-    publish(repo, "stable", "1.0", build("1.0", tmp_path / "b"), manifest=product)
-    with pytest.raises(UsageError, match="carries its own product manifest"):
-        build_installer(repo, "stable", tmp_path / "dist", product_config=product,
-                        repo_url="https://updates.example.test/")
-    assert not (tmp_path / "dist").exists()
+    publish(repo, "stable", "1.0", build("1.0", tmp_path / "b"))
+    before = current_channel_file(repo, "stable")
+    text, machine = split_product_config('backend = "process"\n' + manifest(), "config")
+    assert machine == {"backend": "process"} and "backend" not in text
+    load_manifest(text, "split")  # what is left is a manifest
+    made, changed = attach_manifest(repo, "stable", text, "config")
+    assert changed and made.release == "1.0" and made.components == before.components
+    assert made.manifest is not None and repo.pending() == []
+    key = ReleaseId.of(made.release, made.components, made.manifest).key
+    assert key != ReleaseId.of(before.release, before.components).key
+    assert attach_manifest(repo, "stable", text, "config") == (made, False)
+    with pytest.raises(Conflict, match="carries another product manifest"):
+        attach_manifest(repo, "stable", manifest(relay=True, values={"relay_port": "1"}),
+                        "config")
+    publish(repo, "stable", "1.1", build("1.1", tmp_path / "c"), rollout_percent=10)
+    with pytest.raises(Conflict, match="staged rollout"):
+        attach_manifest(repo, "stable", text, "config")
+    assert current_channel_file(repo, "stable").manifest is None
+    with pytest.raises(ConfigError, match="'channel' is not part"):
+        split_product_config('channel = "beta"\n', "config")
 
 
 def test_a_failure_says_whose_check_failed():

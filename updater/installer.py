@@ -1,18 +1,18 @@
 """The offline installer: one executable carrying the updater, a trusted root and a bundle.
 
-    greenlight-installer --root DIR [--json] [--force] [--switch-channel] [--keep-config]
+    greenlight-installer --root DIR [--json] [--force] [--switch-channel] [--repo URL|--offline]
 
 With no installation at DIR it installs fresh: the root is created trusting the embedded root,
-the product's services and checks are configured, and the embedded bundle goes through the
-same transaction as `updater sideload` (verified, staged, started, health-checked). If that
-fails, everything it created is removed: nothing is left half-installed. DIR may already hold
-`data/`, the product's secrets provisioned in advance; it is kept either way.
+with the machine's layer only (repository, channel, backend), and the embedded bundle goes
+through the same transaction as `updater sideload` (verified, staged, started,
+health-checked). How the product runs and is checked is the release's signed manifest, in
+the bundle. If that fails, everything it created is removed: nothing is left half-installed.
+DIR may already hold `data/`, the product's secrets provisioned in advance; it is kept
+either way.
 
 With an installation at DIR it upgrades it through the normal transaction, with automatic
-rollback. The installer's services and checks replace the root's when the root has none (a
-root made by `updater init`) or has what an earlier installer wrote; a root whose services
-and checks were changed by hand is refused unless `--keep-config`. If the upgrade does not
-go through, the previous greenlight.toml is put back.
+rollback; its greenlight.toml is left as it is (a release with a manifest takes over from
+services and checks written there, see docs/manifest.md).
 
 After an install or upgrade, `DIR/bin/updater` is the updater for later sideloads, status and
 rollback: a copy of this executable, which acts as `updater` when invoked under that name.
@@ -31,7 +31,6 @@ import shlex
 import shutil
 import stat
 import sys
-import tomllib
 from pathlib import Path
 
 from greenlight.channels import atomic_write
@@ -49,21 +48,12 @@ from greenlight.updater._errors import (
 )
 from greenlight.updater.operations import sideload
 from greenlight.updater.output import ErrorReport, UpgradeReport, dump
-from greenlight.updater.product import (
-    ServiceControl,
-    config_of,
-    init_root,
-    load_product,
-    product_part,
-    with_product,
-)
+from greenlight.updater.product import ServiceControl, config_of, init_root, with_machine_parts
 from greenlight.updater.store import InstallRoot, locked
 
 __all__ = ["check_owner", "install", "install_updater", "main", "payload_dir"]
 
 DATA = "data"
-PRODUCT_RECORD = "installer-product.json"
-"""in state/: the product part an installer last wrote, so the next one may replace it"""
 
 
 def payload_dir() -> Path:
@@ -131,13 +121,6 @@ def _remove_fresh(root: InstallRoot, existed: bool, kept: frozenset[Path]) -> No
                 _remove(path)
 
 
-def _payload_product(payload: Path) -> dict[str, object] | None:
-    path = payload / "product.toml"
-    if not path.exists():
-        return None
-    return load_product(path.read_text(), "the installer's product configuration")
-
-
 def _fresh_folder(path: Path) -> frozenset[Path]:
     """What of an existing folder a fresh install keeps: nothing, or a provisioned `data/`
     (its paths, relative to it; `.` for the folder itself).
@@ -156,50 +139,6 @@ def _fresh_folder(path: Path) -> frozenset[Path]:
         return frozenset()
     check_owner(data)
     return frozenset({Path("."), *(p.relative_to(data) for p in data.rglob("*"))})
-
-
-def _recorded_product(root: InstallRoot) -> object:
-    try:
-        return json.loads((root.state / PRODUCT_RECORD).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _record_product(root: InstallRoot, product: object) -> None:
-    atomic_write(root.state / PRODUCT_RECORD,
-                 json.dumps(product, indent=2, sort_keys=True, default=str).encode(), mode=0o640)
-
-
-def _apply_product(root: InstallRoot, product: dict[str, object] | None,
-                   keep_config: bool) -> str | None:
-    """Bring an existing root's services and checks to the installer's. Returns the previous
-    greenlight.toml when it was rewritten (to put back if the upgrade does not go through).
-
-    The root's own product part is replaced when it is empty (a root from `updater init`) or
-    is what an earlier installer wrote; one changed by hand is kept only with --keep-config.
-
-    Raises:
-        ConfigError: changed by hand and no --keep-config.
-    """
-    if product is None or keep_config:
-        return None
-    before = root.config_path.read_text()
-    ours = product_part(tomllib.loads(before))
-    if _canonical(ours) == _canonical(product):
-        return None
-    recorded = _recorded_product(root)
-    if ("service" in ours or "check" in ours) and _canonical(ours) != recorded:
-        raise ConfigError(
-            f"{root.config_path}: its services and checks were changed here and differ from "
-            "this installer's; pass --keep-config to install with this root's own, or remove "
-            "them from greenlight.toml to take the installer's")
-    atomic_write(root.config_path, with_product(before, product, str(root.config_path))
-                 .encode(), mode=0o640)
-    return before
-
-
-def _canonical(part: dict[str, object]) -> object:
-    return json.loads(json.dumps(part, sort_keys=True, default=str))
 
 
 def install_updater(root: InstallRoot) -> Path:
@@ -240,9 +179,11 @@ def repository_for(meta: dict[str, object], repo: str | None, offline: bool) -> 
 
 
 def install(root_path: Path, force: bool, switch_channel: bool = False,
-            keep_config: bool = False, repo: str | None = None,
-            offline: bool = False) -> UpgradeReport:
-    """Install (a fresh root) or upgrade (an existing one) from the bundle inside.
+            repo: str | None = None, offline: bool = False) -> UpgradeReport:
+    """Install (a fresh root) or upgrade (an existing one) from the bundle inside. How the
+    product runs comes with the release (its manifest, in the bundle); the installer writes
+    only the machine's layer of a fresh root: repository, channel and the backend it was
+    built with. An existing root's greenlight.toml is left as it is.
 
     Raises:
         UsageError: a fresh root without a repository to update from (see repository_for).
@@ -250,38 +191,24 @@ def install(root_path: Path, force: bool, switch_channel: bool = False,
     """
     payload = payload_dir()
     meta = json.loads((payload / "installer.json").read_text())
-    product = _payload_product(payload)
     root = InstallRoot(root_path)
     bundle = payload / "bundle.tar"
     if root.config_path.exists():
-        with locked(root):
-            before = _apply_product(root, product, keep_config)
-        root = InstallRoot(root.path)  # re-read the configuration
-        try:
-            report = sideload(root, bundle, force=force, switch_channel=switch_channel)
-        except BaseException:
-            if before is not None:
-                atomic_write(root.config_path, before.encode(), mode=0o640)
-            raise
+        report = sideload(root, bundle, force=force, switch_channel=switch_channel)
         if report.outcome in ("upgraded", "downgraded", "up-to-date"):
-            if before is not None:
-                _record_product(root, _canonical(product or {}))
             install_updater(root)
-        elif before is not None:
-            atomic_write(root.config_path, before.encode(), mode=0o640)
         return report
     url = repository_for(meta, repo, offline)
     existed = root.path.exists()
     kept = _fresh_folder(root.path) if existed else frozenset()
     try:
-        root = init_root(root.path, url,
-                                  (payload / "root.json").read_bytes(), meta["channel"])
-        if product is not None:
-            atomic_write(root.config_path, with_product(root.config_path.read_text(), product,
-                                                        str(root.config_path)).encode(),
-                         mode=0o640)
-            _record_product(root, _canonical(product))
-        root = InstallRoot(root.path)  # re-read the completed configuration
+        root = init_root(root.path, url, (payload / "root.json").read_bytes(), meta["channel"])
+        machine = meta.get("machine") or {}
+        if machine:
+            atomic_write(root.config_path, with_machine_parts(
+                root.config_path.read_text(), machine, str(root.config_path)).encode(),
+                mode=0o640)
+            root = InstallRoot(root.path)  # re-read the completed configuration
         report = sideload(root, bundle, force=force)
     except BaseException:
         _remove_fresh(root, existed, kept)
@@ -345,13 +272,10 @@ def main(argv: list[str] | None = None) -> int:
                              + (f" (default: {built_in})" if built_in else ""))
     parser.add_argument("--offline", action="store_true",
                         help="a fresh root with no repository (air-gapped: sideload only)")
-    parser.add_argument("--keep-config", action="store_true",
-                        help="upgrade an existing root with its own services and checks, not "
-                             "this installer's")
     args = parser.parse_args(argv)
     try:
-        report = install(args.root, args.force, args.switch_channel, args.keep_config,
-                         args.repo, args.offline)
+        report = install(args.root, args.force, args.switch_channel, args.repo,
+                         args.offline)
     except OSError as e:  # an I/O failure outside the updater's own handling
         return _error(StoreError(f"{e.filename or args.root}: {e.strerror or e}"), args.json)
     except GreenlightError as e:

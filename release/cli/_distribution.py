@@ -54,7 +54,8 @@ def bundle(repo: Path, channel: str, output: Path, expires: str, keys: Path | No
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Folder for the executable.")
 @click.option("--product-config", type=click.Path(path_type=Path), default=None,
-              help="TOML with the product's [[service]] and [[check]] tables.")
+              help="For a release published without --manifest: its manifest ([[service]], "
+                   "[[check]], ...; signed now as the release's) and the machine's backend.")
 @click.option("--repo-url", default=None,
               help="Repository URL installed roots use for later online updates. Without it, "
                    "a fresh install asks for --repo URL, or --offline (air-gapped).")
@@ -70,7 +71,7 @@ def installer(repo: Path, channel: str, output: Path, product_config: Path | Non
 
     exe = run_command(lambda: build_installer(open_repo(repo, keys), channel, output,
                                        product_config=product_config, repo_url=repo_url,
-                                       expires=parse_duration(expires)))
+                                       expires=parse_duration(expires), told=say))
     say(f"built {exe} ({exe.stat().st_size} bytes)")
 
 

@@ -1,7 +1,7 @@
 """`release installer`: build the offline installer executable with PyInstaller.
 
-The payload (a fresh bundle of the channel, the repository's newest root, the product's
-services and checks, and installer.json) is put in a folder and the spec in
+The payload (a fresh bundle of the channel, its release's manifest inside, the repository's
+newest root, and installer.json with the machine's settings) is put in a folder and the spec in
 `installer_specs/offline_installer.spec` is run over it.
 """
 
@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,49 +24,71 @@ __all__ = ["SPEC", "build_installer"]
 SPEC = Path(__file__).resolve().parents[2] / "installer_specs" / "offline_installer.spec"
 
 
-def _check_product(path: Path) -> None:
+def _product(path: Path) -> tuple[str, dict[str, object]]:
     """The product's configuration, checked now as the target machine would check it, so a
-    mistake costs a second here and not a build and a failed install there."""
+    mistake costs a second here and not a build and a failed install there: the release's
+    manifest (its text) and the machine's part (backend, systemd_scope)."""
     from greenlight.updater import ConfigError
-    from greenlight.updater.product import load_product
+    from greenlight.updater.product import split_product_config
 
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise ReleaseError(f"--product-config {path}: cannot read: {e}") from None
     try:
-        load_product(text, f"--product-config {path}")
+        return split_product_config(text, f"--product-config {path}")
     except ConfigError as e:
         raise ReleaseError(str(e)) from None
+
+
+def _attach(repo: FileRepository, channel: str, manifest: str, path: Path) -> str | None:
+    """The product configuration's manifest made the channel release's own (signed); a line
+    saying so, or None when the release carried this very manifest already."""
+    from greenlight.release.repository import attach_manifest
+
+    made, changed = attach_manifest(repo, channel, manifest, f"--product-config {path}")
+    if not changed:
+        return None
+    waiting = repo.pending()
+    if waiting:
+        raise BuildError(f"the manifest of {channel} {made.release} awaits signatures "
+                         f"({', '.join(waiting)}); sign them, then build again")
+    return (f"{channel} {made.release}: --product-config {path.name} signed as the release's "
+            f"manifest ({made.manifest.target if made.manifest else ''}); machines on "
+            f"{channel} take the release with it at their next check")
 
 
 def build_installer(repo: FileRepository, channel: str, out_dir: Path, *,
                     product_config: Path | None = None, repo_url: str | None = None,
                     expires: timedelta = timedelta(days=90), name: str | None = None,
-                    work_dir: Path | None = None) -> Path:
+                    work_dir: Path | None = None,
+                    told: Callable[[str], None] = lambda line: None) -> Path:
+    """The installer executable in `out_dir`. With `product_config`, its product part
+    becomes the channel release's signed manifest (told through `told`), unless the release
+    carries that very manifest already, and its machine part (backend) is what the
+    installer writes into a fresh root's greenlight.toml, beside the repository and channel.
+
+    Raises:
+        BuildError, ReleaseError, UsageError: one line each; nothing is built.
+    """
     if not SPEC.is_file():
         raise BuildError(f"{SPEC}: installer spec not found (run from a Greenlight checkout)")
-    if product_config is not None:
-        from greenlight.release.repository import current_channel_file
-
-        carried = current_channel_file(repo, channel)
-        if carried is not None and carried.manifest is not None:
-            raise UsageError(
-                f"--product-config: {channel} {carried.release} carries its own product "
-                "manifest, which the installer installs with it; leave --product-config out "
-                "(it is for releases published without --manifest)")
-        _check_product(product_config)
     if repo_url is not None and not repo_url.startswith(("http://", "https://")):
         raise UsageError(f"--repo-url {repo_url!r}: expected an http:// or https:// URL")
+    machine: dict[str, object] = {}
+    if product_config is not None:
+        manifest, machine = _product(product_config)
+        line = _attach(repo, channel, manifest, product_config)
+        if line:
+            told(line)
     with tempfile.TemporaryDirectory(prefix="greenlight-installer-") as tmp:
         payload = Path(tmp) / "payload"
         payload.mkdir()
         made = build_bundle(repo, channel, payload / "bundle.tar", expires)
         shutil.copyfile(repo.metadata_dir / "root.json", payload / "root.json")
-        if product_config is not None:
-            shutil.copyfile(product_config, payload / "product.toml")
         (payload / "installer.json").write_text(json.dumps({
             "channel": channel, "release": made.release, "repo_url": repo_url,
+            "machine": machine,
         }, indent=2))
         name = name or f"greenlight-installer-{channel}-{made.release}"
         work = work_dir or Path(tmp) / "work"

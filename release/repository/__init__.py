@@ -5,7 +5,7 @@ to a channel (with deltas), the channel lifecycle (promote, yank, staged rollout
 from greenlight.release.repository._channels import channel_history, channels, current_channel_file
 from greenlight.release.repository._keys import KeyStore, LooseKeyPermissions
 from greenlight.release.repository._lifecycle import promote, rollout, yank
-from greenlight.release.repository._publish import publish
+from greenlight.release.repository._publish import attach_manifest, publish
 from greenlight.release.repository._repository import FileRepository, init_repository
 from greenlight.release.repository._signing import (
     ImportResult,
@@ -27,6 +27,7 @@ from greenlight.release.repository._upkeep import (
 )
 
 __all__ = [
+    "attach_manifest",
     "FileRepository",
     "ImportResult",
     "KeyChange",

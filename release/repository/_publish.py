@@ -35,7 +35,7 @@ from greenlight.release.repository._channels import (
 from greenlight.release.repository._deltas import build_deltas
 from greenlight.release.repository._repository import FileRepository, all_or_nothing
 
-__all__ = ["publish"]
+__all__ = ["attach_manifest", "publish"]
 
 
 def _before_rollout(current: ChannelFile | None) -> PreviousRelease | None:
@@ -55,8 +55,6 @@ def _add_manifest(repo: FileRepository, version: str, path: Path) -> ManifestRef
     Raises:
         NotFound: no such file. UsageError: it does not load (one line, the first problem).
     """
-    import hashlib
-
     from greenlight.updater import ConfigError
     from greenlight.updater.product import load_manifest
 
@@ -69,6 +67,12 @@ def _add_manifest(repo: FileRepository, version: str, path: Path) -> ManifestRef
         raise UsageError(f"--manifest {path}: cannot read: {e}") from None
     except ConfigError as e:
         raise UsageError(f"--manifest: {e}") from None
+    return _manifest_ref(repo, version, data)
+
+
+def _manifest_ref(repo: FileRepository, version: str, data: bytes) -> ManifestRef:
+    import hashlib
+
     target = manifest_target(version, hashlib.sha256(data).hexdigest())
     info = add_artifacts(repo, {target: data})[target]
     return ManifestRef(target=target, sha256=info.hashes["sha256"], length=info.length)
@@ -158,3 +162,47 @@ def publish(
     )
     write_channel_file(repo, channel_file)
     return channel_file
+
+
+@all_or_nothing
+def attach_manifest(repo: FileRepository, channel: str, manifest: str,
+                    source: str) -> tuple[ChannelFile, bool]:
+    """Make `manifest` (a loaded manifest's text) the product manifest of `channel`'s release,
+    published without one: the channel file is signed again with the same release and
+    components and the manifest's reference, so the release's key changes and machines take
+    the release with its manifest at their next check. Returns the channel file and whether
+    it changed (False: the release already carries this very manifest).
+
+    Raises:
+        NotFound: the channel has no release. Conflict: it carries another manifest, or a
+        staged rollout is under way (its machines are counted by the release's key).
+    """
+    import hashlib
+
+    from greenlight.updater.product import load_manifest
+
+    require(repo)
+    current = current_channel_file(repo, channel)
+    if current is None:
+        raise NotFound(f"channel {channel!r} has no release")
+    data = manifest.encode()
+    if current.manifest is not None:
+        from tuf.api.metadata import TargetFile
+
+        carried = repo.read_target(TargetFile(current.manifest.length,
+                                              {"sha256": current.manifest.sha256},
+                                              current.manifest.target))
+        if (current.manifest.sha256 == hashlib.sha256(data).hexdigest()
+                or load_manifest(carried.decode(), "carried") == load_manifest(manifest, source)):
+            return current, False
+        raise Conflict(f"{source}: {channel} {current.release} carries another product "
+                       "manifest, which the installer installs with it; leave "
+                       "--product-config out, or publish a new release with --manifest")
+    if current.rollout is not None:
+        raise Conflict(f"{source}: {channel} {current.release} is in a staged rollout; a "
+                       "manifest would change its release key mid-way: finish or yank the "
+                       "rollout, or publish a new release with --manifest")
+    ref = _manifest_ref(repo, current.release, data)
+    channel_file = current.model_copy(update={"manifest": ref, "published_at": now()})
+    write_channel_file(repo, channel_file)
+    return channel_file, True

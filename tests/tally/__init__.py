@@ -38,7 +38,32 @@ def build(version: str, out: Path, faults: dict[str, object] | None = None) -> d
     with tarfile.open(ui, "w:gz") as tar:
         tar.addfile(_dir("ui"))
         _add(tar, "ui/probe.py", (HERE / "probe.py").read_bytes(), 0o755)
+        _add(tar, "ui/relay.py", RELAY.encode(), 0o755)
     return {"core": core, "ui": ui}
+
+
+RELAY = """\
+# tally's relay: answers every request 200 "relay ok". Standard library only (asyncio), so a
+# frozen updater's {python} runs it as well.
+import asyncio
+import sys
+
+
+async def answer(reader, writer):
+    await reader.readuntil(b"\\r\\n\\r\\n")
+    writer.write(b"HTTP/1.0 200 OK\\r\\nContent-Length: 8\\r\\n\\r\\nrelay ok")
+    await writer.drain()
+    writer.close()
+
+
+async def main():
+    server = await asyncio.start_server(answer, "127.0.0.1", int(sys.argv[1]))
+    async with server:
+        await server.serve_forever()
+
+
+asyncio.run(main())
+"""
 
 
 def _dir(name: str) -> tarfile.TarInfo:
@@ -113,13 +138,13 @@ def manifest(port_value: str = "core_port", relay: bool = False, extra_check: st
         text += '''
 [[service]]
 name = "relay"
-command = ["{python}", "-m", "http.server", "{relay_port}", "--bind", "127.0.0.1",
-           "--directory", "{release_dir}/ui"]
+command = ["{python}", "{release_dir}/ui/relay.py", "{relay_port}"]
 ready = "relay-up"
 
 [[check]]
 name = "relay-up"
 type = "http"
-url = "http://127.0.0.1:{relay_port}/probe.py"
+url = "http://127.0.0.1:{relay_port}/"
+body_contains = "relay ok"
 '''
     return text + extra_check

@@ -25,9 +25,7 @@ if TYPE_CHECKING:
         TcpCheck,
         VersionCheck,
         WebSocketCheck,
-        load_product,
-        product_part,
-        with_product,
+        with_machine_parts,
     )
     from greenlight.updater.product._control import HealthFailure, ServiceControl, backend_for
     from greenlight.updater.product._health import (
@@ -42,6 +40,7 @@ if TYPE_CHECKING:
         layered,
         load_manifest,
         manifest_schema,
+        split_product_config,
     )
     from greenlight.updater.product._placeholders import expand, expand_command, values_for
     from greenlight.updater.product._rootconfig import config_of, forget_config, init_root
@@ -93,14 +92,13 @@ __all__ = [
     "init_root",
     "layered",
     "load_manifest",
+    "split_product_config",
     "launcher_argv",
     "manifest_schema",
-    "load_product",
-    "product_part",
     "python_argv",
     "render_unit",
     "values_for",
-    "with_product",
+    "with_machine_parts",
 ]
 
 _HOME = {
@@ -136,6 +134,7 @@ _HOME = {
     "init_root": "greenlight.updater.product._rootconfig",
     "layered": "greenlight.updater.product._manifest",
     "load_manifest": "greenlight.updater.product._manifest",
+    "split_product_config": "greenlight.updater.product._manifest",
     "manifest_schema": "greenlight.updater.product._manifest",
     "drain": "greenlight.updater.product._services",
     "expand": "greenlight.updater.product._placeholders",
@@ -143,12 +142,10 @@ _HOME = {
     "failed_required": "greenlight.updater.product._health",
     "frozen": "greenlight.updater.product._runtime",
     "launcher_argv": "greenlight.updater.product._runtime",
-    "load_product": "greenlight.updater.product._config",
-    "product_part": "greenlight.updater.product._config",
     "python_argv": "greenlight.updater.product._runtime",
     "render_unit": "greenlight.updater.product._systemd",
     "values_for": "greenlight.updater.product._placeholders",
-    "with_product": "greenlight.updater.product._config",
+    "with_machine_parts": "greenlight.updater.product._config",
 }
 
 

@@ -32,10 +32,11 @@ from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_v
 from greenlight.channels import Record, check_channel_name, describe_validation
 from greenlight.updater._errors import ConfigError
 
-__all__ = ["PRODUCT_PARTS", "AgentConfig", "CheckConfig", "CommandCheck", "Config", "DnsCheck",
+__all__ = ["INSTALLER_MACHINE_PARTS", "AgentConfig", "CheckConfig", "CommandCheck", "Config",
+           "DnsCheck",
            "HealthConfig", "HttpCheck", "ProcessCheck", "ReportConfig", "RepositoryConfig",
            "ServiceConfig", "StopConfig", "TcpCheck", "VersionCheck", "WebSocketCheck",
-           "check_product", "load_product", "product_part", "with_product"]
+           "check_product", "with_machine_parts"]
 
 
 def _url(text: str) -> str:
@@ -295,35 +296,11 @@ class Config(_Section):
         return None if self.report is None else self.report.queue_max
 
 
-PRODUCT_PARTS = ("backend", "systemd_scope", "service", "check", "health", "stop")
-"""What a product's configuration (`release installer --product-config`) may hold; the
-repository, the channel and keep_releases belong to the installation."""
+INSTALLER_MACHINE_PARTS = ("backend", "systemd_scope")
+"""What of an installer's product configuration (`release installer --product-config`) is the
+machine's: written into a fresh root's greenlight.toml. The rest is the release's manifest."""
 
 _PLACEHOLDER_REPOSITORY = {"url": "http://127.0.0.1/"}
-
-
-def product_part(data: dict[str, object]) -> dict[str, object]:
-    return {k: data[k] for k in PRODUCT_PARTS if k in data}
-
-
-def load_product(text: str, source: str) -> dict[str, object]:
-    """A product's configuration, checked on its own as the machine will check it.
-
-    Raises:
-        ConfigError: not TOML, a key that is not the product's, or an invalid field.
-    """
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{source}: not valid TOML: {e}") from None
-    foreign = [k for k in data if k not in PRODUCT_PARTS]
-    if foreign:
-        raise ConfigError(
-            f"{source}: {foreign[0]!r} is not part of a product's configuration; it may hold "
-            f"only backend, [[service]], [[check]], [health] and [stop] (the repository and "
-            f"channel come from the installer)")
-    check_product(data, source)
-    return data
 
 
 def check_product(data: dict[str, Any], source: str) -> None:
@@ -339,20 +316,20 @@ def check_product(data: dict[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: {describe_validation(e, data, limit=1)}") from None
 
 
-def with_product(config_text: str, product: dict[str, object], source: str) -> str:
-    """greenlight.toml with its product part replaced by `product`: the installation's keys
-    kept, top-level keys first, validated.
+def with_machine_parts(config_text: str, parts: dict[str, object], source: str) -> str:
+    """greenlight.toml with the installer's machine settings (`backend`, `systemd_scope`)
+    set: the installation's other keys kept, top-level keys first, validated.
 
     Raises:
         ConfigError: the result would not load.
     """
     data = tomllib.loads(config_text)
-    merged = {k: v for k, v in data.items() if k not in PRODUCT_PARTS} | product
+    merged = {k: v for k, v in data.items() if k not in parts} | parts
     try:
         Config.model_validate(merged)
     except ValidationError as e:
         raise ConfigError(f"{source}: {describe_validation(e, merged, limit=1)}") from None
-    return ("# greenlight.toml: the installation's repository and channel, and the product's\n"
-            "# services and checks (written by the offline installer). Reference: Greenlight's\n"
-            "# docs/configuration.md. Top-level keys stay above the first [table].\n\n"
-            + tomli_w.dumps(merged))
+    return ("# greenlight.toml: this machine's layer (repository, channel, backend, values);\n"
+            "# how the product runs comes with each release's manifest. Reference: Greenlight's\n"
+            "# docs/configuration.md and docs/manifest.md. Top-level keys stay above the first\n"
+            "# [table].\n\n" + tomli_w.dumps(merged))

@@ -28,6 +28,7 @@ from pydantic import Field, ValidationError
 from greenlight.channels import Record, describe_validation
 from greenlight.updater._errors import ConfigError
 from greenlight.updater.product._config import (
+    INSTALLER_MACHINE_PARTS,
     CheckConfig,
     Config,
     HealthConfig,
@@ -38,7 +39,7 @@ from greenlight.updater.product._config import (
 from greenlight.updater.product._placeholders import placeholders
 
 __all__ = ["BUILT_IN", "Layered", "ProductManifest", "layered", "load_manifest",
-           "manifest_schema"]
+           "manifest_schema", "split_product_config"]
 
 BUILT_IN = ("root", "release_dir", "version", "python", "data_dir", "token")
 """The placeholders the machine always fills; a manifest's own are declared under [values]."""
@@ -114,6 +115,36 @@ def load_manifest(text: str, source: str) -> ProductManifest:
                     f"under [values] (with its default), or use one of "
                     f"{', '.join('{' + b + '}' for b in BUILT_IN)}")
     return manifest
+
+
+def split_product_config(text: str, source: str) -> tuple[str, dict[str, object]]:
+    """An installer's product configuration (`release installer --product-config`) as the
+    release's manifest (its text, checked by `load_manifest`) and the machine's part of it
+    (`backend`, `systemd_scope`, checked as greenlight.toml checks them). A file without
+    machine parts is the manifest as it is, comments kept.
+
+    Raises:
+        ConfigError: one line naming the first problem.
+    """
+    import tomli_w
+
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    machine = {k: v for k, v in data.items() if k in INSTALLER_MACHINE_PARTS}
+    foreign = [k for k in data if k not in machine and k not in ProductManifest.model_fields]
+    if foreign:
+        raise ConfigError(
+            f"{source}: {foreign[0]!r} is not part of a product's configuration; it may hold "
+            "[values], [[service]], [[check]], [health], [stop] (the release's manifest) and "
+            "backend, systemd_scope (the machine's); the repository and channel come from "
+            "the installer")
+    check_product(machine, source)
+    manifest = text if not machine else tomli_w.dumps(
+        {k: v for k, v in data.items() if k not in machine})
+    load_manifest(manifest, source)
+    return manifest, machine
 
 
 @dataclass

@@ -5,7 +5,7 @@ declares (set by the machine's [values])."""
 import re
 from typing import TYPE_CHECKING
 
-from greenlight.updater.product._runtime import python_argv
+from greenlight.updater.product._runtime import frozen, python_argv
 
 if TYPE_CHECKING:
     from greenlight.updater.store import InstallRoot
@@ -45,5 +45,26 @@ def values_for(root: "InstallRoot", release: str | None,
 
     release_dir = root.release_dir(release) if release else root.current
     return {**(declared or {}), "root": str(root.path), "release_dir": str(release_dir),
-            "version": version_of(release) if release else "", "python": sys.executable,
+            "version": version_of(release) if release else "",
+            "python": _frozen_python(root) if frozen() else sys.executable,
             "data_dir": str(root.path / "data")}
+
+
+def _frozen_python(root: "InstallRoot") -> str:
+    """A frozen updater's interpreter as one path, for a `{python}` inside a string (`sh -c
+    "exec {python} ..."`): `<root>/bin/greenlight-python`, a script that runs this
+    executable's private interpreter entry, (re)written when it names another executable."""
+    import shlex
+    import sys
+
+    from greenlight.channels import atomic_write
+
+    path = root.path / "bin" / "greenlight-python"
+    script = f"#!/bin/sh\nexec {shlex.quote(sys.executable)} --greenlight-python \"$@\"\n"
+    try:
+        if path.read_text() == script:
+            return str(path)
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write(path, script.encode(), mode=0o755)
+    return str(path)
