@@ -11,6 +11,7 @@ whole CLI process that signs and publishes a halt. Target: the halt within 1 s.
 """
 
 import argparse
+import json
 import shutil
 import statistics
 import subprocess
@@ -35,13 +36,23 @@ def measure(rounds: int = 5) -> dict[str, float]:
     (medians and the worst), over `rounds` releases."""
     import httpx
 
-    from greenlight.channels import HaltRule, RolloutPlan, now
+    from greenlight.channels import (
+        HaltRule,
+        RolloutPlan,
+        machine_id,
+        new_private_key,
+        now,
+        public_key_text,
+        public_raw,
+        sign_body,
+    )
     from greenlight.release import init_repository, publish
 
     from examples.demo.build import build
 
     work = Path(tempfile.mkdtemp(prefix="greenlight-bench-halt-"))
     repo = init_repository(work / "repo")
+    publish(repo, "stable", "1.0", build("1.0", work / "builds" / "1.0", ()))  # the fallback
     plan = RolloutPlan(steps=[10, 50, 100], soak=3600, started_at=now(),
                        halt=HaltRule(rollbacks=3))
     (work / "fleet").write_text(FLEET + "\n")
@@ -51,24 +62,35 @@ def measure(rounds: int = 5) -> dict[str, float]:
     collector = subprocess.Popen(
         [str(BIN / "release"), "collector", "--db", f"sqlite:///{work / 'c.sqlite3'}",
          "--port", str(port), "--fleet-token-file", str(work / "fleet"),
-         "--admin-token-file", str(work / "admin"), "--repo", str(repo.path)],
+         "--admin-token-file", str(work / "admin"), "--repo", str(repo.path),
+         "--enrolment", "preauthorized"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     halts, anchors = [], []
     try:
         _wait(url + "v1/rollouts")
         client = httpx.Client(headers={"Authorization": f"Bearer {FLEET}"})
+        # The fleet's machines, their keys loaded as provisioning would: they count at once.
+        keys = [new_private_key() for _ in range(3 * rounds)]
+        assert client.post(url + "v1/machines/load", headers={
+            "Authorization": f"Bearer {ADMIN}"}, json={"keys": [
+                public_key_text(k) for k in keys]}).status_code == 200
         for n in range(rounds):
             version = f"2.{n}"
             cf = publish(repo, "beta", version, build(version, work / "builds" / version, ()),
                          fallback="stable", rollout_plan=plan)
             key = cf.identity.key
             for i in range(3):
-                report = {"schema": "greenlight.report/1", "installation": f"{n:08x}{i:024x}",
-                          "at": datetime.now(UTC).isoformat(), "channel": "beta",
-                          "outcome": "rolled-back", "release": version, "release_key": key,
-                          "failed_checks": [{"name": "ui-session", "summary": "HTTP 403"}]}
+                machine = keys[3 * n + i]
+                body = json.dumps({
+                    "schema": "greenlight.report/1",
+                    "installation": machine_id(public_raw(public_key_text(machine))),
+                    "at": datetime.now(UTC).isoformat(), "channel": "beta",
+                    "outcome": "rolled-back", "release": version, "release_key": key,
+                    "failed_checks": [{"name": "ui-session", "summary": "HTTP 403"}]}).encode()
+                signed = sign_body(machine, body)
                 started = time.perf_counter()
-                assert client.post(url + "v1/reports", json=report).status_code == 202
+                assert client.post(url + "v1/reports", content=body,
+                                   headers=signed).status_code == 202
             while not _halted(repo.path, "beta", key):
                 if time.perf_counter() - started > 30:
                     raise SystemExit("the collector did not halt the rollout within 30 s")

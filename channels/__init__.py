@@ -36,6 +36,17 @@ from greenlight.channels._layout import (
     clean_member_name,
     top_folder_of,
 )
+from greenlight.channels._machine_key import (
+    KEY_HEADER,
+    SIGNATURE_HEADER,
+    MachineKeyError,
+    machine_id,
+    new_private_key,
+    public_key_text,
+    public_raw,
+    sign_body,
+    verified_sender,
+)
 from greenlight.channels._model import (
     SCHEMA_VERSION,
     ChannelFile,
@@ -78,6 +89,15 @@ __all__ = [
     "describe_validation",
     "FLEET_OUTCOMES",
     "FleetReport",
+    "KEY_HEADER",
+    "MachineKeyError",
+    "SIGNATURE_HEADER",
+    "machine_id",
+    "new_private_key",
+    "public_key_text",
+    "public_raw",
+    "sign_body",
+    "verified_sender",
     "LayoutError",
     "Outcome",
     "ReportedCheck",

@@ -4,6 +4,7 @@
 against nginx serving the very same tree (a repository needs nothing but static files).
 """
 
+import json
 import os
 import shutil
 import socket
@@ -229,6 +230,35 @@ def server(published: FileRepository) -> Iterator[Served]:
 # --- the fleet collector, as a real process ---------------------------------------------
 
 FLEET, ADMIN = "f" * 24, "a" * 24
+_MACHINE_KEYS: dict[str, bytes] = {}
+
+
+def machine_key(name: str) -> bytes:
+    """A made-up machine's private key (PEM), one per name, for this test run."""
+    from greenlight.channels import new_private_key
+
+    return _MACHINE_KEYS.setdefault(name, new_private_key())
+
+
+def machine_id(name: str) -> str:
+    from greenlight.channels import machine_id as id_of
+    from greenlight.channels import public_key_text, public_raw
+
+    return id_of(public_raw(public_key_text(machine_key(name))))
+
+
+def post_report(url: str, name: str, report: dict | bytes, token: str = FLEET,
+                **kw: object) -> httpx.Response:
+    """POST a report as the made-up machine `name` would: its installation is the machine's
+    key id (for a dict), the body signed with its key, the fleet token in front."""
+    from greenlight.channels import sign_body
+
+    if isinstance(report, dict):
+        report = json.dumps({**report, "installation": machine_id(name)}).encode()
+    return httpx.post(url.rstrip("/") + "/v1/reports", content=report, timeout=30,
+                      headers={"Authorization": f"Bearer {token}",
+                               "Content-Type": "application/json",
+                               **sign_body(machine_key(name), report)}, **kw)
 
 
 def wait_http(url: str, proc: subprocess.Popen, what: str) -> None:

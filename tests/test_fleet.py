@@ -13,7 +13,16 @@ import pytest
 
 from greenlight.release import init_repository, publish
 
-from conftest import ADMIN, FLEET, MARKER_PRODUCT, Collector, builtin_server, free_port
+from conftest import (
+    ADMIN,
+    FLEET,
+    MARKER_PRODUCT,
+    Collector,
+    builtin_server,
+    free_port,
+    machine_id,
+    post_report,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -72,11 +81,9 @@ def test_machines_report_and_the_collector_counts_distinct_machines(fleet):
         assert httpx.get(collector.url + "v1/rollouts").status_code == 401
         assert httpx.get(collector.url + "v1/rollouts",
                          headers={"Authorization": f"Bearer {FLEET}"}).status_code == 401
-        body = json.dumps({"schema": "greenlight.report/1"})
-        assert httpx.post(collector.url + "v1/reports", content=body,
-                          headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 401
-        refused = httpx.post(collector.url + "v1/reports", content=body,
-                             headers={"Authorization": f"Bearer {FLEET}"})
+        body = json.dumps({"schema": "greenlight.report/1"}).encode()
+        assert post_report(collector.url, "x", body, token=ADMIN).status_code == 401
+        refused = post_report(collector.url, "x", body)
         assert refused.status_code == 422 and "greenlight.report/1" in refused.text
     finally:
         collector.stop()
@@ -88,11 +95,10 @@ def test_reports_from_one_installation_are_rate_limited(fleet):
 
     collector = Collector(tmp, f"sqlite:///{tmp / 'collector.sqlite3'}")
     try:
-        report = {"schema": "greenlight.report/1", "installation": "0" * 32,
+        report = {"schema": "greenlight.report/1",
                   "at": "2026-11-22T10:00:00Z", "channel": "beta", "outcome": "rolled-back",
                   "release": "9.9"}
-        codes = [httpx.post(collector.url + "v1/reports", json=report,
-                            headers={"Authorization": f"Bearer {FLEET}"}).status_code
+        codes = [post_report(collector.url, "rated", report).status_code
                  for _ in range(RATE + 2)]
         assert codes == [202] * RATE + [429, 429]
         assert collector.rollouts()[("beta", "9.9")]["machines"] == 1  # one machine, not 10
@@ -207,25 +213,27 @@ def test_what_a_machine_writes_cannot_be_weaponised(fleet):
     character."""
     tmp, repo, server, builds = fleet
     collector = Collector(tmp, f"sqlite:///{tmp / 'collector.sqlite3'}")
-    def post(body: object, **kw: object) -> int:
-        return httpx.post(collector.url + "v1/reports", timeout=30,
-                          headers={"Authorization": f"Bearer {FLEET}",
-                                   "Content-Type": "application/json"}, **kw).status_code
+    def post(report: dict) -> int:
+        return post_report(collector.url, "writer", report).status_code
+
+    def raw(content: object) -> int:
+        return httpx.post(collector.url + "v1/reports", content=content, timeout=30,
+                          headers={"Authorization": f"Bearer {FLEET}"}).status_code
 
     try:
         forged = "\nupdater: stable: up to date at 9.9" + HOSTILE
-        assert post(None, json=_report(failed_checks=[{"name": "ui", "summary": forged}])) == 202
-        assert post(None, json=_report(failed_checks=[{"name": HOSTILE, "summary": "s"}])) == 422
-        assert post(None, json=_report(channel="c" * 70)) == 422  # a 500 on PostgreSQL once
-        assert post(None, json=_report(release_key="9.9@" + "a" * 200)) == 422
-        assert post(None, json=_report(failed_checks=[{"name": "a", "summary": "s"}] * 51)) == 422
-        assert post(None, content=b"{" + b" " * 70_000 + b"}") == 413
+        assert post(_report(failed_checks=[{"name": "ui", "summary": forged}])) == 202
+        assert post(_report(failed_checks=[{"name": HOSTILE, "summary": "s"}])) == 422
+        assert post(_report(channel="c" * 70)) == 422  # a 500 on PostgreSQL once
+        assert post(_report(release_key="9.9@" + "a" * 200)) == 422
+        assert post(_report(failed_checks=[{"name": "a", "summary": "s"}] * 51)) == 422
+        assert raw(b"{" + b" " * 70_000 + b"}") == 413
 
         def chunks():  # no Content-Length: cut while it is read
             for _ in range(100):
                 yield b" " * 4096
 
-        assert post(None, content=chunks()) == 413
+        assert raw(chunks()) == 413
         stored = collector.rollouts()[("beta", "9.9")]["checks"][0]["example"]
         assert "\x1b" not in stored and "\n" not in stored and "\\x1b[2J" in stored
         shown = subprocess.run([str(BIN / "release"), "rollout", "status", "--collector",
@@ -294,22 +302,21 @@ def test_the_collector_documents_its_api_and_exports_metrics(fleet):
         api = httpx.get(collector.url + "openapi.json", timeout=10).json()
         assert api["openapi"].startswith("3.1")
         post = api["paths"]["/v1/reports"]["post"]
-        assert set(post["responses"]) == {"202", "401", "413", "422", "429"}
+        assert set(post["responses"]) == {"202", "401", "403", "413", "422", "429"}
         schemas = api["components"]["schemas"]
         # The documented schema accepts a real report and refuses a hostile name.
         resolver = {"$ref": "#/components/schemas/FleetReport", "components": api["components"]}
         good = _report(failed_checks=[{"name": "ui", "summary": "s"}])
+        good["installation"] = machine_id("documented")
         jsonschema.validate(good, resolver)
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(_report(failed_checks=[{"name": HOSTILE, "summary": "s"}]),
                                 resolver)
         assert "ReportedCheck" in schemas
 
-        headers = {"Authorization": f"Bearer {FLEET}"}
-        assert httpx.post(collector.url + "v1/reports", json=good, headers=headers
-                          ).status_code == 202
-        assert httpx.post(collector.url + "v1/reports", json=_report(channel="c" * 70),
-                          headers=headers).status_code == 422
+        assert post_report(collector.url, "documented", good).status_code == 202
+        assert post_report(collector.url, "documented", _report(channel="c" * 70)
+                           ).status_code == 422
         assert httpx.get(collector.url + "metrics").status_code == 401
         text = httpx.get(collector.url + "metrics",
                          headers={"Authorization": f"Bearer {ADMIN}"}).text
@@ -319,4 +326,236 @@ def test_the_collector_documents_its_api_and_exports_metrics(fleet):
         assert "greenlight_request_seconds_bucket" in text
         assert FLEET not in text and ADMIN not in text
     finally:
+        collector.stop()
+
+
+def _machines(collector: Collector, state: str | None = None) -> dict:
+    answer = httpx.get(collector.url + "v1/machines" + (f"?state={state}" if state else ""),
+                       headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def _release(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "release"), *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_a_machine_is_known_by_its_own_key(fleet):
+    """`updater init` makes the machine's key pair (the private key 0600 in state/); its
+    reports are signed with it and counted under the key's id. A body claiming another
+    machine's id, an unsigned body, and a body changed after signing are refused."""
+    import stat
+
+    tmp, repo, server, builds = fleet
+    collector = Collector(tmp, f"sqlite:///{tmp / 'collector.sqlite3'}")
+    try:
+        m = Machine(tmp, "m", repo, server, collector.url)
+        key = m.path / "state" / "machine-key.pem"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        identity = json.loads(m.updater("identity", "--json").stdout)
+        assert m.updater("identity", "--key").stdout.strip() == identity["key"]
+        publish(repo, "stable", "1.0", builds("1.0"))
+        assert m.updater("upgrade").returncode == 0 and m.queued() == []
+        listed = _machines(collector)["machines"]
+        assert [(x["id"], x["state"], x["source"]) for x in listed] == [
+            (identity["id"], "active", "open")]
+        assert collector.rollouts()[("stable", "1.0")]["machines"] == 1
+
+        claimed = json.dumps({**_report(), "installation": identity["id"]}).encode()
+        refused = post_report(collector.url, "thief", claimed)  # signed by another key
+        assert refused.status_code == 422 and "is not the id of the key" in refused.text
+        unsigned = httpx.post(collector.url + "v1/reports", content=claimed,
+                              headers={"Authorization": f"Bearer {FLEET}"})
+        assert unsigned.status_code == 401 and "unsigned" in unsigned.text
+        from greenlight.channels import sign_body
+
+        from conftest import machine_key
+
+        headers = sign_body(machine_key("thief"), b"{}")  # a signature of another body
+        changed = httpx.post(collector.url + "v1/reports", content=claimed,
+                             headers={"Authorization": f"Bearer {FLEET}", **headers})
+        assert changed.status_code == 401 and "does not verify" in changed.text
+        assert collector.rollouts()[("stable", "1.0")]["machines"] == 1
+    finally:
+        collector.stop()
+
+
+def test_enrolment_by_approval_by_loaded_keys_and_revocation(fleet):
+    """approved: a new key's reports are kept but count for nothing until an admin approves
+    it; preauthorized: only the keys the operator loaded may report; a revoked key is
+    refused and what it sent stops counting. Through `release machines`."""
+    from greenlight.channels import public_key_text
+    from greenlight.release.fleet import Store
+
+    from conftest import machine_key
+
+    tmp, repo, server, builds = fleet
+    db = f"sqlite:///{tmp / 'approved.sqlite3'}"
+    admin = ["--admin-token-file", str(tmp / "tokens" / "admin")]
+    collector = Collector(tmp, db, None, "--enrolment", "approved")
+    key = "9.9@" + "a" * 12
+    try:
+        answer = post_report(collector.url, "newcomer", _report(release_key=key))
+        assert answer.status_code == 202 and answer.json()["machine"] == "pending"
+        assert Store(db).judged("beta", key, None).total == 0
+        ident = machine_id("newcomer")
+        listed = _release("machines", "list", "--collector", collector.url, *admin,
+                          "--state", "pending")
+        assert listed.returncode == 0 and ident in listed.stdout, listed.stderr
+        assert "1 pending" in listed.stdout
+        done = _release("machines", "approve", "--collector", collector.url, *admin, ident)
+        assert done.returncode == 0 and "approved 1 of 1" in done.stdout, done.stderr
+        assert Store(db).judged("beta", key, None).total == 1  # its report counts now
+        done = _release("machines", "revoke", "--collector", collector.url, *admin, ident)
+        assert done.returncode == 0 and "revoked 1 of 1" in done.stdout, done.stderr
+        answer = post_report(collector.url, "newcomer", _report(release_key=key))
+        assert answer.status_code == 403 and "revoked" in answer.text
+        assert Store(db).judged("beta", key, None).total == 0
+        bad = _release("machines", "approve", "--collector", collector.url, *admin, "nope")
+        assert bad.returncode != 0 and "422" in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
+    finally:
+        collector.stop()
+
+    collector = Collector(tmp, f"sqlite:///{tmp / 'loaded.sqlite3'}", None,
+                          "--enrolment", "preauthorized")
+    try:
+        answer = post_report(collector.url, "stranger", _report())
+        assert answer.status_code == 403 and "not enrolled" in answer.text
+        keys = tmp / "keys.txt"
+        keys.write_text(f"# from the provisioning\n{public_key_text(machine_key('loaded'))}"
+                        "  # rack 4\n")
+        done = _release("machines", "load", "--collector", collector.url, *admin, str(keys))
+        assert done.returncode == 0 and "loaded 1 machine key" in done.stdout, done.stderr
+        assert post_report(collector.url, "loaded", _report()).status_code == 202
+        assert post_report(collector.url, "stranger", _report()).status_code == 403
+        assert [x["source"] for x in _machines(collector)["machines"]] == ["preauthorized"]
+    finally:
+        collector.stop()
+
+
+def test_new_keys_are_rate_limited(fleet):
+    """Minting keys is bounded by --enrol-rate for the whole collector; known machines go on
+    reporting."""
+    tmp, repo, server, builds = fleet
+    collector = Collector(tmp, f"sqlite:///{tmp / 'c.sqlite3'}", None, "--enrol-rate", "5")
+    try:
+        codes = [post_report(collector.url, f"mint{i}", _report()).status_code
+                 for i in range(8)]
+        assert codes == [202] * 5 + [429] * 3
+        assert post_report(collector.url, "mint0", _report()).status_code == 202
+        counts = _machines(collector)["counts"]
+        assert counts["active"] == 5 and counts["last_hour"] == 5 and not counts["spike"]
+    finally:
+        collector.stop()
+
+
+def test_pruning_keeps_what_the_rules_count(tmp_path):
+    """Reports older than the retention go, except those of a rollout under way; machines'
+    enrolments stay, so the history a key needs to count survives the pruning. A spike of
+    new keys is flagged against the week before."""
+    from datetime import UTC, datetime, timedelta
+
+    from greenlight.channels import FleetReport, public_key_text
+    from greenlight.release.fleet import Store
+
+    from conftest import machine_key
+
+    store = Store(f"sqlite:///{tmp_path / 's.sqlite3'}")
+    t0 = datetime(2026, 6, 1, tzinfo=UTC)
+    old, live = "1.0@" + "a" * 12, "2.0@" + "b" * 12
+
+    def accept(name: str, key: str, at: datetime, outcome: str = "rolled-back") -> None:
+        report = FleetReport.model_validate({
+            **_report(release_key=key, release=key.split("@")[0], outcome=outcome),
+            "installation": machine_id(name), "channel": "stable"})
+        said = store.accept(report, report.model_dump_json(by_alias=True), at, 10,
+                            public_key_text(machine_key(name)).strip())
+        assert said[0] == "accepted", said
+
+    for i in range(3):
+        accept(f"p{i}", old, t0, "upgraded")
+    started = t0 + timedelta(days=40)
+    for i in range(3):
+        accept(f"p{i}", live, started + timedelta(days=1))
+    accept("minted", live, started + timedelta(days=2))  # enrolled after the rollout began
+    assert store.prune(t0 + timedelta(days=50), {("stable", live)}) == 3  # 1.0's reports
+    judged = store.judged("stable", live, None, established_before=started)
+    assert (judged.failed, judged.total) == (3, 3)  # p0-p2 still count; minted does not
+    assert store.prune(t0 + timedelta(days=50), set()) == 4
+    assert len(store.machine_list()) == 4
+
+    now = t0 + timedelta(days=60)
+    for i in range(25):
+        accept(f"spike{i}", live, now - timedelta(minutes=30) + timedelta(seconds=3 * i))
+    counts = store.enrolment(now)
+    assert counts["last_hour"] == 25 and counts["spike"] is True
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.exhaustive
+def test_the_collector_holds_under_abuse(fleet):
+    """1,000 half-sent requests do not stop the admin's, and each is cut off once its time
+    is up; a 1 GiB body, declared or streamed, is refused with the collector's memory flat."""
+    import socket
+
+    from greenlight.release.fleet._server import REQUEST_TIMEOUT
+
+    tmp, repo, server, builds = fleet
+    collector = Collector(tmp, f"sqlite:///{tmp / 'c.sqlite3'}")
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    half: list[socket.socket] = []
+    try:
+        before = _rss(collector.proc.pid)
+        for _ in range(1000):
+            s = socket.create_connection(("127.0.0.1", collector.port))
+            s.sendall(b"POST /v1/reports HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            half.append(s)
+        answer = httpx.get(collector.url + "v1/rollouts", headers=admin, timeout=10)
+        assert answer.status_code == 200
+        half[-1].settimeout(REQUEST_TIMEOUT + 30)
+        assert half[-1].recv(1) == b""  # closed by the collector, not by us
+        assert httpx.get(collector.url + "v1/rollouts", headers=admin).status_code == 200
+
+        # A declared 1 GiB (by hand: httpx sets Content-Length itself), then a streamed one.
+        s = socket.create_connection(("127.0.0.1", collector.port))
+        s.sendall(b"POST /v1/reports HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+                  + FLEET.encode() + b"\r\nContent-Length: " + str(1 << 30).encode()
+                  + b"\r\n\r\n")
+        s.settimeout(30)
+        assert s.recv(4096).startswith(b"HTTP/1.1 413")
+        s.close()
+
+        s = socket.create_connection(("127.0.0.1", collector.port))
+        s.sendall(b"POST /v1/reports HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+                  + FLEET.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n" % (1 << 20) + b" " * (1 << 20) + b"\r\n"
+        sent = 0
+        try:
+            while sent < 1 << 30:
+                s.sendall(chunk)
+                sent += 1 << 20
+        except OSError:  # the collector answered and closed while we were still sending
+            pass
+        s.settimeout(30)
+        try:
+            said = s.recv(4096)
+        except OSError:
+            said = b""
+        assert said.startswith(b"HTTP/1.1 413") or sent < 1 << 30, said[:80]
+        s.close()
+        grown = _rss(collector.proc.pid) - before
+        print(f"collector memory: {before >> 20} MiB before, grew {grown >> 20} MiB")
+        assert grown < 64 << 20, grown
+        assert httpx.get(collector.url + "v1/rollouts", headers=admin).status_code == 200
+    finally:
+        for s in half:
+            s.close()
         collector.stop()

@@ -31,7 +31,7 @@ from greenlight.updater.operations import check, open_repository
 from greenlight.updater.product import init_root
 from greenlight.updater.store import InstallRoot
 
-from conftest import ADMIN, FLEET, Collector, builtin_server
+from conftest import ADMIN, Collector, builtin_server, post_report
 
 BIN = Path(sys.executable).parent
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -170,9 +170,9 @@ def test_a_stolen_rollout_key_can_halt_or_step_but_never_past_the_plan(tmp_path,
                 "key); installing 1.0") in done.stdout
 
 
-def _report(installation: str, key: str, outcome: str = "rolled-back",
-            check: str = "ui-session") -> dict:
-    return {"schema": "greenlight.report/1", "installation": installation,
+def _report(key: str, outcome: str = "rolled-back", check: str = "ui-session") -> dict:
+    """A report about release `key`; post_report signs it as a named made-up machine."""
+    return {"schema": "greenlight.report/1",
             "at": datetime.now(UTC).isoformat(), "channel": "stable", "outcome": outcome,
             "release": key.split("@")[0], "release_key": key,
             "failed_checks": [{"name": check, "summary": "HTTP 403: denying api access"}]}
@@ -196,26 +196,25 @@ def test_the_collector_halts_a_rollout_and_a_person_resumes_it(tmp_path, publish
     db = f"sqlite:///{tmp_path / 'collector.sqlite3'}"
     collector = Collector(tmp_path, db, None, "--repo", str(published.path), "--tick", "0.2")
     try:
-        post = lambda body: httpx.post(collector.url + "v1/reports", json=body,  # noqa: E731
-                                       headers={"Authorization": f"Bearer {FLEET}"})
+        post = lambda name, body: post_report(collector.url, name, body)  # noqa: E731
         bad = [f"{i:032x}" for i in range(1, 4)]
         for ident in [*bad, "f" * 32]:  # machines the collector knew before the rollout
-            assert post(_report(ident, prior, "upgraded")).status_code == 202
+            assert post(ident, _report(prior, "upgraded")).status_code == 202
         cf = publish(published, "stable", "1.2", builds("1.2"),
                      rollout_plan=_plan([10, 50, 100], soak=3600, rollbacks=3))
         key = cf.identity.key
         # Ids invented for the occasion by a holder of the fleet token count for nothing.
         for n in range(100, 106):
-            assert post(_report(f"{n:032x}", key)).status_code == 202
+            assert post(f"{n:032x}", _report(key)).status_code == 202
         assert Guard(published.path, None, Store(db)).judge("stable") is None
         assert current_state(published, "stable") is None
-        assert post(_report(bad[0], key)).status_code == 202
-        assert post(_report(bad[0], key)).status_code == 202  # one machine twice: still one
-        assert post(_report(bad[1], key)).status_code == 202
-        assert post(_report("f" * 32, key, "upgraded")).status_code == 202
+        assert post(bad[0], _report(key)).status_code == 202
+        assert post(bad[0], _report(key)).status_code == 202  # one machine twice: still one
+        assert post(bad[1], _report(key)).status_code == 202
+        assert post("f" * 32, _report(key, "upgraded")).status_code == 202
         assert current_state(published, "stable") is None  # two machines: not yet
         crossed = time.monotonic()
-        assert post(_report(bad[2], key)).status_code == 202
+        assert post(bad[2], _report(key)).status_code == 202
         state = _wait_state(published, lambda s: s.halted)
         print(f"halt published {time.monotonic() - crossed:.3f} s after the third rollback")
         assert state.by == "collector" and state.step == 0
@@ -298,16 +297,12 @@ def test_the_dashboard_renders_in_a_real_headless_chromium(tmp_path, published, 
                           "--repo", str(published.path))
     try:
         for i in range(5):  # machines the collector knew before the rollout
-            answer = httpx.post(collector.url + "v1/reports",
-                                json=_report(f"{i + 1:032x}", prior, "upgraded"),
-                                headers={"Authorization": f"Bearer {FLEET}"})
+            answer = post_report(collector.url, f"m{i + 1}", _report(prior, "upgraded"))
             assert answer.status_code == 202
         cf = publish(published, "stable", "1.2", builds("1.2"),
                      rollout_plan=_plan([10, 50, 100], soak=3600, rollbacks=2))
         for i, outcome in enumerate(["upgraded"] * 3 + ["rolled-back"] * 2):
-            answer = httpx.post(collector.url + "v1/reports",
-                                json=_report(f"{i + 1:032x}", cf.identity.key, outcome),
-                                headers={"Authorization": f"Bearer {FLEET}"})
+            answer = post_report(collector.url, f"m{i + 1}", _report(cf.identity.key, outcome))
             assert answer.status_code == 202
         _wait_state(published, lambda s: s.halted)
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

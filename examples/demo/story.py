@@ -188,6 +188,11 @@ def fleet(repo: Path, url: str, components) -> None:  # type: ignore[no-untyped-
                 f.write(f'\n[report]\nurl = "{collector_url}"\n')
             run("updater", "upgrade", "--root", str(machine))
         print(f"  (each machine's greenlight.toml now has [report] url = \"{collector_url}\")")
+        say("Each machine signs its reports with a key of its own, made at init; the collector "
+            "enrolled each with its first report")
+        run("updater", "identity", "--root", str(machines[0]))
+        run("release", "machines", "list", "--collector", collector_url,
+            "--admin-token-file", str(tokens / "admin"))
 
         say("Beta 1.7.0 rolls out by a signed plan: 50% then 100%, halting at 2 rollbacks")
         run("release", "publish", str(repo), "--channel", "beta", "--version", "1.7.0",

@@ -19,7 +19,7 @@ from greenlight.release.cli._common import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from collections.abc import Callable
 
 __all__: list[str] = []
 
@@ -38,12 +38,28 @@ __all__: list[str] = []
               help="With --repo: the folder holding the rollout-<channel>, snapshot and "
                    "timestamp keys (default: the repository's keys folder).")
 @click.option("--tick", type=float, default=10.0, show_default=True,
-              help="With --repo: seconds between looks at every planned rollout.")
+              help="Seconds between looks at every planned rollout (with --repo) and at "
+                   "reports to prune (with --retention).")
+@click.option("--enrolment", type=click.Choice(["open", "approved", "preauthorized"]),
+              default="open", show_default=True,
+              help="How a new machine key is admitted: by the fleet token (counting towards a "
+                   "halt only if enrolled before the rollout began), by an admin "
+                   "(release machines approve), or only if loaded (release machines load).")
+@click.option("--enrol-rate", type=int, default=120, show_default=True,
+              help="New machine keys a minute at most, for the whole collector.")
+@click.option("--retention", default=None, metavar="DURATION",
+              help="Prune reports received longer ago than this (90d, 8w; at least 1d), "
+                   "except those of rollouts under way. Machines' enrolments are kept.")
 def collector(db: str, port: int, fleet_token_file: Path, admin_token_file: Path,
-              repo: Path | None, keys_dir: Path | None, tick: float) -> None:
-    """Run the fleet collector on 127.0.0.1: machines' reports in, rollouts out. Stateless:
-    several processes may share one PostgreSQL (and one repository folder)."""
+              repo: Path | None, keys_dir: Path | None, tick: float, enrolment: str,
+              enrol_rate: int, retention: str | None) -> None:
+    """Run the fleet collector on 127.0.0.1: machines' signed reports in, rollouts out.
+    Stateless: several processes may share one PostgreSQL (and one repository folder)."""
+    from greenlight.release._durations import parse_duration
     from greenlight.release.fleet import serve_collector
+
+    kept = None if retention is None else run_command(
+        lambda: parse_duration(retention, "--retention"))
 
     def log(line: str) -> None:
         say(line)
@@ -51,7 +67,8 @@ def collector(db: str, port: int, fleet_token_file: Path, admin_token_file: Path
 
     run_command(lambda: serve_collector(db, port, fleet_token_file, admin_token_file,
                                  ready=lambda url: log(f"collecting at {url} (Ctrl-C stops)"),
-                                 repo=repo, keys=keys_dir, tick=tick, log=log))
+                                 repo=repo, keys=keys_dir, tick=tick, log=log,
+                                 enrolment=enrolment, enrol_rate=enrol_rate, retention=kept))
 
 
 class _RolloutGroup(click.Group):
@@ -125,3 +142,83 @@ def rollout_status_cmd(url: str, admin_token_file: Path, as_json: bool) -> None:
             say(f"  rollout: {where}")
         for c in r["checks"]:
             say(f"  {c['reports']:>4} x {c['name']}: {c['example']}")
+
+
+@app.group("machines")
+def machines_group() -> None:
+    """The fleet's machine keys at a collector: list, approve, revoke, load."""
+
+
+def _collector_options(f: "Callable[..., None]") -> "Callable[..., None]":
+    f = click.option("--admin-token-file", required=True, type=click.Path(path_type=Path),
+                     help="File holding the collector's admin token.")(f)
+    return click.option("--collector", "url", required=True, help="The collector's URL.")(f)
+
+
+@machines_group.command("list")
+@_collector_options
+@click.option("--state", type=click.Choice(["active", "pending", "revoked"]), default=None,
+              help="Only the machines in this state.")
+@json_option
+def machines_list(url: str, admin_token_file: Path, state: str | None, as_json: bool) -> None:
+    """Machine keys, newest first: id, state, how each was enrolled, and when; with the
+    counts, and whether the last hour's enrolments are a spike."""
+    from greenlight.release.fleet import admin_call
+
+    path = "v1/machines" + (f"?state={state}" if state else "")
+    answer = run_command(lambda: admin_call(url, admin_token_file, "GET", path))
+    if as_json:
+        print(json.dumps(answer, indent=2))
+        return
+    c = answer["counts"]
+    say(f"enrolment {answer['enrolment']}: {c['active']} active, {c['pending']} pending, "
+        f"{c['revoked']} revoked; {c['last_hour']} new in the last hour"
+        + (" (A SPIKE: over 3x the week's hourly average)" if c["spike"] else ""))
+    for m in answer["machines"]:
+        say(f"  {m['id']}  {m['state']:<8} {m['source']:<13} {m['enrolled']}")
+
+
+def _change(url: str, admin_token_file: Path, action: str, ids: tuple[str, ...]) -> None:
+    from greenlight.release.fleet import admin_call
+
+    answer = run_command(lambda: admin_call(url, admin_token_file, "POST",
+                                            f"v1/machines/{action}", {"ids": list(ids)}))
+    say(f"{action}d {answer['changed']} of {len(ids)} machine key(s)")
+
+
+@machines_group.command("approve")
+@_collector_options
+@click.argument("ids", nargs=-1, required=True)
+def machines_approve(url: str, admin_token_file: Path, ids: tuple[str, ...]) -> None:
+    """Let pending machine keys (enrolment approved) count, by id."""
+    _change(url, admin_token_file, "approve", ids)
+
+
+@machines_group.command("revoke")
+@_collector_options
+@click.argument("ids", nargs=-1, required=True)
+def machines_revoke(url: str, admin_token_file: Path, ids: tuple[str, ...]) -> None:
+    """Refuse these machine keys' reports from now on; what they sent stops counting."""
+    _change(url, admin_token_file, "revoke", ids)
+
+
+@machines_group.command("load")
+@_collector_options
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+def machines_load(url: str, admin_token_file: Path, file: Path) -> None:
+    """Load machine keys (one public key a line, as `updater identity` prints it; # starts
+    a comment) as active: for enrolment preauthorized, from the provisioning that built the
+    machines."""
+    from greenlight.release._errors import NotFound
+    from greenlight.release.fleet import admin_call
+
+    def keys() -> list[str]:
+        try:
+            lines = file.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise NotFound(f"{file}: cannot read: {e}") from None
+        return [w for line in lines for w in line.split("#", 1)[0].split()[:1]]
+
+    answer = run_command(lambda: admin_call(url, admin_token_file, "POST", "v1/machines/load",
+                                            {"keys": keys()}))
+    say(f"loaded {answer['added']} machine key(s); {answer['known']} known already")

@@ -35,8 +35,8 @@ Tokens are compared in constant time and never logged.
 from greenlight.release.fleet._api import RATE, make_app
 from greenlight.release.fleet._guard import Guard
 from greenlight.release.fleet._judge import Evidence, RolloutPosition, Verdict, judge
-from greenlight.release.fleet._server import fetch_rollouts, serve_collector
+from greenlight.release.fleet._server import admin_call, fetch_rollouts, serve_collector
 from greenlight.release.fleet._store import Store
 
-__all__ = ["RATE", "Evidence", "Guard", "RolloutPosition", "Store", "Verdict", "fetch_rollouts",
-           "judge", "make_app", "serve_collector"]
+__all__ = ["RATE", "Evidence", "Guard", "RolloutPosition", "Store", "Verdict", "admin_call",
+           "fetch_rollouts", "judge", "make_app", "serve_collector"]

@@ -1,34 +1,54 @@
-"""The collector's HTTP API (Starlette): `POST /v1/reports` with the fleet token,
-`GET /v1/rollouts` and `GET /metrics` (Prometheus) with the admin token, `GET /openapi.json`
-(the report API, from the wire format's own model), and `GET /`, the dashboard (a static
-asset, `dashboard.html`, with no data of its own). Tokens are compared in constant time and
-never logged."""
+"""The collector's HTTP API (Starlette): `POST /v1/reports` with the fleet token and the
+machine's signature; with the admin token, `GET /v1/rollouts`, `GET /metrics` (Prometheus),
+`GET /v1/machines` and `POST /v1/machines/approve|revoke|load` (enrolment); `GET
+/openapi.json` (the report API, from the wire format's own model), and `GET /`, the
+dashboard (a static asset, `dashboard.html`, with no data of its own). Tokens are compared
+in constant time and never logged.
+
+A report is admitted in this order: the fleet token (401), the body's size while it is read
+(413), the machine's signature over the body (401), the wire format and its limits (422), the
+report's `installation` being its key's id (422), the key's enrolment (403 unknown or
+revoked, 429 too many new keys), the machine's rate (429)."""
 
 import hmac
+import json
+import re
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 
 from greenlight.release.fleet._guard import Guard
-from greenlight.release.fleet._store import FAILED, Store
+from greenlight.release.fleet._store import FAILED, MACHINE_STATES, Store
 
-__all__ = ["BODY_MAX", "RATE", "dashboard", "make_app", "openapi"]
+__all__ = ["BODY_MAX", "ENROL_RATE", "RATE", "dashboard", "make_app", "openapi"]
 
-RATE = 10  # reports per installation per minute
+RATE = 10  # reports per machine key per minute
+ENROL_RATE = 120  # new machine keys per minute, for the whole collector
 BODY_MAX = 65536  # bytes of one report; read no further
 
 
-async def _capped_body(request: Any) -> bytes | None:
-    """The request's body, read as it arrives and abandoned past BODY_MAX (None): memory
+LOAD_MAX = 1 << 20  # bytes of one load of machine keys
+_ID = re.compile(r"^[0-9a-f]{32}$")
+REFUSALS = {
+    "unknown": (403, "this machine's key is not enrolled here: the operator loads keys "
+                     "(updater identity prints this machine's)"),
+    "revoked": (403, "this machine's key was revoked"),
+    "enrol-rate": (429, "too many new machine keys this minute; try later"),
+    "rate": (429, "too many reports from this machine"),
+}
+
+
+async def _capped_body(request: Any, limit: int = BODY_MAX) -> bytes | None:
+    """The request's body, read as it arrives and abandoned past `limit` (None): memory
     stays flat whatever a client sends or claims in Content-Length."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > BODY_MAX:
+    if declared.isdigit() and int(declared) > limit:
         return None
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > BODY_MAX:
+        if len(body) > limit:
             return None
     return bytes(body)
 
@@ -61,12 +81,16 @@ def openapi() -> dict[str, Any]:
                     "schema": {"$ref": "#/components/schemas/FleetReport"}}}},
                 "responses": {
                     "202": {"description": "accepted"},
-                    "401": {"description": "the fleet token is missing or wrong", **error},
+                    "401": {"description": "the fleet token is missing or wrong, or the "
+                                           "body's signature (headers Greenlight-Key, "
+                                           "Greenlight-Signature) does not verify", **error},
+                    "403": {"description": "the machine key is revoked, or unknown where "
+                                           "keys are preauthorized", **error},
                     "413": {"description": f"over {BODY_MAX} bytes", **error},
-                    "422": {"description": "not a greenlight.report/1 within its limits",
-                            **error},
+                    "422": {"description": "not a greenlight.report/1 within its limits, or "
+                                           "its installation is not its key's id", **error},
                     "429": {"description": f"over {RATE} reports a minute from this "
-                                           "installation", **error}}}},
+                                           "machine key, or too many new keys", **error}}}},
             "/v1/rollouts": {"get": {
                 "summary": "Per channel and release: machines, outcomes, failed checks, the "
                            "rollout's position (the admin token)",
@@ -90,7 +114,8 @@ def _bearer(header: str | None, token: str) -> bool:
 def make_app(store: Store, fleet_token: str, admin_token: str,
              clock: Callable[[], datetime] = lambda: datetime.now(UTC),
              guard: Guard | None = None, tick: float = 10.0,
-             log: Callable[[str], None] = lambda line: None) -> Any:
+             log: Callable[[str], None] = lambda line: None, enrolment: str = "open",
+             enrol_rate: int = ENROL_RATE, retention: timedelta | None = None) -> Any:
     import asyncio
     import contextlib
     import threading
@@ -105,7 +130,16 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
-    from greenlight.channels import FleetReport, describe_validation
+    from greenlight.channels import (
+        KEY_HEADER,
+        SIGNATURE_HEADER,
+        FleetReport,
+        MachineKeyError,
+        describe_validation,
+        machine_id,
+        public_raw,
+        verified_sender,
+    )
 
     # A registry of this app's own: two collectors in one process (tests) count apart.
     registry = CollectorRegistry()
@@ -117,6 +151,8 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
                     "collector", ["channel", "action"], registry=registry)
     latency = Histogram("greenlight_request_seconds", "Time to answer, by route",
                         ["route"], registry=registry)
+    enrolments = Counter("greenlight_enrolments", "Machine keys enrolled, by the state they "
+                         "start in", ["state"], registry=registry)
 
     # At most one judgement per channel waits at a time in this process: a burst of failure
     # reports costs one look at the repository, not one per report.
@@ -154,13 +190,28 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         body = await _capped_body(request)
         if body is None:
             return _refused(413, f"a report is at most {BODY_MAX} bytes")
+        try:  # inline: handing it to a thread (it lets go of the GIL) measured slower
+            sender, key = verified_sender(request.headers.get(KEY_HEADER),
+                                          request.headers.get(SIGNATURE_HEADER), body)
+        except MachineKeyError as e:
+            return _refused(401, str(e))
         try:
             report = FleetReport.model_validate_json(body)
         except ValidationError as e:
             return _refused(422, f"not a greenlight.report/1: {describe_validation(e)}")
-        if not store.accept(report, report.model_dump_json(by_alias=True), clock(), RATE):
-            return _refused(429, "too many reports from this installation")
+        if report.installation != sender:
+            return _refused(422, f"installation {report.installation} is not the id of the "
+                                 f"key that signed it ({sender})")
+        said, new = store.accept(report, report.model_dump_json(by_alias=True), clock(), RATE,
+                                 key, enrolment, enrol_rate)
+        if new:
+            enrolments.labels(said).inc()
+        if said in REFUSALS:
+            status, error = REFUSALS[said]
+            return _refused(status, error)
         reports.labels(report.channel, report.release or "-", report.outcome).inc()
+        if said == "pending":
+            return JSONResponse({"accepted": True, "machine": "pending"}, 202)
         task = None
         if guard is not None and report.outcome in FAILED:
             with waiting_lock:
@@ -178,6 +229,57 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
             return await handler(request)
         return guarded
 
+    async def machines(request: Request) -> Response:
+        state = request.query_params.get("state")
+        if state is not None and state not in MACHINE_STATES:
+            return JSONResponse({"error": f"state: one of {', '.join(MACHINE_STATES)}"}, 422)
+        return JSONResponse({"schema": "greenlight.machines/1",
+                             "enrolment": enrolment,
+                             "counts": await run_in_threadpool(store.enrolment, clock()),
+                             "machines": await run_in_threadpool(store.machine_list, state)})
+
+    async def _ids(request: Request) -> list[str] | Response:
+        body = await _capped_body(request)
+        try:
+            ids = json.loads(body or b"")["ids"]
+            if not (isinstance(ids, list) and 0 < len(ids) <= 10_000
+                    and all(isinstance(i, str) and _ID.match(i) for i in ids)):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": 'expected {"ids": [machine ids, 32 hex digits]}'},
+                                422)
+        return ids
+
+    async def approve(request: Request) -> Response:
+        ids = await _ids(request)
+        if isinstance(ids, Response):
+            return ids
+        n = await run_in_threadpool(store.set_state, ids, "active", "pending")
+        log(f"approved {n} machine key(s)")
+        return JSONResponse({"changed": n})
+
+    async def revoke(request: Request) -> Response:
+        ids = await _ids(request)
+        if isinstance(ids, Response):
+            return ids
+        n = await run_in_threadpool(store.set_state, ids, "revoked")
+        log(f"revoked {n} machine key(s)")
+        return JSONResponse({"changed": n})
+
+    async def load(request: Request) -> Response:
+        body = await _capped_body(request, LOAD_MAX)
+        try:
+            keys = json.loads(body or b"")["keys"]
+            if not isinstance(keys, list) or not 0 < len(keys) <= 10_000:
+                raise ValueError
+            loaded = {machine_id(public_raw(k)): k.strip() for k in keys}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return JSONResponse({"error": 'expected {"keys": [public keys, as `updater '
+                                          'identity` prints them]}'}, 422)
+        n = await run_in_threadpool(store.preauthorize, loaded, clock())
+        log(f"loaded {n} machine key(s)")
+        return JSONResponse({"added": n, "known": len(loaded) - n})
+
     def overview() -> list[dict[str, Any]]:
         rows = store.rollouts()
         plans = guard.plans() if guard is not None else {}
@@ -193,7 +295,9 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
 
     async def rollouts(request: Request) -> Response:
         return JSONResponse({"schema": "greenlight.rollouts/1",
-                             "rollouts": await run_in_threadpool(overview)})
+                             "rollouts": await run_in_threadpool(overview),
+                             "machines": {"enrolment": enrolment, **await run_in_threadpool(
+                                 store.enrolment, clock())}})
 
     async def page(request: Request) -> Response:
         return HTMLResponse(dashboard(), headers={
@@ -201,26 +305,42 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
                                        "style-src 'unsafe-inline'",
             "Referrer-Policy": "no-referrer"})
 
+    def prune() -> None:
+        if retention is None:
+            return
+        keep = {(channel, plan["key"]) for (channel, _), plan in
+                (guard.plans() if guard is not None else {}).items()}
+        n = store.prune(clock() - retention, keep)
+        if n:
+            log(f"pruned {n} report(s) received over {retention.days} day(s) ago")
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> Any:
         async def timer() -> None:
-            assert guard is not None
             while True:
                 await asyncio.sleep(tick)
-                for line in await run_in_threadpool(guard.tick):
-                    _moved(line)
+                if guard is not None:
+                    for line in await run_in_threadpool(guard.tick):
+                        _moved(line)
+                try:
+                    await run_in_threadpool(prune)
+                except Exception as e:  # logged; the next tick tries again
+                    log(f"cannot prune: {type(e).__name__}: {e}")
 
-        task = asyncio.create_task(timer()) if guard is not None else None
+        task = asyncio.create_task(timer())
         try:
             yield
         finally:
-            if task is not None:
-                task.cancel()
+            task.cancel()
 
     return Starlette(routes=[
         Route("/v1/reports", post_report, methods=["POST"]),
         Route("/v1/rollouts", admin(rollouts)),
         Route("/metrics", admin(metrics)),
+        Route("/v1/machines", admin(machines)),
+        Route("/v1/machines/approve", admin(approve), methods=["POST"]),
+        Route("/v1/machines/revoke", admin(revoke), methods=["POST"]),
+        Route("/v1/machines/load", admin(load), methods=["POST"]),
         Route("/openapi.json", api),
         Route("/", page),
     ], lifespan=lifespan)

@@ -102,7 +102,7 @@ class Guard:
             state = plan.state
             halted_by_signers = signed is not None and signed.halted
             out[(channel, plan.channel_file.release)] = {
-                "steps": plan.plan.steps, "step": plan.step,
+                "key": plan.key, "steps": plan.plan.steps, "step": plan.step,
                 "percent": plan.plan.steps[plan.step], "soak": plan.plan.soak,
                 "halted": plan.halted,
                 "by": "the channel's signers" if halted_by_signers else

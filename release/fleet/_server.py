@@ -2,30 +2,49 @@
 rollout status`): the token files, the database, uvicorn on 127.0.0.1."""
 
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from greenlight.release._errors import NotFound, RemoteError, UsageError
-from greenlight.release.fleet._api import make_app
+from greenlight.release.fleet._api import ENROL_RATE, make_app
 from greenlight.release.fleet._guard import Guard
-from greenlight.release.fleet._store import Store
+from greenlight.release.fleet._store import ENROLMENT_MODES, Store
 
-__all__ = ["fetch_rollouts", "serve_collector"]
+__all__ = ["MAX_CONNECTIONS", "REQUEST_TIMEOUT", "admin_call", "fetch_rollouts",
+           "serve_collector"]
 
 
 def fetch_rollouts(url: str, admin_token_file: Path) -> dict[str, Any]:
     """`GET /v1/rollouts` of a collector, for `release rollout status`."""
+    return admin_call(url, admin_token_file, "GET", "v1/rollouts")
+
+
+def admin_call(url: str, admin_token_file: Path, method: str, path: str,
+               body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One call of a collector's admin API; its JSON answer.
+
+    Raises:
+        RemoteError: unreachable, or an answer other than 200 (its error, escaped).
+    """
     import httpx
 
+    from greenlight.channels import printable
+
     token = _read_token(admin_token_file, "--admin-token-file")
-    target = url.rstrip("/") + "/v1/rollouts"
+    target = url.rstrip("/") + "/" + path
     try:
-        answer = httpx.get(target, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        answer = httpx.request(method, target, json=body, timeout=30,
+                               headers={"Authorization": f"Bearer {token}"})
     except httpx.HTTPError as e:
         raise RemoteError(f"cannot reach the collector at {target}: {e}") from None
     if answer.status_code != 200:
+        try:
+            said = str(answer.json().get("error", answer.text))
+        except (ValueError, AttributeError):
+            said = answer.text
         raise RemoteError(f"the collector at {target} answered {answer.status_code}: "
-                           f"{answer.text[:200]}")
+                          f"{printable(said, 200)}")
     data: dict[str, Any] = answer.json()
     return data
 
@@ -42,12 +61,66 @@ def _read_token(path: Path, what: str) -> str:
     return token
 
 
+REQUEST_TIMEOUT = 10.0
+"""seconds a connection has to send a whole request (headers and body), from when it opens
+or its previous answer was sent: half-sent requests (slowloris) are cut off"""
+MAX_CONNECTIONS = 4096
+"""open connections at most; beyond, new requests are answered 503"""
+
+
+def _protocol() -> type:
+    """uvicorn's h11 protocol, with REQUEST_TIMEOUT: uvicorn bounds idle keep-alive
+    connections, not a request that arrives a byte at a time."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Protocol(H11Protocol):
+        _deadline: Any = None
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(REQUEST_TIMEOUT, self._late)
+
+        def _late(self) -> None:
+            if self.conn.their_state in (h11.IDLE, h11.SEND_BODY):  # still not all sent
+                self.transport.close()
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+    return Protocol
+
+
+def _raise_open_files(need: int) -> None:
+    """Let this process hold `need` files, within the hard limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def serve_collector(db: str, port: int, fleet_token_file: Path, admin_token_file: Path,
                     ready: Callable[[str], None] | None = None, repo: Path | None = None,
                     keys: Path | None = None, tick: float = 10.0,
-                    log: Callable[[str], None] = lambda line: None) -> None:
+                    log: Callable[[str], None] = lambda line: None, enrolment: str = "open",
+                    enrol_rate: int = ENROL_RATE, retention: timedelta | None = None) -> None:
     """Run the collector on 127.0.0.1:`port` until interrupted; with `repo`, guarding its
-    planned rollouts."""
+    planned rollouts; admitting machine keys by `enrolment`; pruning reports older than
+    `retention`."""
     try:
         import prometheus_client  # noqa: F401  (the extra, whole, before anything starts)
         import starlette  # noqa: F401
@@ -60,6 +133,12 @@ def serve_collector(db: str, port: int, fleet_token_file: Path, admin_token_file
         raise NotFound(f"--repo {repo}: no repository here")
     if tick <= 0:
         raise UsageError(f"--tick {tick:g}: expected a number of seconds above 0")
+    if enrolment not in ENROLMENT_MODES:
+        raise UsageError(f"--enrolment {enrolment}: one of {', '.join(ENROLMENT_MODES)}")
+    if enrol_rate < 1:
+        raise UsageError(f"--enrol-rate {enrol_rate}: expected new keys a minute, at least 1")
+    if retention is not None and retention < timedelta(days=1):
+        raise UsageError("--retention: at least 1d (a rollout's rule counts its reports)")
 
     fleet = _read_token(fleet_token_file, "--fleet-token-file")
     admin_token = _read_token(admin_token_file, "--admin-token-file")
@@ -69,10 +148,15 @@ def serve_collector(db: str, port: int, fleet_token_file: Path, admin_token_file
         raise RemoteError(f"--db: cannot open the database: {type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
     guard = None if repo is None else Guard(repo, keys, store, log)
-    config = uvicorn.Config(make_app(store, fleet, admin_token, guard=guard, tick=tick, log=log),
-                            host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                            # headers bounded, idle connections closed (see the threat model)
-                            h11_max_incomplete_event_size=16 * 1024, timeout_keep_alive=5)
+    app = make_app(store, fleet, admin_token, guard=guard, tick=tick, log=log,
+                   enrolment=enrolment, enrol_rate=enrol_rate, retention=retention)
+    _raise_open_files(MAX_CONNECTIONS + 256)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            access_log=False, http=_protocol(),
+                            # headers bounded, idle connections closed, requests timed and
+                            # connections bounded (see the threat model)
+                            h11_max_incomplete_event_size=16 * 1024, timeout_keep_alive=5,
+                            limit_concurrency=MAX_CONNECTIONS)
     server = uvicorn.Server(config)
     if ready is not None:
         ready(f"http://127.0.0.1:{port}/")

@@ -8,7 +8,12 @@ from typing import Any
 
 from greenlight.release.fleet._judge import Evidence
 
-__all__ = ["FAILED", "JUDGED", "Store"]
+__all__ = ["ENROLMENT_MODES", "FAILED", "JUDGED", "MACHINE_STATES", "Store"]
+
+ENROLMENT_MODES = ("open", "approved", "preauthorized")
+"""How a new machine key is admitted: by the fleet token (open), by an admin afterwards
+(approved: it waits, pending), or only when the operator loaded it (preauthorized)"""
+MACHINE_STATES = ("active", "pending", "revoked")
 
 FAILED = ("rolled-back", "dead-end", "crash-loop")
 """Outcomes that count against a release: its checks failed, or it crash-looped once in use"""
@@ -62,40 +67,163 @@ class Store:
             sa.Column("body", sa.Text, nullable=False),
             sa.Index("reports_release", "channel", "release"),
             sa.Index("reports_installation", "installation", "received"),
+            sa.Index("reports_received", "received"),
+        )
+        # One row per machine key, kept when its reports are pruned: who may report, since
+        # when (the history a key needs to count in open enrolment), and its state.
+        self.machines = sa.Table(
+            "machines", meta,
+            sa.Column("id", sa.String(32), primary_key=True),
+            sa.Column("public_key", sa.String(64), nullable=False),
+            sa.Column("state", sa.String(16), nullable=False),
+            sa.Column("source", sa.String(16), nullable=False),
+            sa.Column("enrolled", sa.DateTime(timezone=True), nullable=False),
+            sa.Column("first_release_key", sa.String(80)),  # what its first report was about
+            sa.Index("machines_enrolled", "enrolled"),
         )
         meta.create_all(self.engine)  # idempotent: each process may run it
+        # The statements of a report's admission, built once: building them per report cost
+        # more than running them (1.46 ms a report against 0.38 ms, on SQLite).
+        t, m, bind = self.reports, self.machines, sa.bindparam
+        self._machine = sa.select(m.c.state, m.c.public_key).where(m.c.id == bind("id"))
+        self._new_keys = sa.select(sa.func.count()).select_from(m).where(
+            m.c.enrolled >= bind("since"))
+        self._enrol = m.insert()
+        self._recent = sa.select(sa.func.count()).select_from(t).where(
+            t.c.installation == bind("id"), t.c.received >= bind("since"))
+        self._store = t.insert()
 
-    def accept(self, report: Any, body: str, received: datetime, rate: int) -> bool:
-        """Store a report unless its installation sent `rate` in the minute before: one
-        transaction, one connection. Returns whether it was stored."""
-        sa, t = self.sa, self.reports
+    def accept(self, report: Any, body: str, received: datetime, rate: int, key: str,
+               mode: str = "open", enrol_rate: int = 120) -> tuple[str, bool]:
+        """Store a signed report, admitting its machine key by `mode`; one transaction.
+        Returns what happened, and whether the key was new: "accepted"; "pending" (stored,
+        from a key that awaits an admin: it counts for nothing until approved); or a
+        refusal: "unknown" (a key the operator did not load), "revoked", "enrol-rate" (over
+        `enrol_rate` new keys in the minute before), "rate" (its machine sent `rate` reports
+        in the minute before)."""
+        sa = self.sa
+        for attempt in (1, 2):  # another collector process may enrol the same key at once
+            try:
+                return self._accept(report, body, received, rate, key, mode, enrol_rate)
+            except sa.exc.IntegrityError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _accept(self, report: Any, body: str, received: datetime, rate: int, key: str,
+                mode: str, enrol_rate: int) -> tuple[str, bool]:
+        new = False
+        minute_ago = received - timedelta(minutes=1)
         with self.engine.begin() as c:
-            recent = c.execute(sa.select(sa.func.count()).select_from(t).where(
-                t.c.installation == report.installation,
-                t.c.received >= received - timedelta(minutes=1))).scalar_one()
+            row = c.execute(self._machine, {"id": report.installation}).first()
+            if row is None:
+                if mode == "preauthorized":
+                    return "unknown", False
+                recent = c.execute(self._new_keys, {"since": minute_ago}).scalar_one()
+                if int(recent) >= enrol_rate:
+                    return "enrol-rate", False
+                state, new = ("active" if mode == "open" else "pending"), True
+                c.execute(self._enrol, {"id": report.installation, "public_key": key,
+                                        "state": state, "source": mode, "enrolled": received,
+                                        "first_release_key": report.release_key})
+            else:
+                state = row[0]
+                if row[1] != key:  # a 128-bit id collision
+                    return "unknown", False
+                if state == "revoked":
+                    return "revoked", False
+            recent = c.execute(self._recent, {"id": report.installation,
+                                              "since": minute_ago}).scalar_one()
             if int(recent) >= rate:
-                return False
-            c.execute(t.insert().values(
-                installation=report.installation, channel=report.channel,
-                release=report.release, release_key=report.release_key,
-                outcome=report.outcome, at=report.at, received=received, body=body))
-        return True
+                return "rate", False
+            c.execute(self._store, {
+                "installation": report.installation, "channel": report.channel,
+                "release": report.release, "release_key": report.release_key,
+                "outcome": report.outcome, "at": report.at, "received": received,
+                "body": body})
+        return ("accepted" if state == "active" else "pending"), new
+
+    # --- machines ----------------------------------------------------------------------
+    def machine_list(self, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        sa, m = self.sa, self.machines
+        query = sa.select(m.c.id, m.c.public_key, m.c.state, m.c.source, m.c.enrolled)
+        if state is not None:
+            query = query.where(m.c.state == state)
+        with self.engine.connect() as c:
+            rows = c.execute(query.order_by(m.c.enrolled.desc()).limit(limit)).all()
+        return [{"id": r.id, "key": r.public_key, "state": r.state, "source": r.source,
+                 "enrolled": _utc(r.enrolled).isoformat()} for r in rows]
+
+    def set_state(self, ids: list[str], state: str, only_from: str | None = None) -> int:
+        """Approve (active) or revoke machines by id; the number changed."""
+        m = self.machines
+        where: list[Any] = [m.c.id.in_(ids)]
+        if only_from is not None:
+            where.append(m.c.state == only_from)
+        with self.engine.begin() as c:
+            return int(c.execute(m.update().where(*where).values(state=state)).rowcount)
+
+    def preauthorize(self, keys: dict[str, str], at: datetime) -> int:
+        """Load machine keys ({id: public key}) as active; keys already known keep their
+        state (a revoked key stays revoked). The number added."""
+        sa, m = self.sa, self.machines
+        with self.engine.begin() as c:
+            known = set(c.execute(sa.select(m.c.id).where(m.c.id.in_(list(keys))))
+                        .scalars().all())
+            fresh = [{"id": i, "public_key": k, "state": "active", "source": "preauthorized",
+                      "enrolled": at} for i, k in keys.items() if i not in known]
+            if fresh:
+                c.execute(m.insert(), fresh)
+        return len(fresh)
+
+    def enrolment(self, now: datetime) -> dict[str, Any]:
+        """Machines by state, keys enrolled in the last hour, and whether that is a spike:
+        over 20 and over three times the hourly average of the week before."""
+        sa, m = self.sa, self.machines
+        with self.engine.connect() as c:
+            states = dict(c.execute(sa.select(m.c.state, sa.func.count())
+                                    .group_by(m.c.state)).all())
+            hour = int(c.execute(sa.select(sa.func.count()).select_from(m).where(
+                m.c.enrolled >= now - timedelta(hours=1))).scalar_one())
+            week = int(c.execute(sa.select(sa.func.count()).select_from(m).where(
+                m.c.enrolled >= now - timedelta(days=7),
+                m.c.enrolled < now - timedelta(hours=1))).scalar_one())
+        average = week / (7 * 24 - 1)
+        return {**{s: int(states.get(s, 0)) for s in MACHINE_STATES},
+                "last_hour": hour, "hourly_average": round(average, 2),
+                "spike": hour > 20 and hour > 3 * average}
+
+    def prune(self, before: datetime, keep: set[tuple[str, str]]) -> int:
+        """Delete reports received before `before`, except those about the (channel, release
+        key)s of rollouts still under way, whose rules count them. Machines stay."""
+        sa, t = self.sa, self.reports
+        where: list[Any] = [t.c.received < before]
+        for channel, key in keep:
+            where.append(sa.not_(sa.and_(t.c.channel == channel, t.c.release_key == key)))
+        with self.engine.begin() as c:
+            return int(c.execute(t.delete().where(*where)).rowcount)
 
     def judged(self, channel: str, release_key: str, since: datetime | None,
                established_before: datetime | None = None) -> Evidence:
         """For a rollout's halt rule: distinct machines that failed `release_key`, distinct
         machines that reported on it at all, and the most failed check with an example.
-        With `established_before` (when the rollout began), only installations the collector
-        heard from, about another release, before then count: ids invented for the occasion
-        count for nothing."""
-        sa, t = self.sa, self.reports
+        Only active machine keys count (not pending or revoked ones); with
+        `established_before` (when the rollout began), a key admitted by open enrolment
+        counts only if it was enrolled before then by a report about another release: keys
+        minted for the occasion count for nothing, and the rule survives the pruning of
+        reports. Keys an admin approved or the operator loaded count from the start."""
+        sa, t, m = self.sa, self.reports, self.machines
         where = [t.c.channel == channel, t.c.release_key == release_key,
                  t.c.outcome.in_(JUDGED)]
         if since is not None:
             where.append(t.c.received >= since)
+        counted = sa.select(m.c.id).where(m.c.state == "active")
         if established_before is not None:
-            where.append(t.c.installation.in_(sa.select(t.c.installation).where(
-                t.c.received < established_before, t.c.release_key != release_key)))
+            counted = counted.where(sa.or_(
+                m.c.source != "open",
+                sa.and_(m.c.enrolled < established_before,
+                        sa.func.coalesce(m.c.first_release_key, "") != release_key)))
+        where.append(t.c.installation.in_(counted))
         with self.engine.connect() as c:
             rows = c.execute(sa.select(t.c.outcome, sa.func.count(sa.distinct(
                 t.c.installation))).where(*where).group_by(t.c.outcome)).all()
@@ -119,8 +247,7 @@ class Store:
                              .where(t.c.outcome.in_(JUDGED))).all()
         series: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         for channel, version, outcome, received in rows:
-            received = (received.astimezone(UTC) if received.tzinfo
-                        else received.replace(tzinfo=UTC))
+            received = _utc(received)
             minute = received.replace(second=0, microsecond=0).isoformat()
             point = series.setdefault((channel, version), {}).setdefault(
                 minute, {"t": minute, **{o: 0 for o in JUDGED}})
@@ -135,8 +262,9 @@ class Store:
                 t.c.channel, t.c.release, t.c.outcome,
                 sa.func.count(sa.distinct(t.c.installation)),
             ).group_by(t.c.channel, t.c.release, t.c.outcome)).all()
+            # the latest failures are enough to rank the checks: the answer stays bounded
             failing = c.execute(sa.select(t.c.channel, t.c.release, t.c.body).where(
-                t.c.outcome.in_(FAILED))).all()
+                t.c.outcome.in_(FAILED)).order_by(t.c.id.desc()).limit(5000)).all()
             machines = c.execute(sa.select(
                 t.c.channel, t.c.release, sa.func.count(sa.distinct(t.c.installation)),
             ).group_by(t.c.channel, t.c.release)).all()
@@ -154,8 +282,13 @@ class Store:
         for key, checks in ranked.items():
             out[key]["checks"] = [{"name": name, "reports": len(s), "example": s[0]}
                                   for name, s in sorted(checks.items(),
-                                                        key=lambda kv: -len(kv[1]))]
+                                                        key=lambda kv: -len(kv[1]))[:10]]
         for key, points in self.timeline().items():
             if key in out:
                 out[key]["timeline"] = points
         return sorted(out.values(), key=lambda r: (r["channel"], r["release"] or ""))
+
+
+def _utc(at: datetime) -> datetime:
+    """SQLite gives naive datetimes back: they were stored as UTC."""
+    return at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)

@@ -3,11 +3,13 @@
 Called after a command or an agent cycle, never inside a transaction. One flush takes at most
 `[report] timeout` seconds in all; a collector that is down or slow leaves the reports queued
 for the next flush, which waits out a back-off that doubles up to an hour
-(`state/reports/.backoff`). A refusal of the fleet token (401, 403) keeps the report queued
-and backs off: fixing the token file sends it. A report refused for any other reason (another
-4xx but 429) is dropped, since it never gets better by retrying. Either way the refusal is
-kept (`store.refusal`: status.json's `last_error`, `updater status`, the agent's log) until
-a report is accepted. Nothing here raises.
+(`state/reports/.backoff`). Each report is signed with the machine's key
+(`state/machine-key.pem`, see `channels.sign_body`) and names the key's id. A refusal of the
+fleet token or of the machine's key (401, 403) keeps the report queued and backs off: fixing
+the token file, or the collector admitting the key, sends it. A report refused for any other
+reason (another 4xx but 429) is dropped, since it never gets better by retrying. Either way
+the refusal is kept (`store.refusal`: status.json's `last_error`, `updater status`, the
+agent's log) until a report is accepted. Nothing here raises.
 """
 
 import contextlib
@@ -15,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from greenlight.channels import atomic_write, printable
+from greenlight.channels import atomic_write, printable, sign_body
 from greenlight.updater._errors import GreenlightError
 from greenlight.updater.product import config_of
 from greenlight.updater.store import InstallRoot, queued, set_refusal
@@ -68,6 +70,16 @@ def _refused(root: InstallRoot, why: str | None) -> None:
         set_refusal(root, why)
 
 
+def _as_this_machine(body: bytes, ident: str) -> bytes:
+    """A queued report as this machine sends it: under its key's id (a report queued before
+    the machine had a key names the old random id)."""
+    report = json.loads(body)
+    if report.get("installation") == ident:
+        return body
+    report["installation"] = ident
+    return json.dumps(report).encode()
+
+
 def send_reports(root: InstallRoot) -> int:
     """Send what is queued, oldest first, within the time budget; the number sent."""
     try:
@@ -95,20 +107,26 @@ def send_reports(root: InstallRoot) -> int:
                 if left <= 0:
                     break
                 try:
-                    body = path.read_bytes()
-                except OSError:
+                    body = _as_this_machine(path.read_bytes(), root.machine_id)
+                except (OSError, ValueError):
+                    path.unlink(missing_ok=True)  # unreadable: it never gets better
                     continue
                 answer = client.post(f"{config.url}v1/reports", content=body,
                                      headers={"Authorization": f"Bearer {token}",
-                                              "Content-Type": "application/json"},
+                                              "Content-Type": "application/json",
+                                              **sign_body(root.machine_key, body)},
                                      timeout=left)
                 if answer.status_code == 429 or answer.status_code >= 500:
                     _back_off(root, now)
                     return sent
                 if answer.status_code in (401, 403):
+                    said = _said(answer.text)
                     _refused(root, f"the collector refused the fleet token (HTTP "
-                                   f"{answer.status_code}: {_said(answer.text)}); reports stay "
-                                   f"queued until [report] token_file is right")
+                                   f"{answer.status_code}: {said}); reports stay queued until "
+                                   "[report] token_file is right" if "token" in said else
+                                   f"the collector refused this machine (HTTP "
+                                   f"{answer.status_code}: {said}); reports stay queued until "
+                                   f"it admits key {root.machine_id} (updater identity)")
                     _back_off(root, now)
                     return sent
                 path.unlink(missing_ok=True)  # accepted, or refused for good

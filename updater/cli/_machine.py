@@ -1,5 +1,5 @@
-"""The commands about the product and the machine's settings: health, history, start,
-stop, systemd units, quarantine, holds and pins, and the exit codes."""
+"""The commands about the product and the machine's settings: health, history, identity,
+start, stop, systemd units, quarantine, holds and pins, and the exit codes."""
 
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -80,6 +80,30 @@ def history_cmd(root: Path | None, as_json: bool) -> None:
         say(f"{e.at:%Y-%m-%d %H:%M:%S}Z {e.event:16} {e.channel:8} {move:16} {e.summary}")
         for c in e.failed_checks:
             say(f"    failed {c.name}: {c.summary}")
+
+
+@app.command("identity")
+@root_option
+@click.option("--key", "key_only", is_flag=True,
+              help="Print only the public key (one line, for `release machines load`).")
+@json_option
+def identity_cmd(root: Path | None, key_only: bool, as_json: bool) -> None:
+    """This machine's identity in the fleet: the id its reports carry and the public key
+    they are signed with (the private key stays in state/machine-key.pem, 0600)."""
+    import json
+
+    from greenlight.channels import public_key_text
+
+    install = open_root(root)
+    key = run_command(as_json, lambda: public_key_text(install.require().machine_key), install)
+    if as_json:
+        print(json.dumps({"schema": "greenlight.identity/1", "root": str(install.path),
+                          "id": install.machine_id, "key": key}, indent=2))
+    elif key_only:
+        print(key)
+    else:
+        say(f"machine id  {install.machine_id}")
+        say(f"public key  {key}")
 
 
 @app.command("start")

@@ -59,6 +59,7 @@ def init_root(path: os.PathLike[str] | str, repo_url: str | None, trusted_root: 
     for folder in (root.metadata_dir, root.channels_dir, root.downloads, root.releases):
         folder.mkdir(parents=True, exist_ok=True, mode=0o750)
     atomic_write(root.metadata_dir / "root.json", trusted_root, mode=0o644)
+    root.machine_key  # noqa: B018  (made now: `updater identity` can show it before any report)
     atomic_write(root.config_path, config_text(config).encode(), mode=0o640)
     set_active_channel(root, channel, "initial channel")
     return root

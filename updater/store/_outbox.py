@@ -46,7 +46,7 @@ def report_of(root: InstallRoot, entry: HistoryEntry, outcome: Outcome) -> Fleet
         entry.from_version if outcome in ("rolled-back", "dead-end", "crash-loop")
         else entry.to_version)
     return FleetReport(
-        installation=root.installation_id, at=entry.at, channel=entry.channel, outcome=outcome,
+        installation=root.machine_id, at=entry.at, channel=entry.channel, outcome=outcome,
         release=version, release_key=tried, before=before, after=after,
         failed_checks=[ReportedCheck(name=c.name, summary=" ".join(c.summary.split())[:300],
                                      source=c.source) for c in entry.failed_checks],
@@ -126,7 +126,7 @@ def queue_held(root: InstallRoot, channel: str, release_key: str, installed: str
         except FileNotFoundError:
             pass
         enqueue(root, FleetReport(
-            installation=root.installation_id, at=datetime.now(UTC), channel=channel,
+            installation=root.machine_id, at=datetime.now(UTC), channel=channel,
             outcome="held", release=version_of(release_key), release_key=release_key,
             before=installed, after=installed, note=" ".join(note.split())[:300]),
             queue_max)

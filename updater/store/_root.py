@@ -30,7 +30,12 @@ from greenlight.channels import (
     ReleaseId,
     atomic_symlink,
     atomic_write,
+    fsync_dir,
+    machine_id,
+    new_private_key,
     parse_version,
+    public_key_text,
+    public_raw,
     remove_path,
     version_of,
 )
@@ -97,6 +102,38 @@ class InstallRoot:
                 f"{self.path}: not an installation root (no greenlight.toml); run 'updater init'"
             )
         return self
+
+    @property
+    def machine_key(self) -> bytes:
+        """This installation's private Ed25519 key (PEM), which signs its fleet reports:
+        `state/machine-key.pem`, 0600, made by `updater init` (or on first use, for a root
+        made before). Two processes making it at once agree on one: the first link wins."""
+        path = self.state / "machine-key.pem"
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, new_private_key())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsync_dir(path.parent)
+        return path.read_bytes()
+
+    @property
+    def machine_id(self) -> str:
+        """The id the fleet knows this machine by: its public key's (see `machine_id`)."""
+        return machine_id(public_raw(public_key_text(self.machine_key)))
 
     @property
     def installation_id(self) -> str:
