@@ -60,6 +60,7 @@ from greenlight.channels._model import (
     Rollout,
     RolloutPlan,
     RolloutState,
+    SequentialRule,
     json_schema,
 )
 from greenlight.channels._paths import (
@@ -124,6 +125,7 @@ __all__ = [
     "RevokedRelease",
     "EffectiveRollout",
     "HaltRule",
+    "SequentialRule",
     "Rollout",
     "RolloutPlan",
     "RolloutState",

@@ -19,7 +19,7 @@ from greenlight.channels._versions import canonical_version, parse_version
 
 __all__ = ["SCHEMA_VERSION", "ChannelFile", "ChannelFileError", "ChannelName", "ComponentArtifact",
            "Delta", "HaltRule", "ManifestRef", "PreviousRelease", "RevokedRelease", "Rollout",
-           "RolloutPlan", "RolloutState", "VersionStr", "json_schema"]
+           "RolloutPlan", "RolloutState", "SequentialRule", "VersionStr", "json_schema"]
 
 SCHEMA_VERSION = 1
 
@@ -91,14 +91,32 @@ class RevokedRelease(_Strict):
     revoked_at: datetime
 
 
+class SequentialRule(_Strict):
+    """The sequential halt rule: halt once the release's failure rate is shown to be above
+    its baseline's (the previous release's record on the fleet), by an anytime-valid test
+    whose chance of halting a release no worse than the baseline is at most `false_halt`,
+    however often it is looked at."""
+
+    false_halt: float = Field(0.01, gt=0, le=0.2,
+                              description="the chance of halting a release no worse than "
+                                          "its baseline")
+    min_failures: int = Field(3, ge=1, description="no halt before this many machines failed")
+    floor: float = Field(0.01, gt=0, lt=1,
+                         description="the least baseline failure rate assumed, when the "
+                                     "previous release's record is thin or clean")
+
+
 class HaltRule(_Strict):
     """When the collector halts a rollout by itself: at least `rollbacks` distinct machines
     rolled back (or reached a dead end), or more than `failure_ratio` of at least
-    `min_reports` distinct reporting machines did."""
+    `min_reports` distinct reporting machines did; or, with `sequential`, by that rule
+    instead."""
 
     rollbacks: int = Field(3, ge=1)
     failure_ratio: float = Field(0.05, gt=0, le=1)
     min_reports: int = Field(20, ge=1)
+    sequential: SequentialRule | None = Field(
+        None, description="judge by the sequential rule instead of the count and ratio")
 
 
 class RolloutPlan(_Strict):

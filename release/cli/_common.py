@@ -129,7 +129,10 @@ def rollout_line(cf: "ChannelFile") -> str:
         return "everyone"
     if r.plan is None:
         return f"{r.percent}% of installations{' (HALTED)' if r.halted else ''}"
+    halt, sequential = r.plan.halt, r.plan.halt.sequential
+    rule = (f"halting by the sequential rule (false-halt probability {sequential.false_halt:g},"
+            f" at least {sequential.min_failures} failed)" if sequential else
+            f"halting at {halt.rollbacks} rollbacks or {halt.failure_ratio:.0%} of "
+            f"{halt.min_reports}+ machines")
     return (f"planned rollout {'/'.join(f'{p}%' for p in r.plan.steps)}, at least "
-            f"{r.plan.soak:g} s a step, halting at {r.plan.halt.rollbacks} rollbacks or "
-            f"{r.plan.halt.failure_ratio:.0%} of {r.plan.halt.min_reports}+ machines"
-            f"{' (HALTED)' if r.halted else ''}")
+            f"{r.plan.soak:g} s a step, {rule}{' (HALTED)' if r.halted else ''}")

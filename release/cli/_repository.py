@@ -73,6 +73,12 @@ def _parse_components(items: list[str]) -> dict[str, Path]:
               help="With --rollout-plan: or once more than this share of machines failed...")
 @click.option("--halt-min-reports", type=int, default=20, show_default=True,
               help="...of at least this many machines reporting.")
+@click.option("--halt-sequential", type=float, default=None, metavar="P",
+              help="With --rollout-plan: halt by the sequential rule instead, at this "
+                   "false-halt probability (e.g. 0.01): once the release's failure rate is "
+                   "shown above the previous release's, however often it is looked at.")
+@click.option("--halt-min-failures", type=int, default=3, show_default=True,
+              help="With --halt-sequential: no halt before this many machines failed.")
 @click.option("--no-deltas", is_flag=True, help="Do not build patches from recent releases.")
 @click.option("--keep-top-folder", is_flag=True,
               help="Unpack archives as they are, even when all members sit under one folder.")
@@ -84,7 +90,8 @@ def _parse_components(items: list[str]) -> dict[str, Path]:
 def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ...],
                 fallback: str | None, allow_older: bool, rollout_percent: int | None,
                 rollout_plan: str | None, soak: str, halt_rollbacks: int, halt_ratio: float,
-                halt_min_reports: int, no_deltas: bool, keep_top_folder: bool,
+                halt_min_reports: int, halt_sequential: float | None,
+                halt_min_failures: int, no_deltas: bool, keep_top_folder: bool,
                 manifest: Path | None, keys: Path | None, as_json: bool) -> None:
     """Add a release's component archives and point --channel at it, signed; with patches
     from the channel's (and its fallback's) recent releases where they are small.
@@ -95,7 +102,8 @@ def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ..
     from greenlight.release.repository._publish import publish
 
     plan = None if rollout_plan is None else run_command(lambda: _plan(
-        rollout_plan, soak, halt_rollbacks, halt_ratio, halt_min_reports))
+        rollout_plan, soak, halt_rollbacks, halt_ratio, halt_min_reports, halt_sequential,
+        halt_min_failures))
     change_channel(
         repo, keys, as_json,
         lambda r: publish(r, channel, version, _parse_components(list(component)), fallback,
@@ -105,11 +113,17 @@ def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ..
         _published)
 
 
-def _plan(steps: str, soak: str, rollbacks: int, ratio: float,
-          min_reports: int) -> "RolloutPlan":
+def _plan(steps: str, soak: str, rollbacks: int, ratio: float, min_reports: int,
+          sequential: float | None = None, min_failures: int = 3) -> "RolloutPlan":
     from pydantic import ValidationError
 
-    from greenlight.channels import HaltRule, RolloutPlan, describe_validation, now
+    from greenlight.channels import (
+        HaltRule,
+        RolloutPlan,
+        SequentialRule,
+        describe_validation,
+        now,
+    )
     from greenlight.release._durations import parse_duration
     from greenlight.release._errors import UsageError
 
@@ -120,8 +134,11 @@ def _plan(steps: str, soak: str, rollbacks: int, ratio: float,
         raise UsageError(f"--rollout-plan {steps!r}: expected percents such as 5,25,100"
                            ) from None
     try:
+        rule = None if sequential is None else SequentialRule(false_halt=sequential,
+                                                              min_failures=min_failures)
         return RolloutPlan(steps=percents, soak=seconds, started_at=now(), halt=HaltRule(
-            rollbacks=rollbacks, failure_ratio=ratio, min_reports=min_reports))
+            rollbacks=rollbacks, failure_ratio=ratio, min_reports=min_reports,
+            sequential=rule))
     except ValidationError as e:
         raise UsageError(f"--rollout-plan {steps!r}: {describe_validation(e)}") from None
 

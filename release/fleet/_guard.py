@@ -58,6 +58,16 @@ class Guard:
             evidence = self.store.judged(
                 channel, plan.key, plan.counted_since,
                 established_before=plan.plan.started_at + timedelta(seconds=1))
+            previous = plan.channel_file.rollout.previous if plan.channel_file.rollout else None
+            if plan.plan.halt.sequential is not None and previous is not None:
+                # the baseline: the previous release's whole record on this channel
+                from dataclasses import replace
+
+                from greenlight.channels import ReleaseId
+
+                base = self.store.judged(channel, ReleaseId.of(
+                    previous.release, previous.components, previous.manifest).key, None)
+                evidence = replace(evidence, baseline=(base.failed, base.total))
             verdict = judge(position, evidence, now())
             if verdict.action == "halt":
                 with repo.all_or_nothing():

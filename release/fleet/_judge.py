@@ -6,9 +6,10 @@ what this returns; the rule itself does no I/O and reads no clock.
 
 The order of the rules is the policy:
 1. a rollout already halted (by its signers or the collector) is left alone;
-2. at least `rollbacks` distinct machines failed the release, or more than `failure_ratio`
-   of at least `min_reports` distinct reporting machines did: halt, saying how many of how
-   many and the most failed check;
+2. by the count rule: at least `rollbacks` distinct machines failed the release, or more
+   than `failure_ratio` of at least `min_reports` distinct reporting machines did; or, when
+   the plan names the sequential rule, by it instead (`sequential_e`): halt, saying how
+   many of how many and the most failed check;
 3. the step has soaked `soak` seconds and is not the last: advance one step;
 4. otherwise: nothing.
 
@@ -16,13 +17,17 @@ Only reports received since the rollout was last resumed (`counted_since`) are e
 caller asks its store with that bound.
 """
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from greenlight.channels import HaltRule, printable
+from greenlight.channels import HaltRule, SequentialRule, printable
 
-__all__ = ["Evidence", "RolloutPosition", "Verdict", "judge"]
+__all__ = ["Evidence", "RolloutPosition", "Verdict", "baseline_rate", "judge", "sequential_e"]
+
+_MIXTURE = (1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+"""the alternatives the sequential rule weighs, as multiples of the baseline's rate"""
 
 REASON_MAX = 400
 
@@ -37,6 +42,8 @@ class Evidence:
     """distinct machines that reported an outcome that counts (upgraded or failed)"""
     top_check: tuple[str, str] | None = None
     """the most failed check's name, and one example summary"""
+    baseline: tuple[int, int] | None = None
+    """the previous release's record on the fleet: distinct machines failed, reporting"""
 
 
 @dataclass(frozen=True)
@@ -61,17 +68,65 @@ class Verdict:
     """the step it advances to"""
 
 
+def baseline_rate(baseline: tuple[int, int] | None, floor: float) -> float:
+    """The failure rate a release is held to: an upper estimate of the previous release's
+    (its rate plus two standard errors, a prior of one failure in two machines added), never
+    below `floor`."""
+    if baseline is None:
+        return floor
+    failed, total = baseline
+    rate = (failed + 1) / (total + 2)
+    return min(0.5, max(floor, rate + 2 * math.sqrt(rate * (1 - rate) / (total + 2))))
+
+
+def sequential_e(failed: int, total: int, p0: float) -> float:
+    """The e-value, after `total` machines of which `failed` failed, against "the failure
+    rate is at most `p0`": a mixture of likelihood ratios over rates above p0 (`_MIXTURE`),
+    equally weighted. Under the null its expectation is at most 1 at every count, so by
+    Ville's inequality it ever reaches 1/alpha with probability at most alpha: the rule may be
+    looked at after every report (anytime-valid)."""
+    if total <= 0:
+        return 1.0
+    logs = []
+    for m in _MIXTURE:
+        p1 = min(0.999, p0 * m)
+        if p1 <= p0:
+            continue
+        logs.append(failed * math.log(p1 / p0)
+                    + (total - failed) * math.log((1 - p1) / (1 - p0)))
+    top = max(logs)
+    return math.exp(min(700.0, top)) * sum(math.exp(x - top) for x in logs) / len(logs)
+
+
+def _sequential_halt(rule: SequentialRule, evidence: Evidence, version: str) -> str | None:
+    failed, total = evidence.failed, evidence.total
+    if failed < rule.min_failures:
+        return None
+    p0 = baseline_rate(evidence.baseline, rule.floor)
+    e = sequential_e(failed, total, p0)
+    if e < 1 / rule.false_halt:
+        return None
+    return (f"{failed} of {total} machines reporting on {version} rolled back "
+            f"({failed / total:.1%}), above the baseline's {p0:.2%} (sequential rule: e-value "
+            f"{e:.3g} >= {1 / rule.false_halt:g}, false-halt probability {rule.false_halt:g})")
+
+
 def judge(position: RolloutPosition, evidence: Evidence, now: datetime) -> Verdict:
     """What to do with a planned rollout now (see the module's rules, in order)."""
     if position.halted:
         return Verdict("none")
     rule, failed, total = position.rule, evidence.failed, evidence.total
-    if failed >= rule.rollbacks or (total >= rule.min_reports and total > 0
-                                    and failed / total > rule.failure_ratio):
+    if rule.sequential is not None:
+        why = _sequential_halt(rule.sequential, evidence, position.version)
+    elif failed >= rule.rollbacks or (total >= rule.min_reports and total > 0
+                                      and failed / total > rule.failure_ratio):
+        why = f"{failed} of {total} machines reporting on {position.version} rolled back"
+    else:
+        why = None
+    if why is not None:
         top = evidence.top_check
-        reason = (f"{failed} of {total} machines reporting on {position.version} rolled back"
-                  + (f"; most failed check {printable(top[0], 80)}: {printable(top[1], 160)}"
-                     if top else ""))
+        reason = (why + (f"; most failed check {printable(top[0], 80)}: "
+                         f"{printable(top[1], 160)}" if top else ""))
         return Verdict("halt", reason=reason[:REASON_MAX])
     last = len(position.steps) - 1
     if position.step < last and (now - position.step_began).total_seconds() >= position.soak:
