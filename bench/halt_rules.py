@@ -14,8 +14,8 @@ Printed, per scenario and rule: how often the release was halted, and the machin
 before the halt (median and 90th percentile; a release never halted exposed the fleet). The
 anchor is the count rule with its defaults (3 rollbacks, or over 5% of 20+ machines) in the
 same run, and the ratio alone set for a 1% baseline (over 3% of 100+ machines), as an
-operator would tune it by hand. Targets: a false-halt rate over good releases at most the sequential rule's 1%, and
-bad releases halted with few machines exposed.
+operator would tune it by hand. Targets: a false-halt rate over good releases at most the
+sequential rule's 1%, and bad releases halted with few machines exposed.
 """
 
 import argparse
