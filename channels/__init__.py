@@ -20,6 +20,7 @@ from greenlight.channels._bundle_format import (
     BundleManifest,
 )
 from greenlight.channels._clock import now
+from greenlight.channels._cohort import COHORT_PATTERN, LABEL_PATTERN, cohort_of
 from greenlight.channels._delta import BuiltDelta, DeltaError, apply_delta, build_delta
 from greenlight.channels._digest import ParallelDigest
 from greenlight.channels._files import atomic_symlink, atomic_write, fsync_dir, remove_path
@@ -86,6 +87,9 @@ from greenlight.channels._version import VERSION
 from greenlight.channels._versions import canonical_version, is_newer, parse_version, sort_versions
 
 __all__ = [
+    "COHORT_PATTERN",
+    "LABEL_PATTERN",
+    "cohort_of",
     "InvalidValue",
     "describe_validation",
     "FLEET_OUTCOMES",

@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
+from greenlight.channels._cohort import COHORT_PATTERN
 from greenlight.channels._paths import check_channel_name
 from greenlight.channels._records import Record
 from greenlight.channels._text import printable
@@ -60,3 +61,5 @@ class FleetReport(Record):
     durations: dict[Annotated[str, Field(pattern=r"^[a-z][a-z_-]{0,31}$")], float] = Field(
         default_factory=dict, max_length=32)
     note: _Text | None = Field(default=None, description="why it was held, when it was")
+    cohort: str | None = Field(default=None, pattern=COHORT_PATTERN,
+                               description="the kind of machine: system-major/arch/label")

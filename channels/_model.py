@@ -11,6 +11,7 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
 
+from greenlight.channels._cohort import COHORT_PATTERN
 from greenlight.channels._identity import ReleaseId
 from greenlight.channels._invalid import describe_validation
 from greenlight.channels._paths import check_channel_name, check_component_name
@@ -178,6 +179,10 @@ class RolloutState(_Strict):
     at: datetime
     counted_since: datetime | None = Field(
         default=None, description="reports before this were judged already (a person resumed)")
+    held_cohorts: list[Annotated[str, Field(pattern=COHORT_PATTERN)]] | None = Field(
+        default=None, max_length=64,
+        description="kinds of machine (see channels._cohort) held where they are: the "
+                    "rollout goes on for the others")
 
     def to_json(self) -> bytes:
         return (self.model_dump_json(indent=2, exclude_none=True, by_alias=True)

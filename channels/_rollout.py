@@ -40,9 +40,10 @@ class EffectiveRollout:
 
 
 def effective_rollout(channel_file: ChannelFile, state: RolloutState | None,
-                      now: datetime) -> EffectiveRollout | None:
+                      now: datetime, cohort: str | None = None) -> EffectiveRollout | None:
     """The rollout in force for `channel_file`'s release, given the online role's `state`
-    (already verified through TUF) and the time."""
+    (already verified through TUF), the time, and the machine's own cohort: a cohort the
+    state holds is halted for that machine, while the others go on."""
     rollout = channel_file.rollout
     if rollout is None:
         return None
@@ -61,6 +62,10 @@ def effective_rollout(channel_file: ChannelFile, state: RolloutState | None,
             # Signed, but quoting what machines reported: one escaped line, bounded.
             halted, reason = True, printable(
                 f"halted by {state.by}: {state.reason or 'no reason given'}", 500)
+        elif cohort is not None and cohort in (state.held_cohorts or ()) and not halted:
+            halted, reason = True, printable(
+                f"held for this machine's cohort {cohort} by {state.by}: "
+                f"{state.reason or 'no reason given'}", 500)
     return EffectiveRollout(plan.steps[step], halted, step, tuple(plan.steps), reason)
 
 

@@ -29,7 +29,7 @@ BIN = Path(sys.executable).parent
 
 class Machine:
     def __init__(self, tmp: Path, name: str, repo, server, collector_url: str,
-                 queue_max: int = 200) -> None:
+                 queue_max: int = 200, label: str | None = None) -> None:
         self.path = tmp / name
         done = self.updater("init", "--repo", server.url, "--trust",
                             str(repo.metadata_dir / "1.root.json"))
@@ -38,7 +38,8 @@ class Machine:
         (self.path / "data" / "fleet-token").write_text(FLEET + "\n")
         with (self.path / "greenlight.toml").open("a") as f:
             f.write(MARKER_PRODUCT + f'\n[report]\nurl = "{collector_url}"\n'
-                                     f'queue_max = {queue_max}\n')
+                                     f'queue_max = {queue_max}\n'
+                                     + (f'cohort_label = "{label}"\n' if label else ""))
 
     def updater(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(BIN / "updater"), *args, "--root", str(self.path)],
@@ -559,3 +560,61 @@ def test_the_collector_holds_under_abuse(fleet):
         for s in half:
             s.close()
         collector.stop()
+
+
+def test_a_fault_in_one_cohort_holds_that_cohort_only(fleet):
+    """Real machines of two kinds (their vendor's cohort_label) report to a collector that
+    guards a planned rollout. The release fails on every "legacy" machine that tries it and
+    on no "modern" one: the collector holds the legacy cohort only, signed; a legacy machine
+    that had not tried yet stays where it is, saying why, while the modern ones take it."""
+    import platform
+
+    from greenlight.channels import HaltRule, RolloutPlan, cohort_of, now
+    from greenlight.release.repository._repository import FileRepository
+    from greenlight.release.repository._rollouts import current_state
+
+    tmp, repo, server, builds = fleet
+    collector = Collector(tmp, f"sqlite:///{tmp / 'c.sqlite3'}", None, "--repo",
+                          str(repo.path), "--tick", "0.2")
+    try:
+        publish(repo, "stable", "1.0", builds("1.0"))
+        legacy = [Machine(tmp, f"legacy{i}", repo, server, collector.url, label="legacy")
+                  for i in range(3)]
+        modern = [Machine(tmp, f"modern{i}", repo, server, collector.url, label="modern")
+                  for i in range(2)]
+        for m in legacy + modern:  # each known to the collector before the rollout
+            assert m.updater("upgrade").returncode == 0 and m.queued() == []
+        for m in legacy:  # 1.1 fails on this kind of machine
+            (m.path / "data" / "broken-1.1").write_text("")
+        publish(repo, "stable", "1.1", builds("1.1"), rollout_plan=RolloutPlan(
+            steps=[100], soak=0, started_at=now(), halt=HaltRule(rollbacks=2)))
+        assert legacy[0].updater("upgrade").returncode == 20
+        assert legacy[1].updater("upgrade").returncode == 20
+        held = cohort_of(platform.system(), platform.release(), platform.machine(), "legacy")
+        deadline = time.monotonic() + 30
+        while not (current_state(FileRepository(repo.path), "stable") or
+                   _Nothing()).held_cohorts:
+            assert time.monotonic() < deadline, "the collector held nothing"
+            time.sleep(0.05)
+        state = current_state(FileRepository(repo.path), "stable")
+        assert state.held_cohorts == [held] and not state.halted, state
+        assert state.reason.startswith(f"cohort {held}: 2 of 2 machines reporting on 1.1")
+
+        waiting = legacy[2].updater("upgrade")
+        assert waiting.returncode == 15, waiting.stdout + waiting.stderr
+        assert f"held for this machine's cohort {held}" in waiting.stdout
+        for m in modern:
+            done = m.updater("upgrade")
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert json.loads(m.updater("status", "--json").stdout)["installed"] == "1.1"
+        shown = _release("rollout", "status", "--collector", collector.url,
+                         "--admin-token-file", str(tmp / "tokens" / "admin"))
+        assert f"cohort(s) {held} HELD by collector" in shown.stdout, shown.stdout
+        assert ("stable 1.1: 5 machines reporting; 2 upgraded, 2 rolled back, 0 dead ends, "
+                "0 pre-check blocked, 1 held") in shown.stdout
+    finally:
+        collector.stop()
+
+
+class _Nothing:
+    held_cohorts = None

@@ -89,3 +89,43 @@ def test_publish_signs_the_sequential_rule_into_the_plan(tmp_path, builds):
         capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, \
         refused.stderr
+
+
+def test_a_failure_confined_to_one_cohort_holds_that_cohort_only():
+    from greenlight.release.fleet._judge import confined_to
+
+    position = _position(HaltRule(rollbacks=3))
+    one = {"linux-6/x86_64/legacy": Evidence(3, 3), "linux-6/x86_64/modern": Evidence(1, 40),
+           None: Evidence(0, 5)}
+    cohort, why = confined_to(position, one)
+    assert cohort == "linux-6/x86_64/legacy"
+    assert why.startswith("cohort linux-6/x86_64/legacy: 3 of 3 machines reporting on 2.0")
+    # failing outside it too: everyone halts
+    spread = {**one, "linux-6/x86_64/modern": Evidence(3, 40)}
+    assert confined_to(position, spread) is None
+    # no cohort meets the rule alone (the failures are spread thin): everyone halts
+    thin = {f"linux-6/x86_64/k{i}": Evidence(1, 10) for i in range(5)}
+    assert confined_to(position, thin) is None
+
+
+def test_a_held_cohort_stops_only_its_machines_and_never_widens_a_rollout():
+    from greenlight.channels import (
+        ChannelFile,
+        ComponentArtifact,
+        Rollout,
+        RolloutPlan,
+        RolloutState,
+        effective_rollout,
+    )
+
+    plan = RolloutPlan(steps=[10, 100], soak=0, started_at=NOW)
+    cf = ChannelFile(channel="stable", release="2.0", published_at=NOW, components={
+        "core": ComponentArtifact(version="2.0", target="artifacts/core/2.0/core.tgz",
+                                  sha256="a" * 64, length=1)},
+        rollout=Rollout(percent=10, plan=plan))
+    state = RolloutState(channel="stable", release=cf.identity.key, step=0, by="collector",
+                         at=NOW, held_cohorts=["linux-6/x86_64/legacy"], reason="cohort ...")
+    mine = effective_rollout(cf, state, NOW, "linux-6/x86_64/legacy")
+    assert mine.halted and "held for this machine's cohort linux-6/x86_64/legacy" in mine.reason
+    other = effective_rollout(cf, state, NOW, "linux-6/x86_64/modern")
+    assert not other.halted and other.percent == 10  # the rest goes on, at the plan's step

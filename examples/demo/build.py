@@ -12,7 +12,7 @@ import tarfile
 from pathlib import Path
 
 HERE = Path(__file__).parent
-FAULTS = ("refuse-ui-token", "crash-on-stop-in-flight")
+FAULTS = ("refuse-ui-token", "refuse-ui-token-on-legacy", "crash-on-stop-in-flight")
 COMPONENTS = {"core": "core.py", "ui": "ui.py"}
 
 

@@ -11,6 +11,8 @@ and, with --dns-port, a DNS responder for the product's name (A record, 127.0.0.
 
 Faults are baked into a build's build.json, never read from the environment:
   refuse-ui-token          the session call answers 403 "denying api access"; ping still works
+  refuse-ui-token-on-legacy  the same, only on machines whose data folder (the token file's)
+                           holds a `legacy-hardware` file: a fault confined to one kind of machine
   crash-on-stop-in-flight  SIGTERM while a request is in flight kills the process (exit 70),
                            like closing IPC pipes under a blocked reader
 """
@@ -142,6 +144,9 @@ def main() -> int:
         fd = os.open(args.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(16) + "\n")
+    if ("refuse-ui-token-on-legacy" in FAULTS
+            and (args.token_file.parent / "legacy-hardware").exists()):
+        FAULTS.add("refuse-ui-token")
     core = Core(args.token_file.read_text().strip(), args.drain_seconds)
     server = serve(core.websocket, "127.0.0.1", args.port, process_request=core.process_request)
     if args.dns_port:

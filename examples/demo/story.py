@@ -9,10 +9,11 @@ watching, installs it, the post-check catches it, and Greenlight rolls back to 1
 and falls back to stable, printing the evidence. Stable only carries the older 1.6.10, so the
 machine stays on its last good release: no automatic downgrade, cycle after cycle. When the
 fixed beta 1.6.13 is published, the agent returns to beta, the channel the person chose, and
-installs it. Last, a fleet chapter: three machines report to a collector that guards beta's
-planned rollout of a bad 1.7.0; two roll back, the collector halts it, and the third never
-installs it. Every command is printed before it runs. Work happens in ./demo-work (replaced on
-each run).
+installs it. Last, a fleet chapter: three machines, each with a key of its own, report to a
+collector that guards beta's planned rollout of a 1.7.0 that fails only on one kind of machine
+(the vendor's "legacy" hardware); the two legacy machines roll back, the collector holds their
+cohort only, and the third machine, a "modern" one, takes 1.7.0. Every command is printed
+before it runs. Work happens in ./demo-work (replaced on each run).
 """
 
 import shlex
@@ -178,35 +179,41 @@ def fleet(repo: Path, url: str, components) -> None:  # type: ignore[no-untyped-
         # that the story shows every machine meeting the bad release.
         ids = (f"{i:032x}" for i in range(10_000))
         chosen = [i for i in ids if rollout_bucket(i, "beta", "1.7.0") < 50][:3]
-        for machine, ident in zip(machines, chosen, strict=True):
+        labels = ("legacy", "legacy", "modern")
+        for machine, ident, label in zip(machines, chosen, labels, strict=True):
             run("updater", "init", "--root", str(machine), "--repo", url, "--trust",
                 str(repo / "metadata" / "1.root.json"), "--channel", "beta")
             configure_machine(machine, free_port(), free_port())
             (machine / "state" / "installation-id").write_text(ident + "\n")
             (machine / "data" / "fleet-token").write_bytes((tokens / "fleet").read_bytes())
+            if label == "legacy":  # what the fault of 1.7.0 trips on
+                (machine / "data" / "legacy-hardware").write_text("")
             with (machine / "greenlight.toml").open("a") as f:
-                f.write(f'\n[report]\nurl = "{collector_url}"\n')
+                f.write(f'\n[report]\nurl = "{collector_url}"\ncohort_label = "{label}"\n')
             run("updater", "upgrade", "--root", str(machine))
-        print(f"  (each machine's greenlight.toml now has [report] url = \"{collector_url}\")")
+        print(f"  (each machine's greenlight.toml now has [report] url = \"{collector_url}\" "
+              "and its vendor's cohort_label: legacy, legacy, modern)")
         say("Each machine signs its reports with a key of its own, made at init; the collector "
             "enrolled each with its first report")
         run("updater", "identity", "--root", str(machines[0]))
         run("release", "machines", "list", "--collector", collector_url,
             "--admin-token-file", str(tokens / "admin"))
 
-        say("Beta 1.7.0 rolls out by a signed plan: 50% then 100%, halting at 2 rollbacks")
+        say("Beta 1.7.0 rolls out by a signed plan: 50% then 100%, halting at 2 rollbacks; it "
+            "refuses the UI's token on legacy hardware only")
         run("release", "publish", str(repo), "--channel", "beta", "--version", "1.7.0",
             "--rollout-plan", "50,100", "--soak", "1h", "--halt-rollbacks", "2",
-            *components("1.7.0", "refuse-ui-token"))
+            *components("1.7.0", "refuse-ui-token-on-legacy"))
         run("updater", "upgrade", "--root", str(machines[0]), ok=(20,))
         run("updater", "upgrade", "--root", str(machines[1]), ok=(20,))
         deadline = time.monotonic() + 10
-        while b'"halted": true' not in _newest_state(repo):
+        while b'"held_cohorts"' not in _newest_state(repo):
             if time.monotonic() > deadline:
-                raise SystemExit("demo: the collector did not halt the rollout")
+                raise SystemExit("demo: the collector did not hold the legacy cohort")
             time.sleep(0.05)
-        say("The collector halted it by itself; the third machine never installs 1.7.0")
-        run("updater", "upgrade", "--root", str(machines[2]), ok=(15,))
+        say("The collector held the legacy machines' cohort by itself, signed; the rest of the "
+            "fleet goes on: the modern machine takes 1.7.0")
+        run("updater", "upgrade", "--root", str(machines[2]))
         run("release", "rollout", "status", "--collector", collector_url,
             "--admin-token-file", str(tokens / "admin"))
     finally:

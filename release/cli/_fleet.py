@@ -137,6 +137,9 @@ def rollout_status_cmd(url: str, admin_token_file: Path, as_json: bool) -> None:
             where = f"step {plan['step'] + 1} of {len(plan['steps'])} ({plan['percent']}%)"
             if plan["halted"]:
                 where += f", HALTED by {plan['by']}: {plan['reason']}"
+            elif plan.get("held_cohorts"):
+                where += (f", cohort(s) {', '.join(plan['held_cohorts'])} HELD by "
+                          f"{plan['by']}: {plan['reason']}")
             elif plan.get("by"):
                 where += f", set by {plan['by']} at {plan['at']}"
             say(f"  rollout: {where}")

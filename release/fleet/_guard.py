@@ -7,7 +7,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from greenlight.release.fleet._judge import RolloutPosition, judge
+from greenlight.channels import printable
+from greenlight.release.fleet._judge import REASON_MAX, RolloutPosition, confined_to, judge
 from greenlight.release.fleet._store import Store
 
 __all__ = ["Guard"]
@@ -55,9 +56,10 @@ class Guard:
             # Only machines with a history before the rollout began count (open enrolment:
             # anyone holding the fleet token can invent ids, not a past).
             # started_at is signed to the second: anything before its end came before.
-            evidence = self.store.judged(
-                channel, plan.key, plan.counted_since,
-                established_before=plan.plan.started_at + timedelta(seconds=1))
+            established = plan.plan.started_at + timedelta(seconds=1)
+            held = plan.held_cohorts
+            evidence = self.store.judged(channel, plan.key, plan.counted_since,
+                                         established_before=established, without=held)
             previous = plan.channel_file.rollout.previous if plan.channel_file.rollout else None
             if plan.plan.halt.sequential is not None and previous is not None:
                 # the baseline: the previous release's whole record on this channel
@@ -69,7 +71,20 @@ class Guard:
                     previous.release, previous.components, previous.manifest).key, None)
                 evidence = replace(evidence, baseline=(base.failed, base.total))
             verdict = judge(position, evidence, now())
-            if verdict.action == "halt":
+            confined = None if verdict.action != "halt" else confined_to(
+                position, self.store.by_cohort(channel, plan.key, plan.counted_since,
+                                               established, without=held), evidence.baseline)
+            if confined is not None and len(held) < 64:
+                cohort, why = confined
+                top = evidence.top_check
+                reason = printable(why + (f"; most failed check {top[0]}: {top[1]}"
+                                          if top else ""), REASON_MAX)
+                with repo.all_or_nothing():
+                    write_state(repo, plan.next_state("collector", held_cohorts=[*held, cohort],
+                                                      reason=reason))
+                line = (f"held cohort {cohort} of {channel} {version} at "
+                        f"{plan.plan.steps[plan.step]}%, the rest goes on: {reason}")
+            elif verdict.action == "halt":
                 with repo.all_or_nothing():
                     write_state(repo, plan.next_state("collector", halted=True,
                                                       reason=verdict.reason))
@@ -114,7 +129,7 @@ class Guard:
             out[(channel, plan.channel_file.release)] = {
                 "key": plan.key, "steps": plan.plan.steps, "step": plan.step,
                 "percent": plan.plan.steps[plan.step], "soak": plan.plan.soak,
-                "halted": plan.halted,
+                "halted": plan.halted, "held_cohorts": plan.held_cohorts,
                 "by": "the channel's signers" if halted_by_signers else
                       (state.by if state else None),
                 "reason": "release rollout --halt" if halted_by_signers else

@@ -4,6 +4,9 @@ what this returns; the rule itself does no I/O and reads no clock.
 
     judge(plan, evidence, now) -> Verdict
 
+A halt may be narrowed to one cohort by the caller (`confined_to`): when the machines of one
+kind alone meet the rule and the others do not, that kind is held and the rollout goes on.
+
 The order of the rules is the policy:
 1. a rollout already halted (by its signers or the collector) is left alone;
 2. by the count rule: at least `rollbacks` distinct machines failed the release, or more
@@ -24,7 +27,8 @@ from typing import Literal
 
 from greenlight.channels import HaltRule, SequentialRule, printable
 
-__all__ = ["Evidence", "RolloutPosition", "Verdict", "baseline_rate", "judge", "sequential_e"]
+__all__ = ["REASON_MAX", "Evidence", "RolloutPosition", "Verdict", "baseline_rate",
+           "confined_to", "judge", "sequential_e"]
 
 _MIXTURE = (1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 """the alternatives the sequential rule weighs, as multiples of the baseline's rate"""
@@ -111,18 +115,40 @@ def _sequential_halt(rule: SequentialRule, evidence: Evidence, version: str) -> 
             f"{e:.3g} >= {1 / rule.false_halt:g}, false-halt probability {rule.false_halt:g})")
 
 
+def _met(rule: HaltRule, evidence: Evidence, version: str) -> str | None:
+    """Why the halt rule is met by `evidence`, in one line; None when it is not."""
+    failed, total = evidence.failed, evidence.total
+    if rule.sequential is not None:
+        return _sequential_halt(rule.sequential, evidence, version)
+    if failed >= rule.rollbacks or (total >= rule.min_reports and total > 0
+                                    and failed / total > rule.failure_ratio):
+        return f"{failed} of {total} machines reporting on {version} rolled back"
+    return None
+
+
+def confined_to(position: RolloutPosition, by_cohort: dict[str | None, Evidence],
+                baseline: tuple[int, int] | None = None) -> tuple[str, str] | None:
+    """The cohort a failure is confined to, and why, when it is: that cohort's machines
+    alone meet the halt rule, and all the machines outside it, together, do not. None when
+    no cohort, or more than one, is to blame (or the machines named none): halt them all."""
+    meeting = [(c, why) for c, e in by_cohort.items() if c is not None
+               and (why := _met(position.rule, Evidence(e.failed, e.total, None, baseline),
+                                position.version)) is not None]
+    if len(meeting) != 1:
+        return None
+    cohort, why = meeting[0]
+    rest = [e for c, e in by_cohort.items() if c != cohort]
+    outside = Evidence(sum(e.failed for e in rest), sum(e.total for e in rest), None, baseline)
+    if _met(position.rule, outside, position.version) is not None:
+        return None
+    return cohort, f"cohort {cohort}: {why}"
+
+
 def judge(position: RolloutPosition, evidence: Evidence, now: datetime) -> Verdict:
     """What to do with a planned rollout now (see the module's rules, in order)."""
     if position.halted:
         return Verdict("none")
-    rule, failed, total = position.rule, evidence.failed, evidence.total
-    if rule.sequential is not None:
-        why = _sequential_halt(rule.sequential, evidence, position.version)
-    elif failed >= rule.rollbacks or (total >= rule.min_reports and total > 0
-                                      and failed / total > rule.failure_ratio):
-        why = f"{failed} of {total} machines reporting on {position.version} rolled back"
-    else:
-        why = None
+    why = _met(position.rule, evidence, position.version)
     if why is not None:
         top = evidence.top_check
         reason = (why + (f"; most failed check {printable(top[0], 80)}: "

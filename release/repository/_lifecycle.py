@@ -104,12 +104,15 @@ def rollout(repo: FileRepository, channel: str, percent: int | None = None,
         if resume:
             plan = planned(repo, channel)  # halted by the signers, the collector, or both
             assert current.rollout is not None
-            if not (current.rollout.halted or (plan is not None and plan.halted)):
+            if not (current.rollout.halted or (plan is not None and (
+                    plan.halted or plan.held_cohorts))):
                 raise ReleaseError(f"the rollout of {current.release} on {channel!r} is not "
                                    "halted")
-            if plan is not None and plan.state is not None and plan.state.halted:
-                write_state(repo, plan.next_state(
-                    f"{person()} (release rollout --resume)", counted_since=now()))
+            if plan is not None and plan.state is not None and (plan.state.halted
+                                                                or plan.held_cohorts):
+                write_state(repo, plan.next_state(  # a person lifts cohort holds too
+                    f"{person()} (release rollout --resume)", counted_since=now(),
+                    held_cohorts=None, reason=None))
         if staged == current.rollout:
             return current
         updated = current.model_copy(update={"rollout": staged, "published_at": now()})

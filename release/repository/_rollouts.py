@@ -112,10 +112,18 @@ class Planned:
     def counted_since(self) -> datetime | None:
         return None if self.state is None else self.state.counted_since
 
+    @property
+    def held_cohorts(self) -> list[str]:
+        return list(self.state.held_cohorts or []) if self.state is not None else []
+
     def next_state(self, by: str, **changes: object) -> RolloutState:
+        """The next state: the step, the cohorts held (with why) and the count's start carried
+        over, unless `changes` says otherwise."""
+        held = self.held_cohorts
         base = {"channel": self.channel_file.channel, "release": self.key, "step": self.step,
-                "halted": False, "reason": None, "by": by, "at": now(),
-                "counted_since": self.counted_since}
+                "halted": False, "reason": self.state.reason if held and self.state else None,
+                "by": by, "at": now(), "counted_since": self.counted_since,
+                "held_cohorts": held or None}
         return RolloutState.model_validate({**base, **changes})
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from greenlight.channels import atomic_write, printable, sign_body
 from greenlight.updater._errors import GreenlightError
-from greenlight.updater.product import config_of
+from greenlight.updater.product import config_of, machine_cohort
 from greenlight.updater.store import InstallRoot, queued, set_refusal
 
 __all__ = ["send_reports"]
@@ -70,13 +70,13 @@ def _refused(root: InstallRoot, why: str | None) -> None:
         set_refusal(root, why)
 
 
-def _as_this_machine(body: bytes, ident: str) -> bytes:
+def _as_this_machine(body: bytes, ident: str, cohort: str) -> bytes:
     """A queued report as this machine sends it: under its key's id (a report queued before
-    the machine had a key names the old random id)."""
+    the machine had a key names the old random id), with its cohort."""
     report = json.loads(body)
-    if report.get("installation") == ident:
+    if report.get("installation") == ident and report.get("cohort") == cohort:
         return body
-    report["installation"] = ident
+    report["installation"], report["cohort"] = ident, cohort
     return json.dumps(report).encode()
 
 
@@ -99,6 +99,7 @@ def send_reports(root: InstallRoot) -> int:
         return 0
     import httpx
 
+    cohort = machine_cohort(root)
     sent, deadline = 0, time.monotonic() + config.timeout
     try:
         with httpx.Client(timeout=config.timeout) as client:
@@ -107,7 +108,7 @@ def send_reports(root: InstallRoot) -> int:
                 if left <= 0:
                     break
                 try:
-                    body = _as_this_machine(path.read_bytes(), root.machine_id)
+                    body = _as_this_machine(path.read_bytes(), root.machine_id, cohort)
                 except (OSError, ValueError):
                     path.unlink(missing_ok=True)  # unreadable: it never gets better
                     continue

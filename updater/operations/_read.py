@@ -16,7 +16,7 @@ from greenlight.updater.output import (
     StatusReport,
 )
 from greenlight.updater.policy import Plan, decide, follow_plan
-from greenlight.updater.product import config_of
+from greenlight.updater.product import config_of, machine_cohort
 from greenlight.updater.store import (
     ActiveChannel,
     InstallRoot,
@@ -106,7 +106,8 @@ def plan_for(root: InstallRoot, channel_file: ChannelFile,
     planned = channel_file.rollout is not None and channel_file.rollout.plan is not None
     state = repo.rollout_state(channel_file.channel) if planned and repo is not None else None
     return decide(channel_file, root.installed_identity(), held, root.installation_id,
-                  pin.version if pin else None, state, now(), installed_down, allow_downgrade)
+                  pin.version if pin else None, state, now(), installed_down, allow_downgrade,
+                  cohort=machine_cohort(root) if planned else None)
 
 
 @dataclass(frozen=True)

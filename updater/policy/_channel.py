@@ -96,11 +96,11 @@ class Plan:
 
 
 def _position(channel_file: ChannelFile, installation_id: str, state: RolloutState | None,
-              at: datetime | None) -> RolloutPosition | None:
+              at: datetime | None, cohort: str | None = None) -> RolloutPosition | None:
     plan = channel_file.rollout.plan if channel_file.rollout else None
     effective = effective_rollout(channel_file, state, at if at is not None else
                                   plan.started_at if plan is not None else
-                                  channel_file.published_at)
+                                  channel_file.published_at, cohort)
     if effective is None:
         return None
     return RolloutPosition(
@@ -114,17 +114,18 @@ def decide(channel_file: ChannelFile, installed: ReleaseId | None,
            quarantined: Mapping[ReleaseId, str], installation_id: str,
            pin: str | None = None, rollout_state: RolloutState | None = None,
            at: datetime | None = None, installed_down: bool = False,
-           allow_downgrade: bool = False) -> Plan:
+           allow_downgrade: bool = False, cohort: str | None = None) -> Plan:
     """The plan for an installation running `installed` that follows `channel_file`'s channel.
 
     `quarantined` maps each release that failed here to the reason it did; `pin` is the
     version a person pinned this installation to (`updater pin`), if any; `rollout_state` is
     the online role's verified word on a planned rollout, judged at time `at`;
     `installed_down` says the installed release's services are not running;
-    `allow_downgrade` that a person asked to move to an older release.
+    `allow_downgrade` that a person asked to move to an older release; `cohort` is the kind
+    of machine this is (a cohort the rollout state holds does not take the release).
     """
     target = channel_file.identity
-    rollout = _position(channel_file, installation_id, rollout_state, at)
+    rollout = _position(channel_file, installation_id, rollout_state, at, cohort)
     held = quarantined.get(target)
     revoked = channel_file.is_revoked(installed.version) if installed is not None else None
 

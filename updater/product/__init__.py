@@ -43,7 +43,12 @@ if TYPE_CHECKING:
         split_product_config,
     )
     from greenlight.updater.product._placeholders import expand, expand_command, values_for
-    from greenlight.updater.product._rootconfig import config_of, forget_config, init_root
+    from greenlight.updater.product._rootconfig import (
+        config_of,
+        forget_config,
+        init_root,
+        machine_cohort,
+    )
     from greenlight.updater.product._runtime import frozen, launcher_argv, python_argv
     from greenlight.updater.product._services import (
         ProcessBackend,
@@ -92,6 +97,7 @@ __all__ = [
     "init_root",
     "layered",
     "load_manifest",
+    "machine_cohort",
     "split_product_config",
     "launcher_argv",
     "manifest_schema",
@@ -134,6 +140,7 @@ _HOME = {
     "init_root": "greenlight.updater.product._rootconfig",
     "layered": "greenlight.updater.product._manifest",
     "load_manifest": "greenlight.updater.product._manifest",
+    "machine_cohort": "greenlight.updater.product._rootconfig",
     "split_product_config": "greenlight.updater.product._manifest",
     "manifest_schema": "greenlight.updater.product._manifest",
     "drain": "greenlight.updater.product._services",

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 import tomli_w
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
 
-from greenlight.channels import Record, check_channel_name, describe_validation
+from greenlight.channels import LABEL_PATTERN, Record, check_channel_name, describe_validation
 from greenlight.updater._errors import ConfigError
 
 __all__ = ["INSTALLER_MACHINE_PARTS", "AgentConfig", "CheckConfig", "CommandCheck", "Config",
@@ -232,6 +232,10 @@ class ReportConfig(_Section):
                                                           "the oldest go first")
     timeout: float = Field(default=2.0, gt=0,
                            description="seconds one flush may take, all reports together")
+    cohort_label: str | None = Field(
+        default=None, pattern=LABEL_PATTERN,
+        description="the vendor's label of this kind of machine (a hardware model, say), the "
+                    "last part of the cohort its reports name and its rollouts obey")
 
 
 class Config(_Section):

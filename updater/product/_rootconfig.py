@@ -13,7 +13,7 @@ from greenlight.updater.product._config import Config, RepositoryConfig
 from greenlight.updater.product._template import config_text
 from greenlight.updater.store import InstallRoot, set_active_channel
 
-__all__ = ["config_of", "forget_config", "init_root"]
+__all__ = ["config_of", "forget_config", "init_root", "machine_cohort"]
 
 _LOADED: "weakref.WeakKeyDictionary[InstallRoot, Config]" = weakref.WeakKeyDictionary()
 
@@ -63,3 +63,19 @@ def init_root(path: os.PathLike[str] | str, repo_url: str | None, trusted_root: 
     atomic_write(root.config_path, config_text(config).encode(), mode=0o640)
     set_active_channel(root, channel, "initial channel")
     return root
+
+
+def machine_cohort(root: InstallRoot) -> str:
+    """This machine's cohort (see `channels.cohort_of`): its system, the system's major
+    version, its architecture, and `[report] cohort_label` (else `default`)."""
+    import platform
+
+    from greenlight.channels import cohort_of
+    from greenlight.updater._errors import GreenlightError
+
+    try:
+        report = config_of(root).report
+    except GreenlightError:
+        report = None
+    return cohort_of(platform.system(), platform.release(), platform.machine(),
+                     report.cohort_label if report is not None else None)

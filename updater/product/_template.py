@@ -134,6 +134,7 @@ _TABLES = """
 # token_file = "data/fleet-token"   # this fleet's token; never printed or logged
 # queue_max = 200               # reports kept while the collector is unreachable
 # timeout = 2.0
+# cohort_label = "model-x"      # the vendor's kind of machine: rollouts may hold one kind
 """
 
 
