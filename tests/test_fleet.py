@@ -562,6 +562,9 @@ def test_the_collector_holds_under_abuse(fleet):
         collector.stop()
 
 
+# Five real machines and a guarding collector: kept out of `make test`'s time budget; CI runs
+# it in `make test-exhaustive`.
+@pytest.mark.exhaustive
 def test_a_fault_in_one_cohort_holds_that_cohort_only(fleet):
     """Real machines of two kinds (their vendor's cohort_label) report to a collector that
     guards a planned rollout. The release fails on every "legacy" machine that tries it and

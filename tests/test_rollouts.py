@@ -31,7 +31,7 @@ from greenlight.updater.operations import check, open_repository
 from greenlight.updater.product import init_root
 from greenlight.updater.store import InstallRoot
 
-from conftest import ADMIN, Collector, builtin_server, post_report
+from conftest import ADMIN, Collector, builtin_server, machine_id, post_report
 
 BIN = Path(sys.executable).parent
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -270,7 +270,9 @@ def test_the_collector_moves_a_release_along_its_steps_once_each_has_soaked(tmp_
         assert (last.at - second.at).total_seconds() >= 1
         answer = httpx.get(collector.url + "v1/rollouts",
                            headers={"Authorization": f"Bearer {ADMIN}"}).json()
-        assert answer["rollouts"] == []  # no reports yet: nothing to show per release
+        # no report yet: the planned release is shown from its publish, with no machines
+        assert [(r["release"], r["machines"], r["plan"]["step"])
+                for r in answer["rollouts"]] == [("1.2", 0, 2)]
     finally:
         collector.stop()
     out = collector.proc.stdout.read()
@@ -294,21 +296,30 @@ def test_the_dashboard_renders_in_a_real_headless_chromium(tmp_path, published, 
 
     prior = current_channel_file(published, "stable").identity.key
     collector = Collector(tmp_path, f"sqlite:///{tmp_path / 'c.sqlite3'}", None,
-                          "--repo", str(published.path))
+                          "--repo", str(published.path), "--enrolment", "approved")
+    admin = {"Authorization": f"Bearer {ADMIN}"}
     try:
-        for i in range(5):  # machines the collector knew before the rollout
+        for i in range(5):  # machines the collector knew, and an admin approved, before
             answer = post_report(collector.url, f"m{i + 1}", _report(prior, "upgraded"))
             assert answer.status_code == 202
+        ids = [m["id"] for m in httpx.get(collector.url + "v1/machines?state=pending",
+                                          headers=admin).json()["machines"]]
+        assert httpx.post(collector.url + "v1/machines/approve", json={"ids": ids},
+                          headers=admin).json() == {"changed": 5}
         cf = publish(published, "stable", "1.2", builds("1.2"),
                      rollout_plan=_plan([10, 50, 100], soak=3600, rollbacks=2))
         for i, outcome in enumerate(["upgraded"] * 3 + ["rolled-back"] * 2):
             answer = post_report(collector.url, f"m{i + 1}", _report(cf.identity.key, outcome))
             assert answer.status_code == 202
         _wait_state(published, lambda s: s.halted)
+        # A newcomer waits for approval; a planned beta has no report yet.
+        assert post_report(collector.url, "newcomer", _report(prior)).json()["machine"] == \
+            "pending"
+        publish(published, "beta", "2.0", builds("2.0"), rollout_plan=_plan([5, 100], soak=60))
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking", "--disable-sync",
                  "--disable-component-update", f"--user-data-dir={tmp_path / 'profile'}",
-                 "--virtual-time-budget=10000", "--window-size=1200,800"]
+                 "--virtual-time-budget=10000", "--window-size=1400,1000"]
         url = f"{collector.url}#token={ADMIN}"
         dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True,
                              text=True, timeout=120)
@@ -317,11 +328,20 @@ def test_the_dashboard_renders_in_a_real_headless_chromium(tmp_path, published, 
         assert ADMIN not in html  # the token left the address bar and the page
         assert '<tr data-release="stable 1.2">' in html, html[-3000:]
         row = html.split('<tr data-release="stable 1.2">')[1].split("</tr>")[0]
-        cells = [c.split(">", 1)[1] for c in row.split("</td>")[:-1]]
-        assert cells[:6] == ["stable", "1.2", "5", "3", "2", "0"], cells
-        assert cells[6].startswith("HALTED at 10% by collector: 2 of 5 machines")
-        assert cells[7] == "ui-session (2): HTTP 403: denying api access"
+        cells = [c.split(">", 1)[1] for c in row.split("</td>")[:7]]
+        assert cells == ["stable", "1.2", "5", "3", "2", "0", "0"], cells
+        assert "HALTED at 10% by collector: 2 of 5 machines" in row
+        assert '<span class="now">10%</span><span>50%</span><span>100%</span>' in row
+        assert "ui-session (2): HTTP 403: denying api access" in row
+        assert "no cohort: 5 machines, 2 failed" in row
+        assert ">Resume</button>" in row and ">Halt</button>" not in row
+        planned = html.split('<tr data-release="beta 2.0">')[1].split("</tr>")[0]
+        assert "<td>0</td>" in planned and "step 1 of 2 (5%)" in planned
+        assert ">Halt</button>" in planned
+        assert "1 pending" in html and f'data-machine="{machine_id("newcomer")}"' in html
+        assert ">Approve</button>" in html
         assert 'class="chart" data-release="stable 1.2">' in html
+        assert "machines per minute (UTC)" in html and 'class="x-label"' in html
         # One stacked bar a minute (the reports may straddle one): their titles add up.
         import re
 
@@ -331,6 +351,30 @@ def test_the_dashboard_renders_in_a_real_headless_chromium(tmp_path, published, 
                           chart)
         assert sum(int(n) for _, n, what in bars if what == "upgraded") == 3, bars
         assert sum(int(n) for _, n, what in bars if what == "failed") == 2, bars
+
+        # The admin's hand: halt and resume, signed with the rollout key; safe from other
+        # sites (a Bearer header and JSON only), from other names (DNS rebinding), from frames.
+        page = httpx.get(collector.url)
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        assert page.headers["x-frame-options"] == "DENY"
+        assert httpx.get(collector.url, headers={"Host": "evil.example"}).status_code == 421
+        assert httpx.post(collector.url + "v1/rollouts/halt", content="channel=beta",
+                          headers={**admin, "Content-Type": "application/x-www-form-urlencoded"}
+                          ).status_code == 415
+        assert httpx.post(collector.url + "v1/rollouts/halt",
+                          json={"channel": "beta", "release": "2.0"}).status_code == 401
+        done = httpx.post(collector.url + "v1/rollouts/halt",
+                          json={"channel": "beta", "release": "2.0"}, headers=admin)
+        assert done.status_code == 200, done.text  # the beta key came after the collector
+        state = _wait_state(published, lambda s: s.halted, channel="beta")
+        assert state.by == "an admin (dashboard)"
+        done = httpx.post(collector.url + "v1/rollouts/resume",
+                          json={"channel": "beta", "release": "2.0"}, headers=admin)
+        assert done.status_code == 200, done.text
+        assert not current_state(FileRepository(published.path), "beta").halted
+        stale = httpx.post(collector.url + "v1/rollouts/halt",
+                           json={"channel": "beta", "release": "1.9"}, headers=admin)
+        assert stale.status_code == 409 and "no planned rollout of 1.9" in stale.text
 
         # Without the token, the page asks for it and shows nothing.
         bare = subprocess.run([browser, *flags, "--dump-dom", collector.url],

@@ -50,9 +50,12 @@ __all__: list[str] = []
 @click.option("--retention", default=None, metavar="DURATION",
               help="Prune reports received longer ago than this (90d, 8w; at least 1d), "
                    "except those of rollouts under way. Machines' enrolments are kept.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="HOST[:PORT]",
+              help="A name the dashboard and admin endpoints answer under besides "
+                   "127.0.0.1:PORT (the Host your TLS proxy forwards); repeatable.")
 def collector(db: str, port: int, fleet_token_file: Path, admin_token_file: Path,
               repo: Path | None, keys_dir: Path | None, tick: float, enrolment: str,
-              enrol_rate: int, retention: str | None) -> None:
+              enrol_rate: int, retention: str | None, allowed_hosts: tuple[str, ...]) -> None:
     """Run the fleet collector on 127.0.0.1: machines' signed reports in, rollouts out.
     Stateless: several processes may share one PostgreSQL (and one repository folder)."""
     from greenlight.release._durations import parse_duration
@@ -68,7 +71,8 @@ def collector(db: str, port: int, fleet_token_file: Path, admin_token_file: Path
     run_command(lambda: serve_collector(db, port, fleet_token_file, admin_token_file,
                                  ready=lambda url: log(f"collecting at {url} (Ctrl-C stops)"),
                                  repo=repo, keys=keys_dir, tick=tick, log=log,
-                                 enrolment=enrolment, enrol_rate=enrol_rate, retention=kept))
+                                 enrolment=enrolment, enrol_rate=enrol_rate, retention=kept,
+                                 allowed_hosts=allowed_hosts))
 
 
 class _RolloutGroup(click.Group):

@@ -115,7 +115,8 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
              clock: Callable[[], datetime] = lambda: datetime.now(UTC),
              guard: Guard | None = None, tick: float = 10.0,
              log: Callable[[str], None] = lambda line: None, enrolment: str = "open",
-             enrol_rate: int = ENROL_RATE, retention: timedelta | None = None) -> Any:
+             enrol_rate: int = ENROL_RATE, retention: timedelta | None = None,
+             allowed_hosts: set[str] | None = None) -> Any:
     import asyncio
     import contextlib
     import threading
@@ -137,6 +138,7 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         MachineKeyError,
         describe_validation,
         machine_id,
+        printable,
         public_raw,
         verified_sender,
     )
@@ -281,11 +283,41 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         return JSONResponse({"added": n, "known": len(loaded) - n})
 
     def overview() -> list[dict[str, Any]]:
+        """Each release reported on, and each planned one from the moment it is published."""
         rows = store.rollouts()
         plans = guard.plans() if guard is not None else {}
         for row in rows:
             row["plan"] = plans.get((row["channel"], row["release"]))
-        return rows
+        seen = {(row["channel"], row["release"]) for row in rows}
+        for (channel, release), plan in plans.items():
+            if (channel, release) not in seen:
+                rows.append({"channel": channel, "release": release, "machines": 0,
+                             "outcomes": {}, "checks": [], "cohorts": [], "timeline": [],
+                             "plan": plan})
+        return sorted(rows, key=lambda r: (r["channel"], r["release"] or ""))
+
+    async def act(request: Request) -> Response:
+        """POST /v1/rollouts/halt|resume {"channel", "release"}: the admin's hand."""
+        if guard is None:
+            return JSONResponse({"error": "this collector guards no repository (--repo)"}, 409)
+        if request.headers.get("content-type", "").split(";")[0] != "application/json":
+            return JSONResponse({"error": "expected application/json"}, 415)
+        body = await _capped_body(request)
+        try:
+            asked = json.loads(body or b"")
+            channel, release = str(asked["channel"]), str(asked["release"])
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": 'expected {"channel": ..., "release": ...}'}, 422)
+        action = request.path_params["action"]
+        if action not in ("halt", "resume"):
+            return JSONResponse({"error": "POST /v1/rollouts/halt or /v1/rollouts/resume"}, 404)
+        try:
+            line = await run_in_threadpool(guard.admin, channel, release, action,
+                                           "an admin (dashboard)")
+        except ValueError as e:
+            return JSONResponse({"error": printable(str(e), 300)}, 409)
+        _moved(line)
+        return JSONResponse({"done": line})
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
@@ -302,8 +334,21 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
     async def page(request: Request) -> Response:
         return HTMLResponse(dashboard(), headers={
             "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
-                                       "style-src 'unsafe-inline'",
+                                       "style-src 'unsafe-inline'; frame-ancestors 'none'; "
+                                       "form-action 'self'; base-uri 'none'",
+            "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer"})
+
+    def host_checked(handler: Callable[[Request], Awaitable[Response]]
+                     ) -> Callable[[Request], Awaitable[Response]]:
+        """The page and the admin's endpoints answer only under a name the operator knows:
+        a page reached under another name (DNS rebinding) gets 421."""
+        async def checked(request: Request) -> Response:
+            host = request.headers.get("host", "")
+            if allowed_hosts is not None and host not in allowed_hosts:
+                return JSONResponse({"error": "unknown Host: add it with --allowed-host"}, 421)
+            return await handler(request)
+        return checked
 
     def prune() -> None:
         if retention is None:
@@ -335,12 +380,13 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
 
     return Starlette(routes=[
         Route("/v1/reports", post_report, methods=["POST"]),
-        Route("/v1/rollouts", admin(rollouts)),
+        Route("/v1/rollouts", host_checked(admin(rollouts))),
+        Route("/v1/rollouts/{action:str}", host_checked(admin(act)), methods=["POST"]),
         Route("/metrics", admin(metrics)),
-        Route("/v1/machines", admin(machines)),
-        Route("/v1/machines/approve", admin(approve), methods=["POST"]),
-        Route("/v1/machines/revoke", admin(revoke), methods=["POST"]),
-        Route("/v1/machines/load", admin(load), methods=["POST"]),
+        Route("/v1/machines", host_checked(admin(machines))),
+        Route("/v1/machines/approve", host_checked(admin(approve)), methods=["POST"]),
+        Route("/v1/machines/revoke", host_checked(admin(revoke)), methods=["POST"]),
+        Route("/v1/machines/load", host_checked(admin(load)), methods=["POST"]),
         Route("/openapi.json", api),
-        Route("/", page),
+        Route("/", host_checked(page)),
     ], lifespan=lifespan)

@@ -27,9 +27,12 @@ class Guard:
         self.keys = KeyStore(keys if keys is not None else recorded_keys_folder(repo))
 
     def _repo(self) -> Any:
-        """The repository as it is on disk now (another collector may have changed it)."""
+        """The repository as it is on disk now (another collector may have changed it), and
+        the keys folder read again: a channel's first planned rollout brings its rollout key
+        after this collector started."""
         from greenlight.release.repository._repository import FileRepository
 
+        self.keys.forget()
         return FileRepository(self.path, self.keys)
 
     def channels(self) -> list[str]:
@@ -101,6 +104,41 @@ class Guard:
         self.log(line)
         return line
 
+    def admin(self, channel: str, release: str, action: str, by: str) -> str:
+        """An admin's halt or resume of `channel`'s planned rollout of `release` (the version
+        the admin saw), signed with the rollout key. A halt by the channel's signers is
+        theirs to lift (`release rollout --resume`).
+
+        Raises:
+            ValueError: no such planned rollout, another release now, or nothing to do.
+        """
+        from greenlight.channels import now
+        from greenlight.release.repository._rollouts import locked, planned, write_state
+
+        repo = self._repo()
+        with locked(repo):
+            plan = planned(repo, channel)
+            if plan is None or plan.channel_file.release != release:
+                raise ValueError(f"{channel} has no planned rollout of {release} now")
+            signed = plan.channel_file.rollout is not None and plan.channel_file.rollout.halted
+            if action == "halt":
+                if plan.halted:
+                    raise ValueError(f"the rollout of {release} on {channel} is halted already")
+                state = plan.next_state(by, halted=True, reason=f"halted by hand ({by})")
+            elif signed:
+                raise ValueError(f"the rollout of {release} on {channel} was halted by the "
+                                 "channel's signers: release rollout --resume lifts it")
+            elif not (plan.halted or plan.held_cohorts):
+                raise ValueError(f"the rollout of {release} on {channel} is not halted")
+            else:
+                state = plan.next_state(by, counted_since=now(), held_cohorts=None,
+                                        reason=None)
+            with repo.all_or_nothing():
+                write_state(repo, state)
+        line = f"{'halted' if action == 'halt' else 'resumed'} {channel} {release}: by {by}"
+        self.log(line)
+        return line
+
     def tick(self) -> list[str]:
         done = []
         for channel in self.channels():
@@ -130,6 +168,9 @@ class Guard:
                 "key": plan.key, "steps": plan.plan.steps, "step": plan.step,
                 "percent": plan.plan.steps[plan.step], "soak": plan.plan.soak,
                 "halted": plan.halted, "held_cohorts": plan.held_cohorts,
+                "started_at": plan.plan.started_at.isoformat(),
+                "step_began": plan.step_began.isoformat(),
+                "halted_by_signers": halted_by_signers,
                 "by": "the channel's signers" if halted_by_signers else
                       (state.by if state else None),
                 "reason": "release rollout --halt" if halted_by_signers else

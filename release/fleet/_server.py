@@ -117,7 +117,8 @@ def serve_collector(db: str, port: int, fleet_token_file: Path, admin_token_file
                     ready: Callable[[str], None] | None = None, repo: Path | None = None,
                     keys: Path | None = None, tick: float = 10.0,
                     log: Callable[[str], None] = lambda line: None, enrolment: str = "open",
-                    enrol_rate: int = ENROL_RATE, retention: timedelta | None = None) -> None:
+                    enrol_rate: int = ENROL_RATE, retention: timedelta | None = None,
+                    allowed_hosts: tuple[str, ...] = ()) -> None:
     """Run the collector on 127.0.0.1:`port` until interrupted; with `repo`, guarding its
     planned rollouts; admitting machine keys by `enrolment`; pruning reports older than
     `retention`."""
@@ -148,8 +149,12 @@ def serve_collector(db: str, port: int, fleet_token_file: Path, admin_token_file
         raise RemoteError(f"--db: cannot open the database: {type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
     guard = None if repo is None else Guard(repo, keys, store, log)
+    # The page and the admin's endpoints answer under these names only (DNS rebinding): the
+    # loopback address itself, and what the operator's proxy serves it as.
+    hosts = {f"127.0.0.1:{port}", f"localhost:{port}", *allowed_hosts}
     app = make_app(store, fleet, admin_token, guard=guard, tick=tick, log=log,
-                   enrolment=enrolment, enrol_rate=enrol_rate, retention=retention)
+                   enrolment=enrolment, enrol_rate=enrol_rate, retention=retention,
+                   allowed_hosts=hosts)
     _raise_open_files(MAX_CONNECTIONS + 256)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                             access_log=False, http=_protocol(),

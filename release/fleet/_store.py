@@ -305,12 +305,21 @@ class Store:
             machines = c.execute(sa.select(
                 t.c.channel, t.c.release, sa.func.count(sa.distinct(t.c.installation)),
             ).group_by(t.c.channel, t.c.release)).all()
+            cohorts = c.execute(sa.select(
+                t.c.channel, t.c.release, t.c.cohort,
+                sa.func.count(sa.distinct(t.c.installation)),
+                sa.func.count(sa.distinct(sa.case((t.c.outcome.in_(FAILED),
+                                                   t.c.installation)))),
+            ).group_by(t.c.channel, t.c.release, t.c.cohort)).all()
         out: dict[tuple[str, str], dict[str, Any]] = {}
         for channel, version, total in machines:
             out[(channel, version)] = {"channel": channel, "release": version,
                                        "machines": int(total), "outcomes": {}, "checks": []}
         for channel, version, outcome, n in counts:
             out[(channel, version)]["outcomes"][outcome] = int(n)
+        for channel, version, cohort, n, failed in cohorts:
+            out[(channel, version)].setdefault("cohorts", []).append(
+                {"cohort": cohort, "machines": int(n), "failed": int(failed)})
         ranked: dict[tuple[str, str], dict[str, list[str]]] = {}
         for channel, version, body in failing:
             for check in json.loads(body).get("failed_checks", []):
