@@ -19,8 +19,9 @@ from greenlight.channels._records import Record
 from greenlight.channels._versions import canonical_version, parse_version
 
 __all__ = ["SCHEMA_VERSION", "ChannelFile", "ChannelFileError", "ChannelName", "ComponentArtifact",
-           "Delta", "HaltRule", "ManifestRef", "PreviousRelease", "RevokedRelease", "Rollout",
-           "RolloutPlan", "RolloutState", "SequentialRule", "VersionStr", "json_schema"]
+           "Delta", "HaltEvidence", "HaltRule", "ManifestRef", "PreviousRelease",
+           "RevokedRelease", "Rollout", "RolloutPlan", "RolloutState", "SequentialRule",
+           "VersionStr", "json_schema"]
 
 SCHEMA_VERSION = 1
 
@@ -164,6 +165,19 @@ class Rollout(_Strict):
         return self
 
 
+class HaltEvidence(_Strict):
+    """What a collector's halt or hold rests on, as data: counts, the most failed check's
+    name, and a short escaped excerpt of what machines said of it."""
+
+    failed: int = Field(ge=0, description="distinct machines that failed the release")
+    total: int = Field(ge=0, description="distinct machines counted")
+    check: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+    excerpt: str | None = Field(default=None, max_length=160,
+                                pattern=r"^[\x20-\x7e]*$",
+                                description="one printable line, control characters escaped")
+    cohort: str | None = Field(default=None, pattern=COHORT_PATTERN)
+
+
 class RolloutState(_Strict):
     """`rollouts/<channel>.json`, signed by the online role `rollout-<channel>`: the step the
     channel's current release is at, or that it is halted, and who said so."""
@@ -179,6 +193,8 @@ class RolloutState(_Strict):
     at: datetime
     counted_since: datetime | None = Field(
         default=None, description="reports before this were judged already (a person resumed)")
+    evidence: HaltEvidence | None = Field(
+        default=None, description="what the collector's halt or hold rests on, as data")
     held_cohorts: list[Annotated[str, Field(pattern=COHORT_PATTERN)]] | None = Field(
         default=None, max_length=64,
         description="kinds of machine (see channels._cohort) held where they are: the "

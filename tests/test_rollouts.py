@@ -220,6 +220,9 @@ def test_the_collector_halts_a_rollout_and_a_person_resumes_it(tmp_path, publish
         assert state.by == "collector" and state.step == 0
         assert state.reason.startswith("3 of 4 machines reporting on 1.2 rolled back")
         assert "ui-session: HTTP 403: denying api access" in state.reason
+        assert (state.evidence.failed, state.evidence.total, state.evidence.check) == (
+            3, 4, "ui-session")  # and as data
+        assert state.evidence.excerpt == "HTTP 403: denying api access"
 
         with builtin_server(published.path) as server:
             low = _machine(tmp_path, server, published, "low", _ids("stable", "1.2", 0, 10)[0])

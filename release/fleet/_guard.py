@@ -5,13 +5,25 @@ the pure `judge`, and signs what it says (a halt or a step) with the online
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from greenlight.channels import printable
 from greenlight.release.fleet._judge import REASON_MAX, RolloutPosition, confined_to, judge
 from greenlight.release.fleet._store import Store
 
+if TYPE_CHECKING:
+    from greenlight.channels import HaltEvidence
+
 __all__ = ["Guard"]
+
+
+def _evidence(failed: int, total: int, top: tuple[str, str] | None,
+              cohort: str | None = None) -> "HaltEvidence":
+    """The signed state's evidence: counts, the check's name, an escaped excerpt."""
+    from greenlight.channels import HaltEvidence
+
+    return HaltEvidence(failed=failed, total=total, check=top[0] if top else None,
+                        excerpt=printable(top[1], 160) if top else None, cohort=cohort)
 
 
 class Guard:
@@ -74,23 +86,28 @@ class Guard:
                     previous.release, previous.components, previous.manifest).key, None)
                 evidence = replace(evidence, baseline=(base.failed, base.total))
             verdict = judge(position, evidence, now())
+            by_cohort = {} if verdict.action != "halt" else self.store.by_cohort(
+                channel, plan.key, plan.counted_since, established, without=held)
             confined = None if verdict.action != "halt" else confined_to(
-                position, self.store.by_cohort(channel, plan.key, plan.counted_since,
-                                               established, without=held), evidence.baseline)
+                position, by_cohort, evidence.baseline)
             if confined is not None and len(held) < 64:
                 cohort, why = confined
                 top = evidence.top_check
                 reason = printable(why + (f"; most failed check {top[0]}: {top[1]}"
                                           if top else ""), REASON_MAX)
+                mine = by_cohort[cohort]
                 with repo.all_or_nothing():
-                    write_state(repo, plan.next_state("collector", held_cohorts=[*held, cohort],
-                                                      reason=reason))
+                    write_state(repo, plan.next_state(
+                        "collector", held_cohorts=[*held, cohort], reason=reason,
+                        evidence=_evidence(mine.failed, mine.total, top, cohort)))
                 line = (f"held cohort {cohort} of {channel} {version} at "
                         f"{plan.plan.steps[plan.step]}%, the rest goes on: {reason}")
             elif verdict.action == "halt":
                 with repo.all_or_nothing():
-                    write_state(repo, plan.next_state("collector", halted=True,
-                                                      reason=verdict.reason))
+                    write_state(repo, plan.next_state(
+                        "collector", halted=True, reason=verdict.reason,
+                        evidence=_evidence(evidence.failed, evidence.total,
+                                           evidence.top_check)))
                 line = (f"halted {channel} {version} at {plan.plan.steps[plan.step]}%: "
                         f"{verdict.reason}")
             elif verdict.action == "advance":
