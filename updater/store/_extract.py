@@ -62,6 +62,7 @@ class Region:
     length: int
     sha256: str
     label: str
+    where: str = "in the bundle"
 
     @property
     def name(self) -> str:
@@ -113,7 +114,7 @@ class _HashedWindow(io.RawIOBase):
 def _check_region(region: Region, window: _HashedWindow) -> None:
     window.drain()
     if window.short or window.left or window.sha256 != region.sha256:
-        raise TrustError(f"artifact {region.label} refused: its bytes in the bundle do not "
+        raise TrustError(f"artifact {region.label} refused: its bytes {region.where} do not "
                          "match the signed sha256 and length")
 
 

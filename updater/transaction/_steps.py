@@ -130,6 +130,15 @@ def _product(txn: Transaction, store: Downloads) -> bytes | None:
     if kept is None:
         raise TrustError(f"manifest {ref.target}: not fetched and verified")
     data = kept.read_bytes()
+    if hashlib.sha256(data).hexdigest() != ref.sha256:  # changed since it was verified
+        kept.unlink()
+        signed = txn.repo.target_info(ref.target) if txn.repo is not None else None
+        if signed is None:
+            raise TrustError(f"manifest {ref.target} refused: the copy kept in downloads/ no "
+                             "longer matches its signed sha256")
+        data = txn.repo.download(signed, store).read_bytes()  # type: ignore[union-attr]
+        if hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise TrustError(f"manifest {ref.target} refused: not its signed sha256")
     try:
         load_manifest(data.decode(), f"the manifest of {txn.channel_file.release}")
     except UnicodeDecodeError:
@@ -144,15 +153,61 @@ def do_stage(txn: Transaction) -> None:
         txn.journal.staged_new = True
         txn.journal.save(txn.root)
     store = Downloads(txn.root.downloads)
+    product = _product(txn, store)
+    try:
+        stage_release(txn.root, txn.channel_file, _archives(txn, store), product)
+    except TrustError:
+        # A kept artifact rotted, or was changed, since it was verified: each is hashed as it
+        # is unpacked. Those that do not match are discarded and fetched again, once.
+        if not _refetch_rotten(txn, store):
+            raise
+        stage_release(txn.root, txn.channel_file, _archives(txn, store), product)
+    txn.control.layer(txn.new)  # the manifest under greenlight.toml: refused before any stop
+
+
+def _archives(txn: Transaction, store: Downloads) -> dict[str, Path | Region]:
+    """Each component's archive, read where it is (kept in downloads/, or inside an offline
+    bundle) and hashed against the signed sha256 and length as it is unpacked."""
+    assert txn.channel_file is not None
     archives: dict[str, Path | Region] = {}
     for name, a in txn.channel_file.components.items():
         kept = store.find(a.sha256, a.length)
         where = None if kept is not None or txn.repo is None else txn.repo.region(
             txn.repo.artifact_info(name, a))
-        archives[name] = (store.path(a.sha256) if where is None else
+        archives[name] = (Region(store.path(a.sha256), 0, a.length, a.sha256, a.target,
+                                 "kept in downloads/") if where is None else
                           Region(where[0], where[1], where[2], a.sha256, a.target))
-    stage_release(txn.root, txn.channel_file, archives, _product(txn, store))
-    txn.control.layer(txn.new)  # the manifest under greenlight.toml: refused before any stop
+    return archives
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _refetch_rotten(txn: Transaction, store: Downloads) -> bool:
+    """Discard the kept artifacts whose bytes no longer match their signed sha256, fetch
+    each again (recorded in the report's deltas), and say whether any was."""
+    assert txn.channel_file is not None
+    rotten = []
+    for name, a in sorted(txn.channel_file.components.items()):
+        kept = store.find(a.sha256, a.length)
+        if kept is not None and _sha256_of(kept) != a.sha256:
+            kept.unlink()
+            rotten.append((name, a))
+    if not rotten or txn.repo is None:
+        return False
+    for name, a in rotten:
+        with verifying(f"artifact {a.target}"):
+            txn.repo.download(txn.repo.artifact_info(name, a), store, txn.progress)
+        txn.bytes_fetched += a.length
+        txn.deltas.append(DeltaUse(component=name, used=False, reason=(
+            "the artifact kept in downloads/ no longer matched its signed sha256: discarded "
+            "and fetched again")))
+    return True
 
 
 def undo_stage(txn: Transaction) -> None:
