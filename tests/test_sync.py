@@ -173,6 +173,19 @@ def test_sync_refuses_links_and_overwrites_and_names_bad_targets(tmp_path, s3, b
                                    "sync (only regular files are published)")
     assert _objects(s3) == {}  # nothing was uploaded
     link.unlink()
+    # A linked top folder, with a key file planted in what it points at: nothing goes.
+    real = tmp_path / "elsewhere"
+    (repo.path / "targets").rename(real)
+    (real / "leak.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
+    (repo.path / "targets").symlink_to(real)
+    done = subprocess.run([str(BIN / "release"), "sync", str(repo.path), "--to",
+                           "s3://releases/x", "--endpoint-url", s3],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "targets is a symbolic link; refusing" in done.stderr
+    assert _objects(s3) == {}
+    (repo.path / "targets").unlink()
+    (real / "leak.pem").unlink()
+    real.rename(repo.path / "targets")
     sync(repo.path, "s3://releases/x", endpoint=s3)
     # Another repository's 1.root.json under the same prefix: never overwritten.
     other = init_repository(tmp_path / "other")

@@ -66,8 +66,17 @@ class SyncResult:
 
 
 def _files(root: Path) -> list[tuple[str, Path, int]]:
-    """Every regular file under `root`, as (relative key, path, size); a link refuses all."""
+    """Every regular file under `root`, as (relative key, path, size); a link anywhere, `root`
+    itself included, refuses all."""
     found = []
+    try:
+        top = root.lstat()
+    except FileNotFoundError:
+        return found
+    if not stat.S_ISDIR(top.st_mode):
+        what = "a symbolic link" if stat.S_ISLNK(top.st_mode) else "not a folder"
+        raise ReleaseError(f"{root} is {what}; refusing to sync (only regular files in real "
+                           "folders are published)")
     for folder, dirs, names in os.walk(root, followlinks=False):
         for name in sorted(dirs) + sorted(names):
             path = Path(folder) / name
@@ -155,8 +164,16 @@ def _remote(store: Any, url: str) -> dict[str, tuple[int, str | None]]:
 def sync(repo: Path, url: str, endpoint: str | None = None, region: str | None = None,
          timestamp_max_age: int = 60, jobs: int = 8, store: Any = None,
          uploaded: Callable[[str], None] | None = None) -> SyncResult:
-    """Upload `repo` to `url` (s3://BUCKET[/PREFIX]) phase by phase; see the module."""
-    import obstore
+    """Upload `repo` to `url` (s3://BUCKET[/PREFIX]) phase by phase; see the module.
+
+    Raises:
+        UsageError: the s3 extra is not installed. ReleaseError: a link in the repository.
+    """
+    try:
+        import obstore
+    except ModuleNotFoundError as e:
+        raise UsageError(f"release sync needs its extra ({e.name} is missing): pip install "
+                         "'greenlight-updater[s3]'") from None
 
     phases = plan_sync(repo)
     store = store if store is not None else _store(url, endpoint, region)
