@@ -191,6 +191,18 @@ def _device(name: str) -> tarfile.TarInfo:
     return info
 
 
+def _pax(name: str, **headers: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.pax_headers = headers
+    return info
+
+
+def _old_sparse(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.GNUTYPE_SPARSE
+    return info
+
+
 @pytest.mark.parametrize(
     ("member", "message"),
     [
@@ -201,13 +213,23 @@ def _device(name: str) -> tarfile.TarInfo:
          "member 'targets/escape' refused: a link; a bundle holds only regular files"),
         (_link("metadata/hard", "/etc/passwd", tarfile.LNKTYPE), "refused: a link"),
         (_device("targets/dev"), "device, FIFO"),
+        # tar variants that are not plain files: a GNU sparse file (PAX 1.0, and the old
+        # type), a size a PAX header sets below zero (tarfile would stop reading there)
+        (_pax("targets/sparse", **{"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                                   "GNU.sparse.realsize": str(10**12),
+                                   "GNU.sparse.name": "targets/sparse"}),
+         "GNU sparse|malformed header"),
+        (_pax("targets/negative", size="-5"), "a size of -5 bytes"),
+        (_pax("targets/huge", size=str(10**30)), "a size of"),
+        (_old_sparse("targets/old-sparse"), "GNU sparse"),
     ],
 )
 def test_hostile_bundle_members_are_refused(tmp_path, offline, published, member, message):
     root, _ = offline
     bundle = tmp_path / "hostile.bundle"
     build_bundle(published, "stable", bundle)
-    _with_member(bundle, member)
+    _with_member(bundle, member, b"x\n" if member.pax_headers or member.type ==
+                 tarfile.GNUTYPE_SPARSE else b"")
     before = listing(root)
     with pytest.raises(ArchiveError, match=message):
         sideload(root, bundle)
@@ -232,6 +254,7 @@ def test_compressed_bundles_are_refused_before_anything_is_unpacked(tmp_path, of
 
 @pytest.mark.parametrize(("kind", "message"), [
     ("truncated", "b.bundle: not a readable archive: unexpected end of data"),
+    ("tail", "b.bundle: not a readable archive: data after its end marker"),
     ("garbage", "b.bundle: not a readable archive: invalid header"),
     ("missing", "/b.bundle: no such bundle file"),
     ("no-manifest", "x.bundle: not a Greenlight bundle (no valid bundle.json)"),
@@ -244,6 +267,8 @@ def test_broken_bundles_are_refused(tmp_path, offline, published, kind, message)
         bundle.write_bytes(bundle.read_bytes()[: bundle.stat().st_size // 3])
     elif kind == "garbage":
         bundle.write_bytes(b"this is not an archive\n" * 50)
+    elif kind == "tail":  # a genuine bundle, then bytes after its end marker
+        bundle.write_bytes(bundle.read_bytes() + b"hidden tail\n" + b"\0" * 500)
     elif kind == "missing":
         bundle.unlink()
     else:

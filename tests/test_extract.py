@@ -195,3 +195,46 @@ def test_a_region_is_unpacked_in_place_and_checked_against_its_sha256(tmp_path):
     with pytest.raises(TrustError, match="artifact t/inner.tar refused: its bytes in the "
                                          "bundle do not match the signed sha256 and length"):
         extract(wrong, tmp_path / "bad")
+
+
+def _variant(kind: str) -> bytes:
+    """A genuine member, then a tar variant that is not a plain file (or a tail)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        good = tarfile.TarInfo("core/ok.txt")
+        good.size = 2
+        tar.addfile(good, io.BytesIO(b"ok"))
+        info = tarfile.TarInfo("core/odd")
+        if kind == "sparse":
+            info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                                "GNU.sparse.realsize": str(10**12),
+                                "GNU.sparse.name": "core/odd"}
+        elif kind == "negative":
+            info.pax_headers = {"size": "-5"}
+        elif kind == "overflow":
+            info.pax_headers = {"size": str(10**30)}
+        elif kind == "old-sparse":
+            info.type = tarfile.GNUTYPE_SPARSE
+        if kind != "tail":
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"x\n"))
+    data = raw.getvalue()
+    return data + b"hidden tail\n" if kind == "tail" else data
+
+
+@pytest.mark.parametrize("compress", ["gz", "none"])
+@pytest.mark.parametrize(("kind", "says"), [
+    ("sparse", "GNU sparse|malformed header"), ("old-sparse", "GNU sparse"),
+    ("negative", "a size of -5 bytes"), ("overflow", "a size of"),
+    ("tail", "data after its end marker"),
+])
+def test_tar_variants_are_refused_in_one_line_not_crashed_on(tmp_path, kind, says, compress):
+    """GNU sparse files, sizes below zero or past any disk, and bytes after the end marker:
+    the documented refusal (ArchiveError, exit 8), one line, never a ValueError; a member
+    after a genuine one is looked at, not silently skipped."""
+    data = _variant(kind)
+    path = tmp_path / f"odd.tar{'.gz' if compress == 'gz' else ''}"
+    path.write_bytes(gzip.compress(data) if compress == "gz" else data)
+    with pytest.raises(ArchiveError, match=says) as refused:
+        extract(path, tmp_path / "out", Limits(compressed=compress == "gz"))
+    assert "\n" not in str(refused.value)

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_extract import _variant
 
 from greenlight.release import FileRepository, init_repository
 from greenlight.updater import EXIT_CODES
@@ -39,7 +40,11 @@ def _tar(members: list[tuple[str, bytes]]) -> bytes:
     return raw.getvalue()
 
 
-bundles = st.one_of(blobs, st.lists(st.tuples(st.sampled_from(
+# tar variants that are not plain files: GNU sparse (PAX 1.0 and old), sizes below zero or
+# past any disk, bytes after the end marker (tests/test_extract.py)
+variants = st.sampled_from(["sparse", "old-sparse", "negative", "overflow", "tail"]).map(
+    lambda kind: _variant(kind))
+bundles = st.one_of(blobs, variants, st.lists(st.tuples(st.sampled_from(
     ["bundle.json", "metadata/1.root.json", "metadata/timestamp.json", "targets/x", "../x",
      "a/../../b", "bundle.json/x"]), blobs), max_size=4).map(_tar),
     st.builds(lambda ch: _tar([("bundle.json", json.dumps({

@@ -68,7 +68,7 @@ class SyncResult:
 def _files(root: Path) -> list[tuple[str, Path, int]]:
     """Every regular file under `root`, as (relative key, path, size); a link anywhere, `root`
     itself included, refuses all."""
-    found = []
+    found: list[tuple[str, Path, int]] = []
     try:
         top = root.lstat()
     except FileNotFoundError:

@@ -12,7 +12,7 @@ import io
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,17 +39,81 @@ _MAX_HEADER = 64 * 1024  # bytes of a GNU long name or a PAX header, read into m
 
 class _BoundedTarInfo(tarfile.TarInfo):
     """tarfile reads GNU long-name and PAX extended headers whole into memory, whatever size
-    they claim; these are refused above 64 KiB before a byte of them is read."""
+    they claim; these are refused above 64 KiB before a byte of them is read. Members that
+    are not plain files in plain headers are refused as they are read: GNU sparse files (old
+    and PAX forms), and sizes a PAX header sets below zero (which would make tarfile step
+    back and stop reading, silently) or beyond what any disk holds. Whatever else tarfile
+    raises while reading a header (a ValueError from a malformed sparse map, say) is a
+    refusal too, never a crash."""
 
     def _proc_gnulong(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
         if self.size > _MAX_HEADER:
             raise ArchiveError(f"a long-name header of {self.size} bytes (limit {_MAX_HEADER})")
-        return cast(tarfile.TarInfo, vars(tarfile.TarInfo)["_proc_gnulong"](self, archive))
+        return _checked(_original("_proc_gnulong", self, archive))
 
     def _proc_pax(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
         if self.size > _MAX_HEADER:
             raise ArchiveError(f"a PAX header of {self.size} bytes (limit {_MAX_HEADER})")
-        return cast(tarfile.TarInfo, vars(tarfile.TarInfo)["_proc_pax"](self, archive))
+        return _checked(_original("_proc_pax", self, archive))
+
+    def _proc_sparse(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        raise ArchiveError(f"member {self.name!r} refused: a GNU sparse file; only regular "
+                           "files and folders are unpacked")
+
+    def _proc_builtin(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        return _checked(_original("_proc_builtin", self, archive))
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> "_BoundedTarInfo":
+        try:
+            return super().frombuf(buf, encoding, errors)
+        except tarfile.InvalidHeaderError as e:  # type: ignore[attr-defined]
+            # tarfile takes a header that does not read, past the first, for the end of the
+            # archive, and stops there without a word: here it is a broken archive.
+            raise tarfile.ReadError(str(e) or "invalid header") from None
+
+
+_TAIL_MAX = 1 << 20  # bytes of padding after an archive's end marker, at most
+
+
+def _clean_tail(read: Callable[[int], bytes], label: str) -> None:
+    """What follows an archive's end marker is zeros (padding): anything else is a tail
+    tarfile never looked at.
+
+    Raises:
+        ArchiveError: other bytes, or more padding than any tool writes.
+    """
+    seen = 0
+    while block := read(64 * 1024):
+        seen += len(block)
+        if block.strip(b"\0") or seen > _TAIL_MAX:
+            raise ArchiveError(f"{label}: not a readable archive: data after its end marker")
+
+
+_MAX_MEMBER = 1 << 50  # bytes: a petabyte, beyond any disk this runs on
+
+
+def _original(method: str, info: tarfile.TarInfo, archive: tarfile.TarFile) -> tarfile.TarInfo:
+    try:
+        return cast(tarfile.TarInfo, vars(tarfile.TarInfo)[method](info, archive))
+    except (ArchiveError, tarfile.TarError, EOFError):
+        raise
+    except OSError as e:
+        if e.errno is not None:
+            raise  # a real I/O error
+        raise ArchiveError(f"not a readable archive: {e}") from None
+    except Exception as e:  # tarfile's own parsing gave up on a malformed header
+        raise ArchiveError(f"a malformed header ({type(e).__name__}: {e})") from None
+
+
+def _checked(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    if member.sparse is not None or any(k.startswith("GNU.sparse.")
+                                        for k in member.pax_headers):
+        raise ArchiveError(f"member {member.name!r} refused: a GNU sparse file; only regular "
+                           "files and folders are unpacked")
+    if not 0 <= member.size <= _MAX_MEMBER:
+        raise ArchiveError(f"member {member.name!r} refused: a size of {member.size} bytes")
+    return member
 
 
 @dataclass(frozen=True)
@@ -151,6 +215,8 @@ def _open_stream(path: Path | Region, compressed: bool) -> Iterator[tarfile.TarF
         with (tarfile.open(fileobj=stream, mode="r|gz", tarinfo=_BoundedTarInfo) if gzipped
               else tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo)) as tar:
             yield tar
+            if getattr(tar, "_loaded", False):  # read to its end marker: the rest is padding
+                _clean_tail(tar.fileobj.read, name)
         if region is not None and window is not None:
             _check_region(region, window)
     except (tarfile.TarError, pyzstd.ZstdError, EOFError, OSError, ArchiveError) as e:
@@ -363,6 +429,8 @@ def index_tar(path: Path, limits: Limits = Limits(compressed=False),
                             raise ArchiveError(f"{label}: not a readable archive: unexpected "
                                                "end of data")
                         index[name] = (member.offset_data, member.size)
+                    raw.seek(tar.offset)
+                    _clean_tail(raw.read, label)
             except (tarfile.TarError, EOFError) as e:
                 raise ArchiveError(
                     f"{label}: not a readable archive: {e or type(e).__name__}") from None
