@@ -79,6 +79,13 @@ def _strings(value: object) -> list[str]:
     return []
 
 
+def _toml(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+
+
 def load_manifest(text: str, source: str) -> ProductManifest:
     """A release's manifest, checked as the machine will use it: TOML, only a manifest's
     keys, every field valid, services' and checks' references whole, and every placeholder
@@ -87,10 +94,7 @@ def load_manifest(text: str, source: str) -> ProductManifest:
     Raises:
         ConfigError: one line naming the first problem.
     """
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    data = _toml(text, source)
     foreign = [k for k in data if k not in ProductManifest.model_fields]
     if foreign:
         raise ConfigError(
@@ -128,10 +132,7 @@ def split_product_config(text: str, source: str) -> tuple[str, dict[str, object]
     """
     import tomli_w
 
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    data = _toml(text, source)
     machine = {k: v for k, v in data.items() if k in INSTALLER_MACHINE_PARTS}
     foreign = [k for k in data if k not in machine and k not in ProductManifest.model_fields]
     if foreign:
