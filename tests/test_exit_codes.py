@@ -242,7 +242,7 @@ SCENARIOS: dict[int, tuple[Callable[[Machine], subprocess.CompletedProcess[str]]
     5: (unreachable, "cannot reach the repository at http://127.0.0.1:"),
     6: (busy, "another updater holds this root"),
     7: (damaged_state, "quarantine.json: damaged quarantine list"),
-    8: (hostile_bundle, "bundle.tar: not a Greenlight bundle"),
+    8: (hostile_bundle, "bundle.tar: not a readable archive: data after its end marker"),
     9: (unknown_channel, "channel 'nightly' is not published"),
     10: (update_available, "1.1 available"),
     11: (precheck_fails, "the running release 1.0 fails check marker"),

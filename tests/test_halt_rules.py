@@ -103,6 +103,10 @@ def test_a_failure_confined_to_one_cohort_holds_that_cohort_only():
     # failing outside it too: everyone halts
     spread = {**one, "linux-6/x86_64/modern": Evidence(3, 40)}
     assert confined_to(position, spread) is None
+    # the failing kind of machine is the only kind the fleet has: everyone halts
+    assert confined_to(position, one, known={"linux-6/x86_64/legacy"}) is None
+    assert confined_to(position, one, known={"linux-6/x86_64/legacy",
+                                             "linux-6/x86_64/modern"})[0] == cohort
     # no cohort meets the rule alone (the failures are spread thin): everyone halts
     thin = {f"linux-6/x86_64/k{i}": Evidence(1, 10) for i in range(5)}
     assert confined_to(position, thin) is None

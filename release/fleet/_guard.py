@@ -89,7 +89,7 @@ class Guard:
             by_cohort = {} if verdict.action != "halt" else self.store.by_cohort(
                 channel, plan.key, plan.counted_since, established, without=held)
             confined = None if verdict.action != "halt" else confined_to(
-                position, by_cohort, evidence.baseline)
+                position, by_cohort, evidence.baseline, self.store.cohorts(channel))
             if confined is not None and len(held) < 64:
                 cohort, why = confined
                 top = evidence.top_check

@@ -127,16 +127,21 @@ def _met(rule: HaltRule, evidence: Evidence, version: str) -> str | None:
 
 
 def confined_to(position: RolloutPosition, by_cohort: dict[str | None, Evidence],
-                baseline: tuple[int, int] | None = None) -> tuple[str, str] | None:
+                baseline: tuple[int, int] | None = None,
+                known: set[str] | None = None) -> tuple[str, str] | None:
     """The cohort a failure is confined to, and why, when it is: that cohort's machines
-    alone meet the halt rule, and all the machines outside it, together, do not. None when
-    no cohort, or more than one, is to blame (or the machines named none): halt them all."""
+    alone meet the halt rule, all the machines outside it, together, do not, and the fleet
+    has other cohorts (`known`: those the channel's machines ever named). None when no
+    cohort, or more than one, is to blame, or the failing one is the whole fleet: halt them
+    all."""
     meeting = [(c, why) for c, e in by_cohort.items() if c is not None
                and (why := _met(position.rule, Evidence(e.failed, e.total, None, baseline),
                                 position.version)) is not None]
     if len(meeting) != 1:
         return None
     cohort, why = meeting[0]
+    if known is not None and not known - {cohort}:
+        return None  # one kind of machine is all there is: a halt for everyone
     rest = [e for c, e in by_cohort.items() if c != cohort]
     outside = Evidence(sum(e.failed for e in rest), sum(e.total for e in rest), None, baseline)
     if _met(position.rule, outside, position.version) is not None:

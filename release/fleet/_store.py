@@ -262,6 +262,13 @@ class Store:
         top = max(checks.items(), key=lambda kv: len(kv[1]), default=None)
         return Evidence(failed, total, None if top is None else (top[0], top[1][0]))
 
+    def cohorts(self, channel: str) -> set[str]:
+        """The cohorts the channel's machines ever named in a report still kept."""
+        sa, t = self.sa, self.reports
+        with self.engine.connect() as c:
+            return {row for row in c.execute(sa.select(t.c.cohort).distinct().where(
+                t.c.channel == channel, t.c.cohort.is_not(None))).scalars().all()}
+
     def by_cohort(self, channel: str, release_key: str, since: datetime | None,
                   established_before: datetime | None = None,
                   without: list[str] | None = None) -> dict[str | None, Evidence]:
