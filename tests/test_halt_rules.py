@@ -66,6 +66,7 @@ def test_a_thin_baseline_is_held_to_its_upper_estimate_and_the_floor():
     assert baseline_rate((100, 10_000), 0.01) == pytest.approx(0.0121, abs=5e-4)
 
 
+@pytest.mark.exhaustive  # two publishes through the CLI: outside `make test`'s time budget
 def test_publish_signs_the_sequential_rule_into_the_plan(tmp_path, builds):
     from greenlight.release import current_channel_file, init_repository, publish
 

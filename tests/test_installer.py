@@ -225,6 +225,9 @@ def test_an_init_root_gets_the_products_services_and_checks(kit, tmp_path, roots
     assert {r["name"] for r in report["results"]} >= {"ui-session", "core-dns", "core-running"}
 
 
+# One more install from the executable: kept out of `make test`'s time budget; CI runs it in
+# `make test-exhaustive`.
+@pytest.mark.exhaustive
 def test_a_root_with_its_own_services_and_checks_is_left_as_it_is(kit, tmp_path, roots):
     """greenlight.toml is the machine's: the installer never rewrites an existing one. Its
     services and checks ran 2.0 (no manifest); 2.1's manifest takes over, and says so."""
