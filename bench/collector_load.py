@@ -69,11 +69,11 @@ def _keys(machines: int) -> list[bytes]:
 
 
 def _report(i: int, key: bytes) -> bytes:
-    from greenlight.channels import machine_id, public_key_text, public_raw
+    from greenlight.channels import key_id
 
     return json.dumps({
         "schema": "greenlight.report/1",
-        "installation": machine_id(public_raw(public_key_text(key))),
+        "installation": key_id(key),
         "at": "2026-11-22T10:00:00Z", "channel": "beta",
         "outcome": "rolled-back" if i % 20 == 0 else "upgraded", "release": "1.6.11",
         "failed_checks": [{"name": "ui-session", "summary": "HTTP 403"}] if i % 20 == 0

@@ -39,11 +39,10 @@ def measure(rounds: int = 5) -> dict[str, float]:
     from greenlight.channels import (
         HaltRule,
         RolloutPlan,
-        machine_id,
+        key_id,
         new_private_key,
         now,
         public_key_text,
-        public_raw,
         sign_body,
     )
     from greenlight.release import init_repository, publish
@@ -83,7 +82,7 @@ def measure(rounds: int = 5) -> dict[str, float]:
                 machine = keys[3 * n + i]
                 body = json.dumps({
                     "schema": "greenlight.report/1",
-                    "installation": machine_id(public_raw(public_key_text(machine))),
+                    "installation": key_id(machine),
                     "at": datetime.now(UTC).isoformat(), "channel": "beta",
                     "outcome": "rolled-back", "release": version, "release_key": key,
                     "failed_checks": [{"name": "ui-session", "summary": "HTTP 403"}]}).encode()

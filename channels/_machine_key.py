@@ -12,8 +12,8 @@ import base64
 import binascii
 import hashlib
 
-__all__ = ["KEY_HEADER", "SIGNATURE_HEADER", "MachineKeyError", "machine_id", "new_private_key",
-           "public_key_text", "public_raw", "sign_body", "verified_sender"]
+__all__ = ["KEY_HEADER", "SIGNATURE_HEADER", "MachineKeyError", "key_id", "machine_id",
+           "new_private_key", "public_key_text", "public_raw", "sign_body", "verified_sender"]
 
 KEY_HEADER = "Greenlight-Key"
 SIGNATURE_HEADER = "Greenlight-Signature"
@@ -42,6 +42,11 @@ def _unb64(text: str, size: int, what: str) -> bytes:
 def machine_id(public_raw: bytes) -> str:
     """The id a report from this key carries: 32 hex digits of the key's sha256."""
     return hashlib.sha256(public_raw).hexdigest()[:32]
+
+
+def key_id(pem: bytes) -> str:
+    """The machine id of a PEM private key (what its reports carry)."""
+    return machine_id(public_raw(public_key_text(pem)))
 
 
 def new_private_key() -> bytes:

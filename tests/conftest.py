@@ -241,10 +241,24 @@ def machine_key(name: str) -> bytes:
 
 
 def machine_id(name: str) -> str:
-    from greenlight.channels import machine_id as id_of
-    from greenlight.channels import public_key_text, public_raw
+    from greenlight.channels import key_id
 
-    return id_of(public_raw(public_key_text(machine_key(name))))
+    return key_id(machine_key(name))
+
+
+def wait_state(repo: FileRepository, what: Callable[..., bool], deadline: float = 30,
+               channel: str = "stable") -> object:
+    """The channel's signed rollout state once `what(state)` holds: polled, as a machine
+    reads it, until then (the collector publishes it on its own time)."""
+    from greenlight.release.repository._rollouts import current_state
+
+    end = time.monotonic() + deadline
+    while True:
+        state = current_state(FileRepository(repo.path), channel)
+        if state is not None and what(state):
+            return state
+        assert time.monotonic() < end, f"the collector did not publish it: {state}"
+        time.sleep(0.02)
 
 
 def post_report(url: str, name: str, report: dict | bytes, token: str = FLEET,

@@ -22,6 +22,7 @@ from conftest import (
     free_port,
     machine_id,
     post_report,
+    wait_state,
 )
 
 BIN = Path(sys.executable).parent
@@ -573,8 +574,6 @@ def test_a_fault_in_one_cohort_holds_that_cohort_only(fleet):
     import platform
 
     from greenlight.channels import HaltRule, RolloutPlan, cohort_of, now
-    from greenlight.release.repository._repository import FileRepository
-    from greenlight.release.repository._rollouts import current_state
 
     tmp, repo, server, builds = fleet
     collector = Collector(tmp, f"sqlite:///{tmp / 'c.sqlite3'}", None, "--repo",
@@ -594,12 +593,7 @@ def test_a_fault_in_one_cohort_holds_that_cohort_only(fleet):
         assert legacy[0].updater("upgrade").returncode == 20
         assert legacy[1].updater("upgrade").returncode == 20
         held = cohort_of(platform.system(), platform.release(), platform.machine(), "legacy")
-        deadline = time.monotonic() + 30
-        while not (current_state(FileRepository(repo.path), "stable") or
-                   _Nothing()).held_cohorts:
-            assert time.monotonic() < deadline, "the collector held nothing"
-            time.sleep(0.05)
-        state = current_state(FileRepository(repo.path), "stable")
+        state = wait_state(repo, lambda s: s.held_cohorts)
         assert state.held_cohorts == [held] and not state.halted, state
         assert state.reason.startswith(f"cohort {held}: 2 of 2 machines reporting on 1.1")
 
@@ -617,7 +611,3 @@ def test_a_fault_in_one_cohort_holds_that_cohort_only(fleet):
                 "0 pre-check blocked, 1 held") in shown.stdout
     finally:
         collector.stop()
-
-
-class _Nothing:
-    held_cohorts = None

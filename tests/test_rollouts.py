@@ -31,7 +31,7 @@ from greenlight.updater.operations import check, open_repository
 from greenlight.updater.product import init_root
 from greenlight.updater.store import InstallRoot
 
-from conftest import ADMIN, Collector, builtin_server, machine_id, post_report
+from conftest import ADMIN, Collector, builtin_server, machine_id, post_report, wait_state
 
 BIN = Path(sys.executable).parent
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -178,17 +178,6 @@ def _report(key: str, outcome: str = "rolled-back", check: str = "ui-session") -
             "failed_checks": [{"name": check, "summary": "HTTP 403: denying api access"}]}
 
 
-def _wait_state(repo: FileRepository, what, deadline: float = 30,
-                channel: str = "stable") -> RolloutState:
-    end = time.monotonic() + deadline
-    while True:
-        state = current_state(FileRepository(repo.path), channel)
-        if state is not None and what(state):
-            return state
-        assert time.monotonic() < end, f"the collector did not publish it: {state}"
-        time.sleep(0.02)
-
-
 def test_the_collector_halts_a_rollout_and_a_person_resumes_it(tmp_path, published, builds):
     from greenlight.release import current_channel_file
 
@@ -215,7 +204,7 @@ def test_the_collector_halts_a_rollout_and_a_person_resumes_it(tmp_path, publish
         assert current_state(published, "stable") is None  # two machines: not yet
         crossed = time.monotonic()
         assert post(bad[2], _report(key)).status_code == 202
-        state = _wait_state(published, lambda s: s.halted)
+        state = wait_state(published, lambda s: s.halted)
         print(f"halt published {time.monotonic() - crossed:.3f} s after the third rollback")
         assert state.by == "collector" and state.step == 0
         assert state.reason.startswith("3 of 4 machines reporting on 1.2 rolled back")
@@ -267,8 +256,8 @@ def test_the_collector_moves_a_release_along_its_steps_once_each_has_soaked(tmp_
     collector = Collector(tmp_path, f"sqlite:///{tmp_path / 'c.sqlite3'}", None,
                           "--repo", str(published.path), "--tick", "0.2")
     try:
-        second = _wait_state(published, lambda s: s.step == 1)
-        last = _wait_state(published, lambda s: s.step == 2)
+        second = wait_state(published, lambda s: s.step == 1)
+        last = wait_state(published, lambda s: s.step == 2)
         assert (second.at - started).total_seconds() >= 1
         assert (last.at - second.at).total_seconds() >= 1
         answer = httpx.get(collector.url + "v1/rollouts",
@@ -314,7 +303,7 @@ def test_the_dashboard_renders_in_a_real_headless_chromium(tmp_path, published, 
         for i, outcome in enumerate(["upgraded"] * 3 + ["rolled-back"] * 2):
             answer = post_report(collector.url, f"m{i + 1}", _report(cf.identity.key, outcome))
             assert answer.status_code == 202
-        _wait_state(published, lambda s: s.halted)
+        wait_state(published, lambda s: s.halted)
         # A newcomer waits for approval; a planned beta has no report yet.
         assert post_report(collector.url, "newcomer", _report(prior)).json()["machine"] == \
             "pending"
@@ -369,7 +358,7 @@ def test_the_dashboard_renders_in_a_real_headless_chromium(tmp_path, published, 
         done = httpx.post(collector.url + "v1/rollouts/halt",
                           json={"channel": "beta", "release": "2.0"}, headers=admin)
         assert done.status_code == 200, done.text  # the beta key came after the collector
-        state = _wait_state(published, lambda s: s.halted, channel="beta")
+        state = wait_state(published, lambda s: s.halted, channel="beta")
         assert state.by == "an admin (dashboard)"
         done = httpx.post(collector.url + "v1/rollouts/resume",
                           json={"channel": "beta", "release": "2.0"}, headers=admin)

@@ -129,7 +129,6 @@ class Guard:
         Raises:
             ValueError: no such planned rollout, another release now, or nothing to do.
         """
-        from greenlight.channels import now
         from greenlight.release.repository._rollouts import locked, planned, write_state
 
         repo = self._repo()
@@ -148,8 +147,7 @@ class Guard:
             elif not (plan.halted or plan.held_cohorts):
                 raise ValueError(f"the rollout of {release} on {channel} is not halted")
             else:
-                state = plan.next_state(by, counted_since=now(), held_cohorts=None,
-                                        reason=None)
+                state = plan.resumed(by)
             with repo.all_or_nothing():
                 write_state(repo, state)
         line = f"{'halted' if action == 'halt' else 'resumed'} {channel} {release}: by {by}"

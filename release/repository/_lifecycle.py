@@ -110,9 +110,7 @@ def rollout(repo: FileRepository, channel: str, percent: int | None = None,
                                    "halted")
             if plan is not None and plan.state is not None and (plan.state.halted
                                                                 or plan.held_cohorts):
-                write_state(repo, plan.next_state(  # a person lifts cohort holds too
-                    f"{person()} (release rollout --resume)", counted_since=now(),
-                    held_cohorts=None, reason=None))
+                write_state(repo, plan.resumed(f"{person()} (release rollout --resume)"))
         if staged == current.rollout:
             return current
         updated = current.model_copy(update={"rollout": staged, "published_at": now()})

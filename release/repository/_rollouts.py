@@ -126,6 +126,11 @@ class Planned:
                 "held_cohorts": held or None}
         return RolloutState.model_validate({**base, **changes})
 
+    def resumed(self, by: str) -> RolloutState:
+        """The state once a person lifts the collector's halt and cohort holds: the count
+        starts again from now."""
+        return self.next_state(by, counted_since=now(), held_cohorts=None, reason=None)
+
 
 def planned(repo: FileRepository, channel: str) -> Planned | None:
     cf = current_channel_file(repo, channel)

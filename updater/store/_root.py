@@ -31,11 +31,9 @@ from greenlight.channels import (
     atomic_symlink,
     atomic_write,
     fsync_dir,
-    machine_id,
+    key_id,
     new_private_key,
     parse_version,
-    public_key_text,
-    public_raw,
     remove_path,
     version_of,
 )
@@ -133,7 +131,7 @@ class InstallRoot:
     @property
     def machine_id(self) -> str:
         """The id the fleet knows this machine by: its public key's (see `machine_id`)."""
-        return machine_id(public_raw(public_key_text(self.machine_key)))
+        return key_id(self.machine_key)
 
     @property
     def installation_id(self) -> str:
