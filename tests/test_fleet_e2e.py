@@ -7,14 +7,14 @@ import time
 
 import httpx
 import pytest
-from test_rollouts import _plan, _wait_state
+from test_rollouts import _plan
 
 from greenlight.channels import rollout_bucket
 from greenlight.release import publish
 from greenlight.release.repository._repository import FileRepository
 from greenlight.release.repository._rollouts import current_state
 
-from conftest import ADMIN, Collector, builtin_server
+from conftest import ADMIN, Collector, builtin_server, wait_state
 
 
 @pytest.mark.slow
@@ -60,7 +60,7 @@ def test_twenty_machines_a_bad_release_halted_and_a_fixed_one_rolled_out_step_by
             for m in machines[:2]:
                 done = m.updater("upgrade")
                 assert done.returncode == 20, done.stdout + done.stderr
-            state = _wait_state(repo, lambda s: s.halted, channel="beta")
+            state = wait_state(repo, lambda s: s.halted, channel="beta")
             assert state.release == bad.identity.key and state.by == "collector"
             # Nobody who checks after the halt takes it: not the third in range, nor the rest.
             for m in machines[2:]:
@@ -111,7 +111,7 @@ def test_twenty_machines_a_bad_release_halted_and_a_fixed_one_rolled_out_step_by
                     else:
                         assert outcome == "held" and buckets[m.path.name] >= low, done.stdout
                 if waiting:  # wait for the collector's next step, not for a fixed time
-                    _wait_state(repo, lambda s, b=before: s.step > b, channel="beta")
+                    wait_state(repo, lambda s, b=before: s.step > b, channel="beta")
             print(f"installed at each percent in force: {installed_at}")
             assert len(steps_seen) >= 2, installed_at  # step by step, not all at once
             assert _step(repo, fixed.identity.key) == 2
