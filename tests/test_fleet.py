@@ -505,7 +505,8 @@ def _rss(pid: int) -> int:
 @pytest.mark.exhaustive
 def test_the_collector_holds_under_abuse(fleet):
     """1,000 half-sent requests do not stop the admin's, and each is cut off once its time
-    is up; a 1 GiB body, declared or streamed, is refused with the collector's memory flat."""
+    is up; headers past HEAD_MAX are refused; a 1 GiB body, declared or streamed, is
+    refused with the collector's memory flat."""
     import socket
 
     from greenlight.release.fleet._server import REQUEST_TIMEOUT
@@ -525,6 +526,20 @@ def test_the_collector_holds_under_abuse(fleet):
         half[-1].settimeout(REQUEST_TIMEOUT + 30)
         assert half[-1].recv(1) == b""  # closed by the collector, not by us
         assert httpx.get(collector.url + "v1/rollouts", headers=admin).status_code == 200
+
+        # Headers past HEAD_MAX: many small ones, then one without end.
+        s = socket.create_connection(("127.0.0.1", collector.port))
+        s.sendall(b"GET /v1/rollouts HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  + b"".join(b"X-%d: a\r\n" % i for i in range(5000)) + b"\r\n")
+        s.settimeout(30)
+        assert s.recv(4096).startswith(b"HTTP/1.1 400")
+        s.close()
+        s = socket.create_connection(("127.0.0.1", collector.port))
+        s.sendall(b"POST /v1/reports HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: ")
+        with pytest.raises(OSError):  # refused and closed long before 1 GiB
+            for _ in range(1 << 18):
+                s.sendall(b"a" * 4096)
+        s.close()
 
         # A declared 1 GiB (by hand: httpx sets Content-Length itself), then a streamed one.
         s = socket.create_connection(("127.0.0.1", collector.port))
@@ -611,3 +626,55 @@ def test_a_fault_in_one_cohort_holds_that_cohort_only(fleet):
                 "0 pre-check blocked, 1 held") in shown.stdout
     finally:
         collector.stop()
+
+
+def test_a_batch_is_judged_report_by_report(tmp_path):
+    """Reports stored together (one transaction) are admitted as if each came alone, after
+    those before it: a machine's rate and the enrolment rate count the batch's own."""
+    from datetime import UTC, datetime
+
+    from greenlight.channels import FleetReport, public_key_text
+    from greenlight.release.fleet import Store
+
+    from conftest import machine_key
+
+    store = Store(f"sqlite:///{tmp_path / 's.sqlite3'}")
+    at = datetime(2026, 6, 1, tzinfo=UTC)
+
+    def item(name: str) -> tuple:
+        report = FleetReport.model_validate({**_report(), "installation": machine_id(name)})
+        return (report, report.model_dump_json(by_alias=True), at,
+                public_key_text(machine_key(name)).strip())
+
+    said = store.accept_many([item("busy")] * 12 + [item("n1"), item("n2"), item("n3")],
+                             rate=10, mode="open", enrol_rate=3)
+    assert said == ([("accepted", True)] + [("accepted", False)] * 9 + [("rate", False)] * 2
+                    + [("accepted", True), ("accepted", True), ("enrol-rate", False)])
+    assert store.accept_many([item("n4")], rate=10, mode="preauthorized") == [
+        ("unknown", False)]
+    assert store.accept_many([item("n1")], rate=10, mode="approved") == [("accepted", False)]
+    assert {m["id"] for m in store.machine_list()} == {machine_id(n) for n in
+                                                      ("busy", "n1", "n2")}
+    assert store.judged("beta", "9.9", None).total == 0  # no release key: counted nowhere
+
+
+def test_a_store_that_fails_answers_503_in_one_line(tmp_path):
+    """When the database cannot take a report, the machine hears 503 (it keeps the report
+    queued and sends it again) and the operator reads one line, never a traceback or the
+    statement's parameters."""
+    import sqlite3
+
+    db = tmp_path / "c.sqlite3"
+    collector = Collector(tmp_path, f"sqlite:///{db}")
+    try:
+        assert post_report(collector.url, "m", _report()).status_code == 202
+        with sqlite3.connect(db) as c:
+            c.execute("DROP TABLE reports")
+        answer = post_report(collector.url, "m", _report(outcome="upgraded"))
+        assert answer.status_code == 503, answer.text
+        assert answer.json() == {"error": "the collector cannot store reports now; try later"}
+    finally:
+        collector.stop()
+    said = collector.proc.stdout.read()
+    assert "cannot store reports: OperationalError: " in said, said
+    assert "Traceback" not in said and "upgraded" not in said, said

@@ -118,6 +118,7 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
              enrol_rate: int = ENROL_RATE, retention: timedelta | None = None,
              allowed_hosts: set[str] | None = None) -> Any:
     import asyncio
+    import concurrent.futures
     import contextlib
     import threading
 
@@ -179,6 +180,55 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         refused.labels(str(status)).inc()
         return JSONResponse({"error": error}, status)
 
+    # Reports are stored in batches (group commit), by one writer thread: while one batch
+    # is written, the reports that arrive meanwhile are verified and gather into the next.
+    # A commit costs more than a report, and every request still waits for its own answer.
+    # (bench/collector_load.py, 16 in flight: from 746 to 2,043 reports/s on SQLite with
+    # llhttp; PostgreSQL 1,469/s, as its round trips no longer hold up the event loop.)
+    class StoreDown(Exception):
+        """The batch a report was in could not be stored (logged)."""
+
+    batch: list[tuple[tuple[Any, str, datetime, str], asyncio.Future[tuple[str, bool]]]] = []
+    writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reports")
+    writing = False
+
+    def write_batch() -> None:
+        nonlocal writing
+        if writing or not batch:
+            return
+        writing = True
+        taken = batch[:]
+        batch.clear()
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(writer, store.accept_many, [item for item, _ in taken],
+                                    RATE, enrolment, enrol_rate)
+        done.add_done_callback(lambda written: answer_batch(taken, written))
+
+    def answer_batch(taken: list[Any], written: asyncio.Future[list[tuple[str, bool]]]
+                     ) -> None:
+        nonlocal writing
+        writing = False
+        error = written.exception()
+        if error is not None:  # said once a batch, in one line, never with its parameters
+            said = str(error).splitlines()[0] if str(error) else ""
+            log(f"cannot store reports: {type(error).__name__}: {printable(said, 200)}")
+        for i, (_, answer) in enumerate(taken):
+            if answer.done():
+                continue
+            if error is not None:
+                answer.set_exception(StoreDown())
+            else:
+                answer.set_result(written.result()[i])
+        write_batch()
+
+    async def admitted(item: tuple[Any, str, datetime, str]) -> tuple[str, bool]:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[tuple[str, bool]] = loop.create_future()
+        batch.append((item, answer))
+        if len(batch) == 1:
+            loop.call_soon(write_batch)
+        return await answer
+
     async def post_report(request: Request) -> Response:
         with latency.labels("/v1/reports").time():
             return await _post_report(request)
@@ -204,8 +254,11 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         if report.installation != sender:
             return _refused(422, f"installation {report.installation} is not the id of the "
                                  f"key that signed it ({sender})")
-        said, new = store.accept(report, report.model_dump_json(by_alias=True), clock(), RATE,
-                                 key, enrolment, enrol_rate)
+        try:
+            said, new = await admitted((report, report.model_dump_json(by_alias=True),
+                                        clock(), key))
+        except StoreDown:  # machines keep the report queued and send it again later
+            return _refused(503, "the collector cannot store reports now; try later")
         if new:
             enrolments.labels(said).inc()
         if said in REFUSALS:
