@@ -23,6 +23,15 @@ from greenlight.channels._clock import now
 from greenlight.channels._cohort import COHORT_PATTERN, LABEL_PATTERN, cohort_of
 from greenlight.channels._delta import BuiltDelta, DeltaError, apply_delta, build_delta
 from greenlight.channels._digest import ParallelDigest
+from greenlight.channels._file_list import (
+    FILES_SCHEMA,
+    Difference,
+    FileEntry,
+    FileList,
+    compare,
+    files_target,
+    list_tree,
+)
 from greenlight.channels._files import atomic_symlink, atomic_write, fsync_dir, remove_path
 from greenlight.channels._fleet_report import (
     FLEET_OUTCOMES,
@@ -89,6 +98,13 @@ from greenlight.channels._version import VERSION
 from greenlight.channels._versions import canonical_version, is_newer, parse_version, sort_versions
 
 __all__ = [
+    "FILES_SCHEMA",
+    "Difference",
+    "FileEntry",
+    "FileList",
+    "compare",
+    "files_target",
+    "list_tree",
     "COHORT_PATTERN",
     "LABEL_PATTERN",
     "cohort_of",

@@ -26,11 +26,11 @@ from greenlight.channels._text import printable
 __all__ = ["FLEET_OUTCOMES", "FleetReport", "Outcome", "ReportedCheck"]
 
 Outcome = Literal["upgraded", "rolled-back", "dead-end", "precheck-blocked", "held",
-                  "crash-loop"]
+                  "crash-loop", "damaged"]
 FLEET_OUTCOMES: dict[str, Outcome] = {"upgraded": "upgraded", "rolled-back": "rolled-back",
                                       "rollback-failed": "dead-end",
                                       "precheck-blocked": "precheck-blocked",
-                                      "crash-loop": "crash-loop"}
+                                      "crash-loop": "crash-loop", "damaged": "damaged"}
 """The history events a fleet counts, and the outcome each is reported as."""
 
 

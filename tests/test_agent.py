@@ -364,3 +364,29 @@ def test_systemd_units_include_the_agent(machine, tmp_path):
     assert "After=network-online.target greenlight-core.service" in unit
     assert "Restart=on-failure" in unit and "KillMode=process" in unit
     assert f"agent --root {machine.path}" in unit
+
+
+def test_the_agent_verifies_on_its_schedule_and_repairs(machine):
+    """`verify_every`: the installed tree is compared with its signed file lists once that
+    long has passed; a changed file is an event and a history entry (queued for the fleet),
+    and with `repair = true` the release is re-staged and the genuine file is back."""
+    root = machine.init("verify_every = 3600\nrepair = true")
+    clock, agent = driven(root)
+    machine.publish("1.0")
+    cycle(agent, machine)
+    assert root.installed_version() == "1.0"
+    cycle(agent, machine)  # the first verification: as signed
+    assert (machine.path / "state" / "verified-at").is_file()
+    script = machine.path / "current" / "core" / "core.py"
+    genuine = script.read_bytes()
+    script.write_bytes(genuine.replace(b"def ", b"def  ", 1)[:len(genuine)])
+    cycle(agent, machine)  # not due yet: nothing said
+    assert machine.events()[-1] == "upgraded" and script.read_bytes() != genuine
+    clock.at += timedelta(seconds=3601)
+    cycle(agent, machine)
+    assert machine.events()[-2:] == ["damaged", "repaired"], machine.events()
+    assert script.read_bytes() == genuine
+    history = [json.loads(line) for line in
+               (machine.path / "state" / "history.jsonl").read_text().splitlines()]
+    assert [h["event"] for h in history[-2:]] == ["damaged", "repaired"]
+    assert "changed core/core.py (content)" in history[-2]["summary"]

@@ -174,6 +174,12 @@ def held(m: Machine) -> subprocess.CompletedProcess[str]:
     return m.updater("check")
 
 
+def damaged(m: Machine) -> subprocess.CompletedProcess[str]:
+    m.installed()
+    (m.path / "current" / "core" / "planted").write_text("not signed\n")
+    return m.updater("verify")
+
+
 def rolled_back(m: Machine) -> subprocess.CompletedProcess[str]:
     m.installed()
     m.publish("1.1", "refuse-ui-token")
@@ -250,6 +256,7 @@ SCENARIOS: dict[int, tuple[Callable[[Machine], subprocess.CompletedProcess[str]]
     13: (other_channel, "--switch-channel"),
     14: (yanked, "YANKED: corrupts the store"),
     15: (held, "held back here"),
+    16: (damaged, "1.0 differs from its signed file lists: 1 extra: extra core/planted"),
     20: (rolled_back, "ROLLED BACK"),
     21: (dead_end, "ROLLBACK FAILED"),
     130: (_interrupted(signal.SIGINT), "interrupted by SIGINT during post-check of 1.1; "
@@ -280,7 +287,7 @@ def test_exit_code(code, tmp_path, builds):
         output = done.stdout + done.stderr
         assert says in output, output
         assert "Traceback" not in output
-        if code not in (0, 10, 14, 15, 20, 21):
+        if code not in (0, 10, 14, 15, 16, 20, 21):
             lines = done.stderr.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith("updater: "), done.stderr
         if code in (20, 21):  # the history records it, and the root is left consistent

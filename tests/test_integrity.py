@@ -47,3 +47,73 @@ def test_a_tampered_kept_artifact_is_caught_and_fetched_again(tmp_path, builds):
         genuine = builds("1.0")["core"]
         assert kept.read_bytes() == genuine.read_bytes()
         assert (path / "current" / "core" / "core.py").is_file()
+
+
+def _updater(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "updater"), *args], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_verify_names_what_changed_and_repair_restores_the_signed_tree(tmp_path, builds):
+    """`updater verify` compares the installed tree with the file lists signed at publish:
+    a changed byte (same size), a changed mode, a missing file and an extra one are each
+    named (exit 16). `--repair` re-stages the release through the transaction, from the kept
+    archive or, once that is gone, from the repository; a kill in the middle of a repair is
+    undone by the next command; the genuine tree passes afterwards and the history says
+    what happened."""
+    import os
+
+    repo = init_repository(tmp_path / "repo")
+    publish(repo, "stable", "1.0", builds("1.0"))
+    with builtin_server(repo.path) as server:
+        path = tmp_path / "root"
+        done = _updater("init", "--root", str(path), "--repo", server.url, "--trust",
+                        str(repo.metadata_dir / "1.root.json"))
+        assert done.returncode == 0, done.stderr
+        with (path / "greenlight.toml").open("a") as f:
+            f.write(MARKER_PRODUCT)
+        assert _updater("upgrade", "--root", str(path)).returncode == 0
+        clean = _updater("verify", "--root", str(path))
+        assert clean.returncode == 0 and " entries of core, ui as signed" in clean.stdout, \
+            clean.stdout
+
+        tree = path / "current" / "core"
+        genuine = {p.relative_to(path / "current"): p.read_bytes()
+                   for p in (path / "current").rglob("*") if p.is_file()}
+        script = tree / "core.py"
+        data = bytearray(script.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        script.write_bytes(bytes(data))
+        other = next(p for p in sorted(tree.rglob("*")) if p.is_file() and p != script)
+        os.chmod(other, 0o777)
+        gone = path / "current" / "ui" / "ui.py"
+        gone.unlink()
+        (tree / "planted.sh").write_text("#!/bin/sh\n")
+        damaged = _updater("verify", "--root", str(path), "--json")
+        assert damaged.returncode == 16, damaged.stdout + damaged.stderr
+        said = {(d["kind"], d["path"], d["what"])
+                for d in json.loads(damaged.stdout)["differences"]}
+        assert said == {("changed", "core/core.py", "content"),
+                        ("changed", f"core/{other.relative_to(tree)}", "mode"),
+                        ("missing", "ui/ui.py", ""),
+                        ("extra", "core/planted.sh", "")}, said
+
+        # Killed after the swap, before the services start: the next command undoes it.
+        env = {**os.environ, "GREENLIGHT_KILL_AT": "swap:after"}
+        assert _updater("verify", "--root", str(path), "--repair", env=env).returncode == -9
+        again = _updater("verify", "--root", str(path), "--json")
+        assert again.returncode == 16 and not (path / "state" / "journal.json").exists()
+        assert not list((path / "releases").glob(".*-1.0@*")), "left a repair folder behind"
+
+        core = current_channel_file(repo, "stable").components["core"]
+        (path / "downloads" / core.sha256).unlink()  # no kept copy: fetched through TUF
+        fixed = _updater("verify", "--root", str(path), "--repair")
+        assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+        assert fixed.stdout.startswith("repaired: 1.0 differs"), fixed.stdout
+        assert _updater("verify", "--root", str(path)).returncode == 0
+        assert {p.relative_to(path / "current"): p.read_bytes()
+                for p in (path / "current").rglob("*") if p.is_file()} == genuine
+        assert _updater("health", "--root", str(path)).returncode == 0
+        events = [json.loads(line)["event"]
+                  for line in (path / "state" / "history.jsonl").read_text().splitlines()]
+        assert events[-2:] == ["damaged", "repaired"], events

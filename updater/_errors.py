@@ -30,6 +30,7 @@ from contextlib import contextmanager
 
 __all__ = [
     "EXIT_CODES",
+    "EXIT_DAMAGED",
     "EXIT_INTERRUPTED",
     "EXIT_TERMINATED",
     "EXIT_HELD",
@@ -137,6 +138,7 @@ EXIT_OK = 0
 EXIT_UPDATE_AVAILABLE = 10
 EXIT_YANKED = 14
 EXIT_HELD = 15
+EXIT_DAMAGED = 16
 EXIT_ROLLED_BACK = 20
 EXIT_ROLLBACK_FAILED = 21
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
@@ -160,6 +162,8 @@ EXIT_CODES: dict[int, str] = {
     EXIT_YANKED: "`check`: the installed release was yanked; `updater upgrade` leaves it",
     EXIT_HELD: "`check`, `upgrade`: the channel has another release, held back here "
                "(quarantined, outside its rollout, pinned away, or older); nothing changed",
+    EXIT_DAMAGED: "`verify`: the installed release differs from its signed file lists "
+                  "(`verify --repair` re-stages it)",
     EXIT_ROLLED_BACK: "the new release failed its checks and was rolled back",
     EXIT_ROLLBACK_FAILED: "rollback failed too: dead end, see `updater history`",
     EXIT_INTERRUPTED: "interrupted by SIGINT (Ctrl-C): what was under way was undone or "

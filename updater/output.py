@@ -9,13 +9,13 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from greenlight.channels import Record
+from greenlight.channels import Difference, Record
 from greenlight.updater.product import CheckResult
 from greenlight.updater.store import HistoryEntry, Update
 
 __all__ = ["CheckReport", "ComponentInfo", "DeltaUse", "ErrorReport", "HealthReport",
            "HistoryReport", "Identity", "QuarantineReport", "RolloutStatus", "StatusReport",
-           "UpgradeReport", "dump", "status_update"]
+           "UpgradeReport", "VerifyReport", "dump", "status_update"]
 
 class ComponentInfo(Record):
     version: str
@@ -130,6 +130,22 @@ class HealthReport(Record):
                                 description="the release's checks this machine switched off")
     warnings: list[str] = Field(default_factory=list,
                                 description="machine settings the release does not declare")
+
+
+class VerifyReport(Record):
+    schema_: Literal["greenlight.verify/1"] = Field("greenlight.verify/1", alias="schema")
+    root: str
+    release: str = Field(description="the key of the release verified")
+    verified: list[str] = Field(description="components compared with their signed file list")
+    checked: int = Field(default=0, description="entries (files, links, folders) compared")
+    unlisted: list[str] = Field(
+        default_factory=list, description="components published without a file list: not "
+                                          "compared")
+    differences: list[Difference] = Field(
+        description="paths under releases/<key>/ that differ: changed (in what), missing or "
+                    "extra")
+    repaired: bool = Field(default=False, description="--repair re-staged the release")
+    summary: str = ""
 
 
 class HistoryReport(Record):

@@ -32,6 +32,7 @@ from greenlight.channels import (
     Record,
     channel_role,
     channel_target,
+    files_target,
     now,
     rollout_role,
     rollout_target,
@@ -95,7 +96,15 @@ def build_bundle(repo: FileRepository, channel: str, out: Path,
                  if m is not None]
     carried = [*channel_file.components.values(),
                *(previous.components.values() if previous is not None else ()), *manifests]
-    bins = {repo.bin_for(a.target) for a in carried}
+    # Each carried archive's file list, where it was published with one (`updater verify`).
+    lists = {}
+    for components in (channel_file.components, previous.components if previous else {}):
+        for name, a in components.items():
+            path = files_target(name, a.version, a.sha256)
+            listed = repo.targets(repo.bin_for(path)).targets.get(path)
+            if listed is not None:
+                lists[path] = listed.hashes["sha256"]
+    bins = {repo.bin_for(a.target) for a in carried} | {repo.bin_for(p) for p in lists}
     # A planned rollout's online state travels too, so a sideload obeys the same step.
     online = rollout_role(channel)
     state = (repo.targets(online).targets.get(rollout_target(channel))
@@ -109,6 +118,8 @@ def build_bundle(repo: FileRepository, channel: str, out: Path,
     sha = {channel_target(channel): repo.targets(role).targets[channel_target(channel)]
            .hashes["sha256"]}
     sha.update({a.target: a.sha256 for a in carried})
+    paths += list(lists)
+    sha.update(lists)
     if state is not None:
         paths.append(state.path)
         sha[state.path] = state.hashes["sha256"]

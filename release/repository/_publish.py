@@ -35,7 +35,7 @@ from greenlight.release.repository._channels import (
 from greenlight.release.repository._deltas import build_deltas
 from greenlight.release.repository._repository import FileRepository, all_or_nothing
 
-__all__ = ["attach_manifest", "publish"]
+__all__ = ["add_file_lists", "attach_manifest", "publish"]
 
 
 def _before_rollout(current: ChannelFile | None) -> PreviousRelease | None:
@@ -76,6 +76,36 @@ def _manifest_ref(repo: FileRepository, version: str, data: bytes) -> ManifestRe
     target = manifest_target(version, hashlib.sha256(data).hexdigest())
     info = add_artifacts(repo, {target: data})[target]
     return ManifestRef(target=target, sha256=info.hashes["sha256"], length=info.length)
+
+
+def add_file_lists(repo: FileRepository,
+                   components: dict[str, tuple[Path, ComponentArtifact]]) -> None:
+    """Each component's file list, as a target beside its archive: the archive unpacked as a
+    machine unpacks it (the updater's own `extract`, its top folder stripped the same way),
+    and the tree listed. Its bytes depend on the archive's alone, so the same archive
+    published on another channel lists the same.
+
+    Raises:
+        ReleaseError: an archive a machine would refuse.
+    """
+    import tempfile
+
+    from greenlight.channels import FileList, files_target, list_tree
+    from greenlight.updater import ArchiveError
+    from greenlight.updater.store import extract
+
+    lists: dict[str, bytes] = {}
+    for name, (path, artifact) in sorted(components.items()):
+        with tempfile.TemporaryDirectory(prefix=".files-", dir=repo.path) as work:
+            try:
+                extract(path, Path(work) / "tree", strip=artifact.strip_prefix)
+            except ArchiveError as e:
+                raise ReleaseError(f"component {name}: {e}") from None
+            listed = FileList(artifact=artifact.sha256,
+                              entries=list_tree(Path(work) / "tree"))
+        lists[files_target(name, artifact.version, artifact.sha256)] = (
+            listed.model_dump_json(by_alias=True).encode())
+    add_artifacts(repo, lists)
 
 
 @all_or_nothing
@@ -135,6 +165,7 @@ def publish(
                                 strip_prefix=prefixes[name])
         for name in sorted(components)
     }
+    add_file_lists(repo, {name: (path, artifacts[name]) for name, path in components.items()})
     if deltas:
         artifacts = build_deltas(repo, channel, fallback, version, artifacts)
     ensure_channel_role(repo, channel)

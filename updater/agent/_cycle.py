@@ -47,6 +47,7 @@ from greenlight.updater.store import (
     InstallRoot,
     active_channel,
     hold_of,
+    locked,
     queued,
     read_status,
     refresh_status,
@@ -56,7 +57,8 @@ from greenlight.updater.store import (
 __all__ = ["Agent", "Event", "EventKind", "loop_argv", "run_once"]
 
 EventKind = Literal["check-found", "downloaded", "upgraded", "downgraded", "rolled-back",
-                    "dead-end", "held", "left-revoked", "service-restarted", "crash-loop"]
+                    "dead-end", "held", "left-revoked", "service-restarted", "crash-loop",
+                    "damaged", "repaired"]
 
 
 @dataclass
@@ -182,6 +184,7 @@ class Agent:
         recover_if_interrupted(root)
         self._supervise(config)
         repo = open_repository(root)
+        self._verify(config)
         report = check(root, repo, bool(crashed_services(root)))
         channel, installed, available = report.channel, report.installed, report.available
         hold = hold_of(root, self.clock())
@@ -257,6 +260,38 @@ class Agent:
             kind: EventKind = "crash-loop" if item.crash_loop else "service-restarted"
             self.emit(Event(kind, item.summary, installed, None, channel, self.clock()),
                       config)
+
+    def _verify(self, config: AgentConfig) -> None:
+        """When `verify_every` has passed since the last verification: the installed tree
+        against its signed file lists; a difference is an event (recorded and reported),
+        and with `repair`, the release is re-staged."""
+        from greenlight.updater.operations import open_repository, repair, verify_and_record
+
+        stamp = self.root.state / "verified-at"
+        now_ = self.clock()
+        try:
+            last = datetime.fromisoformat(stamp.read_text().strip())
+        except (OSError, ValueError):
+            last = None
+        if (config.verify_every == 0 or self.root.installed_release() is None
+                or last is not None and (now_ - last).total_seconds() < config.verify_every):
+            return
+        installed, channel = self.root.installed_version(), active_channel(self.root).channel
+        try:  # a verification that cannot run never keeps the check from running
+            with locked(self.root):  # never while another updater changes the tree
+                found = verify_and_record(self.root)
+            atomic_write(stamp, now_.isoformat().encode())
+            if not found.differences:
+                return
+            self.emit(Event("damaged", found.summary, installed, None, channel, now_), config)
+            if config.repair:
+                done = repair(self.root, open_repository(self.root))
+                self.emit(Event("repaired", done.summary, installed, None, channel,
+                                self.clock()), config)
+        except BusyError:
+            return  # the next cycle verifies
+        except GreenlightError as e:
+            self.log(f"verify: {e}")
 
     def _after(self, done: object, config: AgentConfig,
                event: Callable[[EventKind, str], Event]) -> None:

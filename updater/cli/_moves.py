@@ -15,9 +15,7 @@ from greenlight.updater._errors import (
 )
 
 if TYPE_CHECKING:
-
-
-    from greenlight.updater.output import StatusReport
+    from greenlight.updater.output import StatusReport, VerifyReport
 
 
 from greenlight.updater.cli._common import (
@@ -303,3 +301,45 @@ def agent_cmd(root: Path | None, once: bool, failures: int, report: Path | None)
     from greenlight.updater.agent import run_once
 
     raise SystemExit(run_once(install, failures, report))
+
+
+@app.command("verify")
+@root_option
+@click.option("--repair", is_flag=True,
+              help="Re-stage the release from verified bytes when it differs (the services "
+                   "restart, checked; undone if it fails).")
+@json_option
+def verify_cmd(root: Path | None, repair: bool, as_json: bool) -> None:
+    """Compare the installed release's files with the file lists it was published with
+    (signed beside its archives): each file's type, size, mode and sha256; what is changed,
+    missing or extra is named.
+
+    Exit 16 when it differs (0 once --repair re-staged it).
+    """
+    from greenlight.channels import printable
+    from greenlight.updater._errors import EXIT_DAMAGED, ConfigError
+    from greenlight.updater.operations import open_repository, verify
+    from greenlight.updater.operations import repair as repair_release
+
+    install = open_root(root)
+
+    def work() -> "VerifyReport":
+        if not repair:
+            return verify(install)
+        try:
+            repo = open_repository(install)
+        except ConfigError:  # air-gapped: kept archives only
+            repo = None
+        return repair_release(install, repo)
+
+    report = run_command(as_json, work, install, sends=repair)
+    if as_json:
+        print_json(report)
+    else:
+        say(report.summary)
+        for d in report.differences[:200]:
+            say(f"  {d.kind:<8} {printable(d.path, 200)}" + (f" ({d.what})" if d.what else ""))
+        if len(report.differences) > 200:
+            say(f"  ... and {len(report.differences) - 200} more (--json lists them all)")
+    if report.differences:
+        raise SystemExit(EXIT_DAMAGED)

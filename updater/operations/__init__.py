@@ -4,6 +4,7 @@
 - `_read` also lists the quarantine (`quarantined`), and `follow`s the chosen channel;
 - `_recovery`: what every command runs first (`recover_if_interrupted`);
 - `_change`: the transactions: upgrade, sideload, download, rollback;
+- `_verify`: the installed tree against its signed file lists, and its repair;
 - `_machine`: around them: health, start and stop, crashed services, what the services'
   supervisors did (`supervise`), systemd units, lifting a quarantine.
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
         switch_channel,
     )
     from greenlight.updater.operations._recovery import recover_if_interrupted, recover_root
+    from greenlight.updater.operations._verify import repair, verify, verify_and_record
 
 __all__ = [
     "Supervised",
@@ -62,6 +64,7 @@ __all__ = [
     "read_channel",
     "recover_if_interrupted",
     "recover_root",
+    "repair",
     "rollback",
     "sideload",
     "start_services",
@@ -70,12 +73,15 @@ __all__ = [
     "supervise",
     "switch_channel",
     "upgrade",
+    "verify",
+    "verify_and_record",
     "write_systemd_units",
 ]
 
 _READ = {"check", "open_repository", "plan_for", "quarantined", "read_channel", "status",
          "switch_channel"}
 _RECOVERY = {"recover_if_interrupted", "recover_root"}
+_VERIFY = {"repair", "verify", "verify_and_record"}
 _MACHINE = {"Supervised", "acting_person", "crashed_services", "health", "lift",
             "start_services", "stop_services", "supervise", "write_systemd_units"}
 
@@ -84,7 +90,7 @@ def __getattr__(name: str) -> Any:
     if name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     home = ("_read" if name in _READ else "_recovery" if name in _RECOVERY else
-            "_machine" if name in _MACHINE else "_change")
+            "_machine" if name in _MACHINE else "_verify" if name in _VERIFY else "_change")
     value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
     globals()[name] = value
     return value

@@ -221,6 +221,13 @@ class AgentConfig(_Section):
     retry: float = Field(default=30.0, gt=0,
                          description="first wait after a repository error; doubles up to "
                                      "`interval`")
+    verify_every: float = Field(
+        default=604800.0, ge=0, description="seconds between verifications of the installed "
+                                            "tree against its signed file lists (7 days); 0: "
+                                            "never")
+    repair: bool = Field(default=False,
+                         description="re-stage the installed release when a verification "
+                                     "finds it changed; else report it only")
 
 
 class ReportConfig(_Section):

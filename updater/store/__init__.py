@@ -65,6 +65,7 @@ from greenlight.updater.store._quarantine import (
     quarantine,
 )
 from greenlight.updater.store._root import (
+    FILE_LISTS,
     PRODUCT_MANIFEST,
     RELEASE_MANIFEST,
     InstallRoot,
@@ -85,6 +86,7 @@ from greenlight.updater.store._status import (
 )
 
 __all__ = [
+    "FILE_LISTS",
     "PRODUCT_MANIFEST",
     "RELEASE_MANIFEST",
     "ActiveChannel",

@@ -23,7 +23,7 @@ class StepRecord(Record):
 
 
 class Journal(Record):
-    kind: Literal["upgrade", "rollback"]
+    kind: Literal["upgrade", "rollback", "repair"]
     channel: str
     from_release: str | None = Field(description="the key of the release it leaves")
     to_release: str = Field(description="the key of the release it goes to")

@@ -21,7 +21,7 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from greenlight.channels import (
     ComponentArtifact,
@@ -39,10 +39,11 @@ from greenlight.channels import (
 )
 from greenlight.updater._errors import ConfigError, StoreError
 
-__all__ = ["PRODUCT_MANIFEST", "RELEASE_MANIFEST", "InstallRoot", "ReleaseManifest",
+__all__ = ["FILE_LISTS", "PRODUCT_MANIFEST", "RELEASE_MANIFEST", "InstallRoot", "ReleaseManifest",
            "default_root"]
 
 RELEASE_MANIFEST = "release.json"
+FILE_LISTS = ".files"  # each component's signed file list, where it was published with one
 PRODUCT_MANIFEST = "product.toml"  # the release's own product manifest, when it carries one
 
 
@@ -68,6 +69,9 @@ class ReleaseManifest(Record):
     components: dict[str, ComponentArtifact]
     manifest: ManifestRef | None = None
     installed_at: datetime
+    file_lists: dict[str, str] = Field(
+        default_factory=dict, description="sha256 of each component's signed file list, "
+                                          "kept in FILE_LISTS/<component>.json")
 
     @property
     def identity(self) -> ReleaseId:

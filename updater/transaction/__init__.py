@@ -14,14 +14,17 @@ from greenlight.updater.transaction._rollback import (
 )
 from greenlight.updater.transaction._steps import (
     DELTA_PAYS,
+    REPAIR_STEPS,
     ROLLBACK_STEPS,
     STEPS,
     Transaction,
     do_fetch,
+    kept_file_lists,
 )
 
 __all__ = [
     "DELTA_PAYS",
+    "REPAIR_STEPS",
     "ROLLBACK_STEPS",
     "STEPS",
     "Rollback",
@@ -29,6 +32,7 @@ __all__ = [
     "StepContext",
     "Transaction",
     "do_fetch",
+    "kept_file_lists",
     "quarantine_revoked",
     "record_left_revoked",
     "record_interrupted",

@@ -35,7 +35,7 @@ from greenlight.updater.store import (
     set_active_channel,
 )
 from greenlight.updater.transaction._engine import undo_steps
-from greenlight.updater.transaction._steps import STEPS, Transaction, do_commit
+from greenlight.updater.transaction._steps import STEPS, STEPS_OF, Transaction
 
 __all__ = ["Rollback", "quarantine_revoked", "record_interrupted", "record_left_revoked",
            "record_manual_rollback",
@@ -154,8 +154,9 @@ def recover(root: InstallRoot, config: Config) -> HistoryEntry | None:
         return None
     control = ServiceControl.of(root, config)
     txn = Transaction(root, config, control, journal)
+    steps = STEPS_OF[journal.kind]
     if journal.state_of("post-check") == "done" and journal.state_of("commit") != "undone":
-        do_commit(txn)
+        next(s for s in steps if s.name == "commit").do(txn)
         journal.finish(root)
         entry = HistoryEntry(event="recovered", channel=journal.channel,
                              from_version=_version(journal.from_release),
@@ -168,7 +169,7 @@ def recover(root: InstallRoot, config: Config) -> HistoryEntry | None:
         last = next((s.name for s in reversed(journal.steps) if s.state == "done"), None)
         interrupted = (f"during {step}" if step else f"after {last}" if last
                        else "before its first step")
-        errors = undo_steps(STEPS, txn, f"interrupted {interrupted}")
+        errors = undo_steps(steps, txn, f"interrupted {interrupted}")
         journal.finish(root)
         held = {i.key: e.reason for i, e in quarantine(root).items()}
         if journal.from_release in held:  # the yanked release an upgrade was leaving

@@ -12,23 +12,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from greenlight.channels import (
+    FILES_SCHEMA,
     ChannelFile,
     ComponentArtifact,
     DeltaError,
     apply_delta,
     atomic_write,
+    fsync_dir,
     remove_path,
 )
 from greenlight.updater._errors import ConfigError, GreenlightError, TrustError
 from greenlight.updater.output import DeltaUse
 from greenlight.updater.product import Config, ServiceControl, load_manifest
-from greenlight.updater.store import InstallRoot, Journal, Region, stage_release
+from greenlight.updater.store import FILE_LISTS, InstallRoot, Journal, Region, stage_release
 from greenlight.updater.transaction._engine import Step
 from greenlight.updater.trust import Downloads, Progress, TrustedRepository, verifying
 
-__all__ = ["DELTA_PAYS", "ROLLBACK_STEPS", "STEPS", "Transaction", "do_commit", "do_fetch",
-           "do_post_check", "do_stage", "do_start", "do_stop", "do_switch", "undo_stage",
-           "undo_start", "undo_stop", "undo_switch"]
+__all__ = ["DELTA_PAYS", "REPAIR_STEPS", "ROLLBACK_STEPS", "STEPS", "STEPS_OF", "Transaction",
+           "do_commit", "do_fetch", "do_post_check", "do_stage", "do_start", "do_stop",
+           "do_switch", "file_lists", "kept_file_lists", "undo_stage", "undo_start", "undo_stop",
+           "undo_switch"]
 
 
 @dataclass
@@ -147,6 +150,42 @@ def _product(txn: Transaction, store: Downloads) -> bytes | None:
     return data
 
 
+def file_lists(repo: TrustedRepository | None, channel_file: ChannelFile,
+               store: Downloads) -> dict[str, bytes]:
+    """Each component's signed file list, where it was published with one: fetched through
+    TUF (or read from the bundle), its hash and length checked against the signed target,
+    and the list checked to be about this component's archive.
+
+    Raises:
+        TrustError: a list that is not its signed target, or lists another archive.
+    """
+    from greenlight.channels import FileList, files_target
+
+    lists: dict[str, bytes] = {}
+    if repo is None:
+        return lists
+    for name, a in sorted(channel_file.components.items()):
+        path = files_target(name, a.version, a.sha256)
+        info = repo.target_info(path)
+        if info is None:
+            continue  # published before releases carried file lists
+        sha = info.hashes.get("sha256", "")
+        kept = store.find(sha, info.length)
+        data = kept.read_bytes() if kept is not None else b""
+        if hashlib.sha256(data).hexdigest() != sha:
+            data = repo.download(info, store).read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise TrustError(f"file list {path} refused: not its signed sha256")
+        try:
+            listed = FileList.model_validate_json(data)
+        except ValueError:
+            raise TrustError(f"file list {path} refused: not a {FILES_SCHEMA}") from None
+        if listed.artifact != a.sha256:
+            raise TrustError(f"file list {path} refused: it lists another archive")
+        lists[name] = data
+    return lists
+
+
 def do_stage(txn: Transaction) -> None:
     assert txn.channel_file is not None
     if txn.root.manifest(txn.new) is None:
@@ -154,14 +193,15 @@ def do_stage(txn: Transaction) -> None:
         txn.journal.save(txn.root)
     store = Downloads(txn.root.downloads)
     product = _product(txn, store)
+    lists = file_lists(txn.repo, txn.channel_file, store)
     try:
-        stage_release(txn.root, txn.channel_file, _archives(txn, store), product)
+        stage_release(txn.root, txn.channel_file, _archives(txn, store), product, lists)
     except TrustError:
         # A kept artifact rotted, or was changed, since it was verified: each is hashed as it
         # is unpacked. Those that do not match are discarded and fetched again, once.
         if not _refetch_rotten(txn, store):
             raise
-        stage_release(txn.root, txn.channel_file, _archives(txn, store), product)
+        stage_release(txn.root, txn.channel_file, _archives(txn, store), product, lists)
     txn.control.layer(txn.new)  # the manifest under greenlight.toml: refused before any stop
 
 
@@ -266,3 +306,102 @@ STEPS: list[Step[Transaction]] = [
     Step("commit", do_commit),
 ]
 ROLLBACK_STEPS = [s for s in STEPS if s.name not in ("fetch", "stage")]
+
+
+# --- repair: the installed release re-staged from verified bytes, in place ----------------
+def _repairing(txn: Transaction) -> Path:
+    return txn.root.releases / f".repair-{txn.new}"
+
+
+def _damaged(txn: Transaction) -> Path:
+    return txn.root.releases / f".damaged-{txn.new}"
+
+
+def _do_restage(txn: Transaction) -> None:
+    """The release unpacked anew beside itself, from archives hashed as they are read (kept
+    in downloads/, else fetched through TUF) and its signed file lists."""
+    assert txn.channel_file is not None
+    store = Downloads(txn.root.downloads)
+    needed = [(a.target, a.sha256, a.length) for a in txn.channel_file.components.values()]
+    if txn.channel_file.manifest is not None:
+        ref = txn.channel_file.manifest
+        needed.append((ref.target, ref.sha256, ref.length))
+    missing = [target for target, sha, length in needed if store.find(sha, length) is None]
+    if missing and txn.repo is None:
+        raise TrustError(f"cannot repair: {missing[0]} is not kept in downloads/ and this "
+                         "root has no repository to fetch it from")
+    if missing:
+        do_fetch(txn)
+    lists = kept_file_lists(txn.root, txn.new)
+    if txn.repo is not None and len(lists) < len(txn.channel_file.components):
+        lists = file_lists(txn.repo, txn.channel_file, store)
+    product = _product(txn, store)
+    try:
+        kept = txn.root.manifest(txn.new)
+    except GreenlightError:  # its release.json is part of the damage
+        kept = None
+    since = kept.installed_at if kept is not None else None
+    try:
+        stage_release(txn.root, txn.channel_file, _archives(txn, store), product, lists,
+                      staging=_repairing(txn), installed_at=since)
+    except TrustError:
+        if not _refetch_rotten(txn, store):
+            raise
+        stage_release(txn.root, txn.channel_file, _archives(txn, store), product, lists,
+                      staging=_repairing(txn), installed_at=since)
+
+
+def _undo_restage(txn: Transaction) -> None:
+    remove_path(_repairing(txn))
+
+
+def _do_swap(txn: Transaction) -> None:
+    """The damaged tree out, the re-staged one in its place: two renames, then synced."""
+    final, damaged = txn.root.release_dir(txn.new), _damaged(txn)
+    if final.exists() and not damaged.exists():
+        final.rename(damaged)
+    _repairing(txn).rename(final)
+    fsync_dir(txn.root.releases)
+
+
+def _undo_swap(txn: Transaction) -> None:
+    final, damaged = txn.root.release_dir(txn.new), _damaged(txn)
+    if not damaged.exists():
+        return  # never swapped, or already undone
+    if final.exists():
+        remove_path(_repairing(txn))
+        final.rename(_repairing(txn))
+    damaged.rename(final)
+    fsync_dir(txn.root.releases)
+
+
+def _do_discard_damaged(txn: Transaction) -> None:
+    remove_path(_damaged(txn))
+    remove_path(_repairing(txn))
+
+
+REPAIR_STEPS: list[Step[Transaction]] = [
+    Step("restage", _do_restage, _undo_restage),
+    Step("stop", do_stop, undo_stop),
+    Step("swap", _do_swap, _undo_swap),
+    Step("start", do_start, undo_start),
+    Step("post-check", do_post_check),
+    Step("commit", _do_discard_damaged),
+]
+STEPS_OF = {"upgrade": STEPS, "rollback": STEPS, "repair": REPAIR_STEPS}
+"""The steps a journal of each kind runs, undoes and commits by (recovery reads it)."""
+
+
+def kept_file_lists(root: InstallRoot, key: str) -> dict[str, bytes]:
+    """The file lists kept with an installed release whose bytes still match the sha256 its
+    release.json recorded when they were verified; a list that does not is left out."""
+    manifest = root.manifest(key)
+    lists: dict[str, bytes] = {}
+    for name, sha in (manifest.file_lists.items() if manifest is not None else ()):
+        try:
+            data = (root.release_dir(key) / FILE_LISTS / f"{name}.json").read_bytes()
+        except OSError:
+            continue
+        if hashlib.sha256(data).hexdigest() == sha:
+            lists[name] = data
+    return lists
