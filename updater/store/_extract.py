@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
-from greenlight.channels import LayoutError, ParallelDigest, clean_member_name, top_folder_of
+from greenlight.channels import (
+    LayoutError,
+    ParallelDigest,
+    clean_member_name,
+    fsync_dir,
+    top_folder_of,
+)
 from greenlight.updater._errors import ArchiveError, TrustError
 
 __all__ = ["Limits", "Region", "TarIndex", "extract", "index_tar", "top_folder"]
@@ -322,6 +328,17 @@ def extract(archive: Path | Region, dest: Path, limits: Limits = Limits(),
                         f"{label}: member {name!r} refused: collides with an earlier member"
                     ) from None
                 raise
+    # Every folder's entries, synced: the names of the files just synced survive a power
+    # cut as well as their bytes.
+    folders = {dest}
+    for name in seen:
+        parent = (dest / name).parent
+        while parent not in folders:
+            folders.add(parent)
+            parent = parent.parent
+    for folder in sorted(folders, key=lambda p: -len(p.parts)):
+        if folder.is_dir() and not folder.is_symlink():
+            fsync_dir(folder)
     return written
 
 
@@ -350,6 +367,10 @@ def _create(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, target: Pa
                     raise ArchiveError(f"{label}: member {name!r} is truncated")
                 out.write(block)
                 left -= len(block)
+            out.flush()
+            # On disk before the staging folder is renamed into place: a power cut after
+            # the rename must never leave a release of empty or torn files.
+            os.fsync(out.fileno())
         os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
         written += member.size
         files.add(name)
