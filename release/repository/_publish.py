@@ -98,7 +98,8 @@ def add_file_lists(repo: FileRepository,
     for name, (path, artifact) in sorted(components.items()):
         with tempfile.TemporaryDirectory(prefix=".files-", dir=repo.path) as work:
             try:
-                extract(path, Path(work) / "tree", strip=artifact.strip_prefix)
+                extract(path, Path(work) / "tree", strip=artifact.strip_prefix,
+                        durable=False)
             except ArchiveError as e:
                 raise ReleaseError(f"component {name}: {e}") from None
             listed = FileList(artifact=artifact.sha256,

@@ -278,10 +278,11 @@ def top_folder(archive: Path, limits: Limits = Limits()) -> str | None:
 
 
 def extract(archive: Path | Region, dest: Path, limits: Limits = Limits(),
-            strip: str | None = None) -> int:
+            strip: str | None = None, durable: bool = True) -> int:
     """Extract `archive` (a file, or a region of one checked against its sha256 as it is
     read) into the empty folder `dest`; return the bytes written. With `strip`, every member
-    must sit under that top folder, which is left out.
+    must sit under that top folder, which is left out. `durable`: every file and folder
+    synced to disk before it returns (a scratch copy, listed and thrown away, needs not).
 
     Raises:
         ArchiveError: not a readable archive, or a member refused (leaves the tree, a device, a
@@ -321,7 +322,7 @@ def extract(archive: Path | Region, dest: Path, limits: Limits = Limits(),
             target = dest / name
             try:
                 written += _create(tar, member, name, target, dest, label, budget - written,
-                                   links, files, strip)
+                                   links, files, strip, durable)
             except OSError as e:
                 if e.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ELOOP):
                     raise ArchiveError(
@@ -330,8 +331,8 @@ def extract(archive: Path | Region, dest: Path, limits: Limits = Limits(),
                 raise
     # Every folder's entries, synced: the names of the files just synced survive a power
     # cut as well as their bytes.
-    folders = {dest}
-    for name in seen:
+    folders = {dest} if durable else set()
+    for name in seen if durable else ():
         parent = (dest / name).parent
         while parent not in folders:
             folders.add(parent)
@@ -344,7 +345,7 @@ def extract(archive: Path | Region, dest: Path, limits: Limits = Limits(),
 
 def _create(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, target: Path,
             dest: Path, label: str, budget: int, links: set[str], files: set[str],
-            strip: str | None) -> int:
+            strip: str | None, durable: bool) -> int:
     """Create one member; return the bytes written."""
     written = 0
     if member.isdir():
@@ -370,7 +371,8 @@ def _create(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, target: Pa
             out.flush()
             # On disk before the staging folder is renamed into place: a power cut after
             # the rename must never leave a release of empty or torn files.
-            os.fsync(out.fileno())
+            if durable:
+                os.fsync(out.fileno())
         os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
         written += member.size
         files.add(name)
