@@ -17,7 +17,10 @@ from greenlight.release.repository._rollouts import current_state
 from conftest import ADMIN, Collector, builtin_server, wait_state
 
 
+# Twenty real machines: kept out of `make test`'s time budget; CI runs it in
+# `make test-exhaustive`.
 @pytest.mark.slow
+@pytest.mark.exhaustive
 def test_twenty_machines_a_bad_release_halted_and_a_fixed_one_rolled_out_step_by_step(
         tmp_path, builds):
     """20 installation roots follow beta. A release that refuses the UI's token rolls out by
