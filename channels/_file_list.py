@@ -93,11 +93,13 @@ def list_tree(top: Path, hash_files: bool = True) -> dict[str, FileEntry]:
             files.append((name, entry.path, st))
         else:  # a device or FIFO: never unpacked, so always a difference
             entries[name] = FileEntry(type="file", size=0, mode="0000")
-    with ThreadPoolExecutor(2) as pool:
-        digests = pool.map(lambda f: _sha256(f[1]) if hash_files else None, files)
-        for (name, _, st), digest in zip(files, digests, strict=True):
-            entries[name] = FileEntry(type="file", size=st.st_size,
-                                      mode=f"0{stat.S_IMODE(st.st_mode):03o}", sha256=digest)
+    digests: list[str | None] = [None] * len(files)
+    if hash_files:
+        with ThreadPoolExecutor(2) as pool:
+            digests = list(pool.map(lambda f: _sha256(f[1]), files))
+    for (name, _, st), digest in zip(files, digests, strict=True):
+        entries[name] = FileEntry(type="file", size=st.st_size,
+                                  mode=f"0{stat.S_IMODE(st.st_mode):03o}", sha256=digest)
     return dict(sorted(entries.items()))
 
 

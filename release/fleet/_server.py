@@ -87,12 +87,13 @@ def _protocol() -> type:
         _deadline: Any = None
         _received = False  # the whole request is in
         _in_body = False  # its headers are all in
-        _head = 0  # bytes of its target and headers so far
+        _head = 0  # bytes of its target and headers the parser handed over so far
+        _fed = 0  # bytes fed to the parser while its head was not complete
 
         def _arm(self) -> None:
             if self._deadline is not None:
                 self._deadline.cancel()
-            self._received, self._in_body, self._head = False, False, 0
+            self._received, self._in_body, self._head, self._fed = False, False, 0, 0
             self._deadline = self.loop.call_later(REQUEST_TIMEOUT, self._late)
 
         def _late(self) -> None:
@@ -113,8 +114,8 @@ def _protocol() -> type:
             # The parser keeps a header's pieces until the header ends: what it holds of a
             # head not yet complete is counted here, whatever its headers' sizes.
             if not self._in_body and not self.transport.is_closing():
-                self._head += len(data)
-                if self._head > HEAD_MAX:
+                self._fed += len(data)
+                if self._fed > HEAD_MAX:
                     self.send_400_response("Request header fields too large.")
 
         def on_headers_complete(self) -> None:

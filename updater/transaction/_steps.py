@@ -10,6 +10,7 @@ the journal and the disk, so recovery by another process can run it.
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from greenlight.channels import (
     FILES_SCHEMA,
@@ -199,16 +200,24 @@ def do_stage(txn: Transaction) -> None:
         txn.journal.save(txn.root)
     store = Downloads(txn.root.downloads)
     product = _product(txn, store)
-    lists = file_lists(txn.repo, txn.channel_file, store)
+    _stage(txn, store, product, file_lists(txn.repo, txn.channel_file, store))
+    txn.control.layer(txn.new)  # the manifest under greenlight.toml: refused before any stop
+
+
+def _stage(txn: Transaction, store: Downloads, product: bytes | None,
+           lists: dict[str, bytes], **where: Any) -> None:
+    """`stage_release` from the verified archives. A kept artifact that rotted, or was
+    changed, since it was verified is caught as it is unpacked (each is hashed as it is
+    read); those that do not match are discarded and fetched again, once."""
+    assert txn.channel_file is not None
     try:
-        stage_release(txn.root, txn.channel_file, _archives(txn, store), product, lists)
+        stage_release(txn.root, txn.channel_file, _archives(txn, store), product, lists,
+                      **where)
     except TrustError:
-        # A kept artifact rotted, or was changed, since it was verified: each is hashed as it
-        # is unpacked. Those that do not match are discarded and fetched again, once.
         if not _refetch_rotten(txn, store):
             raise
-        stage_release(txn.root, txn.channel_file, _archives(txn, store), product, lists)
-    txn.control.layer(txn.new)  # the manifest under greenlight.toml: refused before any stop
+        stage_release(txn.root, txn.channel_file, _archives(txn, store), product, lists,
+                      **where)
 
 
 def _archives(txn: Transaction, store: Downloads) -> dict[str, Path | Region]:
@@ -346,15 +355,8 @@ def _do_restage(txn: Transaction) -> None:
         kept = txn.root.manifest(txn.new)
     except GreenlightError:  # its release.json is part of the damage
         kept = None
-    since = kept.installed_at if kept is not None else None
-    try:
-        stage_release(txn.root, txn.channel_file, _archives(txn, store), product, lists,
-                      staging=_repairing(txn), installed_at=since)
-    except TrustError:
-        if not _refetch_rotten(txn, store):
-            raise
-        stage_release(txn.root, txn.channel_file, _archives(txn, store), product, lists,
-                      staging=_repairing(txn), installed_at=since)
+    _stage(txn, store, product, lists, staging=_repairing(txn),
+           installed_at=kept.installed_at if kept is not None else None)
 
 
 def _undo_restage(txn: Transaction) -> None:
