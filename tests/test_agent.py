@@ -354,6 +354,50 @@ def test_stopping_the_agent_at_any_moment_frees_the_root(machine):
         f"seed {seed}: " + (machine.path / "logs" / "agent.log").read_text()[-4000:])
 
 
+def test_a_stop_pending_across_the_exec_ends_the_loop_before_any_cycle(tmp_path):
+    """`updater agent` blocks SIGTERM before it execs its loop: a stop sent in that moment is
+    pending in the new program, which must take it before it starts a cycle (a stop taken by a
+    handler there, and lost with the exec, left an agent running that was told to stop)."""
+    from greenlight.updater.agent import _cycle
+
+    ran = tmp_path / "a-cycle-ran"
+    wrapper = (
+        "import os, signal, sys\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "os.execv(sys.executable, sys.argv[1:])\n")
+    (tmp_path / "state").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", wrapper, sys.executable, "-I", "-S", str(_cycle.LOOP),
+         "--root", str(tmp_path), "--cycle-limit", "60", "--stop-limit", "5", "--",
+         "sh", "-c", f"touch {ran}"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("stopped by SIGTERM"), done.stdout
+    assert not ran.exists()
+
+
+def test_a_stop_a_library_swallowed_is_still_a_stop(tmp_path):
+    """A C extension may catch the `Interrupted` a signal raised and make it an error of its
+    own (pydantic-core reports it as a failed validation): the funnel still ends the command
+    as stopped (143, one line), never as that error, and never with a traceback."""
+    script = (
+        "import os, signal\n"
+        "from greenlight.updater._errors import TrustError, handle_interrupts\n"
+        "from greenlight.updater.cli._common import run_command\n"
+        "handle_interrupts()\n"
+        "def work():\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        for _ in range(10**6): pass\n"
+        "    except BaseException:\n"
+        "        raise TrustError('a field did not match its pattern') from None\n"
+        "run_command(False, work)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 143, done.stderr
+    assert done.stderr == "updater: interrupted by SIGTERM\n"
+
+
 def test_systemd_units_include_the_agent(machine, tmp_path):
     machine.init()
     with (machine.path / "greenlight.toml").open("a") as f:

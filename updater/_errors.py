@@ -20,13 +20,17 @@ GreenlightError (1)
 python-tuf's and httpx's exceptions are mapped once, in `greenlight.updater.trust`.
 
 `Interrupted` (SIGINT, SIGTERM) is not a `GreenlightError` and not an `Exception`: nothing
-catches it by accident. The transaction under way undoes itself (or finishes its commit) in a
-`shielded` block that a second signal cannot cut, records it, and the command exits 130 or 143.
+catches it by accident, and where a C extension catches it anyway (and raises its own error, or
+none), the process still knows a signal came: the funnels ask `raise_if_signalled` first. The
+transaction under way undoes itself (or finishes its commit) in a `shielded` block that a
+second signal cannot cut, records it, and the command exits 130 or 143.
 """
 
 import signal
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 __all__ = [
     "EXIT_CODES",
@@ -52,7 +56,9 @@ __all__ = [
     "StoreError",
     "TrustError",
     "UsageError",
+    "block_interrupts",
     "handle_interrupts",
+    "raise_if_signalled",
     "shielded",
 ]
 
@@ -189,19 +195,50 @@ class Interrupted(BaseException):
 
 _shield = {"depth": 0}
 _pending: list[int] = []
+_received: list[int] = []  # every stop signal this process took, for as long as it runs
+_STOPS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _on_signal(signum: int, frame: object) -> None:
+    _received.append(signum)
     if _shield["depth"]:
         _pending.append(signum)  # raised when the shielded work is done
         return
     raise Interrupted(signum)
 
 
+def _unraisable(hook: Callable[[Any], object]) -> Callable[[Any], object]:
+    def quiet(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, Interrupted):
+            hook(unraisable)
+        # else: a library swallowed the Interrupted; `signalled()` still knows of it
+
+    return quiet
+
+
 def handle_interrupts() -> None:
-    """From now on, SIGINT and SIGTERM raise `Interrupted` in the main thread."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    """From now on, SIGINT and SIGTERM raise `Interrupted` in the main thread. Both are then
+    unblocked: the agent's loop starts each cycle with them blocked, so a stop sent during the
+    start-up waits for these handlers instead of being lost."""
+    for signum in _STOPS:
         signal.signal(signum, _on_signal)
+    sys.unraisablehook = _unraisable(sys.unraisablehook)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
+
+
+def block_interrupts() -> None:
+    """Hold SIGINT and SIGTERM pending (across an exec too); `Interrupted` if one came
+    before."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    raise_if_signalled()
+
+
+def raise_if_signalled() -> None:
+    """Raise `Interrupted` if a stop signal arrived, even one a library caught and turned into
+    another error or swallowed (pydantic-core reports an exception raised inside its validation
+    as a failed validation): the signal, not that error, is what ended the work."""
+    if _received:
+        raise Interrupted(_received[0])
 
 
 @contextmanager

@@ -40,7 +40,12 @@ from pathlib import Path
 from typing import Literal
 
 from greenlight.channels import atomic_write, now, terminal_lines
-from greenlight.updater._errors import BusyError, GreenlightError, NetworkError
+from greenlight.updater._errors import (
+    BusyError,
+    GreenlightError,
+    NetworkError,
+    raise_if_signalled,
+)
 from greenlight.updater.policy import CYCLE_LIMIT, STOP_LIMIT, AgentInput, agent_step
 from greenlight.updater.product import AgentConfig, config_of
 from greenlight.updater.store import (
@@ -127,27 +132,31 @@ class Agent:
         try:
             config = config_of(self.root).agent
         except GreenlightError as e:
+            raise_if_signalled()
             self.log(f"configuration: {e}")
             return 300.0
         try:
             self._cycle(config)
-        except BusyError as e:
-            self.log(f"skipped: {e}")
-            return self._backoff(config)
-        except NetworkError as e:
-            self.log(f"repository: {e}")
-            self._status(error=str(e))
-            return self._backoff(config)
-        except GreenlightError as e:
-            self.log(f"error ({e.kind}): {e}")
-            self._status(error=str(e))
-            return self._backoff(config)
-        except Exception as e:  # the agent outlives its own bugs: report and go on
-            self.log(f"internal error: {type(e).__name__}: {e} (please report it)")
-            return self._backoff(config)
+        except Exception as e:
+            raise_if_signalled()  # a stop, whatever error a library made of it
+            return self._failed(e, config)
         self.failures = 0
         self._report()
         return config.interval + self.rng() * config.jitter
+
+    def _failed(self, e: Exception, config: AgentConfig) -> float:
+        """Log a cycle's error; the back-off before the next."""
+        if isinstance(e, BusyError):
+            self.log(f"skipped: {e}")
+        elif isinstance(e, NetworkError):
+            self.log(f"repository: {e}")
+            self._status(error=str(e))
+        elif isinstance(e, GreenlightError):
+            self.log(f"error ({e.kind}): {e}")
+            self._status(error=str(e))
+        else:  # the agent outlives its own bugs: report and go on
+            self.log(f"internal error: {type(e).__name__}: {e} (please report it)")
+        return self._backoff(config)
 
     def _report(self) -> None:
         from greenlight.updater.agent._sender import send_reports

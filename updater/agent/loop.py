@@ -14,6 +14,13 @@ Stopping: SIGTERM or SIGINT while a cycle runs is passed to it (it undoes or fin
 transaction and releases the root's lock); the loop waits up to the stop limit for it and
 then exits 0, so that a service manager's stop leaves nothing running that holds the root. While
 it sleeps, the loop exits at once.
+
+The loop never takes a signal by a handler: it keeps SIGTERM and SIGINT blocked and waits for
+them (sigtimedwait) where it waits anyway, in its sleep and while a cycle runs. A stop is
+therefore never lost in a window between two statements, nor across `updater agent`'s exec
+(which blocks them before it), and a cycle is never started unseen. Each cycle inherits the
+blocked set and unblocks it once its own handlers are in place (`handle_interrupts`), so a
+stop passed to it during its start-up waits for it instead of being lost.
 """
 
 import contextlib
@@ -31,8 +38,7 @@ __all__ = ["main"]
 USAGE = "usage: loop.py --root ROOT --cycle-limit S --stop-limit S -- UPDATER_ARGV..."
 
 
-class _Stop(Exception):
-    """A stop arrived while no cycle ran."""
+STOPS = {signal.SIGTERM, signal.SIGINT}
 
 
 def _log(line: str) -> None:
@@ -52,63 +58,56 @@ def main(args: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     report = os.path.join(root, "state", "agent-cycle.json")
-    failures = 0
-    running: list[subprocess.Popen[bytes]] = []
-    stopping: list[int] = []
-
-    def on_signal(signum: int, frame: object) -> None:
-        stopping.append(signum)
-        if running and running[0].poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                running[0].send_signal(signal.SIGTERM)  # it undoes or finishes, then exits
-            return
-        raise _Stop
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, on_signal)
-    try:
-        while True:
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)  # already so after `updater agent`
+    failures, wait = 0, 0.0
+    while True:
+        stop = _waited(wait)
+        if stop is None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(report)
             argv = [*updater, "agent", "--once", "--root", root, "--failures", str(failures),
                     "--report", report]
-            _cycle(argv, running, stopping, limits)
-            if stopping:
-                break
-            wait, failures = _next(report, failures)
-            time.sleep(max(0.0, wait))
-    except _Stop:
-        pass
-    _log(f"stopped by {signal.Signals(stopping[0]).name}")
-    return 0
+            stop = _cycle(argv, limits)
+        if stop is not None:
+            _log(f"stopped by {signal.Signals(stop).name}")
+            return 0
+        wait, failures = _next(report, failures)
 
 
-def _cycle(argv: list[str], running: "list[subprocess.Popen[bytes]]", stopping: list[int],
-           limits: tuple[float, float]) -> None:
+def _waited(seconds: float) -> int | None:
+    """Sleep up to `seconds` (0: only look); the stop signal that ended it, if one did."""
+    deadline = time.monotonic() + seconds
+    while True:
+        got = signal.sigtimedwait(STOPS, min(max(0.0, deadline - time.monotonic()), 3600.0))
+        if got is not None:
+            return got.si_signo
+        if time.monotonic() >= deadline:
+            return None
+
+
+def _cycle(argv: list[str], limits: tuple[float, float]) -> int | None:
     """Run one cycle to its end: within the cycle limit, or the stop limit once told to
-    stop."""
+    stop. Returns the stop signal that arrived meanwhile, if one did."""
     cycle_limit, stop_limit = limits
     try:
         child = subprocess.Popen(argv)
     except OSError as e:
         _log(f"cannot run the updater: {e.strerror or e}")
-        return
-    running[:] = [child]
-    started, stop_at = time.monotonic(), None
-    try:
-        while child.poll() is None:
-            if stopping and stop_at is None:
-                stop_at = time.monotonic() + stop_limit
-            now = time.monotonic()
-            if now - started > cycle_limit or (stop_at is not None and now > stop_at):
-                _log("a cycle did not end in time and was killed")
-                child.kill()
-                child.wait()
-                return
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=0.5)
-    finally:
-        running.clear()
+        return None  # a stop meanwhile is pending: the wait that follows takes it
+    started, stop, stop_at = time.monotonic(), None, None
+    while child.poll() is None:
+        now = time.monotonic()
+        if now - started > cycle_limit or (stop_at is not None and now > stop_at):
+            _log("a cycle did not end in time and was killed")
+            child.kill()
+            child.wait()
+            break
+        got = signal.sigtimedwait(STOPS, 0.1 if stop_at is None else 0.05)
+        if got is not None and stop is None:
+            stop, stop_at = got.si_signo, now + stop_limit
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGTERM)  # it undoes or finishes, then exits
+    return stop
 
 
 def _next(report: str, failures: int) -> tuple[float, int]:

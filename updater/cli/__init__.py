@@ -23,8 +23,8 @@ _COMMANDS = (_machine, _moves)  # each registers its commands on app
 
 def main() -> None:
     """The `updater` console script: no traceback ever reaches the user."""
-    handle_interrupts()
     try:
+        handle_interrupts()  # a stop that waited, blocked, for it is raised here
         app(prog_name="updater")
     except Interrupted as stop:  # outside a command's work (its funnel says more)
         if "agent" in sys.argv[1:] and "--once" not in sys.argv:

@@ -17,6 +17,7 @@ from greenlight.updater._errors import (
     GreenlightError,
     Interrupted,
     StoreError,
+    raise_if_signalled,
 )
 
 if TYPE_CHECKING:
@@ -114,14 +115,21 @@ def run_command(as_json: bool, work: Callable[[], T], root: "InstallRoot | None"
             if sends and _send_reports(root):
                 _keep_status(root, result)  # the collector's refusal changed: say it
         return result
-    except GreenlightError as e:
-        raise _fail(e, as_json) from None
     except Interrupted as stop:
         raise _interrupted(stop, root, as_json) from None
-    except OSError as e:  # local state that could not be written or read, not a bug
-        hint = " (disk full)" if e.errno == errno.ENOSPC else ""
-        where = e.filename or "local state"
-        raise _fail(StoreError(f"{where}: {e.strerror or e}{hint}"), as_json) from None
+    except (GreenlightError, OSError) as e:
+        try:
+            raise_if_signalled()  # a stop, whatever error a library made of it
+        except Interrupted as stop:
+            raise _interrupted(stop, root, as_json) from None
+        raise _fail_with(e, as_json) from None
+
+
+def _fail_with(e: "GreenlightError | OSError", as_json: bool) -> SystemExit:
+    if isinstance(e, GreenlightError):
+        return _fail(e, as_json)
+    hint = " (disk full)" if e.errno == errno.ENOSPC else ""  # local state, not a bug
+    return _fail(StoreError(f"{e.filename or 'local state'}: {e.strerror or e}{hint}"), as_json)
 
 
 def _interrupted(stop: Interrupted, root: "InstallRoot | None", as_json: bool) -> SystemExit:

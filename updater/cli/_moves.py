@@ -294,9 +294,11 @@ def agent_cmd(root: Path | None, once: bool, failures: int, report: Path | None)
     if not once:
         import os
 
+        from greenlight.updater._errors import block_interrupts
         from greenlight.updater.agent import loop_argv
 
         argv = loop_argv(install)
+        block_interrupts()  # a stop from here on waits, pending, for the loop
         os.execv(argv[0], argv)
     from greenlight.updater.agent import run_once
 

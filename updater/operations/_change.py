@@ -25,6 +25,7 @@ from greenlight.updater._errors import (
     Interrupted,
     NotFound,
     PrecheckFailed,
+    raise_if_signalled,
     shielded,
 )
 from greenlight.updater.operations._read import (
@@ -103,17 +104,18 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
         txn.journal.save(txn.root)
         _say_under_way(txn.root)
         run_steps(STEPS, txn)
-    except HealthFailure as failure:
-        with shielded():
-            rb = roll_back(txn, failure)
-        return report.model_copy(update={
-            "outcome": "rolled-back" if rb.ok else "rollback-failed",
-            "quarantined": version_of(txn.new) if failure.new_release_at_fault else None,
-            "incident": rb.incident, "bytes_fetched": txn.bytes_fetched, "deltas": txn.deltas,
-            "installed": txn.root.installed_version(),
-            "channel_now": active_channel(txn.root).channel,
-        })
-    except BaseException as error:
+    except BaseException as caught:
+        error = _signalled_or(caught)
+        if isinstance(error, HealthFailure):
+            with shielded():
+                rb = roll_back(txn, error)
+            return report.model_copy(update={
+                "outcome": "rolled-back" if rb.ok else "rollback-failed",
+                "quarantined": version_of(txn.new) if error.new_release_at_fault else None,
+                "incident": rb.incident, "bytes_fetched": txn.bytes_fetched,
+                "deltas": txn.deltas, "installed": txn.root.installed_version(),
+                "channel_now": active_channel(txn.root).channel,
+            })
         with shielded():
             if txn.journal.state_of("post-check") == "done":
                 recover(txn.root, txn.config)  # it passed: the commit is finished, as always
@@ -123,7 +125,9 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
                 txn.journal.finish(txn.root)
                 if isinstance(error, Interrupted):
                     record_interrupted(txn, error.name, step, errors)
-        raise
+        if error is caught:
+            raise
+        raise error from None
     old = version_of(txn.old) if txn.old else None
     moved: Literal["upgraded", "downgraded"] = (
         "downgraded" if old is not None and is_newer(old, version_of(txn.new)) else "upgraded")
@@ -144,6 +148,18 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
         "timings": txn.timings, "installed": txn.root.installed_version(),
         "channel_now": active_channel(txn.root).channel,
     })
+
+
+def _signalled_or(error: BaseException) -> BaseException:
+    """What ended the work: a stop signal that arrived during it, whatever a library made of
+    it (a check's failure, a validation error), or else the error itself."""
+    if isinstance(error, Interrupted):
+        return error
+    try:
+        raise_if_signalled()
+    except Interrupted as stop:
+        return stop
+    return error
 
 
 def _takes_over(txn: Transaction) -> str | None:
