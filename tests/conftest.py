@@ -314,3 +314,19 @@ class Collector:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=20)
+
+
+# --- what a test reports (each test's `record_property("power_loss", ...)`) ---------------------
+_REPORTED: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":  # runs where the reports arrive: with xdist, the controller
+        _REPORTED.extend(str(v) for k, v in report.user_properties if k == "power_loss")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    if _REPORTED:
+        terminalreporter.section("power-loss crash states")
+        for line in sorted(_REPORTED):
+            terminalreporter.write_line(line)

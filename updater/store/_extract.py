@@ -369,11 +369,13 @@ def _create(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, target: Pa
                 out.write(block)
                 left -= len(block)
             out.flush()
-            # On disk before the staging folder is renamed into place: a power cut after
-            # the rename must never leave a release of empty or torn files.
+            # The mode, then the bytes, on disk before the staging folder is renamed into
+            # place: a power cut after the rename must never leave a release of empty or
+            # torn files, nor a program that lost its execute bit (a mode set after the
+            # fsync is not promised to survive; the power-loss states found it).
+            os.fchmod(out.fileno(), 0o755 if member.mode & 0o111 else 0o644)
             if durable:
                 os.fsync(out.fileno())
-        os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
         written += member.size
         files.add(name)
     elif member.issym():

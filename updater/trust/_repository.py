@@ -23,7 +23,9 @@ from greenlight.channels import (
     ChannelFileError,
     ComponentArtifact,
     RolloutState,
+    atomic_write,
     channel_target,
+    fsync_dir,
     rollout_target,
 )
 from greenlight.updater._errors import (
@@ -132,6 +134,21 @@ def _read_if_matching(path: Path | None, info: TargetFile) -> bytes | None:
     return data
 
 
+class _DurableUpdater(Updater):
+    """ngclient's Updater, whose metadata cache survives a power cut: each file is synced
+    before its rename and its folder after (ngclient renames an unsynced temporary file, so a
+    cut could leave a trusted root or a newer timestamp empty or torn; a torn root is a
+    machine that can no longer update). Found by the recorded power-loss states of an upgrade
+    (tests/test_power_loss.py)."""
+
+    def _persist_file(self, filename: str, data: bytes) -> None:
+        atomic_write(Path(filename), data, 0o600)
+
+    def _update_root_symlink(self) -> None:
+        super()._update_root_symlink()
+        fsync_dir(Path(self._dir))
+
+
 class TrustedRepository:
     def __init__(
         self,
@@ -155,7 +172,7 @@ class TrustedRepository:
             timeout, min_rate=min_rate, origins=[metadata_url, self.targets_url])
         config = UpdaterConfig(app_user_agent=user_agent())
         try:
-            self._updater = Updater(
+            self._updater = _DurableUpdater(
                 metadata_dir=str(metadata_dir),
                 metadata_base_url=metadata_url,
                 target_base_url=self.targets_url,
