@@ -44,7 +44,8 @@ def _until(predicate, what: str, seconds: float = 20) -> None:
 
 class Units:
     """Services of a test as units of the user manager, each a Python program that writes
-    its pid to a marker once its SIGTERM behaviour is in place."""
+    its pid to a marker once its SIGTERM behaviour is in place (whole, by a rename: a marker
+    that exists has its pid)."""
 
     def __init__(self, manager: UserManager, tmp: Path, name: str) -> None:
         self.manager, self.tmp, self.name = manager, tmp, name
@@ -56,7 +57,8 @@ class Units:
         marker = self.tmp / f"{self.name}.started"
         marker.unlink(missing_ok=True)
         program = code or (f"import os,pathlib,signal,sys,time; {_ON_SIGTERM[behaviour]}; "
-                           f"pathlib.Path(sys.argv[1]).write_text(str(os.getpid())); "
+                           f"pathlib.Path(sys.argv[1] + '~').write_text(str(os.getpid())); "
+                           f"os.replace(sys.argv[1] + '~', sys.argv[1]); "
                            f"time.sleep(600)")
         service = ServiceConfig(name=self.name, command=[sys.executable, "-c", program,
                                                         str(marker)], **fields)
