@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Op", "State", "crash_states", "load", "materialize", "snapshot"]
+__all__ = ["Node", "Op", "State", "crash_states", "load", "materialize", "snapshot"]
 
 _WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _ENTRY_OPS = {"create", "mkdir", "rename", "link", "unlink", "rmdir", "symlink", "rmtree"}

@@ -21,7 +21,7 @@ python-tuf's and httpx's exceptions are mapped once, in `greenlight.updater.trus
 
 `Interrupted` (SIGINT, SIGTERM) is not a `GreenlightError` and not an `Exception`: nothing
 catches it by accident, and where a C extension catches it anyway (and raises its own error, or
-none), the process still knows a signal came: the funnels ask `raise_if_signalled` first. The
+none), the process still knows a signal came: the funnels ask `signalled` first. The
 transaction under way undoes itself (or finishes its commit) in a `shielded` block that a
 second signal cannot cut, records it, and the command exits 130 or 143.
 """
@@ -60,6 +60,7 @@ __all__ = [
     "handle_interrupts",
     "raise_if_signalled",
     "shielded",
+    "signalled",
 ]
 
 
@@ -211,7 +212,7 @@ def _unraisable(hook: Callable[[Any], object]) -> Callable[[Any], object]:
     def quiet(unraisable: Any) -> None:
         if not isinstance(unraisable.exc_value, Interrupted):
             hook(unraisable)
-        # else: a library swallowed the Interrupted; `signalled()` still knows of it
+        # else: a library swallowed the Interrupted; `signalled` still knows of it
 
     return quiet
 
@@ -231,6 +232,15 @@ def block_interrupts() -> None:
     before."""
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
     raise_if_signalled()
+
+
+def signalled(error: BaseException) -> BaseException:
+    """What ended the work: `Interrupted` when a stop signal arrived meanwhile, whatever a
+    library made of it (pydantic-core reports an exception raised inside its validation as a
+    failed validation; a check may report it as a failure), else `error` itself."""
+    if _received and not isinstance(error, Interrupted):
+        return Interrupted(_received[0])
+    return error
 
 
 def raise_if_signalled() -> None:

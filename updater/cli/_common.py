@@ -17,7 +17,7 @@ from greenlight.updater._errors import (
     GreenlightError,
     Interrupted,
     StoreError,
-    raise_if_signalled,
+    signalled,
 )
 
 if TYPE_CHECKING:
@@ -118,10 +118,9 @@ def run_command(as_json: bool, work: Callable[[], T], root: "InstallRoot | None"
     except Interrupted as stop:
         raise _interrupted(stop, root, as_json) from None
     except (GreenlightError, OSError) as e:
-        try:
-            raise_if_signalled()  # a stop, whatever error a library made of it
-        except Interrupted as stop:
-            raise _interrupted(stop, root, as_json) from None
+        error = signalled(e)  # a stop, whatever error a library made of it
+        if isinstance(error, Interrupted):
+            raise _interrupted(error, root, as_json) from None
         raise _fail_with(e, as_json) from None
 
 

@@ -25,8 +25,8 @@ from greenlight.updater._errors import (
     Interrupted,
     NotFound,
     PrecheckFailed,
-    raise_if_signalled,
     shielded,
+    signalled,
 )
 from greenlight.updater.operations._read import (
     follow,
@@ -105,7 +105,7 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
         _say_under_way(txn.root)
         run_steps(STEPS, txn)
     except BaseException as caught:
-        error = _signalled_or(caught)
+        error = signalled(caught)
         if isinstance(error, HealthFailure):
             with shielded():
                 rb = roll_back(txn, error)
@@ -148,18 +148,6 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
         "timings": txn.timings, "installed": txn.root.installed_version(),
         "channel_now": active_channel(txn.root).channel,
     })
-
-
-def _signalled_or(error: BaseException) -> BaseException:
-    """What ended the work: a stop signal that arrived during it, whatever a library made of
-    it (a check's failure, a validation error), or else the error itself."""
-    if isinstance(error, Interrupted):
-        return error
-    try:
-        raise_if_signalled()
-    except Interrupted as stop:
-        return stop
-    return error
 
 
 def _takes_over(txn: Transaction) -> str | None:
