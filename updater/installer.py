@@ -67,6 +67,10 @@ def _special(argv: list[str]) -> int | None:
         from greenlight.updater.product.launcher import main as launch
 
         return launch(argv[1:])
+    if argv[:1] == ["--greenlight-hold"]:
+        from greenlight.updater.product.holder import main as hold
+
+        return hold(argv[1:])
     if argv[:1] == ["--greenlight-agent-loop"]:
         from greenlight.updater.agent.loop import main as agent_loop
 
@@ -105,7 +109,9 @@ def _remove_fresh(root: InstallRoot, existed: bool, kept: frozenset[Path]) -> No
     exactly what was there before (the files of a provisioned `data/`)."""
     try:
         with locked(root):
-            ServiceControl.of(root, config_of(root)).stop_all(root.installed_release())
+            control = ServiceControl.of(root, config_of(root))
+            control.stop_all(root.installed_release())
+            control.release_sockets()
     except GreenlightError:
         pass
     if not existed:

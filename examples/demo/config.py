@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def product_toml(port: int | str, dns_port: int | str, grace: float = 10.0, soak: float = 2.0,
-                 drain: bool = True) -> str:
+                 drain: bool = True, stats: str = "{root}/data") -> str:
     core = f"http://127.0.0.1:{port}"
     token = "{root}/data/ui-token"
     return f'''
@@ -38,7 +38,7 @@ drain_url = "{core}/api/drain"
 [[service]]
 name = "ui"
 command = ["{{python}}", "{{release_dir}}/ui/ui.py", "--core", "{core}",
-           "--token-file", "{token}", "--stats", "{{root}}/data/ui-stats-{{version}}.json"]
+           "--token-file", "{token}", "--stats", "{stats}/ui-stats-{{version}}.json"]
 
 [[check]]
 name = "core-ping"
@@ -81,11 +81,34 @@ timeout = 10.0
 '''
 
 
-def manifest_toml(soak: float = 1.0, core_port: int = 8080, dns_port: int = 5353) -> str:
+HELD_SOCKETS = '''
+[[socket]]
+name = "api"
+service = "core"
+listen = "127.0.0.1:{core_port}"
+
+[[socket]]
+name = "dns"
+service = "core"
+listen = "127.0.0.1:{dns_port}"
+kind = "datagram"
+'''
+
+
+def manifest_toml(soak: float = 1.0, core_port: int = 8080, dns_port: int = 5353,
+                  held: bool = False, grace: float = 10.0) -> str:
     """The demo product as a release's manifest: the machine names its two ports (these are
-    the defaults)."""
-    return (f'[values]\ncore_port = "{core_port}"\ndns_port = "{dns_port}"\n'
-            + product_toml("{core_port}", "{dns_port}", soak=soak))
+    the defaults). `held`: Greenlight holds the core's two sockets, and the release is
+    proven beside the running one before it is switched in (preflight); the UI's counts are
+    its per-instance state."""
+    if not held:
+        return (f'[values]\ncore_port = "{core_port}"\ndns_port = "{dns_port}"\n'
+                + product_toml("{core_port}", "{dns_port}", soak=soak, grace=grace))
+    return ('per_instance = ["ui_state"]\n\n'
+            f'[values]\ncore_port = "{core_port}"\ndns_port = "{dns_port}"\n'
+            'ui_state = "data/ui-state"\n'
+            + product_toml("{core_port}", "{dns_port}", soak=soak, grace=grace,
+                           stats="{ui_state}") + HELD_SOCKETS)
 
 
 def _token(root: Path) -> None:

@@ -9,6 +9,11 @@ One port on 127.0.0.1 serves HTTP and a WebSocket:
   WS  /ws                  echo, after an {"auth": "<token>"} first message
 and, with --dns-port, a DNS responder for the product's name (A record, 127.0.0.1).
 
+Started with systemd's socket-activation protocol (LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES,
+as Greenlight's launcher and systemd pass them), it serves on the sockets it is given, "api"
+(stream) and "dns" (datagram), instead of binding its own: the sockets stay open across its
+restarts and upgrades, so a client's connection waits instead of being refused.
+
 Faults are baked into a build's build.json, never read from the environment:
   refuse-ui-token          the session call answers 403 "denying api access"; ping still works
   refuse-ui-token-on-legacy  the same, only on machines whose data folder (the token file's)
@@ -111,9 +116,22 @@ class Core:
             pass
 
 
-def serve_dns(port: int, name: str) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", port))
+def inherited() -> dict[str, socket.socket]:
+    """The sockets passed by systemd's protocol, by name (none when not for this process)."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return {}
+    count = int(os.environ.get("LISTEN_FDS", "0") or 0)
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)  # not for this process's own children
+    return {names[i] if i < len(names) and names[i] else f"fd{3 + i}":
+            socket.socket(fileno=3 + i) for i in range(count)}
+
+
+def serve_dns(port: int, name: str, sock: socket.socket | None = None) -> None:
+    if sock is None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", port))
     while True:
         data, peer = sock.recvfrom(4096)
         try:
@@ -148,9 +166,15 @@ def main() -> int:
             and (args.token_file.parent / "legacy-hardware").exists()):
         FAULTS.add("refuse-ui-token")
     core = Core(args.token_file.read_text().strip(), args.drain_seconds)
-    server = serve(core.websocket, "127.0.0.1", args.port, process_request=core.process_request)
-    if args.dns_port:
-        threading.Thread(target=serve_dns, args=(args.dns_port, args.dns_name), daemon=True).start()
+    given = inherited()
+    if "api" in given:
+        server = serve(core.websocket, sock=given["api"], process_request=core.process_request)
+    else:
+        server = serve(core.websocket, "127.0.0.1", args.port,
+                       process_request=core.process_request)
+    if args.dns_port or "dns" in given:
+        threading.Thread(target=serve_dns, args=(args.dns_port, args.dns_name, given.get("dns")),
+                         daemon=True).start()
 
     def on_term(signum: int, frame: object) -> None:
         if core.in_flight and "crash-on-stop-in-flight" in FAULTS:
@@ -160,7 +184,9 @@ def main() -> int:
         threading.Thread(target=lambda: (core.drain(), server.shutdown()), daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_term)
-    print(f"core {VERSION} listening on 127.0.0.1:{args.port} faults={sorted(FAULTS)}", flush=True)
+    where = (f"held sockets {', '.join(sorted(given))}" if given
+             else f"127.0.0.1:{args.port}")
+    print(f"core {VERSION} listening on {where} faults={sorted(FAULTS)}", flush=True)
     server.serve_forever()
     return 0
 

@@ -51,6 +51,7 @@ def run_stream(core: str, token: str, stats_path: Path, work_ms: int) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     stats = {"ok": 0, "failed": 0, "errors": []}
+    stats_path.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
         tmp = stats_path.with_suffix(".tmp")

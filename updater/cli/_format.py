@@ -47,7 +47,8 @@ def print_transaction(report: "UpgradeReport") -> None:
     else:
         incident = report.incident
         assert incident is not None
-        verb = "ROLLED BACK" if report.outcome == "rolled-back" else "ROLLBACK FAILED"
+        verb = ("ROLLBACK FAILED" if report.outcome != "rolled-back" else
+                "CAUGHT IN PREFLIGHT" if incident.preflight else "ROLLED BACK")
         say(f"{report.channel}: {verb}: {incident.summary}")
         for check_ in incident.failed_checks:
             say(f"  failed check {check_.name}: {check_.summary}")
@@ -59,7 +60,8 @@ def print_transaction(report: "UpgradeReport") -> None:
             say(f"  stop: {stop}")
         where = f"now on {report.installed or 'nothing'}, channel {report.channel_now}"
         seconds = incident.timings.get("rollback_seconds")
-        took = f" (rolled back in {seconds:.2f}s, services' start-up excluded)" if seconds else ""
+        took = (" (the running release was never stopped)" if incident.preflight else
+                f" (rolled back in {seconds:.2f}s, services' start-up excluded)" if seconds else "")
         held = (f"{report.quarantined} quarantined" if report.quarantined else
                 f"{report.to_version} not quarantined (the running release failed, not it)")
         say(f"  {where}; {held}{took}"

@@ -79,7 +79,9 @@ def stop_services(root: InstallRoot) -> list[str]:
     """
     with locked(root):
         control = ServiceControl.of(root, config_of(root))
-        return [o.describe() for o in control.stop_all(root.installed_release())]
+        stopped = [o.describe() for o in control.stop_all(root.installed_release())]
+        control.release_sockets()
+        return stopped
 
 
 def crashed_services(root: InstallRoot) -> list[str]:

@@ -21,13 +21,19 @@ if TYPE_CHECKING:
         ProcessCheck,
         RepositoryConfig,
         ServiceConfig,
+        SocketConfig,
         StopConfig,
         TcpCheck,
         VersionCheck,
         WebSocketCheck,
         with_machine_parts,
     )
-    from greenlight.updater.product._control import HealthFailure, ServiceControl, backend_for
+    from greenlight.updater.product._control import (
+        HealthFailure,
+        ServiceControl,
+        Shadow,
+        backend_for,
+    )
     from greenlight.updater.product._health import (
         CheckResult,
         HealthChecker,
@@ -43,6 +49,7 @@ if TYPE_CHECKING:
         split_product_config,
     )
     from greenlight.updater.product._placeholders import expand, expand_command, values_for
+    from greenlight.updater.product._preflight import preflight, runs_preflight, stop_shadows
     from greenlight.updater.product._rootconfig import (
         config_of,
         forget_config,
@@ -57,6 +64,7 @@ if TYPE_CHECKING:
         StopOutcome,
         drain,
     )
+    from greenlight.updater.product._sockets import SocketHolder
     from greenlight.updater.product._systemd import SystemdBackend, render_unit
 
 __all__ = [
@@ -78,6 +86,9 @@ __all__ = [
     "Restarts",
     "ServiceBackend",
     "ServiceConfig",
+    "Shadow",
+    "SocketConfig",
+    "SocketHolder",
     "ServiceControl",
     "StopConfig",
     "StopOutcome",
@@ -102,7 +113,10 @@ __all__ = [
     "launcher_argv",
     "manifest_schema",
     "python_argv",
+    "preflight",
     "render_unit",
+    "runs_preflight",
+    "stop_shadows",
     "values_for",
     "with_machine_parts",
 ]
@@ -126,6 +140,12 @@ _HOME = {
     "Restarts": "greenlight.updater.product._services",
     "ServiceBackend": "greenlight.updater.product._services",
     "ServiceConfig": "greenlight.updater.product._config",
+    "SocketConfig": "greenlight.updater.product._config",
+    "Shadow": "greenlight.updater.product._control",
+    "SocketHolder": "greenlight.updater.product._sockets",
+    "preflight": "greenlight.updater.product._preflight",
+    "runs_preflight": "greenlight.updater.product._preflight",
+    "stop_shadows": "greenlight.updater.product._preflight",
     "ServiceControl": "greenlight.updater.product._control",
     "StopConfig": "greenlight.updater.product._config",
     "StopOutcome": "greenlight.updater.product._services",

@@ -35,7 +35,8 @@ from greenlight.updater._errors import ConfigError
 __all__ = ["INSTALLER_MACHINE_PARTS", "AgentConfig", "CheckConfig", "CommandCheck", "Config",
            "DnsCheck",
            "HealthConfig", "HttpCheck", "ProcessCheck", "ReportConfig", "RepositoryConfig",
-           "ServiceConfig", "StopConfig", "TcpCheck", "VersionCheck", "WebSocketCheck",
+           "ServiceConfig", "SocketConfig", "StopConfig", "TcpCheck", "VersionCheck",
+           "WebSocketCheck",
            "check_product", "with_machine_parts"]
 
 
@@ -107,6 +108,26 @@ class ServiceConfig(_Section):
                     "service is left down (StartLimitBurst=)")
     restart_interval: float = Field(default=60.0, gt=0, le=86400,
                                     description="seconds (StartLimitIntervalSec=)")
+
+
+class SocketConfig(_Section):
+    """A listening socket Greenlight binds and holds for a service, passed to it with
+    systemd's socket-activation protocol (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES): it stays
+    open while the service restarts, so connections wait in its backlog, never refused."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+                      description="its name in LISTEN_FDNAMES")
+    service: str = Field(description="the [[service]] it is passed to")
+    listen: str = Field(
+        min_length=1, max_length=200,
+        description="HOST:PORT (TCP or UDP) or an absolute path (a Unix socket); for a "
+                    "release that runs side by side, the port (or a folder of the path) "
+                    "is a [values] placeholder, so that preflight can give the new release "
+                    "its own")
+    kind: Literal["stream", "datagram"] = Field(
+        default="stream", description="stream: TCP or a Unix stream socket; datagram: UDP")
+    backlog: int = Field(default=4096, ge=1, le=65535,
+                         description="connections the kernel keeps waiting (listen(2))")
 
 
 class _CheckBase(_Section):
@@ -256,6 +277,15 @@ class Config(_Section):
         default="system", description="backend = \"systemd\": the system's manager, or the "
                                       "user's (systemctl --user)")
     service: list[ServiceConfig] = Field(default_factory=list)
+    socket: list[SocketConfig] = Field(default_factory=list)
+    side_by_side: bool = Field(
+        default=True,
+        description="the new release can run beside the running one (on sockets and "
+                    "per-instance state of its own) for preflight; false: stop, then start")
+    per_instance: list[str] = Field(
+        default_factory=list,
+        description="[values] naming folders of per-instance state: preflight gives the new "
+                    "release a copy of each")
     check: list[CheckConfig] = Field(default_factory=list)
     health: HealthConfig = Field(default_factory=HealthConfig)
     stop: StopConfig = Field(default_factory=StopConfig)
@@ -282,6 +312,17 @@ class Config(_Section):
         for c in self.check:
             if isinstance(c, ProcessCheck) and c.service not in services:
                 raise ValueError(f"check {c.name!r}: service = {c.service!r} names no [[service]]")
+        names = [k.name for k in self.socket]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"socket names must be unique: {', '.join(sorted(dupes))}")
+        for k in self.socket:
+            if k.service not in services:
+                raise ValueError(f"socket {k.name!r}: service = {k.service!r} names no "
+                                 "[[service]]")
+            if not k.listen.startswith(("/", "{")) and ":" not in k.listen:
+                raise ValueError(f"socket {k.name!r}: listen = {k.listen!r} is neither "
+                                 "HOST:PORT nor an absolute path")
         return self
 
     @classmethod

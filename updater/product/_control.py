@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from greenlight.channels import atomic_write, now, printable, version_of
-from greenlight.updater._errors import ConfigError
-from greenlight.updater.product._config import CheckConfig, Config, ProcessCheck
+from greenlight.updater._errors import ConfigError, StoreError
+from greenlight.updater.product._config import CheckConfig, Config, ProcessCheck, ServiceConfig
 from greenlight.updater.product._health import (
     CheckResult,
     HealthChecker,
@@ -34,12 +34,13 @@ from greenlight.updater.product._services import (
     StopOutcome,
     drain,
 )
+from greenlight.updater.product._sockets import Listening, SocketHolder, close
 from greenlight.updater.product._systemd import SystemdBackend
 
 if TYPE_CHECKING:
     from greenlight.updater.store import InstallRoot
 
-__all__ = ["HealthFailure", "ServiceControl", "backend_for"]
+__all__ = ["HealthFailure", "ServiceControl", "Shadow", "backend_for"]
 
 
 def backend_for(root: "InstallRoot", config: Config) -> ServiceBackend:
@@ -54,9 +55,12 @@ class HealthFailure(Exception):
     """The product is unhealthy: checks failed, a service died or crashed on stop."""
 
     def __init__(self, summary: str, results: list[CheckResult] | None = None,
-                 stops: list[StopOutcome] | None = None, new_release_at_fault: bool = True):
+                 stops: list[StopOutcome] | None = None, new_release_at_fault: bool = True,
+                 preflight: bool = False):
         super().__init__(summary)
         self.summary = summary
+        self.preflight = preflight
+        """caught in preflight: the running release was never stopped"""
         self.results = results or []
         self.stops = stops or []
         self.new_release_at_fault = new_release_at_fault
@@ -111,6 +115,15 @@ def _round(checker: HealthChecker, checks: list[CheckConfig]) -> list[CheckResul
 
 
 @dataclass
+class Shadow:
+    """Preflight's copy of a release: the values that point it at sockets and per-instance
+    state of its own, and those sockets (bound by this process)."""
+
+    values: dict[str, str]
+    listening: Listening
+
+
+@dataclass
 class ServiceControl:
     root: "InstallRoot"
     config: Config
@@ -118,6 +131,9 @@ class ServiceControl:
     start_seconds: float = 0.0
     """time spent starting services (excluded from the rollback time)"""
     _layers: dict[str | None, Layered] = field(default_factory=dict, repr=False)
+    shadow: "Shadow | None" = None
+    """preflight: the services run beside the installed ones, on sockets and values of
+    their own (see `preflight`)"""
 
     @classmethod
     def of(cls, root: "InstallRoot", config: Config) -> "ServiceControl":
@@ -155,15 +171,38 @@ class ServiceControl:
         return self.layer(release).config
 
     def values(self, release: str | None) -> dict[str, str]:
-        """The placeholder values of `release`: the built-in ones and its declared ones."""
-        return values_for(self.root, release, self.layer(release).values)
+        """The placeholder values of `release`: the built-in ones and its declared ones (a
+        shadow's own, in preflight)."""
+        declared = self.layer(release).values
+        if self.shadow is not None:
+            declared = {**declared, **self.shadow.values}
+        return values_for(self.root, release, declared)
+
+    def listening(self, release: str) -> Listening:
+        """The sockets `release`'s services are started with: a shadow's own; else those the
+        root's holder keeps (process backend; under systemd its socket units hold them).
+
+        Raises:
+            StoreError: a socket could not be bound or held.
+        """
+        if self.shadow is not None:
+            return self.shadow.listening
+        if not isinstance(self.backend, ProcessBackend):
+            return {}
+        return SocketHolder(self.root).hold(self.config_for(release).socket,
+                                            self.values(release))
+
+    def release_sockets(self) -> None:
+        """The product is stopped for good: its held sockets are closed."""
+        if self.shadow is None and isinstance(self.backend, ProcessBackend):
+            SocketHolder(self.root).quit()
 
     def checker(self, release: str | None, crash_free: bool = False) -> HealthChecker:
         return HealthChecker(self.root.path, self.backend, self.values(release), crash_free)
 
     def seen_path(self) -> Path:
         """What `supervise` has already said of the supervisors' restarts and crash loops."""
-        return self.root.state / "run" / "supervised.json"
+        return self.root.state / "run" / ("preflight" if self.shadow else "") / "supervised.json"
 
     def supervise(self) -> list[tuple[str, Restarts, int, bool]]:
         """What the services' supervisors did since the last look: for each service that was
@@ -224,7 +263,8 @@ class ServiceControl:
         """Start services in order, each ready (its `ready` check passing) before the next.
 
         Raises:
-            HealthFailure: a service exited during start-up or was not ready in time.
+            HealthFailure: a service exited during start-up or was not ready in time, or its
+                sockets could not be bound.
         """
         if release is None:
             return
@@ -233,32 +273,52 @@ class ServiceControl:
         started = time.monotonic()
         # A start by Greenlight begins the supervisors' counts again, and what was seen of them.
         self.seen_path().unlink(missing_ok=True)
-        for s in config.service:
-            self.backend.start(s, self.values(release))
-            deadline = time.monotonic() + s.start_timeout
-            while True:
-                # Down, or restarted by its supervisor: either way it exited during start-up.
-                restarts = self.backend.restarts(s.name)
-                if restarts.count or not self.backend.is_running(s.name):
-                    tail = self._log_tail(s.name)
-                    ended = self.backend.last_exit(s.name) or {
-                        "returncode": restarts.last_returncode, "restarted": restarts.count}
-                    raise HealthFailure(
-                        f"service {s.name} of {version_of(release)} exited during start-up"
-                        + (f": {tail[-1]}" if tail else ""),
-                        [_synthetic(f"{s.name}-start", "exited during start-up",
-                                    {"last_exit": ended, "log": tail})])
-                if s.ready is None:
-                    break
-                result = checker.run(checks[s.ready], retries=0)
-                if result.ok:
-                    self._answered_by(s.name, checks[s.ready], release)
-                    break
-                if time.monotonic() > deadline:
-                    raise HealthFailure(f"service {s.name} of {version_of(release)} not ready in "
-                                        f"{s.start_timeout}s: {result.summary}", [result])
-                time.sleep(0.05)
+        try:
+            listening = self.listening(release)
+        except StoreError as e:  # its sockets cannot be had: it cannot start
+            raise HealthFailure(
+                f"{version_of(release)} cannot start: {e}",
+                [_synthetic("sockets", "its sockets could not be bound", {"error": str(e)})]
+            ) from None
+        try:
+            for s in config.service:
+                self.backend.start(s, self.values(release), listening.get(s.name))
+                self._wait_ready(s, checker, checks, release)
+        finally:
+            if self.shadow is None:
+                close(listening)
         self.start_seconds += time.monotonic() - started
+
+    def _wait_ready(self, s: ServiceConfig, checker: HealthChecker,
+                    checks: dict[str, CheckConfig], release: str) -> None:
+        """Until `s` is ready (its `ready` check passes, answered by it), or fails to be.
+
+        Raises:
+            HealthFailure: it exited during start-up, or was not ready in time.
+        """
+        deadline = time.monotonic() + s.start_timeout
+        while True:
+            # Down, or restarted by its supervisor: either way it exited during start-up.
+            restarts = self.backend.restarts(s.name)
+            if restarts.count or not self.backend.is_running(s.name):
+                tail = self._log_tail(s.name)
+                ended = self.backend.last_exit(s.name) or {
+                    "returncode": restarts.last_returncode, "restarted": restarts.count}
+                raise HealthFailure(
+                    f"service {s.name} of {version_of(release)} exited during start-up"
+                    + (f": {tail[-1]}" if tail else ""),
+                    [_synthetic(f"{s.name}-start", "exited during start-up",
+                                {"last_exit": ended, "log": tail})])
+            if s.ready is None:
+                return
+            result = checker.run(checks[s.ready], retries=0)
+            if result.ok:
+                self._answered_by(s.name, checks[s.ready], release)
+                return
+            if time.monotonic() > deadline:
+                raise HealthFailure(f"service {s.name} of {version_of(release)} not ready in "
+                                    f"{s.start_timeout}s: {result.summary}", [result])
+            time.sleep(0.05)
 
     def _answered_by(self, name: str, ready: CheckConfig, release: str) -> None:
         """The ready check passed: make sure the service itself answered. A service that
@@ -296,7 +356,8 @@ class ServiceControl:
 
     def _log_tail(self, name: str, lines: int = 5) -> list[str]:
         try:
-            log = self.root.path / "logs" / f"{name}.log"
+            logs = getattr(self.backend, "logs", self.root.path / "logs")
+            log = logs / f"{name}.log"
             return log.read_text(errors="replace").splitlines()[-lines:]
         except OSError:
             return []

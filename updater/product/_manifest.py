@@ -33,13 +33,14 @@ from greenlight.updater.product._config import (
     Config,
     HealthConfig,
     ServiceConfig,
+    SocketConfig,
     StopConfig,
     check_product,
 )
 from greenlight.updater.product._placeholders import placeholders
 
-__all__ = ["BUILT_IN", "Layered", "ProductManifest", "layered", "load_manifest",
-           "manifest_schema", "split_product_config"]
+__all__ = ["BUILT_IN", "PRODUCT_PARTS", "Layered", "ProductManifest", "instance_values",
+           "layered", "load_manifest", "manifest_schema", "split_product_config"]
 
 BUILT_IN = ("root", "release_dir", "version", "python", "data_dir", "token")
 """The placeholders the machine always fills; a manifest's own are declared under [values]."""
@@ -56,6 +57,12 @@ class ProductManifest(Record):
         default_factory=dict, description="placeholders the machine may set ({name} in any "
                                           "field), with their defaults")
     service: list[ServiceConfig] = Field(default_factory=list)
+    socket: list[SocketConfig] = Field(
+        default_factory=list, description="listening sockets Greenlight holds for the services")
+    side_by_side: bool = Field(
+        default=True, description="the release can run beside the running one for preflight")
+    per_instance: list[str] = Field(
+        default_factory=list, description="[values] naming folders of per-instance state")
     check: list[CheckConfig] = Field(default_factory=list)
     health: HealthConfig = Field(default_factory=HealthConfig)
     stop: StopConfig = Field(default_factory=StopConfig)
@@ -99,10 +106,10 @@ def load_manifest(text: str, source: str) -> ProductManifest:
     if foreign:
         raise ConfigError(
             f"{source}: {foreign[0]!r} does not belong in a release's manifest; it may hold "
-            "only [values], [[service]], [[check]], [health] and [stop] (the repository, "
-            "channel and backend are the machine's)")
-    check_product({k: v for k, v in data.items() if k in ("service", "check", "health", "stop")},
-                  source)
+            "only [values], [[service]], [[socket]], [[check]], [health], [stop], "
+            "side_by_side and per_instance (the repository, channel and backend are the "
+            "machine's)")
+    check_product({k: v for k, v in data.items() if k in PRODUCT_PARTS}, source)
     try:
         manifest = ProductManifest.model_validate(data)
     except ValidationError as e:
@@ -118,7 +125,44 @@ def load_manifest(text: str, source: str) -> ProductManifest:
                     f"{source}: {{{name}}} is not a placeholder the machine fills: declare it "
                     f"under [values] (with its default), or use one of "
                     f"{', '.join('{' + b + '}' for b in BUILT_IN)}")
+    _check_side_by_side(manifest, source)
     return manifest
+
+
+PRODUCT_PARTS = ("service", "socket", "side_by_side", "per_instance", "check", "health", "stop")
+"""The keys of a manifest that say how the product runs (the rest is [values])."""
+
+
+def instance_values(socket: SocketConfig) -> list[str]:
+    """The placeholders of a socket's address: what preflight points elsewhere."""
+    return placeholders(socket.listen)
+
+
+def _check_side_by_side(manifest: ProductManifest, source: str) -> None:
+    """A release that runs side by side must let preflight give it sockets and state of its
+    own: each socket's address is a [values] placeholder away from the running one's.
+
+    Raises:
+        ConfigError: one line naming the first socket or value that cannot be shadowed.
+    """
+    for name in manifest.per_instance:
+        if name not in manifest.values:
+            raise ConfigError(f"{source}: per_instance names {name!r}, which is not declared "
+                              "under [values]")
+    if not manifest.side_by_side:
+        return
+    for k in manifest.socket:
+        own = [n for n in instance_values(k) if n in manifest.values]
+        if not own:
+            raise ConfigError(
+                f"{source}: socket {k.name!r} listens on the fixed address {k.listen!r}; "
+                "preflight runs the new release beside the running one on an address of its "
+                "own: make the port (or the path's folder) a [values] placeholder, or set "
+                "side_by_side = false")
+        if not k.listen.startswith(("/", "{")) and k.listen.rsplit(":", 1)[1] != f"{{{own[-1]}}}":
+            raise ConfigError(
+                f"{source}: socket {k.name!r}: listen = {k.listen!r}: the port must be a "
+                "placeholder of its own (HOST:{port_value}) for preflight to give it another")
 
 
 def split_product_config(text: str, source: str) -> tuple[str, dict[str, object]]:
@@ -202,11 +246,14 @@ def layered(machine: Config, manifest: ProductManifest | None, version: str = ""
     sources = {s.name: "release" for s in manifest.service}
     sources.update({c.name: "release" for c in manifest.check if c.name not in disabled})
     sources.update({c.name: "machine" for c in extra})
-    update: dict[str, Any] = {"service": manifest.service, "check": checks,
+    update: dict[str, Any] = {"service": manifest.service, "socket": manifest.socket,
+                              "side_by_side": manifest.side_by_side,
+                              "per_instance": manifest.per_instance, "check": checks,
                               "health": manifest.health, "stop": manifest.stop}
     try:
         config = Config.model_validate({**machine.model_dump(), **{
-            k: [x.model_dump() for x in v] if isinstance(v, list) else v.model_dump()
+            k: [x if isinstance(x, str) else x.model_dump() for x in v]
+            if isinstance(v, list) else v if isinstance(v, bool) else v.model_dump()
             for k, v in update.items()}})
     except ValidationError as e:
         first = e.errors()[0].get("msg", "invalid")

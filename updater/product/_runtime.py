@@ -1,7 +1,8 @@
 """How to run Python and the service launcher, from a venv or from a frozen installer exe.
 
 Inside a PyInstaller one-file executable `sys.executable` is the executable itself, so it
-answers two private first arguments: `--greenlight-launch` (the service launcher) and
+answers private first arguments: `--greenlight-launch` (the service launcher),
+`--greenlight-hold` (the socket holder) and
 `--greenlight-python SCRIPT ARGS` (run a Python script with the bundled libraries). The
 `{python}` placeholder in a command stands for `python_argv()`.
 """
@@ -9,9 +10,10 @@ answers two private first arguments: `--greenlight-launch` (the service launcher
 import sys
 from pathlib import Path
 
-__all__ = ["LAUNCHER", "frozen", "launcher_argv", "python_argv"]
+__all__ = ["HOLDER", "LAUNCHER", "frozen", "holder_argv", "launcher_argv", "python_argv"]
 
 LAUNCHER = Path(__file__).with_name("launcher.py")
+HOLDER = Path(__file__).with_name("holder.py")
 
 
 def frozen() -> bool:
@@ -27,3 +29,9 @@ def launcher_argv() -> list[str]:
     # of Greenlight or of site-packages (bench/overhead.py measures it).
     return [sys.executable, "--greenlight-launch"] if frozen() else [
         sys.executable, "-I", "-S", str(LAUNCHER)]
+
+
+def holder_argv() -> list[str]:
+    """The socket holder (holder.py), run as the launcher is."""
+    return [sys.executable, "--greenlight-hold"] if frozen() else [
+        sys.executable, "-I", "-S", str(HOLDER)]

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -117,7 +118,10 @@ class Restarts:
 
 
 class ServiceBackend(Protocol):
-    def start(self, service: ServiceConfig, values: dict[str, str]) -> None: ...
+    def start(self, service: ServiceConfig, values: dict[str, str],
+              listen: list[tuple[str, socket.socket]] | None = None) -> None:
+        """Start `service`, passing it `listen` (its held sockets, each with its name)."""
+        ...
     def is_running(self, name: str) -> bool: ...
     def pid(self, name: str) -> int | None: ...
     def stop(self, service: ServiceConfig, timeout: float, wait: bool = True) -> StopOutcome: ...
@@ -157,10 +161,12 @@ def _alive(pid: int) -> bool:
 
 
 class ProcessBackend:
-    def __init__(self, root: "InstallRoot") -> None:
+    def __init__(self, root: "InstallRoot", shadow: bool = False) -> None:
+        """`shadow`: preflight's copies of the services, with records and logs of their own
+        (state/run/preflight/, logs/preflight/)."""
         self.root = root
-        self.run_dir = root.state / "run"
-        self.logs = root.path / "logs"
+        self.run_dir = root.state / "run" / ("preflight" if shadow else "")
+        self.logs = root.path / "logs" / ("preflight" if shadow else "")
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._stop_started: dict[str, float] = {}
 
@@ -246,8 +252,10 @@ class ProcessBackend:
         except (FileNotFoundError, ValueError):
             return None
 
-    def start(self, service: ServiceConfig, values: dict[str, str]) -> None:
+    def start(self, service: ServiceConfig, values: dict[str, str],
+              listen: list[tuple[str, socket.socket]] | None = None) -> None:
         """Start the service under the launcher; return once the launcher forwards signals.
+        The launcher passes `listen` on to it by systemd's protocol (see launcher.py).
 
         Raises:
             StoreError: the command or its launcher could not be started.
@@ -278,9 +286,10 @@ class ProcessBackend:
                  "--burst", str(service.restart_burst),
                  "--interval", str(service.restart_interval),
                  "--clean", ",".join(str(c) for c in sorted(restart_clean(service))),
-                 "--restarts-file", str(self._restarts_file(service.name)), "--", *command],
+                 "--restarts-file", str(self._restarts_file(service.name)),
+                 *_listen_args(listen or []), "--", *command],
                 cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True,
+                start_new_session=True, pass_fds=[s.fileno() for _, s in listen or []],
             )
         except OSError as e:
             raise StoreError(f"service {service.name}: cannot start {command[0]} in {workdir}: "
@@ -331,6 +340,13 @@ class ProcessBackend:
         self._pid_file(service.name).unlink(missing_ok=True)
         return StopOutcome(service.name, True, returncode, killed, time.monotonic() - started,
                            clean_statuses(service))
+
+
+def _listen_args(listen: list[tuple[str, socket.socket]]) -> list[str]:
+    if not listen:
+        return []
+    return ["--listen-fds", ",".join(str(s.fileno()) for _, s in listen),
+            "--listen-names", ",".join(name for name, _ in listen)]
 
 
 def drain(service: ServiceConfig, values: dict[str, str], timeout: float) -> str | None:

@@ -4,6 +4,7 @@ stop timeouts and the restarts (Restart=, RestartSec=, the start limit); this ba
 back what it did (ExecMainCode/ExecMainStatus, Result, NRestarts, ControlGroup).
 """
 
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -53,7 +54,8 @@ class SystemdBackend:
                 "backend = \"systemd\" but systemctl is not on this machine"
             ) from None
 
-    def start(self, service: ServiceConfig, values: dict[str, str]) -> None:
+    def start(self, service: ServiceConfig, values: dict[str, str],
+              listen: list[tuple[str, socket.socket]] | None = None) -> None:
         # A fresh start: the restart counter and the start limit begin again, as with the
         # launcher (a unit that hit its limit would refuse the start).
         self._run("reset-failed", self.unit(service))

@@ -2,7 +2,8 @@
 
     python -I -S launcher.py --exit-file FILE [--ready-file FILE]
         [--restart no|on-failure|always --restart-delay S --burst N --interval S
-         --clean RC,RC... --restarts-file FILE] -- COMMAND...
+         --clean RC,RC... --restarts-file FILE] [--listen-fds FD,... --listen-names NAME,...]
+        -- COMMAND...
 
 It starts COMMAND as its child, forwards stop signals to it, and when the child ends writes
 the child's exit status (and the signals it forwarded) to the exit file. The updater that
@@ -18,10 +19,16 @@ always: any end). Each restart is appended to the restarts file as one JSON line
 `--burst` starts within `--interval` seconds is a crash loop: the launcher gives up, leaves
 the service down and says so in the exit file (`"gave_up": true`), as systemd's start limit.
 
+With `--listen-fds`, the listening sockets it inherited (held by Greenlight, see holder.py)
+are passed to the service, and to each restart of it, with systemd's socket-activation
+protocol: as descriptors 3, 4, ... with LISTEN_FDS, LISTEN_PID (the service's own pid) and
+LISTEN_FDNAMES set, so a service written for systemd's sockets runs unchanged.
+
 The updater runs this file by path with `-I -S` (no site-packages, no package import), so the
 process it adds per service is a bare interpreter: see bench/overhead.py.
 """
 
+import fcntl
 import json
 import os
 import signal
@@ -31,10 +38,10 @@ import time
 
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 _OPTIONS = ("--exit-file", "--ready-file", "--restart", "--restart-delay", "--burst",
-            "--interval", "--clean", "--restarts-file")
+            "--interval", "--clean", "--restarts-file", "--listen-fds", "--listen-names")
 USAGE = ("usage: launcher.py --exit-file FILE [--ready-file FILE] [--restart POLICY "
          "--restart-delay S --burst N --interval S --clean RC,... --restarts-file FILE] "
-         "-- COMMAND...")
+         "[--listen-fds FD,... --listen-names NAME,...] -- COMMAND...")
 
 
 def _write(path: str, record: dict[str, object]) -> None:
@@ -50,6 +57,26 @@ def _append(path: str, record: dict[str, object]) -> None:
         os.write(fd, (json.dumps(record) + "\n").encode())
     finally:
         os.close(fd)
+
+
+def _listen_fds(inherited: list[int]) -> list[int]:
+    """The inherited sockets moved to descriptors 3, 4, ..., where the protocol wants them
+    (out of the way first, so that none is overwritten before it is moved)."""
+    first = 3 + len(inherited)
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, max(first, 64)) for fd in inherited]
+    for fd in inherited:
+        os.close(fd)
+    for i, fd in enumerate(high):
+        os.dup2(fd, 3 + i, inheritable=False)
+        os.close(fd)
+    return list(range(3, first))
+
+
+def _announce(names: list[str]) -> None:
+    """In the service's process, before its exec: the protocol's variables, its own pid."""
+    os.environ["LISTEN_PID"] = str(os.getpid())
+    os.environ["LISTEN_FDS"] = str(len(names))
+    os.environ["LISTEN_FDNAMES"] = ":".join(names)
 
 
 def _restarts(policy: str, returncode: int, clean: set[int]) -> bool:
@@ -77,6 +104,18 @@ def main(args: list[str] | None = None) -> int:
         return 2
     received: list[str] = []
     child: subprocess.Popen[bytes] | None = None
+    try:
+        inherited = [int(fd) for fd in options.get("--listen-fds", "").split(",") if fd]
+    except ValueError:
+        print(USAGE, file=sys.stderr)
+        return 2
+    names = [n for n in options.get("--listen-names", "").split(",") if n]
+    if len(names) != len(inherited):
+        print(USAGE, file=sys.stderr)
+        return 2
+    listen = _listen_fds(inherited) if inherited else []
+    spawn: dict[str, object] = {"pass_fds": listen,
+                                "preexec_fn": lambda: _announce(names)} if listen else {}
 
     def forward(signum: int, frame: object) -> None:
         received.append(signal.Signals(signum).name)
@@ -91,7 +130,7 @@ def main(args: list[str] | None = None) -> int:
     while True:
         starts.append(time.monotonic())
         try:
-            child = subprocess.Popen(command)
+            child = subprocess.Popen(command, **spawn)  # type: ignore[call-overload]
         except OSError as e:
             print(f"launcher: cannot start {command[0]}: {e.strerror}", file=sys.stderr)
             _write(options["--exit-file"], {"returncode": 127, "pid": None,

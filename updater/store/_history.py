@@ -49,6 +49,9 @@ class HistoryEntry(Record):
     failed_checks: list[RecordedCheck] = Field(default_factory=list)
     stop_outcomes: list[str] = Field(default_factory=list)
     timings: dict[str, float] = Field(default_factory=dict)
+    preflight: bool = Field(
+        default=False, description="caught in preflight, beside the running release, which "
+                                   "was never stopped")
 
 
 def record(root: InstallRoot, entry: HistoryEntry) -> None:

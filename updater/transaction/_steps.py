@@ -1,6 +1,6 @@
 """The upgrade's steps, each a `Step(name, do, undo)` over a `Transaction`:
 
-    fetch -> stage -> stop -> switch -> start -> post-check -> commit
+    fetch -> stage -> preflight -> stop -> switch -> start -> post-check -> commit
 
 `STEPS` is the one list that the engine, recovery and the crash tests all read. Handlers are
 thin: they read what they need from the transaction and its journal, and undo reads only
@@ -24,15 +24,22 @@ from greenlight.channels import (
 )
 from greenlight.updater._errors import ConfigError, GreenlightError, TrustError
 from greenlight.updater.output import DeltaUse
-from greenlight.updater.product import Config, ServiceControl, load_manifest
+from greenlight.updater.product import (
+    Config,
+    ServiceControl,
+    load_manifest,
+    preflight,
+    runs_preflight,
+    stop_shadows,
+)
 from greenlight.updater.store import FILE_LISTS, InstallRoot, Journal, Region, stage_release
 from greenlight.updater.transaction._engine import Step
 from greenlight.updater.trust import Downloads, Progress, TrustedRepository, verifying
 
 __all__ = ["DELTA_PAYS", "REPAIR_STEPS", "ROLLBACK_STEPS", "STEPS", "STEPS_OF", "Transaction",
-           "do_commit", "do_fetch", "do_post_check", "do_stage", "do_start", "do_stop",
-           "do_switch", "file_lists", "kept_file_lists", "undo_stage", "undo_start", "undo_stop",
-           "undo_switch"]
+           "do_commit", "do_fetch", "do_post_check", "do_preflight", "do_stage", "do_start",
+           "do_stop", "do_switch", "file_lists", "kept_file_lists", "undo_preflight",
+           "undo_stage", "undo_start", "undo_stop", "undo_switch"]
 
 
 @dataclass
@@ -272,6 +279,21 @@ def undo_stage(txn: Transaction) -> None:
         remove_path(txn.root.release_dir(txn.new))
 
 
+def do_preflight(txn: Transaction) -> None:
+    """The new release proven beside the running one, on sockets of its own, before the
+    running one is touched (a release that declares its sockets and can run twice)."""
+    if txn.old is not None and runs_preflight(txn.control.config_for(txn.new)):
+        preflight(txn.control, txn.new, txn.old)
+
+
+def undo_preflight(txn: Transaction) -> None:
+    try:
+        names = [s.name for s in txn.control.config_for(txn.new).service]
+    except GreenlightError:
+        names = []  # its manifest is gone: the records alone say what ran
+    stop_shadows(txn.root, names)
+
+
 def do_stop(txn: Transaction) -> None:
     outcomes = txn.control.stop_all(txn.old)
     crash = txn.control.stop_crash(txn.old, outcomes)
@@ -314,13 +336,14 @@ def do_commit(txn: Transaction) -> None:
 STEPS: list[Step[Transaction]] = [
     Step("fetch", do_fetch),
     Step("stage", do_stage, undo_stage),
+    Step("preflight", do_preflight, undo_preflight),
     Step("stop", do_stop, undo_stop),
     Step("switch", do_switch, undo_switch),
     Step("start", do_start, undo_start),
     Step("post-check", do_post_check),
     Step("commit", do_commit),
 ]
-ROLLBACK_STEPS = [s for s in STEPS if s.name not in ("fetch", "stage")]
+ROLLBACK_STEPS = [s for s in STEPS if s.name not in ("fetch", "stage", "preflight")]
 
 
 # --- repair: the installed release re-staged from verified bytes, in place ----------------

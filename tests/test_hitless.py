@@ -1,0 +1,251 @@
+"""Upgrades the user never notices: the product's sockets held by Greenlight and passed by
+systemd's protocol, and each release proven beside the running one before it is switched in
+(preflight), with the demo product's real processes and a client calling the core's UI
+endpoint all along."""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from greenlight.release import publish
+from greenlight.updater.product import ProcessBackend, ServiceConfig, SocketHolder
+from greenlight.updater.product.holder import bind
+from greenlight.updater.store import InstallRoot
+
+from conftest import builtin_server, free_port
+from examples.demo.config import configure_machine, manifest_toml
+from examples.demo.hammer import Hammer
+
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+class Held:
+    """A machine whose releases carry the demo product's manifest with its sockets held."""
+
+    def __init__(self, tmp: Path, repo, url: str, builds) -> None:
+        self.tmp, self.repo, self.builds = tmp, repo, builds
+        self.path = tmp / "root"
+        done = self.run("init", "--repo", url, "--trust", str(repo.metadata_dir / "1.root.json"),
+                        "--channel", "stable")
+        assert done.returncode == 0, done.stderr
+        self.port, self.dns_port = free_port(), free_port()
+        configure_machine(self.path, self.port, self.dns_port)
+        self.root = InstallRoot(self.path)
+
+    def run(self, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "updater"), *args, "--root", str(self.path)],
+                              capture_output=True, text=True, timeout=180, **kw)  # type: ignore
+
+    def publish(self, version: str, *faults: str, channel: str = "stable",
+                side_by_side: bool = True, fallback: str | None = None) -> None:
+        text = manifest_toml(soak=0.5, grace=4.0, held=True)
+        if not side_by_side:
+            text = "side_by_side = false\n" + text
+        product = self.tmp / f"product-{version}.toml"
+        product.write_text(text)
+        publish(self.repo, channel, version, self.builds(version, *faults), manifest=product,
+                fallback=fallback)
+
+    def upgrade(self, expect: int) -> dict:
+        done = self.run("upgrade", "--json")
+        assert done.returncode == expect, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+        return json.loads(done.stdout)
+
+    def hammer(self) -> Hammer:
+        return Hammer(self.port, (self.path / "data" / "ui-token").read_text().strip())
+
+    def core(self) -> int | None:
+        return ProcessBackend(self.root).pid("core")
+
+    def shadows(self) -> list[str]:
+        backend = ProcessBackend(self.root, shadow=True)
+        return [n for n in ("core", "ui") if backend.is_running(n)]
+
+    def version(self) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.port}/api/version", timeout=10).json()["version"]
+
+    def stop(self) -> None:
+        self.run("stop")
+        backend, shadow = ProcessBackend(self.root), ProcessBackend(self.root, shadow=True)
+        for b in (backend, shadow):
+            for name in ("ui", "core"):
+                pid = b.pid(name)
+                if pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+        SocketHolder(self.root).quit()
+
+
+@pytest.fixture
+def machine(tmp_path, repo, builds):
+    made: list[Held] = []
+    with builtin_server(repo.path) as server:
+        def make() -> Held:
+            m = Held(tmp_path, repo, server.url, builds)
+            made.append(m)
+            return m
+
+        yield make
+        for m in made:
+            m.stop()
+
+
+def test_the_launcher_passes_held_sockets_by_systemds_protocol(tmp_path):
+    """What a service written for systemd's sockets sees: LISTEN_PID its own pid, LISTEN_FDS
+    and LISTEN_FDNAMES, and descriptors 3 and 4 the very sockets that were held; and so does
+    its restart after a crash (the supervisor keeps them)."""
+    root = InstallRoot(tmp_path / "root")
+    (tmp_path / "root" / "state").mkdir(parents=True)
+    report = tmp_path / "seen.jsonl"
+    probe = (
+        "import json, os, socket, sys\n"
+        "seen = {k: os.environ.get(k) for k in ('LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES')}\n"
+        "seen['pid'] = os.getpid()\n"
+        "seen['fds'] = [list(socket.socket(fileno=fd).getsockname())[:2] for fd in (3, 4)]\n"
+        f"open({str(report)!r}, 'a').write(json.dumps(seen) + '\\n')\n"
+        "sys.exit(3 if len(open(" + repr(str(report)) + ").readlines()) < 2 else 0)\n")
+    api = bind({"listen": f"127.0.0.1:{free_port()}", "kind": "stream"})
+    dns = bind({"listen": f"127.0.0.1:{free_port()}", "kind": "datagram"})
+    addresses = [list(api.getsockname()), list(dns.getsockname())]
+    backend = ProcessBackend(root)
+    service = ServiceConfig(name="svc", command=[sys.executable, "-c", probe],
+                            restart="on-failure", restart_delay=0.0)
+    try:
+        backend.start(service, {"root": str(root.path)}, [("api", api), ("dns", dns)])
+        deadline = time.monotonic() + 30
+        while len(report.read_text().splitlines() if report.exists() else []) < 2:
+            assert time.monotonic() < deadline, "the service did not run twice"
+            time.sleep(0.02)
+    finally:
+        backend.stop(service, 5.0)
+        api.close()
+        dns.close()
+    runs = [json.loads(line) for line in report.read_text().splitlines()]
+    for seen in runs:
+        assert seen["LISTEN_PID"] == str(seen["pid"])
+        assert seen["LISTEN_FDS"] == "2" and seen["LISTEN_FDNAMES"] == "api:dns"
+        assert seen["fds"] == addresses
+    assert runs[0]["pid"] != runs[1]["pid"]  # restarted after its crash, same sockets
+
+
+def test_the_holder_keeps_a_socket_across_callers_and_frees_what_is_no_longer_declared(
+        tmp_path):
+    from greenlight.updater.product import SocketConfig
+
+    root = InstallRoot(tmp_path / "root")
+    (tmp_path / "root" / "state").mkdir(parents=True)
+    port = free_port()
+    api = SocketConfig(name="api", service="core", listen=f"127.0.0.1:{port}")
+    holder = SocketHolder(root)
+    try:
+        first = holder.hold([api], {})
+        again = holder.hold([api], {})
+        a, b = first["core"][0][1], again["core"][0][1]
+        assert (a.getsockname(), a.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)) == (
+            b.getsockname(), 1)
+        # the same socket: a connection made through one is accepted on the other
+        a.close()
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            b.settimeout(5)
+            conn, _ = b.accept()
+            conn.close()
+        b.close()
+        assert holder.hold([], {}) == {}  # no longer declared: closed, the port is free
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5)
+    finally:
+        holder.quit()
+    assert not holder.running()
+
+
+def test_a_good_upgrade_on_held_sockets_refuses_nothing(machine):
+    m = machine()
+    m.publish("1.0")
+    assert m.upgrade(0)["outcome"] == "upgraded"
+    m.publish("1.1")
+    before = m.core()
+    with m.hammer() as h:
+        report = m.upgrade(0)
+    assert report["outcome"] == "upgraded" and m.version() == "1.1"
+    assert m.core() != before
+    assert h.tally.requests > 10 and h.tally.errors == [], h.tally.errors[:5]
+    assert report["timings"]["preflight"] > 0  # it was proven beside 1.0 first
+    assert (m.path / "logs" / "preflight" / "core.log").exists()
+    assert m.shadows() == []
+
+
+def test_a_bad_release_fails_preflight_while_the_ui_never_sees_an_error(machine):
+    """The beta incident, caught before it could be noticed: 1.1 refuses the UI's token.
+    Preflight runs it beside 1.0, its checks see the 403, and it is quarantined and the
+    machine falls back, while 1.0 (the same process) answers every call throughout."""
+    m = machine()
+    m.publish("1.0")
+    assert m.upgrade(0)["outcome"] == "upgraded"
+    m.publish("1.1", "refuse-ui-token", channel="beta", fallback="stable")
+    assert m.run("channel", "beta").returncode == 0
+    core = m.core()
+    with m.hammer() as h:
+        done = m.run("upgrade")
+    assert done.returncode == 20, done.stdout + done.stderr
+    assert "CAUGHT IN PREFLIGHT" in done.stdout and "never stopped" in done.stdout
+    assert h.tally.requests > 10 and h.tally.errors == [], h.tally.errors[:5]
+    assert m.core() == core and m.version() == "1.0"  # never stopped, never switched
+    entry = json.loads(m.run("history", "--json").stdout)["entries"][-1]
+    assert entry["event"] == "rolled-back" and entry["preflight"] is True
+    assert entry["summary"].startswith("preflight (beside 1.0, which kept running)")
+    failed = {c["name"]: c for c in entry["failed_checks"]}
+    assert failed["ui-session"]["evidence"]["status"] == 403
+    assert "denying api access" in json.dumps(failed["ui-session"]["evidence"])
+    status = json.loads(m.run("status", "--json").stdout)
+    assert status["channel"] == "stable" and [k.split("@")[0] for k in status["quarantined"]] \
+        == ["1.1"]
+    assert m.shadows() == [] and not (m.path / "state" / "journal.json").exists()
+
+
+def test_side_by_side_false_keeps_the_stop_start_order_on_held_sockets(machine):
+    m = machine()
+    m.publish("1.0", side_by_side=False)
+    assert m.upgrade(0)["outcome"] == "upgraded"
+    m.publish("1.1", side_by_side=False)
+    with m.hammer() as h:
+        report = m.upgrade(0)
+    assert report["outcome"] == "upgraded" and m.version() == "1.1"
+    assert not (m.path / "logs" / "preflight").exists()  # no shadow ran
+    # stopped, then started: the calls made meanwhile waited in the held socket's backlog
+    assert h.tally.errors == [], h.tally.errors[:5]
+
+
+def test_killed_during_preflight_the_shadow_is_stopped_and_the_product_never_was(machine):
+    m = machine()
+    m.publish("1.0")
+    assert m.upgrade(0)["outcome"] == "upgraded"
+    m.publish("1.1")
+    core = m.core()
+    upgrade = subprocess.Popen([str(BIN / "updater"), "upgrade", "--root", str(m.path)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while "ui" not in m.shadows():
+            assert upgrade.poll() is None and time.monotonic() < deadline, "no shadow ran"
+            time.sleep(0.02)
+        upgrade.kill()
+    finally:
+        upgrade.wait()
+    assert "core" in m.shadows()  # left behind by the killed updater
+    recovered = m.run("status")
+    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    assert m.shadows() == [] and m.core() == core and m.version() == "1.0"
+    last = json.loads(m.run("history", "--json").stdout)["entries"][-1]
+    assert last["event"] == "recovered" and "preflight" in last["summary"]
+    assert m.upgrade(0)["outcome"] == "upgraded" and m.version() == "1.1"
