@@ -4,6 +4,7 @@ subtree and torn down with nothing left behind."""
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -208,3 +209,67 @@ restart = "no"
     ended = manager.show("greenlight-agent.service", "Result", "ExecMainCode",
                          "ExecMainStatus", "ActiveState")
     assert ended["ActiveState"] == "inactive" and ended["Result"] == "success", ended
+
+
+_SERVE_HELD = """\
+import json, os, pathlib, socket, sys
+seen = {k: os.environ.get(k) for k in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")}
+seen["pid"] = os.getpid()
+server = socket.socket(fileno=3)
+seen["address"] = list(server.getsockname())
+pathlib.Path(sys.argv[1] + "~").write_text(json.dumps(seen))
+os.replace(sys.argv[1] + "~", sys.argv[1])
+while True:
+    conn, _ = server.accept()
+    conn.sendall(f"hello from {os.getpid()}\\n".encode())
+    conn.close()
+"""
+
+
+def test_held_sockets_are_passed_by_systemd_and_wait_across_a_restart(units, manager):
+    """Under systemd the held socket is a `.socket` unit: the service gets it by the protocol
+    (LISTEN_FDNAMES its name), and while the service is stopped a client's connection waits
+    in the backlog (the gate takes the traffic, the service is not started by it) until the
+    next start accepts it."""
+    from greenlight.updater.product import (
+        GATE_UNIT,
+        SocketConfig,
+        render_gate,
+        render_socket,
+        socket_unit,
+    )
+
+    from conftest import free_port
+
+    port = free_port()
+    held = SocketConfig(name="api", service=units.name, listen=f"127.0.0.1:{port}")
+    program = units.tmp / "serve_held.py"  # an ExecStart= line holds no newline
+    program.write_text(_SERVE_HELD)
+    service, marker, backend = units.service(
+        code=f"import runpy; runpy.run_path({str(program)!r}, run_name='__main__')")
+    unit = units.tmp / SystemdBackend.unit(service)
+    unit.write_text(render_unit(service, {"root": str(units.tmp)}, user=True, sockets=[held]))
+    (units.tmp / socket_unit(held)).write_text(render_socket(held, {}))
+    (units.tmp / GATE_UNIT).write_text(render_gate())
+    manager.install(unit, units.tmp / socket_unit(held), units.tmp / GATE_UNIT)
+    try:
+        backend.start(service, {})
+        _until(marker.exists, "the unit's process to start")
+        first = __import__("json").loads(marker.read_text())
+        assert first["LISTEN_PID"] == str(first["pid"]) and first["LISTEN_FDS"] == "1"
+        assert first["LISTEN_FDNAMES"] == "api" and first["address"] == ["127.0.0.1", port]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            assert c.makefile().readline() == f"hello from {first['pid']}\n"
+        marker.unlink()
+        assert backend.stop(service, timeout=5).was_running
+        waiting = socket.create_connection(("127.0.0.1", port), timeout=10)  # not refused
+        with waiting:
+            assert not backend.is_running(service.name)  # traffic did not start it
+            backend.start(service, {})
+            _until(marker.exists, "the unit's process to start again")
+            second = __import__("json").loads(marker.read_text())
+            waiting.settimeout(10)
+            assert waiting.makefile().readline() == f"hello from {second['pid']}\n"
+        assert second["pid"] != first["pid"]
+    finally:
+        manager.systemctl("stop", socket_unit(held), GATE_UNIT, check=False)

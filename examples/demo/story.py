@@ -26,6 +26,7 @@ from pathlib import Path
 
 from examples.demo.build import build
 from examples.demo.config import configure_machine, manifest_toml
+from examples.demo.hammer import Hammer
 
 BIN = Path(sys.executable).parent
 WORK = Path("demo-work")
@@ -64,6 +65,13 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
     raise SystemExit(f"demo: nothing listens on 127.0.0.1:{port}")
 
 
+def core_port(root: Path) -> int:
+    """The port this machine gave the core (its greenlight.toml's [values])."""
+    import tomllib
+
+    return int(tomllib.loads((root / "greenlight.toml").read_text())["values"]["core_port"])
+
+
 def ui_view(root: Path) -> None:
     """A UI's few lines from status.json: what it tells its user instead of "not running"."""
     import json
@@ -87,7 +95,7 @@ def main() -> None:
     say("The release team builds the demo product and creates a signed repository")
     manifest = WORK / "product.toml"  # how each release runs and is checked, signed with it
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(manifest_toml())
+    manifest.write_text(manifest_toml(held=True))  # its sockets held, proven in preflight
 
     def components(version, *faults):
         return [*(f"--component={c}={p}"
@@ -121,10 +129,18 @@ def main() -> None:
         run("updater", "upgrade", "--root", str(root))
 
         say("Beta 1.6.12 ships with a core that refuses the UI's token (ping still answers); "
-            "the agent installs it with nobody watching")
+            "the agent takes it with nobody watching, while the UI keeps calling the core")
         run("release", "publish", str(repo), "--channel", "beta", "--version", "1.6.12",
             *components("1.6.12", "refuse-ui-token"))
-        run("updater", "agent", "--once", "--root", str(root))
+        token = (root / "data" / "ui-token").read_text().strip()
+        with Hammer(core_port(root), token, seconds=300) as ui:
+            run("updater", "agent", "--once", "--root", str(root))
+        t = ui.tally
+        print(f"  [UI] {t.requests} calls to the core during the agent's cycle: "
+              f"{t.count('ok')} answered, {t.count('refused')} refused, "
+              f"{t.count('failed')} failed; slowest {t.percentile(100) * 1000:.0f} ms")
+        if t.errors:
+            raise SystemExit(f"demo: the UI saw errors during preflight: {t.errors[:3]}")
         run("updater", "status", "--root", str(root))
         run("updater", "history", "--root", str(root))
         say("What the product's UI reads from state/status.json, running nothing")

@@ -185,25 +185,44 @@ def lift(root: InstallRoot, release: str) -> QuarantineReport:
 
 
 def write_systemd_units(root: InstallRoot, out_dir: Path) -> list[Path]:
-    """A unit file for each configured service, in start order, into `out_dir`.
+    """A unit file for each service of the installed release (its manifest's under
+    greenlight.toml), in start order, and one for each socket it declares, into `out_dir`.
 
     Raises:
         ConfigError: no configuration, or one that does not load.
         OSError: `out_dir` could not be written.
     """
-    from greenlight.updater.product import SystemdBackend, render_unit, values_for
+    from greenlight.updater.product import (
+        GATE_UNIT,
+        SystemdBackend,
+        render_gate,
+        render_socket,
+        render_unit,
+        socket_unit,
+        values_for,
+    )
 
-    config = config_of(root)
-    values = values_for(root, None)
+    machine = config_of(root)
+    control = ServiceControl.of(root, machine)
+    # the installed release's services and sockets: its manifest's, under greenlight.toml
+    config = control.config_for(None) if root.installed_release() else machine
+    values = control.values(None) if root.installed_release() else values_for(root, None)
     written, previous = [], ""
     user = config.systemd_scope == "user"
     out_dir.mkdir(parents=True, exist_ok=True)
     root.logs.mkdir(parents=True, exist_ok=True)  # the units append their output there
+    for sock in config.socket:
+        path = out_dir / socket_unit(sock)
+        path.write_text(render_socket(sock, values))
+        written.append(path)
+    if config.socket:
+        (out_dir / GATE_UNIT).write_text(render_gate())
+        written.append(out_dir / GATE_UNIT)
     for service in config.service:
         unit = SystemdBackend.unit(service)
         path = out_dir / unit
         path.write_text(render_unit(service, values, after=previous, timeout=config.stop.timeout,
-                                    user=user))
+                                    user=user, sockets=config.socket))
         written.append(path)
         previous = unit
     agent = out_dir / AGENT_UNIT

@@ -65,9 +65,17 @@ if TYPE_CHECKING:
         drain,
     )
     from greenlight.updater.product._sockets import SocketHolder
-    from greenlight.updater.product._systemd import SystemdBackend, render_unit
+    from greenlight.updater.product._systemd import (
+        GATE_UNIT,
+        SystemdBackend,
+        render_gate,
+        render_socket,
+        render_unit,
+        socket_unit,
+    )
 
 __all__ = [
+    "GATE_UNIT",
     "AgentConfig",
     "CheckConfig",
     "CheckResult",
@@ -114,7 +122,10 @@ __all__ = [
     "manifest_schema",
     "python_argv",
     "preflight",
+    "render_gate",
+    "render_socket",
     "render_unit",
+    "socket_unit",
     "runs_preflight",
     "stop_shadows",
     "values_for",
@@ -171,6 +182,10 @@ _HOME = {
     "launcher_argv": "greenlight.updater.product._runtime",
     "python_argv": "greenlight.updater.product._runtime",
     "render_unit": "greenlight.updater.product._systemd",
+    "render_gate": "greenlight.updater.product._systemd",
+    "render_socket": "greenlight.updater.product._systemd",
+    "socket_unit": "greenlight.updater.product._systemd",
+    "GATE_UNIT": "greenlight.updater.product._systemd",
     "values_for": "greenlight.updater.product._placeholders",
     "with_machine_parts": "greenlight.updater.product._config",
 }

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from greenlight.updater._errors import ConfigError, StoreError
-from greenlight.updater.product._config import ServiceConfig
+from greenlight.updater.product._config import ServiceConfig, SocketConfig
 from greenlight.updater.product._placeholders import expand, expand_command
 from greenlight.updater.product._services import (
     Restarts,
@@ -23,7 +23,8 @@ from greenlight.updater.product._services import (
 if TYPE_CHECKING:
     from greenlight.updater.store import InstallRoot
 
-__all__ = ["SystemdBackend", "render_unit"]
+__all__ = ["GATE_UNIT", "SystemdBackend", "render_gate", "render_socket", "render_unit",
+           "socket_unit"]
 
 
 class SystemdBackend:
@@ -138,7 +139,7 @@ UNIT_TEMPLATE = """\
 [Unit]
 Description=Greenlight-managed service {name}
 After=network.target {after}
-StartLimitIntervalSec={limit_interval}
+{requires}StartLimitIntervalSec={limit_interval}
 StartLimitBurst={limit_burst}
 
 [Service]
@@ -151,25 +152,31 @@ Restart={restart}
 RestartSec={restart_delay}
 StandardOutput=append:{log}
 StandardError=inherit
-{environment}
+{sockets}{environment}
 [Install]
 WantedBy={wanted_by}
 """
 
 
 def render_unit(service: ServiceConfig, values: dict[str, str], after: str = "",
-                timeout: float = 10.0, user: bool = False) -> str:
+                timeout: float = 10.0, user: bool = False,
+                sockets: list[SocketConfig] | None = None) -> str:
     """A systemd unit for `service`, its release_dir through the root's `current` link; its
     output appended to `logs/<name>.log` as with the process backend, and restarted with the
-    service's policy and limits."""
+    service's policy and limits. Its held `sockets` (see `render_socket`) are passed to it by
+    systemd, in order (`Sockets=`), and started with it."""
     import shlex
+
+    held = [socket_unit(s) for s in sockets or [] if s.service == service.name]
 
     environment = "".join(
         f"Environment={shlex.quote(f'{k}={expand(v, values)}')}\n" for k, v in service.env.items()
     )
     return UNIT_TEMPLATE.format(
         name=service.name,
-        after=after,
+        after=" ".join([after, *held]).strip(),
+        requires=f"Requires={' '.join(held)}\n" if held else "",
+        sockets=f"Sockets={' '.join(held)}\n" if held else "",
         workdir=expand(service.workdir, values),
         exec_start=" ".join(shlex.quote(p) for p in expand_command(service.command, values)),
         signal=service.stop_signal,
@@ -184,3 +191,32 @@ def render_unit(service: ServiceConfig, values: dict[str, str], after: str = "",
             "SuccessExitStatus=" + " ".join(str(s) for s in service.success_exit_status) + "\n"
             if service.success_exit_status else ""),
     )
+
+
+GATE_UNIT = "greenlight-sockets.service"
+"""What the held sockets' units trigger: a oneshot that stays active, so that traffic on a
+held socket never starts the product's service (an upgrade stops it, then starts the new
+release: traffic in between must wait in the backlog, not start the old one again). The
+service still gets the sockets, by its `Sockets=`; systemd documents that the unit a socket
+activates may differ from the units that inherit it."""
+
+
+def socket_unit(sock: SocketConfig) -> str:
+    return f"greenlight-{sock.service}-{sock.name}.socket"
+
+
+def render_socket(sock: SocketConfig, values: dict[str, str]) -> str:
+    """A `.socket` unit holding `sock` (systemd binds it and keeps it open while the service
+    restarts), named for LISTEN_FDNAMES, triggering only the gate (`GATE_UNIT`)."""
+    listen = "ListenDatagram" if sock.kind == "datagram" else "ListenStream"
+    return (f"[Unit]\nDescription=Greenlight-held socket {sock.name} of {sock.service}\n\n"
+            f"[Socket]\n{listen}={expand(sock.listen, values)}\n"
+            f"FileDescriptorName={sock.name}\nService={GATE_UNIT}\n"
+            + (f"Backlog={sock.backlog}\n" if sock.kind == "stream" else "")
+            + "\n[Install]\nWantedBy=sockets.target\n")
+
+
+def render_gate() -> str:
+    return ("[Unit]\nDescription=Greenlight: traffic on held sockets waits for the product's "
+            "services\n\n[Service]\nType=oneshot\nExecStart=/bin/true\n"
+            "RemainAfterExit=yes\n")
