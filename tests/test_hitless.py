@@ -169,6 +169,37 @@ def test_the_holder_keeps_a_socket_across_callers_and_frees_what_is_no_longer_de
     assert not holder.running()
 
 
+def test_the_holder_binds_a_unix_socket_at_any_path_length_and_refuses_a_planted_file(
+        tmp_path):
+    from greenlight.updater import StoreError
+    from greenlight.updater.product import SocketConfig
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)  # past AF_UNIX's 108 bytes, root included
+    root = InstallRoot(deep / "root")
+    (deep / "root" / "state").mkdir(parents=True)
+    path = deep / "run" / "core.sock"
+    holder = SocketHolder(root)
+    try:
+        held = holder.hold([SocketConfig(name="api", service="core", listen=str(path))], {})
+        server = held["core"][0][1]
+        with socket.socket(socket.AF_UNIX) as client:
+            from greenlight.updater.product.holder import unix_address
+
+            address, fd = unix_address(str(path))
+            client.connect(address)
+            os.close(fd)  # type: ignore[arg-type]
+            conn, _ = server.accept()
+            conn.close()
+        server.close()
+        planted = tmp_path / "planted.sock"
+        planted.write_text("not a socket")
+        with pytest.raises(StoreError, match="exists and is not a socket"):
+            holder.hold([SocketConfig(name="api", service="core", listen=str(planted))], {})
+        assert planted.read_text() == "not a socket"
+    finally:
+        holder.quit()
+
+
 def test_a_good_upgrade_on_held_sockets_refuses_nothing(machine):
     m = machine()
     m.publish("1.0")

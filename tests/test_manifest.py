@@ -39,6 +39,14 @@ def _machine(**extra: object) -> Config:
      "{core_prt} is not a placeholder the machine fills"),
     ('[[service]]\nname = "core"\ncommand = ["x"]\nready = "up"\n', "names no [[check]]"),
     ('[values]\nroot = "/"\n', "not one of root"),
+    ('[[service]]\nname = "core"\ncommand = ["x"]\n[[socket]]\nname = "api"\n'
+     'service = "core"\nlisten = "127.0.0.1:8080"\n', "listens on the fixed address"),
+    ('[values]\np = "1"\n[[service]]\nname = "core"\ncommand = ["x"]\n[[socket]]\n'
+     'name = "api"\nservice = "core"\nlisten = "127.0.0.1:{p}0"\n',
+     "the port must be a placeholder of its own"),
+    ('[[service]]\nname = "core"\ncommand = ["x"]\n[[socket]]\nname = "api"\n'
+     'service = "ui"\nlisten = "127.0.0.1:8080"\n', "names no [[service]]"),
+    ('per_instance = ["cache"]\n', "per_instance names 'cache'"),
 ])
 def test_a_manifest_that_does_not_load_is_named_in_one_line(text, says):
     with pytest.raises(ConfigError) as caught:

@@ -23,6 +23,7 @@ for "kind": "datagram"; [::1]:PORT for IPv6) or an absolute path (a Unix socket)
 """
 
 import contextlib
+import errno
 import json
 import os
 import select
@@ -59,9 +60,10 @@ def bind(spec: dict[str, object]) -> socket.socket:
     listen, kind = str(spec["listen"]), spec.get("kind", "stream")
     kind_of = socket.SOCK_DGRAM if kind == "datagram" else socket.SOCK_STREAM
     if listen.startswith("/"):
+        os.makedirs(os.path.dirname(listen), mode=0o755, exist_ok=True)  # as systemd does
         with contextlib.suppress(FileNotFoundError):
             if not stat.S_ISSOCK(os.lstat(listen).st_mode):
-                raise OSError(f"{listen} exists and is not a socket")
+                raise OSError(errno.EEXIST, "exists and is not a socket")
             os.unlink(listen)  # a socket file left by a process that is gone
         sock = socket.socket(socket.AF_UNIX, kind_of)
         address: object = None
