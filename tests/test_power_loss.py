@@ -8,8 +8,8 @@ recover to one whole release: `updater verify` passes (the tree is exactly the s
 list's), no journal is left, the history and the active channel read, the installed version is
 one the run could leave, and `updater health` passes on it.
 
-`make test` checks a bounded sample, spread over the run; `make test-exhaustive` checks every
-state. Each test reports how many states it explored and checked (the terminal summary).
+`make test` checks a bounded sample of the upgrade's states, spread over the run; `make
+test-exhaustive` checks every state of both. Each test reports how many states it explored and checked (the terminal summary).
 """
 
 import os
@@ -104,7 +104,9 @@ def explore(workload: str, tmp: Path, builds, record_property, every: bool) -> N
         "\n".join(found[:5])
 
 
-@pytest.mark.parametrize("workload", sorted(WORKLOADS))
+# The rollback's states are checked by `make test-exhaustive` alone (every one of them), to keep
+# `make test` within its budget; the upgrade's sample stays in it.
+@pytest.mark.parametrize("workload", ["upgrade"])
 def test_a_sample_of_the_power_loss_states_recovers(workload, tmp_path, builds,
                                                     record_property):
     explore(workload, tmp_path, builds, record_property, every=False)
