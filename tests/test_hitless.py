@@ -47,8 +47,9 @@ class Held:
                               capture_output=True, text=True, timeout=180, **kw)  # type: ignore
 
     def publish(self, version: str, *faults: str, channel: str = "stable",
-                side_by_side: bool = True, fallback: str | None = None) -> None:
-        text = manifest_toml(soak=0.5, grace=4.0, held=True)
+                side_by_side: bool = True, fallback: str | None = None,
+                handover: bool = False) -> None:
+        text = manifest_toml(soak=0.5, grace=4.0, held=True, handover=handover)
         if not side_by_side:
             text = "side_by_side = false\n" + text
         product = self.tmp / f"product-{version}.toml"
@@ -78,7 +79,7 @@ class Held:
     def stop(self) -> None:
         self.run("stop")
         backend, shadow = ProcessBackend(self.root), ProcessBackend(self.root, shadow=True)
-        for b in (backend, shadow):
+        for b in (backend, shadow, ProcessBackend(self.root, slot="next")):
             for name in ("ui", "core"):
                 pid = b.pid(name)
                 if pid is not None:
@@ -257,26 +258,55 @@ def test_side_by_side_false_keeps_the_stop_start_order_on_held_sockets(machine):
     assert h.tally.errors == [], h.tally.errors[:5]
 
 
-def test_killed_during_preflight_the_shadow_is_stopped_and_the_product_never_was(machine):
+def test_a_handover_never_leaves_the_sockets_without_a_server(machine):
+    """The Envoy order: 1.1's core starts beside 1.0's on the same held sockets and says
+    READY=1, then 1.0's drains; the client is never refused and never fails."""
     m = machine()
-    m.publish("1.0")
+    m.publish("1.0", handover=True)
     assert m.upgrade(0)["outcome"] == "upgraded"
-    m.publish("1.1")
+    m.publish("1.1", handover=True)
+    before = m.core()
+    with m.hammer() as h:
+        report = m.upgrade(0)
+    assert report["outcome"] == "upgraded" and m.version() == "1.1"
+    assert h.tally.requests > 10 and h.tally.errors == [], h.tally.errors[:5]
+    record = json.loads((m.path / "state" / "run" / "core.json").read_text())
+    assert record["pid"] != before and "/run/next/" in record["exit_file"]  # taken over
+    assert not list((m.path / "state" / "run" / "next").glob("*.json"))
+    assert m.run("health").returncode == 0
+    # and stopping it afterwards judges its end by the launcher that started it
+    done = m.run("stop")
+    assert done.returncode == 0 and "core: exited with status 0" in done.stdout + done.stderr \
+        or "core: died of SIGTERM" in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("during", ["preflight", "handover"])
+def test_killed_mid_switch_the_next_command_leaves_one_whole_release(machine, during):
+    """kill -9 while the shadow runs (preflight), or while 1.1's core runs beside 1.0's
+    (handover): the next command stops what the updater started and 1.0 serves."""
+    m = machine()
+    m.publish("1.0", handover=True)
+    assert m.upgrade(0)["outcome"] == "upgraded"
+    m.publish("1.1", handover=True)
     core = m.core()
+    successor = m.path / "state" / "run" / "next" / "core.json"
     upgrade = subprocess.Popen([str(BIN / "updater"), "upgrade", "--root", str(m.path)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while "ui" not in m.shadows():
-            assert upgrade.poll() is None and time.monotonic() < deadline, "no shadow ran"
-            time.sleep(0.02)
+        while not ("ui" in m.shadows() if during == "preflight" else successor.exists()):
+            assert upgrade.poll() is None and time.monotonic() < deadline, f"no {during}"
+            time.sleep(0.01)
         upgrade.kill()
     finally:
         upgrade.wait()
-    assert "core" in m.shadows()  # left behind by the killed updater
     recovered = m.run("status")
     assert recovered.returncode == 0, recovered.stdout + recovered.stderr
-    assert m.shadows() == [] and m.core() == core and m.version() == "1.0"
+    assert m.shadows() == [] and m.version() == "1.0"
+    assert not ProcessBackend(m.root, slot="next").is_running("core")
+    if during == "preflight":
+        assert m.core() == core  # never stopped
     last = json.loads(m.run("history", "--json").stdout)["entries"][-1]
-    assert last["event"] == "recovered" and "preflight" in last["summary"]
+    assert last["event"] == "recovered" and during in last["summary"] or "start" in \
+        last["summary"], last["summary"]
     assert m.upgrade(0)["outcome"] == "upgraded" and m.version() == "1.1"

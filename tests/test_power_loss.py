@@ -9,7 +9,8 @@ list's), no journal is left, the history and the active channel read, the instal
 one the run could leave, and `updater health` passes on it.
 
 `make test` checks a bounded sample of the upgrade's states, spread over the run; `make
-test-exhaustive` checks every state of both. Each test reports how many states it explored and checked (the terminal summary).
+test-exhaustive` checks every state of both. Each test reports how many states it explored
+and checked (the terminal summary).
 """
 
 import os

@@ -96,15 +96,16 @@ kind = "datagram"
 
 
 def manifest_toml(soak: float = 1.0, core_port: int = 8080, dns_port: int = 5353,
-                  held: bool = False, grace: float = 10.0) -> str:
+                  held: bool = False, grace: float = 10.0, handover: bool = False) -> str:
     """The demo product as a release's manifest: the machine names its two ports (these are
     the defaults). `held`: Greenlight holds the core's two sockets, and the release is
     proven beside the running one before it is switched in (preflight); the UI's counts are
-    its per-instance state."""
+    its per-instance state. `handover`: a new core takes over the sockets while the old one
+    still serves them (it says READY=1, and drains by no longer accepting)."""
     if not held:
         return (f'[values]\ncore_port = "{core_port}"\ndns_port = "{dns_port}"\n'
                 + product_toml("{core_port}", "{dns_port}", soak=soak, grace=grace))
-    return ('per_instance = ["ui_state"]\n\n'
+    return ('per_instance = ["ui_state"]\n' + ("handover = true\n" if handover else "") + "\n"
             f'[values]\ncore_port = "{core_port}"\ndns_port = "{dns_port}"\n'
             'ui_state = "data/ui-state"\n'
             + product_toml("{core_port}", "{dns_port}", soak=soak, grace=grace,

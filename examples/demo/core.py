@@ -12,7 +12,10 @@ and, with --dns-port, a DNS responder for the product's name (A record, 127.0.0.
 Started with systemd's socket-activation protocol (LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES,
 as Greenlight's launcher and systemd pass them), it serves on the sockets it is given, "api"
 (stream) and "dns" (datagram), instead of binding its own: the sockets stay open across its
-restarts and upgrades, so a client's connection waits instead of being refused.
+restarts and upgrades, so a client's connection waits instead of being refused. Given a
+NOTIFY_SOCKET, it says READY=1 there once it serves (systemd's readiness protocol), and on
+its drain call it also stops accepting: a successor on the same sockets (Greenlight's
+handover) takes every new connection while it finishes what it accepted.
 
 Faults are baked into a build's build.json, never read from the environment:
   refuse-ui-token          the session call answers 403 "denying api access"; ping still works
@@ -30,6 +33,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -52,6 +56,7 @@ class Core:
         self.in_flight = 0
         self.accepting = True
         self.lock = threading.Condition()
+        self.on_drain: Callable[[], None] | None = None
 
     def authorized(self, headers: Headers) -> bool:
         return headers.get("Authorization", "") == f"Bearer {self.token}"
@@ -99,6 +104,9 @@ class Core:
 
     def drain(self) -> bool:
         """Stop taking work; wait up to drain_seconds for what is in flight."""
+        if self.on_drain is not None:
+            self.on_drain, stop_accepting = None, self.on_drain
+            stop_accepting()
         with self.lock:
             self.accepting = False
             return self.lock.wait_for(lambda: self.in_flight == 0, timeout=self.drain_seconds)
@@ -126,6 +134,17 @@ def inherited() -> dict[str, socket.socket]:
         os.environ.pop(name, None)  # not for this process's own children
     return {names[i] if i < len(names) and names[i] else f"fd{3 + i}":
             socket.socket(fileno=3 + i) for i in range(count)}
+
+
+def notify_ready() -> None:
+    """READY=1 to NOTIFY_SOCKET, as sd_notify does (a leading @ is the abstract namespace)."""
+    target = os.environ.pop("NOTIFY_SOCKET", "")
+    if not target:
+        return
+    address = "\0" + target[1:] if target.startswith("@") else target
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(address)
+        s.sendall(b"READY=1")
 
 
 def serve_dns(port: int, name: str, sock: socket.socket | None = None) -> None:
@@ -184,6 +203,9 @@ def main() -> int:
         threading.Thread(target=lambda: (core.drain(), server.shutdown()), daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_term)
+    if "api" in given:  # handed over: stop accepting when drained, the successor accepts
+        core.on_drain = lambda: threading.Thread(target=server.shutdown, daemon=True).start()
+    notify_ready()
     where = (f"held sockets {', '.join(sorted(given))}" if given
              else f"127.0.0.1:{args.port}")
     print(f"core {VERSION} listening on {where} faults={sorted(FAULTS)}", flush=True)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         Shadow,
         backend_for,
     )
+    from greenlight.updater.product._handover import hand_over, hands_over, stop_successors
     from greenlight.updater.product._health import (
         CheckResult,
         HealthChecker,
@@ -121,6 +122,8 @@ __all__ = [
     "launcher_argv",
     "manifest_schema",
     "python_argv",
+    "hand_over",
+    "hands_over",
     "preflight",
     "render_gate",
     "render_socket",
@@ -128,6 +131,7 @@ __all__ = [
     "socket_unit",
     "runs_preflight",
     "stop_shadows",
+    "stop_successors",
     "values_for",
     "with_machine_parts",
 ]
@@ -155,6 +159,9 @@ _HOME = {
     "Shadow": "greenlight.updater.product._control",
     "SocketHolder": "greenlight.updater.product._sockets",
     "preflight": "greenlight.updater.product._preflight",
+    "hand_over": "greenlight.updater.product._handover",
+    "hands_over": "greenlight.updater.product._handover",
+    "stop_successors": "greenlight.updater.product._handover",
     "runs_preflight": "greenlight.updater.product._preflight",
     "stop_shadows": "greenlight.updater.product._preflight",
     "ServiceControl": "greenlight.updater.product._control",

@@ -119,7 +119,7 @@ class SocketConfig(_Section):
                       description="its name in LISTEN_FDNAMES")
     service: str = Field(description="the [[service]] it is passed to")
     listen: str = Field(
-        min_length=1, max_length=200,
+        min_length=1, max_length=4096,
         description="HOST:PORT (TCP or UDP) or an absolute path (a Unix socket); for a "
                     "release that runs side by side, the port (or a folder of the path) "
                     "is a [values] placeholder, so that preflight can give the new release "
@@ -286,6 +286,11 @@ class Config(_Section):
         default_factory=list,
         description="[values] naming folders of per-instance state: preflight gives the new "
                     "release a copy of each")
+    handover: bool = Field(
+        default=False,
+        description="the services take over their held sockets while their predecessors still "
+                    "serve them, say READY=1 on NOTIFY_SOCKET, and drain when stopped: the "
+                    "new release starts beside the old, which then drains (process backend)")
     check: list[CheckConfig] = Field(default_factory=list)
     health: HealthConfig = Field(default_factory=HealthConfig)
     stop: StopConfig = Field(default_factory=StopConfig)

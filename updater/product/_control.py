@@ -40,7 +40,7 @@ from greenlight.updater.product._systemd import SystemdBackend
 if TYPE_CHECKING:
     from greenlight.updater.store import InstallRoot
 
-__all__ = ["HealthFailure", "ServiceControl", "Shadow", "backend_for"]
+__all__ = ["HealthFailure", "ServiceControl", "Shadow", "backend_for", "service_result"]
 
 
 def backend_for(root: "InstallRoot", config: Config) -> ServiceBackend:
@@ -67,7 +67,9 @@ class HealthFailure(Exception):
         self.at = time.monotonic()
 
 
-def _synthetic(name: str, summary: str, evidence: dict[str, object]) -> CheckResult:
+def service_result(name: str, summary: str, evidence: dict[str, object]) -> CheckResult:
+    """A failed result that is not a configured check's: a service that did not start, or
+    crashed when stopped."""
     return CheckResult(name=name, type="service", required=True, ok=False, summary=summary,
                        attempts=1, latency_ms=0.0, evidence=evidence, at=now())
 
@@ -278,7 +280,7 @@ class ServiceControl:
         except StoreError as e:  # its sockets cannot be had: it cannot start
             raise HealthFailure(
                 f"{version_of(release)} cannot start: {e}",
-                [_synthetic("sockets", "its sockets could not be bound", {"error": str(e)})]
+                [service_result("sockets", "its sockets could not be bound", {"error": str(e)})]
             ) from None
         try:
             for s in config.service:
@@ -307,7 +309,7 @@ class ServiceControl:
                 raise HealthFailure(
                     f"service {s.name} of {version_of(release)} exited during start-up"
                     + (f": {tail[-1]}" if tail else ""),
-                    [_synthetic(f"{s.name}-start", "exited during start-up",
+                    [service_result(f"{s.name}-start", "exited during start-up",
                                 {"last_exit": ended, "log": tail})])
             if s.ready is None:
                 return
@@ -334,7 +336,7 @@ class ServiceControl:
             raise HealthFailure(
                 f"{restarts.describe(name)} during start-up of {version_of(release)}"
                 + (f": {tail[-1]}" if tail else ""),
-                [_synthetic(f"{name}-start", restarts.describe(name),
+                [service_result(f"{name}-start", restarts.describe(name),
                             {"last_exit": self.backend.last_exit(name), "log": tail})])
         address = listen_address(ready, self.values(release))
         if address is None:
@@ -346,7 +348,7 @@ class ServiceControl:
             raise HealthFailure(
                 f"service {name} of {version_of(release)}: port {address[1]} answers from "
                 f"{who}, not from the service (is another copy running?)",
-                [_synthetic(f"{name}-start", f"port {address[1]} is held by {who}",
+                [service_result(f"{name}-start", f"port {address[1]} is held by {who}",
                             {"port": address[1], "pids": strangers,
                              "log": self._log_tail(name)})])
 
@@ -408,6 +410,6 @@ class ServiceControl:
         return HealthFailure(
             f"service {crashed[0].service} of {version_of(release or '-')} crashed when stopped "
             f"(exit status {crashed[0].returncode}): in-flight work was cut off",
-            [_synthetic(f"{o.service}-stop", o.describe(), {"returncode": o.returncode})
+            [service_result(f"{o.service}-stop", o.describe(), {"returncode": o.returncode})
              for o in crashed],
             outcomes, new_release_at_fault=False)

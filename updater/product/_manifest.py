@@ -63,6 +63,9 @@ class ProductManifest(Record):
         default=True, description="the release can run beside the running one for preflight")
     per_instance: list[str] = Field(
         default_factory=list, description="[values] naming folders of per-instance state")
+    handover: bool = Field(
+        default=False, description="the services take over their sockets from their "
+                                   "predecessors (docs/manifest.md, Handover)")
     check: list[CheckConfig] = Field(default_factory=list)
     health: HealthConfig = Field(default_factory=HealthConfig)
     stop: StopConfig = Field(default_factory=StopConfig)
@@ -107,8 +110,8 @@ def load_manifest(text: str, source: str) -> ProductManifest:
         raise ConfigError(
             f"{source}: {foreign[0]!r} does not belong in a release's manifest; it may hold "
             "only [values], [[service]], [[socket]], [[check]], [health], [stop], "
-            "side_by_side and per_instance (the repository, channel and backend are the "
-            "machine's)")
+            "side_by_side, per_instance and handover (the repository, channel and backend "
+            "are the machine's)")
     check_product({k: v for k, v in data.items() if k in PRODUCT_PARTS}, source)
     try:
         manifest = ProductManifest.model_validate(data)
@@ -129,7 +132,8 @@ def load_manifest(text: str, source: str) -> ProductManifest:
     return manifest
 
 
-PRODUCT_PARTS = ("service", "socket", "side_by_side", "per_instance", "check", "health", "stop")
+PRODUCT_PARTS = ("service", "socket", "side_by_side", "per_instance", "handover", "check",
+                 "health", "stop")
 """The keys of a manifest that say how the product runs (the rest is [values])."""
 
 
@@ -149,6 +153,9 @@ def _check_side_by_side(manifest: ProductManifest, source: str) -> None:
         if name not in manifest.values:
             raise ConfigError(f"{source}: per_instance names {name!r}, which is not declared "
                               "under [values]")
+    if manifest.handover and not (manifest.side_by_side and manifest.socket):
+        raise ConfigError(f"{source}: handover runs a release beside its predecessor on the "
+                          "sockets Greenlight holds: it needs [[socket]]s and side_by_side")
     if not manifest.side_by_side:
         return
     for k in manifest.socket:
@@ -248,7 +255,8 @@ def layered(machine: Config, manifest: ProductManifest | None, version: str = ""
     sources.update({c.name: "machine" for c in extra})
     update: dict[str, Any] = {"service": manifest.service, "socket": manifest.socket,
                               "side_by_side": manifest.side_by_side,
-                              "per_instance": manifest.per_instance, "check": checks,
+                              "per_instance": manifest.per_instance,
+                              "handover": manifest.handover, "check": checks,
                               "health": manifest.health, "stop": manifest.stop}
     try:
         config = Config.model_validate({**machine.model_dump(), **{

@@ -12,17 +12,16 @@ on that stop is a failure too), and only a release that passed goes on to stop t
 one. A release that fails was never switched in: the user saw nothing.
 """
 
-import contextlib
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from greenlight.channels import remove_path, version_of
-from greenlight.updater.product._config import Config, ServiceConfig
+from greenlight.updater.product._config import Config
 from greenlight.updater.product._control import HealthFailure, ServiceControl, Shadow
 from greenlight.updater.product._health import CheckResult
 from greenlight.updater.product._manifest import instance_values
-from greenlight.updater.product._services import ProcessBackend
+from greenlight.updater.product._services import ProcessBackend, stop_slot
 from greenlight.updater.product._sockets import Listening, bind_shadow, close
 
 if TYPE_CHECKING:
@@ -128,20 +127,8 @@ def preflight(control: ServiceControl, release: str, beside: str | None) -> list
 
 
 def stop_shadows(root: "InstallRoot", names: list[str] | None = None) -> list[str]:
-    """End whatever preflight left running (an updater killed during it): each shadow by its
-    record, or by its launcher's command line when it was killed before it wrote one (of
-    the services `names`), as a stop would, then its records. Returns those it stopped."""
-    backend = ProcessBackend(root, shadow=True)
-    stopped = []
-    recorded = [r.stem for r in backend.run_dir.glob("*.json") if r.stem != "supervised"]
-    for name in sorted({*recorded, *(names or [])}):
-        with contextlib.suppress(ValueError, OSError):
-            service = ServiceConfig(name=name, command=["-"])
-            if backend.stop(service, 10.0).was_running:
-                stopped.append(name)
+    """End whatever preflight left running (an updater killed during it), as a stop would,
+    and its records and state. Returns the services it stopped."""
+    stopped = stop_slot(root, "preflight", names)
     remove_path(_base(root) / "values")
-    for leftover in backend.run_dir.glob("*"):
-        if leftover.is_file() and leftover.suffix in (".json", ".exit", ".restarts", ".ready"):
-            leftover.unlink(missing_ok=True)
     return stopped
-

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from greenlight.updater.store import InstallRoot
 
 __all__ = ["ProcessBackend", "Restarts", "ServiceBackend", "StopOutcome", "clean_statuses",
-           "drain", "restart_clean", "returncode_of"]
+           "drain", "restart_clean", "returncode_of", "stop_slot"]
 
 
 @dataclass
@@ -161,14 +161,16 @@ def _alive(pid: int) -> bool:
 
 
 class ProcessBackend:
-    def __init__(self, root: "InstallRoot", shadow: bool = False) -> None:
+    def __init__(self, root: "InstallRoot", shadow: bool = False, slot: str = "") -> None:
         """`shadow`: preflight's copies of the services, with records and logs of their own
-        (state/run/preflight/, logs/preflight/)."""
+        (state/run/preflight/, logs/preflight/). `slot` "next": a handover's successors,
+        started beside the running services (records in state/run/next/, then adopted)."""
         self.root = root
-        self.run_dir = root.state / "run" / ("preflight" if shadow else "")
+        self.run_dir = root.state / "run" / ("preflight" if shadow else slot)
         self.logs = root.path / "logs" / ("preflight" if shadow else "")
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._stop_started: dict[str, float] = {}
+        self._notify: dict[str, socket.socket] = {}
 
     def _pid_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.json"
@@ -179,10 +181,23 @@ class ProcessBackend:
     def _restarts_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.restarts"
 
+    def _recorded(self, name: str, key: str, default: Path) -> Path:
+        """Where the running launcher of `name` writes (its record says: a service adopted
+        from a handover's slot keeps the files its launcher was started with)."""
+        try:
+            where = json.loads(self._pid_file(name).read_text()).get(key)
+        except (OSError, ValueError, AttributeError):
+            return default
+        run = self.root.state / "run"
+        if isinstance(where, str) and Path(where).parent in (run, run / "next"):
+            return Path(where)
+        return default
+
     def restarts(self, name: str) -> Restarts:
         lines: list[dict[str, object]] = []
         with contextlib.suppress(OSError):
-            for line in self._restarts_file(name).read_text().splitlines():
+            for line in self._recorded(name, "restarts_file",
+                                   self._restarts_file(name)).read_text().splitlines():
                 with contextlib.suppress(ValueError):
                     lines.append(json.loads(line))
         ended = self.last_exit(name) or {}
@@ -248,14 +263,17 @@ class ProcessBackend:
 
     def last_exit(self, name: str) -> dict[str, object] | None:
         try:
-            return dict(json.loads(self._exit_file(name).read_text()))
+            path = self._recorded(name, "exit_file", self._exit_file(name))
+            return dict(json.loads(path.read_text()))
         except (FileNotFoundError, ValueError):
             return None
 
     def start(self, service: ServiceConfig, values: dict[str, str],
-              listen: list[tuple[str, socket.socket]] | None = None) -> None:
+              listen: list[tuple[str, socket.socket]] | None = None,
+              notify: bool = False) -> None:
         """Start the service under the launcher; return once the launcher forwards signals.
-        The launcher passes `listen` on to it by systemd's protocol (see launcher.py).
+        The launcher passes `listen` on to it by systemd's protocol (see launcher.py). With
+        `notify`, the service is given a NOTIFY_SOCKET to say READY=1 on (`wait_notified`).
 
         Raises:
             StoreError: the command or its launcher could not be started.
@@ -271,6 +289,8 @@ class ProcessBackend:
         command = expand_command(service.command, values)
         workdir = expand(service.workdir, values)
         env = {**os.environ, **{k: expand(v, values) for k, v in service.env.items()}}
+        if notify:  # systemd's readiness protocol: the service sends READY=1 here
+            env["NOTIFY_SOCKET"] = self._notify_socket(service.name)
         log_path = self.logs / f"{service.name}.log"
         try:
             log = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND |
@@ -303,8 +323,72 @@ class ProcessBackend:
             time.sleep(0.005)
         ready.unlink(missing_ok=True)
         record = {"pid": child.pid, "release": values.get("version"), "started_at": str(now()),
-                  "command": command}
+                  "command": command, "exit_file": str(self._exit_file(service.name)),
+                  "restarts_file": str(self._restarts_file(service.name))}
         atomic_write(self._pid_file(service.name), json.dumps(record).encode())
+
+    def _notify_socket(self, name: str) -> str:
+        """A datagram socket for the service's READY=1, in the abstract namespace (no path to
+        plant or outgrow); who sent a message is checked by its credentials."""
+        import secrets
+
+        self._close_notify(name)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        address = f"greenlight-notify-{os.getpid()}-{secrets.token_hex(8)}"
+        sock.bind("\0" + address)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self._notify[name] = sock
+        return "@" + address
+
+    def _close_notify(self, name: str) -> None:
+        sock = self._notify.pop(name, None)
+        if sock is not None:
+            sock.close()
+
+    def wait_notified(self, name: str, timeout: float) -> str | None:
+        """Until the service started with `notify` says READY=1 (None), or why not: it ended,
+        or did not say it within `timeout`. A message from a process that is not the
+        service's (another user's, or outside its process group) is ignored."""
+        import select
+        import struct
+
+        sock = self._notify.get(name)
+        if sock is None:
+            return "it was not started with a NOTIFY_SOCKET"
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if not self.is_running(name):
+                    return "it exited before it said READY=1"
+                if not select.select([sock], [], [], 0.05)[0]:
+                    continue
+                data, ancillary, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(12))
+                sender = next((struct.unpack("3i", d[:12]) for level, kind, d in ancillary
+                               if level == socket.SOL_SOCKET
+                               and kind == socket.SCM_CREDENTIALS), None)
+                if sender is None or sender[1] != os.getuid() or not self._is_ours(name,
+                                                                                   sender[0]):
+                    continue
+                if b"READY=1" in data.split(b"\n"):
+                    return None
+            return f"it did not say READY=1 within {timeout:g}s"
+        finally:
+            self._close_notify(name)
+
+    def _is_ours(self, name: str, pid: int) -> bool:
+        leader = self.pid(name)
+        try:
+            return leader is not None and os.getpgid(pid) == leader
+        except OSError:
+            return False
+
+    def adopt(self, name: str, successor: "ProcessBackend") -> None:
+        """The successor's service of `name` (a handover's, in its slot) becomes the service:
+        its record replaces the predecessor's, in one rename."""
+        os.replace(successor._pid_file(name), self._pid_file(name))
+        child = successor._children.pop(name, None)
+        if child is not None:
+            self._children[name] = child
 
     def stop(self, service: ServiceConfig, timeout: float, wait: bool = True) -> StopOutcome:
         """Signal the service; with `wait`, bound its exit by `timeout`, then kill it."""
@@ -340,6 +424,25 @@ class ProcessBackend:
         self._pid_file(service.name).unlink(missing_ok=True)
         return StopOutcome(service.name, True, returncode, killed, time.monotonic() - started,
                            clean_statuses(service))
+
+
+def stop_slot(root: "InstallRoot", slot: str, names: list[str] | None = None) -> list[str]:
+    """Stop every service of a slot (preflight's shadows, a handover's successors) that an
+    interrupted updater left running: by its record, or by its launcher's command line when
+    it was killed before it wrote one (of the services `names`); then remove the records.
+    Returns those it stopped."""
+    backend = ProcessBackend(root, shadow=slot == "preflight", slot=slot)
+    stopped = []
+    recorded = [r.stem for r in backend.run_dir.glob("*.json") if r.stem != "supervised"]
+    for name in sorted({*recorded, *(names or [])}):
+        with contextlib.suppress(ValueError, OSError):
+            service = ServiceConfig(name=name, command=["-"])
+            if backend.stop(service, 10.0).was_running:
+                stopped.append(name)
+    for leftover in backend.run_dir.glob("*") if backend.run_dir.is_dir() else ():
+        if leftover.is_file() and leftover.suffix in (".json", ".exit", ".restarts", ".ready"):
+            leftover.unlink(missing_ok=True)
+    return stopped
 
 
 def _listen_args(listen: list[tuple[str, socket.socket]]) -> list[str]:

@@ -28,6 +28,8 @@ class Journal(Record):
     from_release: str | None = Field(description="the key of the release it leaves")
     to_release: str = Field(description="the key of the release it goes to")
     staged_new: bool = False
+    handover: bool = Field(default=False, description="the start step hands over from the "
+                                                      "old release, service by service")
     forced: bool = False
     started_at: datetime
     steps: list[StepRecord]

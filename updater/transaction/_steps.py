@@ -27,10 +27,13 @@ from greenlight.updater.output import DeltaUse
 from greenlight.updater.product import (
     Config,
     ServiceControl,
+    hand_over,
+    hands_over,
     load_manifest,
     preflight,
     runs_preflight,
     stop_shadows,
+    stop_successors,
 )
 from greenlight.updater.store import FILE_LISTS, InstallRoot, Journal, Region, stage_release
 from greenlight.updater.transaction._engine import Step
@@ -294,7 +297,17 @@ def undo_preflight(txn: Transaction) -> None:
     stop_shadows(txn.root, names)
 
 
+def _handover(txn: Transaction) -> bool:
+    """The switch is a handover (see product._handover): the old release keeps serving until
+    each of its services' successors has taken over."""
+    return hands_over(txn.control, txn.control.config_for(txn.new), txn.old)
+
+
 def do_stop(txn: Transaction) -> None:
+    if _handover(txn):
+        txn.journal.handover = True  # the start step stops the old release, service by service
+        txn.journal.save(txn.root)
+        return
     outcomes = txn.control.stop_all(txn.old)
     crash = txn.control.stop_crash(txn.old, outcomes)
     if crash is not None:
@@ -317,10 +330,18 @@ def undo_switch(txn: Transaction) -> None:
 
 
 def do_start(txn: Transaction) -> None:
-    txn.control.start_all(txn.new)
+    if txn.journal.handover and txn.old is not None:
+        hand_over(txn.control, txn.old, txn.new)
+    else:
+        txn.control.start_all(txn.new)
 
 
 def undo_start(txn: Transaction) -> None:
+    try:
+        names = [s.name for s in txn.control.config_for(txn.new).service]
+    except GreenlightError:
+        names = []
+    stop_successors(txn.control, names)  # a handover's successors not yet adopted
     txn.control.stop_all(txn.new)
 
 
