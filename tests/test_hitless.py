@@ -310,3 +310,25 @@ def test_killed_mid_switch_the_next_command_leaves_one_whole_release(machine, du
     assert last["event"] == "recovered" and during in last["summary"] or "start" in \
         last["summary"], last["summary"]
     assert m.upgrade(0)["outcome"] == "upgraded" and m.version() == "1.1"
+
+
+def test_a_manual_rollback_whose_target_fails_here_comes_back_and_says_so(machine):
+    """`updater rollback` to a kept release that fails on this machine now (its fault shows
+    only on legacy hardware, which this machine became): the rollback is undone, the machine
+    stays on the release it was on, and the target is quarantined, in one report."""
+    m = machine()
+    m.publish("1.0", "refuse-ui-token-on-legacy", handover=True)
+    assert m.upgrade(0)["outcome"] == "upgraded"
+    m.publish("1.1", handover=True)
+    assert m.upgrade(0)["outcome"] == "upgraded"
+    (m.path / "data" / "legacy-hardware").write_text("")
+    with m.hammer() as h:
+        done = m.run("rollback", "--json")
+    assert done.returncode == 20 and "Traceback" not in done.stderr, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["outcome"] == "rolled-back" and report["quarantined"] == "1.0"
+    assert "ui-session" in report["incident"]["summary"]
+    assert m.version() == "1.1" and m.root.installed_version() == "1.1"
+    assert h.tally.count("refused") == 0  # held sockets: waited, never refused
+    status = json.loads(m.run("status", "--json").stdout)
+    assert [k.split("@")[0] for k in status["quarantined"]] == ["1.0"]

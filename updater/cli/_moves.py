@@ -185,19 +185,24 @@ def sideload_cmd(bundle: Path, root: Path | None, force: bool, switch: bool,
 @root_option
 @json_option
 def rollback_cmd(root: Path | None, as_json: bool) -> None:
-    """Go back to the previous release by hand: stop, switch, start, check; quarantine this one."""
+    """Go back to the previous release by hand: stop, switch, start, check; quarantine this one.
+
+    Exit 20 when the previous release fails its checks here: it is quarantined instead, and
+    this one is started again."""
     from greenlight.updater.operations import rollback
 
     install = open_root(root)
     report = run_command(as_json, lambda: rollback(install), install, sends=True)
+    # Still on the release it left: the target failed its checks here and was undone (20).
+    moved = report.outcome == "rolled-back" and report.installed != report.from_version
     if as_json:
         print_json(report)
-    elif report.outcome == "rolled-back":
+    elif moved:
         say(f"rolled back {report.from_version} -> {report.installed}; "
             f"{report.from_version} quarantined")
     else:
         print_transaction(report)
-    raise SystemExit(0 if report.outcome == "rolled-back" else exit_for(report))
+    raise SystemExit(0 if moved else exit_for(report))
 
 
 @app.command("recover")

@@ -171,15 +171,18 @@ class ProcessBackend:
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._stop_started: dict[str, float] = {}
         self._notify: dict[str, socket.socket] = {}
+        # A successor's files are its own (name-NONCE.exit): the launcher it replaces was
+        # itself a successor once, and keeps writing the files its command line names.
+        self._nonce = os.urandom(4).hex() if slot == "next" else ""
 
     def _pid_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.json"
 
     def _exit_file(self, name: str) -> Path:
-        return self.run_dir / f"{name}.exit"
+        return self.run_dir / f"{name}{'-' + self._nonce if self._nonce else ''}.exit"
 
     def _restarts_file(self, name: str) -> Path:
-        return self.run_dir / f"{name}.restarts"
+        return self.run_dir / f"{name}{'-' + self._nonce if self._nonce else ''}.restarts"
 
     def _recorded(self, name: str, key: str, default: Path) -> Path:
         """Where the running launcher of `name` writes (its record says: a service adopted
@@ -219,13 +222,19 @@ class ProcessBackend:
         """A launcher of this service that no record names: its updater was killed between
         spawning it and writing the record. Found by the exit file on its command line,
         which is unique to this root and service."""
-        needle = b"\0--exit-file\0" + os.fsencode(self._exit_file(name)) + b"\0"
+        needle = b"\0--exit-file\0" + (os.fsencode(self.run_dir / f"{name}-") if self._nonce
+                                        else os.fsencode(self._exit_file(name)) + b"\0")
         try:
             entries = os.listdir("/proc")
         except OSError:
             return None
+        adopted = None
+        if self.run_dir != self.root.state / "run":  # a slot: not the service it replaced
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                main = self.root.state / "run" / f"{name}.json"
+                adopted = int(json.loads(main.read_text())["pid"])
         for entry in entries:
-            if not entry.isdigit():
+            if not entry.isdigit() or int(entry) == adopted:
                 continue
             try:
                 cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
@@ -439,8 +448,14 @@ def stop_slot(root: "InstallRoot", slot: str, names: list[str] | None = None) ->
             service = ServiceConfig(name=name, command=["-"])
             if backend.stop(service, 10.0).was_running:
                 stopped.append(name)
+    kept = set()  # what the services' own launchers (adopted from a handover) write to
+    for record in (root.state / "run").glob("*.json"):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            fields = json.loads(record.read_text())
+            kept |= {fields.get("exit_file"), fields.get("restarts_file")}
     for leftover in backend.run_dir.glob("*") if backend.run_dir.is_dir() else ():
-        if leftover.is_file() and leftover.suffix in (".json", ".exit", ".restarts", ".ready"):
+        if (leftover.is_file() and str(leftover) not in kept
+                and leftover.suffix in (".json", ".exit", ".restarts", ".ready")):
             leftover.unlink(missing_ok=True)
     return stopped
 

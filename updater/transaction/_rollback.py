@@ -54,12 +54,15 @@ def roll_back(txn: Transaction, failure: HealthFailure) -> Rollback:
     """Put the previous release back, healthy, record the incident, queue its report, and say
     what happened. Never raises for what it undoes: a failed undo is in the summary (and the
     incident is then a `rollback-failed` dead end)."""
-    assert txn.channel_file is not None
     txn.control.start_seconds = 0.0
+    # A manual rollback has no channel file: its target is a kept release, named by its own.
+    kept = txn.root.manifest(txn.new) if txn.channel_file is None else None
+    identity = txn.channel_file.identity if txn.channel_file is not None else (
+        kept.identity if kept is not None else None)
     errors = undo_steps(STEPS, txn, failure.summary)
     fallback = None
     if failure.new_release_at_fault:
-        fallback = txn.channel_file.fallback
+        fallback = txn.channel_file.fallback if txn.channel_file is not None else None
         if fallback is not None and fallback != txn.journal.channel:
             names = ", ".join(r.name for r in failed_required(failure.results)) or "start-up"
             chosen = active_channel(txn.root).chosen_channel
@@ -68,8 +71,9 @@ def roll_back(txn: Transaction, failure: HealthFailure) -> Rollback:
                                     f"{txn.journal.channel} failed {names}", chosen=chosen)
         else:
             fallback = None
-        add_to_quarantine(txn.root, QuarantineEntry.of(
-            txn.channel_file.identity, txn.journal.channel, failure.summary, now()))
+        if identity is not None:
+            add_to_quarantine(txn.root, QuarantineEntry.of(
+                identity, txn.journal.channel, failure.summary, now()))
     ok = not errors
     summary = failure.summary
     if txn.old is not None and ok:
