@@ -197,6 +197,24 @@ def test_the_holder_binds_a_unix_socket_at_any_path_length_and_refuses_a_planted
         with pytest.raises(StoreError, match="exists and is not a socket"):
             holder.hold([SocketConfig(name="api", service="core", listen=str(planted))], {})
         assert planted.read_text() == "not a socket"
+        # A socket file left behind: replaced inside the root, never removed outside it.
+        for where, replaced in ((tmp_path / "stale.sock", False),
+                                (root.path / "run" / "stale.sock", True)):
+            where.parent.mkdir(exist_ok=True)
+            bind({"listen": str(where)}).close()  # its file stays: a stale socket
+            spec = [SocketConfig(name="api", service="core", listen=str(where))]
+            if replaced:
+                holder.hold(spec, {})["core"][0][1].close()
+            else:
+                with pytest.raises(StoreError, match="a socket file is there already"):
+                    holder.hold(spec, {})
+                assert where.exists()
+        # Inside the root, a folder on the way that is a symlink is refused.
+        (root.path / "elsewhere").symlink_to(tmp_path)
+        with pytest.raises(StoreError, match="is a symlink"):
+            holder.hold([SocketConfig(name="api", service="core",
+                                      listen=str(root.path / "elsewhere" / "x.sock"))], {})
+        assert not (tmp_path / "x.sock").exists()
     finally:
         holder.quit()
 

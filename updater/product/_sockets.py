@@ -33,9 +33,29 @@ Listening = dict[str, list[tuple[str, socket.socket]]]
 _START_LIMIT = 10.0
 
 
-def socket_spec(sock: SocketConfig, values: dict[str, str]) -> dict[str, object]:
-    return {"name": sock.name, "listen": expand(sock.listen, values), "kind": sock.kind,
-            "backlog": sock.backlog}
+def socket_spec(sock: SocketConfig, values: dict[str, str],
+                root: Path | None = None) -> dict[str, object]:
+    """What the holder binds for `sock`. A Unix socket's stale file is replaced only inside
+    the root (`replace`); elsewhere an existing file is refused, never removed.
+
+    Raises:
+        StoreError: a Unix socket inside the root under a symlinked folder.
+    """
+    listen = expand(sock.listen, values)
+    spec: dict[str, object] = {"name": sock.name, "listen": listen, "kind": sock.kind,
+                               "backlog": sock.backlog, "replace": False}
+    if root is not None and listen.startswith("/"):
+        real_root = Path(os.path.realpath(root))
+        lexical = Path(os.path.normpath(listen))
+        inside = lexical.is_relative_to(root) or lexical.is_relative_to(real_root)
+        if inside:
+            relative = lexical.relative_to(root if lexical.is_relative_to(root) else real_root)
+            folder = real_root / relative.parent
+            if os.path.realpath(folder) != str(folder) and folder.exists():
+                raise StoreError(f"socket {sock.name}: {printable(listen)}: a folder on its way "
+                                 "is a symlink (refused inside the installation root)")
+            spec["replace"] = True
+    return spec
 
 
 def bind_shadow(sock: SocketConfig, values: dict[str, str],
@@ -67,6 +87,7 @@ class SocketHolder:
     """The root's socket holder, started on first need."""
 
     def __init__(self, root: "InstallRoot") -> None:
+        self.root = root.path
         self.control = root.state / "run" / "sockets.ctl"
 
     def _ask(self, request: dict[str, object], count: int) -> tuple[dict[str, object], list[int]]:
@@ -118,7 +139,7 @@ class SocketHolder:
             return {}
         if sockets and not self.running():
             self._start()
-        specs = [socket_spec(s, values) for s in sockets]
+        specs = [socket_spec(s, values, self.root) for s in sockets]
         try:
             reply, fds = self._ask({"op": "hold", "sockets": specs, "only": True}, len(specs))
         except OSError as e:

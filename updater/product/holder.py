@@ -12,14 +12,17 @@ with systemd's protocol (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES).
 
 One request per connection, one JSON line each way; the reply carries the descriptors:
 
-    {"op": "hold", "sockets": [{"name", "listen", "kind", "backlog"}, ...], "only": bool}
+    {"op": "hold", "sockets": [{"name", "listen", "kind", "backlog", "replace"}, ...],
+     "only": bool}
         each socket, bound now or the one already held for the same address; with "only",
         the held sockets not named are closed (a release that no longer declares them)
     {"op": "quit"}      close every socket and exit
 
 It exits by itself when PATH is removed or replaced (the root is gone), and a second holder
 started for the same PATH leaves the first in place. Addresses are HOST:PORT (TCP, or UDP
-for "kind": "datagram"; [::1]:PORT for IPv6) or an absolute path (a Unix socket).
+for "kind": "datagram"; [::1]:PORT for IPv6) or an absolute path (a Unix socket: its folder
+is made; a file already there is refused unless it is a socket and "replace" is set, which
+the updater sets inside the installation root only; a symlink is never followed there).
 """
 
 import contextlib
@@ -64,6 +67,8 @@ def bind(spec: dict[str, object]) -> socket.socket:
         with contextlib.suppress(FileNotFoundError):
             if not stat.S_ISSOCK(os.lstat(listen).st_mode):
                 raise OSError(errno.EEXIST, "exists and is not a socket")
+            if not spec.get("replace"):  # outside the product's root: never removed
+                raise OSError(errno.EADDRINUSE, "a socket file is there already")
             os.unlink(listen)  # a socket file left by a process that is gone
         sock = socket.socket(socket.AF_UNIX, kind_of)
         address: object = None
