@@ -219,6 +219,28 @@ def test_the_holder_binds_a_unix_socket_at_any_path_length_and_refuses_a_planted
         holder.quit()
 
 
+@pytest.mark.parametrize("top, ok", [
+    ("", False),                          # side by side by default: a fixed port cannot be
+    ("side_by_side = false\n", True),     # a product that cannot run twice: held, not shadowed
+    ("side_by_side = false\nhandover = true\n", False),  # handover runs two at once
+])
+def test_greenlight_toml_sockets_follow_the_manifests_rules(tmp_path, top, ok):
+    from greenlight.updater import ConfigError
+    from greenlight.updater.product import Config
+
+    path = tmp_path / "greenlight.toml"
+    path.write_text(top + '[repository]\nurl = "http://127.0.0.1:9/"\n[[service]]\n'
+                    'name = "core"\ncommand = ["x"]\n[[socket]]\nname = "api"\n'
+                    'service = "core"\nlisten = "127.0.0.1:8080"\n')
+    if ok:
+        assert Config.load(path).socket[0].listen == "127.0.0.1:8080"
+        return
+    with pytest.raises(ConfigError) as caught:
+        Config.load(path)
+    said = str(caught.value)
+    assert "\n" not in said and ("fixed address" in said or "handover" in said), said
+
+
 def test_a_good_upgrade_on_held_sockets_refuses_nothing(machine):
     m = machine()
     m.publish("1.0")

@@ -65,6 +65,20 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
     raise SystemExit(f"demo: nothing listens on 127.0.0.1:{port}")
 
 
+def calling(root: Path, *args: str) -> None:
+    """Run a command while a client calls the core's UI endpoint as the UI does, and say
+    what the client saw; a refused or failed call ends the demo."""
+    token = (root / "data" / "ui-token").read_text().strip()
+    with Hammer(core_port(root), token, seconds=300) as ui:
+        run(*args)
+    t = ui.tally
+    print(f"  [UI] {t.requests} calls to the core meanwhile: {t.count('ok')} answered, "
+          f"{t.count('refused')} refused, {t.count('failed')} failed; slowest "
+          f"{t.percentile(100) * 1000:.0f} ms")
+    if t.errors:
+        raise SystemExit(f"demo: the UI's calls failed: {t.errors[:3]}")
+
+
 def core_port(root: Path) -> int:
     """The port this machine gave the core (its greenlight.toml's [values])."""
     import tomllib
@@ -84,7 +98,9 @@ def ui_view(root: Path) -> None:
     if incident and status["installed"] == incident["now_on"]:
         checks = incident["failed_checks"]
         why = checks[0]["summary"] if checks else incident["summary"]
-        print(f"  [UI] rolled back from {incident['failed_release']} because: {why}")
+        how = ("set aside in preflight, never installed" if incident.get("preflight")
+               else "rolled back")
+        print(f"  [UI] {incident['failed_release']} was {how}, because: {why}")
     if status["hold"]:
         print(f"  [UI] updates held until {status['hold']['until'] or 'released'}")
 
@@ -95,7 +111,8 @@ def main() -> None:
     say("The release team builds the demo product and creates a signed repository")
     manifest = WORK / "product.toml"  # how each release runs and is checked, signed with it
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(manifest_toml(held=True))  # its sockets held, proven in preflight
+    # Its sockets held by Greenlight, each release proven in preflight, then handed over.
+    manifest.write_text(manifest_toml(held=True, handover=True))
 
     def components(version, *faults):
         return [*(f"--component={c}={p}"
@@ -132,15 +149,7 @@ def main() -> None:
             "the agent takes it with nobody watching, while the UI keeps calling the core")
         run("release", "publish", str(repo), "--channel", "beta", "--version", "1.6.12",
             *components("1.6.12", "refuse-ui-token"))
-        token = (root / "data" / "ui-token").read_text().strip()
-        with Hammer(core_port(root), token, seconds=300) as ui:
-            run("updater", "agent", "--once", "--root", str(root))
-        t = ui.tally
-        print(f"  [UI] {t.requests} calls to the core during the agent's cycle: "
-              f"{t.count('ok')} answered, {t.count('refused')} refused, "
-              f"{t.count('failed')} failed; slowest {t.percentile(100) * 1000:.0f} ms")
-        if t.errors:
-            raise SystemExit(f"demo: the UI saw errors during preflight: {t.errors[:3]}")
+        calling(root, "updater", "agent", "--once", "--root", str(root))
         run("updater", "status", "--root", str(root))
         run("updater", "history", "--root", str(root))
         say("What the product's UI reads from state/status.json, running nothing")
@@ -155,7 +164,9 @@ def main() -> None:
             "person chose, and takes it")
         run("release", "publish", str(repo), "--channel", "beta", "--version", "1.6.13",
             *components("1.6.13"))
-        run("updater", "agent", "--once", "--root", str(root))
+        print("  (1.6.13 hands over: its core takes the held sockets beside 1.6.11's and says "
+              "READY=1, then 1.6.11's drains)")
+        calling(root, "updater", "agent", "--once", "--root", str(root))
         run("updater", "health", "--root", str(root))
         ui_view(root)
         run("updater", "stop", "--root", str(root))

@@ -130,6 +130,27 @@ class SocketConfig(_Section):
                          description="connections the kernel keeps waiting (listen(2))")
 
 
+def _shadowable(sock: SocketConfig) -> None:
+    """A socket preflight can give another address: its port (or its path's folder) is a
+    placeholder of the release's, not a built-in one.
+
+    Raises:
+        ValueError: it is not.
+    """
+    from greenlight.updater.product._placeholders import BUILT_IN, placeholders
+
+    own = [n for n in placeholders(sock.listen) if n not in BUILT_IN]
+    if not own:
+        raise ValueError(
+            f"socket {sock.name!r} listens on the fixed address {sock.listen!r}; preflight "
+            "runs the new release beside the running one on an address of its own: make the "
+            "port (or the path's folder) a [values] placeholder, or set side_by_side = false")
+    if not sock.listen.startswith(("/", "{")) and sock.listen.rsplit(":", 1)[1] != f"{{{own[-1]}}}":
+        raise ValueError(
+            f"socket {sock.name!r}: listen = {sock.listen!r}: the port must be a placeholder "
+            "of its own (HOST:{port_value}) for preflight to give it another")
+
+
 class _CheckBase(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     required: bool = True
@@ -328,6 +349,11 @@ class Config(_Section):
             if not k.listen.startswith(("/", "{")) and ":" not in k.listen:
                 raise ValueError(f"socket {k.name!r}: listen = {k.listen!r} is neither "
                                  "HOST:PORT nor an absolute path")
+            if self.side_by_side:
+                _shadowable(k)
+        if self.handover and not (self.side_by_side and self.socket):
+            raise ValueError("handover runs a release beside its predecessor on the sockets "
+                             "Greenlight holds: it needs [[socket]]s and side_by_side")
         return self
 
     @classmethod

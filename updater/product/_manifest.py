@@ -37,13 +37,11 @@ from greenlight.updater.product._config import (
     StopConfig,
     check_product,
 )
-from greenlight.updater.product._placeholders import placeholders
+from greenlight.updater.product._placeholders import BUILT_IN, placeholders
 
 __all__ = ["BUILT_IN", "PRODUCT_PARTS", "Layered", "ProductManifest", "instance_values",
            "layered", "load_manifest", "manifest_schema", "split_product_config"]
 
-BUILT_IN = ("root", "release_dir", "version", "python", "data_dir", "token")
-"""The placeholders the machine always fills; a manifest's own are declared under [values]."""
 
 _VALUE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 Source = Literal["release", "machine"]
@@ -143,33 +141,16 @@ def instance_values(socket: SocketConfig) -> list[str]:
 
 
 def _check_side_by_side(manifest: ProductManifest, source: str) -> None:
-    """A release that runs side by side must let preflight give it sockets and state of its
-    own: each socket's address is a [values] placeholder away from the running one's.
+    """What preflight and handover need of a manifest beyond what Config checks: the values
+    they point elsewhere are declared.
 
     Raises:
-        ConfigError: one line naming the first socket or value that cannot be shadowed.
+        ConfigError: one line naming the first value that is not.
     """
     for name in manifest.per_instance:
         if name not in manifest.values:
             raise ConfigError(f"{source}: per_instance names {name!r}, which is not declared "
                               "under [values]")
-    if manifest.handover and not (manifest.side_by_side and manifest.socket):
-        raise ConfigError(f"{source}: handover runs a release beside its predecessor on the "
-                          "sockets Greenlight holds: it needs [[socket]]s and side_by_side")
-    if not manifest.side_by_side:
-        return
-    for k in manifest.socket:
-        own = [n for n in instance_values(k) if n in manifest.values]
-        if not own:
-            raise ConfigError(
-                f"{source}: socket {k.name!r} listens on the fixed address {k.listen!r}; "
-                "preflight runs the new release beside the running one on an address of its "
-                "own: make the port (or the path's folder) a [values] placeholder, or set "
-                "side_by_side = false")
-        if not k.listen.startswith(("/", "{")) and k.listen.rsplit(":", 1)[1] != f"{{{own[-1]}}}":
-            raise ConfigError(
-                f"{source}: socket {k.name!r}: listen = {k.listen!r}: the port must be a "
-                "placeholder of its own (HOST:{port_value}) for preflight to give it another")
 
 
 def split_product_config(text: str, source: str) -> tuple[str, dict[str, object]]:

@@ -10,7 +10,10 @@ from greenlight.updater.product._runtime import frozen, python_argv
 if TYPE_CHECKING:
     from greenlight.updater.store import InstallRoot
 
-__all__ = ["expand", "expand_command", "placeholders", "values_for"]
+__all__ = ["BUILT_IN", "expand", "expand_command", "placeholders", "values_for"]
+
+BUILT_IN = ("root", "release_dir", "version", "python", "data_dir", "token")
+"""The placeholders the machine always fills; a manifest's own are declared under [values]."""
 
 _PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 

@@ -21,6 +21,7 @@ from greenlight.updater.product._config import Config
 from greenlight.updater.product._control import HealthFailure, ServiceControl, Shadow
 from greenlight.updater.product._health import CheckResult
 from greenlight.updater.product._manifest import instance_values
+from greenlight.updater.product._placeholders import BUILT_IN
 from greenlight.updater.product._services import ProcessBackend, stop_slot
 from greenlight.updater.product._sockets import Listening, bind_shadow, close
 
@@ -70,7 +71,7 @@ def _shadow(control: ServiceControl, release: str) -> Shadow:
     listening: Listening = {}
     try:
         for sock in config.socket:
-            own = [n for n in instance_values(sock) if n in control.layer(release).values]
+            own = [n for n in instance_values(sock) if n not in BUILT_IN]
             if sock.listen.startswith(("/", "{")):
                 for name in own:
                     if name not in values:

@@ -44,6 +44,8 @@ class IncidentInfo(Record):
     channel: str
     summary: str
     failed_checks: list[FailedCheck] = Field(default_factory=list)
+    preflight: bool = Field(default=False, description="caught in preflight, beside the "
+                                                       "running release, which never stopped")
 
 
 class HoldInfo(Record):
@@ -118,7 +120,7 @@ def _incident(root: InstallRoot) -> IncidentInfo | None:
                 failed_release=entry.from_version, now_on=entry.to_version,
                 channel=entry.channel, summary=" ".join(entry.summary.split()),
                 failed_checks=[FailedCheck(name=c.name, summary=" ".join(c.summary.split()))
-                               for c in entry.failed_checks])
+                               for c in entry.failed_checks], preflight=entry.preflight)
     return None
 
 
