@@ -372,3 +372,30 @@ def test_a_manual_rollback_whose_target_fails_here_comes_back_and_says_so(machin
     assert h.tally.count("refused") == 0  # held sockets: waited, never refused
     status = json.loads(m.run("status", "--json").stdout)
     assert [k.split("@")[0] for k in status["quarantined"]] == ["1.0"]
+
+
+def test_a_killed_holder_does_not_block_the_next_upgrade(machine):
+    """The holder killed while the product runs (the services keep their copies of the
+    sockets): the next upgrade cannot hand over on sockets nobody holds any more, so it
+    stops and starts, and a new holder binds them again once the old release let go."""
+    m = machine()
+    m.publish("1.0", handover=True)
+    assert m.upgrade(0)["outcome"] == "upgraded"
+    control = str(m.path / "state" / "run" / "sockets.ctl").encode()
+
+    def cmdline(pid: str) -> bytes:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            return b""
+
+    holders = [int(e) for e in os.listdir("/proc") if e.isdigit() and control in cmdline(e)]
+    assert len(holders) == 1
+    os.kill(holders[0], signal.SIGKILL)
+    assert m.version() == "1.0"  # the core still serves on its own copy
+    m.publish("1.1", handover=True)
+    report = m.upgrade(0)
+    assert report["outcome"] == "upgraded" and m.version() == "1.1"
+    assert SocketHolder(m.root).running()
+    record = json.loads((m.path / "state" / "run" / "core.json").read_text())
+    assert "/run/next/" not in record["exit_file"]  # a stop and a start, not a handover

@@ -24,16 +24,19 @@ from greenlight.channels import version_of
 from greenlight.updater.product._config import Config
 from greenlight.updater.product._control import HealthFailure, ServiceControl, service_result
 from greenlight.updater.product._services import ProcessBackend, stop_slot
-from greenlight.updater.product._sockets import close
+from greenlight.updater.product._sockets import SocketHolder, close
 
 __all__ = ["hand_over", "hands_over", "stop_successors"]
 
 
 def hands_over(control: ServiceControl, config: Config, old: str | None) -> bool:
     """Whether the switch to a release of `config` is a handover from `old`: it declares it,
-    the backend is the launcher's, and the old release is running."""
+    the backend is the launcher's, the old release is running, and the root's holder still
+    holds the sockets it runs on (a holder that was killed cannot bind them again while the
+    old release has them: the switch is then a stop and a start, and the start rebinds)."""
     return (old is not None and config.handover and bool(config.socket)
-            and isinstance(control.backend, ProcessBackend) and control.any_running())
+            and isinstance(control.backend, ProcessBackend) and control.any_running()
+            and SocketHolder(control.root).running())
 
 
 def hand_over(control: ServiceControl, old: str, new: str) -> None:
