@@ -41,11 +41,11 @@ def _base(root: "InstallRoot") -> Path:
     return root.state / "run" / "preflight"
 
 
-def _copy_state(source: Path, target: Path) -> None:
+def _copy_state(source: Path | None, target: Path) -> None:
     """A per-instance folder's regular files and folders (sockets and links are not copied)."""
     remove_path(target)
     target.mkdir(parents=True)
-    if not source.is_dir() or source.is_symlink():
+    if source is None or not source.is_dir() or source.is_symlink():
         return
     shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True,
                     ignore=lambda d, names: [n for n in names
@@ -63,10 +63,10 @@ def _shadow(control: ServiceControl, release: str) -> Shadow:
     config, real = control.config_for(release), control.values(release)
     base = _base(control.root)
     values: dict[str, str] = {}
-    for name in config.per_instance:
-        source = Path(real[name])
-        _copy_state(source if source.is_absolute() else control.root.path / source,
-                    base / "values" / name)
+    for name in config.per_instance:  # a value no one set starts the shadow with nothing
+        source = Path(real.get(name, "")) if real.get(name) else None
+        _copy_state(source if source is None or source.is_absolute()
+                    else control.root.path / source, base / "values" / name)
         values[name] = str(base / "values" / name)
     listening: Listening = {}
     try:
