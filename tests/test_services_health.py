@@ -242,8 +242,10 @@ def test_success_exit_status_widens_what_is_clean(listed, status, crashed):
     assert outcome.crashed is crashed
 
 
-_CHILD = ("import os,pathlib,sys,time; pathlib.Path(sys.argv[1]).write_text(str(os.getpid())); "
-          "time.sleep(60)")
+# The marker is written whole, by a rename: a marker that exists has the child's pid (a
+# SIGTERM between its creation and its write left it empty).
+_CHILD = ("import os,pathlib,sys,time; pathlib.Path(sys.argv[1] + '~').write_text(str(os.getpid()))"
+          "; os.replace(sys.argv[1] + '~', sys.argv[1]); time.sleep(60)")
 
 
 def _alive(pid: int) -> bool:
