@@ -70,7 +70,7 @@ class Held:
         return ProcessBackend(self.root).pid("core")
 
     def shadows(self) -> list[str]:
-        backend = ProcessBackend(self.root, shadow=True)
+        backend = ProcessBackend(self.root, slot="preflight")
         return [n for n in ("core", "ui") if backend.is_running(n)]
 
     def version(self) -> str:
@@ -78,7 +78,7 @@ class Held:
 
     def stop(self) -> None:
         self.run("stop")
-        backend, shadow = ProcessBackend(self.root), ProcessBackend(self.root, shadow=True)
+        backend, shadow = ProcessBackend(self.root), ProcessBackend(self.root, slot="preflight")
         for b in (backend, shadow, ProcessBackend(self.root, slot="next")):
             for name in ("ui", "core"):
                 pid = b.pid(name)

@@ -100,7 +100,8 @@ def preflight(control: ServiceControl, release: str, beside: str | None) -> list
     base = _base(control.root)
     stop_shadows(control.root)
     shadow = _shadow(control, release)
-    twin = ServiceControl(control.root, control.config, ProcessBackend(control.root, shadow=True),
+    twin = ServiceControl(control.root, control.config,
+                          ProcessBackend(control.root, slot="preflight"),
                           _layers=control._layers, shadow=shadow)
     where = f"beside {version_of(beside)}, which kept running" if beside else "before it ran"
     try:

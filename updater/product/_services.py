@@ -161,13 +161,13 @@ def _alive(pid: int) -> bool:
 
 
 class ProcessBackend:
-    def __init__(self, root: "InstallRoot", shadow: bool = False, slot: str = "") -> None:
-        """`shadow`: preflight's copies of the services, with records and logs of their own
-        (state/run/preflight/, logs/preflight/). `slot` "next": a handover's successors,
+    def __init__(self, root: "InstallRoot", slot: str = "") -> None:
+        """`slot` "preflight": preflight's copies of the services, with records and logs of
+        their own (state/run/preflight/, logs/preflight/); "next": a handover's successors,
         started beside the running services (records in state/run/next/, then adopted)."""
         self.root = root
-        self.run_dir = root.state / "run" / ("preflight" if shadow else slot)
-        self.logs = root.path / "logs" / ("preflight" if shadow else "")
+        self.run_dir = root.state / "run" / slot
+        self.logs = root.path / "logs" / ("preflight" if slot == "preflight" else "")
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._stop_started: dict[str, float] = {}
         self._notify: dict[str, socket.socket] = {}
@@ -440,7 +440,7 @@ def stop_slot(root: "InstallRoot", slot: str, names: list[str] | None = None) ->
     interrupted updater left running: by its record, or by its launcher's command line when
     it was killed before it wrote one (of the services `names`); then remove the records.
     Returns those it stopped."""
-    backend = ProcessBackend(root, shadow=slot == "preflight", slot=slot)
+    backend = ProcessBackend(root, slot=slot)
     stopped = []
     recorded = [r.stem for r in backend.run_dir.glob("*.json") if r.stem != "supervised"]
     for name in sorted({*recorded, *(names or [])}):
