@@ -47,6 +47,11 @@ def _machine(**extra: object) -> Config:
     ('[[service]]\nname = "core"\ncommand = ["x"]\n[[socket]]\nname = "api"\n'
      'service = "ui"\nlisten = "127.0.0.1:8080"\n', "names no [[service]]"),
     ('per_instance = ["cache"]\n', "per_instance names 'cache'"),
+    # a tcp check on a socket Greenlight holds cannot fail: the backlog answers for the service
+    ('[values]\np = "1"\n[[service]]\nname = "core"\ncommand = ["x"]\nready = "up"\n'
+     '[[socket]]\nname = "api"\nservice = "core"\nlisten = "0.0.0.0:{p}"\n'
+     '[[check]]\nname = "up"\ntype = "tcp"\nport = "{p}"\n',
+     "check 'up' connects to socket 'api', which Greenlight holds"),
 ])
 def test_a_manifest_that_does_not_load_is_named_in_one_line(text, says):
     with pytest.raises(ConfigError) as caught:

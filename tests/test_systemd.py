@@ -273,3 +273,100 @@ def test_held_sockets_are_passed_by_systemd_and_wait_across_a_restart(units, man
         assert second["pid"] != first["pid"]
     finally:
         manager.systemctl("stop", socket_unit(held), GATE_UNIT, check=False)
+
+
+def test_the_units_follow_each_release_through_upgrades_and_a_rollback(tmp_path, repo,
+                                                                         monkeypatch):
+    """Under systemd the product's unit files are each release's: `updater systemd-units`
+    once, then a release that adds a service and moves the core to another port, a bad one
+    rolled back and one that drops a service: each start rewrites the units (and
+    enables a new one as the product's were), so no one edits the machine between releases."""
+    from greenlight.release import publish
+
+    from conftest import builtin_server, free_port
+    from tally import build, manifest
+
+    with user_manager(tmp_path / "systemd") as manager, builtin_server(repo.path) as server:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", manager.env["XDG_RUNTIME_DIR"])
+        monkeypatch.setenv("XDG_CONFIG_HOME", manager.env["XDG_CONFIG_HOME"])
+        root = tmp_path / "root"
+
+        def updater(*args: str) -> subprocess.CompletedProcess[str]:
+            done = subprocess.run([str(BIN / "updater"), *args, "--root", str(root)],
+                                  capture_output=True, text=True, timeout=180)
+            assert "Traceback" not in done.stderr, done.stderr
+            return done
+
+        def release(version: str, text: str) -> None:
+            (tmp_path / f"{version}.toml").write_text(text)
+            publish(repo, "stable", version, build(version, tmp_path / "builds" / version),
+                    manifest=tmp_path / f"{version}.toml")
+
+        def answers(port: str) -> str | None:
+            import httpx
+
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/version", timeout=5).text.split()[-1]
+            except httpx.HTTPError:
+                return None
+
+        done = updater("init", "--repo", server.url, "--trust",
+                       str(repo.metadata_dir / "1.root.json"), "--channel", "stable")
+        assert done.returncode == 0, done.stderr
+        ports = {name: str(free_port()) for name in ("core_port", "api_port", "relay_port")}
+        (root / "data").mkdir(exist_ok=True)
+        (root / "data" / "api-key").write_text("k" * 32 + "\n")
+        config = root / "greenlight.toml"
+        config.write_text('backend = "systemd"\nsystemd_scope = "user"\n'
+                          'disabled_checks = ["tally-dns"]\n' + config.read_text()
+                          + "\n[values]\n" + "".join(f'{k} = "{v}"\n' for k, v in ports.items()))
+        done = updater("systemd-units", "--out", str(manager.units))
+        assert done.returncode == 0, done.stderr
+        manager.systemctl("enable", "greenlight-agent.service")  # as an admin does
+        manager.systemctl("daemon-reload")
+        core_unit, relay_unit = manager.units / "greenlight-core.service", (
+            manager.units / "greenlight-relay.service")
+        relay = {"relay_port": ports["relay_port"]}
+        try:
+            release("1.0", manifest("core_port"))
+            done = updater("upgrade")
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert answers(ports["core_port"]) == "1.0"
+            assert f"--port {ports['core_port']}" in core_unit.read_text()
+            assert manager.show("greenlight-core.service", "ActiveState")["ActiveState"] == (
+                "active")
+
+            # 1.1 adds a service and moves the core to the port the machine names api_port
+            release("1.1", manifest("api_port", relay=True, values=relay))
+            assert updater("upgrade").returncode == 0
+            assert answers(ports["api_port"]) == "1.1" and answers(ports["core_port"]) is None
+            assert relay_unit.exists() and "After=network.target greenlight-core.service" in (
+                relay_unit.read_text())
+            assert manager.systemctl("is-enabled", "greenlight-relay.service",
+                                     check=False).returncode == 0
+            assert manager.show("greenlight-relay.service", "ActiveState")["ActiveState"] == (
+                "active")
+            good = core_unit.read_text()
+            assert f"--port {ports['api_port']}" in good
+
+            bad = ('\n[[check]]\nname = "core-v2"\ntype = "http"\n'
+                   'url = "http://127.0.0.1:{core_port}/v2/healthz"\n')
+            release("1.2", manifest("core_port", relay=True, values=relay, extra_check=bad))
+            done = updater("upgrade")
+            assert done.returncode == 20, done.stdout + done.stderr
+            # the rollback started 1.1 on 1.1's units: the core back on api_port
+            assert core_unit.read_text() == good and answers(ports["api_port"]) == "1.1"
+
+            # 1.3 drops the relay: its unit is stopped, disabled and removed
+            release("1.3", manifest("core_port"))
+            assert updater("upgrade").returncode == 0
+            assert answers(ports["core_port"]) == "1.3" and not relay_unit.exists()
+            assert manager.show("greenlight-relay.service", "ActiveState")["ActiveState"] != (
+                "active")
+            assert manager.systemctl("is-enabled", "greenlight-relay.service",
+                                     check=False).returncode != 0
+            record = __import__("json").loads((root / "state" / "systemd-units.json")
+                                              .read_text())
+            assert record["units"] == ["greenlight-core.service"]
+        finally:
+            updater("stop")

@@ -2,12 +2,13 @@
 the services, which services died on their own, the systemd units, and lifting a quarantine
 (with who did it)."""
 
+import json
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from greenlight.channels import version_of
+from greenlight.channels import atomic_write, version_of
 from greenlight.updater._errors import NotFound, ServiceError
 from greenlight.updater.operations._read import quarantine_info, quarantined
 from greenlight.updater.output import HealthReport, QuarantineReport
@@ -28,7 +29,7 @@ from greenlight.updater.store import (
     record,
 )
 
-__all__ = ["AGENT_UNIT", "Supervised", "acting_person", "crashed_services", "health", "lift",
+__all__ = ["Supervised", "acting_person", "crashed_services", "health", "lift",
            "start_services", "stop_services", "supervise", "write_systemd_units"]
 
 
@@ -187,18 +188,19 @@ def lift(root: InstallRoot, release: str) -> QuarantineReport:
 def write_systemd_units(root: InstallRoot, out_dir: Path) -> list[Path]:
     """A unit file for each service of the installed release (its manifest's under
     greenlight.toml), in start order, and one for each socket it declares, into `out_dir`.
+    The folder is recorded (`UNITS_RECORD`): from then on every start of a release makes the
+    units there its own (`SystemdBackend.follow`), so a release that changes its services
+    needs no one to run this again.
 
     Raises:
         ConfigError: no configuration, or one that does not load.
         OSError: `out_dir` could not be written.
     """
     from greenlight.updater.product import (
-        GATE_UNIT,
+        AGENT_UNIT,
+        UNITS_RECORD,
         SystemdBackend,
-        render_gate,
-        render_socket,
-        render_unit,
-        socket_unit,
+        render_units,
         values_for,
     )
 
@@ -207,31 +209,21 @@ def write_systemd_units(root: InstallRoot, out_dir: Path) -> list[Path]:
     # the installed release's services and sockets: its manifest's, under greenlight.toml
     config = control.config_for(None) if root.installed_release() else machine
     values = control.values(None) if root.installed_release() else values_for(root, None)
-    written, previous = [], ""
-    user = config.systemd_scope == "user"
     out_dir.mkdir(parents=True, exist_ok=True)
     root.logs.mkdir(parents=True, exist_ok=True)  # the units append their output there
-    for sock in config.socket:
-        path = out_dir / socket_unit(sock)
-        path.write_text(render_socket(sock, values))
-        written.append(path)
-    if config.socket:
-        (out_dir / GATE_UNIT).write_text(render_gate())
-        written.append(out_dir / GATE_UNIT)
-    for service in config.service:
-        unit = SystemdBackend.unit(service)
-        path = out_dir / unit
-        path.write_text(render_unit(service, values, after=previous, timeout=config.stop.timeout,
-                                    user=user, sockets=config.socket))
-        written.append(path)
-        previous = unit
+    units = render_units(config, values)
+    written = []
+    for name, text in units.items():
+        atomic_write(out_dir / name, text.encode())
+        written.append(out_dir / name)
     agent = out_dir / AGENT_UNIT
     agent.write_text(_agent_unit(root, [SystemdBackend.unit(s) for s in config.service],
-                                config.backend == "process", user))
+                                config.backend == "process", config.systemd_scope == "user"))
+    root.state.mkdir(parents=True, exist_ok=True)
+    atomic_write(root.state / UNITS_RECORD, json.dumps(
+        {"dir": str(out_dir.resolve()), "units": sorted(units)}, indent=1).encode())
     return [*written, agent]
 
-
-AGENT_UNIT = "greenlight-agent.service"
 
 
 def _agent_unit(root: InstallRoot, product_units: list[str], owns_services: bool,

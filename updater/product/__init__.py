@@ -67,16 +67,21 @@ if TYPE_CHECKING:
     )
     from greenlight.updater.product._sockets import SocketHolder
     from greenlight.updater.product._systemd import (
+        AGENT_UNIT,
         GATE_UNIT,
+        UNITS_RECORD,
         SystemdBackend,
         render_gate,
         render_socket,
         render_unit,
+        render_units,
         socket_unit,
     )
 
 __all__ = [
+    "AGENT_UNIT",
     "GATE_UNIT",
+    "UNITS_RECORD",
     "AgentConfig",
     "CheckConfig",
     "CheckResult",
@@ -128,6 +133,7 @@ __all__ = [
     "render_gate",
     "render_socket",
     "render_unit",
+    "render_units",
     "socket_unit",
     "runs_preflight",
     "stop_shadows",
@@ -193,6 +199,9 @@ _HOME = {
     "render_socket": "greenlight.updater.product._systemd",
     "socket_unit": "greenlight.updater.product._systemd",
     "GATE_UNIT": "greenlight.updater.product._systemd",
+    "UNITS_RECORD": "greenlight.updater.product._systemd",
+    "AGENT_UNIT": "greenlight.updater.product._systemd",
+    "render_units": "greenlight.updater.product._systemd",
     "values_for": "greenlight.updater.product._placeholders",
     "with_machine_parts": "greenlight.updater.product._config",
 }

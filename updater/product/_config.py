@@ -151,6 +151,23 @@ def _shadowable(sock: SocketConfig) -> None:
             "of its own (HOST:{port_value}) for preflight to give it another")
 
 
+_ANY_HOST = {"", "0.0.0.0", "::", "*"}
+
+
+def _held_by(check: "CheckConfig", sockets: list[SocketConfig]) -> SocketConfig | None:
+    """The held stream socket a tcp check connects to, if any: such a check passes on the
+    socket alone (a held socket completes the handshake from its backlog)."""
+    if not isinstance(check, TcpCheck):
+        return None
+    for sock in sockets:
+        if sock.kind != "stream" or sock.listen.startswith(("/", "{")):
+            continue
+        host, port = sock.listen.rsplit(":", 1)
+        if port == str(check.port) and host.strip("[]") in _ANY_HOST | {check.host.strip("[]")}:
+            return sock
+    return None
+
+
 class _CheckBase(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     required: bool = True
@@ -351,6 +368,13 @@ class Config(_Section):
                                  "HOST:PORT nor an absolute path")
             if self.side_by_side:
                 _shadowable(k)
+        for c in self.check:
+            held = _held_by(c, self.socket)
+            if held is not None:
+                raise ValueError(
+                    f"check {c.name!r} connects to socket {held.name!r}, which Greenlight "
+                    "holds: the kernel accepts there whether or not the service runs, so it "
+                    "cannot fail; check the service over http, websocket or a command")
         if self.handover and not (self.side_by_side and self.socket):
             raise ValueError("handover runs a release beside its predecessor on the sockets "
                              "Greenlight holds: it needs [[socket]]s and side_by_side")

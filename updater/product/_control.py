@@ -35,7 +35,7 @@ from greenlight.updater.product._services import (
     drain,
 )
 from greenlight.updater.product._sockets import Listening, SocketHolder, close
-from greenlight.updater.product._systemd import SystemdBackend
+from greenlight.updater.product._systemd import SystemdBackend, render_units
 
 if TYPE_CHECKING:
     from greenlight.updater.store import InstallRoot
@@ -267,6 +267,7 @@ class ServiceControl:
         Raises:
             HealthFailure: a service exited during start-up or was not ready in time, or its
                 sockets could not be bound.
+            StoreError: under systemd, its units could not be written.
         """
         if release is None:
             return
@@ -275,6 +276,10 @@ class ServiceControl:
         started = time.monotonic()
         # A start by Greenlight begins the supervisors' counts again, and what was seen of them.
         self.seen_path().unlink(missing_ok=True)
+        if self.shadow is None and isinstance(self.backend, SystemdBackend):
+            # systemd runs what the unit files say: make them this release's first (a machine
+            # that cannot write them has a StoreError of its own, not the release's fault)
+            self.backend.follow(render_units(config, self.values(release)))
         try:
             listening = self.listening(release)
         except StoreError as e:  # its sockets cannot be had: it cannot start

@@ -4,14 +4,16 @@ stop timeouts and the restarts (Restart=, RestartSec=, the start limit); this ba
 back what it did (ExecMainCode/ExecMainStatus, Result, NRestarts, ControlGroup).
 """
 
+import json
 import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from greenlight.channels import atomic_write
 from greenlight.updater._errors import ConfigError, StoreError
-from greenlight.updater.product._config import ServiceConfig, SocketConfig
+from greenlight.updater.product._config import Config, ServiceConfig, SocketConfig
 from greenlight.updater.product._placeholders import expand, expand_command
 from greenlight.updater.product._services import (
     Restarts,
@@ -23,8 +25,13 @@ from greenlight.updater.product._services import (
 if TYPE_CHECKING:
     from greenlight.updater.store import InstallRoot
 
-__all__ = ["GATE_UNIT", "SystemdBackend", "render_gate", "render_socket", "render_unit",
-           "socket_unit"]
+__all__ = ["AGENT_UNIT", "GATE_UNIT", "UNITS_RECORD", "SystemdBackend", "render_gate",
+           "render_socket", "render_unit", "render_units", "socket_unit"]
+
+AGENT_UNIT = "greenlight-agent.service"
+UNITS_RECORD = "systemd-units.json"
+"""In the root's state: the folder `updater systemd-units` wrote the product's units into,
+and their names, so that each start makes them those of the release it starts."""
 
 
 class SystemdBackend:
@@ -134,6 +141,62 @@ class SystemdBackend:
     def wait_stopped(self, service: ServiceConfig, timeout: float) -> StopOutcome:
         return self.stop(service, timeout, wait=True)
 
+    def follow(self, units: dict[str, str]) -> list[str]:
+        """Make the product's unit files those of the release about to start (`units`, from
+        `render_units`): each one that differs is rewritten, each one the previous release had
+        and this one has not is disabled and removed, a changed or removed socket unit is
+        stopped first (its service is stopped: the next start binds it anew), new units are
+        enabled when the product's were, and systemd reloads. Only in the folder `updater
+        systemd-units` wrote to, as recorded in `UNITS_RECORD`; nothing without that record.
+        Returns the units changed.
+
+        Raises:
+            StoreError: the record or a unit file could not be read or written.
+        """
+        record = self.root.state / UNITS_RECORD
+        try:
+            written = json.loads(record.read_text())
+            folder, before = Path(written["dir"]), set(written["units"])
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise StoreError(f"{record}: unreadable ({e}); run 'updater systemd-units' "
+                             "again") from None
+        try:
+            changed = [n for n, text in units.items() if _text_of(folder / n) != text]
+            gone = sorted(before - set(units))
+            if not changed and not gone:
+                return []
+            # enabled at boot, as the admin left the product's units (or the agent's)
+            enabled = any(self._run("is-enabled", "--quiet", n).returncode == 0
+                          for n in [*sorted(before), AGENT_UNIT] if n.endswith(".service"))
+            for name in [*changed, *gone]:
+                if name.endswith(".socket"):
+                    self._run("stop", name)
+            if enabled and gone:
+                self._run("disable", *gone)
+            for name in changed:
+                atomic_write(folder / name, units[name].encode())
+            for name in gone:
+                (folder / name).unlink(missing_ok=True)
+            atomic_write(record, json.dumps({"dir": str(folder), "units": sorted(units)},
+                                            indent=1).encode())
+        except OSError as e:
+            raise StoreError(f"{folder}: cannot write the release's systemd units: "
+                             f"{e.strerror or e}") from None
+        self._run("daemon-reload")
+        new = [n for n in changed if n not in before and n != GATE_UNIT]
+        if enabled and new:
+            self._run("enable", *new)
+        return [*changed, *gone]
+
+
+def _text_of(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
 
 UNIT_TEMPLATE = """\
 [Unit]
@@ -220,3 +283,21 @@ def render_gate() -> str:
     return ("[Unit]\nDescription=Greenlight: traffic on held sockets waits for the product's "
             "services\n\n[Service]\nType=oneshot\nExecStart=/bin/true\n"
             "RemainAfterExit=yes\n")
+
+
+def render_units(config: Config, values: dict[str, str]) -> dict[str, str]:
+    """The product's units for `config` (a release's, under greenlight.toml), by file name:
+    a `.socket` unit per held socket and the gate, then a service unit per service, each
+    after the one before it."""
+    units: dict[str, str] = {}
+    for sock in config.socket:
+        units[socket_unit(sock)] = render_socket(sock, values)
+    if config.socket:
+        units[GATE_UNIT] = render_gate()
+    previous = ""
+    for service in config.service:
+        unit = SystemdBackend.unit(service)
+        units[unit] = render_unit(service, values, after=previous, timeout=config.stop.timeout,
+                                  user=config.systemd_scope == "user", sockets=config.socket)
+        previous = unit
+    return units
