@@ -230,6 +230,31 @@ def test_killed_at_every_step_recovers_to_one_whole_release(product, repo, build
         assert p.run("upgrade").returncode == 0 and p.root.installed_version() == "3.1"
 
 
+@pytest.mark.parametrize("point, expected, event", [
+    ("post-check:after", "3.1", "upgraded"),
+    pytest.param("commit:before", "3.1", "upgraded", marks=pytest.mark.exhaustive),
+    pytest.param("start:after", "3.0", "interrupted", marks=pytest.mark.exhaustive),
+])
+def test_stopped_at_a_step_ends_whole_and_says_what_it_did(product, repo, builds, point,
+                                                          expected, event):
+    """A stop (SIGTERM) is taken by the command itself: before the post-check passed, the
+    steps are undone ("interrupted"); once it passed, the commit is finished in the same
+    process and recorded as the upgrade it is, never left for a recovery. Either way it
+    exits 143 with one line."""
+    p = product("3.0")
+    assert p.run("upgrade").returncode == 0
+    publish(repo, "stable", "3.1", builds("3.1"))
+    stopped = p.run("upgrade", env={"GREENLIGHT_KILL_AT": f"{point}:TERM"})
+    assert stopped.returncode == 143, stopped.stdout + stopped.stderr
+    assert stopped.stderr.startswith("updater: interrupted by SIGTERM")
+    assert stopped.stderr.count("\n") == 1 and "Traceback" not in stopped.stderr
+    assert not (p.path / "state" / "journal.json").exists()
+    assert p.root.installed_version() == expected
+    events = [e["event"] for e in p.json("history")["entries"]]
+    assert events[-1] == event and "recovered" not in events, events
+    assert p.running_release() == {"core": expected, "ui": expected}
+
+
 def test_a_second_updater_is_told_who_holds_the_root(product, repo, builds):
     p = product("4.0")
     from filelock import FileLock

@@ -99,7 +99,9 @@ def _say_under_way(root: InstallRoot) -> None:
 def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
     """Run the transaction; roll back on a HealthFailure, undo and re-raise on an error. The
     journal is first written here, inside the handler, and the success's records are shielded:
-    a signal at any moment leaves either no journal or one whose steps are undone or finished."""
+    a signal at any moment leaves either no journal or one whose steps are undone or finished.
+    A signal (or an error) once the post-check passed finishes the commit and records the
+    upgrade as any other, then ends the command."""
     try:
         txn.journal.save(txn.root)
         _say_under_way(txn.root)
@@ -118,7 +120,9 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
             })
         with shielded():
             if txn.journal.state_of("post-check") == "done":
-                recover(txn.root, txn.config)  # it passed: the commit is finished, as always
+                # it passed: the commit is finished, as always, and it is an upgrade
+                next(s for s in STEPS if s.name == "commit").do(txn)
+                _finished(txn, report)
             else:
                 step = next((s.name for s in txn.journal.steps if s.state == "doing"), None)
                 errors = undo_steps(STEPS, txn, f"{type(error).__name__}: {error}")
@@ -128,20 +132,25 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
         if error is caught:
             raise
         raise error from None
+    with shielded():
+        return _finished(txn, report)
+
+
+def _finished(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
+    """The transaction is committed: its history entry (an upgrade's), the journal gone."""
     old = version_of(txn.old) if txn.old else None
     moved: Literal["upgraded", "downgraded"] = (
         "downgraded" if old is not None and is_newer(old, version_of(txn.new)) else "upgraded")
-    with shielded():
-        if txn.journal.kind == "upgrade":  # what came before: the history knows it
-            repair = f" (the repair of {report.repair})" if report.repair else ""
-            entry = HistoryEntry(
-                event=moved, channel=txn.journal.channel, from_version=old,
-                to_version=version_of(txn.new), from_release=txn.old, to_release=txn.new,
-                summary=f"{moved} {old or 'nothing'} -> {version_of(txn.new)}{repair}",
-                timings=dict(txn.timings))
-            record(txn.root, entry)
-            queue_event(txn.root, entry, txn.config.outbox_size)
-        txn.journal.finish(txn.root)
+    if txn.journal.kind == "upgrade":  # what came before: the history knows it
+        repair = f" (the repair of {report.repair})" if report.repair else ""
+        entry = HistoryEntry(
+            event=moved, channel=txn.journal.channel, from_version=old,
+            to_version=version_of(txn.new), from_release=txn.old, to_release=txn.new,
+            summary=f"{moved} {old or 'nothing'} -> {version_of(txn.new)}{repair}",
+            timings=dict(txn.timings))
+        record(txn.root, entry)
+        queue_event(txn.root, entry, txn.config.outbox_size)
+    txn.journal.finish(txn.root)
     return report.model_copy(update={
         "outcome": moved, "note": _takes_over(txn) or report.note,
         "bytes_fetched": txn.bytes_fetched, "pruned": txn.pruned, "deltas": txn.deltas,

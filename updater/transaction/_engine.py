@@ -56,9 +56,11 @@ class Step(Generic[C]):
 
 
 def _fault_injection(step: str, when: str) -> None:
-    # Crash tests kill the updater at an exact point of the step list, for real (SIGKILL).
-    if os.environ.get("GREENLIGHT_KILL_AT") == f"{step}:{when}":
-        os.kill(os.getpid(), signal.SIGKILL)
+    # Crash tests kill the updater at an exact point of the step list, for real (SIGKILL);
+    # STEP:WHEN:TERM sends SIGTERM there instead, a stop the command takes as any other.
+    point = os.environ.get("GREENLIGHT_KILL_AT", "")
+    if point in (f"{step}:{when}", f"{step}:{when}:TERM"):
+        os.kill(os.getpid(), signal.SIGTERM if point.endswith(":TERM") else signal.SIGKILL)
 
 
 def run_steps(steps: Sequence[Step[C]], ctx: C) -> None:
