@@ -2,7 +2,6 @@
 the services, which services died on their own, the systemd units, and lifting a quarantine
 (with who did it)."""
 
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -198,8 +197,8 @@ def write_systemd_units(root: InstallRoot, out_dir: Path) -> list[Path]:
     """
     from greenlight.updater.product import (
         AGENT_UNIT,
-        UNITS_RECORD,
         SystemdBackend,
+        record_units,
         render_units,
         values_for,
     )
@@ -217,11 +216,10 @@ def write_systemd_units(root: InstallRoot, out_dir: Path) -> list[Path]:
         atomic_write(out_dir / name, text.encode())
         written.append(out_dir / name)
     agent = out_dir / AGENT_UNIT
-    agent.write_text(_agent_unit(root, [SystemdBackend.unit(s) for s in config.service],
-                                config.backend == "process", config.systemd_scope == "user"))
-    root.state.mkdir(parents=True, exist_ok=True)
-    atomic_write(root.state / UNITS_RECORD, json.dumps(
-        {"dir": str(out_dir.resolve()), "units": sorted(units)}, indent=1).encode())
+    atomic_write(agent, _agent_unit(root, [SystemdBackend.unit(s) for s in config.service],
+                                    config.backend == "process",
+                                    config.systemd_scope == "user").encode())
+    record_units(root, out_dir.resolve(), list(units))
     return [*written, agent]
 
 

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
         GATE_UNIT,
         UNITS_RECORD,
         SystemdBackend,
+        record_units,
         render_gate,
         render_socket,
         render_unit,
@@ -134,6 +135,7 @@ __all__ = [
     "render_socket",
     "render_unit",
     "render_units",
+    "record_units",
     "socket_unit",
     "runs_preflight",
     "stop_shadows",
@@ -202,6 +204,7 @@ _HOME = {
     "UNITS_RECORD": "greenlight.updater.product._systemd",
     "AGENT_UNIT": "greenlight.updater.product._systemd",
     "render_units": "greenlight.updater.product._systemd",
+    "record_units": "greenlight.updater.product._systemd",
     "values_for": "greenlight.updater.product._placeholders",
     "with_machine_parts": "greenlight.updater.product._config",
 }

@@ -25,8 +25,8 @@ from greenlight.updater.product._services import (
 if TYPE_CHECKING:
     from greenlight.updater.store import InstallRoot
 
-__all__ = ["AGENT_UNIT", "GATE_UNIT", "UNITS_RECORD", "SystemdBackend", "render_gate",
-           "render_socket", "render_unit", "render_units", "socket_unit"]
+__all__ = ["AGENT_UNIT", "GATE_UNIT", "UNITS_RECORD", "SystemdBackend", "record_units",
+           "render_gate", "render_socket", "render_unit", "render_units", "socket_unit"]
 
 AGENT_UNIT = "greenlight-agent.service"
 UNITS_RECORD = "systemd-units.json"
@@ -179,8 +179,7 @@ class SystemdBackend:
                 atomic_write(folder / name, units[name].encode())
             for name in gone:
                 (folder / name).unlink(missing_ok=True)
-            atomic_write(record, json.dumps({"dir": str(folder), "units": sorted(units)},
-                                            indent=1).encode())
+            record_units(self.root, folder, list(units))
         except OSError as e:
             raise StoreError(f"{folder}: cannot write the release's systemd units: "
                              f"{e.strerror or e}") from None
@@ -189,6 +188,17 @@ class SystemdBackend:
         if enabled and new:
             self._run("enable", *new)
         return [*changed, *gone]
+
+
+def record_units(root: "InstallRoot", folder: Path, names: list[str]) -> None:
+    """Record (`UNITS_RECORD`) that the product's units `names` are in `folder`.
+
+    Raises:
+        OSError: the record could not be written.
+    """
+    root.state.mkdir(parents=True, exist_ok=True)
+    atomic_write(root.state / UNITS_RECORD, json.dumps(
+        {"dir": str(folder), "units": sorted(names)}, indent=1).encode())
 
 
 def _text_of(path: Path) -> str | None:
