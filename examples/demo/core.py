@@ -5,6 +5,8 @@ One port on 127.0.0.1 serves HTTP and a WebSocket:
   GET /api/version         {"version": "<build version>"}
   GET /api/v1/session      the UI's call; needs "Authorization: Bearer <token>"
   GET /api/v1/work?ms=N    a slow authenticated request (for in-flight work)
+  GET /api/v1/events       the UI's event channel: a long poll, held open (in flight) until
+                           there is news (a drain) or 30 s pass; the UI always has one open
   GET /api/drain           stop taking work and wait (bounded) for in-flight work to end
   WS  /ws                  echo, after an {"auth": "<token>"} first message
 and, with --dns-port, a DNS responder for the product's name (A record, 127.0.0.1).
@@ -87,6 +89,8 @@ class Core:
             if url.path == "/api/v1/work":
                 ms = int(parse_qs(url.query).get("ms", ["50"])[0])
                 return self.work(conn, ms)
+            if url.path == "/api/v1/events":
+                return self.events(conn)
         return self.reply(conn, 404, {"error": f"no route {url.path}"})
 
     def work(self, conn: ServerConnection, ms: int) -> Response:
@@ -102,6 +106,20 @@ class Core:
                 self.in_flight -= 1
                 self.lock.notify_all()
 
+    def events(self, conn: ServerConnection) -> Response:
+        """A reader blocked on the core, as the UI's IPC reader was: in flight until a drain
+        tells it the core is going (or the poll ends), so only a drained stop is clean."""
+        with self.lock:
+            if not self.accepting:
+                return self.reply(conn, 503, {"error": "draining"})
+            self.in_flight += 1
+            try:
+                going = self.lock.wait_for(lambda: not self.accepting, timeout=30)
+            finally:
+                self.in_flight -= 1
+                self.lock.notify_all()
+        return self.reply(conn, 200, {"events": ["draining"] if going else []})
+
     def drain(self) -> bool:
         """Stop taking work; wait up to drain_seconds for what is in flight."""
         if self.on_drain is not None:
@@ -109,6 +127,7 @@ class Core:
             stop_accepting()
         with self.lock:
             self.accepting = False
+            self.lock.notify_all()  # the event channel's readers are told
             return self.lock.wait_for(lambda: self.in_flight == 0, timeout=self.drain_seconds)
 
     def websocket(self, conn: ServerConnection) -> None:

@@ -5,13 +5,16 @@
       real UI would at start-up; exits 0, or 1 with one line saying which call failed and how.
   ui.py --core URL --token-file F --stats FILE
       runs as a service: a steady stream of work requests to the core; counts successes and
-      failures into FILE (JSON). On SIGTERM it finishes the request in flight, then exits.
+      failures into FILE (JSON). Beside it, a reader always blocked on the core's event
+      channel (a long poll, as the real UI's IPC reader). On SIGTERM it finishes the request
+      in flight, then exits.
 """
 
 import argparse
 import json
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import httpx
@@ -42,14 +45,25 @@ def probe(core: str, token: str) -> str | None:
     return None
 
 
+def read_events(core: str, token: str, stopping: threading.Event) -> None:
+    """Keep a reader blocked on the core's event channel, polling again as each poll ends;
+    after a refusal or an error, again a second later. Not counted: the stream is."""
+    timeout = httpx.Timeout(10, read=60)
+    with httpx.Client(base_url=core, timeout=timeout,
+                      headers={"Authorization": f"Bearer {token}"}) as client:
+        while not stopping.is_set():
+            try:
+                ok = client.get("/api/v1/events").status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            if not ok:
+                stopping.wait(1.0)
+
+
 def run_stream(core: str, token: str, stats_path: Path, work_ms: int) -> int:
-    stopping = False
-
-    def on_term(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, on_term)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+    threading.Thread(target=read_events, args=(core, token, stopping), daemon=True).start()
     stats = {"ok": 0, "failed": 0, "errors": []}
     stats_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -60,7 +74,7 @@ def run_stream(core: str, token: str, stats_path: Path, work_ms: int) -> int:
 
     with httpx.Client(base_url=core, timeout=10,
                       headers={"Authorization": f"Bearer {token}"}) as client:
-        while not stopping:
+        while not stopping.is_set():
             try:
                 r = client.get("/api/v1/work", params={"ms": work_ms})
                 ok = r.status_code == 200
