@@ -4,7 +4,10 @@ other's modules.
 
 A report names a random installation id (never a hardware id), the channel, the release keys
 before and after, the outcome, the failed checks' names with one-line summaries, and the step
-timings. No tokens, no bodies beyond the summary.
+timings. No tokens, no bodies beyond the summary. The sender adds, under the machine's
+signature, the report's own id (the same on every send) and when it was sent, so that a
+report captured on the way is neither fresh for long nor counted twice; a collector that
+predates them ignores them, and a report without them is still taken.
 
 Every field has a limit, so that what a machine writes cannot be weaponised downstream (into
 a signed halt reason, a terminal, a log line, a page, a database column): names and keys from
@@ -26,7 +29,10 @@ from greenlight.channels._text import printable
 __all__ = ["FLEET_OUTCOMES", "FleetReport", "Outcome", "ReportedCheck"]
 
 Outcome = Literal["upgraded", "rolled-back", "dead-end", "precheck-blocked", "held",
-                  "crash-loop", "damaged"]
+                  "crash-loop", "damaged", "crashed-on-stop"]
+"""`crashed-on-stop`: the release being left (`release_key`, installed before and after)
+crashed when it was stopped for an upgrade; evidence against it, never against the release
+the machine went for."""
 FLEET_OUTCOMES: dict[str, Outcome] = {"upgraded": "upgraded", "rolled-back": "rolled-back",
                                       "rollback-failed": "dead-end",
                                       "precheck-blocked": "precheck-blocked",
@@ -63,3 +69,8 @@ class FleetReport(Record):
     note: _Text | None = Field(default=None, description="why it was held, when it was")
     cohort: str | None = Field(default=None, pattern=COHORT_PATTERN,
                                description="the kind of machine: system-major/arch/label")
+    id: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$",
+                           description="the report's own id, the same on every send: its "
+                                       "machine key's report is counted once")
+    sent: datetime | None = Field(default=None, description="when the machine sent it (the "
+                                  "collector takes it within a day past, 5 minutes ahead)")

@@ -38,7 +38,7 @@ interval = 0.1
 [[check]]
 name = "marker"
 type = "command"
-command = ["sh", "-c", """test ! -e '{root}/data/broken-{version}' &&
+command = ["sh", "-c", """test ! -e '{root}/data/broken-{version}' && \
                         ! grep -q refuse-ui-token '{release_dir}/core/build.json'"""]
 '''
 

@@ -125,11 +125,15 @@ def test_auto_installs_in_the_window_and_downloads_outside_it(machine):
     assert root.installed_version() is None
     assert (status["update"], status["available"]) == ("downloaded", "1.0")
     assert "outside the install windows 02:00-05:00" in status["held_because"]
-    # Fetched and verified already: every component's artifact is in downloads/ under its own
-    # sha256 (a leftover .partial/ folder does not count), and nothing is half-fetched.
+    # Fetched and verified already: every component's artifact, and its signed file list
+    # (fetched first, with the manifest), is in downloads/ under its own sha256 (a leftover
+    # .partial/ folder does not count), and nothing is half-fetched.
     kept = [p for p in (machine.path / "downloads").iterdir() if p.is_file()]
     published = {hashlib.sha256(a.read_bytes()).hexdigest() for a in machine.builds("1.0").values()}
-    assert {p.name for p in kept} == published
+    lists = {p.name.split(".")[0]
+             for p in (machine.repo.path / "targets" / "artifacts" / "_files" / "1.0").iterdir()}
+    assert len(lists) == len(published)
+    assert {p.name for p in kept} == published | lists
     assert all(hashlib.sha256(p.read_bytes()).hexdigest() == p.name for p in kept)
     assert not list((machine.path / "downloads" / ".partial").glob("*"))
     clock.local_hour = 3
@@ -436,3 +440,50 @@ def test_the_agent_verifies_on_its_schedule_and_repairs(machine):
                (machine.path / "state" / "history.jsonl").read_text().splitlines()]
     assert [h["event"] for h in history[-2:]] == ["damaged", "repaired"]
     assert "changed core/core.py (content)" in history[-2]["summary"]
+
+
+def test_a_held_cycle_is_reported_once_to_the_fleet(machine):
+    """The fleet's count of held machines comes from the agent too, not only from a person's
+    `updater upgrade`: a cycle held back by the quarantine queues one `held` report, and the
+    cycles after it, held for the same reason, none."""
+    from greenlight.updater.store import queued
+
+    root = machine.init('\n[report]\nurl = "http://127.0.0.1:9/"\ntimeout = 0.5\n')
+    clock, agent = driven(root)
+    machine.publish("1.0")
+    cycle(agent, machine)
+    machine.publish("1.1", "refuse-ui-token")
+    cycle(agent, machine)  # rolled back, quarantined
+
+    def held() -> list[dict]:
+        reports = [json.loads(p.read_text()) for p in queued(root)]
+        return [r for r in reports if r["outcome"] == "held"]
+
+    assert held() == []
+    assert cycle(agent, machine)["update"] == "held"
+    assert [(r["release"], r["before"].split("@")[0]) for r in held()] == [("1.1", "1.0")]
+    assert "quarantined" in held()[0]["note"]
+    cycle(agent, machine)
+    assert len(held()) == 1
+
+
+def test_the_loops_cycles_are_quiet_when_nothing_changes(machine, tmp_path):
+    """Each cycle of the long-running agent is a process of its own (`agent --once` with the
+    loop's `--report`): what a cycle found is logged when it changes, not at every cycle."""
+    machine.init()
+    machine.publish("1.0")
+    wait = tmp_path / "wait.json"
+
+    def loop_cycle() -> str:
+        done = machine.updater("agent", "--once", "--report", str(wait))
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        return (machine.path / "logs" / "agent.log").read_text()
+
+    loop_cycle()
+    settled = loop_cycle()  # installed 1.0, then up to date: said once
+    assert settled.count("up to date at 1.0") == 1, settled
+    assert loop_cycle() == settled and loop_cycle() == settled
+    machine.publish("1.1", "refuse-ui-token")
+    loop_cycle()
+    held = loop_cycle()
+    assert loop_cycle() == held, held  # held back by the quarantine: said once

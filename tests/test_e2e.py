@@ -190,6 +190,52 @@ def test_the_restart_incident_without_draining_is_seen_and_rolled_back(product, 
     assert p.running_release() == {"core": "2.0", "ui": "2.0"}
     incident = p.json("history")["entries"][-1]
     assert any("core: exited with status 70" in s for s in incident["stop_outcomes"])
+    # Evidence against the release being left, never the one tried: its fleet report.
+    from greenlight.updater.store import HistoryEntry, report_of
+
+    report = report_of(p.root, HistoryEntry.model_validate(incident), "rolled-back")
+    assert (report.outcome, report.release, report.before, report.after) == (
+        "crashed-on-stop", "2.0", incident["to_release"], incident["to_release"])
+    assert report.release_key == incident["to_release"] != incident["from_release"]
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().rstrip(b"\0")
+    return dict(entry.decode().split("=", 1) for entry in raw.split(b"\0") if entry)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if entry.name.isdigit() and int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_the_services_environment_is_not_the_updaters(product):
+    """Issue 38: a variable of the test that ran `updater` reached the core. The core, the
+    UI and their launchers now run in the documented minimum (docs/configuration.md), as a
+    systemd unit would: nothing of the updater's environment but its LANG."""
+    import pwd
+
+    p = product("1.6.10")
+    done = p.run("upgrade", env={"GREENLIGHT_LEAK_CANARY": "reached-the-core",
+                                 "LANG": "C.UTF-8", "PYTHONPATH": str(p.path / "nowhere")})
+    assert done.returncode == 0, done.stdout + done.stderr
+    user = pwd.getpwuid(os.getuid())
+    minimum = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+               "LANG": "C.UTF-8", "HOME": user.pw_dir, "USER": user.pw_name,
+               "LOGNAME": user.pw_name, "SHELL": user.pw_shell or "/bin/sh"}
+    backend = ProcessBackend(p.root)
+    for name in ("core", "ui"):
+        launcher = backend.pid(name)
+        assert launcher is not None, f"{name} is not running"
+        services = _children(launcher)
+        assert len(services) == 1, f"{name}'s launcher has children {services}"
+        for pid in (launcher, *services):
+            assert _environ(pid) == minimum, f"{name} ({pid})"
 
 
 KILL_POINTS = [f"{step.name}:{when}" for step in STEPS for when in ("before", "after")]

@@ -100,8 +100,8 @@ def test_reports_from_one_installation_are_rate_limited(fleet):
         report = {"schema": "greenlight.report/1",
                   "at": "2026-11-22T10:00:00Z", "channel": "beta", "outcome": "rolled-back",
                   "release": "9.9"}
-        codes = [post_report(collector.url, "rated", report).status_code
-                 for _ in range(RATE + 2)]
+        codes = [post_report(collector.url, "rated", {**report, "id": f"{i:032x}"}).status_code
+                 for i in range(RATE + 2)]
         assert codes == [202] * RATE + [429, 429]
         assert collector.rollouts()[("beta", "9.9")]["machines"] == 1  # one machine, not 10
     finally:
@@ -304,7 +304,8 @@ def test_the_collector_documents_its_api_and_exports_metrics(fleet):
         api = httpx.get(collector.url + "openapi.json", timeout=10).json()
         assert api["openapi"].startswith("3.1")
         post = api["paths"]["/v1/reports"]["post"]
-        assert set(post["responses"]) == {"202", "401", "403", "413", "422", "429"}
+        assert set(post["responses"]) == {"200", "202", "401", "403", "413", "422", "429",
+                                          "503"}
         schemas = api["components"]["schemas"]
         # The documented schema accepts a real report and refuses a hostile name.
         resolver = {"$ref": "#/components/schemas/FleetReport", "components": api["components"]}
@@ -316,6 +317,17 @@ def test_the_collector_documents_its_api_and_exports_metrics(fleet):
                                 resolver)
         assert "ReportedCheck" in schemas
 
+        # counted in the metric: a key the operator loaded (a newcomer's report is not)
+        from greenlight.channels import public_key_text
+
+        from conftest import machine_key
+
+        loaded = httpx.post(collector.url + "v1/machines/load", json={"keys": [
+            public_key_text(machine_key("documented")).strip()]},
+            headers={"Authorization": f"Bearer {ADMIN}"})
+        assert loaded.status_code == 200, loaded.text
+        assert post_report(collector.url, "newcomer", {
+            **good, "installation": machine_id("newcomer")}).status_code == 202
         assert post_report(collector.url, "documented", good).status_code == 202
         assert post_report(collector.url, "documented", _report(channel="c" * 70)
                            ).status_code == 422
@@ -446,7 +458,7 @@ def test_new_keys_are_rate_limited(fleet):
         codes = [post_report(collector.url, f"mint{i}", _report()).status_code
                  for i in range(8)]
         assert codes == [202] * 5 + [429] * 3
-        assert post_report(collector.url, "mint0", _report()).status_code == 202
+        assert post_report(collector.url, "mint0", _report(id="1" * 32)).status_code == 202
         counts = _machines(collector)["counts"]
         assert counts["active"] == 5 and counts["last_hour"] == 5 and not counts["spike"]
     finally:
@@ -487,6 +499,13 @@ def test_pruning_keeps_what_the_rules_count(tmp_path):
     assert (judged.failed, judged.total) == (3, 3)  # p0-p2 still count; minted does not
     assert store.prune(t0 + timedelta(days=50), set()) == 4
     assert len(store.machine_list()) == 4
+    # Keys enrolled by the fleet token alone and silent for the retention go; a revoked
+    # key stays revoked, and a key an operator loaded stays.
+    store.set_state([machine_id("p0")], "revoked")
+    store.preauthorize({machine_id("loaded"): public_key_text(machine_key("loaded")).strip()},
+                       t0)
+    assert store.prune_machines(t0 + timedelta(days=50)) == 3
+    assert {m["id"] for m in store.machine_list()} == {machine_id("p0"), machine_id("loaded")}
 
     now = t0 + timedelta(days=60)
     for i in range(25):
@@ -641,18 +660,22 @@ def test_a_batch_is_judged_report_by_report(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 's.sqlite3'}")
     at = datetime(2026, 6, 1, tzinfo=UTC)
 
-    def item(name: str) -> tuple:
-        report = FleetReport.model_validate({**_report(), "installation": machine_id(name)})
+    def item(name: str, n: int = 0) -> tuple:
+        report = FleetReport.model_validate({**_report(id=f"{n:032x}"),
+                                             "installation": machine_id(name)})
         return (report, report.model_dump_json(by_alias=True), at,
                 public_key_text(machine_key(name)).strip())
 
-    said = store.accept_many([item("busy")] * 12 + [item("n1"), item("n2"), item("n3")],
+    said = store.accept_many([item("busy", n) for n in range(12)]
+                             + [item("n1"), item("n2"), item("n3")],
                              rate=10, mode="open", enrol_rate=3)
     assert said == ([("accepted", True)] + [("accepted", False)] * 9 + [("rate", False)] * 2
                     + [("accepted", True), ("accepted", True), ("enrol-rate", False)])
     assert store.accept_many([item("n4")], rate=10, mode="preauthorized") == [
         ("unknown", False)]
-    assert store.accept_many([item("n1")], rate=10, mode="approved") == [("accepted", False)]
+    assert store.accept_many([item("n1", 1)], rate=10, mode="approved") == [
+        ("accepted", False)]
+    assert store.accept_many([item("n1", 1)], rate=10) == [("duplicate", False)]
     assert {m["id"] for m in store.machine_list()} == {machine_id(n) for n in
                                                       ("busy", "n1", "n2")}
     assert store.judged("beta", "9.9", None).total == 0  # no release key: counted nowhere

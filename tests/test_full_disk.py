@@ -84,6 +84,10 @@ def test_upgrade_and_sideload_on_a_full_disk(tmp_path, small_disk, builds):
                         if not k.startswith(("downloads/", "state/metadata/", "state/channels/"))}
 
             assert kept(tree(root)) == kept(before)
+        # The agent's cycle says it as the commands do, not as a bug of its own.
+        updater("agent", "--once", "--root", str(root))
+        log = (root / "logs" / "agent.log").read_text()
+        assert "No space left on device" in log and "internal error" not in log, log
         filler.unlink()
         done = updater("upgrade", "--root", str(root))
         assert done.returncode == 0, done.stdout + done.stderr

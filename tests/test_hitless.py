@@ -109,18 +109,20 @@ def test_the_launcher_passes_held_sockets_by_systemds_protocol(tmp_path):
     root = InstallRoot(tmp_path / "root")
     (tmp_path / "root" / "state").mkdir(parents=True)
     report = tmp_path / "seen.jsonl"
-    probe = (
+    probe_file = tmp_path / "probe.py"  # a program of several lines: a file (no argument
+    probe_file.write_text(  # of a service holds a control character)
         "import json, os, socket, sys\n"
         "seen = {k: os.environ.get(k) for k in ('LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES')}\n"
         "seen['pid'] = os.getpid()\n"
         "seen['fds'] = [list(socket.socket(fileno=fd).getsockname())[:2] for fd in (3, 4)]\n"
         f"open({str(report)!r}, 'a').write(json.dumps(seen) + '\\n')\n"
         "sys.exit(3 if len(open(" + repr(str(report)) + ").readlines()) < 2 else 0)\n")
+    probe = str(probe_file)
     api = bind({"listen": f"127.0.0.1:{free_port()}", "kind": "stream"})
     dns = bind({"listen": f"127.0.0.1:{free_port()}", "kind": "datagram"})
     addresses = [list(api.getsockname()), list(dns.getsockname())]
     backend = ProcessBackend(root)
-    service = ServiceConfig(name="svc", command=[sys.executable, "-c", probe],
+    service = ServiceConfig(name="svc", command=[sys.executable, probe],
                             restart="on-failure", restart_delay=0.0)
     try:
         backend.start(service, {"root": str(root.path)}, [("api", api), ("dns", dns)])

@@ -221,6 +221,43 @@ def _life(m: Machine) -> None:
     assert "relay" in (kept / "product.toml").read_text()
 
 
+HOSTILE = '[[service]]\nname = "core"\ncommand = ["{nope}"]\n'
+
+
+@pytest.mark.parametrize("how, code", [("tampered", 4), ("hostile", 3)])
+def test_a_refused_manifest_is_refused_before_any_archive_is_fetched(tmp_path, repo, how,
+                                                                      code):
+    """Issue 38: the release's manifest (and its file lists) are fetched, verified and
+    loaded before its archives. A manifest tampered on the mirror (exit 4), or signed but
+    refused by the machine's loader (exit 3: published by hand around `release publish`'s
+    own check), leaves no archive in downloads/ and never asks the mirror for one."""
+    from greenlight.release import attach_manifest
+
+    with builtin_server(repo.path) as server:
+        m = Machine(tmp_path, repo, server.url)
+        if how == "tampered":
+            m.publish("1.0", manifest("core_port"))
+            ref = current_channel_file(repo, "stable").manifest
+            folder = repo.path / "targets" / Path(ref.target).parent
+            (stored,) = folder.glob(f"{ref.sha256}.*")
+            stored.write_text(stored.read_text().replace("core", "c0re"))
+        else:
+            publish(repo, "stable", "1.0", build("1.0", tmp_path / "builds" / "1.0"))
+            attach_manifest(repo, "stable", HOSTILE, "hostile.toml")
+        release = current_channel_file(repo, "stable")
+        server.reset()
+        done = m.run("upgrade")
+        asked = server.paths()
+    assert done.returncode == code, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "manifest" in done.stdout + done.stderr
+    archives = {a.sha256 for a in release.components.values()}
+    assert not [p for p in asked if any(sha in p for sha in archives)], asked
+    kept = [p.name for p in (m.path / "downloads").rglob("*") if p.is_file()]
+    assert not [k for k in kept if any(sha in k for sha in archives)], kept
+    assert InstallRoot(m.path).installed_release() is None
+
+
 KILL_POINTS = [f"{step.name}:{when}" for step in STEPS for when in ("before", "after")]
 SAMPLED = {"stop:after", "start:after", "post-check:after"}
 

@@ -464,9 +464,9 @@ def test_a_service_that_crashes_during_the_post_check_fails_it(tmp_path):
     from greenlight.updater.product import HealthFailure
 
     marker = tmp_path / "crashed-once"
-    program = ("import pathlib,sys,time; p=pathlib.Path(sys.argv[1]);\n"
-               "if not p.exists(): time.sleep(0.3); p.write_text('x'); sys.exit(3)\n"
-               "time.sleep(600)")
+    program = ("import pathlib,sys,time; p=pathlib.Path(sys.argv[1]); "
+               "first = not p.exists(); first and (time.sleep(0.3), p.write_text('x'), "
+               "sys.exit(3)); time.sleep(600)")
     control = _control(tmp_path, [ServiceConfig(
         name="core", command=[sys.executable, "-c", program, str(marker)],
         restart_delay=0.05)], [])
@@ -520,3 +520,106 @@ def _answers(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def _expected_minimum() -> dict[str, str]:
+    """The documented minimum (docs/configuration.md, "Environment"), computed here from
+    the passwd database and this process's LANG, not by the code under test."""
+    import pwd
+
+    entry = pwd.getpwuid(os.getuid())
+    return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name,
+            "SHELL": entry.pw_shell or "/bin/sh", "LANG": os.environ["LANG"]}
+
+
+def test_a_service_gets_its_declared_environment_and_nothing_of_the_updaters(tmp_path,
+                                                                             monkeypatch):
+    """Issue 38: a variable of whoever ran the updater (a test's) reached the core. Now a
+    service sees the documented minimum and its own `env`, placeholders filled, as a systemd
+    unit would; its `env` may override the minimum."""
+    monkeypatch.setenv("GREENLIGHT_LEAK_CANARY", "reached-the-service")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    monkeypatch.setenv("PATH", f"{tmp_path}/bin:{os.environ['PATH']}")
+    backend = ProcessBackend(InstallRoot(tmp_path))
+    service = ServiceConfig(name="envdump", command=["env", "-0"], restart="no",
+                            env={"MODE": "prod-{version}", "DATA": "{root}/data",
+                                 "HOME": "{root}/home"})
+    backend.start(service, {"root": str(tmp_path), "version": "9.9"})
+    _wait(lambda: backend.last_exit("envdump") is not None, "the service to end")
+    assert backend.last_exit("envdump")["returncode"] == 0
+    dumped = (tmp_path / "logs" / "envdump.log").read_bytes().rstrip(b"\0").split(b"\0")
+    seen = dict(entry.decode().split("=", 1) for entry in dumped)
+    assert seen == {**_expected_minimum(), "MODE": "prod-9.9", "DATA": f"{tmp_path}/data",
+                    "HOME": f"{tmp_path}/home"}
+
+
+def test_a_command_check_runs_with_the_minimum_environment(tmp_path, monkeypatch):
+    """A command check runs as the UI would: the same minimum, nothing of the updater's."""
+    monkeypatch.setenv("GREENLIGHT_LEAK_CANARY", "reached-the-check")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    dump = tmp_path / "check-env.json"
+    checker = HealthChecker(tmp_path, ProcessBackend(InstallRoot(tmp_path)),
+                            {"root": str(tmp_path), "python": sys.executable})
+    result = checker.run(CommandCheck(name="env", type="command", command=[
+        "{python}", "-c", "import json, os, sys; "
+        "open(sys.argv[1], 'w').write(json.dumps(dict(os.environ)))", str(dump)]))
+    assert result.ok, result.summary
+    assert json.loads(dump.read_text()) == _expected_minimum()
+
+
+def test_a_ready_check_through_another_services_port_is_not_a_stray(tmp_path):
+    """A worker whose ready check goes through the core's port (it has no port of its own):
+    the core answers there, and that is not a stray copy of the worker. A process that is no
+    service's still is, for the service whose port it holds."""
+    from greenlight.updater.product import HealthFailure, HttpCheck
+
+    port = free_port()
+    core = ServiceConfig(name="core", command=[sys.executable, "-m", "http.server", str(port),
+                                               "--bind", "127.0.0.1"], ready="core-up")
+    worker = ServiceConfig(name="worker", command=[sys.executable, "-c",
+                                                   "import time; time.sleep(600)"],
+                           ready="worker-up")
+    url = f"http://127.0.0.1:{port}/"
+    control = _control(tmp_path, [core, worker],
+                       [HttpCheck(name="core-up", type="http", url=url),
+                        HttpCheck(name="worker-up", type="http", url=url)])
+    try:
+        control.start_all("1.0@000000000000")
+        assert control.backend.is_running("core") and control.backend.is_running("worker")
+    finally:
+        control.stop_all("1.0@000000000000")
+
+    stray = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                              "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(lambda: _answers(port), "the stray server to listen")
+        alone = _control(tmp_path / "alone", [worker],
+                         [HttpCheck(name="worker-up", type="http", url=url)])
+        with pytest.raises(HealthFailure, match="not from the service"):
+            alone.start_all("1.0@000000000000")
+        alone.stop_all("1.0@000000000000")
+    finally:
+        stray.kill()
+        stray.wait()
+
+
+def test_a_services_log_is_bounded_by_its_launcher(tmp_path):
+    """A chatty service: its log never grows far past `[logs] max_size`, rotated as
+    logrotate's copytruncate into `keep` copies, while the service keeps writing."""
+    backend = ProcessBackend(InstallRoot(tmp_path))
+    backend.log_limits = (20_000, 2)
+    chatty = ServiceConfig(name="chatty", command=[
+        sys.executable, "-u", "-c",
+        "import time; [print('x' * 99) or time.sleep(0.0005) for _ in iter(int, 1)]"])
+    backend.start(chatty, {"root": str(tmp_path)})
+    log = tmp_path / "logs" / "chatty.log"
+    try:
+        _wait(lambda: (tmp_path / "logs" / "chatty.log.2").exists(), "two rotations", 60)
+        _wait(lambda: log.stat().st_size < 20_000, "the log emptied in place", 30)
+        assert backend.is_running("chatty")
+        assert not (tmp_path / "logs" / "chatty.log.3").exists()  # keep = 2
+        assert 20_000 <= (tmp_path / "logs" / "chatty.log.1").stat().st_size < 2_000_000
+    finally:
+        backend.stop(chatty, timeout=5)

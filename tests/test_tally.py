@@ -19,7 +19,7 @@ from greenlight.updater.product import ProcessBackend
 from greenlight.updater.store import InstallRoot
 
 from conftest import builtin_server, free_port
-from tally import build, configure
+from tally import build, configure, manifest
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
@@ -34,13 +34,22 @@ class Tally:
                                "--channel", "stable"], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         self.port, self.dns_port = free_port(), free_port()
-        configure(self.path, self.port, self.dns_port, **options)
+        self.manifested = bool(options.pop("manifested", False))
+        self.manifest_text = manifest()
+        if self.manifested:  # the services come from each release's manifest
+            configure(self.path, self.port, self.dns_port, services=False)
+        else:
+            configure(self.path, self.port, self.dns_port, **options)
         self.root = InstallRoot(self.path)
 
     def publish(self, channel: str, version: str, **faults: object) -> None:
         archives = build(version, self.tmp / "builds" / f"{channel}-{version}", faults)
+        product = None
+        if self.manifested:
+            product = self.tmp / f"product-{channel}-{version}.toml"
+            product.write_text(self.manifest_text)
         publish(self.repo, channel, version, archives,
-                fallback="stable" if channel != "stable" else None)
+                fallback="stable" if channel != "stable" else None, manifest=product)
 
     def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(BIN / "updater"), *args, "--root", str(self.path)],
@@ -104,6 +113,20 @@ def _upgrade(t: Tally, expect: int) -> dict:
     assert done.returncode == expect, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     return json.loads(done.stdout)
+
+
+def _agent(t: Tally):
+    """Left to the agent: its settings in greenlight.toml, and one cycle (`agent --once`) at
+    each call, which returns status.json."""
+    with (t.path / "greenlight.toml").open("a") as f:
+        f.write("\n[agent]\ninterval = 60\njitter = 0\n")
+
+    def cycle() -> dict:
+        done = t.run("agent", "--once")
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        return json.loads((t.path / "state" / "status.json").read_text())
+
+    return cycle
 
 
 def _failed(report: dict) -> dict[str, dict]:
@@ -277,15 +300,12 @@ def test_kill_9_at_random_moments_then_the_next_command_recovers(tally):
 def test_a_short_unattended_life(tally):
     """The agent alone: a bad beta after which the machine stays on its last good release
     (stable only carries an older one) and returns to beta for the fix; then a crash of the
-    core, which the next release repairs instead of being blocked by it."""
-    t = tally(soak=1.0)
-    with (t.path / "greenlight.toml").open("a") as f:
-        f.write("\n[agent]\ninterval = 60\njitter = 0\n")
-
-    def cycle() -> dict:
-        done = t.run("agent", "--once")
-        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
-        return json.loads((t.path / "state" / "status.json").read_text())
+    core, which the next release repairs instead of being blocked by it. The crash loop is
+    the machine's (a broken local store), so no rollback would help: without a probation
+    the release stays down (test_a_crash_loop_within_the_probation_rolls_the_release_back
+    shows the reaction within one)."""
+    t = tally(soak=1.0, probation=0)
+    cycle = _agent(t)
 
     t.publish("stable", "1.0")
     t.publish("beta", "1.1")
@@ -384,4 +404,64 @@ def test_start_will_not_take_a_stray_process_for_the_core(tally):
         stray.wait()
     done = t.run("start")
     assert done.returncode == 0, done.stderr
+    assert t.core()[1] == "1.0"
+
+
+def test_services_a_release_declares_are_watched_after_the_commit(tally):
+    """The same life as above with the services declared by each release's manifest, not by
+    greenlight.toml: a kill -9 of the core is a `service-restarted` event, a crash loop an
+    incident in the history and status.json, and `updater start` names what it started."""
+    t = tally(manifested=True)
+    cycle = _agent(t)
+
+    t.publish("stable", "1.0")
+    cycle()
+    assert t.core()[1] == "1.0"
+    launcher, _ = t.core()
+    first = _child_of(launcher)
+    os.kill(first, signal.SIGKILL)
+    _until(lambda: _child_of(launcher) not in (None, first) and t.core()[1] == "1.0",
+           "the launcher to restart the core")
+    cycle()
+    log = (t.path / "logs" / "agent.log").read_text()
+    assert "service-restarted: service core crashed (death by SIGKILL)" in log, log
+
+    (t.path / "data" / "crash-on-start").touch()
+    os.kill(_child_of(launcher), signal.SIGKILL)
+    _until(lambda: not ProcessBackend(t.root).is_running("core"), "the launcher to give up", 60)
+    status = cycle()
+    assert status["last_incident"]["event"] == "crash-loop", status
+    loop = [e for e in t.json("history")["entries"] if e["event"] == "crash-loop"]
+    assert len(loop) == 1 and "crash loop" in loop[0]["summary"], loop
+
+    (t.path / "data" / "crash-on-start").unlink()
+    done = t.run("start")
+    assert done.returncode == 0 and "core" in done.stdout, done.stdout + done.stderr
+    assert "started nothing" not in done.stdout
+
+
+def test_a_crash_loop_within_the_probation_rolls_the_release_back(tally):
+    """1.1 passes its post-check, then its core dies a few seconds after every start: a
+    crash loop of a committed release, within its probation. The next agent cycle records the
+    incident and rolls back to 1.0, which is quarantined out of the way of the next cycle."""
+    t = tally(manifested=True)
+    t.manifest_text = manifest().replace('ready = "core-up"\n', 'ready = "core-up"\n'
+                                         'restart_burst = 2\nrestart_delay = 0.1\n', 1)
+    cycle = _agent(t)
+
+    t.publish("stable", "1.0")
+    cycle()
+    t.publish("stable", "1.1", **{"die-after": 8})
+    cycle()
+    assert t.core()[1] == "1.1"  # it passed its post-check
+    _until(lambda: not ProcessBackend(t.root).is_running("core"), "the launcher to give up", 90)
+    status = cycle()
+    assert t.core()[1] == "1.0", status
+    events = [e["event"] for e in t.json("history")["entries"]]
+    assert events[-2:] == ["crash-loop", "manual-rollback"], events
+    log = (t.path / "logs" / "agent.log").read_text()
+    assert "rolled-back: 1.1 rolled back to 1.0: service core is in a crash loop" in log, log
+    assert "within its probation of 600 s" in log
+    assert [q["version"] for q in t.json("quarantine")["entries"]] == ["1.1"]
+    cycle()  # 1.1 is quarantined here: no loop back into it
     assert t.core()[1] == "1.0"

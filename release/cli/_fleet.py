@@ -49,13 +49,23 @@ __all__: list[str] = []
               help="New machine keys a minute at most, for the whole collector.")
 @click.option("--retention", default=None, metavar="DURATION",
               help="Prune reports received longer ago than this (90d, 8w; at least 1d), "
-                   "except those of rollouts under way. Machines' enrolments are kept.")
+                   "except those of rollouts under way; and the enrolments of keys admitted "
+                   "by the fleet token alone that have no report left.")
 @click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="HOST[:PORT]",
               help="A name the dashboard and admin endpoints answer under besides "
                    "127.0.0.1:PORT (the Host your TLS proxy forwards); repeatable.")
+@click.option("--max-connections", type=int, default=4096, show_default=True,
+              help="Open connections at most (the last 1/16 kept for the admin and the "
+                   "machines the collector counts).")
+@click.option("--max-connections-per-address", "per_address", type=int, default=0,
+              show_default=True,
+              help="Open connections from one peer address at most (0: no bound). The "
+                   "collector listens on 127.0.0.1, so behind a proxy every connection is "
+                   "the proxy's: bound clients in the proxy (nginx's limit_conn).")
 def collector(db: str, port: int, fleet_token_file: Path, admin_token_file: Path,
               repo: Path | None, keys_dir: Path | None, tick: float, enrolment: str,
-              enrol_rate: int, retention: str | None, allowed_hosts: tuple[str, ...]) -> None:
+              enrol_rate: int, retention: str | None, allowed_hosts: tuple[str, ...],
+              max_connections: int, per_address: int) -> None:
     """Run the fleet collector on 127.0.0.1: machines' signed reports in, rollouts out.
     Stateless: several processes may share one PostgreSQL (and one repository folder)."""
     from greenlight.release._durations import parse_duration
@@ -72,7 +82,8 @@ def collector(db: str, port: int, fleet_token_file: Path, admin_token_file: Path
                                  ready=lambda url: log(f"collecting at {url} (Ctrl-C stops)"),
                                  repo=repo, keys=keys_dir, tick=tick, log=log,
                                  enrolment=enrolment, enrol_rate=enrol_rate, retention=kept,
-                                 allowed_hosts=allowed_hosts))
+                                 allowed_hosts=allowed_hosts,
+                                 max_connections=max_connections, per_address=per_address))
 
 
 class _RolloutGroup(click.Group):

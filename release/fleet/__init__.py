@@ -4,7 +4,9 @@ rollouts.
 - `_store.py`: the reports table (SQLite or PostgreSQL);
 - `_judge.py`: the pure halt rule, `judge(position, evidence, now)`;
 - `_guard.py`: gathers, asks the judge, signs;
-- `_api.py` and `dashboard.html`: the HTTP API and the page;
+- `_views.py`: the admin's views of the store, a bounded page at a time;
+- `_api.py`, `_http.py` and `dashboard.html`: the HTTP API and the page;
+- `_conns.py`: the table of open connections (bounded in all and per address);
 - `_server.py`: start-up, token files, and the client of `release rollout status`.
 
 

@@ -7,25 +7,53 @@ in constant time and never logged.
 
 A report is admitted in this order: the fleet token (401), the body's size while it is read
 (413), the machine's signature over the body (401), the wire format and its limits (422), the
-report's `installation` being its key's id (422), the key's enrolment (403 unknown or
-revoked, 429 too many new keys), the machine's rate (429)."""
+report's `installation` being its key's id (422), its freshness (its signed `sent` within
+`FRESH_PAST` before and `FRESH_AHEAD` after now: 422; without `sent`, with a retention,
+its `at` within the retention: 422), its channel and release being the
+repository's (with `--repo`; else 202 `"stored": false`, counted in a metric only), the
+key's enrolment (403 unknown or revoked, 429 too many new keys), a report the key sent
+already (200 `"duplicate": true`, counted once), the machine's rate and daily quota and the
+newcomers' budget and a newcomer key's share of it (429). When the connection table is
+crowded (`_conns`), a report of a key that is not established, and a request without the
+admin token, get 503. The admin token, and a report accepted from an established key, vouch
+for the connection they came on (the protocol's, in the scope: never `request.client`)."""
 
-import hmac
 import json
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from typing import Any
 
+from greenlight.release.fleet._conns import ADMIN, Connections
 from greenlight.release.fleet._guard import Guard
-from greenlight.release.fleet._store import FAILED, MACHINE_STATES, Store
+from greenlight.release.fleet._http import (
+    BODY_MAX,
+    ENROL_RATE,
+    FRESH_AHEAD,
+    FRESH_PAST,
+    RATE,
+    Labels,
+    bearer,
+    capped_body,
+    dashboard,
+    openapi,
+    page_params,
+    unsigned_fresh,
+)
+from greenlight.release.fleet._store import (
+    FAILED,
+    KEY_DAILY,
+    MACHINE_STATES,
+    NEWCOMER_KEY_BYTES,
+    Store,
+)
+from greenlight.release.fleet._views import MACHINES_PAGE, ROLLOUTS_PAGE, encode_cursor
 
-__all__ = ["BODY_MAX", "ENROL_RATE", "RATE", "dashboard", "make_app", "openapi"]
+__all__ = ["BODY_MAX", "CONNECTION", "ENROL_RATE", "RATE", "dashboard", "make_app", "openapi"]
 
-RATE = 10  # reports per machine key per minute
-ENROL_RATE = 120  # new machine keys per minute, for the whole collector
-BODY_MAX = 65536  # bytes of one report; read no further
+CONNECTION = "greenlight.connection"
+"""the ASGI scope's key for the connection a request came on (`_conns`' member), set by the
+collector's protocol: what is vouched for, whatever a proxy's headers say the client is"""
 
 
 LOAD_MAX = 1 << 20  # bytes of one load of machine keys
@@ -36,79 +64,14 @@ REFUSALS = {
     "revoked": (403, "this machine's key was revoked"),
     "enrol-rate": (429, "too many new machine keys this minute; try later"),
     "rate": (429, "too many reports from this machine"),
+    "quota": (429, f"this machine's key sent its {KEY_DAILY} reports of the day"),
+    "key-budget": (429, f"this new machine key sent its {NEWCOMER_KEY_BYTES >> 10} KiB of "
+                        "reports of the day; try later"),
+    "budget": (429, "the collector's room for reports of new machine keys is full for "
+                    "today; try later"),
 }
-
-
-async def _capped_body(request: Any, limit: int = BODY_MAX) -> bytes | None:
-    """The request's body, read as it arrives and abandoned past `limit` (None): memory
-    stays flat whatever a client sends or claims in Content-Length."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
-
-
-def dashboard() -> str:
-    """The dashboard page, shipped beside this module."""
-    return resources.files("greenlight.release.fleet").joinpath("dashboard.html").read_text()
-
-
-def openapi() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the report API, its schemas from `FleetReport` itself."""
-    from greenlight.channels import FleetReport
-
-    schema = FleetReport.model_json_schema(by_alias=True,
-                                           ref_template="#/components/schemas/{model}")
-    schemas = {**schema.pop("$defs", {}), "FleetReport": schema}
-    error = {"content": {"application/json": {"schema": {
-        "type": "object", "properties": {"error": {"type": "string"}}}}}}
-    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "Greenlight fleet collector", "version": "1"},
-        "components": {"schemas": schemas,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "paths": {
-            "/v1/reports": {"post": {
-                "summary": "One machine's report of one transaction (the fleet token)",
-                "security": bearer,
-                "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/FleetReport"}}}},
-                "responses": {
-                    "202": {"description": "accepted"},
-                    "401": {"description": "the fleet token is missing or wrong, or the "
-                                           "body's signature (headers Greenlight-Key, "
-                                           "Greenlight-Signature) does not verify", **error},
-                    "403": {"description": "the machine key is revoked, or unknown where "
-                                           "keys are preauthorized", **error},
-                    "413": {"description": f"over {BODY_MAX} bytes", **error},
-                    "422": {"description": "not a greenlight.report/1 within its limits, or "
-                                           "its installation is not its key's id", **error},
-                    "429": {"description": f"over {RATE} reports a minute from this "
-                                           "machine key, or too many new keys", **error}}}},
-            "/v1/rollouts": {"get": {
-                "summary": "Per channel and release: machines, outcomes, failed checks, the "
-                           "rollout's position (the admin token)",
-                "security": bearer,
-                "responses": {"200": {"description": "greenlight.rollouts/1"},
-                              "401": {"description": "the admin token is missing or wrong"}}}},
-            "/metrics": {"get": {
-                "summary": "Prometheus metrics (the admin token)", "security": bearer,
-                "responses": {"200": {"description": "text exposition format"}}}},
-        },
-    }
-
-
-def _bearer(header: str | None, token: str) -> bool:
-    if not header or not header.startswith("Bearer "):
-        return False
-    return hmac.compare_digest(header[7:].encode(), token.encode())
-
+BUSY = "the collector is busy: it keeps its last connections for machines it counts and the "\
+       "admin; try later"
 
 
 def make_app(store: Store, fleet_token: str, admin_token: str,
@@ -116,7 +79,8 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
              guard: Guard | None = None, tick: float = 10.0,
              log: Callable[[str], None] = lambda line: None, enrolment: str = "open",
              enrol_rate: int = ENROL_RATE, retention: timedelta | None = None,
-             allowed_hosts: set[str] | None = None) -> Any:
+             allowed_hosts: set[str] | None = None,
+             connections: Connections | None = None) -> Any:
     import asyncio
     import concurrent.futures
     import contextlib
@@ -146,7 +110,8 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
 
     # A registry of this app's own: two collectors in one process (tests) count apart.
     registry = CollectorRegistry()
-    reports = Counter("greenlight_reports", "Reports accepted, by channel, release, outcome",
+    reports = Counter("greenlight_reports", "Reports accepted from established machine keys,"
+                      " by channel, release (other past the first 64 without --repo), outcome",
                       ["channel", "release", "outcome"], registry=registry)
     refused = Counter("greenlight_reports_refused", "Reports refused, by HTTP status",
                       ["status"], registry=registry)
@@ -156,6 +121,23 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
                         ["route"], registry=registry)
     enrolments = Counter("greenlight_enrolments", "Machine keys enrolled, by the state they "
                          "start in", ["state"], registry=registry)
+    unknown = Counter("greenlight_reports_unknown", "Reports about a channel or release the "
+                      "repository does not have: answered, not stored", ["what"],
+                      registry=registry)
+    table = connections if connections is not None else Connections()
+
+    def vouch(request: Request, who: str) -> None:
+        # the connection itself (the protocol's), never request.client: a proxy's
+        # X-Forwarded-For rewrites that, and an in-process client has no connection
+        member = request.scope.get(CONNECTION)
+        if member is not None:
+            table.vouch(member, who)
+
+    labels = Labels(bounded=guard is None)
+
+    def busy() -> Response:
+        refused.labels("503").inc()
+        return JSONResponse({"error": BUSY}, 503, headers={"Connection": "close"})
 
     # At most one judgement per channel waits at a time in this process: a burst of failure
     # reports costs one look at the repository, not one per report.
@@ -188,7 +170,8 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
     class StoreDown(Exception):
         """The batch a report was in could not be stored (logged)."""
 
-    batch: list[tuple[tuple[Any, str, datetime, str], asyncio.Future[tuple[str, bool]]]] = []
+    batch: list[tuple[tuple[Any, str, datetime, str],
+                      asyncio.Future[tuple[str, bool, bool]]]] = []
     writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reports")
     writing = False
 
@@ -200,12 +183,12 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         taken = batch[:]
         batch.clear()
         loop = asyncio.get_running_loop()
-        done = loop.run_in_executor(writer, store.accept_many, [item for item, _ in taken],
+        done = loop.run_in_executor(writer, store.admit_many, [item for item, _ in taken],
                                     RATE, enrolment, enrol_rate)
         done.add_done_callback(lambda written: answer_batch(taken, written))
 
-    def answer_batch(taken: list[Any], written: asyncio.Future[list[tuple[str, bool]]]
-                     ) -> None:
+    def answer_batch(taken: list[Any],
+                     written: asyncio.Future[list[tuple[str, bool, bool]]]) -> None:
         nonlocal writing
         writing = False
         error = written.exception()
@@ -221,9 +204,9 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
                 answer.set_result(written.result()[i])
         write_batch()
 
-    async def admitted(item: tuple[Any, str, datetime, str]) -> tuple[str, bool]:
+    async def admitted(item: tuple[Any, str, datetime, str]) -> tuple[str, bool, bool]:
         loop = asyncio.get_running_loop()
-        answer: asyncio.Future[tuple[str, bool]] = loop.create_future()
+        answer: asyncio.Future[tuple[str, bool, bool]] = loop.create_future()
         batch.append((item, answer))
         if len(batch) == 1:
             loop.call_soon(write_batch)
@@ -234,12 +217,12 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
             return await _post_report(request)
 
     async def _post_report(request: Request) -> Response:
-        if not _bearer(request.headers.get("authorization"), fleet_token):
+        if not bearer(request.headers.get("authorization"), fleet_token):
             # Said where the fleet's operator looks, never with what was sent.
             client = request.client.host if request.client else "unknown"
             log(f"refused a report from {client}: the fleet token is missing or wrong")
             return _refused(401, "the fleet token is missing or wrong")
-        body = await _capped_body(request)
+        body = await capped_body(request)
         if body is None:
             return _refused(413, f"a report is at most {BODY_MAX} bytes")
         try:  # inline: handing it to a thread (it lets go of the GIL) measured slower
@@ -254,9 +237,35 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         if report.installation != sender:
             return _refused(422, f"installation {report.installation} is not the id of the "
                                  f"key that signed it ({sender})")
+        now = clock()
+        if report.sent is not None:
+            sent = report.sent if report.sent.tzinfo else report.sent.replace(tzinfo=UTC)
+            if not now - FRESH_PAST <= sent <= now + FRESH_AHEAD:
+                return _refused(422, f"sent at {sent.isoformat()}: a report is taken within "
+                                     "24 hours of being sent, and at most 5 minutes ahead of "
+                                     "the collector's clock (is the machine's clock right?)")
+        elif retention is not None:
+            # A report without `sent` is counted once by its body while its first copy is
+            # kept: taken only while it would be, whenever it is replayed (its `at` within
+            # the retention, less the hour it may be ahead, and at most that hour ahead).
+            at = report.at if report.at.tzinfo else report.at.replace(tzinfo=UTC)
+            if not unsigned_fresh(at, now, retention):
+                return _refused(422, f"a report without `sent` is taken when it happened "
+                                     f"within the collector's retention ({retention.days} "
+                                     "days) and at most an hour ahead of its clock: this "
+                                     f"one at {at.isoformat()}")
+        if guard is not None and not (
+                guard.knows(report.channel, report.release, refresh=False)
+                or await run_in_threadpool(guard.knows, report.channel, report.release)):
+            what = "release" if guard.knows(report.channel, None, refresh=False) else "channel"
+            unknown.labels(what).inc()
+            return JSONResponse({"accepted": True, "stored": False,
+                                 "error": f"this repository has no such {what}"}, 202)
+        if table.crowded() and not await run_in_threadpool(store.counts, sender, now):
+            return busy()
         try:
-            said, new = await admitted((report, report.model_dump_json(by_alias=True),
-                                        clock(), key))
+            said, new, established = await admitted((report, report.model_dump_json(by_alias=True),
+                                        now, key))
         except StoreDown:  # machines keep the report queued and send it again later
             return _refused(503, "the collector cannot store reports now; try later")
         if new:
@@ -264,7 +273,12 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         if said in REFUSALS:
             status, error = REFUSALS[said]
             return _refused(status, error)
-        reports.labels(report.channel, report.release or "-", report.outcome).inc()
+        if said == "duplicate":  # a resend, or a replay: answered, never counted again
+            return JSONResponse({"accepted": True, "duplicate": True}, 200)
+        if established:  # never a newcomer's or a pending key's: nobody counts those
+            reports.labels(*labels(report.channel, report.release or "-"),
+                           report.outcome).inc()
+            vouch(request, sender)
         if said == "pending":
             return JSONResponse({"accepted": True, "machine": "pending"}, 202)
         task = None
@@ -279,8 +293,11 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
     def admin(handler: Callable[[Request], Awaitable[Response]]
               ) -> Callable[[Request], Awaitable[Response]]:
         async def guarded(request: Request) -> Response:
-            if not _bearer(request.headers.get("authorization"), admin_token):
+            if not bearer(request.headers.get("authorization"), admin_token):
+                if table.crowded():
+                    return busy()
                 return JSONResponse({"error": "the admin token is missing or wrong"}, 401)
+            vouch(request, ADMIN)
             return await handler(request)
         return guarded
 
@@ -288,13 +305,23 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         state = request.query_params.get("state")
         if state is not None and state not in MACHINE_STATES:
             return JSONResponse({"error": f"state: one of {', '.join(MACHINE_STATES)}"}, 422)
+        try:
+            limit, after = page_params(request.query_params, MACHINES_PAGE, 2)
+            if after is not None:
+                datetime.fromisoformat(after[0])
+        except ValueError as e:
+            return JSONResponse({"error": printable(str(e), 200)}, 422)
+        listed = await run_in_threadpool(store.machine_list, state, limit,
+                                         None if after is None else (after[0], after[1]))
         return JSONResponse({"schema": "greenlight.machines/1",
                              "enrolment": enrolment,
                              "counts": await run_in_threadpool(store.enrolment, clock()),
-                             "machines": await run_in_threadpool(store.machine_list, state)})
+                             "machines": listed,
+                             "next": encode_cursor(listed[-1]["enrolled"], listed[-1]["id"])
+                             if len(listed) == limit else None})
 
     async def _ids(request: Request) -> list[str] | Response:
-        body = await _capped_body(request)
+        body = await capped_body(request)
         try:
             ids = json.loads(body or b"")["ids"]
             if not (isinstance(ids, list) and 0 < len(ids) <= 10_000
@@ -322,7 +349,7 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         return JSONResponse({"changed": n})
 
     async def load(request: Request) -> Response:
-        body = await _capped_body(request, LOAD_MAX)
+        body = await capped_body(request, LOAD_MAX)
         try:
             keys = json.loads(body or b"")["keys"]
             if not isinstance(keys, list) or not 0 < len(keys) <= 10_000:
@@ -335,19 +362,23 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         log(f"loaded {n} machine key(s)")
         return JSONResponse({"added": n, "known": len(loaded) - n})
 
-    def overview() -> list[dict[str, Any]]:
-        """Each release reported on, and each planned one from the moment it is published."""
-        rows = store.rollouts()
-        plans = guard.plans() if guard is not None else {}
-        for row in rows:
-            row["plan"] = plans.get((row["channel"], row["release"]))
-        seen = {(row["channel"], row["release"]) for row in rows}
-        for (channel, release), plan in plans.items():
-            if (channel, release) not in seen:
-                rows.append({"channel": channel, "release": release, "machines": 0,
-                             "outcomes": {}, "checks": [], "cohorts": [], "timeline": [],
-                             "plan": plan})
-        return sorted(rows, key=lambda r: (r["channel"], r["release"] or ""))
+    def overview(limit: int, after: tuple[str, str] | None
+                 ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of `limit` rows, in order, after `after`: each release reported on, and each
+        planned one from the moment it is published; and the cursor of the next page."""
+        reported = store.release_pairs(after, limit + 1)
+        plans = {(channel, release or ""): plan for (channel, release), plan in
+                 (guard.plans() if guard is not None else {}).items()}
+        rows = sorted({*reported, *(k for k in plans if after is None or k > after)})
+        more, rows = len(rows) > limit, rows[:limit]
+        found = store.rollout_rows([k for k in rows if k in set(reported)])
+        out = []
+        for key in rows:
+            row = found.get(key) or {"channel": key[0], "release": key[1] or None,
+                                     "machines": 0, "outcomes": {}, "checks": [],
+                                     "cohorts": [], "timeline": []}
+            out.append({**row, "plan": plans.get(key)})
+        return out, encode_cursor(*rows[-1]) if more else None
 
     async def act(request: Request) -> Response:
         """POST /v1/rollouts/halt|resume {"channel", "release"}: the admin's hand."""
@@ -355,7 +386,7 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
             return JSONResponse({"error": "this collector guards no repository (--repo)"}, 409)
         if request.headers.get("content-type", "").split(";")[0] != "application/json":
             return JSONResponse({"error": "expected application/json"}, 415)
-        body = await _capped_body(request)
+        body = await capped_body(request)
         try:
             asked = json.loads(body or b"")
             channel, release = str(asked["channel"]), str(asked["release"])
@@ -376,15 +407,25 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     async def api(request: Request) -> Response:
+        if table.crowded():
+            return busy()
         return JSONResponse(openapi())
 
     async def rollouts(request: Request) -> Response:
-        return JSONResponse({"schema": "greenlight.rollouts/1",
-                             "rollouts": await run_in_threadpool(overview),
+        try:
+            limit, after = page_params(request.query_params, ROLLOUTS_PAGE, 2)
+        except ValueError as e:
+            return JSONResponse({"error": printable(str(e), 200)}, 422)
+        rows, cursor = await run_in_threadpool(
+            overview, limit, None if after is None else (after[0], after[1]))
+        return JSONResponse({"schema": "greenlight.rollouts/1", "rollouts": rows,
+                             "next": cursor,
                              "machines": {"enrolment": enrolment, **await run_in_threadpool(
                                  store.enrolment, clock())}})
 
     async def page(request: Request) -> Response:
+        if table.crowded():
+            return busy()
         return HTMLResponse(dashboard(), headers={
             "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
                                        "style-src 'unsafe-inline'; frame-ancestors 'none'; "
@@ -408,9 +449,14 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
             return
         keep = {(channel, plan["key"]) for (channel, _), plan in
                 (guard.plans() if guard is not None else {}).items()}
-        n = store.prune(clock() - retention, keep)
+        # never a report a replay of could still be fresh: it is what counts it once
+        before = clock() - max(retention, FRESH_PAST + FRESH_AHEAD)
+        n = store.prune(before, keep)
         if n:
             log(f"pruned {n} report(s) received over {retention.days} day(s) ago")
+        n = store.prune_machines(before)
+        if n:
+            log(f"pruned {n} machine key(s) silent for {retention.days} day(s)")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> Any:

@@ -2,6 +2,9 @@
 the pure `judge`, and signs what it says (a halt or a step) with the online
 `rollout-<channel>` key, under the repository's lock, so several collectors may share it."""
 
+import os
+import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -37,6 +40,45 @@ class Guard:
 
         self.path, self.store, self.log = repo, store, log
         self.keys = KeyStore(keys if keys is not None else recorded_keys_folder(repo))
+        self._releases: dict[str, set[str]] = {}  # what the repository carries, by channel
+        self._read_stamp: tuple[int, int, int] | None = None
+        self._settled = False
+        self._reading = threading.Lock()
+
+    def knows(self, channel: str, release: str | None, refresh: bool = True) -> bool:
+        """Whether the repository has `channel`, and `release` among the releases it ever
+        carried (None: any). Answered from what was read last; with `refresh`, a miss reads
+        the repository again when its metadata folder changed since (a release published
+        since: a report about it the moment it is out is stored, never dropped), and only
+        then: a stream of reports about releases nobody published costs a `stat` each."""
+        def hit() -> bool:
+            releases = self._releases.get(channel)
+            return releases is not None and (release is None or release in releases)
+
+        if hit() or not refresh:
+            return hit()
+        with self._reading:
+            stamp = self._stamp()
+            if stamp is None or stamp != self._read_stamp or not self._settled:
+                from greenlight.release.repository._channels import channel_history
+
+                began = time.time_ns()
+                repo = self._repo()
+                self._releases = {c: {f.release for f in channel_history(repo, c)}
+                                  for c in self.channels()}
+                # A folder changed within a second of the read may change again under the
+                # same timestamp (its granularity): read again on the next miss until then.
+                self._read_stamp = stamp
+                self._settled = stamp is not None and began - stamp[2] > 1_000_000_000
+        return hit()
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        """The metadata folder's identity and last change: any publish adds a file to it."""
+        try:
+            st = os.stat(self.path / "metadata")
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_mtime_ns)
 
     def _repo(self) -> Any:
         """The repository as it is on disk now (another collector may have changed it), and
@@ -73,7 +115,12 @@ class Guard:
             # started_at is signed to the second: anything before its end came before.
             established = plan.plan.started_at + timedelta(seconds=1)
             held = plan.held_cohorts
-            evidence = self.store.judged(channel, plan.key, plan.counted_since,
+            # counted_since is signed to the second too, rounded down: a report received in
+            # that second may be one the person resuming saw, so counting starts at its end
+            # (never a report judged before the resume counted again).
+            since = None if plan.counted_since is None else (
+                plan.counted_since + timedelta(seconds=1))
+            evidence = self.store.judged(channel, plan.key, since,
                                          established_before=established, without=held)
             previous = plan.channel_file.rollout.previous if plan.channel_file.rollout else None
             if plan.plan.halt.sequential is not None and previous is not None:
@@ -82,14 +129,18 @@ class Guard:
 
                 from greenlight.channels import ReleaseId
 
+                # counted as the rollout's own reports are: keys minted for the occasion
+                # cannot lower the bar by reporting failures of the release before
                 base = self.store.judged(channel, ReleaseId.of(
-                    previous.release, previous.components, previous.manifest).key, None)
+                    previous.release, previous.components, previous.manifest).key, None,
+                    established_before=established, baseline=True)
                 evidence = replace(evidence, baseline=(base.failed, base.total))
             verdict = judge(position, evidence, now())
             by_cohort = {} if verdict.action != "halt" else self.store.by_cohort(
-                channel, plan.key, plan.counted_since, established, without=held)
+                channel, plan.key, since, established, without=held)
             confined = None if verdict.action != "halt" else confined_to(
-                position, by_cohort, evidence.baseline, self.store.cohorts(channel))
+                position, by_cohort, evidence.baseline,
+                self.store.cohorts(channel, established, plan.key))
             if confined is not None and len(held) < 64:
                 cohort, why = confined
                 top = evidence.top_check

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from greenlight.release._errors import NotFound, RemoteError, UsageError
-from greenlight.release.fleet._api import ENROL_RATE, make_app
+from greenlight.release.fleet._api import CONNECTION, ENROL_RATE, make_app
+from greenlight.release.fleet._conns import MAX_CONNECTIONS, PER_ADDRESS, Connections
 from greenlight.release.fleet._guard import Guard
 from greenlight.release.fleet._store import ENROLMENT_MODES, Store
 
@@ -16,9 +17,34 @@ __all__ = ["HEAD_MAX", "MAX_CONNECTIONS", "REQUEST_TIMEOUT", "admin_call", "fetc
            "serve_collector"]
 
 
+PAGES_MAX = 1000
+"""pages of `GET /v1/rollouts` followed at most (200,000 releases)"""
+
+
 def fetch_rollouts(url: str, admin_token_file: Path) -> dict[str, Any]:
-    """`GET /v1/rollouts` of a collector, for `release rollout status`."""
-    return admin_call(url, admin_token_file, "GET", "v1/rollouts")
+    """`GET /v1/rollouts` of a collector, for `release rollout status`: every page, one
+    bounded answer at a time.
+
+    Raises:
+        RemoteError: unreachable, or an answer other than 200.
+    """
+    from urllib.parse import quote
+
+    answer = admin_call(url, admin_token_file, "GET", "v1/rollouts")
+    rows, cursor = answer["rollouts"], answer.get("next")
+    seen: set[str] = set()
+    while cursor:
+        # a collector that names a page twice, or never stops, is answered with one line
+        if not isinstance(cursor, str) or cursor in seen or len(seen) >= PAGES_MAX:
+            raise RemoteError(f"the collector at {url} gave a page cursor twice or over "
+                              f"{PAGES_MAX} pages: not following it further")
+        seen.add(cursor)
+        page = admin_call(url, admin_token_file, "GET", f"v1/rollouts?cursor={quote(cursor)}")
+        if not isinstance(page.get("rollouts"), list):
+            raise RemoteError(f"the collector at {url} answered a page without rollouts")
+        rows += page["rollouts"]
+        cursor = page.get("next")
+    return {**answer, "rollouts": rows, "next": None}
 
 
 def admin_call(url: str, admin_token_file: Path, method: str, path: str,
@@ -65,19 +91,18 @@ def _read_token(path: Path, what: str) -> str:
 REQUEST_TIMEOUT = 10.0
 """seconds a connection has to send a whole request (headers and body), from when it opens
 or its previous answer was sent: half-sent requests (slowloris) are cut off"""
-MAX_CONNECTIONS = 4096
-"""open connections at most; beyond, new requests are answered 503"""
 
 
 HEAD_MAX = 16 * 1024
 """bytes of a request's target and headers at most; beyond, the request is refused (400)"""
 
 
-def _protocol() -> type:
+def _protocol(connections: Connections) -> type:
     """uvicorn's httptools protocol (llhttp: a C parser, twice the requests of h11 for the
     same CPU, measured in bench/collector_load.py), with REQUEST_TIMEOUT and HEAD_MAX:
     uvicorn bounds idle keep-alive connections, not a request that arrives a byte at a
-    time, nor the size of its headers."""
+    time, nor the size of its headers; and each connection in the table of `connections`
+    (bounded in all and per address, see `_conns`)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class TooLarge(Exception):
@@ -89,6 +114,10 @@ def _protocol() -> type:
         _in_body = False  # its headers are all in
         _head = 0  # bytes of its target and headers the parser handed over so far
         _fed = 0  # bytes fed to the parser while its head was not complete
+        _member = False  # in the table of `connections`
+
+        def cut(self) -> None:
+            self.transport.close()
 
         def _arm(self) -> None:
             if self._deadline is not None:
@@ -107,7 +136,21 @@ def _protocol() -> type:
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            # the transport's own peer: a proxy's headers may rewrite the request's client
+            if not connections.admit(transport.get_extra_info("peername"), self):
+                transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                                b"Connection: close\r\n\r\n")
+                transport.close()
+                return
+            self._member = True
             self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            # the app vouches for this connection itself, whatever the request's client
+            self.scope[CONNECTION] = self  # type: ignore[literal-required]
+            if self._member:
+                connections.begin(self)
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
@@ -132,16 +175,23 @@ def _protocol() -> type:
 
         def on_message_complete(self) -> None:
             self._received = True
+            if self._member and self.cycle is not None and not self.cycle.response_complete:
+                connections.working(self)
             super().on_message_complete()
 
         def on_response_complete(self) -> None:
+            queued = bool(self.pipeline)  # a pipelined request is answered next
             super().on_response_complete()
             if not self.transport.is_closing():
                 self._arm()
+                if self._member and not queued:
+                    connections.done(self)
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self._deadline is not None:
                 self._deadline.cancel()
+            if self._member:
+                connections.forget(self)
             super().connection_lost(exc)
 
     return Protocol
@@ -162,10 +212,12 @@ def serve_collector(db: str, port: int, fleet_token_file: Path, admin_token_file
                     keys: Path | None = None, tick: float = 10.0,
                     log: Callable[[str], None] = lambda line: None, enrolment: str = "open",
                     enrol_rate: int = ENROL_RATE, retention: timedelta | None = None,
-                    allowed_hosts: tuple[str, ...] = ()) -> None:
+                    allowed_hosts: tuple[str, ...] = (),
+                    max_connections: int = MAX_CONNECTIONS,
+                    per_address: int = PER_ADDRESS) -> None:
     """Run the collector on 127.0.0.1:`port` until interrupted; with `repo`, guarding its
     planned rollouts; admitting machine keys by `enrolment`; pruning reports older than
-    `retention`."""
+    `retention`; holding at most `max_connections`, `per_address` from one address."""
     try:
         import httptools  # noqa: F401  (the extra, whole, before anything starts)
         import prometheus_client  # noqa: F401
@@ -186,6 +238,12 @@ def serve_collector(db: str, port: int, fleet_token_file: Path, admin_token_file
     if retention is not None and retention < timedelta(days=1):
         raise UsageError("--retention: at least 1d (a rollout's rule counts its reports)")
 
+    if max_connections < 64:
+        raise UsageError(f"--max-connections {max_connections}: at least 64")
+    if per_address < 0:
+        raise UsageError(f"--max-connections-per-address {per_address}: a number of "
+                         "connections, or 0 for no bound")
+
     fleet = _read_token(fleet_token_file, "--fleet-token-file")
     admin_token = _read_token(admin_token_file, "--admin-token-file")
     try:
@@ -197,16 +255,17 @@ def serve_collector(db: str, port: int, fleet_token_file: Path, admin_token_file
     # The page and the admin's endpoints answer under these names only (DNS rebinding): the
     # loopback address itself, and what the operator's proxy serves it as.
     hosts = {f"127.0.0.1:{port}", f"localhost:{port}", *allowed_hosts}
+    connections = Connections(max_connections, per_address)
     app = make_app(store, fleet, admin_token, guard=guard, tick=tick, log=log,
                    enrolment=enrolment, enrol_rate=enrol_rate, retention=retention,
-                   allowed_hosts=hosts)
-    _raise_open_files(MAX_CONNECTIONS + 256)
+                   allowed_hosts=hosts, connections=connections)
+    _raise_open_files(max_connections + 256)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            access_log=False, http=_protocol(),
+                            access_log=False, http=_protocol(connections),
                             # headers bounded, idle connections closed, requests timed and
-                            # connections bounded (see the threat model)
-                            timeout_keep_alive=5,
-                            limit_concurrency=MAX_CONNECTIONS)
+                            # connections bounded, in all and per address, by the table
+                            # (see the threat model)
+                            timeout_keep_alive=5)
     server = uvicorn.Server(config)
     # What was loaded to start is never garbage: kept out of the collections that run while
     # reports arrive (their pauses were the collector's p99 under an open load).

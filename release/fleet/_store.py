@@ -2,25 +2,43 @@
 PostgreSQL at scale). Every answer comes from the database, so several collector processes
 can share one."""
 
+import contextlib
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from greenlight.release.fleet._judge import Evidence
+from greenlight.release.fleet._views import FAILED, JUDGED, MACHINE_STATES, Views
 
-__all__ = ["ENROLMENT_MODES", "FAILED", "JUDGED", "MACHINE_STATES", "Store"]
+__all__ = ["ENROLMENT_MODES", "FAILED", "FIRST_FREE", "JUDGED", "KEY_DAILY", "MACHINE_STATES",
+           "NEWCOMER_AGE", "NEWCOMER_BUDGET", "NEWCOMER_KEY_BYTES", "Store", "report_id"]
 
 ENROLMENT_MODES = ("open", "approved", "preauthorized")
 """How a new machine key is admitted: by the fleet token (open), by an admin afterwards
 (approved: it waits, pending), or only when the operator loaded it (preauthorized)"""
-MACHINE_STATES = ("active", "pending", "revoked")
+KEY_DAILY = 200
+"""reports kept from one machine key in any 24 hours; past them, 429"""
+NEWCOMER_BUDGET = 16 << 20
+"""bytes of reports kept in any 24 hours from all the keys that count for nothing yet
+(pending, or enrolled openly less than `NEWCOMER_AGE` ago), together; past them, 429"""
+NEWCOMER_AGE = timedelta(days=1)
+NEWCOMER_KEY_BYTES = 128 << 10
+"""bytes of reports kept in any 24 hours from one key that counts for nothing yet; past
+them, 429: one key cannot spend the newcomers' budget alone"""
+FIRST_FREE = 8 << 10
+"""a new key's first report up to this size is taken whatever the newcomers' budget (new
+keys are bounded by the enrolment rate): a flood of new keys never locks out a new machine"""
 
-FAILED = ("rolled-back", "dead-end", "crash-loop")
-"""Outcomes that count against a release: its checks failed, or it crash-looped once in use"""
-JUDGED = ("upgraded", *FAILED)
+
+def report_id(report: Any, body: str) -> str:
+    """The id a report is counted once by, for its key: the one the machine signed into it
+    (the same on every send), or for a machine that names none, the digest of the body."""
+    said: str | None = getattr(report, "id", None)
+    return said if said else hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
-class Store:
+class Store(Views):
     """The reports table, through SQLAlchemy Core (SQLite or PostgreSQL)."""
 
     def __init__(self, url: str) -> None:
@@ -66,10 +84,13 @@ class Store:
             sa.Column("received", sa.DateTime(timezone=True), nullable=False),
             sa.Column("body", sa.Text, nullable=False),
             sa.Column("cohort", sa.String(80)),
+            sa.Column("report_id", sa.String(32)),  # counted once per key (replays)
             sa.Index("reports_release", "channel", "release"),
             sa.Index("reports_installation", "installation", "received"),
             sa.Index("reports_received", "received"),
         )
+        self._once = sa.Index("reports_once", self.reports.c.installation,
+                              self.reports.c.report_id, unique=True)
         # One row per machine key, kept when its reports are pruned: who may report, since
         # when (the history a key needs to count in open enrolment), and its state.
         self.machines = sa.Table(
@@ -87,10 +108,25 @@ class Store:
         # The statements of a report's admission, built once: building them per report cost
         # more than running them (1.46 ms a report against 0.38 ms, on SQLite).
         t, m, bind = self.reports, self.machines, sa.bindparam
-        recent = sa.select(sa.func.count()).select_from(t).where(
-            t.c.installation == m.c.id, t.c.received >= bind("since")).scalar_subquery()
-        self._machines = sa.select(m.c.id, m.c.state, m.c.public_key, recent).where(
-            m.c.id.in_(bind("ids", expanding=True)))
+        def sent_since(name: str) -> Any:
+            return sa.select(sa.func.count()).select_from(t).where(
+                t.c.installation == m.c.id, t.c.received >= bind(name)).scalar_subquery()
+
+        self._machines = sa.select(
+            m.c.id, m.c.state, m.c.public_key, m.c.source, m.c.enrolled, sent_since("since"),
+            sent_since("day")).where(m.c.id.in_(bind("ids", expanding=True)))
+        self._seen = sa.select(t.c.installation, t.c.report_id).where(
+            t.c.installation.in_(bind("ids", expanding=True)),
+            t.c.report_id.in_(bind("rids", expanding=True)))
+        newcomers = sa.select(m.c.id).where(sa.or_(
+            m.c.state == "pending", sa.and_(m.c.source == "open",
+                                            m.c.enrolled >= bind("young"))))
+        self._newcomer_bytes = sa.select(sa.func.coalesce(sa.func.sum(
+            sa.func.length(t.c.body)), 0)).where(t.c.received >= bind("day"),
+                                                  t.c.installation.in_(newcomers))
+        self._key_bytes = sa.select(sa.func.coalesce(sa.func.sum(
+            sa.func.length(t.c.body)), 0)).where(t.c.installation == bind("id"),
+                                                  t.c.received >= bind("day"))
         self._new_keys = sa.select(sa.func.count()).select_from(m).where(
             m.c.enrolled >= bind("since"))
         self._enrol = m.insert()
@@ -100,12 +136,15 @@ class Store:
         """A database made by an earlier collector gets the columns added since."""
         sa = self.sa
         have = {c["name"] for c in sa.inspect(self.engine).get_columns("reports")}
-        if "cohort" not in have:
-            try:
-                with self.engine.begin() as c:
-                    c.execute(sa.text("ALTER TABLE reports ADD COLUMN cohort VARCHAR(80)"))
-            except sa.exc.DBAPIError:  # another collector process added it first
-                pass
+        for name, kind in (("cohort", "VARCHAR(80)"), ("report_id", "VARCHAR(32)")):
+            if name not in have:
+                try:
+                    with self.engine.begin() as c:
+                        c.execute(sa.text(f"ALTER TABLE reports ADD COLUMN {name} {kind}"))
+                except sa.exc.DBAPIError:  # another collector process added it first
+                    pass
+        with contextlib.suppress(sa.exc.DBAPIError):  # another process made it first
+            self._once.create(self.engine, checkfirst=True)
 
     def accept(self, report: Any, body: str, received: datetime, rate: int, key: str,
                mode: str = "open", enrol_rate: int = 120) -> tuple[str, bool]:
@@ -114,6 +153,14 @@ class Store:
 
     def accept_many(self, batch: list[tuple[Any, str, datetime, str]], rate: int,
                     mode: str = "open", enrol_rate: int = 120) -> list[tuple[str, bool]]:
+        """Store signed reports (see `admit_many`): for each, what happened and whether its
+        key was new."""
+        return [(said, new) for said, new, _ in self.admit_many(batch, rate, mode,
+                                                                enrol_rate)]
+
+    def admit_many(self, batch: list[tuple[Any, str, datetime, str]], rate: int,
+                   mode: str = "open", enrol_rate: int = 120
+                   ) -> list[tuple[str, bool, bool]]:
         """Store signed reports ((report, body, received, public key), in the order they
         came), admitting their machine keys by `mode`; one transaction for the whole batch,
         and each report judged as if it had come alone, after those before it. For each,
@@ -121,7 +168,14 @@ class Store:
         key that awaits an admin: it counts for nothing until approved); or a refusal:
         "unknown" (a key the operator did not load), "revoked", "enrol-rate" (over
         `enrol_rate` new keys in the minute before), "rate" (its machine sent `rate`
-        reports in the minute before)."""
+        reports in the minute before), "quota" (`KEY_DAILY` in the day before),
+        "key-budget" (a key that counts for nothing yet sent `NEWCOMER_KEY_BYTES` in the
+        day before), "budget" (those keys together sent `NEWCOMER_BUDGET` bytes in the day
+        before; a new key's first report up to `FIRST_FREE` bytes is taken whatever they
+        sent); or "duplicate": a report its key sent already (by `report_id`), answered
+        but neither stored nor counted again. And whether its key is established: active,
+        and loaded, approved or enrolled over `NEWCOMER_AGE` before (it may be vouched for,
+        and counted in the metrics)."""
         sa = self.sa
         for attempt in (1, 2):  # another collector process may enrol the same key at once
             try:
@@ -132,123 +186,121 @@ class Store:
         raise AssertionError("unreachable")
 
     def _accept(self, batch: list[tuple[Any, str, datetime, str]], rate: int, mode: str,
-                enrol_rate: int) -> list[tuple[str, bool]]:
-        # Three reads and two writes for the whole batch, whatever its size: a commit and
+                enrol_rate: int) -> list[tuple[str, bool, bool]]:
+        # A few reads and two writes for the whole batch, whatever its size: a commit and
         # a statement cost more than the work of one report (measured in
         # bench/collector_load.py).
         ids = sorted({report.installation for report, _, _, _ in batch})
-        first = min(received for _, _, received, _ in batch) - timedelta(minutes=1)
-        out: list[tuple[str, bool]] = []
+        rids = [report_id(report, body) for report, body, _, _ in batch]
+        earliest = min(received for _, _, received, _ in batch)
+        out: list[tuple[str, bool, bool]] = []
         enrol: list[dict[str, Any]] = []
         store: list[dict[str, Any]] = []
         with self.engine.begin() as c:
-            # Each known key's state, and how many reports it sent since a minute before
-            # the batch's first: one round trip. A report's own minute starts a little
-            # later, so a machine at its limit waits, at most, the batch's span longer.
-            known: dict[str, tuple[str, str]] = {}
+            # Each known key's state, and how many reports it sent since a minute (and a
+            # day) before the batch's first: one round trip. A report's own minute starts a
+            # little later, so a machine at its limit waits, at most, the batch's span longer.
+            known: dict[str, tuple[str, str, bool]] = {}
             sent: dict[str, int] = {}
-            for id_, state, public_key, recent in c.execute(
-                    self._machines, {"ids": ids, "since": first}):
-                known[id_], sent[id_] = (state, public_key), int(recent)
+            daily: dict[str, int] = {}
+            for id_, state, public_key, source, enrolled_at, recent, day in c.execute(
+                    self._machines, {"ids": ids, "since": earliest - timedelta(minutes=1),
+                                     "day": earliest - timedelta(days=1)}):
+                newcomer = state == "pending" or (
+                    source == "open" and _utc(enrolled_at) >= _utc(earliest) - NEWCOMER_AGE)
+                known[id_] = (state, public_key, newcomer)
+                sent[id_], daily[id_] = int(recent), int(day)
+            seen = {(i, r) for i, r in c.execute(self._seen, {"ids": ids, "rids": rids})}
             enrolled: list[datetime] = []  # keys enrolled by this batch
+            budget: list[int] = []  # bytes newcomers sent in the day, once asked
 
             def new_keys(since: datetime) -> int:  # asked only for a key not known yet
                 return int(c.execute(self._new_keys, {"since": since}).scalar_one()) + sum(
                     at >= since for at in enrolled)
 
-            for report, body, received, key in batch:
+            def spent(size: int) -> bool:  # asked only for a newcomer's report
+                if not budget:
+                    budget.append(int(c.execute(self._newcomer_bytes, {
+                        "day": earliest - timedelta(days=1),
+                        "young": earliest - NEWCOMER_AGE}).scalar_one()))
+                if budget[0] + size > NEWCOMER_BUDGET:
+                    return True
+                budget[0] += size
+                return False
+
+            key_bytes: dict[str, int] = {}  # bytes a newcomer key sent in the day, once asked
+
+            def over(ident: str, size: int) -> bool:  # asked only for a newcomer's report
+                if ident not in key_bytes:
+                    key_bytes[ident] = int(c.execute(self._key_bytes, {
+                        "id": ident, "day": earliest - timedelta(days=1)}).scalar_one())
+                if key_bytes[ident] + size > NEWCOMER_KEY_BYTES:
+                    return True
+                key_bytes[ident] += size
+                return False
+
+            for (report, body, received, key), rid in zip(batch, rids, strict=True):
                 minute_ago = received - timedelta(minutes=1)
-                row, new = known.get(report.installation), False
+                ident, row, new = report.installation, known.get(report.installation), False
                 if row is None:
                     if mode == "preauthorized":
-                        out.append(("unknown", False))
+                        out.append(("unknown", False, False))
                         continue
                     if new_keys(minute_ago) >= enrol_rate:
-                        out.append(("enrol-rate", False))
+                        out.append(("enrol-rate", False, False))
                         continue
+                    if len(body) > FIRST_FREE and spent(len(body)):
+                        out.append(("budget", False, False))
+                        continue
+                    key_bytes[ident] = len(body)
                     state, new = ("active" if mode == "open" else "pending"), True
-                    known[report.installation] = (state, key)
+                    known[ident] = (state, key, True)
                     enrolled.append(_utc(received))
-                    enrol.append({"id": report.installation, "public_key": key,
+                    enrol.append({"id": ident, "public_key": key,
                                   "state": state, "source": mode, "enrolled": received,
                                   "first_release_key": report.release_key})
                 else:
                     state = row[0]
                     if row[1] != key:  # a 128-bit id collision
-                        out.append(("unknown", False))
+                        out.append(("unknown", False, False))
                         continue
                     if state == "revoked":
-                        out.append(("revoked", False))
+                        out.append(("revoked", False, False))
                         continue
-                    if sent.get(report.installation, 0) >= rate:
-                        out.append(("rate", False))
+                    if (ident, rid) in seen:  # a replay, or a resend: counted once
+                        out.append(("duplicate", False, False))
                         continue
-                sent[report.installation] = sent.get(report.installation, 0) + 1
+                    if sent.get(ident, 0) >= rate:
+                        out.append(("rate", False, False))
+                        continue
+                    if daily.get(ident, 0) >= KEY_DAILY:
+                        out.append(("quota", False, False))
+                        continue
+                    if row[2] and over(ident, len(body)):
+                        out.append(("key-budget", False, False))
+                        continue
+                    if row[2] and spent(len(body)):
+                        out.append(("budget", False, False))
+                        continue
+                seen.add((ident, rid))
+                sent[ident] = sent.get(ident, 0) + 1
+                daily[ident] = daily.get(ident, 0) + 1
                 store.append({
-                    "installation": report.installation, "channel": report.channel,
+                    "installation": ident, "channel": report.channel,
                     "release": report.release, "release_key": report.release_key,
                     "outcome": report.outcome, "at": report.at, "received": received,
-                    "body": body, "cohort": report.cohort})
-                out.append((("accepted" if state == "active" else "pending"), new))
+                    "body": body, "cohort": report.cohort, "report_id": rid})
+                out.append((("accepted" if state == "active" else "pending"), new,
+                            state == "active" and not known[ident][2]))
             if enrol:
                 c.execute(self._enrol, enrol)
             if store:
                 c.execute(self._store, store)
         return out
 
-    # --- machines ----------------------------------------------------------------------
-    def machine_list(self, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        sa, m = self.sa, self.machines
-        query = sa.select(m.c.id, m.c.public_key, m.c.state, m.c.source, m.c.enrolled)
-        if state is not None:
-            query = query.where(m.c.state == state)
-        with self.engine.connect() as c:
-            rows = c.execute(query.order_by(m.c.enrolled.desc()).limit(limit)).all()
-        return [{"id": r.id, "key": r.public_key, "state": r.state, "source": r.source,
-                 "enrolled": _utc(r.enrolled).isoformat()} for r in rows]
-
-    def set_state(self, ids: list[str], state: str, only_from: str | None = None) -> int:
-        """Approve (active) or revoke machines by id; the number changed."""
-        m = self.machines
-        where: list[Any] = [m.c.id.in_(ids)]
-        if only_from is not None:
-            where.append(m.c.state == only_from)
-        with self.engine.begin() as c:
-            return int(c.execute(m.update().where(*where).values(state=state)).rowcount)
-
-    def preauthorize(self, keys: dict[str, str], at: datetime) -> int:
-        """Load machine keys ({id: public key}) as active; keys already known keep their
-        state (a revoked key stays revoked). The number added."""
-        sa, m = self.sa, self.machines
-        with self.engine.begin() as c:
-            known = set(c.execute(sa.select(m.c.id).where(m.c.id.in_(list(keys))))
-                        .scalars().all())
-            fresh = [{"id": i, "public_key": k, "state": "active", "source": "preauthorized",
-                      "enrolled": at} for i, k in keys.items() if i not in known]
-            if fresh:
-                c.execute(m.insert(), fresh)
-        return len(fresh)
-
-    def enrolment(self, now: datetime) -> dict[str, Any]:
-        """Machines by state, keys enrolled in the last hour, and whether that is a spike:
-        over 20 and over three times the hourly average of the week before."""
-        sa, m = self.sa, self.machines
-        with self.engine.connect() as c:
-            states = dict(c.execute(sa.select(m.c.state, sa.func.count())
-                                    .group_by(m.c.state)).all())
-            hour = int(c.execute(sa.select(sa.func.count()).select_from(m).where(
-                m.c.enrolled >= now - timedelta(hours=1))).scalar_one())
-            week = int(c.execute(sa.select(sa.func.count()).select_from(m).where(
-                m.c.enrolled >= now - timedelta(days=7),
-                m.c.enrolled < now - timedelta(hours=1))).scalar_one())
-        average = week / (7 * 24 - 1)
-        return {**{s: int(states.get(s, 0)) for s in MACHINE_STATES},
-                "last_hour": hour, "hourly_average": round(average, 2),
-                "spike": hour > 20 and hour > 3 * average}
-
     def prune(self, before: datetime, keep: set[tuple[str, str]]) -> int:
         """Delete reports received before `before`, except those about the (channel, release
-        key)s of rollouts still under way, whose rules count them. Machines stay."""
+        key)s of rollouts still under way, whose rules count them (see `prune_machines`)."""
         sa, t = self.sa, self.reports
         where: list[Any] = [t.c.received < before]
         for channel, key in keep:
@@ -256,37 +308,75 @@ class Store:
         with self.engine.begin() as c:
             return int(c.execute(t.delete().where(*where)).rowcount)
 
-    def _counted(self, channel: str, release_key: str, since: datetime | None,
-                 established_before: datetime | None, without: list[str] | None) -> list[Any]:
-        """The conditions on the reports a rollout's rule counts (see `judged`)."""
+    def prune_machines(self, before: datetime) -> int:
+        """Delete the rows of machine keys enrolled before `before` by the fleet token alone
+        (open enrolment) or still waiting for an admin (pending), that have no report kept:
+        silent for the whole retention. Keys the operator loaded or an admin approved stay,
+        and so do revoked keys (their revocation holds)."""
         sa, t, m = self.sa, self.reports, self.machines
+        reported = sa.select(t.c.installation).where(t.c.installation == m.c.id).exists()
+        with self.engine.begin() as c:
+            return int(c.execute(m.delete().where(
+                m.c.enrolled < before, m.c.state != "revoked",
+                sa.or_(m.c.source == "open", m.c.state == "pending"),
+                sa.not_(reported))).rowcount)
+
+    def counting(self, established_before: datetime | None = None,
+                 about: str | None = None) -> Any:
+        """The one rule of which machine keys count, for the judge and for every view: a
+        key that is active (neither pending approval nor revoked); and with
+        `established_before` (when a rollout began), a key admitted by open enrolment only
+        if it was enrolled before then, and by a report about another release than `about`
+        (keys minted for the occasion count for nothing, whatever they report). Keys an
+        admin approved or the operator loaded count from the start. A select of their ids."""
+        sa, m = self.sa, self.machines
+        counted = sa.select(m.c.id).where(m.c.state == "active")
+        if established_before is not None:
+            history = m.c.enrolled < established_before
+            if about is not None:
+                history = sa.and_(history, sa.func.coalesce(m.c.first_release_key, "") != about)
+            counted = counted.where(sa.or_(m.c.source != "open", history))
+        return counted
+
+    def counts(self, ident: str, now: datetime) -> bool:
+        """Whether the machine key `ident` is established at `now`: one `counting` counts,
+        and not a newcomer (enrolled by the fleet token less than `NEWCOMER_AGE` before). It
+        may take the connections kept for the machines the collector counts."""
+        m = self.machines
+        with self.engine.connect() as c:
+            return c.execute(self.counting(now - NEWCOMER_AGE).where(m.c.id == ident)
+                             ).first() is not None
+
+    def _counted(self, channel: str, release_key: str, since: datetime | None,
+                 established_before: datetime | None, without: list[str] | None,
+                 baseline: bool = False) -> list[Any]:
+        """The conditions on the reports a rollout's rule counts (see `judged`)."""
+        sa, t = self.sa, self.reports
         where = [t.c.channel == channel, t.c.release_key == release_key,
                  t.c.outcome.in_(JUDGED)]
         if since is not None:
             where.append(t.c.received >= since)
-        counted = sa.select(m.c.id).where(m.c.state == "active")
-        if established_before is not None:
-            counted = counted.where(sa.or_(
-                m.c.source != "open",
-                sa.and_(m.c.enrolled < established_before,
-                        sa.func.coalesce(m.c.first_release_key, "") != release_key)))
-        where.append(t.c.installation.in_(counted))
+        where.append(t.c.installation.in_(self.counting(
+            established_before, None if baseline else release_key)))
         if without:  # cohorts held already: judged apart
             where.append(sa.or_(t.c.cohort.is_(None), t.c.cohort.not_in(without)))
         return where
 
     def judged(self, channel: str, release_key: str, since: datetime | None,
                established_before: datetime | None = None,
-               without: list[str] | None = None) -> Evidence:
+               without: list[str] | None = None, baseline: bool = False) -> Evidence:
         """For a rollout's halt rule: distinct machines that failed `release_key`, distinct
         machines that reported on it at all, and the most failed check with an example.
-        Only active machine keys count (not pending or revoked ones); with
+        Only the keys `counting` says count: active ones (not pending or revoked); with
         `established_before` (when the rollout began), a key admitted by open enrolment
         counts only if it was enrolled before then by a report about another release: keys
         minted for the occasion count for nothing, and the rule survives the pruning of
-        reports. Keys an admin approved or the operator loaded count from the start."""
+        reports. Keys an admin approved or the operator loaded count from the start. For
+        the `baseline` (the previous release's record), a key enrolled by a report about it
+        counts, if it was enrolled before the rollout began."""
         sa, t = self.sa, self.reports
-        where = self._counted(channel, release_key, since, established_before, without)
+        where = self._counted(channel, release_key, since, established_before, without,
+                              baseline)
         with self.engine.connect() as c:
             rows = c.execute(sa.select(t.c.outcome, sa.func.count(sa.distinct(
                 t.c.installation))).where(*where).group_by(t.c.outcome)).all()
@@ -302,12 +392,17 @@ class Store:
         top = max(checks.items(), key=lambda kv: len(kv[1]), default=None)
         return Evidence(failed, total, None if top is None else (top[0], top[1][0]))
 
-    def cohorts(self, channel: str) -> set[str]:
-        """The cohorts the channel's machines ever named in a report still kept."""
+    def cohorts(self, channel: str, established_before: datetime | None = None,
+                about: str | None = None) -> set[str]:
+        """The cohorts the channel's counting machines (`counting`, as the rollout of
+        `about` counts them) named in a report still kept: a key minted for the occasion
+        cannot make a cohort known, so cannot turn a halt into one cohort's hold."""
         sa, t = self.sa, self.reports
         with self.engine.connect() as c:
             return {row for row in c.execute(sa.select(t.c.cohort).distinct().where(
-                t.c.channel == channel, t.c.cohort.is_not(None))).scalars().all()}
+                t.c.channel == channel, t.c.cohort.is_not(None),
+                t.c.installation.in_(self.counting(established_before, about))))
+                .scalars().all()}
 
     def by_cohort(self, channel: str, release_key: str, since: datetime | None,
                   established_before: datetime | None = None,
@@ -322,64 +417,6 @@ class Store:
                                        sa.func.count(sa.distinct(t.c.installation)))
                              .where(*where).group_by(t.c.cohort)).all()
         return {cohort: Evidence(int(f), int(n)) for cohort, f, n in rows}
-
-    def timeline(self) -> dict[tuple[str, str], list[dict[str, Any]]]:
-        """Outcomes per minute received, per channel and release."""
-        sa, t = self.sa, self.reports
-        with self.engine.connect() as c:
-            rows = c.execute(sa.select(t.c.channel, t.c.release, t.c.outcome, t.c.received)
-                             .where(t.c.outcome.in_(JUDGED))).all()
-        series: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
-        for channel, version, outcome, received in rows:
-            received = _utc(received)
-            minute = received.replace(second=0, microsecond=0).isoformat()
-            point = series.setdefault((channel, version), {}).setdefault(
-                minute, {"t": minute, **{o: 0 for o in JUDGED}})
-            point[outcome] += 1
-        return {k: sorted(v.values(), key=lambda p: p["t"]) for k, v in series.items()}
-
-    def rollouts(self) -> list[dict[str, Any]]:
-        """Per channel and release: distinct machines per outcome, and the failing checks."""
-        sa, t = self.sa, self.reports
-        with self.engine.connect() as c:
-            counts = c.execute(sa.select(
-                t.c.channel, t.c.release, t.c.outcome,
-                sa.func.count(sa.distinct(t.c.installation)),
-            ).group_by(t.c.channel, t.c.release, t.c.outcome)).all()
-            # the latest failures are enough to rank the checks: the answer stays bounded
-            failing = c.execute(sa.select(t.c.channel, t.c.release, t.c.body).where(
-                t.c.outcome.in_(FAILED)).order_by(t.c.id.desc()).limit(5000)).all()
-            machines = c.execute(sa.select(
-                t.c.channel, t.c.release, sa.func.count(sa.distinct(t.c.installation)),
-            ).group_by(t.c.channel, t.c.release)).all()
-            cohorts = c.execute(sa.select(
-                t.c.channel, t.c.release, t.c.cohort,
-                sa.func.count(sa.distinct(t.c.installation)),
-                sa.func.count(sa.distinct(sa.case((t.c.outcome.in_(FAILED),
-                                                   t.c.installation)))),
-            ).group_by(t.c.channel, t.c.release, t.c.cohort)).all()
-        out: dict[tuple[str, str], dict[str, Any]] = {}
-        for channel, version, total in machines:
-            out[(channel, version)] = {"channel": channel, "release": version,
-                                       "machines": int(total), "outcomes": {}, "checks": []}
-        for channel, version, outcome, n in counts:
-            out[(channel, version)]["outcomes"][outcome] = int(n)
-        for channel, version, cohort, n, failed in cohorts:
-            out[(channel, version)].setdefault("cohorts", []).append(
-                {"cohort": cohort, "machines": int(n), "failed": int(failed)})
-        ranked: dict[tuple[str, str], dict[str, list[str]]] = {}
-        for channel, version, body in failing:
-            for check in json.loads(body).get("failed_checks", []):
-                ranked.setdefault((channel, version), {}).setdefault(
-                    check["name"], []).append(check["summary"])
-        for key, checks in ranked.items():
-            out[key]["checks"] = [{"name": name, "reports": len(s), "example": s[0]}
-                                  for name, s in sorted(checks.items(),
-                                                        key=lambda kv: -len(kv[1]))[:10]]
-        for key, points in self.timeline().items():
-            if key in out:
-                out[key]["timeline"] = points
-        return sorted(out.values(), key=lambda r: (r["channel"], r["release"] or ""))
 
 
 def _utc(at: datetime) -> datetime:

@@ -73,7 +73,7 @@ def _dir(name: str) -> tarfile.TarInfo:
 
 
 def product_toml(port: int | str, dns_port: int | str, grace: float = 10.0, soak: float = 4.0,
-                 key_file: str = "{root}/data/api-key") -> str:
+                 key_file: str = "{root}/data/api-key", probation: float = 600.0) -> str:
     core = f"http://127.0.0.1:{port}"
     start = (f"exec '{{python}}' '{{release_dir}}/core/core.py' --port {port} "
              f"--dns-port {dns_port} --key-file '{key_file}'")
@@ -81,6 +81,7 @@ def product_toml(port: int | str, dns_port: int | str, grace: float = 10.0, soak
 [health]
 grace = {grace}
 soak = {soak}
+probation = {probation}
 interval = 0.25
 
 [[service]]
@@ -115,7 +116,10 @@ query = "tally.test"
 '''
 
 
-def configure(root: Path, port: int, dns_port: int, **options: float) -> None:
+def configure(root: Path, port: int, dns_port: int, services: bool = True,
+              **options: float) -> None:
+    """The machine's data and greenlight.toml: tally's services and checks, or (without
+    `services`) only the values a release's `manifest()` leaves to the machine."""
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
     key = data / "api-key"
@@ -123,7 +127,8 @@ def configure(root: Path, port: int, dns_port: int, **options: float) -> None:
         key.write_text(secrets.token_hex(16) + "\n")
         key.chmod(0o600)
     with (root / "greenlight.toml").open("a") as f:
-        f.write(product_toml(port, dns_port, **options))
+        f.write(product_toml(port, dns_port, **options) if services else
+                f'\n[values]\ncore_port = "{port}"\ndns_port = "{dns_port}"\n')
 
 
 def manifest(port_value: str = "core_port", relay: bool = False, extra_check: str = "",

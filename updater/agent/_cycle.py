@@ -16,8 +16,11 @@ transaction. Every wait is bounded: checks, stops and hooks have their own timeo
 
 Before each check it says what the services' supervisors did since the last cycle: a
 restart is a `service-restarted` event; a crash loop (the supervisor gave up) is a
-`crash-loop` event and an incident, in the history and reported to the fleet. A crash-looped
-release stays down until the next release repairs it (`decide` lets a repair through).
+`crash-loop` event and an incident, in the history and reported to the fleet. Within the
+release's probation (`[health] probation` after its commit) a crash loop is as bad as a
+failed post-check: the release is rolled back to the previous one and quarantined. Later (or
+with no previous release) it stays down, its held sockets closed so that clients are refused
+at once, until the next release repairs it (`decide` lets a repair through).
 
 Each event (check-found, downloaded, upgraded, rolled-back, dead-end, held, left-revoked,
 service-restarted, crash-loop) is logged to `logs/agent.log`, written to `state/status.json`,
@@ -28,6 +31,7 @@ Time comes in through `clock` (wall time, for windows and holds) and `sleep`, so
 drive cycles without waiting for them.
 """
 
+import errno
 import json
 import random
 import subprocess
@@ -53,6 +57,7 @@ from greenlight.updater.store import (
     active_channel,
     hold_of,
     locked,
+    queue_held,
     queued,
     read_status,
     refresh_status,
@@ -94,8 +99,26 @@ class Agent:
         self.root, self.clock, self.sleep, self.rng, self.local = root, clock, sleep, rng, local
         self.failures = 0
         self.events: list[Event] = []
-        self.said: tuple[object, ...] = ()
         self.refused: str | None = None
+
+    def _said_path(self) -> Path:
+        """What the last cycle logged of what it found: each cycle of the long-running agent
+        is a process of its own, so what was said lives in the root's state."""
+        return self.root.state / "run" / "agent-said.json"
+
+    def _said(self) -> list[str]:
+        try:
+            said = json.loads(self._said_path().read_text())
+        except (OSError, ValueError):
+            return []
+        return [str(x) for x in said] if isinstance(said, list) else []
+
+    def _remember(self, said: list[str]) -> None:
+        try:
+            self._said_path().parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self._said_path(), json.dumps(said).encode())
+        except OSError as e:
+            self.log(f"{self._said_path()} not written: {e.strerror or e}")
 
     # --- reporting -----------------------------------------------------------------------
     def log(self, line: str) -> None:
@@ -154,6 +177,11 @@ class Agent:
         elif isinstance(e, GreenlightError):
             self.log(f"error ({e.kind}): {e}")
             self._status(error=str(e))
+        elif isinstance(e, OSError):  # local state (a full disk, say): said as the CLI says it
+            full = " (disk full)" if e.errno == errno.ENOSPC else ""
+            said = f"{e.filename or 'local state'}: {e.strerror or e}{full}"
+            self.log(f"error (store): {said}")
+            self._status(error=said)
         else:  # the agent outlives its own bugs: report and go on
             self.log(f"internal error: {type(e).__name__}: {e} (please report it)")
         return self._backoff(config)
@@ -209,9 +237,10 @@ class Agent:
                          self.clock())
 
         previous = read_status(root)
-        said = (report.channel_note, step.action, step.why, report.available_release)
-        if said != self.said:  # what a cycle found is logged when it changes, not every time
-            self.said = said
+        said = [str(x) for x in (report.channel_note, step.action, step.why,
+                                 report.available_release)]
+        if said != self._said():  # what a cycle found is logged when it changes, not every time
+            self._remember(said)
             if report.channel_note:
                 self.log(f"{channel}: {report.channel_note}")
             if step.action == "up-to-date":
@@ -231,6 +260,9 @@ class Agent:
         elif step.action == "held":
             if previous is None or previous.held_because != step.why:
                 self.emit(event("held", step.why or "held"), config)
+            if report.held and report.available_release:  # the fleet's count of held machines
+                queue_held(root, channel, report.available_release, root.installed_release(),
+                           report.held, config_of(root).outbox_size)
             self._status(available=available, update="held", held_because=step.why,
                          checked=True)
         elif step.action == "up-to-date":
@@ -269,6 +301,16 @@ class Agent:
             kind: EventKind = "crash-loop" if item.crash_loop else "service-restarted"
             self.emit(Event(kind, item.summary, installed, None, channel, self.clock()),
                       config)
+        why = next((item.roll_back for item in news if item.roll_back), None)
+        if why is not None:  # the reaction to a crash loop within the release's probation
+            from greenlight.updater.operations import rollback
+
+            done = rollback(self.root, reason=why)
+            summary = (f"{installed} rolled back to {done.installed}: {why}"
+                       if done.outcome == "rolled-back" else
+                       done.incident.summary if done.incident else done.outcome)
+            self.emit(Event("rolled-back", summary, done.installed, None, done.channel_now,
+                            self.clock()), config)
 
     def _verify(self, config: AgentConfig) -> None:
         """When `verify_every` has passed since the last verification: the installed tree
@@ -358,7 +400,8 @@ def run_once(root: InstallRoot, failures: int = 0, report: Path | None = None) -
     which passes the failures in a row so far and where to report the next wait)."""
     agent = Agent(root)
     agent.failures = failures
-    agent.log(f"agent cycle for {root.path}")
+    if report is None:  # a person's (or a timer's) one cycle; the loop's are not announced
+        agent.log(f"agent cycle for {root.path}")
     try:
         wait = agent.run(once=True)
     except KeyboardInterrupt:

@@ -4,17 +4,20 @@ Called after a command or an agent cycle, never inside a transaction. One flush 
 `[report] timeout` seconds in all; a collector that is down or slow leaves the reports queued
 for the next flush, which waits out a back-off that doubles up to an hour
 (`state/reports/.backoff`). Each report is signed with the machine's key
-(`state/machine-key.pem`, see `channels.sign_body`) and names the key's id. A refusal of the
-fleet token or of the machine's key (401, 403) keeps the report queued and backs off: fixing
-the token file, or the collector admitting the key, sends it. A report refused for any other
-reason (another 4xx but 429) is dropped, since it never gets better by retrying. Either way
-the refusal is kept (`store.refusal`: status.json's `last_error`, `updater status`, the
-agent's log) until a report is accepted. Nothing here raises.
+(`state/machine-key.pem`, see `channels.sign_body`) and names the key's id, the report's
+own id and when it is sent (a resend is answered "already have it", and so is a replay). A
+refusal of the fleet token or of the machine's key (401, 403) keeps the report queued and
+backs off: fixing the token file, or the collector admitting the key, sends it. A report
+refused for any other reason (another 4xx but 429) is dropped, since it never gets better by
+retrying. Either way the refusal is kept (`store.refusal`: status.json's `last_error`,
+`updater status`, the agent's log) until a report is accepted. Nothing here raises.
 """
 
 import contextlib
+import hashlib
 import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from greenlight.channels import atomic_write, printable, sign_body
@@ -72,11 +75,14 @@ def _refused(root: InstallRoot, why: str | None) -> None:
 
 def _as_this_machine(body: bytes, ident: str, cohort: str) -> bytes:
     """A queued report as this machine sends it: under its key's id (a report queued before
-    the machine had a key names the old random id), with its cohort."""
+    the machine had a key names the old random id), with its cohort, its own id (from the
+    queued bytes: the same on every send, so the collector counts it once) and the time it
+    is sent (so a copy captured on the way is stale within a day)."""
     report = json.loads(body)
-    if report.get("installation") == ident and report.get("cohort") == cohort:
-        return body
     report["installation"], report["cohort"] = ident, cohort
+    if not report.get("id"):
+        report["id"] = hashlib.sha256(body).hexdigest()[:32]
+    report["sent"] = datetime.now(UTC).isoformat()
     return json.dumps(report).encode()
 
 

@@ -4,11 +4,11 @@ the services, which services died on their own, the systemd units, and lifting a
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from greenlight.channels import atomic_write, version_of
-from greenlight.updater._errors import NotFound, ServiceError
+from greenlight.updater._errors import ConfigError, NotFound, ServiceError
 from greenlight.updater.operations._read import quarantine_info, quarantined
 from greenlight.updater.output import HealthReport, QuarantineReport
 from greenlight.updater.product import (
@@ -67,7 +67,7 @@ def start_services(root: InstallRoot) -> list[str]:
             # service that failed stops restarting it.
             control.stop_all(root.installed_release())
             raise ServiceError(failure.summary) from None
-        return [s.name for s in config_of(root).service]
+        return [s.name for s in control.config_for(None).service]
 
 
 def stop_services(root: InstallRoot) -> list[str]:
@@ -93,17 +93,31 @@ def crashed_services(root: InstallRoot) -> list[str]:
     """
     if root.installed_release() is None:
         return []
-    config = config_of(root)
-    return ServiceControl.of(root, config).crashed() if config.service else []
+    return ServiceControl.of(root, config_of(root)).crashed()
 
 
 @dataclass(frozen=True)
 class Supervised:
-    """A service its supervisor restarted, or gave up on, since the last look."""
+    """A service its supervisor restarted, or gave up on, since the last look; for a crash
+    loop within the release's probation, the reason to roll it back (`roll_back`)."""
 
     service: str
     summary: str
     crash_loop: bool
+    roll_back: str | None = None
+
+
+def _on_probation(root: InstallRoot, release: str, probation: float) -> float | None:
+    """Seconds since `release` was committed here, if that is within `probation`."""
+    from greenlight.channels import now
+    from greenlight.updater.store import history
+
+    committed = [e.at for e in history(root)
+                 if e.event in ("upgraded", "downgraded") and e.to_release == release]
+    if not committed or probation <= 0:
+        return None
+    age = (now() - committed[-1]).total_seconds()
+    return age if age <= probation else None
 
 
 def supervise(root: InstallRoot) -> list[Supervised]:
@@ -120,10 +134,10 @@ def supervise(root: InstallRoot) -> list[Supervised]:
     if release is None:
         return []
     config = config_of(root)
-    if not config.service:
-        return []
     with locked(root):
         control = ServiceControl.of(root, config)
+        if not control.config_for(None).service:  # the release's, under greenlight.toml
+            return []
         try:
             news = control.supervise()
         except OSError:
@@ -146,7 +160,25 @@ def supervise(root: InstallRoot) -> list[Supervised]:
                                   "last_crash": restarts.last_returncode, "log": tail})])
                 record(root, entry)
                 queue_event(root, entry, config.outbox_size)
+                said[-1] = _reaction(root, control, release, said[-1])
         return said
+
+
+def _reaction(root: InstallRoot, control: ServiceControl, release: str,
+              loop: Supervised) -> Supervised:
+    """What follows a crash loop of the installed release (docs/agent.md): within its
+    probation, with a previous release to go back to, a rollback (the caller's, outside the
+    lock); else it stays down, and its held sockets are closed so that clients are refused
+    at once rather than left waiting, until a start binds them again."""
+    from greenlight.updater.operations._change import previous_release
+
+    probation = control.config_for(None).health.probation
+    age = _on_probation(root, release, probation)
+    if age is not None and previous_release(root) is not None:
+        return replace(loop, roll_back=f"{loop.summary}, {age:.0f} s after its commit "
+                                       f"(within its probation of {probation:g} s)")
+    control.release_sockets()
+    return loop
 
 
 def acting_person() -> str:
@@ -199,6 +231,7 @@ def write_systemd_units(root: InstallRoot, out_dir: Path) -> list[Path]:
         AGENT_UNIT,
         SystemdBackend,
         record_units,
+        recorded_units,
         render_units,
         values_for,
     )
@@ -211,6 +244,15 @@ def write_systemd_units(root: InstallRoot, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     root.logs.mkdir(parents=True, exist_ok=True)  # the units append their output there
     units = render_units(config, values)
+    recorded = recorded_units(root)
+    ours = recorded[1] if recorded and recorded[0] == out_dir.resolve() else set()
+    scope = config.systemd_scope == "user"
+    foreign = SystemdBackend(root, user=scope).foreign(
+        out_dir.resolve(), [n for n in units if n not in ours])
+    if foreign:
+        raise ConfigError(f"{out_dir / foreign[0]}: a unit Greenlight did not write (or one "
+                          "systemd loads from elsewhere); nothing written: give the service "
+                          "a unit of its own")
     written = []
     for name, text in units.items():
         atomic_write(out_dir / name, text.encode())

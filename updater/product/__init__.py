@@ -34,6 +34,12 @@ if TYPE_CHECKING:
         Shadow,
         backend_for,
     )
+    from greenlight.updater.product._environment import (
+        DEFAULT_PATH,
+        base_environment,
+        identity,
+        service_environment,
+    )
     from greenlight.updater.product._handover import hand_over, hands_over, stop_successors
     from greenlight.updater.product._health import (
         CheckResult,
@@ -72,6 +78,7 @@ if TYPE_CHECKING:
         UNITS_RECORD,
         SystemdBackend,
         record_units,
+        recorded_units,
         render_gate,
         render_socket,
         render_unit,
@@ -81,6 +88,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AGENT_UNIT",
+    "DEFAULT_PATH",
     "GATE_UNIT",
     "UNITS_RECORD",
     "AgentConfig",
@@ -113,6 +121,7 @@ __all__ = [
     "WebSocketCheck",
     "all_checks",
     "backend_for",
+    "base_environment",
     "config_of",
     "drain",
     "expand",
@@ -120,6 +129,7 @@ __all__ = [
     "failed_required",
     "forget_config",
     "frozen",
+    "identity",
     "init_root",
     "layered",
     "load_manifest",
@@ -136,8 +146,10 @@ __all__ = [
     "render_unit",
     "render_units",
     "record_units",
+    "recorded_units",
     "socket_unit",
     "runs_preflight",
+    "service_environment",
     "stop_shadows",
     "stop_successors",
     "values_for",
@@ -145,6 +157,10 @@ __all__ = [
 ]
 
 _HOME = {
+    "DEFAULT_PATH": "greenlight.updater.product._environment",
+    "base_environment": "greenlight.updater.product._environment",
+    "identity": "greenlight.updater.product._environment",
+    "service_environment": "greenlight.updater.product._environment",
     "AgentConfig": "greenlight.updater.product._config",
     "CheckConfig": "greenlight.updater.product._config",
     "CheckResult": "greenlight.updater.product._health",
@@ -205,6 +221,7 @@ _HOME = {
     "AGENT_UNIT": "greenlight.updater.product._systemd",
     "render_units": "greenlight.updater.product._systemd",
     "record_units": "greenlight.updater.product._systemd",
+    "recorded_units": "greenlight.updater.product._systemd",
     "values_for": "greenlight.updater.product._placeholders",
     "with_machine_parts": "greenlight.updater.product._config",
 }

@@ -31,8 +31,19 @@ from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_v
 
 from greenlight.channels import LABEL_PATTERN, Record, check_channel_name, describe_validation
 from greenlight.updater._errors import ConfigError
+from greenlight.updater.product._fields import (
+    RESERVED_UNITS,
+    EnvName,
+    Line,
+    TokenFile,
+    UnitName,
+    check_folder,
+    check_inside,
+    check_program,
+)
 
 __all__ = ["INSTALLER_MACHINE_PARTS", "AgentConfig", "CheckConfig", "CommandCheck", "Config",
+           "LogsConfig",
            "DnsCheck",
            "HealthConfig", "HttpCheck", "ProcessCheck", "ReportConfig", "RepositoryConfig",
            "ServiceConfig", "SocketConfig", "StopConfig", "TcpCheck", "VersionCheck",
@@ -78,12 +89,18 @@ StopSignal = Literal["SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGKILL", "SIGPI
 
 class ServiceConfig(_Section):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
-    command: list[str] = Field(min_length=1)
-    workdir: str = "{root}"
-    env: dict[str, str] = Field(default_factory=dict)
+    command: list[Line] = Field(
+        min_length=1, description="the program and its arguments, each one line; the "
+                                  "program does not start with @ - : + ! |")
+    workdir: Line = Field(default="{root}",
+                          description="an absolute path once its placeholders are filled")
+    env: dict[EnvName, Line] = Field(
+        default_factory=dict, json_schema_extra={"additionalProperties": False},
+        description="the service's environment beyond the documented minimum; each name a "
+                    "shell name, each value one line")
     ready: str | None = Field(default=None, description="name of a check that means 'ready'")
     start_timeout: float = Field(default=20.0, gt=0)
-    drain_url: str | None = Field(
+    drain_url: Line | None = Field(
         default=None,
         description="called before the stop signal; answers when in-flight work is done"
     )
@@ -93,7 +110,9 @@ class ServiceConfig(_Section):
         description="more ways to stop cleanly, as systemd's SuccessExitStatus: exit "
                     "statuses (143) or signal names (SIGINT); exit 0 and death by the stop "
                     "signal always are")
-    unit: str | None = Field(default=None, description="systemd unit (systemd backend)")
+    unit: UnitName | None = Field(
+        default=None, description="systemd unit (systemd backend): a plain NAME.service in "
+                                  "systemd's grammar, never a path")
     restart: Literal["no", "on-failure", "always"] = Field(
         default="on-failure",
         description="as systemd's Restart=: on-failure restarts a service that exits non-zero "
@@ -109,6 +128,14 @@ class ServiceConfig(_Section):
     restart_interval: float = Field(default=60.0, gt=0, le=86400,
                                     description="seconds (StartLimitIntervalSec=)")
 
+    @model_validator(mode="after")
+    def _runs_inside(self) -> "ServiceConfig":
+        check_program(self.command[0])
+        check_folder(self.workdir)
+        for text in [*self.command, *self.env.values()]:
+            check_inside(text)
+        return self
+
 
 class SocketConfig(_Section):
     """A listening socket Greenlight binds and holds for a service, passed to it with
@@ -118,8 +145,8 @@ class SocketConfig(_Section):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
                       description="its name in LISTEN_FDNAMES")
     service: str = Field(description="the [[service]] it is passed to")
-    listen: str = Field(
-        min_length=1, max_length=4096,
+    listen: Line = Field(
+        min_length=1,
         description="HOST:PORT (TCP or UDP) or an absolute path (a Unix socket); for a "
                     "release that runs side by side, the port (or a folder of the path) "
                     "is a [values] placeholder, so that preflight can give the new release "
@@ -191,12 +218,12 @@ class TcpCheck(_CheckBase):
 
 class HttpCheck(_CheckBase):
     type: Literal["http"]
-    url: str
+    url: Line
     status: int = 200
-    headers: dict[str, str] = Field(default_factory=dict)
-    bearer_token_file: str | None = Field(
-        default=None, description="file (relative to the root) holding the UI's token"
-    )
+    headers: dict[str, Line] = Field(default_factory=dict)
+    bearer_token_file: TokenFile = Field(
+        default=None, description="file holding the UI's token: relative to the root, or "
+                                  "under {root}, {data_dir} or {release_dir}; never outside")
     json_fields: dict[str, str | int | bool] = Field(
         default_factory=dict, description="dotted JSON paths and the values they must have"
     )
@@ -206,8 +233,8 @@ class HttpCheck(_CheckBase):
 
 class WebSocketCheck(_CheckBase):
     type: Literal["websocket"]
-    url: str
-    bearer_token_file: str | None = None
+    url: Line
+    bearer_token_file: TokenFile = None
     send: list[str] = Field(default_factory=lambda: ["ping"])
     expect: list[str] = Field(
         default_factory=list, description="substrings each reply must contain, in order"
@@ -216,15 +243,15 @@ class WebSocketCheck(_CheckBase):
 
 class DnsCheck(_CheckBase):
     type: Literal["dns"]
-    resolver: str = Field(description="host:port of the product's resolver")
-    query: str
+    resolver: Line = Field(description="host:port of the product's resolver")
+    query: Line
     rdtype: str = "A"
     expect: str | None = None
 
 
 class VersionCheck(_CheckBase):
     type: Literal["version"]
-    url: str
+    url: Line
     format: Literal["json", "text"] = Field(
         default="json", description="json: the body's `field` is the version; text: the "
                                     "version appears in the body as a word of its own")
@@ -233,7 +260,7 @@ class VersionCheck(_CheckBase):
 
 class CommandCheck(_CheckBase):
     type: Literal["command"]
-    command: list[str] = Field(min_length=1)
+    command: list[Line] = Field(min_length=1)
 
 
 CheckConfig = Annotated[
@@ -246,6 +273,12 @@ class HealthConfig(_Section):
     grace: float = Field(default=15.0, ge=0, description="seconds for start-up after a switch")
     soak: float = Field(default=3.0, ge=0, description="seconds the checks must keep passing")
     interval: float = Field(default=0.5, gt=0)
+    probation: float = Field(
+        default=600.0, ge=0,
+        description="seconds after its commit during which a crash loop of the release is "
+                    "as bad as a failed post-check: the agent rolls it back to the previous "
+                    "release (quarantined); later, or with no previous release, it stays down "
+                    "and is reported; 0: never roll back for a crash loop")
 
 
 class StopConfig(_Section):
@@ -274,7 +307,7 @@ class AgentConfig(_Section):
     leave_revoked_at_once: bool = Field(
         default=True, description="leave a revoked installed release at the next cycle, "
                                   "outside the windows and inside a hold")
-    on_event: list[str] = Field(default_factory=list,
+    on_event: list[Line] = Field(default_factory=list,
                                 description="a command run with each event as JSON on stdin")
     hook_timeout: float = Field(default=10.0, gt=0)
     retry: float = Field(default=30.0, gt=0,
@@ -292,7 +325,7 @@ class AgentConfig(_Section):
 class ReportConfig(_Section):
     url: Annotated[str, AfterValidator(_url)] = Field(
         description="the fleet collector's base URL; reports go to <url>v1/reports")
-    token_file: str = Field(default="data/fleet-token",
+    token_file: Line = Field(default="data/fleet-token",
                             description="file (relative to the root) holding the fleet token")
     queue_max: int = Field(default=200, ge=1, description="reports kept while unreachable; "
                                                           "the oldest go first")
@@ -302,6 +335,15 @@ class ReportConfig(_Section):
         default=None, pattern=LABEL_PATTERN,
         description="the vendor's label of this kind of machine (a hardware model, say), the "
                     "last part of the cohort its reports name and its rollouts obey")
+
+
+class LogsConfig(_Section):
+    max_size: int = Field(
+        default=10 * 1024 * 1024, ge=0,
+        description="bytes a service's log (logs/<name>.log) may hold before it is rotated "
+                    "(copied to <name>.log.1, then emptied in place); 0: never")
+    keep: int = Field(default=3, ge=0, le=100,
+                      description="rotated copies kept (<name>.log.1 ... .N)")
 
 
 class Config(_Section):
@@ -334,7 +376,9 @@ class Config(_Section):
     stop: StopConfig = Field(default_factory=StopConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     report: ReportConfig | None = Field(default=None, description="opt-in fleet reports")
-    values: dict[str, str] = Field(
+    logs: LogsConfig = Field(default_factory=LogsConfig,
+                             description="the services' logs, each bounded (process backend)")
+    values: dict[str, Line] = Field(
         default_factory=dict, description="the machine's placeholder values ({name}): ports "
                                           "and paths a release's manifest leaves to it")
     disabled_checks: list[str] = Field(
@@ -355,6 +399,12 @@ class Config(_Section):
         for c in self.check:
             if isinstance(c, ProcessCheck) and c.service not in services:
                 raise ValueError(f"check {c.name!r}: service = {c.service!r} names no [[service]]")
+        units = [s.unit or f"greenlight-{s.name}.service" for s in self.service]
+        for unit in units:
+            if unit in RESERVED_UNITS or units.count(unit) > 1:
+                whose = "Greenlight" if unit in RESERVED_UNITS else "another service"
+                raise ValueError(f"unit {unit!r} is {whose}'s own: give the service a unit "
+                                 "of its own")
         names = [k.name for k in self.socket]
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:

@@ -10,6 +10,7 @@ and a rollback the old one again.
 """
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from greenlight.updater.product._health import (
 )
 from greenlight.updater.product._listeners import describe_process, listen_address, listeners
 from greenlight.updater.product._manifest import Layered, layered, load_manifest
-from greenlight.updater.product._placeholders import values_for
+from greenlight.updater.product._placeholders import expand, values_for
 from greenlight.updater.product._services import (
     ProcessBackend,
     Restarts,
@@ -48,7 +49,9 @@ def backend_for(root: "InstallRoot", config: Config) -> ServiceBackend:
     if config.backend == "systemd":
         return SystemdBackend(root, services=config.service,
                               user=config.systemd_scope == "user")
-    return ProcessBackend(root)
+    backend = ProcessBackend(root)
+    backend.log_limits = (config.logs.max_size, config.logs.keep)
+    return backend
 
 
 class HealthFailure(Exception):
@@ -166,6 +169,8 @@ class ServiceControl:
                 raise ConfigError(f"{path}: cannot read the release's manifest: {e}") from None
         found = self._layers[key] = layered(self.config, manifest,
                                             version_of(key) if key else "")
+        if isinstance(self.backend, SystemdBackend):  # the release's own unit names
+            self.backend.know(found.config.service)
         return found
 
     def config_for(self, release: str | None) -> Config:
@@ -344,9 +349,11 @@ class ServiceControl:
                 [service_result(f"{name}-start", restarts.describe(name),
                             {"last_exit": self.backend.last_exit(name), "log": tail})])
         address = listen_address(ready, self.values(release))
-        if address is None:
+        if address is None or self._anothers_port(name, address[1], release):
             return
-        owned = {pid: self.backend.owns(name, pid) for pid in listeners(address[1])}
+        # the updater itself holds a shadow's sockets (preflight): never a stranger
+        owned = {pid: self.backend.owns(name, pid) for pid in listeners(address[1])
+                 if pid != os.getpid()}
         strangers = [pid for pid, ours in owned.items() if ours is False]
         if strangers and True not in owned.values():
             who = describe_process(strangers[0])
@@ -356,6 +363,18 @@ class ServiceControl:
                 [service_result(f"{name}-start", f"port {address[1]} is held by {who}",
                             {"port": address[1], "pids": strangers,
                              "log": self._log_tail(name)})])
+
+    def _anothers_port(self, name: str, port: int, release: str) -> bool:
+        """`port` is what another service of the release binds (a socket held for it, or a
+        port one of its processes listens on): a ready check through it says that `name`
+        works through that service, not who `name` is, so no process is a stray there."""
+        config, values = self.config_for(release), self.values(release)
+        if any(k.service != name and expand(k.listen, values).rsplit(":", 1)[-1] == str(port)
+               for k in config.socket):
+            return True
+        others = [s.name for s in config.service if s.name != name]
+        return any(self.backend.owns(other, pid) for pid in listeners(port)
+                   for other in others)
 
     def log_tail(self, name: str, lines: int = 5) -> list[str]:
         """The last lines of the service's log (escaped for a terminal)."""

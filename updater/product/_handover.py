@@ -50,6 +50,7 @@ def hand_over(control: ServiceControl, old: str, new: str) -> None:
     config, values = control.config_for(new), control.values(new)
     before = control.config_for(old)
     successors = ProcessBackend(control.root, slot="next")
+    successors.log_limits = (control.config.logs.max_size, control.config.logs.keep)
     twin = ServiceControl(control.root, control.config, successors, _layers=control._layers)
     checks = {c.name: c for c in config.check}
     checker = twin.checker(new)

@@ -26,6 +26,7 @@ from greenlight.updater.product._config import (
     VersionCheck,
     WebSocketCheck,
 )
+from greenlight.updater.product._environment import base_environment
 from greenlight.updater.product._placeholders import expand, expand_command
 from greenlight.updater.store import RecordedCheck
 
@@ -262,7 +263,7 @@ class HealthChecker:
         argv = expand_command(c.command, self.values)
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=c.timeout,
-                                  cwd=self.root)
+                                  cwd=self.root, env=base_environment())
         except subprocess.TimeoutExpired:
             raise _Failed(f"{argv[0]} did not finish in {c.timeout}s", argv=argv) from None
         except OSError as e:

@@ -37,7 +37,14 @@ from greenlight.updater.product._config import (
     StopConfig,
     check_product,
 )
-from greenlight.updater.product._placeholders import BUILT_IN, placeholders
+from greenlight.updater.product._fields import (
+    Line,
+    check_folder,
+    check_inside,
+    check_program,
+    check_relative_file,
+)
+from greenlight.updater.product._placeholders import BUILT_IN, expand, placeholders
 
 __all__ = ["BUILT_IN", "PRODUCT_PARTS", "Layered", "ProductManifest", "instance_values",
            "layered", "load_manifest", "manifest_schema", "split_product_config"]
@@ -51,7 +58,7 @@ class ProductManifest(Record):
     """How a release runs and is checked (the JSON Schema of `product.toml`)."""
 
     schema_version: Literal[1] = 1
-    values: dict[str, str] = Field(
+    values: dict[str, Line] = Field(
         default_factory=dict, description="placeholders the machine may set ({name} in any "
                                           "field), with their defaults")
     service: list[ServiceConfig] = Field(default_factory=list)
@@ -87,6 +94,67 @@ def _strings(value: object) -> list[str]:
     return []
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _where(value: object, path: str = "") -> list[tuple[str, str]]:
+    """Every string of `value` (keys too) with where it is (`service[0].env.PATH`)."""
+    if isinstance(value, str):
+        return [(path, value)]
+    if isinstance(value, dict):
+        found = []
+        for k, v in value.items():
+            at = f"{path}.{k}" if path else str(k)
+            found += [(at, str(k)), *_where(v, at)]
+        return found
+    if isinstance(value, list):
+        return [w for i, v in enumerate(value) for w in _where(v, f"{path}[{i}]")]
+    return []
+
+
+_FILLED_SERVICE = {"command": check_program, "workdir": check_folder}
+_FILLED_CHECK = {"bearer_token_file": check_relative_file}
+
+
+def _refuse_reaching_out(data: dict[str, Any], source: str) -> None:
+    """No string of a manifest holds a control character, and every path it builds from
+    {release_dir} or {root} (its own [values] filled with their defaults) stays inside.
+
+    Raises:
+        ConfigError: one line naming the first string that does not, and where it is.
+    """
+    values = data.get("values")
+    defaults = {str(k): str(v) for k, v in values.items()} if isinstance(values, dict) else {}
+    for at, text in _where(data):
+        control = _CONTROL.search(text)
+        if control:
+            raise ConfigError(
+                f"{source}: {at}: holds the control character "
+                f"{control.group(0).encode('unicode_escape').decode('ascii')}; no string of a "
+                "manifest may (a newline would write a directive of its own into a unit "
+                "file)")
+        if at.startswith("values"):
+            continue
+        try:
+            check_inside(expand(text, defaults))
+        except ValueError as e:
+            raise ConfigError(f"{source}: {at}: {e}") from None
+    # what the machine will run, its values at their defaults: the same rules once filled
+    for part, rules in (("service", _FILLED_SERVICE), ("check", _FILLED_CHECK)):
+        items = data.get(part)
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            for key, rule in rules.items():
+                value = item.get(key) if isinstance(item, dict) else None
+                if isinstance(value, list):
+                    value = value[0] if value else None
+                if not isinstance(value, str):
+                    continue
+                try:
+                    rule(expand(value, defaults))
+                except ValueError as e:
+                    raise ConfigError(f"{source}: {part}[{i}].{key}: {e}") from None
+
+
 def _toml(text: str, source: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
@@ -110,6 +178,7 @@ def load_manifest(text: str, source: str) -> ProductManifest:
             "only [values], [[service]], [[socket]], [[check]], [health], [stop], "
             "side_by_side, per_instance and handover (the repository, channel and backend "
             "are the machine's)")
+    _refuse_reaching_out(data, source)
     check_product({k: v for k, v in data.items() if k in PRODUCT_PARTS}, source)
     try:
         manifest = ProductManifest.model_validate(data)

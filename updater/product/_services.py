@@ -2,7 +2,8 @@
 
 Two backends share one interface. `ProcessBackend` (the embedded default) runs each service
 under the stdlib-only `launcher.py` in its own process group, with a pid file in `state/run/`,
-output in `logs/<name>.log`, and the exit status recorded when it ends. `SystemdBackend`
+output in `logs/<name>.log`, and the exit status recorded when it ends, in the environment a
+systemd unit would have (`_environment.py`), not the updater's. `SystemdBackend`
 drives units with `systemctl` (`_systemd.py`, with the unit files rendered from the config).
 
 Stopping is where the restart incident lived: a reader left blocked on a pipe its peer closed.
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 from greenlight.channels import atomic_write, now
 from greenlight.updater._errors import StoreError
 from greenlight.updater.product._config import ServiceConfig
+from greenlight.updater.product._environment import service_environment
 from greenlight.updater.product._placeholders import expand, expand_command
 from greenlight.updater.product._runtime import launcher_argv
 
@@ -174,6 +176,8 @@ class ProcessBackend:
         # A successor's files are its own (name-NONCE.exit): the launcher it replaces was
         # itself a successor once, and keeps writing the files its command line names.
         self._nonce = os.urandom(4).hex() if slot == "next" else ""
+        self.log_limits = (10 * 1024 * 1024, 3)
+        """`[logs] max_size` and `keep`: each service's log is bounded by its launcher"""
 
     def _pid_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.json"
@@ -297,7 +301,7 @@ class ProcessBackend:
         ready.unlink(missing_ok=True)
         command = expand_command(service.command, values)
         workdir = expand(service.workdir, values)
-        env = {**os.environ, **{k: expand(v, values) for k, v in service.env.items()}}
+        env = service_environment(service, values)  # never the updater's own (see there)
         if notify:  # systemd's readiness protocol: the service sends READY=1 here
             env["NOTIFY_SOCKET"] = self._notify_socket(service.name)
         log_path = self.logs / f"{service.name}.log"
@@ -316,6 +320,8 @@ class ProcessBackend:
                  "--interval", str(service.restart_interval),
                  "--clean", ",".join(str(c) for c in sorted(restart_clean(service))),
                  "--restarts-file", str(self._restarts_file(service.name)),
+                 "--log-file", str(log_path), "--log-max", str(self.log_limits[0]),
+                 "--log-keep", str(self.log_limits[1]),
                  *_listen_args(listen or []), "--", *command],
                 cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True, pass_fds=[s.fileno() for _, s in listen or []],
@@ -445,7 +451,8 @@ def stop_slot(root: "InstallRoot", slot: str, names: list[str] | None = None) ->
     recorded = [r.stem for r in backend.run_dir.glob("*.json") if r.stem != "supervised"]
     for name in sorted({*recorded, *(names or [])}):
         with contextlib.suppress(ValueError, OSError):
-            service = ServiceConfig(name=name, command=["-"])
+            # Its name is what a stop needs; the command is never run (any valid one does).
+            service = ServiceConfig(name=name, command=["true"])
             if backend.stop(service, 10.0).was_running:
                 stopped.append(name)
     kept = set()  # what the services' own launchers (adopted from a handover) write to

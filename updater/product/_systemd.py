@@ -5,6 +5,7 @@ back what it did (ExecMainCode/ExecMainStatus, Result, NRestarts, ControlGroup).
 """
 
 import json
+import re
 import socket
 import subprocess
 import time
@@ -14,6 +15,17 @@ from typing import TYPE_CHECKING
 from greenlight.channels import atomic_write
 from greenlight.updater._errors import ConfigError, StoreError
 from greenlight.updater.product._config import Config, ServiceConfig, SocketConfig
+from greenlight.updater.product._environment import DEFAULT_PATH, identity
+from greenlight.updater.product._fields import (
+    AGENT_UNIT,
+    GATE_UNIT,
+    LINE_PATTERN,
+    check_folder,
+    check_program,
+    escape_specifiers,
+    is_unit_file_name,
+    systemd_quote,
+)
 from greenlight.updater.product._placeholders import expand, expand_command
 from greenlight.updater.product._services import (
     Restarts,
@@ -25,10 +37,10 @@ from greenlight.updater.product._services import (
 if TYPE_CHECKING:
     from greenlight.updater.store import InstallRoot
 
-__all__ = ["AGENT_UNIT", "GATE_UNIT", "UNITS_RECORD", "SystemdBackend", "record_units",
-           "render_gate", "render_socket", "render_unit", "render_units", "socket_unit"]
+__all__ = ["AGENT_UNIT", "GATE_UNIT", "MARK", "UNITS_RECORD", "SystemdBackend", "record_units",
+           "recorded_units", "render_gate", "render_socket", "render_unit", "render_units",
+           "socket_unit"]
 
-AGENT_UNIT = "greenlight-agent.service"
 UNITS_RECORD = "systemd-units.json"
 """In the root's state: the folder `updater systemd-units` wrote the product's units into,
 and their names, so that each start makes them those of the release it starts."""
@@ -44,9 +56,34 @@ class SystemdBackend:
         self.user = user
         self._units = {s.name: self.unit(s) for s in services or []}
 
+    def know(self, services: list[ServiceConfig]) -> None:
+        """Name `services`' units (a release's, from its manifest, under greenlight.toml):
+        asked about a service by name, the backend asks systemd about its unit."""
+        self._units.update({s.name: self.unit(s) for s in services})
+
     def _unit_of(self, name: str) -> str:
         """The unit of the service `name`: its configured `unit`, else greenlight-NAME."""
         return self._units.get(name, f"greenlight-{name}.service")
+
+    def foreign(self, folder: Path, names: list[str]) -> list[str]:
+        """Of `names`, about to be written into `folder` for the first time, those that are
+        not Greenlight's to write: a file there that it did not write (no `MARK` line), or a
+        unit systemd already loads from another folder (a vendor's `sshd.service`, which a
+        file here would mask)."""
+        found = []
+        for name in names:
+            text = _text_of(folder / name)
+            if text is not None and not text.startswith(MARK):
+                found.append(name)
+                continue
+            try:
+                fragment = self._run("show", "-p", "FragmentPath", "--value",
+                                     name).stdout.strip()
+            except ConfigError:  # no systemctl here: no unit loads from anywhere
+                fragment = ""
+            if fragment and Path(fragment).parent != folder:
+                found.append(name)
+        return found
 
     @staticmethod
     def unit(service: ServiceConfig) -> str:
@@ -153,20 +190,30 @@ class SystemdBackend:
         Raises:
             StoreError: the record or a unit file could not be read or written.
         """
-        record = self.root.state / UNITS_RECORD
-        try:
-            written = json.loads(record.read_text())
-            folder, before = Path(written["dir"]), set(written["units"])
-        except FileNotFoundError:
+        recorded = recorded_units(self.root)
+        if recorded is None:
             return []
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise StoreError(f"{record}: unreadable ({e}); run 'updater systemd-units' "
-                             "again") from None
+        folder, before = recorded
+        record = self.root.state / UNITS_RECORD
+        # Only plain unit names, each a file of the recorded folder: a name with a folder in
+        # it (a hostile manifest's, or a record changed by hand) is never joined to a path.
+        strange = sorted(n for n in [*units, *before]
+                         if not isinstance(n, str) or not is_unit_file_name(n))
+        if strange or not folder.is_absolute():
+            raise StoreError(f"{record}: {strange[0]!r} is not a unit name; nothing written "
+                             "or removed" if strange else
+                             f"{record}: {str(folder)!r} is not an absolute folder; run "
+                             "'updater systemd-units' again")
         try:
             changed = [n for n, text in units.items() if _text_of(folder / n) != text]
             gone = sorted(before - set(units))
             if not changed and not gone:
                 return []
+            foreign = self.foreign(folder, [n for n in changed if n not in before])
+            if foreign:
+                raise StoreError(f"{folder / foreign[0]}: a unit Greenlight did not write "
+                                 "(or one systemd loads from elsewhere); the release's units "
+                                 "were not written: give its service a unit of its own")
             # enabled at boot, as the admin left the product's units (or the agent's)
             enabled = any(self._run("is-enabled", "--quiet", n).returncode == 0
                           for n in [*sorted(before), AGENT_UNIT] if n.endswith(".service"))
@@ -190,6 +237,24 @@ class SystemdBackend:
         return [*changed, *gone]
 
 
+def recorded_units(root: "InstallRoot") -> tuple[Path, set[str]] | None:
+    """The folder `updater systemd-units` wrote the product's units into, and their names
+    (`UNITS_RECORD`); None before it ran.
+
+    Raises:
+        StoreError: the record is unreadable.
+    """
+    record = root.state / UNITS_RECORD
+    try:
+        written = json.loads(record.read_text())
+        return Path(written["dir"]), set(written["units"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StoreError(f"{record}: unreadable ({e}); run 'updater systemd-units' "
+                         "again") from None
+
+
 def record_units(root: "InstallRoot", folder: Path, names: list[str]) -> None:
     """Record (`UNITS_RECORD`) that the product's units `names` are in `folder`.
 
@@ -206,9 +271,14 @@ def _text_of(path: Path) -> str | None:
         return path.read_text()
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError:
+        return ""  # not a unit Greenlight wrote
 
 
-UNIT_TEMPLATE = """\
+MARK = "# Written by Greenlight from the release's manifest: replaced at each start.\n"
+"""The first line of every unit file Greenlight writes: it overwrites or removes no other."""
+
+UNIT_TEMPLATE = MARK + """\
 [Unit]
 Description=Greenlight-managed service {name}
 After=network.target {after}
@@ -237,41 +307,56 @@ def render_unit(service: ServiceConfig, values: dict[str, str], after: str = "",
     """A systemd unit for `service`, its release_dir through the root's `current` link; its
     output appended to `logs/<name>.log` as with the process backend, and restarted with the
     service's policy and limits. Its held `sockets` (see `render_socket`) are passed to it by
-    systemd, in order (`Sockets=`), and started with it."""
-    import shlex
+    systemd, in order (`Sockets=`), and started with it.
 
+    Every word is written so that systemd reads back exactly the argv, environment and folder
+    the process backend uses (`systemd_quote`: no specifier, variable or escape of systemd's
+    applies); the configuration's patterns keep every directive on its own line.
+
+    Raises:
+        ConfigError: a filled placeholder made the program or the folder unusable.
+    """
     held = [socket_unit(s) for s in sockets or [] if s.service == service.name]
-
+    argv = expand_command(service.command, values)
+    workdir = expand(service.workdir, values)
+    try:
+        check_program(argv[0])
+    except ValueError as e:
+        raise ConfigError(f"service {service.name!r}: {e}") from None
+    for word in [*argv, workdir, *(expand(v, values) for v in service.env.values())]:
+        _one_line(word)
+    try:
+        check_folder(workdir)
+        settings = {"workdir": escape_specifiers(workdir), "log": escape_specifiers(
+            str(Path(values.get("root", ".")) / "logs" / f"{service.name}.log"))}
+    except ValueError as e:
+        raise ConfigError(f"service {service.name!r}: {e}") from None
+    # The minimum the process backend gives (systemd sets no HOME, USER, ... without User=;
+    # LANG is the system's), then the service's own, which may override it.
+    declared = {"PATH": DEFAULT_PATH, **identity(),
+                **{k: expand(v, values) for k, v in service.env.items()}}
     environment = "".join(
-        f"Environment={shlex.quote(f'{k}={expand(v, values)}')}\n" for k, v in service.env.items()
-    )
+        f"Environment={systemd_quote(f'{k}={v}', expand_variables=False)}\n"
+        for k, v in declared.items())
     return UNIT_TEMPLATE.format(
         name=service.name,
         after=" ".join([after, *held]).strip(),
         requires=f"Requires={' '.join(held)}\n" if held else "",
         sockets=f"Sockets={' '.join(held)}\n" if held else "",
-        workdir=expand(service.workdir, values),
-        exec_start=" ".join(shlex.quote(p) for p in expand_command(service.command, values)),
+        workdir=settings["workdir"],
+        exec_start=" ".join(systemd_quote(p) for p in argv),
         signal=service.stop_signal,
         timeout=max(1, round(timeout)),
         restart=service.restart,
         restart_delay=f"{service.restart_delay:g}s",
         limit_interval=f"{service.restart_interval:g}s",
         limit_burst=service.restart_burst,
-        log=str(Path(values.get("root", ".")) / "logs" / f"{service.name}.log"),
+        log=settings["log"],
         wanted_by="default.target" if user else "multi-user.target",
         environment=environment + (
             "SuccessExitStatus=" + " ".join(str(s) for s in service.success_exit_status) + "\n"
             if service.success_exit_status else ""),
     )
-
-
-GATE_UNIT = "greenlight-sockets.service"
-"""What the held sockets' units trigger: a oneshot that stays active, so that traffic on a
-held socket never starts the product's service (an upgrade stops it, then starts the new
-release: traffic in between must wait in the backlog, not start the old one again). The
-service still gets the sockets, by its `Sockets=`; systemd documents that the unit a socket
-activates may differ from the units that inherit it."""
 
 
 def socket_unit(sock: SocketConfig) -> str:
@@ -282,16 +367,32 @@ def render_socket(sock: SocketConfig, values: dict[str, str]) -> str:
     """A `.socket` unit holding `sock` (systemd binds it and keeps it open while the service
     restarts), named for LISTEN_FDNAMES, triggering only the gate (`GATE_UNIT`)."""
     listen = "ListenDatagram" if sock.kind == "datagram" else "ListenStream"
-    return (f"[Unit]\nDescription=Greenlight-held socket {sock.name} of {sock.service}\n\n"
-            f"[Socket]\n{listen}={expand(sock.listen, values)}\n"
+    try:
+        address = escape_specifiers(_one_line(expand(sock.listen, values)))
+    except ValueError as e:
+        raise ConfigError(f"socket {sock.name!r}: {e}") from None
+    return (f"{MARK}[Unit]\nDescription=Greenlight-held socket {sock.name} of {sock.service}\n\n"
+            f"[Socket]\n{listen}={address}\n"
             f"FileDescriptorName={sock.name}\nService={GATE_UNIT}\n"
             + (f"Backlog={sock.backlog}\n" if sock.kind == "stream" else "")
             + "\n[Install]\nWantedBy=sockets.target\n")
 
 
+def _one_line(text: str) -> str:
+    """`text`, which goes into a unit file, on one line.
+
+    Raises:
+        ConfigError: it holds a control character (a filled placeholder brought it).
+    """
+    if not re.fullmatch(LINE_PATTERN[1:-1], text):
+        raise ConfigError(f"{text!r} holds a control character; it cannot go into a unit "
+                          "file")
+    return text
+
+
 def render_gate() -> str:
-    return ("[Unit]\nDescription=Greenlight: traffic on held sockets waits for the product's "
-            "services\n\n[Service]\nType=oneshot\nExecStart=/bin/true\n"
+    return (f"{MARK}[Unit]\nDescription=Greenlight: traffic on held sockets waits for the "
+            "product's services\n\n[Service]\nType=oneshot\nExecStart=/bin/true\n"
             "RemainAfterExit=yes\n")
 
 
@@ -300,6 +401,10 @@ def render_units(config: Config, values: dict[str, str]) -> dict[str, str]:
     a `.socket` unit per held socket and the gate, then a service unit per service, each
     after the one before it."""
     units: dict[str, str] = {}
+    names = [*map(socket_unit, config.socket), *map(SystemdBackend.unit, config.service)]
+    for name in names:
+        if not is_unit_file_name(name):
+            raise ConfigError(f"{name!r} is not a systemd unit name (NAME.service)")
     for sock in config.socket:
         units[socket_unit(sock)] = render_socket(sock, values)
     if config.socket:

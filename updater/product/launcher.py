@@ -19,6 +19,12 @@ always: any end). Each restart is appended to the restarts file as one JSON line
 `--burst` starts within `--interval` seconds is a crash loop: the launcher gives up, leaves
 the service down and says so in the exit file (`"gave_up": true`), as systemd's start limit.
 
+With `--log-file`, it bounds the service's log as logrotate's `copytruncate` does: once the
+file holds more than `--log-max` bytes, it is copied to FILE.1 (FILE.1 to FILE.2, ... up to
+`--log-keep` files) and emptied in place, so the service keeps writing to the same open file
+(opened with O_APPEND, its next line goes to the start). Lines written between the copy and
+the truncation are lost, as with logrotate's.
+
 With `--listen-fds`, the listening sockets it inherited (held by Greenlight, see holder.py)
 are passed to the service, and to each restart of it, with systemd's socket-activation
 protocol: as descriptors 3, 4, ... with LISTEN_FDS, LISTEN_PID (the service's own pid) and
@@ -28,20 +34,24 @@ The updater runs this file by path with `-I -S` (no site-packages, no package im
 process it adds per service is a bare interpreter: see bench/overhead.py.
 """
 
+import contextlib
 import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 _OPTIONS = ("--exit-file", "--ready-file", "--restart", "--restart-delay", "--burst",
-            "--interval", "--clean", "--restarts-file", "--listen-fds", "--listen-names")
+            "--interval", "--clean", "--restarts-file", "--listen-fds", "--listen-names",
+            "--log-file", "--log-max", "--log-keep")
 USAGE = ("usage: launcher.py --exit-file FILE [--ready-file FILE] [--restart POLICY "
          "--restart-delay S --burst N --interval S --clean RC,... --restarts-file FILE] "
-         "[--listen-fds FD,... --listen-names NAME,...] -- COMMAND...")
+         "[--listen-fds FD,... --listen-names NAME,...] "
+         "[--log-file FILE --log-max BYTES --log-keep N] -- COMMAND...")
 
 
 def _write(path: str, record: dict[str, object]) -> None:
@@ -57,6 +67,49 @@ def _append(path: str, record: dict[str, object]) -> None:
         os.write(fd, (json.dumps(record) + "\n").encode())
     finally:
         os.close(fd)
+
+
+def rotate(path: str, limit: int, keep: int) -> bool:
+    """Bound the log at `path` (see the module): when it holds more than `limit` bytes, shift
+    PATH.1 ... PATH.(keep-1) up by one, copy PATH to PATH.1 and empty PATH in place. Returns
+    whether it rotated. Never follows a symlink planted at a kept file's name.
+
+    Raises:
+        OSError: the log could not be read, copied or truncated.
+    """
+    if os.stat(path).st_size <= limit:
+        return False
+    for n in range(keep - 1, 0, -1):
+        if os.path.lexists(f"{path}.{n}"):
+            os.replace(f"{path}.{n}", f"{path}.{n + 1}")
+    if keep > 0:
+        if os.path.lexists(f"{path}.1"):  # keep = 1: the one kept copy makes way
+            os.unlink(f"{path}.1")
+        src = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            dst = os.open(f"{path}.1", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                          0o640)
+            try:
+                while chunk := os.read(src, 1 << 20):
+                    os.write(dst, chunk)
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    try:
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _bound_log(path: str, limit: int, keep: int) -> None:
+    """Every second, for the launcher's life: `rotate` the log (a thread of the launcher)."""
+    while True:
+        with contextlib.suppress(OSError):  # tried again in a second; the service goes on
+            rotate(path, limit, keep)
+        time.sleep(1.0)
 
 
 def _listen_fds(inherited: list[int]) -> list[int]:
@@ -114,6 +167,15 @@ def main(args: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     listen = _listen_fds(inherited) if inherited else []
+    if "--log-file" in options:
+        try:
+            limit, keep = int(options.get("--log-max", "0")), int(options.get("--log-keep", "3"))
+        except ValueError:
+            print(USAGE, file=sys.stderr)
+            return 2
+        if limit > 0:
+            threading.Thread(target=_bound_log, args=(options["--log-file"], limit, keep),
+                             daemon=True).start()
     spawn: dict[str, object] = {"pass_fds": listen,
                                 "preexec_fn": lambda: _announce(names)} if listen else {}
 

@@ -56,6 +56,7 @@ from greenlight.updater.store._outbox import (
     queue_held,
     queued,
     refusal,
+    report_of,
     set_refusal,
 )
 from greenlight.updater.store._quarantine import (
@@ -126,6 +127,7 @@ __all__ = [
     "queue_event",
     "queue_held",
     "read_status",
+    "report_of",
     "refresh_status",
     "queued",
     "refusal",

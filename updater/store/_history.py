@@ -52,6 +52,10 @@ class HistoryEntry(Record):
     preflight: bool = Field(
         default=False, description="caught in preflight, beside the running release, which "
                                    "was never stopped")
+    fault: Literal["new", "old"] = Field(
+        default="new", description="a rollback's: whose failure it was, the release tried "
+                                   "(new) or the one being left, which crashed when stopped "
+                                   "(old); a report counts it against that release")
 
 
 def record(root: InstallRoot, entry: HistoryEntry) -> None:

@@ -96,7 +96,7 @@ def roll_back(txn: Transaction, failure: HealthFailure) -> Rollback:
         failed_checks=[r.recorded() for r in failure.results if not r.ok],
         stop_outcomes=[o.describe() for o in failure.stops],
         timings={**txn.timings, "rollback_seconds": round(seconds, 4)},
-        preflight=failure.preflight,
+        preflight=failure.preflight, fault="new" if failure.new_release_at_fault else "old",
     )
     record(txn.root, incident)
     queue_event(txn.root, incident, txn.config.outbox_size)

@@ -21,14 +21,17 @@ from greenlight.channels import (
     atomic_write,
     fsync_dir,
     remove_path,
+    version_of,
 )
 from greenlight.updater._errors import ConfigError, GreenlightError, TrustError
 from greenlight.updater.output import DeltaUse
 from greenlight.updater.product import (
     Config,
+    ProductManifest,
     ServiceControl,
     hand_over,
     hands_over,
+    layered,
     load_manifest,
     preflight,
     runs_preflight,
@@ -105,8 +108,15 @@ def _via_delta(txn: Transaction, name: str, artifact: ComponentArtifact,
 
 
 def do_fetch(txn: Transaction) -> None:
+    """The release into downloads/, what decides whether it is wanted first: its signed
+    product manifest, verified and loaded as this machine will run it, and its components'
+    signed file lists; only then each component's archive (by a delta where one pays). A
+    manifest that is tampered, does not load or does not fit greenlight.toml fetches no
+    archive."""
     assert txn.repo is not None and txn.channel_file is not None
     store = Downloads(txn.root.downloads)
+    _fetch_manifest(txn, store)
+    file_lists(txn.repo, txn.channel_file, store)
     for name, artifact in sorted(txn.channel_file.components.items()):
         info = txn.repo.artifact_info(name, artifact)
         if store.find(artifact.sha256, artifact.length) is not None:
@@ -119,14 +129,30 @@ def do_fetch(txn: Transaction) -> None:
         if not use.used:
             txn.bytes_fetched += artifact.length
             txn.repo.download(info, store, txn.progress)
+
+
+def _fetch_manifest(txn: Transaction, store: Downloads) -> None:
+    """The release's product manifest into downloads/, verified against the signed target
+    the channel file names, loaded, and merged with greenlight.toml as `stage` will.
+
+    Raises:
+        TrustError: not the signed target (tampered on the mirror, or another one).
+        ConfigError: it does not load, or does not fit this machine's greenlight.toml.
+    """
+    assert txn.repo is not None and txn.channel_file is not None
     ref = txn.channel_file.manifest
-    if ref is not None and store.find(ref.sha256, ref.length) is None:
+    if ref is None:
+        return
+    if store.find(ref.sha256, ref.length) is None:
         signed = txn.repo.target_info(ref.target)
         if (signed is None or signed.length != ref.length
                 or signed.hashes.get("sha256") != ref.sha256):
             raise TrustError(f"manifest {ref.target} refused: not the signed target the "
                              "channel file names")
         txn.repo.download(signed, store)
+    loaded = _loaded_product(txn, store)
+    if loaded is not None:
+        layered(txn.control.config, loaded[1], version_of(txn.new))
 
 
 def _product(txn: Transaction, store: Downloads) -> bytes | None:
@@ -136,6 +162,12 @@ def _product(txn: Transaction, store: Downloads) -> bytes | None:
     Raises:
         ConfigError: a manifest this machine cannot load (nothing was stopped yet).
     """
+    loaded = _loaded_product(txn, store)
+    return None if loaded is None else loaded[0]
+
+
+def _loaded_product(txn: Transaction, store: Downloads) -> tuple[bytes, ProductManifest] | None:
+    """`_product`, with the manifest it loaded."""
     assert txn.channel_file is not None
     ref = txn.channel_file.manifest
     if ref is None:
@@ -154,11 +186,10 @@ def _product(txn: Transaction, store: Downloads) -> bytes | None:
         if hashlib.sha256(data).hexdigest() != ref.sha256:
             raise TrustError(f"manifest {ref.target} refused: not its signed sha256")
     try:
-        load_manifest(data.decode(), f"the manifest of {txn.channel_file.release}")
+        return data, load_manifest(data.decode(), f"the manifest of {txn.channel_file.release}")
     except UnicodeDecodeError:
         raise ConfigError(f"the manifest of {txn.channel_file.release} is not UTF-8 "
                           "text") from None
-    return data
 
 
 def file_lists(repo: TrustedRepository | None, channel_file: ChannelFile,
