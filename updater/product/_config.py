@@ -40,6 +40,7 @@ from greenlight.updater.product._fields import (
     check_folder,
     check_inside,
     check_program,
+    unit_of,
 )
 
 __all__ = ["INSTALLER_MACHINE_PARTS", "AgentConfig", "CheckConfig", "CommandCheck", "Config",
@@ -399,7 +400,7 @@ class Config(_Section):
         for c in self.check:
             if isinstance(c, ProcessCheck) and c.service not in services:
                 raise ValueError(f"check {c.name!r}: service = {c.service!r} names no [[service]]")
-        units = [s.unit or f"greenlight-{s.name}.service" for s in self.service]
+        units = [unit_of(s.name, s.unit) for s in self.service]
         for unit in units:
             if unit in RESERVED_UNITS or units.count(unit) > 1:
                 whose = "Greenlight" if unit in RESERVED_UNITS else "another service"

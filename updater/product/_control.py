@@ -349,11 +349,13 @@ class ServiceControl:
                 [service_result(f"{name}-start", restarts.describe(name),
                             {"last_exit": self.backend.last_exit(name), "log": tail})])
         address = listen_address(ready, self.values(release))
-        if address is None or self._anothers_port(name, address[1], release):
+        if address is None:
             return
         # the updater itself holds a shadow's sockets (preflight): never a stranger
-        owned = {pid: self.backend.owns(name, pid) for pid in listeners(address[1])
-                 if pid != os.getpid()}
+        pids = [pid for pid in listeners(address[1]) if pid != os.getpid()]
+        if self._anothers_port(name, address[1], pids, release):
+            return
+        owned = {pid: self.backend.owns(name, pid) for pid in pids}
         strangers = [pid for pid, ours in owned.items() if ours is False]
         if strangers and True not in owned.values():
             who = describe_process(strangers[0])
@@ -364,17 +366,17 @@ class ServiceControl:
                             {"port": address[1], "pids": strangers,
                              "log": self._log_tail(name)})])
 
-    def _anothers_port(self, name: str, port: int, release: str) -> bool:
+    def _anothers_port(self, name: str, port: int, pids: list[int], release: str) -> bool:
         """`port` is what another service of the release binds (a socket held for it, or a
-        port one of its processes listens on): a ready check through it says that `name`
-        works through that service, not who `name` is, so no process is a stray there."""
+        port one of its processes, among the `pids` listening there, holds): a ready check
+        through it says that `name` works through that service, not who `name` is, so no
+        process is a stray there."""
         config, values = self.config_for(release), self.values(release)
         if any(k.service != name and expand(k.listen, values).rsplit(":", 1)[-1] == str(port)
                for k in config.socket):
             return True
         others = [s.name for s in config.service if s.name != name]
-        return any(self.backend.owns(other, pid) for pid in listeners(port)
-                   for other in others)
+        return any(self.backend.owns(other, pid) for pid in pids for other in others)
 
     def log_tail(self, name: str, lines: int = 5) -> list[str]:
         """The last lines of the service's log (escaped for a terminal)."""

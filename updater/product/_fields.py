@@ -22,11 +22,15 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-__all__ = ["AGENT_UNIT", "GATE_UNIT", "LINE_PATTERN", "RESERVED_UNITS", "EnvName", "Line",
-           "TokenFile", "UnitName", "check_folder", "check_inside", "check_program",
-           "check_relative_file", "escape_specifiers", "is_unit_file_name", "systemd_quote"]
+__all__ = ["AGENT_UNIT", "CONTROL", "GATE_UNIT", "LINE_PATTERN", "RESERVED_UNITS", "EnvName",
+           "Line", "TokenFile", "UnitName", "check_folder", "check_inside", "check_program",
+           "check_relative_file", "escape_specifiers", "is_unit_file_name", "systemd_quote",
+           "unit_of"]
 
-LINE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
+_CONTROL_CHARS = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
+CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
+"""A control character: what no string that reaches a unit file or a log may hold."""
+LINE_PATTERN = f"^[^{_CONTROL_CHARS}]*$"
 """Text on one line: no C0 or C1 control character, DEL included, and no Unicode line or
 paragraph separator."""
 
@@ -69,6 +73,11 @@ def check_program(text: str) -> str:
         raise ValueError(f"a command's program may not start with {text[0]!r}: systemd "
                          "reads it as a prefix of ExecStart= and would run something else")
     return text
+
+
+def unit_of(name: str, unit: str | None) -> str:
+    """A service's systemd unit: its configured `unit`, else greenlight-NAME.service."""
+    return unit or f"greenlight-{name}.service"
 
 
 def is_unit_file_name(name: str) -> bool:

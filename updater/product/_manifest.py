@@ -38,6 +38,7 @@ from greenlight.updater.product._config import (
     check_product,
 )
 from greenlight.updater.product._fields import (
+    CONTROL,
     Line,
     check_folder,
     check_inside,
@@ -94,7 +95,6 @@ def _strings(value: object) -> list[str]:
     return []
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _where(value: object, path: str = "") -> list[tuple[str, str]]:
@@ -126,7 +126,7 @@ def _refuse_reaching_out(data: dict[str, Any], source: str) -> None:
     values = data.get("values")
     defaults = {str(k): str(v) for k, v in values.items()} if isinstance(values, dict) else {}
     for at, text in _where(data):
-        control = _CONTROL.search(text)
+        control = CONTROL.search(text)
         if control:
             raise ConfigError(
                 f"{source}: {at}: holds the control character "

@@ -5,7 +5,6 @@ back what it did (ExecMainCode/ExecMainStatus, Result, NRestarts, ControlGroup).
 """
 
 import json
-import re
 import socket
 import subprocess
 import time
@@ -18,13 +17,14 @@ from greenlight.updater.product._config import Config, ServiceConfig, SocketConf
 from greenlight.updater.product._environment import DEFAULT_PATH, identity
 from greenlight.updater.product._fields import (
     AGENT_UNIT,
+    CONTROL,
     GATE_UNIT,
-    LINE_PATTERN,
     check_folder,
     check_program,
     escape_specifiers,
     is_unit_file_name,
     systemd_quote,
+    unit_of,
 )
 from greenlight.updater.product._placeholders import expand, expand_command
 from greenlight.updater.product._services import (
@@ -63,7 +63,7 @@ class SystemdBackend:
 
     def _unit_of(self, name: str) -> str:
         """The unit of the service `name`: its configured `unit`, else greenlight-NAME."""
-        return self._units.get(name, f"greenlight-{name}.service")
+        return self._units.get(name, unit_of(name, None))
 
     def foreign(self, folder: Path, names: list[str]) -> list[str]:
         """Of `names`, about to be written into `folder` for the first time, those that are
@@ -87,7 +87,7 @@ class SystemdBackend:
 
     @staticmethod
     def unit(service: ServiceConfig) -> str:
-        return service.unit or f"greenlight-{service.name}.service"
+        return unit_of(service.name, service.unit)
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         try:
@@ -384,7 +384,7 @@ def _one_line(text: str) -> str:
     Raises:
         ConfigError: it holds a control character (a filled placeholder brought it).
     """
-    if not re.fullmatch(LINE_PATTERN[1:-1], text):
+    if CONTROL.search(text):
         raise ConfigError(f"{text!r} holds a control character; it cannot go into a unit "
                           "file")
     return text

@@ -37,13 +37,9 @@ def report_of(root: InstallRoot, entry: HistoryEntry, outcome: Outcome) -> Fleet
     was tried, or, when the release being left crashed on stop (`fault` "old"), that one
     (`crashed-on-stop`), so that the release tried is not counted as failed."""
     if outcome == "rolled-back" and entry.fault == "old" and entry.to_release is not None:
-        left = entry.to_release
-        return FleetReport(
-            installation=root.machine_id, at=entry.at, channel=entry.channel,
-            outcome="crashed-on-stop", release=version_of(left), release_key=left,
-            before=left, after=left, failed_checks=_checks(entry),
-            durations={k: round(v, 3) for k, v in entry.timings.items()})
-    if outcome in ("rolled-back", "dead-end"):
+        tried: str | None = entry.to_release
+        outcome, before, after = "crashed-on-stop", tried, tried
+    elif outcome in ("rolled-back", "dead-end"):
         tried, before = entry.from_release, entry.to_release
         after = entry.to_release if outcome == "rolled-back" else None
     elif outcome in ("precheck-blocked", "crash-loop"):
@@ -57,13 +53,9 @@ def report_of(root: InstallRoot, entry: HistoryEntry, outcome: Outcome) -> Fleet
     return FleetReport(
         installation=root.machine_id, at=entry.at, channel=entry.channel, outcome=outcome,
         release=version, release_key=tried, before=before, after=after,
-        failed_checks=_checks(entry),
+        failed_checks=[ReportedCheck(name=c.name, summary=" ".join(c.summary.split())[:300],
+                                     source=c.source) for c in entry.failed_checks],
         durations={k: round(v, 3) for k, v in entry.timings.items()})
-
-
-def _checks(entry: HistoryEntry) -> list[ReportedCheck]:
-    return [ReportedCheck(name=c.name, summary=" ".join(c.summary.split())[:300],
-                          source=c.source) for c in entry.failed_checks]
 
 
 def enqueue(root: InstallRoot, report: FleetReport, queue_max: int) -> None:
