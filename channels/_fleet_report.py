@@ -31,8 +31,8 @@ __all__ = ["FLEET_OUTCOMES", "FleetReport", "Outcome", "ReportedCheck"]
 Outcome = Literal["upgraded", "rolled-back", "dead-end", "precheck-blocked", "held",
                   "crash-loop", "damaged", "crashed-on-stop"]
 """`crashed-on-stop`: the release being left (`release_key`, installed before and after)
-crashed when it was stopped for an upgrade; evidence against it, never against the release
-the machine went for."""
+crashed when it was stopped for an upgrade to `upgrading_to`; evidence against it, never
+against the release the machine went for."""
 FLEET_OUTCOMES: dict[str, Outcome] = {"upgraded": "upgraded", "rolled-back": "rolled-back",
                                       "rollback-failed": "dead-end",
                                       "precheck-blocked": "precheck-blocked",
@@ -63,6 +63,9 @@ class FleetReport(Record):
     release_key: _Key | None = Field(default=None, description="its key, version@digest")
     before: _Key | None = Field(default=None, description="the release key installed before")
     after: _Key | None = Field(default=None, description="the release key installed after")
+    upgrading_to: _Key | None = Field(
+        default=None, description="`crashed-on-stop`: the release key the machine was "
+                                  "upgrading to, not at fault")
     failed_checks: list[ReportedCheck] = Field(default_factory=list, max_length=50)
     durations: dict[Annotated[str, Field(pattern=r"^[a-z][a-z_-]{0,31}$")], float] = Field(
         default_factory=dict, max_length=32)

@@ -197,6 +197,7 @@ def test_the_restart_incident_without_draining_is_seen_and_rolled_back(product, 
     assert (report.outcome, report.release, report.before, report.after) == (
         "crashed-on-stop", "2.0", incident["to_release"], incident["to_release"])
     assert report.release_key == incident["to_release"] != incident["from_release"]
+    assert report.upgrading_to == incident["from_release"]  # what it was upgrading to: 2.1
 
 
 def _environ(pid: int) -> dict[str, str]:

@@ -142,9 +142,60 @@ def test_the_launcher_passes_held_sockets_by_systemds_protocol(tmp_path):
     assert runs[0]["pid"] != runs[1]["pid"]  # restarted after its crash, same sockets
 
 
+_ECHO = ("import socket; s = socket.socket(fileno=3)\n"
+         "while True:\n    c, _ = s.accept(); c.sendall(b'up'); c.close()\n")
+
+
+def test_a_held_socket_whose_service_is_down_for_good_refuses_until_it_is_back(tmp_path):
+    """A crash loop on a held TCP socket: once its supervisor gives up, a client is refused
+    at once (not left waiting in a backlog nobody accepts); the next start listens again on
+    the same socket, and the client is served."""
+    from greenlight.updater.product import SocketConfig
+
+    def close(listening) -> None:  # this process's copies: the holder keeps its own
+        for _, sock in listening["svc"]:
+            sock.close()
+
+    root = InstallRoot(tmp_path / "root")
+    (tmp_path / "root" / "state").mkdir(parents=True)
+    port = free_port()
+    held = [SocketConfig(name="api", service="svc", listen=f"127.0.0.1:{port}")]
+    holder, backend = SocketHolder(root), ProcessBackend(root)
+    values = {"root": str(root.path)}
+    crashing = ServiceConfig(name="svc", command=[sys.executable, "-c", "raise SystemExit(3)"],
+                             restart_delay=0.0, restart_burst=2)
+    (tmp_path / "echo.py").write_text(_ECHO)
+    serving = ServiceConfig(name="svc", command=[sys.executable, str(tmp_path / "echo.py")])
+    try:
+        listening = holder.hold(held, values)
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # held: a connection waits in the backlog while nothing serves
+        backend.start(crashing, values, listening["svc"])
+        close(listening)
+        deadline = time.monotonic() + 30
+        while backend.is_running("svc"):
+            assert time.monotonic() < deadline, "the supervisor did not give up"
+            time.sleep(0.02)
+        assert backend.restarts("svc").gave_up
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5)
+        listening = holder.hold(held, values)  # the next start
+        backend.start(serving, values, listening["svc"])
+        close(listening)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            assert client.recv(2) == b"up"
+    finally:
+        backend.stop(serving, 5.0)
+        holder.quit()
+
+
 def test_the_holder_keeps_a_socket_across_callers_and_frees_what_is_no_longer_declared(
         tmp_path):
     from greenlight.updater.product import SocketConfig
+
+    def close(listening) -> None:  # this process's copies: the holder keeps its own
+        for _, sock in listening["svc"]:
+            sock.close()
 
     root = InstallRoot(tmp_path / "root")
     (tmp_path / "root" / "state").mkdir(parents=True)
@@ -401,3 +452,45 @@ def test_a_killed_holder_does_not_block_the_next_upgrade(machine):
     assert SocketHolder(m.root).running()
     record = json.loads((m.path / "state" / "run" / "core.json").read_text())
     assert "/run/next/" not in record["exit_file"]  # a stop and a start, not a handover
+
+
+def _child_of(launcher: int | None) -> int | None:
+    try:
+        children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
+    except (OSError, TypeError):
+        return None
+    return int(children[0]) if children else None
+
+
+def test_a_product_whose_notify_errors_are_fatal_stays_up(machine):
+    """The core ends itself when a notify cannot be sent. Its NOTIFY_SOCKET is its launcher's,
+    not the updater's that started it: after a handover (the updater gone), a kill -9 and its
+    supervisor's restart (READY=1 again), a second handover (the old core's STOPPING=1) and a
+    stop and start, it is up, and nothing was a crash."""
+    m = machine()
+    m.publish("1.0", "notify-errors-fatal", handover=True)
+    assert m.upgrade(0)["outcome"] == "upgraded"
+    m.publish("1.1", "notify-errors-fatal", handover=True)
+    assert m.upgrade(0)["outcome"] == "upgraded" and m.version() == "1.1"
+
+    backend = ProcessBackend(m.root)
+    first = _child_of(m.core())
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while not ((backend.notified("core") or {}).get("start") == 2
+               and (backend.notified("core") or {}).get("ready")):
+        assert time.monotonic() < deadline, "the restarted core did not say READY=1"
+        time.sleep(0.02)
+    assert m.version() == "1.1" and backend.restarts("core").count == 1
+    assert "serving on held sockets" in str(backend.notified("core"))
+
+    m.publish("1.2", "notify-errors-fatal", handover=True)
+    with m.hammer() as h:
+        assert m.upgrade(0)["outcome"] == "upgraded"
+    assert m.version() == "1.2" and h.tally.errors == [], h.tally.errors[:5]
+    assert m.run("stop").returncode == 0
+    assert m.run("start").returncode == 0 and m.version() == "1.2"
+    events = [e["event"] for e in json.loads(m.run("history", "--json").stdout)["entries"]]
+    assert not {"crashed-on-stop", "crash-loop", "service-restarted"} & set(events), events
+    logs = "".join(p.read_text() for p in (m.path / "logs").glob("core.log*"))
+    assert "cannot notify" not in logs, logs[-2000:]

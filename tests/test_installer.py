@@ -412,3 +412,107 @@ def test_a_release_sequence_through_offline_installers(tmp_path, roots):
     text = subprocess.run([UPDATER, "health", "--root", str(root)], capture_output=True,
                           text=True).stdout
     assert "off  tally-dns [release]: disabled by this machine" in text
+
+
+# --- from source: the installer's module over a payload folder (no PyInstaller build) ---------
+@pytest.fixture(scope="module")
+def valued(tmp_path_factory):
+    """A payload whose release (tally 1.0) leaves core_port and dns_port to the machine, the
+    core_port's default one this machine has taken."""
+    import socket
+
+    from greenlight.release.distribution import write_payload
+
+    from tally import build, manifest
+
+    tmp = tmp_path_factory.mktemp("valued")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", free_port()))
+    taken.listen()
+    defaults = {"core_port": str(taken.getsockname()[1]), "dns_port": str(free_port())}
+    repo = init_repository(tmp / "repo")
+    product = tmp / "product.toml"
+    product.write_text(manifest("core_port", values=defaults))
+    publish(repo, "stable", "1.0", build("1.0", tmp / "builds"), manifest=product)
+    write_payload(repo, "stable", tmp / "payload")
+    yield {"payload": tmp / "payload", "defaults": defaults}
+    taken.close()
+
+
+def from_source(payload: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "greenlight.updater.installer", *args],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "GREENLIGHT_PAYLOAD": str(payload)})
+
+
+def test_a_fresh_install_sets_the_values_the_release_leaves_to_the_machine(valued, tmp_path,
+                                                                          roots):
+    """The release's default port is taken here: --value puts the core on another one, the
+    product answers there and is healthy; --config brings the rest of the machine's layer.
+    An existing installation refuses --value."""
+    import httpx
+
+    root = tmp_path / "valued"
+    roots.append(root)
+    (root / "data").mkdir(parents=True, mode=0o700)
+    (root / "data" / "api-key").write_text("k" * 32 + "\n")
+    port, dns_port = str(free_port()), str(free_port())
+    assert port != valued["defaults"]["core_port"]
+    machine = tmp_path / "machine.toml"
+    machine.write_text(f'disabled_checks = ["tally-dns"]\n[values]\ncore_port = "1"\n'
+                       f'dns_port = "{dns_port}"\n')
+    helped = from_source(valued["payload"], "--help")
+    assert f"core_port (default {valued['defaults']['core_port']})" in helped.stdout
+    assert "--value NAME=VALUE" in helped.stdout and "--config FILE" in helped.stdout
+    done = from_source(valued["payload"], "--root", str(root), "--offline",
+                       "--config", str(machine), "--value", f"core_port={port}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    config = tomllib.loads((root / "greenlight.toml").read_text())
+    assert config["values"] == {"core_port": port, "dns_port": dns_port}  # --value wins
+    assert config["disabled_checks"] == ["tally-dns"]
+    assert "repository" not in config and config["channel"] == "stable"
+    assert httpx.get(f"http://127.0.0.1:{port}/version", timeout=5).text.split()[-1] == "1.0"
+    health = subprocess.run([UPDATER, "health", "--root", str(root), "--json"],
+                            capture_output=True, text=True)
+    report = json.loads(health.stdout)
+    assert health.returncode == 0 and report["healthy"], health.stdout + health.stderr
+    assert report["disabled"] == ["tally-dns"]
+
+    before = (root / "greenlight.toml").read_text()
+    again = from_source(valued["payload"], "--root", str(root), "--value", "core_port=1")
+    assert again.returncode == 2 and again.stdout == "", again.stdout + again.stderr
+    assert again.stderr.startswith(f"installer: error: {root} is an installation already: "
+                                   "--config and --value set up a fresh root only")
+    assert again.stderr.count("\n") == 1 and "Traceback" not in again.stderr
+    assert (root / "greenlight.toml").read_text() == before
+
+
+def test_a_bad_value_is_refused_in_one_line_and_nothing_is_created(valued, tmp_path):
+    bad_config = tmp_path / "machine.toml"
+    bad_config.write_text('channel = "beta"\n')
+    cases = {
+        ("--value", "Core-Port=18080"): "--value: 'Core-Port': a value's name is lower case",
+        ("--value", "version=2"): "--value: 'version': a value's name is lower case",
+        ("--value", "core_port=80\x1b[2J"): "--value: field values.core_port: String should "
+                                            "match pattern",
+        ("--value", "core_port=" + "9" * 5000): "at most 4096 characters",
+        ("--value", "core_port"): "--value 'core_port': expected NAME=VALUE",
+        ("--value", "core_prot=18080"): "--value core_prot: 1.0 declares no such value; it "
+                                        "declares core_port (default",
+        ("--value", "core_port=1", "--value", "core_port=2"): "--value core_port: given twice",
+        ("--config", str(bad_config)): "'channel' is not set by --config",
+    }
+    provisioned = tmp_path / "provisioned"
+    (provisioned / "data").mkdir(parents=True, mode=0o700)
+    (provisioned / "data" / "api-key").write_text("k" * 32 + "\n")
+    for n, (args, says) in enumerate(cases.items()):
+        root = provisioned if n % 2 else tmp_path / "never"
+        done = from_source(valued["payload"], "--root", str(root), "--offline", *args)
+        assert done.returncode == 2 and done.stdout == "", (args, done.stdout + done.stderr)
+        assert done.stderr.startswith("installer: error: ") and says in done.stderr, \
+            (args, done.stderr)
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+        assert "\x1b" not in done.stderr
+        assert not (tmp_path / "never").exists(), args
+        assert [p.relative_to(provisioned).as_posix() for p in sorted(provisioned.rglob("*"))] \
+            == ["data", "data/api-key"], args

@@ -279,13 +279,16 @@ def test_the_launcher_forwards_a_signal_that_comes_during_its_start_up(tmp_path)
     from greenlight.updater.product import launcher_argv
 
     forwarded = 0
-    for round_ in range(20):
+    for round_ in range(60):  # 20 staggered rounds, then later ones until one forwarded
+        if round_ >= 20 and forwarded:
+            break
         marker, exit_file = tmp_path / f"child-{round_}", tmp_path / f"exit-{round_}.json"
         launcher = subprocess.Popen([*launcher_argv(), "--exit-file", str(exit_file), "--",
                                      sys.executable, "-c", _CHILD, str(marker)],
                                     start_new_session=True)
-        if round_ % 4:  # staggered by busy work, not by sleeping
-            deadline = time.perf_counter() + round_ * 0.004
+        if round_ % 4 or round_ >= 20:  # staggered by busy work, not by sleeping
+            deadline = time.perf_counter() + (
+                round_ * 0.004 if round_ < 20 else (round_ - 19) * 0.05)
             while time.perf_counter() < deadline:
                 pass
         launcher.send_signal(signal.SIGTERM)

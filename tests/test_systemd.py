@@ -370,3 +370,46 @@ def test_the_units_follow_each_release_through_upgrades_and_a_rollback(tmp_path,
             assert record["units"] == ["greenlight-core.service"]
         finally:
             updater("stop")
+
+
+_NOTIFYING = r'''
+import os, pathlib, socket, sys, time
+marker = pathlib.Path(sys.argv[1])
+target = os.environ["NOTIFY_SOCKET"]
+address = "\0" + target[1:] if target.startswith("@") else target
+
+def say(message):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(address)
+        s.sendall(message.encode())
+
+say("READY=1")
+marker.with_name(marker.name + "~").write_text(str(os.getpid()))
+os.replace(marker.with_name(marker.name + "~"), marker)
+stall = marker.with_name(marker.name + ".stall")
+while True:
+    if not (stall.exists() and stall.read_text() == str(os.getpid())):
+        say("WATCHDOG=1")
+    time.sleep(0.1)
+'''
+
+
+def test_notify_and_watchdog_are_systemds_own(units, tmp_path):
+    """`notify = true` and `watchdog` render as Type=notify and WatchdogSec=: systemd's start
+    waits for READY=1, and a service that stops sending WATCHDOG=1 is restarted by systemd,
+    as the launcher does under the process backend (test_notify.py)."""
+    script = tmp_path / "notifying.py"
+    script.write_text(_NOTIFYING)
+    service, marker, backend = units.service(
+        code=f"exec(open({str(script)!r}).read())", notify=True, watchdog=1.0,
+        restart_delay=0.1)
+    backend.start(service, {})  # returns once READY=1 was said
+    _until(marker.exists, "the unit's process to start")
+    first = int(marker.read_text())
+    assert backend.restarts(service.name).count == 0
+    marker.unlink()
+    marker.with_name(marker.name + ".stall").write_text(str(first))
+    _until(marker.exists, "systemd's watchdog to restart it", 30)
+    assert int(marker.read_text()) != first
+    assert backend.restarts(service.name).count == 1 and backend.is_running(service.name)
+    backend.stop(service, timeout=5)

@@ -1,6 +1,7 @@
 """The offline installer: one executable carrying the updater, a trusted root and a bundle.
 
     greenlight-installer --root DIR [--json] [--force] [--switch-channel] [--repo URL|--offline]
+                         [--config FILE] [--value NAME=VALUE ...]
 
 With no installation at DIR it installs fresh: the root is created trusting the embedded root,
 with the machine's layer only (repository, channel, backend), and the embedded bundle goes
@@ -10,17 +11,32 @@ the bundle. If that fails, everything it created is removed: nothing is left hal
 DIR may already hold `data/`, the product's secrets provisioned in advance; it is kept
 either way.
 
+A fresh root's machine layer can be set at install time. `--config FILE` is a greenlight.toml
+to start from: any of its keys ([values], disabled_checks, extra checks, [agent], backend,
+...) but the repository and the channel, which are `--repo`'s (or built in, or none with
+`--offline`) and the installer's. Each `--value NAME=VALUE` (repeatable) sets one of the
+values the release's manifest leaves to the machine (a port that is taken here, a path) over
+the file's [values]; `--help` lists them with their defaults. Both are checked before
+anything is created, as greenlight.toml's [values] are (a name is lower case letters, digits
+and _; a value is one line of at most 4096 characters), and a --value the release does not
+declare is refused: one line, exit 2, nothing created.
+
 With an installation at DIR it upgrades it through the normal transaction, with automatic
 rollback; its greenlight.toml is left as it is (a release with a manifest takes over from
-services and checks written there, see docs/manifest.md).
+services and checks written there, see docs/manifest.md). `--config` and `--value` are
+refused there (exit 2, nothing changed): the running release runs with those values too, so
+its pre-check, its stop and a rollback to it need them as they are. Change them in
+greenlight.toml with the product stopped (`updater stop`, edit, `updater start`), then run
+the installer.
 
 After an install or upgrade, `DIR/bin/updater` is the updater for later sideloads, status and
 rollback: a copy of this executable, which acts as `updater` when invoked under that name.
 
 Exit codes are the updater's (`updater exit-codes`), listed by `--help`: 0 installed,
 upgraded or nothing to do, 2 bad arguments, 20 rolled back, and the updater's error codes.
-Payload files sit in `payload/` beside this module when run from source, and inside the
-executable when frozen.
+Payload files sit in `payload/` beside this module when run from source (or in the folder
+`$GREENLIGHT_PAYLOAD` names, as `release installer` prepares it), and inside the executable
+when frozen.
 """
 
 import argparse
@@ -31,9 +47,12 @@ import shlex
 import shutil
 import stat
 import sys
+import tomllib
 from pathlib import Path
 
-from greenlight.channels import atomic_write
+from pydantic import ValidationError
+
+from greenlight.channels import atomic_write, describe_validation
 from greenlight.updater._errors import (
     EXIT_CODES,
     EXIT_HELD,
@@ -48,17 +67,26 @@ from greenlight.updater._errors import (
 )
 from greenlight.updater.operations import sideload
 from greenlight.updater.output import ErrorReport, UpgradeReport, dump
-from greenlight.updater.product import ServiceControl, config_of, init_root, with_machine_parts
+from greenlight.updater.product import (
+    Config,
+    ServiceControl,
+    check_value,
+    config_of,
+    init_root,
+    with_machine_parts,
+)
 from greenlight.updater.store import InstallRoot, locked
 
-__all__ = ["check_owner", "install", "install_updater", "main", "payload_dir"]
+__all__ = ["check_owner", "install", "install_updater", "machine_layer", "main",
+           "payload_dir"]
 
 DATA = "data"
 
 
 def payload_dir() -> Path:
-    base = Path(getattr(sys, "_MEIPASS", Path(__file__).parent))
-    return base / "payload"
+    if getattr(sys, "frozen", False):
+        return Path(getattr(sys, "_MEIPASS", Path(__file__).parent)) / "payload"
+    return Path(os.environ.get("GREENLIGHT_PAYLOAD") or Path(__file__).parent / "payload")
 
 
 def _special(argv: list[str]) -> int | None:
@@ -184,15 +212,96 @@ def repository_for(meta: dict[str, object], repo: str | None, offline: bool) -> 
     return chosen
 
 
-def install(root_path: Path, force: bool, switch_channel: bool = False,
-            repo: str | None = None, offline: bool = False) -> UpgradeReport:
-    """Install (a fresh root) or upgrade (an existing one) from the bundle inside. How the
-    product runs comes with the release (its manifest, in the bundle); the installer writes
-    only the machine's layer of a fresh root: repository, channel and the backend it was
-    built with. An existing root's greenlight.toml is left as it is.
+def declared_values(meta: dict[str, object]) -> dict[str, str] | None:
+    """The values the installer's release leaves to the machine, with their defaults; None
+    from an installer built before it said."""
+    values = meta.get("values")
+    return {str(k): str(v) for k, v in values.items()} if isinstance(values, dict) else None
+
+
+def _config_file(path: Path, channel: str) -> dict[str, object]:
+    """--config FILE: greenlight.toml's keys but the repository and channel, checked as
+    greenlight.toml is.
 
     Raises:
-        UsageError: a fresh root without a repository to update from (see repository_for).
+        UsageError: it cannot be read, does not load, or sets the repository or channel.
+    """
+    source = f"--config {path}"
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{source}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{source}: not valid TOML: {e}") from None
+    taken = [k for k in ("repository", "channel") if k in data]
+    if taken:
+        raise UsageError(f"{source}: {taken[0]!r} is not set by --config: the repository is "
+                         f"--repo's (or built in, or none with --offline), the channel this "
+                         f"installer's ({channel})")
+    try:
+        Config.model_validate(data)
+        for name, value in dict(data.get("values") or {}).items():
+            check_value(name, value, source)
+    except ValidationError as e:
+        raise UsageError(f"{source}: {describe_validation(e, data, limit=1)}") from None
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    return data
+
+
+def machine_layer(meta: dict[str, object], values: list[str],
+                  config: Path | None = None) -> dict[str, object] | None:
+    """What a fresh root's greenlight.toml starts from: `--config FILE`, with each `--value
+    NAME=VALUE` set over its [values]; None when neither was given. Checked now, before
+    anything is created.
+
+    Raises:
+        UsageError: a file that does not load or sets the repository or channel; a --value
+            that is not NAME=VALUE, has a name or value greenlight.toml's [values] refuses,
+            is given twice, or is not one the release declares.
+    """
+    if config is None and not values:
+        return None
+    layer = {} if config is None else _config_file(config, str(meta.get("channel")))
+    declared = declared_values(meta)
+    chosen: dict[str, str] = {}
+    for given in values:
+        name, equals, value = given.partition("=")
+        if not equals:
+            raise UsageError(f"--value {given!r}: expected NAME=VALUE")
+        try:
+            check_value(name, value, "--value")
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
+        if name in chosen:
+            raise UsageError(f"--value {name}: given twice")
+        if declared is not None and name not in declared:
+            raise UsageError(f"--value {name}: {meta.get('release')} declares no such value; "
+                             + (f"it declares {_listed(declared)}" if declared else
+                                "it declares none"))
+        chosen[name] = value
+    if chosen:
+        given_values = layer.get("values")
+        layer["values"] = {**(given_values if isinstance(given_values, dict) else {}), **chosen}
+    return layer
+
+
+def _listed(declared: dict[str, str]) -> str:
+    return ", ".join(f"{name} (default {default})" for name, default in declared.items())
+
+
+def install(root_path: Path, force: bool, switch_channel: bool = False,
+            repo: str | None = None, offline: bool = False,
+            layer: dict[str, object] | None = None) -> UpgradeReport:
+    """Install (a fresh root) or upgrade (an existing one) from the bundle inside. How the
+    product runs comes with the release (its manifest, in the bundle); the installer writes
+    only the machine's layer of a fresh root: repository, channel, the backend it was built
+    with, and `layer` (see `machine_layer`). An existing root's greenlight.toml is left as it
+    is, and a `layer` for it refused.
+
+    Raises:
+        UsageError: a fresh root without a repository to update from (see repository_for),
+            or a `layer` for an existing root.
         GreenlightError: what the sideload raises.
     """
     payload = payload_dir()
@@ -200,6 +309,13 @@ def install(root_path: Path, force: bool, switch_channel: bool = False,
     root = InstallRoot(root_path)
     bundle = payload / "bundle.tar"
     if root.config_path.exists():
+        if layer is not None:
+            raise UsageError(
+                f"{root.path} is an installation already: --config and --value set up a "
+                "fresh root only, and its greenlight.toml is left as it is (its running "
+                "release runs with those values too); change them there with the product "
+                "stopped (updater stop, edit, updater start), then run the installer without "
+                "them")
         report = sideload(root, bundle, force=force, switch_channel=switch_channel)
         if report.outcome in ("upgraded", "downgraded", "up-to-date"):
             install_updater(root)
@@ -209,7 +325,7 @@ def install(root_path: Path, force: bool, switch_channel: bool = False,
     kept = _fresh_folder(root.path) if existed else frozenset()
     try:
         root = init_root(root.path, url, (payload / "root.json").read_bytes(), meta["channel"])
-        machine = meta.get("machine") or {}
+        machine = {**(meta.get("machine") or {}), **(layer or {})}
         if machine:
             atomic_write(root.config_path, with_machine_parts(
                 root.config_path.read_text(), machine, str(root.config_path)).encode(),
@@ -256,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     meta = json.loads((payload_dir() / "installer.json").read_text())
     built_in = meta.get("repo_url")
+    declared = declared_values(meta)
     parser = argparse.ArgumentParser(
         prog=Path(sys.argv[0]).name,
         description=f"Install or upgrade {meta['channel']} {meta['release']} from this offline "
@@ -263,7 +380,10 @@ def main(argv: list[str] | None = None) -> int:
                     "automatic rollback. No network is used. Later online updates come from "
                     + (f"{built_in} (built in; --repo overrides it)." if built_in else
                        "the repository given with --repo URL (none is built in); --offline "
-                       "makes an air-gapped root that only sideloads."),
+                       "makes an air-gapped root that only sideloads.")
+                    + ("" if declared is None else
+                       f"\n\nValues {meta['release']} leaves to the machine (--value NAME=VALUE): "
+                       + (_listed(declared) if declared else "none") + "."),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=_exit_codes_text())
     parser.add_argument("--root", type=Path, required=True, help="installation root")
@@ -278,10 +398,19 @@ def main(argv: list[str] | None = None) -> int:
                              + (f" (default: {built_in})" if built_in else ""))
     parser.add_argument("--offline", action="store_true",
                         help="a fresh root with no repository (air-gapped: sideload only)")
+    parser.add_argument("--config", metavar="FILE", type=Path, default=None,
+                        help="a fresh root's greenlight.toml starts from this machine layer "
+                             "(any key but the repository and channel); refused on an "
+                             "existing installation")
+    parser.add_argument("--value", metavar="NAME=VALUE", action="append", default=[],
+                        help="set a value the release leaves to the machine (a port, a path) "
+                             "in a fresh root's [values], over --config's; repeatable; "
+                             "refused on an existing installation (edit its greenlight.toml)")
     args = parser.parse_args(argv)
     try:
+        layer = machine_layer(meta, args.value, args.config)
         report = install(args.root, args.force, args.switch_channel, args.repo,
-                         args.offline)
+                         args.offline, layer)
     except OSError as e:  # an I/O failure outside the updater's own handling
         return _error(StoreError(f"{e.filename or args.root}: {e.strerror or e}"), args.json)
     except GreenlightError as e:

@@ -12,7 +12,9 @@ import tarfile
 from pathlib import Path
 
 HERE = Path(__file__).parent
-FAULTS = ("refuse-ui-token", "refuse-ui-token-on-legacy", "crash-on-stop-in-flight")
+FAULTS = ("refuse-ui-token", "refuse-ui-token-on-legacy", "crash-on-stop-in-flight",
+          "crash-on-first-stop", "notify-errors-fatal",
+          "crash-after-serving")
 COMPONENTS = {"core": "core.py", "ui": "ui.py"}
 
 

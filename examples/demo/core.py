@@ -15,9 +15,10 @@ Started with systemd's socket-activation protocol (LISTEN_PID, LISTEN_FDS, LISTE
 as Greenlight's launcher and systemd pass them), it serves on the sockets it is given, "api"
 (stream) and "dns" (datagram), instead of binding its own: the sockets stay open across its
 restarts and upgrades, so a client's connection waits instead of being refused. Given a
-NOTIFY_SOCKET, it says READY=1 there once it serves (systemd's readiness protocol), and on
-its drain call it also stops accepting: a successor on the same sockets (Greenlight's
-handover) takes every new connection while it finishes what it accepted.
+NOTIFY_SOCKET, it says READY=1 there once it serves (systemd's readiness protocol), STOPPING=1
+when it is stopped, and WATCHDOG=1 twice per WATCHDOG_USEC when it is given one; on its drain
+call it also stops accepting: a successor on the same sockets (Greenlight's handover) takes
+every new connection while it finishes what it accepted.
 
 Faults are baked into a build's build.json, never read from the environment:
   refuse-ui-token          the session call answers 403 "denying api access"; ping still works
@@ -25,6 +26,15 @@ Faults are baked into a build's build.json, never read from the environment:
                            holds a `legacy-hardware` file: a fault confined to one kind of machine
   crash-on-stop-in-flight  SIGTERM while a request is in flight kills the process (exit 70),
                            like closing IPC pipes under a blocked reader
+  notify-errors-fatal      a notify that cannot be sent ends the process (exit 71), as some
+                           sd_notify callers choose: a product's choice more than a fault
+  crash-on-first-stop      the first SIGTERM this version gets on a machine kills it (exit
+                           70), whatever is in flight; it leaves `core-<version>-crashed-on-stop`
+                           in the data folder, and later stops are clean: an old release that
+                           dies when an upgrade stops it, and stops cleanly when it is retried
+  crash-after-serving      10 s after it starts serving, the core exits (status 3), and leaves
+                           `core-<version>-crashed` in the data folder; once that is there, it
+                           exits at each start: a crash loop after a good-looking upgrade
 """
 
 import argparse
@@ -155,15 +165,35 @@ def inherited() -> dict[str, socket.socket]:
             socket.socket(fileno=3 + i) for i in range(count)}
 
 
-def notify_ready() -> None:
-    """READY=1 to NOTIFY_SOCKET, as sd_notify does (a leading @ is the abstract namespace)."""
-    target = os.environ.pop("NOTIFY_SOCKET", "")
-    if not target:
+NOTIFY_TARGET = os.environ.pop("NOTIFY_SOCKET", "")  # not for this process's own children
+
+
+def notify(message: str) -> None:
+    """One message to NOTIFY_SOCKET, as sd_notify sends it (a leading @ is the abstract
+    namespace); nothing without one."""
+    if not NOTIFY_TARGET:
         return
+    target = NOTIFY_TARGET
     address = "\0" + target[1:] if target.startswith("@") else target
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.connect(address)
-        s.sendall(b"READY=1")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(address)
+            s.sendall(message.encode())
+    except OSError as e:
+        if "notify-errors-fatal" in FAULTS:
+            print(f"core {VERSION}: cannot notify {target}: {e.strerror}", file=sys.stderr,
+                  flush=True)
+            os._exit(71)
+
+
+def watchdog() -> None:
+    """WATCHDOG=1 twice per WATCHDOG_USEC, when the service was given a watchdog (a thread)."""
+    usec = int(os.environ.pop("WATCHDOG_USEC", "0") or 0)
+    if usec <= 0 or os.environ.pop("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
+        return
+    while True:
+        notify("WATCHDOG=1")
+        time.sleep(usec / 2_000_000)
 
 
 def serve_dns(port: int, name: str, sock: socket.socket | None = None) -> None:
@@ -203,6 +233,11 @@ def main() -> int:
     if ("refuse-ui-token-on-legacy" in FAULTS
             and (args.token_file.parent / "legacy-hardware").exists()):
         FAULTS.add("refuse-ui-token")
+    crashed = args.token_file.parent / f"core-{VERSION}-crashed"
+    if "crash-after-serving" in FAULTS and crashed.exists():
+        print(f"core {VERSION}: cannot open its state (it crashed before)", file=sys.stderr,
+              flush=True)
+        return 3
     core = Core(args.token_file.read_text().strip(), args.drain_seconds)
     given = inherited()
     if "api" in given:
@@ -214,7 +249,14 @@ def main() -> int:
         threading.Thread(target=serve_dns, args=(args.dns_port, args.dns_name, given.get("dns")),
                          daemon=True).start()
 
+    crashed_once = args.token_file.parent / f"core-{VERSION}-crashed-on-stop"
+
     def on_term(signum: int, frame: object) -> None:
+        notify("STOPPING=1")
+        if "crash-on-first-stop" in FAULTS and not crashed_once.exists():
+            crashed_once.touch()
+            print(f"core {VERSION}: crashed when stopped", file=sys.stderr, flush=True)
+            os._exit(70)
         if core.in_flight and "crash-on-stop-in-flight" in FAULTS:
             print(f"core {VERSION}: stopped with {core.in_flight} request(s) in flight: "
                   "pipe closed under a blocked reader", file=sys.stderr, flush=True)
@@ -224,9 +266,18 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
     if "api" in given:  # handed over: stop accepting when drained, the successor accepts
         core.on_drain = lambda: threading.Thread(target=server.shutdown, daemon=True).start()
-    notify_ready()
     where = (f"held sockets {', '.join(sorted(given))}" if given
              else f"127.0.0.1:{args.port}")
+    notify(f"READY=1\nSTATUS=core {VERSION} serving on {where}")
+    if "crash-after-serving" in FAULTS:
+        def crash() -> None:
+            time.sleep(10)
+            crashed.touch()
+            print(f"core {VERSION}: crashed while serving", file=sys.stderr, flush=True)
+            os._exit(3)
+
+        threading.Thread(target=crash, daemon=True).start()
+    threading.Thread(target=watchdog, daemon=True).start()
     print(f"core {VERSION} listening on {where} faults={sorted(FAULTS)}", flush=True)
     server.serve_forever()
     return 0

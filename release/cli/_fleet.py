@@ -131,8 +131,10 @@ def rollout_cmd(repo: Path, channel: str, percent: int | None, halt: bool, resum
               help="File holding the collector's admin token.")
 @json_option
 def rollout_status_cmd(url: str, admin_token_file: Path, as_json: bool) -> None:
-    """Per release: machines reporting, upgraded, rolled back, dead ends, the failing checks
-    ranked with an example, the step it is at, and who halted it and why."""
+    """Per release: machines reporting, upgraded, rolled back, dead ends, each failure
+    against the release it belongs to (a release that crashed on stop, with the release the
+    machines were upgrading to), the failing checks ranked with an example, the step it is
+    at, and who halted it and why."""
     from greenlight.release.fleet import fetch_rollouts
 
     answer = run_command(lambda: fetch_rollouts(url, admin_token_file))
@@ -146,7 +148,13 @@ def rollout_status_cmd(url: str, admin_token_file: Path, as_json: bool) -> None:
         say(f"{r['channel']} {r['release']}: {r['machines']} machines reporting; "
             f"{o.get('upgraded', 0)} upgraded, {o.get('rolled-back', 0)} rolled back, "
             f"{o.get('dead-end', 0)} dead ends, {o.get('precheck-blocked', 0)} pre-check "
-            f"blocked, {o.get('held', 0)} held")
+            f"blocked, {o.get('held', 0)} held"
+            + "".join(f", {o[k]} {words}" for k, words in (("crash-loop", "in a crash loop"),
+                                                          ("crashed-on-stop", "crashed on stop"))
+                      if o.get(k)))
+        for f in r.get("failures") or []:  # each under the release it belongs to
+            if isinstance(f, dict):
+                say(f"  failed: {f.get('machines')} machine(s): {f.get('text')}")
         plan = r.get("plan")
         if plan:
             where = f"step {plan['step'] + 1} of {len(plan['steps'])} ({plan['percent']}%)"

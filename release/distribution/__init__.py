@@ -2,7 +2,7 @@
 bundles and the offline installer's build."""
 
 from greenlight.release.distribution._bundle import BundleResult, build_bundle
-from greenlight.release.distribution._installer import build_installer
+from greenlight.release.distribution._installer import build_installer, write_payload
 from greenlight.release.distribution._serve import RepositoryServer, serving
 
 __all__ = [
@@ -11,4 +11,5 @@ __all__ = [
     "build_bundle",
     "build_installer",
     "serving",
+    "write_payload",
 ]

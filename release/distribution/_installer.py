@@ -1,7 +1,8 @@
 """`release installer`: build the offline installer executable with PyInstaller.
 
 The payload (a fresh bundle of the channel, its release's manifest inside, the repository's
-newest root, and installer.json with the machine's settings) is put in a folder and the spec in
+newest root, and installer.json with the machine's settings and the values the release
+leaves to the machine) is put in a folder (`write_payload`) and the spec in
 `installer_specs/offline_installer.spec` is run over it.
 """
 
@@ -16,10 +17,10 @@ from datetime import timedelta
 from pathlib import Path
 
 from greenlight.release._errors import BuildError, ReleaseError, UsageError
-from greenlight.release.distribution._bundle import build_bundle
+from greenlight.release.distribution._bundle import BundleResult, build_bundle
 from greenlight.release.repository._repository import FileRepository
 
-__all__ = ["SPEC", "build_installer"]
+__all__ = ["SPEC", "build_installer", "write_payload"]
 
 SPEC = Path(__file__).resolve().parents[2] / "installer_specs" / "offline_installer.spec"
 
@@ -58,6 +59,44 @@ def _attach(repo: FileRepository, channel: str, manifest: str, path: Path) -> st
             f"{channel} take the release with it at their next check")
 
 
+def _declared_values(repo: FileRepository, channel: str) -> dict[str, str]:
+    """The [values] the channel's release leaves to the machine, with their defaults (none
+    for a release without a manifest)."""
+    from greenlight.release.repository import current_channel_file
+    from greenlight.updater import ConfigError
+    from greenlight.updater.product import load_manifest
+
+    channel_file = current_channel_file(repo, channel)
+    ref = channel_file.manifest if channel_file is not None else None
+    if ref is None:
+        return {}
+    try:
+        text = repo.stored_target_path(ref.target, ref.sha256).read_text()
+        return dict(load_manifest(text, ref.target).values)
+    except (OSError, UnicodeDecodeError, ConfigError) as e:
+        raise BuildError(f"the manifest of {channel}: {e}") from None
+
+
+def write_payload(repo: FileRepository, channel: str, payload: Path, *,
+                  expires: timedelta = timedelta(days=90), repo_url: str | None = None,
+                  machine: dict[str, object] | None = None) -> BundleResult:
+    """What the installer carries, in the folder `payload`: a fresh bundle of the channel,
+    the repository's newest root, and installer.json (the channel and release, the built-in
+    repository, the machine's settings, and the values the release declares).
+
+    Raises:
+        BuildError, ReleaseError: one line each.
+    """
+    payload.mkdir(parents=True, exist_ok=True)
+    made = build_bundle(repo, channel, payload / "bundle.tar", expires)
+    shutil.copyfile(repo.metadata_dir / "root.json", payload / "root.json")
+    (payload / "installer.json").write_text(json.dumps({
+        "channel": channel, "release": made.release, "repo_url": repo_url,
+        "machine": machine or {}, "values": _declared_values(repo, channel),
+    }, indent=2))
+    return made
+
+
 def build_installer(repo: FileRepository, channel: str, out_dir: Path, *,
                     product_config: Path | None = None, repo_url: str | None = None,
                     expires: timedelta = timedelta(days=90), name: str | None = None,
@@ -83,13 +122,8 @@ def build_installer(repo: FileRepository, channel: str, out_dir: Path, *,
             told(line)
     with tempfile.TemporaryDirectory(prefix="greenlight-installer-") as tmp:
         payload = Path(tmp) / "payload"
-        payload.mkdir()
-        made = build_bundle(repo, channel, payload / "bundle.tar", expires)
-        shutil.copyfile(repo.metadata_dir / "root.json", payload / "root.json")
-        (payload / "installer.json").write_text(json.dumps({
-            "channel": channel, "release": made.release, "repo_url": repo_url,
-            "machine": machine,
-        }, indent=2))
+        made = write_payload(repo, channel, payload, expires=expires, repo_url=repo_url,
+                             machine=machine)
         name = name or f"greenlight-installer-{channel}-{made.release}"
         work = work_dir or Path(tmp) / "work"
         out_dir.mkdir(parents=True, exist_ok=True)

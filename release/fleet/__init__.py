@@ -18,7 +18,8 @@ one PostgreSQL; SQLite (a file, no set-up) is the default. SQLAlchemy Core speak
   validated against the client's own model (`greenlight.report/1`); one installation may send
   at most `RATE` reports a minute (then 429, and the client backs off).
 - `GET /v1/rollouts` needs the admin token: per channel and release, the machines reporting
-  (distinct installation ids), upgraded, rolled back, dead ends, the failing checks ranked
+  (distinct installation ids), upgraded, rolled back, dead ends, each failure under the
+  release it belongs to (a crash on stop under the release left), the failing checks ranked
   with an example summary, the outcomes minute by minute, and a planned rollout's step and
   who halted it and why.
 - `GET /` is the dashboard: a page with no data of its own that asks `/v1/rollouts` with the

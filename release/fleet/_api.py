@@ -47,7 +47,12 @@ from greenlight.release.fleet._store import (
     NEWCOMER_KEY_BYTES,
     Store,
 )
-from greenlight.release.fleet._views import MACHINES_PAGE, ROLLOUTS_PAGE, encode_cursor
+from greenlight.release.fleet._views import (
+    MACHINES_PAGE,
+    ROLLOUTS_PAGE,
+    empty_row,
+    encode_cursor,
+)
 
 __all__ = ["BODY_MAX", "CONNECTION", "ENROL_RATE", "RATE", "dashboard", "make_app", "openapi"]
 
@@ -374,10 +379,7 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         found = store.rollout_rows([k for k in rows if k in set(reported)])
         out = []
         for key in rows:
-            row = found.get(key) or {"channel": key[0], "release": key[1] or None,
-                                     "machines": 0, "outcomes": {}, "checks": [],
-                                     "cohorts": [], "timeline": []}
-            out.append({**row, "plan": plans.get(key)})
+            out.append({**(found.get(key) or empty_row(*key)), "plan": plans.get(key)})
         return out, encode_cursor(*rows[-1]) if more else None
 
     async def act(request: Request) -> Response:

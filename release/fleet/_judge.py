@@ -12,7 +12,7 @@ The order of the rules is the policy:
 2. by the count rule: at least `rollbacks` distinct machines failed the release, or more
    than `failure_ratio` of at least `min_reports` distinct reporting machines did; or, when
    the plan names the sequential rule, by it instead (`sequential_e`): halt, saying how
-   many of how many and the most failed check;
+   many of how many, how they failed, and the most failed check;
 3. the step has soaked `soak` seconds and is not the last: advance one step;
 4. otherwise: nothing.
 
@@ -41,13 +41,32 @@ class Evidence:
     """What the fleet said about one release since `counted_since`."""
 
     failed: int
-    """distinct machines that rolled back or reached a dead end"""
+    """distinct machines that failed: rolled back, reached a dead end, went into a crash
+    loop, or (the release being left) crashed when an upgrade stopped it"""
     total: int
     """distinct machines that reported an outcome that counts (upgraded or failed)"""
     top_check: tuple[str, str] | None = None
     """the most failed check's name, and one example summary"""
     baseline: tuple[int, int] | None = None
     """the previous release's record on the fleet: distinct machines failed, reporting"""
+    kinds: tuple[tuple[str, int], ...] = ()
+    """distinct machines by failed outcome (`rolled-back`, `dead-end`, `crash-loop`,
+    `crashed-on-stop`), for the reason; empty: all said to have rolled back"""
+
+
+KIND_WORDS = {"rolled-back": "rolled back", "dead-end": "at a dead end",
+              "crash-loop": "in a crash loop",
+              "crashed-on-stop": "crashed on stop"}
+
+
+def _failed(evidence: Evidence, share: str | None = None) -> str:
+    """How the machines failed, in words: "rolled back" when they all did, else each way
+    (with the `share` of the machines they are, when given)."""
+    ahead = f"{share}: " if share else ""
+    if all(kind == "rolled-back" for kind, _ in evidence.kinds):
+        return "rolled back" + (f" ({share})" if share else "")
+    return f"failed ({ahead}" + ", ".join(f"{n} {KIND_WORDS.get(kind, kind)}"
+                                          for kind, n in evidence.kinds) + ")"
 
 
 @dataclass(frozen=True)
@@ -110,8 +129,9 @@ def _sequential_halt(rule: SequentialRule, evidence: Evidence, version: str) -> 
     e = sequential_e(failed, total, p0)
     if e < 1 / rule.false_halt:
         return None
-    return (f"{failed} of {total} machines reporting on {version} rolled back "
-            f"({failed / total:.1%}), above the baseline's {p0:.2%} (sequential rule: e-value "
+    how = _failed(evidence, f"{failed / total:.1%}")
+    return (f"{failed} of {total} machines reporting on {version} {how}, above the "
+            f"baseline's {p0:.2%} (sequential rule: e-value "
             f"{e:.3g} >= {1 / rule.false_halt:g}, false-halt probability {rule.false_halt:g})")
 
 
@@ -122,7 +142,7 @@ def _met(rule: HaltRule, evidence: Evidence, version: str) -> str | None:
         return _sequential_halt(rule.sequential, evidence, version)
     if failed >= rule.rollbacks or (total >= rule.min_reports and total > 0
                                     and failed / total > rule.failure_ratio):
-        return f"{failed} of {total} machines reporting on {version} rolled back"
+        return f"{failed} of {total} machines reporting on {version} {_failed(evidence)}"
     return None
 
 
@@ -135,7 +155,8 @@ def confined_to(position: RolloutPosition, by_cohort: dict[str | None, Evidence]
     cohort, or more than one, is to blame, or the failing one is the whole fleet: halt them
     all."""
     meeting = [(c, why) for c, e in by_cohort.items() if c is not None
-               and (why := _met(position.rule, Evidence(e.failed, e.total, None, baseline),
+               and (why := _met(position.rule, Evidence(e.failed, e.total, None, baseline,
+                                                        e.kinds),
                                 position.version)) is not None]
     if len(meeting) != 1:
         return None

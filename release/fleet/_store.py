@@ -85,6 +85,7 @@ class Store(Views):
             sa.Column("body", sa.Text, nullable=False),
             sa.Column("cohort", sa.String(80)),
             sa.Column("report_id", sa.String(32)),  # counted once per key (replays)
+            sa.Column("upgrading_to", sa.String(80)),  # crashed-on-stop: the release tried
             sa.Index("reports_release", "channel", "release"),
             sa.Index("reports_installation", "installation", "received"),
             sa.Index("reports_received", "received"),
@@ -136,7 +137,8 @@ class Store(Views):
         """A database made by an earlier collector gets the columns added since."""
         sa = self.sa
         have = {c["name"] for c in sa.inspect(self.engine).get_columns("reports")}
-        for name, kind in (("cohort", "VARCHAR(80)"), ("report_id", "VARCHAR(32)")):
+        for name, kind in (("cohort", "VARCHAR(80)"), ("report_id", "VARCHAR(32)"),
+                           ("upgrading_to", "VARCHAR(80)")):
             if name not in have:
                 try:
                     with self.engine.begin() as c:
@@ -289,7 +291,8 @@ class Store(Views):
                     "installation": ident, "channel": report.channel,
                     "release": report.release, "release_key": report.release_key,
                     "outcome": report.outcome, "at": report.at, "received": received,
-                    "body": body, "cohort": report.cohort, "report_id": rid})
+                    "body": body, "cohort": report.cohort, "report_id": rid,
+                    "upgrading_to": getattr(report, "upgrading_to", None)})
                 out.append((("accepted" if state == "active" else "pending"), new,
                             state == "active" and not known[ident][2]))
             if enrol:
@@ -365,8 +368,9 @@ class Store(Views):
     def judged(self, channel: str, release_key: str, since: datetime | None,
                established_before: datetime | None = None,
                without: list[str] | None = None, baseline: bool = False) -> Evidence:
-        """For a rollout's halt rule: distinct machines that failed `release_key`, distinct
-        machines that reported on it at all, and the most failed check with an example.
+        """For a rollout's halt rule: distinct machines that failed `release_key` (and by
+        which outcome), distinct machines that reported on it at all, and the most failed
+        check with an example.
         Only the keys `counting` says count: active ones (not pending or revoked); with
         `established_before` (when the rollout began), a key admitted by open enrolment
         counts only if it was enrolled before then by a report about another release: keys
@@ -390,7 +394,8 @@ class Store(Views):
             for check in json.loads(body).get("failed_checks", []):
                 checks.setdefault(check["name"], []).append(check["summary"])
         top = max(checks.items(), key=lambda kv: len(kv[1]), default=None)
-        return Evidence(failed, total, None if top is None else (top[0], top[1][0]))
+        return Evidence(failed, total, None if top is None else (top[0], top[1][0]),
+                        kinds=_kinds(rows))
 
     def cohorts(self, channel: str, established_before: datetime | None = None,
                 about: str | None = None) -> set[str]:
@@ -416,7 +421,19 @@ class Store(Views):
             rows = c.execute(sa.select(t.c.cohort, failed_,
                                        sa.func.count(sa.distinct(t.c.installation)))
                              .where(*where).group_by(t.c.cohort)).all()
-        return {cohort: Evidence(int(f), int(n)) for cohort, f, n in rows}
+            kinds: dict[str | None, list[tuple[str, int]]] = {}
+            for cohort, outcome, n in c.execute(
+                    sa.select(t.c.cohort, t.c.outcome, sa.func.count(sa.distinct(
+                        t.c.installation))).where(*where).group_by(t.c.cohort, t.c.outcome)):
+                kinds.setdefault(cohort, []).append((outcome, n))
+        return {cohort: Evidence(int(f), int(n), kinds=_kinds(kinds.get(cohort, [])))
+                for cohort, f, n in rows}
+
+
+def _kinds(rows: Any) -> tuple[tuple[str, int], ...]:
+    """(outcome, distinct machines) of the failures among `rows`, in `FAILED`'s order."""
+    found = {outcome: int(n) for outcome, n in rows if outcome in FAILED and n}
+    return tuple((o, found[o]) for o in FAILED if o in found)
 
 
 def _utc(at: datetime) -> datetime:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 __all__ = ["BODY_BUDGET", "CHECK_BODIES", "MACHINES_PAGE", "ROLLOUTS_PAGE", "TIMELINE_ROWS",
-           "Views", "decode_cursor", "encode_cursor"]
+           "Views", "decode_cursor", "empty_row", "encode_cursor", "failure_text"]
 
 MACHINES_PAGE = 1000
 """machine keys in one answer of `GET /v1/machines`, at most"""
@@ -33,6 +33,26 @@ FAILED = ("rolled-back", "dead-end", "crash-loop", "crashed-on-stop")
 being left, which crashed when stopped for an upgrade; never the release tried)."""
 JUDGED = ("upgraded", *FAILED)
 MACHINE_STATES = ("active", "pending", "revoked")
+
+
+def failure_text(outcome: str, release: str | None, upgrading_to: str | None = None) -> str:
+    """One failure in words, against the release it belongs to (`release`, a version); for
+    `crashed-on-stop`, the release left, which died when stopped for the upgrade to
+    `upgrading_to` (a version or release key; unknown from a machine that predates it)."""
+    name = release or "an unnamed release"
+    if outcome == "crashed-on-stop":
+        return f"{name} crashed on stop " + (
+            f"(upgrading to {upgrading_to.split('@')[0]})" if upgrading_to
+            else "(during an upgrade)")
+    return f"{name} " + {"rolled-back": "failed and was rolled back",
+                         "dead-end": "failed and could not be rolled back (a dead end)",
+                         "crash-loop": "went into a crash loop"}.get(outcome, outcome)
+
+
+def empty_row(channel: str, release: str | None) -> dict[str, Any]:
+    """A release's row of `/v1/rollouts` before anything counted was reported on it."""
+    return {"channel": channel, "release": release or None, "machines": 0, "outcomes": {},
+            "failures": [], "checks": [], "cohorts": [], "timeline": []}
 
 
 def encode_cursor(*parts: str) -> str:
@@ -145,7 +165,9 @@ class Views:
 
     def rollout_rows(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Any]:
         """Per (channel, release) of `pairs`: distinct counted machines per outcome and per
-        cohort, the failing checks ranked, and the outcomes minute by minute; bounded."""
+        cohort, the failures (each against the release it belongs to, in words: a
+        `crashed-on-stop` with the release the machine was upgrading to), the failing checks
+        ranked, and the outcomes minute by minute; bounded."""
         if not pairs:
             return {}
         sa, t = self.sa, self.reports
@@ -158,9 +180,7 @@ class Views:
         latest = sa.select(t.c.channel, release.label("release"), t.c.body, sa.func.row_number()
                            .over(partition_by=(t.c.channel, release), order_by=t.c.id.desc())
                            .label("n")).where(*where, t.c.outcome.in_(FAILED)).subquery()
-        out: dict[tuple[str, str], dict[str, Any]] = {
-            p: {"channel": p[0], "release": p[1] or None, "machines": 0, "outcomes": {},
-                "checks": [], "cohorts": [], "timeline": []} for p in pairs}
+        out: dict[tuple[str, str], dict[str, Any]] = {p: empty_row(*p) for p in pairs}
         ranked: dict[tuple[str, str], dict[str, list[str]]] = {}
         with self.engine.connect() as c:
             for ch, r, n in c.execute(sa.select(t.c.channel, release, machines)
@@ -170,6 +190,15 @@ class Views:
                     sa.select(t.c.channel, release, t.c.outcome, machines).where(*where)
                     .group_by(t.c.channel, release, t.c.outcome)):
                 out[(ch, r)]["outcomes"][outcome] = int(n)
+            for ch, r, outcome, to, n in c.execute(
+                    sa.select(t.c.channel, release, t.c.outcome, t.c.upgrading_to, machines)
+                    .where(*where, t.c.outcome.in_(FAILED))
+                    .group_by(t.c.channel, release, t.c.outcome, t.c.upgrading_to)
+                    .order_by(t.c.channel, release, machines.desc(), t.c.outcome)):
+                out[(ch, r)]["failures"].append({
+                    "outcome": outcome, "machines": int(n), "release": r or None,
+                    "upgrading_to": to.split("@")[0] if to else None,
+                    "text": failure_text(outcome, r or None, to)})
             for ch, r, cohort, n, f in c.execute(
                     sa.select(t.c.channel, release, t.c.cohort, machines, failing)
                     .where(*where).group_by(t.c.channel, release, t.c.cohort)):

@@ -351,11 +351,15 @@ class FileRepository(Repository):
             self._remember(dest)
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".{dest.name}.tmp")
-            shutil.copyfile(source, tmp)
-            tmp.chmod(0o644)
-            with tmp.open("rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
+            try:
+                shutil.copyfile(source, tmp)
+                tmp.chmod(0o644)
+                with tmp.open("rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, dest)
+            except BaseException:  # a full disk, a kill: no half-copied file is left
+                tmp.unlink(missing_ok=True)
+                raise
         return TargetFile(length=length, hashes={"sha256": sha256}, path=target_path)
 
     def add_target_bytes(self, target_path: str, data: bytes) -> TargetFile:

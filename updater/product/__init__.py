@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from greenlight.updater.product._manifest import (
         Layered,
         ProductManifest,
+        check_value,
         layered,
         load_manifest,
         manifest_schema,
@@ -122,6 +123,7 @@ __all__ = [
     "all_checks",
     "backend_for",
     "base_environment",
+    "check_value",
     "config_of",
     "drain",
     "expand",
@@ -201,6 +203,7 @@ _HOME = {
     "forget_config": "greenlight.updater.product._rootconfig",
     "init_root": "greenlight.updater.product._rootconfig",
     "layered": "greenlight.updater.product._manifest",
+    "check_value": "greenlight.updater.product._manifest",
     "load_manifest": "greenlight.updater.product._manifest",
     "machine_cohort": "greenlight.updater.product._rootconfig",
     "split_product_config": "greenlight.updater.product._manifest",

@@ -44,12 +44,9 @@ from greenlight.updater.product._fields import (
 )
 
 __all__ = ["INSTALLER_MACHINE_PARTS", "AgentConfig", "CheckConfig", "CommandCheck", "Config",
-           "LogsConfig",
-           "DnsCheck",
-           "HealthConfig", "HttpCheck", "ProcessCheck", "ReportConfig", "RepositoryConfig",
-           "ServiceConfig", "SocketConfig", "StopConfig", "TcpCheck", "VersionCheck",
-           "WebSocketCheck",
-           "check_product", "with_machine_parts"]
+           "DnsCheck", "HealthConfig", "HttpCheck", "LogsConfig", "ProcessCheck", "ReportConfig",
+           "RepositoryConfig", "ServiceConfig", "SocketConfig", "StopConfig", "TcpCheck",
+           "VersionCheck", "WebSocketCheck", "check_product", "with_machine_parts"]
 
 
 def _url(text: str) -> str:
@@ -128,6 +125,15 @@ class ServiceConfig(_Section):
                     "service is left down (StartLimitBurst=)")
     restart_interval: float = Field(default=60.0, gt=0, le=86400,
                                     description="seconds (StartLimitIntervalSec=)")
+    notify: bool = Field(
+        default=False,
+        description="as systemd's Type=notify: the service says READY=1 on its NOTIFY_SOCKET "
+                    "once it serves, and a start waits for it (then for its ready check)")
+    watchdog: float = Field(
+        default=0.0, ge=0, le=86400,
+        description="seconds (WatchdogSec=; 0: none): the service sends WATCHDOG=1 on its "
+                    "NOTIFY_SOCKET at least this often once ready, or it is sent SIGABRT and "
+                    "restarted by its policy")
 
     @model_validator(mode="after")
     def _runs_inside(self) -> "ServiceConfig":

@@ -294,16 +294,22 @@ class ServiceControl:
             ) from None
         try:
             for s in config.service:
+                # One already running is not started again: what its supervisor did before
+                # (restarts, the lines it logged) is not this start's.
+                fresh, since = not self.backend.is_running(s.name), self._log_size(s.name)
                 self.backend.start(s, self.values(release), listening.get(s.name))
-                self._wait_ready(s, checker, checks, release)
+                self._wait_ready(s, checker, checks, release, fresh=fresh, since=since)
         finally:
             if self.shadow is None:
                 close(listening)
         self.start_seconds += time.monotonic() - started
 
     def _wait_ready(self, s: ServiceConfig, checker: HealthChecker,
-                    checks: dict[str, CheckConfig], release: str) -> None:
+                    checks: dict[str, CheckConfig], release: str, fresh: bool = True,
+                    since: int | None = None) -> None:
         """Until `s` is ready (its `ready` check passes, answered by it), or fails to be.
+        `fresh`: it was started now (not found running); `since`: the size its log had
+        before, so that only the lines of this start are quoted.
 
         Raises:
             HealthFailure: it exited during start-up, or was not ready in time.
@@ -312,8 +318,8 @@ class ServiceControl:
         while True:
             # Down, or restarted by its supervisor: either way it exited during start-up.
             restarts = self.backend.restarts(s.name)
-            if restarts.count or not self.backend.is_running(s.name):
-                tail = self._log_tail(s.name)
+            if (fresh and restarts.count) or not self.backend.is_running(s.name):
+                tail = self._log_tail(s.name, since=since)
                 ended = self.backend.last_exit(s.name) or {
                     "returncode": restarts.last_returncode, "restarted": restarts.count}
                 raise HealthFailure(
@@ -321,18 +327,30 @@ class ServiceControl:
                     + (f": {tail[-1]}" if tail else ""),
                     [service_result(f"{s.name}-start", "exited during start-up",
                                 {"last_exit": ended, "log": tail})])
+            if s.notify and isinstance(self.backend, ProcessBackend) and not (
+                    self.backend.notified(s.name) or {}).get("ready"):
+                # Type=notify: started once it says READY=1 (systemd's start waits for it)
+                if time.monotonic() > deadline:
+                    raise HealthFailure(
+                        f"service {s.name} of {version_of(release)} did not say READY=1 in "
+                        f"{s.start_timeout}s", [service_result(
+                            f"{s.name}-start", "no READY=1 on its NOTIFY_SOCKET",
+                            {"log": self._log_tail(s.name)})])
+                time.sleep(0.01)
+                continue
             if s.ready is None:
                 return
             result = checker.run(checks[s.ready], retries=0)
             if result.ok:
-                self._answered_by(s.name, checks[s.ready], release)
+                self._answered_by(s.name, checks[s.ready], release, fresh, since)
                 return
             if time.monotonic() > deadline:
                 raise HealthFailure(f"service {s.name} of {version_of(release)} not ready in "
                                     f"{s.start_timeout}s: {result.summary}", [result])
             time.sleep(0.05)
 
-    def _answered_by(self, name: str, ready: CheckConfig, release: str) -> None:
+    def _answered_by(self, name: str, ready: CheckConfig, release: str, fresh: bool = True,
+                     since: int | None = None) -> None:
         """The ready check passed: make sure the service itself answered. A service that
         crashed on start (and was restarted), or a port held by a process that is not the
         service's (a stray copy, another program), must not pass for a started service.
@@ -341,8 +359,8 @@ class ServiceControl:
             HealthFailure: the service crashed during start-up, or another process answers.
         """
         restarts = self.backend.restarts(name)
-        if restarts.count or restarts.gave_up:
-            tail = self._log_tail(name)
+        if fresh and (restarts.count or restarts.gave_up):
+            tail = self._log_tail(name, since=since)
             raise HealthFailure(
                 f"{restarts.describe(name)} during start-up of {version_of(release)}"
                 + (f": {tail[-1]}" if tail else ""),
@@ -364,7 +382,7 @@ class ServiceControl:
                 f"{who}, not from the service (is another copy running?)",
                 [service_result(f"{name}-start", f"port {address[1]} is held by {who}",
                             {"port": address[1], "pids": strangers,
-                             "log": self._log_tail(name)})])
+                             "log": self._log_tail(name, since=since)})])
 
     def _anothers_port(self, name: str, port: int, pids: list[int], release: str) -> bool:
         """`port` is what another service of the release binds (a socket held for it, or a
@@ -382,11 +400,26 @@ class ServiceControl:
         """The last lines of the service's log (escaped for a terminal)."""
         return [printable(line) for line in self._log_tail(name, lines)]
 
-    def _log_tail(self, name: str, lines: int = 5) -> list[str]:
+    def _log(self, name: str) -> Path:
+        return Path(getattr(self.backend, "logs", self.root.path / "logs")) / f"{name}.log"
+
+    def _log_size(self, name: str) -> int:
         try:
-            logs = getattr(self.backend, "logs", self.root.path / "logs")
-            log = logs / f"{name}.log"
-            return log.read_text(errors="replace").splitlines()[-lines:]
+            return self._log(name).stat().st_size
+        except OSError:
+            return 0
+
+    def _log_tail(self, name: str, lines: int = 5, since: int | None = None) -> list[str]:
+        """The last lines of the service's log; with `since` (a size it had), only those
+        written after it (all of it, when it was rotated since)."""
+        try:
+            with self._log(name).open("rb") as f:
+                if since is not None and f.seek(0, os.SEEK_END) >= since:
+                    f.seek(since)
+                else:
+                    f.seek(0)
+                text = f.read().decode(errors="replace")
+            return text.splitlines()[-lines:]
         except OSError:
             return []
 

@@ -47,8 +47,9 @@ from greenlight.updater.product._fields import (
 )
 from greenlight.updater.product._placeholders import BUILT_IN, expand, placeholders
 
-__all__ = ["BUILT_IN", "PRODUCT_PARTS", "Layered", "ProductManifest", "instance_values",
-           "layered", "load_manifest", "manifest_schema", "split_product_config"]
+__all__ = ["BUILT_IN", "PRODUCT_PARTS", "Layered", "ProductManifest", "check_value",
+           "instance_values", "layered", "load_manifest", "manifest_schema",
+           "split_product_config"]
 
 
 _VALUE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -185,9 +186,8 @@ def load_manifest(text: str, source: str) -> ProductManifest:
     except ValidationError as e:
         raise ConfigError(f"{source}: {describe_validation(e, data, limit=1)}") from None
     for name in manifest.values:
-        if not _VALUE_NAME.match(name) or name in BUILT_IN:
-            raise ConfigError(f"{source}: [values] {name!r}: a value's name is lower case "
-                              f"letters, digits and _, and not one of {', '.join(BUILT_IN)}")
+        if not _value_name(name):
+            raise ConfigError(f"{source}: [values] {name!r}: {_NAME_RULE}")
     for text_ in _strings({k: v for k, v in data.items() if k != "values"}):
         for name in placeholders(text_):
             if name not in BUILT_IN and name not in manifest.values:
@@ -197,6 +197,30 @@ def load_manifest(text: str, source: str) -> ProductManifest:
                     f"{', '.join('{' + b + '}' for b in BUILT_IN)}")
     _check_side_by_side(manifest, source)
     return manifest
+
+
+_NAME_RULE = ("a value's name is lower case letters, digits and _, and not one of "
+              + ", ".join(BUILT_IN))
+
+
+def _value_name(name: str) -> bool:
+    return _VALUE_NAME.fullmatch(name) is not None and name not in BUILT_IN
+
+
+def check_value(name: str, value: str, source: str) -> None:
+    """A value this machine sets (greenlight.toml's [values], an installer's `--value`): its
+    name as a manifest declares one, its value as greenlight.toml's [values] holds one.
+
+    Raises:
+        ConfigError: one line naming the problem (never the value itself).
+    """
+    if not _value_name(name):
+        raise ConfigError(f"{source}: {name!r}: {_NAME_RULE}")
+    data = {"values": {name: value}}
+    try:
+        Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {describe_validation(e, data, limit=1)}") from None
 
 
 PRODUCT_PARTS = ("service", "socket", "side_by_side", "per_instance", "handover", "check",

@@ -109,10 +109,15 @@ class Restarts:
     count: int = 0
     last_returncode: int | None = None
     gave_up: bool = False
+    watchdog: bool = False
+    """the last end was its watchdog's: it stopped sending WATCHDOG=1 in time"""
 
     def describe(self, service: str) -> str:
         times = f"{self.count} time{'s' if self.count != 1 else ''}"
-        how = f" ({_end(self.last_returncode)})" if self.last_returncode is not None else ""
+        ends = [_end(self.last_returncode)] if self.last_returncode is not None else []
+        if self.watchdog:
+            ends.insert(0, "its watchdog ran out: no WATCHDOG=1 in time")
+        how = f" ({', '.join(ends)})" if ends else ""
         if self.gave_up:
             return (f"service {service} is in a crash loop: it crashed again{how} after being "
                     f"restarted {times}, and its supervisor gave up")
@@ -172,7 +177,6 @@ class ProcessBackend:
         self.logs = root.path / "logs" / ("preflight" if slot == "preflight" else "")
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._stop_started: dict[str, float] = {}
-        self._notify: dict[str, socket.socket] = {}
         # A successor's files are its own (name-NONCE.exit): the launcher it replaces was
         # itself a successor once, and keeps writing the files its command line names.
         self._nonce = os.urandom(4).hex() if slot == "next" else ""
@@ -187,6 +191,9 @@ class ProcessBackend:
 
     def _restarts_file(self, name: str) -> Path:
         return self.run_dir / f"{name}{'-' + self._nonce if self._nonce else ''}.restarts"
+
+    def _notify_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}{'-' + self._nonce if self._nonce else ''}.notify"
 
     def _recorded(self, name: str, key: str, default: Path) -> Path:
         """Where the running launcher of `name` writes (its record says: a service adopted
@@ -209,9 +216,10 @@ class ProcessBackend:
                     lines.append(json.loads(line))
         ended = self.last_exit(name) or {}
         gave_up = bool(ended.get("gave_up"))
-        last = ended.get("returncode") if gave_up else (
-            lines[-1].get("returncode") if lines else None)
-        return Restarts(len(lines), last if isinstance(last, int) else None, gave_up)
+        final = ended if gave_up else lines[-1] if lines else {}
+        last = final.get("returncode")
+        return Restarts(len(lines), last if isinstance(last, int) else None, gave_up,
+                        bool(final.get("watchdog")))
 
     def owns(self, name: str, pid: int) -> bool | None:
         leader = self.pid(name)
@@ -286,7 +294,8 @@ class ProcessBackend:
               notify: bool = False) -> None:
         """Start the service under the launcher; return once the launcher forwards signals.
         The launcher passes `listen` on to it by systemd's protocol (see launcher.py). With
-        `notify`, the service is given a NOTIFY_SOCKET to say READY=1 on (`wait_notified`).
+        `notify` (or when the service is `notify`, has a watchdog or is given sockets), its
+        launcher gives it a NOTIFY_SOCKET for its life, across restarts (`wait_notified`).
 
         Raises:
             StoreError: the command or its launcher could not be started.
@@ -297,13 +306,16 @@ class ProcessBackend:
         self.logs.mkdir(parents=True, exist_ok=True)
         self._exit_file(service.name).unlink(missing_ok=True)
         self._restarts_file(service.name).unlink(missing_ok=True)
+        self._notify_file(service.name).unlink(missing_ok=True)
         ready = self.run_dir / f"{service.name}.ready"
         ready.unlink(missing_ok=True)
         command = expand_command(service.command, values)
         workdir = expand(service.workdir, values)
         env = service_environment(service, values)  # never the updater's own (see there)
-        if notify:  # systemd's readiness protocol: the service sends READY=1 here
-            env["NOTIFY_SOCKET"] = self._notify_socket(service.name)
+        notifying = ["--notify-file", str(self._notify_file(service.name)),
+                     "--type", "notify" if service.notify else "simple",
+                     "--watchdog", str(service.watchdog)
+                     ] if notify or service.notify or service.watchdog or listen else []
         log_path = self.logs / f"{service.name}.log"
         try:
             log = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND |
@@ -322,7 +334,7 @@ class ProcessBackend:
                  "--restarts-file", str(self._restarts_file(service.name)),
                  "--log-file", str(log_path), "--log-max", str(self.log_limits[0]),
                  "--log-keep", str(self.log_limits[1]),
-                 *_listen_args(listen or []), "--", *command],
+                 *notifying, *_listen_args(listen or []), "--", *command],
                 cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True, pass_fds=[s.fileno() for _, s in listen or []],
             )
@@ -339,63 +351,32 @@ class ProcessBackend:
         ready.unlink(missing_ok=True)
         record = {"pid": child.pid, "release": values.get("version"), "started_at": str(now()),
                   "command": command, "exit_file": str(self._exit_file(service.name)),
-                  "restarts_file": str(self._restarts_file(service.name))}
+                  "restarts_file": str(self._restarts_file(service.name)),
+                  **({"notify_file": str(self._notify_file(service.name))} if notifying else {})}
         atomic_write(self._pid_file(service.name), json.dumps(record).encode())
 
-    def _notify_socket(self, name: str) -> str:
-        """A datagram socket for the service's READY=1, in the abstract namespace (no path to
-        plant or outgrow); who sent a message is checked by its credentials."""
-        import secrets
-
-        self._close_notify(name)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        address = f"greenlight-notify-{os.getpid()}-{secrets.token_hex(8)}"
-        sock.bind("\0" + address)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self._notify[name] = sock
-        return "@" + address
-
-    def _close_notify(self, name: str) -> None:
-        sock = self._notify.pop(name, None)
-        if sock is not None:
-            sock.close()
+    def notified(self, name: str) -> dict[str, object] | None:
+        """What the service said on its NOTIFY_SOCKET since its launcher last started it (READY,
+        STOPPING, STATUS, its watchdog; see launcher.py), or None: it was given none."""
+        try:
+            path = self._recorded(name, "notify_file", self._notify_file(name))
+            return dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
 
     def wait_notified(self, name: str, timeout: float) -> str | None:
-        """Until the service started with `notify` says READY=1 (None), or why not: it ended,
-        or did not say it within `timeout`. A message from a process that is not the
-        service's (another user's, or outside its process group) is ignored."""
-        import select
-        import struct
-
-        sock = self._notify.get(name)
-        if sock is None:
-            return "it was not started with a NOTIFY_SOCKET"
+        """Until the service started with a NOTIFY_SOCKET says READY=1 on it (None), or why
+        not: it ended, or did not say it within `timeout`. Its launcher reads the socket and
+        checks who sent each message (launcher.py)."""
         deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                if not self.is_running(name):
-                    return "it exited before it said READY=1"
-                if not select.select([sock], [], [], 0.05)[0]:
-                    continue
-                data, ancillary, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(12))
-                sender = next((struct.unpack("3i", d[:12]) for level, kind, d in ancillary
-                               if level == socket.SOL_SOCKET
-                               and kind == socket.SCM_CREDENTIALS), None)
-                if sender is None or sender[1] != os.getuid() or not self._is_ours(name,
-                                                                                   sender[0]):
-                    continue
-                if b"READY=1" in data.split(b"\n"):
-                    return None
-            return f"it did not say READY=1 within {timeout:g}s"
-        finally:
-            self._close_notify(name)
-
-    def _is_ours(self, name: str, pid: int) -> bool:
-        leader = self.pid(name)
-        try:
-            return leader is not None and os.getpgid(pid) == leader
-        except OSError:
-            return False
+        while time.monotonic() < deadline:
+            if not self.is_running(name):
+                return "it exited before it said READY=1"
+            said = self.notified(name)
+            if said is not None and said.get("ready"):
+                return None
+            time.sleep(0.01)
+        return f"it did not say READY=1 within {timeout:g}s"
 
     def adopt(self, name: str, successor: "ProcessBackend") -> None:
         """The successor's service of `name` (a handover's, in its slot) becomes the service:
@@ -459,10 +440,10 @@ def stop_slot(root: "InstallRoot", slot: str, names: list[str] | None = None) ->
     for record in (root.state / "run").glob("*.json"):
         with contextlib.suppress(OSError, ValueError, AttributeError):
             fields = json.loads(record.read_text())
-            kept |= {fields.get("exit_file"), fields.get("restarts_file")}
+            kept |= {fields.get(k) for k in ("exit_file", "restarts_file", "notify_file")}
     for leftover in backend.run_dir.glob("*") if backend.run_dir.is_dir() else ():
         if (leftover.is_file() and str(leftover) not in kept
-                and leftover.suffix in (".json", ".exit", ".restarts", ".ready")):
+                and leftover.suffix in (".json", ".exit", ".restarts", ".ready", ".notify")):
             leftover.unlink(missing_ok=True)
     return stopped
 

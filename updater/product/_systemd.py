@@ -286,8 +286,8 @@ After=network.target {after}
 StartLimitBurst={limit_burst}
 
 [Service]
-Type=simple
-WorkingDirectory={workdir}
+Type={type}
+{notify}WorkingDirectory={workdir}
 ExecStart={exec_start}
 KillSignal={signal}
 TimeoutStopSec={timeout}
@@ -340,6 +340,9 @@ def render_unit(service: ServiceConfig, values: dict[str, str], after: str = "",
         for k, v in declared.items())
     return UNIT_TEMPLATE.format(
         name=service.name,
+        type="notify" if service.notify else "simple",
+        notify=("NotifyAccess=all\n" if service.notify or service.watchdog else "") + (
+            f"WatchdogSec={service.watchdog:g}s\n" if service.watchdog else ""),
         after=" ".join([after, *held]).strip(),
         requires=f"Requires={' '.join(held)}\n" if held else "",
         sockets=f"Sockets={' '.join(held)}\n" if held else "",

@@ -133,6 +133,8 @@ def _serve(control: socket.socket, held: dict[str, socket.socket]) -> bool:
                 key = _key(spec)
                 if key not in held:
                     held[key] = bind(spec)
+                elif not _listening(held[key]):  # shut by a launcher that gave up
+                    held[key].listen(int(spec.get("backlog", 4096)))  # type: ignore[call-overload]
                 fds.append(held[key].fileno())
             if request.get("only"):
                 wanted = {_key(s) for s in specs}
@@ -143,6 +145,11 @@ def _serve(control: socket.socket, held: dict[str, socket.socket]) -> bool:
         with contextlib.suppress(OSError):
             socket.send_fds(conn, [(json.dumps(reply) + "\n").encode()], fds)
     return True
+
+
+def _listening(sock: socket.socket) -> bool:
+    return (sock.type != socket.SOCK_STREAM
+            or bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)))
 
 
 def _why(e: Exception) -> str:

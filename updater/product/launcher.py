@@ -28,7 +28,23 @@ the truncation are lost, as with logrotate's.
 With `--listen-fds`, the listening sockets it inherited (held by Greenlight, see holder.py)
 are passed to the service, and to each restart of it, with systemd's socket-activation
 protocol: as descriptors 3, 4, ... with LISTEN_FDS, LISTEN_PID (the service's own pid) and
-LISTEN_FDNAMES set, so a service written for systemd's sockets runs unchanged.
+LISTEN_FDNAMES set, so a service written for systemd's sockets runs unchanged. A service left
+down for good (it gave up, or ended by itself and is not restarted) has its TCP listening
+sockets shut down: clients are refused at once rather than left waiting (see `_refuse`).
+
+With `--notify-file`, it owns the service's NOTIFY_SOCKET (systemd's notify protocol) for as
+long as it runs: one datagram socket in the abstract namespace, the same across every restart
+of the service, so a service that treats a failed notify as fatal never finds it gone. It reads
+READY=1, STOPPING=1, RELOADING=1, STATUS=..., WATCHDOG=1, WATCHDOG=trigger and WATCHDOG_USEC=
+as systemd reads them, from the service's processes only (its process group, the same user),
+and writes the service's state to the notify file (JSON) at each change: what the updater
+waits on for READY=1, and what `updater status` shows. With `--type notify` the service is
+ready once it says READY=1 (Type=notify), else once started.
+
+With `--watchdog S` as well (WatchdogSec=), the service is given WATCHDOG_USEC and WATCHDOG_PID
+and must send WATCHDOG=1 at least every S seconds, counted from READY=1 (`--type notify`) or
+its start; one that does not is sent SIGABRT (killed 5 s later if still there), and the end is
+a failure its restart policy applies to, recorded with `"watchdog": true`.
 
 The updater runs this file by path with `-I -S` (no site-packages, no package import), so the
 process it adds per service is a bare interpreter: see bench/overhead.py.
@@ -39,6 +55,8 @@ import fcntl
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -47,11 +65,12 @@ import time
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 _OPTIONS = ("--exit-file", "--ready-file", "--restart", "--restart-delay", "--burst",
             "--interval", "--clean", "--restarts-file", "--listen-fds", "--listen-names",
-            "--log-file", "--log-max", "--log-keep")
+            "--log-file", "--log-max", "--log-keep", "--notify-file", "--type", "--watchdog")
 USAGE = ("usage: launcher.py --exit-file FILE [--ready-file FILE] [--restart POLICY "
          "--restart-delay S --burst N --interval S --clean RC,... --restarts-file FILE] "
          "[--listen-fds FD,... --listen-names NAME,...] "
-         "[--log-file FILE --log-max BYTES --log-keep N] -- COMMAND...")
+         "[--log-file FILE --log-max BYTES --log-keep N] "
+         "[--notify-file FILE [--type notify|simple] [--watchdog S]] -- COMMAND...")
 
 
 def _write(path: str, record: dict[str, object]) -> None:
@@ -112,6 +131,120 @@ def _bound_log(path: str, limit: int, keep: int) -> None:
         time.sleep(1.0)
 
 
+class Notified:
+    """The service's NOTIFY_SOCKET and what it said there, for the launcher's life (see the
+    module). `serve` reads it (a thread); `overdue` is the watchdog's question."""
+
+    def __init__(self, path: str, ready_by_notify: bool, watchdog: float) -> None:
+        self.path, self.ready_by_notify = path, ready_by_notify
+        self.usec = int(watchdog * 1_000_000)
+        self.lock = threading.Lock()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.address = f"greenlight-notify-{os.getpid()}-{os.urandom(8).hex()}"
+        self.sock.bind("\0" + self.address)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.state: dict[str, object] = {}
+        self.last = time.monotonic()
+        self.child: subprocess.Popen[bytes] | None = None
+        self.stopping = False
+        """set by the launcher's signal handler: a stop asked for is never the watchdog's"""
+
+    @property
+    def name(self) -> str:
+        return "@" + self.address
+
+    def started(self, child: "subprocess.Popen[bytes]", start: int) -> None:
+        """A new start of the service: its state begins again (the socket stays)."""
+        with self.lock:
+            self.child, self.last = child, time.monotonic()
+            self.state = {"socket": self.name, "launcher": os.getpid(), "pid": child.pid,
+                          "start": start, "ready": not self.ready_by_notify,
+                          "stopping": False, "status": None, "watchdog_usec": self.usec,
+                          "watchdog_fired": False}
+            self._save()
+
+    def _save(self) -> None:
+        with contextlib.suppress(OSError):
+            _write(self.path, self.state)
+
+    def _ours(self, credentials: bytes) -> bool:
+        pid, uid, _ = struct.unpack("3i", credentials[:12])
+        try:
+            return uid in (os.getuid(), 0) and os.getpgid(pid) == os.getpgrp()
+        except OSError:
+            return False
+
+    def serve(self) -> None:
+        while True:
+            try:
+                data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+            except OSError:
+                return  # closed: the launcher is ending
+            sender = next((d for level, kind, d in ancillary if level == socket.SOL_SOCKET
+                           and kind == socket.SCM_CREDENTIALS), None)
+            if sender is not None and self._ours(sender):
+                self.said(data)
+
+    def said(self, data: bytes) -> None:
+        """One message: newline-separated KEY=VALUE assignments, as sd_notify sends them."""
+        with self.lock:
+            changed = False
+            for line in data.decode("utf-8", "replace").split("\n"):
+                key, _, value = line.partition("=")
+                if key == "WATCHDOG" and value == "1":
+                    self.last = time.monotonic()
+                elif key == "WATCHDOG" and value == "trigger":
+                    self.last, changed = 0.0, True
+                elif key == "WATCHDOG_USEC" and value.isdigit():
+                    self.usec, self.last = int(value), time.monotonic()
+                    self.state["watchdog_usec"], changed = self.usec, True
+                elif key in ("READY", "STOPPING", "RELOADING") and value == "1":
+                    if key == "READY":
+                        self.last = time.monotonic()  # the watchdog counts from here
+                    self.state[key.lower()] = True
+                    self.state["reloading"] = key == "RELOADING"
+                    changed = True
+                elif key == "STATUS":
+                    self.state["status"], changed = value[:200], True
+            if changed:
+                self._save()
+
+    def overdue(self) -> "subprocess.Popen[bytes] | None":
+        """The child, when it has let its watchdog run out (marked fired: asked once)."""
+        with self.lock:
+            child = self.child
+            if (self.usec <= 0 or child is None or child.returncode is not None or self.stopping
+                    or self.state.get("watchdog_fired") or not self.state.get("ready")
+                    or self.state.get("stopping")
+                    or time.monotonic() - self.last <= self.usec / 1_000_000):
+                return None
+            self.state["watchdog_fired"] = True
+            self._save()
+            return child
+
+    def fired(self) -> bool:
+        with self.lock:
+            return bool(self.state.get("watchdog_fired"))
+
+
+def _watch(notified: Notified) -> None:
+    """The watchdog (a thread of the launcher): SIGABRT to a child that stopped pinging, as
+    systemd's WatchdogSignal; SIGKILL if it is still there 5 s later."""
+    while True:
+        time.sleep(min(0.05, max(0.005, notified.usec / 4_000_000)))
+        child = notified.overdue()
+        if child is None:
+            continue
+        with contextlib.suppress(OSError):
+            child.send_signal(signal.SIGABRT)
+        deadline = time.monotonic() + 5.0
+        while child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with contextlib.suppress(OSError):
+            if child.poll() is None:
+                child.kill()
+
+
 def _listen_fds(inherited: list[int]) -> list[int]:
     """The inherited sockets moved to descriptors 3, 4, ..., where the protocol wants them
     (out of the way first, so that none is overwritten before it is moved)."""
@@ -125,11 +258,28 @@ def _listen_fds(inherited: list[int]) -> list[int]:
     return list(range(3, first))
 
 
-def _announce(names: list[str]) -> None:
-    """In the service's process, before its exec: the protocol's variables, its own pid."""
-    os.environ["LISTEN_PID"] = str(os.getpid())
-    os.environ["LISTEN_FDS"] = str(len(names))
-    os.environ["LISTEN_FDNAMES"] = ":".join(names)
+def _refuse(listen: list[int]) -> None:
+    """The service is down for good: its TCP listening sockets stop listening (shut down,
+    the queued connections reset), so that clients are refused at once instead of waiting on
+    a socket nobody will accept on. The sockets stay bound: the holder listens on them again
+    for the next start (holder.py). A Unix socket is left as it is (closed with the holder)."""
+    for fd in listen:
+        with contextlib.suppress(OSError):
+            sock = socket.socket(fileno=os.dup(fd))
+            with sock:
+                if (sock.type == socket.SOCK_STREAM
+                        and sock.family in (socket.AF_INET, socket.AF_INET6)):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+def _announce(names: list[str], watchdog: bool) -> None:
+    """In the service's process, before its exec: the protocols' variables, its own pid."""
+    if names:
+        os.environ["LISTEN_PID"] = str(os.getpid())
+        os.environ["LISTEN_FDS"] = str(len(names))
+        os.environ["LISTEN_FDNAMES"] = ":".join(names)
+    if watchdog:
+        os.environ["WATCHDOG_PID"] = str(os.getpid())
 
 
 def _restarts(policy: str, returncode: int, clean: set[int]) -> bool:
@@ -176,13 +326,34 @@ def main(args: list[str] | None = None) -> int:
         if limit > 0:
             threading.Thread(target=_bound_log, args=(options["--log-file"], limit, keep),
                              daemon=True).start()
+    notified = None
+    if "--notify-file" in options:
+        try:
+            watchdog = float(options.get("--watchdog", "0"))
+        except ValueError:
+            print(USAGE, file=sys.stderr)
+            return 2
+        notified = Notified(options["--notify-file"], options.get("--type") == "notify",
+                            watchdog)
+        os.environ["NOTIFY_SOCKET"] = notified.name
+        if notified.usec > 0:
+            os.environ["WATCHDOG_USEC"] = str(notified.usec)
+            threading.Thread(target=_watch, args=(notified,), daemon=True).start()
+        threading.Thread(target=notified.serve, daemon=True).start()
+    watched = notified is not None and notified.usec > 0
     spawn: dict[str, object] = {"pass_fds": listen,
-                                "preexec_fn": lambda: _announce(names)} if listen else {}
+                                "preexec_fn": lambda: _announce(names, watched)
+                                } if listen or watched else {}
 
     def forward(signum: int, frame: object) -> None:
         received.append(signal.Signals(signum).name)
+        if notified is not None:
+            notified.stopping = True
         if child is not None and child.returncode is None:
             child.send_signal(signum)
+
+    def watchdog_end() -> dict[str, object]:
+        return {"watchdog": True} if notified is not None and notified.fired() else {}
 
     # Handlers first: a stop signal that arrives while the child starts is still forwarded.
     for sig in _FORWARDED:
@@ -199,24 +370,30 @@ def main(args: list[str] | None = None) -> int:
                                             "signals": received, "restarts": restarts,
                                             "error": f"{e.strerror}: {command[0]}"})
             return 127
+        if notified is not None:
+            notified.started(child, len(starts))
         if received:  # a signal came before the child existed: pass it on now
             child.send_signal(getattr(signal, received[-1]))
         if "--ready-file" in options and len(starts) == 1:
             _write(options["--ready-file"], {"pid": os.getpid(), "child": child.pid})
         returncode = child.wait()
         if received or not _restarts(policy, returncode, clean):
+            if not received:  # it ended by itself, and stays down
+                _refuse(listen)
             break
         recent = [t for t in starts if time.monotonic() - t < interval]
         if len(recent) >= burst:  # the start limit: a crash loop is left down, and said
+            _refuse(listen)
             _write(options["--exit-file"], {"returncode": returncode, "pid": child.pid,
                                             "signals": received, "restarts": restarts,
-                                            "gave_up": True})
+                                            "gave_up": True, **watchdog_end()})
             return 1
         restarts += 1
         if "--restarts-file" in options:
             _append(options["--restarts-file"], {
                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "returncode": returncode, "restart": restarts})
+                "returncode": returncode, "restart": restarts,
+                **watchdog_end()})
         until = time.monotonic() + delay
         while not received and time.monotonic() < until:
             time.sleep(min(0.05, max(0.0, until - time.monotonic())))
@@ -226,7 +403,8 @@ def main(args: list[str] | None = None) -> int:
                                             "last_crash": returncode})
             return 0
     _write(options["--exit-file"], {"returncode": returncode, "pid": child.pid,
-                                    "signals": received, "restarts": restarts})
+                                    "signals": received, "restarts": restarts,
+                                    **watchdog_end()})
     return returncode if returncode >= 0 else 128 - returncode
 
 

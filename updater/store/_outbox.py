@@ -35,10 +35,13 @@ def report_of(root: InstallRoot, entry: HistoryEntry, outcome: Outcome) -> Fleet
     """The report of a history entry. A rollback's entry runs from the failed release back
     to the previous one; a report names the release whose failure it was: the release that
     was tried, or, when the release being left crashed on stop (`fault` "old"), that one
-    (`crashed-on-stop`), so that the release tried is not counted as failed."""
+    (`crashed-on-stop`, naming the release tried as `upgrading_to`), so that the release
+    tried is not counted as failed."""
+    upgrading_to = None
     if outcome == "rolled-back" and entry.fault == "old" and entry.to_release is not None:
         tried: str | None = entry.to_release
         outcome, before, after = "crashed-on-stop", tried, tried
+        upgrading_to = entry.from_release
     elif outcome in ("rolled-back", "dead-end"):
         tried, before = entry.from_release, entry.to_release
         after = entry.to_release if outcome == "rolled-back" else None
@@ -53,6 +56,7 @@ def report_of(root: InstallRoot, entry: HistoryEntry, outcome: Outcome) -> Fleet
     return FleetReport(
         installation=root.machine_id, at=entry.at, channel=entry.channel, outcome=outcome,
         release=version, release_key=tried, before=before, after=after,
+        upgrading_to=upgrading_to,
         failed_checks=[ReportedCheck(name=c.name, summary=" ".join(c.summary.split())[:300],
                                      source=c.source) for c in entry.failed_checks],
         durations={k: round(v, 3) for k, v in entry.timings.items()})

@@ -14,7 +14,9 @@ and the fleet report (queued by an explicit call, sent later by the caller).
   before the machine leaves it, and the move is recorded once it went through.
 - `record_manual_rollback`: `updater rollback` quarantines the release it left.
 - `recover`: undoes an interrupted transaction, except one whose post-check passed: that one
-  it commits.
+  it commits. Its `recovered` entry says which step was interrupted and what it found and
+  did there: killed before `stop`, the running release was never touched and is left as it
+  was (nothing started, nothing of its services' past quoted).
 """
 
 import time
@@ -174,25 +176,35 @@ def recover(root: InstallRoot, config: Config) -> HistoryEntry | None:
         last = next((s.name for s in reversed(journal.steps) if s.state == "done"), None)
         interrupted = (f"during {step}" if step else f"after {last}" if last
                        else "before its first step")
+        # The running release is touched from `stop` on; before it, it was left alone.
+        touched = journal.state_of("stop") != "pending"
         errors = undo_steps(steps, txn, f"interrupted {interrupted}")
         journal.finish(root)
         held = {i.key: e.reason for i, e in quarantine(root).items()}
         if journal.from_release in held:  # the yanked release an upgrade was leaving
             errors.append(f"{version_of(journal.from_release)} is quarantined here "
                           f"({held[journal.from_release]}); the next upgrade leaves it again")
-        # Whatever was running when the updater died: the current release's services run.
-        try:
-            control.start_all(root.installed_release())
-        except HealthFailure as e:
-            errors.append(str(e))
+        if touched:
+            # What the transaction stopped: the current release's services run again (a
+            # service found running is not started, nor blamed for what it did before).
+            try:
+                control.start_all(root.installed_release())
+            except HealthFailure as e:
+                errors.append(str(e))
+            done = f" undone; back on {_version(journal.from_release) or 'nothing'}"
+        else:
+            said = ([*txn.undone, "nothing else had changed"] if txn.undone
+                    else ["nothing had changed"])
+            kept = (f"{version_of(journal.from_release)} left as it was"
+                    if journal.from_release else "nothing installed, as before")
+            done = ": " + "; ".join([*said, kept])
         entry = HistoryEntry(
             event="recovered", channel=journal.channel,
             from_version=version_of(journal.to_release),
             to_version=_version(journal.from_release),
             from_release=journal.to_release, to_release=journal.from_release,
             summary=f"interrupted {journal.kind} to {version_of(journal.to_release)} "
-                    f"({interrupted}) undone; "
-                    f"back on {_version(journal.from_release) or 'nothing'}"
+                    f"({interrupted}){done}"
                     + (f"; problems: {'; '.join(errors)}" if errors else ""))
     record(root, entry)
     return entry

@@ -63,6 +63,8 @@ class Transaction:
     pruned: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     deltas: list[DeltaUse] = field(default_factory=list)
+    undone: list[str] = field(default_factory=list)
+    """what the undo handlers found and removed or stopped, said by recovery"""
 
     @property
     def new(self) -> str:
@@ -307,10 +309,14 @@ def _refetch_rotten(txn: Transaction, store: Downloads) -> bool:
 
 
 def undo_stage(txn: Transaction) -> None:
-    for staging in txn.root.releases.glob(f".staging-{txn.new}"):
-        remove_path(staging)
+    staged = list(txn.root.releases.glob(f".staging-{txn.new}"))
     if txn.journal.staged_new and txn.root.installed_release() != txn.new:
-        remove_path(txn.root.release_dir(txn.new))
+        staged.append(txn.root.release_dir(txn.new))
+    found = [path for path in staged if path.exists() or path.is_symlink()]
+    for path in found:
+        remove_path(path)
+    if found:
+        txn.undone.append(f"the staged {version_of(txn.new)} removed")
 
 
 def do_preflight(txn: Transaction) -> None:
@@ -325,7 +331,9 @@ def undo_preflight(txn: Transaction) -> None:
         names = [s.name for s in txn.control.config_for(txn.new).service]
     except GreenlightError:
         names = []  # its manifest is gone: the records alone say what ran
-    stop_shadows(txn.root, names)
+    stopped = stop_shadows(txn.root, names)
+    if stopped:
+        txn.undone.append(f"preflight's copies of {', '.join(stopped)} stopped")
 
 
 def _handover(txn: Transaction) -> bool:
