@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -138,13 +139,14 @@ def user_manager(tmp: Path) -> Iterator[UserManager]:
         if os.environ.get("CI"):
             pytest.fail(f"{why}; CI must run the systemd backend on a real systemd")
         pytest.skip(why)
-    runtime = tmp / "xdg-runtime"
-    runtime.mkdir(mode=0o700, parents=True)
+    # The manager's bus is a Unix socket at $XDG_RUNTIME_DIR/systemd/private: a test's own
+    # folder can be too deep for one (108 bytes), so its runtime folder is a short one.
+    runtime = Path(tempfile.mkdtemp(prefix="gl-systemd-", dir="/tmp"))
     (runtime / "systemd" / "user").mkdir(parents=True)
     subtree = f"greenlight-test-{uuid.uuid4().hex[:12]}"
     env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "SUBTREE": subtree,
            "XDG_CONFIG_HOME": str(tmp / "xdg-config"), "HOME": str(tmp / "home")}
-    (tmp / "home").mkdir(exist_ok=True)
+    (tmp / "home").mkdir(parents=True, exist_ok=True)
     log = (tmp / "user-manager.log").open("wb")
     process = subprocess.Popen(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c",
@@ -152,15 +154,18 @@ def user_manager(tmp: Path) -> Iterator[UserManager]:
         env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     manager = UserManager(runtime, subtree, process, env)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:  # ready when it says so; a manager that died is an error, with its log
             state = manager.systemctl("show", "-p", "SystemState", "--value",
                                       check=False).stdout.strip()
             if state in ("running", "degraded"):
                 break
             if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("systemd --user did not start: "
-                                     + (tmp / "user-manager.log").read_text()[-2000:])
+                jobs = manager.systemctl("list-jobs", "--no-pager", check=False).stdout
+                raise AssertionError(
+                    f"systemd --user did not start (state {state!r}, exit "
+                    f"{process.poll()}; jobs: {' '.join(jobs.split())[:500]}): "
+                    + (tmp / "user-manager.log").read_text()[-2000:])
             time.sleep(0.02)
         yield manager
     finally:
@@ -179,5 +184,6 @@ def user_manager(tmp: Path) -> Iterator[UserManager]:
             time.sleep(0.02)
         _remove(subtree)
         log.close()
+        shutil.rmtree(runtime, ignore_errors=True)
         left = manager.leftovers()
         assert not left, f"the user manager left {left} behind"
