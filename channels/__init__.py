@@ -87,6 +87,7 @@ from greenlight.channels._paths import (
 )
 from greenlight.channels._process import lean_process
 from greenlight.channels._records import Record
+from greenlight.channels._requires import FIRST_TOLERANT, known_fields, required_version
 from greenlight.channels._rollout import (
     EffectiveRollout,
     admitted,
@@ -131,6 +132,7 @@ __all__ = [
     "BUNDLE_FORMAT",
     "BUNDLE_MANIFEST",
     "SCHEMA_VERSION",
+    "FIRST_TOLERANT",
     "VERSION",
     "BuiltDelta",
     "BundleFormatError",
@@ -170,7 +172,9 @@ __all__ = [
     "is_newer",
     "json_schema",
     "now",
+    "known_fields",
     "parse_version",
+    "required_version",
     "printable",
     "remove_path",
     "rollout_bucket",

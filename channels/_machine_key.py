@@ -108,7 +108,7 @@ def verified_sender(key: str | None, signature: str | None, body: bytes) -> tupl
 
     if key is None or signature is None:
         raise MachineKeyError(f"unsigned: a report carries {KEY_HEADER} and {SIGNATURE_HEADER} "
-                        "(Greenlight 1.x machines sign every report)")
+                        "(Greenlight 0.2.0 and later sign every report)")
     raw = public_raw(key)
     sig = _unb64(signature.strip(), 64, "the signature")
     try:

@@ -35,7 +35,10 @@ ChannelName = Annotated[str, AfterValidator(check_channel_name)]
 
 
 class _Strict(Record):
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    """A signed document's part: its fields are checked, and a field this version does not
+    know is kept, not refused (what the entry needs is its `requires`, see _requires.py)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, defer_build=True)
 
 
 _M = TypeVar("_M", bound=_Strict)
@@ -182,6 +185,10 @@ class RolloutState(_Strict):
     """`rollouts/<channel>.json`, signed by the online role `rollout-<channel>`: the step the
     channel's current release is at, or that it is halted, and who said so."""
 
+    # Strict: it has no `requires`, so a field that changes what a machine does needs a new
+    # format number (greenlight.rollout-state/2) rather than being ignored by older readers.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
     schema_: Literal["greenlight.rollout-state/1"] = Field(
         "greenlight.rollout-state/1", alias="schema")
     channel: ChannelName
@@ -222,6 +229,9 @@ class ChannelFile(_Strict):
     rollout: Rollout | None = None
     promoted_from: ChannelName | None = None
     published_at: datetime
+    requires: VersionStr | None = Field(
+        default=None, description="the oldest Greenlight that can act on this entry; none: "
+                                  "any (channels/_requires.py)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ChannelFile":

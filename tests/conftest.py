@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from greenlight.channels import ChannelFile
 from greenlight.release import FileRepository, init_repository, publish, serving
 
 from examples.demo.build import build
@@ -231,6 +232,17 @@ def server(published: FileRepository) -> Iterator[Served]:
 
 FLEET, ADMIN = "f" * 24, "a" * 24
 _MACHINE_KEYS: dict[str, bytes] = {}
+
+
+def sign_entry(repo: FileRepository, entry: ChannelFile) -> None:
+    """Sign a channel entry exactly as it is, as a newer pipeline would have (publish works
+    out its `requires` itself)."""
+    from greenlight.channels import channel_role, channel_target
+
+    info = repo.add_target_bytes(channel_target(entry.channel), entry.to_json())
+    with repo.edit_targets(channel_role(entry.channel)) as role_targets:
+        role_targets.targets[info.path] = info
+    repo.commit()
 
 
 def machine_key(name: str) -> bytes:

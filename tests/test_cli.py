@@ -234,3 +234,22 @@ def test_health_never_calls_nothing_healthy_and_its_json_has_a_schema(root_args)
     jsonschema.validate(history, HistoryReport.model_json_schema(by_alias=True))
     assert history["schema"] == "greenlight.history/1"
     assert [e["event"] for e in history["entries"]] == ["upgraded"]
+
+
+def test_every_program_says_greenlights_version_and_the_changelog_has_it():
+    """`--version` on `updater`, `release` and the offline installer: one line, the same
+    semantic version, which CHANGELOG.md describes."""
+    import re
+
+    from greenlight.channels import VERSION
+
+    assert re.fullmatch(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)", VERSION), VERSION
+    bin_ = Path(sys.executable).parent
+    for argv, name in (([str(bin_ / "updater")], "updater"),
+                       ([str(bin_ / "release")], "release"),
+                       ([sys.executable, "-m", "greenlight.updater.installer"],
+                        "greenlight-installer")):
+        done = subprocess.run([*argv, "--version"], capture_output=True, text=True)
+        assert (done.returncode, done.stdout, done.stderr) == (0, f"{name} {VERSION}\n", ""), done
+    changelog = (Path(__file__).parent.parent / "CHANGELOG.md").read_text()
+    assert f"\n## [{VERSION}]" in changelog

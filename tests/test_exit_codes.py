@@ -180,6 +180,20 @@ def damaged(m: Machine) -> subprocess.CompletedProcess[str]:
     return m.updater("verify")
 
 
+def needs_newer(m: Machine) -> subprocess.CompletedProcess[str]:
+    """A newer pipeline's entry, signed as it is: it needs a Greenlight this one is not."""
+    from greenlight.release import current_channel_file
+
+    from conftest import sign_entry
+
+    m.installed()
+    m.publish("1.1")
+    entry = current_channel_file(m.repo, "stable")
+    assert entry is not None
+    sign_entry(m.repo, entry.model_copy(update={"requires": "99.0.0"}))
+    return m.updater("upgrade")
+
+
 def rolled_back(m: Machine) -> subprocess.CompletedProcess[str]:
     m.installed()
     m.publish("1.1", "refuse-ui-token")
@@ -257,6 +271,7 @@ SCENARIOS: dict[int, tuple[Callable[[Machine], subprocess.CompletedProcess[str]]
     14: (yanked, "YANKED: corrupts the store"),
     15: (held, "held back here"),
     16: (damaged, "1.0 differs from its signed file lists: 1 extra: extra core/planted"),
+    17: (needs_newer, "stable 1.1 needs Greenlight >= 99.0.0"),
     20: (rolled_back, "ROLLED BACK"),
     21: (dead_end, "ROLLBACK FAILED"),
     130: (_interrupted(signal.SIGINT), "interrupted by SIGINT during post-check of 1.1; "

@@ -50,6 +50,7 @@ __all__ = [
     "GreenlightError",
     "Interrupted",
     "NetworkError",
+    "NeedsNewer",
     "NotFound",
     "PrecheckFailed",
     "ServiceError",
@@ -141,6 +142,12 @@ class PrecheckFailed(GreenlightError):
     exit_code = 11
 
 
+class NeedsNewer(GreenlightError):
+    """The channel's entry needs a newer Greenlight than this one (its signed `requires`)."""
+
+    exit_code = 17
+
+
 EXIT_OK = 0
 EXIT_UPDATE_AVAILABLE = 10
 EXIT_YANKED = 14
@@ -166,6 +173,8 @@ EXIT_CODES: dict[int, str] = {
     PrecheckFailed.exit_code: "the running release failed a required check; nothing changed",
     ChannelMismatch.exit_code: "the bundle carries another channel (use --switch-channel)",
     ServiceError.exit_code: "a service would not start or become ready",
+    NeedsNewer.exit_code: "the channel's release needs a newer Greenlight than this one "
+                          "(docs/compatibility.md); nothing changed",
     EXIT_YANKED: "`check`: the installed release was yanked; `updater upgrade` leaves it",
     EXIT_HELD: "`check`, `upgrade`: the channel has another release, held back here "
                "(quarantined, outside its rollout, pinned away, or older); nothing changed",

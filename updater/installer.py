@@ -52,7 +52,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from greenlight.channels import atomic_write, describe_validation
+from greenlight.channels import VERSION, atomic_write, describe_validation
 from greenlight.updater._errors import (
     EXIT_CODES,
     EXIT_HELD,
@@ -370,7 +370,16 @@ def main(argv: list[str] | None = None) -> int:
 
         updater()
         return 0
-    meta = json.loads((payload_dir() / "installer.json").read_text())
+    if argv[:1] == ["--version"]:
+        print(f"greenlight-installer {VERSION}")
+        return 0
+    try:
+        meta = json.loads((payload_dir() / "installer.json").read_text())
+    except (OSError, ValueError) as e:
+        print(f"greenlight-installer: no payload to install ({payload_dir()}: "
+              f"{getattr(e, 'strerror', None) or e}); build one with `release installer`",
+              file=sys.stderr)
+        return 2
     built_in = meta.get("repo_url")
     declared = declared_values(meta)
     parser = argparse.ArgumentParser(
@@ -387,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=_exit_codes_text())
     parser.add_argument("--root", type=Path, required=True, help="installation root")
+    parser.add_argument("--version", action="version", version=f"greenlight-installer {VERSION}",
+                        help="print Greenlight's version and exit")
     parser.add_argument("--json", action="store_true", help="print the JSON report")
     parser.add_argument("--force", action="store_true",
                         help="upgrade even if the running release fails its pre-check")

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import click
 
+from greenlight.channels import VERSION
+
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
@@ -23,6 +25,8 @@ __all__ = ["app", "change_channel", "fail", "json_option", "keys_option", "open_
 
 
 @click.group(name="release", context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(VERSION, "--version", prog_name="release",
+                      message="%(prog)s %(version)s", help="Print Greenlight's version and exit.")
 def app() -> None:
     """Greenlight release pipeline: a signed repository of channels and releases."""
     from greenlight.channels import lean_process

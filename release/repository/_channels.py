@@ -1,12 +1,19 @@
 """The channels of a repository: reading and writing channel files as targets of each
 channel's delegated role, storing artifacts in their hashed bins, and a channel's history."""
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
 from tuf.api.metadata import DelegatedRole, Delegations, Metadata, TargetFile, Targets
 
-from greenlight.channels import ChannelFile, channel_role, channel_target, check_channel_name
+from greenlight.channels import (
+    ChannelFile,
+    channel_role,
+    channel_target,
+    check_channel_name,
+    required_version,
+)
 from greenlight.release._errors import Conflict, NotFound, UsageError
 from greenlight.release.repository._repository import FileRepository
 
@@ -123,12 +130,17 @@ def add_artifacts(repo: FileRepository,
     return infos
 
 
-def write_channel_file(repo: FileRepository, channel_file: ChannelFile) -> None:
-    """Sign `channel_file` as the channel's target and publish a new snapshot and timestamp."""
+def write_channel_file(repo: FileRepository, channel_file: ChannelFile) -> ChannelFile:
+    """Sign `channel_file` as the channel's target and publish a new snapshot and timestamp,
+    with the oldest Greenlight that can act on it as its `requires` (channels/_requires.py).
+    Returns the entry as signed."""
+    entry = json.loads(channel_file.to_json())
+    channel_file = channel_file.model_copy(update={"requires": required_version(entry)})
     info = repo.add_target_bytes(channel_target(channel_file.channel), channel_file.to_json())
     with repo.edit_targets(channel_role(channel_file.channel)) as role_targets:
         role_targets.targets[info.path] = info
     repo.commit()
+    return channel_file
 
 
 def channel_history(repo: FileRepository, channel: str) -> list[ChannelFile]:

@@ -45,8 +45,7 @@ def promote(repo: FileRepository, source: str, target: str, version: str | None 
         promoted_from=source, published_at=now(),
     )
     ensure_channel_role(repo, target)
-    write_channel_file(repo, promoted)
-    return promoted
+    return write_channel_file(repo, promoted)
 
 
 @all_or_nothing
@@ -73,8 +72,7 @@ def yank(repo: FileRepository, channel: str, version: str, reason: str) -> Chann
         "release": base.release, "components": base.components, "manifest": base.manifest,
         "revoked": revoked,
         "rollout": None, "published_at": now()})
-    write_channel_file(repo, ChannelFile.model_validate(yanked.model_dump()))
-    return yanked
+    return write_channel_file(repo, ChannelFile.model_validate(yanked.model_dump()))
 
 
 @all_or_nothing
@@ -114,8 +112,7 @@ def rollout(repo: FileRepository, channel: str, percent: int | None = None,
         if staged == current.rollout:
             return current
         updated = current.model_copy(update={"rollout": staged, "published_at": now()})
-        write_channel_file(repo, ChannelFile.model_validate(updated.model_dump()))
-        return updated
+        return write_channel_file(repo, ChannelFile.model_validate(updated.model_dump()))
 
 
 __all__ = ["channel_history", "promote", "rollout", "yank"]

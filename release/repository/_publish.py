@@ -192,8 +192,7 @@ def publish(
         rollout=rollout,
         published_at=now(),
     )
-    write_channel_file(repo, channel_file)
-    return channel_file
+    return write_channel_file(repo, channel_file)
 
 
 @all_or_nothing
@@ -236,5 +235,4 @@ def attach_manifest(repo: FileRepository, channel: str, manifest: str,
                        "rollout, or publish a new release with --manifest")
     ref = _manifest_ref(repo, current.release, data)
     channel_file = current.model_copy(update={"manifest": ref, "published_at": now()})
-    write_channel_file(repo, channel_file)
-    return channel_file, True
+    return write_channel_file(repo, channel_file), True

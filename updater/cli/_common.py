@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from greenlight.channels import terminal_lines
+from greenlight.channels import VERSION, terminal_lines
 from greenlight.updater._errors import (
     GreenlightError,
     Interrupted,
@@ -32,6 +32,8 @@ __all__ = ["EVIDENCE_KEYS", "app", "json_option", "open_root", "print_json", "pr
 
 
 @click.group(name="updater", context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(VERSION, "--version", prog_name="updater",
+                      message="%(prog)s %(version)s", help="Print Greenlight's version and exit.")
 def app() -> None:
     """Greenlight updater: keep this installation on a signed release channel."""
     from greenlight.channels import lean_process

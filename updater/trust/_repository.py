@@ -19,6 +19,7 @@ from tuf.api.metadata import Metadata, Root, TargetFile
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from greenlight.channels import (
+    VERSION,
     ChannelFile,
     ChannelFileError,
     ComponentArtifact,
@@ -26,12 +27,14 @@ from greenlight.channels import (
     atomic_write,
     channel_target,
     fsync_dir,
+    is_newer,
     rollout_target,
 )
 from greenlight.updater._errors import (
     ArchiveError,
     ConfigError,
     GreenlightError,
+    NeedsNewer,
     NetworkError,
     NotFound,
     StoreError,
@@ -221,6 +224,7 @@ class TrustedRepository:
         Raises:
             NotFound: the repository has no such channel.
             TrustError: the channel file or its signatures refused.
+            NeedsNewer: the channel file needs a newer Greenlight than this one.
             NetworkError: the repository unreachable or too slow.
         """
         path = channel_target(channel)
@@ -240,6 +244,10 @@ class TrustedRepository:
             raise TrustError(
                 f"channel file {path} refused: it names channel {channel_file.channel!r}"
             )
+        if channel_file.requires is not None and is_newer(channel_file.requires, VERSION):
+            raise NeedsNewer(f"{channel} {channel_file.release} needs Greenlight >= "
+                             f"{channel_file.requires}; this machine runs {VERSION}: update "
+                             "Greenlight first (docs/compatibility.md)")
         return channel_file, raw
 
     def rollout_state(self, channel: str) -> RolloutState | None:
