@@ -87,7 +87,12 @@ from greenlight.channels._paths import (
 )
 from greenlight.channels._process import lean_process
 from greenlight.channels._records import Record
-from greenlight.channels._requires import FIRST_TOLERANT, known_fields, required_version
+from greenlight.channels._requires import (
+    FIRST_TOLERANT,
+    known_fields,
+    required_version,
+    unknown_fields,
+)
 from greenlight.channels._rollout import (
     EffectiveRollout,
     admitted,
@@ -182,6 +187,7 @@ __all__ = [
     "rollout_target",
     "sort_versions",
     "terminal_lines",
+    "unknown_fields",
     "lean_process",
     "version_of",
 ]

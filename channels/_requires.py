@@ -24,7 +24,7 @@ from typing import Any
 from greenlight.channels._versions import is_newer, sort_versions
 
 __all__ = ["FIRST_TOLERANT", "fields_of_model", "known_fields", "required_version",
-           "used_fields"]
+           "unknown_fields", "used_fields"]
 
 FIRST_TOLERANT = "0.2.0"
 """The first version that keeps the fields it does not know instead of refusing the entry."""
@@ -64,6 +64,13 @@ def used_fields(entry: object, prefix: str = "") -> set[str]:
                 found.add(path)
             found |= used_fields(value, path)
     return found
+
+
+def unknown_fields(entry: dict[str, Any]) -> list[str]:
+    """The fields of `entry` this version of Greenlight does not know (a newer one wrote it)."""
+    from greenlight.channels._version import VERSION
+
+    return sorted(used_fields(entry) - known_fields().get(VERSION, frozenset()))
 
 
 def required_version(entry: dict[str, Any]) -> str | None:

@@ -70,6 +70,7 @@ def test_a_release_that_crash_loops_after_its_commit_is_said_refused_and_rolled_
             release("1.1", "crash-after-serving")
             status = cycle()
             assert status["installed"] == "1.1", status  # it passed its post-check
+            (root / "data" / "crash-now").touch()  # and some time later, it crashes
             token = (root / "data" / "ui-token").read_text().strip()
             with Hammer(port, token, timeout=5.0) as hammer:
                 _until(lambda: backend.restarts("core").gave_up, "the launcher to give up")

@@ -72,3 +72,23 @@ def test_an_entry_for_a_newer_greenlight_is_refused_in_one_line(tmp_path, server
     assert not (root / "current").exists()  # nothing was installed
     history = json.loads(updater("history", "--json").stdout)["entries"]
     assert not [e for e in history if e["event"] in ("upgraded", "rolled-back")]
+
+
+def test_an_older_release_tool_never_re_signs_what_a_newer_one_wrote(published, builds):
+    """A field this version does not know, in an entry a newer release tool signed: yanking
+    or promoting it here would drop the field or sign it under too low a `requires`; each is
+    refused in one line (exit 5) and nothing is signed."""
+    publish(published, "beta", "1.2", builds("1.2"))
+    beta = current_channel_file(published, "beta")
+    assert beta is not None
+    sign_entry(published, beta.model_copy(update={"decides": {"later": True}}))
+    before = sorted(p.name for p in published.metadata_dir.iterdir())
+    for args in (["yank", "--channel", "beta", "--version", "1.2", "--reason", "bad"],
+                 ["promote", "--from", "beta", "--to", "stable"]):
+        done = subprocess.run([str(BIN / "release"), args[0], str(published.path), *args[1:]],
+                              capture_output=True, text=True)
+        assert done.returncode == 5, done.stdout + done.stderr
+        said = done.stderr.strip()
+        assert len(said.splitlines()) == 1 and "Traceback" not in said, said
+        assert f"has decides, a field Greenlight {VERSION} does not know" in said, said
+    assert sorted(p.name for p in published.metadata_dir.iterdir()) == before

@@ -189,6 +189,45 @@ def test_a_held_socket_whose_service_is_down_for_good_refuses_until_it_is_back(t
         holder.quit()
 
 
+def test_a_successor_that_never_serves_leaves_its_predecessor_serving(tmp_path):
+    """A handover's successor on the held socket is waited for until it says READY=1: one
+    that never says it is not taken for ready, and one that crashes (its launcher down for
+    good) does not shut the socket its predecessor still serves on."""
+    from greenlight.updater.product import SocketConfig
+
+    root = InstallRoot(tmp_path / "root")
+    (tmp_path / "root" / "state").mkdir(parents=True)
+    port = free_port()
+    held = [SocketConfig(name="api", service="svc", listen=f"127.0.0.1:{port}")]
+    holder, backend = SocketHolder(root), ProcessBackend(root)
+    values = {"root": str(root.path)}
+    (tmp_path / "echo.py").write_text(_ECHO)
+    serving = ServiceConfig(name="svc", command=[sys.executable, str(tmp_path / "echo.py")])
+    silent = ServiceConfig(name="svc", command=[sys.executable, "-c",
+                                                "import time; time.sleep(600)"])
+    crashing = ServiceConfig(name="svc", command=[sys.executable, "-c", "raise SystemExit(3)"],
+                             restart="no")
+    try:
+        listening = holder.hold(held, values)
+        backend.start(serving, values, listening["svc"])
+        for _, sock in listening["svc"]:
+            sock.close()
+        for successor, why in ((silent, "it did not say READY=1 within 0.5s"),
+                               (crashing, "it exited before it said READY=1")):
+            successors = ProcessBackend(root, slot="next")
+            listening = holder.hold(held, values)
+            successors.start(successor, values, listening["svc"], notify=True)
+            for _, sock in listening["svc"]:
+                sock.close()
+            assert successors.wait_notified("svc", 0.5 if successor is silent else 20) == why
+            successors.stop(successor, 5.0)
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+                assert client.recv(2) == b"up"  # the predecessor, still serving
+    finally:
+        backend.stop(serving, 5.0)
+        holder.quit()
+
+
 def test_the_holder_keeps_a_socket_across_callers_and_frees_what_is_no_longer_declared(
         tmp_path):
     from greenlight.updater.product import SocketConfig

@@ -203,7 +203,7 @@ _REPORT = ("import json,os,sys; out=sys.argv[1]; "
            "open(out + '~', 'w')); os.replace(out + '~', out)")
 
 _SERVICE_KEYS = ["Type", "WorkingDirectory", "ExecStart", "KillSignal", "TimeoutStopSec",
-                 "Restart", "RestartSec", "StandardOutput", "StandardError"]
+                 "TimeoutStartSec", "Restart", "RestartSec", "StandardOutput", "StandardError"]
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,9 @@ from greenlight.updater.product import (
 from greenlight.updater.store import InstallRoot
 
 # A service written as python-systemd's users write one, treating a failed notify as fatal:
-# READY=1 once `go` exists, WATCHDOG=1 every 50 ms unless `stall-<pid>` exists, STOPPING=1 on
-# SIGTERM. It records the protocol's variables it was given in `env-<pid>`.
+# READY=1 once `go` exists, WATCHDOG=1 every 50 ms unless `stall-<pid>` exists (counted in
+# `pings-<pid>`), STOPPING=1 on SIGTERM. It records the protocol's variables it was given in
+# `env-<pid>`.
 STRICT = r'''
 import json, os, pathlib, signal, socket, sys, time
 here = pathlib.Path(sys.argv[1])
@@ -48,9 +49,12 @@ signal.signal(signal.SIGTERM, on_term)
 while not (here / "go").exists():
     time.sleep(0.01)
 say(f"READY=1\nSTATUS=serving as {os.getpid()}")
+pings = 0
 while True:
     if not (here / f"stall-{os.getpid()}").exists():
         say("WATCHDOG=1")
+        pings += 1
+        (here / f"pings-{os.getpid()}").write_text(str(pings))
     time.sleep(0.05)
 '''
 
@@ -163,8 +167,10 @@ def test_a_service_that_stops_pinging_its_watchdog_is_restarted(tmp_path):
         first = _child(backend)
         env = json.loads((tmp_path / f"env-{first}").read_text())
         assert (env["WATCHDOG_USEC"], env["WATCHDOG_PID"]) == ("500000", str(first))
-        _wait(lambda: (tmp_path / "logs" / "core.log").exists(), "the service's log")
-        assert backend.restarts("core").count == 0
+        pings = tmp_path / f"pings-{first}"
+        # 30 pings are 1.5 s at least: three watchdog periods, and it still runs unrestarted
+        _wait(lambda: pings.exists() and int(pings.read_text() or 0) >= 30, "30 pings")
+        assert backend.restarts("core").count == 0 and _child(backend) == first
         (tmp_path / f"stall-{first}").touch()
         _wait(lambda: backend.restarts("core").count == 1, "the watchdog to restart it")
         restarts = backend.restarts("core")

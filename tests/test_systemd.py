@@ -383,6 +383,8 @@ def say(message):
         s.connect(address)
         s.sendall(message.encode())
 
+time.sleep(1)  # a slow start-up: systemd's start waits for what follows
+marker.with_name(marker.name + ".ready").write_text(str(os.getpid()))
 say("READY=1")
 marker.with_name(marker.name + "~").write_text(str(os.getpid()))
 os.replace(marker.with_name(marker.name + "~"), marker)
@@ -403,13 +405,16 @@ def test_notify_and_watchdog_are_systemds_own(units, tmp_path):
     service, marker, backend = units.service(
         code=f"exec(open({str(script)!r}).read())", notify=True, watchdog=1.0,
         restart_delay=0.1)
-    backend.start(service, {})  # returns once READY=1 was said
-    _until(marker.exists, "the unit's process to start")
-    first = int(marker.read_text())
-    assert backend.restarts(service.name).count == 0
-    marker.unlink()
-    marker.with_name(marker.name + ".stall").write_text(str(first))
-    _until(marker.exists, "systemd's watchdog to restart it", 30)
-    assert int(marker.read_text()) != first
-    assert backend.restarts(service.name).count == 1 and backend.is_running(service.name)
-    backend.stop(service, timeout=5)
+    try:
+        backend.start(service, {})  # returns once READY=1 was said, a second after the start
+        assert marker.with_name(marker.name + ".ready").exists()
+        _until(marker.exists, "the unit's process to start")
+        first = int(marker.read_text())
+        assert backend.restarts(service.name).count == 0
+        marker.unlink()
+        marker.with_name(marker.name + ".stall").write_text(str(first))
+        _until(marker.exists, "systemd's watchdog to restart it", 30)
+        assert int(marker.read_text()) != first
+        assert backend.restarts(service.name).count == 1 and backend.is_running(service.name)
+    finally:
+        backend.stop(service, timeout=5)

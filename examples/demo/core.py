@@ -32,9 +32,10 @@ Faults are baked into a build's build.json, never read from the environment:
                            70), whatever is in flight; it leaves `core-<version>-crashed-on-stop`
                            in the data folder, and later stops are clean: an old release that
                            dies when an upgrade stops it, and stops cleanly when it is retried
-  crash-after-serving      10 s after it starts serving, the core exits (status 3), and leaves
-                           `core-<version>-crashed` in the data folder; once that is there, it
-                           exits at each start: a crash loop after a good-looking upgrade
+  crash-after-serving      once its data folder holds `crash-now` (a time bomb a test sets off
+                           when it wants: "ten seconds after the commit"), the core exits
+                           (status 3) and leaves `core-<version>-crashed` there; once that is
+                           there, it exits at each start: a crash loop after a good upgrade
 """
 
 import argparse
@@ -271,7 +272,8 @@ def main() -> int:
     notify(f"READY=1\nSTATUS=core {VERSION} serving on {where}")
     if "crash-after-serving" in FAULTS:
         def crash() -> None:
-            time.sleep(10)
+            while not (args.token_file.parent / "crash-now").exists():
+                time.sleep(0.1)
             crashed.touch()
             print(f"core {VERSION}: crashed while serving", file=sys.stderr, flush=True)
             os._exit(3)

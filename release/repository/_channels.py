@@ -8,16 +8,18 @@ from pathlib import Path
 from tuf.api.metadata import DelegatedRole, Delegations, Metadata, TargetFile, Targets
 
 from greenlight.channels import (
+    VERSION,
     ChannelFile,
     channel_role,
     channel_target,
     check_channel_name,
     required_version,
+    unknown_fields,
 )
 from greenlight.release._errors import Conflict, NotFound, UsageError
 from greenlight.release.repository._repository import FileRepository
 
-__all__ = ["add_artifacts", "channel_history", "channels", "checked_fallback",
+__all__ = ["add_artifacts", "channel_history", "channels", "check_known", "checked_fallback",
            "current_channel_file", "delegate", "ensure_channel_role", "require",
            "write_channel_file"]
 
@@ -130,11 +132,30 @@ def add_artifacts(repo: FileRepository,
     return infos
 
 
+def check_known(entry: dict[str, object], channel: str) -> None:
+    """An entry is signed anew only by a Greenlight that knows all of it: an older one would
+    drop, or sign under too old a `requires`, what a newer one wrote.
+
+    Raises:
+        Conflict: the entry has a field this version does not know.
+    """
+    unknown = unknown_fields(entry)
+    if unknown:
+        raise Conflict(f"channel {channel!r}: its entry has {unknown[0]}, a field Greenlight "
+                       f"{VERSION} does not know (a newer release tool wrote it): use that "
+                       "version's release tool")
+
+
 def write_channel_file(repo: FileRepository, channel_file: ChannelFile) -> ChannelFile:
     """Sign `channel_file` as the channel's target and publish a new snapshot and timestamp,
     with the oldest Greenlight that can act on it as its `requires` (channels/_requires.py).
-    Returns the entry as signed."""
+    Returns the entry as signed.
+
+    Raises:
+        Conflict: the entry has a field this version does not know (`check_known`).
+    """
     entry = json.loads(channel_file.to_json())
+    check_known(entry, channel_file.channel)
     channel_file = channel_file.model_copy(update={"requires": required_version(entry)})
     info = repo.add_target_bytes(channel_target(channel_file.channel), channel_file.to_json())
     with repo.edit_targets(channel_role(channel_file.channel)) as role_targets:

@@ -1,11 +1,13 @@
 """What happens to a release on a channel after it is published: promotion, yanking, staged
 rollout. Each writes a new channel file (signed by the channel's role) and publishes."""
 
+import json
 
 from greenlight.channels import ChannelFile, RevokedRelease, Rollout, is_newer, now
 from greenlight.release._errors import Conflict, NotFound, ReleaseError, UsageError
 from greenlight.release.repository._channels import (
     channel_history,
+    check_known,
     checked_fallback,
     current_channel_file,
     ensure_channel_role,
@@ -38,6 +40,7 @@ def promote(repo: FileRepository, source: str, target: str, version: str | None 
     if existing and not allow_older and not is_newer(chosen.release, existing.release):
         raise Conflict(f"channel {target!r} carries {existing.release}; {chosen.release} is "
                            "not newer (pass --allow-older to promote it anyway)")
+    check_known(json.loads(chosen.to_json()), source)  # what it would drop, unread
     promoted = ChannelFile(
         channel=target, release=chosen.release, components=chosen.components,
         manifest=chosen.manifest, fallback=checked_fallback(repo, target, None, existing),

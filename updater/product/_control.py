@@ -335,7 +335,7 @@ class ServiceControl:
                         f"service {s.name} of {version_of(release)} did not say READY=1 in "
                         f"{s.start_timeout}s", [service_result(
                             f"{s.name}-start", "no READY=1 on its NOTIFY_SOCKET",
-                            {"log": self._log_tail(s.name)})])
+                            {"log": self._log_tail(s.name, since=since)})])
                 time.sleep(0.01)
                 continue
             if s.ready is None:

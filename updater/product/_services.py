@@ -334,6 +334,7 @@ class ProcessBackend:
                  "--restarts-file", str(self._restarts_file(service.name)),
                  "--log-file", str(log_path), "--log-max", str(self.log_limits[0]),
                  "--log-keep", str(self.log_limits[1]),
+                 "--record", str(self.root.state / "run" / f"{service.name}.json"),
                  *notifying, *_listen_args(listen or []), "--", *command],
                 cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True, pass_fds=[s.fileno() for _, s in listen or []],

@@ -29,22 +29,24 @@ With `--listen-fds`, the listening sockets it inherited (held by Greenlight, see
 are passed to the service, and to each restart of it, with systemd's socket-activation
 protocol: as descriptors 3, 4, ... with LISTEN_FDS, LISTEN_PID (the service's own pid) and
 LISTEN_FDNAMES set, so a service written for systemd's sockets runs unchanged. A service left
-down for good (it gave up, or ended by itself and is not restarted) has its TCP listening
-sockets shut down: clients are refused at once rather than left waiting (see `_refuse`).
+down for good (it gave up, or crashed and is not restarted; not a clean end, which may be a
+drained service's before its stop) has its TCP listening sockets shut down: clients are
+refused at once rather than left waiting (see `_refuse`).
 
 With `--notify-file`, it owns the service's NOTIFY_SOCKET (systemd's notify protocol) for as
 long as it runs: one datagram socket in the abstract namespace, the same across every restart
 of the service, so a service that treats a failed notify as fatal never finds it gone. It reads
 READY=1, STOPPING=1, RELOADING=1, STATUS=..., WATCHDOG=1, WATCHDOG=trigger and WATCHDOG_USEC=
 as systemd reads them, from the service's processes only (its process group, the same user),
-and writes the service's state to the notify file (JSON) at each change: what the updater
-waits on for READY=1, and what `updater status` shows. With `--type notify` the service is
-ready once it says READY=1 (Type=notify), else once started.
+and writes the service's state to the notify file (JSON) at each change, each start's afresh:
+what the updater waits on for READY=1 (a `notify` service's start, a handover's successor).
 
 With `--watchdog S` as well (WatchdogSec=), the service is given WATCHDOG_USEC and WATCHDOG_PID
-and must send WATCHDOG=1 at least every S seconds, counted from READY=1 (`--type notify`) or
-its start; one that does not is sent SIGABRT (killed 5 s later if still there), and the end is
-a failure its restart policy applies to, recorded with `"watchdog": true`.
+and must send WATCHDOG=1 at least every S seconds, counted from READY=1 (`--type notify`,
+Type=notify) or from its start; one that does not is sent SIGABRT (killed 5 s later if still
+there), and the end is a failure whatever its status, restarted unless `--restart no`, and
+recorded with `"watchdog": true`. Unlike systemd, a service given no watchdog cannot turn one
+on with WATCHDOG_USEC=, and the watchdog ends at STOPPING=1.
 
 The updater runs this file by path with `-I -S` (no site-packages, no package import), so the
 process it adds per service is a bare interpreter: see bench/overhead.py.
@@ -65,12 +67,14 @@ import time
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 _OPTIONS = ("--exit-file", "--ready-file", "--restart", "--restart-delay", "--burst",
             "--interval", "--clean", "--restarts-file", "--listen-fds", "--listen-names",
-            "--log-file", "--log-max", "--log-keep", "--notify-file", "--type", "--watchdog")
+            "--log-file", "--log-max", "--log-keep", "--notify-file", "--type", "--watchdog",
+            "--record")
 USAGE = ("usage: launcher.py --exit-file FILE [--ready-file FILE] [--restart POLICY "
          "--restart-delay S --burst N --interval S --clean RC,... --restarts-file FILE] "
          "[--listen-fds FD,... --listen-names NAME,...] "
          "[--log-file FILE --log-max BYTES --log-keep N] "
-         "[--notify-file FILE [--type notify|simple] [--watchdog S]] -- COMMAND...")
+         "[--notify-file FILE [--type notify|simple] [--watchdog S]] [--record FILE] "
+         "-- COMMAND...")
 
 
 def _write(path: str, record: dict[str, object]) -> None:
@@ -137,7 +141,7 @@ class Notified:
 
     def __init__(self, path: str, ready_by_notify: bool, watchdog: float) -> None:
         self.path, self.ready_by_notify = path, ready_by_notify
-        self.usec = int(watchdog * 1_000_000)
+        self.configured = self.usec = int(watchdog * 1_000_000)
         self.lock = threading.Lock()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.address = f"greenlight-notify-{os.getpid()}-{os.urandom(8).hex()}"
@@ -153,14 +157,19 @@ class Notified:
     def name(self) -> str:
         return "@" + self.address
 
-    def started(self, child: "subprocess.Popen[bytes]", start: int) -> None:
-        """A new start of the service: its state begins again (the socket stays)."""
+    def starting(self, start: int) -> None:
+        """A new start of the service, before it runs: its state begins again (the socket
+        stays; a WATCHDOG_USEC= the last start sent does not), so that nothing the new
+        process says first is lost."""
         with self.lock:
-            self.child, self.last = child, time.monotonic()
-            self.state = {"socket": self.name, "launcher": os.getpid(), "pid": child.pid,
-                          "start": start, "ready": not self.ready_by_notify,
-                          "stopping": False, "status": None, "watchdog_usec": self.usec,
-                          "watchdog_fired": False}
+            self.child, self.last, self.usec = None, time.monotonic(), self.configured
+            self.state = {"socket": self.name, "launcher": os.getpid(), "pid": None,
+                          "start": start, "ready": False, "stopping": False, "status": None,
+                          "watchdog_usec": self.usec, "watchdog_fired": False}
+
+    def running(self, child: "subprocess.Popen[bytes]") -> None:
+        with self.lock:
+            self.child, self.state["pid"] = child, child.pid
             self._save()
 
     def _save(self) -> None:
@@ -169,8 +178,8 @@ class Notified:
 
     def _ours(self, credentials: bytes) -> bool:
         pid, uid, _ = struct.unpack("3i", credentials[:12])
-        try:
-            return uid in (os.getuid(), 0) and os.getpgid(pid) == os.getpgrp()
+        try:  # pid 0: a sender in a pid namespace this one cannot see
+            return pid > 0 and uid in (os.getuid(), 0) and os.getpgid(pid) == os.getpgrp()
         except OSError:
             return False
 
@@ -183,7 +192,8 @@ class Notified:
             sender = next((d for level, kind, d in ancillary if level == socket.SOL_SOCKET
                            and kind == socket.SCM_CREDENTIALS), None)
             if sender is not None and self._ours(sender):
-                self.said(data)
+                with contextlib.suppress(Exception):  # one odd message never ends the reader
+                    self.said(data)
 
     def said(self, data: bytes) -> None:
         """One message: newline-separated KEY=VALUE assignments, as sd_notify sends them."""
@@ -195,7 +205,7 @@ class Notified:
                     self.last = time.monotonic()
                 elif key == "WATCHDOG" and value == "trigger":
                     self.last, changed = 0.0, True
-                elif key == "WATCHDOG_USEC" and value.isdigit():
+                elif key == "WATCHDOG_USEC" and value.isascii() and value.isdigit():
                     self.usec, self.last = int(value), time.monotonic()
                     self.state["watchdog_usec"], changed = self.usec, True
                 elif key in ("READY", "STOPPING", "RELOADING") and value == "1":
@@ -214,8 +224,8 @@ class Notified:
         with self.lock:
             child = self.child
             if (self.usec <= 0 or child is None or child.returncode is not None or self.stopping
-                    or self.state.get("watchdog_fired") or not self.state.get("ready")
-                    or self.state.get("stopping")
+                    or self.state.get("watchdog_fired") or self.state.get("stopping")
+                    or self.ready_by_notify and not self.state.get("ready")
                     or time.monotonic() - self.last <= self.usec / 1_000_000):
                 return None
             self.state["watchdog_fired"] = True
@@ -258,11 +268,24 @@ def _listen_fds(inherited: list[int]) -> list[int]:
     return list(range(3, first))
 
 
-def _refuse(listen: list[int]) -> None:
+def _refuse(listen: list[int], record: str | None) -> None:
     """The service is down for good: its TCP listening sockets stop listening (shut down,
     the queued connections reset), so that clients are refused at once instead of waiting on
     a socket nobody will accept on. The sockets stay bound: the holder listens on them again
-    for the next start (holder.py). A Unix socket is left as it is (closed with the holder)."""
+    for the next start (holder.py). A Unix socket is left as it is (closed with the holder).
+    Only the service of `record` does it: a launcher it names (not a handover's successor
+    that failed before it took over, whose sockets its predecessor still serves on)."""
+    if not listen or not record:
+        return
+    deadline = time.monotonic() + 2.0  # the starter writes the record once we are up
+    while not os.path.exists(record) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        with open(record, "rb") as f:
+            if json.load(f).get("pid") != os.getpid():
+                return
+    except (OSError, ValueError, AttributeError):
+        return
     for fd in listen:
         with contextlib.suppress(OSError):
             sock = socket.socket(fileno=os.dup(fd))
@@ -362,6 +385,8 @@ def main(args: list[str] | None = None) -> int:
     restarts = 0
     while True:
         starts.append(time.monotonic())
+        if notified is not None:
+            notified.starting(len(starts))
         try:
             child = subprocess.Popen(command, **spawn)  # type: ignore[call-overload]
         except OSError as e:
@@ -371,19 +396,22 @@ def main(args: list[str] | None = None) -> int:
                                             "error": f"{e.strerror}: {command[0]}"})
             return 127
         if notified is not None:
-            notified.started(child, len(starts))
+            notified.running(child)
         if received:  # a signal came before the child existed: pass it on now
             child.send_signal(getattr(signal, received[-1]))
         if "--ready-file" in options and len(starts) == 1:
             _write(options["--ready-file"], {"pid": os.getpid(), "child": child.pid})
         returncode = child.wait()
-        if received or not _restarts(policy, returncode, clean):
-            if not received:  # it ended by itself, and stays down
-                _refuse(listen)
+        # A watchdog's kill is a failure, however the service ended on its signal.
+        failed = _restarts(policy, returncode, clean) or (
+            policy != "no" and notified is not None and notified.fired())
+        if received or not failed:
+            if not received and returncode not in clean:  # it crashed, and stays down (a
+                _refuse(listen, options.get("--record"))  # clean end may be a drain's)
             break
         recent = [t for t in starts if time.monotonic() - t < interval]
         if len(recent) >= burst:  # the start limit: a crash loop is left down, and said
-            _refuse(listen)
+            _refuse(listen, options.get("--record"))
             _write(options["--exit-file"], {"returncode": returncode, "pid": child.pid,
                                             "signals": received, "restarts": restarts,
                                             "gave_up": True, **watchdog_end()})
