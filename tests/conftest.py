@@ -234,6 +234,15 @@ FLEET, ADMIN = "f" * 24, "a" * 24
 _MACHINE_KEYS: dict[str, bytes] = {}
 
 
+def child_of(launcher: int | None) -> int | None:
+    """The service process a launcher (by pid) runs now, or None."""
+    try:
+        children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
+    except (OSError, TypeError):
+        return None
+    return int(children[0]) if children else None
+
+
 def sign_entry(repo: FileRepository, entry: ChannelFile) -> None:
     """Sign a channel entry exactly as it is, as a newer pipeline would have (publish works
     out its `requires` itself)."""

@@ -21,7 +21,7 @@ from greenlight.updater.product import ProcessBackend, ServiceConfig, SocketHold
 from greenlight.updater.product.holder import bind
 from greenlight.updater.store import InstallRoot
 
-from conftest import builtin_server, free_port
+from conftest import builtin_server, child_of, free_port
 from examples.demo.config import configure_machine, manifest_toml
 from examples.demo.hammer import Hammer
 
@@ -146,22 +146,28 @@ _ECHO = ("import socket; s = socket.socket(fileno=3)\n"
          "while True:\n    c, _ = s.accept(); c.sendall(b'up'); c.close()\n")
 
 
-def test_a_held_socket_whose_service_is_down_for_good_refuses_until_it_is_back(tmp_path):
-    """A crash loop on a held TCP socket: once its supervisor gives up, a client is refused
-    at once (not left waiting in a backlog nobody accepts); the next start listens again on
-    the same socket, and the client is served."""
+def _held_svc(tmp_path: Path):
+    """A root whose holder holds one TCP socket for a service `svc`, and its backend."""
     from greenlight.updater.product import SocketConfig
-
-    def close(listening) -> None:  # this process's copies: the holder keeps its own
-        for _, sock in listening["svc"]:
-            sock.close()
 
     root = InstallRoot(tmp_path / "root")
     (tmp_path / "root" / "state").mkdir(parents=True)
     port = free_port()
     held = [SocketConfig(name="api", service="svc", listen=f"127.0.0.1:{port}")]
-    holder, backend = SocketHolder(root), ProcessBackend(root)
-    values = {"root": str(root.path)}
+    return root, port, held, SocketHolder(root), ProcessBackend(root), {"root": str(root.path)}
+
+
+def close(listening) -> None:
+    """This process's copies of held sockets (the holder keeps its own)."""
+    for _, sock in listening["svc"]:
+        sock.close()
+
+
+def test_a_held_socket_whose_service_is_down_for_good_refuses_until_it_is_back(tmp_path):
+    """A crash loop on a held TCP socket: once its supervisor gives up, a client is refused
+    at once (not left waiting in a backlog nobody accepts); the next start listens again on
+    the same socket, and the client is served."""
+    root, port, held, holder, backend, values = _held_svc(tmp_path)
     crashing = ServiceConfig(name="svc", command=[sys.executable, "-c", "raise SystemExit(3)"],
                              restart_delay=0.0, restart_burst=2)
     (tmp_path / "echo.py").write_text(_ECHO)
@@ -193,14 +199,7 @@ def test_a_successor_that_never_serves_leaves_its_predecessor_serving(tmp_path):
     """A handover's successor on the held socket is waited for until it says READY=1: one
     that never says it is not taken for ready, and one that crashes (its launcher down for
     good) does not shut the socket its predecessor still serves on."""
-    from greenlight.updater.product import SocketConfig
-
-    root = InstallRoot(tmp_path / "root")
-    (tmp_path / "root" / "state").mkdir(parents=True)
-    port = free_port()
-    held = [SocketConfig(name="api", service="svc", listen=f"127.0.0.1:{port}")]
-    holder, backend = SocketHolder(root), ProcessBackend(root)
-    values = {"root": str(root.path)}
+    root, port, held, holder, backend, values = _held_svc(tmp_path)
     (tmp_path / "echo.py").write_text(_ECHO)
     serving = ServiceConfig(name="svc", command=[sys.executable, str(tmp_path / "echo.py")])
     silent = ServiceConfig(name="svc", command=[sys.executable, "-c",
@@ -210,15 +209,13 @@ def test_a_successor_that_never_serves_leaves_its_predecessor_serving(tmp_path):
     try:
         listening = holder.hold(held, values)
         backend.start(serving, values, listening["svc"])
-        for _, sock in listening["svc"]:
-            sock.close()
+        close(listening)
         for successor, why in ((silent, "it did not say READY=1 within 0.5s"),
                                (crashing, "it exited before it said READY=1")):
             successors = ProcessBackend(root, slot="next")
             listening = holder.hold(held, values)
             successors.start(successor, values, listening["svc"], notify=True)
-            for _, sock in listening["svc"]:
-                sock.close()
+            close(listening)
             assert successors.wait_notified("svc", 0.5 if successor is silent else 20) == why
             successors.stop(successor, 5.0)
             with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
@@ -493,14 +490,6 @@ def test_a_killed_holder_does_not_block_the_next_upgrade(machine):
     assert "/run/next/" not in record["exit_file"]  # a stop and a start, not a handover
 
 
-def _child_of(launcher: int | None) -> int | None:
-    try:
-        children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
-    except (OSError, TypeError):
-        return None
-    return int(children[0]) if children else None
-
-
 def test_a_product_whose_notify_errors_are_fatal_stays_up(machine):
     """The core ends itself when a notify cannot be sent. Its NOTIFY_SOCKET is its launcher's,
     not the updater's that started it: after a handover (the updater gone), a kill -9 and its
@@ -513,7 +502,7 @@ def test_a_product_whose_notify_errors_are_fatal_stays_up(machine):
     assert m.upgrade(0)["outcome"] == "upgraded" and m.version() == "1.1"
 
     backend = ProcessBackend(m.root)
-    first = _child_of(m.core())
+    first = child_of(m.core())
     os.kill(first, signal.SIGKILL)
     deadline = time.monotonic() + 30
     while not ((backend.notified("core") or {}).get("start") == 2

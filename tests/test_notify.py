@@ -21,6 +21,8 @@ from greenlight.updater.product import (
 )
 from greenlight.updater.store import InstallRoot
 
+from conftest import child_of
+
 # A service written as python-systemd's users write one, treating a failed notify as fatal:
 # READY=1 once `go` exists, WATCHDOG=1 every 50 ms unless `stall-<pid>` exists (counted in
 # `pings-<pid>`), STOPPING=1 on SIGTERM. It records the protocol's variables it was given in
@@ -84,12 +86,7 @@ def _service(tmp_path: Path, **settings: object) -> ServiceConfig:
 
 
 def _child(backend: ProcessBackend) -> int | None:
-    launcher = backend.pid("core")
-    try:
-        children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
-    except (OSError, TypeError):
-        return None
-    return int(children[0]) if children else None
+    return child_of(backend.pid("core"))
 
 
 def _said(backend: ProcessBackend) -> dict:

@@ -19,7 +19,7 @@ from greenlight.release import publish
 from greenlight.updater.product import ProcessBackend
 from greenlight.updater.store import InstallRoot
 
-from conftest import builtin_server, free_port
+from conftest import builtin_server, child_of, free_port
 from tally import build, configure
 
 BIN = Path(sys.executable).parent
@@ -39,14 +39,6 @@ def _until(predicate: Callable[[], bool], what: str, seconds: float = 30) -> Non
     while not predicate():
         assert time.monotonic() < deadline, what
         time.sleep(0.05)
-
-
-def _child_of(launcher: int | None) -> int | None:
-    try:
-        children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
-    except (OSError, TypeError):
-        return None
-    return int(children[0]) if children else None
 
 
 def _answers(port: int) -> bool:
@@ -75,7 +67,7 @@ def test_a_kill_during_fetch_is_recovered_without_an_old_failure_of_the_core(
             # failed as it started (a broken local store) until the store was back.
             log, broken = root / "logs" / "core.log", root / "data" / "crash-on-start"
             broken.touch()
-            core = _child_of(backend.pid("core"))
+            core = child_of(backend.pid("core"))
             assert core is not None, "the core is not running"
             os.kill(core, signal.SIGKILL)
             _until(lambda: FAILURE in log.read_text(), "the core's restart to fail")
@@ -83,7 +75,7 @@ def test_a_kill_during_fetch_is_recovered_without_an_old_failure_of_the_core(
             _until(lambda: _answers(port), "the supervisor to bring the core back")
             assert log.read_text().splitlines()[-1] == FAILURE  # the log's last word
             assert backend.restarts("core").count >= 2
-            running = backend.pid("core"), _child_of(backend.pid("core"))
+            running = backend.pid("core"), child_of(backend.pid("core"))
 
             publish(repo, "stable", "1.4", build("1.4", tmp_path / "builds" / "1.4"))
             killed = _updater(root, *command, env={"GREENLIGHT_KILL_AT": "fetch:before"})
@@ -100,7 +92,7 @@ def test_a_kill_during_fetch_is_recovered_without_an_old_failure_of_the_core(
                                        "changed; 1.3 left as it was"), last["summary"]
             assert FAILURE not in last["summary"] and "exited" not in last["summary"]
             assert InstallRoot(root).installed_version() == "1.3"
-            assert (backend.pid("core"), _child_of(backend.pid("core"))) == running
+            assert (backend.pid("core"), child_of(backend.pid("core"))) == running
             assert _answers(port)
         finally:
             launcher = backend.pid("core")

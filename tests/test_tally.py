@@ -18,7 +18,7 @@ from greenlight.release import publish
 from greenlight.updater.product import ProcessBackend
 from greenlight.updater.store import InstallRoot
 
-from conftest import builtin_server, free_port
+from conftest import builtin_server, child_of, free_port
 from tally import build, configure, manifest
 
 BIN = Path(sys.executable).parent
@@ -90,15 +90,6 @@ def tally(tmp_path, repo):
         yield make
         for t in made:
             t.kill_all()
-
-
-def _child_of(launcher: int | None) -> int | None:
-    """The service process its launcher runs now."""
-    try:
-        children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
-    except (OSError, TypeError):
-        return None
-    return int(children[0]) if children else None
 
 
 def _until(predicate, what: str, seconds: float = 20) -> None:
@@ -334,9 +325,9 @@ def test_a_short_unattended_life(tally):
 
     # The core crashes: its supervisor restarts it, and the next cycle says so.
     launcher, _ = t.core()
-    first = _child_of(launcher)
+    first = child_of(launcher)
     os.kill(first, signal.SIGKILL)
-    _until(lambda: _child_of(launcher) not in (None, first) and t.core()[1] == "1.3",
+    _until(lambda: child_of(launcher) not in (None, first) and t.core()[1] == "1.3",
            "the launcher to restart the core")
     cycle()
     log = (t.path / "logs" / "agent.log").read_text()
@@ -347,7 +338,7 @@ def test_a_short_unattended_life(tally):
 
     # Then it crashes at every start: a crash loop, left down, an incident and a report.
     (t.path / "data" / "crash-on-start").touch()
-    os.kill(_child_of(launcher), signal.SIGKILL)
+    os.kill(child_of(launcher), signal.SIGKILL)
     _until(lambda: not ProcessBackend(t.root).is_running("core"), "the launcher to give up", 60)
     status = cycle()
     log = (t.path / "logs" / "agent.log").read_text()
@@ -418,16 +409,16 @@ def test_services_a_release_declares_are_watched_after_the_commit(tally):
     cycle()
     assert t.core()[1] == "1.0"
     launcher, _ = t.core()
-    first = _child_of(launcher)
+    first = child_of(launcher)
     os.kill(first, signal.SIGKILL)
-    _until(lambda: _child_of(launcher) not in (None, first) and t.core()[1] == "1.0",
+    _until(lambda: child_of(launcher) not in (None, first) and t.core()[1] == "1.0",
            "the launcher to restart the core")
     cycle()
     log = (t.path / "logs" / "agent.log").read_text()
     assert "service-restarted: service core crashed (death by SIGKILL)" in log, log
 
     (t.path / "data" / "crash-on-start").touch()
-    os.kill(_child_of(launcher), signal.SIGKILL)
+    os.kill(child_of(launcher), signal.SIGKILL)
     _until(lambda: not ProcessBackend(t.root).is_running("core"), "the launcher to give up", 60)
     status = cycle()
     assert status["last_incident"]["event"] == "crash-loop", status
