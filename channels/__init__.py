@@ -35,7 +35,9 @@ from greenlight.channels._file_list import (
 from greenlight.channels._files import atomic_symlink, atomic_write, fsync_dir, remove_path
 from greenlight.channels._fleet_report import (
     FLEET_OUTCOMES,
+    GREENLIGHT_PATTERN,
     FleetReport,
+    GreenlightKind,
     Outcome,
     ReportedCheck,
 )
@@ -76,6 +78,7 @@ from greenlight.channels._model import (
     json_schema,
 )
 from greenlight.channels._paths import (
+    UPDATER_PREFIX,
     artifact_target,
     channel_role,
     channel_target,
@@ -84,12 +87,16 @@ from greenlight.channels._paths import (
     manifest_target,
     rollout_role,
     rollout_target,
+    this_platform,
+    updater_channel,
+    updater_component,
 )
 from greenlight.channels._process import lean_process
 from greenlight.channels._records import Record
 from greenlight.channels._requires import (
     FIRST_TOLERANT,
     known_fields,
+    manifest_required_version,
     required_version,
     unknown_fields,
 )
@@ -117,7 +124,9 @@ __all__ = [
     "InvalidValue",
     "describe_validation",
     "FLEET_OUTCOMES",
+    "GREENLIGHT_PATTERN",
     "FleetReport",
+    "GreenlightKind",
     "KEY_HEADER",
     "MachineKeyError",
     "SIGNATURE_HEADER",
@@ -178,6 +187,7 @@ __all__ = [
     "json_schema",
     "now",
     "known_fields",
+    "manifest_required_version",
     "parse_version",
     "required_version",
     "printable",
@@ -185,6 +195,10 @@ __all__ = [
     "rollout_bucket",
     "rollout_role",
     "rollout_target",
+    "this_platform",
+    "updater_channel",
+    "updater_component",
+    "UPDATER_PREFIX",
     "sort_versions",
     "terminal_lines",
     "unknown_fields",

@@ -29,16 +29,21 @@ class BundleFormatError(ValueError):
 class BundleManifest:
     """What bundle.json says (unsigned: everything that matters is verified by TUF)."""
 
-    def __init__(self, channel: str, release: str, created: datetime, expires: datetime) -> None:
+    def __init__(self, channel: str, release: str, created: datetime, expires: datetime,
+                 greenlight: str | None = None) -> None:
         self.channel = channel
         self.release = release
         self.created = created
         self.expires = expires
+        self.greenlight = greenlight
+        """the Greenlight release it carries too (greenlight-<channel>), if any (0.3.0 on)"""
 
     def to_json(self) -> bytes:
         return json.dumps({"format": BUNDLE_FORMAT, "channel": self.channel,
                            "release": self.release, "created": self.created.isoformat(),
-                           "expires": self.expires.isoformat()}, indent=2).encode()
+                           "expires": self.expires.isoformat(),
+                           **({"greenlight": self.greenlight} if self.greenlight else {})},
+                          indent=2).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> "BundleManifest":
@@ -48,8 +53,10 @@ class BundleManifest:
             raw = json.loads(data)
             if raw.get("format") != BUNDLE_FORMAT:
                 raise BundleFormatError(f"format {raw.get('format')!r}, not {BUNDLE_FORMAT}")
+            greenlight = raw.get("greenlight")
             return cls(str(raw["channel"]), str(raw["release"]),
                        datetime.fromisoformat(raw["created"]),
-                       datetime.fromisoformat(raw["expires"]))
+                       datetime.fromisoformat(raw["expires"]),
+                       str(greenlight) if greenlight is not None else None)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise BundleFormatError(f"bundle.json: {e}") from None

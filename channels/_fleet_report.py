@@ -26,7 +26,8 @@ from greenlight.channels._paths import check_channel_name
 from greenlight.channels._records import Record
 from greenlight.channels._text import printable
 
-__all__ = ["FLEET_OUTCOMES", "FleetReport", "Outcome", "ReportedCheck"]
+__all__ = ["FLEET_OUTCOMES", "GREENLIGHT_PATTERN", "FleetReport", "GreenlightKind", "Outcome",
+           "ReportedCheck"]
 
 Outcome = Literal["upgraded", "rolled-back", "dead-end", "precheck-blocked", "held",
                   "crash-loop", "damaged", "crashed-on-stop"]
@@ -36,14 +37,26 @@ against the release the machine went for."""
 FLEET_OUTCOMES: dict[str, Outcome] = {"upgraded": "upgraded", "rolled-back": "rolled-back",
                                       "rollback-failed": "dead-end",
                                       "precheck-blocked": "precheck-blocked",
-                                      "crash-loop": "crash-loop", "damaged": "damaged"}
-"""The history events a fleet counts, and the outcome each is reported as."""
+                                      "crash-loop": "crash-loop", "damaged": "damaged",
+                                      "greenlight-updated": "upgraded",
+                                      "greenlight-quarantined": "rolled-back"}
+"""The history events a fleet counts, and the outcome each is reported as. Greenlight's own
+updates are releases of channel `greenlight-<channel>`: one that took over is `upgraded`, one
+that failed its qualification or its first cycles and was put aside is `rolled-back`, so a
+rollout of a bad updater halts as any other."""
 
 
 TEXT_MAX = 300
 _Text = Annotated[str, Field(max_length=4096), AfterValidator(lambda t: printable(t, TEXT_MAX))]
 _Version = Annotated[str, Field(pattern=r"^[0-9A-Za-z.+!_-]{1,64}$")]
 _Key = Annotated[str, Field(pattern=r"^[0-9A-Za-z.+!_-]{1,64}@[0-9a-f]{12}$")]
+GREENLIGHT_PATTERN = (r"^[0-9]{1,6}(\.[0-9]{1,6}){1,3}((a|b|rc)[0-9]{1,6})?(\.post[0-9]{1,6})?"
+                      r"(\.dev[0-9]{1,6})?(\+[a-z0-9]{1,16}(\.[a-z0-9]{1,16}){0,3})?$")
+"""A Greenlight version as a report may name it: a PEP 440 version in its canonical form,
+release, pre, post and dev parts and a local label each bounded, 64 characters at most."""
+_Greenlight = Annotated[str, Field(max_length=64, pattern=GREENLIGHT_PATTERN)]
+GreenlightKind = Literal["exe", "python", "copy", "none"]
+"""How a machine's Greenlight is installed (`greenlight.updater.store.greenlight_kind`)."""
 
 
 class ReportedCheck(Record):
@@ -77,3 +90,10 @@ class FleetReport(Record):
                                        "machine key's report is counted once")
     sent: datetime | None = Field(default=None, description="when the machine sent it (the "
                                   "collector takes it within a day past, 5 minutes ahead)")
+    greenlight: _Greenlight | None = Field(
+        default=None, description="the Greenlight version that made the report (0.3.0 on); "
+                                  "none: 0.2.0, the first that signs its reports")
+    greenlight_kind: GreenlightKind | None = Field(
+        default=None, description="how that Greenlight is installed, so what moves it: exe "
+                                  "(it updates itself), python (its package manager), copy "
+                                  "(an offline installer's copy: a newer installer), none")

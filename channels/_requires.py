@@ -23,8 +23,8 @@ from typing import Any
 
 from greenlight.channels._versions import is_newer, sort_versions
 
-__all__ = ["FIRST_TOLERANT", "fields_of_model", "known_fields", "required_version",
-           "unknown_fields", "used_fields"]
+__all__ = ["FIRST_TOLERANT", "fields_of_model", "known_fields", "manifest_required_version",
+           "required_version", "unknown_fields", "used_fields"]
 
 FIRST_TOLERANT = "0.2.0"
 """The first version that keeps the fields it does not know instead of refusing the entry."""
@@ -36,33 +36,34 @@ def _table() -> dict[str, Any]:
     return dict(json.loads(path.read_text()))
 
 
-def known_fields() -> dict[str, frozenset[str]]:
-    """Each version's fields of a channel entry, oldest first (dotted paths; `*` a map's
-    key, `[]` a list's items)."""
-    versions = _table()["versions"]
+def known_fields(table: str = "versions") -> dict[str, frozenset[str]]:
+    """Each version's fields of a channel entry (`table` "manifest": of a product manifest),
+    oldest first (dotted paths; `*` a map's key, `[]` a list's items)."""
+    versions = _table()[table]
     return {v: frozenset(versions[v]) for v in sort_versions(list(versions))}
 
 
 @cache
-def _maps() -> frozenset[str]:
+def _maps(table: str = "versions") -> frozenset[str]:
     """The fields whose keys are names (a component's), not fields: before each `.*`."""
-    return frozenset(path[:at] for fields in known_fields().values() for path in fields
+    return frozenset(path[:at] for fields in known_fields(table).values() for path in fields
                      for at in range(len(path)) if path.startswith(".*", at))
 
 
-def used_fields(entry: object, prefix: str = "") -> set[str]:
-    """The fields a channel entry (its JSON, as a dict) uses, as paths of `known_fields`."""
+def used_fields(entry: object, prefix: str = "", table: str = "versions") -> set[str]:
+    """The fields a channel entry (its JSON, as a dict; or a manifest's TOML, with `table`
+    "manifest") uses, as paths of `known_fields`."""
     found: set[str] = set()
     if isinstance(entry, list):
         for item in entry:
-            found |= used_fields(item, prefix + "[]")
+            found |= used_fields(item, prefix + "[]", table)
     elif isinstance(entry, dict):
-        mapping = prefix in _maps()
+        mapping = prefix in _maps(table)
         for key, value in entry.items():
             path = f"{prefix}.*" if mapping else f"{prefix}.{key}" if prefix else str(key)
-            if not mapping:
+            if not mapping or table != "versions":
                 found.add(path)
-            found |= used_fields(value, path)
+            found |= used_fields(value, path, table)
     return found
 
 
@@ -94,8 +95,27 @@ def required_version(entry: dict[str, Any]) -> str | None:
                      "channels/schema/channel-fields.json")
 
 
-def fields_of_model(schema: dict[str, Any]) -> set[str]:
-    """The fields a model's JSON schema declares, as `known_fields` writes them."""
+def manifest_required_version(manifest: dict[str, Any]) -> str:
+    """The oldest Greenlight whose reader knows every key a product manifest (its TOML, as a
+    dict) uses: a manifest is read strictly, so an entry that carries one is signed with at
+    least this `requires`.
+
+    Raises:
+        ValueError: the manifest uses a key that no version of the table knows.
+    """
+    used = used_fields(manifest, table="manifest")
+    versions = known_fields("manifest")
+    for version, fields in versions.items():
+        if not used - fields:
+            return version
+    newest = list(versions)[-1]
+    raise ValueError(f"manifest key {sorted(used - versions[newest])[0]} is in no version of "
+                     "channels/schema/channel-fields.json")
+
+
+def fields_of_model(schema: dict[str, Any], maps: bool = False) -> set[str]:
+    """The fields a model's JSON schema declares, as `known_fields` writes them; with `maps`,
+    a map of plain values (a manifest's `values`, `env`, `headers`) as its `.*` too."""
     definitions = schema.get("$defs", {})
 
     def walk(node: dict[str, Any], prefix: str) -> set[str]:
@@ -112,6 +132,8 @@ def fields_of_model(schema: dict[str, Any]) -> set[str]:
             out |= {path} | walk(sub, path)
         if isinstance(node.get("additionalProperties"), dict):
             out |= walk(node["additionalProperties"], prefix + ".*")
+            if maps:
+                out.add(prefix + ".*")
         return out
 
     return walk(schema, "")

@@ -25,6 +25,46 @@ def test_the_fields_table_knows_this_versions_channel_entry():
     assert all(first <= fields for fields in known_fields().values())  # fields never go
 
 
+def test_the_fields_table_knows_this_versions_manifest():
+    """The product manifest's keys per version are in the same table (`manifest`): a key
+    added to the manifest without a new version's list fails here."""
+    from greenlight.updater.product import manifest_schema
+
+    assert VERSION in known_fields("manifest")
+    assert fields_of_model(json.loads(manifest_schema()), maps=True) == \
+        known_fields("manifest")[VERSION]
+    first = next(iter(known_fields("manifest").values()))
+    assert all(first <= keys for keys in known_fields("manifest").values())
+
+
+def test_a_manifest_key_raises_the_entry_requirement(published, builds, tmp_path,
+                                                      monkeypatch):
+    """Machines read a manifest strictly: a key newer than the reader would stop it at the
+    upgrade (exit 3). Publish raises the entry's `requires` to the oldest Greenlight that
+    knows every key the manifest uses, so an older machine refuses the entry in one line
+    (exit 17) before it fetches anything. Here `notify` is made 0.3.0's in the table."""
+    from greenlight.channels import _requires
+
+    from tally import build, manifest
+
+    table = json.loads(json.dumps(_requires._table()))
+    table["manifest"]["0.2.0"].remove("service[].notify")
+    monkeypatch.setattr(_requires, "_table", lambda: table)
+    _requires._maps.cache_clear()
+    try:
+        plain, notifying = tmp_path / "plain.toml", tmp_path / "notifying.toml"
+        plain.write_text(manifest())
+        notifying.write_text(manifest().replace('name = "core"\n',
+                                                'name = "core"\nnotify = true\n', 1))
+        assert "notify = true" in notifying.read_text()
+        publish(published, "beta", "1.2", build("1.2", tmp_path / "a"), manifest=plain)
+        assert current_channel_file(published, "beta").requires == "0.2.0"  # type: ignore[union-attr]
+        publish(published, "beta", "1.3", build("1.3", tmp_path / "b"), manifest=notifying)
+        assert current_channel_file(published, "beta").requires == "0.3.0"  # type: ignore[union-attr]
+    finally:
+        _requires._maps.cache_clear()
+
+
 def test_a_field_this_version_does_not_know_is_kept(published):
     entry = json.loads(current_channel_file(published, "beta").to_json())  # type: ignore[union-attr]
     entry["later"] = {"said": "by a newer pipeline"}

@@ -58,12 +58,14 @@ def _graph() -> dict[str, set[str]]:
 # The client's layers, top down. A module may import its own layer's modules and the layers
 # listed for it; nothing else of the client. No whitelist of single modules.
 LAYERS: dict[str, set[str]] = {
-    "greenlight.updater.cli": {"agent", "operations", "policy", "transaction", "output",
-                               "trust", "store", "product"},
-    "greenlight.updater.installer": {"cli", "agent", "operations", "output", "trust", "store",
-                                     "product"},
+    "greenlight.updater.cli": {"agent", "selfupdate", "operations", "policy", "transaction",
+                               "output", "trust", "store", "product"},
+    "greenlight.updater.installer": {"cli", "agent", "selfupdate", "operations", "output",
+                                     "trust", "store", "product"},
     "greenlight.updater.conformance": {"trust"},
-    "greenlight.updater.agent": {"operations", "policy", "output", "store", "product"},
+    "greenlight.updater.agent": {"selfupdate", "operations", "policy", "output", "store",
+                                 "product"},
+    "greenlight.updater.selfupdate": {"output", "trust", "store", "product"},
     "greenlight.updater.operations": {"policy", "transaction", "output", "trust", "store",
                                       "product"},
     "greenlight.updater.transaction": {"output", "trust", "store", "product"},
@@ -357,3 +359,20 @@ def test_a_wheel_installs_one_import_root(tmp_path):
     assert "greenlight/updater/product/launcher.py" in names
     assert "greenlight/channels/schema/channel-file.v1.schema.json" in names
     assert not any(n.startswith(("greenlight/examples", "examples/")) for n in names)
+
+
+def test_every_package_is_in_the_distribution():
+    """pyproject.toml lists the packages one by one: a package missing there is missing from
+    every pip-installed Greenlight (and from no editable one), which only an installed tree
+    shows."""
+    import tomllib
+
+    root = Path(__file__).parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    found = set()
+    for name, folder in config["package-dir"].items():
+        for init in (root / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(root / folder).parts
+            found.add(".".join((name, *parts)))
+    assert found - listed == set(), f"packages not in pyproject.toml: {sorted(found - listed)}"

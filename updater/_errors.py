@@ -146,6 +146,8 @@ class NeedsNewer(GreenlightError):
     """The channel's entry needs a newer Greenlight than this one (its signed `requires`)."""
 
     exit_code = 17
+    what: str = ""
+    """`<release> needs Greenlight >= X; this machine runs Y`, for a line of the agent's"""
 
 
 EXIT_OK = 0

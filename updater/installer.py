@@ -176,17 +176,23 @@ def _fresh_folder(path: Path) -> frozenset[Path]:
 
 
 def install_updater(root: InstallRoot) -> Path:
-    """Leave `<root>/bin/updater` on the machine for later sideloads, status and rollback:
-    this executable itself when frozen (it acts as `updater` under that name), else a script
-    that runs this interpreter's updater."""
+    """Leave `<root>/bin/updater` on the machine for later sideloads, status and rollback.
+    Frozen, this executable becomes the root's active Greenlight version, side by side in
+    `<root>/updater/<version>/` (`selfupdate.place`: the version before stays as the
+    fallback, and a newer one already there is kept); it acts as `updater` under that name
+    and moves itself from then on. From source, a script that runs this interpreter's updater
+    (moved by its package manager)."""
     folder = root.path / "bin"
     folder.mkdir(mode=0o755, exist_ok=True)
     target, part = folder / "updater", folder / ".updater.part"
     if getattr(sys, "frozen", False):
-        shutil.copyfile(sys.executable, part)
-    else:
-        part.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m "
-                        f"greenlight.updater.cli \"$@\"\n")
+        from greenlight.updater.selfupdate import place
+
+        with locked(root):
+            place(root, Path(sys.executable))
+        return target
+    part.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m "
+                    f"greenlight.updater.cli \"$@\"\n")
     os.chmod(part, 0o755)
     os.replace(part, target)
     return target

@@ -11,10 +11,11 @@ from pydantic import BaseModel, Field
 
 from greenlight.channels import Difference, Record
 from greenlight.updater.product import CheckResult
-from greenlight.updater.store import HistoryEntry, Update
+from greenlight.updater.store import GreenlightInfo, HistoryEntry, Update
 
 __all__ = ["CheckReport", "ComponentInfo", "DeltaUse", "ErrorReport", "HealthReport",
-           "HistoryReport", "Identity", "QuarantineReport", "RolloutStatus", "StatusReport",
+           "GreenlightInfo", "HistoryReport", "Identity", "QualifyCheck", "QualifyReport",
+           "QuarantineReport", "RolloutStatus", "SelfUpdateReport", "StatusReport",
            "UpgradeReport", "VerifyReport", "dump", "status_update"]
 
 class ComponentInfo(Record):
@@ -163,6 +164,36 @@ class Identity(Record):
     components: dict[str, str] = Field(description="each component's archive sha256")
 
 
+class SelfUpdateReport(Record):
+    schema_: Literal["greenlight.self-update/1"] = Field("greenlight.self-update/1",
+                                                         alias="schema")
+    root: str
+    outcome: Literal["updated", "up-to-date", "held", "quarantined", "unmanaged",
+                     "fell-back", "kept"]
+    note: str
+    running: str = Field(description="the version that ran this command")
+    active: str = Field(description="the version bin/updater enters now")
+    previous: str | None = None
+    available: str | None = Field(default=None, description="the updater channel's release")
+    channel: str | None = Field(default=None, description="the updater channel")
+    kind: str
+    probation: int = 0
+
+
+class QualifyCheck(Record):
+    name: str
+    ok: bool
+    detail: str
+
+
+class QualifyReport(Record):
+    schema_: Literal["greenlight.qualify/1"] = Field("greenlight.qualify/1", alias="schema")
+    root: str
+    version: str = Field(description="the Greenlight that qualified (or not)")
+    ok: bool
+    checks: list[QualifyCheck]
+
+
 class StatusReport(Record):
     schema_: Literal["greenlight.status/2"] = Field("greenlight.status/2", alias="schema")
     root: str
@@ -189,6 +220,7 @@ class StatusReport(Record):
     reports: str | None = Field(
         default=None, description="why the fleet collector refuses this machine's reports, "
                                   "until one is accepted")
+    greenlight: GreenlightInfo | None = Field(default=None, description="Greenlight itself")
 
 
 class QuarantineEntryInfo(Record):

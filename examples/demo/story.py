@@ -12,8 +12,11 @@ fixed beta 1.6.13 is published, the agent returns to beta, the channel the perso
 installs it. Last, a fleet chapter: three machines, each with a key of its own, report to a
 collector that guards beta's planned rollout of a 1.7.0 that fails only on one kind of machine
 (the vendor's "legacy" hardware); the two legacy machines roll back, the collector holds their
-cohort only, and the third machine, a "modern" one, takes 1.7.0. Every command is printed
-before it runs. Work happens in ./demo-work (replaced on each run).
+cohort only, and the third machine, a "modern" one, takes 1.7.0. Then Greenlight itself: the
+vendor publishes Greenlight 0.4.0 on greenlight-beta and a 1.7.1 that needs it; the modern
+machine's agent moves its own Greenlight first, then the release, in one cycle, and the
+collector's census shows which Greenlight each machine runs. Every command is printed before
+it runs. Work happens in ./demo-work (replaced on each run).
 """
 
 import shlex
@@ -243,6 +246,7 @@ def fleet(repo: Path, url: str, components) -> None:  # type: ignore[no-untyped-
         run("updater", "upgrade", "--root", str(machines[2]))
         run("release", "rollout", "status", "--collector", collector_url,
             "--admin-token-file", str(tokens / "admin"))
+        greenlight(repo, machines, collector_url, tokens / "admin", components)
     finally:
         for machine in machines:
             if (machine / "greenlight.toml").exists():
@@ -250,6 +254,36 @@ def fleet(repo: Path, url: str, components) -> None:  # type: ignore[no-untyped-
                                capture_output=True)
         collector.terminate()
         collector.wait(timeout=10)
+
+
+def greenlight(repo: Path, machines: list[Path], collector_url: str, admin: Path,
+               components) -> None:  # type: ignore[no-untyped-def]
+    """Greenlight moves itself before a release that needs it."""
+    from greenlight.channels import this_platform
+    from greenlight.updater.store import InstallRoot
+
+    from examples.demo.greenlights import greenlight_build, make_managed
+
+    say("Greenlight itself: the machines run Greenlight 0.3.0; the vendor ships 0.4.0, then a "
+        "beta 1.7.1 that needs it")
+    old, new = (greenlight_build(WORK / "greenlight", v) for v in ("0.3.0", "0.4.0"))
+    for machine in machines:
+        make_managed(InstallRoot(machine), old, "0.3.0")
+    print("  (each machine's bin/updater enters updater/0.3.0/, as the offline installer "
+          "leaves it; the builds here are this tree set to a version and entered by a script, "
+          "where `release publish-updater` without --exe builds the one-file executable)")
+    run("release", "publish-updater", str(repo), "--channel", "beta", "--exe",
+        f"{this_platform()}={new}")
+    run("release", "publish", str(repo), "--channel", "beta", "--version", "1.7.1",
+        "--requires", "0.4.0", "--collector", collector_url, "--admin-token-file", str(admin),
+        *components("1.7.1"))
+    say("The modern machine's agent, with nobody watching: Greenlight first (fetched, "
+        "qualified against the root, activated), then the release, in one cycle")
+    agent = machines[2] / "bin" / "updater"
+    run(str(agent), "agent", "--once", "--root", str(machines[2]))
+    run(str(agent), "status", "--root", str(machines[2]))
+    run("release", "status", str(repo), "--collector", collector_url,
+        "--admin-token-file", str(admin))
 
 
 def _newest_state(repo: Path) -> bytes:

@@ -7,12 +7,12 @@ by the commands that use them.
 import sys
 
 from greenlight.channels import terminal_lines
-from greenlight.release.cli import _distribution, _fleet, _keys, _repository
+from greenlight.release.cli import _distribution, _fleet, _keys, _repository, _updater
 from greenlight.release.cli._common import app, say
 
 __all__ = ["app", "main"]
 
-_COMMANDS = (_distribution, _fleet, _keys, _repository)  # each registers its commands on app
+_COMMANDS = (_distribution, _fleet, _keys, _repository, _updater)  # each registers commands
 
 
 @app.command("exit-codes")

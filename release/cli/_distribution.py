@@ -30,17 +30,20 @@ __all__: list[str] = []
               help="Bundle file to write.")
 @click.option("--expires", default="30d", show_default=True,
               help="How long offline sites may install it: 12h, 90d, 8w.")
+@click.option("--with-updater", is_flag=True,
+              help="Carry greenlight-<channel>'s Greenlight release too: `updater sideload` "
+                   "qualifies and activates it first, as an agent would online.")
 @keys_option
 @json_option
-def bundle(repo: Path, channel: str, output: Path, expires: str, keys: Path | None,
-           as_json: bool) -> None:
+def bundle(repo: Path, channel: str, output: Path, expires: str, with_updater: bool,
+           keys: Path | None, as_json: bool) -> None:
     """Write an offline bundle: root chain, metadata, channel file and artifacts, signed to
     stay valid for --expires (the new metadata is published in the repository too)."""
     from greenlight.release._durations import parse_duration
     from greenlight.release.distribution._bundle import build_bundle
 
     made = run_command(lambda: build_bundle(open_repo(repo, keys), channel, output,
-                                     parse_duration(expires)))
+                                            parse_duration(expires), with_updater))
     if as_json:
         print_json(made)
     else:

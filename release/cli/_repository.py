@@ -12,6 +12,7 @@ from greenlight.release.cli._common import (
     json_option,
     keys_option,
     open_repo,
+    print_awaiting,
     print_json,
     repo_argument,
     rollout_line,
@@ -20,9 +21,11 @@ from greenlight.release.cli._common import (
 )
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from greenlight.channels import ChannelFile, RolloutPlan
 
-__all__: list[str] = []
+__all__ = ["plan_of"]
 
 @app.command()
 @repo_argument
@@ -85,6 +88,19 @@ def _parse_components(items: list[str]) -> dict[str, Path]:
 @click.option("--manifest", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="The release's product manifest (product.toml: its services, checks, "
                    "health and the values it leaves to the machine); see docs/manifest.md.")
+@click.option("--requires", default=None, metavar="VERSION",
+              help="The oldest Greenlight that may act on this release, for one that relies "
+                   "on a behaviour of that Greenlight: the signed `requires` is raised to it "
+                   "(never lowered below what the entry's fields need).")
+@click.option("--collector", "collector_url", default=None, metavar="URL",
+              help="Before signing, ask this collector which Greenlight the machines on "
+                   "--channel run, and refuse a release they are too old for while "
+                   "greenlight-<channel> carries no updater that is new enough.")
+@click.option("--admin-token-file", type=click.Path(path_type=Path), default=None,
+              help="With --collector: the file holding its admin token.")
+@click.option("--force", default=None, metavar="REASON",
+              help="With --collector: publish over that refusal; the reason is recorded in "
+                   "REPO/publish-overrides.jsonl.")
 @keys_option
 @json_option
 def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ...],
@@ -92,28 +108,74 @@ def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ..
                 rollout_plan: str | None, soak: str, halt_rollbacks: int, halt_ratio: float,
                 halt_min_reports: int, halt_sequential: float | None,
                 halt_min_failures: int, no_deltas: bool, keep_top_folder: bool,
-                manifest: Path | None, keys: Path | None, as_json: bool) -> None:
+                manifest: Path | None, requires: str | None, collector_url: str | None,
+                admin_token_file: Path | None, force: str | None, keys: Path | None,
+                as_json: bool) -> None:
     """Add a release's component archives and point --channel at it, signed; with patches
     from the channel's (and its fallback's) recent releases where they are small.
 
     Each archive unpacks into releases/<release>/<component>/ on the machines. An archive
     whose members all sit under one top folder (core/..., core-1.2.3/...) has that folder
-    left out; the channel file records it, and this command says so."""
-    from greenlight.release.repository._publish import publish
+    left out; the channel file records it, and this command says so.
 
-    plan = None if rollout_plan is None else run_command(lambda: _plan(
+    With --collector, it shows which Greenlight the channel's machines run, and refuses
+    (exit 1, nothing signed) a release whose `requires` some of them lack while
+    greenlight-<channel> carries no updater release that satisfies it."""
+    from greenlight.release.cli._census import OVERRIDES, CensusGate, census_text, older_than
+    from greenlight.release.repository._publish import publish
+    from greenlight.release.repository._status import ChannelCensus, ChannelChange
+
+    plan = None if rollout_plan is None else run_command(lambda: plan_of(
         rollout_plan, soak, halt_rollbacks, halt_ratio, halt_min_reports, halt_sequential,
         halt_min_failures))
-    change_channel(
-        repo, keys, as_json,
-        lambda r: publish(r, channel, version, _parse_components(list(component)), fallback,
-                          allow_older, rollout_percent, deltas=not no_deltas,
-                          keep_top_folder=keep_top_folder, rollout_plan=plan,
-                          manifest=manifest),
-        _published)
+    row = run_command(lambda: _census_of(channel, requires, collector_url, admin_token_file,
+                                         force))
+
+    def work() -> ChannelChange:
+        r = open_repo(repo, keys)
+        gate = None if row is None else CensusGate(r, channel, row, force)
+        cf = publish(r, channel, version, _parse_components(list(component)), fallback,
+                     allow_older, rollout_percent, deltas=not no_deltas,
+                     keep_top_folder=keep_top_folder, rollout_plan=plan, manifest=manifest,
+                     requires=requires, gate=gate)
+        census = None if row is None else ChannelCensus(
+            machines=row["machines"], greenlight=row["greenlight"],
+            older=older_than(row, cf.requires)[0])
+        return ChannelChange(channel_file=cf, awaiting_signatures=r.pending(), census=census,
+                             override=gate.override if gate else None)
+
+    result = run_command(work)
+    if as_json:
+        print_json(result)
+        return
+    say(_published(result.channel_file))
+    if result.census is not None:
+        say(f"Greenlight on {channel}: {census_text(result.census.model_dump())}")
+    if result.override is not None:
+        say(f"published over the census (--force): {result.override['refusal']}; reason: "
+            f"{result.override['reason']}; recorded in {repo / OVERRIDES}")
+    print_awaiting(result.awaiting_signatures)
 
 
-def _plan(steps: str, soak: str, rollbacks: int, ratio: float, min_reports: int,
+def _census_of(channel: str, requires: str | None, url: str | None, token: Path | None,
+               force: str | None) -> "dict[str, Any] | None":
+    """The checked values of publish's new options, and with --collector, the census of
+    `channel` (before anything is done: an unreachable collector changes nothing)."""
+    from greenlight.channels import check_channel_name
+    from greenlight.release.cli._census import checked_collector
+    from greenlight.release.repository._channels import checked_requires
+
+    if requires is not None:
+        checked_requires(requires)
+    checked_collector(url, token, force)
+    if url is None or token is None:
+        return None
+    from greenlight.release.fleet import fetch_census
+
+    return fetch_census(url, token, check_channel_name(channel))[channel]
+
+
+def plan_of(steps: str, soak: str, rollbacks: int, ratio: float, min_reports: int,
           sequential: float | None = None, min_failures: int = 3) -> "RolloutPlan":
     from pydantic import ValidationError
 
@@ -160,32 +222,56 @@ def _published(cf: "ChannelFile") -> str:
 
 @app.command()
 @repo_argument
+@click.option("--collector", "collector_url", default=None, metavar="URL",
+              help="Also show which Greenlight versions the machines on each channel run, "
+                   "as this collector counts them.")
+@click.option("--admin-token-file", type=click.Path(path_type=Path), default=None,
+              help="With --collector: the file holding its admin token.")
 @keys_option
 @json_option
-def status(repo: Path, keys: Path | None, as_json: bool) -> None:
-    """Channels, releases, roles, thresholds and expiry dates."""
+def status(repo: Path, collector_url: str | None, admin_token_file: Path | None,
+           keys: Path | None, as_json: bool) -> None:
+    """Channels, releases, roles, thresholds and expiry dates; with --collector, the
+    Greenlight versions each channel's machines run."""
     import time
 
+    from greenlight.release.cli._census import census_text, checked_collector, with_census
     from greenlight.release.repository._status import repository_status
 
+    run_command(lambda: checked_collector(collector_url, admin_token_file))
     report = run_command(lambda: repository_status(open_repo(repo, keys)))
+    if collector_url is not None and admin_token_file is not None:
+        report = run_command(lambda: with_census(report, collector_url, admin_token_file))
     if as_json:
         print_json(report)
         return
-    say(f"{'channel':<10} {'release':<10} {'rollout':<10} {'fallback':<10} {'published':<17} "
+    w = max([10, *(len(c.channel) for c in report.channels)])
+    say(f"{'channel':<{w}} {'release':<10} {'rollout':<10} {'fallback':<10} {'published':<17} "
         f"{'revoked':<10} promoted from")
     for c in report.channels:
-        say(f"{c.channel:<10} {c.release:<10} {c.rollout:<10} {c.fallback or '-':<10} "
+        say(f"{c.channel:<{w}} {c.release:<10} {c.rollout:<10} {c.fallback or '-':<10} "
             f"{c.published_at:%Y-%m-%d %H:%M}Z  {', '.join(c.revoked) or '-':<10} "
             f"{c.promoted_from or '-'}")
+    for c in report.channels:
+        if c.updater_for is not None:
+            say(f"{c.channel} carries Greenlight's updater for the machines on "
+                f"{c.updater_for}: its release {c.release} is the updater's Greenlight version")
+    if collector_url is not None:
+        say(f"\nGreenlight on the machines (collector {collector_url}):")
+        for c in report.channels:
+            if c.census is not None:
+                older = (f"; {c.census.older} run older than {c.requires}, which "
+                         f"{c.release} requires" if c.census.older else "")
+                say(f"  {c.channel}: {census_text(c.census.model_dump())}{older}")
     say()
-    say(f"{'role':<16} {'version':>7} {'threshold':>10}  expires")
+    rw = max([16, *(len(r.role) for r in report.roles)])
+    say(f"{'role':<{rw}} {'version':>7} {'threshold':>10}  expires")
     now = time.time()
     for r in report.roles:
         days = (r.expires.timestamp() - now) / 86400
         when = (f"EXPIRED {-days:.0f} days ago: clients refuse it; renew: {r.renewal}"
                 if r.expired else f"in {days:.0f} days")
-        say(f"{r.role:<16} {r.version:>7} {f'{r.threshold} of {r.keys}':>10}  "
+        say(f"{r.role:<{rw}} {r.version:>7} {f'{r.threshold} of {r.keys}':>10}  "
             f"{r.expires:%Y-%m-%d %H:%M}Z ({when})")
     if report.awaiting_signatures:
         say(f"\nawaiting signatures: {', '.join(report.awaiting_signatures)}")

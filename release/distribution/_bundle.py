@@ -36,6 +36,7 @@ from greenlight.channels import (
     now,
     rollout_role,
     rollout_target,
+    updater_channel,
 )
 from greenlight.release._errors import NotFound, ReleaseError
 from greenlight.release.repository._channels import current_channel_file
@@ -59,20 +60,33 @@ class BundleResult(Record):
 
 @all_or_nothing
 def build_bundle(repo: FileRepository, channel: str, out: Path,
-                 expires: timedelta = timedelta(days=30)) -> BundleResult:
+                 expires: timedelta = timedelta(days=30),
+                 with_updater: bool = False) -> BundleResult:
+    """The bundle of `channel`'s release; `with_updater`: with the Greenlight release of
+    `greenlight-<channel>` too, which a sideload qualifies and activates first.
+
+    Raises:
+        NotFound: no such repository, or no release on the channel (or its updater channel).
+        ReleaseError: the root expires before the bundle would.
+    """
     if not repo.exists():
         raise NotFound(f"{repo.path}: no repository here")
     channel_file = current_channel_file(repo, channel)
     if channel_file is None:
         raise NotFound(f"channel {channel!r} has no release in {repo.path}")
+    updater = current_channel_file(repo, updater_channel(channel)) if with_updater else None
+    if with_updater and updater is None:
+        raise NotFound(f"channel {updater_channel(channel)!r} carries no Greenlight release "
+                       f"in {repo.path}: publish one with `release publish-updater`")
     until = now() + expires
     role = channel_role(channel)
+    roles = [role] + ([channel_role(updater_channel(channel))] if updater else [])
     if repo.root().expires < until:
         raise ReleaseError(
             f"root expires {repo.root().expires:%Y-%m-%d}, before the bundle would "
             f"({until:%Y-%m-%d}); rotate or re-sign root first, or choose a shorter --expires")
     # Re-sign what expires too soon; snapshot and timestamp always (new versions, same content).
-    for name in (role, Targets.type):
+    for name in (*roles, Targets.type):
         if repo.open(name).signed.expires < until:
             repo.expiry_floor[name] = until
             repo.close(name, repo.open(name))
@@ -95,7 +109,8 @@ def build_bundle(repo: FileRepository, channel: str, out: Path,
     manifests = [m for m in (channel_file.manifest, previous.manifest if previous else None)
                  if m is not None]
     carried = [*channel_file.components.values(),
-               *(previous.components.values() if previous is not None else ()), *manifests]
+               *(previous.components.values() if previous is not None else ()), *manifests,
+               *(updater.components.values() if updater is not None else ())]
     # Each carried archive's file list, where it was published with one (`updater verify`).
     lists = {}
     for components in (channel_file.components, previous.components if previous else {}):
@@ -109,14 +124,15 @@ def build_bundle(repo: FileRepository, channel: str, out: Path,
     online = rollout_role(channel)
     state = (repo.targets(online).targets.get(rollout_target(channel))
              if f"{online}.json" in snapshot.meta else None)
-    for name in (Targets.type, ARTIFACTS, role, *sorted(bins),
+    for name in (Targets.type, ARTIFACTS, *roles, *sorted(bins),
                  *([online] if f"{online}.json" in snapshot.meta else [])):
         version = snapshot.meta[f"{name}.json"].version
         members.append((repo.metadata_dir / f"{version}.{name}.json",
                         f"metadata/{version}.{name}.json"))
-    paths = [channel_target(channel), *dict.fromkeys(a.target for a in carried)]
-    sha = {channel_target(channel): repo.targets(role).targets[channel_target(channel)]
-           .hashes["sha256"]}
+    entries = [channel] + ([updater_channel(channel)] if updater else [])
+    paths = [*map(channel_target, entries), *dict.fromkeys(a.target for a in carried)]
+    sha = {channel_target(c): repo.targets(channel_role(c)).targets[channel_target(c)]
+           .hashes["sha256"] for c in entries}
     sha.update({a.target: a.sha256 for a in carried})
     paths += list(lists)
     sha.update(lists)
@@ -127,7 +143,8 @@ def build_bundle(repo: FileRepository, channel: str, out: Path,
         stored = repo.stored_target_path(target, sha[target])
         members.append((stored, f"targets/{stored.relative_to(repo.targets_dir)}"))
 
-    manifest = BundleManifest(channel, channel_file.release, now(), until)
+    manifest = BundleManifest(channel, channel_file.release, now(), until,
+                              updater.release if updater is not None else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
     try:

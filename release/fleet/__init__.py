@@ -5,6 +5,7 @@ rollouts.
 - `_judge.py`: the pure halt rule, `judge(position, evidence, now)`;
 - `_guard.py`: gathers, asks the judge, signs;
 - `_views.py`: the admin's views of the store, a bounded page at a time;
+- `_census.py`: the census of the Greenlight versions the machines on each channel run;
 - `_api.py`, `_http.py` and `dashboard.html`: the HTTP API and the page;
 - `_conns.py`: the table of open connections (bounded in all and per address);
 - `_server.py`: start-up, token files, and the client of `release rollout status`.
@@ -22,6 +23,8 @@ one PostgreSQL; SQLite (a file, no set-up) is the default. SQLAlchemy Core speak
   release it belongs to (a crash on stop under the release left), the failing checks ranked
   with an example summary, the outcomes minute by minute, and a planned rollout's step and
   who halted it and why.
+- `GET /v1/census` needs the admin token: which Greenlight versions (and installed how) the
+  machines on each channel run, each machine counted once, by its latest report.
 - `GET /` is the dashboard: a page with no data of its own that asks `/v1/rollouts` with the
   admin token the person gives (kept in the page's session storage, never in a URL that
   reaches the server) and draws the table and a chart.
@@ -38,8 +41,13 @@ Tokens are compared in constant time and never logged.
 from greenlight.release.fleet._api import RATE, make_app
 from greenlight.release.fleet._guard import Guard
 from greenlight.release.fleet._judge import Evidence, RolloutPosition, Verdict, judge
-from greenlight.release.fleet._server import admin_call, fetch_rollouts, serve_collector
+from greenlight.release.fleet._server import (
+    admin_call,
+    fetch_census,
+    fetch_rollouts,
+    serve_collector,
+)
 from greenlight.release.fleet._store import Store
 
 __all__ = ["RATE", "Evidence", "Guard", "RolloutPosition", "Store", "Verdict", "admin_call",
-           "fetch_rollouts", "judge", "make_app", "serve_collector"]
+           "fetch_census", "fetch_rollouts", "judge", "make_app", "serve_collector"]

@@ -1,6 +1,6 @@
 """The collector's HTTP API (Starlette): `POST /v1/reports` with the fleet token and the
-machine's signature; with the admin token, `GET /v1/rollouts`, `GET /metrics` (Prometheus),
-`GET /v1/machines` and `POST /v1/machines/approve|revoke|load` (enrolment); `GET
+machine's signature; with the admin token, `GET /v1/rollouts`, `GET /v1/census` (`_census`),
+`GET /metrics`, `GET /v1/machines` and `POST /v1/machines/approve|revoke|load`; `GET
 /openapi.json` (the report API, from the wire format's own model), and `GET /`, the
 dashboard (a static asset, `dashboard.html`, with no data of its own). Tokens are compared
 in constant time and never logged.
@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from greenlight.release.fleet._census import census_endpoint
 from greenlight.release.fleet._conns import ADMIN, Connections
 from greenlight.release.fleet._guard import Guard
 from greenlight.release.fleet._http import (
@@ -47,12 +48,7 @@ from greenlight.release.fleet._store import (
     NEWCOMER_KEY_BYTES,
     Store,
 )
-from greenlight.release.fleet._views import (
-    MACHINES_PAGE,
-    ROLLOUTS_PAGE,
-    empty_row,
-    encode_cursor,
-)
+from greenlight.release.fleet._views import MACHINES_PAGE, ROLLOUTS_PAGE, empty_row, encode_cursor
 
 __all__ = ["BODY_MAX", "CONNECTION", "ENROL_RATE", "RATE", "dashboard", "make_app", "openapi"]
 
@@ -320,6 +316,7 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
                                          None if after is None else (after[0], after[1]))
         return JSONResponse({"schema": "greenlight.machines/1",
                              "enrolment": enrolment,
+                             "census": (await run_in_threadpool(store.census))[0],
                              "counts": await run_in_threadpool(store.enrolment, clock()),
                              "machines": listed,
                              "next": encode_cursor(listed[-1]["enrolled"], listed[-1]["id"])
@@ -421,7 +418,7 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         rows, cursor = await run_in_threadpool(
             overview, limit, None if after is None else (after[0], after[1]))
         return JSONResponse({"schema": "greenlight.rollouts/1", "rollouts": rows,
-                             "next": cursor,
+                             "next": cursor, "census": (await run_in_threadpool(store.census))[0],
                              "machines": {"enrolment": enrolment, **await run_in_threadpool(
                                  store.enrolment, clock())}})
 
@@ -485,6 +482,7 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         Route("/v1/rollouts/{action:str}", host_checked(admin(act)), methods=["POST"]),
         Route("/metrics", admin(metrics)),
         Route("/v1/machines", host_checked(admin(machines))),
+        Route("/v1/census", host_checked(admin(census_endpoint(store)))),
         Route("/v1/machines/approve", host_checked(admin(approve)), methods=["POST"]),
         Route("/v1/machines/revoke", host_checked(admin(revoke)), methods=["POST"]),
         Route("/v1/machines/load", host_checked(admin(load)), methods=["POST"]),

@@ -93,6 +93,20 @@ def openapi() -> dict[str, Any]:
                      "description": "the previous page's `next`"}],
                 "responses": {"200": {"description": "greenlight.rollouts/1"},
                               "401": {"description": "the admin token is missing or wrong"}}}},
+            "/v1/census": {"get": {
+                "summary": "Which Greenlight versions, installed how, the machines on each "
+                           "channel run, each machine by its latest report (the admin token)",
+                "security": bearer,
+                "parameters": [{"name": "channel", "in": "query", "schema": {
+                    "type": "string"}, "description": "one channel (else every channel, "
+                                                      "at most 200, `more` past them)"}],
+                "responses": {"200": {"description": "greenlight.census/1: {channel, "
+                                                     "machines, greenlight: {version: {kind: "
+                                                     "machines}}}; a report without "
+                                                     "`greenlight` counts as 0.2.0, kind "
+                                                     "unknown"},
+                              "401": {"description": "the admin token is missing or wrong"},
+                              "422": {"description": "not a channel name", **error}}}},
             "/metrics": {"get": {
                 "summary": "Prometheus metrics (the admin token)", "security": bearer,
                 "responses": {"200": {"description": "text exposition format"}}}},

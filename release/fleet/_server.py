@@ -13,8 +13,8 @@ from greenlight.release.fleet._conns import MAX_CONNECTIONS, PER_ADDRESS, Connec
 from greenlight.release.fleet._guard import Guard
 from greenlight.release.fleet._store import ENROLMENT_MODES, Store
 
-__all__ = ["HEAD_MAX", "MAX_CONNECTIONS", "REQUEST_TIMEOUT", "admin_call", "fetch_rollouts",
-           "serve_collector"]
+__all__ = ["HEAD_MAX", "MAX_CONNECTIONS", "REQUEST_TIMEOUT", "admin_call", "fetch_census",
+           "fetch_rollouts", "serve_collector"]
 
 
 PAGES_MAX = 1000
@@ -45,6 +45,30 @@ def fetch_rollouts(url: str, admin_token_file: Path) -> dict[str, Any]:
         rows += page["rollouts"]
         cursor = page.get("next")
     return {**answer, "rollouts": rows, "next": None}
+
+
+def fetch_census(url: str, admin_token_file: Path,
+                 channel: str | None = None) -> dict[str, dict[str, Any]]:
+    """`GET /v1/census` of a collector (one channel's, or every channel's), checked:
+    {channel: {"machines": N, "greenlight": {version: {kind: machines}}}}.
+
+    Raises:
+        RemoteError: unreachable, an answer other than 200, or not a census.
+    """
+    from urllib.parse import quote
+
+    from greenlight.release.fleet._census import CENSUS_SCHEMA, checked_census
+
+    path = "v1/census" + ("" if channel is None else f"?channel={quote(channel)}")
+    answer = admin_call(url, admin_token_file, "GET", path)
+    try:
+        return checked_census(answer, channel)
+    except ValueError as e:
+        from greenlight.channels import printable
+
+        raise RemoteError(f"the collector at {url} answered with no {CENSUS_SCHEMA} "
+                          f"(a collector before Greenlight 0.3.0 has none): "
+                          f"{printable(str(e), 120)}") from None
 
 
 def admin_call(url: str, admin_token_file: Path, method: str, path: str,

@@ -86,6 +86,8 @@ class Store(Views):
             sa.Column("cohort", sa.String(80)),
             sa.Column("report_id", sa.String(32)),  # counted once per key (replays)
             sa.Column("upgrading_to", sa.String(80)),  # crashed-on-stop: the release tried
+            sa.Column("greenlight", sa.String(64)),  # the Greenlight that sent it (0.3.0 on)
+            sa.Column("greenlight_kind", sa.String(8)),  # how it is installed
             sa.Index("reports_release", "channel", "release"),
             sa.Index("reports_installation", "installation", "received"),
             sa.Index("reports_received", "received"),
@@ -138,7 +140,8 @@ class Store(Views):
         sa = self.sa
         have = {c["name"] for c in sa.inspect(self.engine).get_columns("reports")}
         for name, kind in (("cohort", "VARCHAR(80)"), ("report_id", "VARCHAR(32)"),
-                           ("upgrading_to", "VARCHAR(80)")):
+                           ("upgrading_to", "VARCHAR(80)"), ("greenlight", "VARCHAR(64)"),
+                           ("greenlight_kind", "VARCHAR(8)")):
             if name not in have:
                 try:
                     with self.engine.begin() as c:
@@ -292,7 +295,9 @@ class Store(Views):
                     "release": report.release, "release_key": report.release_key,
                     "outcome": report.outcome, "at": report.at, "received": received,
                     "body": body, "cohort": report.cohort, "report_id": rid,
-                    "upgrading_to": getattr(report, "upgrading_to", None)})
+                    "upgrading_to": getattr(report, "upgrading_to", None),
+                    "greenlight": getattr(report, "greenlight", None),
+                    "greenlight_kind": getattr(report, "greenlight_kind", None)})
                 out.append((("accepted" if state == "active" else "pending"), new,
                             state == "active" and not known[ident][2]))
             if enrol:

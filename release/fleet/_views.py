@@ -11,6 +11,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from greenlight.release.fleet._census import Census
+
 __all__ = ["BODY_BUDGET", "CHECK_BODIES", "MACHINES_PAGE", "ROLLOUTS_PAGE", "TIMELINE_ROWS",
            "Views", "decode_cursor", "empty_row", "encode_cursor", "failure_text"]
 
@@ -52,7 +54,7 @@ def failure_text(outcome: str, release: str | None, upgrading_to: str | None = N
 def empty_row(channel: str, release: str | None) -> dict[str, Any]:
     """A release's row of `/v1/rollouts` before anything counted was reported on it."""
     return {"channel": channel, "release": release or None, "machines": 0, "outcomes": {},
-            "failures": [], "checks": [], "cohorts": [], "timeline": []}
+            "failures": [], "checks": [], "cohorts": [], "timeline": [], "greenlight": {}}
 
 
 def encode_cursor(*parts: str) -> str:
@@ -78,18 +80,10 @@ def decode_cursor(cursor: str, n: int) -> tuple[str, ...]:
     return tuple(parts)
 
 
-class Views:
+class Views(Census):
     """The admin's reads and writes of machine keys, and the rollout views (mixed into
-    `Store`, whose tables, engine and `counting` they use)."""
-
-    sa: Any
-    engine: Any
-    reports: Any
-    machines: Any
-
-    def counting(self, established_before: datetime | None = None,
-                 about: str | None = None) -> Any:  # pragma: no cover (Store's)
-        raise NotImplementedError
+    `Store`, whose tables, engine and `counting` they use); with the census of Greenlight
+    versions (`Census`)."""
 
     # --- machines ----------------------------------------------------------------------
     def machine_list(self, state: str | None = None, limit: int = MACHINES_PAGE,
@@ -107,8 +101,11 @@ class Views:
         with self.engine.connect() as c:
             rows = c.execute(query.order_by(m.c.enrolled.desc(), m.c.id.desc())
                              .limit(min(limit, MACHINES_PAGE))).all()
+        runs = self.machine_greenlight([r.id for r in rows])
         return [{"id": r.id, "key": r.public_key, "state": r.state, "source": r.source,
-                 "enrolled": _utc(r.enrolled).isoformat()} for r in rows]
+                 "enrolled": _utc(r.enrolled).isoformat(),
+                 "greenlight": runs.get(r.id, (None, None))[0],
+                 "greenlight_kind": runs.get(r.id, (None, None))[1]} for r in rows]
 
     def set_state(self, ids: list[str], state: str, only_from: str | None = None) -> int:
         """Approve (active) or revoke machines by id; the number changed."""
@@ -229,6 +226,8 @@ class Views:
             point[outcome] += 1
         for key, minutes in series.items():
             out[key]["timeline"] = sorted(minutes.values(), key=lambda p: p["t"])
+        for key, runs in self.row_census(pairs).items():  # what its machines run now
+            out[key]["greenlight"] = runs
         return out
 
 

@@ -8,20 +8,27 @@ from pathlib import Path
 from tuf.api.metadata import DelegatedRole, Delegations, Metadata, TargetFile, Targets
 
 from greenlight.channels import (
+    UPDATER_PREFIX,
     VERSION,
     ChannelFile,
+    InvalidValue,
+    canonical_version,
     channel_role,
     channel_target,
     check_channel_name,
+    is_newer,
+    known_fields,
+    manifest_required_version,
     required_version,
     unknown_fields,
+    updater_channel,
 )
 from greenlight.release._errors import Conflict, NotFound, UsageError
 from greenlight.release.repository._repository import FileRepository
 
 __all__ = ["add_artifacts", "channel_history", "channels", "check_known", "checked_fallback",
-           "current_channel_file", "delegate", "ensure_channel_role", "require",
-           "write_channel_file"]
+           "checked_requires", "current_channel_file", "delegate", "ensure_channel_role",
+           "raised_requires", "require", "signed_requires", "write_channel_file"]
 
 
 def require(repo: FileRepository) -> None:
@@ -42,8 +49,8 @@ def current_channel_file(repo: FileRepository, channel: str) -> ChannelFile | No
 def checked_fallback(repo: FileRepository, channel: str, fallback: str | None,
                      current: ChannelFile | None) -> str | None:
     """The fallback `channel`'s file will name: `fallback` as given, else what the channel
-    named before, else `stable`; an inherited or default fallback that is not published is
-    left out, a given one is refused.
+    named before, else `stable` (none for an updater channel, `greenlight-*`); an inherited
+    or default fallback that is not published is left out, a given one is refused.
 
     Raises:
         UsageError: not a channel name, the channel itself, or a cycle of fallbacks.
@@ -52,7 +59,8 @@ def checked_fallback(repo: FileRepository, channel: str, fallback: str | None,
     given = fallback is not None
     if fallback is None:  # inherited or the default: kept only while it is published
         fallback = current.fallback if current else None
-        if fallback is None and channel != "stable":
+        if fallback is None and channel != "stable" and \
+                not channel.startswith(UPDATER_PREFIX):  # an updater release has no fallback
             fallback = "stable"
         if fallback is None or fallback == channel or \
                 current_channel_file(repo, fallback) is None:
@@ -146,17 +154,100 @@ def check_known(entry: dict[str, object], channel: str) -> None:
                        "version's release tool")
 
 
-def write_channel_file(repo: FileRepository, channel_file: ChannelFile) -> ChannelFile:
-    """Sign `channel_file` as the channel's target and publish a new snapshot and timestamp,
-    with the oldest Greenlight that can act on it as its `requires` (channels/_requires.py).
-    Returns the entry as signed.
+def checked_requires(given: str, repo: FileRepository | None = None,
+                     channel: str | None = None) -> str:
+    """A `requires` the vendor gives (`release publish --requires`): a version, written the
+    one way. One newer than this release tool's Greenlight is taken only when the channel's
+    machines have that Greenlight to move to: `greenlight-<channel>` in `repo` carries a
+    release at least that new (`release publish-updater`). Without `repo`, only the form is
+    checked.
+
+    Raises:
+        UsageError: not a version, not written the one way, or newer than this Greenlight
+            with no such updater release published.
+    """
+    try:
+        canonical_version(given)
+    except InvalidValue as e:
+        raise UsageError(f"--requires {given!r}: {e}") from None
+    if repo is None or channel is None or not is_newer(given, VERSION):
+        return given
+    updater = current_channel_file(repo, updater_channel(channel))
+    if updater is not None and not is_newer(given, updater.release) and \
+            not updater.is_revoked(updater.release):
+        return given
+    raise UsageError(f"--requires {given}: newer than this release tool's Greenlight "
+                     f"({VERSION}), and {updater_channel(channel)} carries no Greenlight >= "
+                     f"{given}: publish it first (`release publish-updater`), or use the "
+                     "release tool of that version")
+
+
+def signed_requires(channel_file: ChannelFile, floor: str | None = None) -> str | None:
+    """The `requires` an entry is signed with: the oldest Greenlight that knows every field
+    it uses (channels/_requires.py), raised to `floor` when that is newer (a vendor's
+    `--requires`, or one kept by `raised_requires`): raised, never lowered. None when the
+    first version's fields suffice and nothing raises it (that version refuses the field).
 
     Raises:
         Conflict: the entry has a field this version does not know (`check_known`).
     """
     entry = json.loads(channel_file.to_json())
     check_known(entry, channel_file.channel)
-    channel_file = channel_file.model_copy(update={"requires": required_version(entry)})
+    computed = required_version(entry)
+    first = next(iter(known_fields()))
+    if floor is None or not is_newer(floor, first):
+        return computed
+    return floor if computed is None or is_newer(floor, computed) else computed
+
+
+def raised_requires(channel_file: ChannelFile) -> str | None:
+    """The `requires` a signed entry carries above what its fields need (a vendor raised it:
+    `release publish --requires`), to keep when its release is signed anew (a rollout, a
+    yank back to it, a promotion, a manifest attached); None when it was computed."""
+    if channel_file.requires is None:
+        return None
+    try:
+        computed = required_version(json.loads(channel_file.to_json()))
+    except ValueError:  # a field no version knows: keep what it says
+        return channel_file.requires
+    return channel_file.requires if is_newer(channel_file.requires, computed) else None
+
+
+def _manifest_requires(repo: FileRepository, channel_file: ChannelFile) -> str | None:
+    """The oldest Greenlight that knows every key of the entry's product manifest (read
+    strictly by machines: a key newer than the reader stops it), if it carries one."""
+    import tomllib
+
+    ref = channel_file.manifest
+    if ref is None:
+        return None
+    try:
+        text = repo.stored_target_path(ref.target, ref.sha256).read_text()
+        return manifest_required_version(tomllib.loads(text))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise NotFound(f"the manifest {ref.target} of {channel_file.channel} "
+                       f"{channel_file.release} cannot be read: {e}") from None
+    except ValueError as e:
+        raise Conflict(f"{channel_file.channel} {channel_file.release}: {e}; this release "
+                       "tool is older than the manifest") from None
+
+
+def write_channel_file(repo: FileRepository, channel_file: ChannelFile,
+                       requires: str | None = None) -> ChannelFile:
+    """Sign `channel_file` as the channel's target and publish a new snapshot and timestamp,
+    with the oldest Greenlight that can act on it as its `requires` (channels/_requires.py:
+    its fields, and its product manifest's keys), raised to `requires` when that is newer
+    (`signed_requires`). Returns the entry as signed.
+
+    Raises:
+        Conflict: the entry has a field this version does not know (`check_known`).
+    """
+    floor = requires
+    needed = _manifest_requires(repo, channel_file)
+    if needed is not None and (floor is None or is_newer(needed, floor)):
+        floor = needed
+    channel_file = channel_file.model_copy(
+        update={"requires": signed_requires(channel_file, floor)})
     info = repo.add_target_bytes(channel_target(channel_file.channel), channel_file.to_json())
     with repo.edit_targets(channel_role(channel_file.channel)) as role_targets:
         role_targets.targets[info.path] = info

@@ -11,6 +11,7 @@ from greenlight.release.repository._channels import (
     checked_fallback,
     current_channel_file,
     ensure_channel_role,
+    raised_requires,
     write_channel_file,
 )
 from greenlight.release.repository._repository import FileRepository, all_or_nothing
@@ -48,7 +49,7 @@ def promote(repo: FileRepository, source: str, target: str, version: str | None 
         promoted_from=source, published_at=now(),
     )
     ensure_channel_role(repo, target)
-    return write_channel_file(repo, promoted)
+    return write_channel_file(repo, promoted, raised_requires(chosen))
 
 
 @all_or_nothing
@@ -75,7 +76,8 @@ def yank(repo: FileRepository, channel: str, version: str, reason: str) -> Chann
         "release": base.release, "components": base.components, "manifest": base.manifest,
         "revoked": revoked,
         "rollout": None, "published_at": now()})
-    return write_channel_file(repo, ChannelFile.model_validate(yanked.model_dump()))
+    return write_channel_file(repo, ChannelFile.model_validate(yanked.model_dump()),
+                              raised_requires(base))
 
 
 @all_or_nothing
@@ -115,7 +117,8 @@ def rollout(repo: FileRepository, channel: str, percent: int | None = None,
         if staged == current.rollout:
             return current
         updated = current.model_copy(update={"rollout": staged, "published_at": now()})
-        return write_channel_file(repo, ChannelFile.model_validate(updated.model_dump()))
+        return write_channel_file(repo, ChannelFile.model_validate(updated.model_dump()),
+                                  raised_requires(current))
 
 
 __all__ = ["channel_history", "promote", "rollout", "yank"]

@@ -6,6 +6,7 @@ recent releases, and writes the channel file as a target of the channel's own de
 timestamp.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 
 from greenlight.channels import (
@@ -27,9 +28,12 @@ from greenlight.release._errors import Conflict, NotFound, ReleaseError, UsageEr
 from greenlight.release.repository._channels import (
     add_artifacts,
     checked_fallback,
+    checked_requires,
     current_channel_file,
     ensure_channel_role,
+    raised_requires,
     require,
+    signed_requires,
     write_channel_file,
 )
 from greenlight.release.repository._deltas import build_deltas
@@ -122,6 +126,8 @@ def publish(
     keep_top_folder: bool = False,
     rollout_plan: RolloutPlan | None = None,
     manifest: Path | None = None,
+    requires: str | None = None,
+    gate: Callable[[ChannelFile], None] | None = None,
 ) -> ChannelFile:
     """Publish `version` on `channel`. An archive whose members all sit under one top folder
     (`core/...`, `core-1.2.3/...`) is recorded with that folder as its `strip_prefix`, so it
@@ -129,13 +135,19 @@ def publish(
     With `rollout_plan`, the release rolls out by the plan's steps, moved along (or halted)
     by the online `rollout-<channel>` role; its soak counts from now. With `manifest`, the
     release carries its product manifest (how it runs and is checked), checked by the
-    machines' own loader before anything is signed, and published as a target of its own."""
+    machines' own loader before anything is signed, and published as a target of its own.
+    With `requires`, the entry's signed `requires` is raised to it (a release that relies on
+    a behaviour of that Greenlight), never lowered below what its fields need. `gate` is shown
+    the entry as it will be signed, `requires` worked out, before anything is: it refuses the
+    publish by raising (a `ReleaseError`), and nothing is changed."""
     from greenlight.updater import ArchiveError
     from greenlight.updater.store import top_folder
 
     require(repo)
     check_channel_name(channel)
     canonical_version(version)
+    if requires is not None:
+        checked_requires(requires, repo, channel)
     if not components:
         raise UsageError("nothing to publish: give at least one --component NAME=PATH")
     for name, path in components.items():
@@ -192,7 +204,10 @@ def publish(
         rollout=rollout,
         published_at=now(),
     )
-    return write_channel_file(repo, channel_file)
+    if gate is not None:
+        gate(channel_file.model_copy(update={"requires": signed_requires(channel_file,
+                                                                         requires)}))
+    return write_channel_file(repo, channel_file, requires)
 
 
 @all_or_nothing
@@ -235,4 +250,4 @@ def attach_manifest(repo: FileRepository, channel: str, manifest: str,
                        "rollout, or publish a new release with --manifest")
     ref = _manifest_ref(repo, current.release, data)
     channel_file = current.model_copy(update={"manifest": ref, "published_at": now()})
-    return write_channel_file(repo, channel_file), True
+    return write_channel_file(repo, channel_file, raised_requires(current)), True

@@ -31,6 +31,7 @@ Time comes in through `clock` (wall time, for windows and holds) and `sleep`, so
 drive cycles without waiting for them.
 """
 
+import contextlib
 import errno
 import json
 import random
@@ -47,9 +48,11 @@ from greenlight.channels import atomic_write, now, terminal_lines
 from greenlight.updater._errors import (
     BusyError,
     GreenlightError,
+    NeedsNewer,
     NetworkError,
     raise_if_signalled,
 )
+from greenlight.updater.agent._greenlight import take_greenlight
 from greenlight.updater.policy import CYCLE_LIMIT, STOP_LIMIT, AgentInput, agent_step
 from greenlight.updater.product import AgentConfig, config_of
 from greenlight.updater.store import (
@@ -98,6 +101,7 @@ class Agent:
                  local: Callable[[datetime], datetime] = _local) -> None:
         self.root, self.clock, self.sleep, self.rng, self.local = root, clock, sleep, rng, local
         self.failures = 0
+        self.internal = False
         self.events: list[Event] = []
         self.refused: str | None = None
 
@@ -112,6 +116,18 @@ class Agent:
         except (OSError, ValueError):
             return []
         return [str(x) for x in said] if isinstance(said, list) else []
+
+    def _said_once(self, line: str) -> bool:
+        """Whether `line` (about Greenlight itself) was said already; remembered if not."""
+        path = self.root.state / "run" / "greenlight-said"
+        try:
+            if path.read_text() == line:
+                return True
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            atomic_write(path, line.encode())
+        return False
 
     def _remember(self, said: list[str]) -> None:
         try:
@@ -183,6 +199,7 @@ class Agent:
             self.log(f"error (store): {said}")
             self._status(error=said)
         else:  # the agent outlives its own bugs: report and go on
+            self.internal = True  # a new Greenlight's probation counts it (loop.py)
             self.log(f"internal error: {type(e).__name__}: {e} (please report it)")
         return self._backoff(config)
 
@@ -222,7 +239,15 @@ class Agent:
         self._supervise(config)
         repo = open_repository(root)
         self._verify(config)
-        report = check(root, repo, bool(crashed_services(root)))
+        try:
+            report = check(root, repo, bool(crashed_services(root)))
+        except NeedsNewer as need:  # Greenlight first, then (re-executed) the product
+            if not self._said_once(f"need: {need.what}"):
+                self.log(f"{need.what}: updating Greenlight first")
+            why = take_greenlight(root, repo, config, self.log, self._said_once)
+            raise NeedsNewer(f"{need.what}: {why or 'no newer Greenlight is available here'}"
+                             ) from None
+        take_greenlight(root, repo, config, self.log, self._said_once)  # re-executes if moved
         channel, installed, available = report.channel, report.installed, report.available
         hold = hold_of(root, self.clock())
         step = agent_step(AgentInput(
@@ -386,8 +411,13 @@ def loop_argv(root: InstallRoot) -> list[str]:
     """The long-running agent: a bare interpreter running agent_loop.py (or the frozen
     executable's `--greenlight-agent-loop`), which runs `updater agent --once` per cycle."""
     from greenlight.updater.product import frozen
+    from greenlight.updater.store import entry_point, managed_version
 
     limits = ["--cycle-limit", str(CYCLE_LIMIT), "--stop-limit", str(STOP_LIMIT)]
+    if managed_version(root) is not None:  # each cycle enters the active version
+        loop = [sys.executable, "--greenlight-agent-loop"] if frozen() else [
+            sys.executable, "-I", "-S", str(LOOP)]
+        return [*loop, "--root", str(root.path), *limits, "--", str(entry_point(root))]
     if frozen():
         return [sys.executable, "--greenlight-agent-loop", "--root", str(root.path), *limits,
                 "--", sys.executable]
@@ -406,6 +436,11 @@ def run_once(root: InstallRoot, failures: int = 0, report: Path | None = None) -
         wait = agent.run(once=True)
     except KeyboardInterrupt:
         return 130
+    if not agent.internal:
+        from greenlight.updater.selfupdate import cycle_ended
+
+        cycle_ended(root)
     if report is not None:
-        atomic_write(report, json.dumps({"wait": wait, "failures": agent.failures}).encode())
+        atomic_write(report, json.dumps({"wait": wait, "failures": agent.failures,
+                                         "internal": agent.internal}).encode())
     return 0

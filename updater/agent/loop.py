@@ -60,6 +60,7 @@ def main(args: list[str] | None = None) -> int:
     report = os.path.join(root, "state", "agent-cycle.json")
     signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)  # already so after `updater agent`
     failures, wait = 0, 0.0
+    entered = os.path.realpath(updater[0])
     while True:
         stop = _waited(wait)
         if stop is None:
@@ -67,11 +68,16 @@ def main(args: list[str] | None = None) -> int:
                 os.unlink(report)
             argv = [*updater, "agent", "--once", "--root", root, "--failures", str(failures),
                     "--report", report]
-            stop = _cycle(argv, limits)
+            stop, code = _cycle(argv, limits)
+            if stop is None:
+                _probation(root, code, report)
         if stop is not None:
             _log(f"stopped by {signal.Signals(stop).name}")
             return 0
         wait, failures = _next(report, failures)
+        if _moved(root, updater[0], entered):  # Greenlight moved, and its probation passed
+            _log(f"Greenlight moved: the agent re-executes into {os.path.realpath(updater[0])}")
+            os.execv(updater[0], [updater[0], "agent", "--root", root])
 
 
 def _waited(seconds: float) -> int | None:
@@ -85,15 +91,65 @@ def _waited(seconds: float) -> int | None:
             return None
 
 
-def _cycle(argv: list[str], limits: tuple[float, float]) -> int | None:
+def _updaters(root: str) -> dict[str, object]:
+    """state/updater.json (Greenlight's versions side by side), or {}."""
+    try:
+        with open(os.path.join(root, "state", "updater.json")) as f:
+            state = json.load(f)
+        return state if isinstance(state, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _version(entry: object) -> str | None:
+    version = entry.get("version") if isinstance(entry, dict) else None
+    return version if isinstance(version, str) else None
+
+
+def _probation(root: str, code: int | None, report: str) -> None:
+    """A Greenlight version on probation whose cycle crashed, hung or ended in an internal
+    error: the previous version puts it aside (`self-update --fall-back`) and takes over."""
+    state = _updaters(root)
+    active, previous = _version(state.get("active")), _version(state.get("previous"))
+    if not state.get("probation") or not active or not previous:
+        return
+    try:
+        with open(report) as f:
+            internal = bool(json.load(f).get("internal"))
+    except (OSError, ValueError, AttributeError):
+        internal = False
+    if code == 0 and not internal:
+        return
+    why = ("its agent cycle ended in an internal error" if code == 0 else
+           "its agent cycle did not end in time" if code is None else
+           f"its agent cycle died of signal {-code}" if code < 0 else
+           f"its agent cycle exited {code}")
+    fallback = os.path.join(root, "updater", previous, "updater")
+    _log(f"Greenlight {active}: {why}; falling back to {previous}")
+    try:
+        subprocess.run([fallback, "self-update", "--root", root, "--fall-back", why],
+                       stdin=subprocess.DEVNULL, timeout=300, check=False)
+    except (OSError, subprocess.SubprocessError) as e:
+        _log(f"cannot run Greenlight {previous}: {e}")
+
+
+def _moved(root: str, entry: str, entered: str) -> bool:
+    """bin/updater enters another version than the one this loop was started from, and that
+    version has passed its probation: the loop itself moves to it."""
+    return (os.path.realpath(entry) != entered and os.path.basename(entry) == "updater"
+            and not _updaters(root).get("probation"))
+
+
+def _cycle(argv: list[str], limits: tuple[float, float]) -> tuple[int | None, int | None]:
     """Run one cycle to its end: within the cycle limit, or the stop limit once told to
-    stop. Returns the stop signal that arrived meanwhile, if one did."""
+    stop. Returns the stop signal that arrived meanwhile, if one did, and the cycle's exit
+    status (negative: a signal; None: it was killed for running too long)."""
     cycle_limit, stop_limit = limits
     try:
         child = subprocess.Popen(argv)
     except OSError as e:
         _log(f"cannot run the updater: {e.strerror or e}")
-        return None  # a stop meanwhile is pending: the wait that follows takes it
+        return None, 0  # a stop meanwhile is pending: the wait that follows takes it
     started, stop, stop_at = time.monotonic(), None, None
     while child.poll() is None:
         now = time.monotonic()
@@ -101,13 +157,13 @@ def _cycle(argv: list[str], limits: tuple[float, float]) -> int | None:
             _log("a cycle did not end in time and was killed")
             child.kill()
             child.wait()
-            break
+            return stop, None
         got = signal.sigtimedwait(STOPS, 0.1 if stop_at is None else 0.05)
         if got is not None and stop is None:
             stop, stop_at = got.si_signo, now + stop_limit
             with contextlib.suppress(ProcessLookupError):
                 child.send_signal(signal.SIGTERM)  # it undoes or finishes, then exits
-    return stop
+    return stop, child.returncode
 
 
 def _next(report: str, failures: int) -> tuple[float, int]:

@@ -1,6 +1,7 @@
 """The commands that move the installation: init, check, upgrade, sideload, rollback,
 recover, status, channel and the agent."""
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from greenlight.updater._errors import (
 
 if TYPE_CHECKING:
     from greenlight.updater.output import StatusReport, VerifyReport
+    from greenlight.updater.store import InstallRoot
 
 
 from greenlight.updater.cli._common import (
@@ -175,10 +177,33 @@ def sideload_cmd(bundle: Path, root: Path | None, force: bool, switch: bool,
     from greenlight.updater.operations import sideload
 
     install = open_root(root)
+    _greenlight_first(install, bundle, as_json)
     with progress_bar(not as_json) as progress:
         report = run_command(as_json, lambda: sideload(install, bundle, progress, force, switch,
                                                        allow_downgrade), install, sends=True)
     finish_transaction(report, as_json)
+
+
+def _greenlight_first(install: "InstallRoot", bundle: Path, as_json: bool) -> None:
+    """A bundle that carries a newer Greenlight for this root moves it first (qualified and
+    activated as online); the sideload then goes on in the new version (re-executed)."""
+    import os
+
+    from greenlight.updater.selfupdate import from_bundle
+    from greenlight.updater.store import entry_point, greenlight_kind
+
+    if not install.config_path.exists() or greenlight_kind(install) not in ("exe", "copy"):
+        return
+    moved = run_command(as_json, lambda: from_bundle(
+        install, bundle, told=lambda line: None if as_json else say(line)), install)
+    if moved is None or moved.outcome in ("up-to-date", "unmanaged"):
+        return
+    if not as_json:
+        say(moved.note)
+    if moved.outcome == "updated":
+        point = entry_point(install)
+        sys.stdout.flush()
+        os.execv(point, [str(point), *sys.argv[1:]])
 
 
 @app.command("rollback")
@@ -256,6 +281,13 @@ def status(root: Path | None, as_json: bool) -> None:
         rows.append(("last event", report.last_event))
     if report.reports:
         rows.append(("fleet reports", report.reports))
+    if report.greenlight is not None:
+        g = report.greenlight
+        rows.append(("greenlight", f"{g.version} ({g.kind}" + (
+            f"; fallback {g.previous}" if g.previous else "") + (
+            f"; on probation for {g.probation} more cycle{'s' if g.probation > 1 else ''}"
+            if g.probation else "") + ")"))
+        rows += [("greenlight put aside", f"{v}: {why}") for v, why in g.quarantined.items()]
     for label, value in rows:
         say(f"{label:<14} {value}")
 

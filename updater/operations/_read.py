@@ -22,6 +22,7 @@ from greenlight.updater.store import (
     InstallRoot,
     QuarantineEntry,
     active_channel,
+    greenlight_info,
     history,
     hold_of,
     locked,
@@ -253,6 +254,7 @@ def status(root: InstallRoot) -> StatusReport:
         hold=_hold_text(root),
         pin=pin.version if (pin := pin_of(root)) else None,
         reports=refusal(root),
+        greenlight=greenlight_info(root),
     )
 
 

@@ -4,7 +4,14 @@ the transaction is loaded only when a journal exists."""
 
 from greenlight.updater._errors import BusyError, shielded
 from greenlight.updater.product import config_of
-from greenlight.updater.store import HistoryEntry, InstallRoot, Journal, locked
+from greenlight.updater.store import (
+    HistoryEntry,
+    InstallRoot,
+    Journal,
+    locked,
+    settle,
+    unsettled,
+)
 
 __all__ = ["recover_if_interrupted", "recover_root"]
 
@@ -30,6 +37,12 @@ def recover_if_interrupted(root: InstallRoot) -> HistoryEntry | None:
             is not raised: it is recorded in the history and the journal stays for the next
             recovery. Another updater holding the root is not an error: it finishes its own.
     """
+    if unsettled(root):  # Greenlight's own activation, cut short: finished or undone first
+        try:
+            with locked(root), shielded():
+                settle(root)
+        except BusyError:
+            pass  # the updater that holds the root is the one activating: it finishes
     if not Journal.path(root).exists():
         return None
     try:

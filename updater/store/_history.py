@@ -14,7 +14,8 @@ __all__ = ["EventKind", "HistoryEntry", "RecordedCheck", "history", "record"]
 
 EventKind = Literal["upgraded", "downgraded", "rolled-back", "rollback-failed", "recovered",
                     "precheck-forced", "precheck-blocked", "manual-rollback", "yanked",
-                    "quarantine-lifted", "interrupted", "crash-loop", "damaged", "repaired"]
+                    "quarantine-lifted", "interrupted", "crash-loop", "damaged", "repaired",
+                    "greenlight-updated", "greenlight-quarantined"]
 
 
 class RecordedCheck(Record):

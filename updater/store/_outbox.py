@@ -6,6 +6,10 @@ One report per transaction, made from its history entry, queued by an explicit c
 write; sending happens later (`greenlight.updater.agent.send_reports`), so a
 collector that is down never blocks, slows or fails an upgrade. The queue is bounded: past
 `queue_max` the oldest report is dropped.
+
+Each report names the Greenlight that made it (`greenlight`, this version) and how it is
+installed (`greenlight_kind`): the collector's census of the Greenlight versions its machines
+run, which `release publish --collector` checks a release's `requires` against.
 """
 
 import os
@@ -15,7 +19,9 @@ from pathlib import Path
 
 from greenlight.channels import (
     FLEET_OUTCOMES,
+    VERSION,
     FleetReport,
+    GreenlightKind,
     Outcome,
     ReportedCheck,
     atomic_write,
@@ -23,12 +29,22 @@ from greenlight.channels import (
 )
 from greenlight.updater.store._history import HistoryEntry
 from greenlight.updater.store._root import InstallRoot
+from greenlight.updater.store._updaters import greenlight_kind
 
 __all__ = ["enqueue", "queue_event", "queue_held", "queued", "refusal", "report_of",
            "set_refusal"]
 
 def _folder(root: InstallRoot) -> Path:
     return root.state / "reports"
+
+
+def _kind(root: InstallRoot) -> GreenlightKind | None:
+    """How this root's Greenlight is installed, for the census of a fleet's Greenlight
+    versions; None when that cannot be told (a report is never lost over it)."""
+    try:
+        return greenlight_kind(root)
+    except Exception:
+        return None
 
 
 def report_of(root: InstallRoot, entry: HistoryEntry, outcome: Outcome) -> FleetReport:
@@ -59,7 +75,8 @@ def report_of(root: InstallRoot, entry: HistoryEntry, outcome: Outcome) -> Fleet
         upgrading_to=upgrading_to,
         failed_checks=[ReportedCheck(name=c.name, summary=" ".join(c.summary.split())[:300],
                                      source=c.source) for c in entry.failed_checks],
-        durations={k: round(v, 3) for k, v in entry.timings.items()})
+        durations={k: round(v, 3) for k, v in entry.timings.items()},
+        greenlight=VERSION, greenlight_kind=_kind(root))
 
 
 def enqueue(root: InstallRoot, report: FleetReport, queue_max: int) -> None:
@@ -137,8 +154,8 @@ def queue_held(root: InstallRoot, channel: str, release_key: str, installed: str
         enqueue(root, FleetReport(
             installation=root.machine_id, at=datetime.now(UTC), channel=channel,
             outcome="held", release=version_of(release_key), release_key=release_key,
-            before=installed, after=installed, note=" ".join(note.split())[:300]),
-            queue_max)
+            before=installed, after=installed, note=" ".join(note.split())[:300],
+            greenlight=VERSION, greenlight_kind=_kind(root)), queue_max)
         atomic_write(seen, mark, mode=0o600)
     except Exception:  # reporting must not fail what it reports
         return

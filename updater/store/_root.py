@@ -49,14 +49,18 @@ PRODUCT_MANIFEST = "product.toml"  # the release's own product manifest, when it
 
 def default_root() -> Path:
     """$GREENLIGHT_ROOT; else the root this program sits in as `<root>/bin/updater` (what the
-    offline installer leaves); else the platform's user data folder."""
+    offline installer leaves) or `<root>/updater/<version>/updater`; else the platform's user
+    data folder."""
     env = os.environ.get("GREENLIGHT_ROOT")
     if env:
         return Path(env)
     program = Path(sys.argv[0]).absolute() if sys.argv and sys.argv[0] else None
-    if program is not None and program.parent.name == "bin" and program.stem == "updater":
-        home = program.parent.parent
-        if (home / "greenlight.toml").is_file():
+    if program is not None and program.stem == "updater":
+        # <root>/bin/updater, or a version side by side: <root>/updater/<version>/updater
+        home = (program.parent.parent if program.parent.name == "bin" else
+                program.parent.parent.parent if program.parent.parent.name == "updater"
+                else None)
+        if home is not None and (home / "greenlight.toml").is_file():
             return home
     import platformdirs
 

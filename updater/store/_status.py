@@ -22,6 +22,7 @@ from greenlight.updater.store._holds import hold_of, pin_of
 from greenlight.updater.store._journal import Journal
 from greenlight.updater.store._outbox import refusal
 from greenlight.updater.store._root import InstallRoot
+from greenlight.updater.store._updaters import GreenlightInfo, greenlight_info
 
 __all__ = ["FailedCheck", "HoldInfo", "IncidentInfo", "TransactionInfo", "UiStatus", "Update",
            "read_status", "refresh_status", "status_schema"]
@@ -89,6 +90,9 @@ class UiStatus(Record):
     transaction: TransactionInfo | None = Field(
         default=None, description="an upgrade or rollback under way (or interrupted)")
     last_incident: IncidentInfo | None = None
+    greenlight: GreenlightInfo | None = Field(
+        default=None, description="Greenlight itself: its version, how it is installed, its "
+                                  "versions side by side and any it put aside")
 
 
 def status_schema() -> str:
@@ -170,6 +174,7 @@ def refresh_status(root: InstallRoot, *, available: str | None = None, update: U
         pin=pin.version if pin else None,
         transaction=_transaction(root),
         last_incident=_incident(root),
+        greenlight=greenlight_info(root),
     )
     if status.update == "available" and status.available == status.installed:
         status = status.model_copy(update={"update": "none"})

@@ -245,9 +245,12 @@ class TrustedRepository:
                 f"channel file {path} refused: it names channel {channel_file.channel!r}"
             )
         if channel_file.requires is not None and is_newer(channel_file.requires, VERSION):
-            raise NeedsNewer(f"{channel} {channel_file.release} needs Greenlight >= "
-                             f"{channel_file.requires}; this machine runs {VERSION}: update "
-                             "Greenlight first (docs/compatibility.md)")
+            need = NeedsNewer(f"{channel} {channel_file.release} needs Greenlight >= "
+                              f"{channel_file.requires}; this machine runs {VERSION}: update "
+                              "Greenlight first (docs/compatibility.md)")
+            need.what = (f"{channel_file.release} needs Greenlight >= {channel_file.requires}; "
+                         f"this machine runs {VERSION}")
+            raise need
         return channel_file, raw
 
     def rollout_state(self, channel: str) -> RolloutState | None:
