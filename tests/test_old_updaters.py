@@ -2,7 +2,9 @@
 updater built from an earlier commit of this repository, installed into a virtual environment
 of its own as a machine has it, keeps upgrading the releases that use no newer feature, and
 refuses, in one line, one it cannot read; nothing it ran is changed by that. Today's
-Greenlight, installed over it by the package manager, reads everything it wrote."""
+Greenlight, installed over it by the package manager, reads everything it wrote. The first
+updater that moves itself, entered by the root's bin/updater, moves itself to today's before
+a release that needs it, and the census names it before and after."""
 
 import json
 import os
@@ -112,3 +114,73 @@ def test_an_updater_from_before_manifests_upgrades_plain_releases_and_refuses_th
         finally:
             run("stop")
 
+
+
+FIRST_SELF_UPDATING = "19596f7"
+"""The first commit whose updater moves itself (Greenlight 0.3.0): machines that run it take
+newer Greenlight releases from greenlight-<channel> by themselves."""
+
+
+def test_the_first_self_updating_greenlight_moves_itself_before_a_release_that_needs_it(
+        tmp_path, repo, builds):
+    """That updater, in a virtual environment of its own and entered by the root's bin/updater
+    as a version side by side, against today's pipeline and collector: it upgrades a plain
+    release; the census names it; a release that needs a newer Greenlight makes it move itself
+    to today's (published as 0.4.0) and install the release in the same unattended cycle."""
+    import httpx
+
+    from greenlight.updater.store import InstallRoot, managed_version
+
+    from conftest import ADMIN, FLEET, MARKER_PRODUCT, Collector
+    from examples.demo.greenlights import greenlight_build, make_managed, publish_greenlight
+
+    _, old = _old_updater(tmp_path, FIRST_SELF_UPDATING)
+    path = tmp_path / "root"
+    root = InstallRoot(path)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(path / "bin" / "updater"), *args, "--root", str(path)],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+    def census() -> dict:
+        answer = httpx.get(collector.url + "v1/census?channel=stable", timeout=10,
+                           headers={"Authorization": f"Bearer {ADMIN}"})
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json()["greenlight"])
+
+    collector = Collector(tmp_path, f"sqlite:///{tmp_path / 'fleet.sqlite3'}")
+    try:
+        with builtin_server(repo.path) as server:
+            publish(repo, "stable", "1.0", builds("1.0"))
+            done = subprocess.run([str(old), "init", "--repo", server.url, "--trust",
+                                   str(repo.metadata_dir / "1.root.json"), "--root", str(path)],
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+            (path / "data").mkdir()
+            (path / "data" / "fleet-token").write_text(FLEET + "\n")
+            with (path / "greenlight.toml").open("a") as f:
+                f.write(MARKER_PRODUCT + f'\n[report]\nurl = "{collector.url}"\n')
+            entry = tmp_path / "old-entry"
+            entry.write_text(f"#!/bin/sh\nexec {old} \"$@\"\n")
+            entry.chmod(0o755)
+            make_managed(root, entry, "0.3.0")  # as that version's offline installer leaves it
+            done = run("upgrade", "--json")
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert census() == {"0.3.0": {"exe": 1}}
+
+            publish(repo, "stable", "1.1", builds("1.1"))  # a plain release
+            done = run("agent", "--once")
+            assert done.returncode == 0 and root.installed_version() == "1.1", done.stdout
+
+            publish_greenlight(repo, "stable", greenlight_build(tmp_path, "0.4.0"), "0.4.0",
+                               tmp_path)
+            publish(repo, "stable", "1.2", builds("1.2"), requires="0.4.0")
+            done = run("agent", "--once")
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert "1.2 needs Greenlight >= 0.4.0; this machine runs 0.3.0: updating " \
+                   "Greenlight first" in done.stdout, done.stdout
+            assert managed_version(root) == "0.4.0"
+            assert root.installed_version() == "1.2"
+            assert census() == {"0.4.0": {"exe": 1}}
+    finally:
+        collector.stop()
