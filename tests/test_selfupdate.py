@@ -102,6 +102,11 @@ def test_the_agent_moves_greenlight_first_then_the_release_that_needs_it(machine
     assert [(r["outcome"], r["release"]) for r in moved] == [("upgraded", "0.4.0")]
     again = machine.updater("self-update", "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["outcome"] == "up-to-date"
+    # The agent's unit enters bin/updater, which follows Greenlight's moves.
+    units = machine.tmp / "units"
+    assert machine.updater("systemd-units", "--out", str(units)).returncode == 0
+    agent_unit = next(units.glob("greenlight-agent*.service")).read_text()
+    assert f"ExecStart={machine.path}/bin/updater agent" in agent_unit, agent_unit
 
 
 def test_a_greenlight_that_fails_to_qualify_is_quarantined_and_the_machine_keeps_working(
@@ -166,10 +171,8 @@ def test_qualification_reads_the_root_and_writes_nothing(machine):
     assert [c["name"] for c in json.loads(broken.stdout)["checks"] if not c["ok"]] == ["state"]
 
 
-def test_a_greenlight_whose_first_cycles_crash_is_put_aside_by_the_loop(machine):
-    """The long-running agent on 0.3.0 takes 0.4.0, whose cycles die of SIGKILL: the loop
-    runs 0.3.0's fall-back, which quarantines 0.4.0 and turns bin/updater back."""
-    machine.offer("0.4.0", "crash-in-cycle")
+def _watch_the_loop(machine: Machine) -> str:
+    """Run the long-running agent until its loop has put a Greenlight aside; its output."""
     agent = subprocess.Popen([str(machine.path / "bin" / "updater"), "agent", "--root",
                               str(machine.path)], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, cwd=machine.tmp)
@@ -186,14 +189,83 @@ def test_a_greenlight_whose_first_cycles_crash_is_put_aside_by_the_loop(machine)
     finally:
         agent.send_signal(signal.SIGTERM)
         out = agent.communicate(timeout=60)[0]
+    return out
+
+
+@pytest.mark.parametrize("fault, why", [
+    ("crash-in-cycle", "its agent cycle died of signal 9"),
+    ("unreachable", "its 3 agent cycles in a row ended in an error")])
+def test_a_greenlight_whose_first_cycles_fail_is_put_aside_by_the_loop(machine, fault, why):
+    """The long-running agent on 0.3.0 takes 0.4.0, whose cycles die of SIGKILL, or all end
+    in an error (it cannot reach the repository: a clean-looking cycle that never verifies
+    anything is no proof): the loop runs 0.3.0's fall-back, which quarantines 0.4.0 and
+    turns bin/updater back."""
+    machine.offer("0.4.0", fault)
+    out = _watch_the_loop(machine)
     state = read_updaters(machine.root)
     assert [q.version for q in state.quarantined] == ["0.4.0"]
-    assert "died of signal 9" in state.quarantined[0].reason
-    assert state.active.version == "0.3.0" and state.probation == 0
+    assert why in state.quarantined[0].reason, state.quarantined[0].reason
+    assert state.active.version == "0.3.0" and state.probation == 0 and state.previous is None
     assert "falling back to 0.3.0" in out, out
     events = [e for e in history(machine.root) if e.event.startswith("greenlight-")]
     assert [e.event for e in events] == ["greenlight-updated", "greenlight-quarantined"]
     assert json.loads(machine.updater("self-update", "--json").stdout)["outcome"] == "held"
+    lifted = machine.updater("self-update", "--lift", "0.4.0")
+    assert lifted.returncode == 0 and "may be taken again" in lifted.stdout
+    assert read_updaters(machine.root).quarantined == []
+    assert machine.updater("self-update", "--lift", "0.4.0").returncode == 9
+
+
+def test_a_fall_back_never_goes_below_the_installed_release(machine):
+    """0.4.0 took over and the release it installed needs it: a fall-back keeps 0.4.0 and
+    says why; so does one asked of a version that is not the active one."""
+    machine.offer("0.4.0")
+    machine.needs("1.1", "0.4.0")
+    assert machine.updater("agent", "--once").returncode == 0
+    assert machine.root.installed_version() == "1.1"
+    publish(machine.repo, "stable", "1.2", machine.builds("1.2"))  # the channel moves on
+    assert machine.updater("check").returncode == 10
+    done = machine.updater("self-update", "--json", "--fall-back", "said so", "--active",
+                           "0.4.0")
+    said = json.loads(done.stdout)
+    assert done.returncode == 0 and said["outcome"] == "kept", said
+    assert "installed release needs Greenlight >= 0.4.0" in said["note"]
+    other = json.loads(machine.updater("self-update", "--json", "--fall-back", "said so",
+                                       "--active", "0.3.0").stdout)
+    assert other["outcome"] == "up-to-date" and managed_version(machine.root) == "0.4.0"
+
+
+def test_links_planted_in_the_root_are_never_written_through(machine):
+    """bin/ replaced by a link to a folder elsewhere: no command writes through it (the next
+    command's settling included), and self-update refuses in one line, exit 7."""
+    import shutil
+
+    outside = machine.tmp / "outside-bin"
+    shutil.move(machine.path / "bin", outside)
+    (machine.path / "bin").symlink_to(outside)
+    before = cs.snapshot(outside).digest()
+    machine.offer("0.4.0")
+    old = machine.path / "updater" / "0.3.0" / "updater"
+    done = machine.run(old, "self-update")
+    assert done.returncode == 7, done.stdout + done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "not a folder" in done.stderr
+    assert machine.run(old, "status").returncode == 0
+    assert cs.snapshot(outside).digest() == before
+
+
+def test_an_installer_never_moves_greenlight_back(machine):
+    """`place` (what the offline installer does with itself) on a root whose Greenlight is
+    newer than it, even with its record gone: the newer one stays, with its folder."""
+    from greenlight.updater.selfupdate import place
+
+    machine.offer("0.9.0")
+    assert machine.updater("self-update").returncode == 0
+    assert managed_version(machine.root) == "0.9.0"
+    (machine.path / "state" / "updater.json").unlink()
+    said = place(machine.root, greenlight_build(machine.tmp, "0.3.0"))
+    assert said == "bin/updater stays on Greenlight 0.9.0 (newer than 0.3.0)"
+    assert managed_version(machine.root) == "0.9.0"
+    assert (machine.path / "updater" / "0.9.0" / "updater").is_file()
 
 
 def test_a_link_planted_where_the_versions_live_is_refused(machine):
@@ -234,20 +306,25 @@ def test_a_python_environment_says_what_moves_it(tmp_path, builds):
         assert status["greenlight"]["kind"] == "python"
 
 
-def _recorded(machine: Machine) -> tuple[cs.State, list[cs.Op]]:
+def _recorded(machine: Machine, workload: str) -> tuple[cs.State, list[cs.Op]]:
+    """`self-update` to 0.4.0 recorded; or, once 0.4.0 took over, its fall-back to 0.3.0."""
     machine.offer("0.4.0")
+    args = ["self-update"]
+    if workload == "fall-back":
+        assert machine.updater("self-update").returncode == 0
+        args += ["--fall-back", "its cycles failed", "--active", "0.4.0"]
     os.sync()
     base = cs.snapshot(machine.path)
     log = machine.tmp / "ops.pickle"
     done = subprocess.run(
         [sys.executable, str(HERE / "crashstates.py"), "record", str(log), str(machine.path),
-         "--", "self-update", "--root", str(machine.path)], capture_output=True, text=True,
+         "--", *args, "--root", str(machine.path)], capture_output=True, text=True,
         timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return base, cs.load(log)
 
 
-def _one_updater(state: cs.State, at: Path, bin_updater: Path) -> str | None:
+def _one_updater(state: cs.State, at: Path, workload: str) -> str | None:
     cs.materialize(state, at)
     try:
         said = f"crash after op {state.crash_after}, losing {state.lost}"
@@ -265,6 +342,8 @@ def _one_updater(state: cs.State, at: Path, bin_updater: Path) -> str | None:
                                  capture_output=True, text=True, timeout=60).stdout.split()
         if version != ["updater", linked]:
             return f"{said}: bin/updater says {version}, expected {linked}"
+        if record.is_quarantined(linked) is not None:
+            return f"{said}: the active {linked} is quarantined (a fall-back undone)"
         return None
     finally:
         import shutil
@@ -272,18 +351,20 @@ def _one_updater(state: cs.State, at: Path, bin_updater: Path) -> str | None:
         shutil.rmtree(at, ignore_errors=True)
 
 
+@pytest.mark.parametrize("workload", ["self-update", "fall-back"])
 @pytest.mark.parametrize("every", [False, pytest.param(True, marks=pytest.mark.exhaustive)])
 def test_every_crash_state_of_an_activation_leaves_one_working_updater(
-        machine, every, record_property):
-    """`updater self-update` recorded (tests/crashstates.py); every state a power cut or a
-    kill -9 could leave recovers, at the next command, to exactly one working updater: the
-    record and bin/updater agree, on 0.3.0 or 0.4.0, and it runs."""
-    base, ops = _recorded(machine)
+        machine, workload, every, record_property):
+    """`updater self-update`, and a fall-back, recorded (tests/crashstates.py); every state a
+    power cut or a kill -9 could leave recovers, at the next command, to exactly one working
+    updater: the record and bin/updater agree, on 0.3.0 or 0.4.0, and it runs; a fall-back
+    that was under way is finished, never undone."""
+    base, ops = _recorded(machine, workload)
     states = list(cs.crash_states(base, ops))
     chosen = states if every else states[::max(1, len(states) // 8)]
     found = [f for n, s in enumerate(chosen)
-             if (f := _one_updater(s, machine.tmp / f"state-{n}", machine.path))]
-    record_property("power_loss", f"self-update: {len(ops)} operations recorded, "
+             if (f := _one_updater(s, machine.tmp / f"state-{n}", workload))]
+    record_property("power_loss", f"{workload}: {len(ops)} operations recorded, "
                                   f"{len(states)} crash states, {len(chosen)} checked")
     assert not found, f"{len(found)} of {len(chosen)} states did not recover:\n" + \
         "\n".join(found[:5])

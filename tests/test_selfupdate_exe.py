@@ -5,11 +5,12 @@ enters updater/0.3.0/) is left to its agent. The pipeline publishes this tree bu
 with `release publish-updater`, then a release that needs 0.4.0 (`release publish
 --requires`). One unattended cycle moves the machine to 0.4.0 and then to the release. A
 build published under another version than it is fails its qualification and is quarantined;
-a self-update killed -9 mid-way leaves one working updater. (Every power-loss state of an
-activation is enumerated in tests/test_selfupdate.py.)
+a self-update killed -9 once the new version is staged leaves one working updater. (Every
+power-loss state of an activation is enumerated in tests/test_selfupdate.py.)
 """
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -69,14 +70,16 @@ def test_a_machine_on_the_executable_moves_itself_then_the_release(tmp_path, bui
         assert published.returncode == 0, published.stderr
         assert "published Greenlight 0.4.0 on greenlight-stable" in published.stdout
 
-        # Killed -9 while the new version qualifies: the next command finds one updater.
+        # Killed -9, with the qualification it runs, once 0.4.0 is staged: the next command
+        # finds one working updater (every other point of an activation: test_selfupdate.py).
         killed = subprocess.Popen([str(point), "self-update", "--root", str(path)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
         deadline = time.monotonic() + 120
         while not (path / "updater" / "0.4.0").exists() and killed.poll() is None:
             assert time.monotonic() < deadline, "0.4.0 was never staged"
             time.sleep(0.01)
-        killed.send_signal(signal.SIGKILL)
+        os.killpg(killed.pid, signal.SIGKILL)
         killed.wait()
         after = updater("status", "--json")
         assert after.returncode == 0, after.stderr
@@ -96,6 +99,10 @@ def test_a_machine_on_the_executable_moves_itself_then_the_release(tmp_path, bui
         assert root.installed_version() == "1.1"
         assert managed_version(root) == "0.4.0"
         assert version() == ["updater", "0.4.0"]
+        # What outlives this version names bin/updater, which follows it: the agent's unit.
+        assert updater("systemd-units", "--out", str(tmp_path / "units")).returncode == 0
+        unit = (tmp_path / "units" / "greenlight-agent.service").read_text()
+        assert f"ExecStart={point} agent" in unit, unit
 
         # A build published as 0.5.0 that is 0.4.0 fails its qualification: quarantined, and
         # the machine goes on with 0.4.0.

@@ -175,7 +175,14 @@ def _fresh_folder(path: Path) -> frozenset[Path]:
     return frozenset({Path("."), *(p.relative_to(data) for p in data.rglob("*"))})
 
 
-def install_updater(root: InstallRoot) -> Path:
+def _leave_updater(report: UpgradeReport) -> None:
+    """After a sideload that installed (or found installed) the bundle's release, under its
+    lock: this program is left as the root's updater."""
+    if report.outcome in ("upgraded", "downgraded", "up-to-date"):
+        install_updater(InstallRoot(Path(report.root)), locked_already=True)
+
+
+def install_updater(root: InstallRoot, locked_already: bool = False) -> Path:
     """Leave `<root>/bin/updater` on the machine for later sideloads, status and rollback.
     Frozen, this executable becomes the root's active Greenlight version, side by side in
     `<root>/updater/<version>/` (`selfupdate.place`: the version before stays as the
@@ -188,8 +195,11 @@ def install_updater(root: InstallRoot) -> Path:
     if getattr(sys, "frozen", False):
         from greenlight.updater.selfupdate import place
 
-        with locked(root):
+        if locked_already:
             place(root, Path(sys.executable))
+        else:
+            with locked(root):
+                place(root, Path(sys.executable))
         return target
     part.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m "
                     f"greenlight.updater.cli \"$@\"\n")
@@ -322,10 +332,8 @@ def install(root_path: Path, force: bool, switch_channel: bool = False,
                 "release runs with those values too); change them there with the product "
                 "stopped (updater stop, edit, updater start), then run the installer without "
                 "them")
-        report = sideload(root, bundle, force=force, switch_channel=switch_channel)
-        if report.outcome in ("upgraded", "downgraded", "up-to-date"):
-            install_updater(root)
-        return report
+        return sideload(root, bundle, force=force, switch_channel=switch_channel,
+                        then=_leave_updater)
     url = repository_for(meta, repo, offline)
     existed = root.path.exists()
     kept = _fresh_folder(root.path) if existed else frozenset()
@@ -337,14 +345,12 @@ def install(root_path: Path, force: bool, switch_channel: bool = False,
                 root.config_path.read_text(), machine, str(root.config_path)).encode(),
                 mode=0o640)
             root = InstallRoot(root.path)  # re-read the completed configuration
-        report = sideload(root, bundle, force=force)
+        report = sideload(root, bundle, force=force, then=_leave_updater)
     except BaseException:
         _remove_fresh(root, existed, kept)
         raise
     if report.outcome != "upgraded":
         _remove_fresh(root, existed, kept)
-    else:
-        install_updater(root)
     return report
 
 

@@ -10,7 +10,9 @@ which takes a minute to build; tests/test_selfupdate_exe.py uses real PyInstalle
 
 - `unreadable-state`: it cannot read `state/updater.json` as this root has it (it expects
   another format number), so it fails its qualification;
-- `crash-in-cycle`: every agent cycle it runs dies of SIGKILL before it does anything.
+- `crash-in-cycle`: every agent cycle it runs dies of SIGKILL before it does anything;
+- `unreachable`: every agent cycle it runs fails to reach the repository (as a build with a
+  broken TLS stack would), an error, not a crash.
 """
 
 import shutil
@@ -37,6 +39,8 @@ FAULTS = {
     "crash-in-cycle": ("updater/agent/_cycle.py", "    agent = Agent(root)\n",
                        "    import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)\n"
                        "    agent = Agent(root)\n"),
+    "unreachable": ("updater/agent/_cycle.py", "        repo = open_repository(root)\n",
+                    "        raise NetworkError(\"cannot reach the repository (this build)\")\n"),
 }
 
 

@@ -101,7 +101,7 @@ class Agent:
                  local: Callable[[datetime], datetime] = _local) -> None:
         self.root, self.clock, self.sleep, self.rng, self.local = root, clock, sleep, rng, local
         self.failures = 0
-        self.internal = False
+        self.internal = self.failed = self.busy = False
         self.events: list[Event] = []
         self.refused: str | None = None
 
@@ -117,16 +117,19 @@ class Agent:
             return []
         return [str(x) for x in said] if isinstance(said, list) else []
 
-    def _said_once(self, line: str) -> bool:
-        """Whether `line` (about Greenlight itself) was said already; remembered if not."""
-        path = self.root.state / "run" / "greenlight-said"
+    def _said_once(self, line: str, key: str = "greenlight") -> bool:
+        """Whether `line` (about Greenlight itself, one line per `key`) was said already;
+        remembered if not."""
+        path = self.root.state / "run" / "greenlight-said.json"
         try:
-            if path.read_text() == line:
-                return True
-        except OSError:
-            pass
+            said = json.loads(path.read_text())
+            said = said if isinstance(said, dict) else {}
+        except (OSError, ValueError):
+            said = {}
+        if said.get(key) == line:
+            return True
         with contextlib.suppress(OSError):
-            atomic_write(path, line.encode())
+            atomic_write(path, json.dumps({**said, key: line}).encode())
         return False
 
     def _remember(self, said: list[str]) -> None:
@@ -185,6 +188,7 @@ class Agent:
 
     def _failed(self, e: Exception, config: AgentConfig) -> float:
         """Log a cycle's error; the back-off before the next."""
+        self.busy, self.failed = isinstance(e, BusyError), not isinstance(e, BusyError)
         if isinstance(e, BusyError):
             self.log(f"skipped: {e}")
         elif isinstance(e, NetworkError):
@@ -242,7 +246,7 @@ class Agent:
         try:
             report = check(root, repo, bool(crashed_services(root)))
         except NeedsNewer as need:  # Greenlight first, then (re-executed) the product
-            if not self._said_once(f"need: {need.what}"):
+            if not self._said_once(need.what, "need"):
                 self.log(f"{need.what}: updating Greenlight first")
             why = take_greenlight(root, repo, config, self.log, self._said_once)
             raise NeedsNewer(f"{need.what}: {why or 'no newer Greenlight is available here'}"
@@ -436,11 +440,12 @@ def run_once(root: InstallRoot, failures: int = 0, report: Path | None = None) -
         wait = agent.run(once=True)
     except KeyboardInterrupt:
         return 130
-    if not agent.internal:
-        from greenlight.updater.selfupdate import cycle_ended
+    from greenlight.channels import VERSION
+    from greenlight.updater.selfupdate import cycle_ended
 
-        cycle_ended(root)
-    if report is not None:
-        atomic_write(report, json.dumps({"wait": wait, "failures": agent.failures,
-                                         "internal": agent.internal}).encode())
+    strike = None if agent.busy else cycle_ended(root, not (agent.internal or agent.failed))
+    if report is not None:  # for the loop, which watches a new Greenlight's first cycles
+        atomic_write(report, json.dumps({
+            "wait": wait, "failures": agent.failures, "internal": agent.internal,
+            "greenlight": VERSION, "put_aside": strike}).encode())
     return 0

@@ -28,14 +28,17 @@ def take_greenlight(root: InstallRoot, repo: Repository, config: AgentConfig,
     tells whether a line was logged already (each is logged once while it holds)."""
     from greenlight.updater.selfupdate import self_update
 
-    if greenlight_kind(root) not in ("exe", "copy"):
-        return None
+    kind = greenlight_kind(root)
+    if kind not in ("exe", "copy"):
+        return ("Greenlight runs from a Python environment here: its package manager moves it"
+                if kind == "python" else "this root has no bin/updater: a newer offline "
+                "installer run on it moves Greenlight")
     if config.apply != "auto":
-        return None
+        return f"[agent] apply = \"{config.apply}\": run 'updater self-update' to move it"
     try:
         done = self_update(root, repo)
     except BusyError:
-        return None
+        return "another updater holds the root; the next cycle tries again"
     except GreenlightError as e:
         raise_if_signalled()
         if not said(f"greenlight: {e}"):

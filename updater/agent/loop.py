@@ -107,37 +107,56 @@ def _version(entry: object) -> str | None:
 
 
 def _probation(root: str, code: int | None, report: str) -> None:
-    """A Greenlight version on probation whose cycle crashed, hung or ended in an internal
-    error: the previous version puts it aside (`self-update --fall-back`) and takes over."""
+    """A Greenlight version on probation whose cycle crashed, hung, ended in an internal error
+    or in its last strike: the previous version puts it aside (`self-update --fall-back`,
+    naming the version, so that one activated meanwhile is not blamed) and takes over."""
     state = _updaters(root)
     active, previous = _version(state.get("active")), _version(state.get("previous"))
-    if not state.get("probation") or not active or not previous:
+    if not state.get("probation") or not active or not previous or state.get("pending"):
         return
     try:
         with open(report) as f:
-            internal = bool(json.load(f).get("internal"))
-    except (OSError, ValueError, AttributeError):
-        internal = False
-    if code == 0 and not internal:
+            said = json.load(f)
+        said = said if isinstance(said, dict) else {}
+    except (OSError, ValueError):
+        said = {}
+    if said.get("greenlight") not in (None, active):
+        return  # another version ran that cycle
+    aside = said.get("put_aside")
+    if code == 0 and not said.get("internal") and not aside:
         return
-    why = ("its agent cycle ended in an internal error" if code == 0 else
+    why = (str(aside)[:200] if code == 0 and aside else
+           "its agent cycle ended in an internal error" if code == 0 else
            "its agent cycle did not end in time" if code is None else
            f"its agent cycle died of signal {-code}" if code < 0 else
+           "its agent cycle could not run" if code == 127 else
            f"its agent cycle exited {code}")
     fallback = os.path.join(root, "updater", previous, "updater")
     _log(f"Greenlight {active}: {why}; falling back to {previous}")
     try:
-        subprocess.run([fallback, "self-update", "--root", root, "--fall-back", why],
-                       stdin=subprocess.DEVNULL, timeout=300, check=False)
-    except (OSError, subprocess.SubprocessError) as e:
-        _log(f"cannot run Greenlight {previous}: {e}")
+        child = subprocess.Popen([fallback, "self-update", "--root", root, "--fall-back", why,
+                                  "--active", active], stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
+        try:
+            child.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            _log(f"Greenlight {previous} did not fall back within 300s")
+    except OSError as e:
+        _log(f"cannot run Greenlight {previous}: {e.strerror or e}")
 
 
 def _moved(root: str, entry: str, entered: str) -> bool:
-    """bin/updater enters another version than the one this loop was started from, and that
-    version has passed its probation: the loop itself moves to it."""
-    return (os.path.realpath(entry) != entered and os.path.basename(entry) == "updater"
-            and not _updaters(root).get("probation"))
+    """bin/updater enters another version than the one this loop was started from, and the
+    record says that version is active and has passed its probation: the loop itself moves
+    to it."""
+    if os.path.realpath(entry) == entered or os.path.basename(entry) != "updater":
+        return False
+    state = _updaters(root)
+    active = _version(state.get("active"))
+    return (active is not None and not state.get("probation") and not state.get("pending")
+            and os.path.realpath(entry).endswith(os.path.join("", active, "updater")))
 
 
 def _cycle(argv: list[str], limits: tuple[float, float]) -> tuple[int | None, int | None]:
@@ -149,7 +168,7 @@ def _cycle(argv: list[str], limits: tuple[float, float]) -> tuple[int | None, in
         child = subprocess.Popen(argv)
     except OSError as e:
         _log(f"cannot run the updater: {e.strerror or e}")
-        return None, 0  # a stop meanwhile is pending: the wait that follows takes it
+        return None, 127  # a stop meanwhile is pending: the wait that follows takes it
     started, stop, stop_at = time.monotonic(), None, None
     while child.poll() is None:
         now = time.monotonic()

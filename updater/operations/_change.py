@@ -7,6 +7,7 @@ transaction of `greenlight.updater.transaction`, which rolls back by itself.
 """
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -188,46 +189,59 @@ def upgrade(root: InstallRoot, repo: TrustedRepository, progress: Progress | Non
 
 def sideload(root: InstallRoot, bundle_path: Path, progress: Progress | None = None,
              force: bool = False, switch_channel: bool = False,
-             allow_downgrade: bool = False) -> UpgradeReport:
+             allow_downgrade: bool = False,
+             then: Callable[[UpgradeReport], None] | None = None) -> UpgradeReport:
     """`updater upgrade` from a bundle file: same verification, same transaction, no network.
+    `then` runs on the report under the same lock (the offline installer leaves itself as
+    the root's updater there).
 
     Raises:
         ArchiveError: not a readable Greenlight bundle; ChannelMismatch: another channel;
         and whatever `upgrade` raises.
     """
     with locked(root):
-        recover(root, config_of(root))
-        remove_path(root.state / "sideload")  # where earlier versions unpacked bundles
-        if not bundle_path.is_file():
-            raise ArchiveError(f"{bundle_path}: no such bundle file")
-        bundle_path = bundle_path.resolve()
-        bundle = open_bundle(bundle_path, index_tar(bundle_path), root.metadata_dir,
-                             bundle_path.name)
-        before = active_channel(root)
-        if bundle.channel == before.channel:
-            report = _upgrade_locked(root, bundle.repository, progress, force, allow_downgrade)
-            return report.model_copy(update={"source": f"bundle {bundle_path.name}"})
-        try:
-            check_channel_name(bundle.channel)
-        except ValueError:
-            raise ArchiveError(f"{bundle_path.name}: bundle.json names channel "
-                               f"{bundle.channel!r}, not a valid channel name") from None
-        if not switch_channel:
-            raise ChannelMismatch(
-                f"{bundle_path.name} carries channel {bundle.channel!r} but {root.path} "
-                f"follows {before.channel!r}; pass --switch-channel to follow "
-                f"{bundle.channel!r}")
-        # The label in bundle.json is unsigned: the switch happens only once the channel
-        # file has verified through TUF, and is undone if the upgrade does not go through.
-        read_channel(root, bundle.repository, bundle.channel)
-        set_active_channel(root, bundle.channel,
-                                f"switched from {before.channel} by a sideload")
-        try:
-            report = _upgrade_locked(root, bundle.repository, progress, force, allow_downgrade)
-        except BaseException:
-            restore_active_channel(root, before)
-            raise
+        report = _sideload_locked(root, bundle_path, progress, force, switch_channel,
+                                  allow_downgrade)
+        if then is not None:
+            then(report)
+        return report
+
+
+def _sideload_locked(root: InstallRoot, bundle_path: Path, progress: Progress | None,
+                     force: bool, switch_channel: bool, allow_downgrade: bool
+                     ) -> UpgradeReport:
+    recover(root, config_of(root))
+    remove_path(root.state / "sideload")  # where earlier versions unpacked bundles
+    if not bundle_path.is_file():
+        raise ArchiveError(f"{bundle_path}: no such bundle file")
+    bundle_path = bundle_path.resolve()
+    bundle = open_bundle(bundle_path, index_tar(bundle_path), root.metadata_dir,
+                         bundle_path.name)
+    before = active_channel(root)
+    if bundle.channel == before.channel:
+        report = _upgrade_locked(root, bundle.repository, progress, force, allow_downgrade)
         return report.model_copy(update={"source": f"bundle {bundle_path.name}"})
+    try:
+        check_channel_name(bundle.channel)
+    except ValueError:
+        raise ArchiveError(f"{bundle_path.name}: bundle.json names channel "
+                           f"{bundle.channel!r}, not a valid channel name") from None
+    if not switch_channel:
+        raise ChannelMismatch(
+            f"{bundle_path.name} carries channel {bundle.channel!r} but {root.path} "
+            f"follows {before.channel!r}; pass --switch-channel to follow "
+            f"{bundle.channel!r}")
+    # The label in bundle.json is unsigned: the switch happens only once the channel
+    # file has verified through TUF, and is undone if the upgrade does not go through.
+    read_channel(root, bundle.repository, bundle.channel)
+    set_active_channel(root, bundle.channel,
+                            f"switched from {before.channel} by a sideload")
+    try:
+        report = _upgrade_locked(root, bundle.repository, progress, force, allow_downgrade)
+    except BaseException:
+        restore_active_channel(root, before)
+        raise
+    return report.model_copy(update={"source": f"bundle {bundle_path.name}"})
 
 
 def download(root: InstallRoot, repo: TrustedRepository,

@@ -277,9 +277,13 @@ def _agent_unit(root: InstallRoot, product_units: list[str], owns_services: bool
 
     from greenlight.updater.policy import STOP_LIMIT
     from greenlight.updater.product import frozen
+    from greenlight.updater.store import entry_point, managed_version
 
     stop_bound = round(STOP_LIMIT) + 30  # past the loop's own bound on a stopping cycle
-    program = [sys.executable] if frozen() else [sys.executable, "-m", "greenlight.updater.cli"]
+    # A root whose Greenlight moves itself is entered by bin/updater, which follows it.
+    program = ([str(entry_point(root))] if managed_version(root) is not None else
+               [sys.executable] if frozen() else
+               [sys.executable, "-m", "greenlight.updater.cli"])
     command = " ".join(shlex.quote(p) for p in [*program, "agent", "--root", str(root.path)])
     after = " ".join(["network-online.target", *product_units])
     return (f"[Unit]\nDescription=Greenlight agent for {root.path}\n"

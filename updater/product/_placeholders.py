@@ -58,12 +58,13 @@ def _frozen_python(root: "InstallRoot") -> str:
     "exec {python} ..."`): `<root>/bin/greenlight-python`, a script that runs this
     executable's private interpreter entry, (re)written when it names another executable."""
     import shlex
-    import sys
 
     from greenlight.channels import atomic_write
 
     path = root.path / "bin" / "greenlight-python"
-    script = f"#!/bin/sh\nexec {shlex.quote(sys.executable)} --greenlight-python \"$@\"\n"
+    from greenlight.updater.product._runtime import program
+
+    script = f"#!/bin/sh\nexec {shlex.quote(program())} --greenlight-python \"$@\"\n"
     try:
         if path.read_text() == script:
             return str(path)

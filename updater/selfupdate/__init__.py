@@ -14,9 +14,11 @@ side by side under `<root>/updater/<version>/` and `bin/updater` enters the acti
 3. **activate** in one journaled step (`state/updater.json` `pending`, then `bin/updater`
    turned in one rename, then the record completed); a crash anywhere is settled by the next
    command (`store.settle`), to exactly one working updater;
-4. **probation**: the agent's loop re-executes into the new version at its next cycle; the
-   version's first cycles must end without a crash or an internal error, or the loop runs
-   the previous version's `self-update --fall-back`, which quarantines it and goes back.
+4. **probation**: the cycle that activated it goes on in the new version (re-executed); its
+   first cycles must end without a crash, a hang or an internal error (and not STRIKES in a
+   row in an error), or the agent's loop runs the previous version's `self-update
+   --fall-back`, which quarantines it and goes back. The loop itself re-executes into the new
+   version once its probation is over.
 
 The version left behind stays as the fallback; older ones are removed.
 """
@@ -25,13 +27,15 @@ from greenlight.updater.selfupdate._find import Candidate, Found, find
 from greenlight.updater.selfupdate._qualify import qualify
 from greenlight.updater.selfupdate._take import (
     QUALIFY_LIMIT,
+    STRIKES,
     cycle_ended,
     fall_back,
     from_bundle,
+    lift,
     place,
     self_update,
 )
 from greenlight.updater.trust import TrustedRepository as Repository
 
-__all__ = ["QUALIFY_LIMIT", "Candidate", "Found", "Repository", "cycle_ended", "fall_back",
-           "find", "from_bundle", "place", "qualify", "self_update"]
+__all__ = ["QUALIFY_LIMIT", "STRIKES", "Candidate", "Found", "Repository", "cycle_ended",
+           "fall_back", "find", "from_bundle", "lift", "place", "qualify", "self_update"]

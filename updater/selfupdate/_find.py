@@ -84,7 +84,7 @@ def find(root: InstallRoot, repo: TrustedRepository, rollouts: bool = True) -> F
         return Found(channel, version, None, f"Greenlight {VERSION} is current ({said})")
     if entry.is_revoked(version):
         return Found(channel, version, None, f"{said} is revoked")
-    why = read_updaters(root).is_quarantined(version)
+    why = read_updaters(root).is_quarantined(version, entry.identity.key)
     if why is not None:
         return Found(channel, version, None, f"{said} failed here before: {why}")
     if entry.rollout is not None and rollouts:

@@ -3,8 +3,8 @@ root as it stands. It runs as the updater, read-only (it writes nothing, takes n
 fetches nothing), and loads what every command of it would load:
 
 - the machine's configuration (greenlight.toml);
-- the trusted metadata (root.json verified as ngclient verifies it, and every other file of
-  the cache parsed);
+- the trusted metadata (root.json verified by its own keys, as ngclient loads it, and every
+  other file of the cache parsed);
 - every state file: the active channel, hold, pin, quarantine, journal, history, status,
   the updater record;
 - the installed release's record and its signed product manifest, layered over the
@@ -32,15 +32,17 @@ def _config(root: InstallRoot) -> str:
 
 
 def _metadata(root: InstallRoot) -> str:
-    from tuf.api.metadata import Metadata
+    """The trusted root as ngclient loads it (signed by its own keys to its threshold), and
+    every other file of the cache parsed; nothing written (ngclient's constructor rewrites
+    root.json, so it is not used here)."""
+    from tuf.api.metadata import Metadata, Root
 
-    from greenlight.updater.trust import TrustedRepository
-
-    TrustedRepository(root.metadata_dir, "http://127.0.0.1:9/", "http://127.0.0.1:9/")
+    trusted = Metadata[Root].from_bytes((root.metadata_dir / "root.json").read_bytes())
+    trusted.signed.verify_delegate(Root.type, trusted.signed_bytes, trusted.signatures)
     files = sorted(p for p in root.metadata_dir.glob("*.json"))
     for path in files:
-        Metadata.from_file(str(path))
-    return f"{len(files)} metadata files"
+        Metadata.from_bytes(path.read_bytes())
+    return f"root v{trusted.signed.version}, {len(files)} metadata files"
 
 
 def _state(root: InstallRoot) -> str:

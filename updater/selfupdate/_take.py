@@ -5,34 +5,30 @@ for a version whose first cycles fail.
     self_update(root, repo)  ->  SelfUpdateReport   (fetch, stage, qualify, activate)
     fall_back(root, reason)  ->  SelfUpdateReport   (the previous version again; this one
                                                      quarantined)
-    cycle_ended(root)                               (a clean agent cycle counts towards the
-                                                     active version's probation)
+    cycle_ended(root, ok)                           (an agent cycle of the active version on
+                                                     probation: one step done, or a strike)
 """
 
-import json
 import os
-import shutil
-import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from greenlight.channels import VERSION, is_newer, now, updater_channel
-from greenlight.updater._errors import ArchiveError, StoreError
 from greenlight.updater.output import SelfUpdateReport
-from greenlight.updater.selfupdate._find import Candidate, find
+from greenlight.updater.selfupdate._find import find
+from greenlight.updater.selfupdate._judge import QUALIFY_LIMIT, judge
+from greenlight.updater.selfupdate._stage import copy_in, prune, stage
 from greenlight.updater.store import (
     PROBATION_CYCLES,
     HistoryEntry,
     InstallRoot,
-    Limits,
     UpdaterState,
     UpdaterVersion,
     active_channel,
     entry_point,
     exe_path,
-    extract,
-    fsync_tree,
     greenlight_kind,
     locked,
     managed_version,
@@ -45,13 +41,14 @@ from greenlight.updater.store import (
     turn_link,
     write_updaters,
 )
-from greenlight.updater.trust import Downloads, TrustedRepository
+from greenlight.updater.trust import TrustedRepository
 
-__all__ = ["QUALIFY_LIMIT", "cycle_ended", "fall_back", "from_bundle", "place",
-           "self_update"]
+__all__ = ["QUALIFY_LIMIT", "STRIKES", "cycle_ended", "fall_back", "from_bundle", "lift",
+           "place", "self_update"]
 
-QUALIFY_LIMIT = 120.0
-"""Seconds a new version has to qualify (it reads the root; it fetches nothing)."""
+STRIKES = 3
+"""Agent cycles in a row a version on probation may end in an error (the repository not
+verified, say) before it is put aside: a clean cycle clears them."""
 UNMANAGED = {
     "python": "Greenlight runs from a Python environment here: its package manager moves it "
               "(docs/compatibility.md)",
@@ -90,8 +87,6 @@ def _queue(root: InstallRoot, entry: HistoryEntry) -> None:
 
 def _is_this_program(root: InstallRoot) -> bool:
     """bin/updater is the very executable running now (an installer's copy of itself)."""
-    import sys
-
     try:
         return bool(getattr(sys, "frozen", False)) and os.path.samefile(sys.executable,
                                                                          entry_point(root))
@@ -99,133 +94,37 @@ def _is_this_program(root: InstallRoot) -> bool:
         return False
 
 
-def _folder(path: Path) -> Path:
-    """A folder of the root Greenlight writes in, never through a link planted there.
-
-    Raises:
-        StoreError: a link or a file sits where the folder is.
-    """
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
-        raise StoreError(f"{path}: not a folder (a link or a file is in its place); remove it")
-    path.mkdir(mode=0o755, exist_ok=True)
-    return path
-
-
 def _adopt(root: InstallRoot, state: UpdaterState) -> UpdaterState:
-    """The record of the version running now, for a root whose bin/updater is an offline
-    installer's copy (made before Greenlight kept its versions side by side): the copy is
-    moved beside the new one, as the previous version."""
+    """The record of the version running now, for a root whose bin/updater is a link made
+    without one, or this very executable's copy (an installer's): copied in as this version,
+    the fallback of the new one."""
     linked = managed_version(root)
     if linked is not None:
         return state.model_copy(update={"active": UpdaterVersion(
             version=linked, sha256=sha256_of(exe_path(root, linked)))})
-    point, home = entry_point(root), exe_path(root, VERSION)
-    _folder(_folder(root.path / "updater") / VERSION)
-    part = home.with_name(".updater.part")
-    shutil.copyfile(point, part)
-    os.chmod(part, 0o755)
-    fsync_tree(part.parent)
-    os.replace(part, home)
-    return state.model_copy(update={"active": UpdaterVersion(version=VERSION,
-                                                             sha256=sha256_of(home))})
+    return state.model_copy(update={"active": copy_in(root, entry_point(root), VERSION)})
 
 
-def _stage(root: InstallRoot, repo: TrustedRepository, found: Candidate) -> UpdaterVersion:
-    """The new version's executable in updater/<version>/, whole and synced.
-
-    Raises:
-        TrustError, NetworkError: the artifact refused or unreachable.
-        ArchiveError: the archive has no executable `updater` at its top.
-    """
-    info = repo.artifact_info(found.component, found.artifact)
-    archive = repo.download(info, Downloads(root.downloads))
-    folder = _folder(root.path / "updater")
-    _folder(root.path / "bin")
-    staging = folder / f".staging-{found.version}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        extract(archive, staging, Limits(max_total_bytes=2 * 1024**3, max_members=64),
-                found.artifact.strip_prefix)
-        exe = staging / "updater"
-        if exe.is_symlink() or not exe.is_file():
-            raise ArchiveError(f"{found.artifact.target}: no file 'updater' at its top: "
-                               "not a Greenlight updater release")
-        os.chmod(exe, 0o755)
-        fsync_tree(staging)
-        dest = folder / found.version
-        if dest.exists() or dest.is_symlink():
-            shutil.rmtree(dest) if dest.is_dir() and not dest.is_symlink() else dest.unlink()
-        os.replace(staging, dest)
-        from greenlight.channels import fsync_dir
-
-        fsync_dir(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return UpdaterVersion(version=found.version, sha256=sha256_of(exe_path(root, found.version)),
-                          key=found.key)
-
-
-def _qualify(root: InstallRoot, new: UpdaterVersion) -> str | None:
-    """Run the new version against this root, read-only (`updater qualify`); None when it
-    qualified, else what it said (one line)."""
-    exe = exe_path(root, new.version)
-    try:
-        done = subprocess.run([str(exe), "qualify", "--root", str(root.path), "--json"],
-                              capture_output=True, timeout=QUALIFY_LIMIT, stdin=subprocess.DEVNULL,
-                              env={k: v for k, v in os.environ.items()
-                                   if not k.startswith("GREENLIGHT_")})
-    except subprocess.TimeoutExpired:
-        return f"it did not finish within {QUALIFY_LIMIT:.0f}s"
-    except OSError as e:
-        return f"it could not run: {e.strerror or e}"
-    try:
-        said = json.loads(done.stdout)
-    except ValueError:
-        tail = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
-        why = f"died of signal {-done.returncode}" if done.returncode < 0 else \
-            f"exited {done.returncode}"
-        return f"it {why} without a qualification report" + (
-            f": {tail[-1][:200]}" if tail else "")
-    if not isinstance(said, dict) or said.get("schema") != "greenlight.qualify/1":
-        return "it did not answer with greenlight.qualify/1"
-    if said.get("version") != new.version:
-        return f"it says it is Greenlight {str(said.get('version'))[:40]!r}, not {new.version}"
-    failed = [c for c in said.get("checks", []) if isinstance(c, dict) and not c.get("ok")]
-    if done.returncode != 0 or failed or not said.get("ok"):
-        first = failed[0] if failed else {}
-        return (f"{str(first.get('name', 'qualify'))[:60]}: "
-                f"{' '.join(str(first.get('detail', 'refused')).split())[:300]}")
-    return None
-
-
-def _activate(root: InstallRoot, state: UpdaterState, new: UpdaterVersion) -> UpdaterState:
+def _activate(root: InstallRoot, state: UpdaterState, new: UpdaterVersion,
+              **final: Any) -> UpdaterState:
     """bin/updater moved to `new` in one journaled step: `pending` recorded (synced), the link
-    turned (one rename, synced), the record completed. A crash anywhere is settled by the next
-    command (`store.settle`): finished when the link was turned, else undone."""
+    turned (one rename, synced), the record completed (with `final`'s fields) in one write. A
+    crash anywhere is settled by the next command (`store.settle`): finished when the link
+    was turned, else undone."""
     write_updaters(root, state.model_copy(update={"pending": new}))
     turn_link(root, new.version)
     done = state.model_copy(update={"active": new, "previous": state.active, "pending": None,
-                                    "probation": PROBATION_CYCLES, "since": now()})
+                                    "probation": PROBATION_CYCLES, "since": now(),
+                                    "strikes": 0, **final})
     write_updaters(root, done)
     return done
 
 
-def _prune(root: InstallRoot, state: UpdaterState) -> None:
-    """Versions left behind remove themselves: only the active one and its fallback stay."""
-    keep = {v.version for v in (state.active, state.previous, state.pending) if v}
-    folder = root.path / "updater"
-    if not folder.is_dir():
-        return
-    for part in folder.iterdir():
-        if part.name not in keep and not part.name.startswith("."):
-            shutil.rmtree(part, ignore_errors=True) if part.is_dir() else part.unlink()
-
-
-def self_update(root: InstallRoot, repo: TrustedRepository,
+def self_update(root: InstallRoot, repo: TrustedRepository | Callable[[], TrustedRepository],
                 told: Callable[[str], None] = lambda line: None,
                 rollouts: bool = True) -> SelfUpdateReport:
     """Move this root's Greenlight to the newest release of its updater channel, if it may
-    (`rollouts`: see `find`).
+    (`rollouts`: see `find`). `repo` may be made under the root's lock (a bundle's).
 
     Raises:
         BusyError: another updater holds the root.
@@ -235,16 +134,18 @@ def self_update(root: InstallRoot, repo: TrustedRepository,
     kind = greenlight_kind(root)
     with locked(root):
         settle(root)
-        found = find(root, repo, rollouts)
+        source = repo if isinstance(repo, TrustedRepository) else repo()
+        found = find(root, source, rollouts)
+        state = read_updaters(root)
+        running = state.active.version if state.active else VERSION
         if found.candidate is None:
             outcome: Outcome = "up-to-date" if found.available is None or not is_newer(
-                found.available, VERSION) else "held"
+                found.available, running) else "held"
             return _report(root, outcome, found.note, found.channel, found.available)
         if kind in UNMANAGED and not (kind == "copy" and _is_this_program(root)):
             return _report(root, "unmanaged", f"{found.note}; {UNMANAGED[kind]}",
                            found.channel, found.available)
         candidate = found.candidate
-        state = read_updaters(root)
         if state.active is not None and not is_newer(candidate.version, state.active.version):
             return _report(root, "up-to-date", f"Greenlight {state.active.version} is active "
                            f"here (this program is {VERSION})", found.channel,
@@ -252,29 +153,29 @@ def self_update(root: InstallRoot, repo: TrustedRepository,
         told(f"fetching Greenlight {candidate.version} from {found.channel}")
         if state.active is None:
             state = _adopt(root, state)
-        new = _stage(root, repo, candidate)
+        assert state.active is not None
+        old = state.active
+        new = stage(root, source, candidate)
         told(f"qualifying Greenlight {candidate.version} against {root.path}")
-        refused = _qualify(root, new)
+        refused = judge(root, new.version)
         channel = found.channel
-        old_key = state.active.release_key if state.active else None
         if refused is not None:
-            write_updaters(root, state.model_copy(update={"quarantined": [
-                *state.quarantined, quarantine_record(new, f"failed to qualify: {refused}",
-                                                      now())]}))
-            shutil.rmtree(exe_path(root, new.version).parent, ignore_errors=True)
+            write_updaters(root, state.model_copy(update={"quarantined": quarantine_record(
+                state, new, f"failed to qualify: {refused}", now())}))
+            prune(root, read_updaters(root))
             summary = (f"Greenlight {new.version} failed to qualify and was quarantined: "
-                       f"{refused}; {VERSION} stays")
+                       f"{refused}; {old.version} stays")
             _queue(root, HistoryEntry(event="greenlight-quarantined", channel=channel,
-                                      from_version=new.version, to_version=VERSION,
-                                      from_release=candidate.key, to_release=old_key,
+                                      from_version=new.version, to_version=old.version,
+                                      from_release=candidate.key, to_release=old.release_key,
                                       summary=summary))
             return _report(root, "quarantined", summary, channel, candidate.version)
         state = _activate(root, state, new)
-        _prune(root, state)
-        summary = f"Greenlight {VERSION} -> {new.version} (qualified, activated)"
+        prune(root, state)
+        summary = f"Greenlight {old.version} -> {new.version} (qualified, activated)"
         _queue(root, HistoryEntry(event="greenlight-updated", channel=channel,
-                                  from_version=VERSION, to_version=new.version,
-                                  from_release=old_key, to_release=candidate.key,
+                                  from_version=old.version, to_version=new.version,
+                                  from_release=old.release_key, to_release=candidate.key,
                                   summary=summary))
         return _report(root, "updated", summary, channel, candidate.version)
 
@@ -282,125 +183,158 @@ def self_update(root: InstallRoot, repo: TrustedRepository,
 def from_bundle(root: InstallRoot, bundle_path: Path,
                 told: Callable[[str], None] = lambda line: None) -> SelfUpdateReport | None:
     """The Greenlight release an offline bundle carries (`release bundle --with-updater`),
-    taken as online: verified against this root's trust, qualified, activated. None when the
-    bundle carries none for this root's channel.
+    taken as online: verified against this root's trust (under its lock), qualified,
+    activated. None when the bundle carries none for this root's channel.
 
     Raises:
         ArchiveError: not a readable bundle; and what `self_update` raises.
     """
-    from greenlight.channels import channel_target
+    from greenlight.channels import BUNDLE_MANIFEST, BundleManifest
     from greenlight.updater.store import index_tar
     from greenlight.updater.trust import open_bundle
 
     if not bundle_path.is_file():
         return None  # said by the sideload itself
     bundle_path = bundle_path.resolve()
-    bundle = open_bundle(bundle_path, index_tar(bundle_path), root.metadata_dir,
-                         bundle_path.name)
-    channel = updater_channel(active_channel(root).channel)
-    if bundle.manifest.greenlight is None or bundle.channel != active_channel(root).channel:
-        return None  # bundle.json's word decides only whether to look: TUF verifies the rest
-    if bundle.repository.target_info(channel_target(channel)) is None:
+    index = index_tar(bundle_path)
+    where = index.get(BUNDLE_MANIFEST)
+    try:
+        with bundle_path.open("rb") as f:
+            f.seek(where[0] if where else 0)
+            hint = BundleManifest.from_json(f.read(min(where[1], 65536))) if where else None
+    except (OSError, ValueError):
+        hint = None
+    # bundle.json's word decides only whether to look: TUF verifies the rest, under the lock.
+    if hint is None or hint.greenlight is None or hint.channel != active_channel(root).channel:
         return None
-    return self_update(root, bundle.repository, told, rollouts=False)
+    return self_update(root, lambda: open_bundle(bundle_path, index, root.metadata_dir,
+                                                 bundle_path.name).repository,
+                       told, rollouts=False)
 
 
 def place(root: InstallRoot, source: Path) -> str:
     """This very Greenlight (`source`: the one-file executable running now) made the root's
     active version, as the offline installer leaves it: beside the others, activated in the
-    same journaled step, the version before kept as the fallback. A root whose active version
-    is newer keeps it (Greenlight never moves back by an installer). Returns a line for a
-    person. The caller holds the root's lock."""
+    same journaled step, the version before kept as the fallback. A root whose Greenlight is
+    newer keeps it (an installer never moves Greenlight back). Returns a line for a person.
+    The caller holds the root's lock."""
     settle(root)
     state = read_updaters(root)
-    if state.active is not None and is_newer(state.active.version, VERSION):
-        return f"bin/updater stays on Greenlight {state.active.version} (newer than {VERSION})"
-    home = exe_path(root, VERSION)
-    _folder(_folder(root.path / "updater") / VERSION)
-    _folder(root.path / "bin")
-    part = home.with_name(".updater.part")
-    shutil.copyfile(source, part)
-    os.chmod(part, 0o755)
-    fsync_tree(part.parent)
-    os.replace(part, home)
-    new = UpdaterVersion(version=VERSION, sha256=sha256_of(home))
+    current = managed_version(root) or (state.active.version if state.active else None)
+    if current is not None and is_newer(current, VERSION):
+        return f"bin/updater stays on Greenlight {current} (newer than {VERSION})"
+    if state.active is not None and state.active.version == VERSION and \
+            managed_version(root) == VERSION:
+        return f"bin/updater enters Greenlight {VERSION}"
+    if state.active is None and current is not None:
+        state = _adopt(root, state)
     if state.active is not None and state.active.version == VERSION:
-        state = state.model_copy(update={"active": None})  # the same version, made again
-    done = _activate(root, state, new)
-    write_updaters(root, done.model_copy(update={"probation": 0}))
-    _prune(root, done)
+        state = state.model_copy(update={"active": state.previous, "previous": None})
+    new = copy_in(root, source, VERSION)
+    done = _activate(root, state, new, probation=0)
+    prune(root, done)
     return f"bin/updater enters Greenlight {VERSION}"
 
 
 def _requirement(root: InstallRoot) -> str | None:
-    """The Greenlight the installed release's signed channel entry requires, if any."""
+    """The Greenlight the installed release's signed entry required, if any (recorded with
+    the release; for one staged before 0.3.0, the kept entry of the active channel when it
+    still carries that release)."""
     from greenlight.channels import ChannelFile
 
+    key = root.installed_release()
+    if key is None:
+        return None
+    staged = root.manifest(key)
+    if staged is not None and staged.requires is not None:
+        return staged.requires
     channel = active_channel(root).channel
     try:
         entry = ChannelFile.model_validate_json((root.channels_dir / f"{channel}.json")
                                                 .read_bytes())
     except (OSError, ValueError):
         return None
-    installed = root.installed_version()
-    if installed is None or entry.release != installed:
-        return None
-    return entry.requires
+    return entry.requires if entry.identity.key == key else None
 
 
-def fall_back(root: InstallRoot, reason: str) -> SelfUpdateReport:
-    """The active version failed its first cycles (`reason`): the previous version takes
-    over again, and this one is quarantined. Never below what the installed release's signed
-    entry requires: then the version stays, and says why.
+def fall_back(root: InstallRoot, reason: str, version: str | None = None) -> SelfUpdateReport:
+    """Put the active version aside (`reason`: its first cycles failed, or a person says so)
+    and go back to the one before: quarantined, and the previous version active again, in
+    one journaled step. With `version`, only when that is the active one (the loop names the
+    version whose cycle failed). Never to a quarantined or damaged version, and never below
+    what the installed release's signed entry requires: then the version stays, and says why.
 
     Raises:
         BusyError: another updater holds the root.
-        StoreError: state/updater.json is damaged.
+        StoreError: state/updater.json is damaged, or a link is planted in the root.
     """
     with locked(root):
         settle(root)
         state = read_updaters(root)
         bad, back = state.active, state.previous
-        if bad is None or back is None or state.probation <= 0:
-            return _report(root, "up-to-date", "no Greenlight version is on probation here")
         channel = updater_channel(active_channel(root).chosen_channel)
+        if bad is None or back is None or (version is not None and bad.version != version):
+            return _report(root, "up-to-date", f"nothing to fall back from: Greenlight "
+                           f"{bad.version if bad else VERSION} is active"
+                           + ("" if back else ", with no version before it kept"), channel)
         try:
             intact = sha256_of(exe_path(root, back.version)) == back.sha256
         except OSError:
             intact = False
-        if not intact:
-            return _report(root, "kept", f"Greenlight {bad.version} {reason}, but stays: "
-                           f"{back.version}'s executable is missing or changed", channel)
+        keeps = (f"{back.version} is quarantined here" if state.is_quarantined(
+                     back.version, back.key) else
+                 f"{back.version}'s executable is missing or changed" if not intact else None)
         needed = _requirement(root)
-        if needed is not None and is_newer(needed, back.version):
-            return _report(root, "kept", f"Greenlight {bad.version} {reason}, but stays: the "
-                           f"installed release needs Greenlight >= {needed}", channel)
-        quarantined = [*state.quarantined, quarantine_record(bad, reason, now())]
-        write_updaters(root, state.model_copy(update={"quarantined": quarantined}))
-        state = _activate(root, state.model_copy(update={"quarantined": quarantined}), back)
-        state = state.model_copy(update={"previous": None, "probation": 0})
-        write_updaters(root, state)
-        _prune(root, state)
-        summary = (f"Greenlight {bad.version} {reason}: quarantined, back on "
-                   f"{back.version}")
+        if keeps is None and needed is not None and is_newer(needed, back.version):
+            keeps = f"the installed release needs Greenlight >= {needed}"
+        if keeps is not None:
+            return _report(root, "kept", f"Greenlight {bad.version} {reason}, but stays: "
+                           f"{keeps}", channel)
+        quarantined = quarantine_record(state, bad, reason, now())
+        state = _activate(root, state.model_copy(update={"quarantined": quarantined}), back,
+                          previous=None, probation=0)
+        prune(root, state)
+        summary = f"Greenlight {bad.version} {reason}: quarantined, back on {back.version}"
         _queue(root, HistoryEntry(event="greenlight-quarantined", channel=channel,
                                   from_version=bad.version, to_version=back.version,
-                                  from_release=bad.release_key,
-                                  to_release=back.release_key,
+                                  from_release=bad.release_key, to_release=back.release_key,
                                   summary=summary))
         return _report(root, "fell-back", summary, channel)
 
 
-def cycle_ended(root: InstallRoot) -> None:
-    """An agent cycle of this version ended without an internal error: one step of its
-    probation done. Never raises."""
+def lift(root: InstallRoot, version: str) -> SelfUpdateReport:
+    """A Greenlight version quarantined here may be taken again (a person says its cause is
+    gone). Raises NotFound when it is not quarantined."""
+    from greenlight.updater._errors import NotFound
+
+    with locked(root):
+        state = read_updaters(root)
+        if state.is_quarantined(version) is None:
+            raise NotFound(f"Greenlight {version} is not quarantined here")
+        write_updaters(root, state.lifted(version))
+        return _report(root, "up-to-date", f"Greenlight {version} may be taken again")
+
+
+def cycle_ended(root: InstallRoot, ok: bool) -> str | None:
+    """An agent cycle of this version, the active one on probation, ended: cleanly (`ok`: one
+    step of its probation done, its strikes cleared) or in an error (a strike). Returns why
+    the version should be put aside once it has STRIKES in a row, for the agent's loop; never
+    raises."""
     try:
         state = read_updaters(root)
         if state.probation <= 0 or state.active is None or state.active.version != VERSION:
-            return
+            return None
         with locked(root):
             state = read_updaters(root)
-            if state.probation > 0 and state.active and state.active.version == VERSION:
-                write_updaters(root, state.model_copy(update={"probation": state.probation - 1}))
+            if state.probation <= 0 or state.active is None or \
+                    state.active.version != VERSION:
+                return None
+            strikes = 0 if ok else state.strikes + 1
+            write_updaters(root, state.model_copy(update={
+                "probation": state.probation - 1 if ok else state.probation,
+                "strikes": strikes}))
+        return (f"its {strikes} agent cycles in a row ended in an error"
+                if strikes >= STRIKES else None)
     except Exception:  # noqa: BLE001 - a probation step must never fail the cycle
-        return
+        return None
+

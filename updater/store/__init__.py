@@ -98,6 +98,7 @@ from greenlight.updater.store._updaters import (
     managed_version,
     quarantine_record,
     read_updaters,
+    real_folder,
     settle,
     sha256_of,
     turn_link,
@@ -106,6 +107,7 @@ from greenlight.updater.store._updaters import (
 )
 
 __all__ = [
+    "real_folder",
     "unsettled",
     "GreenlightInfo",
     "greenlight_info",

@@ -76,6 +76,9 @@ class ReleaseManifest(Record):
     file_lists: dict[str, str] = Field(
         default_factory=dict, description="sha256 of each component's signed file list, "
                                           "kept in FILE_LISTS/<component>.json")
+    requires: str | None = Field(
+        default=None, description="the Greenlight its signed entry required (0.3.0 on): "
+                                  "Greenlight never falls back below it while it runs")
 
     @property
     def identity(self) -> ReleaseId:

@@ -64,6 +64,7 @@ def stage_release(root: InstallRoot, channel_file: ChannelFile,
             manifest=channel_file.manifest,
             installed_at=installed_at or now(),
             file_lists={name: hashlib.sha256(data).hexdigest() for name, data in lists.items()},
+            requires=channel_file.requires,
         )
         if product is not None:
             atomic_write(staging / PRODUCT_MANIFEST, product)

@@ -20,27 +20,36 @@ version it moves to as `pending` (fsync'd) before it turns the link, and clears 
 
 import hashlib
 import os
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError
 
-from greenlight.channels import Record, atomic_symlink, atomic_write, fsync_dir, remove_path
+from greenlight.channels import (
+    Record,
+    atomic_symlink,
+    atomic_write,
+    fsync_dir,
+    now,
+    remove_path,
+)
 from greenlight.updater._errors import StoreError
 from greenlight.updater.store._root import InstallRoot
 
 __all__ = ["PROBATION_CYCLES", "UPDATER_SCHEMA", "GreenlightInfo", "Kind", "QuarantinedUpdater",
            "UpdaterState", "UpdaterVersion", "entry_point", "exe_path", "fsync_tree",
            "greenlight_info", "greenlight_kind", "managed_version", "quarantine_record",
-           "read_updaters", "settle", "unsettled", "sha256_of", "turn_link", "write_updaters"]
+           "read_updaters", "real_folder", "settle", "sha256_of", "turn_link", "unsettled",
+           "write_updaters"]
 
 UPDATER_SCHEMA = "greenlight.updater-state/1"
 PROBATION_CYCLES = 2
 """Agent cycles a newly activated version must end without a crash or an internal error
 before it is trusted (and the one before it may be removed)."""
 
-EXE = "updater"
+EXE = "updater.exe" if sys.platform == "win32" else "updater"
 Kind = Literal["exe", "python", "copy", "none"]
 
 
@@ -70,17 +79,25 @@ class UpdaterState(Record):
     """an activation under way: the version bin/updater is being moved to"""
     probation: int = 0
     """cycles the active version still has to end cleanly before it is trusted"""
+    strikes: int = 0
+    """cycles in a row the active version on probation ended in an error"""
     since: datetime | None = None
     quarantined: list[QuarantinedUpdater] = []
 
     model_config = {**Record.model_config, "populate_by_name": True}
 
-    def is_quarantined(self, version: str, sha256: str | None = None) -> str | None:
-        """Why `version` (with these bytes, when given) is quarantined here, if it is."""
+    def is_quarantined(self, version: str, key: str | None = None) -> str | None:
+        """Why `version` is quarantined here, if it is: the release of that `key` (its
+        version@digest, when both are known; a republished build of the version is another
+        release), else any of that version."""
         for q in self.quarantined:
-            if q.version == version and (sha256 is None or q.sha256 == sha256):
+            if q.version == version and (key is None or q.key is None or q.key == key):
                 return q.reason
         return None
+
+    def lifted(self, version: str) -> "UpdaterState":
+        return self.model_copy(update={"quarantined": [
+            q for q in self.quarantined if q.version != version]})
 
 
 class GreenlightInfo(Record):
@@ -91,8 +108,8 @@ class GreenlightInfo(Record):
     kind: Literal["exe", "python", "copy", "none"] = Field(
         description="exe: a one-file executable Greenlight moves itself (bin/updater enters "
                     "updater/<version>/); python: a Python environment, moved by its package "
-                    "manager; copy: an offline installer's copy, moved at its first "
-                    "self-update; none: no bin/updater")
+                    "manager; copy: an offline installer's copy from before 0.3.0, moved by a "
+                    "newer installer; none: no bin/updater")
     active: str | None = Field(default=None, description="the version bin/updater enters")
     previous: str | None = Field(default=None, description="the fallback version kept")
     probation: int = Field(default=0, description="clean agent cycles the active version "
@@ -182,10 +199,27 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def real_folder(path: Path) -> Path:
+    """A folder of the root Greenlight writes in (`bin/`, `updater/`, a version's), made if
+    missing; never one reached through a link planted in its place.
+
+    Raises:
+        StoreError: a link or a file sits where the folder is.
+    """
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise StoreError(f"{path}: not a folder (a link or a file is in its place); remove it")
+    path.mkdir(mode=0o755, exist_ok=True)
+    return path
+
+
 def turn_link(root: InstallRoot, version: str) -> None:
-    """Point bin/updater at `version`'s executable, in one rename."""
+    """Point bin/updater at `version`'s executable, in one rename.
+
+    Raises:
+        StoreError: bin/ is not a folder of the root's own.
+    """
     point = entry_point(root)
-    point.parent.mkdir(mode=0o755, exist_ok=True)
+    real_folder(point.parent)
     atomic_symlink(point, f"../updater/{version}/{EXE}")
 
 
@@ -207,7 +241,8 @@ def unsettled(root: InstallRoot) -> bool:
     except StoreError:
         return False
     return state.pending is not None or (
-        state.active is not None and managed_version(root) != state.active.version)
+        state.active is not None and managed_version(root) != state.active.version
+        and exe_path(root, state.active.version).is_file())
 
 
 def settle(root: InstallRoot) -> str | None:
@@ -222,31 +257,42 @@ def settle(root: InstallRoot) -> str | None:
         state = read_updaters(root)
     except StoreError:
         return None  # said by the commands that read it
-    for leftover in (entry_point(root).with_name(f".{EXE}.new"),):
-        if leftover.is_symlink() or leftover.exists():
-            leftover.unlink()
-    folder = root.path / "updater"
+    bin_folder, folder = entry_point(root).parent, root.path / "updater"
+    if bin_folder.is_symlink() or folder.is_symlink():
+        return None  # a planted link: every command that writes there refuses it
+    leftover = entry_point(root).with_name(f".{EXE}.new")
+    if leftover.is_symlink() or leftover.exists():
+        leftover.unlink()
     if folder.is_dir():
         for part in folder.iterdir():
-            if part.name.startswith(".staging-"):
+            if part.name.startswith((".staging-", ".updater.part")):
                 remove_path(part)
     if state.pending is None and state.active is None:
         return None
     linked = managed_version(root)
     said = None
     pending, active = state.pending, state.active
+    falling_back = (pending is not None and active is not None and _intact(root, pending)
+                    and state.is_quarantined(active.version, active.key) is not None)
+    if falling_back and pending is not None and linked != pending.version:
+        turn_link(root, pending.version)  # a fall-back is finished, never undone
+        linked = pending.version
     if pending is not None:
         if linked == pending.version and _intact(root, pending):
             said = f"Greenlight's activation of {pending.version} was finished"
             back = active is not None and state.is_quarantined(active.version,
-                                                                active.sha256) is not None
+                                                                active.key) is not None
             state = state.model_copy(update={  # a fall-back keeps no fallback to the bad one
                 "previous": None if back else active, "active": pending, "pending": None,
-                "probation": 0 if back else PROBATION_CYCLES})
+                "probation": 0 if back else PROBATION_CYCLES, "since": now()})
         else:
             kept = active.version if active is not None else "the one before"
             said = f"Greenlight's activation of {pending.version} was undone; {kept} stays"
             state = state.model_copy(update={"pending": None})
+        write_updaters(root, state)
+    if state.previous is not None and state.is_quarantined(state.previous.version,
+                                                           state.previous.key):
+        state = state.model_copy(update={"previous": None, "probation": 0})
         write_updaters(root, state)
     if (state.active is not None and managed_version(root) != state.active.version
             and _intact(root, state.active)):
@@ -267,5 +313,9 @@ def fsync_tree(path: Path) -> None:
         fsync_dir(Path(folder))
 
 
-def quarantine_record(v: UpdaterVersion, reason: str, at: datetime) -> QuarantinedUpdater:
-    return QuarantinedUpdater(version=v.version, sha256=v.sha256, reason=reason, at=at)
+def quarantine_record(state: UpdaterState, v: UpdaterVersion, reason: str,
+                      at: datetime) -> list[QuarantinedUpdater]:
+    """`state`'s quarantine with `v` in it (once)."""
+    kept = [q for q in state.quarantined if (q.version, q.key) != (v.version, v.key)]
+    return [*kept, QuarantinedUpdater(version=v.version, sha256=v.sha256, key=v.key,
+                                      reason=reason, at=at)]
