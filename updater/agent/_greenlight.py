@@ -3,9 +3,9 @@ Greenlight moves to the newest updater release it may take (`selfupdate.self_upd
 when it moved, the cycle goes on in the new version (the process re-executes `bin/updater`
 with the same arguments), so a release that needs it is installed in the same cycle.
 
-Only a Greenlight that moves itself does this (`store.greenlight_kind` "exe", or an installer's
-"copy", adopted at its first move), and only under `apply = "auto"`: a machine that only
-downloads or notifies says what is available and waits for `updater self-update`.
+Only a Greenlight that moves itself does this (`store.greenlight_kind` "exe"), and only under
+`apply = "auto"`: a machine that only downloads or notifies waits for `updater self-update`,
+and says so when a release needs it.
 """
 
 import os
@@ -29,10 +29,10 @@ def take_greenlight(root: InstallRoot, repo: Repository, config: AgentConfig,
     from greenlight.updater.selfupdate import self_update
 
     kind = greenlight_kind(root)
-    if kind not in ("exe", "copy"):
+    if kind != "exe":
         return ("Greenlight runs from a Python environment here: its package manager moves it"
-                if kind == "python" else "this root has no bin/updater: a newer offline "
-                "installer run on it moves Greenlight")
+                if kind == "python" else "a newer offline installer run on this root moves "
+                "Greenlight")
     if config.apply != "auto":
         return f"[agent] apply = \"{config.apply}\": run 'updater self-update' to move it"
     try:

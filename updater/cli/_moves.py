@@ -192,7 +192,7 @@ def _greenlight_first(install: "InstallRoot", bundle: Path, as_json: bool) -> No
     from greenlight.updater.selfupdate import from_bundle
     from greenlight.updater.store import entry_point, greenlight_kind
 
-    if not install.config_path.exists() or greenlight_kind(install) not in ("exe", "copy"):
+    if not install.config_path.exists() or greenlight_kind(install) != "exe":
         return
     moved = run_command(as_json, lambda: from_bundle(
         install, bundle, told=lambda line: None if as_json else say(line)), install)

@@ -9,8 +9,6 @@ for a version whose first cycles fail.
                                                      probation: one step done, or a strike)
 """
 
-import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -22,12 +20,12 @@ from greenlight.updater.selfupdate._judge import QUALIFY_LIMIT, judge
 from greenlight.updater.selfupdate._stage import copy_in, prune, stage
 from greenlight.updater.store import (
     PROBATION_CYCLES,
+    EventKind,
     HistoryEntry,
     InstallRoot,
     UpdaterState,
     UpdaterVersion,
     active_channel,
-    entry_point,
     exe_path,
     greenlight_kind,
     locked,
@@ -52,8 +50,8 @@ verified, say) before it is put aside: a clean cycle clears them."""
 UNMANAGED = {
     "python": "Greenlight runs from a Python environment here: its package manager moves it "
               "(docs/compatibility.md)",
-    "copy": "bin/updater is an offline installer's copy of another Greenlight than this one: "
-            "run a newer offline installer with --root on this root (docs/compatibility.md)",
+    "copy": "bin/updater is an offline installer's copy from before 0.3.0: run a newer "
+            "offline installer with --root on this root (docs/compatibility.md)",
     "none": "this root has no bin/updater: run the offline installer of a newer Greenlight "
             "with --root on it (docs/compatibility.md)",
 }
@@ -85,24 +83,26 @@ def _queue(root: InstallRoot, entry: HistoryEntry) -> None:
     queue_event(root, entry, outbox)
 
 
-def _is_this_program(root: InstallRoot) -> bool:
-    """bin/updater is the very executable running now (an installer's copy of itself)."""
-    try:
-        return bool(getattr(sys, "frozen", False)) and os.path.samefile(sys.executable,
-                                                                         entry_point(root))
-    except OSError:
-        return False
-
-
 def _adopt(root: InstallRoot, state: UpdaterState) -> UpdaterState:
-    """The record of the version running now, for a root whose bin/updater is a link made
-    without one, or this very executable's copy (an installer's): copied in as this version,
-    the fallback of the new one."""
+    """The record of the version bin/updater enters, for a root linked without one."""
     linked = managed_version(root)
-    if linked is not None:
-        return state.model_copy(update={"active": UpdaterVersion(
-            version=linked, sha256=sha256_of(exe_path(root, linked)))})
-    return state.model_copy(update={"active": copy_in(root, entry_point(root), VERSION)})
+    assert linked is not None  # kind "exe"
+    return state.model_copy(update={"active": UpdaterVersion(
+        version=linked, sha256=sha256_of(exe_path(root, linked)))})
+
+
+def _event(root: InstallRoot, event: EventKind, channel: str, left: UpdaterVersion | str,
+           to: UpdaterVersion | str, summary: str) -> None:
+    """A Greenlight move in the history and the report outbox: from `left` to `to` (each a
+    version kept here, or a release key of the updater channel)."""
+    def parts(v: UpdaterVersion | str) -> tuple[str, str]:
+        return (v.version, v.release_key) if isinstance(v, UpdaterVersion) else \
+            (v.partition("@")[0], v)
+
+    (from_version, from_key), (to_version, to_key) = parts(left), parts(to)
+    _queue(root, HistoryEntry(event=event, channel=channel,
+                              from_version=from_version, to_version=to_version,
+                              from_release=from_key, to_release=to_key, summary=summary))
 
 
 def _activate(root: InstallRoot, state: UpdaterState, new: UpdaterVersion,
@@ -142,7 +142,7 @@ def self_update(root: InstallRoot, repo: TrustedRepository | Callable[[], Truste
             outcome: Outcome = "up-to-date" if found.available is None or not is_newer(
                 found.available, running) else "held"
             return _report(root, outcome, found.note, found.channel, found.available)
-        if kind in UNMANAGED and not (kind == "copy" and _is_this_program(root)):
+        if kind in UNMANAGED:
             return _report(root, "unmanaged", f"{found.note}; {UNMANAGED[kind]}",
                            found.channel, found.available)
         candidate = found.candidate
@@ -165,18 +165,12 @@ def self_update(root: InstallRoot, repo: TrustedRepository | Callable[[], Truste
             prune(root, read_updaters(root))
             summary = (f"Greenlight {new.version} failed to qualify and was quarantined: "
                        f"{refused}; {old.version} stays")
-            _queue(root, HistoryEntry(event="greenlight-quarantined", channel=channel,
-                                      from_version=new.version, to_version=old.version,
-                                      from_release=candidate.key, to_release=old.release_key,
-                                      summary=summary))
+            _event(root, "greenlight-quarantined", channel, candidate.key, old, summary)
             return _report(root, "quarantined", summary, channel, candidate.version)
         state = _activate(root, state, new)
         prune(root, state)
         summary = f"Greenlight {old.version} -> {new.version} (qualified, activated)"
-        _queue(root, HistoryEntry(event="greenlight-updated", channel=channel,
-                                  from_version=old.version, to_version=new.version,
-                                  from_release=old.release_key, to_release=candidate.key,
-                                  summary=summary))
+        _event(root, "greenlight-updated", channel, old, candidate.key, summary)
         return _report(root, "updated", summary, channel, candidate.version)
 
 
@@ -295,10 +289,7 @@ def fall_back(root: InstallRoot, reason: str, version: str | None = None) -> Sel
                           previous=None, probation=0)
         prune(root, state)
         summary = f"Greenlight {bad.version} {reason}: quarantined, back on {back.version}"
-        _queue(root, HistoryEntry(event="greenlight-quarantined", channel=channel,
-                                  from_version=bad.version, to_version=back.version,
-                                  from_release=bad.release_key, to_release=back.release_key,
-                                  summary=summary))
+        _event(root, "greenlight-quarantined", channel, bad, back, summary)
         return _report(root, "fell-back", summary, channel)
 
 

@@ -10,8 +10,8 @@
 
 A root whose `bin/updater` is such a link is *managed*: Greenlight moves it (`kind` "exe").
 Any other `bin/updater` (a script that runs a Python environment's updater, or a copy of an
-offline installer made before 0.3.0) is moved by what put it there (`kind` "python" or
-"copy"); an "exe" copy becomes managed at its first self-update.
+offline installer made before 0.3.0) is moved by what put it there (`kind` "python": its
+package manager; "copy": a newer offline installer, which makes the root managed).
 
 `state/updater.json` is the record; `bin/updater` follows it. An activation writes the
 version it moves to as `pending` (fsync'd) before it turns the link, and clears it after;
