@@ -10,13 +10,15 @@ ReleaseError                 1  refused: the request cannot be done as asked
 ├── MetadataError            6  metadata on disk that cannot be read or accepted
 ├── StorageError             7  the disk: full, unwritable (nothing was changed)
 ├── RemoteError              8  a collector or an object store unreachable, or refusing
-└── BuildError               9  the offline installer's build failed
+├── BuildError               9  the offline installer's build failed
+└── RehearsalFailed         10  a rehearsal failed: its matrix names each failed path and why
 ```
 Anything else that reaches the CLI is a bug: it says so in one line, with exit 70.
 """
 
 __all__ = ["EXIT_BUG", "EXIT_CODES", "BuildError", "Conflict", "KeysError", "MetadataError",
-           "NotFound", "ReleaseError", "RemoteError", "StorageError", "UsageError"]
+           "NotFound", "RehearsalFailed", "ReleaseError", "RemoteError", "StorageError",
+           "UsageError"]
 
 EXIT_BUG = 70
 
@@ -68,6 +70,11 @@ class BuildError(ReleaseError):
     kind = "build"
 
 
+class RehearsalFailed(ReleaseError):
+    exit_code = 10
+    kind = "rehearsal"
+
+
 EXIT_CODES: dict[int, str] = {
     0: "done",
     1: "refused: the request cannot be done as asked",
@@ -79,5 +86,7 @@ EXIT_CODES: dict[int, str] = {
     7: "the disk: full or unwritable (nothing was changed)",
     8: "a collector or an object store unreachable, or refusing",
     9: "the offline installer's build failed",
+    10: "a rehearsal failed: its matrix names each failed path and why",
+    130: "a rehearsal interrupted (Ctrl-C, SIGTERM): every path it started was stopped",
     EXIT_BUG: "a bug in release (please report it)",
 }

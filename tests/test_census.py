@@ -85,7 +85,8 @@ def test_reports_carry_greenlight_and_each_machine_counts_by_its_latest(collecto
     stable = _census(collector, "stable")
     assert stable == {"schema": "greenlight.census/1", "channel": "stable", "machines": 5,
                       "greenlight": {"0.3.0": {"exe": 3}, "0.3.0rc1": {"python": 1},
-                                     "0.2.0": {"unknown": 1}}}
+                                     "0.2.0": {"unknown": 1}},
+                      "releases": {}, "cohorts": {}}  # no report says before, after, cohort
     everything = _census(collector)
     assert everything["more"] is False
     assert everything["channels"] == {
@@ -117,6 +118,104 @@ def test_reports_carry_greenlight_and_each_machine_counts_by_its_latest(collecto
     assert refused.status_code == 422
     assert "/v1/census" in httpx.get(collector.url + "openapi.json").json()["paths"]
     assert re.match(GREENLIGHT_PATTERN, VERSION)  # this version can say itself
+
+
+A, B = "linux-6/x86_64/a", "linux-6/x86_64/b"
+
+
+def _keyed(channel: str, n: int, after: str | None = None, before: str | None = None,
+           cohort: str | None = None, **extra: str) -> dict:
+    report = {**_report(channel, (after or before or "1.0").partition("@")[0], n), **extra}
+    for name, key in (("after", after), ("before", before)):
+        if key is not None:
+            report[name] = key
+    if cohort is not None:
+        report["cohort"] = cohort
+    return report
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_collector(request, tmp_path):
+    """A real collector on SQLite, and on a real PostgreSQL when one can be started here."""
+    if request.param == "sqlite":
+        running = Collector(tmp_path, f"sqlite:///{tmp_path / 'c.sqlite3'}")
+        yield running
+        running.stop()
+        return
+    from bench.postgres import Unavailable, temporary_postgres
+
+    try:
+        with temporary_postgres(free_port()) as url:
+            running = Collector(tmp_path, url)
+            try:
+                yield running
+            finally:
+                running.stop()
+    except Unavailable as e:
+        pytest.skip(str(e))
+
+
+def test_one_channel_census_says_the_releases_and_cohorts_its_machines_run(tmp_path,
+                                                                           any_collector):
+    """Each machine on `prod` by its latest report on `prod` itself: the version of its
+    `after` key, else `before`, and its cohort; a report about its updater says neither."""
+    from greenlight.release.fleet import fetch_census
+
+    collector, one, two = any_collector, "1.0@" + "a" * 12, "1.1@" + "b" * 12
+    for name, report in [
+            ("a", _keyed("prod", 0, after=two, before=one, cohort=A)),
+            ("b", _keyed("prod", 0, after=one, cohort=A)),
+            ("b", _keyed("prod", 1, after=two, before=one, cohort=A)),  # its latest: 1.1
+            ("c", _keyed("prod", 0, after=one, before=one, cohort=B, outcome="rolled-back")),
+            ("d", _keyed("prod", 0, before=one, outcome="precheck-blocked")),  # no cohort
+            ("e", _keyed("prod", 0, after=two, cohort=A)),
+            # its latest is about its updater: its release and cohort come from the one above
+            ("e", _keyed("greenlight-prod", 1, after="0.3.0@" + "c" * 12, cohort=B)),
+            ("f", _keyed("prod", 0, after=one, cohort=B)),
+            ("f", _keyed("beta", 1, after=two, cohort=B)),  # f is on beta now
+            ("g", _keyed("prod", 0)),  # says no key: a machine, no release
+            ("h", _keyed("prod", 0, after="V1.1@" + "d" * 12)),  # no release is named so
+    ]:
+        answer = post_report(collector.url, name, report)
+        assert answer.status_code == 202, answer.text
+    prod = _census(collector, "prod")
+    assert prod["machines"] == 7
+    assert prod["releases"] == {"1.1": 3, "1.0": 2}
+    assert list(prod["releases"]) == ["1.1", "1.0"]  # newest first
+    assert prod["cohorts"] == {A: 3, B: 1}
+    assert _census(collector, "beta")["releases"] == {"1.1": 1}
+    updater = _census(collector, "greenlight-prod")  # its machines are on prod
+    assert (updater["machines"], updater["releases"], updater["cohorts"]) == (0, {}, {})
+    assert _census(collector, "nothing") == {"schema": "greenlight.census/1",
+                                             "channel": "nothing", "machines": 0,
+                                             "greenlight": {}, "releases": {}, "cohorts": {}}
+    assert "releases" not in _census(collector)["channels"]["prod"]  # one channel's only
+
+    # The pipeline's client gets them, checked.
+    row = fetch_census(collector.url, tmp_path / "tokens" / "admin", "prod")["prod"]
+    assert (row["machines"], row["releases"], row["cohorts"]) == (7, prod["releases"],
+                                                                  prod["cohorts"])
+    everything = fetch_census(collector.url, tmp_path / "tokens" / "admin")
+    assert everything["prod"]["releases"] == {} and everything["prod"]["cohorts"] == {}
+
+
+def test_the_census_releases_and_cohorts_are_checked():
+    from greenlight.release.fleet._census import checked_census
+
+    base = {"schema": "greenlight.census/1", "channel": "prod", "machines": 2,
+            "greenlight": {"0.3.0": {"exe": 2}}}
+    older = checked_census(base, "prod")["prod"]  # a collector that says neither
+    assert (older["releases"], older["cohorts"]) == ({}, {})
+    good = checked_census({**base, "releases": {"1.1": 1, "1.0rc1": 1},
+                           "cohorts": {A: 2}}, "prod")["prod"]
+    assert (good["releases"], good["cohorts"]) == ({"1.1": 1, "1.0rc1": 1}, {A: 2})
+    for bad in ({"releases": {"v1.0": 1}}, {"releases": {"1.0\x1b[2J": 1}},
+                {"releases": {"1." + "0" * 70: 1}}, {"releases": {"1.0": -1}},
+                {"releases": {"1.0": True}}, {"releases": {"1.0": "1"}}, {"releases": [1]},
+                {"cohorts": {"<script>": 1}}, {"cohorts": {A + "\n": 1}},
+                {"cohorts": {A: 1.5}}, {"cohorts": "a"}):
+        with pytest.raises(ValueError):
+            checked_census({**base, **bad}, "prod")
 
 
 def test_a_real_machine_says_its_greenlight(tmp_path, repo, builds, collector):

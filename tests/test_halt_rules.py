@@ -76,7 +76,8 @@ def test_publish_signs_the_sequential_rule_into_the_plan(tmp_path, builds):
     done = subprocess.run(
         [str(bin_ / "release"), "publish", str(repo.path), "--channel", "stable", "--version",
          "1.1", *[f"--component={k}={v}" for k, v in builds("1.1").items()],
-         "--rollout-plan", "10,100", "--halt-sequential", "0.01", "--halt-min-failures", "5"],
+         "--rollout-plan", "10,100", "--halt-sequential", "0.01", "--halt-min-failures", "5",
+         "--without-rehearsal", "a test of the halt rule's options"],
         capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "halting by the sequential rule (false-halt probability 0.01, at least 5 failed)" \

@@ -97,7 +97,7 @@ def test_a_fresh_machine_outside_a_halted_rollout_gets_the_release_before_it(tmp
     core = archive(tmp_path / "core.tgz", {"core.py": b"print('1.0')\n"})
     publish(repo, "stable", "1.0", core)
     publish(repo, "stable", "1.1", archive(tmp_path / "core-1.1.tgz", {"core.py": b"1.1\n"}),
-            "--rollout", "10")
+            "--rollout", "10", "--without-rehearsal", "a test of the rollout's halt")
     assert release("rollout", str(repo.path), "--channel", "stable", "--halt").returncode == 0
     carried = current_channel_file(repo, "stable")
     assert carried.release == "1.1" and carried.rollout.halted
@@ -150,7 +150,7 @@ def test_promote_a_chosen_version_points_at_the_same_bytes(tmp_path, repo):
     beta_11 = current_channel_file(repo, "beta").components["core"]
     publish(repo, "beta", "1.2", archive(tmp_path / "1.2.tgz", {"core.py": b"1.2"}))
     done = release("promote", str(repo.path), "--from", "beta", "--to", "stable",
-                   "--version", "1.1")
+                   "--version", "1.1", "--without-rehearsal", "a test of promote's bytes")
     assert done.returncode == 0, done.stderr
     stable = current_channel_file(repo, "stable")
     assert stable.release == "1.1" and current_channel_file(repo, "beta").release == "1.2"

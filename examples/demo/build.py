@@ -14,7 +14,8 @@ from pathlib import Path
 HERE = Path(__file__).parent
 FAULTS = ("refuse-ui-token", "refuse-ui-token-on-legacy", "crash-on-stop-in-flight",
           "crash-on-first-stop", "notify-errors-fatal",
-          "crash-after-serving")
+          "crash-after-serving", "state-v2", "migration-assumes-state-v2",
+          "ui-default-core-port")
 COMPONENTS = {"core": "core.py", "ui": "ui.py"}
 
 

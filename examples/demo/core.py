@@ -32,6 +32,15 @@ Faults are baked into a build's build.json, never read from the environment:
                            70), whatever is in flight; it leaves `core-<version>-crashed-on-stop`
                            in the data folder, and later stops are clean: an old release that
                            dies when an upgrade stops it, and stops cleanly when it is retried
+  state-v2                 not a fault: the core keeps its state file (`core-state` in the
+                           data folder) in format 2; other builds write format 1
+  migration-assumes-state-v2  the core migrates `core-state` assuming format 2, which only
+                           the previous release wrote: on a machine whose state is format 1
+                           (an older release still in the field) it exits 4 at start; a new
+                           machine (no state yet) and one coming from format 2 are fine
+  ui-default-core-port     (the UI's) it calls the core on 8080, the manifest's default,
+                           whatever port the machine gave the core: fine on a machine that
+                           keeps the default, refused on one that switches it
   crash-after-serving      once its data folder holds `crash-now` (a time bomb a test sets off
                            when it wants: "ten seconds after the commit"), the core exits
                            (status 3) and leaves `core-<version>-crashed` there; once that is
@@ -239,6 +248,14 @@ def main() -> int:
         print(f"core {VERSION}: cannot open its state (it crashed before)", file=sys.stderr,
               flush=True)
         return 3
+    state = args.token_file.parent / "core-state"
+    if "migration-assumes-state-v2" in FAULTS and state.exists() and \
+            state.read_text().strip() != "2":
+        print(f"core {VERSION}: migration failed: {state} is format "
+              f"{state.read_text().strip()!r}, this release migrates from format 2 only",
+              file=sys.stderr, flush=True)
+        return 4
+    state.write_text("2\n" if FAULTS & {"state-v2", "migration-assumes-state-v2"} else "1\n")
     core = Core(args.token_file.read_text().strip(), args.drain_seconds)
     given = inherited()
     if "api" in given:

@@ -9,7 +9,10 @@ watching, installs it, the post-check catches it, and Greenlight rolls back to 1
 and falls back to stable, printing the evidence. Stable only carries the older 1.6.10, so the
 machine stays on its last good release: no automatic downgrade, cycle after cycle. When the
 fixed beta 1.6.13 is published, the agent returns to beta, the channel the person chose, and
-installs it. Last, a fleet chapter: three machines, each with a key of its own, report to a
+installs it. Then the vendor rehearses beta 1.6.14 before any machine sees it, from every
+release still in the field, under the release's defaults and a layer that moves a port: two
+faults a fresh machine would not show are caught, and the gate refuses its rollout. Last, a
+fleet chapter: three machines, each with a key of its own, report to a
 collector that guards beta's planned rollout of a 1.7.0 that fails only on one kind of machine
 (the vendor's "legacy" hardware); the two legacy machines roll back, the collector holds their
 cohort only, and the third machine, a "modern" one, takes 1.7.0. Then Greenlight itself: the
@@ -166,18 +169,38 @@ def main() -> None:
         say("The fixed beta 1.6.13 is published; the agent returns to beta, the channel the "
             "person chose, and takes it")
         run("release", "publish", str(repo), "--channel", "beta", "--version", "1.6.13",
-            *components("1.6.13"))
+            *components("1.6.13", "state-v2"))
         print("  (1.6.13 hands over: its core takes the held sockets beside 1.6.11's and says "
               "READY=1, then 1.6.11's drains)")
         calling(root, "updater", "agent", "--once", "--root", str(root))
         run("updater", "health", "--root", str(root))
         ui_view(root)
         run("updater", "stop", "--root", str(root))
+        rehearsal(repo, components)
         fleet(repo, url, components)
     finally:
         server.terminate()
         server.wait(timeout=10)
     say(f"Done. Everything is under {WORK}/")
+
+
+def rehearsal(repo: Path, components) -> None:  # type: ignore[no-untyped-def]
+    """Beta 1.6.14 is rehearsed before any machine sees it, and stopped there."""
+    say("The vendor yanks 1.6.12 (no machine stays on it), then rehearses beta 1.6.14 before "
+        "any machine can see it: from every release still in the field and from an empty "
+        "root, under the release's defaults and a machine layer that moves the core's port")
+    run("release", "yank", str(repo), "--channel", "beta", "--version", "1.6.12",
+        "--reason", "refuses the UI's token")
+    (repo / "rehearsal.toml").write_text(  # REPO/rehearsal.toml: the layers rehearsed
+        '[[scenario]]\nname = "alt-port"\nvalues = { core_port = "18080" }\n')
+    print(f"  ({repo}/rehearsal.toml: the machine layers; 1.6.14's core migrates its state "
+          "assuming 1.6.13's format, and its UI calls the core on the default port)")
+    candidate = components("1.6.14", "migration-assumes-state-v2", "ui-default-core-port")
+    run("release", "rehearse", str(repo), "--channel", "beta", "--version", "1.6.14",
+        *candidate, "--jobs", "4", ok=(10,))
+    say("The gate: 1.6.14's rollout is refused until its rehearsal passes")
+    run("release", "publish", str(repo), "--channel", "beta", "--version", "1.6.14",
+        *candidate, "--rollout-plan", "10,100", ok=(1,))
 
 
 def fleet(repo: Path, url: str, components) -> None:  # type: ignore[no-untyped-def]
@@ -233,7 +256,8 @@ def fleet(repo: Path, url: str, components) -> None:  # type: ignore[no-untyped-
             "refuses the UI's token on legacy hardware only")
         run("release", "publish", str(repo), "--channel", "beta", "--version", "1.7.0",
             "--rollout-plan", "50,100", "--soak", "1h", "--halt-rollbacks", "2",
-            *components("1.7.0", "refuse-ui-token-on-legacy"))
+            "--without-rehearsal", "legacy hardware cannot be rehearsed here; the collector "
+            "guards the rollout", *components("1.7.0", "refuse-ui-token-on-legacy"))
         run("updater", "upgrade", "--root", str(machines[0]), ok=(20,))
         run("updater", "upgrade", "--root", str(machines[1]), ok=(20,))
         deadline = time.monotonic() + 10

@@ -96,6 +96,8 @@ def main() -> int:
     parser.add_argument("--stats", type=Path)
     parser.add_argument("--work-ms", type=int, default=100)
     args = parser.parse_args()
+    if "ui-default-core-port" in BUILD.get("faults", []):  # the core's port, hard-coded
+        args.core = "http://127.0.0.1:8080"
     token = args.token_file.read_text().strip()
     if args.probe:
         failure = probe(args.core, token)

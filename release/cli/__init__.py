@@ -7,12 +7,20 @@ by the commands that use them.
 import sys
 
 from greenlight.channels import terminal_lines
-from greenlight.release.cli import _distribution, _fleet, _keys, _repository, _updater
+from greenlight.release.cli import (
+    _distribution,
+    _fleet,
+    _keys,
+    _rehearse,
+    _repository,
+    _updater,
+)
 from greenlight.release.cli._common import app, say
 
 __all__ = ["app", "main"]
 
-_COMMANDS = (_distribution, _fleet, _keys, _repository, _updater)  # each registers commands
+# each registers commands
+_COMMANDS = (_distribution, _fleet, _keys, _rehearse, _repository, _updater)
 
 
 @app.command("exit-codes")

@@ -9,6 +9,7 @@ import click
 from greenlight.release.cli._common import (
     app,
     change_channel,
+    fail,
     json_option,
     keys_option,
     open_repo,
@@ -21,11 +22,13 @@ from greenlight.release.cli._common import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from greenlight.channels import ChannelFile, RolloutPlan
+    from greenlight.release.repository._repository import FileRepository
 
-__all__ = ["plan_of"]
+__all__ = ["both", "parse_components", "plan_of", "rehearsal_gate"]
 
 @app.command()
 @repo_argument
@@ -40,7 +43,7 @@ def init(repo: Path, keys: Path | None) -> None:
     say(f"trusted root for clients: {created.metadata_dir / '1.root.json'}")
 
 
-def _parse_components(items: list[str]) -> dict[str, Path]:
+def parse_components(items: list[str]) -> dict[str, Path]:
     from greenlight.release._errors import UsageError
 
     components: dict[str, Path] = {}
@@ -101,6 +104,10 @@ def _parse_components(items: list[str]) -> dict[str, Path]:
 @click.option("--force", default=None, metavar="REASON",
               help="With --collector: publish over that refusal; the reason is recorded in "
                    "REPO/publish-overrides.jsonl.")
+@click.option("--without-rehearsal", default=None, metavar="REASON",
+              help="Start the rollout (promote) although the release's rehearsal on this "
+                   "channel failed or never ran; the reason is recorded in "
+                   "REPO/rehearsal-overrides.jsonl and shown by `release status`.")
 @keys_option
 @json_option
 def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ...],
@@ -109,8 +116,8 @@ def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ..
                 halt_min_reports: int, halt_sequential: float | None,
                 halt_min_failures: int, no_deltas: bool, keep_top_folder: bool,
                 manifest: Path | None, requires: str | None, collector_url: str | None,
-                admin_token_file: Path | None, force: str | None, keys: Path | None,
-                as_json: bool) -> None:
+                admin_token_file: Path | None, force: str | None,
+                without_rehearsal: str | None, keys: Path | None, as_json: bool) -> None:
     """Add a release's component archives and point --channel at it, signed; with patches
     from the channel's (and its fallback's) recent releases where they are small.
 
@@ -120,7 +127,11 @@ def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ..
 
     With --collector, it shows which Greenlight the channel's machines run, and refuses
     (exit 1, nothing signed) a release whose `requires` some of them lack while
-    greenlight-<channel> carries no updater release that satisfies it."""
+    greenlight-<channel> carries no updater release that satisfies it.
+
+    A staged rollout (--rollout, --rollout-plan) starts only for a release whose rehearsal
+    on --channel (`release rehearse`) passed for these very archives, unless
+    --without-rehearsal REASON."""
     from greenlight.release.cli._census import OVERRIDES, CensusGate, census_text, older_than
     from greenlight.release.repository._publish import publish
     from greenlight.release.repository._status import ChannelCensus, ChannelChange
@@ -134,10 +145,12 @@ def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ..
     def work() -> ChannelChange:
         r = open_repo(repo, keys)
         gate = None if row is None else CensusGate(r, channel, row, force)
-        cf = publish(r, channel, version, _parse_components(list(component)), fallback,
+        rehearsed = rehearsal_gate(r, "starting the rollout", without_rehearsal,
+                                   plan is not None or rollout_percent is not None)
+        cf = publish(r, channel, version, parse_components(list(component)), fallback,
                      allow_older, rollout_percent, deltas=not no_deltas,
                      keep_top_folder=keep_top_folder, rollout_plan=plan, manifest=manifest,
-                     requires=requires, gate=gate)
+                     requires=requires, gate=both(gate, rehearsed))
         census = None if row is None else ChannelCensus(
             machines=row["machines"], greenlight=row["greenlight"],
             older=older_than(row, cf.requires)[0])
@@ -154,7 +167,29 @@ def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ..
     if result.override is not None:
         say(f"published over the census (--force): {result.override['refusal']}; reason: "
             f"{result.override['reason']}; recorded in {repo / OVERRIDES}")
+    if without_rehearsal is not None:
+        say(f"started without a passed rehearsal (--without-rehearsal): recorded in "
+            f"{repo}/rehearsal-overrides.jsonl")
     print_awaiting(result.awaiting_signatures)
+
+
+def rehearsal_gate(repo: "FileRepository", action: str, without: str | None,
+                   applies: bool = True) -> "Callable[[ChannelFile], None] | None":
+    """The check that the release's rehearsal on its channel passed (`RehearsalGate`)."""
+    from greenlight.release._errors import UsageError
+    from greenlight.release.rehearsal import RehearsalGate
+
+    if without is not None and not without.strip():
+        raise fail(UsageError("--without-rehearsal REASON: say why it ships unrehearsed"))
+    return RehearsalGate(repo, action, without) if applies else None
+
+
+def both(*gates: "Callable[[ChannelFile], None] | None") -> "Callable[[ChannelFile], None]":
+    def gate(entry: "ChannelFile") -> None:
+        for g in gates:
+            if g is not None:
+                g(entry)
+    return gate
 
 
 def _census_of(channel: str, requires: str | None, url: str | None, token: Path | None,
@@ -242,8 +277,15 @@ def status(repo: Path, collector_url: str | None, admin_token_file: Path | None,
     report = run_command(lambda: repository_status(open_repo(repo, keys)))
     if collector_url is not None and admin_token_file is not None:
         report = run_command(lambda: with_census(report, collector_url, admin_token_file))
+    from greenlight.release.cli._rehearsals import rehearsal_lines, rehearsal_status
+
+    pairs = [(c.channel, c.release) for c in report.channels if c.updater_for is None
+             and not c.channel.startswith("greenlight-")]
     if as_json:
-        print_json(report)
+        import json
+
+        print(json.dumps({**report.model_dump(mode="json", by_alias=True),
+                          "rehearsals": rehearsal_status(repo, pairs)}, indent=2))
         return
     w = max([10, *(len(c.channel) for c in report.channels)])
     say(f"{'channel':<{w}} {'release':<10} {'rollout':<10} {'fallback':<10} {'published':<17} "
@@ -263,6 +305,11 @@ def status(repo: Path, collector_url: str | None, admin_token_file: Path | None,
                 older = (f"; {c.census.older} run older than {c.requires}, which "
                          f"{c.release} requires" if c.census.older else "")
                 say(f"  {c.channel}: {census_text(c.census.model_dump())}{older}")
+    rehearsed = rehearsal_lines(repo, pairs)
+    if rehearsed:
+        say("\nRehearsals (release rehearse) of each channel's release:")
+        for line in rehearsed:
+            say(line)
     say()
     rw = max([16, *(len(r.role) for r in report.roles)])
     say(f"{'role':<{rw}} {'version':>7} {'threshold':>10}  expires")
@@ -285,16 +332,25 @@ def status(repo: Path, collector_url: str | None, admin_token_file: Path | None,
               help="Release to promote (default: what --from carries).")
 @click.option("--allow-older", is_flag=True,
               help="Promote a version not newer than --to carries.")
+@click.option("--without-rehearsal", default=None, metavar="REASON",
+              help="Promote although the release's rehearsal on this "
+                   "channel failed or never ran; the reason is recorded in "
+                   "REPO/rehearsal-overrides.jsonl and shown by `release status`.")
 @keys_option
 @json_option
 def promote_cmd(repo: Path, source: str, target: str, version: str | None, allow_older: bool,
-                keys: Path | None, as_json: bool) -> None:
-    """Point --to at the very artifacts --from carries (same hashes, nothing re-uploaded)."""
+                without_rehearsal: str | None, keys: Path | None, as_json: bool) -> None:
+    """Point --to at the very artifacts --from carries (same hashes, nothing re-uploaded).
+
+    Only a release whose rehearsal on --to (`release rehearse --channel TO --version V`)
+    passed for these very artifacts, unless --without-rehearsal REASON."""
     from greenlight.release.repository._lifecycle import promote
 
     change_channel(repo, keys, as_json,
-                    lambda r: promote(r, source, target, version, allow_older),
-                    lambda cf: f"promoted {cf.release} from {source} to {target}")
+                    lambda r: promote(r, source, target, version, allow_older,
+                                      gate=rehearsal_gate(r, "promotion", without_rehearsal)),
+                    lambda cf: f"promoted {cf.release} from {source} to {target}"
+                    + (" (without a passed rehearsal: recorded)" if without_rehearsal else ""))
 
 
 @app.command("yank")

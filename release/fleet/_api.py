@@ -1,9 +1,9 @@
 """The collector's HTTP API (Starlette): `POST /v1/reports` with the fleet token and the
 machine's signature; with the admin token, `GET /v1/rollouts`, `GET /v1/census` (`_census`),
-`GET /metrics`, `GET /v1/machines` and `POST /v1/machines/approve|revoke|load`; `GET
-/openapi.json` (the report API, from the wire format's own model), and `GET /`, the
-dashboard (a static asset, `dashboard.html`, with no data of its own). Tokens are compared
-in constant time and never logged.
+`GET /v1/rehearsals` (`_rehearsals`), `GET /metrics`, `GET /v1/machines` and `POST
+/v1/machines/approve|revoke|load`; `GET /openapi.json` (the report API, from the wire
+format's own model), and `GET /`, the dashboard (a static asset, `dashboard.html`, with no
+data of its own). Tokens are compared in constant time and never logged.
 
 A report is admitted in this order: the fleet token (401), the body's size while it is read
 (413), the machine's signature over the body (401), the wire format and its limits (422), the
@@ -41,6 +41,7 @@ from greenlight.release.fleet._http import (
     page_params,
     unsigned_fresh,
 )
+from greenlight.release.fleet._rehearsals import rehearsals_endpoint
 from greenlight.release.fleet._store import (
     FAILED,
     KEY_DAILY,
@@ -483,6 +484,8 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         Route("/metrics", admin(metrics)),
         Route("/v1/machines", host_checked(admin(machines))),
         Route("/v1/census", host_checked(admin(census_endpoint(store)))),
+        Route("/v1/rehearsals", host_checked(admin(rehearsals_endpoint(
+            guard.path if guard is not None else None)))),
         Route("/v1/machines/approve", host_checked(admin(approve)), methods=["POST"]),
         Route("/v1/machines/revoke", host_checked(admin(revoke)), methods=["POST"]),
         Route("/v1/machines/load", host_checked(admin(load)), methods=["POST"]),

@@ -10,6 +10,9 @@ says count (active ones) are in it.
 
 - `Census`: the store's queries (mixed into `Store`, through `Views`);
 - `census_endpoint`: `GET /v1/census[?channel=C]`, `greenlight.census/1`, the admin token;
+  one channel's answer also says which release its machines run now (`releases`) and the
+  kinds of machine they are (`cohorts`), from each machine's latest report on the channel
+  itself (`Census.channel_releases`);
 - `checked_census`: a collector's answer, checked before the pipeline acts on it.
 """
 
@@ -103,6 +106,55 @@ class Census:
         return ({name: {**found[name], "greenlight": _newest_first(found[name]["greenlight"])}
                  for name in names[:limit]}, len(names) > limit)
 
+    def _field(self, table: Any, name: str) -> Any:
+        """A top-level text field of a report's JSON body, read by the database (SQLite's
+        json_extract, PostgreSQL's ->>): none when absent or null."""
+        sa = self.sa
+        if self.engine.dialect.name == "postgresql":
+            return sa.cast(table.c.body, sa.JSON)[name].as_string()
+        return sa.type_coerce(table.c.body, sa.JSON)[name].as_string()
+
+    def channel_releases(self, channel: str) -> dict[str, dict[str, int]]:
+        """The counted machines on `channel` (as `census` counts them), by the release they
+        run now and by cohort: {"releases": {version: machines}, "cohorts": {cohort:
+        machines}}, newest release first, cohorts in name order. Both come from each
+        machine's latest report on `channel` itself (one about its updater, on
+        `greenlight-<channel>`, says nothing of the release): the version of its `after`
+        key, else of its `before`, and its cohort. A machine without such a report, key or
+        cohort is in neither, nor is a version no release can have (not canonical); an
+        updater's channel has no machines of its own (they are on the channel it serves)."""
+        from greenlight.channels import UPDATER_PREFIX, canonical_version, sort_versions
+
+        if fold_channel(channel) != channel:
+            return {"releases": {}, "cohorts": {}}
+        sa = self.sa
+        latest = self._latest()
+        on = sa.select(latest.c.installation).where(
+            latest.c.channel.in_([channel, UPDATER_PREFIX + channel]))
+        last, each = self.reports.alias("here_last"), self.reports.alias("here_each")
+        newest = sa.select(sa.func.max(each.c.id)).where(
+            each.c.channel == channel, each.c.installation.in_(on)).group_by(each.c.installation)
+        keys = sa.select(sa.func.coalesce(self._field(last, "after"),
+                                          self._field(last, "before")).label("key"),
+                         last.c.cohort).where(last.c.id.in_(newest)).subquery()
+        query = sa.select(keys.c.key, keys.c.cohort, sa.func.count()).group_by(
+            keys.c.key, keys.c.cohort)
+        releases: dict[str, int] = {}
+        cohorts: dict[str, int] = {}
+        with self.engine.connect() as c:
+            rows = c.execute(query).all()
+        for key, cohort, n in rows:
+            if cohort is not None:
+                cohorts[cohort] = cohorts.get(cohort, 0) + int(n)
+            version = str(key or "").partition("@")[0]
+            try:
+                canonical_version(version)
+            except ValueError:
+                continue
+            releases[version] = releases.get(version, 0) + int(n)
+        return {"releases": {v: releases[v] for v in reversed(sort_versions(releases))},
+                "cohorts": dict(sorted(cohorts.items()))}
+
     def row_census(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Any]:
         """Per (channel, release) of `pairs` (a release of None is ""): the counted machines
         that reported on it, by the Greenlight version and kind they run now (their latest
@@ -137,8 +189,9 @@ class Census:
 
 
 def census_endpoint(store: Census) -> Callable[[Any], Awaitable[Any]]:
-    """`GET /v1/census[?channel=C]` (behind the admin token): one channel's census, or every
-    channel's (at most `CENSUS_CHANNELS`, `more` when there are more)."""
+    """`GET /v1/census[?channel=C]` (behind the admin token): one channel's census, with
+    the releases its machines run and their cohorts, or every channel's (at most
+    `CENSUS_CHANNELS`, `more` when there are more)."""
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import JSONResponse
 
@@ -155,7 +208,8 @@ def census_endpoint(store: Census) -> Callable[[Any], Awaitable[Any]]:
         if channel is None:
             return JSONResponse({"schema": CENSUS_SCHEMA, "channels": found, "more": more})
         return JSONResponse({"schema": CENSUS_SCHEMA, "channel": channel,
-                             **found.get(channel, {"machines": 0, "greenlight": {}})})
+                             **found.get(channel, {"machines": 0, "greenlight": {}}),
+                             **await run_in_threadpool(store.channel_releases, channel)})
 
     return census
 
@@ -166,8 +220,43 @@ def _count(value: Any) -> int:
     return value
 
 
+def _counts(row: dict[str, Any], field: str, check: Callable[[str], Any]
+            ) -> dict[str, int]:
+    """An optional {name: machines} part of a channel's census (absent: {}), each name
+    passing `check` (else ValueError) and each count a count."""
+    part = row.get(field, {})
+    if not isinstance(part, dict):
+        raise ValueError(f"{field}: not a table of machines")
+    out = {}
+    for name, n in part.items():
+        try:
+            check(name)
+        except ValueError:
+            raise ValueError(f"{field}: not one: {str(name)[:80]}") from None
+        out[name] = _count(n)
+    return out
+
+
+def _release(version: str) -> None:
+    from greenlight.channels import canonical_version
+
+    if len(version) > 64:
+        raise ValueError(version)
+    canonical_version(version)
+
+
+def _cohort(cohort: str) -> None:
+    import re
+
+    from greenlight.channels import COHORT_PATTERN
+
+    if not re.fullmatch(COHORT_PATTERN, cohort):
+        raise ValueError(cohort)
+
+
 def _one(row: Any) -> dict[str, Any]:
-    """One channel's census as the pipeline uses it, every part checked."""
+    """One channel's census as the pipeline uses it, every part checked; its releases and
+    cohorts ({} when the answer has none: every channel's census, or an older collector's)."""
     import re
 
     from greenlight.channels import GREENLIGHT_PATTERN
@@ -181,12 +270,16 @@ def _one(row: Any) -> dict[str, Any]:
         if not isinstance(kinds, dict) or any(k not in KINDS for k in kinds):
             raise ValueError(f"Greenlight {version}: kinds other than {', '.join(KINDS)}")
         versions[version] = {k: _count(n) for k, n in kinds.items()}
-    return {"machines": _count(row.get("machines")), "greenlight": versions}
+    return {"machines": _count(row.get("machines")), "greenlight": versions,
+            "releases": _counts(row, "releases", _release),
+            "cohorts": _counts(row, "cohorts", _cohort)}
 
 
 def checked_census(answer: Any, channel: str | None = None) -> dict[str, dict[str, Any]]:
     """A collector's `greenlight.census/1` answer as {channel: {"machines": N, "greenlight":
-    {version: {kind: n}}}}, every name, version and count checked (it came over the network).
+    {version: {kind: n}}, "releases": {version: n}, "cohorts": {cohort: n}}}, every name,
+    version and count checked (it came over the network); releases and cohorts are {} when
+    the answer has none (every channel's census has none).
 
     Raises:
         ValueError: not such an answer (its message one line, what was wrong).

@@ -102,11 +102,27 @@ def openapi() -> dict[str, Any]:
                                                       "at most 200, `more` past them)"}],
                 "responses": {"200": {"description": "greenlight.census/1: {channel, "
                                                      "machines, greenlight: {version: {kind: "
-                                                     "machines}}}; a report without "
+                                                     "machines}}, releases: {release: "
+                                                     "machines}, cohorts: {cohort: "
+                                                     "machines}}; a report without "
                                                      "`greenlight` counts as 0.2.0, kind "
-                                                     "unknown"},
+                                                     "unknown; releases (the version of the "
+                                                     "`after` key, else `before`) and cohorts "
+                                                     "by each machine's latest report on the "
+                                                     "channel itself, one channel's only"},
                               "401": {"description": "the admin token is missing or wrong"},
                               "422": {"description": "not a channel name", **error}}}},
+            "/v1/rehearsals": {"get": {
+                "summary": "The repository's last rehearsals, newest first, and the channel "
+                           "changes started without a passed one (the admin token)",
+                "security": bearer,
+                "responses": {"200": {"description": "greenlight.rehearsals/1: {rehearsals: "
+                                                     "[greenlight.rehearsal/1, at most 50], "
+                                                     "overrides: [{at, action, channel, "
+                                                     "release, by, refusal, reason}, the "
+                                                     "last 50, newest first]}; without "
+                                                     "--repo, both empty and a `note`"},
+                              "401": {"description": "the admin token is missing or wrong"}}}},
             "/metrics": {"get": {
                 "summary": "Prometheus metrics (the admin token)", "security": bearer,
                 "responses": {"200": {"description": "text exposition format"}}}},

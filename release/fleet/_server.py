@@ -50,7 +50,9 @@ def fetch_rollouts(url: str, admin_token_file: Path) -> dict[str, Any]:
 def fetch_census(url: str, admin_token_file: Path,
                  channel: str | None = None) -> dict[str, dict[str, Any]]:
     """`GET /v1/census` of a collector (one channel's, or every channel's), checked:
-    {channel: {"machines": N, "greenlight": {version: {kind: machines}}}}.
+    {channel: {"machines": N, "greenlight": {version: {kind: machines}}, "releases":
+    {release: machines}, "cohorts": {cohort: machines}}} (releases and cohorts: one
+    channel's only, {} from a collector that does not say them).
 
     Raises:
         RemoteError: unreachable, an answer other than 200, or not a census.

@@ -2,6 +2,7 @@
 rollout. Each writes a new channel file (signed by the channel's role) and publishes."""
 
 import json
+from collections.abc import Callable
 
 from greenlight.channels import ChannelFile, RevokedRelease, Rollout, is_newer, now
 from greenlight.release._errors import Conflict, NotFound, ReleaseError, UsageError
@@ -26,8 +27,10 @@ def _require_channel(repo: FileRepository, channel: str) -> ChannelFile:
 
 @all_or_nothing
 def promote(repo: FileRepository, source: str, target: str, version: str | None = None,
-            allow_older: bool = False) -> ChannelFile:
-    """Point `target` at the very artifacts `source` carries (or carried, for --version)."""
+            allow_older: bool = False,
+            gate: Callable[[ChannelFile], None] | None = None) -> ChannelFile:
+    """Point `target` at the very artifacts `source` carries (or carried, for --version).
+    `gate` is shown the entry before it is signed, and refuses by raising."""
     current = _require_channel(repo, source)
     chosen = current
     if version is not None and version != current.release:
@@ -48,6 +51,8 @@ def promote(repo: FileRepository, source: str, target: str, version: str | None 
         revoked=list(existing.revoked) if existing else [],
         promoted_from=source, published_at=now(),
     )
+    if gate is not None:
+        gate(promoted)
     ensure_channel_role(repo, target)
     return write_channel_file(repo, promoted, raised_requires(chosen))
 

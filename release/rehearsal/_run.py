@@ -1,0 +1,225 @@
+"""Running a rehearsal's paths: each a process of its own (`_path`), in a network namespace of
+its own when the machine allows it, a few at a time, each bounded in time, and everything a
+path started stopped when it ends, times out, or the rehearsal is interrupted.
+
+What a path started is found without its help: in a namespace, every process whose network
+namespace is the path's; without one (paths on their own ports), every process whose command
+line or working folder is inside the path's folder. Both are killed, then the folder goes.
+"""
+
+import contextlib
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from greenlight.release.rehearsal._plan import PathSpec, Release
+from greenlight.release.rehearsal._record import FailedCheck, PathResult
+
+__all__ = ["Isolation", "netns_available", "run_paths"]
+
+Isolation = str  # "netns" | "ports"
+
+
+def netns_available() -> bool:
+    """Whether this machine lets a process enter a network namespace of its own."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "from greenlight.release.rehearsal._path import "
+         "enter_namespace as e; e()"], capture_output=True, timeout=60)
+    return probe.returncode == 0
+
+
+def _release(r: Release | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {"version": r.version,
+            "components": {n: str(p.absolute()) for n, p in r.components.items()},
+            "manifest": str(r.manifest.absolute()) if r.manifest else None,
+            "keep_top_folder": r.keep_top_folder}
+
+
+@dataclass
+class _Running:
+    index: int
+    spec: PathSpec
+    folder: Path
+    process: subprocess.Popen[bytes]
+    began: float
+    netns: str | None = None
+    buffer: bytes = b""
+    reading: bool = True
+    result: PathResult | None = field(default=None)
+
+
+def _processes_of(run: _Running) -> list[int]:
+    """Every process the path started that is still there (not the path's own)."""
+    found = []
+    inside = str(run.folder)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if run.netns is not None:
+                if os.readlink(entry / "ns" / "net") == run.netns:
+                    found.append(int(entry.name))
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace")
+            cwd = os.readlink(entry / "cwd")
+            if inside in cmdline or cwd.startswith(inside):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _stop(run: _Running) -> None:
+    """Kill the path's process group, then every process it left, until none is left."""
+    with contextlib.suppress(OSError):
+        os.killpg(run.process.pid, signal.SIGKILL)
+    for _ in range(50):
+        left = _processes_of(run)
+        if not left:
+            break
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        run.process.wait(timeout=10)
+
+
+def _result(run: _Running, candidate: Release, outcome: str | None, detail: str,
+            isolation: Isolation) -> PathResult:
+    data: dict[str, Any] = {}
+    try:
+        data = json.loads((run.folder / "result.json").read_text())
+    except (OSError, ValueError):
+        if outcome is None:
+            outcome = "error"
+            try:
+                lines = (run.folder / "stderr").read_text(errors="replace").splitlines()
+            except OSError:
+                lines = []
+            detail = next((x for x in reversed(lines) if x.strip()),
+                          f"the path's process exited {run.process.returncode}")
+    if outcome is not None:
+        data.update(outcome=outcome, detail=detail)
+    from greenlight.channels import terminal_lines
+
+    return PathResult(
+        kind=run.spec.kind, from_version=run.spec.from_release.version
+        if run.spec.from_release else None, to_version=candidate.version,
+        layer=run.spec.layer.name, outcome=data["outcome"],
+        rollback=data.get("rollback", "n/a"),
+        failed_checks=[FailedCheck(**c) for c in data.get("failed_checks", [])],
+        detail=terminal_lines(" ".join(str(data.get("detail", "")).split()),
+                              one_line=True)[:400],
+        seconds=round(data.get("seconds") or time.monotonic() - run.began, 2),
+        steps={str(k): float(v) for k, v in (data.get("steps") or {}).items()},
+        bytes_fetched=int(data.get("bytes_fetched") or 0), delta=bool(data.get("delta")),
+        isolation="netns" if isolation == "netns" else "ports")
+
+
+def run_paths(repo: Path, keys: Path, channel: str, candidate: Release,
+              specs: list[PathSpec], *, isolation: Isolation, jobs: int, timeout: float,
+              ports: list[str], bundle: Path | None, keep: Path | None,
+              said: Callable[[int, PathResult], None]) -> list[PathResult]:
+    """Run every path, `jobs` at a time; each result in `specs`' order. `said` is told of
+    each path as it ends. On KeyboardInterrupt (or SIGTERM, turned into one), everything the
+    running paths started is stopped and their folders removed before it goes on up."""
+    work = Path(tempfile.mkdtemp(prefix="greenlight-rehearsal-", dir=keep))
+    results: dict[int, PathResult] = {}
+    running: dict[int, _Running] = {}
+    waiting = list(enumerate(specs))
+    selector = selectors.DefaultSelector()
+
+    def start(index: int, spec: PathSpec) -> None:
+        folder = work / f"p{index:03d}"
+        folder.mkdir()
+        (folder / "spec.json").write_text(json.dumps({
+            "repo": str(repo.absolute()), "keys": str(keys.absolute()), "channel": channel,
+            "kind": spec.kind, "from": _release(spec.from_release),
+            "candidate": _release(candidate), "delta": spec.delta,
+            "layer": spec.layer.model_dump(), "isolation": isolation,
+            "ports": ports if isolation == "ports" else [],
+            "bundle": str(bundle.absolute()) if bundle else None}))
+        with (folder / "stderr").open("wb") as err:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "greenlight.release.rehearsal._path",
+                 str(folder / "spec.json")], stdout=subprocess.PIPE, stderr=err,
+                stdin=subprocess.DEVNULL, start_new_session=True, cwd=folder)
+        run = _Running(index, spec, folder, process, time.monotonic())
+        running[index] = run
+        assert process.stdout is not None
+        selector.register(process.stdout, selectors.EVENT_READ, run)
+
+    def read(run: _Running) -> None:
+        assert run.process.stdout is not None
+        try:
+            chunk = os.read(run.process.stdout.fileno(), 4096)
+        except BlockingIOError:
+            return
+        run.buffer += chunk
+        if b"\n" in run.buffer and run.netns is None:
+            with contextlib.suppress(ValueError):
+                run.netns = json.loads(run.buffer.split(b"\n", 1)[0]).get("netns")
+        if not chunk:
+            selector.unregister(run.process.stdout)
+            run.reading = False
+
+    def finish(run: _Running, outcome: str | None = None, detail: str = "") -> None:
+        assert run.process.stdout is not None
+        os.set_blocking(run.process.stdout.fileno(), False)
+        while run.reading and run.netns is None:  # its first line, if not read yet
+            before = len(run.buffer)
+            read(run)
+            if len(run.buffer) == before:
+                break
+        if run.reading:
+            selector.unregister(run.process.stdout)
+        _stop(run)
+        run.process.stdout.close()
+        result = _result(run, candidate, outcome, detail, isolation)
+        if keep is None:
+            shutil.rmtree(run.folder, ignore_errors=True)
+        del running[run.index]
+        results[run.index] = result
+        said(run.index, result)
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                start(*waiting.pop(0))
+            for key, _ in selector.select(timeout=0.2):
+                read(key.data)
+            for run in list(running.values()):
+                if run.process.poll() is not None:
+                    finish(run)
+                elif time.monotonic() - run.began > timeout:
+                    finish(run, "timed-out", f"stopped after {timeout:g} s (--timeout)")
+    except BaseException:
+        for run in list(running.values()):
+            try:
+                _stop(run)
+            finally:
+                shutil.rmtree(run.folder, ignore_errors=True)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        selector.close()
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return [results[i] for i in range(len(specs))]
