@@ -42,7 +42,7 @@ def _line(p: "PathResult") -> str:
 
 def _table(record: "RehearsalRecord") -> None:
     rows = [(f"{p.from_version or 'empty'} -> {p.to_version}"
-             + (" (bundle)" if p.kind.startswith("bundle") else ""), p.layer, p.outcome,
+             + (f" ({p.kind.split('-')[0]})" if "-" in p.kind else ""), p.layer, p.outcome,
              p.rollback, f"{p.seconds:.1f}", _size(p.bytes_fetched),
              "yes" if p.delta else "no",
              (f"{p.failed_checks[0].name}: {p.failed_checks[0].summary}" if p.failed_checks
@@ -92,6 +92,10 @@ def _census(url: str | None, token: Path | None, channel: str) -> dict[str, Any]
 @click.option("--bundle", type=click.Path(path_type=Path), default=None,
               help="Also rehearse this offline bundle of the candidate (`release bundle`): "
                    "sideloaded onto an empty root and onto a root of each from release.")
+@click.option("--installer", type=click.Path(path_type=Path), default=None,
+              help="Also rehearse this offline installer of the candidate (`release "
+                   "installer`): run onto an empty root and onto a root of each from "
+                   "release.")
 @click.option("--isolation", type=click.Choice(["auto", "netns", "ports"]), default="auto",
               show_default=True,
               help="netns: each path in a network namespace of its own (root on Linux), its "
@@ -109,7 +113,8 @@ def _census(url: str | None, token: Path | None, channel: str) -> dict[str, Any]
 def rehearse_cmd(repo: Path, channel: str, version: str | None, component: tuple[str, ...],
                  manifest: Path | None, keep_top_folder: bool, froms: tuple[str, ...],
                  scenarios: Path | None, collector_url: str | None,
-                 admin_token_file: Path | None, bundle: Path | None, isolation: str,
+                 admin_token_file: Path | None, bundle: Path | None,
+                 installer: Path | None, isolation: str,
                  jobs: int | None, timeout: str, keep_work: Path | None, keys: Path | None,
                  as_json: bool) -> None:
     """Rehearse every upgrade path of a candidate release, for real, before it ships.
@@ -132,8 +137,9 @@ def rehearse_cmd(repo: Path, channel: str, version: str | None, component: tuple
     if scenarios is None and (repo / SCENARIOS).is_file():
         scenarios = repo / SCENARIOS
     layers = run_command(lambda: load_scenarios(scenarios))
-    if bundle is not None and not bundle.is_file():
-        raise fail(NotFound(f"--bundle {bundle}: no such file"))
+    for option, given in (("--bundle", bundle), ("--installer", installer)):
+        if given is not None and not given.is_file():
+            raise fail(NotFound(f"{option} {given}: no such file"))
     census = run_command(lambda: _census(collector_url, admin_token_file, channel))
     candidate = run_command(lambda: candidate_of(
         r, channel, version, parse_components(list(component)), manifest, keep_top_folder))
@@ -144,7 +150,7 @@ def rehearse_cmd(repo: Path, channel: str, version: str | None, component: tuple
     try:
         record = run_command(lambda: rehearse(
             r, channel, candidate, froms=list(froms) or None, census=census,
-            scenarios=layers, bundle=bundle, isolation=isolation,
+            scenarios=layers, bundle=bundle, installer=installer, isolation=isolation,
             jobs=jobs or os.cpu_count() or 2, timeout=limit, keep=keep_work,
             said=lambda line: None if as_json else say(line), said_path=progress))
     except KeyboardInterrupt:  # before click's own "Aborted!": the paths are all stopped

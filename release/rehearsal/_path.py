@@ -130,12 +130,12 @@ class PathWork:
         return str(self.server.url)
 
     # --- the machine ------------------------------------------------------------------
-    def updater(self, *args: str, timeout: float = 600) -> tuple[int, dict[str, Any], str]:
-        done = subprocess.run([sys.executable, "-m", "greenlight.updater.cli", *args,
-                               "--root", str(self.root)], capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+    def call(self, argv: list[str], timeout: float = 600) -> tuple[int, dict[str, Any], str]:
+        """Run a program on the root; its exit code, its JSON report, its last error line."""
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
         report: dict[str, Any] = {}
-        if "--json" in args:
+        if "--json" in argv:
             try:
                 report = json.loads(done.stdout)
             except ValueError:
@@ -143,23 +143,56 @@ class PathWork:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         return done.returncode, report, lines[-1] if lines else ""
 
-    def configure(self) -> None:
-        from greenlight.updater.product import with_machine_parts
+    def program(self) -> list[str]:
+        """The root's own updater when it has one (an installer leaves itself there), as a
+        machine would run it; else this Greenlight's."""
+        own = self.root / "bin" / "updater"
+        if own.is_file() and os.access(own, os.X_OK):
+            return [str(own)]
+        return [sys.executable, "-m", "greenlight.updater.cli"]
 
+    def updater(self, *args: str, timeout: float = 600) -> tuple[int, dict[str, Any], str]:
+        return self.call([*self.program(), *args, "--root", str(self.root)], timeout)
+
+    def layer_parts(self) -> dict[str, Any]:
+        """The layer's part of greenlight.toml, with ports of its own when paths share one
+        network."""
         layer = self.spec["layer"]
         parts: dict[str, Any] = {k: v for k, v in {
             "values": dict(layer["values"]), "disabled_checks": layer["disabled_checks"],
             "check": layer["check"]}.items() if v}
-        for name in self.spec["ports"]:  # paths share one network: a port of its own each
+        for name in self.spec["ports"]:
             parts.setdefault("values", {})[name] = str(_free_port())
-        config = self.root / "greenlight.toml"
-        if parts:
-            config.write_text(with_machine_parts(config.read_text(), parts,
-                                                 f"layer {layer['name']}"))
-        for name, content in layer["files"].items():
+        return parts
+
+    def write_files(self) -> None:
+        for name, content in self.spec["layer"]["files"].items():
             path = self.root / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(content)
+
+    def configure(self) -> None:
+        from greenlight.updater.product import with_machine_parts
+
+        parts = self.layer_parts()
+        config = self.root / "greenlight.toml"
+        if parts:
+            config.write_text(with_machine_parts(config.read_text(), parts,
+                                                 f"layer {self.spec['layer']['name']}"))
+        self.write_files()
+
+    def installer(self, *args: str) -> list[str]:
+        """The offline installer's command on this root: onto a root, or a fresh one made
+        with the layer (its files provisioned first: a fresh root takes data/ only)."""
+        argv = [self.spec["installer"], "--root", str(self.root), *args]
+        if (self.root / "greenlight.toml").exists():
+            return [*argv, "--switch-channel"]
+        import tomli_w
+
+        layer = self.folder / "layer.toml"
+        layer.write_text(tomli_w.dumps(self.layer_parts()))
+        self.write_files()
+        return [*argv, "--offline", "--config", str(layer)]
 
     def init(self, url: str | None) -> None:
         trust = str(Path(self.spec["repo"]) / "metadata" / "1.root.json")
@@ -170,9 +203,13 @@ class PathWork:
             raise _Step("error", f"updater init exited {code}: {_one_line(line)}")
         self.configure()
 
-    def take(self, *command: str) -> dict[str, Any]:
-        """Run an upgrade or a sideload to the candidate; what it decided."""
-        code, report, line = self.updater(*command, "--json")
+    def updater_argv(self, *args: str) -> list[str]:
+        return [*self.program(), *args, "--root", str(self.root), "--json"]
+
+    def take(self, argv: list[str]) -> dict[str, Any]:
+        """Run an upgrade, a sideload or an installer to the candidate; what it decided."""
+        code, report, line = self.call(argv)
+        command = argv[3:4] if argv[0] == sys.executable else argv[:2]
         self.result["bytes_fetched"] = int(report.get("bytes_fetched") or 0)
         self.result["delta"] = any(d.get("used") for d in report.get("deltas") or [])
         outcome = report.get("outcome")
@@ -216,10 +253,11 @@ class PathWork:
     # --- the path ---------------------------------------------------------------------
     def run(self) -> None:
         spec, candidate, start = self.spec, self.spec["candidate"], self.spec["from"]
+        self.root.parent.mkdir(parents=True, exist_ok=True)
         self.copy_repository()
         url = self.serve()
         self.step("copy")
-        bundle = spec["kind"].startswith("bundle-")
+        bundle = spec["kind"].startswith(("bundle-", "installer-"))
         if start is not None:
             self.publish(start, deltas=False)
             self.init(url)
@@ -231,7 +269,7 @@ class PathWork:
                 raise _Step("from-failed", _one_line(
                     f"{start['version']} does not pass its own checks on this layer: "
                     f"{checks.get('name', '')} {checks.get('summary', '') or line}"))
-        else:
+        elif not spec["kind"].startswith("installer-"):  # an installer makes its root
             self.init(None if bundle else url)
         if not bundle:
             self.publish(candidate, deltas=spec["delta"])
@@ -239,8 +277,11 @@ class PathWork:
             self.forget_copy_metadata()
         self.step("prepare")
         try:
-            self.take("sideload", spec["bundle"], "--switch-channel") if bundle \
-                else self.take("upgrade")
+            if spec["kind"].startswith("installer-"):
+                self.take(self.installer("--json"))
+            else:
+                self.take(self.updater_argv("sideload", spec["bundle"], "--switch-channel")
+                          if bundle else self.updater_argv("upgrade"))
         except _Step as step:
             self.step("upgrade")
             if start is not None and step.outcome in ("failed", "preflight"):

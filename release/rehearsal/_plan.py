@@ -154,20 +154,24 @@ def delta_bases(repo: FileRepository, channel: str) -> set[str]:
 
 @dataclass(frozen=True)
 class PathSpec:
-    kind: Literal["upgrade", "fresh", "bundle-upgrade", "bundle-fresh"]
+    kind: Literal["upgrade", "fresh", "bundle-upgrade", "bundle-fresh", "installer-upgrade",
+                  "installer-fresh"]
     from_release: Release | None
     layer: Layer
     delta: bool  # a machine on the from release would be offered a patch
 
 
 def path_specs(froms: list[Release], candidate: Release, layers: list[Layer],
-               bases: set[str], bundle: bool) -> list[PathSpec]:
+               bases: set[str], bundle: bool, installer: bool = False) -> list[PathSpec]:
     """Every path: each from release then the empty root, under each layer; with a bundle,
-    the same again through `updater sideload`."""
-    kinds: list[tuple[Literal["upgrade", "bundle-upgrade"], Literal["fresh", "bundle-fresh"]]]
+    the same again through `updater sideload`, and with an installer, through it."""
+    kinds: list[tuple[Literal["upgrade", "bundle-upgrade", "installer-upgrade"],
+                      Literal["fresh", "bundle-fresh", "installer-fresh"]]]
     kinds = [("upgrade", "fresh")]
     if bundle:
         kinds.append(("bundle-upgrade", "bundle-fresh"))
+    if installer:
+        kinds.append(("installer-upgrade", "installer-fresh"))
     specs = []
     for upgrade, fresh in kinds:
         for layer in layers:

@@ -52,7 +52,8 @@ class FailedCheck(Record):
 
 
 class PathResult(Record):
-    kind: Literal["upgrade", "fresh", "bundle-upgrade", "bundle-fresh"]
+    kind: Literal["upgrade", "fresh", "bundle-upgrade", "bundle-fresh", "installer-upgrade",
+                  "installer-fresh"]
     from_version: str | None = Field(description="the release installed first; none: an "
                                                   "empty root")
     to_version: str
@@ -105,7 +106,7 @@ class RehearsalRecord(Record):
 
 def path_name(p: PathResult) -> str:
     start = p.from_version or "empty root"
-    how = {"bundle-upgrade": " (bundle)", "bundle-fresh": " (bundle)"}.get(p.kind, "")
+    how = f" ({p.kind.split('-')[0]})" if p.kind.startswith(("bundle-", "installer-")) else ""
     return f"{start} -> {p.to_version}{how} [{p.layer}]"
 
 

@@ -73,7 +73,8 @@ def isolation_of(asked: str) -> str:
 
 def rehearse(repo: FileRepository, channel: str, candidate: Release, *,
              froms: list[str] | None, census: dict[str, Any] | None, scenarios: Scenarios,
-             bundle: Path | None, isolation: str, jobs: int, timeout: float,
+             bundle: Path | None, installer: Path | None, isolation: str, jobs: int,
+             timeout: float,
              keep: Path | None, said: Callable[[str], None],
              said_path: Callable[[int, int, PathResult], None]) -> RehearsalRecord:
     """Run every path and keep the matrix (REPO/rehearsals/<channel>/<version>.json).
@@ -92,7 +93,8 @@ def rehearse(repo: FileRepository, channel: str, candidate: Release, *,
         chosen = [find_release(repo, v, channel) for v in versions]
     chosen = [f for f in chosen if f.version != candidate.version]
     layers = scenarios.layers()
-    specs = path_specs(chosen, candidate, layers, delta_bases(repo, channel), bundle is not None)
+    specs = path_specs(chosen, candidate, layers, delta_bases(repo, channel), bundle is not None,
+                       installer is not None)
     mode = isolation_of(isolation)
     ports = scenarios.port_values({**_declared_values(candidate),
                                    **{k: "" for layer in layers for k in layer.values}})
@@ -111,7 +113,7 @@ def rehearse(repo: FileRepository, channel: str, candidate: Release, *,
         said_path(done[0], len(specs), result)
     results = run_paths(repo.path, repo.keys.folder, channel, candidate, specs,
                         isolation=mode, jobs=jobs, timeout=timeout, ports=ports,
-                        bundle=bundle, keep=keep, said=one)
+                        bundle=bundle, installer=installer, keep=keep, said=one)
     seen = {k: int(v) for k, v in ((census or {}).get("cohorts") or {}).items()}
     stood = {c for layer in layers for c in layer.stands_for}
     record = RehearsalRecord(

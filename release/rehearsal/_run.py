@@ -132,7 +132,8 @@ def _result(run: _Running, candidate: Release, outcome: str | None, detail: str,
 
 def run_paths(repo: Path, keys: Path, channel: str, candidate: Release,
               specs: list[PathSpec], *, isolation: Isolation, jobs: int, timeout: float,
-              ports: list[str], bundle: Path | None, keep: Path | None,
+              ports: list[str], bundle: Path | None, installer: Path | None,
+              keep: Path | None,
               said: Callable[[int, PathResult], None]) -> list[PathResult]:
     """Run every path, `jobs` at a time; each result in `specs`' order. `said` is told of
     each path as it ends. On KeyboardInterrupt (or SIGTERM, turned into one), everything the
@@ -152,7 +153,8 @@ def run_paths(repo: Path, keys: Path, channel: str, candidate: Release,
             "candidate": _release(candidate), "delta": spec.delta,
             "layer": spec.layer.model_dump(), "isolation": isolation,
             "ports": ports if isolation == "ports" else [],
-            "bundle": str(bundle.absolute()) if bundle else None}))
+            "bundle": str(bundle.absolute()) if bundle else None,
+            "installer": str(installer.absolute()) if installer else None}))
         with (folder / "stderr").open("wb") as err:
             process = subprocess.Popen(
                 [sys.executable, "-m", "greenlight.release.rehearsal._path",
