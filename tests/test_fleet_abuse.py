@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 
 from greenlight.channels import FleetReport, HaltRule, RolloutPlan, public_key_text, sign_body
 from greenlight.release import current_channel_file, publish
@@ -164,6 +165,7 @@ def _big(key: str, channel: str = "beta") -> dict:
         "note": "n" * 300}
 
 
+@pytest.mark.exhaustive  # a long run: make test-exhaustive
 def test_what_the_fleet_token_sends_is_bounded_in_store_and_views(tmp_path, published):
     """#4: with the repository known, reports about a channel or release it lacks are answered
     and counted in a metric, never stored; new keys' reports fill at most a day's budget (429

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+import pytest
 from test_fleet_abuse import ADMIN_HEADERS, _big, _closed, _idle, _release, _report, _signed
 
 from greenlight.channels import FleetReport, public_key_text
@@ -121,6 +122,7 @@ def test_a_loopback_collector_behind_a_proxy_holds_more_than_64_connections(tmp_
         collector.stop()
 
 
+@pytest.mark.exhaustive  # a long run: make test-exhaustive
 def test_a_flood_of_new_keys_never_locks_out_a_new_machine(tmp_path):
     """#4: one new key's reports stop at its own share of the newcomers' budget, and when
     minted keys have spent the whole budget, a new machine's first (small) report is still
@@ -248,6 +250,7 @@ def _pages(next_cursor: object) -> ThreadingHTTPServer:
     return server
 
 
+@pytest.mark.exhaustive  # a long run: make test-exhaustive
 def test_rollout_status_stops_when_a_collectors_pages_never_end(tmp_path):
     """#10: a collector that names the same page again, or names a new one forever, gets
     one line from `release rollout status` (exit 1 or so), never a loop."""

@@ -237,6 +237,7 @@ def _assert_whole(t: Tally, seed: int, round_: int) -> str:
     return manifest["version"]
 
 
+@pytest.mark.exhaustive  # a long run: make test-exhaustive
 def test_kill_9_at_random_moments_then_the_next_command_recovers(tally):
     seed = int(os.environ.get("GREENLIGHT_KILL_SEED", time.time_ns() % 1_000_000))
     rng = random.Random(seed)
