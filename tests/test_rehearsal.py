@@ -261,6 +261,7 @@ def test_the_gate_wants_a_passed_rehearsal_of_these_very_bytes(repo, builds):  #
     ("[machine]\nfiles = { '../etc/passwd' = 'x' }\n", "inside the root"),
     ("[[scenario]]\nname = 'a'\nport = 1\n", "port"),
     ("not toml [", "not TOML"),
+    ("[[scenario]]\nname = 'a'\n[[scenario.check]]\nname = 'x'\ntype = 'nope'\n", "layer a"),
 ])
 def test_a_bad_scenarios_file_is_one_line(tmp_path, text, said):  # type: ignore[no-untyped-def]
     from greenlight.release._errors import UsageError

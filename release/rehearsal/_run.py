@@ -130,6 +130,23 @@ def _result(run: _Running, candidate: Release, outcome: str | None, detail: str,
         isolation="netns" if isolation == "netns" else "ports")
 
 
+def _snapshot(repo: Path, into: Path) -> Path:
+    """The repository as it is now, under its lock (the collector's changes take it too):
+    metadata copied, archives linked. Every path starts from this one state."""
+    from greenlight.release.repository import FileRepository
+    from greenlight.release.repository._rollouts import locked
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+    with locked(FileRepository(repo)):
+        shutil.copytree(repo / "metadata", into / "metadata")
+        shutil.copytree(repo / "targets", into / "targets", copy_function=link)
+    return into
+
+
 def run_paths(repo: Path, keys: Path, channel: str, candidate: Release,
               specs: list[PathSpec], *, isolation: Isolation, jobs: int, timeout: float,
               ports: list[str], bundle: Path | None, installer: Path | None,
@@ -139,6 +156,12 @@ def run_paths(repo: Path, keys: Path, channel: str, candidate: Release,
     each path as it ends. On KeyboardInterrupt (or SIGTERM, turned into one), everything the
     running paths started is stopped and their folders removed before it goes on up."""
     work = Path(tempfile.mkdtemp(prefix="greenlight-rehearsal-", dir=keep))
+    try:
+        repo = _snapshot(repo, work / "repository")
+    except BaseException:
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     results: dict[int, PathResult] = {}
     running: dict[int, _Running] = {}
     waiting = list(enumerate(specs))

@@ -129,6 +129,14 @@ def load_scenarios(path: Path | None) -> Scenarios:
     except ValidationError as e:
         raise UsageError(f"--scenarios {path}: {describe_validation(e, data, limit=1)}"
                          ) from None
+    from greenlight.updater import ConfigError
+    from greenlight.updater.product import check_product
+
+    for layer in scenarios.layers():  # each layer's checks as a machine's Config checks them
+        try:
+            check_product({"check": layer.check}, f"--scenarios {path}, layer {layer.name}")
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
     names = [s.name for s in scenarios.scenario]
     twice = sorted({n for n in names if names.count(n) > 1} | ({DEFAULT_LAYER} & set(names)))
     if twice:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         TcpCheck,
         VersionCheck,
         WebSocketCheck,
+        check_product,
         with_machine_parts,
     )
     from greenlight.updater.product._control import (
@@ -155,6 +156,7 @@ __all__ = [
     "stop_shadows",
     "stop_successors",
     "values_for",
+    "check_product",
     "with_machine_parts",
 ]
 
@@ -226,6 +228,7 @@ _HOME = {
     "record_units": "greenlight.updater.product._systemd",
     "recorded_units": "greenlight.updater.product._systemd",
     "values_for": "greenlight.updater.product._placeholders",
+    "check_product": "greenlight.updater.product._config",
     "with_machine_parts": "greenlight.updater.product._config",
 }
 
