@@ -23,7 +23,9 @@ from greenlight.updater.store import InstallRoot, active_channel, set_active_cha
 from conftest import free_port
 from examples.demo.config import product_toml
 
-pytestmark = pytest.mark.slow
+# Each test runs the real executables of two PyInstaller builds (about 100 s to build):
+# make test-exhaustive, which CI runs after make test; make test builds one (test_selfupdate_exe).
+pytestmark = [pytest.mark.slow, pytest.mark.exhaustive]
 UPDATER = str(Path(sys.executable).parent / "updater")
 
 

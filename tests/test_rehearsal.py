@@ -229,10 +229,10 @@ def test_the_gate_wants_a_passed_rehearsal_of_these_very_bytes(repo, builds):  #
             *components(built), "--rollout-plan", "10,100"]
     never = release(*args)
     assert never.returncode == 1 and "1.1 was never rehearsed on stable" in never.stderr
-    identity = {n: hashlib.sha256(p.read_bytes()).hexdigest() for n, p in built.items()}
+    identity = {n: hashlib.sha256(p.read_bytes()).hexdigest() + "/" for n, p in built.items()}
     folder = repo.path / "rehearsals" / "stable"
     folder.mkdir(parents=True)
-    other = {**identity, "core": "0" * 64}
+    other = {**identity, "core": "0" * 64 + "/"}
     (folder / "1.1.json").write_text(_record("stable", "1.1", other, True).model_dump_json(
         by_alias=True))
     assert "of other bytes" in release(*args).stderr
@@ -242,8 +242,19 @@ def test_the_gate_wants_a_passed_rehearsal_of_these_very_bytes(repo, builds):  #
     assert failed.returncode == 1 and "core-ping: refused" in failed.stderr
     (folder / "1.1.json").write_text(_record("stable", "1.1", identity, True)
                                      .model_dump_json(by_alias=True))
-    assert release(*args).returncode == 0
+    laid_out = {**identity, "core": identity["core"] + "core"}  # another top folder left out
+    (folder / "1.1.json").write_text(_record("stable", "1.1", laid_out, True)
+                                     .model_dump_json(by_alias=True))
+    assert "of other bytes" in release(*args).stderr
+    (folder / "1.1.json").write_text(_record("stable", "1.1", identity, True)
+                                     .model_dump_json(by_alias=True))
+    done = release(*args)
+    assert done.returncode == 0, done.stderr
+    assert "without a passed rehearsal" not in done.stdout
     assert not (repo.path / "rehearsal-overrides.jsonl").exists()
+    plain = release("publish", str(repo.path), "--channel", "stable", "--version", "1.1.1",
+                    *components(builds("1.1.1")), "--without-rehearsal", "nothing to gate")
+    assert plain.returncode == 2 and "goes with --rollout" in plain.stderr
     # a plain publish (no rollout to start) is not gated; a promotion is
     publish(repo, "beta", "1.2", builds("1.2"))
     refused = release("promote", str(repo.path), "--from", "beta", "--to", "stable")

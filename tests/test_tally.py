@@ -289,6 +289,7 @@ def test_kill_9_at_random_moments_then_the_next_command_recovers(tally):
     assert _assert_whole(t, seed, rounds + 1) == newest
 
 
+@pytest.mark.exhaustive  # a long run: make test-exhaustive
 def test_a_short_unattended_life(tally):
     """The agent alone: a bad beta after which the machine stays on its last good release
     (stable only carries an older one) and returns to beta for the fix; then a crash of the

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from greenlight.channels import ChannelFile, RolloutPlan
+    from greenlight.release.rehearsal import RehearsalGate
     from greenlight.release.repository._repository import FileRepository
 
 __all__ = ["both", "parse_components", "plan_of", "rehearsal_gate"]
@@ -142,11 +143,14 @@ def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ..
     row = run_command(lambda: _census_of(channel, requires, collector_url, admin_token_file,
                                          force))
 
+    gated: list[RehearsalGate | None] = [None]
+
     def work() -> ChannelChange:
         r = open_repo(repo, keys)
         gate = None if row is None else CensusGate(r, channel, row, force)
-        rehearsed = rehearsal_gate(r, "starting the rollout", without_rehearsal,
-                                   plan is not None or rollout_percent is not None)
+        rehearsed = gated[0] = rehearsal_gate(
+            r, "starting the rollout", without_rehearsal,
+            plan is not None or rollout_percent is not None)
         cf = publish(r, channel, version, parse_components(list(component)), fallback,
                      allow_older, rollout_percent, deltas=not no_deltas,
                      keep_top_folder=keep_top_folder, rollout_plan=plan, manifest=manifest,
@@ -167,20 +171,24 @@ def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ..
     if result.override is not None:
         say(f"published over the census (--force): {result.override['refusal']}; reason: "
             f"{result.override['reason']}; recorded in {repo / OVERRIDES}")
-    if without_rehearsal is not None:
+    if gated[0] is not None and gated[0].recorded:
         say(f"started without a passed rehearsal (--without-rehearsal): recorded in "
             f"{repo}/rehearsal-overrides.jsonl")
     print_awaiting(result.awaiting_signatures)
 
 
 def rehearsal_gate(repo: "FileRepository", action: str, without: str | None,
-                   applies: bool = True) -> "Callable[[ChannelFile], None] | None":
-    """The check that the release's rehearsal on its channel passed (`RehearsalGate`)."""
+                   applies: bool = True) -> "RehearsalGate | None":
+    """The check that the release's rehearsal on its channel passed (`RehearsalGate`);
+    none where there is nothing to gate (a publish that starts no rollout)."""
     from greenlight.release._errors import UsageError
     from greenlight.release.rehearsal import RehearsalGate
 
     if without is not None and not without.strip():
         raise fail(UsageError("--without-rehearsal REASON: say why it ships unrehearsed"))
+    if without is not None and not applies:
+        raise fail(UsageError("--without-rehearsal goes with --rollout or --rollout-plan: a "
+                              "publish that starts no rollout is not gated"))
     return RehearsalGate(repo, action, without) if applies else None
 
 
@@ -346,11 +354,16 @@ def promote_cmd(repo: Path, source: str, target: str, version: str | None, allow
     passed for these very artifacts, unless --without-rehearsal REASON."""
     from greenlight.release.repository._lifecycle import promote
 
-    change_channel(repo, keys, as_json,
-                    lambda r: promote(r, source, target, version, allow_older,
-                                      gate=rehearsal_gate(r, "promotion", without_rehearsal)),
-                    lambda cf: f"promoted {cf.release} from {source} to {target}"
-                    + (" (without a passed rehearsal: recorded)" if without_rehearsal else ""))
+    gated: list[RehearsalGate | None] = [None]
+
+    def change(r: "FileRepository") -> "ChannelFile":
+        gated[0] = rehearsal_gate(r, "promotion", without_rehearsal)
+        return promote(r, source, target, version, allow_older, gate=gated[0])
+    change_channel(repo, keys, as_json, change,
+                   lambda cf: f"promoted {cf.release} from {source} to {target}"
+                   + (" (without a passed rehearsal: recorded in "
+                      f"{repo}/rehearsal-overrides.jsonl)"
+                      if gated[0] is not None and gated[0].recorded else ""))
 
 
 @app.command("yank")

@@ -1,6 +1,8 @@
 """The keys a rehearsal signs its copy of the repository with: the repository's own, read
-where they are; a role that has none yet (a channel's first publish) gets one in memory,
-never written anywhere."""
+where they are and never written there; a role that has none yet (a channel's first publish)
+gets one in memory. The store's own folder is the path's scratch folder, so a publish that
+fails in the copy (which removes the key files that appeared in its store's folder since it
+began) can never touch the vendor's keys."""
 
 from pathlib import Path
 
@@ -12,8 +14,9 @@ __all__ = ["MemoryKeys"]
 
 
 class MemoryKeys(KeyStore):
-    def __init__(self, folder: Path) -> None:
-        super().__init__(folder)
+    def __init__(self, folder: Path, scratch: Path) -> None:
+        super().__init__(scratch)
+        self._real = KeyStore(folder)
         self._made: dict[str, CryptoSigner] = {}
 
     def generate(self, role: str) -> CryptoSigner:
@@ -22,4 +25,4 @@ class MemoryKeys(KeyStore):
         return signer
 
     def signer(self, keyid: str) -> CryptoSigner | None:
-        return self._made.get(keyid) or super().signer(keyid)
+        return self._made.get(keyid) or self._real.signer(keyid)

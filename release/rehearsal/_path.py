@@ -100,7 +100,8 @@ class PathWork:
         from greenlight.release.rehearsal._keys import MemoryKeys
         from greenlight.release.repository import FileRepository
 
-        return FileRepository(self.repo_path, MemoryKeys(Path(self.spec["keys"])))
+        return FileRepository(self.repo_path, MemoryKeys(Path(self.spec["keys"]),
+                                                         self.folder / "keys"))
 
     def publish(self, release: dict[str, Any], deltas: bool) -> None:
         from greenlight.release._errors import ReleaseError
@@ -216,6 +217,10 @@ class PathWork:
         if code == 17:
             raise _Step("needs-newer", _one_line(line))
         if outcome in ("upgraded", "downgraded") and code == 0:
+            if report.get("to_version") != self.spec["candidate"]["version"]:
+                raise _Step("error", _one_line(
+                    f"{' '.join(command)} installed {report.get('to_version')}, not the "
+                    f"candidate {self.spec['candidate']['version']}"))
             return report
         incident = report.get("incident") or {}
         failed = incident.get("failed_checks") or []
@@ -264,18 +269,21 @@ class PathWork:
             self.step("prepare")
             code, report, line = self.updater("upgrade", "--json")
             self.step("install-from")
-            if code != 0 or report.get("outcome") != "upgraded":
+            if report.get("outcome") in ("rolled-back", "rollback-failed"):
                 checks = ((report.get("incident") or {}).get("failed_checks") or [{}])[0]
-                raise _Step("from-failed", _one_line(
+                raise _Step("from-failed", self.rooted(
                     f"{start['version']} does not pass its own checks on this layer: "
-                    f"{checks.get('name', '')} {checks.get('summary', '') or line}"))
+                    f"{checks.get('name', '')} {checks.get('summary', '')}"))
+            if code != 0 or report.get("outcome") != "upgraded":
+                raise _Step("error", self.rooted(
+                    f"installing {start['version']} exited {code}: {line or 'no report'}"))
         elif not spec["kind"].startswith("installer-"):  # an installer makes its root
             self.init(None if bundle else url)
         if not bundle:
             self.publish(candidate, deltas=spec["delta"])
         elif start is not None:
             self.forget_copy_metadata()
-        self.step("prepare")
+        self.step("publish")
         try:
             if spec["kind"].startswith("installer-"):
                 self.take(self.installer("--json"))
@@ -315,7 +323,19 @@ def _evidence(evidence: object) -> str:
     return f" (evidence: {json.dumps(evidence, sort_keys=True, default=str)[:200]})"
 
 
+def _die_with_parent() -> None:
+    """This path ends when the rehearsal that started it does, however it ends."""
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent was gone before the line above
+        os._exit(1)
+
+
 def main() -> None:
+    _die_with_parent()
     spec_path = Path(sys.argv[1])
     spec = json.loads(spec_path.read_text())
     if spec["isolation"] == "netns":
@@ -338,7 +358,8 @@ def main() -> None:
     except OSError as e:
         outcome, detail = "error", _one_line(f"{e.filename or 'rehearsal'}: {e.strerror or e}")
     except subprocess.TimeoutExpired as e:
-        outcome, detail = "timed-out", f"{' '.join(map(str, e.cmd[3:5]))} took too long"
+        outcome, detail = "timed-out", _one_line(f"{' '.join(map(str, e.cmd))[-120:]} took "
+                                                 "too long")
     finally:
         work.stop()
     work.result.pop("detail", None)

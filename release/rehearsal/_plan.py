@@ -33,13 +33,15 @@ class Release:
     manifest_sha256: str | None
     keep_top_folder: bool
     source: str
+    layout: dict[str, str | None]
+    """each component's top folder left out when it is unpacked (none: kept as it is)"""
     deltas_from: tuple[str, ...] | None = None
     """published: the releases its entry has patches from; none: not published yet"""
 
     def identity(self) -> dict[str, str]:
         from greenlight.release.rehearsal._record import identity_of
 
-        return identity_of(self.sha256, self.manifest_sha256)
+        return identity_of(self.sha256, self.manifest_sha256, self.layout)
 
 
 def _digest(path: Path) -> str:
@@ -60,7 +62,7 @@ def _from_entry(repo: FileRepository, cf: ChannelFile, source: str) -> Release:
         sha256={n: c.sha256 for n, c in cf.components.items()}, manifest=manifest,
         manifest_sha256=cf.manifest.sha256 if cf.manifest else None,
         keep_top_folder=all(c.strip_prefix is None for c in cf.components.values()),
-        source=source,
+        source=source, layout={n: c.strip_prefix for n, c in cf.components.items()},
         deltas_from=tuple(sorted({d.from_version for c in cf.components.values()
                                   for d in c.deltas})))
 
@@ -103,10 +105,19 @@ def candidate_from_archives(version: str, components: dict[str, Path],
             raise NotFound(f"component {name}: {path} is not a file")
     if manifest is not None and not manifest.is_file():
         raise NotFound(f"--manifest {manifest}: no such file")
+    from greenlight.updater import ArchiveError
+    from greenlight.updater.store import top_folder
+
+    layout: dict[str, str | None] = {}
+    for name, path in components.items():
+        try:
+            layout[name] = None if keep_top_folder else top_folder(path)
+        except ArchiveError as e:
+            raise UsageError(f"component {name}: {e}") from None
     return Release(version=version, components=dict(components),
                    sha256={n: _digest(p) for n, p in components.items()}, manifest=manifest,
                    manifest_sha256=_digest(manifest) if manifest else None,
-                   keep_top_folder=keep_top_folder, source="archives given")
+                   keep_top_folder=keep_top_folder, source="archives given", layout=layout)
 
 
 def default_froms(repo: FileRepository, channel: str, candidate: str,

@@ -40,10 +40,11 @@ Outcome = Literal["upgraded", "failed", "preflight", "from-failed", "needs-newer
                   "timed-out", "interrupted"]
 """upgraded: the candidate passed its checks here; failed: it failed them and was rolled back;
 preflight: its preflight set it aside before the switch; from-failed: the *from* release did
-not pass its own checks on this layer (nothing said about the candidate); needs-newer: the
+not pass its own checks on this layer (the candidate was not tried: not a pass); needs-newer: the
 candidate needs a newer Greenlight than the one rehearsing; error: a step failed otherwise
 (its line); timed-out, interrupted: the path was stopped, everything it started with it."""
-PASSING = ("upgraded", "from-failed")
+PASSING = ("upgraded",)
+"""a path that says nothing about the candidate (its from release failed here) is no pass"""
 
 
 class FailedCheck(Record):
@@ -77,8 +78,9 @@ class RehearsalRecord(Record):
     schema_: Literal["greenlight.rehearsal/1"] = Field("greenlight.rehearsal/1", alias="schema")
     channel: str
     version: str
-    identity: dict[str, str] = Field(description="component -> archive sha256, and "
-                                                 "'manifest' -> the manifest's sha256")
+    identity: dict[str, str] = Field(description="component -> 'archive sha256/top folder "
+                                                 "left out', and '@manifest' -> the "
+                                                 "manifest's sha256")
     source: str = Field(description="where the candidate came from")
     started: datetime
     seconds: float
@@ -110,8 +112,13 @@ def path_name(p: PathResult) -> str:
     return f"{start} -> {p.to_version}{how} [{p.layer}]"
 
 
-def identity_of(components: dict[str, str], manifest: str | None) -> dict[str, str]:
-    return {**components, **({"manifest": manifest} if manifest else {})}
+def identity_of(components: dict[str, str], manifest: str | None,
+                layout: dict[str, str | None] | None = None) -> dict[str, str]:
+    """What machines install, as a map: each component's archive sha256 (and, after a `/`,
+    the top folder left out when it is unpacked), and the manifest's sha256 under `@manifest`
+    (no component can be named so)."""
+    shown = {n: f"{h}/{(layout or {}).get(n) or ''}" for n, h in components.items()}
+    return {**shown, **({"@manifest": manifest} if manifest else {})}
 
 
 def record_path(repo_path: Path, channel: str, version: str) -> Path:
@@ -157,7 +164,8 @@ def overrides(repo_path: Path) -> list[dict[str, object]]:
 
 def entry_identity(entry: "ChannelFile") -> dict[str, str]:
     return identity_of({n: c.sha256 for n, c in entry.components.items()},
-                       entry.manifest.sha256 if entry.manifest else None)
+                       entry.manifest.sha256 if entry.manifest else None,
+                       {n: c.strip_prefix for n, c in entry.components.items()})
 
 
 class RehearsalGate:
@@ -167,16 +175,18 @@ class RehearsalGate:
 
     def __init__(self, repo: "FileRepository", action: str, without: str | None) -> None:
         self.repo, self.action, self.without = repo, action, without
+        self.recorded = False
 
     def __call__(self, entry: "ChannelFile") -> None:
         channel, version = entry.channel, entry.release
         record = last_rehearsal(self.repo.path, channel, version)
-        if record is None:
+        if record is None or (record.channel, record.version) != (channel, version) \
+                or not record.paths:
             why = f"{version} was never rehearsed on {channel}"
         elif record.identity != entry_identity(entry):
             why = (f"the rehearsal of {version} on {channel} was of other bytes than these "
                    "(rehearse them again)")
-        elif not record.passed:
+        elif record.failures() or not record.passed:
             why = record.summary()
         else:
             return
@@ -200,3 +210,4 @@ class RehearsalGate:
         if before and not before.endswith(b"\n"):
             before += b"\n"
         self.repo.write(path, before + json.dumps(item).encode() + b"\n", mode=0o600)
+        self.recorded = True

@@ -90,13 +90,22 @@ def rehearse(repo: FileRepository, channel: str, candidate: Release, *,
     else:
         versions, where = default_froms(repo, channel, candidate.version,
                                         (census or {}).get("releases"))
-        chosen = [find_release(repo, v, channel) for v in versions]
+        chosen, skipped = [], []
+        for v in versions:  # a census names what machines run, not what can be installed
+            try:
+                chosen.append(find_release(repo, v, channel))
+            except (NotFound, UsageError) as e:
+                skipped.append(f"{v}: {e}")
+        if skipped:
+            said(f"not rehearsed from (machines run them, none can install them now): "
+                 f"{'; '.join(skipped)}")
     chosen = [f for f in chosen if f.version != candidate.version]
     layers = scenarios.layers()
     specs = path_specs(chosen, candidate, layers, delta_bases(repo, channel), bundle is not None,
                        installer is not None)
     mode = isolation_of(isolation)
-    ports = scenarios.port_values({**_declared_values(candidate),
+    declared = {k: v for r in [*chosen, candidate] for k, v in _declared_values(r).items()}
+    ports = scenarios.port_values({**declared,
                                    **{k: "" for layer in layers for k in layer.values}})
     started, began = now(), time.monotonic()
     said(f"rehearsing {candidate.version} ({candidate.source}) on {channel}: "

@@ -32,9 +32,12 @@ Isolation = str  # "netns" | "ports"
 
 def netns_available() -> bool:
     """Whether this machine lets a process enter a network namespace of its own."""
-    probe = subprocess.run(
-        [sys.executable, "-c", "from greenlight.release.rehearsal._path import "
-         "enter_namespace as e; e()"], capture_output=True, timeout=60)
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", "from greenlight.release.rehearsal._path import "
+             "enter_namespace as e; e()"], capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return False
     return probe.returncode == 0
 
 
@@ -55,6 +58,7 @@ class _Running:
     process: subprocess.Popen[bytes]
     began: float
     netns: str | None = None
+    netns_fd: int | None = None  # held open: the namespace (and its id) lives until closed
     buffer: bytes = b""
     reading: bool = True
     result: PathResult | None = field(default=None)
@@ -63,7 +67,7 @@ class _Running:
 def _processes_of(run: _Running) -> list[int]:
     """Every process the path started that is still there (not the path's own)."""
     found = []
-    inside = str(run.folder)
+    inside = str(run.folder) + os.sep
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -82,6 +86,26 @@ def _processes_of(run: _Running) -> list[int]:
     return found
 
 
+def _isolated(run: _Running) -> None:
+    """The path's first line names its namespace: hold it open (so its id is not given to
+    another while this path is being stopped), and check that the path's process is in it."""
+    try:
+        said = json.loads(run.buffer.split(b"\n", 1)[0])
+        netns = said.get("netns") if isinstance(said, dict) else None
+    except ValueError:
+        return
+    if not isinstance(netns, str):
+        return
+    try:
+        fd = os.open(f"/proc/{run.process.pid}/ns/net", os.O_RDONLY)
+    except OSError:  # it is gone already: found by its folder then
+        return
+    if os.readlink(f"/proc/self/fd/{fd}") != netns:
+        os.close(fd)
+        return
+    run.netns, run.netns_fd = netns, fd
+
+
 def _stop(run: _Running) -> None:
     """Kill the path's process group, then every process it left, until none is left."""
     with contextlib.suppress(OSError):
@@ -96,6 +120,9 @@ def _stop(run: _Running) -> None:
         time.sleep(0.02)
     with contextlib.suppress(subprocess.TimeoutExpired):
         run.process.wait(timeout=10)
+    if run.netns_fd is not None:
+        os.close(run.netns_fd)
+        run.netns_fd = None
 
 
 def _result(run: _Running, candidate: Release, outcome: str | None, detail: str,
@@ -103,15 +130,17 @@ def _result(run: _Running, candidate: Release, outcome: str | None, detail: str,
     data: dict[str, Any] = {}
     try:
         data = json.loads((run.folder / "result.json").read_text())
+        data = data if isinstance(data, dict) and "outcome" in data else {}
     except (OSError, ValueError):
-        if outcome is None:
-            outcome = "error"
-            try:
-                lines = (run.folder / "stderr").read_text(errors="replace").splitlines()
-            except OSError:
-                lines = []
-            detail = next((x for x in reversed(lines) if x.strip()),
-                          f"the path's process exited {run.process.returncode}")
+        pass
+    if not data and outcome is None:
+        outcome = "error"
+        try:
+            lines = (run.folder / "stderr").read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        detail = next((x for x in reversed(lines) if x.strip()),
+                      f"the path's process exited {run.process.returncode}")
     if outcome is not None:
         data.update(outcome=outcome, detail=detail)
     from greenlight.channels import terminal_lines
@@ -128,6 +157,37 @@ def _result(run: _Running, candidate: Release, outcome: str | None, detail: str,
         steps={str(k): float(v) for k, v in (data.get("steps") or {}).items()},
         bytes_fetched=int(data.get("bytes_fetched") or 0), delta=bool(data.get("delta")),
         isolation="netns" if isolation == "netns" else "ports")
+
+
+def _life(pid: int) -> str:
+    """A process as `pid start-time`: the same pid later is another process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return f"{pid} {stat.rsplit(')', 1)[1].split()[19]}"
+    except (OSError, IndexError):
+        return ""
+
+
+def _reap_stale(folder: Path) -> None:
+    """What a rehearsal killed outright (SIGKILL, a power cut) left: its paths' processes
+    (their command lines name its folder) and its folder, once its owner is gone."""
+    for work in folder.glob("greenlight-rehearsal-*"):
+        try:
+            owner = (work / "owner").read_text().strip()
+        except OSError:
+            continue
+        pid = owner.split()[0] if owner else ""
+        if not pid.isdigit() or _life(int(pid)) == owner:
+            continue  # still running, or not one of ours
+        inside = str(work) + os.sep
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and inside in (entry / "cmdline").read_bytes().replace(
+                        b"\0", b" ").decode(errors="replace"):
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except OSError:
+                continue
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _snapshot(repo: Path, into: Path) -> Path:
@@ -155,7 +215,9 @@ def run_paths(repo: Path, keys: Path, channel: str, candidate: Release,
     """Run every path, `jobs` at a time; each result in `specs`' order. `said` is told of
     each path as it ends. On KeyboardInterrupt (or SIGTERM, turned into one), everything the
     running paths started is stopped and their folders removed before it goes on up."""
+    _reap_stale(keep or Path(tempfile.gettempdir()))
     work = Path(tempfile.mkdtemp(prefix="greenlight-rehearsal-", dir=keep))
+    (work / "owner").write_text(_life(os.getpid()))
     try:
         repo = _snapshot(repo, work / "repository")
     except BaseException:
@@ -195,9 +257,8 @@ def run_paths(repo: Path, keys: Path, channel: str, candidate: Release,
         except BlockingIOError:
             return
         run.buffer += chunk
-        if b"\n" in run.buffer and run.netns is None:
-            with contextlib.suppress(ValueError):
-                run.netns = json.loads(run.buffer.split(b"\n", 1)[0]).get("netns")
+        if b"\n" in run.buffer and run.netns is None and run.netns_fd is None:
+            _isolated(run)
         if not chunk:
             selector.unregister(run.process.stdout)
             run.reading = False
@@ -223,7 +284,8 @@ def run_paths(repo: Path, keys: Path, channel: str, candidate: Release,
 
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, on_term)
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, on_term) for s in stops if s != signal.SIGINT}
     try:
         while waiting or running:
             while waiting and len(running) < jobs:
@@ -236,14 +298,18 @@ def run_paths(repo: Path, keys: Path, channel: str, candidate: Release,
                 elif time.monotonic() - run.began > timeout:
                     finish(run, "timed-out", f"stopped after {timeout:g} s (--timeout)")
     except BaseException:
+        for s in stops:  # a second Ctrl-C does not cut the clean-up short
+            signal.signal(s, signal.SIG_IGN)
         for run in list(running.values()):
             try:
                 _stop(run)
             finally:
-                shutil.rmtree(run.folder, ignore_errors=True)
+                if keep is None:
+                    shutil.rmtree(run.folder, ignore_errors=True)
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         selector.close()
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
