@@ -11,7 +11,6 @@ repository's folder (never served: `release serve` and `release sync` send only 
 and `targets/`).
 """
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -155,14 +154,7 @@ class CensusGate:
     def _record(self) -> None:
         """Append the override to `OVERRIDES`, through the repository's own writes: the
         publish that fails after it takes the line back with everything else it wrote."""
-        path = self.repo.path / OVERRIDES
-        try:
-            before = path.read_bytes()
-        except FileNotFoundError:
-            before = b""
-        if before and not before.endswith(b"\n"):  # a torn last line stays a line of its own
-            before += b"\n"
-        self.repo.write(path, before + json.dumps(self.override).encode() + b"\n", mode=0o600)
+        self.repo.append_line(self.repo.path / OVERRIDES, self.override)
 
 
 def _person() -> str:

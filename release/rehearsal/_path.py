@@ -22,9 +22,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PathWork", "enter_namespace", "main"]
+__all__ = ["PathWork", "copy_repository", "enter_namespace", "main"]
 
 CLONE_NEWNET = 0x40000000
+
+
+def copy_repository(source: Path, into: Path) -> None:
+    """A repository's served tree: metadata copied (it is rewritten), archives linked."""
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+    shutil.copytree(source / "metadata", into / "metadata")
+    shutil.copytree(source / "targets", into / "targets", copy_function=link)
 
 
 def enter_namespace() -> str:
@@ -86,15 +97,7 @@ class PathWork:
 
     # --- the repository ---------------------------------------------------------------
     def copy_repository(self) -> None:
-        source = Path(self.spec["repo"])
-        shutil.copytree(source / "metadata", self.repo_path / "metadata")
-
-        def link(src: str, dst: str) -> None:
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copy2(src, dst)
-        shutil.copytree(source / "targets", self.repo_path / "targets", copy_function=link)
+        copy_repository(Path(self.spec["repo"]), self.repo_path)
 
     def repository(self) -> Any:
         from greenlight.release.rehearsal._keys import MemoryKeys

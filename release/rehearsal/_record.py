@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, computed_field
 
 from greenlight.channels import Record, now
 from greenlight.release._errors import ReleaseError
@@ -91,7 +91,12 @@ class RehearsalRecord(Record):
         default_factory=dict, description="the collector's cohorts on the channel, machines each")
     cohorts_unstood: list[str] = Field(
         default_factory=list, description="seen cohorts no layer says it stands for")
-    passed: bool
+
+    @computed_field(description="every path upgraded and its rollback (if any) was ok; "  # type: ignore[prop-decorator]
+                    "worked out from the paths, whatever a file says")
+    @property
+    def passed(self) -> bool:
+        return bool(self.paths) and not self.failures()
 
     def failures(self) -> list[PathResult]:
         return [p for p in self.paths if p.outcome not in PASSING or p.rollback == "failed"]
@@ -186,7 +191,7 @@ class RehearsalGate:
         elif record.identity != entry_identity(entry):
             why = (f"the rehearsal of {version} on {channel} was of other bytes than these "
                    "(rehearse them again)")
-        elif record.failures() or not record.passed:
+        elif not record.passed:
             why = record.summary()
         else:
             return
@@ -202,12 +207,5 @@ class RehearsalGate:
         item = {"at": now().isoformat(), "action": self.action, "channel": channel,
                 "release": version, "by": person(), "refusal": why,
                 "reason": " ".join(self.without.split())[:500] if self.without else ""}
-        path = self.repo.path / OVERRIDES
-        try:
-            before = path.read_bytes()
-        except FileNotFoundError:
-            before = b""
-        if before and not before.endswith(b"\n"):
-            before += b"\n"
-        self.repo.write(path, before + json.dumps(item).encode() + b"\n", mode=0o600)
+        self.repo.append_line(self.repo.path / OVERRIDES, item)
         self.recorded = True

@@ -23,9 +23,7 @@ from greenlight.release.rehearsal._scenarios import Scenarios
 from greenlight.release.repository._channels import current_channel_file, require
 from greenlight.release.repository._repository import FileRepository
 
-__all__ = ["Candidate", "candidate_of", "isolation_of", "rehearse"]
-
-Candidate = Release
+__all__ = ["candidate_of", "isolation_of", "rehearse"]
 
 
 def _declared_values(release: Release) -> dict[str, str]:
@@ -130,8 +128,7 @@ def rehearse(repo: FileRepository, channel: str, candidate: Release, *,
         source=candidate.source, started=started,
         seconds=round(time.monotonic() - began, 2), isolation=mode,  # type: ignore[arg-type]
         layers=[x.name for x in layers], paths=results, cohorts_seen=seen,
-        cohorts_unstood=sorted(c for c in seen if c not in stood), passed=False)
-    record = record.model_copy(update={"passed": not record.failures()})
+        cohorts_unstood=sorted(c for c in seen if c not in stood))
     path = record_path(repo.path, channel, candidate.version)
     path.parent.mkdir(parents=True, exist_ok=True)
     repo.write(path, record.model_dump_json(indent=2, by_alias=True).encode())

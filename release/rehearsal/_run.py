@@ -64,22 +64,22 @@ class _Running:
     result: PathResult | None = field(default=None)
 
 
-def _processes_of(run: _Running) -> list[int]:
-    """Every process the path started that is still there (not the path's own)."""
+def _naming(folder: Path, netns: str | None = None) -> list[int]:
+    """The processes (not this one) in the network namespace `netns`, or, without one,
+    whose command line or working folder is inside `folder`."""
     found = []
-    inside = str(run.folder) + os.sep
+    inside = str(folder) + os.sep
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if run.netns is not None:
-                if os.readlink(entry / "ns" / "net") == run.netns:
+            if netns is not None:
+                if os.readlink(entry / "ns" / "net") == netns:
                     found.append(int(entry.name))
                 continue
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
                 errors="replace")
-            cwd = os.readlink(entry / "cwd")
-            if inside in cmdline or cwd.startswith(inside):
+            if inside in cmdline or os.readlink(entry / "cwd").startswith(inside):
                 found.append(int(entry.name))
         except OSError:
             continue
@@ -111,7 +111,7 @@ def _stop(run: _Running) -> None:
     with contextlib.suppress(OSError):
         os.killpg(run.process.pid, signal.SIGKILL)
     for _ in range(50):
-        left = _processes_of(run)
+        left = _naming(run.folder, run.netns)
         if not left:
             break
         for pid in left:
@@ -179,31 +179,21 @@ def _reap_stale(folder: Path) -> None:
         pid = owner.split()[0] if owner else ""
         if not pid.isdigit() or _life(int(pid)) == owner:
             continue  # still running, or not one of ours
-        inside = str(work) + os.sep
-        for entry in Path("/proc").iterdir():
-            try:
-                if entry.name.isdigit() and inside in (entry / "cmdline").read_bytes().replace(
-                        b"\0", b" ").decode(errors="replace"):
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except OSError:
-                continue
+        for left in _naming(work):
+            with contextlib.suppress(OSError):
+                os.kill(left, signal.SIGKILL)
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _snapshot(repo: Path, into: Path) -> Path:
     """The repository as it is now, under its lock (the collector's changes take it too):
     metadata copied, archives linked. Every path starts from this one state."""
+    from greenlight.release.rehearsal._path import copy_repository
     from greenlight.release.repository import FileRepository
     from greenlight.release.repository._rollouts import locked
 
-    def link(src: str, dst: str) -> None:
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
     with locked(FileRepository(repo)):
-        shutil.copytree(repo / "metadata", into / "metadata")
-        shutil.copytree(repo / "targets", into / "targets", copy_function=link)
+        copy_repository(repo, into)
     return into
 
 

@@ -142,6 +142,18 @@ class FileRepository(Repository):
         self._remember(path)
         atomic_write(path, data, mode=mode)
 
+    def append_line(self, path: Path, item: object) -> None:
+        """Append `item` as one JSON line to a record of the repository's folder (owner-only,
+        never served), through `write`: a change that fails after it takes the line back; a
+        torn last line stays a line of its own."""
+        try:
+            before = path.read_bytes()
+        except FileNotFoundError:
+            before = b""
+        if before and not before.endswith(b"\n"):
+            before += b"\n"
+        self.write(path, before + json.dumps(item).encode() + b"\n", mode=0o600)
+
     def remove(self, path: Path) -> None:
         self._remember(path)
         path.unlink(missing_ok=True)
