@@ -30,7 +30,6 @@ BIN = Path(sys.executable).parent
 BARE = """
 import sys
 from tuf.ngclient import Updater
-from greenlight.updater.product import init_root
 
 meta, url, targets = sys.argv[1:4]
 updater = Updater(meta, url + "/metadata/", targets, url + "/targets/", bootstrap=None)

@@ -75,7 +75,8 @@ LAYERS: dict[str, set[str]] = {
     "greenlight.updater.product": {"store"},
     "greenlight.updater.store": set(),
 }
-BOTTOM = {"greenlight.updater", "greenlight.updater._errors"}  # the error tree
+BOTTOM = {"greenlight.updater", "greenlight.updater._errors",  # the error tree
+          "greenlight.updater._lean"}  # the cloud SDKs kept out, on the package's import
 
 
 def _layer(name: str) -> str | None:

@@ -15,7 +15,8 @@ greenlight.channels           the shared layer
 ```
 
 This module re-exports the error tree only, so that importing it stays cheap: every error
-carries the exit code the CLI returns for it.
+carries the exit code the CLI returns for it. It also keeps the cloud SDKs that
+securesystemslib's signer package reaches for out of the client (`_lean`).
 """
 
 from greenlight.updater._errors import (
@@ -38,6 +39,9 @@ from greenlight.updater._errors import (
     TrustError,
     UsageError,
 )
+from greenlight.updater._lean import keep_cloud_sdks_out
+
+keep_cloud_sdks_out()
 
 __all__ = [
     "EXIT_CODES",
