@@ -33,11 +33,28 @@ def test_exported_rollout_state_schema_is_current():
     assert path.read_text() == json_schema(RolloutState)
 
 
-def test_published_channel_files_validate_against_the_schema(published: FileRepository):
+@pytest.mark.parametrize(("patch", "where"), [
+    ({"components": {}}, "components"),
+    ({"schema_version": 2}, "schema_version"),
+    ({"components": {"core": {"sha256": "ab"}}}, "components.core"),
+    ({"release": 5}, "release"),
+    ({"published_at": None}, "published_at"),
+])
+def test_the_schema_a_consumer_reads_refuses_what_the_model_refuses(published, patch, where):
+    """The committed schema is for readers that are not Greenlight (another language, a CI
+    check). What the published files hold validates against it, and a document the model
+    refuses for its shape is refused by the schema too, so the schema is no looser than it
+    says."""
     schema = json.loads(SCHEMA.read_text())
     for channel in ("stable", "beta"):
         info = published.targets(f"channel-{channel}").targets[channel_target(channel)]
         jsonschema.validate(json.loads(published.read_target(info)), schema)
+    bad = json.loads(current_channel_file(published, "beta").to_json())  # type: ignore[union-attr]
+    bad.update(patch)
+    with pytest.raises(ChannelFileError, match=where):
+        ChannelFile.from_json(json.dumps(bad).encode(), "beta.json")
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
 
 
 def test_channel_file_fields(published: FileRepository):

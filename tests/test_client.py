@@ -114,6 +114,52 @@ def test_tampered_channel_file_is_refused(tmp_path, served, published):
     assert root.installed_version() is None
 
 
+@pytest.mark.parametrize("as_version", ["next", "same"])
+def test_a_stolen_targets_key_alone_reaches_no_client(tmp_path, served, published, as_version):
+    """The targets key signs a new delegation of channel-stable to the thief's own key, and
+    the thief's channel-stable with it; without the snapshot and timestamp keys, a client
+    never sees either: a new version is not in the signed snapshot, and rewriting the
+    version the snapshot names breaks the hash it carries."""
+    from securesystemslib.signer import CryptoSigner
+
+    root = make_root(tmp_path, served, published)
+    do_upgrade(root)
+    targets_path = published.metadata_dir / "targets.json"
+    md = Metadata.from_bytes(targets_path.read_bytes())
+    real = md.signed.delegations.roles["channel-stable"].keyids  # type: ignore[union-attr]
+    targets_signer = published.keys.signer(published.root().roles["targets"].keyids[0])
+    assert targets_signer is not None
+    thief = CryptoSigner.generate_ed25519()
+    for keyid in list(real):
+        md.signed.revoke_key(keyid, "channel-stable")
+    md.signed.add_key(thief.public_key, "channel-stable")
+    if as_version == "next":
+        md.signed.version += 1
+    md.signatures.clear()
+    md.sign(targets_signer)
+    published.root().verify_delegate("targets", md.signed_bytes, md.signatures)  # real key
+    (published.metadata_dir / f"{md.signed.version}.targets.json").write_bytes(md.to_bytes())
+    targets_path.write_bytes(md.to_bytes())
+    channel = Metadata.from_bytes((published.metadata_dir / "channel-stable.json").read_bytes())
+    channel.signed.version += 1
+    channel.signatures.clear()
+    channel.sign(thief)
+    (published.metadata_dir / f"{channel.signed.version}.channel-stable.json").write_bytes(
+        channel.to_bytes())
+
+    report = check(root, open_repository(root))  # a machine that trusts the real one
+    assert (report.installed, report.available, report.update_available) == (
+        "1.0", "1.0", False)
+    (tmp_path / "fresh").mkdir()
+    fresh = make_root(tmp_path / "fresh", served, published)  # one that fetches it now
+    if as_version == "next":
+        assert check(fresh, open_repository(fresh)).available == "1.0"
+    else:
+        with pytest.raises(TrustError, match="length or hash mismatch"):
+            check(fresh, open_repository(fresh))
+    assert root.installed_version() == "1.0"
+
+
 def test_tampered_metadata_is_refused(tmp_path, served, published):
     root = make_root(tmp_path, served, published)
     path = published.metadata_dir / "timestamp.json"

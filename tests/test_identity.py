@@ -50,13 +50,13 @@ def test_a_quarantined_relabel_does_not_hold_the_real_release():
 def test_versions_must_be_canonical(text):
     with pytest.raises(ValueError, match="canonical|invalid version"):
         canonical_version(text)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not canonical|invalid version"):
         _channel(text, "a")
 
 
 @pytest.mark.parametrize("name", ["beta\n", "beta\n\n", "Beta", "../x", ""])
 def test_names_are_anchored_at_the_very_end(name):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid channel name"):
         check_channel_name(name)
 
 
@@ -146,10 +146,13 @@ def test_a_signed_target_path_never_changes_bytes(tmp_path, repo, builds):
         publish(repo, "beta", "1.0", builds("1.0", "refuse-ui-token"))
 
 
-def test_publish_can_keep_the_top_folder(tmp_path, repo):
+def test_publish_can_keep_the_top_folder(tmp_path, server, repo):
     core = _tar(tmp_path / "core.tar.gz", {"core/core.py": b""})
     cf = publish(repo, "stable", "2.0", {"core": core}, keep_top_folder=True)
     assert cf.components["core"].strip_prefix is None
+    root = _root(tmp_path, server, repo, "stable")
+    assert upgrade(root, open_repository(root)).outcome == "upgraded"
+    assert (root.current / "core" / "core" / "core.py").is_file()  # kept, as published
 
 
 def test_a_member_outside_the_recorded_top_folder_is_refused(tmp_path):

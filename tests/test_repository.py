@@ -71,9 +71,20 @@ def test_a_beta_key_cannot_move_stable(tmp_path, published: FileRepository):
 def test_server_never_serves_keys(published: FileRepository):
     import httpx
 
+    # A repository made before keys moved beside it keeps them in REPO/keys/, inside the
+    # folder served; a key can also be reached through a link planted in the served tree.
+    # A static server of the whole folder would hand out both.
     key = next(published.keys.folder.glob("*.pem"))
+    inside = published.path / "keys"
+    inside.mkdir(exist_ok=True)
+    (inside / key.name).write_bytes(key.read_bytes())
+    (published.path / "targets" / "key.pem").symlink_to(key)
+    (published.path / "metadata" / "keys").symlink_to(inside)
     with builtin_server(published.path) as server:
         assert httpx.get(f"{server.url}/keys/{key.name}").status_code == 404
+        assert httpx.get(f"{server.url}/targets/key.pem").status_code == 404
+        assert httpx.get(f"{server.url}/metadata/keys/{key.name}").status_code == 404
+        assert httpx.get(f"{server.url}/metadata/%2e%2e/keys/{key.name}").status_code == 404
         assert httpx.get(f"{server.url}/metadata/1.root.json").status_code == 200
         ranged = httpx.get(f"{server.url}/metadata/1.root.json", headers={"Range": "bytes=10-19"})
         assert ranged.status_code == 206 and len(ranged.content) == 10

@@ -84,6 +84,10 @@ def test_a_corrupt_partial_is_caught_as_a_whole_and_fetched_again(tmp_path, blob
         assert upgrade(root, open_repository(root)).installed == "1.0"
         # Resumed from the kept bytes, refused as a whole, then fetched once from byte 0.
         assert [r.split()[-1] for r in server.ranges] == [f"bytes={length // 2}-"]
+        asked = [p for p in server.paths if sha256 in p]
+        assert len(asked) == 2, asked  # the resume, then one whole fetch: no third try
+        sent = length - length // 2 + length  # the missing half, then the whole blob
+        assert sent <= server.bytes_sent < sent + 100_000  # and metadata besides
         assert not partial.exists()
 
 

@@ -91,10 +91,13 @@ def test_the_online_state_never_takes_a_machine_past_the_plan(
     assert effective_rollout(cf, None, now).percent == steps[0]  # no word yet: the first step
 
 
-def test_a_plan_must_increase_within_1_to_100():
-    for bad in ([], [0, 50], [50, 10], [10, 10], [10, 101]):
-        with pytest.raises(ValueError):
-            _plan(bad)
+@pytest.mark.parametrize(("bad", "why"), [
+    ([], "at least 1 item"), ([0, 50], "percents from 1 to 100"),
+    ([50, 10], "must increase"), ([10, 10], "must increase"),
+    ([10, 101], "percents from 1 to 100")])
+def test_a_plan_must_increase_within_1_to_100(bad, why):
+    with pytest.raises(ValueError, match=why):
+        _plan(bad)
 
 
 # --- a real repository, real clients ------------------------------------------------------

@@ -5,12 +5,14 @@ Layers, each importing only those below it:
 
 ```
 cli, installer, conformance   thin command lines
+agent                         the unattended cycle and its loop
+selfupdate                    Greenlight's own versions: side by side, qualify, activate
 operations                    check, upgrade, sideload, rollback, health, status, ...
-plan                          pure: what should this machine do now
+policy                        pure: what should this machine do now (decide, agent_step)
 transaction                   engine (steps with do/undo + journal), steps, rollback, recovery
-reports                       the JSON shapes of the commands' output
-trust | store | product       TUF client and downloads | the root on disk | config, services,
-                              health checks
+output                        the JSON shapes of the commands' output
+trust | product               TUF client and downloads | config, services, health checks
+store                         the root on disk: layout, journal, history, quarantine, outbox
 greenlight.channels           the shared layer
 ```
 
