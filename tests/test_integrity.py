@@ -117,3 +117,53 @@ def test_verify_names_what_changed_and_repair_restores_the_signed_tree(tmp_path,
         events = [json.loads(line)["event"]
                   for line in (path / "state" / "history.jsonl").read_text().splitlines()]
         assert events[-2:] == ["damaged", "repaired"], events
+
+
+def test_a_sideloaded_release_is_repaired_from_its_bundle(tmp_path, builds):
+    """An air-gapped machine keeps no archive of a sideloaded release and reaches no
+    repository: `verify --repair --bundle FILE` takes the verified bytes from the bundle it
+    came on, through the same TUF client; a bundle of another release is refused in one
+    line and changes nothing."""
+    repo = init_repository(tmp_path / "repo")
+    publish(repo, "stable", "1.0", builds("1.0"))
+    first, later = tmp_path / "1.0.bundle", tmp_path / "1.1.bundle"
+    made = subprocess.run([str(BIN / "release"), "bundle", str(repo.path), "--channel",
+                           "stable", "-o", str(first)], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    publish(repo, "stable", "1.1", builds("1.1"))
+    made = subprocess.run([str(BIN / "release"), "bundle", str(repo.path), "--channel",
+                           "stable", "-o", str(later)], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    path = tmp_path / "root"
+    done = _updater("init", "--root", str(path), "--repo", "http://127.0.0.1:9", "--trust",
+                    str(repo.metadata_dir / "1.root.json"))
+    assert done.returncode == 0, done.stderr
+    with (path / "greenlight.toml").open("a") as f:
+        f.write(MARKER_PRODUCT)
+    try:
+        loaded = _updater("sideload", str(first), "--root", str(path))
+        assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+        for kept in (path / "downloads").glob("*"):  # whatever was kept, none is now
+            if kept.is_file():
+                kept.unlink()
+        genuine = (path / "current" / "core" / "core.py").read_bytes()
+        (path / "current" / "core" / "core.py").write_bytes(genuine + b"# planted\n")
+
+        nowhere = _updater("verify", "--root", str(path), "--repair")
+        assert nowhere.returncode == 5 and "cannot reach the repository" in nowhere.stderr, \
+            nowhere.stdout + nowhere.stderr
+        alone = _updater("verify", "--root", str(path), "--bundle", str(first))
+        assert alone.returncode == 2 and "pass --repair too" in alone.stderr
+        other = _updater("verify", "--root", str(path), "--repair", "--bundle", str(later))
+        assert other.returncode == 8 and other.stderr.count("\n") == 1, other.stderr
+        assert "carries 1.1, not the installed 1.0" in other.stderr
+        assert _updater("verify", "--root", str(path)).returncode == 16
+
+        fixed = _updater("verify", "--root", str(path), "--repair", "--bundle", str(first))
+        assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+        assert fixed.stdout.startswith("repaired: 1.0 differs"), fixed.stdout
+        assert (path / "current" / "core" / "core.py").read_bytes() == genuine
+        assert _updater("verify", "--root", str(path)).returncode == 0
+        assert _updater("health", "--root", str(path)).returncode == 0
+    finally:
+        _updater("stop", "--root", str(path))

@@ -347,8 +347,11 @@ def agent_cmd(root: Path | None, once: bool, failures: int, report: Path | None)
 @click.option("--repair", is_flag=True,
               help="Re-stage the release from verified bytes when it differs (the services "
                    "restart, checked; undone if it fails).")
+@click.option("--bundle", "bundle", type=click.Path(path_type=Path), default=None,
+              help="With --repair: take the verified bytes from this offline bundle of the "
+                   "installed release (a sideloaded release whose archives are not kept).")
 @json_option
-def verify_cmd(root: Path | None, repair: bool, as_json: bool) -> None:
+def verify_cmd(root: Path | None, repair: bool, bundle: Path | None, as_json: bool) -> None:
     """Compare the installed release's files with the file lists it was published with
     (signed beside its archives): each file's type, size, mode and sha256; what is changed,
     missing or extra is named.
@@ -356,15 +359,19 @@ def verify_cmd(root: Path | None, repair: bool, as_json: bool) -> None:
     Exit 16 when it differs (0 once --repair re-staged it).
     """
     from greenlight.channels import printable
-    from greenlight.updater._errors import EXIT_DAMAGED, ConfigError
-    from greenlight.updater.operations import open_repository, verify
+    from greenlight.updater._errors import EXIT_DAMAGED, ConfigError, UsageError
+    from greenlight.updater.operations import open_repository, repair_from_bundle, verify
     from greenlight.updater.operations import repair as repair_release
 
     install = open_root(root)
 
     def work() -> "VerifyReport":
+        if bundle is not None and not repair:
+            raise UsageError("--bundle is the source of a repair: pass --repair too")
         if not repair:
             return verify(install)
+        if bundle is not None:
+            return repair_from_bundle(install, bundle)
         try:
             repo = open_repository(install)
         except ConfigError:  # air-gapped: kept archives only

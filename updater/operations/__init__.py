@@ -47,7 +47,12 @@ if TYPE_CHECKING:
         switch_channel,
     )
     from greenlight.updater.operations._recovery import recover_if_interrupted, recover_root
-    from greenlight.updater.operations._verify import repair, verify, verify_and_record
+    from greenlight.updater.operations._verify import (
+        repair,
+        repair_from_bundle,
+        verify,
+        verify_and_record,
+    )
 
 __all__ = [
     "Supervised",
@@ -65,6 +70,7 @@ __all__ = [
     "recover_if_interrupted",
     "recover_root",
     "repair",
+    "repair_from_bundle",
     "rollback",
     "sideload",
     "start_services",
@@ -81,7 +87,7 @@ __all__ = [
 _READ = {"check", "open_repository", "plan_for", "quarantined", "read_channel", "status",
          "switch_channel"}
 _RECOVERY = {"recover_if_interrupted", "recover_root"}
-_VERIFY = {"repair", "verify", "verify_and_record"}
+_VERIFY = {"repair", "repair_from_bundle", "verify", "verify_and_record"}
 _MACHINE = {"Supervised", "acting_person", "crashed_services", "health", "lift",
             "start_services", "stop_services", "supervise", "write_systemd_units"}
 

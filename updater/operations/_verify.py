@@ -3,6 +3,8 @@ with (signed beside its archives, kept with the release when it was staged), and
 which re-stages it from verified bytes through the transaction (REPAIR_STEPS: restage, stop,
 swap, start, post-check, commit), undone like any transaction when it fails or is killed."""
 
+from pathlib import Path
+
 from greenlight.channels import (
     ChannelFile,
     Difference,
@@ -11,7 +13,7 @@ from greenlight.channels import (
     printable,
     version_of,
 )
-from greenlight.updater._errors import NotFound, ServiceError, shielded
+from greenlight.updater._errors import ArchiveError, NotFound, ServiceError, shielded
 from greenlight.updater.output import VerifyReport
 from greenlight.updater.product import HealthFailure, ServiceControl, config_of
 from greenlight.updater.store import (
@@ -29,7 +31,7 @@ from greenlight.updater.store import (
 )
 from greenlight.updater.trust import TrustedRepository
 
-__all__ = ["repair", "verify", "verify_and_record"]
+__all__ = ["repair", "repair_from_bundle", "verify", "verify_and_record"]
 
 _SHOWN = 5  # differences named in a one-line summary (all of them in --json)
 
@@ -210,3 +212,30 @@ def repair(root: InstallRoot, repo: TrustedRepository | None) -> VerifyReport:
                        f"repaired, yet {after.summary}"})
         _record(root, repaired, "repaired")
         return repaired
+
+
+def repair_from_bundle(root: InstallRoot, bundle_path: Path) -> VerifyReport:
+    """`repair` with an offline bundle as the verified source: for a release sideloaded on a
+    machine that keeps no archives and reaches no repository. The bundle is read in place
+    through the same TUF client as a sideload (its metadata must not be older than what the
+    root trusts), and must carry the installed release itself.
+
+    Raises:
+        ArchiveError: no such file, not a bundle, or a bundle of another release; and
+        whatever `repair` raises.
+    """
+    from greenlight.updater.store import index_tar
+    from greenlight.updater.trust import open_bundle
+
+    if not bundle_path.is_file():
+        raise ArchiveError(f"{bundle_path}: no such bundle file")
+    bundle_path = bundle_path.resolve()
+    bundle = open_bundle(bundle_path, index_tar(bundle_path), root.metadata_dir,
+                         bundle_path.name)
+    installed = root.installed_release()
+    if installed is not None and bundle.manifest.release != version_of(installed):
+        raise ArchiveError(
+            f"{bundle_path.name} carries {printable(bundle.manifest.release, 64)}, not the "
+            f"installed {version_of(installed)}: a repair takes the installed release's own "
+            "bytes")
+    return repair(root, bundle.repository)
