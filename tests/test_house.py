@@ -68,7 +68,7 @@ LAYERS: dict[str, set[str]] = {
     "greenlight.updater.selfupdate": {"output", "trust", "store", "product"},
     "greenlight.updater.operations": {"policy", "transaction", "output", "trust", "store",
                                       "product"},
-    "greenlight.updater.transaction": {"output", "trust", "store", "product"},
+    "greenlight.updater.transaction": {"policy", "output", "trust", "store", "product"},
     "greenlight.updater.output": {"store", "product"},
     "greenlight.updater.policy": set(),
     "greenlight.updater.trust": {"store"},

@@ -37,7 +37,7 @@ from greenlight.updater.operations._read import (
 from greenlight.updater.output import (
     UpgradeReport,
 )
-from greenlight.updater.policy import Plan
+from greenlight.updater.policy import Plan, settles_by_commit
 from greenlight.updater.product import (
     CheckResult,
     HealthFailure,
@@ -120,7 +120,8 @@ def _run(txn: Transaction, report: UpgradeReport) -> UpgradeReport:
                 "channel_now": active_channel(txn.root).channel,
             })
         with shielded():
-            if txn.journal.state_of("post-check") == "done":
+            if settles_by_commit(txn.journal.state_of("post-check"),
+                                 txn.journal.state_of("commit")):
                 # it passed: the commit is finished, as always, and it is an upgrade
                 next(s for s in STEPS if s.name == "commit").do(txn)
                 _finished(txn, report)

@@ -7,8 +7,11 @@ that does no I/O.
 - `agent_step`: what the agent does with that plan, given hold, window, apply mode and the
   revoked-release rule.
 
-The rollback policy (undo, fallback, quarantine, incident, report) is a sequence of writes and
-lives in one place of its own: `greenlight.updater.transaction` (`_rollback.py`).
+- `plan_rollback` / `rollback_verdict`: what a failed transaction changes (the fallback
+  switch, the quarantine, the re-check of the previous release) and where it ended (back on a
+  healthy release, or a dead end); `settles_by_commit`: a transaction whose post-check
+  passed is committed, never undone. `greenlight.updater.transaction` (`_rollback.py`)
+  carries them out.
 """
 
 from greenlight.updater.policy._agent import (
@@ -27,7 +30,16 @@ from greenlight.updater.policy._channel import (
     follow_plan,
     returns_to_chosen,
 )
+from greenlight.updater.policy._rollback import (
+    RollbackFacts,
+    RollbackPlan,
+    RollbackVerdict,
+    plan_rollback,
+    rollback_verdict,
+    settles_by_commit,
+)
 
 __all__ = ["CYCLE_LIMIT", "STOP_LIMIT", "Action", "AgentInput", "AgentStep", "Plan",
-           "RolloutPosition", "agent_step", "decide", "follow_plan", "in_window",
-           "returns_to_chosen"]
+           "RollbackFacts", "RollbackPlan", "RollbackVerdict", "RolloutPosition", "agent_step",
+           "decide", "follow_plan", "in_window", "plan_rollback", "returns_to_chosen",
+           "rollback_verdict", "settles_by_commit"]

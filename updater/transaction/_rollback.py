@@ -3,7 +3,11 @@ left behind.
 
 Every way a release is rolled back or set aside here goes through this module, which owns
 each of its effects: undo, the fallback switch, the quarantine, the incident in the history,
-and the fleet report (queued by an explicit call, sent later by the caller).
+and the fleet report (queued by an explicit call, sent later by the caller). What those
+effects are is decided by pure functions, `greenlight.updater.policy` (`_rollback.py`):
+`plan_rollback` before the writes, `rollback_verdict` from what they found, and
+`settles_by_commit`, the rule that a transaction whose post-check passed is committed, for
+the upgrade (`operations`) and the recovery here alike.
 
 - `roll_back`: a failed post-check (or a service that dies, or does not come up) rolls back by
   itself: the previous release back in place and started, the active channel switched to the
@@ -23,6 +27,12 @@ import time
 from dataclasses import dataclass
 
 from greenlight.channels import ReleaseId, now, version_of
+from greenlight.updater.policy import (
+    RollbackFacts,
+    plan_rollback,
+    rollback_verdict,
+    settles_by_commit,
+)
 from greenlight.updater.product import Config, HealthFailure, ServiceControl, failed_required
 from greenlight.updater.store import (
     HistoryEntry,
@@ -54,47 +64,42 @@ class Rollback:
 
 def roll_back(txn: Transaction, failure: HealthFailure) -> Rollback:
     """Put the previous release back, healthy, record the incident, queue its report, and say
-    what happened. Never raises for what it undoes: a failed undo is in the summary (and the
-    incident is then a `rollback-failed` dead end)."""
+    what happened. The decisions are `policy.plan_rollback` and `policy.rollback_verdict`;
+    this carries them out. Never raises for what it undoes: a failed undo is in the summary
+    (and the incident is then a `rollback-failed` dead end)."""
     txn.control.start_seconds = 0.0
     # A manual rollback has no channel file: its target is a kept release, named by its own.
     kept = txn.root.manifest(txn.new) if txn.channel_file is None else None
     identity = txn.channel_file.identity if txn.channel_file is not None else (
         kept.identity if kept is not None else None)
+    plan = plan_rollback(RollbackFacts(
+        channel=txn.journal.channel, new=txn.new, old=txn.old,
+        new_at_fault=failure.new_release_at_fault,
+        fallback=txn.channel_file.fallback if txn.channel_file is not None else None,
+        failed=tuple(r.name for r in failed_required(failure.results)),
+        known=identity is not None))
     errors = undo_steps(STEPS, txn, failure.summary)
-    fallback = None
-    if failure.new_release_at_fault:
-        fallback = txn.channel_file.fallback if txn.channel_file is not None else None
-        if fallback is not None and fallback != txn.journal.channel:
-            names = ", ".join(r.name for r in failed_required(failure.results)) or "start-up"
-            chosen = active_channel(txn.root).chosen_channel
-            set_active_channel(
-                txn.root, fallback, f"automatic fallback: {version_of(txn.new)} on "
-                                    f"{txn.journal.channel} failed {names}", chosen=chosen)
-        else:
-            fallback = None
-        if identity is not None:
-            add_to_quarantine(txn.root, QuarantineEntry.of(
-                identity, txn.journal.channel, failure.summary, now()))
-    ok = not errors
-    summary = failure.summary
-    if txn.old is not None and ok:
+    if plan.switch_to is not None:
+        set_active_channel(txn.root, plan.switch_to, plan.switch_reason,
+                           chosen=active_channel(txn.root).chosen_channel)
+    if plan.quarantine and identity is not None:
+        add_to_quarantine(txn.root, QuarantineEntry.of(
+            identity, txn.journal.channel, failure.summary, now()))
+    unhealthy = None
+    if plan.recheck_old and not errors and txn.old is not None:
         try:
             txn.control.post_check(txn.old, txn.control.config_for(txn.old).health.grace, 0.0)
         except HealthFailure as second:
-            ok = False
-            errors.append(f"previous release {version_of(txn.old)} is unhealthy too: "
-                          f"{second.summary}")
-    restored = time.monotonic()
-    seconds = max(0.0, restored - failure.at - txn.control.start_seconds)
-    if errors:
-        summary = f"{failure.summary}; rollback failed: {'; '.join(errors)}"
+            unhealthy = second.summary
+    verdict = rollback_verdict(failure.summary, errors, txn.old, unhealthy)
+    seconds = max(0.0, time.monotonic() - failure.at - txn.control.start_seconds)
     txn.journal.finish(txn.root)
     incident = HistoryEntry(
-        event="rolled-back" if ok else "rollback-failed",
+        event=verdict.event,
         channel=txn.journal.channel, from_version=version_of(txn.new),
         to_version=version_of(txn.old) if txn.old else None,
-        from_release=txn.new, to_release=txn.old, fallback_channel=fallback, summary=summary,
+        from_release=txn.new, to_release=txn.old, fallback_channel=plan.switch_to,
+        summary=verdict.summary,
         failed_checks=[r.recorded() for r in failure.results if not r.ok],
         stop_outcomes=[o.describe() for o in failure.stops],
         timings={**txn.timings, "rollback_seconds": round(seconds, 4)},
@@ -102,7 +107,7 @@ def roll_back(txn: Transaction, failure: HealthFailure) -> Rollback:
     )
     record(txn.root, incident)
     queue_event(txn.root, incident, txn.config.outbox_size)
-    return Rollback(ok, incident)
+    return Rollback(verdict.ok, incident)
 
 
 def quarantine_revoked(root: InstallRoot, identity: ReleaseId, channel: str, reason: str) -> str:
@@ -162,7 +167,7 @@ def recover(root: InstallRoot, config: Config) -> HistoryEntry | None:
     control = ServiceControl.of(root, config)
     txn = Transaction(root, config, control, journal)
     steps = STEPS_OF[journal.kind]
-    if journal.state_of("post-check") == "done" and journal.state_of("commit") != "undone":
+    if settles_by_commit(journal.state_of("post-check"), journal.state_of("commit")):
         next(s for s in steps if s.name == "commit").do(txn)
         journal.finish(root)
         entry = HistoryEntry(event="recovered", channel=journal.channel,
