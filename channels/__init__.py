@@ -23,6 +23,19 @@ from greenlight.channels._clock import now
 from greenlight.channels._cohort import COHORT_PATTERN, LABEL_PATTERN, cohort_of
 from greenlight.channels._delta import BuiltDelta, DeltaError, apply_delta, build_delta
 from greenlight.channels._digest import ParallelDigest
+from greenlight.channels._feedback import (
+    FEEDBACK_MAX_BYTES,
+    FEEDBACK_SCHEMA,
+    FEEDBACK_TEXT_MAX,
+    LOG_TAIL_MAX,
+    FeedbackCheck,
+    FeedbackEvent,
+    FeedbackIncident,
+    FeedbackLog,
+    FeedbackReport,
+    FeedbackSource,
+    lines_printable,
+)
 from greenlight.channels._file_list import (
     FILES_SCHEMA,
     Difference,
@@ -66,6 +79,7 @@ from greenlight.channels._model import (
     ChannelFileError,
     ComponentArtifact,
     Delta,
+    FeedbackRule,
     HaltEvidence,
     HaltRule,
     ManifestRef,
@@ -111,6 +125,17 @@ from greenlight.channels._version import VERSION
 from greenlight.channels._versions import canonical_version, is_newer, parse_version, sort_versions
 
 __all__ = [
+    "FEEDBACK_MAX_BYTES",
+    "FEEDBACK_SCHEMA",
+    "FEEDBACK_TEXT_MAX",
+    "LOG_TAIL_MAX",
+    "FeedbackCheck",
+    "FeedbackEvent",
+    "FeedbackIncident",
+    "FeedbackLog",
+    "FeedbackReport",
+    "FeedbackSource",
+    "lines_printable",
     "FILES_SCHEMA",
     "Difference",
     "FileEntry",
@@ -164,6 +189,7 @@ __all__ = [
     "RevokedRelease",
     "EffectiveRollout",
     "HaltEvidence",
+    "FeedbackRule",
     "HaltRule",
     "SequentialRule",
     "Rollout",

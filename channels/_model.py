@@ -19,7 +19,7 @@ from greenlight.channels._records import Record
 from greenlight.channels._versions import canonical_version, parse_version
 
 __all__ = ["SCHEMA_VERSION", "ChannelFile", "ChannelFileError", "ChannelName", "ComponentArtifact",
-           "Delta", "HaltEvidence", "HaltRule", "ManifestRef", "PreviousRelease",
+           "Delta", "FeedbackRule", "HaltEvidence", "HaltRule", "ManifestRef", "PreviousRelease",
            "RevokedRelease", "Rollout", "RolloutPlan", "RolloutState", "SequentialRule",
            "VersionStr", "json_schema"]
 
@@ -111,17 +111,31 @@ class SequentialRule(_Strict):
                                      "previous release's record is thin or clean")
 
 
+class FeedbackRule(_Strict):
+    """A signal, not a verdict: once `machines` distinct machines' users wrote in about the
+    release within the current step, the collector does not advance the rollout to its next
+    step until a person resumes it. It never halts or rolls back by itself. Informational
+    for the machines (they ignore it: see channels/_requires.py)."""
+
+    machines: int = Field(ge=1, description="distinct machines whose users wrote in about "
+                                            "the release within the current step")
+
+
 class HaltRule(_Strict):
     """When the collector halts a rollout by itself: at least `rollbacks` distinct machines
     rolled back (or reached a dead end), or more than `failure_ratio` of at least
     `min_reports` distinct reporting machines did; or, with `sequential`, by that rule
-    instead."""
+    instead. With `feedback`, user feedback also pauses the rollout's advance (never halts
+    it)."""
 
     rollbacks: int = Field(3, ge=1)
     failure_ratio: float = Field(0.05, gt=0, le=1)
     min_reports: int = Field(20, ge=1)
     sequential: SequentialRule | None = Field(
         None, description="judge by the sequential rule instead of the count and ratio")
+    feedback: FeedbackRule | None = Field(
+        None, description="pause the advance (never halt) once this many machines' users "
+                          "wrote in within a step; informational for the machines")
 
 
 class RolloutPlan(_Strict):

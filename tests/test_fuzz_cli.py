@@ -81,7 +81,8 @@ def _root(base: Path, trusted: FileRepository, kind: str, config: str) -> Path:
 @settings(max_examples=200, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(command=st.sampled_from(["check", "status", "channel", "sideload", "history", "health",
-                                "recover", "upgrade", "rollback", "start", "stop"]),
+                                "recover", "upgrade", "rollback", "start", "stop",
+                                "feedback"]),
        kind=st.sampled_from(["missing", "file", "ok", "bad-config", "bad-state", "bad-root"]),
        config=configs, name=names, bundle=bundles, as_json=st.booleans())
 def test_hostile_input_gets_a_documented_exit_and_one_line(
@@ -91,6 +92,8 @@ def test_hostile_input_gets_a_documented_exit_and_one_line(
     args = [command]
     if command == "channel":
         args.append(name or "stable")
+    if command == "feedback":  # any text, empty or hostile: queued with it, or one line
+        args += ["--dry-run", name] if len(name) % 2 else [name]
     if command == "sideload":
         (base / "b.bundle").write_bytes(bundle)
         args.append(str(base / "b.bundle"))

@@ -13,7 +13,8 @@ from greenlight.channels import Difference, Record
 from greenlight.updater.product import CheckResult
 from greenlight.updater.store import GreenlightInfo, HistoryEntry, Update
 
-__all__ = ["CheckReport", "ComponentInfo", "DeltaUse", "ErrorReport", "HealthReport",
+__all__ = ["CheckReport", "ComponentInfo", "DeltaUse", "ErrorReport", "FeedbackResult",
+           "HealthReport",
            "GreenlightInfo", "HistoryReport", "Identity", "QualifyCheck", "QualifyReport",
            "QuarantineReport", "RolloutStatus", "SelfUpdateReport", "StatusReport",
            "UpgradeReport", "VerifyReport", "dump", "status_update"]
@@ -153,6 +154,28 @@ class HistoryReport(Record):
     schema_: Literal["greenlight.history/1"] = Field("greenlight.history/1", alias="schema")
     root: str
     entries: list[HistoryEntry]
+
+
+class FeedbackResult(Record):
+    """What `updater feedback` did (`--dry-run` prints the document itself instead)."""
+
+    schema_: Literal["greenlight.feedback-result/1"] = Field("greenlight.feedback-result/1",
+                                                             alias="schema")
+    root: str
+    id: str | None = Field(default=None, description="the feedback this command queued")
+    logs: bool = Field(default=False, description="its log tails were attached (--logs)")
+    collected: list[str] = Field(default_factory=list,
+                                 description="ids of the feedback taken from the inbox")
+    refused: list[str] = Field(default_factory=list,
+                               description="one line for each inbox file refused")
+    dropped: int = Field(default=0, description="the oldest queued feedback dropped to make "
+                                                "room (the queue holds 100)")
+    exported: int = Field(default=0, description="feedback written to --export's file")
+    file: str | None = None
+    sent: int = Field(default=0, description="feedback the collector took in this command")
+    queued: int = Field(description="feedback waiting in state/feedback/ now")
+    waiting: str | None = Field(default=None, description="why queued feedback is not sent: "
+                                                          "no collector, or its refusal")
 
 
 class Identity(Record):

@@ -6,6 +6,8 @@ part of greenlight.toml (`product_toml(port, dns_port)`, for roots configured by
 `configure_machine(root, port, dns_port)` only the machine's ports (its layer over releases
 that carry their manifest); both write the UI's credentials to `<root>/data/ui-token`
 (product data, outside any release).
+The UI is told Greenlight's feedback inbox (`{root}/feedback/inbox`), where it leaves the
+user's feedback when the core refuses it.
 The checks talk to the core as the UI does: with the UI's token, over HTTP and WebSocket, and
 through the product's DNS responder; and they run the new UI's own `--probe`.
 """
@@ -38,7 +40,8 @@ drain_url = "{core}/api/drain"
 [[service]]
 name = "ui"
 command = ["{{python}}", "{{release_dir}}/ui/ui.py", "--core", "{core}",
-           "--token-file", "{token}", "--stats", "{stats}/ui-stats-{{version}}.json"]
+           "--token-file", "{token}", "--stats", "{stats}/ui-stats-{{version}}.json",
+           "--feedback-inbox", "{{root}}/feedback/inbox"]
 
 [[check]]
 name = "core-ping"

@@ -3,18 +3,22 @@
   ui.py --core URL --token-file F --probe
       calls ping, version, the session (with the token) and a WebSocket round trip, as the
       real UI would at start-up; exits 0, or 1 with one line saying which call failed and how.
-  ui.py --core URL --token-file F --stats FILE
+  ui.py --core URL --token-file F --stats FILE [--feedback-inbox DIR]
       runs as a service: a steady stream of work requests to the core; counts successes and
       failures into FILE (JSON). Beside it, a reader always blocked on the core's event
       channel (a long poll, as the real UI's IPC reader). On SIGTERM it finishes the request
-      in flight, then exits.
+      in flight, then exits. When the core refuses it (HTTP 403, the seed's "denying api
+      access"), the panel's user reports it, once a run, through Greenlight's feedback
+      inbox (DIR, `<root>/feedback/inbox/`): no shell, no log tails.
 """
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
+import uuid
 from pathlib import Path
 
 import httpx
@@ -45,6 +49,33 @@ def probe(core: str, token: str) -> str | None:
     return None
 
 
+def send_feedback(inbox: Path, text: str, logs: bool = False) -> None:
+    """Greenlight's feedback inbox, as docs/updater.md shows it: a file written under a name
+    starting with "." (Greenlight leaves those alone), then renamed into place."""
+    name = uuid.uuid4().hex
+    tmp = inbox / f".{name}.tmp"
+    with open(tmp, "x", encoding="utf-8") as f:
+        json.dump({"text": text, "logs": logs}, f)
+    os.replace(tmp, inbox / f"{name}.json")
+
+
+def feedback_once(inbox: Path | None, answer: httpx.Response, sent: list[bool]) -> None:
+    """The panel's user says what the panel says when the core refuses it: once a run."""
+    if inbox is None or sent or answer.status_code != 403:
+        return
+    sent.append(True)
+    try:
+        said = str(answer.json().get("error", answer.text))
+    except ValueError:
+        said = answer.text
+    try:
+        send_feedback(inbox, f"the panel says: {said.strip()[:200]} (HTTP 403) after the "
+                             "upgrade")
+        print(f"ui {BUILD['version']}: feedback left in {inbox}", flush=True)
+    except OSError as e:
+        print(f"ui {BUILD['version']}: no feedback inbox at {inbox}: {e.strerror}", flush=True)
+
+
 def read_events(core: str, token: str, stopping: threading.Event) -> None:
     """Keep a reader blocked on the core's event channel, polling again as each poll ends;
     after a refusal or an error, again a second later. Not counted: the stream is."""
@@ -60,12 +91,14 @@ def read_events(core: str, token: str, stopping: threading.Event) -> None:
                 stopping.wait(1.0)
 
 
-def run_stream(core: str, token: str, stats_path: Path, work_ms: int) -> int:
+def run_stream(core: str, token: str, stats_path: Path, work_ms: int,
+               inbox: Path | None = None) -> int:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
     threading.Thread(target=read_events, args=(core, token, stopping), daemon=True).start()
     stats = {"ok": 0, "failed": 0, "errors": []}
     stats_path.parent.mkdir(parents=True, exist_ok=True)
+    told: list[bool] = []
 
     def save() -> None:
         tmp = stats_path.with_suffix(".tmp")
@@ -79,6 +112,7 @@ def run_stream(core: str, token: str, stats_path: Path, work_ms: int) -> int:
                 r = client.get("/api/v1/work", params={"ms": work_ms})
                 ok = r.status_code == 200
                 error = None if ok else f"HTTP {r.status_code}"
+                feedback_once(inbox, r, told)
             except httpx.HTTPError as e:
                 ok, error = False, f"{type(e).__name__}: {e}"
             stats["ok" if ok else "failed"] += 1
@@ -95,6 +129,8 @@ def main() -> int:
     parser.add_argument("--probe", action="store_true")
     parser.add_argument("--stats", type=Path)
     parser.add_argument("--work-ms", type=int, default=100)
+    parser.add_argument("--feedback-inbox", type=Path,
+                        help="Greenlight's feedback inbox (<root>/feedback/inbox)")
     args = parser.parse_args()
     if "ui-default-core-port" in BUILD.get("faults", []):  # the core's port, hard-coded
         args.core = "http://127.0.0.1:8080"
@@ -109,7 +145,7 @@ def main() -> int:
     if args.stats is None:
         parser.error("--stats is required unless --probe")
     print(f"ui {BUILD['version']} streaming to {args.core}", flush=True)
-    return run_stream(args.core, token, args.stats, args.work_ms)
+    return run_stream(args.core, token, args.stats, args.work_ms, args.feedback_inbox)
 
 
 if __name__ == "__main__":

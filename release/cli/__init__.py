@@ -9,6 +9,7 @@ import sys
 from greenlight.channels import terminal_lines
 from greenlight.release.cli import (
     _distribution,
+    _feedback,
     _fleet,
     _keys,
     _rehearse,
@@ -20,7 +21,7 @@ from greenlight.release.cli._common import app, say
 __all__ = ["app", "main"]
 
 # each registers commands
-_COMMANDS = (_distribution, _fleet, _keys, _rehearse, _repository, _updater)
+_COMMANDS = (_distribution, _feedback, _fleet, _keys, _rehearse, _repository, _updater)
 
 
 @app.command("exit-codes")

@@ -138,5 +138,8 @@ def rollout_line(cf: "ChannelFile") -> str:
             f" at least {sequential.min_failures} failed)" if sequential else
             f"halting at {halt.rollbacks} rollbacks or {halt.failure_ratio:.0%} of "
             f"{halt.min_reports}+ machines")
+    if halt.feedback is not None:
+        rule += (f", pausing the advance once {halt.feedback.machines} machines' users wrote "
+                 "in within a step")
     return (f"planned rollout {'/'.join(f'{p}%' for p in r.plan.steps)}, at least "
             f"{r.plan.soak:g} s a step, {rule}{' (HALTED)' if r.halted else ''}")

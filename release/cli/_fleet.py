@@ -62,17 +62,32 @@ __all__: list[str] = []
               help="Open connections from one peer address at most (0: no bound). The "
                    "collector listens on 127.0.0.1, so behind a proxy every connection is "
                    "the proxy's: bound clients in the proxy (nginx's limit_conn).")
+@click.option("--feedback-retention", default="90d", show_default=True, metavar="DURATION",
+              help="Prune user feedback received longer ago than this (at least 1d).")
+@click.option("--feedback-rate", type=int, default=10, show_default=True,
+              help="User feedback taken from one machine key in any 24 hours.")
+@click.option("--feedback-newcomers", type=int, default=500, show_default=True,
+              help="User feedback taken in any 24 hours from all the keys that count for "
+                   "nothing yet (pending, or enrolled less than a day ago), together.")
+@click.option("--feedback-max", type=int, default=100_000, show_default=True,
+              help="User feedback kept at most (keys not established stop at 3/4 of it).")
 def collector(db: str, port: int, fleet_token_file: Path, admin_token_file: Path,
               repo: Path | None, keys_dir: Path | None, tick: float, enrolment: str,
               enrol_rate: int, retention: str | None, allowed_hosts: tuple[str, ...],
-              max_connections: int, per_address: int) -> None:
-    """Run the fleet collector on 127.0.0.1: machines' signed reports in, rollouts out.
-    Stateless: several processes may share one PostgreSQL (and one repository folder)."""
+              max_connections: int, per_address: int, feedback_retention: str,
+              feedback_rate: int, feedback_newcomers: int, feedback_max: int) -> None:
+    """Run the fleet collector on 127.0.0.1: machines' signed reports and users' feedback
+    in, rollouts out. Stateless: several processes may share one PostgreSQL (and one
+    repository folder)."""
     from greenlight.release._durations import parse_duration
-    from greenlight.release.fleet import serve_collector
+    from greenlight.release.fleet import FEEDBACK_NEWCOMER_KEY, FeedbackLimits, serve_collector
 
     kept = None if retention is None else run_command(
         lambda: parse_duration(retention, "--retention"))
+    limits = FeedbackLimits(
+        daily=feedback_rate, newcomers=feedback_newcomers,
+        newcomer_key=min(FEEDBACK_NEWCOMER_KEY, feedback_rate), rows=feedback_max,
+        retention=run_command(lambda: parse_duration(feedback_retention, "--feedback-retention")))
 
     def log(line: str) -> None:
         say(line)
@@ -83,7 +98,8 @@ def collector(db: str, port: int, fleet_token_file: Path, admin_token_file: Path
                                  repo=repo, keys=keys_dir, tick=tick, log=log,
                                  enrolment=enrolment, enrol_rate=enrol_rate, retention=kept,
                                  allowed_hosts=allowed_hosts,
-                                 max_connections=max_connections, per_address=per_address))
+                                 max_connections=max_connections, per_address=per_address,
+                                 feedback=limits))
 
 
 class _RolloutGroup(click.Group):
@@ -165,6 +181,12 @@ def rollout_status_cmd(url: str, admin_token_file: Path, as_json: bool) -> None:
                           f"{plan['by']}: {plan['reason']}")
             elif plan.get("by"):
                 where += f", set by {plan['by']} at {plan['at']}"
+            wrote = plan.get("feedback")
+            if isinstance(wrote, dict):  # the plan's feedback rule: a signal, never a halt
+                where += (f"; PAUSED: {wrote['machines']} machines wrote in since the step "
+                          "began; advancing waits for a person (release rollout --resume)"
+                          if wrote.get("paused") else
+                          f"; {wrote['machines']} of {wrote['rule']} machines wrote in")
             say(f"  rollout: {where}")
         for c in r["checks"]:
             say(f"  {c['reports']:>4} x {c['name']}: {c['example']}")

@@ -86,6 +86,10 @@ def parse_components(items: list[str]) -> dict[str, Path]:
                    "shown above the previous release's, however often it is looked at.")
 @click.option("--halt-min-failures", type=int, default=3, show_default=True,
               help="With --halt-sequential: no halt before this many machines failed.")
+@click.option("--halt-feedback", type=int, default=None, metavar="N",
+              help="With --rollout-plan: a signal, not a verdict: once N machines' users "
+                   "wrote in about the release within a step, the collector does not "
+                   "advance it until a person resumes it (it never halts by feedback).")
 @click.option("--no-deltas", is_flag=True, help="Do not build patches from recent releases.")
 @click.option("--keep-top-folder", is_flag=True,
               help="Unpack archives as they are, even when all members sit under one folder.")
@@ -115,7 +119,8 @@ def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ..
                 fallback: str | None, allow_older: bool, rollout_percent: int | None,
                 rollout_plan: str | None, soak: str, halt_rollbacks: int, halt_ratio: float,
                 halt_min_reports: int, halt_sequential: float | None,
-                halt_min_failures: int, no_deltas: bool, keep_top_folder: bool,
+                halt_min_failures: int, halt_feedback: int | None, no_deltas: bool,
+                keep_top_folder: bool,
                 manifest: Path | None, requires: str | None, collector_url: str | None,
                 admin_token_file: Path | None, force: str | None,
                 without_rehearsal: str | None, keys: Path | None, as_json: bool) -> None:
@@ -139,7 +144,7 @@ def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ..
 
     plan = None if rollout_plan is None else run_command(lambda: plan_of(
         rollout_plan, soak, halt_rollbacks, halt_ratio, halt_min_reports, halt_sequential,
-        halt_min_failures))
+        halt_min_failures, halt_feedback))
     row = run_command(lambda: _census_of(channel, requires, collector_url, admin_token_file,
                                          force))
 
@@ -219,10 +224,12 @@ def _census_of(channel: str, requires: str | None, url: str | None, token: Path 
 
 
 def plan_of(steps: str, soak: str, rollbacks: int, ratio: float, min_reports: int,
-          sequential: float | None = None, min_failures: int = 3) -> "RolloutPlan":
+          sequential: float | None = None, min_failures: int = 3,
+          feedback: int | None = None) -> "RolloutPlan":
     from pydantic import ValidationError
 
     from greenlight.channels import (
+        FeedbackRule,
         HaltRule,
         RolloutPlan,
         SequentialRule,
@@ -243,7 +250,8 @@ def plan_of(steps: str, soak: str, rollbacks: int, ratio: float, min_reports: in
                                                               min_failures=min_failures)
         return RolloutPlan(steps=percents, soak=seconds, started_at=now(), halt=HaltRule(
             rollbacks=rollbacks, failure_ratio=ratio, min_reports=min_reports,
-            sequential=rule))
+            sequential=rule,
+            feedback=None if feedback is None else FeedbackRule(machines=feedback)))
     except ValidationError as e:
         raise UsageError(f"--rollout-plan {steps!r}: {describe_validation(e)}") from None
 

@@ -6,6 +6,9 @@ rollouts.
 - `_guard.py`: gathers, asks the judge, signs;
 - `_views.py`: the admin's views of the store, a bounded page at a time;
 - `_census.py`: the census of the Greenlight versions the machines on each channel run;
+- `_feedback_store.py`, `_feedback_views.py`, `_feedback_api.py`, `_feedback_doc.py`: user
+  feedback (`greenlight.feedback/1`): its table and caps, the dashboard's groups and CSV, the
+  routes, and their part of the OpenAPI document;
 - `_api.py`, `_http.py` and `dashboard.html`: the HTTP API and the page;
 - `_conns.py`: the table of open connections (bounded in all and per address);
 - `_server.py`: start-up, token files, and the client of `release rollout status`.
@@ -25,6 +28,9 @@ one PostgreSQL; SQLite (a file, no set-up) is the default. SQLAlchemy Core speak
   who halted it and why.
 - `GET /v1/census` needs the admin token: which Greenlight versions (and installed how) the
   machines on each channel run, each machine counted once, by its latest report.
+- `POST /v1/feedback` (the fleet token and the machine's signature, as a report): what a
+  machine's user wrote, with its evidence; `POST /v1/feedback/import`, `GET /v1/feedback`,
+  `GET /v1/feedback/groups` and `GET /v1/feedback/{id}` need the admin token.
 - `GET /` is the dashboard: a page with no data of its own that asks `/v1/rollouts` with the
   admin token the person gives (kept in the page's session storage, never in a URL that
   reaches the server) and draws the table and a chart.
@@ -39,6 +45,12 @@ Tokens are compared in constant time and never logged.
 """
 
 from greenlight.release.fleet._api import RATE, make_app
+from greenlight.release.fleet._feedback_store import (
+    FEEDBACK_NEWCOMER_KEY,
+    FeedbackLimits,
+    FeedbackStore,
+)
+from greenlight.release.fleet._feedback_views import feedback_csv, neutralised
 from greenlight.release.fleet._guard import Guard
 from greenlight.release.fleet._judge import Evidence, RolloutPosition, Verdict, judge
 from greenlight.release.fleet._server import (
@@ -49,5 +61,7 @@ from greenlight.release.fleet._server import (
 )
 from greenlight.release.fleet._store import Store
 
-__all__ = ["RATE", "Evidence", "Guard", "RolloutPosition", "Store", "Verdict", "admin_call",
-           "fetch_census", "fetch_rollouts", "judge", "make_app", "serve_collector"]
+__all__ = ["FEEDBACK_NEWCOMER_KEY", "RATE", "Evidence", "FeedbackLimits", "FeedbackStore",
+           "Guard", "RolloutPosition", "Store", "Verdict", "admin_call", "feedback_csv",
+           "fetch_census", "fetch_rollouts", "judge", "make_app", "neutralised",
+           "serve_collector"]

@@ -3,7 +3,8 @@ machine's signature; with the admin token, `GET /v1/rollouts`, `GET /v1/census` 
 `GET /v1/rehearsals` (`_rehearsals`), `GET /metrics`, `GET /v1/machines` and `POST
 /v1/machines/approve|revoke|load`; `GET /openapi.json` (the report API, from the wire
 format's own model), and `GET /`, the dashboard (a static asset, `dashboard.html`, with no
-data of its own). Tokens are compared in constant time and never logged.
+data of its own); user feedback's routes, `/v1/feedback...`, are `_feedback_api`'s. Tokens are
+compared in constant time and never logged.
 
 A report is admitted in this order: the fleet token (401), the body's size while it is read
 (413), the machine's signature over the body (401), the wire format and its limits (422), the
@@ -26,6 +27,8 @@ from typing import Any
 
 from greenlight.release.fleet._census import census_endpoint
 from greenlight.release.fleet._conns import ADMIN, Connections
+from greenlight.release.fleet._feedback_api import FeedbackApi
+from greenlight.release.fleet._feedback_store import FeedbackLimits
 from greenlight.release.fleet._guard import Guard
 from greenlight.release.fleet._http import (
     BODY_MAX,
@@ -37,6 +40,7 @@ from greenlight.release.fleet._http import (
     bearer,
     capped_body,
     dashboard,
+    hosts_only,
     openapi,
     page_params,
     unsigned_fresh,
@@ -82,7 +86,8 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
              log: Callable[[str], None] = lambda line: None, enrolment: str = "open",
              enrol_rate: int = ENROL_RATE, retention: timedelta | None = None,
              allowed_hosts: set[str] | None = None,
-             connections: Connections | None = None) -> Any:
+             connections: Connections | None = None,
+             feedback: FeedbackLimits | None = None) -> Any:
     import asyncio
     import concurrent.futures
     import contextlib
@@ -157,8 +162,11 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
 
     def _moved(line: str | None) -> None:
         words = (line or "").split()
-        if len(words) > 1 and words[0] in ("halted", "advanced"):  # "halted CHANNEL ..."
+        if len(words) > 1 and words[0] in ("halted", "advanced", "paused"):  # "halted CH ..."
             moves.labels(words[1], words[0]).inc()
+
+    notes = FeedbackApi(store, fleet_token, clock, log, enrolment, enrol_rate, feedback,
+                        registry, guard, table.crowded, vouch, BUSY)  # _feedback_api
 
     def _refused(status: int, error: str) -> Response:
         refused.labels(str(status)).inc()
@@ -433,16 +441,8 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
             "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer"})
 
-    def host_checked(handler: Callable[[Request], Awaitable[Response]]
-                     ) -> Callable[[Request], Awaitable[Response]]:
-        """The page and the admin's endpoints answer only under a name the operator knows:
-        a page reached under another name (DNS rebinding) gets 421."""
-        async def checked(request: Request) -> Response:
-            host = request.headers.get("host", "")
-            if allowed_hosts is not None and host not in allowed_hosts:
-                return JSONResponse({"error": "unknown Host: add it with --allowed-host"}, 421)
-            return await handler(request)
-        return checked
+    # The page and the admin's endpoints answer only under a name the operator knows.
+    host_checked = hosts_only(allowed_hosts)
 
     def prune() -> None:
         if retention is None:
@@ -468,6 +468,7 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
                         _moved(line)
                 try:
                     await run_in_threadpool(prune)
+                    await run_in_threadpool(notes.prune)  # feedback: always, by its retention
                 except Exception as e:  # logged; the next tick tries again
                     log(f"cannot prune: {type(e).__name__}: {e}")
 
@@ -489,6 +490,7 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         Route("/v1/machines/approve", host_checked(admin(approve)), methods=["POST"]),
         Route("/v1/machines/revoke", host_checked(admin(revoke)), methods=["POST"]),
         Route("/v1/machines/load", host_checked(admin(load)), methods=["POST"]),
+        *notes.routes(host_checked, admin),
         Route("/openapi.json", api),
         Route("/", host_checked(page)),
     ], lifespan=lifespan)

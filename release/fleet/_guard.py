@@ -1,11 +1,16 @@
 """The collector's guard of planned rollouts: it gathers the evidence from the store, asks
 the pure `judge`, and signs what it says (a halt or a step) with the online
-`rollout-<channel>` key, under the repository's lock, so several collectors may share it."""
+`rollout-<channel>` key, under the repository's lock, so several collectors may share it.
+
+A plan's feedback rule only pauses: when the judge says so, nothing is signed (the step
+stays), the pause is said once in one line (per collector process, step and resume) and
+shown in `/v1/rollouts` (`plans`' `feedback`); an admin's resume lifts it."""
 
 import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +49,7 @@ class Guard:
         self._read_stamp: tuple[int, int, int] | None = None
         self._settled = False
         self._reading = threading.Lock()
+        self._paused: set[tuple[str, str, int, Any]] = set()  # pauses said already
 
     def knows(self, channel: str, release: str | None, refresh: bool = True) -> bool:
         """Whether the repository has `channel`, and `release` among the releases it ever
@@ -125,8 +131,6 @@ class Guard:
             previous = plan.channel_file.rollout.previous if plan.channel_file.rollout else None
             if plan.plan.halt.sequential is not None and previous is not None:
                 # the baseline: the previous release's whole record on this channel
-                from dataclasses import replace
-
                 from greenlight.channels import ReleaseId
 
                 # counted as the rollout's own reports are: keys minted for the occasion
@@ -135,6 +139,8 @@ class Guard:
                     previous.release, previous.components, previous.manifest).key, None,
                     established_before=established, baseline=True)
                 evidence = replace(evidence, baseline=(base.failed, base.total))
+            if plan.plan.halt.feedback is not None:  # a signal: it pauses the advance
+                evidence = replace(evidence, feedback=self._wrote(channel, plan))
             verdict = judge(position, evidence, now())
             by_cohort = {} if verdict.action != "halt" else self.store.by_cohort(
                 channel, plan.key, since, established, without=held)
@@ -161,6 +167,14 @@ class Guard:
                                            evidence.top_check)))
                 line = (f"halted {channel} {version} at {plan.plan.steps[plan.step]}%: "
                         f"{verdict.reason}")
+            elif verdict.action == "pause":
+                said = (channel, plan.key, plan.step, plan.counted_since)
+                if said in self._paused:  # said once; the next resume or step is news
+                    return None
+                self._paused.add(said)
+                line = (f"paused {channel} {version} at {plan.plan.steps[plan.step]}%: "
+                        f"{verdict.reason}; halts stay automatic, advancing waits for a "
+                        "person")
             elif verdict.action == "advance":
                 assert verdict.step is not None
                 with repo.all_or_nothing():
@@ -195,8 +209,9 @@ class Guard:
             elif signed:
                 raise ValueError(f"the rollout of {release} on {channel} was halted by the "
                                  "channel's signers: release rollout --resume lifts it")
-            elif not (plan.halted or plan.held_cohorts):
-                raise ValueError(f"the rollout of {release} on {channel} is not halted")
+            elif not (plan.halted or plan.held_cohorts or self._feedback(channel, plan)[2]):
+                raise ValueError(f"the rollout of {release} on {channel} is neither halted "
+                                 "nor paused")
             else:
                 state = plan.resumed(by)
             with repo.all_or_nothing():
@@ -204,6 +219,26 @@ class Guard:
         line = f"{'halted' if action == 'halt' else 'resumed'} {channel} {release}: by {by}"
         self.log(line)
         return line
+
+    def _wrote(self, channel: str, plan: Any) -> int:
+        """Distinct machines (those the rollout's rule counts) whose users wrote in about the
+        planned release within its current step, and since its last resume."""
+        began = plan.step_began
+        if plan.counted_since is not None:  # signed to the second: from that second's end
+            began = max(began, plan.counted_since + timedelta(seconds=1))
+        return self.store.feedback.machines_wrote(
+            channel, plan.key, began, plan.plan.started_at + timedelta(seconds=1))
+
+    def _feedback(self, channel: str, plan: Any) -> tuple[int | None, int, bool]:
+        """The plan's feedback rule (its machines, None without one), the machines that
+        wrote in within the step, and whether the advance is paused for a person: the rule
+        met, the rollout neither halted nor at its last step."""
+        rule = plan.plan.halt.feedback
+        if rule is None:
+            return None, 0, False
+        n = self._wrote(channel, plan)
+        return rule.machines, n, (n >= rule.machines and not plan.halted
+                                  and plan.step < len(plan.plan.steps) - 1)
 
     def tick(self) -> list[str]:
         done = []
@@ -230,6 +265,7 @@ class Guard:
             signed = plan.channel_file.rollout
             state = plan.state
             halted_by_signers = signed is not None and signed.halted
+            rule, wrote, paused = self._feedback(channel, plan)
             out[(channel, plan.channel_file.release)] = {
                 "key": plan.key, "steps": plan.plan.steps, "step": plan.step,
                 "percent": plan.plan.steps[plan.step], "soak": plan.plan.soak,
@@ -242,5 +278,7 @@ class Guard:
                 "reason": "release rollout --halt" if halted_by_signers else
                           (state.reason if state else None),
                 "at": state.at.isoformat() if state else None,
+                "feedback": None if rule is None else {"rule": rule, "machines": wrote,
+                                                       "paused": paused},
             }
         return out

@@ -6,11 +6,12 @@ from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any
 
+from greenlight.release.fleet._feedback_doc import feedback_openapi
 from greenlight.release.fleet._views import decode_cursor
 
 __all__ = ["BODY_MAX", "ENROL_RATE", "FRESH_AHEAD", "FRESH_PAST", "LABELS_MAX", "RATE",
-           "UNSIGNED_AHEAD", "Labels", "bearer", "capped_body", "dashboard", "openapi",
-           "page_params", "unsigned_fresh"]
+           "UNSIGNED_AHEAD", "Labels", "bearer", "capped_body", "dashboard", "hosts_only",
+           "openapi", "page_params", "unsigned_fresh"]
 
 RATE = 10  # reports per machine key per minute
 ENROL_RATE = 120  # new machine keys per minute, for the whole collector
@@ -41,7 +42,8 @@ def dashboard() -> str:
 
 
 def openapi() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the report API, its schemas from `FleetReport` itself."""
+    """The OpenAPI 3.1 document of the report and feedback APIs, their schemas from
+    `FleetReport` and `FeedbackReport` themselves."""
     from greenlight.channels import FleetReport
 
     schema = FleetReport.model_json_schema(by_alias=True,
@@ -50,6 +52,8 @@ def openapi() -> dict[str, Any]:
     error = {"content": {"application/json": {"schema": {
         "type": "object", "properties": {"error": {"type": "string"}}}}}}
     bearer: list[dict[str, list[str]]] = [{"bearer": []}]
+    feedback_schemas, feedback_paths = feedback_openapi(error, bearer)
+    schemas.update(feedback_schemas)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Greenlight fleet collector", "version": "1"},
@@ -126,6 +130,7 @@ def openapi() -> dict[str, Any]:
             "/metrics": {"get": {
                 "summary": "Prometheus metrics (the admin token)", "security": bearer,
                 "responses": {"200": {"description": "text exposition format"}}}},
+            **feedback_paths,
         },
     }
 
@@ -156,6 +161,20 @@ class Labels:
                 return "other", "other"
             self.seen.add((channel, release))
         return channel, release
+
+
+def hosts_only(allowed: set[str] | None) -> Any:
+    """A wrapper of handlers that answer only under a name the operator knows (`allowed`;
+    None: any): a page reached under another name (DNS rebinding) gets 421."""
+    def host_checked(handler: Any) -> Any:
+        async def checked(request: Any) -> Any:
+            from starlette.responses import JSONResponse
+
+            if allowed is not None and request.headers.get("host", "") not in allowed:
+                return JSONResponse({"error": "unknown Host: add it with --allowed-host"}, 421)
+            return await handler(request)
+        return checked
+    return host_checked
 
 
 def bearer(header: str | None, token: str) -> bool:

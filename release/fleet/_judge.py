@@ -13,11 +13,15 @@ The order of the rules is the policy:
    than `failure_ratio` of at least `min_reports` distinct reporting machines did; or, when
    the plan names the sequential rule, by it instead (`sequential_e`): halt, saying how
    many of how many, how they failed, and the most failed check;
-3. the step has soaked `soak` seconds and is not the last: advance one step;
+3. the step has soaked `soak` seconds and is not the last: advance one step, unless the
+   plan names a feedback rule (`HaltRule.feedback`) and at least that many distinct machines'
+   users wrote in about the release within the step (`Evidence.feedback`): then pause, a
+   signal for a person, never a halt (halts stay automatic, advancing waits for a person);
 4. otherwise: nothing.
 
-Only reports received since the rollout was last resumed (`counted_since`) are evidence: the
-caller asks its store with that bound.
+Only reports received since the rollout was last resumed (`counted_since`) are evidence, and
+only feedback received since the step began and since that resume: the caller asks its
+store with those bounds.
 """
 
 import math
@@ -52,6 +56,9 @@ class Evidence:
     kinds: tuple[tuple[str, int], ...] = ()
     """distinct machines by failed outcome (`rolled-back`, `dead-end`, `crash-loop`,
     `crashed-on-stop`), for the reason; empty: all said to have rolled back"""
+    feedback: int = 0
+    """distinct machines whose users wrote in about the release within the current step
+    (and since the last resume)"""
 
 
 KIND_WORDS = {"rolled-back": "rolled back", "dead-end": "at a dead end",
@@ -84,9 +91,9 @@ class RolloutPosition:
 
 @dataclass(frozen=True)
 class Verdict:
-    action: Literal["halt", "advance", "none"]
+    action: Literal["halt", "advance", "pause", "none"]
     reason: str | None = None
-    """why it halts (one line, at most REASON_MAX characters)"""
+    """why it halts, or why it does not advance (one line, at most REASON_MAX characters)"""
     step: int | None = None
     """the step it advances to"""
 
@@ -182,5 +189,10 @@ def judge(position: RolloutPosition, evidence: Evidence, now: datetime) -> Verdi
         return Verdict("halt", reason=reason[:REASON_MAX])
     last = len(position.steps) - 1
     if position.step < last and (now - position.step_began).total_seconds() >= position.soak:
+        wrote = position.rule.feedback
+        if wrote is not None and evidence.feedback >= wrote.machines:
+            n = evidence.feedback
+            return Verdict("pause", reason=f"{n} machine{'s' if n != 1 else ''} wrote in "
+                                           "since the step began")
         return Verdict("advance", step=position.step + 1)
     return Verdict("none")

@@ -10,6 +10,7 @@ from typing import Any
 from greenlight.release._errors import NotFound, RemoteError, UsageError
 from greenlight.release.fleet._api import CONNECTION, ENROL_RATE, make_app
 from greenlight.release.fleet._conns import MAX_CONNECTIONS, PER_ADDRESS, Connections
+from greenlight.release.fleet._feedback_store import FeedbackLimits
 from greenlight.release.fleet._guard import Guard
 from greenlight.release.fleet._store import ENROLMENT_MODES, Store
 
@@ -74,8 +75,10 @@ def fetch_census(url: str, admin_token_file: Path,
 
 
 def admin_call(url: str, admin_token_file: Path, method: str, path: str,
-               body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One call of a collector's admin API; its JSON answer.
+               body: dict[str, Any] | None = None, content: bytes | None = None,
+               timeout: float = 30) -> dict[str, Any]:
+    """One call of a collector's admin API (with a JSON `body`, or raw `content` sent as
+    JSON lines); its JSON answer.
 
     Raises:
         RemoteError: unreachable, or an answer other than 200 (its error, escaped).
@@ -86,9 +89,12 @@ def admin_call(url: str, admin_token_file: Path, method: str, path: str,
 
     token = _read_token(admin_token_file, "--admin-token-file")
     target = url.rstrip("/") + "/" + path
+    headers = {"Authorization": f"Bearer {token}"}
+    if content is not None:
+        headers["Content-Type"] = "application/x-ndjson"
     try:
-        answer = httpx.request(method, target, json=body, timeout=30,
-                               headers={"Authorization": f"Bearer {token}"})
+        answer = httpx.request(method, target, json=body, content=content, timeout=timeout,
+                               headers=headers)
     except httpx.HTTPError as e:
         raise RemoteError(f"cannot reach the collector at {target}: {e}") from None
     if answer.status_code != 200:
@@ -240,10 +246,18 @@ def serve_collector(db: str, port: int, fleet_token_file: Path, admin_token_file
                     enrol_rate: int = ENROL_RATE, retention: timedelta | None = None,
                     allowed_hosts: tuple[str, ...] = (),
                     max_connections: int = MAX_CONNECTIONS,
-                    per_address: int = PER_ADDRESS) -> None:
+                    per_address: int = PER_ADDRESS,
+                    feedback: FeedbackLimits | None = None) -> None:
     """Run the collector on 127.0.0.1:`port` until interrupted; with `repo`, guarding its
     planned rollouts; admitting machine keys by `enrolment`; pruning reports older than
-    `retention`; holding at most `max_connections`, `per_address` from one address."""
+    `retention`; holding at most `max_connections`, `per_address` from one address; taking
+    user feedback within `feedback`'s caps and retention.
+
+    Raises:
+        UsageError: the collector's extra is missing, or an option out of its range.
+        NotFound: no repository at `repo`, or a token file that cannot be read.
+        RemoteError: the database cannot be opened.
+    """
     try:
         import httptools  # noqa: F401  (the extra, whole, before anything starts)
         import prometheus_client  # noqa: F401
@@ -269,6 +283,12 @@ def serve_collector(db: str, port: int, fleet_token_file: Path, admin_token_file
     if per_address < 0:
         raise UsageError(f"--max-connections-per-address {per_address}: a number of "
                          "connections, or 0 for no bound")
+    limits = feedback if feedback is not None else FeedbackLimits()
+    if limits.retention < timedelta(days=1):
+        raise UsageError("--feedback-retention: at least 1d")
+    if limits.daily < 1 or limits.rows < 100 or limits.newcomers < 0:
+        raise UsageError("--feedback-rate: at least 1 a day; --feedback-max: at least 100; "
+                         "--feedback-newcomers: 0 or more")
 
     fleet = _read_token(fleet_token_file, "--fleet-token-file")
     admin_token = _read_token(admin_token_file, "--admin-token-file")
@@ -284,7 +304,7 @@ def serve_collector(db: str, port: int, fleet_token_file: Path, admin_token_file
     connections = Connections(max_connections, per_address)
     app = make_app(store, fleet, admin_token, guard=guard, tick=tick, log=log,
                    enrolment=enrolment, enrol_rate=enrol_rate, retention=retention,
-                   allowed_hosts=hosts, connections=connections)
+                   allowed_hosts=hosts, connections=connections, feedback=limits)
     _raise_open_files(max_connections + 256)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                             access_log=False, http=_protocol(connections),

@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from greenlight.release.fleet._feedback_store import FeedbackStore
 from greenlight.release.fleet._judge import Evidence
 from greenlight.release.fleet._views import FAILED, JUDGED, MACHINE_STATES, Views
 
@@ -134,6 +135,7 @@ class Store(Views):
             m.c.enrolled >= bind("since"))
         self._enrol = m.insert()
         self._store = t.insert()
+        self.feedback = FeedbackStore(self, NEWCOMER_AGE)  # user feedback, beside the reports
 
     def _add_missing_columns(self) -> None:
         """A database made by an earlier collector gets the columns added since."""
@@ -318,16 +320,17 @@ class Store(Views):
 
     def prune_machines(self, before: datetime) -> int:
         """Delete the rows of machine keys enrolled before `before` by the fleet token alone
-        (open enrolment) or still waiting for an admin (pending), that have no report kept:
-        silent for the whole retention. Keys the operator loaded or an admin approved stay,
-        and so do revoked keys (their revocation holds)."""
+        (open enrolment) or still waiting for an admin (pending), that have no report and no
+        feedback kept: silent for the whole retention. Keys the operator loaded or an admin
+        approved stay, and so do revoked keys (their revocation holds)."""
         sa, t, m = self.sa, self.reports, self.machines
         reported = sa.select(t.c.installation).where(t.c.installation == m.c.id).exists()
+        wrote = self.feedback.kept().where(self.feedback.table.c.installation == m.c.id).exists()
         with self.engine.begin() as c:
             return int(c.execute(m.delete().where(
                 m.c.enrolled < before, m.c.state != "revoked",
                 sa.or_(m.c.source == "open", m.c.state == "pending"),
-                sa.not_(reported))).rowcount)
+                sa.not_(reported), sa.not_(wrote))).rowcount)
 
     def counting(self, established_before: datetime | None = None,
                  about: str | None = None) -> Any:

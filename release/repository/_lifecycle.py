@@ -89,8 +89,9 @@ def yank(repo: FileRepository, channel: str, version: str, reason: str) -> Chann
 def rollout(repo: FileRepository, channel: str, percent: int | None = None,
             halt: bool = False, resume: bool = False) -> ChannelFile:
     """A person's word on a rollout: a fixed `percent` (which replaces a plan), `halt` (signed
-    by the channel's role), or `resume` (lifts a halt, whoever set it; a planned rollout goes
-    on from its step, judging only the reports that come after)."""
+    by the channel's role), or `resume` (lifts a halt, whoever set it, or a pause by the plan's
+    feedback rule; a planned rollout goes on from its step, judging only the reports and
+    feedback that come after)."""
     from greenlight.release.repository._rollouts import locked, person, planned, write_state
 
     with locked(repo):
@@ -112,12 +113,16 @@ def rollout(repo: FileRepository, channel: str, percent: int | None = None,
         if resume:
             plan = planned(repo, channel)  # halted by the signers, the collector, or both
             assert current.rollout is not None
-            if not (current.rollout.halted or (plan is not None and (
+            # A plan with a feedback rule may be paused by the collector's count of
+            # feedback, which only the collector knows: a resume lifts it all the same (the
+            # count starts again from now).
+            paused = plan is not None and plan.plan.halt.feedback is not None
+            if not (current.rollout.halted or paused or (plan is not None and (
                     plan.halted or plan.held_cohorts))):
                 raise ReleaseError(f"the rollout of {current.release} on {channel!r} is not "
                                    "halted")
-            if plan is not None and plan.state is not None and (plan.state.halted
-                                                                or plan.held_cohorts):
+            if plan is not None and (paused or plan.state is not None and (
+                    plan.state.halted or plan.held_cohorts)):
                 write_state(repo, plan.resumed(f"{person()} (release rollout --resume)"))
         if staged == current.rollout:
             return current

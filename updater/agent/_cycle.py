@@ -25,7 +25,8 @@ at once, until the next release repairs it (`decide` lets a repair through).
 Each event (check-found, downloaded, upgraded, rolled-back, dead-end, held, left-revoked,
 service-restarted, crash-loop) is logged to `logs/agent.log`, written to `state/status.json`,
 and given as one JSON object on stdin to the `on_event` command, which runs bounded by
-`hook_timeout`; a failing hook is logged and changes nothing.
+`hook_timeout`; a failing hook is logged and changes nothing. Each cycle also takes the
+product's feedback inbox first and sends the queued feedback last, even after a failure.
 
 Time comes in through `clock` (wall time, for windows and holds) and `sleep`, so the tests
 drive cycles without waiting for them.
@@ -177,14 +178,28 @@ class Agent:
             raise_if_signalled()
             self.log(f"configuration: {e}")
             return 300.0
+        self._collect_feedback()
         try:
             self._cycle(config)
         except Exception as e:
             raise_if_signalled()  # a stop, whatever error a library made of it
-            return self._failed(e, config)
+            wait = self._failed(e, config)
+            self._send_feedback()  # a person who writes in when the repository is down, too
+            return wait
         self.failures = 0
         self._report()
+        self._send_feedback()
         return config.interval + self.rng() * config.jitter
+
+    def _collect_feedback(self) -> None:
+        from greenlight.updater.agent._feedback import collect_feedback
+
+        collect_feedback(self.root, self.log, self._said_once)
+
+    def _send_feedback(self) -> None:
+        from greenlight.updater.agent._feedback import send_queued_feedback
+
+        send_queued_feedback(self.root, self.log, self._said_once)
 
     def _failed(self, e: Exception, config: AgentConfig) -> float:
         """Log a cycle's error; the back-off before the next."""

@@ -11,6 +11,14 @@ backs off: fixing the token file, or the collector admitting the key, sends it. 
 refused for any other reason (another 4xx but 429) is dropped, since it never gets better by
 retrying. Either way the refusal is kept (`store.refusal`: status.json's `last_error`,
 `updater status`, the agent's log) until a report is accepted. Nothing here raises.
+
+User feedback (`state/feedback/`, `send_feedback`) goes the same way to `<url>v1/feedback`,
+with a back-off of its own (`state/feedback/.backoff`) and its own refusal
+(`store.feedback_refusal`): accepted (2xx) or already there (409), it leaves the queue;
+429, 5xx and a network error keep it and back off; 401 and 403 keep it and say why; a
+collector without the route (404, 405) keeps it and says so (an older collector, updated
+later, takes it; `updater feedback --export` meanwhile); any other refusal (413, 422, ...)
+drops it and says why. Without `[report]` it stays queued, said once, for an export.
 """
 
 import contextlib
@@ -23,9 +31,16 @@ from pathlib import Path
 from greenlight.channels import atomic_write, printable, sign_body
 from greenlight.updater._errors import GreenlightError
 from greenlight.updater.product import config_of, machine_cohort
-from greenlight.updater.store import InstallRoot, queued, set_refusal
+from greenlight.updater.store import (
+    InstallRoot,
+    feedback_as_sent,
+    queued,
+    queued_feedback,
+    set_feedback_refusal,
+    set_refusal,
+)
 
-__all__ = ["send_reports"]
+__all__ = ["NO_COLLECTOR", "send_feedback", "send_reports"]
 
 MAX_BACKOFF = 3600.0
 
@@ -40,25 +55,26 @@ def _token(root: InstallRoot, file: str) -> str | None:
     return raw.decode()
 
 
-def _backoff_path(root: InstallRoot) -> Path:
-    return root.state / "reports" / ".backoff"
+def _backoff_path(root: InstallRoot, folder: str = "reports") -> Path:
+    return root.state / folder / ".backoff"
 
 
-def _waiting(root: InstallRoot, now: float) -> bool:
+def _waiting(root: InstallRoot, now: float, folder: str = "reports") -> bool:
     try:
-        state = json.loads(_backoff_path(root).read_text())
+        state = json.loads(_backoff_path(root, folder).read_text())
         return now < float(state["next"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
-def _back_off(root: InstallRoot, now: float) -> None:
+def _back_off(root: InstallRoot, now: float, folder: str = "reports") -> None:
     try:
-        previous = float(json.loads(_backoff_path(root).read_text())["delay"])
+        previous = float(json.loads(_backoff_path(root, folder).read_text())["delay"])
     except (OSError, ValueError, KeyError, TypeError):
         previous = 0.0
     delay = min(MAX_BACKOFF, max(5.0, previous * 2))
-    atomic_write(_backoff_path(root), json.dumps({"delay": delay, "next": now + delay}).encode())
+    atomic_write(_backoff_path(root, folder),
+                 json.dumps({"delay": delay, "next": now + delay}).encode())
 
 
 def _said(text: str) -> str:
@@ -149,4 +165,95 @@ def send_reports(root: InstallRoot) -> int:
             _back_off(root, now)
         return sent
     _backoff_path(root).unlink(missing_ok=True)
+    return sent
+
+
+NO_COLLECTOR = ("no collector is configured ([report] url): export it with "
+                "`updater feedback --export FILE`")
+_FEEDBACK = "feedback"
+
+
+def _feedback_refused(root: InstallRoot, why: str | None) -> None:
+    with contextlib.suppress(OSError):
+        set_feedback_refusal(root, why)
+
+
+def _feedback_answer(root: InstallRoot, path: Path, code: int, said: str, url: str) -> bool:
+    """Act on the collector's answer to one feedback; whether to go on with the next."""
+    if code == 429 or code >= 500:
+        return False
+    if code in (401, 403):
+        _feedback_refused(root, (
+            f"the collector refused the fleet token (HTTP {code}: {said}); feedback stays "
+            "queued until [report] token_file is right" if "token" in said else
+            f"the collector refused this machine (HTTP {code}: {said}); feedback stays queued "
+            f"until it admits key {root.machine_id} (updater identity)"))
+        return False
+    if code in (404, 405):
+        _feedback_refused(root, f"the collector at {url} takes no feedback (HTTP {code}): it "
+                                "stays queued until it does; `updater feedback --export FILE` "
+                                "meanwhile")
+        return False
+    path.unlink(missing_ok=True)  # accepted, already there, or refused for good
+    if 200 <= code < 300 or code == 409:
+        _feedback_refused(root, None)
+    else:
+        _feedback_refused(root, f"the collector refused a feedback for good (HTTP {code}: "
+                                f"{said}); it was dropped")
+    return True
+
+
+def send_feedback(root: InstallRoot) -> int:
+    """Send the queued feedback, oldest first, within `[report] timeout`, each with `sent`
+    set now and signed by the machine's key; the number the collector took (or had)."""
+    waiting = queued_feedback(root)
+    if not waiting:
+        return 0
+    try:
+        config = config_of(root).report
+    except GreenlightError:
+        return 0
+    if config is None:
+        _feedback_refused(root, NO_COLLECTOR)
+        return 0
+    now = time.time()
+    if _waiting(root, now, _FEEDBACK):
+        return 0
+    token = _token(root, config.token_file)
+    if token is None:
+        _feedback_refused(root, f"[report] token_file {config.token_file}: missing, empty or "
+                                "not printable ASCII; feedback stays queued")
+        return 0
+    import httpx
+
+    sent, deadline = 0, time.monotonic() + config.timeout
+    try:
+        with httpx.Client(timeout=config.timeout) as client:
+            for path in waiting:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    body = feedback_as_sent(path.read_bytes(), datetime.now(UTC))
+                except (OSError, ValueError):
+                    path.unlink(missing_ok=True)  # unreadable: it never gets better
+                    continue
+                answer = client.post(f"{config.url}v1/feedback", content=body,
+                                     headers={"Authorization": f"Bearer {token}",
+                                              "Content-Type": "application/json",
+                                              **sign_body(root.machine_key, body)},
+                                     timeout=left)
+                if not _feedback_answer(root, path, answer.status_code, _said(answer.text),
+                                        config.url):
+                    _back_off(root, now, _FEEDBACK)
+                    return sent
+                sent += 1 if answer.is_success or answer.status_code == 409 else 0
+    except (httpx.HTTPError, OSError):
+        with contextlib.suppress(OSError):
+            _back_off(root, now, _FEEDBACK)
+        return sent
+    except ValueError as e:  # the machine's key does not load: nothing can be signed
+        _feedback_refused(root, f"state/machine-key.pem: {e}; feedback stays queued")
+        return sent
+    _backoff_path(root, _FEEDBACK).unlink(missing_ok=True)
     return sent

@@ -13,12 +13,12 @@ import sys
 
 from greenlight.channels import terminal_lines
 from greenlight.updater._errors import Interrupted, handle_interrupts
-from greenlight.updater.cli import _machine, _moves, _self
+from greenlight.updater.cli import _feedback, _machine, _moves, _self
 from greenlight.updater.cli._common import app
 
 __all__ = ["app", "main"]
 
-_COMMANDS = (_machine, _moves, _self)  # each registers its commands on app
+_COMMANDS = (_feedback, _machine, _moves, _self)  # each registers its commands on app
 
 
 def main() -> None:

@@ -88,11 +88,15 @@ def _keep_status(root: "InstallRoot", result: object) -> None:
 
 
 def _send_reports(root: "InstallRoot") -> bool:
-    """The fleet-report outbox (opt-in), sent after a command that changed the installation,
-    or kept for the next one; never fails the command. Whether the collector's refusal (or
-    its end) changed what status.json must say."""
-    from greenlight.updater.store import queued, refusal
+    """The fleet-report outbox (opt-in) and the user-feedback outbox, sent after a command
+    that changed the installation, or kept for the next one; never fails the command.
+    Whether the collector's refusal (or its end) changed what status.json must say."""
+    from greenlight.updater.store import queued, queued_feedback, refusal
 
+    if queued_feedback(root):
+        from greenlight.updater.agent import send_feedback
+
+        send_feedback(root)
     if not queued(root):
         return False
     from greenlight.updater.agent import send_reports

@@ -5,6 +5,8 @@
 - `_recovery`: what every command runs first (`recover_if_interrupted`);
 - `_change`: the transactions: upgrade, sideload, download, rollback;
 - `_verify`: the installed tree against its signed file lists, and its repair;
+- `_feedback`, `_inbox`: a user's feedback with its evidence, queued or exported, and the
+  product's inbox of it;
 - `_machine`: around them: health, start and stop, crashed services, what the services'
   supervisors did (`supervise`), systemd units, lifting a quarantine.
 
@@ -26,6 +28,14 @@ if TYPE_CHECKING:
         sideload,
         upgrade,
     )
+    from greenlight.updater.operations._feedback import (
+        EXPORT_SCHEMA,
+        compose_feedback,
+        dry_run_body,
+        export_feedback,
+        submit_feedback,
+    )
+    from greenlight.updater.operations._inbox import InboxCollection, collect_inbox
     from greenlight.updater.operations._machine import (
         Supervised,
         acting_person,
@@ -55,11 +65,17 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "EXPORT_SCHEMA",
+    "InboxCollection",
     "Supervised",
     "acting_person",
     "check",
+    "collect_inbox",
+    "compose_feedback",
     "crashed_services",
     "download",
+    "dry_run_body",
+    "export_feedback",
     "health",
     "lift",
     "open_repository",
@@ -76,6 +92,7 @@ __all__ = [
     "start_services",
     "status",
     "stop_services",
+    "submit_feedback",
     "supervise",
     "switch_channel",
     "upgrade",
@@ -88,6 +105,9 @@ _READ = {"check", "open_repository", "plan_for", "quarantined", "read_channel", 
          "switch_channel"}
 _RECOVERY = {"recover_if_interrupted", "recover_root"}
 _VERIFY = {"repair", "repair_from_bundle", "verify", "verify_and_record"}
+_FEEDBACK = {"EXPORT_SCHEMA", "compose_feedback", "dry_run_body", "export_feedback",
+             "submit_feedback"}
+_INBOX = {"InboxCollection", "collect_inbox"}
 _MACHINE = {"Supervised", "acting_person", "crashed_services", "health", "lift",
             "start_services", "stop_services", "supervise", "write_systemd_units"}
 
@@ -96,7 +116,8 @@ def __getattr__(name: str) -> Any:
     if name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     home = ("_read" if name in _READ else "_recovery" if name in _RECOVERY else
-            "_machine" if name in _MACHINE else "_verify" if name in _VERIFY else "_change")
+            "_machine" if name in _MACHINE else "_verify" if name in _VERIFY else
+            "_feedback" if name in _FEEDBACK else "_inbox" if name in _INBOX else "_change")
     value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
     globals()[name] = value
     return value

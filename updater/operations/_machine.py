@@ -2,6 +2,7 @@
 the services, which services died on their own, the systemd units, and lifting a quarantine
 (with who did it)."""
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass, replace
@@ -26,6 +27,7 @@ from greenlight.updater.store import (
     locked,
     queue_event,
     record,
+    save_health,
 )
 
 __all__ = ["Supervised", "acting_person", "crashed_services", "health", "lift",
@@ -40,6 +42,8 @@ def health(root: InstallRoot) -> HealthReport:
     """
     control = ServiceControl.of(root, config_of(root))
     results = control.check_now(root.installed_release())
+    with contextlib.suppress(OSError):  # kept for a user's feedback; never fails the run
+        save_health(root, [r.recorded() for r in results])
     layer = control.layer(None)
     healthy = bool(results) and not failed_required(results)  # nothing checked is not healthy
     return HealthReport(root=str(root.path), installed=root.installed_version(), results=results,

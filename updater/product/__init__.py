@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     )
     from greenlight.updater.product._placeholders import expand, expand_command, values_for
     from greenlight.updater.product._preflight import preflight, runs_preflight, stop_shadows
+    from greenlight.updater.product._redaction import REDACTED, redact, scrub, secrets_of
     from greenlight.updater.product._rootconfig import (
         config_of,
         forget_config,
@@ -92,6 +93,7 @@ __all__ = [
     "AGENT_UNIT",
     "DEFAULT_PATH",
     "GATE_UNIT",
+    "REDACTED",
     "UNITS_RECORD",
     "AgentConfig",
     "CheckConfig",
@@ -150,6 +152,9 @@ __all__ = [
     "render_units",
     "record_units",
     "recorded_units",
+    "redact",
+    "scrub",
+    "secrets_of",
     "socket_unit",
     "runs_preflight",
     "service_environment",
@@ -191,6 +196,10 @@ _HOME = {
     "hands_over": "greenlight.updater.product._handover",
     "stop_successors": "greenlight.updater.product._handover",
     "runs_preflight": "greenlight.updater.product._preflight",
+    "REDACTED": "greenlight.updater.product._redaction",
+    "redact": "greenlight.updater.product._redaction",
+    "scrub": "greenlight.updater.product._redaction",
+    "secrets_of": "greenlight.updater.product._redaction",
     "stop_shadows": "greenlight.updater.product._preflight",
     "ServiceControl": "greenlight.updater.product._control",
     "StopConfig": "greenlight.updater.product._config",

@@ -28,6 +28,7 @@ from greenlight.updater.product._config import (
 )
 from greenlight.updater.product._environment import base_environment
 from greenlight.updater.product._placeholders import expand, expand_command
+from greenlight.updater.product._redaction import REDACTED, SENSITIVE, redact
 from greenlight.updater.store import RecordedCheck
 
 if TYPE_CHECKING:
@@ -65,10 +66,6 @@ class _Failed(Exception):
         self.evidence = evidence
 
 
-REDACTED = "[redacted]"
-_SENSITIVE = re.compile(r"auth|token|secret|key|cookie|pass", re.IGNORECASE)
-
-
 def _token(root: Path, file: str | None) -> str | None:
     """The UI's token from `file`: one line of printable ASCII (a trailing newline is fine).
 
@@ -89,19 +86,6 @@ def _token(root: Path, file: str | None) -> str | None:
             f"bearer_token_file {path}: must hold one line of printable ASCII without spaces "
             f"({len(raw)} bytes found); rewrite it with the UI's token alone")
     return token.decode("ascii")
-
-
-def _redact(value: Any, secrets: list[str]) -> Any:
-    """`value` with every secret replaced, in strings, lists and dicts, however deep."""
-    if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, REDACTED)
-        return value
-    if isinstance(value, list):
-        return [_redact(v, secrets) for v in value]
-    if isinstance(value, dict):
-        return {k: _redact(v, secrets) for k, v in value.items()}
-    return value
 
 
 def _dig(document: Any, dotted: str) -> Any:
@@ -159,7 +143,7 @@ class HealthChecker:
         import httpx
 
         url = c.url
-        headers = {k: self._secret(v) if _SENSITIVE.search(k) else v
+        headers = {k: self._secret(v) if SENSITIVE.search(k) else v
                    for k, v in getattr(c, "headers", {}).items()}
         token = _token(self.root, getattr(c, "bearer_token_file", None))
         if token is not None:
@@ -168,7 +152,7 @@ class HealthChecker:
             r = httpx.get(url, headers=headers, timeout=c.timeout)
         except httpx.HTTPError as e:
             raise _Failed(f"GET {url}: {type(e).__name__}: {e}", url=url, error=str(e)) from None
-        text = _redact(r.text, self._secrets)  # before any excerpt is cut from it
+        text = redact(r.text, self._secrets)  # before any excerpt is cut from it
         evidence: dict[str, Any] = {"url": url, "status": r.status_code,
                                     "body": text[:_EXCERPT]}
         wanted = getattr(c, "status", 200)
@@ -217,7 +201,7 @@ class HealthChecker:
                     ws.send(expand(message, values))
                     reply = ws.recv(timeout=c.timeout)
                     reply = reply if isinstance(reply, str) else reply.decode(errors="replace")
-                    reply = _redact(reply, self._secrets)  # before it is cut short
+                    reply = redact(reply, self._secrets)  # before it is cut short
                     replies.append(reply[:_EXCERPT])
                     if i < len(c.expect) and c.expect[i] not in reply:
                         raise _Failed(f"{url}: reply {i + 1} lacks {c.expect[i]!r}",
@@ -268,7 +252,7 @@ class HealthChecker:
             raise _Failed(f"{argv[0]} did not finish in {c.timeout}s", argv=argv) from None
         except OSError as e:
             raise _Failed(f"{argv[0]}: {e.strerror}", argv=argv) from None
-        stdout, stderr = _redact(done.stdout, self._secrets), _redact(done.stderr, self._secrets)
+        stdout, stderr = redact(done.stdout, self._secrets), redact(done.stderr, self._secrets)
         evidence = {"argv": argv, "returncode": done.returncode,
                     "stdout": stdout[-_EXCERPT:], "stderr": stderr[-_EXCERPT:]}
         if done.returncode != 0:
@@ -314,9 +298,9 @@ class HealthChecker:
                 break
             time.sleep(c.interval)
         return CheckResult(name=c.name, type=c.type, required=c.required, ok=ok,
-                           summary=_redact(summary, self._secrets), attempts=attempts,
+                           summary=redact(summary, self._secrets), attempts=attempts,
                            latency_ms=round(latency, 2),
-                           evidence=_redact(evidence, self._secrets), at=now())
+                           evidence=redact(evidence, self._secrets), at=now())
 
     def run_all(self, checks: list[CheckConfig]) -> list[CheckResult]:
         return [self.run(c) for c in checks]

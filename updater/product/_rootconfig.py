@@ -11,7 +11,7 @@ from greenlight.channels import atomic_write, describe_validation
 from greenlight.updater._errors import ConfigError
 from greenlight.updater.product._config import Config, RepositoryConfig
 from greenlight.updater.product._template import config_text
-from greenlight.updater.store import InstallRoot, set_active_channel
+from greenlight.updater.store import InstallRoot, ensure_inbox, set_active_channel
 
 __all__ = ["config_of", "forget_config", "init_root", "machine_cohort"]
 
@@ -43,6 +43,7 @@ def init_root(path: os.PathLike[str] | str, repo_url: str | None, trusted_root: 
 
     Raises:
         ConfigError: already initialised, or a repository URL or channel that is not valid.
+        StoreError: the product's feedback inbox could not be made.
     """
     from pathlib import Path
 
@@ -58,6 +59,7 @@ def init_root(path: os.PathLike[str] | str, repo_url: str | None, trusted_root: 
     os.chmod(root.path, 0o750)  # the config may hold headers or environment secrets
     for folder in (root.metadata_dir, root.channels_dir, root.downloads, root.releases):
         folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+    ensure_inbox(root)  # where the product's UI drops feedback (store.ensure_inbox)
     atomic_write(root.metadata_dir / "root.json", trusted_root, mode=0o644)
     root.machine_key  # noqa: B018  (made now: `updater identity` can show it before any report)
     atomic_write(root.config_path, config_text(config).encode(), mode=0o640)

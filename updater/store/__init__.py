@@ -11,6 +11,8 @@ the quarantine.
 <root>/state/quarantine.json releases that failed here
 <root>/state/status.json    what a UI reads (`UiStatus`)
 <root>/state/reports/       the fleet-report outbox
+<root>/state/feedback/      the user-feedback outbox
+<root>/feedback/inbox/       where the product's UI drops feedback (no shell needed)
 <root>/downloads/            verified artifacts, named by sha256
 <root>/releases/<key>/       unpacked releases, each with its release.json
 <root>/current               symlink to releases/<key>; switched atomically
@@ -32,12 +34,32 @@ from greenlight.updater.store._extract import (
     index_tar,
     top_folder,
 )
+from greenlight.updater.store._feedback import (
+    FEEDBACK_QUEUE_MAX,
+    INBOX_DAY_MAX,
+    INBOX_FILE_MAX,
+    INBOX_QUEUE_MAX,
+    INBOX_RUN_MAX,
+    ensure_inbox,
+    feedback_as_sent,
+    feedback_folder,
+    feedback_lock,
+    feedback_refusal,
+    inbox_accepted,
+    inbox_path,
+    queue_feedback,
+    queued_feedback,
+    set_feedback_refusal,
+    set_inbox_accepted,
+)
 from greenlight.updater.store._history import (
     EventKind,
     HistoryEntry,
     RecordedCheck,
     history,
+    last_health,
     record,
+    save_health,
 )
 from greenlight.updater.store._holds import (
     Hold,
@@ -107,6 +129,22 @@ from greenlight.updater.store._updaters import (
 )
 
 __all__ = [
+    "FEEDBACK_QUEUE_MAX",
+    "INBOX_DAY_MAX",
+    "INBOX_FILE_MAX",
+    "INBOX_QUEUE_MAX",
+    "INBOX_RUN_MAX",
+    "ensure_inbox",
+    "feedback_as_sent",
+    "feedback_folder",
+    "feedback_lock",
+    "feedback_refusal",
+    "inbox_accepted",
+    "inbox_path",
+    "queue_feedback",
+    "queued_feedback",
+    "set_feedback_refusal",
+    "set_inbox_accepted",
     "real_folder",
     "unsettled",
     "GreenlightInfo",
@@ -157,6 +195,8 @@ __all__ = [
     "extract",
     "index_tar",
     "history",
+    "last_health",
+    "save_health",
     "hold_of",
     "lift_quarantine",
     "locked",

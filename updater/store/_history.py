@@ -1,5 +1,7 @@
 """`state/history.jsonl`: what happened here, one JSON object a line, appended and fsync'd:
-upgrades, rollbacks and incidents with their evidence."""
+upgrades, rollbacks and incidents with their evidence. Beside it, `state/last-health.json`:
+the results of the last `updater health`, with their (redacted) evidence, which a user's
+feedback carries."""
 
 import os
 from datetime import datetime
@@ -7,10 +9,11 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from greenlight.channels import Record, now
+from greenlight.channels import Record, atomic_write, now
 from greenlight.updater.store._root import InstallRoot
 
-__all__ = ["EventKind", "HistoryEntry", "RecordedCheck", "history", "record"]
+__all__ = ["EventKind", "HistoryEntry", "RecordedCheck", "history", "last_health", "record",
+           "save_health"]
 
 EventKind = Literal["upgraded", "downgraded", "rolled-back", "rollback-failed", "recovered",
                     "precheck-forced", "precheck-blocked", "manual-rollback", "yanked",
@@ -85,3 +88,28 @@ def history(root: InstallRoot) -> list[HistoryEntry]:
         except ValidationError:
             continue  # a torn last line after a crash: the rest is still the story
     return entries
+
+
+class _HealthRun(Record):
+    at: datetime
+    results: list[RecordedCheck]
+
+
+def save_health(root: InstallRoot, results: list[RecordedCheck]) -> None:
+    """Keep the results of a health run (their evidence already redacted) as the last one.
+
+    Raises:
+        OSError: state/ could not be written.
+    """
+    atomic_write(root.state / "last-health.json",
+                 _HealthRun(at=now(), results=results).model_dump_json().encode(), mode=0o600)
+
+
+def last_health(root: InstallRoot) -> list[RecordedCheck]:
+    """The results of the last `updater health` here; none when it never ran (or its file
+    is damaged)."""
+    try:
+        return _HealthRun.model_validate_json(
+            (root.state / "last-health.json").read_bytes()).results
+    except (OSError, ValidationError):
+        return []
