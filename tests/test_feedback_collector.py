@@ -414,3 +414,39 @@ def test_the_list_filters_and_the_csv_export_is_neutralised(any_collector, tmp_p
     missing = release_cli("feedback", "show", *admin, "f" * 32)
     assert missing.returncode == 8 and missing.stderr.count("\n") == 1
     assert "answered 404: no such feedback" in missing.stderr
+
+
+def test_with_a_repository_feedback_is_kept_for_any_release_it_carried(tmp_path, builds):
+    """With `--repo`, feedback naming a channel or release the repository never carried is
+    not stored (202, stored false); but what a real machine sends is always kept: the
+    release it runs on its channel, a release of another channel it runs after a fallback,
+    and the failed release its last incident is about, which it is then filed under."""
+    from greenlight.release import init_repository, publish
+
+    repo = init_repository(tmp_path / "repo")
+    publish(repo, "stable", "1.0", builds("1.0"))
+    publish(repo, "beta", "1.1", builds("1.1"))
+    running = Collector(tmp_path, f"sqlite:///{tmp_path / 'c.sqlite3'}", None,
+                        "--repo", str(repo.path))
+    try:
+        load(running.url, "m1")
+        one, other = "1.0@" + "b" * 12, "1.1@" + "c" * 12
+        incident = {"at": datetime.now(UTC).isoformat(), "event": "rolled-back",
+                    "channel": "beta", "release": other, "back_to": one,
+                    "check": "ui-state", "summary": "HTTP 403"}
+        cases = [({"release": "1.0", "release_key": one}, True, "1.0"),
+                 ({"release": "1.1", "release_key": other}, True, "1.1"),  # after a fallback
+                 ({"release": "1.0", "release_key": one, "incident": incident}, True, "1.1"),
+                 ({"release": "9.9", "release_key": "9.9@" + "d" * 12}, False, None),
+                 ({"channel": "nightly"}, False, None)]
+        for fields, stored, about in cases:
+            doc = feedback("m1", **fields)
+            answer = post_feedback(running.url, "m1", doc)
+            assert answer.status_code == 202, answer.text
+            assert answer.json().get("stored", True) is stored, (fields, answer.text)
+            if stored:
+                kept = next(f for f in listed(running.url) if f["id"] == doc["id"])
+                assert kept["about"] == about, kept
+        assert {f["about"] for f in listed(running.url, release="1.1")} == {"1.1"}
+    finally:
+        running.stop()

@@ -15,11 +15,13 @@ faults a fresh machine would not show are caught, and the gate refuses its rollo
 fleet chapter: three machines, each with a key of its own, report to a
 collector that guards beta's planned rollout of a 1.7.0 that fails only on one kind of machine
 (the vendor's "legacy" hardware); the two legacy machines roll back, the collector holds their
-cohort only, and the third machine, a "modern" one, takes 1.7.0. Then Greenlight itself: the
-vendor publishes Greenlight 0.4.0 on greenlight-beta and a 1.7.1 that needs it; the modern
-machine's agent moves its own Greenlight first, then the release, in one cycle, and the
-collector's census shows which Greenlight each machine runs. Every command is printed before
-it runs. Work happens in ./demo-work (replaced on each run).
+cohort only, and the third machine, a "modern" one, takes 1.7.0. A legacy machine's panel,
+refused by its core, writes in through the root's inbox; the vendor sees the user's words
+filed under 1.7.0 and the legacy cohort, with the failing check's evidence. Then Greenlight
+itself: the vendor publishes Greenlight 0.4.0 on greenlight-beta and a 1.7.1 that needs it;
+the modern machine's agent moves its own Greenlight first, then the release, in one cycle,
+and the collector's census shows which Greenlight each machine runs. Every command is
+printed before it runs. Work happens in ./demo-work (replaced on each run).
 """
 
 import shlex
@@ -267,6 +269,12 @@ def fleet(repo: Path, url: str, components) -> None:  # type: ignore[no-untyped-
             time.sleep(0.05)
         say("The collector held the legacy machines' cohort by itself, signed; the rest of the "
             "fleet goes on: the modern machine takes 1.7.0")
+        say("On a legacy machine the panel saw its core refuse it (HTTP 403) and wrote that "
+            "into the root's inbox, no shell needed; Greenlight files it with the incident's "
+            "evidence and the vendor sees it beside the failed release and its cohort")
+        run("updater", "feedback", "--collect", "--root", str(machines[0]))
+        run("release", "feedback", "list", "--collector", collector_url,
+            "--admin-token-file", str(tokens / "admin"), "--release", "1.7.0")
         run("updater", "upgrade", "--root", str(machines[2]))
         run("release", "rollout", "status", "--collector", collector_url,
             "--admin-token-file", str(tokens / "admin"))

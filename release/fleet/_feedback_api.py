@@ -38,7 +38,7 @@ from greenlight.release.fleet._feedback_doc import (
     IMPORT_SCHEMA,
     LIST_SCHEMA,
 )
-from greenlight.release.fleet._feedback_store import FeedbackLimits
+from greenlight.release.fleet._feedback_store import FeedbackLimits, about
 from greenlight.release.fleet._feedback_views import feedback_csv
 from greenlight.release.fleet._http import (
     FRESH_AHEAD,
@@ -234,12 +234,19 @@ class FeedbackApi:
 
     def unknown(self, doc: Any) -> str | None:
         """With `--repo`: "channel" or "release" when the repository never carried the
-        feedback's channel or release (not stored: invented ones never reach the views)."""
+        feedback's channel or release (not stored: invented ones never reach the views).
+        Known: the release it is about on its channel (the failed one, after a rollback),
+        or the release the machine runs on its channel, or on any channel (after a fallback
+        a machine runs another channel's release)."""
         if self.guard is None or doc.channel is None:
             return None
-        if self.guard.knows(doc.channel, doc.release):
-            return None
-        return "release" if self.guard.knows(doc.channel, None) else "channel"
+        channel, release = about(doc)
+        for ch, rel in ((channel, release), (doc.channel, doc.release)):
+            if ch is not None and self.guard.knows(ch, rel):
+                return None
+        if not self.guard.knows(doc.channel, None):
+            return "channel"
+        return None if doc.release is None or self.guard.carried(doc.release) else "release"
 
     def admit(self, doc: Any, now: datetime, key: str, imported: bool) -> tuple[str, bool]:
         """The store's admission: what happened (accepted, pending, duplicate) and whether

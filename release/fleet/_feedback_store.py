@@ -32,7 +32,7 @@ from greenlight.channels import version_of
 from greenlight.release.fleet._feedback_views import FeedbackViews
 
 __all__ = ["FEEDBACK_DAILY", "FEEDBACK_NEWCOMERS", "FEEDBACK_NEWCOMER_KEY", "FEEDBACK_RETENTION",
-           "FEEDBACK_ROWS", "FeedbackLimits", "FeedbackStore"]
+           "FEEDBACK_ROWS", "FeedbackLimits", "FeedbackStore", "about"]
 
 FEEDBACK_DAILY = 10
 """feedback taken from one machine key in any 24 hours"""

@@ -51,6 +51,10 @@ class Guard:
         self._reading = threading.Lock()
         self._paused: set[tuple[str, str, int, Any]] = set()  # pauses said already
 
+    def carried(self, release: str) -> bool:
+        """Whether any channel ever carried `release`, as last read (`knows` reads)."""
+        return any(release in releases for releases in self._releases.values())
+
     def knows(self, channel: str, release: str | None, refresh: bool = True) -> bool:
         """Whether the repository has `channel`, and `release` among the releases it ever
         carried (None: any). Answered from what was read last; with `refresh`, a miss reads
