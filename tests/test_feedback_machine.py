@@ -417,3 +417,50 @@ def test_the_agent_collects_the_inbox_each_cycle_even_when_the_repository_is_dow
     assert updater(path, "agent", "--once").returncode == 0
     again = (path / "logs" / "agent.log").read_text()
     assert again.count("no collector is configured") == 1  # said once, not every cycle
+
+
+def test_no_file_of_the_ui_or_the_product_stops_feedback_or_leaks_through_it(tmp_path, trust):
+    """What the hostile review found: an inbox file whose text is not Unicode (a lone
+    surrogate, valid JSON) is refused alone and never blocks the person's own feedback; text
+    on the command line that was not UTF-8 is kept, escaped; a log planted as a link to a
+    file elsewhere is never read, nor is a pipe waited on; and once the queue holds the
+    inbox's bound, the inbox's files wait there instead of being removed."""
+    path = make_root(tmp_path, trust)
+    inbox = path / "feedback" / "inbox"
+    write(inbox, "a-poison.json", b'{"text": "\\ud800 poison", "logs": false}')
+    write(inbox, "b-honest.json", {"text": "the panel is blank", "logs": False})
+    mine = updater(path, "feedback", "my own words")
+    assert mine.returncode == 0, mine.stdout + mine.stderr
+    texts = sorted(d["text"] for d in queued(path))
+    assert texts == ["\\ud800 poison", "my own words", "the panel is blank"], texts
+    assert list(inbox.iterdir()) == []
+
+    odd = subprocess.run([UPDATER.encode(), b"feedback", b"\xff\xfe bad bytes", b"--root",
+                          str(path).encode()], capture_output=True)
+    assert odd.returncode == 0, odd.stderr
+    assert any(d["text"].endswith(" bad bytes") for d in queued(path))
+
+    secret = tmp_path / "elsewhere.txt"
+    secret.write_text("root:$6$not-for-the-vendor\n")
+    logs = path / "logs"
+    logs.mkdir(exist_ok=True)
+    (logs / "agent.log").unlink(missing_ok=True)
+    (logs / "agent.log").symlink_to(secret)
+    os.mkfifo(logs / "marker.log")
+    done = updater(path, "feedback", "--dry-run", "--logs", "with consent")
+    assert done.returncode == 0, done.stderr
+    assert "not-for-the-vendor" not in done.stdout
+    assert json.loads(done.stdout)["logs_consent"] is True
+
+    # The collector is away for weeks: the queue holds the inbox's bound of earlier days.
+    earlier = queued(path)[0]
+    for i in range(50 - len([d for d in queued(path) if d["source"] == "inbox"])):
+        ident = f"{i:032x}"
+        queue_feedback(InstallRoot(path), ident, "inbox",
+                       json.dumps({**earlier, "id": ident, "source": "inbox"}).encode())
+    for i in range(3):
+        write(inbox, f"wait-{i}.json", {"text": f"waiting {i}", "logs": False})
+    later = updater(path, "feedback", "--collect")
+    assert later.returncode == 0, later.stderr
+    assert "3 more inbox files wait for the next collection" in later.stdout, later.stdout
+    assert sorted(p.name for p in inbox.iterdir()) == [f"wait-{i}.json" for i in range(3)]

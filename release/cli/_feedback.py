@@ -126,8 +126,9 @@ def list_cmd(url: str, admin_token_file: Path, release: str | None, channel: str
     say(f"{len(rows)} feedback, newest first" + (" (more: narrow it, or export)"
                                                   if answer.get("next") else ""))
     for r in rows:
-        where = " ".join(str(r.get(k) or r.get("release") or "-")  # the release it is about
-                         for k in ("channel", "about", "cohort"))
+        where = " ".join(str(r.get(k) or r.get(fallback) or "-")  # what it is about
+                         for k, fallback in (("about_channel", "channel"),
+                                             ("about", "release"), ("cohort", "cohort")))
         say(f"  {str(r.get('received'))[:19]}Z  {where}  check {r.get('check') or '-'}  "
             f"{r.get('id')} ({str(r.get('machine'))[:8]}): {_text(r.get('text'))}")
 

@@ -24,6 +24,7 @@ weeks); everything else does.
 
 import contextlib
 import json
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -68,6 +69,7 @@ class FeedbackStore(FeedbackViews):
         self.engine, self.machines, self.reports = store.engine, store.machines, store.reports
         self._store = store
         self.newcomer_age = newcomer_age
+        self._admitting = threading.Lock()
         meta = sa.MetaData()
         self.table = sa.Table(
             "feedback", meta,
@@ -130,7 +132,9 @@ class FeedbackStore(FeedbackViews):
         sa = self.sa
         for attempt in (1, 2):  # another process may enrol the key or store the id at once
             try:
-                return self._admit(doc, received, key, mode, enrol_rate, limits, imported)
+                with self._admitting:  # the caps count, then insert: one at a time here
+                    return self._admit(doc, received, key, mode, enrol_rate, limits,
+                                       imported)
             except sa.exc.IntegrityError:
                 if attempt == 2:
                     raise
@@ -143,6 +147,10 @@ class FeedbackStore(FeedbackViews):
         day = received - timedelta(days=1)
         young = received - self.newcomer_age
         with self.engine.begin() as c:
+            if self.engine.dialect.name == "postgresql":
+                # collectors sharing the database: the caps' counts and the insert of one
+                # admission at a time, across them too (held until this transaction ends)
+                c.execute(sa.text("SELECT pg_advisory_xact_lock(4242001)"))
             row = c.execute(sa.select(m.c.state, m.c.public_key, m.c.source, m.c.enrolled)
                             .where(m.c.id == ident)).first()
             new = row is None
@@ -222,7 +230,9 @@ class FeedbackStore(FeedbackViews):
         sa, f = self.sa, self.table
         with self.engine.connect() as c:
             return int(c.execute(sa.select(sa.func.count(sa.distinct(f.c.installation))).where(
-                f.c.channel == channel,
+                # the channel it is about: a machine that rolled back and fell back to
+                # another channel still wrote about this one
+                sa.or_(f.c.channel == channel, f.c.about_channel == channel),
                 sa.or_(f.c.release_key == release_key, f.c.incident_release == release_key),
                 f.c.received >= since,
                 f.c.installation.in_(self.counting(established_before, release_key)))

@@ -17,7 +17,8 @@ with a back-off of its own (`state/feedback/.backoff`) and its own refusal
 (`store.feedback_refusal`): accepted (2xx) or already there (409), it leaves the queue;
 429, 5xx and a network error keep it and back off; 401 and 403 keep it and say why; a
 collector without the route (404, 405) keeps it and says so (an older collector, updated
-later, takes it; `updater feedback --export` meanwhile); any other refusal (413, 422, ...)
+later, takes it; `updater feedback --export` meanwhile); so does a 422 about the time it was
+sent (this machine's clock is off: fixed, it is taken); any other refusal (413, 422, ...)
 drops it and says why. Without `[report]` it stays queued, said once, for an export.
 """
 
@@ -25,8 +26,10 @@ import contextlib
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from greenlight.channels import atomic_write, printable, sign_body
 from greenlight.updater._errors import GreenlightError
@@ -102,6 +105,72 @@ def _as_this_machine(body: bytes, ident: str, cohort: str) -> bytes:
     return json.dumps(report).encode()
 
 
+Act = Callable[[Path, int, str], Literal["stop", "taken", "dropped"]]
+"""What a flush does with the collector's answer to one queued file (its path, the HTTP
+status, what it said): stop and back off (the file stays), taken (it left the queue, and
+counts as sent), dropped (it left the queue, refused for good)."""
+
+
+def _flush(root: InstallRoot, url: str, token: str, timeout: float, waiting: list[Path],
+           prepare: Callable[[bytes], bytes], act: Act) -> tuple[int, bool]:
+    """Post each queued file, oldest first, signed by the machine's key, within `timeout`
+    seconds in all: `prepare` makes the body sent from the queued bytes (one that does not
+    prepare is dropped: it never gets better), `act` decides on each answer. How many were
+    taken, and whether the flush stopped to back off (an answer said so, or the network or
+    the disk failed).
+
+    Raises:
+        ValueError: the machine's key does not load, so nothing can be signed.
+    """
+    import httpx
+
+    sent, deadline = 0, time.monotonic() + timeout
+    try:
+        with httpx.Client(timeout=timeout) as client:
+            for path in waiting:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    body = prepare(path.read_bytes())
+                except (OSError, ValueError):
+                    path.unlink(missing_ok=True)
+                    continue
+                answer = client.post(url, content=body,
+                                     headers={"Authorization": f"Bearer {token}",
+                                              "Content-Type": "application/json",
+                                              **sign_body(root.machine_key, body)},
+                                     timeout=left)
+                done = act(path, answer.status_code, _said(answer.text))
+                if done == "stop":
+                    return sent, True
+                sent += done == "taken"
+    except (httpx.HTTPError, OSError):
+        return sent, True
+    return sent, False
+
+
+def _report_answer(root: InstallRoot) -> Act:
+    def act(path: Path, code: int, said: str) -> Literal["stop", "taken", "dropped"]:
+        if code == 429 or code >= 500:
+            return "stop"
+        if code in (401, 403):
+            _refused(root, f"the collector refused the fleet token (HTTP {code}: {said}); "
+                           "reports stay queued until [report] token_file is right"
+                     if "token" in said else
+                     f"the collector refused this machine (HTTP {code}: {said}); reports "
+                     f"stay queued until it admits key {root.machine_id} (updater identity)")
+            return "stop"
+        path.unlink(missing_ok=True)  # accepted, or refused for good
+        if 200 <= code < 300:
+            _refused(root, None)
+            return "taken"
+        _refused(root, f"the collector refused a report for good (HTTP {code}: {said}); it "
+                       "was dropped")
+        return "dropped"
+    return act
+
+
 def send_reports(root: InstallRoot) -> int:
     """Send what is queued, oldest first, within the time budget; the number sent."""
     try:
@@ -119,52 +188,20 @@ def send_reports(root: InstallRoot) -> int:
         _refused(root, f"[report] token_file {config.token_file}: missing, empty or not "
                        "printable ASCII; reports stay queued")
         return 0
-    import httpx
-
     cohort = machine_cohort(root)
-    sent, deadline = 0, time.monotonic() + config.timeout
     try:
-        with httpx.Client(timeout=config.timeout) as client:
-            for path in waiting:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    body = _as_this_machine(path.read_bytes(), root.machine_id, cohort)
-                except (OSError, ValueError):
-                    path.unlink(missing_ok=True)  # unreadable: it never gets better
-                    continue
-                answer = client.post(f"{config.url}v1/reports", content=body,
-                                     headers={"Authorization": f"Bearer {token}",
-                                              "Content-Type": "application/json",
-                                              **sign_body(root.machine_key, body)},
-                                     timeout=left)
-                if answer.status_code == 429 or answer.status_code >= 500:
-                    _back_off(root, now)
-                    return sent
-                if answer.status_code in (401, 403):
-                    said = _said(answer.text)
-                    _refused(root, f"the collector refused the fleet token (HTTP "
-                                   f"{answer.status_code}: {said}); reports stay queued until "
-                                   "[report] token_file is right" if "token" in said else
-                                   f"the collector refused this machine (HTTP "
-                                   f"{answer.status_code}: {said}); reports stay queued until "
-                                   f"it admits key {root.machine_id} (updater identity)")
-                    _back_off(root, now)
-                    return sent
-                path.unlink(missing_ok=True)  # accepted, or refused for good
-                if answer.is_success:
-                    sent += 1
-                    _refused(root, None)
-                else:
-                    _refused(root, f"the collector refused a report for good (HTTP "
-                                   f"{answer.status_code}: {_said(answer.text)}); it was "
-                                   "dropped")
-    except (httpx.HTTPError, OSError):
-        with contextlib.suppress(OSError):
+        sent, stopped = _flush(
+            root, f"{config.url}v1/reports", token, config.timeout, waiting,
+            lambda queued: _as_this_machine(queued, root.machine_id, cohort),
+            _report_answer(root))
+    except ValueError as e:  # the machine's key does not load: nothing can be signed
+        _refused(root, f"state/machine-key.pem: {e}; reports stay queued")
+        return 0
+    with contextlib.suppress(OSError):
+        if stopped:
             _back_off(root, now)
-        return sent
-    _backoff_path(root).unlink(missing_ok=True)
+        else:
+            _backoff_path(root).unlink(missing_ok=True)
     return sent
 
 
@@ -178,29 +215,35 @@ def _feedback_refused(root: InstallRoot, why: str | None) -> None:
         set_feedback_refusal(root, why)
 
 
-def _feedback_answer(root: InstallRoot, path: Path, code: int, said: str, url: str) -> bool:
-    """Act on the collector's answer to one feedback; whether to go on with the next."""
-    if code == 429 or code >= 500:
-        return False
-    if code in (401, 403):
-        _feedback_refused(root, (
-            f"the collector refused the fleet token (HTTP {code}: {said}); feedback stays "
-            "queued until [report] token_file is right" if "token" in said else
-            f"the collector refused this machine (HTTP {code}: {said}); feedback stays queued "
-            f"until it admits key {root.machine_id} (updater identity)"))
-        return False
-    if code in (404, 405):
-        _feedback_refused(root, f"the collector at {url} takes no feedback (HTTP {code}): it "
-                                "stays queued until it does; `updater feedback --export FILE` "
-                                "meanwhile")
-        return False
-    path.unlink(missing_ok=True)  # accepted, already there, or refused for good
-    if 200 <= code < 300 or code == 409:
-        _feedback_refused(root, None)
-    else:
+def _feedback_answer(root: InstallRoot, url: str) -> Act:
+    def act(path: Path, code: int, said: str) -> Literal["stop", "taken", "dropped"]:
+        if code == 429 or code >= 500:
+            return "stop"
+        if code in (401, 403):
+            _feedback_refused(root, (
+                f"the collector refused the fleet token (HTTP {code}: {said}); feedback "
+                "stays queued until [report] token_file is right" if "token" in said else
+                f"the collector refused this machine (HTTP {code}: {said}); feedback stays "
+                f"queued until it admits key {root.machine_id} (updater identity)"))
+            return "stop"
+        if code in (404, 405):
+            _feedback_refused(root, f"the collector at {url} takes no feedback (HTTP {code}): "
+                                    "it stays queued until it does; `updater feedback "
+                                    "--export FILE` meanwhile")
+            return "stop"
+        if code == 422 and "clock" in said:  # this machine's clock is off: it gets better
+            _feedback_refused(root, f"the collector refused the time of a feedback (HTTP "
+                                    f"{code}: {said}); feedback stays queued until this "
+                                    "machine's clock is right")
+            return "stop"
+        path.unlink(missing_ok=True)  # accepted, already there, or refused for good
+        if 200 <= code < 300 or code == 409:
+            _feedback_refused(root, None)
+            return "taken"
         _feedback_refused(root, f"the collector refused a feedback for good (HTTP {code}: "
                                 f"{said}); it was dropped")
-    return True
+        return "dropped"
+    return act
 
 
 def send_feedback(root: InstallRoot) -> int:
@@ -224,36 +267,17 @@ def send_feedback(root: InstallRoot) -> int:
         _feedback_refused(root, f"[report] token_file {config.token_file}: missing, empty or "
                                 "not printable ASCII; feedback stays queued")
         return 0
-    import httpx
-
-    sent, deadline = 0, time.monotonic() + config.timeout
     try:
-        with httpx.Client(timeout=config.timeout) as client:
-            for path in waiting:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    body = feedback_as_sent(path.read_bytes(), datetime.now(UTC))
-                except (OSError, ValueError):
-                    path.unlink(missing_ok=True)  # unreadable: it never gets better
-                    continue
-                answer = client.post(f"{config.url}v1/feedback", content=body,
-                                     headers={"Authorization": f"Bearer {token}",
-                                              "Content-Type": "application/json",
-                                              **sign_body(root.machine_key, body)},
-                                     timeout=left)
-                if not _feedback_answer(root, path, answer.status_code, _said(answer.text),
-                                        config.url):
-                    _back_off(root, now, _FEEDBACK)
-                    return sent
-                sent += 1 if answer.is_success or answer.status_code == 409 else 0
-    except (httpx.HTTPError, OSError):
-        with contextlib.suppress(OSError):
-            _back_off(root, now, _FEEDBACK)
-        return sent
+        sent, stopped = _flush(root, f"{config.url}v1/feedback", token, config.timeout,
+                               waiting, lambda queued: feedback_as_sent(queued,
+                                                                        datetime.now(UTC)),
+                               _feedback_answer(root, config.url))
     except ValueError as e:  # the machine's key does not load: nothing can be signed
         _feedback_refused(root, f"state/machine-key.pem: {e}; feedback stays queued")
-        return sent
-    _backoff_path(root, _FEEDBACK).unlink(missing_ok=True)
+        return 0
+    with contextlib.suppress(OSError):
+        if stopped:
+            _back_off(root, now, _FEEDBACK)
+        else:
+            _backoff_path(root, _FEEDBACK).unlink(missing_ok=True)
     return sent

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from greenlight.channels import printable
 from greenlight.updater._errors import StoreError, UsageError
 from greenlight.updater.cli._common import (
     app,
@@ -34,7 +35,12 @@ def _collect(install: "InstallRoot", result: "FeedbackResult") -> None:
         found = collect_inbox(install)
     except (StoreError, OSError) as e:
         said = str(e) if isinstance(e, StoreError) else f"{e.filename or 'inbox'}: {e.strerror}"
-        result.refused.append(f"inbox: {said}")
+        result.refused.append(f"inbox: {printable(said, 300)}")
+        return
+    except Exception as e:  # never in the way of the person's own feedback
+        said = str(e).splitlines()[0] if str(e) else ""
+        result.refused.append(f"inbox: not collected: {type(e).__name__}: "
+                              f"{printable(said, 200)}")
         return
     result.collected += [r.id for r in found.accepted]
     result.refused += found.refused

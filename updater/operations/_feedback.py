@@ -18,6 +18,7 @@ the fleet token), and log tails also `product.scrub`. The document stays under
 import contextlib
 import json
 import os
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -166,13 +167,25 @@ def _fit_tail(text: str, limit: int = LOG_TAIL_MAX - 1) -> str:
 
 
 def _tail(path: Path, secrets: list[str]) -> str | None:
+    """The redacted end of the log `path`: a regular file only, opened without following a
+    link (a log planted as a link to a file elsewhere is never read) and without blocking (a
+    FIFO planted there is refused, never waited on)."""
     try:
-        with path.open("rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - LOG_BYTES))
-            raw = f.read(LOG_BYTES)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        size = os.lseek(fd, 0, os.SEEK_END)
+        os.lseek(fd, max(0, size - LOG_BYTES), os.SEEK_SET)
+        raw = b""
+        while len(raw) < LOG_BYTES and (chunk := os.read(fd, LOG_BYTES - len(raw))):
+            raw += chunk
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     text = raw.decode("utf-8", errors="replace")
     if size > LOG_BYTES and "\n" in text:
         text = text.split("\n", 1)[1]  # a line cut in its middle says nothing
@@ -199,6 +212,9 @@ def compose_feedback(root: InstallRoot, text: str, source: FeedbackSource, logs:
         ConfigError: not an installation root.
         StoreError: `current` is not a release link, or the machine's key does not load.
     """
+    # Text that is not Unicode (a lone surrogate: bytes that were not UTF-8 on the command
+    # line, or "\ud800" in an inbox file's JSON) is kept, escaped, never refused.
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     if not text.strip():
         raise UsageError('the feedback is empty: say what is wrong, e.g. updater feedback '
                          '"the panel says: denying api access"')
@@ -249,9 +265,10 @@ def compose_feedback(root: InstallRoot, text: str, source: FeedbackSource, logs:
 
 
 def submit_feedback(root: InstallRoot, text: str, logs: bool, source: FeedbackSource = "cli",
-                    at: datetime | None = None) -> tuple[FeedbackReport, int]:
-    """Compose and queue a feedback; it and the number of the oldest queued feedback
-    dropped to make room (the queue's bound).
+                    at: datetime | None = None, ident: str | None = None
+                    ) -> tuple[FeedbackReport, int]:
+    """Compose and queue a feedback (under `ident` when given: 32 hex digits); it and the
+    number of the oldest queued feedback dropped to make room (the queue's bound).
 
     Raises:
         UsageError: the text is empty.
@@ -259,6 +276,8 @@ def submit_feedback(root: InstallRoot, text: str, logs: bool, source: FeedbackSo
         StoreError: the outbox could not be written, or `current` is not a release link.
     """
     report = compose_feedback(root, text, source, logs, at)
+    if ident is not None:  # the same inbox file, collected again after a kill: the same id
+        report = report.model_copy(update={"id": ident})
     try:
         dropped = queue_feedback(root, report.id, source,
                                  report.model_dump_json(by_alias=True).encode())

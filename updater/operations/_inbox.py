@@ -15,14 +15,20 @@ folder's descriptor and with O_NOFOLLOW, and refuses, one line each, and removes
 
 The text is foreign text: the wire format escapes its control characters, and every line
 said about a file names it escaped. A flood is bounded: at most `INBOX_DAY_MAX` files are
-accepted a day, and the queue holds at most `INBOX_QUEUE_MAX` of the inbox's; past either,
-files are removed unread, said in one line. Feedback already queued is never dropped by it.
+accepted a day (past it, files are removed unread, said in one line: a UI writing in a loop),
+and the queue holds at most `INBOX_QUEUE_MAX` of the inbox's (past it, files wait in the
+inbox for a collection once the queue has room: a collector down for weeks loses nothing).
+Feedback already queued is never dropped by it. A file's feedback takes an id made from the
+file, so a collection killed between queuing it and removing it queues the same feedback
+again, which the collector counts once. A file that fails in any other way is refused in one
+line like the others: one file never stops the collection, nor the person's own feedback.
 The product's log tails are attached only when the file says `"logs": true` (the UI asked).
 """
 
 import contextlib
 import errno
 import grp
+import hashlib
 import json
 import os
 import pwd
@@ -89,8 +95,10 @@ def _may_write(uid: int, users: set[int], group: int | None) -> bool:
         return False
 
 
-def _read(fd: int, name: str, users: set[int], group: int | None) -> tuple[str, bool, float]:
-    """The text, the consent to logs and the time of one inbox file.
+def _read(fd: int, name: str, users: set[int], group: int | None
+          ) -> tuple[str, bool, float, str]:
+    """The text, the consent to logs, the time of one inbox file, and the id its feedback
+    takes (from the file itself: collected again after a kill, it is the same feedback).
 
     Raises:
         _Refused: why it is refused, in a few words.
@@ -136,7 +144,9 @@ def _read(fd: int, name: str, users: set[int], group: int | None) -> tuple[str, 
     if not text.strip():
         raise _Refused("its text is empty")
     now = time.time()
-    return text, logs, st.st_mtime if now - 366 * 86400 < st.st_mtime <= now else now
+    ident = hashlib.sha256(f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}:{name}".encode()
+                           + data).hexdigest()[:32]
+    return text, logs, st.st_mtime if now - 366 * 86400 < st.st_mtime <= now else now, ident
 
 
 def _said(name: str) -> str:
@@ -149,13 +159,20 @@ def _remove(fd: int, name: str) -> None:
     try:
         os.unlink(name, dir_fd=fd)
     except IsADirectoryError:
-        shutil.rmtree(name, dir_fd=fd, ignore_errors=True)
+        _remove_folder(fd, name)
     except PermissionError:  # Linux answers EPERM, not EISDIR, to unlink() on a folder
         with contextlib.suppress(OSError):
             if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
-                shutil.rmtree(name, dir_fd=fd, ignore_errors=True)
-    except FileNotFoundError:
+                _remove_folder(fd, name)
+    except OSError:
         pass
+
+
+def _remove_folder(fd: int, name: str) -> None:
+    """A folder someone made in the inbox, removed as far as can be (one nested deeper than
+    the interpreter's recursion allows stays, refused again next time, never a crash)."""
+    with contextlib.suppress(OSError, RecursionError):
+        shutil.rmtree(name, dir_fd=fd, ignore_errors=True)
 
 
 def collect_inbox(root: InstallRoot) -> InboxCollection:
@@ -187,8 +204,8 @@ def _collect(root: InstallRoot, fd: int, found: InboxCollection) -> None:
     users, group = _writers(fd, root)
     day = datetime.now(UTC).strftime("%Y-%m-%d")
     accepted = inbox_accepted(root, day)
-    room = min(INBOX_DAY_MAX - accepted,
-               INBOX_QUEUE_MAX - len(queued_feedback(root, "inbox")))
+    today = INBOX_DAY_MAX - accepted  # past it, a flood: removed unread
+    queue = INBOX_QUEUE_MAX - len(queued_feedback(root, "inbox"))  # past it, files wait
     with os.scandir(fd) as listing:
         names = []
         for entry in listing:
@@ -200,20 +217,22 @@ def _collect(root: InstallRoot, fd: int, found: InboxCollection) -> None:
         if name.startswith("."):
             with contextlib.suppress(OSError):
                 age = time.time() - os.stat(name, dir_fd=fd, follow_symlinks=False).st_mtime
-                if age > _STALE:
+                if age > _STALE or age < -60:  # a day old, or dated ahead: never finished
                     found.refused.append(f"{_said(name)}: left unfinished for a day; removed")
                     _remove(fd, name)
             continue
-        if room <= 0:
+        if today <= 0:
             _remove(fd, name)
             flooded += 1
             continue
-        if read >= INBOX_RUN_MAX:
-            found.waiting += 1
+        if queue <= 0 or read >= INBOX_RUN_MAX:
+            found.waiting += 1  # kept for a collection once the queue has room
             continue
         read += 1
         try:
-            text, logs, at = _read(fd, name, users, group)
+            text, logs, at, ident = _read(fd, name, users, group)
+            report, dropped = submit_feedback(root, text, logs, "inbox",
+                                              datetime.fromtimestamp(at, UTC), ident)
         except _Refused as why:
             found.refused.append(f"{_said(name)} refused: {why}; removed")
             _remove(fd, name)
@@ -224,16 +243,20 @@ def _collect(root: InstallRoot, fd: int, found: InboxCollection) -> None:
             found.refused.append(f"{_said(name)} refused: {e.strerror or e}; removed")
             _remove(fd, name)
             continue
-        report, dropped = submit_feedback(root, text, logs, "inbox",
-                                          datetime.fromtimestamp(at, UTC))
+        except Exception as e:  # one file never stops the others, nor the person's own
+            found.refused.append(f"{_said(name)} refused: {type(e).__name__}: "
+                                 f"{printable(str(e).splitlines()[0] if str(e) else '', 160)}"
+                                 "; removed")
+            _remove(fd, name)
+            continue
         found.accepted.append(report)
         found.dropped += dropped
-        room -= 1
+        today -= 1
+        queue -= 1
         accepted += 1
         set_inbox_accepted(root, day, accepted)  # before the file goes: never taken twice
         _remove(fd, name)
     if flooded:
         found.refused.append(
             f"{flooded} inbox file{'s' if flooded > 1 else ''} refused unread and removed: at "
-            f"most {INBOX_DAY_MAX} are taken a day and {INBOX_QUEUE_MAX} wait at once (is "
-            "the product's UI writing in a loop?)")
+            f"most {INBOX_DAY_MAX} are taken a day (is the product's UI writing in a loop?)")

@@ -6,8 +6,10 @@ The secrets are what the configuration points at, never guessed: each check's
 names say they are secret (`auth`, `token`, `secret`, `key`, `cookie`, `pass`), and the fleet
 token (`[report] token_file`). `redact` replaces each of them, however deep in a value; for
 free text a product wrote itself (a log tail, where a secret other than the configured ones
-may sit), `scrub` also replaces what follows `Bearer` and a sensitive `name=value` or
-`name: value`.
+may sit), `scrub` also replaces what follows an authorization scheme (`Bearer`, `Basic`,
+...), the value of a sensitive `name=value`, `name: value` or `"name": "value"` (names with
+`auth`, `token`, `secret`, `password`, `pwd`, `key`, `credential`, `cookie`, `session`), and
+the password of a URL's `user:password@`. It may hide a little harmless text (`monkey: x`).
 """
 
 import re
@@ -22,9 +24,13 @@ __all__ = ["REDACTED", "SENSITIVE", "redact", "scrub", "secrets_of"]
 REDACTED = "[redacted]"
 SENSITIVE = re.compile(r"auth|token|secret|key|cookie|pass", re.IGNORECASE)
 _SHORTEST = 4  # a shorter "secret" would redact ordinary words
+_SCHEMES = r"(?:bearer|basic|digest|token|negotiate)\s+"
 _IN_TEXT = re.compile(
-    r"(?P<name>bearer\s+|basic\s+|(?:[\w-]*(?:auth|token|secret|passw(?:or)?d|api[-_]?key|"
-    r"cookie|session)[\w-]*)\s*[:=]\s*(?:bearer\s+)?)(?P<value>[^\s\"',;]+)", re.IGNORECASE)
+    rf"(?P<name>{_SCHEMES}|(?:[\w-]*(?:auth|token|secret|passw(?:or)?d|pwd|key|credential|"
+    rf"cookie|session)[\w-]*)[\"']?\s*[:=]\s*[\"']?(?:{_SCHEMES})?)(?P<value>[^\s\"',;]+)",
+    re.IGNORECASE)
+_USERINFO = re.compile(r"(?P<name>\b[a-z][a-z0-9+.-]*://[^\s/:@]*:)(?P<value>[^\s/@]+)(?=@)",
+                       re.IGNORECASE)
 
 
 def redact(value: Any, secrets: list[str]) -> Any:
@@ -41,11 +47,13 @@ def redact(value: Any, secrets: list[str]) -> Any:
 
 
 def scrub(text: str, secrets: list[str]) -> str:
-    """Free text (a log tail) with the known secrets replaced, and the value after `Bearer`
-    or after a sensitive name (`token=...`, `Authorization: ...`, `password: ...`) too."""
+    """Free text (a log tail) with the known secrets replaced, and what looks like one too
+    (see the module: after a scheme or a sensitive name, a URL's password)."""
     text = redact(text, secrets)
-    return _IN_TEXT.sub(lambda m: m.group("name") + (
-        m.group("value") if m.group("value") == REDACTED else REDACTED), text)
+    for pattern in (_USERINFO, _IN_TEXT):
+        text = pattern.sub(lambda m: m.group("name") + (
+            m.group("value") if m.group("value") == REDACTED else REDACTED), text)
+    return text
 
 
 def _file_secret(path: Path) -> str | None:

@@ -181,19 +181,22 @@ def _ours(folder: Path, owners: tuple[int, ...]) -> None:
 
 def ensure_inbox(root: InstallRoot) -> Path:
     """The product's inbox folder, made when it is missing (its parent 0755, the inbox 0700,
-    both the updater's); a folder that is there is kept with its group and mode, once it is
-    a real folder of root or of the root's owner.
+    both of the root's owner, who runs the product's services); a folder that is there is
+    kept with its group and mode, once it is a real folder of root or of the root's owner.
 
     Raises:
         StoreError: the inbox or its parent is a link, a file, or someone else's folder.
     """
     inbox = inbox_path(root)
     try:
-        owners = (0, os.stat(root.path).st_uid, os.getuid())
+        owner = os.stat(root.path)
+        owners = (0, owner.st_uid, os.getuid())
         for folder, mode in ((inbox.parent, 0o755), (inbox, 0o700)):
             try:
                 folder.mkdir(mode=mode)
                 os.chmod(folder, mode)  # whatever the umask took away
+                if os.getuid() == 0 and owner.st_uid != 0:  # the product runs as its owner
+                    os.chown(folder, owner.st_uid, owner.st_gid, follow_symlinks=False)
             except FileExistsError:
                 pass
             _ours(folder, owners)
