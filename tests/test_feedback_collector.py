@@ -1,4 +1,4 @@
-"""User feedback at the collector (issue 42, the vendor's side): a real collector (uvicorn on
+"""User feedback at the collector: a real collector (uvicorn on
 127.0.0.1) takes `greenlight.feedback/1` signed by real machine keys, once per key and id,
 refuses what is hostile in one line, bounds floods without losing honest feedback, prunes by
 its retention, imports an air-gapped machine's export line by line, and lists and exports

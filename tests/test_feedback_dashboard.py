@@ -1,4 +1,4 @@
-"""The dashboard's feedback view, in a real headless Chromium (issue 42): what users wrote,
+"""The dashboard's feedback view, in a real headless Chromium: what users wrote,
 per release and cohort, beside the outcomes their machines reported, the latest texts with
 the failing check's evidence, and a rollout its feedback rule paused; every text from a
 machine shown as text, never run as markup."""

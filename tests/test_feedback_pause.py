@@ -1,4 +1,4 @@
-"""A feedback rule is a signal, not a verdict (issue 42): when enough machines' users wrote in
+"""A feedback rule is a signal, not a verdict: when enough machines' users wrote in
 about a release within a step, the collector does not advance it to the next step until a
 person resumes it; halts stay automatic, and feedback never halts or rolls back anything.
 The pure judge by a table, then a real collector guarding a real repository."""

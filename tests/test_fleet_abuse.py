@@ -2,8 +2,7 @@
 collector (uvicorn on 127.0.0.1) and real reports signed with real machine keys. Keys minted
 for the occasion change no judgement, a replayed report counts once, a revoked key leaves
 every count, what the repository lacks is not stored, the admin views come a bounded page at
-a time, and idle connections never lock out the admin or the machines the collector counts
-(issue 38)."""
+a time, and idle connections never lock out the admin or the machines the collector counts."""
 
 import json
 import select
