@@ -337,6 +337,27 @@ class Collector:
         self.proc.wait(timeout=20)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_collector(request, tmp_path):
+    """A real collector on SQLite, and on a real PostgreSQL when one can be started here."""
+    if request.param == "sqlite":
+        running = Collector(tmp_path, f"sqlite:///{tmp_path / 'c.sqlite3'}")
+        yield running
+        running.stop()
+        return
+    from bench.postgres import Unavailable, temporary_postgres
+
+    try:
+        with temporary_postgres(free_port()) as url:
+            running = Collector(tmp_path, url)
+            try:
+                yield running
+            finally:
+                running.stop()
+    except Unavailable as e:
+        pytest.skip(str(e))
+
+
 # --- what a test reports (each test's `record_property("power_loss", ...)`) ---------------------
 _REPORTED: list[str] = []
 

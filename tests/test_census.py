@@ -134,27 +134,6 @@ def _keyed(channel: str, n: int, after: str | None = None, before: str | None = 
     return report
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_collector(request, tmp_path):
-    """A real collector on SQLite, and on a real PostgreSQL when one can be started here."""
-    if request.param == "sqlite":
-        running = Collector(tmp_path, f"sqlite:///{tmp_path / 'c.sqlite3'}")
-        yield running
-        running.stop()
-        return
-    from bench.postgres import Unavailable, temporary_postgres
-
-    try:
-        with temporary_postgres(free_port()) as url:
-            running = Collector(tmp_path, url)
-            try:
-                yield running
-            finally:
-                running.stop()
-    except Unavailable as e:
-        pytest.skip(str(e))
-
-
 def test_one_channel_census_says_the_releases_and_cohorts_its_machines_run(tmp_path,
                                                                            any_collector):
     """Each machine on `prod` by its latest report on `prod` itself: the version of its

@@ -90,28 +90,6 @@ def collector(tmp_path):
     c.stop()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_collector(request, tmp_path):
-    """A real collector on SQLite, and on a real PostgreSQL when one can be started here."""
-    if request.param == "sqlite":
-        running = Collector(tmp_path, f"sqlite:///{tmp_path / 'c.sqlite3'}")
-        yield running
-        running.stop()
-        return
-    from bench.postgres import Unavailable, temporary_postgres
-    from conftest import free_port
-
-    try:
-        with temporary_postgres(free_port()) as url:
-            running = Collector(tmp_path, url)
-            try:
-                yield running
-            finally:
-                running.stop()
-    except Unavailable as e:
-        pytest.skip(str(e))
-
-
 def _one_line(answer: httpx.Response, status: int, *said: str) -> str:
     assert answer.status_code == status, (answer.status_code, answer.text)
     error = answer.json()["error"]
