@@ -97,6 +97,9 @@ def child(method: str, pair: str) -> None:
         apply = time.perf_counter() - started
         size = len(patch)
     else:
+        import hdiffpatch  # noqa: F401  (imported before the clock, as bsdiff4 is above)
+        import pyzstd  # noqa: F401
+
         from greenlight.channels import apply_delta, build_delta
 
         started = time.perf_counter()
