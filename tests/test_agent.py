@@ -404,18 +404,6 @@ def test_a_stop_a_library_swallowed_is_still_a_stop(tmp_path):
     assert done.stderr == "updater: interrupted by SIGTERM\n"
 
 
-def test_systemd_units_include_the_agent(machine, tmp_path):
-    machine.init()
-    with (machine.path / "greenlight.toml").open("a") as f:
-        f.write('\n[[service]]\nname = "core"\ncommand = ["true"]\n')
-    done = machine.updater("systemd-units", "--out", str(tmp_path / "units"))
-    assert done.returncode == 0, done.stderr
-    unit = (tmp_path / "units" / "greenlight-agent.service").read_text()
-    assert "After=network-online.target greenlight-core.service" in unit
-    assert "Restart=on-failure" in unit and "KillMode=process" in unit
-    assert f"agent --root {machine.path}" in unit
-
-
 def test_the_agent_verifies_on_its_schedule_and_repairs(machine):
     """`verify_every`: the installed tree is compared with its signed file lists once that
     long has passed; a changed file is an event and a history entry (queued for the fleet),

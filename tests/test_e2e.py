@@ -380,13 +380,3 @@ def test_rollback_that_fails_too_is_a_reported_dead_end(product, repo, builds):
     assert not (p.path / "state" / "journal.json").exists()  # no loop: nothing to resume
     assert p.run("recover").stdout.strip() == "nothing to recover"
     assert p.root.installed_version() == "8.0"
-
-
-def test_systemd_units_are_written_for_the_configured_services(product, tmp_path):
-    p = product("9.0")
-    done = p.run("systemd-units", "--out", str(tmp_path / "units"))
-    assert done.returncode == 0, done.stderr
-    core = (tmp_path / "units" / "greenlight-core.service").read_text()
-    ui = (tmp_path / "units" / "greenlight-ui.service").read_text()
-    assert f"{p.path}/current/core/core.py" in core
-    assert "After=network.target greenlight-core.service" in ui
