@@ -437,24 +437,64 @@ def test_a_bundle_carries_the_rollout_state_and_a_sideload_obeys_it(tmp_path, of
     assert (report.outcome, report.installed) == ("upgraded", cf.release)
 
 
-def test_fetcher_capabilities_are_typed_protocols(tmp_path):
-    """Resuming and reading in place are declared capabilities, not attribute probes: the
-    network and folder fetchers resume, a bundle's members are also read in place, and a
-    fetcher with only ngclient's interface gets neither (a whole download, from zero)."""
+def test_what_a_fetcher_can_do_decides_how_a_target_is_fetched(tmp_path, published):
+    """Resuming and reading in place are declared capabilities (typed protocols), not
+    attribute probes, and they decide what happens: over a repository folder, a download
+    with a partial file kept from before resumes from its end; over a fetcher with only
+    ngclient's interface, it starts from byte 0 (the kept bytes are not trusted to line up)
+    and nothing is read in place; either way only the signed bytes are kept."""
+    from greenlight.channels import BUNDLE_BASE_URL
+    from greenlight.updater.trust import Downloads, TrustedRepository
 
-    class Plain(FetcherInterface):
+    class Plain(FetcherInterface):  # ngclient's interface, nothing more
+        def __init__(self) -> None:
+            self.inner, self.asked = DirectoryFetcher(published.path), []
+
         def _fetch(self, url: str):
-            return iter([b""])
+            self.asked.append((url, 0))
+            return self.inner.fetch(url)
 
-    bundle = BundleFetcher(tmp_path / "b.tar", {})
+    class Ranged(DirectoryFetcher):  # a folder's fetcher that says what it was asked
+        def __init__(self) -> None:
+            super().__init__(published.path)
+            self.asked: list[tuple[str, int]] = []
+
+        def open_range(self, url: str, offset: int, length: int | None = None):
+            self.asked.append((url, offset))
+            return super().open_range(url, offset, length)
+
     http = HttpxFetcher()
     try:
         assert isinstance(http, RangedFetcher) and not isinstance(http, LocalRegions)
     finally:
         http.close()
-    assert isinstance(DirectoryFetcher(tmp_path), RangedFetcher)
+    bundle = BundleFetcher(tmp_path / "b.tar", {})
     assert isinstance(bundle, RangedFetcher) and isinstance(bundle, LocalRegions)
     assert not isinstance(Plain(), RangedFetcher) and not isinstance(Plain(), LocalRegions)
+
+    fetchers: list[tuple[str, Plain | Ranged]] = [("ranged", Ranged()), ("plain", Plain())]
+    for name, fetcher in fetchers:
+        meta = tmp_path / name / "meta"
+        meta.mkdir(parents=True)
+        (meta / "root.json").write_bytes((published.metadata_dir / "1.root.json").read_bytes())
+        client = TrustedRepository(meta, BUNDLE_BASE_URL + "metadata/",
+                                   BUNDLE_BASE_URL + "targets/", fetcher=fetcher)
+        client.refresh()
+        channel_file, _ = client.channel_file("stable")
+        info = client.artifact_info("core", channel_file.components["core"])
+        assert client.region(info) is None  # nothing of a folder is read in place
+        store = Downloads(tmp_path / name / "store")
+        partial = store.partial / info.hashes["sha256"]
+        partial.parent.mkdir(parents=True)
+        stored = published.stored_target_path(info.path, info.hashes["sha256"])
+        half = stored.read_bytes()[: info.length // 2]
+        partial.write_bytes(half if name == "ranged" else b"\0" * len(half))
+        got = client.download(info, store)
+        assert got.read_bytes() == stored.read_bytes() and not partial.exists()
+        offsets = [offset for url, offset in fetcher.asked if info.hashes["sha256"] in url]
+        # ranged: resumed from the kept half, once; plain: one whole fetch from byte 0 (the
+        # zeros kept were never used, nor fetched around twice)
+        assert offsets == ([len(half)] if name == "ranged" else [0]), (name, offsets)
 
 
 def test_a_machine_that_fell_back_sideloads_its_fallback_channel(tmp_path, offline, published):
