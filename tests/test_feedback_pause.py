@@ -104,27 +104,29 @@ def test_the_rule_is_signed_into_the_plan_and_informs_the_machines_only():
         rollout_line(entry)
 
 
-def _lines(proc: subprocess.Popen) -> list[str]:
-    """The collector's output, read as it comes by a thread of its own."""
-    said: list[str] = []
+class _Output(list[str]):
+    """The collector's output, read as it comes by a thread of its own; `said` waits for a
+    line, woken by each line that arrives (no polling)."""
 
-    def read() -> None:
+    def __init__(self, proc: subprocess.Popen) -> None:
+        super().__init__()
+        self.arrived = threading.Condition()
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
         assert proc.stdout is not None
         for line in iter(proc.stdout.readline, ""):
-            said.append(line.rstrip("\n"))
+            with self.arrived:
+                self.append(line.rstrip("\n"))
+                self.arrived.notify_all()
 
-    threading.Thread(target=read, daemon=True).start()
-    return said
-
-
-def _said(lines: list[str], piece: str, deadline: float = 30) -> str:
-    end = time.monotonic() + deadline
-    while True:
-        found = [line for line in lines if piece in line]
-        if found:
-            return found[0]
-        assert time.monotonic() < end, f"the collector never said {piece!r}: {lines}"
-        time.sleep(0.02)
+    def said(self, piece: str, deadline: float = 30) -> str:
+        """The first line holding `piece`, once the collector said it."""
+        with self.arrived:
+            found = self.arrived.wait_for(lambda: any(piece in line for line in self),
+                                          timeout=deadline)
+            assert found, f"the collector never said {piece!r}: {list(self)}"
+            return next(line for line in self if piece in line)
 
 
 def _plan(rule: int, soak: float) -> RolloutPlan:
@@ -138,7 +140,7 @@ def test_feedback_pauses_a_rollout_until_a_person_resumes_it(tmp_path, published
     prior = current_channel_file(published, "stable").identity.key
     db = f"sqlite:///{tmp_path / 'c.sqlite3'}"
     collector = Collector(tmp_path, db, None, "--repo", str(published.path), "--tick", "0.2")
-    lines = _lines(collector.proc)
+    lines = _Output(collector.proc)
     admin = {"Authorization": f"Bearer {ADMIN}"}
 
     def plan_row() -> dict:
@@ -165,7 +167,7 @@ def test_feedback_pauses_a_rollout_until_a_person_resumes_it(tmp_path, published
         wrote("c2")
         # three wrote in; a key made for the occasion counts for nothing
         assert plan_row()["feedback"] == {"rule": 2, "machines": 2, "paused": True}
-        said = _said(lines, "paused stable 1.2")
+        said = lines.said("paused stable 1.2")
         assert said == ("paused stable 1.2 at 5%: 2 machines wrote in since the step began; "
                         "halts stay automatic, advancing waits for a person")
         state = current_state(FileRepository(published.path), "stable")
@@ -185,7 +187,7 @@ def test_feedback_pauses_a_rollout_until_a_person_resumes_it(tmp_path, published
 
         wrote("c1")
         wrote("c2")
-        _said(lines, "paused stable 1.2 at 25%")
+        lines.said("paused stable 1.2 at 25%")
         shown = subprocess.run(
             [str(BIN / "release"), "rollout", "status", "--collector", collector.url,
              "--admin-token-file", str(tmp_path / "tokens" / "admin")],
@@ -201,10 +203,7 @@ def test_feedback_pauses_a_rollout_until_a_person_resumes_it(tmp_path, published
         assert not last.halted and last.counted_since is not None
     finally:
         collector.stop()
-    deadline = time.monotonic() + 10
-    while not any("advanced stable 1.2 to step 3" in line for line in lines):
-        assert time.monotonic() < deadline, lines
-        time.sleep(0.02)
+    lines.said("advanced stable 1.2 to step 3", 10)
     # said once each time, however many ticks looked at the paused step
     assert sum("paused stable 1.2 at 5%" in line for line in lines) == 1, lines
     assert sum("paused stable 1.2 at 25%" in line for line in lines) == 1, lines

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from greenlight.channels import atomic_write, printable, sign_body
 from greenlight.updater._errors import GreenlightError
@@ -150,6 +150,35 @@ def _flush(root: InstallRoot, url: str, token: str, timeout: float, waiting: lis
     return sent, False
 
 
+def _send(root: InstallRoot, config: Any, folder: str, stays: str, waiting: list[Path],
+          endpoint: str, prepare: Callable[[bytes], bytes], act: Act,
+          refuse: Callable[[str], None]) -> int:
+    """One flush of the queue in `state/<folder>/` to `<url><endpoint>`, waiting out its
+    back-off first and setting the next one (or clearing it) after; a token file or a machine
+    key that cannot be used is said through `refuse` ("... ; <stays> queued"). The number
+    the collector took."""
+    now = time.time()
+    if _waiting(root, now, folder):
+        return 0
+    token = _token(root, config.token_file)
+    if token is None:
+        refuse(f"[report] token_file {config.token_file}: missing, empty or not printable "
+               f"ASCII; {stays} queued")
+        return 0
+    try:
+        sent, stopped = _flush(root, f"{config.url}{endpoint}", token, config.timeout,
+                               waiting, prepare, act)
+    except ValueError as e:  # the machine's key does not load: nothing can be signed
+        refuse(f"state/machine-key.pem: {e}; {stays} queued")
+        return 0
+    with contextlib.suppress(OSError):
+        if stopped:
+            _back_off(root, now, folder)
+        else:
+            _backoff_path(root, folder).unlink(missing_ok=True)
+    return sent
+
+
 def _report_answer(root: InstallRoot) -> Act:
     def act(path: Path, code: int, said: str) -> Literal["stop", "taken", "dropped"]:
         if code == 429 or code >= 500:
@@ -179,30 +208,13 @@ def send_reports(root: InstallRoot) -> int:
         return 0
     if config is None:
         return 0
-    now = time.time()
     waiting = queued(root)
-    if not waiting or _waiting(root, now):
-        return 0
-    token = _token(root, config.token_file)
-    if token is None:
-        _refused(root, f"[report] token_file {config.token_file}: missing, empty or not "
-                       "printable ASCII; reports stay queued")
+    if not waiting:
         return 0
     cohort = machine_cohort(root)
-    try:
-        sent, stopped = _flush(
-            root, f"{config.url}v1/reports", token, config.timeout, waiting,
-            lambda queued: _as_this_machine(queued, root.machine_id, cohort),
-            _report_answer(root))
-    except ValueError as e:  # the machine's key does not load: nothing can be signed
-        _refused(root, f"state/machine-key.pem: {e}; reports stay queued")
-        return 0
-    with contextlib.suppress(OSError):
-        if stopped:
-            _back_off(root, now)
-        else:
-            _backoff_path(root).unlink(missing_ok=True)
-    return sent
+    return _send(root, config, "reports", "reports stay", waiting, "v1/reports",
+                 lambda queued: _as_this_machine(queued, root.machine_id, cohort),
+                 _report_answer(root), lambda why: _refused(root, why))
 
 
 NO_COLLECTOR = ("no collector is configured ([report] url): export it with "
@@ -259,25 +271,6 @@ def send_feedback(root: InstallRoot) -> int:
     if config is None:
         _feedback_refused(root, NO_COLLECTOR)
         return 0
-    now = time.time()
-    if _waiting(root, now, _FEEDBACK):
-        return 0
-    token = _token(root, config.token_file)
-    if token is None:
-        _feedback_refused(root, f"[report] token_file {config.token_file}: missing, empty or "
-                                "not printable ASCII; feedback stays queued")
-        return 0
-    try:
-        sent, stopped = _flush(root, f"{config.url}v1/feedback", token, config.timeout,
-                               waiting, lambda queued: feedback_as_sent(queued,
-                                                                        datetime.now(UTC)),
-                               _feedback_answer(root, config.url))
-    except ValueError as e:  # the machine's key does not load: nothing can be signed
-        _feedback_refused(root, f"state/machine-key.pem: {e}; feedback stays queued")
-        return 0
-    with contextlib.suppress(OSError):
-        if stopped:
-            _back_off(root, now, _FEEDBACK)
-        else:
-            _backoff_path(root, _FEEDBACK).unlink(missing_ok=True)
-    return sent
+    return _send(root, config, _FEEDBACK, "feedback stays", waiting, "v1/feedback",
+                 lambda queued: feedback_as_sent(queued, datetime.now(UTC)),
+                 _feedback_answer(root, config.url), lambda why: _feedback_refused(root, why))

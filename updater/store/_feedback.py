@@ -28,6 +28,7 @@ from pathlib import Path
 
 from greenlight.channels import atomic_write
 from greenlight.updater._errors import BusyError, StoreError
+from greenlight.updater.store._outbox import read_refusal, write_refusal
 from greenlight.updater.store._root import InstallRoot
 
 __all__ = ["FEEDBACK_QUEUE_MAX", "INBOX_DAY_MAX", "INBOX_FILE_MAX", "INBOX_QUEUE_MAX",
@@ -104,10 +105,7 @@ def _refusal_path(root: InstallRoot) -> Path:
 def feedback_refusal(root: InstallRoot) -> str | None:
     """Why the queued feedback is not getting through (no collector, a refused token, a
     collector that takes none), until one is accepted; None when nothing is wrong."""
-    try:
-        return _refusal_path(root).read_text().strip() or None
-    except (OSError, UnicodeDecodeError):
-        return None
+    return read_refusal(_refusal_path(root))
 
 
 def set_feedback_refusal(root: InstallRoot, why: str | None) -> None:
@@ -116,10 +114,7 @@ def set_feedback_refusal(root: InstallRoot, why: str | None) -> None:
     Raises:
         OSError: state/feedback/ could not be written.
     """
-    if why is None:
-        _refusal_path(root).unlink(missing_ok=True)
-    elif feedback_refusal(root) != why:
-        atomic_write(_refusal_path(root), why.encode(), mode=0o600)
+    write_refusal(_refusal_path(root), why)
 
 
 @contextmanager

@@ -31,8 +31,8 @@ from greenlight.updater.store._history import HistoryEntry
 from greenlight.updater.store._root import InstallRoot
 from greenlight.updater.store._updaters import greenlight_kind
 
-__all__ = ["enqueue", "queue_event", "queue_held", "queued", "refusal", "report_of",
-           "set_refusal"]
+__all__ = ["enqueue", "queue_event", "queue_held", "queued", "read_refusal", "refusal",
+           "report_of", "set_refusal", "write_refusal"]
 
 def _folder(root: InstallRoot) -> Path:
     return root.state / "reports"
@@ -92,13 +92,31 @@ def _refusal_path(root: InstallRoot) -> Path:
     return _folder(root) / ".refused"
 
 
+def read_refusal(path: Path) -> str | None:
+    """What a queue's `.refused` file says, None when nothing (or nothing readable)."""
+    try:
+        return path.read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def write_refusal(path: Path, why: str | None) -> None:
+    """Remember (or, with None, forget) why a queue is not getting through; written only
+    when it says something new.
+
+    Raises:
+        OSError: the queue's folder could not be written.
+    """
+    if why is None:
+        path.unlink(missing_ok=True)
+    elif read_refusal(path) != why:
+        atomic_write(path, why.encode(), mode=0o600)
+
+
 def refusal(root: InstallRoot) -> str | None:
     """Why the collector last refused this machine's reports (or why none could be sent),
     until one is accepted; None when nothing is wrong."""
-    try:
-        return _refusal_path(root).read_text().strip() or None
-    except (OSError, UnicodeDecodeError):
-        return None
+    return read_refusal(_refusal_path(root))
 
 
 def set_refusal(root: InstallRoot, why: str | None) -> None:
@@ -107,10 +125,7 @@ def set_refusal(root: InstallRoot, why: str | None) -> None:
     Raises:
         OSError: state/reports/ could not be written.
     """
-    if why is None:
-        _refusal_path(root).unlink(missing_ok=True)
-    elif refusal(root) != why:
-        atomic_write(_refusal_path(root), why.encode(), mode=0o600)
+    write_refusal(_refusal_path(root), why)
 
 
 def queued(root: InstallRoot) -> list[Path]:
