@@ -190,13 +190,14 @@ class FeedbackStore(FeedbackViews):
                                        "source": mode, "enrolled": received,
                                        "first_release_key": doc.release_key})
             incident = doc.incident.release if doc.incident is not None else None
+            about_channel, about_release = about(doc)
             c.execute(f.insert(), {
                 "feedback_id": doc.id, "installation": ident, "received": received,
                 "at": _utc(doc.at),
                 "channel": doc.channel, "release": doc.release, "release_key": doc.release_key,
                 "cohort": doc.cohort, "failing_check": doc.failing_check(),
-                "incident_release": incident, "about": about(doc)[1],
-                "about_channel": about(doc)[0],
+                "incident_release": incident, "about": about_release,
+                "about_channel": about_channel,
                 "source": doc.source, "text": doc.text,
                 "document": doc.model_dump_json(by_alias=True)})
         return ("accepted" if state == "active" else "pending"), new, (

@@ -203,9 +203,9 @@ def _logs(root: InstallRoot, config: Config | None, secrets: list[str]) -> list[
 
 
 def compose_feedback(root: InstallRoot, text: str, source: FeedbackSource, logs: bool,
-                     at: datetime | None = None) -> FeedbackReport:
+                     at: datetime | None = None, ident: str | None = None) -> FeedbackReport:
     """The person's `text` with this machine's evidence (log tails only with `logs`, their
-    consent), under `FEEDBACK_MAX_BYTES`.
+    consent), under `FEEDBACK_MAX_BYTES`; its id `ident` (32 hex digits), else a random one.
 
     Raises:
         UsageError: the text is empty or only whitespace.
@@ -232,7 +232,7 @@ def compose_feedback(root: InstallRoot, text: str, source: FeedbackSource, logs:
     except (GreenlightError, OSError):
         kind = None
     base: dict[str, Any] = {
-        "id": os.urandom(16).hex(), "installation": machine,
+        "id": ident or os.urandom(16).hex(), "installation": machine,
         "at": at or datetime.now(UTC), "source": source,
         "text": redact(text.strip(), secrets)[:4 * FEEDBACK_TEXT_MAX],
         "channel": active_channel(root).channel,
@@ -275,9 +275,7 @@ def submit_feedback(root: InstallRoot, text: str, logs: bool, source: FeedbackSo
         ConfigError: not an installation root.
         StoreError: the outbox could not be written, or `current` is not a release link.
     """
-    report = compose_feedback(root, text, source, logs, at)
-    if ident is not None:  # the same inbox file, collected again after a kill: the same id
-        report = report.model_copy(update={"id": ident})
+    report = compose_feedback(root, text, source, logs, at, ident)
     try:
         dropped = queue_feedback(root, report.id, source,
                                  report.model_dump_json(by_alias=True).encode())
