@@ -277,12 +277,17 @@ def test_without_a_collector_it_stays_queued_and_exports_signed(tmp_path, trust)
     empty = updater(path, "feedback", "  \t ")
     assert empty.returncode == 2 and len(one_line_each(empty.stderr)) == 1
     assert "empty" in empty.stderr and len(queued(path)) == 2
+    status = json.loads(updater(path, "status", "--json").stdout)
+    assert status["feedback"] == ("2 queued: no collector is configured ([report] url): "
+                                  "export it with `updater feedback --export FILE`")
+    assert "feedback" in updater(path, "status").stdout
 
     out = tmp_path / "usb" / "feedback.jsonl"
     out.parent.mkdir()
     exported = updater(path, "feedback", "--export", str(out))
     assert exported.returncode == 0, exported.stderr
     assert "2 feedback exported to" in exported.stdout
+    assert json.loads(updater(path, "status", "--json").stdout)["feedback"] is None
     assert stat.S_IMODE(out.stat().st_mode) == 0o600 and queued(path) == []
     machine = json.loads(updater(path, "identity", "--json").stdout)["id"]
     lines = out.read_text().splitlines()

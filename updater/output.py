@@ -243,6 +243,9 @@ class StatusReport(Record):
     reports: str | None = Field(
         default=None, description="why the fleet collector refuses this machine's reports, "
                                   "until one is accepted")
+    feedback: str | None = Field(
+        default=None, description="users' feedback waiting to be sent: how many, and why "
+                                  "it waits (none waiting: absent)")
     greenlight: GreenlightInfo | None = Field(default=None, description="Greenlight itself")
 
 

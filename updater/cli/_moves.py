@@ -281,6 +281,8 @@ def status(root: Path | None, as_json: bool) -> None:
         rows.append(("last event", report.last_event))
     if report.reports:
         rows.append(("fleet reports", report.reports))
+    if report.feedback:
+        rows.append(("feedback", report.feedback))
     if report.greenlight is not None:
         g = report.greenlight
         rows.append(("greenlight", f"{g.version} ({g.kind}" + (

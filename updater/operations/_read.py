@@ -22,12 +22,14 @@ from greenlight.updater.store import (
     InstallRoot,
     QuarantineEntry,
     active_channel,
+    feedback_refusal,
     greenlight_info,
     history,
     hold_of,
     locked,
     pin_of,
     quarantine,
+    queued_feedback,
     refusal,
     save_channel_file,
     set_active_channel,
@@ -254,8 +256,18 @@ def status(root: InstallRoot) -> StatusReport:
         hold=_hold_text(root),
         pin=pin.version if (pin := pin_of(root)) else None,
         reports=refusal(root),
+        feedback=_feedback_waiting(root),
         greenlight=greenlight_info(root),
     )
+
+
+def _feedback_waiting(root: InstallRoot) -> str | None:
+    """How much feedback waits in the queue, and why (its last refusal), or None."""
+    waiting = len(queued_feedback(root))
+    if not waiting:
+        return None
+    why = feedback_refusal(root) or "the agent, or the next command, sends it"
+    return f"{waiting} queued: {why}"
 
 
 def _hold_text(root: InstallRoot) -> str | None:
