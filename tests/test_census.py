@@ -212,9 +212,10 @@ def test_a_real_machine_says_its_greenlight(tmp_path, repo, builds, collector):
     assert _census(collector, "stable")["greenlight"] == {VERSION: {kind: 1}}
 
 
-def test_an_old_database_gets_the_columns_and_old_reports_count_as_0_2_0(tmp_path):
-    """A collector's database from before the census: its reports have no Greenlight; the
-    new collector adds the columns at start and counts them as 0.2.0."""
+def test_an_old_database_is_refused_until_migrated_and_old_reports_count_as_0_2_0(tmp_path):
+    """A collector's database from before the census (and before the schema was versioned):
+    its reports have no Greenlight. The collector refuses it in one line until `release
+    collector migrate` adds the columns; its reports then count as 0.2.0."""
     db = tmp_path / "old.sqlite3"
     first = Collector(tmp_path, f"sqlite:///{db}")
     try:
@@ -224,8 +225,21 @@ def test_an_old_database_gets_the_columns_and_old_reports_count_as_0_2_0(tmp_pat
     with sqlite3.connect(db) as c:  # the table as a 0.2.0 collector made it
         for column in ("greenlight", "greenlight_kind"):
             c.execute(f"ALTER TABLE reports DROP COLUMN {column}")
+        for table in ("alembic_version", "schema_readers", "leases", "signed"):
+            c.execute(f"DROP TABLE {table}")
+    release = str(Path(sys.executable).parent / "release")
+    refused = subprocess.run([release, "collector", "--db", f"sqlite:///{db}",
+                              "--fleet-token-file", str(tmp_path / "tokens" / "fleet"),
+                              "--admin-token-file", str(tmp_path / "tokens" / "admin")],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 5, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "release collector migrate" in refused.stderr
     with sqlite3.connect(db) as c:
         assert "greenlight" not in {row[1] for row in c.execute("PRAGMA table_info(reports)")}
+    migrated = subprocess.run([release, "collector", "migrate", "--db", f"sqlite:///{db}"],
+                              capture_output=True, text=True, timeout=60)
+    assert migrated.returncode == 0, migrated.stderr
+    assert "before the schema was versioned" in migrated.stdout
     again = Collector(tmp_path, f"sqlite:///{db}")
     try:
         with sqlite3.connect(db) as c:

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from greenlight.release._errors import ReleaseError
     from greenlight.release.repository._repository import FileRepository
 
-__all__ = ["app", "change_channel", "fail", "json_option", "keys_option", "open_repo",
+__all__ = ["DefaultGroup", "app", "change_channel", "fail", "json_option", "keys_option",
+           "open_repo",
            "print_awaiting", "print_json", "repo_argument", "rollout_line", "run_command", "say"]
 
 
@@ -143,3 +144,17 @@ def rollout_line(cf: "ChannelFile") -> str:
                  "in within a step")
     return (f"planned rollout {'/'.join(f'{p}%' for p in r.plan.steps)}, at least "
             f"{r.plan.soak:g} s a step, {rule}{' (HALTED)' if r.halted else ''}")
+
+
+class DefaultGroup(click.Group):
+    """A group whose first word may be left out: `release rollout REPO ...` is `release
+    rollout change REPO ...`, `release collector --db ...` is `release collector serve
+    --db ...` (the group's `default`, a hidden or ordinary command of it)."""
+
+    default = ""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
+

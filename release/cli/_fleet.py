@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from greenlight.release.cli._common import (
+    DefaultGroup,
     app,
     change_channel,
     json_option,
@@ -23,9 +24,45 @@ if TYPE_CHECKING:
 
 __all__: list[str] = []
 
-@app.command()
-@click.option("--db", default="sqlite:///greenlight-collector.sqlite3", show_default=True,
-              help="Database URL: sqlite:///FILE, or postgresql+psycopg://USER@HOST/DB.")
+class _CollectorGroup(DefaultGroup):
+    """`release collector --db ...` runs it (`serve`); `release collector migrate` migrates
+    its database's schema."""
+
+    default = "serve"
+
+
+@app.group("collector", cls=_CollectorGroup)
+def collector_group() -> None:
+    """The fleet collector.
+
+    \b
+    release collector [serve] --db URL --fleet-token-file F --admin-token-file F ...
+    release collector migrate --db URL
+    """
+
+
+_DB = click.option("--db", default="sqlite:///greenlight-collector.sqlite3", show_default=True,
+                   help="Database URL: sqlite:///FILE, or postgresql+psycopg://USER@HOST/DB.")
+
+
+@collector_group.command("migrate")
+@_DB
+def migrate(db: str) -> None:
+    """Bring the collector's database to this collector's schema (Alembic), once, whatever
+    collectors share it: every revision only adds, so the replicas not yet upgraded go on
+    serving it; then upgrade them one at a time."""
+    from greenlight.release.fleet import migrate_database
+
+    before, after = run_command(lambda: migrate_database(db))
+    say(f"the collector's schema is at {after}" + (
+        "" if before == after else
+        " (the database was empty)" if before is None else
+        " (it was made by a collector before the schema was versioned)"
+        if before == "unversioned" else f" (it was at {before})"))
+
+
+@collector_group.command("serve")
+@_DB
 @click.option("--port", type=int, default=8081, show_default=True, help="Port on 127.0.0.1.")
 @click.option("--fleet-token-file", required=True, type=click.Path(path_type=Path),
               help="File holding the token machines send reports with.")
@@ -71,7 +108,7 @@ __all__: list[str] = []
                    "nothing yet (pending, or enrolled less than a day ago), together.")
 @click.option("--feedback-max", type=int, default=100_000, show_default=True,
               help="User feedback kept at most (keys not established stop at 3/4 of it).")
-def collector(db: str, port: int, fleet_token_file: Path, admin_token_file: Path,
+def serve(db: str, port: int, fleet_token_file: Path, admin_token_file: Path,
               repo: Path | None, keys_dir: Path | None, tick: float, enrolment: str,
               enrol_rate: int, retention: str | None, allowed_hosts: tuple[str, ...],
               max_connections: int, per_address: int, feedback_retention: str,
@@ -102,14 +139,11 @@ def collector(db: str, port: int, fleet_token_file: Path, admin_token_file: Path
                                  feedback=limits))
 
 
-class _RolloutGroup(click.Group):
+class _RolloutGroup(DefaultGroup):
     """`release rollout REPO --channel C ...` changes a rollout; `release rollout status`
     reports on them. The first form is the group's hidden default command."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
-            args = ["change", *args]
-        return super().parse_args(ctx, args)
+    default = "change"
 
 
 @app.group("rollout", cls=_RolloutGroup)

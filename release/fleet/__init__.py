@@ -57,11 +57,12 @@ from greenlight.release.fleet._server import (
     admin_call,
     fetch_census,
     fetch_rollouts,
+    migrate_database,
     serve_collector,
 )
 from greenlight.release.fleet._store import Store
 
 __all__ = ["FEEDBACK_NEWCOMER_KEY", "RATE", "Evidence", "FeedbackLimits", "FeedbackStore",
            "Guard", "RolloutPosition", "Store", "Verdict", "admin_call", "feedback_csv",
-           "fetch_census", "fetch_rollouts", "judge", "make_app", "neutralised",
+           "fetch_census", "fetch_rollouts", "judge", "make_app", "migrate_database", "neutralised",
            "serve_collector"]

@@ -22,7 +22,6 @@ import of an air-gapped machine's export (the admin's act: its lines were writte
 weeks); everything else does.
 """
 
-import contextlib
 import json
 import threading
 from dataclasses import dataclass
@@ -45,8 +44,6 @@ FEEDBACK_ROWS = 100_000
 """feedback kept at most; keys that are not established stop at three quarters of it"""
 FEEDBACK_RETENTION = timedelta(days=90)
 """feedback received longer ago is pruned"""
-_ADDED: tuple[tuple[str, str], ...] = ()
-"""columns added to the feedback table since its first version: (name, SQL type)"""
 
 
 @dataclass(frozen=True)
@@ -94,20 +91,6 @@ class FeedbackStore(FeedbackViews):
             sa.Index("feedback_received", "received"),
             sa.Index("feedback_release", "channel", "release"),
         )
-        with contextlib.suppress(sa.exc.DBAPIError):  # another process made it first
-            meta.create_all(self.engine)
-        self._add_missing_columns()
-
-    def _add_missing_columns(self) -> None:
-        """A feedback table made by an earlier collector gets the columns added since, as
-        `Store._add_missing_columns` does for reports (`_ADDED`: none yet)."""
-        sa = self.sa
-        have = {c["name"] for c in sa.inspect(self.engine).get_columns("feedback")}
-        for name, kind in _ADDED:
-            if name not in have:
-                # another process may have added it first
-                with contextlib.suppress(sa.exc.DBAPIError), self.engine.begin() as c:
-                    c.execute(sa.text(f"ALTER TABLE feedback ADD COLUMN {name} {kind}"))
 
     def counting(self, established_before: datetime | None = None,
                  about: str | None = None) -> Any:

@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from greenlight.release._errors import NotFound, RemoteError, UsageError
+from greenlight.release._errors import Conflict, NotFound, RemoteError, UsageError
 from greenlight.release.fleet._api import CONNECTION, ENROL_RATE, make_app
 from greenlight.release.fleet._conns import MAX_CONNECTIONS, PER_ADDRESS, Connections
 from greenlight.release.fleet._feedback_store import FeedbackLimits
@@ -15,7 +15,7 @@ from greenlight.release.fleet._guard import Guard
 from greenlight.release.fleet._store import ENROLMENT_MODES, Store
 
 __all__ = ["HEAD_MAX", "MAX_CONNECTIONS", "REQUEST_TIMEOUT", "admin_call", "fetch_census",
-           "fetch_rollouts", "serve_collector"]
+           "fetch_rollouts", "migrate_database", "serve_collector"]
 
 
 PAGES_MAX = 1000
@@ -229,6 +229,41 @@ def _protocol(connections: Connections) -> type:
     return Protocol
 
 
+def migrate_database(db: str) -> tuple[str | None, str]:
+    """Migrate the collector's database at `db` to this collector's schema: the revision it
+    was at ("unversioned", or None when empty) and the one it is at now.
+
+    Raises:
+        UsageError: the collector's extra is missing.
+        Conflict: the database's schema is newer than this collector knows.
+        RemoteError: the database cannot be opened or migrated.
+    """
+    try:
+        import alembic  # noqa: F401
+        import sqlalchemy as sa
+    except ModuleNotFoundError as e:
+        raise UsageError(f"the collector needs its extra ({e.name} is missing): "
+                         "pip install 'greenlight-updater[collector]'") from None
+    from greenlight.release.fleet._schema import migrate
+
+    try:
+        engine = sa.create_engine(db, future=True)
+        try:
+            return migrate(engine)
+        finally:
+            engine.dispose()
+    except sa.exc.SQLAlchemyError as e:  # a bad URL, an unreachable database: one line
+        raise RemoteError(f"--db: cannot migrate the database: {type(e).__name__}: "
+                          f"{_first_line(e)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    from greenlight.channels import printable
+
+    said = str(error)
+    return printable(said.splitlines()[0], 300) if said else ""
+
+
 def _raise_open_files(need: int) -> None:
     """Let this process hold `need` files, within the hard limit."""
     import resource
@@ -257,6 +292,7 @@ def serve_collector(db: str, port: int, fleet_token_file: Path, admin_token_file
         UsageError: the collector's extra is missing, or an option out of its range.
         NotFound: no repository at `repo`, or a token file that cannot be read.
         RemoteError: the database cannot be opened.
+        Conflict: the database's schema is one this collector does not serve (migrate it).
     """
     try:
         import httptools  # noqa: F401  (the extra, whole, before anything starts)
@@ -294,9 +330,13 @@ def serve_collector(db: str, port: int, fleet_token_file: Path, admin_token_file
     admin_token = _read_token(admin_token_file, "--admin-token-file")
     try:
         store = Store(db)
+    except Conflict:  # a schema this collector does not serve: said as it is
+        raise
     except Exception as e:  # a bad URL or an unreachable database: one line
         raise RemoteError(f"--db: cannot open the database: {type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''}") from None
+                          f"{_first_line(e)}") from None
+    if store.schema_note:
+        log(store.schema_note)
     guard = None if repo is None else Guard(repo, keys, store, log)
     # The page and the admin's endpoints answer under these names only (DNS rebinding): the
     # loopback address itself, and what the operator's proxy serves it as.

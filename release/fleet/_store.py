@@ -2,7 +2,6 @@
 PostgreSQL at scale). Every answer comes from the database, so several collector processes
 can share one."""
 
-import contextlib
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
@@ -10,6 +9,7 @@ from typing import Any
 
 from greenlight.release.fleet._feedback_store import FeedbackStore
 from greenlight.release.fleet._judge import Evidence
+from greenlight.release.fleet._schema import served
 from greenlight.release.fleet._views import FAILED, JUDGED, MACHINE_STATES, Views
 
 __all__ = ["ENROLMENT_MODES", "FAILED", "FIRST_FREE", "JUDGED", "KEY_DAILY", "MACHINE_STATES",
@@ -93,8 +93,8 @@ class Store(Views):
             sa.Index("reports_installation", "installation", "received"),
             sa.Index("reports_received", "received"),
         )
-        self._once = sa.Index("reports_once", self.reports.c.installation,
-                              self.reports.c.report_id, unique=True)
+        sa.Index("reports_once", self.reports.c.installation, self.reports.c.report_id,
+                 unique=True)  # (the schema's: `migrations/`)
         # One row per machine key, kept when its reports are pruned: who may report, since
         # when (the history a key needs to count in open enrolment), and its state.
         self.machines = sa.Table(
@@ -107,8 +107,8 @@ class Store(Views):
             sa.Column("first_release_key", sa.String(80)),  # what its first report was about
             sa.Index("machines_enrolled", "enrolled"),
         )
-        meta.create_all(self.engine)  # idempotent: each process may run it
-        self._add_missing_columns()
+        # made at this collector's schema when empty; refused, in one line, when another
+        self.schema_note = served(self.engine, url)
         # The statements of a report's admission, built once: building them per report cost
         # more than running them (1.46 ms a report against 0.38 ms, on SQLite).
         t, m, bind = self.reports, self.machines, sa.bindparam
@@ -136,22 +136,6 @@ class Store(Views):
         self._enrol = m.insert()
         self._store = t.insert()
         self.feedback = FeedbackStore(self, NEWCOMER_AGE)  # user feedback, beside the reports
-
-    def _add_missing_columns(self) -> None:
-        """A database made by an earlier collector gets the columns added since."""
-        sa = self.sa
-        have = {c["name"] for c in sa.inspect(self.engine).get_columns("reports")}
-        for name, kind in (("cohort", "VARCHAR(80)"), ("report_id", "VARCHAR(32)"),
-                           ("upgrading_to", "VARCHAR(80)"), ("greenlight", "VARCHAR(64)"),
-                           ("greenlight_kind", "VARCHAR(8)")):
-            if name not in have:
-                try:
-                    with self.engine.begin() as c:
-                        c.execute(sa.text(f"ALTER TABLE reports ADD COLUMN {name} {kind}"))
-                except sa.exc.DBAPIError:  # another collector process added it first
-                    pass
-        with contextlib.suppress(sa.exc.DBAPIError):  # another process made it first
-            self._once.create(self.engine, checkfirst=True)
 
     def accept(self, report: Any, body: str, received: datetime, rate: int, key: str,
                mode: str = "open", enrol_rate: int = 120) -> tuple[str, bool]:
