@@ -338,6 +338,22 @@ class Collector:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    """A collector's database URL: a SQLite file, and a real PostgreSQL when one can be
+    started here."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'collector.sqlite3'}"
+        return
+    from bench.postgres import Unavailable, temporary_postgres
+
+    try:
+        with temporary_postgres(free_port()) as url:
+            yield url
+    except Unavailable as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
 def any_collector(request, tmp_path):
     """A real collector on SQLite, and on a real PostgreSQL when one can be started here."""
     if request.param == "sqlite":

@@ -23,20 +23,6 @@ UNVERSIONED = "5274522"
 """the last collector before the schema was versioned: keys, cohorts, feedback"""
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'collector.sqlite3'}"
-        return
-    from bench.postgres import Unavailable, temporary_postgres
-
-    try:
-        with temporary_postgres(free_port()) as url:
-            yield url
-    except Unavailable as e:
-        pytest.skip(str(e))
-
-
 def _rows(url: str) -> list[tuple]:
     engine = sa.create_engine(url)
     try:

@@ -45,6 +45,7 @@ from greenlight.release.fleet._http import (
     page_params,
     unsigned_fresh,
 )
+from greenlight.release.fleet._lease import Lease
 from greenlight.release.fleet._rehearsals import rehearsals_endpoint
 from greenlight.release.fleet._store import (
     FAILED,
@@ -53,6 +54,7 @@ from greenlight.release.fleet._store import (
     NEWCOMER_KEY_BYTES,
     Store,
 )
+from greenlight.release.fleet._tasks import Background
 from greenlight.release.fleet._views import MACHINES_PAGE, ROLLOUTS_PAGE, empty_row, encode_cursor
 
 __all__ = ["BODY_MAX", "CONNECTION", "ENROL_RATE", "RATE", "dashboard", "make_app", "openapi"]
@@ -87,13 +89,14 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
              enrol_rate: int = ENROL_RATE, retention: timedelta | None = None,
              allowed_hosts: set[str] | None = None,
              connections: Connections | None = None,
-             feedback: FeedbackLimits | None = None) -> Any:
+             feedback: FeedbackLimits | None = None, lease: Lease | None = None) -> Any:
+    """The collector's Starlette application (see the module's text); with `lease`, one of
+    several collectors sharing the store's database, judging and signing only while it
+    holds the lease (`_tasks`)."""
     import asyncio
     import concurrent.futures
-    import contextlib
-    import threading
 
-    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
     from prometheus_client.exposition import CONTENT_TYPE_LATEST
     from pydantic import ValidationError
     from starlette.applications import Starlette
@@ -131,6 +134,8 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
     unknown = Counter("greenlight_reports_unknown", "Reports about a channel or release the "
                       "repository does not have: answered, not stored", ["what"],
                       registry=registry)
+    leading = Gauge("greenlight_collector_leading", "1 while this collector holds the judge's "
+                    "lease (judges, signs, prunes)", registry=registry)
     table = connections if connections is not None else Connections()
 
     def vouch(request: Request, who: str) -> None:
@@ -145,20 +150,6 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
     def busy() -> Response:
         refused.labels("503").inc()
         return JSONResponse({"error": BUSY}, 503, headers={"Connection": "close"})
-
-    # At most one judgement per channel waits at a time in this process: a burst of failure
-    # reports costs one look at the repository, not one per report.
-    waiting: set[str] = set()
-    waiting_lock = threading.Lock()
-
-    def judge(channel: str) -> None:
-        assert guard is not None
-        with waiting_lock:
-            waiting.discard(channel)
-        try:
-            _moved(guard.judge(channel))
-        except Exception as e:  # logged; the timer tries again
-            guard.log(f"cannot judge {channel}: {type(e).__name__}: {e}")
 
     def _moved(line: str | None) -> None:
         words = (line or "").split()
@@ -292,12 +283,8 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         if said == "pending":
             return JSONResponse({"accepted": True, "machine": "pending"}, 202)
         task = None
-        if guard is not None and report.outcome in FAILED:
-            with waiting_lock:
-                fresh = report.channel not in waiting
-                waiting.add(report.channel)
-            if fresh:
-                task = BackgroundTask(judge, report.channel)
+        if report.outcome in FAILED and background.judge_soon(report.channel):
+            task = BackgroundTask(background.judge, report.channel)
         return JSONResponse({"accepted": True}, 202, background=task)
 
     def admin(handler: Callable[[Request], Awaitable[Response]]
@@ -428,6 +415,8 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
             overview, limit, None if after is None else (after[0], after[1]))
         return JSONResponse({"schema": "greenlight.rollouts/1", "rollouts": rows,
                              "next": cursor, "census": (await run_in_threadpool(store.census))[0],
+                             "leader": None if lease is None else
+                             await run_in_threadpool(lease.leader),
                              "machines": {"enrolment": enrolment, **await run_in_threadpool(
                                  store.enrolment, clock())}})
 
@@ -458,25 +447,7 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         if n:
             log(f"pruned {n} machine key(s) silent for {retention.days} day(s)")
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> Any:
-        async def timer() -> None:
-            while True:
-                await asyncio.sleep(tick)
-                if guard is not None:
-                    for line in await run_in_threadpool(guard.tick):
-                        _moved(line)
-                try:
-                    await run_in_threadpool(prune)
-                    await run_in_threadpool(notes.prune)  # feedback: always, by its retention
-                except Exception as e:  # logged; the next tick tries again
-                    log(f"cannot prune: {type(e).__name__}: {e}")
-
-        task = asyncio.create_task(timer())
-        try:
-            yield
-        finally:
-            task.cancel()
+    background = Background(guard, lease, tick, [prune, notes.prune], log, _moved, leading)
 
     return Starlette(routes=[
         Route("/v1/reports", post_report, methods=["POST"]),
@@ -493,4 +464,4 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         *notes.routes(host_checked, admin),
         Route("/openapi.json", api),
         Route("/", host_checked(page)),
-    ], lifespan=lifespan)
+    ], lifespan=background.lifespan)

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from greenlight.channels import printable
+from greenlight.release._errors import Conflict
 from greenlight.release.fleet._judge import REASON_MAX, RolloutPosition, confined_to, judge
 from greenlight.release.fleet._store import Store
 
 if TYPE_CHECKING:
     from greenlight.channels import HaltEvidence
+    from greenlight.release.fleet._lease import Lease
 
 __all__ = ["Guard"]
 
@@ -39,11 +41,12 @@ class Guard:
     (and the snapshot and timestamp keys) found in `keys`."""
 
     def __init__(self, repo: Path, keys: Path | None, store: Store,
-                 log: Callable[[str], None] = lambda line: None) -> None:
+                 log: Callable[[str], None] = lambda line: None,
+                 lease: "Lease | None" = None) -> None:
         from greenlight.release.repository._keys import KeyStore
         from greenlight.release.repository._repository import recorded_keys_folder
 
-        self.path, self.store, self.log = repo, store, log
+        self.path, self.store, self.log, self.lease = repo, store, log, lease
         self.keys = KeyStore(keys if keys is not None else recorded_keys_folder(repo))
         self._releases: dict[str, set[str]] = {}  # what the repository carries, by channel
         self._read_stamp: tuple[int, int, int] | None = None
@@ -108,7 +111,7 @@ class Guard:
         """Halt the channel's planned rollout if its rule is met, else move it one step
         along if the step has soaked. Returns what it did, in one line, or None."""
         from greenlight.channels import now
-        from greenlight.release.repository._rollouts import locked, planned, write_state
+        from greenlight.release.repository._rollouts import locked, planned
 
         repo = self._repo()
         with locked(repo):
@@ -157,20 +160,18 @@ class Guard:
                 reason = printable(why + (f"; most failed check {top[0]}: {top[1]}"
                                           if top else ""), REASON_MAX)
                 mine = by_cohort[cohort]
-                with repo.all_or_nothing():
-                    write_state(repo, plan.next_state(
-                        "collector", held_cohorts=[*held, cohort], reason=reason,
-                        evidence=_evidence(mine.failed, mine.total, top, cohort)))
                 line = (f"held cohort {cohort} of {channel} {version} at "
                         f"{plan.plan.steps[plan.step]}%, the rest goes on: {reason}")
+                self._sign(repo, plan.next_state(
+                    "collector", held_cohorts=[*held, cohort], reason=reason,
+                    evidence=_evidence(mine.failed, mine.total, top, cohort)), "hold", line)
             elif verdict.action == "halt":
-                with repo.all_or_nothing():
-                    write_state(repo, plan.next_state(
-                        "collector", halted=True, reason=verdict.reason,
-                        evidence=_evidence(evidence.failed, evidence.total,
-                                           evidence.top_check)))
                 line = (f"halted {channel} {version} at {plan.plan.steps[plan.step]}%: "
                         f"{verdict.reason}")
+                self._sign(repo, plan.next_state(
+                    "collector", halted=True, reason=verdict.reason,
+                    evidence=_evidence(evidence.failed, evidence.total, evidence.top_check)),
+                    "halt", line)
             elif verdict.action == "pause":
                 said = (channel, plan.key, plan.step, plan.counted_since)
                 if said in self._paused:  # said once; the next resume or step is news
@@ -181,10 +182,10 @@ class Guard:
                         "person")
             elif verdict.action == "advance":
                 assert verdict.step is not None
-                with repo.all_or_nothing():
-                    write_state(repo, plan.next_state("collector", step=verdict.step))
                 line = (f"advanced {channel} {version} to step {verdict.step + 1} of "
                         f"{len(plan.plan.steps)} ({plan.plan.steps[verdict.step]}%)")
+                self._sign(repo, plan.next_state("collector", step=verdict.step), "advance",
+                           line)
             else:
                 return None
         self.log(line)
@@ -196,9 +197,10 @@ class Guard:
         theirs to lift (`release rollout --resume`).
 
         Raises:
-            ValueError: no such planned rollout, another release now, or nothing to do.
+            ValueError: no such planned rollout, another release now, nothing to do, or
+                another collector signed the rollout's state at the same moment.
         """
-        from greenlight.release.repository._rollouts import locked, planned, write_state
+        from greenlight.release.repository._rollouts import locked, planned
 
         repo = self._repo()
         with locked(repo):
@@ -218,11 +220,35 @@ class Guard:
                                  "nor paused")
             else:
                 state = plan.resumed(by)
-            with repo.all_or_nothing():
-                write_state(repo, state)
-        line = f"{'halted' if action == 'halt' else 'resumed'} {channel} {release}: by {by}"
+            line = f"{'halted' if action == 'halt' else 'resumed'} {channel} {release}: by {by}"
+            try:
+                self._sign(repo, state, action, line, by_lease=False)
+            except Conflict as e:  # another collector signed this role at the same moment
+                raise ValueError(f"{e}; look again") from None
         self.log(line)
         return line
+
+    def _sign(self, repo: Any, state: Any, action: str, line: str,
+              by_lease: bool = True) -> None:
+        """Sign and publish `state` (all or nothing), through the lease's fence when this
+        collector shares its database with others: the judge's action only while it holds
+        the lease, a person's (`by_lease` False) in order."""
+        from greenlight.channels import rollout_role
+        from greenlight.release.fleet._lease import fault
+        from greenlight.release.repository._rollouts import write_state
+
+        fault(f"sign:{action}")
+        with repo.all_or_nothing():
+            if self.lease is None:
+                write_state(repo, state)
+                return
+            role = rollout_role(state.channel)
+            version = repo.open(role).signed.version + 1
+            with self.lease.signing(role, version, line, by_lease):
+                write_state(repo, state)
+                written = repo.open(role).signed.version
+                if written != version:  # the fence recorded another version than signed
+                    raise RuntimeError(f"{role}: signed version {written}, fenced {version}")
 
     def _wrote(self, channel: str, plan: Any) -> int:
         """Distinct machines (those the rollout's rule counts) whose users wrote in about the

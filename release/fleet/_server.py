@@ -12,6 +12,7 @@ from greenlight.release.fleet._api import CONNECTION, ENROL_RATE, make_app
 from greenlight.release.fleet._conns import MAX_CONNECTIONS, PER_ADDRESS, Connections
 from greenlight.release.fleet._feedback_store import FeedbackLimits
 from greenlight.release.fleet._guard import Guard
+from greenlight.release.fleet._lease import Lease
 from greenlight.release.fleet._store import ENROLMENT_MODES, Store
 
 __all__ = ["HEAD_MAX", "MAX_CONNECTIONS", "REQUEST_TIMEOUT", "admin_call", "fetch_census",
@@ -337,14 +338,18 @@ def serve_collector(db: str, port: int, fleet_token_file: Path, admin_token_file
                           f"{_first_line(e)}") from None
     if store.schema_note:
         log(store.schema_note)
-    guard = None if repo is None else Guard(repo, keys, store, log)
+    # One of any number of collectors on this database: it judges, signs and prunes while
+    # it holds the lease (`_lease`).
+    lease = Lease(store.engine)
+    guard = None if repo is None else Guard(repo, keys, store, log, lease)
     # The page and the admin's endpoints answer under these names only (DNS rebinding): the
     # loopback address itself, and what the operator's proxy serves it as.
     hosts = {f"127.0.0.1:{port}", f"localhost:{port}", *allowed_hosts}
     connections = Connections(max_connections, per_address)
     app = make_app(store, fleet, admin_token, guard=guard, tick=tick, log=log,
                    enrolment=enrolment, enrol_rate=enrol_rate, retention=retention,
-                   allowed_hosts=hosts, connections=connections, feedback=limits)
+                   allowed_hosts=hosts, connections=connections, feedback=limits,
+                   lease=lease)
     _raise_open_files(max_connections + 256)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                             access_log=False, http=_protocol(connections),

@@ -357,6 +357,20 @@ class Store(Views):
             where.append(sa.or_(t.c.cohort.is_(None), t.c.cohort.not_in(without)))
         return where
 
+    def failed_after(self, last: int | None) -> tuple[set[str], int]:
+        """The channels with a failure reported after report `last` (None: none yet, only the
+        newest id is wanted), and the newest report's id: what the leading collector judges
+        of the reports any collector took. Ids are handed out before commits, so a report
+        committed late under a lower id is the periodic tick's to judge."""
+        sa, t = self.sa, self.reports
+        with self.engine.connect() as c:
+            newest = int(c.execute(sa.select(sa.func.coalesce(sa.func.max(t.c.id), 0)))
+                         .scalar_one())
+            if last is None or newest <= last:
+                return set(), newest
+            return {ch for (ch,) in c.execute(sa.select(t.c.channel).distinct().where(
+                t.c.id > last, t.c.id <= newest, t.c.outcome.in_(FAILED)))}, newest
+
     def judged(self, channel: str, release_key: str, since: datetime | None,
                established_before: datetime | None = None,
                without: list[str] | None = None, baseline: bool = False) -> Evidence:
