@@ -311,7 +311,8 @@ def wait_http(url: str, proc: subprocess.Popen, what: str) -> None:
 
 
 class Collector:
-    def __init__(self, tmp: Path, db: str, port: int | None = None, *extra: str) -> None:
+    def __init__(self, tmp: Path, db: str, port: int | None = None, *extra: str,
+                 env: dict[str, str] | None = None) -> None:
         tokens = tmp / "tokens"
         tokens.mkdir(exist_ok=True)
         (tokens / "fleet").write_text(FLEET + "\n")
@@ -323,7 +324,8 @@ class Collector:
              "--port", str(self.port),
              "--fleet-token-file", str(tokens / "fleet"),
              "--admin-token-file", str(tokens / "admin"), *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=None if env is None else {**os.environ, **env})
         wait_http(self.url + "v1/rollouts", self.proc, "the collector")
 
     def rollouts(self) -> dict:

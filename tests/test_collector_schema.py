@@ -6,6 +6,8 @@ collector's revision may still serve it."""
 import json
 import subprocess
 import sys
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,13 +25,13 @@ UNVERSIONED = "5274522"
 """the last collector before the schema was versioned: keys, cohorts, feedback"""
 
 
-def _rows(url: str) -> list[tuple]:
+def _rows(url: str, columns: str = "id, installation, channel, release, release_key, "
+                                   "outcome, body") -> list[tuple]:
     engine = sa.create_engine(url)
     try:
         with engine.connect() as c:
             return [tuple(r) for r in c.execute(sa.text(
-                "SELECT id, installation, channel, release, release_key, outcome, body "
-                "FROM reports ORDER BY id"))]
+                f"SELECT {columns} FROM reports ORDER BY id"))]
     finally:
         engine.dispose()
 
@@ -46,12 +48,13 @@ def _machines(url: str) -> list[tuple]:
         engine.dispose()
 
 
-def _old_collector(tmp: Path, env: dict[str, str], db: str) -> subprocess.Popen:
+def _old_collector(tmp: Path, env: dict[str, str], db: str,
+                   port: int | None = None) -> subprocess.Popen:
     tokens = tmp / "tokens"
     tokens.mkdir(exist_ok=True)
     (tokens / "fleet").write_text(FLEET + "\n")
     (tokens / "admin").write_text(ADMIN + "\n")
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen(
         [sys.executable, "-c", "from greenlight.release.cli import main; main()", "collector",
          "--db", db, "--port", str(port), "--fleet-token-file", str(tokens / "fleet"),
@@ -169,3 +172,69 @@ def test_a_newer_schema_is_served_only_when_it_says_this_collector_may(tmp_path)
     migrate = subprocess.run([RELEASE, "collector", "migrate", "--db", url],
                              capture_output=True, text=True, timeout=60)
     assert migrate.returncode == 5 and "newer than this collector knows" in migrate.stderr
+
+
+def test_a_rolling_upgrade_answers_every_report_throughout(tmp_path):
+    """Two replicas of the last unversioned collector behind nginx on PostgreSQL, machines
+    reporting all along: the database is migrated under them, then each replica is replaced
+    by today's collector, one at a time. Every report is answered 2xx and kept."""
+    from balancer import balancer
+
+    from bench.postgres import Unavailable, temporary_postgres
+
+    try:
+        pg = temporary_postgres(free_port())
+        database = pg.__enter__()
+    except Unavailable as e:
+        pytest.skip(str(e))
+    env = old_tree(UNVERSIONED, tmp_path)
+    ports = [free_port(), free_port()]
+    running = {p: _old_collector(tmp_path, env, database, p) for p in ports}
+    answers: list[tuple[str, str, int]] = []
+    stop = threading.Event()
+
+    def machines(url: str) -> None:
+        n = 0
+        while not stop.is_set() or n < 20:
+            name, now = f"m{n % 100}", datetime.now(UTC).isoformat()
+            report = {"schema": "greenlight.report/1", "at": now, "sent": now,
+                      "channel": "stable", "outcome": "upgraded", "release": "1.1",
+                      "id": f"{n:032x}"}
+            answers.append((machine_id(name), report["id"],
+                            post_report(url, name, report).status_code))
+            n += 1
+
+    try:
+        with balancer(ports, tmp_path / "nginx") as url:
+            sender = threading.Thread(target=machines, args=(url,))
+            sender.start()
+            _until_answered(answers, 20)
+            migrated = subprocess.run([RELEASE, "collector", "migrate", "--db", database],
+                                      capture_output=True, text=True, timeout=60)
+            assert migrated.returncode == 0, migrated.stderr
+            for port in ports:  # one at a time: the other answers meanwhile
+                _until_answered(answers, len(answers) + 10)
+                old = running.pop(port)
+                old.terminate()
+                old.wait(timeout=20)
+                running[port] = Collector(tmp_path, database, port).proc
+                _until_answered(answers, len(answers) + 10)
+            stop.set()
+            sender.join(timeout=60)
+    finally:
+        stop.set()
+        for proc in running.values():
+            proc.terminate()
+            proc.wait(timeout=20)
+        stored = {(m, r) for m, r, *_ in _rows(database, "installation, report_id")}
+        pg.__exit__(None, None, None)
+    assert len(answers) > 40
+    assert {status for _, _, status in answers} <= {200, 202}, answers
+    assert {(m, r) for m, r, _ in answers} <= stored
+
+
+def _until_answered(answers: list, n: int, deadline: float = 60) -> None:
+    end = time.monotonic() + deadline
+    while len(answers) < n:
+        assert time.monotonic() < end, f"{len(answers)} reports answered, not {n}"
+        time.sleep(0.02)
