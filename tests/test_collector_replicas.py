@@ -12,12 +12,12 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 import sqlalchemy as sa
-from balancer import balancer
 
 from greenlight.channels import HaltRule, RolloutPlan, rollout_role
 from greenlight.release import current_channel_file, publish
 from greenlight.release.repository._rollouts import current_state
 
+from bench.balancer import balancer
 from conftest import ADMIN, Collector, free_port, machine_id, post_report, wait_state
 
 MACHINES = 40

@@ -178,8 +178,7 @@ def test_a_rolling_upgrade_answers_every_report_throughout(tmp_path):
     """Two replicas of the last unversioned collector behind nginx on PostgreSQL, machines
     reporting all along: the database is migrated under them, then each replica is replaced
     by today's collector, one at a time. Every report is answered 2xx and kept."""
-    from balancer import balancer
-
+    from bench.balancer import balancer
     from bench.postgres import Unavailable, temporary_postgres
 
     try:

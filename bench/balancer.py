@@ -1,10 +1,11 @@
-"""nginx in front of collector replicas, as docs/fleet.md configures it: a report a replica
-did not answer (it died, it refused the connection, it said 502 or 503) is sent to the next
-one, since a report is counted once by its signed id whichever replica stores it. No replica
-is ever marked down (`max_fails=0`): one that is restarting refuses a connection at once and
-the next is tried, where a replica marked down would be skipped after it came back, and with
-all of them marked, nginx answers 502 itself."""
+"""nginx on 127.0.0.1 in front of collector replicas, as docs/fleet.md configures it: a
+report a replica did not answer (it died, it refused the connection, it said 502 or 503) is
+sent to the next one, since a report is counted once by its signed id whichever replica
+stores it. No replica is ever marked down (`max_fails=0`): one that is restarting refuses a
+connection at once and the next is tried, where a replica marked down would be skipped after
+it came back, and with all of them marked, nginx answers 502 itself."""
 
+import shutil
 import socket
 import subprocess
 import time
@@ -12,11 +13,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
-from conftest import NGINX, free_port
+from bench.postgres import Unavailable
 
 __all__ = ["balancer"]
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 _CONF = """
 user root;
@@ -54,12 +61,13 @@ http {{
 
 
 @contextmanager
-def balancer(ports: list[int], tmp: Path) -> Iterator[str]:
-    """nginx on 127.0.0.1 over the collectors on `ports`: its URL."""
+def balancer(ports: list[int], tmp: Path, port: int | None = None) -> Iterator[str]:
+    """nginx on 127.0.0.1 (`port`, or one the kernel picks) over the collectors on `ports`:
+    its URL. Raises `Unavailable` when nginx is not installed."""
     if NGINX is None:
-        pytest.fail("nginx is missing: tests/ensure_packages.sh installs it")
+        raise Unavailable("nginx is not installed (tests/ensure_packages.sh installs it)")
     tmp.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or _port()
     servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=0;"
                         for p in ports)
     conf = tmp / "nginx.conf"
@@ -74,7 +82,8 @@ def balancer(ports: list[int], tmp: Path) -> Iterator[str]:
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                pytest.fail(f"nginx did not start: {proc.stderr.read() if proc.stderr else ''}")
+                raise RuntimeError("nginx did not start: "
+                                   f"{proc.stderr.read() if proc.stderr else ''}") from None
             time.sleep(0.05)
     try:
         yield f"http://127.0.0.1:{port}/"
