@@ -28,12 +28,21 @@ def _port() -> int:
 _CONF = """
 user root;
 worker_processes 1;
+worker_rlimit_nofile 40000;
 daemon off;
 pid {tmp}/nginx.pid;
 error_log {tmp}/error.log;
-events {{ worker_connections 512; }}
+events {{ worker_connections 16384; }}
 http {{
     access_log {tmp}/access.log;
+    # Idle and slow clients wait here, not in the replicas' tables: a client has 10 s to
+    # send its request, 5 s of keep-alive after; one address has 256 requests under way.
+    client_header_timeout 10s;
+    client_body_timeout 10s;
+    keepalive_timeout 5s;
+    limit_conn_zone $binary_remote_addr zone=per_address:10m;
+    limit_conn per_address 256;
+    limit_conn_status 503;
     client_body_temp_path {tmp}/body;
     proxy_temp_path {tmp}/proxy;
     fastcgi_temp_path {tmp}/fastcgi;
@@ -50,6 +59,7 @@ http {{
             proxy_pass http://collectors;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_set_header Host $http_host;  # the collectors' --allowed-host
             proxy_next_upstream error timeout http_502 http_503 non_idempotent;
             proxy_next_upstream_tries 3;
             proxy_connect_timeout 1s;

@@ -120,3 +120,43 @@ def test_the_leader_killed_before_it_signs_a_halt_is_replaced_and_the_halt_signe
     assert len(answers) == 2 * MACHINES + 8
     assert {status for _, _, status in answers} <= {200, 202}, answers  # never an error
     assert {(m, r) for m, r, status in answers} <= stored  # every answered report is kept
+
+
+def test_one_sources_idle_connections_at_the_balancer_leave_everyone_served(tmp_path):
+    """Behind nginx the replicas hold only nginx's connections: 4,200 idle connections from
+    one address (more than one collector's whole table) wait in nginx, and a machine the
+    collectors never saw, the admin and a known machine from other addresses are answered."""
+    import resource
+    import socket
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 6000:
+        pytest.skip(f"this process may hold {hard} files, not the 6,000 the test needs")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 6000), hard))
+    db = f"sqlite:///{tmp_path / 'c.sqlite3'}"
+    replicas = [Collector(tmp_path, db, None, "--allowed-host", "fleet.test") for _ in range(2)]
+    held: list[socket.socket] = []
+    try:
+        with balancer([c.port for c in replicas], tmp_path / "nginx") as url:
+            port = int(url.rsplit(":", 1)[1].strip("/"))
+            now = datetime.now(UTC).isoformat()
+            report = {"schema": "greenlight.report/1", "at": now, "sent": now,
+                      "channel": "stable", "outcome": "upgraded", "release": "1.0",
+                      "id": "1" * 32}
+            assert post_report(url, "known", report).status_code == 202
+            for _ in range(4200):
+                s = socket.socket()
+                s.bind(("127.0.0.2", 0))
+                s.connect(("127.0.0.1", port))
+                held.append(s)
+            with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
+                assert client.get(url + "v1/rollouts", timeout=10, headers={
+                    "Authorization": f"Bearer {ADMIN}",
+                    "Host": "fleet.test"}).status_code == 200
+            assert post_report(url, "stranger", {**report, "id": "2" * 32}).status_code == 202
+            assert post_report(url, "known", {**report, "id": "3" * 32}).status_code == 202
+    finally:
+        for s in held:
+            s.close()
+        for c in replicas:
+            c.stop()

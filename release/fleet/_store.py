@@ -62,16 +62,10 @@ class Store(Views):
                 cursor.execute("PRAGMA synchronous=NORMAL")
                 cursor.execute("PRAGMA busy_timeout=5000")
                 cursor.close()
-        elif url.startswith("postgresql"):
-            # The same trade on PostgreSQL: a commit does not wait for its WAL flush, so a
-            # crash of the database may lose the last fraction of a second of reports, never
-            # its consistency.
-            @sa.event.listens_for(self.engine, "connect")
-            def _async_commit(connection: Any, record: Any) -> None:
-                cursor = connection.cursor()
-                cursor.execute("SET synchronous_commit = off")
-                cursor.close()
-                connection.commit()
+        # PostgreSQL keeps its own default: a batch is answered once its commit is flushed,
+        # so no report answered 202 is lost when a collector or the database crashes (with a
+        # standby, the database's synchronous_commit decides whether the standby must have
+        # it too). Group commit pays one flush per batch, not per report.
         meta = sa.MetaData()
         self.reports = sa.Table(
             "reports", meta,
