@@ -2,6 +2,9 @@
 rollouts.
 
 - `_store.py`: the reports table (SQLite or PostgreSQL);
+- `_schema.py` and `migrations/`: the schema's versions (Alembic), checked before serving;
+- `_lease.py`: the judge's lease among replicas, and the fence every signed state passes;
+- `_tasks.py`: the work beside the requests (the lease, judging, pruning);
 - `_judge.py`: the pure halt rule, `judge(position, evidence, now)`;
 - `_guard.py`: gathers, asks the judge, signs;
 - `_views.py`: the admin's views of the store, a bounded page at a time;
@@ -15,8 +18,9 @@ rollouts.
 
 
 A Starlette application served by uvicorn on 127.0.0.1. It keeps nothing in memory between
-requests (every answer comes from the database), so several collector processes can share
-one PostgreSQL; SQLite (a file, no set-up) is the default. SQLAlchemy Core speaks to both.
+requests (every answer comes from the database), so any number of replicas can share one
+PostgreSQL behind a load balancer; SQLite (a file, no set-up) is the default for one
+collector. SQLAlchemy Core speaks to both; Alembic versions the schema.
 
 - `POST /v1/reports` needs the fleet token (`Authorization: Bearer ...`). A report is
   validated against the client's own model (`greenlight.report/1`); one installation may send
@@ -36,10 +40,11 @@ one PostgreSQL; SQLite (a file, no set-up) is the default. SQLAlchemy Core speak
   reaches the server) and draws the table and a chart.
 
 With `--repo` (and the keys of `rollout-<channel>`, snapshot and timestamp), the collector
-guards planned rollouts (`Guard`): a report of a failure triggers a judgement of its channel
-at once, and a timer every `--tick` seconds moves releases along their steps once each step
-has soaked. A halt or a step is a signed `rollouts/<channel>.json` published with a new
-snapshot and timestamp, under the repository's lock, so several collectors may share it.
+guards planned rollouts (`Guard`): the replica holding the judge's lease (`_lease`) judges
+a channel as soon as a failure reaches it or it sees one another replica stored, and every
+`--tick` seconds moves releases along their steps once each step has soaked. A halt or a
+step is a signed `rollouts/<channel>.json` published with a new snapshot and timestamp,
+under the repository's lock and through the lease's fence.
 
 Tokens are compared in constant time and never logged.
 """

@@ -1,0 +1,291 @@
+"""Collector replicas on one PostgreSQL: what a second replica and nginx in front give, what
+each report costs in CPU, and how soon a survivor signs a halt once the leader is killed.
+
+    python -m bench.replicas [--machines 8000] [--concurrency 32] [--rounds 3]
+
+All on 127.0.0.1, on one throwaway PostgreSQL (`bench/postgres.py`, migrated once with
+`release collector migrate`). Throughput: `--machines` signed reports, one per machine key,
+a fresh set of keys per row (loaded first, `--enrolment preauthorized`), sent as
+`bench/collector_load.py` sends them to one replica directly, to one behind nginx
+(`bench/balancer.py`) and to two behind nginx; the anchor, measured in the same run, is
+collector_load's bare Starlette endpoint. Beside each row, the CPU seconds per 1,000 reports
+of the replicas, nginx and PostgreSQL (utime+stime of each process tree, from /proc) and of
+the sender (this process, with its signing).
+
+Failover, `--rounds` times on a fresh repository and database: three replicas with
+`--repo --tick 0.5`, the first started with `GREENLIGHT_KILL_AT=sign:halt` (it kills itself
+with SIGKILL just before it would sign a halt) and leading before the others start; 40
+machines report on the current release, then on a planned rollout where every fourth rolls
+back. Timed: from the first replica's exit to `rollouts/stable.json` saying halted. The bound
+is the lease's TTL + RENEW (`release/fleet/_lease.py`).
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.balancer import balancer
+from bench.collector_load import (
+    _BARE,
+    ADMIN,
+    BIN,
+    FLEET,
+    _figures,
+    _keys,
+    _load,
+    _port,
+    _send,
+    _wait,
+)
+from bench.postgres import temporary_postgres
+from bench.rollout_halt import _halted
+
+BURST = 100_000 / 600  # 100,000 machines each reporting once within a 10-minute step
+
+
+def _replica(db: str, work: Path, port: int, *extra: str,
+             env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(BIN / "release"), "collector", "--db", db, "--port", str(port),
+         "--fleet-token-file", str(work / "fleet"), "--admin-token-file", str(work / "admin"),
+         "--enrolment", "preauthorized", *extra],
+        stdout=subprocess.DEVNULL, env=None if env is None else {**os.environ, **env})
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(timeout=20)
+
+
+def _cpu(pg_port: int, nginx: Path | None, replicas: list[int]) -> dict[str, float]:
+    """CPU seconds so far of the replicas', nginx's and PostgreSQL's process trees (children
+    already reaped count in their parent's cutime/cstime), and of this process."""
+    tick, procs = os.sysconf("SC_CLK_TCK"), {}
+    for d in Path("/proc").iterdir():
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError):
+            continue
+        f = stat[stat.rindex(")") + 2:].split()
+        procs[int(d.name)] = int(f[1]), cmd, sum(map(int, f[11:15])) / tick
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _, _) in procs.items():
+        children.setdefault(parent, []).append(pid)
+
+    def tree(roots: list[int]) -> float:
+        todo, total = list(roots), 0.0
+        while todo:
+            pid = todo.pop()
+            total += procs[pid][2] if pid in procs else 0.0
+            todo += children.get(pid, [])
+        return total
+
+    def find(*words: str) -> list[int]:
+        return [pid for pid, (_, cmd, _) in procs.items() if all(w in cmd for w in words)
+                and not any(all(w in procs.get(p, (0, ""))[1] for w in words)
+                            for p in [procs[pid][0]])]
+
+    return {"replicas": tree(replicas),
+            "nginx": tree(find("nginx", f"{nginx}/nginx.conf")) if nginx else 0.0,
+            "postgres": tree(find("bin/postgres", f"-p {pg_port}")),
+            "sender": time.process_time()}
+
+
+def throughput(db: str, pg_port: int, machines: int, concurrency: int, work: Path
+               ) -> dict[str, dict[str, float]]:
+    ports = [_port(), _port()]
+    replicas = [_replica(db, work, p) for p in ports]
+    bare_port = _port()
+    bare = subprocess.Popen([sys.executable, "-c", _BARE, str(bare_port)])
+    direct = [f"http://127.0.0.1:{p}/" for p in ports]
+    warm = 2 * concurrency
+    keys = _keys(3 * machines + warm)
+    sets = [keys[i * machines:(i + 1) * machines] for i in range(3)]
+    results = {}
+    try:
+        for url in direct:
+            _wait(url + "v1/rollouts")
+        _wait(f"http://127.0.0.1:{bare_port}/v1/reports")
+        _load(direct[0], keys)  # the replicas share the database: loaded once for both
+        with balancer(ports[:1], work / "nginx1") as one, balancer(ports, work / "nginx2") as two:
+            asyncio.run(_send(two + "v1/reports", keys[-warm:], concurrency))  # both warm
+            results["bare starlette"] = _figures(*asyncio.run(_send(
+                f"http://127.0.0.1:{bare_port}/v1/reports", sets[0], concurrency)))
+            for name, url, these, nginx, used in [
+                    ("one replica, direct", direct[0], sets[0], None, replicas[:1]),
+                    ("one replica, nginx", one, sets[1], work / "nginx1", replicas[:1]),
+                    ("two replicas, nginx", two, sets[2], work / "nginx2", replicas)]:
+                pids = [r.pid for r in used]
+                before = _cpu(pg_port, nginx, pids)
+                seconds, latencies = asyncio.run(_send(url + "v1/reports", these, concurrency))
+                after = _cpu(pg_port, nginx, pids)
+                results[name] = {**_figures(seconds, latencies), "seconds": seconds,
+                                 **{k: (after[k] - before[k]) * 1000 / len(these)
+                                    for k in after}}
+    finally:
+        _stop([*replicas, bare])
+    return results
+
+
+def _report(key: bytes, release_key: str, outcome: str, n: int) -> tuple[bytes, dict]:
+    from greenlight.channels import key_id, sign_body
+
+    at = datetime.now(UTC).isoformat()
+    body = json.dumps({
+        "schema": "greenlight.report/1", "installation": key_id(key), "at": at, "sent": at,
+        "channel": "stable", "outcome": outcome, "release": release_key.split("@")[0],
+        "release_key": release_key, "id": f"{n:032x}",
+        "failed_checks": [{"name": "ui-session", "summary": "HTTP 403"}]
+        if outcome == "rolled-back" else []}).encode()
+    return body, {"Authorization": f"Bearer {FLEET}", "Content-Type": "application/json",
+                  **sign_body(key, body)}
+
+
+def failover(db: str, work: Path, builds: Path) -> float:
+    """Seconds from the leader's SIGKILL (where it would sign a halt) to the signed halt."""
+    import httpx
+
+    from greenlight.channels import HaltRule, RolloutPlan
+    from greenlight.release import current_channel_file, init_repository, publish
+
+    from examples.demo.build import build
+
+    subprocess.run([str(BIN / "release"), "collector", "migrate", "--db", db], check=True,
+                   capture_output=True)
+    repo = init_repository(work / "repo")
+    publish(repo, "stable", "1.0", build("1.0", builds / "1.0", ()))
+    prior = current_channel_file(repo, "stable").identity.key
+    extra = ["--repo", str(repo.path), "--tick", "0.5"]
+    replicas = [_replica(db, work, _port(), *extra, env={"GREENLIGHT_KILL_AT": "sign:halt"})]
+    first = replicas[0]
+    urls = [first.args[first.args.index("--port") + 1]]
+    try:
+        url = f"http://127.0.0.1:{urls[0]}/"
+        _wait(url + "v1/rollouts")
+        deadline = time.monotonic() + 30
+        while not httpx.get(url + "v1/rollouts", timeout=10, headers={
+                "Authorization": f"Bearer {ADMIN}"}).json()["leader"]["this"]:
+            if time.monotonic() > deadline:
+                raise SystemExit("the first replica did not lead within 30 s")
+            time.sleep(0.05)
+        ports = [int(urls[0]), _port(), _port()]
+        replicas += [_replica(db, work, p, *extra) for p in ports[1:]]
+        for p in ports[1:]:
+            _wait(f"http://127.0.0.1:{p}/v1/rollouts")
+        machines = _keys(40)
+        _load(url, machines)
+        with balancer(ports, work / "nginx") as front, httpx.Client(timeout=30) as client:
+            def send(key: bytes, release_key: str, outcome: str, n: int) -> None:
+                answer = client.post(front + "v1/reports",
+                                     content=(signed := _report(key, release_key, outcome,
+                                                                n))[0], headers=signed[1])
+                if answer.status_code != 202:
+                    failed.append(f"report {n}: HTTP {answer.status_code}: {answer.text}")
+
+            failed: list[str] = []
+            for i, key in enumerate(machines):  # known on the current release first
+                send(key, prior, "upgraded", i)
+            cf = publish(repo, "stable", "1.1", build("1.1", builds / "1.1", ()),
+                         rollout_plan=RolloutPlan(steps=[50, 100], soak=3600,
+                                                  started_at=datetime.now(UTC),
+                                                  halt=HaltRule(rollbacks=3, failure_ratio=0.05,
+                                                                min_reports=20)))
+            key = cf.identity.key
+            sender = threading.Thread(target=lambda: [send(
+                m, key, "rolled-back" if i % 4 == 0 else "upgraded", 1000 + i)
+                for i, m in enumerate(machines)])
+            sender.start()
+            try:
+                code = first.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                raise SystemExit(f"the leader was not killed within 60 s {failed}") from None
+            killed = time.monotonic()
+            if code != -9:
+                raise SystemExit(f"the first replica exited with {code}, not SIGKILL")
+            while not _halted(repo.path, "stable", key):
+                if time.monotonic() - killed > 60:
+                    raise SystemExit("no survivor signed the halt within 60 s")
+                time.sleep(0.01)
+            halted = time.monotonic() - killed
+            sender.join()
+            if failed:
+                raise SystemExit("\n".join(failed))
+    finally:
+        _stop(replicas)
+    return halted
+
+
+def main() -> None:
+    from greenlight.release.fleet._lease import RENEW, TTL
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--machines", type=int, default=8000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    import sqlalchemy as sa
+
+    work = Path(tempfile.mkdtemp(prefix="greenlight-bench-replicas-"))
+    (work / "fleet").write_text(FLEET)
+    (work / "admin").write_text(ADMIN)
+    pg_port, times = _port(), []
+    try:
+        with temporary_postgres(pg_port) as url:
+            subprocess.run([str(BIN / "release"), "collector", "migrate", "--db", url],
+                           check=True, capture_output=True)
+            r = throughput(url, pg_port, args.machines, args.concurrency, work)
+            engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+            for n in range(args.rounds):
+                with engine.connect() as c:
+                    c.execute(sa.text(f"CREATE DATABASE round{n}"))
+                (work / f"round{n}").mkdir()
+                for name in ("fleet", "admin"):
+                    shutil.copy(work / name, work / f"round{n}" / name)
+                times.append(failover(url.rsplit("/", 1)[0] + f"/round{n}",
+                                      work / f"round{n}", work / "builds"))
+            engine.dispose()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{args.machines} signed reports per row, {args.concurrency} in flight, one "
+          f"PostgreSQL, {os.cpu_count()} cores; CPU s per 1,000 reports: replicas, nginx, "
+          "PostgreSQL, sender (with its signing)")
+    for name, f in r.items():
+        cpu = (f"  {f['replicas']:.2f} {f['nginx']:.2f} {f['postgres']:.2f} {f['sender']:.2f}"
+               if "replicas" in f else "")
+        print(f"  {name:<20} {f['rate']:6.0f} reports/s  p50 {f['p50']:5.1f} ms  "
+              f"p99 {f['p99']:6.1f} ms{cpu}")
+    b, d, one, two = (r[k] for k in r)
+    print(f"  two replicas / one: {two['rate'] / one['rate']:.2f}x the rate (both behind "
+          f"nginx), {two['rate'] / d['rate']:.2f}x one direct")
+    print(f"  one behind nginx / direct: {one['rate'] / d['rate']:.2f}x; against the bare "
+          f"anchor: {d['rate'] / b['rate']:.2f}x, {one['rate'] / b['rate']:.2f}x, "
+          f"{two['rate'] / b['rate']:.2f}x")
+    used = {k: two[k] * two["rate"] / 1000 for k in ("replicas", "nginx", "postgres", "sender")}
+    print("  two replicas, cores busy: " + ", ".join(f"{k} {v:.2f}" for k, v in used.items())
+          + f" (total {sum(used.values()):.2f} of {os.cpu_count()})")
+    print(f"  100,000 machines in a 10-minute step ({BURST:.0f} reports/s) would take, at "
+          "these costs: " + ", ".join(f"{k} {two[k] * BURST / 1000:.2f} cores"
+                                      for k in ("replicas", "nginx", "postgres")))
+    print(f"failover: leader killed (SIGKILL) where it would sign a halt, to the halt signed "
+          f"by a survivor: median {statistics.median(times):.2f} s, worst {max(times):.2f} s "
+          f"over {len(times)} rounds ({', '.join(f'{t:.2f}' for t in times)}); bound TTL "
+          f"{TTL:g} s + RENEW {RENEW:g} s = {TTL + RENEW:g} s: "
+          f"{'met' if max(times) <= TTL + RENEW else 'EXCEEDED'}")
+
+
+if __name__ == "__main__":
+    main()
