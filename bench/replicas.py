@@ -93,10 +93,9 @@ def _cpu(pg_port: int, nginx: Path | None, replicas: list[int]) -> dict[str, flo
             todo += children.get(pid, [])
         return total
 
-    def find(*words: str) -> list[int]:
-        return [pid for pid, (_, cmd, _) in procs.items() if all(w in cmd for w in words)
-                and not any(all(w in procs.get(p, (0, ""))[1] for w in words)
-                            for p in [procs[pid][0]])]
+    def find(*words: str) -> list[int]:  # the topmost processes whose command has them all
+        found = {pid for pid, (_, cmd, _) in procs.items() if all(w in cmd for w in words)}
+        return [pid for pid in found if procs[pid][0] not in found]
 
     return {"replicas": tree(replicas),
             "nginx": tree(find("nginx", f"{nginx}/nginx.conf")) if nginx else 0.0,
@@ -132,7 +131,7 @@ def throughput(db: str, pg_port: int, machines: int, concurrency: int, work: Pat
                 before = _cpu(pg_port, nginx, pids)
                 seconds, latencies = asyncio.run(_send(url + "v1/reports", these, concurrency))
                 after = _cpu(pg_port, nginx, pids)
-                results[name] = {**_figures(seconds, latencies), "seconds": seconds,
+                results[name] = {**_figures(seconds, latencies),
                                  **{k: (after[k] - before[k]) * 1000 / len(these)
                                     for k in after}}
     finally:
