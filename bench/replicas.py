@@ -51,13 +51,16 @@ from bench.postgres import temporary_postgres
 from bench.rollout_halt import _halted
 
 BURST = 100_000 / 600  # 100,000 machines each reporting once within a 10-minute step
+PARTS = ("replicas", "nginx", "postgres", "sender")
 
 
-def _replica(db: str, work: Path, port: int, *extra: str,
+def _replica(db: str, tokens: Path, port: int, *extra: str,
              env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A replica started as collector_load's `measure` starts its one (tokens in `tokens`)."""
     return subprocess.Popen(
         [str(BIN / "release"), "collector", "--db", db, "--port", str(port),
-         "--fleet-token-file", str(work / "fleet"), "--admin-token-file", str(work / "admin"),
+         "--fleet-token-file", str(tokens / "fleet"),
+         "--admin-token-file", str(tokens / "admin"),
          "--enrolment", "preauthorized", *extra],
         stdout=subprocess.DEVNULL, env=None if env is None else {**os.environ, **env})
 
@@ -74,10 +77,12 @@ def _cpu(pg_port: int, nginx: Path | None, replicas: list[int]) -> dict[str, flo
     already reaped count in their parent's cutime/cstime), and of this process."""
     tick, procs = os.sysconf("SC_CLK_TCK"), {}
     for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
         try:
             stat = (d / "stat").read_text()
             cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, ValueError):
+        except OSError:
             continue
         f = stat[stat.rindex(")") + 2:].split()
         procs[int(d.name)] = int(f[1]), cmd, sum(map(int, f[11:15])) / tick
@@ -99,7 +104,7 @@ def _cpu(pg_port: int, nginx: Path | None, replicas: list[int]) -> dict[str, flo
 
     return {"replicas": tree(replicas),
             "nginx": tree(find("nginx", f"{nginx}/nginx.conf")) if nginx else 0.0,
-            "postgres": tree(find("bin/postgres", f"-p {pg_port}")),
+            "postgres": tree(find("bin/postgres", f"-p {pg_port} ")),
             "sender": time.process_time()}
 
 
@@ -153,7 +158,7 @@ def _report(key: bytes, release_key: str, outcome: str, n: int) -> tuple[bytes, 
                   **sign_body(key, body)}
 
 
-def failover(db: str, work: Path, builds: Path) -> float:
+def failover(db: str, tokens: Path, work: Path, builds: Path) -> float:
     """Seconds from the leader's SIGKILL (where it would sign a halt) to the signed halt."""
     import httpx
 
@@ -164,15 +169,16 @@ def failover(db: str, work: Path, builds: Path) -> float:
 
     subprocess.run([str(BIN / "release"), "collector", "migrate", "--db", db], check=True,
                    capture_output=True)
+    work.mkdir(parents=True, exist_ok=True)
     repo = init_repository(work / "repo")
     publish(repo, "stable", "1.0", build("1.0", builds / "1.0", ()))
     prior = current_channel_file(repo, "stable").identity.key
     extra = ["--repo", str(repo.path), "--tick", "0.5"]
-    replicas = [_replica(db, work, _port(), *extra, env={"GREENLIGHT_KILL_AT": "sign:halt"})]
-    first = replicas[0]
-    urls = [first.args[first.args.index("--port") + 1]]
+    ports = [_port(), _port(), _port()]
+    url = f"http://127.0.0.1:{ports[0]}/"
+    first = _replica(db, tokens, ports[0], *extra, env={"GREENLIGHT_KILL_AT": "sign:halt"})
+    replicas, failed = [first], []
     try:
-        url = f"http://127.0.0.1:{urls[0]}/"
         _wait(url + "v1/rollouts")
         deadline = time.monotonic() + 30
         while not httpx.get(url + "v1/rollouts", timeout=10, headers={
@@ -180,32 +186,28 @@ def failover(db: str, work: Path, builds: Path) -> float:
             if time.monotonic() > deadline:
                 raise SystemExit("the first replica did not lead within 30 s")
             time.sleep(0.05)
-        ports = [int(urls[0]), _port(), _port()]
-        replicas += [_replica(db, work, p, *extra) for p in ports[1:]]
+        replicas += [_replica(db, tokens, p, *extra) for p in ports[1:]]
         for p in ports[1:]:
             _wait(f"http://127.0.0.1:{p}/v1/rollouts")
         machines = _keys(40)
         _load(url, machines)
         with balancer(ports, work / "nginx") as front, httpx.Client(timeout=30) as client:
-            def send(key: bytes, release_key: str, outcome: str, n: int) -> None:
-                answer = client.post(front + "v1/reports",
-                                     content=(signed := _report(key, release_key, outcome,
-                                                                n))[0], headers=signed[1])
+            def send(release_key: str, outcome: str, n: int) -> None:
+                body, headers = _report(machines[n % 40], release_key, outcome, n)
+                answer = client.post(front + "v1/reports", content=body, headers=headers)
                 if answer.status_code != 202:
                     failed.append(f"report {n}: HTTP {answer.status_code}: {answer.text}")
 
-            failed: list[str] = []
-            for i, key in enumerate(machines):  # known on the current release first
-                send(key, prior, "upgraded", i)
-            cf = publish(repo, "stable", "1.1", build("1.1", builds / "1.1", ()),
-                         rollout_plan=RolloutPlan(steps=[50, 100], soak=3600,
-                                                  started_at=datetime.now(UTC),
-                                                  halt=HaltRule(rollbacks=3, failure_ratio=0.05,
-                                                                min_reports=20)))
-            key = cf.identity.key
-            sender = threading.Thread(target=lambda: [send(
-                m, key, "rolled-back" if i % 4 == 0 else "upgraded", 1000 + i)
-                for i, m in enumerate(machines)])
+            for i in range(40):  # known on the current release first
+                send(prior, "upgraded", i)
+            key = publish(repo, "stable", "1.1", build("1.1", builds / "1.1", ()),
+                          rollout_plan=RolloutPlan(
+                              steps=[50, 100], soak=3600, started_at=datetime.now(UTC),
+                              halt=HaltRule(rollbacks=3, failure_ratio=0.05, min_reports=20))
+                          ).identity.key
+            sender = threading.Thread(target=lambda: [
+                send(key, "rolled-back" if i % 4 == 0 else "upgraded", 40 + i)
+                for i in range(40)])
             sender.start()
             try:
                 code = first.wait(timeout=60)
@@ -220,10 +222,10 @@ def failover(db: str, work: Path, builds: Path) -> float:
                 time.sleep(0.01)
             halted = time.monotonic() - killed
             sender.join()
-            if failed:
-                raise SystemExit("\n".join(failed))
     finally:
         _stop(replicas)
+    if failed:
+        raise SystemExit("\n".join(failed))
     return halted
 
 
@@ -251,40 +253,36 @@ def main() -> None:
             for n in range(args.rounds):
                 with engine.connect() as c:
                     c.execute(sa.text(f"CREATE DATABASE round{n}"))
-                (work / f"round{n}").mkdir()
-                for name in ("fleet", "admin"):
-                    shutil.copy(work / name, work / f"round{n}" / name)
-                times.append(failover(url.rsplit("/", 1)[0] + f"/round{n}",
+                times.append(failover(url.rsplit("/", 1)[0] + f"/round{n}", work,
                                       work / f"round{n}", work / "builds"))
             engine.dispose()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{args.machines} signed reports per row, {args.concurrency} in flight, one "
-          f"PostgreSQL, {os.cpu_count()} cores; CPU s per 1,000 reports: replicas, nginx, "
-          "PostgreSQL, sender (with its signing)")
+          f"PostgreSQL, {os.cpu_count()} cores")
+    print(f"  {'':<20} {'reports/s':>9} {'p50 ms':>7} {'p99 ms':>7}   CPU s per 1,000 reports: "
+          "replicas nginx PostgreSQL sender (with its signing)")
     for name, f in r.items():
-        cpu = (f"  {f['replicas']:.2f} {f['nginx']:.2f} {f['postgres']:.2f} {f['sender']:.2f}"
-               if "replicas" in f else "")
-        print(f"  {name:<20} {f['rate']:6.0f} reports/s  p50 {f['p50']:5.1f} ms  "
-              f"p99 {f['p99']:6.1f} ms{cpu}")
-    b, d, one, two = (r[k] for k in r)
-    print(f"  two replicas / one: {two['rate'] / one['rate']:.2f}x the rate (both behind "
-          f"nginx), {two['rate'] / d['rate']:.2f}x one direct")
-    print(f"  one behind nginx / direct: {one['rate'] / d['rate']:.2f}x; against the bare "
-          f"anchor: {d['rate'] / b['rate']:.2f}x, {one['rate'] / b['rate']:.2f}x, "
-          f"{two['rate'] / b['rate']:.2f}x")
-    used = {k: two[k] * two["rate"] / 1000 for k in ("replicas", "nginx", "postgres", "sender")}
-    print("  two replicas, cores busy: " + ", ".join(f"{k} {v:.2f}" for k, v in used.items())
-          + f" (total {sum(used.values()):.2f} of {os.cpu_count()})")
-    print(f"  100,000 machines in a 10-minute step ({BURST:.0f} reports/s) would take, at "
-          "these costs: " + ", ".join(f"{k} {two[k] * BURST / 1000:.2f} cores"
-                                      for k in ("replicas", "nginx", "postgres")))
-    print(f"failover: leader killed (SIGKILL) where it would sign a halt, to the halt signed "
-          f"by a survivor: median {statistics.median(times):.2f} s, worst {max(times):.2f} s "
-          f"over {len(times)} rounds ({', '.join(f'{t:.2f}' for t in times)}); bound TTL "
-          f"{TTL:g} s + RENEW {RENEW:g} s = {TTL + RENEW:g} s: "
+        cpu = "".join(f"{f[k]:>{w}.2f}" for k, w in zip(PARTS, (13, 6, 11, 7), strict=True)) \
+            if "replicas" in f else ""
+        print(f"  {name:<20} {f['rate']:9.0f} {f['p50']:7.1f} {f['p99']:7.1f}{' ' * 26}{cpu}")
+    b, d, one, two = r.values()
+    print(f"  two replicas / one: {two['rate'] / one['rate']:.2f}x (both behind nginx), "
+          f"{two['rate'] / d['rate']:.2f}x (one direct); one behind nginx / direct: "
+          f"{one['rate'] / d['rate']:.2f}x; each / bare: {d['rate'] / b['rate']:.2f}x, "
+          f"{one['rate'] / b['rate']:.2f}x, {two['rate'] / b['rate']:.2f}x")
+    busy = {k: two[k] * two["rate"] / 1000 for k in PARTS[:3]}
+    print("  two replicas, cores busy while timed: " + ", ".join(
+        f"{k} {v:.2f}" for k, v in busy.items()) + f"; together {sum(busy.values()):.2f} of "
+        f"{os.cpu_count()} (the sender has the rest)")
+    print(f"  100,000 machines reporting within a 10-minute step ({BURST:.0f} reports/s), at "
+          "these costs: " + ", ".join(f"{k} {two[k] * BURST / 1000:.2f}" for k in PARTS[:3])
+          + " cores")
+    print(f"failover, leader killed (SIGKILL) where it would sign a halt, to the halt signed by "
+          f"a survivor: median {statistics.median(times):.2f} s, worst {max(times):.2f} s over "
+          f"{len(times)} rounds ({', '.join(f'{t:.2f}' for t in times)}); bound TTL {TTL:g} s "
+          f"+ RENEW {RENEW:g} s = {TTL + RENEW:g} s: "
           f"{'met' if max(times) <= TTL + RENEW else 'EXCEEDED'}")
-
 
 if __name__ == "__main__":
     main()

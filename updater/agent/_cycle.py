@@ -305,8 +305,11 @@ class Agent:
             if previous is None or previous.held_because != step.why:
                 self.emit(event("held", step.why or "held"), config)
             if report.held and report.available_release:  # the fleet's count of held machines
-                queue_held(root, channel, report.available_release, root.installed_release(),
-                           report.held, config_of(root).outbox_size)
+                lost = queue_held(root, channel, report.available_release,
+                                  root.installed_release(), report.held,
+                                  config_of(root).outbox_size)
+                if lost and not self._said_once(lost, "report-queue"):
+                    self.log(lost)
             self._status(available=available, update="held", held_because=step.why,
                          checked=True)
         elif step.action == "up-to-date":

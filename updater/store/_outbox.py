@@ -12,6 +12,7 @@ installed (`greenlight_kind`): the collector's census of the Greenlight versions
 run, which `release publish --collector` checks a release's `requires` against.
 """
 
+import contextlib
 import os
 import time
 from datetime import UTC, datetime
@@ -138,39 +139,56 @@ def queued(root: InstallRoot) -> list[Path]:
         return []
 
 
-def queue_event(root: InstallRoot, entry: HistoryEntry, queue_max: int | None) -> None:
+def _unqueued(root: InstallRoot, what: str, error: BaseException) -> str:
+    """Say once why a report could not be queued: in the queue's refusal note, which `updater
+    status` shows until a report gets through (when even that cannot be written, the
+    caller's log is the only place left). The sentence said."""
+    said = str(error).splitlines()[0] if str(error) else ""
+    why = f"a report of {what} could not be queued: {type(error).__name__}: {said}"[:300]
+    with contextlib.suppress(OSError):
+        set_refusal(root, why)
+    return why
+
+
+def queue_event(root: InstallRoot, entry: HistoryEntry, queue_max: int | None) -> str | None:
     """Queue a report of `entry` when reporting is on (`queue_max`: `[report] queue_max`, None
-    when off) and the event is one a fleet counts. Never raises: reporting must not fail what
-    it reports."""
+    when off) and the event is one a fleet counts. Never raises (reporting must not fail
+    what it reports): when the report cannot be queued (a full disk), why, said once (see
+    `_unqueued`); else None."""
     outcome = FLEET_OUTCOMES.get(entry.event)
     if outcome is None or queue_max is None:
-        return
+        return None
     try:
         enqueue(root, report_of(root, entry, outcome), queue_max)
-    except Exception:  # a full disk: the upgrade goes on, unreported
-        return
+    except Exception as e:  # a full disk: the upgrade goes on, its report said lost
+        return _unqueued(root, f"{entry.event} {entry.to_version or entry.from_version}", e)
+    return None
 
 
 def queue_held(root: InstallRoot, channel: str, release_key: str, installed: str | None,
-               note: str, queue_max: int | None) -> None:
+               note: str, queue_max: int | None) -> str | None:
     """Queue one `held` report when an upgrade is held back (quarantine, rollout, pin), once
     per release and reason: a machine that checks every hour while held says so once, not
-    every hour. Never raises."""
+    every hour. Never raises: when the report cannot be queued, why, said once (see
+    `_unqueued`); else None."""
     if queue_max is None:
-        return
+        return None
+    seen = _folder(root) / ".held"
+    mark = f"{release_key}\n{note}\n".encode()
     try:
-        seen = _folder(root) / ".held"
-        mark = f"{release_key}\n{note}\n".encode()
-        try:
-            if seen.read_bytes() == mark:
-                return
-        except FileNotFoundError:
-            pass
+        if seen.read_bytes() == mark:
+            return None
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as e:
+        return _unqueued(root, f"held {version_of(release_key)}", e)
+    try:
         enqueue(root, FleetReport(
             installation=root.machine_id, at=datetime.now(UTC), channel=channel,
             outcome="held", release=version_of(release_key), release_key=release_key,
             before=installed, after=installed, note=" ".join(note.split())[:300],
             greenlight=VERSION, greenlight_kind=_kind(root)), queue_max)
         atomic_write(seen, mark, mode=0o600)
-    except Exception:  # reporting must not fail what it reports
-        return
+    except Exception as e:  # reporting must not fail what it reports
+        return _unqueued(root, f"held {version_of(release_key)}", e)
+    return None
