@@ -51,7 +51,7 @@ from bench.postgres import temporary_postgres
 from bench.rollout_halt import _halted
 
 BURST = 100_000 / 600  # 100,000 machines each reporting once within a 10-minute step
-PARTS = ("replicas", "nginx", "postgres", "sender")
+PARTS = ("replicas", "nginx", "postgres", "sender", "machine")
 
 
 def _replica(db: str, tokens: Path, port: int, *extra: str,
@@ -74,7 +74,8 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 def _cpu(pg_port: int, nginx: Path | None, replicas: list[int]) -> dict[str, float]:
     """CPU seconds so far of the replicas', nginx's and PostgreSQL's process trees (children
-    already reaped count in their parent's cutime/cstime), and of this process."""
+    already reaped count in their parent's cutime/cstime), of this process, and of the whole
+    machine (/proc/stat)."""
     tick, procs = os.sysconf("SC_CLK_TCK"), {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -102,23 +103,23 @@ def _cpu(pg_port: int, nginx: Path | None, replicas: list[int]) -> dict[str, flo
         found = {pid for pid, (_, cmd, _) in procs.items() if all(w in cmd for w in words)}
         return [pid for pid in found if procs[pid][0] not in found]
 
+    cpu = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:8]]
     return {"replicas": tree(replicas),
             "nginx": tree(find("nginx", f"{nginx}/nginx.conf")) if nginx else 0.0,
             "postgres": tree(find("bin/postgres", f"-p {pg_port} ")),
-            "sender": time.process_time()}
+            "sender": time.process_time(),
+            "machine": (sum(cpu) - cpu[3] - cpu[4]) / tick}  # all but idle and iowait
 
 
 def throughput(db: str, pg_port: int, machines: int, concurrency: int, work: Path
                ) -> dict[str, dict[str, float]]:
-    ports = [_port(), _port()]
-    replicas = [_replica(db, work, p) for p in ports]
-    bare_port = _port()
-    bare = subprocess.Popen([sys.executable, "-c", _BARE, str(bare_port)])
-    direct = [f"http://127.0.0.1:{p}/" for p in ports]
     warm = 2 * concurrency
-    keys = _keys(3 * machines + warm)
+    keys = _keys(3 * machines + warm)  # a fresh set per row: no report is a duplicate
     sets = [keys[i * machines:(i + 1) * machines] for i in range(3)]
-    results = {}
+    ports, bare_port, results = [_port(), _port()], _port(), {}
+    direct = [f"http://127.0.0.1:{p}/" for p in ports]
+    replicas = [_replica(db, work, p) for p in ports]
+    bare = subprocess.Popen([sys.executable, "-c", _BARE, str(bare_port)])
     try:
         for url in direct:
             _wait(url + "v1/rollouts")
@@ -133,10 +134,11 @@ def throughput(db: str, pg_port: int, machines: int, concurrency: int, work: Pat
                     ("one replica, nginx", one, sets[1], work / "nginx1", replicas[:1]),
                     ("two replicas, nginx", two, sets[2], work / "nginx2", replicas)]:
                 pids = [r.pid for r in used]
-                before = _cpu(pg_port, nginx, pids)
+                before, began = _cpu(pg_port, nginx, pids), time.monotonic()
                 seconds, latencies = asyncio.run(_send(url + "v1/reports", these, concurrency))
-                after = _cpu(pg_port, nginx, pids)
-                results[name] = {**_figures(seconds, latencies),
+                wall, after = time.monotonic() - began, _cpu(pg_port, nginx, pids)
+                results[name] = {**_figures(seconds, latencies), "seconds": seconds,
+                                 "wall": wall,
                                  **{k: (after[k] - before[k]) * 1000 / len(these)
                                     for k in after}}
     finally:
@@ -156,6 +158,16 @@ def _report(key: bytes, release_key: str, outcome: str, n: int) -> tuple[bytes, 
         if outcome == "rolled-back" else []}).encode()
     return body, {"Authorization": f"Bearer {FLEET}", "Content-Type": "application/json",
                   **sign_body(key, body)}
+
+
+def _leads(url: str) -> bool:
+    import httpx
+
+    answer = httpx.get(url + "v1/rollouts", timeout=10,
+                       headers={"Authorization": f"Bearer {ADMIN}"})
+    if answer.status_code != 200:
+        raise SystemExit(f"GET /v1/rollouts: HTTP {answer.status_code}: {answer.text[:300]}")
+    return bool(answer.json()["leader"]["this"])
 
 
 def failover(db: str, tokens: Path, work: Path, builds: Path) -> float:
@@ -181,8 +193,7 @@ def failover(db: str, tokens: Path, work: Path, builds: Path) -> float:
     try:
         _wait(url + "v1/rollouts")
         deadline = time.monotonic() + 30
-        while not httpx.get(url + "v1/rollouts", timeout=10, headers={
-                "Authorization": f"Bearer {ADMIN}"}).json()["leader"]["this"]:
+        while not _leads(url):
             if time.monotonic() > deadline:
                 raise SystemExit("the first replica did not lead within 30 s")
             time.sleep(0.05)
@@ -260,12 +271,13 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{args.machines} signed reports per row, {args.concurrency} in flight, one "
           f"PostgreSQL, {os.cpu_count()} cores")
-    print(f"  {'':<20} {'reports/s':>9} {'p50 ms':>7} {'p99 ms':>7}   CPU s per 1,000 reports: "
-          "replicas nginx PostgreSQL sender (with its signing)")
+    print("  CPU s per 1,000 reports: of the replicas, nginx, PostgreSQL, the sender and the "
+          "whole machine (both with the sender's signing)")
+    print(f"  {'':<20} {'reports/s':>9} {'p50 ms':>7} {'p99 ms':>7}  " + " ".join(
+        f"{k:>8}" for k in PARTS))
     for name, f in r.items():
-        cpu = "".join(f"{f[k]:>{w}.2f}" for k, w in zip(PARTS, (13, 6, 11, 7), strict=True)) \
-            if "replicas" in f else ""
-        print(f"  {name:<20} {f['rate']:9.0f} {f['p50']:7.1f} {f['p99']:7.1f}{' ' * 26}{cpu}")
+        cpu = " ".join(f"{f[k]:8.2f}" for k in PARTS) if "replicas" in f else ""
+        print(f"  {name:<20} {f['rate']:9.0f} {f['p50']:7.1f} {f['p99']:7.1f}  {cpu}")
     b, d, one, two = r.values()
     print(f"  two replicas / one: {two['rate'] / one['rate']:.2f}x (both behind nginx), "
           f"{two['rate'] / d['rate']:.2f}x (one direct); one behind nginx / direct: "
@@ -273,8 +285,9 @@ def main() -> None:
           f"{one['rate'] / b['rate']:.2f}x, {two['rate'] / b['rate']:.2f}x")
     busy = {k: two[k] * two["rate"] / 1000 for k in PARTS[:3]}
     print("  two replicas, cores busy while timed: " + ", ".join(
-        f"{k} {v:.2f}" for k, v in busy.items()) + f"; together {sum(busy.values()):.2f} of "
-        f"{os.cpu_count()} (the sender has the rest)")
+        f"{k} {v:.2f}" for k, v in busy.items()) + f"; the whole machine "
+        f"{two['machine'] * args.machines / 1000 / two['wall']:.2f} of {os.cpu_count()} over "
+        "the send with its signing")
     print(f"  100,000 machines reporting within a 10-minute step ({BURST:.0f} reports/s), at "
           "these costs: " + ", ".join(f"{k} {two[k] * BURST / 1000:.2f}" for k in PARTS[:3])
           + " cores")

@@ -5,14 +5,17 @@ rollouts.
 - `_schema.py` and `migrations/`: the schema's versions (Alembic), checked before serving;
 - `_lease.py`: the judge's lease among replicas, and the fence every signed state passes;
 - `_tasks.py`: the work beside the requests (the lease, judging, pruning);
-- `_judge.py`: the pure halt rule, `judge(position, evidence, now)`;
+- `_judge.py`: the pure halt rule, `judge(position, evidence, now)`, and `_evidence.py`, what
+  counts as its evidence (which keys, which reports);
 - `_guard.py`: gathers, asks the judge, signs;
 - `_views.py`: the admin's views of the store, a bounded page at a time;
 - `_census.py`: the census of the Greenlight versions the machines on each channel run;
 - `_feedback_store.py`, `_feedback_views.py`, `_feedback_api.py`, `_feedback_doc.py`: user
   feedback (`greenlight.feedback/1`): its table and caps, the dashboard's groups and CSV, the
   routes, and their part of the OpenAPI document;
-- `_api.py`, `_http.py` and `dashboard.html`: the HTTP API and the page;
+- `_api.py`, `_http.py` and `dashboard.html`: the HTTP API (the machines' report route, and
+  the app put together) and the page; `_admin.py`, the admin's guard and routes;
+  `_writer.py`, the reports' group commit;
 - `_conns.py`: the table of open connections (bounded in all and per address);
 - `_server.py`: start-up, token files, and the client of `release rollout status`.
 

@@ -1,4 +1,6 @@
-"""The collector's HTTP API (Starlette): `POST /v1/reports` with the fleet token and the
+"""The collector's HTTP API (Starlette), put together here from its parts: the admin's guard
+and routes (`_admin`), the reports' group commit (`_writer`), the background work (`_tasks`)
+and feedback (`_feedback_api`). `POST /v1/reports` with the fleet token and the
 machine's signature; with the admin token, `GET /v1/rollouts`, `GET /v1/census` (`_census`),
 `GET /v1/rehearsals` (`_rehearsals`), `GET /metrics`, `GET /v1/machines` and `POST
 /v1/machines/approve|revoke|load`; `GET /openapi.json` (the report API, from the wire
@@ -19,14 +21,13 @@ crowded (`_conns`), a report of a key that is not established, and a request wit
 admin token, get 503. The admin token, and a report accepted from an established key, vouch
 for the connection they came on (the protocol's, in the scope: never `request.client`)."""
 
-import json
-import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from greenlight.release.fleet._admin import AdminApi
 from greenlight.release.fleet._census import census_endpoint
-from greenlight.release.fleet._conns import ADMIN, Connections
+from greenlight.release.fleet._conns import Connections
 from greenlight.release.fleet._feedback_api import FeedbackApi
 from greenlight.release.fleet._feedback_store import FeedbackLimits
 from greenlight.release.fleet._guard import Guard
@@ -42,7 +43,6 @@ from greenlight.release.fleet._http import (
     dashboard,
     hosts_only,
     openapi,
-    page_params,
     unsigned_fresh,
 )
 from greenlight.release.fleet._lease import Lease
@@ -50,12 +50,11 @@ from greenlight.release.fleet._rehearsals import rehearsals_endpoint
 from greenlight.release.fleet._store import (
     FAILED,
     KEY_DAILY,
-    MACHINE_STATES,
     NEWCOMER_KEY_BYTES,
     Store,
 )
 from greenlight.release.fleet._tasks import Background
-from greenlight.release.fleet._views import MACHINES_PAGE, ROLLOUTS_PAGE, empty_row, encode_cursor
+from greenlight.release.fleet._writer import ReportWriter, StoreDown
 
 __all__ = ["BODY_MAX", "CONNECTION", "ENROL_RATE", "RATE", "dashboard", "make_app", "openapi"]
 
@@ -64,8 +63,6 @@ CONNECTION = "greenlight.connection"
 collector's protocol: what is vouched for, whatever a proxy's headers say the client is"""
 
 
-LOAD_MAX = 1 << 20  # bytes of one load of machine keys
-_ID = re.compile(r"^[0-9a-f]{32}$")
 REFUSALS = {
     "unknown": (403, "this machine's key is not enrolled here: the operator loads keys "
                      "(updater identity prints this machine's)"),
@@ -93,8 +90,6 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
     """The collector's Starlette application (see the module's text); with `lease`, one of
     several collectors sharing the store's database, judging and signing only while it
     holds the lease (`_tasks`)."""
-    import asyncio
-    import concurrent.futures
 
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
     from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -112,9 +107,6 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         FleetReport,
         MachineKeyError,
         describe_validation,
-        machine_id,
-        printable,
-        public_raw,
         verified_sender,
     )
 
@@ -163,55 +155,7 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         refused.labels(str(status)).inc()
         return JSONResponse({"error": error}, status)
 
-    # Reports are stored in batches (group commit), by one writer thread: while one batch
-    # is written, the reports that arrive meanwhile are verified and gather into the next.
-    # A commit costs more than a report, and every request still waits for its own answer.
-    # (bench/collector_load.py, 16 in flight: from 746 to 2,043 reports/s on SQLite with
-    # llhttp; PostgreSQL 1,469/s, as its round trips no longer hold up the event loop.)
-    class StoreDown(Exception):
-        """The batch a report was in could not be stored (logged)."""
-
-    batch: list[tuple[tuple[Any, str, datetime, str],
-                      asyncio.Future[tuple[str, bool, bool]]]] = []
-    writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reports")
-    writing = False
-
-    def write_batch() -> None:
-        nonlocal writing
-        if writing or not batch:
-            return
-        writing = True
-        taken = batch[:]
-        batch.clear()
-        loop = asyncio.get_running_loop()
-        done = loop.run_in_executor(writer, store.admit_many, [item for item, _ in taken],
-                                    RATE, enrolment, enrol_rate)
-        done.add_done_callback(lambda written: answer_batch(taken, written))
-
-    def answer_batch(taken: list[Any],
-                     written: asyncio.Future[list[tuple[str, bool, bool]]]) -> None:
-        nonlocal writing
-        writing = False
-        error = written.exception()
-        if error is not None:  # said once a batch, in one line, never with its parameters
-            said = str(error).splitlines()[0] if str(error) else ""
-            log(f"cannot store reports: {type(error).__name__}: {printable(said, 200)}")
-        for i, (_, answer) in enumerate(taken):
-            if answer.done():
-                continue
-            if error is not None:
-                answer.set_exception(StoreDown())
-            else:
-                answer.set_result(written.result()[i])
-        write_batch()
-
-    async def admitted(item: tuple[Any, str, datetime, str]) -> tuple[str, bool, bool]:
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[tuple[str, bool, bool]] = loop.create_future()
-        batch.append((item, answer))
-        if len(batch) == 1:
-            loop.call_soon(write_batch)
-        return await answer
+    writer = ReportWriter(store, enrolment, enrol_rate, log)  # group commit
 
     async def post_report(request: Request) -> Response:
         with latency.labels("/v1/reports").time():
@@ -265,8 +209,8 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         if table.crowded() and not await run_in_threadpool(store.counts, sender, now):
             return busy()
         try:
-            said, new, established = await admitted((report, report.model_dump_json(by_alias=True),
-                                        now, key))
+            said, new, established = await writer.admitted(
+                (report, report.model_dump_json(by_alias=True), now, key))
         except StoreDown:  # machines keep the report queued and send it again later
             return _refused(503, "the collector cannot store reports now; try later")
         if new:
@@ -287,116 +231,8 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
             task = BackgroundTask(background.judge, report.channel)
         return JSONResponse({"accepted": True}, 202, background=task)
 
-    def admin(handler: Callable[[Request], Awaitable[Response]]
-              ) -> Callable[[Request], Awaitable[Response]]:
-        async def guarded(request: Request) -> Response:
-            if not bearer(request.headers.get("authorization"), admin_token):
-                if table.crowded():
-                    return busy()
-                return JSONResponse({"error": "the admin token is missing or wrong"}, 401)
-            vouch(request, ADMIN)
-            return await handler(request)
-        return guarded
-
-    async def machines(request: Request) -> Response:
-        state = request.query_params.get("state")
-        if state is not None and state not in MACHINE_STATES:
-            return JSONResponse({"error": f"state: one of {', '.join(MACHINE_STATES)}"}, 422)
-        try:
-            limit, after = page_params(request.query_params, MACHINES_PAGE, 2)
-            if after is not None:
-                datetime.fromisoformat(after[0])
-        except ValueError as e:
-            return JSONResponse({"error": printable(str(e), 200)}, 422)
-        listed = await run_in_threadpool(store.machine_list, state, limit,
-                                         None if after is None else (after[0], after[1]))
-        return JSONResponse({"schema": "greenlight.machines/1",
-                             "enrolment": enrolment,
-                             "census": (await run_in_threadpool(store.census))[0],
-                             "counts": await run_in_threadpool(store.enrolment, clock()),
-                             "machines": listed,
-                             "next": encode_cursor(listed[-1]["enrolled"], listed[-1]["id"])
-                             if len(listed) == limit else None})
-
-    async def _ids(request: Request) -> list[str] | Response:
-        body = await capped_body(request)
-        try:
-            ids = json.loads(body or b"")["ids"]
-            if not (isinstance(ids, list) and 0 < len(ids) <= 10_000
-                    and all(isinstance(i, str) and _ID.match(i) for i in ids)):
-                raise ValueError
-        except (ValueError, KeyError, TypeError):
-            return JSONResponse({"error": 'expected {"ids": [machine ids, 32 hex digits]}'},
-                                422)
-        return ids
-
-    async def approve(request: Request) -> Response:
-        ids = await _ids(request)
-        if isinstance(ids, Response):
-            return ids
-        n = await run_in_threadpool(store.set_state, ids, "active", "pending")
-        log(f"approved {n} machine key(s)")
-        return JSONResponse({"changed": n})
-
-    async def revoke(request: Request) -> Response:
-        ids = await _ids(request)
-        if isinstance(ids, Response):
-            return ids
-        n = await run_in_threadpool(store.set_state, ids, "revoked")
-        log(f"revoked {n} machine key(s)")
-        return JSONResponse({"changed": n})
-
-    async def load(request: Request) -> Response:
-        body = await capped_body(request, LOAD_MAX)
-        try:
-            keys = json.loads(body or b"")["keys"]
-            if not isinstance(keys, list) or not 0 < len(keys) <= 10_000:
-                raise ValueError
-            loaded = {machine_id(public_raw(k)): k.strip() for k in keys}
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return JSONResponse({"error": 'expected {"keys": [public keys, as `updater '
-                                          'identity` prints them]}'}, 422)
-        n = await run_in_threadpool(store.preauthorize, loaded, clock())
-        log(f"loaded {n} machine key(s)")
-        return JSONResponse({"added": n, "known": len(loaded) - n})
-
-    def overview(limit: int, after: tuple[str, str] | None
-                 ) -> tuple[list[dict[str, Any]], str | None]:
-        """A page of `limit` rows, in order, after `after`: each release reported on, and each
-        planned one from the moment it is published; and the cursor of the next page."""
-        reported = store.release_pairs(after, limit + 1)
-        plans = {(channel, release or ""): plan for (channel, release), plan in
-                 (guard.plans() if guard is not None else {}).items()}
-        rows = sorted({*reported, *(k for k in plans if after is None or k > after)})
-        more, rows = len(rows) > limit, rows[:limit]
-        found = store.rollout_rows([k for k in rows if k in set(reported)])
-        out = []
-        for key in rows:
-            out.append({**(found.get(key) or empty_row(*key)), "plan": plans.get(key)})
-        return out, encode_cursor(*rows[-1]) if more else None
-
-    async def act(request: Request) -> Response:
-        """POST /v1/rollouts/halt|resume {"channel", "release"}: the admin's hand."""
-        if guard is None:
-            return JSONResponse({"error": "this collector guards no repository (--repo)"}, 409)
-        if request.headers.get("content-type", "").split(";")[0] != "application/json":
-            return JSONResponse({"error": "expected application/json"}, 415)
-        body = await capped_body(request)
-        try:
-            asked = json.loads(body or b"")
-            channel, release = str(asked["channel"]), str(asked["release"])
-        except (ValueError, KeyError, TypeError):
-            return JSONResponse({"error": 'expected {"channel": ..., "release": ...}'}, 422)
-        action = request.path_params["action"]
-        if action not in ("halt", "resume"):
-            return JSONResponse({"error": "POST /v1/rollouts/halt or /v1/rollouts/resume"}, 404)
-        try:
-            line = await run_in_threadpool(guard.admin, channel, release, action,
-                                           "an admin (dashboard)")
-        except ValueError as e:
-            return JSONResponse({"error": printable(str(e), 300)}, 409)
-        _moved(line)
-        return JSONResponse({"done": line})
+    admins = AdminApi(store, admin_token, guard, lease, clock, log, enrolment, table.crowded,
+                      vouch, busy, _moved)
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
@@ -405,20 +241,6 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
         if table.crowded():
             return busy()
         return JSONResponse(openapi())
-
-    async def rollouts(request: Request) -> Response:
-        try:
-            limit, after = page_params(request.query_params, ROLLOUTS_PAGE, 2)
-        except ValueError as e:
-            return JSONResponse({"error": printable(str(e), 200)}, 422)
-        rows, cursor = await run_in_threadpool(
-            overview, limit, None if after is None else (after[0], after[1]))
-        return JSONResponse({"schema": "greenlight.rollouts/1", "rollouts": rows,
-                             "next": cursor, "census": (await run_in_threadpool(store.census))[0],
-                             "leader": None if lease is None else
-                             await run_in_threadpool(lease.leader),
-                             "machines": {"enrolment": enrolment, **await run_in_threadpool(
-                                 store.enrolment, clock())}})
 
     async def page(request: Request) -> Response:
         if table.crowded():
@@ -449,18 +271,14 @@ def make_app(store: Store, fleet_token: str, admin_token: str,
 
     background = Background(guard, lease, tick, [prune, notes.prune], log, _moved, leading)
 
+    admin = admins.admin
     return Starlette(routes=[
         Route("/v1/reports", post_report, methods=["POST"]),
-        Route("/v1/rollouts", host_checked(admin(rollouts))),
-        Route("/v1/rollouts/{action:str}", host_checked(admin(act)), methods=["POST"]),
+        *admins.routes(host_checked),
         Route("/metrics", admin(metrics)),
-        Route("/v1/machines", host_checked(admin(machines))),
         Route("/v1/census", host_checked(admin(census_endpoint(store)))),
         Route("/v1/rehearsals", host_checked(admin(rehearsals_endpoint(
             guard.path if guard is not None else None)))),
-        Route("/v1/machines/approve", host_checked(admin(approve)), methods=["POST"]),
-        Route("/v1/machines/revoke", host_checked(admin(revoke)), methods=["POST"]),
-        Route("/v1/machines/load", host_checked(admin(load)), methods=["POST"]),
         *notes.routes(host_checked, admin),
         Route("/openapi.json", api),
         Route("/", host_checked(page)),

@@ -55,8 +55,8 @@ def _newest_first(versions: dict[str, dict[str, int]]) -> dict[str, dict[str, in
 
 
 class Census:
-    """The census queries (mixed into `Store`, whose tables, engine and `counting` they
-    use)."""
+    """The census queries (mixed into `Store`, whose tables and engine they use, and the
+    rule of which keys count, `_evidence.RuleEvidence.counting`, ahead of this stub)."""
 
     sa: Any
     engine: Any
@@ -64,7 +64,7 @@ class Census:
     machines: Any
 
     def counting(self, established_before: datetime | None = None,
-                 about: str | None = None) -> Any:  # pragma: no cover (Store's)
+                 about: str | None = None) -> Any:  # pragma: no cover (RuleEvidence's)
         raise NotImplementedError
 
     def _latest(self, ids: Any = None) -> Any:

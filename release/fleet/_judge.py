@@ -21,7 +21,7 @@ The order of the rules is the policy:
 
 Only reports received since the rollout was last resumed (`counted_since`) are evidence, and
 only feedback received since the step began and since that resume: the caller asks its
-store with those bounds.
+store with those bounds. Which machines and reports count is said once, in `_evidence`.
 """
 
 import math
