@@ -224,3 +224,26 @@ def test_missing_artifact_on_server_keeps_current(tmp_path, served, published):
     with pytest.raises(NetworkError, match="HTTP 404"):
         do_upgrade(root)
     assert root.installed_version() == "1.0"
+
+
+def test_an_upgrade_acts_on_the_decision_of_its_check_unless_the_machine_changed_since(
+        tmp_path, served, published, builds):
+    """The agent decides once a cycle (`checked`, then `upgrade(decided=...)`); a decision
+    made before another command changed the machine (a pin here) is made again, never acted
+    on stale."""
+    from greenlight.updater.operations import checked
+    from greenlight.updater.store import clear_pin, set_pin
+
+    root = make_root(tmp_path, served, published)
+    do_upgrade(root)
+    publish(published, "stable", "1.1", builds("1.1"))
+    repo = open_repository(root)
+    report, decided = checked(root, repo)
+    assert report.update_available and decided.plan.target == "1.1"
+    set_pin(root, "1.0", "a person")  # between the check and the upgrade
+    done = upgrade(root, repo, decided=decided)
+    assert done.outcome == "held" and root.installed_version() == "1.0"
+    clear_pin(root)
+    report, decided = checked(root, repo)
+    done = upgrade(root, repo, decided=decided)
+    assert done.outcome == "upgraded" and root.installed_version() == "1.1"

@@ -245,7 +245,7 @@ class Agent:
 
     def _cycle(self, config: AgentConfig) -> None:
         from greenlight.updater.operations import (
-            check,
+            checked,
             crashed_services,
             download,
             open_repository,
@@ -259,7 +259,8 @@ class Agent:
         repo = open_repository(root)
         self._verify(config)
         try:
-            report = check(root, repo, bool(crashed_services(root)))
+            # decided once, with one look at the clock: the upgrade below acts on it
+            report, decided = checked(root, repo, bool(crashed_services(root)))
         except NeedsNewer as need:  # Greenlight first, then (re-executed) the product
             if not self._said_once(need.what, "need"):
                 self.log(f"{need.what}: updating Greenlight first")
@@ -294,7 +295,7 @@ class Agent:
         if step.action == "wait-revoked":
             self._status(available=available, update="revoked", checked=True)
         elif step.action == "leave-revoked":
-            done = upgrade(root, repo)
+            done = upgrade(root, repo, decided=decided)
             self.emit(event("left-revoked", f"{installed} was revoked ({report.yanked}): "
                                             f"now on {done.installed}"), config)
             self._status(available=done.to_version, checked=True,
@@ -322,7 +323,7 @@ class Agent:
             if step.action == "notify":
                 self._status(available=available, update="available", checked=True)
             elif step.action == "download":
-                fetched = download(root, repo)
+                fetched = download(root, repo, decided=decided)
                 if previous is None or previous.update != "downloaded" or (
                         previous.available != available):
                     self.emit(event("downloaded", f"{available} downloaded and verified "
@@ -330,7 +331,7 @@ class Agent:
                 self._status(available=available, update="downloaded", held_because=step.why,
                              checked=True)
             else:
-                self._after(upgrade(root, repo), config, event)
+                self._after(upgrade(root, repo, decided=decided), config, event)
 
     def _supervise(self, config: AgentConfig) -> None:
         """Say what the services' supervisors did since the last cycle: each restart is an

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     )
     from greenlight.updater.operations._read import (
         check,
+        checked,
         open_repository,
         plan_for,
         quarantined,
@@ -70,6 +71,7 @@ __all__ = [
     "Supervised",
     "acting_person",
     "check",
+    "checked",
     "collect_inbox",
     "compose_feedback",
     "crashed_services",
@@ -101,7 +103,7 @@ __all__ = [
     "write_systemd_units",
 ]
 
-_READ = {"check", "open_repository", "plan_for", "quarantined", "read_channel", "status",
+_READ = {"check", "checked", "open_repository", "plan_for", "quarantined", "read_channel", "status",
          "switch_channel"}
 _RECOVERY = {"recover_if_interrupted", "recover_root"}
 _VERIFY = {"repair", "repair_from_bundle", "verify", "verify_and_record"}

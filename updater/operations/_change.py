@@ -30,6 +30,8 @@ from greenlight.updater._errors import (
     signalled,
 )
 from greenlight.updater.operations._read import (
+    Following,
+    basis,
     follow,
     go_back_if_chosen,
     read_channel,
@@ -172,11 +174,13 @@ def _takes_over(txn: Transaction) -> str | None:
 
 
 def upgrade(root: InstallRoot, repo: TrustedRepository, progress: Progress | None = None,
-            force: bool = False, allow_downgrade: bool = False) -> UpgradeReport:
+            force: bool = False, allow_downgrade: bool = False,
+            decided: Following | None = None) -> UpgradeReport:
     """Move to the active channel's release through the health-checked transaction (or back
     to the chosen channel's, after a fallback, once it is allowed here). An older release
     is installed only when the installed one is revoked, quarantined or down, or with
-    `allow_downgrade` (a person's explicit word).
+    `allow_downgrade` (a person's explicit word). `decided`: the decision a check just made
+    (`checked`), acted on while what it was made from is unchanged (`basis`).
 
     Raises:
         BusyError, ConfigError, TrustError, NetworkError, NotFound, StoreError, ArchiveError,
@@ -185,7 +189,7 @@ def upgrade(root: InstallRoot, repo: TrustedRepository, progress: Progress | Non
     """
     with locked(root):
         recover(root, config_of(root))
-        return _upgrade_locked(root, repo, progress, force, allow_downgrade)
+        return _upgrade_locked(root, repo, progress, force, allow_downgrade, decided)
 
 
 def sideload(root: InstallRoot, bundle_path: Path, progress: Progress | None = None,
@@ -246,17 +250,19 @@ def _sideload_locked(root: InstallRoot, bundle_path: Path, progress: Progress | 
 
 
 def download(root: InstallRoot, repo: TrustedRepository,
-             progress: Progress | None = None) -> UpgradeReport:
+             progress: Progress | None = None,
+             decided: Following | None = None) -> UpgradeReport:
     """Fetch and verify the channel's release into `downloads/` without installing it (the
     agent's `apply = "download"`, and its downloads outside the install windows). The next
-    upgrade finds the artifacts there and fetches nothing.
+    upgrade finds the artifacts there and fetches nothing. `decided`: as `upgrade`'s.
 
     Raises:
         the same as `upgrade`, before anything is installed.
     """
     with locked(root):
         recover(root, config_of(root))
-        plan = follow(root, repo).plan
+        plan = (decided.plan if decided is not None and decided.basis == basis(
+            root, bool(decided.basis[-1])) else follow(root, repo).plan)
         channel_file = plan.release_file
         report = UpgradeReport(
             root=str(root.path), channel=channel_file.channel, outcome="up-to-date",
@@ -278,11 +284,16 @@ def download(root: InstallRoot, repo: TrustedRepository,
 
 
 def _upgrade_locked(root: InstallRoot, repo: TrustedRepository, progress: Progress | None,
-                    force: bool, allow_downgrade: bool = False) -> UpgradeReport:
+                    force: bool, allow_downgrade: bool = False,
+                    decided: Following | None = None) -> UpgradeReport:
     config = config_of(root)
     control = ServiceControl.of(root, config)
     crashed = control.crashed() if root.installed_release() is not None else []
-    following = follow(root, repo, bool(crashed), allow_downgrade)
+    if (decided is not None and not allow_downgrade
+            and decided.basis == basis(root, bool(crashed))):
+        following = decided
+    else:
+        following = follow(root, repo, bool(crashed), allow_downgrade)
     before = go_back_if_chosen(root, following)
     try:
         return _act(root, repo, following.plan, control, progress, force, crashed)

@@ -36,8 +36,9 @@ from greenlight.updater.store import (
 )
 from greenlight.updater.trust import FetcherInterface, TrustedRepository
 
-__all__ = ["Following", "check", "follow", "go_back_if_chosen", "open_repository", "plan_for",
-           "quarantine_info", "quarantined", "read_channel", "status", "switch_channel"]
+__all__ = ["Following", "basis", "check", "checked", "follow", "go_back_if_chosen",
+           "open_repository", "plan_for", "quarantine_info", "quarantined", "read_channel",
+           "status", "switch_channel"]
 
 
 def open_repository(root: InstallRoot, fetcher: FetcherInterface | None = None
@@ -123,10 +124,27 @@ class Following:
     """the plan is the chosen channel's: acting on it ends a fallback"""
     note: str | None = None
     """after a fallback: where the chosen channel stands here"""
+    basis: tuple[object, ...] = ()
+    """what it was decided from on this machine (`basis`): still the same, it stands"""
 
     @property
     def channel(self) -> str:
         return self.plan.release_file.channel
+
+
+def basis(root: InstallRoot, installed_down: bool = False) -> tuple[object, ...]:
+    """What a decision took from this machine: the installed release, the active channel, the
+    quarantine, the pin, and whether the installed release is down. A caller that decided
+    (the agent's check) and acts later (its upgrade) acts on that decision while these are
+    unchanged, and decides again otherwise.
+
+    Raises:
+        StoreError: the quarantine or the pin is damaged.
+    """
+    pin = pin_of(root)
+    return (root.installed_release(), active_channel(root),
+            tuple(sorted(i.key for i in quarantine(root))), pin.version if pin else None,
+            installed_down)
 
 
 def follow(root: InstallRoot, repo: TrustedRepository, installed_down: bool = False,
@@ -139,6 +157,7 @@ def follow(root: InstallRoot, repo: TrustedRepository, installed_down: bool = Fa
         NotFound, TrustError, NetworkError, StoreError: as `read_channel` and `plan_for`.
     """
     active = active_channel(root)
+    seen = basis(root, installed_down)
     plan: Plan | None = None
     try:
         plan = plan_for(root, read_channel(root, repo, active.channel), repo, installed_down,
@@ -148,7 +167,7 @@ def follow(root: InstallRoot, repo: TrustedRepository, installed_down: bool = Fa
             raise
     if not active.fallen_back:
         assert plan is not None
-        return Following(active, plan)
+        return Following(active, plan, basis=seen)
     chosen = active.chosen_channel
     try:
         chosen_plan = plan_for(root, read_channel(root, repo, chosen), repo, installed_down,
@@ -157,14 +176,16 @@ def follow(root: InstallRoot, repo: TrustedRepository, installed_down: bool = Fa
         if plan is None:
             raise
         return Following(active, plan, note=f"on {active.channel} after a fallback from "
-                                            f"{chosen}; {chosen} is not in this source")
+                                            f"{chosen}; {chosen} is not in this source",
+                         basis=seen)
     acted, back = follow_plan(plan, chosen_plan)
     if back:
-        return Following(active, acted, back_to_chosen=True,
+        return Following(active, acted, back_to_chosen=True, basis=seen,
                          note=f"back to {chosen}: it carries {chosen_plan.target}, allowed here")
     where = (chosen_plan.note or chosen_plan.action).rstrip(".")
-    return Following(active, acted, note=f"on {active.channel} after a fallback from {chosen}; "
-                                         f"{chosen}: {where}")
+    return Following(active, acted, basis=seen,
+                     note=f"on {active.channel} after a fallback from {chosen}; "
+                          f"{chosen}: {where}")
 
 
 def go_back_if_chosen(root: InstallRoot, following: Following) -> ActiveChannel:
@@ -197,6 +218,18 @@ def check(root: InstallRoot, repo: TrustedRepository,
         TrustError, NetworkError, NotFound: as `read_channel`.
         ConfigError: no configuration, or one that does not load.
     """
+    return checked(root, repo, installed_down)[0]
+
+
+def checked(root: InstallRoot, repo: TrustedRepository,
+            installed_down: bool = False) -> tuple[CheckReport, Following]:
+    """`check`'s report, and the decision it reports, for a caller that acts on it next
+    (`upgrade(..., decided=)`): decided once, with one look at the clock.
+
+    Raises:
+        TrustError, NetworkError, NotFound: as `read_channel`.
+        ConfigError: no configuration, or one that does not load.
+    """
     following = follow(root, repo, installed_down=installed_down)
     active, plan = following.active, following.plan
     channel_file = plan.release_file
@@ -222,7 +255,7 @@ def check(root: InstallRoot, repo: TrustedRepository,
         components={
             name: ComponentInfo(**a.model_dump()) for name, a in channel_file.components.items()
         },
-    )
+    ), following
 
 
 def status(root: InstallRoot) -> StatusReport:
