@@ -7,10 +7,23 @@
 - the archive layout rule (`clean_member_name`, `top_folder_of`) and the fleet report's wire
   format (`FleetReport`);
 - durable files (`atomic_write`, `atomic_symlink`, `fsync_dir`) and the clock (`now`);
-- hashing on a helper thread (`ParallelDigest`).
+- hashing on a helper thread (`ParallelDigest`);
+- what both sides read the same way, so that the pipeline refuses at publish what a machine
+  would refuse: an archive, unpacked and listed safely (`extract`, `top_folder`,
+  `index_tar`, `Limits`, `Region`), and a product's manifest and configuration
+  (`load_manifest`, `ProductManifest`, `split_product_config`, `Config`, `check_product`,
+  `with_machine_parts`, the checks' models, placeholders and the strings' rules);
+- their errors, the root of the client's error tree: `GreenlightError` and its
+  `ConfigError`, `TrustError` and `ArchiveError`, each with the exit code `updater` returns.
+
+The archive reader and the product's models load on first use (PEP 562), so that importing
+this package loads neither tarfile nor the configuration's models.
 
 This package imports nothing of `greenlight.updater` or `greenlight.release`.
 """
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from greenlight.channels._bundle_format import (
     BUNDLE_BASE_URL,
@@ -23,6 +36,7 @@ from greenlight.channels._clock import now
 from greenlight.channels._cohort import COHORT_PATTERN, LABEL_PATTERN, cohort_of
 from greenlight.channels._delta import BuiltDelta, DeltaError, apply_delta, build_delta
 from greenlight.channels._digest import ParallelDigest
+from greenlight.channels._errors import ArchiveError, ConfigError, GreenlightError, TrustError
 from greenlight.channels._feedback import (
     FEEDBACK_MAX_BYTES,
     FEEDBACK_SCHEMA,
@@ -105,7 +119,17 @@ from greenlight.channels._paths import (
     updater_channel,
     updater_component,
 )
+from greenlight.channels._placeholders import BUILT_IN, expand
 from greenlight.channels._process import lean_process
+from greenlight.channels._product_fields import (
+    AGENT_UNIT,
+    CONTROL,
+    GATE_UNIT,
+    check_folder,
+    check_program,
+    is_unit_file_name,
+    unit_of,
+)
 from greenlight.channels._records import Record
 from greenlight.channels._requires import (
     FIRST_TOLERANT,
@@ -123,6 +147,44 @@ from greenlight.channels._rollout import (
 from greenlight.channels._text import printable, terminal_lines
 from greenlight.channels._version import VERSION
 from greenlight.channels._versions import canonical_version, is_newer, parse_version, sort_versions
+
+if TYPE_CHECKING:
+    from greenlight.channels._archive import (
+        Limits,
+        Region,
+        extract,
+        index_tar,
+        top_folder,
+    )
+    from greenlight.channels._manifest import (
+        Layered,
+        ProductManifest,
+        check_value,
+        instance_values,
+        layered,
+        load_manifest,
+        manifest_schema,
+        split_product_config,
+    )
+    from greenlight.channels._product_checks import (
+        CheckConfig,
+        CommandCheck,
+        DnsCheck,
+        HttpCheck,
+        ProcessCheck,
+        TcpCheck,
+        VersionCheck,
+        WebSocketCheck,
+    )
+    from greenlight.channels._product_config import (
+        AgentConfig,
+        Config,
+        RepositoryConfig,
+        ServiceConfig,
+        SocketConfig,
+        check_product,
+        with_machine_parts,
+    )
 
 __all__ = [
     "FEEDBACK_MAX_BYTES",
@@ -230,4 +292,70 @@ __all__ = [
     "unknown_fields",
     "lean_process",
     "version_of",
+    "ArchiveError",
+    "ConfigError",
+    "GreenlightError",
+    "TrustError",
+    "Limits",
+    "Region",
+    "extract",
+    "index_tar",
+    "top_folder",
+    "AGENT_UNIT",
+    "BUILT_IN",
+    "CONTROL",
+    "GATE_UNIT",
+    "check_folder",
+    "check_program",
+    "expand",
+    "is_unit_file_name",
+    "unit_of",
+    "AgentConfig",
+    "CheckConfig",
+    "CommandCheck",
+    "Config",
+    "DnsCheck",
+    "HttpCheck",
+    "ProcessCheck",
+    "RepositoryConfig",
+    "ServiceConfig",
+    "SocketConfig",
+    "TcpCheck",
+    "VersionCheck",
+    "WebSocketCheck",
+    "check_product",
+    "with_machine_parts",
+    "Layered",
+    "ProductManifest",
+    "check_value",
+    "instance_values",
+    "layered",
+    "load_manifest",
+    "manifest_schema",
+    "split_product_config",
 ]
+
+_ARCHIVE = "greenlight.channels._archive"
+_CHECKS = "greenlight.channels._product_checks"
+_CONFIG = "greenlight.channels._product_config"
+_MANIFEST = "greenlight.channels._manifest"
+_HOME = {
+    **dict.fromkeys(("Limits", "Region", "extract", "index_tar", "top_folder"), _ARCHIVE),
+    **dict.fromkeys(("CheckConfig", "CommandCheck", "DnsCheck", "HttpCheck", "ProcessCheck",
+                     "TcpCheck", "VersionCheck", "WebSocketCheck"), _CHECKS),
+    **dict.fromkeys(("AgentConfig", "Config", "RepositoryConfig", "ServiceConfig",
+                     "SocketConfig", "check_product", "with_machine_parts"), _CONFIG),
+    **dict.fromkeys(("Layered", "ProductManifest", "check_value", "instance_values",
+                     "layered", "load_manifest", "manifest_schema", "split_product_config"),
+                    _MANIFEST),
+}
+"""The names loaded on first use, and the module each comes from."""
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value

@@ -10,8 +10,9 @@ _errors.py      the exception tree, each class with its exit code
 
 `release` writes a repository of static files (`metadata/` and `targets/`); any static HTTP
 server can serve them. Keys live apart from what is served. The pipeline uses the shared
-layer (`greenlight.channels`) and the client's public API (`greenlight.updater.trust`, to
-verify a repository as a client would), never a private module of the client.
+layer (`greenlight.channels`: archives, manifests and a product's configuration are read there
+as a machine reads them) and, of the client, only the public names of
+`greenlight.updater.trust` (to verify a repository as a client would).
 
 Names load on first use (PEP 562): `import greenlight.release` loads nothing of the
 pipeline until a name is asked for.

@@ -97,9 +97,6 @@ def test_imports_point_down():
             if module.startswith("greenlight.channels") and not i.startswith(
                     "greenlight.channels"):
                 wrong.append(f"{module} -> {i} (the shared layer imports nothing above it)")
-            if module.startswith("greenlight.release") and i.startswith("greenlight.updater") \
-                    and any(part.startswith("_") for part in i.split(".")):
-                wrong.append(f"{module} -> {i} (private module of the client)")
             if module.startswith("greenlight.updater") and i.startswith("greenlight.release"):
                 wrong.append(f"{module} -> {i}")
         own = _layer(module)
@@ -112,6 +109,35 @@ def test_imports_point_down():
             if _layer(i) not in allowed:
                 wrong.append(f"{module} -> {i}")
     assert not wrong, "imports that do not point down:\n" + "\n".join(sorted(wrong))
+
+
+def test_the_pipeline_imports_of_the_client_only_the_public_api_of_trust():
+    """What both sides must agree on (how an archive is unpacked and listed, what a manifest
+    and a product's configuration may hold, their errors) is the shared layer's: `release`
+    imports of the client only the public names of `greenlight.updater.trust` (to verify a
+    repository as a client would), never another module of it, trust's private ones
+    included. Running the client as a program (`python -m greenlight.updater.cli`) is no
+    import."""
+    trust = "greenlight.updater.trust"
+    public = set(_declared_all(ast.parse(_modules()[trust].read_text())) or [])
+    wrong = []
+    for module, imported in _graph().items():
+        if not module.startswith("greenlight.release"):
+            continue
+        wrong += [f"{module} -> {i}" for i in sorted(imported)
+                  if (i == "greenlight.updater" or i.startswith("greenlight.updater."))
+                  and i != trust]
+    for module, path in _modules().items():
+        if not module.startswith("greenlight.release"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == trust:
+                wrong += [f"{module} -> {trust}.{a.name} (not in its __all__)"
+                          for a in node.names if a.name not in public]
+            elif isinstance(node, ast.Import):
+                wrong += [f"{module} -> import {a.name} (import names from it)"
+                          for a in node.names if a.name == trust]
+    assert not wrong, "the pipeline reaches into the client:\n" + "\n".join(wrong)
 
 
 # The pipeline's parts: the CLI over three jobs; distribution and the fleet use the signed

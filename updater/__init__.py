@@ -16,8 +16,9 @@ store                         the root on disk: layout, journal, history, quaran
 greenlight.channels           the shared layer
 ```
 
-This module re-exports the error tree only, so that importing it stays cheap: every error
-carries the exit code the CLI returns for it. It also keeps the cloud SDKs that
+This module re-exports the error tree only (its root and three branches are the shared
+layer's), so that importing it loads nothing of the client: every error carries the exit code
+the CLI returns for it. It also keeps the cloud SDKs that
 securesystemslib's signer package reaches for out of the client (`_lean`).
 """
 

@@ -19,6 +19,11 @@ GreenlightError (1)
 ```
 python-tuf's and httpx's exceptions are mapped once, in `greenlight.updater.trust`.
 
+`GreenlightError` and three of its branches, `ConfigError`, `TrustError` and `ArchiveError`,
+are the shared layer's (`greenlight.channels`): they are what its archive reader and its
+product models raise, and what both sides catch. They are the client's own all the same:
+importing them from here or from there gives the same classes.
+
 `Interrupted` (SIGINT, SIGTERM) is not a `GreenlightError` and not an `Exception`: nothing
 catches it by accident, and where a C extension catches it anyway (and raises its own error, or
 none), the process still knows a signal came: the funnels ask `signalled` first. The
@@ -31,6 +36,8 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from greenlight.channels import ArchiveError, ConfigError, GreenlightError, TrustError
 
 __all__ = [
     "EXIT_CODES",
@@ -65,33 +72,10 @@ __all__ = [
 ]
 
 
-class GreenlightError(Exception):
-    exit_code = 1
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(message.split()))
-
-    @property
-    def kind(self) -> str:
-        return type(self).__name__
-
-
 class UsageError(GreenlightError):
     """An argument that cannot be right (an invalid channel name, say)."""
 
     exit_code = 2
-
-
-class ConfigError(GreenlightError):
-    """greenlight.toml or the installation root is missing, unreadable or invalid."""
-
-    exit_code = 3
-
-
-class TrustError(GreenlightError):
-    """TUF verification refused metadata or a target: tampered, expired, replayed, wrong root."""
-
-    exit_code = 4
 
 
 class NetworkError(GreenlightError):
@@ -110,12 +94,6 @@ class StoreError(GreenlightError):
     """Local state could not be written or read (full disk, permissions, a broken store)."""
 
     exit_code = 7
-
-
-class ArchiveError(GreenlightError):
-    """A release archive is broken or hostile (paths out of the tree, links, bombs)."""
-
-    exit_code = 8
 
 
 class NotFound(GreenlightError):

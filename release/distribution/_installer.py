@@ -29,8 +29,7 @@ def _product(path: Path) -> tuple[str, dict[str, object]]:
     """The product's configuration, checked now as the target machine would check it, so a
     mistake costs a second here and not a build and a failed install there: the release's
     manifest (its text) and the machine's part (backend, systemd_scope)."""
-    from greenlight.updater import ConfigError
-    from greenlight.updater.product import split_product_config
+    from greenlight.channels import ConfigError, split_product_config
 
     try:
         text = path.read_text()
@@ -62,9 +61,8 @@ def _attach(repo: FileRepository, channel: str, manifest: str, path: Path) -> st
 def _declared_values(repo: FileRepository, channel: str) -> dict[str, str]:
     """The [values] the channel's release leaves to the machine, with their defaults (none
     for a release without a manifest)."""
+    from greenlight.channels import ConfigError, load_manifest
     from greenlight.release.repository import current_channel_file
-    from greenlight.updater import ConfigError
-    from greenlight.updater.product import load_manifest
 
     channel_file = current_channel_file(repo, channel)
     ref = channel_file.manifest if channel_file is not None else None

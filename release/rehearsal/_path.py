@@ -176,7 +176,7 @@ class PathWork:
             path.write_text(content)
 
     def configure(self) -> None:
-        from greenlight.updater.product import with_machine_parts
+        from greenlight.channels import with_machine_parts
 
         parts = self.layer_parts()
         config = self.root / "greenlight.toml"

@@ -105,8 +105,7 @@ def candidate_from_archives(version: str, components: dict[str, Path],
             raise NotFound(f"component {name}: {path} is not a file")
     if manifest is not None and not manifest.is_file():
         raise NotFound(f"--manifest {manifest}: no such file")
-    from greenlight.updater import ArchiveError
-    from greenlight.updater.store import top_folder
+    from greenlight.channels import ArchiveError, top_folder
 
     layout: dict[str, str | None] = {}
     for name, path in components.items():

@@ -129,8 +129,7 @@ def load_scenarios(path: Path | None) -> Scenarios:
     except ValidationError as e:
         raise UsageError(f"--scenarios {path}: {describe_validation(e, data, limit=1)}"
                          ) from None
-    from greenlight.updater import ConfigError
-    from greenlight.updater.product import check_product
+    from greenlight.channels import ConfigError, check_product
 
     for layer in scenarios.layers():  # each layer's checks as a machine's Config checks them
         try:

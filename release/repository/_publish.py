@@ -59,8 +59,7 @@ def _add_manifest(repo: FileRepository, version: str, path: Path) -> ManifestRef
     Raises:
         NotFound: no such file. UsageError: it does not load (one line, the first problem).
     """
-    from greenlight.updater import ConfigError
-    from greenlight.updater.product import load_manifest
+    from greenlight.channels import ConfigError, load_manifest
 
     try:
         data = path.read_bytes()
@@ -94,9 +93,7 @@ def add_file_lists(repo: FileRepository,
     """
     import tempfile
 
-    from greenlight.channels import FileList, files_target, list_tree
-    from greenlight.updater import ArchiveError
-    from greenlight.updater.store import extract
+    from greenlight.channels import ArchiveError, FileList, extract, files_target, list_tree
 
     lists: dict[str, bytes] = {}
     for name, (path, artifact) in sorted(components.items()):
@@ -140,8 +137,7 @@ def publish(
     a behaviour of that Greenlight), never lowered below what its fields need. `gate` is shown
     the entry as it will be signed, `requires` worked out, before anything is: it refuses the
     publish by raising (a `ReleaseError`), and nothing is changed."""
-    from greenlight.updater import ArchiveError
-    from greenlight.updater.store import top_folder
+    from greenlight.channels import ArchiveError, top_folder
 
     require(repo)
     check_channel_name(channel)
@@ -225,7 +221,7 @@ def attach_manifest(repo: FileRepository, channel: str, manifest: str,
     """
     import hashlib
 
-    from greenlight.updater.product import load_manifest
+    from greenlight.channels import load_manifest
 
     require(repo)
     current = current_channel_file(repo, channel)

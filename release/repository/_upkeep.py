@@ -7,11 +7,10 @@ from pathlib import Path
 
 from tuf.api.metadata import Snapshot, Timestamp
 
-from greenlight.channels import BUNDLE_BASE_URL, Record
+from greenlight.channels import BUNDLE_BASE_URL, GreenlightError, Record
 from greenlight.release._errors import Conflict, MetadataError, NotFound
 from greenlight.release.repository._channels import channels
 from greenlight.release.repository._repository import FileRepository, all_or_nothing
-from greenlight.updater import GreenlightError
 from greenlight.updater.trust import DirectoryFetcher, Downloads, TrustedRepository
 
 __all__ = ["VerifyResult", "expiring", "refresh", "renewal", "verify"]

@@ -1,5 +1,8 @@
 """The product Greenlight manages: its configuration (`greenlight.toml`), placeholders, its
 services (process or systemd backend, and the stdlib-only launcher) and its health checks.
+The models of greenlight.toml and of a release's manifest, and their loaders, are the shared
+layer's (`greenlight.channels`: the pipeline checks a product with the same code); the ones
+the client uses are re-exported here.
 
 Heavy libraries (httpx, websockets, dnspython) are imported by the probes that use them, and
 the names below are loaded on first use (PEP 562), so that reading the configuration (what
@@ -10,23 +13,25 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from greenlight.updater.product._config import (
+    from greenlight.channels import (
         AgentConfig,
         CheckConfig,
         CommandCheck,
         Config,
         DnsCheck,
-        HealthConfig,
         HttpCheck,
-        ProcessCheck,
+        ProductManifest,
         RepositoryConfig,
         ServiceConfig,
         SocketConfig,
-        StopConfig,
         TcpCheck,
         VersionCheck,
         WebSocketCheck,
-        check_product,
+        check_value,
+        layered,
+        load_manifest,
+        manifest_schema,
+        split_product_config,
         with_machine_parts,
     )
     from greenlight.updater.product._control import (
@@ -48,16 +53,7 @@ if TYPE_CHECKING:
         all_checks,
         failed_required,
     )
-    from greenlight.updater.product._manifest import (
-        Layered,
-        ProductManifest,
-        check_value,
-        layered,
-        load_manifest,
-        manifest_schema,
-        split_product_config,
-    )
-    from greenlight.updater.product._placeholders import expand, expand_command, values_for
+    from greenlight.updater.product._placeholders import expand_command, values_for
     from greenlight.updater.product._preflight import preflight, runs_preflight, stop_shadows
     from greenlight.updater.product._redaction import REDACTED, redact, scrub, secrets_of
     from greenlight.updater.product._rootconfig import (
@@ -102,12 +98,9 @@ __all__ = [
     "Config",
     "DnsCheck",
     "HealthChecker",
-    "HealthConfig",
     "HealthFailure",
     "HttpCheck",
-    "Layered",
     "ProcessBackend",
-    "ProcessCheck",
     "ProductManifest",
     "RepositoryConfig",
     "Restarts",
@@ -117,7 +110,6 @@ __all__ = [
     "SocketConfig",
     "SocketHolder",
     "ServiceControl",
-    "StopConfig",
     "StopOutcome",
     "SystemdBackend",
     "TcpCheck",
@@ -129,7 +121,6 @@ __all__ = [
     "check_value",
     "config_of",
     "drain",
-    "expand",
     "expand_command",
     "failed_required",
     "forget_config",
@@ -161,7 +152,6 @@ __all__ = [
     "stop_shadows",
     "stop_successors",
     "values_for",
-    "check_product",
     "with_machine_parts",
 ]
 
@@ -170,25 +160,22 @@ _HOME = {
     "base_environment": "greenlight.updater.product._environment",
     "identity": "greenlight.updater.product._environment",
     "service_environment": "greenlight.updater.product._environment",
-    "AgentConfig": "greenlight.updater.product._config",
-    "CheckConfig": "greenlight.updater.product._config",
+    "AgentConfig": "greenlight.channels",
+    "CheckConfig": "greenlight.channels",
     "CheckResult": "greenlight.updater.product._health",
-    "CommandCheck": "greenlight.updater.product._config",
-    "Config": "greenlight.updater.product._config",
-    "DnsCheck": "greenlight.updater.product._config",
+    "CommandCheck": "greenlight.channels",
+    "Config": "greenlight.channels",
+    "DnsCheck": "greenlight.channels",
     "HealthChecker": "greenlight.updater.product._health",
-    "HealthConfig": "greenlight.updater.product._config",
     "HealthFailure": "greenlight.updater.product._control",
-    "HttpCheck": "greenlight.updater.product._config",
-    "Layered": "greenlight.updater.product._manifest",
+    "HttpCheck": "greenlight.channels",
     "ProcessBackend": "greenlight.updater.product._services",
-    "ProcessCheck": "greenlight.updater.product._config",
-    "ProductManifest": "greenlight.updater.product._manifest",
-    "RepositoryConfig": "greenlight.updater.product._config",
+    "ProductManifest": "greenlight.channels",
+    "RepositoryConfig": "greenlight.channels",
     "Restarts": "greenlight.updater.product._services",
     "ServiceBackend": "greenlight.updater.product._services",
-    "ServiceConfig": "greenlight.updater.product._config",
-    "SocketConfig": "greenlight.updater.product._config",
+    "ServiceConfig": "greenlight.channels",
+    "SocketConfig": "greenlight.channels",
     "Shadow": "greenlight.updater.product._control",
     "SocketHolder": "greenlight.updater.product._sockets",
     "preflight": "greenlight.updater.product._preflight",
@@ -202,25 +189,23 @@ _HOME = {
     "secrets_of": "greenlight.updater.product._redaction",
     "stop_shadows": "greenlight.updater.product._preflight",
     "ServiceControl": "greenlight.updater.product._control",
-    "StopConfig": "greenlight.updater.product._config",
     "StopOutcome": "greenlight.updater.product._services",
     "SystemdBackend": "greenlight.updater.product._systemd",
-    "TcpCheck": "greenlight.updater.product._config",
-    "VersionCheck": "greenlight.updater.product._config",
-    "WebSocketCheck": "greenlight.updater.product._config",
+    "TcpCheck": "greenlight.channels",
+    "VersionCheck": "greenlight.channels",
+    "WebSocketCheck": "greenlight.channels",
     "all_checks": "greenlight.updater.product._health",
     "backend_for": "greenlight.updater.product._control",
     "config_of": "greenlight.updater.product._rootconfig",
     "forget_config": "greenlight.updater.product._rootconfig",
     "init_root": "greenlight.updater.product._rootconfig",
-    "layered": "greenlight.updater.product._manifest",
-    "check_value": "greenlight.updater.product._manifest",
-    "load_manifest": "greenlight.updater.product._manifest",
+    "layered": "greenlight.channels",
+    "check_value": "greenlight.channels",
+    "load_manifest": "greenlight.channels",
     "machine_cohort": "greenlight.updater.product._rootconfig",
-    "split_product_config": "greenlight.updater.product._manifest",
-    "manifest_schema": "greenlight.updater.product._manifest",
+    "split_product_config": "greenlight.channels",
+    "manifest_schema": "greenlight.channels",
     "drain": "greenlight.updater.product._services",
-    "expand": "greenlight.updater.product._placeholders",
     "expand_command": "greenlight.updater.product._placeholders",
     "failed_required": "greenlight.updater.product._health",
     "frozen": "greenlight.updater.product._runtime",
@@ -237,8 +222,7 @@ _HOME = {
     "record_units": "greenlight.updater.product._systemd",
     "recorded_units": "greenlight.updater.product._systemd",
     "values_for": "greenlight.updater.product._placeholders",
-    "check_product": "greenlight.updater.product._config",
-    "with_machine_parts": "greenlight.updater.product._config",
+    "with_machine_parts": "greenlight.channels",
 }
 
 

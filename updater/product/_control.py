@@ -16,9 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from greenlight.channels import atomic_write, now, printable, version_of
+from greenlight.channels import (
+    CheckConfig,
+    Config,
+    Layered,
+    ProcessCheck,
+    ServiceConfig,
+    atomic_write,
+    expand,
+    layered,
+    load_manifest,
+    now,
+    printable,
+    version_of,
+)
 from greenlight.updater._errors import ConfigError, StoreError
-from greenlight.updater.product._config import CheckConfig, Config, ProcessCheck, ServiceConfig
 from greenlight.updater.product._health import (
     CheckResult,
     HealthChecker,
@@ -26,8 +38,7 @@ from greenlight.updater.product._health import (
     failed_required,
 )
 from greenlight.updater.product._listeners import describe_process, listen_address, listeners
-from greenlight.updater.product._manifest import Layered, layered, load_manifest
-from greenlight.updater.product._placeholders import expand, values_for
+from greenlight.updater.product._placeholders import values_for
 from greenlight.updater.product._services import (
     ProcessBackend,
     Restarts,

@@ -19,8 +19,7 @@ UI would, never with the variables of a shell, a test or a cron job.
 import os
 import pwd
 
-from greenlight.updater.product._config import ServiceConfig
-from greenlight.updater.product._placeholders import expand
+from greenlight.channels import ServiceConfig, expand
 
 __all__ = ["DEFAULT_PATH", "base_environment", "identity", "service_environment"]
 

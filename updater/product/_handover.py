@@ -20,8 +20,7 @@ NOTIFY_SOCKET when it serves, and on its stop signal close its listening sockets
 finish in-flight work. The process backend only: a systemd unit runs one instance at a time.
 """
 
-from greenlight.channels import version_of
-from greenlight.updater.product._config import Config
+from greenlight.channels import Config, version_of
 from greenlight.updater.product._control import HealthFailure, ServiceControl, service_result
 from greenlight.updater.product._services import ProcessBackend, stop_slot
 from greenlight.updater.product._sockets import SocketHolder, close

@@ -13,21 +13,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from greenlight.channels import Record, now
-from greenlight.updater._errors import ConfigError
-from greenlight.updater.product._config import (
+from greenlight.channels import (
     CheckConfig,
     CommandCheck,
     Config,
     DnsCheck,
     HttpCheck,
     ProcessCheck,
+    Record,
     TcpCheck,
     VersionCheck,
     WebSocketCheck,
+    expand,
+    now,
 )
+from greenlight.updater._errors import ConfigError
 from greenlight.updater.product._environment import base_environment
-from greenlight.updater.product._placeholders import expand, expand_command
+from greenlight.updater.product._placeholders import expand_command
 from greenlight.updater.product._redaction import REDACTED, SENSITIVE, redact
 from greenlight.updater.store import RecordedCheck
 

@@ -12,15 +12,15 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from greenlight.channels import printable
-from greenlight.updater.product._config import (
+from greenlight.channels import (
     CheckConfig,
     HttpCheck,
     TcpCheck,
     VersionCheck,
     WebSocketCheck,
+    expand,
+    printable,
 )
-from greenlight.updater.product._placeholders import expand
 
 __all__ = ["describe_process", "listen_address", "listeners"]
 

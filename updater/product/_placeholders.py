@@ -1,32 +1,16 @@
-"""Placeholders in commands, URLs and check fields: {root}, {release_dir}, {version},
-{python}, {data_dir}, {token} in WebSocket messages, and the values a release's manifest
-declares (set by the machine's [values])."""
+"""What fills the placeholders on a machine: the built-in values of a release (its folder,
+version, interpreter, ...) and a command's argv with `{python}` as this interpreter. What a
+placeholder is, and `expand`, are the shared layer's (`greenlight.channels`)."""
 
-import re
 from typing import TYPE_CHECKING
 
+from greenlight.channels import expand
 from greenlight.updater.product._runtime import frozen, python_argv
 
 if TYPE_CHECKING:
     from greenlight.updater.store import InstallRoot
 
-__all__ = ["BUILT_IN", "expand", "expand_command", "placeholders", "values_for"]
-
-BUILT_IN = ("root", "release_dir", "version", "python", "data_dir", "token")
-"""The placeholders the machine always fills; a manifest's own are declared under [values]."""
-
-_PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
-
-
-def placeholders(text: str) -> list[str]:
-    """The names of the placeholders `text` holds, as `expand` would fill them."""
-    return _PLACEHOLDER.findall(text)
-
-
-def expand(text: str, values: dict[str, str]) -> str:
-    """Replace {root}, {release_dir}, {version}, {python} (and {token} where given); other
-    braces (JSON in a WebSocket message, say) are left alone."""
-    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+__all__ = ["expand_command", "values_for"]
 
 
 def expand_command(parts: list[str], values: dict[str, str]) -> list[str]:

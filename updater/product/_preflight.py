@@ -16,12 +16,9 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from greenlight.channels import remove_path, version_of
-from greenlight.updater.product._config import Config
+from greenlight.channels import BUILT_IN, Config, instance_values, remove_path, version_of
 from greenlight.updater.product._control import HealthFailure, ServiceControl, Shadow
 from greenlight.updater.product._health import CheckResult
-from greenlight.updater.product._manifest import instance_values
-from greenlight.updater.product._placeholders import BUILT_IN
 from greenlight.updater.product._services import ProcessBackend, stop_slot
 from greenlight.updater.product._sockets import Listening, bind_shadow, close
 

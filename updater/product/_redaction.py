@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from greenlight.updater.product._config import Config
+    from greenlight.channels import Config
 
 __all__ = ["REDACTED", "SENSITIVE", "redact", "scrub", "secrets_of"]
 
@@ -71,7 +71,7 @@ def _file_secret(path: Path) -> str | None:
 def secrets_of(root: Path, config: "Config", values: dict[str, str]) -> list[str]:
     """The secrets `config` (with its placeholder `values`) names on this root, longest first:
     what `redact` replaces in anything shown or sent."""
-    from greenlight.updater.product._placeholders import expand
+    from greenlight.channels import expand
 
     found: set[str] = set()
     for c in config.check:

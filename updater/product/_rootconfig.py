@@ -7,9 +7,8 @@ import weakref
 
 from pydantic import ValidationError
 
-from greenlight.channels import atomic_write, describe_validation
+from greenlight.channels import Config, RepositoryConfig, atomic_write, describe_validation
 from greenlight.updater._errors import ConfigError
-from greenlight.updater.product._config import Config, RepositoryConfig
 from greenlight.updater.product._template import config_text
 from greenlight.updater.store import InstallRoot, ensure_inbox, set_active_channel
 

@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from greenlight.channels import atomic_write, now
+from greenlight.channels import ServiceConfig, atomic_write, expand, now
 from greenlight.updater._errors import StoreError
-from greenlight.updater.product._config import ServiceConfig
 from greenlight.updater.product._environment import service_environment
-from greenlight.updater.product._placeholders import expand, expand_command
+from greenlight.updater.product._placeholders import expand_command
 from greenlight.updater.product._runtime import launcher_argv
 
 if TYPE_CHECKING:

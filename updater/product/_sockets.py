@@ -15,10 +15,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from greenlight.channels import printable
+from greenlight.channels import SocketConfig, expand, printable
 from greenlight.updater._errors import StoreError
-from greenlight.updater.product._config import SocketConfig
-from greenlight.updater.product._placeholders import expand
 from greenlight.updater.product._runtime import holder_argv
 from greenlight.updater.product.holder import bind, unix_address
 

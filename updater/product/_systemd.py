@@ -5,28 +5,30 @@ back what it did (ExecMainCode/ExecMainStatus, Result, NRestarts, ControlGroup).
 """
 
 import json
+import re
 import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from greenlight.channels import atomic_write
-from greenlight.updater._errors import ConfigError, StoreError
-from greenlight.updater.product._config import Config, ServiceConfig, SocketConfig
-from greenlight.updater.product._environment import DEFAULT_PATH, identity
-from greenlight.updater.product._fields import (
+from greenlight.channels import (
     AGENT_UNIT,
     CONTROL,
     GATE_UNIT,
+    Config,
+    ServiceConfig,
+    SocketConfig,
+    atomic_write,
     check_folder,
     check_program,
-    escape_specifiers,
+    expand,
     is_unit_file_name,
-    systemd_quote,
     unit_of,
 )
-from greenlight.updater.product._placeholders import expand, expand_command
+from greenlight.updater._errors import ConfigError, StoreError
+from greenlight.updater.product._environment import DEFAULT_PATH, identity
+from greenlight.updater.product._placeholders import expand_command
 from greenlight.updater.product._services import (
     Restarts,
     StopOutcome,
@@ -37,9 +39,9 @@ from greenlight.updater.product._services import (
 if TYPE_CHECKING:
     from greenlight.updater.store import InstallRoot
 
-__all__ = ["AGENT_UNIT", "GATE_UNIT", "MARK", "UNITS_RECORD", "SystemdBackend", "record_units",
-           "recorded_units", "render_gate", "render_socket", "render_unit", "render_units",
-           "socket_unit"]
+__all__ = ["AGENT_UNIT", "GATE_UNIT", "MARK", "UNITS_RECORD", "SystemdBackend",
+           "escape_specifiers", "record_units", "recorded_units", "render_gate", "render_socket",
+           "render_unit", "render_units", "socket_unit", "systemd_quote"]
 
 UNITS_RECORD = "systemd-units.json"
 """In the root's state: the folder `updater systemd-units` wrote the product's units into,
@@ -300,6 +302,38 @@ StandardError=inherit
 [Install]
 WantedBy={wanted_by}
 """
+
+
+def escape_specifiers(text: str) -> str:
+    """`text` for a unit file setting that expands systemd's `%` specifiers and nothing
+    else (WorkingDirectory=, ListenStream=, StandardOutput=append:), taken as it is.
+
+    Raises:
+        ValueError: it ends with a backslash, which would join the unit file's next line
+            to this setting.
+    """
+    if text.endswith("\\"):
+        raise ValueError(f"{text!r} ends with a backslash, which continues a unit file's "
+                         "line")
+    return text.replace("%", "%%")
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_+=:,./-]+")
+
+
+def systemd_quote(word: str, expand_variables: bool = True) -> str:
+    """`word` as one double-quoted word systemd reads back as it is: backslashes and quotes
+    escaped, `%` doubled (specifiers), and `$` doubled where systemd expands variables
+    (ExecStart=, not Environment=). A plain word (letters, digits, `_+=:,./-`) is written
+    as it is."""
+    if _PLAIN.fullmatch(word):
+        return word
+    if word == ";":  # a lone ";" separates commands, quoted or not
+        return "\\;"
+    quoted = word.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    if expand_variables:
+        quoted = quoted.replace("$", "$$")
+    return f'"{quoted}"'
 
 
 def render_unit(service: ServiceConfig, values: dict[str, str], after: str = "",

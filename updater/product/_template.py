@@ -7,7 +7,7 @@ chosen at `init` are real TOML, rendered by tomli_w.
 
 import tomli_w
 
-from greenlight.updater.product._config import Config
+from greenlight.channels import Config
 
 __all__ = ["config_text"]
 

@@ -1,6 +1,6 @@
-"""What the client keeps on disk: the installation root and its layout, safe extraction and
-staging of releases, the lock, the journal of the transaction in progress, the history and
-the quarantine.
+"""What the client keeps on disk: the installation root and its layout, staging of releases
+(unpacked by the shared layer's safe extraction, `extract` and `index_tar`, re-exported
+here), the lock, the journal of the transaction in progress, the history and the quarantine.
 
 ```
 <root>/greenlight.toml       configuration
@@ -19,20 +19,13 @@ the quarantine.
 ```
 """
 
+from greenlight.channels import Limits, Region, extract, index_tar
 from greenlight.updater.store._channels import (
     ActiveChannel,
     active_channel,
     restore_active_channel,
     save_channel_file,
     set_active_channel,
-)
-from greenlight.updater.store._extract import (
-    Limits,
-    Region,
-    TarIndex,
-    extract,
-    index_tar,
-    top_folder,
 )
 from greenlight.updater.store._feedback import (
     FEEDBACK_QUEUE_MAX,
@@ -180,7 +173,6 @@ __all__ = [
     "Journal",
     "Limits",
     "Region",
-    "TarIndex",
     "Pin",
     "QuarantineEntry",
     "RecordedCheck",
@@ -218,5 +210,4 @@ __all__ = [
     "set_pin",
     "stage_release",
     "status_schema",
-    "top_folder",
 ]

@@ -13,9 +13,16 @@ from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 
-from greenlight.channels import ChannelFile, atomic_write, fsync_dir, now, remove_path
+from greenlight.channels import (
+    ChannelFile,
+    Region,
+    atomic_write,
+    extract,
+    fsync_dir,
+    now,
+    remove_path,
+)
 from greenlight.updater._errors import GreenlightError, StoreError
-from greenlight.updater.store._extract import Region, extract
 from greenlight.updater.store._root import (
     FILE_LISTS,
     PRODUCT_MANIFEST,

@@ -13,8 +13,8 @@ directive into a unit file, or a file outside the product. So:
   (`@ - : + !`), which would change what systemd runs;
 - a path built from `{release_dir}` or `{root}` never climbs out of it with `..`.
 
-Both backends then run the same argv with the same environment: `systemd_quote` writes each
-word so that systemd reads it back as it is (`%` and `$` doubled, quotes and backslashes
+Both backends then run the same argv with the same environment: the systemd backend quotes
+each word so that systemd reads it back as it is (`%` and `$` doubled, quotes and backslashes
 escaped)."""
 
 import re
@@ -24,8 +24,7 @@ from pydantic import AfterValidator, Field
 
 __all__ = ["AGENT_UNIT", "CONTROL", "GATE_UNIT", "LINE_PATTERN", "RESERVED_UNITS", "EnvName",
            "Line", "TokenFile", "UnitName", "check_folder", "check_inside", "check_program",
-           "check_relative_file", "escape_specifiers", "is_unit_file_name", "systemd_quote",
-           "unit_of"]
+           "check_relative_file", "is_unit_file_name", "unit_of"]
 
 _CONTROL_CHARS = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
 CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
@@ -162,35 +161,3 @@ def _token_file(text: str | None) -> str | None:
 
 TokenFile = Annotated[Line | None, AfterValidator(_token_file)]
 """A check's `bearer_token_file`: one line, inside the root (`check_relative_file`)."""
-
-
-def escape_specifiers(text: str) -> str:
-    """`text` for a unit file setting that expands systemd's `%` specifiers and nothing
-    else (WorkingDirectory=, ListenStream=, StandardOutput=append:), taken as it is.
-
-    Raises:
-        ValueError: it ends with a backslash, which would join the unit file's next line
-            to this setting.
-    """
-    if text.endswith("\\"):
-        raise ValueError(f"{text!r} ends with a backslash, which continues a unit file's "
-                         "line")
-    return text.replace("%", "%%")
-
-
-_PLAIN = re.compile(r"[A-Za-z0-9_+=:,./-]+")
-
-
-def systemd_quote(word: str, expand_variables: bool = True) -> str:
-    """`word` as one double-quoted word systemd reads back as it is: backslashes and quotes
-    escaped, `%` doubled (specifiers), and `$` doubled where systemd expands variables
-    (ExecStart=, not Environment=). A plain word (letters, digits, `_+=:,./-`) is written
-    as it is."""
-    if _PLAIN.fullmatch(word):
-        return word
-    if word == ";":  # a lone ";" separates commands, quoted or not
-        return "\\;"
-    quoted = word.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
-    if expand_variables:
-        quoted = quoted.replace("$", "$$")
-    return f'"{quoted}"'

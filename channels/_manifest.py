@@ -25,11 +25,12 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from greenlight.channels import Record, describe_validation
-from greenlight.updater._errors import ConfigError
-from greenlight.updater.product._config import (
+from greenlight.channels._errors import ConfigError
+from greenlight.channels._invalid import describe_validation
+from greenlight.channels._placeholders import BUILT_IN, expand, placeholders
+from greenlight.channels._product_checks import CheckConfig
+from greenlight.channels._product_config import (
     INSTALLER_MACHINE_PARTS,
-    CheckConfig,
     Config,
     HealthConfig,
     ServiceConfig,
@@ -37,7 +38,7 @@ from greenlight.updater.product._config import (
     StopConfig,
     check_product,
 )
-from greenlight.updater.product._fields import (
+from greenlight.channels._product_fields import (
     CONTROL,
     Line,
     check_folder,
@@ -45,11 +46,10 @@ from greenlight.updater.product._fields import (
     check_program,
     check_relative_file,
 )
-from greenlight.updater.product._placeholders import BUILT_IN, expand, placeholders
+from greenlight.channels._records import Record
 
-__all__ = ["BUILT_IN", "PRODUCT_PARTS", "Layered", "ProductManifest", "check_value",
-           "instance_values", "layered", "load_manifest", "manifest_schema",
-           "split_product_config"]
+__all__ = ["PRODUCT_PARTS", "Layered", "ProductManifest", "check_value", "instance_values",
+           "layered", "load_manifest", "manifest_schema", "split_product_config"]
 
 
 _VALUE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")

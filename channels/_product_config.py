@@ -20,6 +20,9 @@ the field. Example:
     url = "http://127.0.0.1:18080/api/ping"
 
 Placeholders in commands, URLs and check fields: {root}, {release_dir}, {version}, {python}.
+The checks' models are in `_product_checks`. The client reads greenlight.toml with `Config`;
+the pipeline checks a product's configuration with the same models (`check_product`,
+`with_machine_parts`).
 """
 
 import tomllib
@@ -29,24 +32,27 @@ from typing import Annotated, Any, Literal
 import tomli_w
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
 
-from greenlight.channels import LABEL_PATTERN, Record, check_channel_name, describe_validation
-from greenlight.updater._errors import ConfigError
-from greenlight.updater.product._fields import (
+from greenlight.channels._cohort import LABEL_PATTERN
+from greenlight.channels._errors import ConfigError
+from greenlight.channels._invalid import describe_validation
+from greenlight.channels._paths import check_channel_name
+from greenlight.channels._placeholders import BUILT_IN, placeholders
+from greenlight.channels._product_checks import CheckConfig, ProcessCheck, TcpCheck
+from greenlight.channels._product_fields import (
     RESERVED_UNITS,
     EnvName,
     Line,
-    TokenFile,
     UnitName,
     check_folder,
     check_inside,
     check_program,
     unit_of,
 )
+from greenlight.channels._records import Record
 
-__all__ = ["INSTALLER_MACHINE_PARTS", "AgentConfig", "CheckConfig", "CommandCheck", "Config",
-           "DnsCheck", "HealthConfig", "HttpCheck", "LogsConfig", "ProcessCheck", "ReportConfig",
-           "RepositoryConfig", "ServiceConfig", "SocketConfig", "StopConfig", "TcpCheck",
-           "VersionCheck", "WebSocketCheck", "check_product", "with_machine_parts"]
+__all__ = ["INSTALLER_MACHINE_PARTS", "AgentConfig", "Config", "HealthConfig", "LogsConfig",
+           "ReportConfig", "RepositoryConfig", "ServiceConfig", "SocketConfig", "StopConfig",
+           "check_product", "with_machine_parts"]
 
 
 def _url(text: str) -> str:
@@ -171,8 +177,6 @@ def _shadowable(sock: SocketConfig) -> None:
     Raises:
         ValueError: it is not.
     """
-    from greenlight.updater.product._placeholders import BUILT_IN, placeholders
-
     own = [n for n in placeholders(sock.listen) if n not in BUILT_IN]
     if not own:
         raise ValueError(
@@ -188,7 +192,7 @@ def _shadowable(sock: SocketConfig) -> None:
 _ANY_HOST = {"", "0.0.0.0", "::", "*"}
 
 
-def _held_by(check: "CheckConfig", sockets: list[SocketConfig]) -> SocketConfig | None:
+def _held_by(check: CheckConfig, sockets: list[SocketConfig]) -> SocketConfig | None:
     """The held stream socket a tcp check connects to, if any: such a check passes on the
     socket alone (a held socket completes the handshake from its backlog)."""
     if not isinstance(check, TcpCheck):
@@ -200,80 +204,6 @@ def _held_by(check: "CheckConfig", sockets: list[SocketConfig]) -> SocketConfig 
         if port == str(check.port) and host.strip("[]") in _ANY_HOST | {check.host.strip("[]")}:
             return sock
     return None
-
-
-class _CheckBase(_Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    required: bool = True
-    timeout: float = Field(default=3.0, gt=0)
-    retries: int = Field(default=0, ge=0)
-    interval: float = Field(default=0.5, ge=0)
-
-
-class ProcessCheck(_CheckBase):
-    type: Literal["process"]
-    service: str
-
-
-class TcpCheck(_CheckBase):
-    type: Literal["tcp"]
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(gt=0, lt=65536)] | Annotated[
-        str, Field(pattern=r"^\{[a-z_][a-z0-9_]*\}$")] = Field(
-        description="a port number, or a placeholder the machine fills ({api_port})")
-
-
-class HttpCheck(_CheckBase):
-    type: Literal["http"]
-    url: Line
-    status: int = 200
-    headers: dict[str, Line] = Field(default_factory=dict)
-    bearer_token_file: TokenFile = Field(
-        default=None, description="file holding the UI's token: relative to the root, or "
-                                  "under {root}, {data_dir} or {release_dir}; never outside")
-    json_fields: dict[str, str | int | bool] = Field(
-        default_factory=dict, description="dotted JSON paths and the values they must have"
-    )
-    body_contains: str | None = Field(
-        default=None, description="text the body must contain (any content type)")
-
-
-class WebSocketCheck(_CheckBase):
-    type: Literal["websocket"]
-    url: Line
-    bearer_token_file: TokenFile = None
-    send: list[str] = Field(default_factory=lambda: ["ping"])
-    expect: list[str] = Field(
-        default_factory=list, description="substrings each reply must contain, in order"
-    )
-
-
-class DnsCheck(_CheckBase):
-    type: Literal["dns"]
-    resolver: Line = Field(description="host:port of the product's resolver")
-    query: Line
-    rdtype: str = "A"
-    expect: str | None = None
-
-
-class VersionCheck(_CheckBase):
-    type: Literal["version"]
-    url: Line
-    format: Literal["json", "text"] = Field(
-        default="json", description="json: the body's `field` is the version; text: the "
-                                    "version appears in the body as a word of its own")
-    field: str = "version"
-
-
-class CommandCheck(_CheckBase):
-    type: Literal["command"]
-    command: list[Line] = Field(min_length=1)
-
-
-CheckConfig = Annotated[
-    ProcessCheck | TcpCheck | HttpCheck | WebSocketCheck | DnsCheck | VersionCheck | CommandCheck,
-    Field(discriminator="type"),
-]
 
 
 class HealthConfig(_Section):
@@ -439,6 +369,11 @@ class Config(_Section):
 
     @classmethod
     def load(cls, path: Path) -> "Config":
+        """The greenlight.toml at `path`, validated.
+
+        Raises:
+            ConfigError: missing, unreadable, not TOML or invalid (one line naming the field).
+        """
         try:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:

@@ -5,6 +5,9 @@ passing through a symlink, symlinks or hardlinks that leave the tree, devices an
 more bytes than the limits allow (archive bombs). Files are written by this module (never by
 tarfile's own extract), without set-uid bits, and only regular files, directories and safe
 links are created. Extraction goes into a folder the caller removes on failure.
+
+The same code reads an archive on both sides: the client unpacks a release with it, and the
+pipeline lists and unpacks what it publishes (`top_folder`, `extract`) as the client will.
 """
 
 import errno
@@ -18,14 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
-from greenlight.channels import (
-    LayoutError,
-    ParallelDigest,
-    clean_member_name,
-    fsync_dir,
-    top_folder_of,
-)
-from greenlight.updater._errors import ArchiveError, TrustError
+from greenlight.channels._digest import ParallelDigest
+from greenlight.channels._errors import ArchiveError, TrustError
+from greenlight.channels._files import fsync_dir
+from greenlight.channels._layout import LayoutError, clean_member_name, top_folder_of
 
 __all__ = ["Limits", "Region", "TarIndex", "extract", "index_tar", "top_folder"]
 
@@ -261,8 +260,8 @@ def _strip(label: str, name: str, prefix: str | None) -> str:
 
 
 def top_folder(archive: Path, limits: Limits = Limits()) -> str | None:
-    """The archive's top folder by the shared layout rule (`channels.top_folder_of`), read
-    with the client's bounds.
+    """The archive's top folder by the shared layout rule (`top_folder_of`), read within
+    `limits` (the client's bounds by default).
 
     Raises:
         ArchiveError: a refused member, too many members, or not a readable archive.
