@@ -16,11 +16,15 @@ ReleaseError                 1  refused: the request cannot be done as asked
 Anything else that reaches the CLI is a bug: it says so in one line, with exit 70.
 """
 
-__all__ = ["EXIT_BUG", "EXIT_CODES", "BuildError", "Conflict", "KeysError", "MetadataError",
-           "NotFound", "RehearsalFailed", "ReleaseError", "RemoteError", "StorageError",
+__all__ = ["EXIT_BUG", "EXIT_CODES", "BuildError", "Conflict", "KeysError",
+           "LooseKeyPermissions", "MetadataError", "NotFound", "RehearsalFailed", "ReleaseError", "RemoteError", "StorageError",
            "UsageError"]
 
 EXIT_BUG = 70
+
+
+class LooseKeyPermissions(UserWarning):
+    """A private key file others may read: said once, as one line, and used."""
 
 
 class ReleaseError(Exception):

@@ -172,6 +172,50 @@ def test_importing_the_pipeline_loads_only_what_it_uses():
     assert int(done.stdout) <= 250
 
 
+HELP_MODULES = 300
+"""modules a CLI's help may load, for the program and for each of its commands: click, the
+shared layer's models, the command definitions; never a command's own work (a signer and
+the cloud SDKs it reaches for, an HTTP client, a TUF client, a web framework)"""
+
+_HELP = """
+import sys
+from greenlight.{cli}.cli import main
+sys.argv = ["{cli}", *sys.argv[1:], "--help"]
+try:
+    main()
+except SystemExit:
+    pass
+print(len(sys.modules), file=sys.stderr)
+"""
+
+
+def _help_paths() -> list[tuple[str, tuple[str, ...]]]:
+    from greenlight.release.cli._common import app as release_app
+    from greenlight.updater.cli._common import app as updater_app
+
+    return [(cli, path) for cli, app in (("release", release_app), ("updater", updater_app))
+            for path in [(), *((name,) for name in sorted(app.commands))]]
+
+
+def test_every_clis_help_loads_only_what_it_shows():
+    """`release --help`, `updater --help` and each of their commands' `--help`, each in a
+    process of its own: at most `HELP_MODULES` modules (`release --help` loaded 720 when
+    the warning class of a loose key file pulled in the signer and the cloud SDKs)."""
+    import concurrent.futures
+
+    def count(cli: str, path: tuple[str, ...]) -> tuple[str, int]:
+        done = subprocess.run([sys.executable, "-c", _HELP.format(cli=cli), *path],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return " ".join((cli, *path, "--help")), int(done.stderr.split()[-1])
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        counted = list(pool.map(lambda p: count(*p), _help_paths()))
+    assert len(counted) > 30
+    over = [f"{what}: {n} modules" for what, n in counted if n > HELP_MODULES]
+    assert not over, over
+
+
 def test_no_import_cycles():
     """No cycle among the project's modules, counting imports inside functions and under
     TYPE_CHECKING (Tarjan's strongly connected components)."""

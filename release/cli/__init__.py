@@ -37,7 +37,7 @@ def main() -> None:
     """The `release` console script: warnings and errors as one line each, never a traceback."""
     import warnings
 
-    from greenlight.release.repository._keys import LooseKeyPermissions
+    from greenlight.release._errors import LooseKeyPermissions
 
     def one_line(message: Warning | str, *args: object, **kwargs: object) -> None:
         print(f"release: warning: {message}", file=sys.stderr)

@@ -13,13 +13,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner
 
-from greenlight.release._errors import KeysError
+from greenlight.release._errors import KeysError, LooseKeyPermissions
 
 __all__ = ["KeyFile", "KeyStore", "LooseKeyPermissions"]
-
-
-class LooseKeyPermissions(UserWarning):
-    pass
 
 
 @dataclass(frozen=True)
