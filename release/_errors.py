@@ -17,8 +17,8 @@ Anything else that reaches the CLI is a bug: it says so in one line, with exit 7
 """
 
 __all__ = ["EXIT_BUG", "EXIT_CODES", "BuildError", "Conflict", "KeysError",
-           "LooseKeyPermissions", "MetadataError", "NotFound", "RehearsalFailed", "ReleaseError", "RemoteError", "StorageError",
-           "UsageError"]
+           "LooseKeyPermissions", "MetadataError", "NotFound", "RehearsalFailed",
+           "ReleaseError", "RemoteError", "StorageError", "UsageError"]
 
 EXIT_BUG = 70
 
