@@ -22,7 +22,6 @@ this package loads neither tarfile nor the configuration's models.
 This package imports nothing of `greenlight.updater` or `greenlight.release`.
 """
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from greenlight.channels._bundle_format import (
@@ -75,6 +74,7 @@ from greenlight.channels._layout import (
     clean_member_name,
     top_folder_of,
 )
+from greenlight.channels._lazy import lazy_export
 from greenlight.channels._machine_key import (
     KEY_HEADER,
     SIGNATURE_HEADER,
@@ -353,9 +353,4 @@ _HOME = {
 
 
 def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+    return lazy_export(__name__, _HOME, name)

@@ -18,8 +18,9 @@ Names load on first use (PEP 562): `import greenlight.release` loads nothing of 
 pipeline until a name is asked for.
 """
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from greenlight.channels._lazy import lazy_export
 
 if TYPE_CHECKING:
     from greenlight.release._durations import parse_duration
@@ -139,9 +140,4 @@ _HOME = {
 
 
 def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+    return lazy_export(__name__, _HOME, name)

@@ -17,8 +17,9 @@ transaction of `greenlight.updater.transaction`, which rolls back by itself. Nam
 first use (PEP 562): `updater check` never loads the transaction.
 """
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from greenlight.channels._lazy import lazy_export
 
 if TYPE_CHECKING:
     from greenlight.updater.operations._change import (
@@ -114,12 +115,11 @@ _MACHINE = {"Supervised", "acting_person", "crashed_services", "health", "lift",
             "start_services", "stop_services", "supervise", "write_systemd_units"}
 
 
+_HOME = {name: f"{__name__}.{home}" for name in __all__ for home in [
+    "_read" if name in _READ else "_recovery" if name in _RECOVERY else
+    "_machine" if name in _MACHINE else "_verify" if name in _VERIFY else
+    "_feedback" if name in _FEEDBACK else "_inbox" if name in _INBOX else "_change"]}
+
+
 def __getattr__(name: str) -> Any:
-    if name not in __all__:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    home = ("_read" if name in _READ else "_recovery" if name in _RECOVERY else
-            "_machine" if name in _MACHINE else "_verify" if name in _VERIFY else
-            "_feedback" if name in _FEEDBACK else "_inbox" if name in _INBOX else "_change")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
+    return lazy_export(__name__, _HOME, name)

@@ -9,8 +9,9 @@ the names below are loaded on first use (PEP 562), so that reading the configura
 `updater check` needs) does not load the services and health checks.
 """
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from greenlight.channels._lazy import lazy_export
 
 if TYPE_CHECKING:
     from greenlight.channels import (
@@ -227,9 +228,4 @@ _HOME = {
 
 
 def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+    return lazy_export(__name__, _HOME, name)
