@@ -47,6 +47,11 @@ class BundleManifest:
 
     @classmethod
     def from_json(cls, data: bytes) -> "BundleManifest":
+        """Read bundle.json.
+
+        Raises:
+            BundleFormatError: too large, not this format, or a field missing or malformed.
+        """
         if len(data) > _MAX_MANIFEST:
             raise BundleFormatError(f"bundle.json is larger than {_MAX_MANIFEST} bytes")
         try:

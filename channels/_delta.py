@@ -262,7 +262,12 @@ def build_delta(base: bytes, new: bytes, budget_seconds: float = 30.0) -> BuiltD
 
 
 def apply_delta(base: bytes, delta: bytes) -> bytes:
-    """Rebuild the full artifact from `base` and `delta`; the caller verifies the result."""
+    """Rebuild the full artifact from `base` and `delta`; the caller verifies the result.
+
+    Raises:
+        DeltaError: not a delta this version applies, made from another base, or a patch
+            that fails or does not give the content the delta names.
+    """
     line, sep, patch = delta.partition(b"\n")
     try:
         header = _DeltaHeader.model_validate(json.loads(line))

@@ -57,6 +57,11 @@ def manifest_target(version: str, sha256: str) -> str:
 
 
 def artifact_target(component: str, version: str, filename: str) -> str:
+    """Where a component's archive lives: `artifacts/<component>/<version>/<filename>`.
+
+    Raises:
+        InvalidValue: not a component name, or not a plain file name.
+    """
     if "/" in filename or filename in ("", ".", ".."):
         raise InvalidValue(f"invalid artifact file name {filename!r}")
     return f"artifacts/{check_component_name(component)}/{version}/{filename}"

@@ -10,6 +10,11 @@ __all__ = ["canonical_version", "is_newer", "parse_version", "sort_versions"]
 
 
 def parse_version(text: str) -> Version:
+    """`text` as a PEP 440 version.
+
+    Raises:
+        InvalidValue: not a version.
+    """
     try:
         return Version(text)
     except InvalidVersion:
@@ -18,7 +23,11 @@ def parse_version(text: str) -> Version:
 
 def canonical_version(text: str) -> str:
     """`text` if it is a version written the one way `packaging` writes it, else ValueError
-    (so that "1.2", " 1.2\\n" and "v1.2" never name three releases, or three folders)."""
+    (so that "1.2", " 1.2\\n" and "v1.2" never name three releases, or three folders).
+
+    Raises:
+        InvalidValue: not a version, or not written the one way.
+    """
     canonical = str(parse_version(text))
     if canonical != text:
         raise InvalidValue(f"version {text!r} is not canonical: write it as {canonical!r}")

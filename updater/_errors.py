@@ -235,7 +235,11 @@ def signalled(error: BaseException) -> BaseException:
 def raise_if_signalled() -> None:
     """Raise `Interrupted` if a stop signal arrived, even one a library caught and turned into
     another error or swallowed (pydantic-core reports an exception raised inside its validation
-    as a failed validation): the signal, not that error, is what ended the work."""
+    as a failed validation): the signal, not that error, is what ended the work.
+
+    Raises:
+        Interrupted: a stop signal arrived.
+    """
     if _received:
         raise Interrupted(_received[0])
 
@@ -243,7 +247,11 @@ def raise_if_signalled() -> None:
 @contextmanager
 def shielded() -> Iterator[None]:
     """Work a signal must not cut (an undo, a rollback, a commit): a signal that arrives
-    meanwhile is raised as `Interrupted` once the block ends."""
+    meanwhile is raised as `Interrupted` once the block ends.
+
+    Raises:
+        Interrupted: a stop signal arrived during the block (raised as it ends).
+    """
     _shield["depth"] += 1
     try:
         yield

@@ -61,7 +61,13 @@ def fail(error: "ReleaseError") -> SystemExit:
 
 def run_command(work: Callable[[], T]) -> T:
     """The one error funnel of this CLI: the pipeline's own errors, python-tuf's refusals of
-    metadata on disk, a shared-layer validator's refusal of a value given, and the disk."""
+    metadata on disk, a shared-layer validator's refusal of a value given, and the disk.
+
+    Raises:
+        SystemExit: `work` failed so: one line on stderr, and the exit code of its class
+            (a refused value is a UsageError, metadata a MetadataError, the disk a
+            StorageError).
+    """
     from pydantic import ValidationError
     from tuf.api.exceptions import RepositoryError
 

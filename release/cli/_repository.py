@@ -45,6 +45,11 @@ def init(repo: Path, keys: Path | None) -> None:
 
 
 def parse_components(items: list[str]) -> dict[str, Path]:
+    """The --component options, NAME=PATH each, by name.
+
+    Raises:
+        UsageError: an item that is not NAME=PATH, or a name given twice.
+    """
     from greenlight.release._errors import UsageError
 
     components: dict[str, Path] = {}
@@ -185,7 +190,12 @@ def publish_cmd(repo: Path, channel: str, version: str, component: tuple[str, ..
 def rehearsal_gate(repo: "FileRepository", action: str, without: str | None,
                    applies: bool = True) -> "RehearsalGate | None":
     """The check that the release's rehearsal on its channel passed (`RehearsalGate`);
-    none where there is nothing to gate (a publish that starts no rollout)."""
+    none where there is nothing to gate (a publish that starts no rollout).
+
+    Raises:
+        SystemExit: a --without-rehearsal with no reason, or on a publish that starts no
+            rollout (said as a usage error, exit 2).
+    """
     from greenlight.release._errors import UsageError
     from greenlight.release.rehearsal import RehearsalGate
 
@@ -226,6 +236,12 @@ def _census_of(channel: str, requires: str | None, url: str | None, token: Path 
 def plan_of(steps: str, soak: str, rollbacks: int, ratio: float, min_reports: int,
           sequential: float | None = None, min_failures: int = 3,
           feedback: int | None = None) -> "RolloutPlan":
+    """The --rollout-plan and its options as a plan whose soak starts now.
+
+    Raises:
+        UsageError: a --soak that is not a duration, steps that are not percents, or a plan
+            or halt rule out of its range.
+    """
     from pydantic import ValidationError
 
     from greenlight.channels import (

@@ -90,7 +90,12 @@ def _files(root: Path) -> list[tuple[str, Path, int]]:
 
 
 def plan_sync(repo: Path) -> list[list[Upload]]:
-    """The phases of a sync of `repo`, in the order they must reach the store."""
+    """The phases of a sync of `repo`, in the order they must reach the store.
+
+    Raises:
+        NotFound: no repository at `repo`.
+        ReleaseError: a symbolic link in its tree (only regular files are published).
+    """
     if not (repo / "metadata" / "root.json").is_file():
         raise NotFound(f"{repo}: no repository here")
     phases: list[list[Upload]] = [[] for _ in range(7)]

@@ -159,7 +159,14 @@ class Store(RuleEvidence, Views):
         sent); or "duplicate": a report its key sent already (by `report_id`), answered
         but neither stored nor counted again. And whether its key is established: active,
         and loaded, approved or enrolled over `NEWCOMER_AGE` before (it may be vouched for,
-        and counted in the metrics)."""
+        and counted in the metrics).
+
+        Raises:
+            sqlalchemy.exc.IntegrityError: another process kept enrolling one of its keys,
+                twice running; nothing of the batch is stored.
+            sqlalchemy.exc.SQLAlchemyError: the database failed; nothing of the batch is
+                stored.
+        """
         sa = self.sa
         for attempt in (1, 2):  # another collector process may enrol the same key at once
             try:

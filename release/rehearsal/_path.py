@@ -107,6 +107,11 @@ class PathWork:
                                                          self.folder / "keys"))
 
     def publish(self, release: dict[str, Any], deltas: bool) -> None:
+        """Publish `release` on the path's copy of the repository, with its keys.
+
+        Raises:
+            _Step: "error": the publish was refused, or the keys here cannot sign it.
+        """
         from greenlight.release._errors import ReleaseError
         from greenlight.release.repository import publish
 
@@ -199,6 +204,13 @@ class PathWork:
         return [*argv, "--offline", "--config", str(layer)]
 
     def init(self, url: str | None) -> None:
+        """`updater init` the root on the path's repository (`url`, or offline), configured
+        with the path's layer.
+
+        Raises:
+            _Step: "error": `updater init` failed.
+            subprocess.TimeoutExpired: it ran past its timeout.
+        """
         trust = str(Path(self.spec["repo"]) / "metadata" / "1.root.json")
         where = ["--repo", url] if url else ["--offline"]
         code, _, line = self.updater("init", *where, "--trust", trust,
@@ -211,7 +223,13 @@ class PathWork:
         return [*self.program(), *args, "--root", str(self.root), "--json"]
 
     def take(self, argv: list[str]) -> dict[str, Any]:
-        """Run an upgrade, a sideload or an installer to the candidate; what it decided."""
+        """Run an upgrade, a sideload or an installer to the candidate; what it decided.
+
+        Raises:
+            _Step: the candidate was not installed: "needs-newer", "preflight" or "failed"
+                (its checks, rolled back), or "error" (another release, or another exit).
+            subprocess.TimeoutExpired: it ran past its timeout.
+        """
         code, report, line = self.call(argv)
         command = argv[3:4] if argv[0] == sys.executable else argv[:2]
         self.result["bytes_fetched"] = int(report.get("bytes_fetched") or 0)
@@ -260,6 +278,15 @@ class PathWork:
 
     # --- the path ---------------------------------------------------------------------
     def run(self) -> None:
+        """The whole path: install *from*, take the candidate, roll back by hand, check
+        *from* again; what happened goes into `result`.
+
+        Raises:
+            _Step: the path's outcome when it is not "upgraded" ("from-failed", "error", or
+                what `take` raises).
+            OSError: the path's folders or server could not be made.
+            subprocess.TimeoutExpired: a program ran past its timeout.
+        """
         spec, candidate, start = self.spec, self.spec["candidate"], self.spec["from"]
         self.root.parent.mkdir(parents=True, exist_ok=True)
         self.copy_repository()

@@ -40,7 +40,15 @@ def candidate_of(repo: FileRepository, channel: str, version: str | None,
                  components: dict[str, Path], manifest: Path | None,
                  keep_top_folder: bool) -> Release:
     """The candidate: archives given (with `version`), else `version` as the repository
-    carries it, else the channel's release."""
+    carries it, else the channel's release.
+
+    Raises:
+        UsageError: archives without `version`, a manifest without archives, an archive a
+            machine would refuse, or a release yanked on `channel`.
+        NotFound: the channel carries nothing, a file is missing, or no channel ever carried
+            `version`.
+        InvalidValue: `version` is not a version written the one way.
+    """
     if components:
         if version is None:
             raise UsageError("--component needs --version: the version they will be "
@@ -58,7 +66,11 @@ def candidate_of(repo: FileRepository, channel: str, version: str | None,
 
 
 def isolation_of(asked: str) -> str:
-    """`auto`: a network namespace per path when the machine allows it, else ports."""
+    """`auto`: a network namespace per path when the machine allows it, else ports.
+
+    Raises:
+        UsageError: `netns` asked on a machine that does not allow it.
+    """
     if asked == "ports":
         return "ports"
     if netns_available():

@@ -204,7 +204,13 @@ def run_paths(repo: Path, keys: Path, channel: str, candidate: Release,
               said: Callable[[int, PathResult], None]) -> list[PathResult]:
     """Run every path, `jobs` at a time; each result in `specs`' order. `said` is told of
     each path as it ends. On KeyboardInterrupt (or SIGTERM, turned into one), everything the
-    running paths started is stopped and their folders removed before it goes on up."""
+    running paths started is stopped and their folders removed before it goes on up.
+
+    Raises:
+        KeyboardInterrupt: interrupted (SIGINT, SIGTERM or SIGHUP); every running path's
+            processes and folders are gone.
+        Conflict: another command held the repository's lock past its timeout.
+    """
     _reap_stale(keep or Path(tempfile.gettempdir()))
     work = Path(tempfile.mkdtemp(prefix="greenlight-rehearsal-", dir=keep))
     (work / "owner").write_text(_life(os.getpid()))

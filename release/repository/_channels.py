@@ -32,6 +32,11 @@ __all__ = ["add_artifacts", "channel_history", "channels", "check_known", "check
 
 
 def require(repo: FileRepository) -> None:
+    """Refuse a folder that holds no repository.
+
+    Raises:
+        NotFound: no repository at `repo.path`.
+    """
     if not repo.exists():
         raise NotFound(f"{repo.path}: no repository here (run 'release init {repo.path}')")
 
@@ -120,7 +125,14 @@ def add_artifacts(repo: FileRepository,
 
     A target path names one set of bytes for good: publishing other bytes under a path
     already signed (another channel's "1.2" under the same name, say) is refused, since
-    machines that installed the first would no longer verify it."""
+    machines that installed the first would no longer verify it.
+
+    Raises:
+        Conflict: a target path already holds other bytes, or a bin has a version awaiting
+            signatures.
+        KeysError: no private key for a bin.
+        ReleaseError: the repository has no hashed bins (not made by `release init`).
+    """
     infos = {path: repo.add_target_bytes(path, source) if isinstance(source, bytes)
              else repo.add_target_file(path, source) for path, source in files.items()}
     by_bin: dict[str, list[TargetFile]] = {}

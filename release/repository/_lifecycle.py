@@ -30,7 +30,15 @@ def promote(repo: FileRepository, source: str, target: str, version: str | None 
             allow_older: bool = False,
             gate: Callable[[ChannelFile], None] | None = None) -> ChannelFile:
     """Point `target` at the very artifacts `source` carries (or carried, for --version).
-    `gate` is shown the entry before it is signed, and refuses by raising."""
+    `gate` is shown the entry before it is signed, and refuses by raising.
+
+    Raises:
+        NotFound: `source` has no release, or never carried `version`.
+        ReleaseError: the release is yanked on `source`, or what `gate` raises.
+        Conflict: not newer than `target`'s release (without `allow_older`), or an entry with
+            a field this version does not know.
+        UsageError: the fallback `target` keeps would make a cycle of fallbacks.
+    """
     current = _require_channel(repo, source)
     chosen = current
     if version is not None and version != current.release:
@@ -60,7 +68,13 @@ def promote(repo: FileRepository, source: str, target: str, version: str | None 
 @all_or_nothing
 def yank(repo: FileRepository, channel: str, version: str, reason: str) -> ChannelFile:
     """Revoke `version` on `channel`; if it is the current release, go back to the newest
-    earlier release that is not revoked."""
+    earlier release that is not revoked.
+
+    Raises:
+        NotFound: the channel has no release, or never carried `version`.
+        Conflict: `version` is already yanked there.
+        ReleaseError: it is the only good release the channel ever carried.
+    """
     current = _require_channel(repo, channel)
     if current.is_revoked(version):
         raise Conflict(f"{version} is already yanked on {channel!r}")
@@ -91,7 +105,15 @@ def rollout(repo: FileRepository, channel: str, percent: int | None = None,
     """A person's word on a rollout: a fixed `percent` (which replaces a plan), `halt` (signed
     by the channel's role), or `resume` (lifts a halt, whoever set it, or a pause by the plan's
     feedback rule; a planned rollout goes on from its step, judging only the reports and
-    feedback that come after)."""
+    feedback that come after).
+
+    Raises:
+        Conflict: another command holds the repository's lock.
+        NotFound: the channel has no release.
+        UsageError: not exactly one of `percent`, `halt` and `resume`, or a percent out of
+            0-100.
+        ReleaseError: no staged rollout to halt or resume, or one that is not halted.
+    """
     from greenlight.release.repository._rollouts import locked, person, planned, write_state
 
     with locked(repo):

@@ -136,7 +136,19 @@ def publish(
     With `requires`, the entry's signed `requires` is raised to it (a release that relies on
     a behaviour of that Greenlight), never lowered below what its fields need. `gate` is shown
     the entry as it will be signed, `requires` worked out, before anything is: it refuses the
-    publish by raising (a `ReleaseError`), and nothing is changed."""
+    publish by raising (a `ReleaseError`), and nothing is changed.
+
+    Raises:
+        InvalidValue: not a channel name, a component name or a version.
+        NotFound: no repository, a component or manifest file missing, or a fallback channel
+            that is not published.
+        UsageError: nothing to publish, both a rollout and a plan, a bad fallback or
+            `requires`, or a manifest that does not load.
+        Conflict: not newer than the channel's release (without `allow_older`), a target path
+            that holds other bytes, or a role with a version awaiting signatures.
+        KeysError: no private key for a role that must sign.
+        ReleaseError: an archive a machine would refuse, or what `gate` raises.
+    """
     from greenlight.channels import ArchiveError, top_folder
 
     require(repo)

@@ -180,7 +180,11 @@ class FileRepository(Repository):
         return Metadata(signed)
 
     def authorizing_role(self, role: str) -> Role:
-        """The role entry (keys, threshold) that signs `role`: in root or a delegator."""
+        """The role entry (keys, threshold) that signs `role`: in root or a delegator.
+
+        Raises:
+            NotFound: `role` is not delegated in this repository.
+        """
         if role in _TOP:
             return self.root().get_delegated_role(role)
         delegations = self.targets().delegations
@@ -205,6 +209,11 @@ class FileRepository(Repository):
         return delegations.succinct_roles if delegations else None
 
     def bin_for(self, target_path: str) -> str:
+        """The hashed bin that holds `target_path`.
+
+        Raises:
+            ReleaseError: the repository has no bins (not made by `release init`).
+        """
         bins = self.bins()
         if bins is None:
             raise ReleaseError(f"{self.path}: no '{ARTIFACTS}' role (not made by 'release init')")
@@ -246,7 +255,13 @@ class FileRepository(Repository):
 
     def sign_and_store(self, role: str, md: Metadata[Any]) -> bool:
         """Sign with every local key the role allows; publish when the threshold is met,
-        else keep it in staged/ for `release sign`. Returns True when published."""
+        else keep it in staged/ for `release sign`. Returns True when published.
+
+        Raises:
+            Conflict: the role already has a version awaiting signatures in staged/.
+            KeysError: no private key for a role one signature would publish, or a key file
+                that does not read.
+        """
         if self.staged_path(role).exists():
             raise Conflict(
                 f"role {role} has a version awaiting signatures in {self.staged_path(role)}; "

@@ -35,7 +35,11 @@ __all__ = ["Planned", "current_state", "ensure_rollout_role", "locked", "person"
 
 @contextmanager
 def locked(repo: FileRepository, timeout: float = 30) -> Iterator[None]:
-    """Hold the repository's lock (`REPO/.lock`, never served) for one change."""
+    """Hold the repository's lock (`REPO/.lock`, never served) for one change.
+
+    Raises:
+        Conflict: another command held the lock for all of `timeout` seconds.
+    """
     from filelock import FileLock, Timeout
 
     lock = FileLock(str(repo.path / ".lock"), timeout=timeout)

@@ -71,6 +71,11 @@ def keygen(folder: Path, name: str) -> tuple[Path, Path]:
 
 
 def load_public_key(path: Path) -> SSlibKey:
+    """The public key in the PEM file `path`.
+
+    Raises:
+        KeysError: no such file, or not a PEM public key.
+    """
     try:
         return SSlibKey.from_crypto(load_pem_public_key(path.read_bytes()))
     except (OSError, ValueError) as e:
@@ -100,7 +105,14 @@ def change_keys(repo: FileRepository, role: str, add: list[SSlibKey] | None = No
                 generate: int = 0, remove: list[str] | None = None,
                 threshold: int | None = None) -> KeyChange:
     """Add, generate or remove keys of `role` and set its threshold; then re-sign what no
-    longer verifies and publish (or stage, when signatures are missing)."""
+    longer verifies and publish (or stage, when signatures are missing).
+
+    Raises:
+        NotFound: no repository at `repo.path`, or `role` is not delegated in it.
+        KeysError: `remove` names a key the role does not have (or a prefix of several).
+        ReleaseError: the threshold would be more than the role's keys.
+        Conflict: the role's delegator has a version awaiting signatures.
+    """
     if not repo.exists():
         raise NotFound(f"{repo.path}: no repository here")
     repo.authorizing_role(role)  # the role must exist
@@ -160,6 +172,11 @@ def rotate(repo: FileRepository, role: str, threshold: int | None = None,
 
 
 def export_staged(repo: FileRepository, role: str, out: Path) -> Path:
+    """Copy `role`'s version awaiting signatures to `out`, for the other signers.
+
+    Raises:
+        ReleaseError: no version of `role` awaits signatures.
+    """
     staged = repo.staged_path(role)
     if not staged.exists():
         raise ReleaseError(f"role {role} has no version awaiting signatures")
@@ -168,7 +185,12 @@ def export_staged(repo: FileRepository, role: str, out: Path) -> Path:
 
 
 def sign_file(path: Path, key_file: Path) -> str:
-    """Add one signature to an exported role file, on a machine without the repository."""
+    """Add one signature to an exported role file, on a machine without the repository.
+
+    Raises:
+        KeysError: `key_file` is not a readable unencrypted PKCS#8 private key.
+        ReleaseError: `path` is not a TUF metadata file exported by `release sign export`.
+    """
     mode = key_file.stat().st_mode
     if mode & 0o077:
         warnings.warn(f"{key_file}: key file is readable by group or others (mode "
@@ -190,7 +212,12 @@ def sign_file(path: Path, key_file: Path) -> str:
 @all_or_nothing
 def import_signatures(repo: FileRepository, path: Path) -> ImportResult:
     """Merge the signatures of an exported file into the staged version; publish when the
-    threshold is met."""
+    threshold is met.
+
+    Raises:
+        ReleaseError: not a TUF metadata file exported by `release sign export`, or one that
+            matches no version awaiting signatures.
+    """
     try:
         incoming = Metadata.from_bytes(path.read_bytes())
     except Exception:

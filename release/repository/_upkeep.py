@@ -18,7 +18,13 @@ __all__ = ["VerifyResult", "expiring", "refresh", "renewal", "verify"]
 
 @all_or_nothing
 def refresh(repo: FileRepository) -> dict[str, str]:
-    """New timestamp and snapshot versions with fresh expiry (for a timer or cron job)."""
+    """New timestamp and snapshot versions with fresh expiry (for a timer or cron job).
+
+    Raises:
+        NotFound: no repository at `repo.path`.
+        Conflict: roles await signatures (finish those first).
+        KeysError: no private key for snapshot or timestamp.
+    """
     if not repo.exists():
         raise NotFound(f"{repo.path}: no repository here")
     if repo.pending():
@@ -40,7 +46,11 @@ def renewal(role: str) -> str:
 
 
 def expiring(repo: FileRepository, within: timedelta) -> dict[str, datetime]:
-    """Roles whose published version expires within `within` from now."""
+    """Roles whose published version expires within `within` from now.
+
+    Raises:
+        NotFound: no repository at `repo.path`.
+    """
     if not repo.exists():
         raise NotFound(f"{repo.path}: no repository here")
     horizon = datetime.now(UTC) + within
@@ -64,7 +74,12 @@ class VerifyResult(Record):
 
 def verify(repo: FileRepository) -> VerifyResult:
     """Verify the published tree offline as a client would: from the first root through the
-    chain, every channel file, and every artifact the channels name (hashes of the bytes)."""
+    chain, every channel file, and every artifact the channels name (hashes of the bytes).
+
+    Raises:
+        NotFound: no repository at `repo.path`.
+        MetadataError: verification failed: a client would refuse what is published.
+    """
     if not repo.exists():
         raise NotFound(f"{repo.path}: no repository here")
     work = Path(tempfile.mkdtemp(prefix="greenlight-verify-"))

@@ -109,7 +109,12 @@ def _send_reports(root: "InstallRoot") -> bool:
 def run_command(as_json: bool, work: Callable[[], T], root: "InstallRoot | None" = None,
          sends: bool = False) -> T:
     """The one error funnel: every command's work runs here (after recovery, for a root).
-    With `sends`, a command that changed the installation sends the report outbox after."""
+    With `sends`, a command that changed the installation sends the report outbox after.
+
+    Raises:
+        SystemExit: the work failed (the error's exit code, its line or greenlight.error/1
+            said) or a stop signal ended it (EXIT_INTERRUPTED, with what history recorded).
+    """
     from greenlight.updater.operations import recover_if_interrupted
 
     try:

@@ -74,6 +74,11 @@ def exit_for(report: "UpgradeReport") -> int:
 
 
 def finish_transaction(report: "UpgradeReport", as_json: bool) -> NoReturn:
+    """Print the transaction's report and end the command with its exit code.
+
+    Raises:
+        SystemExit: always; 0, or the code of a rollback, a failed rollback or a hold.
+    """
     print_json(report) if as_json else print_transaction(report)
     raise SystemExit(exit_for(report))
 

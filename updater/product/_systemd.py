@@ -103,6 +103,12 @@ class SystemdBackend:
 
     def start(self, service: ServiceConfig, values: dict[str, str],
               listen: list[tuple[str, socket.socket]] | None = None) -> None:
+        """Start the service's unit (its held sockets are systemd's, not `listen`).
+
+        Raises:
+            StoreError: systemctl could not start the unit.
+            ConfigError: systemctl is not on this machine.
+        """
         # A fresh start: the restart counter and the start limit begin again, as with the
         # launcher (a unit that hit its limit would refuse the start).
         self._run("reset-failed", self.unit(service))
@@ -404,7 +410,11 @@ def socket_unit(sock: SocketConfig) -> str:
 
 def render_socket(sock: SocketConfig, values: dict[str, str]) -> str:
     """A `.socket` unit holding `sock` (systemd binds it and keeps it open while the service
-    restarts), named for LISTEN_FDNAMES, triggering only the gate (`GATE_UNIT`)."""
+    restarts), named for LISTEN_FDNAMES, triggering only the gate (`GATE_UNIT`).
+
+    Raises:
+        ConfigError: a filled placeholder made the listen address unusable.
+    """
     listen = "ListenDatagram" if sock.kind == "datagram" else "ListenStream"
     try:
         address = escape_specifiers(_one_line(expand(sock.listen, values)))
@@ -438,7 +448,12 @@ def render_gate() -> str:
 def render_units(config: Config, values: dict[str, str]) -> dict[str, str]:
     """The product's units for `config` (a release's, under greenlight.toml), by file name:
     a `.socket` unit per held socket and the gate, then a service unit per service, each
-    after the one before it."""
+    after the one before it.
+
+    Raises:
+        ConfigError: a name that makes no systemd unit name, or a filled placeholder that
+            made a program, folder or listen address unusable.
+    """
     units: dict[str, str] = {}
     names = [*map(socket_unit, config.socket), *map(SystemdBackend.unit, config.service)]
     for name in names:

@@ -295,7 +295,13 @@ def fall_back(root: InstallRoot, reason: str, version: str | None = None) -> Sel
 
 def lift(root: InstallRoot, version: str) -> SelfUpdateReport:
     """A Greenlight version quarantined here may be taken again (a person says its cause is
-    gone). Raises NotFound when it is not quarantined."""
+    gone).
+
+    Raises:
+        NotFound: the version is not quarantined here.
+        BusyError: another updater holds the root.
+        StoreError: state/updater.json is damaged.
+    """
     from greenlight.updater._errors import NotFound
 
     with locked(root):

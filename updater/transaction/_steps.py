@@ -4,8 +4,7 @@
 
 `STEPS` is the one list that the engine, recovery and the crash tests all read. Handlers are
 thin: they read what they need from the transaction and its journal, and undo reads only
-the journal and the disk, so recovery by another process can run it.
-"""
+the journal and the disk, so recovery by another process can run it."""
 
 import hashlib
 from dataclasses import dataclass, field
@@ -110,11 +109,10 @@ def _via_delta(txn: Transaction, name: str, artifact: ComponentArtifact,
 
 
 def do_fetch(txn: Transaction) -> None:
-    """The release into downloads/, what decides whether it is wanted first: its signed
-    product manifest, verified and loaded as this machine will run it, and its components'
-    signed file lists; only then each component's archive (by a delta where one pays). A
-    manifest that is tampered, does not load or does not fit greenlight.toml fetches no
-    archive."""
+    """The release into downloads/, what decides whether it is wanted first: its signed product
+    manifest, verified and loaded as this machine will run it, and its components' signed file
+    lists; only then each component's archive (by a delta where one pays). A manifest that is
+    tampered, does not load or does not fit greenlight.toml fetches no archive."""
     assert txn.repo is not None and txn.channel_file is not None
     store = Downloads(txn.root.downloads)
     _fetch_manifest(txn, store)
@@ -343,6 +341,10 @@ def _handover(txn: Transaction) -> bool:
 
 
 def do_stop(txn: Transaction) -> None:
+    """Stop the running release, or leave it serving for a handover (the start step stops it).
+
+    Raises:
+        HealthFailure: a service of the running release (not the new one) crashed when stopped."""
     if _handover(txn):
         txn.journal.handover = True  # the start step stops the old release, service by service
         txn.journal.save(txn.root)
