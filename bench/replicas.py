@@ -1,23 +1,27 @@
 """Collector replicas on one PostgreSQL: what a second replica and nginx in front give, what
-each report costs in CPU, and how soon a survivor signs a halt once the leader is killed.
+a report costs in CPU, and how soon a survivor signs a halt once the leader is killed.
 
-    python -m bench.replicas [--machines 8000] [--concurrency 32] [--rounds 3]
+    python -m bench.replicas [--machines 10000] [--concurrency 32] [--rounds 3]
 
 All on 127.0.0.1, on one throwaway PostgreSQL (`bench/postgres.py`, migrated once with
 `release collector migrate`). Throughput: `--machines` signed reports, one per machine key,
-a fresh set of keys per row (loaded first, `--enrolment preauthorized`), sent as
-`bench/collector_load.py` sends them to one replica directly, to one behind nginx
-(`bench/balancer.py`) and to two behind nginx; the anchor, measured in the same run, is
-collector_load's bare Starlette endpoint. Beside each row, the CPU seconds per 1,000 reports
-of the replicas, nginx and PostgreSQL (utime+stime of each process tree, from /proc) and of
-the sender (this process, with its signing).
+a fresh set of keys per row (all loaded first, `--enrolment preauthorized`), sent as
+`bench/collector_load.py` sends them: to one replica directly, to one behind nginx
+(`bench/balancer.py`), to two behind nginx. The anchor, measured in the same run, is
+collector_load's bare Starlette endpoint. `VACUUM ANALYZE` before each row (no autovacuum of
+the fresh tables in one row and not another). Beside each row, CPU seconds per 1,000 reports
+of the replicas, nginx and PostgreSQL (utime+stime of each process tree, from /proc), of the
+sender (this process, with its signing) and of the whole machine (/proc/stat, with the
+signing too), and what the machine spent outside those (others: when another program ran,
+the row is DISTURBED); cores busy: the replicas' while timed, the machine's over the send.
 
-Failover, `--rounds` times on a fresh repository and database: three replicas with
+Failover, `--rounds` times, each on a fresh repository and database: three replicas with
 `--repo --tick 0.5`, the first started with `GREENLIGHT_KILL_AT=sign:halt` (it kills itself
 with SIGKILL just before it would sign a halt) and leading before the others start; 40
 machines report on the current release, then on a planned rollout where every fourth rolls
 back. Timed: from the first replica's exit to `rollouts/stable.json` saying halted. The bound
-is the lease's TTL + RENEW (`release/fleet/_lease.py`).
+is the lease's TTL + RENEW (`release/fleet/_lease.py`). A report the leader stored but did not
+answer before it died is sent on by nginx and answered 200 "duplicate": counted, not failed.
 """
 
 import argparse
@@ -34,19 +38,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import collector_load as cl
 from bench.balancer import balancer
-from bench.collector_load import (
-    _BARE,
-    ADMIN,
-    BIN,
-    FLEET,
-    _figures,
-    _keys,
-    _load,
-    _port,
-    _send,
-    _wait,
-)
 from bench.postgres import temporary_postgres
 from bench.rollout_halt import _halted
 
@@ -56,13 +49,26 @@ PARTS = ("replicas", "nginx", "postgres", "sender", "machine")
 
 def _replica(db: str, tokens: Path, port: int, *extra: str,
              env: dict[str, str] | None = None) -> subprocess.Popen:
-    """A replica started as collector_load's `measure` starts its one (tokens in `tokens`)."""
+    """A replica started as collector_load's `measure` starts its one."""
     return subprocess.Popen(
-        [str(BIN / "release"), "collector", "--db", db, "--port", str(port),
+        [str(cl.BIN / "release"), "collector", "--db", db, "--port", str(port),
          "--fleet-token-file", str(tokens / "fleet"),
-         "--admin-token-file", str(tokens / "admin"),
-         "--enrolment", "preauthorized", *extra],
+         "--admin-token-file", str(tokens / "admin"), "--enrolment", "preauthorized", *extra],
         stdout=subprocess.DEVNULL, env=None if env is None else {**os.environ, **env})
+
+
+def _sql(db: str, statement: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(db, isolation_level="AUTOCOMMIT")
+    with engine.connect() as c:
+        c.execute(sa.text(statement))
+    engine.dispose()
+
+
+def _migrate(db: str) -> None:
+    subprocess.run([str(cl.BIN / "release"), "collector", "migrate", "--db", db], check=True,
+                   capture_output=True)
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -74,8 +80,7 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 def _cpu(pg_port: int, nginx: Path | None, replicas: list[int]) -> dict[str, float]:
     """CPU seconds so far of the replicas', nginx's and PostgreSQL's process trees (children
-    already reaped count in their parent's cutime/cstime), of this process, and of the whole
-    machine (/proc/stat)."""
+    already reaped count in their parent's cutime/cstime), of this process, of the machine."""
     tick, procs = os.sysconf("SC_CLK_TCK"), {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -91,8 +96,8 @@ def _cpu(pg_port: int, nginx: Path | None, replicas: list[int]) -> dict[str, flo
     for pid, (parent, _, _) in procs.items():
         children.setdefault(parent, []).append(pid)
 
-    def tree(roots: list[int]) -> float:
-        todo, total = list(roots), 0.0
+    def tree(todo: list[int]) -> float:
+        total = 0.0
         while todo:
             pid = todo.pop()
             total += procs[pid][2] if pid in procs else 0.0
@@ -104,7 +109,7 @@ def _cpu(pg_port: int, nginx: Path | None, replicas: list[int]) -> dict[str, flo
         return [pid for pid in found if procs[pid][0] not in found]
 
     cpu = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:8]]
-    return {"replicas": tree(replicas),
+    return {"replicas": tree(list(replicas)),
             "nginx": tree(find("nginx", f"{nginx}/nginx.conf")) if nginx else 0.0,
             "postgres": tree(find("bin/postgres", f"-p {pg_port} ")),
             "sender": time.process_time(),
@@ -114,33 +119,32 @@ def _cpu(pg_port: int, nginx: Path | None, replicas: list[int]) -> dict[str, flo
 def throughput(db: str, pg_port: int, machines: int, concurrency: int, work: Path
                ) -> dict[str, dict[str, float]]:
     warm = 2 * concurrency
-    keys = _keys(3 * machines + warm)  # a fresh set per row: no report is a duplicate
+    keys = cl._keys(3 * machines + warm)  # a fresh set per row: no report is a duplicate
     sets = [keys[i * machines:(i + 1) * machines] for i in range(3)]
-    ports, bare_port, results = [_port(), _port()], _port(), {}
-    direct = [f"http://127.0.0.1:{p}/" for p in ports]
+    ports, bare_port, results = [cl._port(), cl._port()], cl._port(), {}
+    direct = f"http://127.0.0.1:{ports[0]}/"
     replicas = [_replica(db, work, p) for p in ports]
-    bare = subprocess.Popen([sys.executable, "-c", _BARE, str(bare_port)])
+    bare = subprocess.Popen([sys.executable, "-c", cl._BARE, str(bare_port)])
     try:
-        for url in direct:
-            _wait(url + "v1/rollouts")
-        _wait(f"http://127.0.0.1:{bare_port}/v1/reports")
-        _load(direct[0], keys)  # the replicas share the database: loaded once for both
+        for p in ports:
+            cl._wait(f"http://127.0.0.1:{p}/v1/rollouts")
+        cl._wait(f"http://127.0.0.1:{bare_port}/v1/reports")
+        cl._load(direct, keys)  # the replicas share the database: loaded once for both
         with balancer(ports[:1], work / "nginx1") as one, balancer(ports, work / "nginx2") as two:
-            asyncio.run(_send(two + "v1/reports", keys[-warm:], concurrency))  # both warm
-            results["bare starlette"] = _figures(*asyncio.run(_send(
+            asyncio.run(cl._send(two + "v1/reports", keys[-warm:], concurrency))  # both warm
+            results["bare starlette"] = cl._figures(*asyncio.run(cl._send(
                 f"http://127.0.0.1:{bare_port}/v1/reports", sets[0], concurrency)))
             for name, url, these, nginx, used in [
-                    ("one replica, direct", direct[0], sets[0], None, replicas[:1]),
+                    ("one replica, direct", direct, sets[0], None, replicas[:1]),
                     ("one replica, nginx", one, sets[1], work / "nginx1", replicas[:1]),
                     ("two replicas, nginx", two, sets[2], work / "nginx2", replicas)]:
+                _sql(db, "VACUUM ANALYZE")  # no autovacuum of the fresh tables mid-row
                 pids = [r.pid for r in used]
                 before, began = _cpu(pg_port, nginx, pids), time.monotonic()
-                seconds, latencies = asyncio.run(_send(url + "v1/reports", these, concurrency))
+                seconds, latencies = asyncio.run(cl._send(url + "v1/reports", these, concurrency))
                 wall, after = time.monotonic() - began, _cpu(pg_port, nginx, pids)
-                results[name] = {**_figures(seconds, latencies), "seconds": seconds,
-                                 "wall": wall,
-                                 **{k: (after[k] - before[k]) * 1000 / len(these)
-                                    for k in after}}
+                results[name] = {**cl._figures(seconds, latencies), "wall": wall,
+                                 **{k: (after[k] - before[k]) * 1000 / machines for k in PARTS}}
     finally:
         _stop([*replicas, bare])
     return results
@@ -156,22 +160,14 @@ def _report(key: bytes, release_key: str, outcome: str, n: int) -> tuple[bytes, 
         "release_key": release_key, "id": f"{n:032x}",
         "failed_checks": [{"name": "ui-session", "summary": "HTTP 403"}]
         if outcome == "rolled-back" else []}).encode()
-    return body, {"Authorization": f"Bearer {FLEET}", "Content-Type": "application/json",
+    return body, {"Authorization": f"Bearer {cl.FLEET}", "Content-Type": "application/json",
                   **sign_body(key, body)}
 
 
-def _leads(url: str) -> bool:
-    import httpx
-
-    answer = httpx.get(url + "v1/rollouts", timeout=10,
-                       headers={"Authorization": f"Bearer {ADMIN}"})
-    if answer.status_code != 200:
-        raise SystemExit(f"GET /v1/rollouts: HTTP {answer.status_code}: {answer.text[:300]}")
-    return bool(answer.json()["leader"]["this"])
-
-
-def failover(db: str, tokens: Path, work: Path, builds: Path) -> float:
-    """Seconds from the leader's SIGKILL (where it would sign a halt) to the signed halt."""
+def failover(db: str, tokens: Path, work: Path, builds: Path) -> tuple[float, int]:
+    """Seconds from the leader's SIGKILL (where it would sign a halt) to the signed halt, and
+    how many reports were answered as duplicates (the killed leader stored them and died
+    before it answered; nginx sent them on to a survivor)."""
     import httpx
 
     from greenlight.channels import HaltRule, RolloutPlan
@@ -179,34 +175,35 @@ def failover(db: str, tokens: Path, work: Path, builds: Path) -> float:
 
     from examples.demo.build import build
 
-    subprocess.run([str(BIN / "release"), "collector", "migrate", "--db", db], check=True,
-                   capture_output=True)
-    work.mkdir(parents=True, exist_ok=True)
+    _migrate(db)
+    work.mkdir(parents=True)
     repo = init_repository(work / "repo")
     publish(repo, "stable", "1.0", build("1.0", builds / "1.0", ()))
     prior = current_channel_file(repo, "stable").identity.key
     extra = ["--repo", str(repo.path), "--tick", "0.5"]
-    ports = [_port(), _port(), _port()]
+    ports = [cl._port(), cl._port(), cl._port()]
     url = f"http://127.0.0.1:{ports[0]}/"
     first = _replica(db, tokens, ports[0], *extra, env={"GREENLIGHT_KILL_AT": "sign:halt"})
-    replicas, failed = [first], []
+    replicas, failed, again = [first], [], []
     try:
-        _wait(url + "v1/rollouts")
-        deadline = time.monotonic() + 30
-        while not _leads(url):
+        cl._wait(url + "v1/rollouts")
+        deadline, admin = time.monotonic() + 30, {"Authorization": f"Bearer {cl.ADMIN}"}
+        while not httpx.get(url + "v1/rollouts", headers=admin).json()["leader"]["this"]:
             if time.monotonic() > deadline:
                 raise SystemExit("the first replica did not lead within 30 s")
             time.sleep(0.05)
         replicas += [_replica(db, tokens, p, *extra) for p in ports[1:]]
         for p in ports[1:]:
-            _wait(f"http://127.0.0.1:{p}/v1/rollouts")
-        machines = _keys(40)
-        _load(url, machines)
+            cl._wait(f"http://127.0.0.1:{p}/v1/rollouts")
+        machines = cl._keys(40)
+        cl._load(url, machines)
         with balancer(ports, work / "nginx") as front, httpx.Client(timeout=30) as client:
             def send(release_key: str, outcome: str, n: int) -> None:
                 body, headers = _report(machines[n % 40], release_key, outcome, n)
                 answer = client.post(front + "v1/reports", content=body, headers=headers)
-                if answer.status_code != 202:
+                if answer.status_code == 200 and answer.json().get("duplicate"):
+                    again.append(n)
+                elif answer.status_code != 202:
                     failed.append(f"report {n}: HTTP {answer.status_code}: {answer.text}")
 
             for i in range(40):  # known on the current release first
@@ -237,65 +234,69 @@ def failover(db: str, tokens: Path, work: Path, builds: Path) -> float:
         _stop(replicas)
     if failed:
         raise SystemExit("\n".join(failed))
-    return halted
+    return halted, len(again)
+
+
+def _print(machines: int, concurrency: int, r: dict[str, dict[str, float]],
+           times: list[float], again: int) -> None:
+    from greenlight.release.fleet._lease import RENEW, TTL
+
+    print(f"{machines} signed reports per row, {concurrency} in flight, one PostgreSQL, "
+          f"{os.cpu_count()} cores")
+    print(f"  {'':<20} {'':>9} {'':>6} {'':>6} {'CPU s per 1,000 reports':<54}  cores busy")
+    print(f"  {'':<20} {'reports/s':>9} {'p50 ms':>6} {'p99 ms':>6} "
+          + "".join(f"{k:>9}" for k in (*PARTS, "others")) + "  replicas machine")
+    disturbed = []
+    for name, f in r.items():
+        if "wall" in f:
+            f["others"] = f["machine"] - sum(f[k] for k in PARTS[:4])
+            disturbed += [name] if f["others"] > 0.1 else []
+        cpu = "".join(f"{f[k]:9.2f}" for k in (*PARTS, "others")) + (
+            f"{f['replicas'] * f['rate'] / 1000:10.2f}"
+            f"{f['machine'] * machines / 1000 / f['wall']:9.2f}") if "wall" in f else ""
+        print(f"  {name:<20} {f['rate']:9.0f} {f['p50']:6.1f} {f['p99']:6.1f} {cpu}")
+    if disturbed:
+        print(f"  DISTURBED: other processes took CPU during {', '.join(disturbed)}")
+    b, d, one, two = r.values()
+    print(f"  two replicas / one: {two['rate'] / one['rate']:.2f}x (both behind nginx), "
+          f"{two['rate'] / d['rate']:.2f}x (one direct)")
+    print(f"  one behind nginx / direct: {one['rate'] / d['rate']:.2f}x; each / bare: "
+          f"{d['rate'] / b['rate']:.2f}x, {one['rate'] / b['rate']:.2f}x, "
+          f"{two['rate'] / b['rate']:.2f}x")
+    print(f"  100,000 machines within a 10-minute step ({BURST:.0f} reports/s) at these costs: "
+          + ", ".join(f"{k} {two[k] * BURST / 1000:.2f}" for k in PARTS[:3]) + " cores")
+    print(f"failover, the leader killed where it would sign a halt, to the halt signed by a "
+          f"survivor: median {statistics.median(times):.2f} s, worst {max(times):.2f} s")
+    print(f"  rounds ({len(times)}): {', '.join(f'{t:.2f}' for t in times)} s; bound TTL "
+          f"{TTL:g} s + RENEW {RENEW:g} s = {TTL + RENEW:g} s: "
+          f"{'met' if max(times) <= TTL + RENEW else 'EXCEEDED'}; {again} report(s) answered "
+          "200 duplicate (the leader stored them and died before it answered)")
 
 
 def main() -> None:
-    from greenlight.release.fleet._lease import RENEW, TTL
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--machines", type=int, default=8000)
+    parser.add_argument("--machines", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    import sqlalchemy as sa
-
     work = Path(tempfile.mkdtemp(prefix="greenlight-bench-replicas-"))
-    (work / "fleet").write_text(FLEET)
-    (work / "admin").write_text(ADMIN)
-    pg_port, times = _port(), []
+    (work / "fleet").write_text(cl.FLEET)
+    (work / "admin").write_text(cl.ADMIN)
+    pg_port, times, again = cl._port(), [], 0
     try:
         with temporary_postgres(pg_port) as url:
-            subprocess.run([str(BIN / "release"), "collector", "migrate", "--db", url],
-                           check=True, capture_output=True)
+            _migrate(url)
             r = throughput(url, pg_port, args.machines, args.concurrency, work)
-            engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-            for n in range(args.rounds):
-                with engine.connect() as c:
-                    c.execute(sa.text(f"CREATE DATABASE round{n}"))
-                times.append(failover(url.rsplit("/", 1)[0] + f"/round{n}", work,
-                                      work / f"round{n}", work / "builds"))
-            engine.dispose()
+            for n in range(args.rounds):  # a fresh database in the same PostgreSQL
+                _sql(url, f"CREATE DATABASE round{n}")
+                t, a = failover(url.rsplit("/", 1)[0] + f"/round{n}", work, work / f"round{n}",
+                                work / "builds")
+                times, again = [*times, t], again + a
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"{args.machines} signed reports per row, {args.concurrency} in flight, one "
-          f"PostgreSQL, {os.cpu_count()} cores")
-    print("  CPU s per 1,000 reports: of the replicas, nginx, PostgreSQL, the sender and the "
-          "whole machine (both with the sender's signing)")
-    print(f"  {'':<20} {'reports/s':>9} {'p50 ms':>7} {'p99 ms':>7}  " + " ".join(
-        f"{k:>8}" for k in PARTS))
-    for name, f in r.items():
-        cpu = " ".join(f"{f[k]:8.2f}" for k in PARTS) if "replicas" in f else ""
-        print(f"  {name:<20} {f['rate']:9.0f} {f['p50']:7.1f} {f['p99']:7.1f}  {cpu}")
-    b, d, one, two = r.values()
-    print(f"  two replicas / one: {two['rate'] / one['rate']:.2f}x (both behind nginx), "
-          f"{two['rate'] / d['rate']:.2f}x (one direct); one behind nginx / direct: "
-          f"{one['rate'] / d['rate']:.2f}x; each / bare: {d['rate'] / b['rate']:.2f}x, "
-          f"{one['rate'] / b['rate']:.2f}x, {two['rate'] / b['rate']:.2f}x")
-    busy = {k: two[k] * two["rate"] / 1000 for k in PARTS[:3]}
-    print("  two replicas, cores busy while timed: " + ", ".join(
-        f"{k} {v:.2f}" for k, v in busy.items()) + f"; the whole machine "
-        f"{two['machine'] * args.machines / 1000 / two['wall']:.2f} of {os.cpu_count()} over "
-        "the send with its signing")
-    print(f"  100,000 machines reporting within a 10-minute step ({BURST:.0f} reports/s), at "
-          "these costs: " + ", ".join(f"{k} {two[k] * BURST / 1000:.2f}" for k in PARTS[:3])
-          + " cores")
-    print(f"failover, leader killed (SIGKILL) where it would sign a halt, to the halt signed by "
-          f"a survivor: median {statistics.median(times):.2f} s, worst {max(times):.2f} s over "
-          f"{len(times)} rounds ({', '.join(f'{t:.2f}' for t in times)}); bound TTL {TTL:g} s "
-          f"+ RENEW {RENEW:g} s = {TTL + RENEW:g} s: "
-          f"{'met' if max(times) <= TTL + RENEW else 'EXCEEDED'}")
+    _print(args.machines, args.concurrency, r, times, again)
+
 
 if __name__ == "__main__":
     main()
