@@ -174,6 +174,7 @@ def test_a_newer_schema_is_served_only_when_it_says_this_collector_may(tmp_path)
     assert migrate.returncode == 5 and "newer than this collector knows" in migrate.stderr
 
 
+@pytest.mark.exhaustive  # `make test-exhaustive`, which CI runs too: make test's budget
 def test_a_rolling_upgrade_answers_every_report_throughout(tmp_path):
     """Two replicas of the last unversioned collector behind nginx on PostgreSQL, machines
     reporting all along: the database is migrated under them, then each replica is replaced
