@@ -339,13 +339,18 @@ class Collector:
         self.proc.wait(timeout=20)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request, tmp_path):
-    """A collector's database URL: a SQLite file, and a real PostgreSQL when one can be
-    started here."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'collector.sqlite3'}"
-        return
+def until(what: Callable[[], object], deadline: float = 30, waiting_for: str = "it") -> None:
+    """Wait until `what()` is true: polled (each try asks the process or database under
+    test), failing after `deadline` seconds."""
+    end = time.monotonic() + deadline
+    while not what():
+        assert time.monotonic() < end, f"waited {deadline:g} s for {waiting_for}"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def postgres():
+    """A real PostgreSQL from Debian's packages, in a folder of this test, on 127.0.0.1."""
     from bench.postgres import Unavailable, temporary_postgres
 
     try:
@@ -353,6 +358,16 @@ def database(request, tmp_path):
             yield url
     except Unavailable as e:
         pytest.skip(str(e))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    """A collector's database URL: a SQLite file, and a real PostgreSQL when one can be
+    started here."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'collector.sqlite3'}"
+        return
+    yield request.getfixturevalue("postgres")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -3,7 +3,6 @@ collector only once it expired (or was given up), and every signed rollout state
 fence: a leader that lost the lease signs nothing, and a version is signed once, each above
 the last. On SQLite and a real PostgreSQL, with the real repository and guard."""
 
-import time
 from datetime import UTC, datetime
 
 import pytest
@@ -15,15 +14,9 @@ from greenlight.release._errors import Conflict
 from greenlight.release.fleet import Guard, Store
 from greenlight.release.fleet._lease import Lease
 
+from conftest import until
+
 TTL = 0.6
-
-
-def _until(what, deadline: float = 20) -> None:
-    """Wait until `what()` is true (each try is a real round trip to the database)."""
-    end = time.monotonic() + deadline
-    while not what():
-        assert time.monotonic() < end, "never happened"
-        time.sleep(0.02)
 
 
 def _signed(store: Store) -> list[tuple]:
@@ -46,7 +39,7 @@ def test_the_lease_passes_only_once_it_expired_or_was_given_up(database):
     assert b.leader() == {"holder": a.holder, "epoch": a.epoch, "this": False}
     first = a.epoch
     # a stops renewing (paused, or cut off): b takes the lease once it has expired
-    _until(b.hold)
+    until(b.hold, 20, "the lease to pass")
     assert b.epoch == first + 1
     assert not a.held  # by its own clock, before it asks
     assert not a.hold() and a.epoch is None  # it asked: it no longer leads
@@ -70,7 +63,7 @@ def test_a_leader_that_lost_the_lease_cannot_sign_over_its_successor(
     assert old.judge("stable") == "advanced stable 1.2 to step 2 of 3 (50%)"
     first = published.open(role).signed.version
 
-    _until(b.hold)  # a was paused past its lease
+    until(b.hold, 20, "the lease to pass")  # a was paused past its lease
     before = _metadata(published)
     with pytest.raises(Conflict, match="no longer holds the judge's lease"):
         old.judge("stable")

@@ -18,7 +18,7 @@ from greenlight.release import current_channel_file, publish
 from greenlight.release.repository._rollouts import current_state
 
 from bench.balancer import balancer
-from conftest import ADMIN, Collector, free_port, machine_id, post_report, wait_state
+from conftest import ADMIN, Collector, machine_id, post_report, until, wait_state
 
 MACHINES = 40
 
@@ -39,31 +39,13 @@ def _leader(collector: Collector) -> dict:
     return answer.json()["leader"]
 
 
-def _until(what, deadline: float = 30) -> None:
-    end = time.monotonic() + deadline
-    while not what():
-        assert time.monotonic() < end, "never happened"
-        time.sleep(0.05)
-
-
-@pytest.fixture
-def postgres():
-    from bench.postgres import Unavailable, temporary_postgres
-
-    try:
-        with temporary_postgres(free_port()) as url:
-            yield url
-    except Unavailable as e:
-        pytest.skip(str(e))
-
-
 def test_the_leader_killed_before_it_signs_a_halt_is_replaced_and_the_halt_signed_once(
         tmp_path, published, builds, postgres):
     prior = current_channel_file(published, "stable").identity.key
     repo = ["--repo", str(published.path), "--tick", "0.5"]
     # the first leader dies for real (SIGKILL) the moment it would sign a halt
     first = Collector(tmp_path, postgres, None, *repo, env={"GREENLIGHT_KILL_AT": "sign:halt"})
-    _until(lambda: _leader(first)["this"])
+    until(lambda: _leader(first)["this"], waiting_for="the first replica to lead")
     others = [Collector(tmp_path, postgres, None, *repo) for _ in range(2)]
     replicas = [first, *others]
     answers: list[tuple[str, str, int]] = []  # (machine id, report id, status)

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from oldtrees import old_tree
 
-from conftest import ADMIN, FLEET, Collector, free_port, machine_id, post_report, wait_http
+from conftest import ADMIN, FLEET, Collector, free_port, machine_id, post_report, until, wait_http
 
 RELEASE = str(Path(sys.executable).parent / "release")
 PREVIOUS_ROUND = "6ebc7a9"
@@ -204,21 +203,25 @@ def test_a_rolling_upgrade_answers_every_report_throughout(tmp_path):
                             post_report(url, name, report).status_code))
             n += 1
 
+    def ten_more() -> None:  # reports answered, ten more than now
+        n = len(answers) + 10
+        until(lambda: len(answers) >= n, 60, "reports answered")
+
     try:
         with balancer(ports, tmp_path / "nginx") as url:
             sender = threading.Thread(target=machines, args=(url,))
             sender.start()
-            _until_answered(answers, 20)
+            until(lambda: len(answers) >= 20, 60, "reports answered")
             migrated = subprocess.run([RELEASE, "collector", "migrate", "--db", database],
                                       capture_output=True, text=True, timeout=60)
             assert migrated.returncode == 0, migrated.stderr
             for port in ports:  # one at a time: the other answers meanwhile
-                _until_answered(answers, len(answers) + 10)
+                ten_more()
                 old = running.pop(port)
                 old.terminate()
                 old.wait(timeout=20)
                 running[port] = Collector(tmp_path, database, port).proc
-                _until_answered(answers, len(answers) + 10)
+                ten_more()
             stop.set()
             sender.join(timeout=60)
     finally:
@@ -232,9 +235,3 @@ def test_a_rolling_upgrade_answers_every_report_throughout(tmp_path):
     assert {status for _, _, status in answers} <= {200, 202}, answers
     assert {(m, r) for m, r, _ in answers} <= stored
 
-
-def _until_answered(answers: list, n: int, deadline: float = 60) -> None:
-    end = time.monotonic() + deadline
-    while len(answers) < n:
-        assert time.monotonic() < end, f"{len(answers)} reports answered, not {n}"
-        time.sleep(0.02)

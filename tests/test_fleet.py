@@ -138,18 +138,6 @@ def test_reports_queue_while_the_collector_is_down_and_never_block(fleet):
         collector.stop()
 
 
-@pytest.fixture
-def postgres():
-    """A real PostgreSQL from Debian's packages, in a folder of this test, on 127.0.0.1."""
-    from bench.postgres import Unavailable, temporary_postgres
-
-    try:
-        with temporary_postgres(free_port()) as url:
-            yield url
-    except Unavailable as e:
-        pytest.skip(str(e))
-
-
 def test_two_collectors_share_one_postgresql(fleet, postgres):
     tmp, repo, server, builds = fleet
     first, second = Collector(tmp, postgres), Collector(tmp, postgres)
