@@ -378,17 +378,11 @@ def any_collector(request, tmp_path):
         yield running
         running.stop()
         return
-    from bench.postgres import Unavailable, temporary_postgres
-
+    running = Collector(tmp_path, request.getfixturevalue("postgres"))
     try:
-        with temporary_postgres(free_port()) as url:
-            running = Collector(tmp_path, url)
-            try:
-                yield running
-            finally:
-                running.stop()
-    except Unavailable as e:
-        pytest.skip(str(e))
+        yield running
+    finally:
+        running.stop()
 
 
 # --- what a test reports (each test's `record_property("power_loss", ...)`) ---------------------

@@ -174,18 +174,13 @@ def test_a_newer_schema_is_served_only_when_it_says_this_collector_may(tmp_path)
 
 
 @pytest.mark.exhaustive  # `make test-exhaustive`, which CI runs too: make test's budget
-def test_a_rolling_upgrade_answers_every_report_throughout(tmp_path):
+def test_a_rolling_upgrade_answers_every_report_throughout(tmp_path, postgres):
     """Two replicas of the last unversioned collector behind nginx on PostgreSQL, machines
     reporting all along: the database is migrated under them, then each replica is replaced
     by today's collector, one at a time. Every report is answered 2xx and kept."""
     from bench.balancer import balancer
-    from bench.postgres import Unavailable, temporary_postgres
 
-    try:
-        pg = temporary_postgres(free_port())
-        database = pg.__enter__()
-    except Unavailable as e:
-        pytest.skip(str(e))
+    database = postgres
     env = old_tree(UNVERSIONED, tmp_path)
     ports = [free_port(), free_port()]
     running = {p: _old_collector(tmp_path, env, database, p) for p in ports}
@@ -230,7 +225,6 @@ def test_a_rolling_upgrade_answers_every_report_throughout(tmp_path):
             proc.terminate()
             proc.wait(timeout=20)
         stored = {(m, r) for m, r, *_ in _rows(database, "installation, report_id")}
-        pg.__exit__(None, None, None)
     assert len(answers) > 40
     assert {status for _, _, status in answers} <= {200, 202}, answers
     assert {(m, r) for m, r, _ in answers} <= stored
