@@ -9,25 +9,31 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["REPO_ROOT", "old_tree"]
+__all__ = ["REPO_ROOT", "checked_out", "old_tree"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def old_tree(commit: str, tmp: Path) -> dict[str, str]:
-    """The environment (for `subprocess`) whose interpreter imports `commit`'s Greenlight."""
+def checked_out(commit: str, tree: Path, *paths: str) -> Path:
+    """`commit`'s files (`paths` of them, or all) in `tree`; skipped, or failed in CI, when
+    the commit is not in this clone's history."""
     known = subprocess.run(["git", "-C", str(REPO_ROOT), "cat-file", "-e",
                             f"{commit}^{{commit}}"], capture_output=True)
     if known.returncode != 0:
         why = f"commit {commit} is not in this clone's history"
         if os.environ.get("CI"):
-            pytest.fail(f"{why}; CI must test what earlier collectors left")
+            pytest.fail(f"{why}; CI must test what earlier versions left")
         pytest.skip(why)
-    tree = tmp / f"tree-{commit}"
     tree.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", commit, "channels",
-                              "release", "updater"], capture_output=True, check=True).stdout
+    archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", commit, *paths],
+                             capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def old_tree(commit: str, tmp: Path) -> dict[str, str]:
+    """The environment (for `subprocess`) whose interpreter imports `commit`'s Greenlight."""
+    tree = checked_out(commit, tmp / f"tree-{commit}", "channels", "release", "updater")
     root = tmp / f"root-{commit}" / "greenlight"
     root.mkdir(parents=True)
     for part in ("channels", "release", "updater"):

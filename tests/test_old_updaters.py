@@ -7,12 +7,12 @@ updater that moves itself, entered by the root's bin/updater, moves itself to to
 a release that needs it, and the census names it before and after."""
 
 import json
-import os
 import subprocess
 import venv
 from pathlib import Path
 
 import pytest
+from oldtrees import checked_out
 
 from greenlight.release import publish
 
@@ -28,18 +28,7 @@ pytestmark = pytest.mark.exhaustive
 
 def _old_updater(tmp: Path, commit: str) -> tuple[Path, Path]:
     """The tree at `commit` and the `updater` of a virtual environment it is installed in."""
-    known = subprocess.run(["git", "-C", str(REPO_ROOT), "cat-file", "-e", f"{commit}^{{commit}}"],
-                           capture_output=True)
-    if known.returncode != 0:
-        why = f"commit {commit} is not in this clone's history"
-        if os.environ.get("CI"):
-            pytest.fail(f"{why}; CI must test the updaters already out there")
-        pytest.skip(why)
-    tree = tmp / f"tree-{commit}"
-    tree.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", commit],
-                             capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    tree = checked_out(commit, tmp / f"tree-{commit}")
     env_dir = tmp / f"venv-{commit}"
     venv.create(env_dir, with_pip=True)
     done = subprocess.run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet",
